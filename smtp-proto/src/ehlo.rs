@@ -1,0 +1,1 @@
+//! ehlo (being written)

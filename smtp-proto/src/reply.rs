@@ -1,0 +1,1 @@
+//! reply (being written)
