@@ -1,1 +1,722 @@
-//! address (being written)
+//! Mailbox addresses and paths (RFC 5321 §4.1.2, RFC 6531 for UTF-8).
+//!
+//! Parsing is zero-copy: a [`Mailbox`] borrows its local part and domain from the input,
+//! except when a quoted local part holds a quoted-pair (`"a\"b"`), which has to be
+//! unescaped into an owned string. [`MailboxBuf`] is the owned form for storing
+//! ([`Mailbox::into_owned`]).
+//!
+//! What is accepted, and decided here:
+//! - local parts: `Dot-string` and `Quoted-string`; the stored local part is the
+//!   *unquoted* form, and [`Display`](fmt::Display) writes it back quoted only when it is not
+//!   a valid `Dot-string`, so printing then parsing gives the same value;
+//! - domains: `sub-domain` labels of letters, digits and hyphens (no hyphen first or last);
+//!   RFC 6531 U-labels (any UTF-8 non-ASCII character) are accepted in labels and local parts,
+//!   [`Mailbox::is_ascii`] tells whether the `SMTPUTF8` parameter is needed;
+//! - address literals: `[192.0.2.1]` and `[IPv6:2001:db8::1]` (the IP is parsed with
+//!   `std::net`); general address literals (`[tag:content]`) are refused with
+//!   [`AddressError::UnsupportedAddressLiteral`];
+//! - paths: the null reverse path `<>`, `<postmaster>` (any case) as a forward path, source
+//!   routes `<@a,@b:user@c>` are parsed and dropped;
+//! - limits (RFC 5321 §4.5.3.1, configurable through [`Limits`]): local part 64 octets and
+//!   domain 255 octets as sent on the wire, path 256 octets including the angle brackets and
+//!   any source route.
+use std::borrow::Cow;
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use nom::bytes::complete::take_while1;
+use nom::character::complete::char;
+use nom::combinator::recognize;
+use nom::multi::many0_count;
+use nom::{IResult, Parser};
+
+use crate::command::Limits;
+
+type Res<'a, T> = IResult<&'a [u8], T>;
+
+/// Why an address or path was refused.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum AddressError {
+    /// The text does not follow the RFC 5321 grammar.
+    #[error("bad address syntax")]
+    Syntax,
+    /// The local part is longer than the limit (64 octets by default).
+    #[error("local part too long")]
+    LocalPartTooLong,
+    /// The domain is longer than the limit (255 octets by default).
+    #[error("domain too long")]
+    DomainTooLong,
+    /// The path is longer than the limit (256 octets by default).
+    #[error("path too long")]
+    PathTooLong,
+    /// The address contains bytes that are not UTF-8.
+    #[error("address is not valid UTF-8")]
+    InvalidUtf8,
+    /// An address literal (`[...]`) that is not a valid IPv4 or IPv6 address.
+    #[error("invalid address literal")]
+    InvalidAddressLiteral,
+    /// A general address literal (`[tag:content]`); none is standardised for mail.
+    #[error("unsupported address literal")]
+    UnsupportedAddressLiteral,
+    /// A local part with a character that cannot be sent, even quoted (control characters).
+    #[error("invalid local part")]
+    InvalidLocalPart,
+    /// A domain name that is not a sequence of valid labels.
+    #[error("invalid domain")]
+    InvalidDomain,
+    /// A path where a mailbox was required: `<>` or `<postmaster>` in the wrong place.
+    #[error("a mailbox is required")]
+    MailboxRequired,
+}
+
+impl AddressError {
+    /// Human text for a reply, e.g. `Local part too long`.
+    pub fn message(&self) -> &'static str {
+        match self {
+            AddressError::Syntax => "Bad address syntax",
+            AddressError::LocalPartTooLong => "Local part too long",
+            AddressError::DomainTooLong => "Domain too long",
+            AddressError::PathTooLong => "Path too long",
+            AddressError::InvalidUtf8 => "Address is not valid UTF-8",
+            AddressError::InvalidAddressLiteral => "Invalid address literal",
+            AddressError::UnsupportedAddressLiteral => "Unsupported address literal",
+            AddressError::InvalidLocalPart => "Invalid local part",
+            AddressError::InvalidDomain => "Invalid domain",
+            AddressError::MailboxRequired => "A mailbox address is required",
+        }
+    }
+}
+
+/// The domain of a mailbox: a name or an address literal.
+///
+/// Build a `Name` with [`Domain::name`] (which validates it) or [`parse_domain`]; a `Name`
+/// built by hand is written as given by `Display`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Domain<'a> {
+    /// A domain name, as sent (case preserved; compare with `eq_ignore_ascii_case`).
+    Name(Cow<'a, str>),
+    /// `[192.0.2.1]`
+    Ipv4(Ipv4Addr),
+    /// `[IPv6:2001:db8::1]`
+    Ipv6(Ipv6Addr),
+}
+
+/// An owned [`Domain`].
+pub type DomainBuf = Domain<'static>;
+
+impl<'a> Domain<'a> {
+    /// A validated domain name (`sub-domain *("." sub-domain)`, U-labels allowed).
+    ///
+    /// # Errors
+    /// [`AddressError::InvalidDomain`] when `name` is not a domain name.
+    pub fn name(name: impl Into<Cow<'a, str>>) -> Result<Self, AddressError> {
+        let name = name.into();
+        match domain(name.as_bytes()) {
+            Ok(([], _)) => Ok(Domain::Name(name)),
+            _ => Err(AddressError::InvalidDomain),
+        }
+    }
+
+    /// Copies borrowed text so the value can be stored.
+    pub fn into_owned(self) -> DomainBuf {
+        match self {
+            Domain::Name(n) => Domain::Name(Cow::Owned(n.into_owned())),
+            Domain::Ipv4(a) => Domain::Ipv4(a),
+            Domain::Ipv6(a) => Domain::Ipv6(a),
+        }
+    }
+
+    /// True when the domain is all ASCII (address literals always are).
+    pub fn is_ascii(&self) -> bool {
+        match self {
+            Domain::Name(n) => n.is_ascii(),
+            _ => true,
+        }
+    }
+}
+
+impl fmt::Display for Domain<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Domain::Name(n) => f.write_str(n),
+            Domain::Ipv4(a) => write!(f, "[{a}]"),
+            Domain::Ipv6(a) => write!(f, "[IPv6:{a}]"),
+        }
+    }
+}
+
+/// A mailbox `local-part@domain`, borrowed from the parsed input where possible.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Mailbox<'a> {
+    local_part: Cow<'a, str>,
+    domain: Domain<'a>,
+}
+
+/// An owned [`Mailbox`], for storing.
+pub type MailboxBuf = Mailbox<'static>;
+
+impl<'a> Mailbox<'a> {
+    /// Builds a mailbox from an unquoted local part and a domain.
+    ///
+    /// The local part may hold any character that can be sent inside a quoted string
+    /// (printable ASCII, space, UTF-8 non-ASCII); lengths are not checked here
+    /// (they are a receiver's limit, see [`Limits`]).
+    ///
+    /// # Errors
+    /// [`AddressError::InvalidLocalPart`] for control characters;
+    /// [`AddressError::InvalidDomain`] when a `Domain::Name` is not a domain name.
+    pub fn new(
+        local_part: impl Into<Cow<'a, str>>,
+        domain: Domain<'a>,
+    ) -> Result<Self, AddressError> {
+        let local_part = local_part.into();
+        if !local_part
+            .chars()
+            .all(|c| (' '..='~').contains(&c) || !c.is_ascii())
+        {
+            return Err(AddressError::InvalidLocalPart);
+        }
+        if let Domain::Name(n) = &domain {
+            if !matches!(self::domain(n.as_bytes()), Ok((rest, _)) if rest.is_empty()) {
+                return Err(AddressError::InvalidDomain);
+            }
+        }
+        Ok(Mailbox { local_part, domain })
+    }
+
+    /// The local part, unquoted (`"a b"@x` gives `a b`).
+    pub fn local_part(&self) -> &str {
+        &self.local_part
+    }
+
+    /// The domain.
+    pub fn domain(&self) -> &Domain<'a> {
+        &self.domain
+    }
+
+    /// True when local part and domain are ASCII, i.e. the address can be used without the
+    /// `SMTPUTF8` parameter (RFC 6531). Deciding whether to accept is the session's job.
+    pub fn is_ascii(&self) -> bool {
+        self.local_part.is_ascii() && self.domain.is_ascii()
+    }
+
+    /// True when the local part must be quoted on the wire (it is not a `Dot-string`).
+    pub fn needs_quoting(&self) -> bool {
+        !is_dot_string(self.local_part.as_bytes())
+    }
+
+    /// Copies borrowed text so the value can be stored.
+    pub fn into_owned(self) -> MailboxBuf {
+        Mailbox {
+            local_part: Cow::Owned(self.local_part.into_owned()),
+            domain: self.domain.into_owned(),
+        }
+    }
+
+    /// An owned copy.
+    pub fn to_buf(&self) -> MailboxBuf {
+        self.clone().into_owned()
+    }
+}
+
+impl fmt::Display for Mailbox<'_> {
+    /// The canonical wire form `local@domain`, quoting the local part when needed.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.needs_quoting() {
+            f.write_str("\"")?;
+            let mut start = 0;
+            let lp: &str = &self.local_part;
+            for (i, b) in lp.bytes().enumerate() {
+                if b == b'"' || b == b'\\' {
+                    f.write_str(&lp[start..i])?;
+                    f.write_str("\\")?;
+                    start = i;
+                }
+            }
+            f.write_str(&lp[start..])?;
+            f.write_str("\"")?;
+        } else {
+            f.write_str(&self.local_part)?;
+        }
+        write!(f, "@{}", self.domain)
+    }
+}
+
+/// `Reverse-path = Path / "<>"`: the MAIL FROM address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ReversePath<'a> {
+    /// `<>`: the null sender, used for bounces.
+    Null,
+    /// A sender mailbox.
+    Mailbox(Mailbox<'a>),
+}
+
+impl ReversePath<'_> {
+    /// Copies borrowed text so the value can be stored.
+    pub fn into_owned(self) -> ReversePath<'static> {
+        match self {
+            ReversePath::Null => ReversePath::Null,
+            ReversePath::Mailbox(m) => ReversePath::Mailbox(m.into_owned()),
+        }
+    }
+
+    /// True unless the mailbox needs SMTPUTF8.
+    pub fn is_ascii(&self) -> bool {
+        match self {
+            ReversePath::Null => true,
+            ReversePath::Mailbox(m) => m.is_ascii(),
+        }
+    }
+}
+
+impl fmt::Display for ReversePath<'_> {
+    /// The wire form with angle brackets: `<>` or `<a@b>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReversePath::Null => f.write_str("<>"),
+            ReversePath::Mailbox(m) => write!(f, "<{m}>"),
+        }
+    }
+}
+
+/// `Forward-path = Path`, plus the special `<Postmaster>` without a domain: the RCPT TO address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ForwardPath<'a> {
+    /// `<postmaster>` (any case), without a domain: the local postmaster.
+    Postmaster,
+    /// A recipient mailbox (`<Postmaster@domain>` is an ordinary mailbox).
+    Mailbox(Mailbox<'a>),
+}
+
+impl ForwardPath<'_> {
+    /// Copies borrowed text so the value can be stored.
+    pub fn into_owned(self) -> ForwardPath<'static> {
+        match self {
+            ForwardPath::Postmaster => ForwardPath::Postmaster,
+            ForwardPath::Mailbox(m) => ForwardPath::Mailbox(m.into_owned()),
+        }
+    }
+
+    /// True unless the mailbox needs SMTPUTF8.
+    pub fn is_ascii(&self) -> bool {
+        match self {
+            ForwardPath::Postmaster => true,
+            ForwardPath::Mailbox(m) => m.is_ascii(),
+        }
+    }
+}
+
+impl fmt::Display for ForwardPath<'_> {
+    /// The wire form with angle brackets: `<Postmaster>` or `<a@b>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ForwardPath::Postmaster => f.write_str("<Postmaster>"),
+            ForwardPath::Mailbox(m) => write!(f, "<{m}>"),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Character classes, as 256-entry tables.
+
+macro_rules! table {
+    ($class:ident) => {{
+        let mut t = [false; 256];
+        let mut i = 0;
+        while i < 256 {
+            t[i] = $class(i as u8);
+            i += 1;
+        }
+        t
+    }};
+}
+
+const fn atext_class(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+        || matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'-'
+                | b'/'
+                | b'='
+                | b'?'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'{'
+                | b'|'
+                | b'}'
+                | b'~'
+        )
+        || b >= 0x80
+}
+
+const fn ldh_class(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b >= 0x80
+}
+
+const fn qtext_class(b: u8) -> bool {
+    matches!(b, 32..=33 | 35..=91 | 93..=126) || b >= 0x80
+}
+
+const fn dcontent_class(b: u8) -> bool {
+    matches!(b, 33..=90 | 94..=126)
+}
+
+static ATEXT: [bool; 256] = table!(atext_class);
+static LDH: [bool; 256] = table!(ldh_class);
+static QTEXT: [bool; 256] = table!(qtext_class);
+static DCONTENT: [bool; 256] = table!(dcontent_class);
+
+/// `atext` (RFC 5322), extended by RFC 6531 with `UTF8-non-ascii`.
+pub(crate) fn is_atext(b: u8) -> bool {
+    ATEXT[b as usize]
+}
+
+fn is_ldh(b: u8) -> bool {
+    LDH[b as usize]
+}
+
+fn is_qtext(b: u8) -> bool {
+    QTEXT[b as usize]
+}
+
+fn is_dcontent(b: u8) -> bool {
+    DCONTENT[b as usize]
+}
+
+fn is_dot_string(s: &[u8]) -> bool {
+    matches!(dot_string(s), Ok((rest, _)) if rest.is_empty())
+}
+
+// ---------------------------------------------------------------------------------------
+// Parsers named after the RFC 5321 rules.
+
+/// `Atom = 1*atext`
+fn atom(i: &[u8]) -> Res<'_, &[u8]> {
+    take_while1(is_atext)(i)
+}
+
+/// `Dot-string = Atom *("." Atom)`
+fn dot_string(i: &[u8]) -> Res<'_, &[u8]> {
+    recognize((atom, many0_count((char('.'), atom)))).parse(i)
+}
+
+/// `Quoted-string = DQUOTE *QcontentSMTP DQUOTE`
+///
+/// `QcontentSMTP = qtextSMTP / quoted-pairSMTP`,
+/// `quoted-pairSMTP = %d92 %d32-126`,
+/// `qtextSMTP = %d32-33 / %d35-91 / %d93-126` (RFC 6531: `/ UTF8-non-ascii`).
+///
+/// Returns the text between the quotes, still escaped.
+fn quoted_string(i: &[u8]) -> Res<'_, &[u8]> {
+    let (mut rest, _) = char('"')(i)?;
+    let start = rest;
+    loop {
+        match rest.first() {
+            Some(b'"') => {
+                let inner = &start[..start.len() - rest.len()];
+                return Ok((&rest[1..], inner));
+            }
+            Some(b'\\') => match rest.get(1) {
+                Some(32..=126) => rest = &rest[2..],
+                _ => return Err(nom_error(rest)),
+            },
+            Some(&b) if is_qtext(b) => {
+                let n = rest
+                    .iter()
+                    .position(|&b| !is_qtext(b))
+                    .unwrap_or(rest.len());
+                rest = &rest[n..];
+            }
+            _ => return Err(nom_error(rest)),
+        }
+    }
+}
+
+fn nom_error(i: &[u8]) -> nom::Err<nom::error::Error<&[u8]>> {
+    nom::Err::Error(nom::error::Error::new(i, nom::error::ErrorKind::Verify))
+}
+
+/// `sub-domain = Let-dig [Ldh-str]` (RFC 6531: `/ U-label`)
+///
+/// `Let-dig = ALPHA / DIGIT`, `Ldh-str = *( ALPHA / DIGIT / "-" ) Let-dig`
+fn sub_domain(i: &[u8]) -> Res<'_, &[u8]> {
+    let (rest, label) = take_while1(is_ldh)(i)?;
+    if label.first() == Some(&b'-') || label.last() == Some(&b'-') {
+        return Err(nom_error(i));
+    }
+    Ok((rest, label))
+}
+
+/// `Domain = sub-domain *("." sub-domain)`
+fn domain(i: &[u8]) -> Res<'_, &[u8]> {
+    recognize((sub_domain, many0_count((char('.'), sub_domain)))).parse(i)
+}
+
+/// `At-domain = "@" Domain`
+fn at_domain(i: &[u8]) -> Res<'_, &[u8]> {
+    let (rest, _) = char('@')(i)?;
+    domain(rest)
+}
+
+/// `A-d-l = At-domain *( "," At-domain )` (the source route, dropped)
+fn a_d_l(i: &[u8]) -> Res<'_, &[u8]> {
+    recognize((at_domain, many0_count((char(','), at_domain)))).parse(i)
+}
+
+/// `address-literal = "[" ( IPv4-address-literal / IPv6-address-literal /
+/// General-address-literal ) "]"`
+///
+/// `IPv4-address-literal = Snum 3("." Snum)`, `IPv6-address-literal = "IPv6:" IPv6-addr`,
+/// `General-address-literal = Standardized-tag ":" 1*dcontent`,
+/// `dcontent = %d33-90 / %d94-126`.
+fn address_literal(i: &[u8]) -> Result<(&[u8], Domain<'static>), AddressError> {
+    let parsed: Res<'_, &[u8]> = (char('['), take_while1(is_dcontent), char(']'))
+        .map(|(_, c, _)| c)
+        .parse(i);
+    let (rest, content) = parsed.map_err(|_| AddressError::Syntax)?;
+    // dcontent is ASCII, so this cannot fail; map it anyway rather than panic.
+    let text = std::str::from_utf8(content).map_err(|_| AddressError::InvalidAddressLiteral)?;
+    if let Some(v6) = strip_prefix_ignore_case(text, "IPv6:") {
+        let addr = v6
+            .parse::<Ipv6Addr>()
+            .map_err(|_| AddressError::InvalidAddressLiteral)?;
+        return Ok((rest, Domain::Ipv6(addr)));
+    }
+    if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+        let addr = text
+            .parse::<Ipv4Addr>()
+            .map_err(|_| AddressError::InvalidAddressLiteral)?;
+        return Ok((rest, Domain::Ipv4(addr)));
+    }
+    // `Standardized-tag ":" 1*dcontent`
+    let general: Res<'_, &[u8]> =
+        recognize((sub_domain, char(':'), take_while1(is_dcontent))).parse(content);
+    match general {
+        Ok(([], _)) => Err(AddressError::UnsupportedAddressLiteral),
+        _ => Err(AddressError::InvalidAddressLiteral),
+    }
+}
+
+fn strip_prefix_ignore_case<'s>(s: &'s str, prefix: &str) -> Option<&'s str> {
+    let head = s.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &s[prefix.len()..])
+}
+
+fn utf8(b: &[u8]) -> Result<&str, AddressError> {
+    std::str::from_utf8(b).map_err(|_| AddressError::InvalidUtf8)
+}
+
+/// `Mailbox = Local-part "@" ( Domain / address-literal )`
+///
+/// `Local-part = Dot-string / Quoted-string`
+pub(crate) fn mailbox<'a>(
+    i: &'a [u8],
+    limits: &Limits,
+) -> Result<(&'a [u8], Mailbox<'a>), AddressError> {
+    let (rest, local_part) = if i.first() == Some(&b'"') {
+        let (rest, inner) = quoted_string(i).map_err(|_| AddressError::Syntax)?;
+        let wire_len = inner.len() + 2;
+        if wire_len > limits.max_local_part {
+            return Err(AddressError::LocalPartTooLong);
+        }
+        let inner = utf8(inner)?;
+        let lp = if inner.contains('\\') {
+            let mut s = String::with_capacity(inner.len());
+            let mut escaped = false;
+            for c in inner.chars() {
+                if escaped || c != '\\' {
+                    s.push(c);
+                    escaped = false;
+                } else {
+                    escaped = true;
+                }
+            }
+            Cow::Owned(s)
+        } else {
+            Cow::Borrowed(inner)
+        };
+        (rest, lp)
+    } else {
+        let (rest, ds) = dot_string(i).map_err(|_| AddressError::Syntax)?;
+        if ds.len() > limits.max_local_part {
+            return Err(AddressError::LocalPartTooLong);
+        }
+        (rest, Cow::Borrowed(utf8(ds)?))
+    };
+    let rest = match rest.split_first() {
+        Some((b'@', r)) => r,
+        _ => return Err(AddressError::Syntax),
+    };
+    let (rest, domain) = domain_or_literal(rest, limits)?;
+    Ok((rest, Mailbox { local_part, domain }))
+}
+
+/// `Domain / address-literal`, with the domain length limit.
+fn domain_or_literal<'a>(
+    i: &'a [u8],
+    limits: &Limits,
+) -> Result<(&'a [u8], Domain<'a>), AddressError> {
+    if i.first() == Some(&b'[') {
+        let (rest, d) = address_literal(i)?;
+        if i.len() - rest.len() > limits.max_domain {
+            return Err(AddressError::DomainTooLong);
+        }
+        return Ok((rest, d));
+    }
+    let (rest, d) = domain(i).map_err(|_| AddressError::Syntax)?;
+    if d.len() > limits.max_domain {
+        return Err(AddressError::DomainTooLong);
+    }
+    Ok((rest, Domain::Name(Cow::Borrowed(utf8(d)?))))
+}
+
+/// What a path held, before the command decides which forms it allows.
+pub(crate) enum RawPath<'a> {
+    Null,
+    Postmaster,
+    Mailbox(Mailbox<'a>),
+}
+
+/// `Path = "<" [ A-d-l ":" ] Mailbox ">"`, and also `"<>"` and `"<Postmaster>"`.
+///
+/// Leniently (as Postfix does by default), a bare mailbox or `postmaster` without angle
+/// brackets is accepted too; it ends at a space or the end of the input.
+pub(crate) fn path<'a>(
+    i: &'a [u8],
+    limits: &Limits,
+) -> Result<(&'a [u8], RawPath<'a>), AddressError> {
+    let Some((b'<', inner)) = i.split_first() else {
+        // Lenient form without angle brackets.
+        if let Some(rest) = postmaster(i) {
+            if rest.is_empty() || rest.first() == Some(&b' ') {
+                return Ok((rest, RawPath::Postmaster));
+            }
+        }
+        let (rest, m) = mailbox(i, limits)?;
+        if i.len() - rest.len() + 2 > limits.max_path {
+            return Err(AddressError::PathTooLong);
+        }
+        if !(rest.is_empty() || rest.first() == Some(&b' ')) {
+            return Err(AddressError::Syntax);
+        }
+        return Ok((rest, RawPath::Mailbox(m)));
+    };
+    if let Some((b'>', rest)) = inner.split_first() {
+        return Ok((rest, RawPath::Null));
+    }
+    if let Some(r) = postmaster(inner) {
+        if let Some((b'>', rest)) = r.split_first() {
+            return Ok((rest, RawPath::Postmaster));
+        }
+    }
+    let mut after_route = inner;
+    if inner.first() == Some(&b'@') {
+        let (r, _) = a_d_l(inner).map_err(|_| AddressError::Syntax)?;
+        match r.split_first() {
+            Some((b':', r)) => after_route = r,
+            _ => return Err(AddressError::Syntax),
+        }
+    }
+    let (r, m) = mailbox(after_route, limits)?;
+    let Some((b'>', rest)) = r.split_first() else {
+        return Err(AddressError::Syntax);
+    };
+    if i.len() - rest.len() > limits.max_path {
+        return Err(AddressError::PathTooLong);
+    }
+    Ok((rest, RawPath::Mailbox(m)))
+}
+
+fn postmaster(i: &[u8]) -> Option<&[u8]> {
+    let head = i.get(..10)?;
+    head.eq_ignore_ascii_case(b"postmaster").then(|| &i[10..])
+}
+
+fn all<T>(r: Result<(&[u8], T), AddressError>) -> Result<T, AddressError> {
+    match r {
+        Ok(([], v)) => Ok(v),
+        Ok(_) => Err(AddressError::Syntax),
+        Err(e) => Err(e),
+    }
+}
+
+/// Parses a bare mailbox `local@domain` (no angle brackets), with the RFC 5321 default
+/// limits. For configuration, users files, header addresses already extracted, etc.
+///
+/// # Errors
+/// An [`AddressError`] saying what is wrong.
+///
+/// ```
+/// use smtp_proto::address::{parse_mailbox, Domain};
+/// let m = parse_mailbox("\"john doe\"@[192.0.2.1]").unwrap();
+/// assert_eq!(m.local_part(), "john doe");
+/// assert_eq!(m.domain(), &Domain::Ipv4([192, 0, 2, 1].into()));
+/// assert_eq!(m.to_string(), "\"john doe\"@[192.0.2.1]");
+/// ```
+pub fn parse_mailbox(s: &str) -> Result<Mailbox<'_>, AddressError> {
+    parse_mailbox_with(s, &Limits::default())
+}
+
+/// [`parse_mailbox`] with explicit limits.
+///
+/// # Errors
+/// An [`AddressError`] saying what is wrong.
+pub fn parse_mailbox_with<'a>(s: &'a str, limits: &Limits) -> Result<Mailbox<'a>, AddressError> {
+    all(mailbox(s.as_bytes(), limits))
+}
+
+/// Parses `Domain / address-literal` (e.g. the argument of EHLO, or a configured domain).
+///
+/// # Errors
+/// An [`AddressError`] saying what is wrong.
+pub fn parse_domain(s: &str) -> Result<Domain<'_>, AddressError> {
+    all(domain_or_literal(s.as_bytes(), &Limits::default()))
+}
+
+/// Parses a `Path` in angle brackets (`<a@b>`, `<@route:a@b>`), which must name a mailbox.
+///
+/// # Errors
+/// [`AddressError::MailboxRequired`] for `<>` and `<postmaster>`; otherwise what is wrong.
+pub fn parse_path(s: &str) -> Result<Mailbox<'_>, AddressError> {
+    if !s.starts_with('<') {
+        return Err(AddressError::Syntax);
+    }
+    match all(path(s.as_bytes(), &Limits::default()))? {
+        RawPath::Mailbox(m) => Ok(m),
+        RawPath::Null | RawPath::Postmaster => Err(AddressError::MailboxRequired),
+    }
+}
+
+/// Parses a `Reverse-path` (`<>` or a path), as in `MAIL FROM:`.
+///
+/// # Errors
+/// An [`AddressError`]; `<postmaster>` gives [`AddressError::MailboxRequired`].
+pub fn parse_reverse_path(s: &str) -> Result<ReversePath<'_>, AddressError> {
+    match all(path(s.as_bytes(), &Limits::default()))? {
+        RawPath::Null => Ok(ReversePath::Null),
+        RawPath::Mailbox(m) => Ok(ReversePath::Mailbox(m)),
+        RawPath::Postmaster => Err(AddressError::MailboxRequired),
+    }
+}
+
+/// Parses a `Forward-path` (a path or `<postmaster>`), as in `RCPT TO:`.
+///
+/// # Errors
+/// An [`AddressError`]; `<>` gives [`AddressError::MailboxRequired`].
+pub fn parse_forward_path(s: &str) -> Result<ForwardPath<'_>, AddressError> {
+    match all(path(s.as_bytes(), &Limits::default()))? {
+        RawPath::Postmaster => Ok(ForwardPath::Postmaster),
+        RawPath::Mailbox(m) => Ok(ForwardPath::Mailbox(m)),
+        RawPath::Null => Err(AddressError::MailboxRequired),
+    }
+}

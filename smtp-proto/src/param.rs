@@ -1,1 +1,543 @@
-//! param (being written)
+//! ESMTP parameters of MAIL and RCPT (RFC 5321 §4.1.2), typed.
+//!
+//! - MAIL: `SIZE=n` (RFC 1870), `BODY=7BIT|8BITMIME|BINARYMIME` (RFC 6152, RFC 3030),
+//!   `SMTPUTF8` (RFC 6531), `AUTH=<xtext>` (RFC 4954), `RET=FULL|HDRS` and `ENVID=<xtext>`
+//!   (RFC 3461).
+//! - RCPT: `NOTIFY=NEVER|SUCCESS,FAILURE,DELAY` and `ORCPT=addr-type;xtext` (RFC 3461).
+//!
+//! Keywords are case-insensitive. A keyword given twice is a syntax error (501 5.5.4); a
+//! known keyword with a malformed value, or one that belongs to the other command, is refused
+//! (555 5.5.4); any other `keyword[=value]` is kept in `other`, in order, for the caller to
+//! accept or refuse. xtext values are decoded (`+2B` becomes `+`); decoding allocates only when
+//! the value holds a `+XX` escape. `Display` writes the canonical form (keywords upper case,
+//! known ones first in a fixed order), which parses back to the same value.
+use std::borrow::Cow;
+use std::fmt::{self, Write as _};
+
+use nom::bytes::complete::take_while1;
+use nom::{IResult, Parser};
+
+type Res<'a, T> = IResult<&'a [u8], T>;
+
+/// Why a MAIL or RCPT parameter was refused.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum ParamError {
+    /// The parameter list does not follow `esmtp-param *(SP esmtp-param)` (501 5.5.4).
+    #[error("syntax error in parameters")]
+    Syntax,
+    /// The same keyword appears twice (501 5.5.4).
+    #[error("duplicate parameter")]
+    Duplicate,
+    /// A known keyword with a value it does not allow, e.g. `SIZE=abc` (555 5.5.4).
+    #[error("invalid parameter value")]
+    InvalidValue,
+    /// A known keyword that belongs to the other command, e.g. `NOTIFY` on MAIL (555 5.5.4).
+    #[error("parameter not valid for this command")]
+    WrongCommand,
+}
+
+impl ParamError {
+    /// The basic reply code: 501 for syntax and duplicates, 555 for refused parameters.
+    pub fn code(&self) -> u16 {
+        match self {
+            ParamError::Syntax | ParamError::Duplicate => 501,
+            ParamError::InvalidValue | ParamError::WrongCommand => 555,
+        }
+    }
+
+    /// Human text for a reply.
+    pub fn message(&self) -> &'static str {
+        match self {
+            ParamError::Syntax => "Syntax error in parameters",
+            ParamError::Duplicate => "Duplicate parameter",
+            ParamError::InvalidValue => "Invalid parameter value",
+            ParamError::WrongCommand => "Parameter not valid for this command",
+        }
+    }
+}
+
+/// `BODY=` (RFC 6152, RFC 3030).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Body {
+    /// `7BIT`
+    SevenBit,
+    /// `8BITMIME`
+    EightBitMime,
+    /// `BINARYMIME` (needs BDAT)
+    BinaryMime,
+}
+
+impl Body {
+    /// The keyword value as sent.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Body::SevenBit => "7BIT",
+            Body::EightBitMime => "8BITMIME",
+            Body::BinaryMime => "BINARYMIME",
+        }
+    }
+}
+
+/// `RET=` (RFC 3461): how much of the message a delivery status notification returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Ret {
+    /// `FULL`: the whole message.
+    Full,
+    /// `HDRS`: the headers only.
+    Hdrs,
+}
+
+impl Ret {
+    /// The keyword value as sent.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Ret::Full => "FULL",
+            Ret::Hdrs => "HDRS",
+        }
+    }
+}
+
+/// `NOTIFY=` (RFC 3461). All three false means `NEVER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Notify {
+    /// `SUCCESS`
+    pub success: bool,
+    /// `FAILURE`
+    pub failure: bool,
+    /// `DELAY`
+    pub delay: bool,
+}
+
+impl Notify {
+    /// `NOTIFY=NEVER`
+    pub const NEVER: Notify = Notify {
+        success: false,
+        failure: false,
+        delay: false,
+    };
+
+    /// True for `NEVER`.
+    pub fn is_never(&self) -> bool {
+        !(self.success || self.failure || self.delay)
+    }
+}
+
+impl fmt::Display for Notify {
+    /// `NEVER` or a comma list in the order SUCCESS,FAILURE,DELAY.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_never() {
+            return f.write_str("NEVER");
+        }
+        let mut sep = "";
+        for (on, name) in [
+            (self.success, "SUCCESS"),
+            (self.failure, "FAILURE"),
+            (self.delay, "DELAY"),
+        ] {
+            if on {
+                write!(f, "{sep}{name}")?;
+                sep = ",";
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `ORCPT=addr-type;xtext` (RFC 3461): the original recipient.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Orcpt<'a> {
+    /// The address type, e.g. `rfc822` (as sent).
+    pub addr_type: &'a str,
+    /// The address, xtext-decoded.
+    pub addr: Cow<'a, str>,
+}
+
+/// Parameters of `MAIL FROM:`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct MailParams<'a> {
+    /// `SIZE=n`: the declared message size in octets.
+    pub size: Option<u64>,
+    /// `BODY=`
+    pub body: Option<Body>,
+    /// `SMTPUTF8` (no value)
+    pub smtputf8: bool,
+    /// `AUTH=`: the authenticated submitter, xtext-decoded (`<>` means unknown).
+    pub auth: Option<Cow<'a, str>>,
+    /// `RET=`
+    pub ret: Option<Ret>,
+    /// `ENVID=`: the envelope identifier, xtext-decoded.
+    pub envid: Option<Cow<'a, str>>,
+    /// Any other parameter, as `(keyword, value)`, in the order received.
+    pub other: Vec<(&'a str, Option<&'a str>)>,
+}
+
+/// Parameters of `RCPT TO:`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RcptParams<'a> {
+    /// `NOTIFY=`
+    pub notify: Option<Notify>,
+    /// `ORCPT=`
+    pub orcpt: Option<Orcpt<'a>>,
+    /// Any other parameter, as `(keyword, value)`, in the order received.
+    pub other: Vec<(&'a str, Option<&'a str>)>,
+}
+
+impl<'a> MailParams<'a> {
+    /// Parses `Mail-parameters = esmtp-param *(SP esmtp-param)` (the text after the path and
+    /// its space). An empty string gives no parameters.
+    ///
+    /// # Errors
+    /// A [`ParamError`] saying which reply applies.
+    pub fn parse(s: &'a str) -> Result<Self, ParamError> {
+        parse_mail_params(s.as_bytes())
+    }
+
+    /// True when there is no parameter at all.
+    pub fn is_empty(&self) -> bool {
+        *self == MailParams::default()
+    }
+}
+
+impl<'a> RcptParams<'a> {
+    /// Parses `Rcpt-parameters = esmtp-param *(SP esmtp-param)`. An empty string gives no
+    /// parameters.
+    ///
+    /// # Errors
+    /// A [`ParamError`] saying which reply applies.
+    pub fn parse(s: &'a str) -> Result<Self, ParamError> {
+        parse_rcpt_params(s.as_bytes())
+    }
+
+    /// True when there is no parameter at all.
+    pub fn is_empty(&self) -> bool {
+        *self == RcptParams::default()
+    }
+}
+
+/// Writes ` KEY` or ` KEY=VALUE`, with a space before all but the first item.
+struct Joiner<'f, 'g> {
+    f: &'f mut fmt::Formatter<'g>,
+    first: bool,
+}
+
+impl Joiner<'_, '_> {
+    fn item(&mut self, args: fmt::Arguments<'_>) -> fmt::Result {
+        if !self.first {
+            self.f.write_char(' ')?;
+        }
+        self.first = false;
+        self.f.write_fmt(args)
+    }
+
+    fn others(&mut self, other: &[(&str, Option<&str>)]) -> fmt::Result {
+        for (k, v) in other {
+            match v {
+                Some(v) => self.item(format_args!("{k}={v}"))?,
+                None => self.item(format_args!("{k}"))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for MailParams<'_> {
+    /// The parameters separated by single spaces, without a leading space.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut j = Joiner { f, first: true };
+        if let Some(n) = self.size {
+            j.item(format_args!("SIZE={n}"))?;
+        }
+        if let Some(b) = self.body {
+            j.item(format_args!("BODY={}", b.as_str()))?;
+        }
+        if self.smtputf8 {
+            j.item(format_args!("SMTPUTF8"))?;
+        }
+        if let Some(a) = &self.auth {
+            j.item(format_args!("AUTH={}", XText(a)))?;
+        }
+        if let Some(r) = self.ret {
+            j.item(format_args!("RET={}", r.as_str()))?;
+        }
+        if let Some(e) = &self.envid {
+            j.item(format_args!("ENVID={}", XText(e)))?;
+        }
+        j.others(&self.other)
+    }
+}
+
+impl fmt::Display for RcptParams<'_> {
+    /// The parameters separated by single spaces, without a leading space.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut j = Joiner { f, first: true };
+        if let Some(n) = self.notify {
+            j.item(format_args!("NOTIFY={n}"))?;
+        }
+        if let Some(o) = &self.orcpt {
+            j.item(format_args!("ORCPT={};{}", o.addr_type, XText(&o.addr)))?;
+        }
+        j.others(&self.other)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// xtext (RFC 3461 §4)
+
+/// Displays a string xtext-encoded: `+`, `=` and every byte outside `!`..`~` become `+XX`.
+#[derive(Debug, Clone, Copy)]
+pub struct XText<'a>(pub &'a str);
+
+impl fmt::Display for XText<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = self.0;
+        let mut start = 0;
+        for (i, b) in s.bytes().enumerate() {
+            if !is_xchar(b) {
+                f.write_str(s.get(start..i).unwrap_or_default())?;
+                write!(f, "+{b:02X}")?;
+                start = i + 1;
+            }
+        }
+        f.write_str(s.get(start..).unwrap_or_default())
+    }
+}
+
+/// `xchar`: any ASCII character from `!` to `~` except `+` and `=`.
+fn is_xchar(b: u8) -> bool {
+    (b'!'..=b'~').contains(&b) && b != b'+' && b != b'='
+}
+
+/// Encodes a string as xtext (RFC 3461 §4), e.g. `a+b` → `a+2Bb`.
+pub fn xtext_encode(s: &str) -> String {
+    XText(s).to_string()
+}
+
+/// Decodes xtext (RFC 3461 §4): `xtext = *( xchar / hexchar )`, `hexchar = "+" 2HEXDIG`.
+///
+/// Borrows when there is nothing to decode. Lower-case hex digits are accepted (RFC 3461
+/// asks senders for upper case).
+///
+/// # Errors
+/// [`ParamError::InvalidValue`] for a character outside xtext, a bad `+XX` escape, or
+/// decoded bytes that are not UTF-8.
+pub fn xtext_decode(s: &str) -> Result<Cow<'_, str>, ParamError> {
+    let bytes = s.as_bytes();
+    if bytes.iter().all(|&b| is_xchar(b)) {
+        return Ok(Cow::Borrowed(s));
+    }
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        if b == b'+' {
+            let hi = bytes.get(i + 1).and_then(|&c| (c as char).to_digit(16));
+            let lo = bytes.get(i + 2).and_then(|&c| (c as char).to_digit(16));
+            match (hi, lo) {
+                // Two hex digits make a value below 256.
+                (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                _ => return Err(ParamError::InvalidValue),
+            }
+            i += 3;
+        } else if is_xchar(b) {
+            out.push(b);
+            i += 1;
+        } else {
+            return Err(ParamError::InvalidValue);
+        }
+    }
+    String::from_utf8(out)
+        .map(Cow::Owned)
+        .map_err(|_| ParamError::InvalidValue)
+}
+
+// ---------------------------------------------------------------------------------------
+// Parsers
+
+fn is_keyword_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-'
+}
+
+/// `esmtp-value = 1*(%d33-60 / %d62-126)` (RFC 6531: `/ UTF8-non-ascii`)
+fn is_value_char(b: u8) -> bool {
+    matches!(b, 33..=60 | 62..=126) || b >= 0x80
+}
+
+/// `esmtp-param = esmtp-keyword ["=" esmtp-value]`
+///
+/// `esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")`
+fn esmtp_param(i: &[u8]) -> Res<'_, (&[u8], Option<&[u8]>)> {
+    let (rest, kw) = take_while1(is_keyword_char)(i)?;
+    if kw.first() == Some(&b'-') {
+        return Err(nom::Err::Error(nom::error::Error::new(
+            i,
+            nom::error::ErrorKind::Verify,
+        )));
+    }
+    match rest.split_first() {
+        Some((b'=', r)) => {
+            let (rest, v) = take_while1(is_value_char).parse(r)?;
+            Ok((rest, (kw, Some(v))))
+        }
+        _ => Ok((rest, (kw, None))),
+    }
+}
+
+/// Splits `esmtp-param *(SP esmtp-param)` into keyword/value pairs and hands each to `f`.
+/// Several spaces between parameters are accepted.
+fn each_param<'a>(
+    mut i: &'a [u8],
+    mut f: impl FnMut(&'a str, Option<&'a str>) -> Result<(), ParamError>,
+) -> Result<(), ParamError> {
+    loop {
+        while let Some((b' ', r)) = i.split_first() {
+            i = r;
+        }
+        if i.is_empty() {
+            return Ok(());
+        }
+        let (rest, (k, v)) = esmtp_param(i).map_err(|_| ParamError::Syntax)?;
+        if !(rest.is_empty() || rest.first() == Some(&b' ')) {
+            return Err(ParamError::Syntax);
+        }
+        // The keyword is ASCII by construction; the value may hold UTF-8 (RFC 6531).
+        let k = std::str::from_utf8(k).map_err(|_| ParamError::Syntax)?;
+        let v = match v {
+            Some(v) => Some(std::str::from_utf8(v).map_err(|_| ParamError::Syntax)?),
+            None => None,
+        };
+        f(k, v)?;
+        i = rest;
+    }
+}
+
+fn set_once<T>(slot: &mut Option<T>, v: T) -> Result<(), ParamError> {
+    if slot.is_some() {
+        return Err(ParamError::Duplicate);
+    }
+    *slot = Some(v);
+    Ok(())
+}
+
+fn push_other<'a>(
+    other: &mut Vec<(&'a str, Option<&'a str>)>,
+    k: &'a str,
+    v: Option<&'a str>,
+) -> Result<(), ParamError> {
+    if other.iter().any(|(o, _)| o.eq_ignore_ascii_case(k)) {
+        return Err(ParamError::Duplicate);
+    }
+    other.push((k, v));
+    Ok(())
+}
+
+fn is(k: &str, name: &str) -> bool {
+    k.eq_ignore_ascii_case(name)
+}
+
+const MAIL_ONLY: [&str; 6] = ["SIZE", "BODY", "SMTPUTF8", "AUTH", "RET", "ENVID"];
+const RCPT_ONLY: [&str; 2] = ["NOTIFY", "ORCPT"];
+
+/// `size-value = 1*20DIGIT` (RFC 1870)
+fn size_value(v: &str) -> Result<u64, ParamError> {
+    if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(ParamError::InvalidValue);
+    }
+    v.parse().map_err(|_| ParamError::InvalidValue)
+}
+
+pub(crate) fn parse_mail_params(i: &[u8]) -> Result<MailParams<'_>, ParamError> {
+    let mut p = MailParams::default();
+    each_param(i, |k, v| {
+        if is(k, "SIZE") {
+            let n = size_value(v.ok_or(ParamError::InvalidValue)?)?;
+            set_once(&mut p.size, n)
+        } else if is(k, "BODY") {
+            let b = match v {
+                Some(v) if is(v, "7BIT") => Body::SevenBit,
+                Some(v) if is(v, "8BITMIME") => Body::EightBitMime,
+                Some(v) if is(v, "BINARYMIME") => Body::BinaryMime,
+                _ => return Err(ParamError::InvalidValue),
+            };
+            set_once(&mut p.body, b)
+        } else if is(k, "SMTPUTF8") {
+            if v.is_some() {
+                return Err(ParamError::InvalidValue);
+            }
+            if p.smtputf8 {
+                return Err(ParamError::Duplicate);
+            }
+            p.smtputf8 = true;
+            Ok(())
+        } else if is(k, "AUTH") {
+            let a = xtext_decode(v.ok_or(ParamError::InvalidValue)?)?;
+            set_once(&mut p.auth, a)
+        } else if is(k, "RET") {
+            let r = match v {
+                Some(v) if is(v, "FULL") => Ret::Full,
+                Some(v) if is(v, "HDRS") => Ret::Hdrs,
+                _ => return Err(ParamError::InvalidValue),
+            };
+            set_once(&mut p.ret, r)
+        } else if is(k, "ENVID") {
+            let e = xtext_decode(v.ok_or(ParamError::InvalidValue)?)?;
+            set_once(&mut p.envid, e)
+        } else if RCPT_ONLY.iter().any(|n| is(k, n)) {
+            Err(ParamError::WrongCommand)
+        } else {
+            push_other(&mut p.other, k, v)
+        }
+    })?;
+    Ok(p)
+}
+
+/// `notify-esmtp-value = "NEVER" / 1#notify-list-element` (RFC 3461)
+fn notify_value(v: &str) -> Result<Notify, ParamError> {
+    if is(v, "NEVER") {
+        return Ok(Notify::NEVER);
+    }
+    let mut n = Notify::NEVER;
+    for item in v.split(',') {
+        let flag = if is(item, "SUCCESS") {
+            &mut n.success
+        } else if is(item, "FAILURE") {
+            &mut n.failure
+        } else if is(item, "DELAY") {
+            &mut n.delay
+        } else {
+            // Includes NEVER in a list, which RFC 3461 makes exclusive, and empty items.
+            return Err(ParamError::InvalidValue);
+        };
+        *flag = true;
+    }
+    Ok(n)
+}
+
+/// `original-recipient-address = addr-type ";" xtext`, `addr-type = atom` (RFC 3461)
+fn orcpt_value(v: &str) -> Result<Orcpt<'_>, ParamError> {
+    let (t, a) = v.split_once(';').ok_or(ParamError::InvalidValue)?;
+    if t.is_empty() || !t.bytes().all(crate::address::is_atext) {
+        return Err(ParamError::InvalidValue);
+    }
+    Ok(Orcpt {
+        addr_type: t,
+        addr: xtext_decode(a)?,
+    })
+}
+
+pub(crate) fn parse_rcpt_params(i: &[u8]) -> Result<RcptParams<'_>, ParamError> {
+    let mut p = RcptParams::default();
+    each_param(i, |k, v| {
+        if is(k, "NOTIFY") {
+            let n = notify_value(v.ok_or(ParamError::InvalidValue)?)?;
+            set_once(&mut p.notify, n)
+        } else if is(k, "ORCPT") {
+            let o = orcpt_value(v.ok_or(ParamError::InvalidValue)?)?;
+            set_once(&mut p.orcpt, o)
+        } else if MAIL_ONLY.iter().any(|n| is(k, n)) {
+            Err(ParamError::WrongCommand)
+        } else {
+            push_other(&mut p.other, k, v)
+        }
+    })?;
+    Ok(p)
+}

@@ -1,1 +1,0 @@
-//! command (being written)

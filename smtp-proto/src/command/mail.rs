@@ -1,0 +1,81 @@
+//! `MAIL` and `RCPT`.
+use nom::bytes::complete::tag_no_case;
+use nom::IResult;
+
+use super::{Command, CommandErrorKind, Limits};
+use crate::address::{self, ForwardPath, RawPath, ReversePath};
+use crate::param::{parse_mail_params, parse_rcpt_params};
+
+const MAIL_HINT: &str = "Syntax: MAIL FROM:<address> [parameters]";
+const RCPT_HINT: &str = "Syntax: RCPT TO:<address> [parameters]";
+
+/// `"FROM:"` or `"TO:"`, then (leniently) any spaces.
+fn keyword<'a>(kw: &'static str) -> impl Fn(&'a [u8]) -> IResult<&'a [u8], &'a [u8]> {
+    move |i| {
+        let (rest, k) = tag_no_case(kw)(i)?;
+        Ok((super::skip_spaces(rest), k))
+    }
+}
+
+/// What follows the path: nothing, or `SP` and the parameters.
+fn after_path(rest: &[u8]) -> Option<&[u8]> {
+    match rest.split_first() {
+        None => Some(rest),
+        Some((b' ', r)) => Some(r),
+        Some(_) => None,
+    }
+}
+
+/// `mail = "MAIL FROM:" Reverse-path [SP Mail-parameters] CRLF`
+pub(super) fn mail<'a>(
+    args: Option<&'a [u8]>,
+    limits: &Limits,
+) -> Result<Command<'a>, CommandErrorKind> {
+    let a = args.ok_or(CommandErrorKind::Syntax(MAIL_HINT))?;
+    let (p, _) = keyword("FROM:")(a).map_err(|_| CommandErrorKind::Syntax(MAIL_HINT))?;
+    if p.is_empty() {
+        return Err(CommandErrorKind::Syntax(MAIL_HINT));
+    }
+    let (rest, path) = address::path(p, limits).map_err(CommandErrorKind::BadSender)?;
+    let from = match path {
+        RawPath::Null => ReversePath::Null,
+        RawPath::Mailbox(m) => ReversePath::Mailbox(m),
+        RawPath::Postmaster => {
+            return Err(CommandErrorKind::BadSender(
+                address::AddressError::MailboxRequired,
+            ))
+        }
+    };
+    let params =
+        after_path(rest).ok_or(CommandErrorKind::BadSender(address::AddressError::Syntax))?;
+    let params = parse_mail_params(params).map_err(CommandErrorKind::Parameter)?;
+    Ok(Command::Mail { from, params })
+}
+
+/// `rcpt = "RCPT TO:" ( "<Postmaster@" Domain ">" / "<Postmaster>" / Forward-path )
+/// [SP Rcpt-parameters] CRLF`
+pub(super) fn rcpt<'a>(
+    args: Option<&'a [u8]>,
+    limits: &Limits,
+) -> Result<Command<'a>, CommandErrorKind> {
+    let a = args.ok_or(CommandErrorKind::Syntax(RCPT_HINT))?;
+    let (p, _) = keyword("TO:")(a).map_err(|_| CommandErrorKind::Syntax(RCPT_HINT))?;
+    if p.is_empty() {
+        return Err(CommandErrorKind::Syntax(RCPT_HINT));
+    }
+    let (rest, path) = address::path(p, limits).map_err(CommandErrorKind::BadRecipient)?;
+    let to = match path {
+        RawPath::Postmaster => ForwardPath::Postmaster,
+        RawPath::Mailbox(m) => ForwardPath::Mailbox(m),
+        RawPath::Null => {
+            return Err(CommandErrorKind::BadRecipient(
+                address::AddressError::MailboxRequired,
+            ))
+        }
+    };
+    let params = after_path(rest).ok_or(CommandErrorKind::BadRecipient(
+        address::AddressError::Syntax,
+    ))?;
+    let params = parse_rcpt_params(params).map_err(CommandErrorKind::Parameter)?;
+    Ok(Command::Rcpt { to, params })
+}

@@ -1,0 +1,520 @@
+//! SMTP commands: the parser a server runs on each line, and the encoder a client uses.
+//!
+//! [`parse_command`] takes the bytes received so far and returns either a [`Command`] with the
+//! number of bytes it used, `Ok(None)` when the line is not complete yet, or a
+//! [`CommandError`] that says which reply to send and how many bytes to skip.
+//!
+//! ```
+//! use smtp_proto::command::{parse_command, Command, Limits};
+//!
+//! let input = b"MAIL FROM:<alice@example.org> SIZE=1000\r\nRCPT TO:<bob@example.net>\r\nDA";
+//! let limits = Limits::default();
+//! let (cmd, used) = parse_command(input, &limits).unwrap().unwrap();
+//! assert!(matches!(cmd, Command::Mail { ref params, .. } if params.size == Some(1000)));
+//! let (cmd, used2) = parse_command(&input[used..], &limits).unwrap().unwrap();
+//! assert_eq!(cmd.to_string(), "RCPT TO:<bob@example.net>\r\n");
+//! // "DA" is not a whole line yet: read more.
+//! assert!(parse_command(&input[used + used2..], &limits).unwrap().is_none());
+//! ```
+//!
+//! Decisions (where RFC 5321 leaves room or real clients differ from it):
+//! - Lines end with CRLF only. A line ending in a bare LF is refused
+//!   ([`CommandErrorKind::BareLineFeed`], `500 5.5.2`) rather than guessed at, because
+//!   disagreeing about line ends is what SMTP smuggling exploits.
+//! - A line longer than [`Limits::max_command_line`] (512 octets with CRLF by default) is
+//!   refused with `500 5.5.2`; bytes are never buffered without end (see
+//!   [`CommandErrorKind::LineTooLong`]).
+//! - Lenient where common clients are sloppy and no ambiguity arises: spaces after `FROM:`
+//!   / `TO:` (`MAIL FROM: <a@b>`), paths without angle brackets (`MAIL FROM:a@b`, as Postfix
+//!   accepts by default), several spaces between arguments, trailing spaces or tabs.
+//! - `VRFY`, `EXPN` and `HELP` take the rest of the line as their argument (clients send
+//!   `VRFY <user@host>`, which is not the RFC's `String`); `NOOP`'s argument is ignored.
+//! - `EHLO`/`HELO` take one word without checking it is a domain (Windows hosts send names
+//!   with `_`); use [`crate::address::parse_domain`] to check it strictly.
+//! - Address errors reply `501 5.1.7` for MAIL and `501 5.1.3` for RCPT (RFC 3463), including
+//!   paths over the length limits.
+//! - `AUTH` initial responses are checked to be base64 or `=`; `Debug` on [`Command`] hides them.
+use std::fmt;
+
+use crate::address::{AddressError, ForwardPath, ReversePath};
+use crate::param::{MailParams, ParamError, RcptParams};
+
+mod auth;
+mod bdat;
+mod hello;
+mod mail;
+mod simple;
+
+/// Size limits applied while parsing (RFC 5321 §4.5.3.1). The defaults are the RFC's minimums.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest command line, including the CRLF (default 512).
+    pub max_command_line: usize,
+    /// Longest local part, in octets as sent (default 64).
+    pub max_local_part: usize,
+    /// Longest domain, in octets (default 255).
+    pub max_domain: usize,
+    /// Longest path, including `<` and `>` (default 256).
+    pub max_path: usize,
+}
+
+impl Limits {
+    /// The RFC 5321 §4.5.3.1 values.
+    pub const RFC5321: Limits = Limits {
+        max_command_line: 512,
+        max_local_part: 64,
+        max_domain: 255,
+        max_path: 256,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits::RFC5321
+    }
+}
+
+/// One SMTP command, borrowing its text from the input line.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// `EHLO <domain or address literal>` (the argument as sent, one word).
+    Ehlo(&'a str),
+    /// `HELO <domain>` (the argument as sent, one word).
+    Helo(&'a str),
+    /// `MAIL FROM:<reverse-path> [params]`
+    Mail {
+        /// The sender, or `<>`.
+        from: ReversePath<'a>,
+        /// ESMTP parameters.
+        params: MailParams<'a>,
+    },
+    /// `RCPT TO:<forward-path> [params]`
+    Rcpt {
+        /// The recipient.
+        to: ForwardPath<'a>,
+        /// ESMTP parameters.
+        params: RcptParams<'a>,
+    },
+    /// `DATA`
+    Data,
+    /// `RSET`
+    Rset,
+    /// `NOOP [string]` (the argument is ignored)
+    Noop,
+    /// `QUIT`
+    Quit,
+    /// `VRFY <string>`
+    Vrfy(&'a str),
+    /// `EXPN <string>`
+    Expn(&'a str),
+    /// `HELP [string]`
+    Help(Option<&'a str>),
+    /// `STARTTLS` (RFC 3207)
+    StartTls,
+    /// `AUTH mechanism [initial-response]` (RFC 4954)
+    Auth {
+        /// The SASL mechanism name, as sent (compare case-insensitively).
+        mechanism: &'a str,
+        /// The base64 initial response; `Some("")` when the client sent `=` (empty response).
+        initial_response: Option<&'a str>,
+    },
+    /// `BDAT <size> [LAST]` (RFC 3030): `size` octets of message follow the CRLF.
+    Bdat {
+        /// Chunk size in octets.
+        size: u64,
+        /// True for the last chunk.
+        last: bool,
+    },
+}
+
+impl Command<'_> {
+    /// The verb in upper case, e.g. `"MAIL"`.
+    pub fn verb(&self) -> &'static str {
+        match self {
+            Command::Ehlo(_) => "EHLO",
+            Command::Helo(_) => "HELO",
+            Command::Mail { .. } => "MAIL",
+            Command::Rcpt { .. } => "RCPT",
+            Command::Data => "DATA",
+            Command::Rset => "RSET",
+            Command::Noop => "NOOP",
+            Command::Quit => "QUIT",
+            Command::Vrfy(_) => "VRFY",
+            Command::Expn(_) => "EXPN",
+            Command::Help(_) => "HELP",
+            Command::StartTls => "STARTTLS",
+            Command::Auth { .. } => "AUTH",
+            Command::Bdat { .. } => "BDAT",
+        }
+    }
+
+    /// Appends the wire form, CRLF included, to `out`.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        use std::io::Write as _;
+        // Writing into a Vec cannot fail.
+        let _ = write!(out, "{self}");
+    }
+}
+
+impl fmt::Display for Command<'_> {
+    /// The wire form, CRLF included: `MAIL FROM:<a@b> SIZE=10\r\n`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Ehlo(d) | Command::Helo(d) | Command::Vrfy(d) | Command::Expn(d) => {
+                write!(f, "{} {d}", self.verb())?
+            }
+            Command::Help(Some(s)) => write!(f, "HELP {s}")?,
+            Command::Mail { from, params } => {
+                write!(f, "MAIL FROM:{from}")?;
+                if !params.is_empty() {
+                    write!(f, " {params}")?;
+                }
+            }
+            Command::Rcpt { to, params } => {
+                write!(f, "RCPT TO:{to}")?;
+                if !params.is_empty() {
+                    write!(f, " {params}")?;
+                }
+            }
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                write!(f, "AUTH {mechanism}")?;
+                match initial_response {
+                    Some("") => f.write_str(" =")?,
+                    Some(r) => write!(f, " {r}")?,
+                    None => {}
+                }
+            }
+            Command::Bdat { size, last } => {
+                write!(f, "BDAT {size}")?;
+                if *last {
+                    f.write_str(" LAST")?;
+                }
+            }
+            Command::Help(None)
+            | Command::Data
+            | Command::Rset
+            | Command::Noop
+            | Command::Quit
+            | Command::StartTls => f.write_str(self.verb())?,
+        }
+        f.write_str("\r\n")
+    }
+}
+
+impl fmt::Debug for Command<'_> {
+    /// Like a derived `Debug`, but an AUTH initial response (a credential) is redacted.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Command::Ehlo(s) => f.debug_tuple("Ehlo").field(s).finish(),
+            Command::Helo(s) => f.debug_tuple("Helo").field(s).finish(),
+            Command::Mail { from, params } => f
+                .debug_struct("Mail")
+                .field("from", from)
+                .field("params", params)
+                .finish(),
+            Command::Rcpt { to, params } => f
+                .debug_struct("Rcpt")
+                .field("to", to)
+                .field("params", params)
+                .finish(),
+            Command::Data => f.write_str("Data"),
+            Command::Rset => f.write_str("Rset"),
+            Command::Noop => f.write_str("Noop"),
+            Command::Quit => f.write_str("Quit"),
+            Command::Vrfy(s) => f.debug_tuple("Vrfy").field(s).finish(),
+            Command::Expn(s) => f.debug_tuple("Expn").field(s).finish(),
+            Command::Help(s) => f.debug_tuple("Help").field(s).finish(),
+            Command::StartTls => f.write_str("StartTls"),
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => f
+                .debug_struct("Auth")
+                .field("mechanism", mechanism)
+                .field("initial_response", &initial_response.map(|_| "<redacted>"))
+                .finish(),
+            Command::Bdat { size, last } => f
+                .debug_struct("Bdat")
+                .field("size", size)
+                .field("last", last)
+                .finish(),
+        }
+    }
+}
+
+/// Why a command line was refused, and so which reply to send.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum CommandErrorKind {
+    /// Not an SMTP verb: `500 5.5.1`.
+    #[error("command unrecognized")]
+    UnknownCommand,
+    /// A verb this crate knows but does not implement (TURN, ETRN, ATRN, ...): `502 5.5.1`.
+    #[error("command not implemented")]
+    NotImplemented,
+    /// Bad arguments to a known verb: `501 5.5.4`; the text is a usage hint.
+    #[error("syntax error: {0}")]
+    Syntax(&'static str),
+    /// Bad MAIL FROM address: `501 5.1.7`.
+    #[error("bad sender address: {0}")]
+    BadSender(AddressError),
+    /// Bad RCPT TO address: `501 5.1.3`.
+    #[error("bad recipient address: {0}")]
+    BadRecipient(AddressError),
+    /// A MAIL/RCPT parameter was refused: `501 5.5.4` (syntax, duplicate) or `555 5.5.4`.
+    #[error("parameter error: {0}")]
+    Parameter(ParamError),
+    /// The line is longer than [`Limits::max_command_line`]: `500 5.5.2`.
+    ///
+    /// When `complete` is false the error's `consumed` is the whole input and the line goes
+    /// on: the caller discards bytes up to and including the next LF before parsing again.
+    /// When true, `consumed` covers the whole line through its end.
+    #[error("line too long")]
+    LineTooLong {
+        /// Whether the end of the line was in the input.
+        complete: bool,
+    },
+    /// The line ended with a bare LF instead of CRLF: `500 5.5.2`.
+    #[error("bare LF line terminator")]
+    BareLineFeed,
+}
+
+impl CommandErrorKind {
+    /// The basic reply code (RFC 5321).
+    pub fn code(&self) -> u16 {
+        match self {
+            CommandErrorKind::UnknownCommand
+            | CommandErrorKind::LineTooLong { .. }
+            | CommandErrorKind::BareLineFeed => 500,
+            CommandErrorKind::NotImplemented => 502,
+            CommandErrorKind::Syntax(_)
+            | CommandErrorKind::BadSender(_)
+            | CommandErrorKind::BadRecipient(_) => 501,
+            CommandErrorKind::Parameter(p) => p.code(),
+        }
+    }
+
+    /// The enhanced status code (RFC 3463) as `(class, subject, detail)`, e.g. `(5, 5, 1)`.
+    pub fn enhanced(&self) -> (u8, u16, u16) {
+        match self {
+            CommandErrorKind::UnknownCommand | CommandErrorKind::NotImplemented => (5, 5, 1),
+            CommandErrorKind::LineTooLong { .. } | CommandErrorKind::BareLineFeed => (5, 5, 2),
+            CommandErrorKind::Syntax(_) | CommandErrorKind::Parameter(_) => (5, 5, 4),
+            CommandErrorKind::BadSender(_) => (5, 1, 7),
+            CommandErrorKind::BadRecipient(_) => (5, 1, 3),
+        }
+    }
+
+    /// Human text for the reply.
+    pub fn message(&self) -> &'static str {
+        match self {
+            CommandErrorKind::UnknownCommand => "Command unrecognized",
+            CommandErrorKind::NotImplemented => "Command not implemented",
+            CommandErrorKind::Syntax(hint) => hint,
+            CommandErrorKind::BadSender(AddressError::Syntax) => "Bad sender address syntax",
+            CommandErrorKind::BadRecipient(AddressError::Syntax) => "Bad recipient address syntax",
+            CommandErrorKind::BadSender(e) | CommandErrorKind::BadRecipient(e) => e.message(),
+            CommandErrorKind::Parameter(p) => p.message(),
+            CommandErrorKind::LineTooLong { .. } => "Line too long",
+            CommandErrorKind::BareLineFeed => "Bare LF line terminator not allowed, use CRLF",
+        }
+    }
+}
+
+/// A refused command line: what is wrong and how many bytes the line took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[error("{kind}")]
+pub struct CommandError {
+    /// What is wrong, and so which reply applies.
+    pub kind: CommandErrorKind,
+    /// Length of the bad line including its line end, so the caller can skip it (the whole
+    /// input for [`CommandErrorKind::LineTooLong`] with `complete: false`).
+    pub consumed: usize,
+}
+
+impl CommandError {
+    /// See [`CommandErrorKind::code`].
+    pub fn code(&self) -> u16 {
+        self.kind.code()
+    }
+
+    /// See [`CommandErrorKind::enhanced`].
+    pub fn enhanced(&self) -> (u8, u16, u16) {
+        self.kind.enhanced()
+    }
+
+    /// See [`CommandErrorKind::message`].
+    pub fn message(&self) -> &'static str {
+        self.kind.message()
+    }
+}
+
+/// Parses one command line from the start of `input`.
+///
+/// Returns `Ok(Some((command, consumed)))` where `consumed` counts the line and its CRLF,
+/// `Ok(None)` when no line end has arrived yet and the line is still within
+/// [`Limits::max_command_line`] (read more bytes), or an error with the reply to send.
+///
+/// # Errors
+/// A [`CommandError`]; its `consumed` is the number of bytes to drop before parsing again.
+pub fn parse_command<'a>(
+    input: &'a [u8],
+    limits: &Limits,
+) -> Result<Option<(Command<'a>, usize)>, CommandError> {
+    let max = limits.max_command_line;
+    let window = input.get(..max).unwrap_or(input);
+    match find_lf(window) {
+        Some(lf) => {
+            let consumed = lf + 1;
+            let line = match lf.checked_sub(1) {
+                Some(cr) if window.get(cr) == Some(&b'\r') => &window[..cr],
+                _ => {
+                    return Err(CommandError {
+                        kind: CommandErrorKind::BareLineFeed,
+                        consumed,
+                    })
+                }
+            };
+            match command(line, limits) {
+                Ok(c) => Ok(Some((c, consumed))),
+                Err(kind) => Err(CommandError { kind, consumed }),
+            }
+        }
+        None if input.len() < max => Ok(None),
+        None => {
+            let after = input.get(window.len()..).unwrap_or_default();
+            let (complete, consumed) = match find_lf(after) {
+                Some(lf) => (true, window.len() + lf + 1),
+                None => (false, input.len()),
+            };
+            Err(CommandError {
+                kind: CommandErrorKind::LineTooLong { complete },
+                consumed,
+            })
+        }
+    }
+}
+
+fn find_lf(s: &[u8]) -> Option<usize> {
+    s.iter().position(|&b| b == b'\n')
+}
+
+#[derive(Clone, Copy)]
+enum Verb {
+    Ehlo,
+    Helo,
+    Mail,
+    Rcpt,
+    Data,
+    Rset,
+    Noop,
+    Quit,
+    Vrfy,
+    Expn,
+    Help,
+    StartTls,
+    Auth,
+    Bdat,
+    Unimplemented,
+}
+
+const fn word(s: &[u8; 4]) -> u32 {
+    u32::from_be_bytes(*s)
+}
+
+/// Recognises a verb (letters only, any case).
+fn verb(v: &[u8]) -> Option<Verb> {
+    if let Ok(four) = <[u8; 4]>::try_from(v) {
+        // Letters only, so clearing bit 5 makes them upper case.
+        let w = u32::from_be_bytes(four) & 0xDFDF_DFDF;
+        const EHLO: u32 = word(b"EHLO");
+        const HELO: u32 = word(b"HELO");
+        const MAIL: u32 = word(b"MAIL");
+        const RCPT: u32 = word(b"RCPT");
+        const DATA: u32 = word(b"DATA");
+        const RSET: u32 = word(b"RSET");
+        const NOOP: u32 = word(b"NOOP");
+        const QUIT: u32 = word(b"QUIT");
+        const VRFY: u32 = word(b"VRFY");
+        const EXPN: u32 = word(b"EXPN");
+        const HELP: u32 = word(b"HELP");
+        const AUTH: u32 = word(b"AUTH");
+        const BDAT: u32 = word(b"BDAT");
+        const TURN: u32 = word(b"TURN");
+        const ETRN: u32 = word(b"ETRN");
+        const ATRN: u32 = word(b"ATRN");
+        const SEND: u32 = word(b"SEND");
+        const SOML: u32 = word(b"SOML");
+        const SAML: u32 = word(b"SAML");
+        const BURL: u32 = word(b"BURL");
+        return Some(match w {
+            EHLO => Verb::Ehlo,
+            HELO => Verb::Helo,
+            MAIL => Verb::Mail,
+            RCPT => Verb::Rcpt,
+            DATA => Verb::Data,
+            RSET => Verb::Rset,
+            NOOP => Verb::Noop,
+            QUIT => Verb::Quit,
+            VRFY => Verb::Vrfy,
+            EXPN => Verb::Expn,
+            HELP => Verb::Help,
+            AUTH => Verb::Auth,
+            BDAT => Verb::Bdat,
+            TURN | ETRN | ATRN | SEND | SOML | SAML | BURL => Verb::Unimplemented,
+            _ => return None,
+        });
+    }
+    if v.eq_ignore_ascii_case(b"STARTTLS") {
+        return Some(Verb::StartTls);
+    }
+    None
+}
+
+/// `command = verb [SP arguments]` for one line without its CRLF.
+fn command<'a>(line: &'a [u8], limits: &Limits) -> Result<Command<'a>, CommandErrorKind> {
+    // Lenient: trailing spaces and tabs are ignored.
+    let end = line
+        .iter()
+        .rposition(|&b| b != b' ' && b != b'\t')
+        .map_or(0, |p| p + 1);
+    let line = &line[..end];
+    let vlen = line
+        .iter()
+        .position(|b| !b.is_ascii_alphabetic())
+        .unwrap_or(line.len());
+    let (v, rest) = line.split_at(vlen);
+    let verb = verb(v).ok_or(CommandErrorKind::UnknownCommand)?;
+    let args = match rest.split_first() {
+        None => None,
+        Some((b' ', a)) => Some(skip_spaces(a)),
+        Some(_) => return Err(CommandErrorKind::UnknownCommand),
+    };
+    match verb {
+        Verb::Ehlo => hello::ehlo(args).map(Command::Ehlo),
+        Verb::Helo => hello::helo(args).map(Command::Helo),
+        Verb::Mail => mail::mail(args, limits),
+        Verb::Rcpt => mail::rcpt(args, limits),
+        Verb::Data => simple::no_args(args, Command::Data, "Syntax: DATA"),
+        Verb::Rset => simple::no_args(args, Command::Rset, "Syntax: RSET"),
+        Verb::Quit => simple::no_args(args, Command::Quit, "Syntax: QUIT"),
+        Verb::StartTls => simple::no_args(args, Command::StartTls, "Syntax: STARTTLS"),
+        Verb::Noop => simple::noop(args),
+        Verb::Vrfy => simple::string(args, "Syntax: VRFY address").map(Command::Vrfy),
+        Verb::Expn => simple::string(args, "Syntax: EXPN list").map(Command::Expn),
+        Verb::Help => simple::help(args),
+        Verb::Auth => auth::auth(args),
+        Verb::Bdat => bdat::bdat(args),
+        Verb::Unimplemented => Err(CommandErrorKind::NotImplemented),
+    }
+}
+
+fn skip_spaces(mut s: &[u8]) -> &[u8] {
+    while let Some((b' ', r)) = s.split_first() {
+        s = r;
+    }
+    s
+}
