@@ -1,0 +1,83 @@
+//! The crate's error type.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::name::NameError;
+
+/// Everything that can go wrong in this crate.
+///
+/// Mapping to SMTP replies, as the daemon does it: [`Error::InvalidName`] is a permanent error
+/// about the address (`550 5.1.3` after RCPT, `553 5.1.3` where the syntax is at fault); every
+/// other variant is a local, temporary failure (`451 4.3.0`), because the message may be
+/// accepted once an operator fixes the disk.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A mailbox name (the local part of an address) breaks the rules of [`crate::name`].
+    #[error("invalid mailbox name: {0}")]
+    InvalidName(#[from] NameError),
+    /// A system call failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done (`"create"`, `"fsync"`, `"rename"`, ...).
+        op: &'static str,
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file written by this crate does not parse: a queue envelope, a `.next` file, a status.
+    #[error("corrupt file {path}: {reason}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The message (by number) does not exist in the mailbox.
+    #[error("no message {number} in mailbox {mailbox}")]
+    NoSuchMessage {
+        /// The mailbox.
+        mailbox: String,
+        /// The message number that was asked for.
+        number: u64,
+    },
+    /// An IMAP flag that cannot be stored: empty, or containing white space or control
+    /// characters.
+    #[error("invalid flag {0:?}")]
+    InvalidFlag(String),
+    /// A queue id that this crate cannot have made (it would not be safe as a file name).
+    #[error("invalid queue id {0:?}")]
+    InvalidQueueId(String),
+    /// A recipient index past the end of the entry's recipient list.
+    #[error("no recipient number {0} in this queue entry")]
+    NoSuchRecipient(usize),
+    /// A [`crate::PendingMessage`] was written to after it was committed, or committed after a
+    /// failed write.
+    #[error("message already committed or broken by an earlier write error")]
+    MessageSealed,
+}
+
+impl Error {
+    /// True for [`Error::InvalidName`]: a permanent, per-recipient error.
+    pub fn is_invalid_name(&self) -> bool {
+        matches!(self, Error::InvalidName(_))
+    }
+}
+
+/// Short for `std::result::Result<T, mailstore::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Builds a closure that wraps an `io::Error` with the operation and the path.
+pub(crate) fn io_err<'a>(
+    op: &'static str,
+    path: impl Into<PathBuf> + 'a,
+) -> impl FnOnce(io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        op,
+        path: path.into(),
+        source,
+    }
+}

@@ -1,0 +1,1034 @@
+//! The durable outbound queue: mail for remote domains, kept until delivered or bounced.
+//!
+//! # Layout
+//!
+//! ```text
+//! <dir>/tmp/<id>/         an entry being written, or a PendingMessage
+//! <dir>/entries/<id>/body       the message, exactly as received
+//! <dir>/entries/<id>/envelope   sender, recipients and their state, DSN parameters, times
+//! <dir>/trash/<id>/       a finished entry being removed
+//! <dir>/corrupt/<id>/     entries that could not be read, moved aside for an operator
+//! ```
+//!
+//! # Durability
+//!
+//! [`Queue::enqueue`] builds the whole entry in `tmp/<id>/` (body and envelope fsynced, the
+//! directory fsynced), then renames the directory into `entries/` and fsyncs `entries/`. So an
+//! entry is either entirely there or not at all, and when `enqueue` returns it survives a crash:
+//! the SMTP server may answer `250`. Changes to an entry replace its envelope file (temporary
+//! file, fsync, rename, directory fsync), so a crash leaves the old or the new envelope, never a
+//! mix. A finished entry is first renamed to `trash/`, then removed.
+//!
+//! # Claims
+//!
+//! A worker [`claim`](Queue::claim)s an entry before delivering it. The claim is an exclusive
+//! `flock` on the entry's directory, held by the [`Claim`] value: a second claim, from another
+//! thread or another process, gets `None` until the first is dropped. Nothing about a claim is
+//! written to disk, so when a process dies its claims vanish with its descriptors, and the
+//! entries are due again at once (the "recovery" of claimed entries needs no work).
+//!
+//! # Times
+//!
+//! The queue never reads the clock for its decisions: callers pass `now` and the next attempt
+//! time (a [`SystemTime`], since entries outlive the process), so tests control time.
+//!
+//! # The envelope file
+//!
+//! A small line-based, versioned text format (see [`QueueEntry::encode`]): it is easy to read
+//! with `cat` when a delivery is stuck, and needs no serialisation library. Values are
+//! percent-escaped (`%`, control characters), so each field is one line.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::error::{io_err, Error, Result};
+use crate::fsutil::{self, create_new, ensure_dir, fsync_dir, replace_file};
+use crate::lock::try_lock;
+use crate::pending::{clean_staging, link_or_copy, PendingMessage};
+
+const MAGIC: &str = "mailstore-queue 1";
+const BODY: &str = "body";
+const ENVELOPE: &str = "envelope";
+
+/// The name of a queue entry: made by the queue, unique, safe as a file name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct QueueId(String);
+
+impl QueueId {
+    fn generate() -> QueueId {
+        QueueId(fsutil::unique())
+    }
+
+    /// The id as text (as shown in logs and in `250 ... queued as <id>`).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for QueueId {
+    type Err = Error;
+
+    /// Accepts what [`Display`](fmt::Display) printed: 1 to 64 of ASCII letters, digits, `.`,
+    /// `-` and `_`, not starting with a dot.
+    fn from_str(s: &str) -> Result<Self> {
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && !s.starts_with('.')
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+        if ok {
+            Ok(QueueId(s.to_owned()))
+        } else {
+            Err(Error::InvalidQueueId(s.to_owned()))
+        }
+    }
+}
+
+/// Where one recipient stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RcptState {
+    /// Not delivered yet (never tried, or a temporary failure).
+    Pending,
+    /// Accepted by the next hop.
+    Delivered,
+    /// Refused for good; `reply` is the last reply (e.g. `550 5.1.1 no such user`), for the
+    /// bounce.
+    Failed {
+        /// The reply that made it fail.
+        reply: String,
+    },
+}
+
+/// One recipient of a queued message, with its DSN parameters (RFC 3461) kept as given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// The forward path, without angle brackets.
+    pub address: String,
+    /// The `NOTIFY=` value, e.g. `SUCCESS,FAILURE`.
+    pub notify: Option<String>,
+    /// The `ORCPT=` value, e.g. `rfc822;alice@example.org`.
+    pub orcpt: Option<String>,
+    /// Delivery state.
+    pub state: RcptState,
+}
+
+impl Recipient {
+    /// A pending recipient without DSN parameters.
+    pub fn new(address: impl Into<String>) -> Recipient {
+        Recipient {
+            address: address.into(),
+            notify: None,
+            orcpt: None,
+            state: RcptState::Pending,
+        }
+    }
+}
+
+/// The SMTP envelope of a queued message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// The reverse path without angle brackets; empty for the null sender `<>` (bounces).
+    pub sender: String,
+    /// The recipients, each with its own state.
+    pub recipients: Vec<Recipient>,
+    /// The `RET=` value (`FULL` or `HDRS`), if given.
+    pub ret: Option<String>,
+    /// The `ENVID=` value, if given.
+    pub envid: Option<String>,
+}
+
+/// Everything stored about an entry besides its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueEntry {
+    /// Sender, recipients, DSN parameters.
+    pub envelope: Envelope,
+    /// When it was enqueued.
+    pub created: SystemTime,
+    /// Delivery attempts so far (incremented by [`Claim::reschedule`]).
+    pub attempts: u32,
+    /// Not due before this time.
+    pub next_attempt: SystemTime,
+    /// The last temporary error, if any.
+    pub last_error: Option<String>,
+}
+
+impl QueueEntry {
+    /// A fresh entry: created and due at `now`, no attempts yet.
+    pub fn new(envelope: Envelope, now: SystemTime) -> QueueEntry {
+        QueueEntry {
+            envelope,
+            created: now,
+            attempts: 0,
+            next_attempt: now,
+            last_error: None,
+        }
+    }
+
+    /// The envelope file's text. One field per line, `key value`, values percent-escaped:
+    ///
+    /// ```text
+    /// mailstore-queue 1
+    /// created 1700000000.000000000        seconds.nanoseconds since the Unix epoch
+    /// attempts 2
+    /// next-attempt 1700000900.000000000
+    /// last-error 421 4.7.0 try later     (optional)
+    /// sender alice@example.org           (empty value: the null sender)
+    /// ret HDRS                           (optional)
+    /// envid QQ314159                     (optional)
+    /// rcpt bob@example.net               then, for that recipient:
+    /// notify FAILURE,DELAY               (optional)
+    /// orcpt rfc822;bob@example.net       (optional)
+    /// state pending                      or `state delivered`, or `state failed <reply>`
+    /// end
+    /// ```
+    ///
+    /// Times before 1970 are written as the epoch.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(256);
+        let mut line = |key: &str, value: &str| {
+            out.push_str(key);
+            out.push(' ');
+            escape_into(&mut out, value);
+            out.push('\n');
+        };
+        line("mailstore-queue", "1");
+        line("created", &time_text(self.created));
+        line("attempts", &self.attempts.to_string());
+        line("next-attempt", &time_text(self.next_attempt));
+        if let Some(e) = &self.last_error {
+            line("last-error", e);
+        }
+        let env = &self.envelope;
+        line("sender", &env.sender);
+        if let Some(ret) = &env.ret {
+            line("ret", ret);
+        }
+        if let Some(envid) = &env.envid {
+            line("envid", envid);
+        }
+        for r in &env.recipients {
+            line("rcpt", &r.address);
+            if let Some(n) = &r.notify {
+                line("notify", n);
+            }
+            if let Some(o) = &r.orcpt {
+                line("orcpt", o);
+            }
+            match &r.state {
+                RcptState::Pending => line("state", "pending"),
+                RcptState::Delivered => line("state", "delivered"),
+                RcptState::Failed { reply } => line("state", &format!("failed {reply}")),
+            }
+        }
+        out.push_str("end\n");
+        out
+    }
+
+    /// Parses what [`encode`](Self::encode) wrote. Strict: unknown keys, a missing field, a
+    /// recipient without a state, anything after `end`, or no `end` (a truncated file) are
+    /// errors.
+    ///
+    /// # Errors
+    /// The reason, as text (the caller adds the path).
+    pub fn decode(text: &str) -> std::result::Result<QueueEntry, String> {
+        let mut lines = text.split_inclusive('\n');
+        if lines.next() != Some(&format!("{MAGIC}\n")) {
+            return Err("not a version 1 queue envelope".into());
+        }
+        let mut created = None;
+        let mut attempts = None;
+        let mut next_attempt = None;
+        let mut last_error = None;
+        let mut sender = None;
+        let mut ret = None;
+        let mut envid = None;
+        let mut recipients: Vec<Recipient> = Vec::new();
+        let mut state_seen = true;
+        let mut ended = false;
+        for raw in lines {
+            if ended {
+                return Err("data after end".into());
+            }
+            let line = raw
+                .strip_suffix('\n')
+                .ok_or("last line is not terminated (truncated)")?;
+            if line == "end" {
+                ended = true;
+                continue;
+            }
+            let (key, value) = line.split_once(' ').ok_or(format!("bad line {line:?}"))?;
+            let value = unescape(value)?;
+            match key {
+                "created" => {
+                    dup(&created, key)?;
+                    created = Some(parse_time(&value)?);
+                }
+                "attempts" => {
+                    dup(&attempts, key)?;
+                    attempts = Some(value.parse::<u32>().map_err(|_| "bad attempts")?);
+                }
+                "next-attempt" => {
+                    dup(&next_attempt, key)?;
+                    next_attempt = Some(parse_time(&value)?);
+                }
+                "last-error" => {
+                    dup(&last_error, key)?;
+                    last_error = Some(value);
+                }
+                "sender" => {
+                    dup(&sender, key)?;
+                    sender = Some(value);
+                }
+                "ret" => {
+                    dup(&ret, key)?;
+                    ret = Some(value);
+                }
+                "envid" => {
+                    dup(&envid, key)?;
+                    envid = Some(value);
+                }
+                "rcpt" => {
+                    if !state_seen {
+                        return Err("recipient without state".into());
+                    }
+                    state_seen = false;
+                    recipients.push(Recipient::new(value));
+                }
+                "notify" | "orcpt" | "state" => {
+                    let r = match recipients.last_mut() {
+                        Some(r) if !state_seen => r,
+                        _ => return Err(format!("{key} outside a recipient")),
+                    };
+                    match key {
+                        "notify" => r.notify = Some(value),
+                        "orcpt" => r.orcpt = Some(value),
+                        _ => {
+                            r.state = match value.as_str() {
+                                "pending" => RcptState::Pending,
+                                "delivered" => RcptState::Delivered,
+                                v => match v.strip_prefix("failed ") {
+                                    Some(reply) => RcptState::Failed {
+                                        reply: reply.to_owned(),
+                                    },
+                                    None => return Err(format!("bad state {v:?}")),
+                                },
+                            };
+                            state_seen = true;
+                        }
+                    }
+                }
+                _ => return Err(format!("unknown key {key:?}")),
+            }
+        }
+        if !ended {
+            return Err("no end line (truncated)".into());
+        }
+        if !state_seen {
+            return Err("recipient without state".into());
+        }
+        Ok(QueueEntry {
+            envelope: Envelope {
+                sender: sender.ok_or("no sender")?,
+                recipients,
+                ret,
+                envid,
+            },
+            created: created.ok_or("no created")?,
+            attempts: attempts.ok_or("no attempts")?,
+            next_attempt: next_attempt.ok_or("no next-attempt")?,
+            last_error,
+        })
+    }
+}
+
+fn dup<T>(field: &Option<T>, key: &str) -> std::result::Result<(), String> {
+    match field {
+        Some(_) => Err(format!("duplicate {key}")),
+        None => Ok(()),
+    }
+}
+
+fn escape_into(out: &mut String, value: &str) {
+    for c in value.chars() {
+        if c == '%' || c.is_ascii_control() {
+            out.push_str(&format!("%{:02X}", c as u32));
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+fn unescape(value: &str) -> std::result::Result<String, String> {
+    if !value.contains('%') {
+        return Ok(value.to_owned());
+    }
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = value
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("bad % escape")?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "escape is not UTF-8".into())
+}
+
+fn time_text(t: SystemTime) -> String {
+    let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    format!("{}.{:09}", d.as_secs(), d.subsec_nanos())
+}
+
+fn parse_time(s: &str) -> std::result::Result<SystemTime, String> {
+    let bad = || format!("bad time {s:?}");
+    let (secs, nanos) = s.split_once('.').ok_or_else(bad)?;
+    let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
+    if !digits(secs) || nanos.len() != 9 || !digits(nanos) {
+        return Err(bad());
+    }
+    let secs: u64 = secs.parse().map_err(|_| bad())?;
+    let nanos: u32 = nanos.parse().map_err(|_| bad())?;
+    UNIX_EPOCH
+        .checked_add(Duration::new(secs, nanos))
+        .ok_or_else(bad)
+}
+
+/// The queue. Cheap to clone; all clones, and other processes opening the same directory, share
+/// it safely.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tmp: PathBuf,
+    entries: PathBuf,
+    trash: PathBuf,
+    corrupt: PathBuf,
+}
+
+impl Queue {
+    /// Opens (creating if needed) the queue in `dir`, and recovers from crashes: removes
+    /// half-written entries and half-removed ones, and moves entries that cannot be read to
+    /// `corrupt/` (logging an error for each). Entries claimed by a dead process are simply
+    /// claimable again.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the directories cannot be created or listed.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Queue> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(io_err("mkdir", &dir))?;
+        let mut created = false;
+        for sub in ["tmp", "entries", "trash", "corrupt"] {
+            created |= ensure_dir(&dir.join(sub))?;
+        }
+        if created {
+            fsync_dir(&dir)?;
+        }
+        let queue = Queue {
+            inner: Arc::new(Inner {
+                tmp: dir.join("tmp"),
+                entries: dir.join("entries"),
+                trash: dir.join("trash"),
+                corrupt: dir.join("corrupt"),
+            }),
+        };
+        clean_staging(&queue.inner.tmp);
+        if let Ok(trash) = fs::read_dir(&queue.inner.trash) {
+            for e in trash.flatten() {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+        // Reading every entry moves the unreadable ones aside.
+        queue.list()?;
+        Ok(queue)
+    }
+
+    /// Starts a message to be streamed to disk (in `tmp/`), then given to
+    /// [`enqueue_pending`](Self::enqueue_pending).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be created.
+    pub fn begin(&self) -> Result<PendingMessage> {
+        PendingMessage::create(&self.inner.tmp)
+    }
+
+    /// Adds an entry with a body held in memory, durably: when this returns `Ok`, the entry
+    /// survives a crash.
+    ///
+    /// # Errors
+    /// [`Error::Io`]; nothing is enqueued then.
+    pub fn enqueue(&self, entry: &QueueEntry, body: &[u8]) -> Result<QueueId> {
+        self.enqueue_with(entry, |dest| {
+            let mut f = create_new(dest)?;
+            f.write_all(body).map_err(io_err("write", dest))?;
+            f.sync_all().map_err(io_err("fsync", dest))
+        })
+    }
+
+    /// Adds an entry whose body is a [`PendingMessage`] (from this queue's
+    /// [`begin`](Self::begin) or a mailbox store's; it is linked, or copied if it lives on
+    /// another file system). The message stays usable for more commits.
+    ///
+    /// # Errors
+    /// As [`enqueue`](Self::enqueue).
+    pub fn enqueue_pending(
+        &self,
+        entry: &QueueEntry,
+        body: &mut PendingMessage,
+    ) -> Result<QueueId> {
+        let src = body.seal()?.to_path_buf();
+        self.enqueue_with(entry, |dest| {
+            link_or_copy(&src, dest, dest.parent().unwrap_or(Path::new(".")))
+        })
+    }
+
+    fn enqueue_with(
+        &self,
+        entry: &QueueEntry,
+        put_body: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<QueueId> {
+        let (id, stage) = loop {
+            let id = QueueId::generate();
+            let stage = self.inner.tmp.join(id.as_str());
+            if ensure_dir(&stage)? {
+                break (id, stage);
+            }
+        };
+        let r = (|| {
+            let dirf = File::open(&stage).map_err(io_err("open", &stage))?;
+            try_lock(&dirf).map_err(io_err("flock", &stage))?;
+            put_body(&stage.join(BODY))?;
+            let env = stage.join(ENVELOPE);
+            let mut f = create_new(&env)?;
+            f.write_all(entry.encode().as_bytes())
+                .map_err(io_err("write", &env))?;
+            f.sync_all().map_err(io_err("fsync", &env))?;
+            fsync_dir(&stage)?;
+            let dest = self.inner.entries.join(id.as_str());
+            fs::rename(&stage, &dest).map_err(io_err("rename", dest))?;
+            fsync_dir(&self.inner.entries)
+        })();
+        if let Err(e) = r {
+            let _ = fs::remove_dir_all(&stage);
+            return Err(e);
+        }
+        Ok(id)
+    }
+
+    /// All entries, sorted by id (which is by creation time). Unreadable entries are moved to
+    /// `corrupt/` (unless claimed: the claimant will find them) and left out.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if `entries/` cannot be listed.
+    pub fn list(&self) -> Result<Vec<(QueueId, QueueEntry)>> {
+        let dir = &self.inner.entries;
+        let mut out = Vec::new();
+        for e in fs::read_dir(dir).map_err(io_err("readdir", dir))? {
+            let e = e.map_err(io_err("readdir", dir))?;
+            let name = e.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.parse::<QueueId>().ok()) else {
+                tracing::warn!(path = %e.path().display(), "ignoring a stray file in the queue");
+                continue;
+            };
+            match self.read_entry(&id) {
+                Ok(Some(entry)) => out.push((id, entry)),
+                Ok(None) => {} // finished meanwhile
+                Err(err) => {
+                    if let Ok(f) = File::open(e.path()) {
+                        if matches!(try_lock(&f), Ok(true)) {
+                            self.quarantine(&id, &err);
+                        }
+                    }
+                }
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// The entries due at `now` (next attempt not after `now`), earliest first. Some may be
+    /// claimed by another worker; [`claim`](Self::claim) tells.
+    ///
+    /// # Errors
+    /// As [`list`](Self::list).
+    pub fn due(&self, now: SystemTime) -> Result<Vec<QueueId>> {
+        let mut due: Vec<_> = self
+            .list()?
+            .into_iter()
+            .filter(|(_, e)| e.next_attempt <= now)
+            .map(|(id, e)| (e.next_attempt, id))
+            .collect();
+        due.sort();
+        Ok(due.into_iter().map(|(_, id)| id).collect())
+    }
+
+    /// The entry's current state, or `None` if there is no such entry (any more).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] or [`Error::Io`].
+    pub fn entry(&self, id: &QueueId) -> Result<Option<QueueEntry>> {
+        self.read_entry(id)
+    }
+
+    /// Opens the entry's body for reading.
+    ///
+    /// # Errors
+    /// [`Error::Io`] (not found included).
+    pub fn read_body(&self, id: &QueueId) -> Result<File> {
+        let path = self.inner.entries.join(id.as_str()).join(BODY);
+        File::open(&path).map_err(io_err("open", path))
+    }
+
+    /// Claims an entry for delivery: `Ok(None)` if another worker (thread or process) holds it,
+    /// or it is gone (finished), or it was corrupt (moved aside). The claim lasts until the
+    /// [`Claim`] is finished, rescheduled or dropped.
+    ///
+    /// # Errors
+    /// [`Error::Io`] for failures other than those.
+    pub fn claim(&self, id: &QueueId) -> Result<Option<Claim>> {
+        let path = self.inner.entries.join(id.as_str());
+        let dirf = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("open", path)(e)),
+        };
+        if !try_lock(&dirf).map_err(io_err("flock", &path))? {
+            return Ok(None);
+        }
+        // The previous holder may have finished it (moved it away) before we got the lock.
+        let held = dirf.metadata().map_err(io_err("stat", &path))?;
+        match fs::metadata(&path) {
+            Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() => {}
+            Ok(_) => return Ok(None),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err("stat", path)(e)),
+        }
+        // Leftovers of an envelope update by a holder that crashed.
+        if let Ok(list) = fs::read_dir(&path) {
+            for e in list.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".tmp.") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let entry = match self.read_entry(id) {
+            Ok(Some(entry)) => entry,
+            Ok(None) => return Ok(None),
+            Err(err) => {
+                self.quarantine(id, &err);
+                return Ok(None);
+            }
+        };
+        Ok(Some(Claim {
+            queue: self.clone(),
+            id: id.clone(),
+            dir: path,
+            _lock: dirf,
+            entry,
+        }))
+    }
+
+    /// Reads and decodes an entry; `Ok(None)` if its directory is gone.
+    fn read_entry(&self, id: &QueueId) -> Result<Option<QueueEntry>> {
+        let dir = self.inner.entries.join(id.as_str());
+        let env = dir.join(ENVELOPE);
+        let text = match fs::read(&env) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return if dir.exists() {
+                    Err(Error::Corrupt {
+                        path: env,
+                        reason: "missing envelope".into(),
+                    })
+                } else {
+                    Ok(None)
+                };
+            }
+            Err(e) => return Err(io_err("read", env)(e)),
+        };
+        let corrupt = |reason: String| Error::Corrupt {
+            path: env.clone(),
+            reason,
+        };
+        let text = String::from_utf8(text).map_err(|_| corrupt("not UTF-8".into()))?;
+        let entry = QueueEntry::decode(&text).map_err(corrupt)?;
+        if fs::symlink_metadata(dir.join(BODY)).is_err() {
+            if !dir.exists() {
+                return Ok(None);
+            }
+            return Err(Error::Corrupt {
+                path: dir.join(BODY),
+                reason: "missing body".into(),
+            });
+        }
+        Ok(Some(entry))
+    }
+
+    /// Moves an unreadable entry to `corrupt/` (the caller holds its lock). Never fails: a
+    /// corrupt entry must not stop the queue.
+    fn quarantine(&self, id: &QueueId, why: &Error) {
+        let from = self.inner.entries.join(id.as_str());
+        let mut to = self.inner.corrupt.join(id.as_str());
+        if to.exists() {
+            to = self
+                .inner
+                .corrupt
+                .join(format!("{id}.{}", fsutil::unique()));
+        }
+        match fs::rename(&from, &to) {
+            Ok(()) => {
+                let _ = fsync_dir(&self.inner.entries);
+                let _ = fsync_dir(&self.inner.corrupt);
+                tracing::error!(queue_id = %id, moved_to = %to.display(), error = %why,
+                    "corrupt queue entry moved aside");
+            }
+            Err(e) => tracing::error!(queue_id = %id, error = %why, rename_error = %e,
+                "corrupt queue entry, and it cannot be moved aside"),
+        }
+    }
+}
+
+/// An entry claimed for delivery by this worker. Dropping it releases the claim without
+/// changing the entry.
+#[derive(Debug)]
+pub struct Claim {
+    queue: Queue,
+    id: QueueId,
+    dir: PathBuf,
+    _lock: File,
+    entry: QueueEntry,
+}
+
+impl Claim {
+    /// The entry's id.
+    pub fn id(&self) -> &QueueId {
+        &self.id
+    }
+
+    /// The entry as stored (updated by [`record`](Self::record)).
+    pub fn entry(&self) -> &QueueEntry {
+        &self.entry
+    }
+
+    /// Opens the message body for reading.
+    ///
+    /// # Errors
+    /// [`Error::Io`].
+    pub fn body(&self) -> Result<File> {
+        let path = self.dir.join(BODY);
+        File::open(&path).map_err(io_err("open", path))
+    }
+
+    /// Records one recipient's outcome, durably (so a delivered recipient is not delivered
+    /// again after a crash).
+    ///
+    /// # Errors
+    /// [`Error::NoSuchRecipient`] or [`Error::Io`]; the stored state is unchanged then.
+    pub fn record(&mut self, recipient: usize, state: RcptState) -> Result<()> {
+        let r = self
+            .entry
+            .envelope
+            .recipients
+            .get_mut(recipient)
+            .ok_or(Error::NoSuchRecipient(recipient))?;
+        let old = std::mem::replace(&mut r.state, state);
+        if let Err(e) = self.save() {
+            self.entry.envelope.recipients[recipient].state = old;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Ends this attempt: counts it, stores the error and the next attempt time, releases the
+    /// claim.
+    ///
+    /// # Errors
+    /// [`Error::Io`]; the stored entry is unchanged then (and due as before).
+    pub fn reschedule(mut self, next_attempt: SystemTime, error: impl Into<String>) -> Result<()> {
+        self.entry.attempts = self.entry.attempts.saturating_add(1);
+        self.entry.next_attempt = next_attempt;
+        self.entry.last_error = Some(error.into());
+        self.save()
+    }
+
+    /// Removes the entry (all recipients done, bounces sent), durably.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if it cannot be moved out of `entries/`.
+    pub fn finish(self) -> Result<()> {
+        let inner = &self.queue.inner;
+        let trash = inner.trash.join(self.id.as_str());
+        fs::rename(&self.dir, &trash).map_err(io_err("rename", &trash))?;
+        fsync_dir(&inner.entries)?;
+        if let Err(e) = fs::remove_dir_all(&trash) {
+            tracing::warn!(path = %trash.display(), error = %e, "cannot remove finished entry");
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> Result<()> {
+        replace_file(&self.dir, ENVELOPE, self.entry.encode().as_bytes())?;
+        fsync_dir(&self.dir)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use proptest::prelude::*;
+    use std::io::Read;
+
+    fn t(secs: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(secs)
+    }
+
+    fn sample() -> QueueEntry {
+        QueueEntry::new(
+            Envelope {
+                sender: "alice@example.org".into(),
+                recipients: vec![
+                    Recipient::new("bob@example.net"),
+                    Recipient {
+                        address: "carol@example.net".into(),
+                        notify: Some("SUCCESS,FAILURE".into()),
+                        orcpt: Some("rfc822;carol@example.net".into()),
+                        state: RcptState::Pending,
+                    },
+                ],
+                ret: Some("HDRS".into()),
+                envid: Some("QQ314159".into()),
+            },
+            t(1_700_000_000),
+        )
+    }
+
+    #[test]
+    fn known_encoding() {
+        let mut e = sample();
+        e.envelope.recipients[0].state = RcptState::Failed {
+            reply: "550 5.1.1 no\r\nsuch 100%".into(),
+        };
+        assert_eq!(
+            e.encode(),
+            "mailstore-queue 1\ncreated 1700000000.000000000\nattempts 0\n\
+             next-attempt 1700000000.000000000\nsender alice@example.org\nret HDRS\n\
+             envid QQ314159\nrcpt bob@example.net\nstate failed 550 5.1.1 no%0D%0Asuch 100%25\n\
+             rcpt carol@example.net\nnotify SUCCESS,FAILURE\norcpt rfc822;carol@example.net\n\
+             state pending\nend\n"
+        );
+        assert_eq!(QueueEntry::decode(&e.encode()).unwrap(), e);
+    }
+
+    #[test]
+    fn decode_refuses_damage() {
+        let good = sample().encode();
+        for bad in [
+            good[..good.len() - 4].to_string(),  // truncated: no end
+            good[..good.len() - 1].to_string(),  // end not terminated
+            good.replace("attempts 0\n", ""),    // missing field
+            good.replace("state pending\n", ""), // recipient without state
+            good.replace("ret HDRS", "xyz HDRS"),
+            good.replace("HDRS", "H%G1"),
+            format!("{good}junk\n"),
+            good.replace("mailstore-queue 1", "mailstore-queue 2"),
+            good.replace("1700000000.000000000", "1700000000"),
+            String::new(),
+        ] {
+            assert!(QueueEntry::decode(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    fn opt_text() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(any::<String>())
+    }
+
+    fn state() -> impl Strategy<Value = RcptState> {
+        prop_oneof![
+            Just(RcptState::Pending),
+            Just(RcptState::Delivered),
+            any::<String>().prop_map(|reply| RcptState::Failed { reply }),
+        ]
+    }
+
+    fn time() -> impl Strategy<Value = SystemTime> {
+        (0u64..1 << 40, 0u32..1_000_000_000).prop_map(|(s, n)| UNIX_EPOCH + Duration::new(s, n))
+    }
+
+    prop_compose! {
+        fn recipient()(address in any::<String>(), notify in opt_text(), orcpt in opt_text(),
+                       state in state()) -> Recipient {
+            Recipient { address, notify, orcpt, state }
+        }
+    }
+
+    prop_compose! {
+        fn entry()(sender in any::<String>(), recipients in proptest::collection::vec(recipient(), 0..5),
+                   ret in opt_text(), envid in opt_text(), created in time(), attempts in any::<u32>(),
+                   next_attempt in time(), last_error in opt_text()) -> QueueEntry {
+            QueueEntry { envelope: Envelope { sender, recipients, ret, envid }, created, attempts,
+                         next_attempt, last_error }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_round_trip(e in entry()) {
+            let text = e.encode();
+            prop_assert_eq!(QueueEntry::decode(&text).unwrap(), e);
+            // Every field is one line: the file is exactly the lines written.
+            prop_assert!(text.lines().all(|l| !l.contains('\r')));
+        }
+
+        #[test]
+        fn decode_never_panics(s in any::<String>()) {
+            let _ = QueueEntry::decode(&s);
+        }
+    }
+
+    #[test]
+    fn lifecycle() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let id = q
+            .enqueue(&sample(), b"Subject: hi\r\n\r\nbody\r\n")
+            .unwrap();
+        assert_eq!(q.due(t(1_699_999_999)).unwrap(), vec![]);
+        assert_eq!(q.due(t(1_700_000_000)).unwrap(), vec![id.clone()]);
+
+        let mut claim = q.claim(&id).unwrap().unwrap();
+        assert!(
+            q.claim(&id).unwrap().is_none(),
+            "second claim in the same process"
+        );
+        let mut body = String::new();
+        claim.body().unwrap().read_to_string(&mut body).unwrap();
+        assert_eq!(body, "Subject: hi\r\n\r\nbody\r\n");
+        claim.record(0, RcptState::Delivered).unwrap();
+        assert!(matches!(
+            claim.record(5, RcptState::Delivered),
+            Err(Error::NoSuchRecipient(5))
+        ));
+        claim
+            .reschedule(t(1_700_000_600), "421 4.7.0 try again later")
+            .unwrap();
+
+        let stored = q.entry(&id).unwrap().unwrap();
+        assert_eq!(stored.attempts, 1);
+        assert_eq!(stored.next_attempt, t(1_700_000_600));
+        assert_eq!(
+            stored.last_error.as_deref(),
+            Some("421 4.7.0 try again later")
+        );
+        assert_eq!(stored.envelope.recipients[0].state, RcptState::Delivered);
+        assert_eq!(stored.envelope.recipients[1].state, RcptState::Pending);
+        assert_eq!(q.due(t(1_700_000_000)).unwrap(), vec![]);
+        assert_eq!(q.due(t(1_700_000_600)).unwrap(), vec![id.clone()]);
+
+        // A dropped claim changes nothing and frees the entry.
+        drop(q.claim(&id).unwrap().unwrap());
+        let claim = q.claim(&id).unwrap().unwrap();
+        claim.finish().unwrap();
+        assert!(q.claim(&id).unwrap().is_none());
+        assert_eq!(q.list().unwrap(), vec![]);
+        for sub in ["entries", "tmp", "trash", "corrupt"] {
+            assert_eq!(
+                fs::read_dir(dir.path().join(sub)).unwrap().count(),
+                0,
+                "{sub}"
+            );
+        }
+    }
+
+    #[test]
+    fn corrupt_entries_are_moved_aside() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let good = q.enqueue(&sample(), b"x").unwrap();
+        let bad = q.enqueue(&sample(), b"y").unwrap();
+        let nobody = q.enqueue(&sample(), b"z").unwrap();
+        fs::write(
+            dir.path()
+                .join("entries")
+                .join(bad.as_str())
+                .join("envelope"),
+            "garbage",
+        )
+        .unwrap();
+        fs::remove_file(
+            dir.path()
+                .join("entries")
+                .join(nobody.as_str())
+                .join("body"),
+        )
+        .unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        assert_eq!(q.due(t(2_000_000_000)).unwrap(), vec![good]);
+        assert!(dir
+            .path()
+            .join("corrupt")
+            .join(bad.as_str())
+            .join("envelope")
+            .exists());
+        assert!(dir.path().join("corrupt").join(nobody.as_str()).exists());
+    }
+
+    #[test]
+    fn corrupt_entry_found_by_claim() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let id = q.enqueue(&sample(), b"x").unwrap();
+        fs::write(
+            dir.path()
+                .join("entries")
+                .join(id.as_str())
+                .join("envelope"),
+            "mailstore-queue 1\n",
+        )
+        .unwrap();
+        assert!(q.claim(&id).unwrap().is_none());
+        assert!(dir.path().join("corrupt").join(id.as_str()).exists());
+    }
+
+    #[test]
+    fn pending_body_and_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let mut p = q.begin().unwrap();
+        p.write_all(b"streamed").unwrap();
+        let a = q.enqueue_pending(&sample(), &mut p).unwrap();
+        let b = q.enqueue_pending(&sample(), &mut p).unwrap();
+        drop(p);
+        assert_ne!(a, b);
+        let mut s = String::new();
+        q.read_body(&b).unwrap().read_to_string(&mut s).unwrap();
+        assert_eq!(s, "streamed");
+        assert_eq!(a.as_str().parse::<QueueId>().unwrap(), a);
+        for bad in ["", "../x", ".x", "a/b", "a\0"] {
+            assert!(bad.parse::<QueueId>().is_err(), "{bad:?}");
+        }
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+}
