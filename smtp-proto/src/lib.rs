@@ -7,3 +7,9 @@ pub mod data;
 pub mod ehlo;
 pub mod param;
 pub mod reply;
+
+pub use data::{
+    encode_data, BareLineEnding, DataConfig, DataDecoder, DataEncoder, DataError, DataStatus,
+};
+pub use ehlo::{parse_ehlo, Capability, EhloError, EhloReply};
+pub use reply::{parse_reply, EnhancedCode, Reply, ReplyError, Severity};
