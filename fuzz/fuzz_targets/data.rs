@@ -16,7 +16,11 @@ fn decode(config: DataConfig, input: &[u8], step: usize) -> Decoded {
     let mut i = 0;
     while start < input.len() {
         // Chunk lengths derived from the input itself: 1..=step.
-        let len = if step == 0 { input.len() } else { 1 + usize::from(input[i % input.len()]) % step };
+        let len = if step == 0 {
+            input.len()
+        } else {
+            1 + usize::from(input[i % input.len()]) % step
+        };
         i += 1;
         let end = (start + len).min(input.len());
         match dec.decode(&input[start..end], &mut out) {
@@ -35,7 +39,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let config = DataConfig {
-        bare_line_ending: if sel & 1 == 0 { BareLineEnding::Reject } else { BareLineEnding::Normalize },
+        bare_line_ending: if sel & 1 == 0 {
+            BareLineEnding::Reject
+        } else {
+            BareLineEnding::Normalize
+        },
         max_line_len: (sel & 2 != 0).then_some(78),
         max_size: None,
     };
@@ -45,7 +53,10 @@ fuzz_target!(|data: &[u8]| {
     if let Some((body, _, true)) = whole {
         let mut wire = Vec::new();
         encode_data(&body, &mut wire);
-        let plain = DataConfig { max_line_len: None, ..config };
+        let plain = DataConfig {
+            max_line_len: None,
+            ..config
+        };
         assert_eq!(decode(plain, &wire, 0), Some((body, wire.len(), true)));
     }
 });

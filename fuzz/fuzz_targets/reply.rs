@@ -18,7 +18,12 @@ fuzz_target!(|data: &[u8]| {
         }
         // Re-encoding may grow a reply past the parser's bounds (the enhanced code repeated on
         // every line, U+FFFD for invalid UTF-8); anything else is a bug.
-        Err(e) if matches!(e.kind(), ReplyErrorKind::LineTooLong | ReplyErrorKind::ReplyTooLong) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ReplyErrorKind::LineTooLong | ReplyErrorKind::ReplyTooLong
+            ) =>
+        {
             assert!(wire.len() > consumed);
         }
         other => panic!("re-encoded reply {wire:?} parsed as {other:?}"),

@@ -15,7 +15,12 @@ fn check(data: &[u8]) {
             assert_eq!(n, wire.len());
             assert_eq!(again, reply);
         }
-        Err(e) if matches!(e.kind(), ReplyErrorKind::LineTooLong | ReplyErrorKind::ReplyTooLong) => {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ReplyErrorKind::LineTooLong | ReplyErrorKind::ReplyTooLong
+            ) =>
+        {
             assert!(wire.len() > consumed);
         }
         other => panic!("re-encoded reply {wire:?} parsed as {other:?}"),
