@@ -7,6 +7,7 @@ pub mod data;
 pub mod ehlo;
 pub mod param;
 pub mod reply;
+pub mod session;
 
 pub use data::{
     encode_data, BareLineEnding, DataConfig, DataDecoder, DataEncoder, DataError, DataStatus,

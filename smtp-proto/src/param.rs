@@ -17,6 +17,8 @@ use std::fmt::{self, Write as _};
 use nom::bytes::complete::take_while1;
 use nom::{IResult, Parser};
 
+use crate::address::sub;
+
 type Res<'a, T> = IResult<&'a [u8], T>;
 
 /// Why a MAIL or RCPT parameter was refused.
@@ -148,9 +150,19 @@ impl fmt::Display for Notify {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Orcpt<'a> {
     /// The address type, e.g. `rfc822` (as sent).
-    pub addr_type: &'a str,
+    pub addr_type: Cow<'a, str>,
     /// The address, xtext-decoded.
     pub addr: Cow<'a, str>,
+}
+
+impl Orcpt<'_> {
+    /// An owned copy, independent of the input buffer.
+    pub fn into_owned(self) -> Orcpt<'static> {
+        Orcpt {
+            addr_type: Cow::Owned(self.addr_type.into_owned()),
+            addr: Cow::Owned(self.addr.into_owned()),
+        }
+    }
 }
 
 /// Parameters of `MAIL FROM:`.
@@ -190,7 +202,7 @@ impl<'a> MailParams<'a> {
     /// # Errors
     /// A [`ParamError`] saying which reply applies.
     pub fn parse(s: &'a str) -> Result<Self, ParamError> {
-        parse_mail_params(s.as_bytes())
+        parse_mail_params(s.as_bytes(), s)
     }
 
     /// True when there is no parameter at all.
@@ -206,7 +218,7 @@ impl<'a> RcptParams<'a> {
     /// # Errors
     /// A [`ParamError`] saying which reply applies.
     pub fn parse(s: &'a str) -> Result<Self, ParamError> {
-        parse_rcpt_params(s.as_bytes())
+        parse_rcpt_params(s.as_bytes(), s)
     }
 
     /// True when there is no parameter at all.
@@ -384,8 +396,10 @@ fn esmtp_param(i: &[u8]) -> Res<'_, (&[u8], Option<&[u8]>)> {
 
 /// Splits `esmtp-param *(SP esmtp-param)` into keyword/value pairs and hands each to `f`.
 /// Several spaces between parameters are accepted.
+#[inline]
 fn each_param<'a>(
     mut i: &'a [u8],
+    text: &'a str,
     mut f: impl FnMut(&'a str, Option<&'a str>) -> Result<(), ParamError>,
 ) -> Result<(), ParamError> {
     loop {
@@ -400,9 +414,9 @@ fn each_param<'a>(
             return Err(ParamError::Syntax);
         }
         // The keyword is ASCII by construction; the value may hold UTF-8 (RFC 6531).
-        let k = std::str::from_utf8(k).map_err(|_| ParamError::Syntax)?;
+        let k = sub(text, k).ok_or(ParamError::Syntax)?;
         let v = match v {
-            Some(v) => Some(std::str::from_utf8(v).map_err(|_| ParamError::Syntax)?),
+            Some(v) => Some(sub(text, v).ok_or(ParamError::Syntax)?),
             None => None,
         };
         f(k, v)?;
@@ -445,9 +459,13 @@ fn size_value(v: &str) -> Result<u64, ParamError> {
     v.parse().map_err(|_| ParamError::InvalidValue)
 }
 
-pub(crate) fn parse_mail_params(i: &[u8]) -> Result<MailParams<'_>, ParamError> {
+#[inline]
+pub(crate) fn parse_mail_params<'a>(
+    i: &'a [u8],
+    text: &'a str,
+) -> Result<MailParams<'a>, ParamError> {
     let mut p = MailParams::default();
-    each_param(i, |k, v| {
+    each_param(i, text, |k, v| {
         if is(k, "SIZE") {
             let n = size_value(v.ok_or(ParamError::InvalidValue)?)?;
             set_once(&mut p.size, n)
@@ -519,14 +537,18 @@ fn orcpt_value(v: &str) -> Result<Orcpt<'_>, ParamError> {
         return Err(ParamError::InvalidValue);
     }
     Ok(Orcpt {
-        addr_type: t,
+        addr_type: Cow::Borrowed(t),
         addr: xtext_decode(a)?,
     })
 }
 
-pub(crate) fn parse_rcpt_params(i: &[u8]) -> Result<RcptParams<'_>, ParamError> {
+#[inline]
+pub(crate) fn parse_rcpt_params<'a>(
+    i: &'a [u8],
+    text: &'a str,
+) -> Result<RcptParams<'a>, ParamError> {
     let mut p = RcptParams::default();
-    each_param(i, |k, v| {
+    each_param(i, text, |k, v| {
         if is(k, "NOTIFY") {
             let n = notify_value(v.ok_or(ParamError::InvalidValue)?)?;
             set_once(&mut p.notify, n)

@@ -321,7 +321,7 @@ fn esmtp_parameters_from_the_rfcs() {
         let params = RcptParams {
             notify: Some(notify),
             orcpt: orcpt.map(|a| Orcpt {
-                addr_type: "rfc822",
+                addr_type: "rfc822".into(),
                 addr: Cow::Borrowed(a),
             }),
             other: vec![],

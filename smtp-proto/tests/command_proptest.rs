@@ -92,7 +92,7 @@ fn rcpt_params() -> impl Strategy<Value = RcptParams<'static>> {
         .prop_map(|(notify, orcpt, other)| RcptParams {
             notify,
             orcpt: orcpt.map(|(t, a)| Orcpt {
-                addr_type: leak(t),
+                addr_type: Cow::Owned(t),
                 addr: Cow::Owned(a),
             }),
             other,

@@ -1,0 +1,1027 @@
+//! The server side of an SMTP session as a sans-IO state machine.
+//!
+//! A [`Session`] is fed the bytes a client sent and produces the bytes to send back. Where a
+//! policy decision is needed (accept this connection, this sender, this recipient, this
+//! message?) it stops and reports an [`Event`]; the caller decides, possibly after awaiting a
+//! database or a disk, and tells the session with [`Session::accept`] or [`Session::respond`].
+//! The session owns everything the RFCs fix: command syntax, command order (`503 5.5.1`),
+//! recipient and size limits (`452 4.5.3`, `552 5.3.4`), DATA dot-stuffing and its end
+//! marker, BDAT chunks, PIPELINING (replies queued in order, flushed when input runs out) and
+//! the STARTTLS boundary.
+//!
+//! # Driving a session
+//!
+//! Methods come in four kinds, in the order a driver calls them:
+//! - input: [`Session::feed`] (bytes from the client), [`Session::timeout`],
+//!   [`Session::shutdown`], [`Session::tls_established`];
+//! - events: [`Session::poll_event`], until it returns `None` (then more input is needed, or
+//!   the session is closed);
+//! - decisions: [`Session::accept`] / [`Session::respond`], once after each event for which
+//!   [`Event::needs_decision`] is true, before polling again;
+//! - output: [`Session::output`] and [`Session::clear_output`] (write these bytes to the
+//!   client), and the getters [`Session::is_closed`], [`Session::is_receiving_data`].
+//!
+//! ```
+//! use smtp_proto::session::{Event, Session, SessionConfig};
+//!
+//! let mut s = Session::new(SessionConfig::new("mx.example.org"));
+//! s.feed(b"EHLO client.example\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\n\
+//!          DATA\r\nSubject: hi\r\n\r\n..dot\r\n.\r\nQUIT\r\n");
+//! let mut body = Vec::new();
+//! while let Some(event) = s.poll_event() {
+//!     let decide = event.needs_decision();
+//!     if let Event::Body(chunk) = event {
+//!         body.extend_from_slice(chunk);
+//!     }
+//!     if decide {
+//!         s.accept(); // a real server asks its policy here
+//!     }
+//! }
+//! assert_eq!(body, b"Subject: hi\r\n\r\n.dot\r\n");
+//! let out = String::from_utf8_lossy(s.output());
+//! assert!(out.starts_with("220 mx.example.org ESMTP ready\r\n250-mx.example.org"));
+//! assert!(out.ends_with("250 2.0.0 Message accepted\r\n221 2.0.0 mx.example.org closing connection\r\n"));
+//! assert!(s.is_closed());
+//! ```
+//!
+//! # States
+//!
+//! ```text
+//!  Connect ──accept──▶ Ready ──EHLO/HELO──▶ Greeted ──MAIL──▶ Mail ──RCPT──▶ Rcpt ─┐
+//!     │reject             ▲                     ▲                 (RCPT)* ◀──────┘
+//!     ▼                   │                     │            DATA │  BDAT
+//!  Closed ◀── QUIT / 421 ─┴── STARTTLS ─(handshake)             ▼    ▼
+//!                                               └── reply ◀── Data / Bdat chunks
+//! ```
+//! RSET and a new EHLO abort a transaction from any state; STARTTLS resets the session to
+//! Ready (a new EHLO is required) and drops whatever the client pipelined behind it.
+//!
+//! # Decisions made here
+//! - Replies carry RFC 3463 enhanced codes (except the greeting, EHLO/HELO and 354).
+//! - A client that makes [`SessionConfig::max_errors`] protocol errors (bad syntax, bad
+//!   sequence) is disconnected with `421 4.7.0`; policy refusals do not count.
+//! - MAIL/RCPT parameters the server did not advertise (unknown keywords, DSN's NOTIFY, ORCPT,
+//!   RET and ENVID unless [`SessionConfig::dsn`], `BODY=BINARYMIME`) are refused with
+//!   `555 5.5.4`; parameters after HELO (not EHLO) likewise.
+//! - A non-ASCII address without `SMTPUTF8` on MAIL gets `553 5.6.7` (RFC 6531).
+//! - A rejected greeting (`554`) closes the connection at once.
+
+use std::borrow::Cow;
+
+use crate::address::{ForwardPath, ReversePath};
+use crate::command::{parse_command, Command, CommandErrorKind, Limits};
+use crate::data::{DataConfig, DataDecoder, DataError, DataStatus};
+use crate::ehlo::{Capability, EhloReply};
+use crate::param::{Body, MailParams, RcptParams};
+use crate::reply::{EnhancedCode, Reply};
+
+/// Configuration of a [`Session`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct SessionConfig {
+    /// The server's name, in the greeting, the EHLO reply and 221/421 replies.
+    pub hostname: String,
+    /// Largest message accepted, in octets (advertised as `SIZE`); `None` for no limit.
+    pub max_message_size: Option<u64>,
+    /// Most recipients accepted in one transaction (default 100, RFC 5321 §4.5.3.1.8).
+    pub max_recipients: usize,
+    /// Command line and address length limits.
+    pub limits: Limits,
+    /// DATA policies (bare CR/LF, text line length); its `max_size` is replaced by
+    /// `max_message_size`.
+    pub data: DataConfig,
+    /// Offer STARTTLS (a certificate is configured). Not offered once TLS is active.
+    pub starttls: bool,
+    /// The connection is already encrypted (implicit TLS listener).
+    pub tls_active: bool,
+    /// Offer CHUNKING and accept BDAT.
+    pub chunking: bool,
+    /// Offer SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+    /// Offer DSN and accept its parameters (RFC 3461); the caller must then honour them.
+    pub dsn: bool,
+    /// Protocol errors tolerated before the client is disconnected with `421 4.7.0`.
+    pub max_errors: usize,
+}
+
+impl SessionConfig {
+    /// Defaults: no size limit, 100 recipients, RFC 5321 line limits, bare line endings
+    /// refused, CHUNKING and SMTPUTF8 offered, no TLS, no DSN, 10 errors.
+    pub fn new(hostname: impl Into<String>) -> Self {
+        Self {
+            hostname: hostname.into(),
+            max_message_size: None,
+            max_recipients: 100,
+            limits: Limits::default(),
+            data: DataConfig::default(),
+            starttls: false,
+            tls_active: false,
+            chunking: true,
+            smtputf8: true,
+            dsn: false,
+            max_errors: 10,
+        }
+    }
+}
+
+/// Something the caller must know or decide. Borrowed from the session: copy what you need
+/// before deciding.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Event<'a> {
+    /// A client connected. Decide: accept (the `220` greeting) or respond with a `554` (or
+    /// `421`) reply, after which the session closes.
+    Connect,
+    /// `EHLO` (extended) or `HELO`. Any transaction in progress was aborted. Decide.
+    Hello {
+        /// The client's name, as sent.
+        domain: &'a str,
+        /// True for EHLO.
+        extended: bool,
+    },
+    /// `MAIL FROM`, already checked against syntax, sequence and SIZE. Decide.
+    Mail {
+        /// The sender.
+        from: &'a ReversePath<'static>,
+        /// Its parameters (only ones the session advertised).
+        params: &'a MailParams<'static>,
+    },
+    /// `RCPT TO`, already checked against syntax, sequence and the recipient limit. Decide.
+    Rcpt {
+        /// The recipient.
+        to: &'a ForwardPath<'static>,
+        /// Its parameters.
+        params: &'a RcptParams<'static>,
+    },
+    /// The message content starts (`DATA` was answered `354`, or the first `BDAT` chunk).
+    DataStart,
+    /// Message content, dot-stuffing removed. May come in any number of pieces.
+    Body(&'a [u8]),
+    /// The message is complete. Decide: the reply for the whole transaction.
+    DataEnd {
+        /// Message size in octets.
+        size: u64,
+    },
+    /// The message was refused by the session itself (size, bare CR/LF, line length); the
+    /// reply is already queued and the transaction is over. Discard what was received.
+    DataAborted(DataError),
+    /// The transaction was aborted (RSET, or a BDAT error); start afresh.
+    Reset,
+    /// `220` to STARTTLS is queued and pipelined input was discarded: write the output, run
+    /// the TLS handshake, then call [`Session::tls_established`].
+    StartTls,
+    /// The client said QUIT; `221` is queued. Write the output and close.
+    Quit,
+    /// The session closed itself (error budget, timeout, shutdown, refused greeting); a `421`
+    /// or `554` is queued. Write the output and close.
+    Closed,
+}
+
+impl Event<'_> {
+    /// Whether the session waits for [`Session::accept`] or [`Session::respond`].
+    pub fn needs_decision(&self) -> bool {
+        matches!(
+            self,
+            Event::Connect
+                | Event::Hello { .. }
+                | Event::Mail { .. }
+                | Event::Rcpt { .. }
+                | Event::DataEnd { .. }
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Nothing happened yet: the Connect event is due.
+    Start,
+    /// Reading command lines.
+    Command,
+    /// Dropping the rest of an over-long command line.
+    Discard,
+    /// Inside DATA.
+    Data,
+    /// Inside a BDAT chunk.
+    Bdat { remaining: u64, last: bool },
+    /// STARTTLS answered; waiting for the handshake.
+    Tls,
+    /// No more input is processed.
+    Closed,
+}
+
+/// What awaits a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    Connect,
+    Hello,
+    Mail,
+    Rcpt,
+    DataEnd,
+}
+
+/// Events without borrowed content, produced by [`Session::step`].
+#[derive(Debug, Clone, Copy)]
+enum Step {
+    Connect,
+    Hello,
+    Mail,
+    Rcpt,
+    DataStart,
+    Body,
+    DataEnd(u64),
+    DataAborted(DataError),
+    Reset,
+    StartTls,
+    Quit,
+    Closed,
+}
+
+/// Whether [`Session::step`]'s loop goes on.
+enum Flow {
+    Return(Option<Step>),
+    Continue,
+}
+
+/// Where the envelope stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Envelope {
+    /// No EHLO/HELO yet.
+    Ready,
+    /// Greeted, no transaction.
+    Greeted,
+    /// MAIL accepted.
+    Mail,
+    /// BDAT chunks under way (no more MAIL/RCPT/DATA until LAST or RSET).
+    Chunking,
+}
+
+/// The server side of one SMTP connection; see the module docs.
+#[derive(Debug)]
+pub struct Session {
+    config: SessionConfig,
+    phase: Phase,
+    envelope: Envelope,
+    pending: Option<Pending>,
+    input: Vec<u8>,
+    pos: usize,
+    output: Vec<u8>,
+    body: Vec<u8>,
+    decoder: DataDecoder,
+    helo: String,
+    extended: bool,
+    tls: bool,
+    smtputf8: bool,
+    from: Option<ReversePath<'static>>,
+    from_params: MailParams<'static>,
+    rcpt: Option<ForwardPath<'static>>,
+    rcpt_params: RcptParams<'static>,
+    recipients: usize,
+    /// Size of the BDAT message so far.
+    bdat_size: u64,
+    bdat_oversize: bool,
+    /// A message end seen while its last piece of body was being reported.
+    finished: Option<(u64, Result<(), DataError>)>,
+    errors: usize,
+}
+
+fn reply(code: u16, enhanced: Option<(u8, u16, u16)>, text: &str) -> Reply {
+    let enhanced = enhanced.and_then(|(c, s, d)| EnhancedCode::new(c, s, d));
+    Reply::new(code, enhanced, text).expect("the session's own replies use valid codes")
+}
+
+impl Session {
+    /// A new session; the first event will be [`Event::Connect`].
+    pub fn new(config: SessionConfig) -> Self {
+        let mut data = config.data;
+        data.max_size = config.max_message_size;
+        let tls = config.tls_active;
+        Self {
+            decoder: DataDecoder::with_config(data),
+            config,
+            phase: Phase::Start,
+            envelope: Envelope::Ready,
+            pending: None,
+            input: Vec::new(),
+            pos: 0,
+            output: Vec::new(),
+            body: Vec::new(),
+            helo: String::new(),
+            extended: false,
+            tls,
+            smtputf8: false,
+            from: None,
+            from_params: MailParams::default(),
+            rcpt: None,
+            rcpt_params: RcptParams::default(),
+            recipients: 0,
+            bdat_size: 0,
+            bdat_oversize: false,
+            finished: None,
+            errors: 0,
+        }
+    }
+
+    /// The configuration this session runs with.
+    pub fn config(&self) -> &SessionConfig {
+        &self.config
+    }
+
+    // ---- getters ----
+
+    /// Whether the session is over: write the output, then close the connection.
+    pub fn is_closed(&self) -> bool {
+        self.phase == Phase::Closed
+    }
+
+    /// Whether message content is being received (so the DATA timeout applies, and a graceful
+    /// shutdown should let it finish).
+    pub fn is_receiving_data(&self) -> bool {
+        matches!(self.phase, Phase::Data | Phase::Bdat { .. })
+            || self.pending == Some(Pending::DataEnd)
+            || self.envelope == Envelope::Chunking
+    }
+
+    /// Whether a transaction (MAIL accepted) is open.
+    pub fn in_transaction(&self) -> bool {
+        matches!(self.envelope, Envelope::Mail | Envelope::Chunking)
+    }
+
+    /// Whether the session waits for STARTTLS's handshake.
+    pub fn awaiting_tls(&self) -> bool {
+        self.phase == Phase::Tls
+    }
+
+    /// Whether the connection is encrypted (implicit TLS or after STARTTLS).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// The name the client gave in EHLO/HELO (empty before).
+    pub fn helo(&self) -> &str {
+        &self.helo
+    }
+
+    /// Whether the client said EHLO rather than HELO.
+    pub fn is_extended(&self) -> bool {
+        self.extended
+    }
+
+    /// The accepted sender of the open transaction.
+    pub fn sender(&self) -> Option<&ReversePath<'static>> {
+        self.from.as_ref()
+    }
+
+    /// Number of recipients accepted in the open transaction.
+    pub fn recipients(&self) -> usize {
+        self.recipients
+    }
+
+    /// Bytes received and not yet processed.
+    pub fn buffered_input(&self) -> usize {
+        self.input.len() - self.pos
+    }
+
+    // ---- input ----
+
+    /// Adds bytes received from the client. Ignored once closed or while the TLS handshake
+    /// is due (nothing read before the handshake may be acted on after it).
+    pub fn feed(&mut self, bytes: &[u8]) {
+        if matches!(self.phase, Phase::Closed | Phase::Tls) {
+            return;
+        }
+        if self.pos == self.input.len() {
+            self.input.clear();
+            self.pos = 0;
+        } else if self.pos > 0 && self.pos >= self.input.len() / 2 {
+            self.input.drain(..self.pos);
+            self.pos = 0;
+        }
+        self.input.extend_from_slice(bytes);
+    }
+
+    /// The client was silent too long: queue `421 4.4.2` and close.
+    pub fn timeout(&mut self) {
+        let text = format!(
+            "{} Timeout exceeded, closing connection",
+            self.config.hostname
+        );
+        self.close_with(&reply(421, Some((4, 4, 2)), &text));
+    }
+
+    /// The server is going down: queue `421 4.3.2` and close.
+    pub fn shutdown(&mut self) {
+        self.close_with(&Reply::service_unavailable(&self.config.hostname));
+    }
+
+    /// The TLS handshake after STARTTLS succeeded: the session starts over (a new EHLO is
+    /// required) and STARTTLS is no longer offered.
+    pub fn tls_established(&mut self) {
+        if self.phase != Phase::Tls {
+            return;
+        }
+        self.tls = true;
+        self.input.clear();
+        self.pos = 0;
+        self.reset_transaction();
+        self.envelope = Envelope::Ready;
+        self.helo.clear();
+        self.extended = false;
+        self.phase = Phase::Command;
+    }
+
+    // ---- decisions ----
+
+    /// Accepts what the last event asked about, with the default positive reply.
+    pub fn accept(&mut self) {
+        let r = match self.pending {
+            None => return,
+            Some(Pending::Connect) => Reply::service_ready(&self.config.hostname),
+            Some(Pending::Hello) if self.extended => self.ehlo_reply(),
+            Some(Pending::Hello) => reply(250, None, &self.config.hostname),
+            Some(Pending::Mail) => reply(250, Some((2, 1, 0)), "Sender OK"),
+            Some(Pending::Rcpt) => reply(250, Some((2, 1, 5)), "Recipient OK"),
+            Some(Pending::DataEnd) => reply(250, Some((2, 0, 0)), "Message accepted"),
+        };
+        self.respond(r);
+    }
+
+    /// Answers the last event with `reply`. A positive reply (2xx) accepts, any other refuses
+    /// (a refused Connect closes the session).
+    pub fn respond(&mut self, r: Reply) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        let ok = r.is_positive_completion();
+        r.encode(&mut self.output);
+        match pending {
+            Pending::Connect if ok => self.phase = Phase::Command,
+            Pending::Connect => self.phase = Phase::Closed,
+            Pending::Hello if ok => self.envelope = Envelope::Greeted,
+            Pending::Hello => {
+                self.envelope = Envelope::Ready;
+                self.helo.clear();
+            }
+            Pending::Mail if ok => self.envelope = Envelope::Mail,
+            Pending::Mail => self.reset_transaction(),
+            Pending::Rcpt => {
+                if ok {
+                    self.recipients += 1;
+                }
+                self.rcpt = None;
+                self.rcpt_params = RcptParams::default();
+            }
+            Pending::DataEnd => {
+                self.reset_transaction();
+                self.envelope = Envelope::Greeted;
+            }
+        }
+    }
+
+    // ---- output ----
+
+    /// Bytes to send to the client.
+    pub fn output(&self) -> &[u8] {
+        &self.output
+    }
+
+    /// Marks the output as sent.
+    pub fn clear_output(&mut self) {
+        self.output.clear();
+    }
+
+    // ---- events ----
+
+    /// The next event, or `None` when more input is needed, a decision is awaited, or the
+    /// session is closed or waits for the TLS handshake.
+    pub fn poll_event(&mut self) -> Option<Event<'_>> {
+        let step = self.step()?;
+        Some(match step {
+            Step::Connect => Event::Connect,
+            Step::Hello => Event::Hello {
+                domain: &self.helo,
+                extended: self.extended,
+            },
+            Step::Mail => Event::Mail {
+                from: self.from.as_ref()?,
+                params: &self.from_params,
+            },
+            Step::Rcpt => Event::Rcpt {
+                to: self.rcpt.as_ref()?,
+                params: &self.rcpt_params,
+            },
+            Step::DataStart => Event::DataStart,
+            Step::Body => Event::Body(&self.body),
+            Step::DataEnd(size) => Event::DataEnd { size },
+            Step::DataAborted(e) => Event::DataAborted(e),
+            Step::Reset => Event::Reset,
+            Step::StartTls => Event::StartTls,
+            Step::Quit => Event::Quit,
+            Step::Closed => Event::Closed,
+        })
+    }
+
+    fn step(&mut self) -> Option<Step> {
+        if self.pending.is_some() {
+            return None;
+        }
+        self.body.clear();
+        if let Some((size, result)) = self.finished.take() {
+            return Some(self.finish_message(size, result));
+        }
+        loop {
+            let flow = match self.phase {
+                Phase::Closed | Phase::Tls => return None,
+                Phase::Start => {
+                    self.pending = Some(Pending::Connect);
+                    self.phase = Phase::Command;
+                    return Some(Step::Connect);
+                }
+                Phase::Discard => match memchr::memchr(b'\n', &self.input[self.pos..]) {
+                    Some(lf) => {
+                        self.pos += lf + 1;
+                        self.phase = Phase::Command;
+                        Flow::Continue
+                    }
+                    None => {
+                        self.pos = self.input.len();
+                        Flow::Return(None)
+                    }
+                },
+                Phase::Data => self.step_data(),
+                Phase::Bdat { remaining, last } => self.step_bdat(remaining, last),
+                Phase::Command => {
+                    let before = self.pos;
+                    match self.step_command() {
+                        Some(step) => Flow::Return(Some(step)),
+                        // An incomplete line: wait for more bytes.
+                        None if self.pos == before => Flow::Return(None),
+                        None => Flow::Continue,
+                    }
+                }
+            };
+            match flow {
+                Flow::Return(step) => return step,
+                Flow::Continue => {}
+            }
+        }
+    }
+
+    fn step_data(&mut self) -> Flow {
+        let input = &self.input[self.pos..];
+        if input.is_empty() {
+            return Flow::Return(None);
+        }
+        match self.decoder.decode(input, &mut self.body) {
+            DataStatus::NeedMore => {
+                self.pos = self.input.len();
+                if self.body.is_empty() {
+                    Flow::Return(None)
+                } else {
+                    Flow::Return(Some(Step::Body))
+                }
+            }
+            DataStatus::End { consumed, result } => {
+                self.pos += consumed;
+                self.phase = Phase::Command;
+                let size = self.decoder.size();
+                self.decoder.reset();
+                if self.body.is_empty() {
+                    Flow::Return(Some(self.finish_message(size, result)))
+                } else {
+                    // Report the last piece first; the end comes on the next poll.
+                    self.finished = Some((size, result));
+                    Flow::Return(Some(Step::Body))
+                }
+            }
+        }
+    }
+
+    fn step_bdat(&mut self, remaining: u64, last: bool) -> Flow {
+        if remaining > 0 {
+            let avail = self.input.len() - self.pos;
+            if avail == 0 {
+                return Flow::Return(None);
+            }
+            let n = usize::try_from(remaining).unwrap_or(usize::MAX).min(avail);
+            let start = self.pos;
+            self.pos += n;
+            self.phase = Phase::Bdat {
+                remaining: remaining - n as u64,
+                last,
+            };
+            if self.envelope != Envelope::Chunking || self.bdat_oversize {
+                // A refused BDAT, or past the size limit: swallow its bytes.
+                return Flow::Continue;
+            }
+            let before = self.bdat_size;
+            self.bdat_size += n as u64;
+            let keep = match self.config.max_message_size {
+                Some(max) if self.bdat_size > max => {
+                    self.bdat_oversize = true;
+                    usize::try_from(max.saturating_sub(before)).unwrap_or(0)
+                }
+                _ => n,
+            };
+            if keep == 0 {
+                return Flow::Continue;
+            }
+            self.body
+                .extend_from_slice(&self.input[start..start + keep]);
+            return Flow::Return(Some(Step::Body));
+        }
+        // The chunk is complete.
+        self.phase = Phase::Command;
+        if self.envelope != Envelope::Chunking {
+            // Its BDAT command was refused and answered already.
+            return Flow::Continue;
+        }
+        if self.bdat_oversize {
+            let e = DataError::SizeExceeded {
+                max: self.config.max_message_size.unwrap_or(u64::MAX),
+            };
+            return Flow::Return(Some(self.finish_message(self.bdat_size, Err(e))));
+        }
+        if last {
+            return Flow::Return(Some(self.finish_message(self.bdat_size, Ok(()))));
+        }
+        let text = format!("{} octets received", self.bdat_size);
+        reply(250, Some((2, 0, 0)), &text).encode(&mut self.output);
+        Flow::Continue
+    }
+
+    fn finish_message(&mut self, size: u64, result: Result<(), DataError>) -> Step {
+        match result {
+            Ok(()) => {
+                self.pending = Some(Pending::DataEnd);
+                Step::DataEnd(size)
+            }
+            Err(e) => {
+                e.reply().encode(&mut self.output);
+                self.reset_transaction();
+                self.envelope = Envelope::Greeted;
+                Step::DataAborted(e)
+            }
+        }
+    }
+
+    fn reset_transaction(&mut self) {
+        self.finished = None;
+        self.from = None;
+        self.from_params = MailParams::default();
+        self.rcpt = None;
+        self.rcpt_params = RcptParams::default();
+        self.recipients = 0;
+        self.smtputf8 = false;
+        self.bdat_size = 0;
+        self.bdat_oversize = false;
+        self.decoder.reset();
+        if matches!(self.envelope, Envelope::Mail | Envelope::Chunking) {
+            self.envelope = Envelope::Greeted;
+        }
+    }
+
+    fn close_with(&mut self, r: &Reply) {
+        if self.phase == Phase::Closed {
+            return;
+        }
+        r.encode(&mut self.output);
+        self.phase = Phase::Closed;
+        self.pending = None;
+    }
+
+    /// Queues a protocol error reply; returns `Closed` when the error budget is spent.
+    fn protocol_error(&mut self, code: u16, enhanced: (u8, u16, u16), text: &str) -> Option<Step> {
+        reply(code, Some(enhanced), text).encode(&mut self.output);
+        self.errors += 1;
+        if self.errors >= self.config.max_errors {
+            let text = format!(
+                "{} Too many errors, closing connection",
+                self.config.hostname
+            );
+            self.close_with(&reply(421, Some((4, 7, 0)), &text));
+            return Some(Step::Closed);
+        }
+        None
+    }
+
+    fn ehlo_reply(&self) -> Reply {
+        let mut e = EhloReply::new(
+            self.config.hostname.clone(),
+            format!("greets {}", self.helo),
+        );
+        e = e
+            .with(Capability::Pipelining)
+            .with(Capability::Size(self.config.max_message_size))
+            .with(Capability::EightBitMime)
+            .with(Capability::EnhancedStatusCodes);
+        if self.config.smtputf8 {
+            e = e.with(Capability::SmtpUtf8);
+        }
+        if self.config.chunking {
+            e = e.with(Capability::Chunking);
+        }
+        if self.config.dsn {
+            e = e.with(Capability::Dsn);
+        }
+        if self.config.starttls && !self.tls {
+            e = e.with(Capability::StartTls);
+        }
+        e.to_reply()
+    }
+
+    /// Parses and handles one command line. Returns an event, or `None` to continue (also
+    /// when out of input: the caller checks).
+    fn step_command(&mut self) -> Option<Step> {
+        let input = &self.input[self.pos..];
+        let (command, used) = match parse_command(input, &self.config.limits) {
+            Ok(None) => return None,
+            Ok(Some(c)) => c,
+            Err(e) => {
+                self.pos += e.consumed;
+                if e.kind == (CommandErrorKind::LineTooLong { complete: false }) {
+                    self.phase = Phase::Discard;
+                }
+                return self.protocol_error(e.code(), e.enhanced(), e.message());
+            }
+        };
+        // Commands borrow the input buffer: copy out what outlives this call.
+        let step = match command {
+            Command::Ehlo(d) | Command::Helo(d) => {
+                let extended = matches!(command, Command::Ehlo(_));
+                self.helo = d.to_owned();
+                self.pos += used;
+                self.extended = extended;
+                self.reset_transaction();
+                self.envelope = Envelope::Ready;
+                self.pending = Some(Pending::Hello);
+                return Some(Step::Hello);
+            }
+            Command::Mail { from, params } => {
+                let checked = self.check_mail(&from, &params);
+                let owned = checked.map(|()| (from.into_owned(), own_mail_params(params)));
+                self.pos += used;
+                match owned {
+                    Err((code, enh, text, protocol)) => {
+                        return self.refuse(code, enh, &text, protocol);
+                    }
+                    Ok((from, params)) => {
+                        self.smtputf8 = params.smtputf8;
+                        self.from = Some(from);
+                        self.from_params = params;
+                        self.pending = Some(Pending::Mail);
+                        Step::Mail
+                    }
+                }
+            }
+            Command::Rcpt { to, params } => {
+                let checked = self.check_rcpt(&to, &params);
+                let owned = checked.map(|()| (to.into_owned(), own_rcpt_params(params)));
+                self.pos += used;
+                match owned {
+                    Err((code, enh, text, protocol)) => {
+                        return self.refuse(code, enh, &text, protocol);
+                    }
+                    Ok((to, params)) => {
+                        self.rcpt = Some(to);
+                        self.rcpt_params = params;
+                        self.pending = Some(Pending::Rcpt);
+                        Step::Rcpt
+                    }
+                }
+            }
+            Command::Data => {
+                self.pos += used;
+                if let Err((code, enh, text, protocol)) = self.check_data() {
+                    return self.refuse(code, enh, &text, protocol);
+                }
+                if self.from_params.body == Some(Body::BinaryMime) {
+                    return self.protocol_error(503, (5, 5, 1), "BODY=BINARYMIME requires BDAT");
+                }
+                Reply::start_mail_input().encode(&mut self.output);
+                self.decoder.reset();
+                self.phase = Phase::Data;
+                Step::DataStart
+            }
+            Command::Bdat { size, last } => {
+                self.pos += used;
+                self.phase = Phase::Bdat {
+                    remaining: size,
+                    last,
+                };
+                if !self.config.chunking {
+                    return self.protocol_error(502, (5, 5, 1), "Command not implemented");
+                }
+                if self.envelope == Envelope::Chunking {
+                    return None;
+                }
+                if let Err((code, enh, text, protocol)) = self.check_data() {
+                    return self.refuse(code, enh, &text, protocol);
+                }
+                self.envelope = Envelope::Chunking;
+                self.bdat_size = 0;
+                self.bdat_oversize = false;
+                Step::DataStart
+            }
+            Command::Rset => {
+                self.pos += used;
+                let was = self.in_transaction();
+                self.reset_transaction();
+                reply(250, Some((2, 0, 0)), "OK").encode(&mut self.output);
+                if was {
+                    Step::Reset
+                } else {
+                    return None;
+                }
+            }
+            Command::Noop => {
+                self.pos += used;
+                reply(250, Some((2, 0, 0)), "OK").encode(&mut self.output);
+                return None;
+            }
+            Command::Vrfy(_) => {
+                self.pos += used;
+                reply(
+                    252,
+                    Some((2, 5, 0)),
+                    "Cannot VRFY user, but will accept message and attempt delivery",
+                )
+                .encode(&mut self.output);
+                return None;
+            }
+            Command::Expn(_) => {
+                self.pos += used;
+                return self.refuse(502, (5, 5, 1), "EXPN not available", false);
+            }
+            Command::Help(_) => {
+                self.pos += used;
+                reply(
+                    214,
+                    Some((2, 0, 0)),
+                    "See RFC 5321: https://www.rfc-editor.org/rfc/rfc5321",
+                )
+                .encode(&mut self.output);
+                return None;
+            }
+            Command::Auth { .. } => {
+                self.pos += used;
+                return self.protocol_error(502, (5, 5, 1), "AUTH not available");
+            }
+            Command::StartTls => {
+                self.pos += used;
+                if self.tls {
+                    return self.protocol_error(503, (5, 5, 1), "TLS already active");
+                }
+                if !self.config.starttls {
+                    return self.protocol_error(502, (5, 5, 1), "STARTTLS not available");
+                }
+                reply(220, Some((2, 0, 0)), "Ready to start TLS").encode(&mut self.output);
+                // Anything pipelined behind STARTTLS was sent in the clear: drop it.
+                self.input.clear();
+                self.pos = 0;
+                self.reset_transaction();
+                self.phase = Phase::Tls;
+                Step::StartTls
+            }
+            Command::Quit => {
+                self.pos += used;
+                Reply::closing(&self.config.hostname).encode(&mut self.output);
+                self.phase = Phase::Closed;
+                Step::Quit
+            }
+        };
+        Some(step)
+    }
+
+    /// Queues a refusal; protocol errors count against the error budget.
+    fn refuse(
+        &mut self,
+        code: u16,
+        enhanced: (u8, u16, u16),
+        text: &str,
+        protocol: bool,
+    ) -> Option<Step> {
+        if protocol {
+            self.protocol_error(code, enhanced, text)
+        } else {
+            reply(code, Some(enhanced), text).encode(&mut self.output);
+            None
+        }
+    }
+
+    fn check_mail(&self, from: &ReversePath<'_>, params: &MailParams<'_>) -> Check {
+        match self.envelope {
+            Envelope::Ready => return Err(seq("Send EHLO or HELO first")),
+            Envelope::Mail | Envelope::Chunking => {
+                return Err(seq("Nested MAIL command"));
+            }
+            Envelope::Greeted => {}
+        }
+        if !params.is_empty() && !self.extended {
+            return Err(param("Parameters need EHLO"));
+        }
+        if let Some((k, _)) = params.other.first() {
+            return Err(param(&format!("Unsupported parameter {k}")));
+        }
+        if !self.config.dsn && (params.ret.is_some() || params.envid.is_some()) {
+            return Err(param("DSN parameters not supported"));
+        }
+        if params.body == Some(Body::BinaryMime) && !self.config.chunking {
+            return Err(param("BODY=BINARYMIME not supported"));
+        }
+        if params.smtputf8 && !self.config.smtputf8 {
+            return Err(param("SMTPUTF8 not supported"));
+        }
+        if let (Some(size), Some(max)) = (params.size, self.config.max_message_size) {
+            if size > max {
+                return Err((
+                    552,
+                    (5, 3, 4),
+                    "Message size exceeds fixed maximum message size".into(),
+                    false,
+                ));
+            }
+        }
+        if !from.is_ascii() && !params.smtputf8 {
+            return Err((
+                553,
+                (5, 6, 7),
+                "Non-ASCII address needs SMTPUTF8".into(),
+                false,
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_rcpt(&self, to: &ForwardPath<'_>, params: &RcptParams<'_>) -> Check {
+        match self.envelope {
+            Envelope::Ready | Envelope::Greeted => return Err(seq("Need MAIL before RCPT")),
+            Envelope::Chunking => return Err(seq("RCPT not allowed during BDAT")),
+            Envelope::Mail => {}
+        }
+        if !params.is_empty() && !self.extended {
+            return Err(param("Parameters need EHLO"));
+        }
+        if let Some((k, _)) = params.other.first() {
+            return Err(param(&format!("Unsupported parameter {k}")));
+        }
+        if !self.config.dsn && (params.notify.is_some() || params.orcpt.is_some()) {
+            return Err(param("DSN parameters not supported"));
+        }
+        if self.recipients >= self.config.max_recipients {
+            return Err((452, (4, 5, 3), "Too many recipients".into(), false));
+        }
+        if !to.is_ascii() && !self.smtputf8 {
+            return Err((
+                553,
+                (5, 6, 7),
+                "Non-ASCII address needs SMTPUTF8".into(),
+                false,
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_data(&self) -> Check {
+        match self.envelope {
+            Envelope::Ready | Envelope::Greeted => Err(seq("Need MAIL command")),
+            Envelope::Chunking => Err(seq("DATA not allowed during BDAT")),
+            Envelope::Mail if self.recipients == 0 => {
+                Err((554, (5, 5, 1), "No valid recipients".into(), false))
+            }
+            Envelope::Mail => Ok(()),
+        }
+    }
+}
+
+/// A refusal: code, enhanced code, text, and whether it counts as a protocol error.
+type Check = Result<(), (u16, (u8, u16, u16), Cow<'static, str>, bool)>;
+
+fn seq(text: &'static str) -> (u16, (u8, u16, u16), Cow<'static, str>, bool) {
+    (503, (5, 5, 1), Cow::Borrowed(text), true)
+}
+
+fn param(text: &str) -> (u16, (u8, u16, u16), Cow<'static, str>, bool) {
+    (555, (5, 5, 4), Cow::Owned(text.to_owned()), true)
+}
+
+/// An owned copy of checked MAIL parameters (unknown ones were refused, so `other` is empty).
+fn own_mail_params(p: MailParams<'_>) -> MailParams<'static> {
+    MailParams {
+        size: p.size,
+        body: p.body,
+        smtputf8: p.smtputf8,
+        auth: p.auth.map(|a| Cow::Owned(a.into_owned())),
+        ret: p.ret,
+        envid: p.envid.map(|e| Cow::Owned(e.into_owned())),
+        other: Vec::new(),
+    }
+}
+
+/// An owned copy of checked RCPT parameters (unknown ones were refused, so `other` is empty).
+fn own_rcpt_params(p: RcptParams<'_>) -> RcptParams<'static> {
+    RcptParams {
+        notify: p.notify,
+        orcpt: p.orcpt.map(|o| o.into_owned()),
+        other: Vec::new(),
+    }
+}

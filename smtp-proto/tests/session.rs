@@ -1,0 +1,386 @@
+//! The session state machine driven in memory: replies as a client sees them.
+#![allow(clippy::unwrap_used)]
+
+use proptest::prelude::*;
+use smtp_proto::session::{Event, Session, SessionConfig};
+use smtp_proto::Reply;
+
+/// What a driver saw: the reply bytes, the message bodies and the event names.
+#[derive(Debug, Default, PartialEq)]
+struct Trace {
+    out: String,
+    bodies: Vec<Vec<u8>>,
+    events: Vec<String>,
+    /// Body of the message being received.
+    current: Vec<u8>,
+}
+
+/// Policy: refuse recipients whose address starts with "bad", accept everything else.
+fn drive(s: &mut Session, chunks: &[&[u8]], t: &mut Trace) {
+    for chunk in chunks {
+        s.feed(chunk);
+        pump(s, t);
+    }
+}
+
+fn pump(s: &mut Session, t: &mut Trace) {
+    while let Some(ev) = s.poll_event() {
+        let refuse = match &ev {
+            Event::Rcpt { to, .. } => to.to_string().starts_with("<bad"),
+            _ => false,
+        };
+        let name = match &ev {
+            Event::Connect => "connect".to_string(),
+            Event::Hello { domain, extended } => format!("hello {domain} {extended}"),
+            Event::Mail { from, .. } => format!("mail {from}"),
+            Event::Rcpt { to, .. } => format!("rcpt {to}"),
+            Event::DataStart => "data".into(),
+            Event::Body(b) => {
+                t.current.extend_from_slice(b);
+                String::new()
+            }
+            Event::DataEnd { size } => format!("end {size}"),
+            Event::DataAborted(e) => format!("aborted {e}"),
+            Event::Reset => "reset".into(),
+            Event::StartTls => "starttls".into(),
+            Event::Quit => "quit".into(),
+            Event::Closed => "closed".into(),
+            _ => "other".into(),
+        };
+        let decide = ev.needs_decision();
+        if !name.is_empty() {
+            t.events.push(name.clone());
+        }
+        if name.starts_with("end") || name.starts_with("aborted") {
+            t.bodies.push(std::mem::take(&mut t.current));
+        }
+        if decide {
+            if refuse {
+                s.respond(Reply::new(550, "5.1.1".parse().ok(), "No such user").unwrap());
+            } else {
+                s.accept();
+            }
+        }
+    }
+    t.out.push_str(&String::from_utf8_lossy(s.output()));
+    s.clear_output();
+}
+
+fn config() -> SessionConfig {
+    let mut c = SessionConfig::new("mx.test");
+    c.max_message_size = Some(1000);
+    c.max_recipients = 3;
+    c.starttls = true;
+    c
+}
+
+fn run(input: &[u8]) -> Trace {
+    let mut s = Session::new(config());
+    let mut t = Trace::default();
+    drive(&mut s, &[input], &mut t);
+    t
+}
+
+/// The reply lines after the greeting.
+fn replies(input: &str) -> Vec<String> {
+    let t = run(input.as_bytes());
+    t.out
+        .split("\r\n")
+        .filter(|l| !l.is_empty())
+        .skip(1)
+        .map(str::to_owned)
+        .collect()
+}
+
+const EHLO_LINES: usize = 9; // 250-mx.test, PIPELINING, SIZE, 8BITMIME, ENH, SMTPUTF8, CHUNKING, STARTTLS
+
+#[test]
+fn ehlo_advertises_extensions() {
+    let r = replies("EHLO c.test\r\n");
+    assert_eq!(
+        r,
+        [
+            "250-mx.test greets c.test",
+            "250-PIPELINING",
+            "250-SIZE 1000",
+            "250-8BITMIME",
+            "250-ENHANCEDSTATUSCODES",
+            "250-SMTPUTF8",
+            "250-CHUNKING",
+            "250 STARTTLS",
+        ]
+    );
+    assert_eq!(EHLO_LINES - 1, r.len());
+}
+
+#[test]
+fn pipelined_transaction_replies_in_order() {
+    let t = run(b"EHLO c.test\r\nMAIL FROM:<a@x.test> SIZE=20\r\nRCPT TO:<b@mx.test>\r\nRCPT TO:<bad@mx.test>\r\nDATA\r\nHello\r\n..dot\r\n.\r\nQUIT\r\n");
+    let lines: Vec<&str> = t.out.split("\r\n").collect();
+    assert_eq!(lines[0], "220 mx.test ESMTP ready");
+    assert_eq!(
+        &lines[EHLO_LINES..],
+        [
+            "250 2.1.0 Sender OK",
+            "250 2.1.5 Recipient OK",
+            "550 5.1.1 No such user",
+            "354 End data with <CR><LF>.<CR><LF>",
+            "250 2.0.0 Message accepted",
+            "221 2.0.0 mx.test closing connection",
+            ""
+        ]
+    );
+    assert_eq!(t.bodies, vec![b"Hello\r\n.dot\r\n".to_vec()]);
+    assert_eq!(
+        t.events,
+        [
+            "connect",
+            "hello c.test true",
+            "mail <a@x.test>",
+            "rcpt <b@mx.test>",
+            "rcpt <bad@mx.test>",
+            "data",
+            "end 13",
+            "quit"
+        ]
+    );
+}
+
+#[test]
+fn replies_table() {
+    // (dialogue after the greeting, expected last reply line)
+    let cases: &[(&str, &str)] = &[
+        ("MAIL FROM:<a@b.test>\r\n", "503 5.5.1 Send EHLO or HELO first"),
+        ("EHLO c\r\nRCPT TO:<a@b.test>\r\n", "503 5.5.1 Need MAIL before RCPT"),
+        ("EHLO c\r\nDATA\r\n", "503 5.5.1 Need MAIL command"),
+        ("EHLO c\r\nMAIL FROM:<>\r\nMAIL FROM:<>\r\n", "503 5.5.1 Nested MAIL command"),
+        ("EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<bad@x>\r\nDATA\r\n", "554 5.5.1 No valid recipients"),
+        ("EHLO c\r\nMAIL FROM:<> SIZE=1001\r\n", "552 5.3.4 Message size exceeds fixed maximum message size"),
+        ("EHLO c\r\nMAIL FROM:<> FOO=BAR\r\n", "555 5.5.4 Unsupported parameter FOO"),
+        ("EHLO c\r\nMAIL FROM:<> RET=FULL\r\n", "555 5.5.4 DSN parameters not supported"),
+        ("HELO c\r\nMAIL FROM:<> SIZE=10\r\n", "555 5.5.4 Parameters need EHLO"),
+        ("EHLO c\r\nMAIL FROM:<jörg@x.test>\r\n", "553 5.6.7 Non-ASCII address needs SMTPUTF8"),
+        ("EHLO c\r\nMAIL FROM:<jörg@x.test> SMTPUTF8\r\n", "250 2.1.0 Sender OK"),
+        ("EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nRCPT TO:<c@b>\r\nRCPT TO:<d@b>\r\nRCPT TO:<e@b>\r\n", "452 4.5.3 Too many recipients"),
+        ("FOO\r\n", "500 5.5.1 Command unrecognized"),
+        ("EXPN staff\r\n", "502 5.5.1 EXPN not available"),
+        ("TURN\r\n", "502 5.5.1 Command not implemented"),
+        ("AUTH PLAIN\r\n", "502 5.5.1 AUTH not available"),
+        ("VRFY bob\r\n", "252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery"),
+        ("NOOP\r\n", "250 2.0.0 OK"),
+        ("RSET\r\n", "250 2.0.0 OK"),
+        ("QUIT now\r\n", "501 5.5.4 Syntax: QUIT"),
+        ("NOOP\n", "500 5.5.2 Bare LF line terminator not allowed, use CRLF"),
+        ("HELO c\r\nSTARTTLS\r\nSTARTTLS\r\n", "220 2.0.0 Ready to start TLS"),
+    ];
+    for (input, want) in cases {
+        let r = replies(input);
+        assert_eq!(
+            r.last().map(String::as_str),
+            Some(*want),
+            "input {input:?}: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn long_line_is_refused_and_session_continues() {
+    let mut input = b"NOOP ".to_vec();
+    input.extend(std::iter::repeat_n(b'x', 2000));
+    input.extend_from_slice(b"\r\nNOOP\r\n");
+    let mut s = Session::new(config());
+    let mut t = Trace::default();
+    // In pieces, so the long line is never complete in one buffer.
+    let pieces: Vec<&[u8]> = input.chunks(100).collect();
+    drive(&mut s, &pieces, &mut t);
+    assert_eq!(
+        t.out,
+        "220 mx.test ESMTP ready\r\n500 5.5.2 Line too long\r\n250 2.0.0 OK\r\n"
+    );
+}
+
+#[test]
+fn error_budget_closes_with_421() {
+    let t = run("FOO\r\n".repeat(12).as_bytes());
+    assert!(t.out.ends_with("500 5.5.1 Command unrecognized\r\n421 4.7.0 mx.test Too many errors, closing connection\r\n"), "{}", t.out);
+    assert_eq!(t.out.matches("500 5.5.1").count(), 10);
+    assert_eq!(t.events.last().unwrap(), "closed");
+}
+
+#[test]
+fn starttls_discards_pipelined_input_and_requires_new_ehlo() {
+    let mut s = Session::new(config());
+    let mut t = Trace::default();
+    drive(
+        &mut s,
+        &[b"EHLO c\r\nSTARTTLS\r\nMAIL FROM:<evil@x>\r\n"],
+        &mut t,
+    );
+    assert!(s.awaiting_tls());
+    assert!(
+        t.out
+            .ends_with("250 STARTTLS\r\n220 2.0.0 Ready to start TLS\r\n"),
+        "{}",
+        t.out
+    );
+    assert_eq!(t.events.last().unwrap(), "starttls");
+    // Bytes arriving before the handshake completes are ignored too.
+    s.feed(b"RCPT TO:<evil@x>\r\n");
+    s.tls_established();
+    assert!(s.is_tls());
+    t.out.clear();
+    drive(&mut s, &[b"MAIL FROM:<a@b>\r\nEHLO c\r\n"], &mut t);
+    assert!(
+        t.out
+            .starts_with("503 5.5.1 Send EHLO or HELO first\r\n250-mx.test"),
+        "{}",
+        t.out
+    );
+    assert!(
+        !t.out.contains("STARTTLS"),
+        "STARTTLS offered again: {}",
+        t.out
+    );
+    assert!(!t.events.iter().any(|e| e.contains("evil")));
+}
+
+#[test]
+fn size_limit_while_streaming() {
+    let mut body = "x".repeat(70) + "\r\n";
+    body = body.repeat(20); // 1440 octets > 1000
+    let input = format!("EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nDATA\r\n{body}.\r\nNOOP\r\n");
+    let r = replies(&input);
+    assert_eq!(
+        &r[r.len() - 2..],
+        [
+            "552 5.3.4 message size exceeds the limit of 1000 octets",
+            "250 2.0.0 OK"
+        ]
+    );
+}
+
+#[test]
+fn bare_lf_in_data_is_refused_after_the_end() {
+    let r = replies(
+        "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nDATA\r\nline\n.\nstill data\r\n.\r\nNOOP\r\n",
+    );
+    assert_eq!(
+        &r[r.len() - 2..],
+        [
+            "550 5.5.2 Message contains bare CR or LF; lines must end with CRLF",
+            "250 2.0.0 OK"
+        ]
+    );
+}
+
+#[test]
+fn bdat_chunks() {
+    let t = run(b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nBDAT 5\r\nHelloBDAT 9 LAST\r\n world\n\r\nQUIT\r\n");
+    assert!(t.out.ends_with("250 2.1.5 Recipient OK\r\n250 2.0.0 5 octets received\r\n250 2.0.0 Message accepted\r\n221 2.0.0 mx.test closing connection\r\n"), "{}", t.out);
+    assert_eq!(t.bodies, vec![b"Hello world\n\r\n".to_vec()]);
+}
+
+#[test]
+fn bdat_without_transaction_swallows_its_chunk() {
+    let r = replies("EHLO c\r\nBDAT 6\r\nQUIT\r\nNOOP\r\n");
+    assert_eq!(
+        &r[r.len() - 2..],
+        ["503 5.5.1 Need MAIL command", "250 2.0.0 OK"]
+    );
+}
+
+#[test]
+fn bdat_over_size_limit() {
+    let chunk = "y".repeat(600);
+    let input = format!("EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nBDAT 600\r\n{chunk}BDAT 600\r\n{chunk}BDAT 3 LAST\r\nabcNOOP\r\n");
+    let r = replies(&input);
+    assert_eq!(
+        &r[r.len() - 4..],
+        [
+            "250 2.0.0 600 octets received",
+            "552 5.3.4 message size exceeds the limit of 1000 octets",
+            // The LAST chunk of the failed transaction is refused and swallowed.
+            "503 5.5.1 Need MAIL command",
+            "250 2.0.0 OK"
+        ]
+    );
+}
+
+#[test]
+fn rejected_greeting_closes() {
+    let mut s = Session::new(config());
+    assert!(matches!(s.poll_event(), Some(Event::Connect)));
+    s.respond(Reply::new(554, "5.7.1".parse().ok(), "Go away").unwrap());
+    assert!(s.is_closed());
+    assert_eq!(s.output(), b"554 5.7.1 Go away\r\n");
+    s.feed(b"EHLO c\r\n");
+    assert!(s.poll_event().is_none());
+}
+
+#[test]
+fn timeout_and_shutdown() {
+    let mut s = Session::new(config());
+    let mut t = Trace::default();
+    drive(&mut s, &[b"EHLO c\r\n"], &mut t);
+    s.timeout();
+    assert!(s.is_closed());
+    assert_eq!(
+        s.output(),
+        b"421 4.4.2 mx.test Timeout exceeded, closing connection\r\n"
+    );
+    let mut s = Session::new(config());
+    drive(&mut s, &[b"EHLO c\r\n"], &mut t);
+    s.shutdown();
+    assert!(String::from_utf8_lossy(s.output()).starts_with("421 4.3.2 mx.test"));
+}
+
+#[test]
+fn receiving_data_flag() {
+    let mut s = Session::new(config());
+    let mut t = Trace::default();
+    drive(
+        &mut s,
+        &[b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nDATA\r\npart"],
+        &mut t,
+    );
+    assert!(s.is_receiving_data());
+    drive(&mut s, &[b"ial\r\n.\r\n"], &mut t);
+    assert!(!s.is_receiving_data());
+    assert_eq!(t.bodies, vec![b"partial\r\n".to_vec()]);
+}
+
+const DIALOGUE: &[u8] = b"EHLO c.test\r\nMAIL FROM:<a@x.test> SIZE=20\r\nRCPT TO:<b@mx.test>\r\nRCPT TO:<bad@mx.test>\r\nDATA\r\nHello\r\n..dot\r\n\r\n.\r\nMAIL FROM:<>\r\nRCPT TO:<c@d>\r\nBDAT 4\r\nab\r\nBDAT 0 LAST\r\nRSET\r\nFOO\r\nNOOP\r\nQUIT\r\n";
+
+proptest! {
+    /// Any split of the input into reads gives the same replies, bodies and events.
+    #[test]
+    fn any_split_gives_the_same_result(cuts in prop::collection::vec(0..DIALOGUE.len(), 0..20)) {
+        let whole = run(DIALOGUE);
+        let mut cuts = cuts;
+        cuts.sort_unstable();
+        let mut pieces = Vec::new();
+        let mut last = 0;
+        for c in cuts {
+            pieces.push(&DIALOGUE[last..c]);
+            last = c;
+        }
+        pieces.push(&DIALOGUE[last..]);
+        let mut s = Session::new(config());
+        let mut t = Trace::default();
+        drive(&mut s, &pieces, &mut t);
+        prop_assert_eq!(t, whole);
+    }
+
+    /// Arbitrary bytes never panic the session, and it never emits output without a reply code.
+    #[test]
+    fn arbitrary_input_never_panics(chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..200), 0..10)) {
+        let mut s = Session::new(config());
+        let mut t = Trace::default();
+        let pieces: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+        drive(&mut s, &pieces, &mut t);
+        for line in t.out.split("\r\n").filter(|l| !l.is_empty()) {
+            let code: u16 = line[..3].parse().unwrap();
+            prop_assert!((200..600).contains(&code), "{}", line);
+        }
+    }
+}
