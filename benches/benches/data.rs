@@ -25,7 +25,7 @@ fn message() -> Vec<u8> {
     while body.len() < 1 << 20 {
         let mut line = String::new();
         // Every 40th line starts with a dot, as quoted signatures and `..` paths do.
-        if n % 40 == 0 {
+        if n.is_multiple_of(40) {
             line.push('.');
         }
         while line.len() < 70 {

@@ -20,7 +20,8 @@
 //! - Lines over [`DataConfig::max_line_len`] octets (counted on the wire, CRLF included; 1000 by
 //!   default as RFC 5321 §4.5.3.1.6 says) are reported at the end ([`DataError::LineTooLong`]).
 //! - Once the decoded size passes [`DataConfig::max_size`], nothing more is appended to the
-//!   output, the decoder still reads to the end marker, then reports [`DataError::SizeExceeded`].
+//!   output (it holds exactly the first `max_size` octets); the decoder still reads to the end
+//!   marker, then reports [`DataError::SizeExceeded`].
 //!
 //! Scanning uses `memchr` to jump from one CR/LF to the next and copies whole runs of lines at
 //! once, so the common case costs one search per line and one copy per chunk.
@@ -63,7 +64,8 @@ impl Default for DataConfig {
 /// message: the first of size, bare line ending, long line is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 pub enum DataError {
-    /// The message is larger than [`DataConfig::max_size`]; the output holds only a prefix.
+    /// The message is larger than [`DataConfig::max_size`]; the output holds only its first
+    /// `max` octets.
     #[error("message size exceeds the limit of {max} octets")]
     SizeExceeded {
         /// The configured limit.
@@ -357,14 +359,16 @@ impl DataDecoder {
         if bytes.is_empty() {
             return;
         }
-        self.size = self.size.saturating_add(bytes.len() as u64);
-        if let Some(max) = self.config.max_size {
-            if self.size > max {
+        let before = self.size;
+        self.size = before.saturating_add(bytes.len() as u64);
+        match self.config.max_size {
+            Some(max) if self.size > max => {
+                // Store exactly the first `max` octets, whatever the chunking was.
                 self.oversize = true;
+                let room = usize::try_from(max.saturating_sub(before)).unwrap_or(usize::MAX);
+                out.extend_from_slice(&bytes[..room.min(bytes.len())]);
             }
-        }
-        if !self.oversize {
-            out.extend_from_slice(bytes);
+            _ => out.extend_from_slice(bytes),
         }
     }
 }
