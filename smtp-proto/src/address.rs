@@ -512,15 +512,24 @@ fn strip_prefix_ignore_case<'s>(s: &'s str, prefix: &str) -> Option<&'s str> {
         .then(|| &s[prefix.len()..])
 }
 
-fn utf8(b: &[u8]) -> Result<&str, AddressError> {
-    std::str::from_utf8(b).map_err(|_| AddressError::InvalidUtf8)
+/// The part of `text` that `piece` (a sub-slice of `text`'s bytes) covers, so that UTF-8 is
+/// validated once per line rather than once per piece.
+pub(crate) fn sub<'a>(text: &'a str, piece: &[u8]) -> Option<&'a str> {
+    let off = (piece.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+    text.get(off..off.checked_add(piece.len())?)
+}
+
+fn utf8<'a>(text: &'a str, b: &[u8]) -> Result<&'a str, AddressError> {
+    sub(text, b).ok_or(AddressError::InvalidUtf8)
 }
 
 /// `Mailbox = Local-part "@" ( Domain / address-literal )`
 ///
 /// `Local-part = Dot-string / Quoted-string`
+#[inline]
 pub(crate) fn mailbox<'a>(
     i: &'a [u8],
+    text: &'a str,
     limits: &Limits,
 ) -> Result<(&'a [u8], Mailbox<'a>), AddressError> {
     let (rest, local_part) = if i.first() == Some(&b'"') {
@@ -529,7 +538,7 @@ pub(crate) fn mailbox<'a>(
         if wire_len > limits.max_local_part {
             return Err(AddressError::LocalPartTooLong);
         }
-        let inner = utf8(inner)?;
+        let inner = utf8(text, inner)?;
         let lp = if inner.contains('\\') {
             let mut s = String::with_capacity(inner.len());
             let mut escaped = false;
@@ -551,19 +560,21 @@ pub(crate) fn mailbox<'a>(
         if ds.len() > limits.max_local_part {
             return Err(AddressError::LocalPartTooLong);
         }
-        (rest, Cow::Borrowed(utf8(ds)?))
+        (rest, Cow::Borrowed(utf8(text, ds)?))
     };
     let rest = match rest.split_first() {
         Some((b'@', r)) => r,
         _ => return Err(AddressError::Syntax),
     };
-    let (rest, domain) = domain_or_literal(rest, limits)?;
+    let (rest, domain) = domain_or_literal(rest, text, limits)?;
     Ok((rest, Mailbox { local_part, domain }))
 }
 
 /// `Domain / address-literal`, with the domain length limit.
+#[inline]
 fn domain_or_literal<'a>(
     i: &'a [u8],
+    text: &'a str,
     limits: &Limits,
 ) -> Result<(&'a [u8], Domain<'a>), AddressError> {
     if i.first() == Some(&b'[') {
@@ -577,7 +588,7 @@ fn domain_or_literal<'a>(
     if d.len() > limits.max_domain {
         return Err(AddressError::DomainTooLong);
     }
-    Ok((rest, Domain::Name(Cow::Borrowed(utf8(d)?))))
+    Ok((rest, Domain::Name(Cow::Borrowed(utf8(text, d)?))))
 }
 
 /// What a path held, before the command decides which forms it allows.
@@ -591,8 +602,10 @@ pub(crate) enum RawPath<'a> {
 ///
 /// Leniently (as Postfix does by default), a bare mailbox or `postmaster` without angle
 /// brackets is accepted too; it ends at a space or the end of the input.
+#[inline]
 pub(crate) fn path<'a>(
     i: &'a [u8],
+    text: &'a str,
     limits: &Limits,
 ) -> Result<(&'a [u8], RawPath<'a>), AddressError> {
     let Some((b'<', inner)) = i.split_first() else {
@@ -602,7 +615,7 @@ pub(crate) fn path<'a>(
                 return Ok((rest, RawPath::Postmaster));
             }
         }
-        let (rest, m) = mailbox(i, limits)?;
+        let (rest, m) = mailbox(i, text, limits)?;
         if i.len() - rest.len() + 2 > limits.max_path {
             return Err(AddressError::PathTooLong);
         }
@@ -627,7 +640,7 @@ pub(crate) fn path<'a>(
             _ => return Err(AddressError::Syntax),
         }
     }
-    let (r, m) = mailbox(after_route, limits)?;
+    let (r, m) = mailbox(after_route, text, limits)?;
     let Some((b'>', rest)) = r.split_first() else {
         return Err(AddressError::Syntax);
     };
@@ -672,7 +685,7 @@ pub fn parse_mailbox(s: &str) -> Result<Mailbox<'_>, AddressError> {
 /// # Errors
 /// An [`AddressError`] saying what is wrong.
 pub fn parse_mailbox_with<'a>(s: &'a str, limits: &Limits) -> Result<Mailbox<'a>, AddressError> {
-    all(mailbox(s.as_bytes(), limits))
+    all(mailbox(s.as_bytes(), s, limits))
 }
 
 /// Parses `Domain / address-literal` (e.g. the argument of EHLO, or a configured domain).
@@ -680,7 +693,7 @@ pub fn parse_mailbox_with<'a>(s: &'a str, limits: &Limits) -> Result<Mailbox<'a>
 /// # Errors
 /// An [`AddressError`] saying what is wrong.
 pub fn parse_domain(s: &str) -> Result<Domain<'_>, AddressError> {
-    all(domain_or_literal(s.as_bytes(), &Limits::default()))
+    all(domain_or_literal(s.as_bytes(), s, &Limits::default()))
 }
 
 /// Parses a `Path` in angle brackets (`<a@b>`, `<@route:a@b>`), which must name a mailbox.
@@ -691,7 +704,7 @@ pub fn parse_path(s: &str) -> Result<Mailbox<'_>, AddressError> {
     if !s.starts_with('<') {
         return Err(AddressError::Syntax);
     }
-    match all(path(s.as_bytes(), &Limits::default()))? {
+    match all(path(s.as_bytes(), s, &Limits::default()))? {
         RawPath::Mailbox(m) => Ok(m),
         RawPath::Null | RawPath::Postmaster => Err(AddressError::MailboxRequired),
     }
@@ -702,7 +715,7 @@ pub fn parse_path(s: &str) -> Result<Mailbox<'_>, AddressError> {
 /// # Errors
 /// An [`AddressError`]; `<postmaster>` gives [`AddressError::MailboxRequired`].
 pub fn parse_reverse_path(s: &str) -> Result<ReversePath<'_>, AddressError> {
-    match all(path(s.as_bytes(), &Limits::default()))? {
+    match all(path(s.as_bytes(), s, &Limits::default()))? {
         RawPath::Null => Ok(ReversePath::Null),
         RawPath::Mailbox(m) => Ok(ReversePath::Mailbox(m)),
         RawPath::Postmaster => Err(AddressError::MailboxRequired),
@@ -714,7 +727,7 @@ pub fn parse_reverse_path(s: &str) -> Result<ReversePath<'_>, AddressError> {
 /// # Errors
 /// An [`AddressError`]; `<>` gives [`AddressError::MailboxRequired`].
 pub fn parse_forward_path(s: &str) -> Result<ForwardPath<'_>, AddressError> {
-    match all(path(s.as_bytes(), &Limits::default()))? {
+    match all(path(s.as_bytes(), s, &Limits::default()))? {
         RawPath::Postmaster => Ok(ForwardPath::Postmaster),
         RawPath::Mailbox(m) => Ok(ForwardPath::Mailbox(m)),
         RawPath::Null => Err(AddressError::MailboxRequired),

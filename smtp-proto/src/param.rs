@@ -444,8 +444,10 @@ fn push_other<'a>(
     Ok(())
 }
 
+#[inline(always)]
 fn is(k: &str, name: &str) -> bool {
-    k.eq_ignore_ascii_case(name)
+    // Comparing lengths first skips most candidates without a case-folding loop.
+    k.len() == name.len() && k.eq_ignore_ascii_case(name)
 }
 
 const MAIL_ONLY: [&str; 6] = ["SIZE", "BODY", "SMTPUTF8", "AUTH", "RET", "ENVID"];

@@ -8,7 +8,7 @@ use smtp_proto::address::{
 };
 
 /// A domain name, an IPv4 or an IPv6 literal; labels include U-labels.
-pub fn domain() -> impl Strategy<Value = Domain<'static>> {
+fn domain() -> impl Strategy<Value = Domain<'static>> {
     let label = prop_oneof![
         "[a-zA-Z0-9]",
         "[a-zA-Z0-9][a-zA-Z0-9-]{0,10}[a-zA-Z0-9]",
@@ -22,7 +22,7 @@ pub fn domain() -> impl Strategy<Value = Domain<'static>> {
 }
 
 /// A local part: a dot-string, or anything that can be quoted (with quotes and backslashes).
-pub fn local_part() -> impl Strategy<Value = String> {
+fn local_part() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::collection::vec("[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,8}", 1..4)
             .prop_map(|a| a.join(".")),
@@ -31,7 +31,7 @@ pub fn local_part() -> impl Strategy<Value = String> {
     ]
 }
 
-pub fn mailbox() -> impl Strategy<Value = Mailbox<'static>> {
+fn mailbox() -> impl Strategy<Value = Mailbox<'static>> {
     (local_part(), domain()).prop_map(|(l, d)| Mailbox::new(l, d).unwrap())
 }
 

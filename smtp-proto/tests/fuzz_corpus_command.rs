@@ -20,7 +20,10 @@ fn command_corpus_replays_without_panics() {
             match parse_command(rest, &limits) {
                 Ok(Some((cmd, used))) => {
                     let wire = cmd.to_string();
-                    let roomy = Limits { max_command_line: 1 << 16, ..Limits::default() };
+                    let roomy = Limits {
+                        max_command_line: 1 << 16,
+                        ..Limits::default()
+                    };
                     assert_eq!(
                         parse_command(wire.as_bytes(), &roomy),
                         Ok(Some((cmd, wire.len()))),
@@ -31,7 +34,11 @@ fn command_corpus_replays_without_panics() {
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    assert!(e.consumed > 0 && e.consumed <= rest.len(), "{}", path.display());
+                    assert!(
+                        e.consumed > 0 && e.consumed <= rest.len(),
+                        "{}",
+                        path.display()
+                    );
                     rest = &rest[e.consumed..];
                 }
             }

@@ -22,7 +22,10 @@ fn initial_response(i: &[u8]) -> IResult<&[u8], &[u8]> {
 /// `auth-command = "AUTH" SP sasl-mech [SP initial-response] *(CRLF [base64]) [CRLF cancel-response] CRLF`
 ///
 /// Only the command line is parsed here; the continuation lines are the session's business.
-pub(super) fn auth(args: Option<&[u8]>) -> Result<Command<'_>, CommandErrorKind> {
+pub(super) fn auth<'a>(
+    args: Option<&'a [u8]>,
+    line: &'a str,
+) -> Result<Command<'a>, CommandErrorKind> {
     let a = args.ok_or(CommandErrorKind::Syntax(HINT))?;
     let (rest, mech) = sasl_mech(a).map_err(|_| CommandErrorKind::Syntax(HINT))?;
     let initial = match rest.split_first() {
@@ -33,12 +36,12 @@ pub(super) fn auth(args: Option<&[u8]>) -> Result<Command<'_>, CommandErrorKind>
             if !end.is_empty() || !valid_base64(resp) {
                 return Err(CommandErrorKind::Syntax(HINT));
             }
-            Some(if resp == b"=" { "" } else { ascii(resp)? })
+            Some(if resp == b"=" { "" } else { ascii(resp, line)? })
         }
         Some(_) => return Err(CommandErrorKind::Syntax(HINT)),
     };
     Ok(Command::Auth {
-        mechanism: ascii(mech)?,
+        mechanism: ascii(mech, line)?,
         initial_response: initial,
     })
 }
@@ -54,6 +57,6 @@ fn valid_base64(s: &[u8]) -> bool {
     s.len() & 3 == 0 && pad <= 2 && !s[..body].contains(&b'=')
 }
 
-fn ascii(s: &[u8]) -> Result<&str, CommandErrorKind> {
-    std::str::from_utf8(s).map_err(|_| CommandErrorKind::Syntax(HINT))
+fn ascii<'a>(s: &'a [u8], line: &'a str) -> Result<&'a str, CommandErrorKind> {
+    crate::address::sub(line, s).ok_or(CommandErrorKind::Syntax(HINT))
 }

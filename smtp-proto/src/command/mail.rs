@@ -27,8 +27,10 @@ fn after_path(rest: &[u8]) -> Option<&[u8]> {
 }
 
 /// `mail = "MAIL FROM:" Reverse-path [SP Mail-parameters] CRLF`
+#[inline]
 pub(super) fn mail<'a>(
     args: Option<&'a [u8]>,
+    text: &'a str,
     limits: &Limits,
 ) -> Result<Command<'a>, CommandErrorKind> {
     let a = args.ok_or(CommandErrorKind::Syntax(MAIL_HINT))?;
@@ -36,7 +38,7 @@ pub(super) fn mail<'a>(
     if p.is_empty() {
         return Err(CommandErrorKind::Syntax(MAIL_HINT));
     }
-    let (rest, path) = address::path(p, limits).map_err(CommandErrorKind::BadSender)?;
+    let (rest, path) = address::path(p, text, limits).map_err(CommandErrorKind::BadSender)?;
     let from = match path {
         RawPath::Null => ReversePath::Null,
         RawPath::Mailbox(m) => ReversePath::Mailbox(m),
@@ -48,14 +50,16 @@ pub(super) fn mail<'a>(
     };
     let params =
         after_path(rest).ok_or(CommandErrorKind::BadSender(address::AddressError::Syntax))?;
-    let params = parse_mail_params(params).map_err(CommandErrorKind::Parameter)?;
+    let params = parse_mail_params(params, text).map_err(CommandErrorKind::Parameter)?;
     Ok(Command::Mail { from, params })
 }
 
 /// `rcpt = "RCPT TO:" ( "<Postmaster@" Domain ">" / "<Postmaster>" / Forward-path )
 /// [SP Rcpt-parameters] CRLF`
+#[inline]
 pub(super) fn rcpt<'a>(
     args: Option<&'a [u8]>,
+    text: &'a str,
     limits: &Limits,
 ) -> Result<Command<'a>, CommandErrorKind> {
     let a = args.ok_or(CommandErrorKind::Syntax(RCPT_HINT))?;
@@ -63,7 +67,7 @@ pub(super) fn rcpt<'a>(
     if p.is_empty() {
         return Err(CommandErrorKind::Syntax(RCPT_HINT));
     }
-    let (rest, path) = address::path(p, limits).map_err(CommandErrorKind::BadRecipient)?;
+    let (rest, path) = address::path(p, text, limits).map_err(CommandErrorKind::BadRecipient)?;
     let to = match path {
         RawPath::Postmaster => ForwardPath::Postmaster,
         RawPath::Mailbox(m) => ForwardPath::Mailbox(m),
@@ -76,6 +80,6 @@ pub(super) fn rcpt<'a>(
     let params = after_path(rest).ok_or(CommandErrorKind::BadRecipient(
         address::AddressError::Syntax,
     ))?;
-    let params = parse_rcpt_params(params).map_err(CommandErrorKind::Parameter)?;
+    let params = parse_rcpt_params(params, text).map_err(CommandErrorKind::Parameter)?;
     Ok(Command::Rcpt { to, params })
 }

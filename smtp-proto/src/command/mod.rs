@@ -360,6 +360,7 @@ impl CommandError {
 ///
 /// # Errors
 /// A [`CommandError`]; its `consumed` is the number of bytes to drop before parsing again.
+#[inline]
 pub fn parse_command<'a>(
     input: &'a [u8],
     limits: &Limits,
@@ -398,8 +399,29 @@ pub fn parse_command<'a>(
     }
 }
 
+/// Position of the first LF, eight bytes at a time (a command line is tens of bytes).
 fn find_lf(s: &[u8]) -> Option<usize> {
-    s.iter().position(|&b| b == b'\n')
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    const LF: u64 = LO * b'\n' as u64;
+    let mut chunks = s.chunks_exact(8);
+    let mut base = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word) ^ LF;
+        // Non-zero exactly when some byte of `x` is zero, i.e. that byte was LF.
+        let found = x.wrapping_sub(LO) & !x & HI;
+        if found != 0 {
+            return Some(base + (found.trailing_zeros() / 8) as usize);
+        }
+        base += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|p| base + p)
 }
 
 #[derive(Clone, Copy)]
@@ -475,6 +497,7 @@ fn verb(v: &[u8]) -> Option<Verb> {
 }
 
 /// `command = verb [SP arguments]` for one line without its CRLF.
+#[inline]
 fn command<'a>(line: &'a [u8], limits: &Limits) -> Result<Command<'a>, CommandErrorKind> {
     // Lenient: trailing spaces and tabs are ignored.
     let end = line
@@ -493,20 +516,29 @@ fn command<'a>(line: &'a [u8], limits: &Limits) -> Result<Command<'a>, CommandEr
         Some((b' ', a)) => Some(skip_spaces(a)),
         Some(_) => return Err(CommandErrorKind::UnknownCommand),
     };
+    // UTF-8 is checked once for the whole line; the parsers below slice this `&str`.
+    let Ok(text) = std::str::from_utf8(line) else {
+        return Err(match verb {
+            Verb::Mail => CommandErrorKind::BadSender(AddressError::InvalidUtf8),
+            Verb::Rcpt => CommandErrorKind::BadRecipient(AddressError::InvalidUtf8),
+            Verb::Unimplemented => CommandErrorKind::NotImplemented,
+            _ => CommandErrorKind::Syntax("Syntax error: the line is not valid UTF-8"),
+        });
+    };
     match verb {
-        Verb::Ehlo => hello::ehlo(args).map(Command::Ehlo),
-        Verb::Helo => hello::helo(args).map(Command::Helo),
-        Verb::Mail => mail::mail(args, limits),
-        Verb::Rcpt => mail::rcpt(args, limits),
+        Verb::Ehlo => hello::ehlo(args, text).map(Command::Ehlo),
+        Verb::Helo => hello::helo(args, text).map(Command::Helo),
+        Verb::Mail => mail::mail(args, text, limits),
+        Verb::Rcpt => mail::rcpt(args, text, limits),
         Verb::Data => simple::no_args(args, Command::Data, "Syntax: DATA"),
         Verb::Rset => simple::no_args(args, Command::Rset, "Syntax: RSET"),
         Verb::Quit => simple::no_args(args, Command::Quit, "Syntax: QUIT"),
         Verb::StartTls => simple::no_args(args, Command::StartTls, "Syntax: STARTTLS"),
-        Verb::Noop => simple::noop(args),
-        Verb::Vrfy => simple::string(args, "Syntax: VRFY address").map(Command::Vrfy),
-        Verb::Expn => simple::string(args, "Syntax: EXPN list").map(Command::Expn),
-        Verb::Help => simple::help(args),
-        Verb::Auth => auth::auth(args),
+        Verb::Noop => simple::noop(args, text),
+        Verb::Vrfy => simple::string(args, text, "Syntax: VRFY address").map(Command::Vrfy),
+        Verb::Expn => simple::string(args, text, "Syntax: EXPN list").map(Command::Expn),
+        Verb::Help => simple::help(args, text),
+        Verb::Auth => auth::auth(args, text),
         Verb::Bdat => bdat::bdat(args),
         Verb::Unimplemented => Err(CommandErrorKind::NotImplemented),
     }

@@ -16,20 +16,20 @@ pub(super) fn no_args<'a>(
 }
 
 /// Free text: printable ASCII, space, tab or UTF-8 non-ASCII, no control characters.
-fn text(a: &[u8]) -> Option<&str> {
+fn text<'a>(a: &'a [u8], line: &'a str) -> Option<&'a str> {
     if a.iter()
         .all(|&b| (b' '..=b'~').contains(&b) || b == b'\t' || b >= 0x80)
     {
-        std::str::from_utf8(a).ok()
+        crate::address::sub(line, a)
     } else {
         None
     }
 }
 
 /// `noop = "NOOP" [ SP String ] CRLF` (the string is ignored, but must be text)
-pub(super) fn noop(args: Option<&[u8]>) -> Result<Command<'static>, CommandErrorKind> {
+pub(super) fn noop(args: Option<&[u8]>, line: &str) -> Result<Command<'static>, CommandErrorKind> {
     match args {
-        Some(a) if text(a).is_none() => Err(CommandErrorKind::Syntax("Syntax: NOOP [text]")),
+        Some(a) if text(a, line).is_none() => Err(CommandErrorKind::Syntax("Syntax: NOOP [text]")),
         _ => Ok(Command::Noop),
     }
 }
@@ -39,19 +39,23 @@ pub(super) fn noop(args: Option<&[u8]>) -> Result<Command<'static>, CommandError
 /// The rest of the line is taken as the string, since clients send `VRFY <a@b>` too.
 pub(super) fn string<'a>(
     args: Option<&'a [u8]>,
+    line: &'a str,
     hint: &'static str,
 ) -> Result<&'a str, CommandErrorKind> {
     match args {
-        Some(a) if !a.is_empty() => text(a).ok_or(CommandErrorKind::Syntax(hint)),
+        Some(a) if !a.is_empty() => text(a, line).ok_or(CommandErrorKind::Syntax(hint)),
         _ => Err(CommandErrorKind::Syntax(hint)),
     }
 }
 
 /// `help = "HELP" [ SP String ] CRLF`
-pub(super) fn help(args: Option<&[u8]>) -> Result<Command<'_>, CommandErrorKind> {
+pub(super) fn help<'a>(
+    args: Option<&'a [u8]>,
+    line: &'a str,
+) -> Result<Command<'a>, CommandErrorKind> {
     match args {
         None | Some([]) => Ok(Command::Help(None)),
-        Some(a) => text(a)
+        Some(a) => text(a, line)
             .map(|s| Command::Help(Some(s)))
             .ok_or(CommandErrorKind::Syntax("Syntax: HELP [topic]")),
     }
