@@ -1,0 +1,353 @@
+//! The command line (clap), and the few values derived from it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// The users file format, shown in `--help`.
+const USERS_HELP: &str = "Accepted local users and aliases. Without this option any valid \
+mailbox name is accepted.\n\
+File format, one entry per line, `#` starts a comment, blank lines are ignored:\n  \
+alice                     a user: mail for alice@<any local domain> goes to mailbox `alice`\n  \
+postmaster: alice         an alias: mail for postmaster goes to alice's mailbox\n  \
+team: alice, bob          an alias with several targets (local users, or remote addresses\n                            \
+such as carol@example.org, which are relayed)\n\
+Names are compared without case and without a `+detail`. `postmaster` is always accepted \
+(delivered to a mailbox named postmaster unless it is an alias).";
+
+const AFTER_HELP: &str = "\
+Mailboxes: `<spool-dir>/<user>/<n>` with `<n>.status` (numbered spool) or \
+`<spool-dir>/<user>/{tmp,new,cur}` (Maildir). The user is the local part of the address, with \
+any `+detail` removed and ASCII letters in lower case.\n\n\
+Example, without root, on unprivileged loopback ports:\n  \
+smtp-server -d ./mail -s localhost --hostname localhost -l 127.0.0.1:2525 -l '[::1]:2526' --no-public\n\n\
+On port 25 without root: `setcap cap_net_bind_service=+ep smtp-server` (see DAEMON.md).\n\
+Exit status: 0 after SIGTERM/SIGINT, 2 for a bad option or configuration.";
+
+/// The mailbox format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Numbered spool: `<user>/1`, `<user>/1.status`, ...
+    Spool,
+    /// Maildir: `<user>/{tmp,new,cur}`.
+    Maildir,
+}
+
+/// `smtp-server`: a small mail server and relay.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "smtp-server",
+    version,
+    about = "A small SMTP mail server: stores mail for its own domains and relays mail \
+             that local clients send to the rest of the world",
+    after_help = AFTER_HELP
+)]
+pub struct Config {
+    /// Root directory of the mailboxes.
+    #[arg(
+        short = 'd',
+        long,
+        value_name = "DIR",
+        default_value = "/var/spool/mail/"
+    )]
+    pub spool_dir: PathBuf,
+
+    /// A local domain (repeatable); mail for it is stored here [default: the machine's
+    /// hostname].
+    #[arg(short = 's', long = "domain", value_name = "DOMAIN")]
+    pub domains: Vec<String>,
+
+    /// Name used in the greeting, EHLO and Received headers [default: the machine's hostname].
+    #[arg(long, value_name = "NAME")]
+    pub hostname: Option<String>,
+
+    /// Loopback listener (repeatable): clients may relay to any address [default: 127.0.0.1:25,
+    /// [::1]:25].
+    #[arg(short = 'l', long = "local-listen", value_name = "ADDR")]
+    pub local_listen: Vec<SocketAddr>,
+
+    /// Public listener (repeatable): local delivery only, relaying refused with 554 5.7.1
+    /// [default: 0.0.0.0:25, [::]:25].
+    #[arg(short = 'p', long = "public-listen", value_name = "ADDR")]
+    pub public_listen: Vec<SocketAddr>,
+
+    /// Run without the public listener.
+    #[arg(long)]
+    pub no_public: bool,
+
+    /// PEM certificate chain; with --tls-key, enables STARTTLS and --tls-listen.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Implicit-TLS listener, port 465 style (repeatable): relaying allowed when bound to a
+    /// loopback address, local delivery only otherwise.
+    #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+    pub tls_listen: Vec<SocketAddr>,
+
+    /// Mailbox format.
+    #[arg(short = 'f', long, value_enum, default_value_t = Format::Spool)]
+    pub format: Format,
+
+    /// Directory of the outbound queue [default: <spool-dir>/.queue].
+    #[arg(short = 'q', long, value_name = "DIR")]
+    pub queue_dir: Option<PathBuf>,
+
+    #[arg(short = 'u', long, value_name = "FILE", long_help = USERS_HELP,
+          help = "Accepted local users and aliases (format: see --help); default: any valid name")]
+    /// The users file.
+    pub users: Option<PathBuf>,
+
+    /// Send all remote mail through this smarthost (HOST or HOST:PORT, port 25 by default)
+    /// instead of looking up MX records.
+    #[arg(long, value_name = "HOST[:PORT]")]
+    pub relay_host: Option<String>,
+
+    /// Name server to query (ADDR or ADDR:PORT) instead of the system's [default: the system's
+    /// name servers].
+    #[arg(long, value_name = "ADDR[:PORT]", value_parser = parse_dns_server)]
+    pub dns_server: Option<SocketAddr>,
+
+    /// Port for outbound delivery to MX hosts.
+    #[arg(long, value_name = "PORT", default_value_t = 25)]
+    pub remote_port: u16,
+
+    /// Largest message accepted, in bytes (advertised as SIZE).
+    #[arg(long, value_name = "BYTES", default_value_t = 26_214_400)]
+    pub max_message_size: u64,
+
+    /// Most recipients per message.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_recipients: u32,
+
+    /// Give up on a remote delivery and bounce after this long (e.g. 5d, 12h, 30m).
+    #[arg(long, value_name = "DURATION", default_value = "5d", value_parser = parse_duration)]
+    pub queue_lifetime: Duration,
+
+    /// First retry delay of the queue; later retries wait longer (1m, 5m, 15m, 30m, 1h, 2h,
+    /// 4h... with the default).
+    #[arg(long, value_name = "DURATION", default_value = "1m", value_parser = parse_duration,
+          hide = true)]
+    pub retry_base: Duration,
+
+    /// Log level: error, warn, info, debug, trace (or a tracing filter such as
+    /// `smtp_server=debug`).
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Append the log to this file instead of writing it to stderr.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+}
+
+impl Config {
+    /// The queue directory, defaulted.
+    pub fn queue_dir(&self) -> PathBuf {
+        self.queue_dir
+            .clone()
+            .unwrap_or_else(|| self.spool_dir.join(".queue"))
+    }
+
+    /// The loopback listeners, defaulted.
+    pub fn local_listen(&self) -> Vec<SocketAddr> {
+        if self.local_listen.is_empty() {
+            vec![
+                "127.0.0.1:25".parse().expect("a valid literal"),
+                "[::1]:25".parse().expect("a valid literal"),
+            ]
+        } else {
+            self.local_listen.clone()
+        }
+    }
+
+    /// The public listeners, defaulted (none with `--no-public`).
+    pub fn public_listen(&self) -> Vec<SocketAddr> {
+        if self.no_public {
+            Vec::new()
+        } else if self.public_listen.is_empty() {
+            vec![
+                "0.0.0.0:25".parse().expect("a valid literal"),
+                "[::]:25".parse().expect("a valid literal"),
+            ]
+        } else {
+            self.public_listen.clone()
+        }
+    }
+
+    /// The host name, defaulted to the machine's.
+    pub fn hostname(&self) -> String {
+        self.hostname.clone().unwrap_or_else(machine_hostname)
+    }
+
+    /// The local domains, lower case, defaulted to the host name.
+    pub fn domains(&self) -> Vec<String> {
+        let mut d: Vec<String> = if self.domains.is_empty() {
+            vec![self.hostname()]
+        } else {
+            self.domains.clone()
+        };
+        for x in &mut d {
+            *x = x.trim_end_matches('.').to_ascii_lowercase();
+        }
+        d.sort();
+        d.dedup();
+        d
+    }
+}
+
+/// The machine's host name (Linux: `/proc/sys/kernel/hostname`), or `localhost`.
+pub fn machine_hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// `5d`, `12h`, `30m`, `45s`, `1w`, combinations like `1h30m`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Err("empty duration".into());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    let mut total: u64 = 0;
+    let mut num = String::new();
+    let mut rest = s;
+    while !rest.is_empty() {
+        let c = rest.chars().next().expect("rest is not empty");
+        if c.is_ascii_digit() {
+            num.push(c);
+            rest = &rest[1..];
+            continue;
+        }
+        let (unit, len) = if rest.starts_with("ms") {
+            (0, 2)
+        } else {
+            let u = match c {
+                's' => 1,
+                'm' => 60,
+                'h' => 3600,
+                'd' => 86_400,
+                'w' => 604_800,
+                _ => return Err(format!("{s:?}: unknown unit {c:?} (use s, m, h, d or w)")),
+            };
+            (u, 1)
+        };
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("{s:?}: a number must come before each unit"))?;
+        num.clear();
+        rest = &rest[len..];
+        total = total
+            .checked_add(n.checked_mul(unit).ok_or("duration too long")?)
+            .ok_or("duration too long")?;
+        if unit == 0 {
+            // milliseconds: only for tests; add them exactly
+            return Ok(Duration::from_secs(total) + Duration::from_millis(n));
+        }
+    }
+    if !num.is_empty() {
+        return Err(format!(
+            "{s:?}: missing unit after {num} (use s, m, h, d or w)"
+        ));
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// `ADDR` or `ADDR:PORT` (`[v6]:port`), port 53 by default.
+pub fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let ip = s.trim_start_matches('[').trim_end_matches(']');
+    ip.parse::<std::net::IpAddr>()
+        .map(|ip| SocketAddr::new(ip, 53))
+        .map_err(|_| format!("{s:?} is not an IP address or ADDR:PORT"))
+}
+
+/// `HOST` or `HOST:PORT` or `[v6]:PORT`, port 25 by default.
+pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok((a.ip().to_string(), a.port()));
+    }
+    if let Some(rest) = s.strip_prefix('[') {
+        let (host, after) = rest.split_once(']').ok_or("missing ]")?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p.parse().map_err(|_| format!("bad port {p:?}"))?,
+            None if after.is_empty() => 25,
+            None => return Err(format!("unexpected {after:?}")),
+        };
+        return Ok((host.to_owned(), port));
+    }
+    match s.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => {
+            let port = p.parse().map_err(|_| format!("bad port {p:?}"))?;
+            Ok((h.to_owned(), port))
+        }
+        _ if s.is_empty() => Err("empty host".into()),
+        _ => Ok((s.to_owned(), 25)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(
+            parse_duration("5d").unwrap(),
+            Duration::from_secs(5 * 86400)
+        );
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("90").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("200ms").unwrap(), Duration::from_millis(200));
+        assert!(parse_duration("5x").is_err());
+        assert!(parse_duration("h").is_err());
+        assert!(parse_duration("5d3").is_err());
+    }
+
+    #[test]
+    fn host_ports() {
+        assert_eq!(
+            parse_host_port("mx.example").unwrap(),
+            ("mx.example".into(), 25)
+        );
+        assert_eq!(parse_host_port("mx:587").unwrap(), ("mx".into(), 587));
+        assert_eq!(parse_host_port("[::1]:2525").unwrap(), ("::1".into(), 2525));
+        assert_eq!(
+            parse_dns_server("127.0.0.1").unwrap(),
+            "127.0.0.1:53".parse().unwrap()
+        );
+        assert_eq!(
+            parse_dns_server("[::1]:5353").unwrap(),
+            "[::1]:5353".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::try_parse_from(["smtp-server"]).unwrap();
+        assert_eq!(c.spool_dir, PathBuf::from("/var/spool/mail/"));
+        assert_eq!(c.queue_dir(), PathBuf::from("/var/spool/mail/.queue"));
+        assert_eq!(c.local_listen().len(), 2);
+        assert_eq!(c.public_listen().len(), 2);
+        assert_eq!(c.max_message_size, 26_214_400);
+        assert_eq!(c.queue_lifetime, Duration::from_secs(5 * 86400));
+        let c =
+            Config::try_parse_from(["smtp-server", "--no-public", "-s", "Example.ORG."]).unwrap();
+        assert!(c.public_listen().is_empty());
+        assert_eq!(c.domains(), vec!["example.org".to_string()]);
+    }
+}

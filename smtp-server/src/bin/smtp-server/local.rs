@@ -1,0 +1,215 @@
+//! Storing an incoming message: streamed to disk as it arrives (one temporary file for the
+//! local mailboxes, one for the queue when some recipients are remote), then committed to every
+//! local mailbox and enqueued, all durably, before the `250`.
+//!
+//! The local copy starts with `Return-Path:` and `Received:`; the queued copy with `Received:`
+//! only (the final destination adds `Return-Path:`). Either copy is invisible until committed,
+//! and a temporary file is removed when its [`Incoming`] is dropped, so a failure at any point
+//! leaves nothing half-written.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use mailstore::queue::{Queue, QueueEntry, QueueId};
+use mailstore::{MailboxName, PendingMessage, Store};
+
+use crate::headers::HeaderScanner;
+
+/// A message being received.
+#[derive(Debug)]
+pub struct Incoming {
+    local: Option<PendingMessage>,
+    queued: Option<PendingMessage>,
+    scanner: HeaderScanner,
+    size: u64,
+}
+
+/// What a commit did.
+#[derive(Debug, Default)]
+pub struct Stored {
+    /// How many mailboxes got the message.
+    pub mailboxes: usize,
+    /// The queue entry, when some recipients are remote.
+    pub queue_id: Option<QueueId>,
+}
+
+impl Incoming {
+    /// Opens the temporary files needed and writes their prefixes (the trace headers).
+    pub fn begin(
+        store: &dyn Store,
+        queue: &Queue,
+        local_prefix: Option<&str>,
+        queue_prefix: Option<&str>,
+    ) -> mailstore::Result<Incoming> {
+        let open = |p: mailstore::Result<PendingMessage>, prefix: &str| {
+            let mut m = p?;
+            m.write_all(prefix.as_bytes())
+                .map_err(|e| io_error("write", e))?;
+            Ok::<_, mailstore::Error>(m)
+        };
+        let local = match local_prefix {
+            Some(p) => Some(open(store.begin(), p)?),
+            None => None,
+        };
+        let queued = match queue_prefix {
+            Some(p) => Some(open(queue.begin(), p)?),
+            None => None,
+        };
+        Ok(Incoming {
+            local,
+            queued,
+            scanner: HeaderScanner::new(),
+            size: 0,
+        })
+    }
+
+    /// Appends a chunk of the message (as received, after dot-unstuffing).
+    pub fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
+        if !self.scanner.done() {
+            self.scanner.feed(chunk);
+        }
+        self.size += chunk.len() as u64;
+        if let Some(m) = &mut self.local {
+            m.write_all(chunk)?;
+        }
+        if let Some(m) = &mut self.queued {
+            m.write_all(chunk)?;
+        }
+        Ok(())
+    }
+
+    /// The `Received:` fields counted in the message's own header section.
+    pub fn received_count(&self) -> usize {
+        self.scanner.received
+    }
+
+    /// Commits: the local copy to `mailboxes` (duplicates removed), then the queued copy with
+    /// `entry`. Runs the blocking file system work on tokio's blocking pool.
+    ///
+    /// Errors are already phrased for the log; the caller answers `451 4.3.0`. When some
+    /// mailbox fails while others succeeded, the whole message is refused (the client sends
+    /// it again, so the successful mailboxes may get a second copy: duplicated mail is better
+    /// than lost mail).
+    pub async fn commit(
+        self,
+        store: Arc<dyn Store>,
+        queue: Queue,
+        mut mailboxes: Vec<MailboxName>,
+        entry: Option<QueueEntry>,
+    ) -> Result<Stored, String> {
+        let Incoming { local, queued, .. } = self;
+        tokio::task::spawn_blocking(move || {
+            let mut stored = Stored::default();
+            if let Some(mut m) = local {
+                dedup(&mut mailboxes);
+                if !mailboxes.is_empty() {
+                    let results = store
+                        .commit(&mut m, &mailboxes)
+                        .map_err(|e| e.to_string())?;
+                    for (mb, r) in mailboxes.iter().zip(results) {
+                        match r {
+                            Ok(_) => stored.mailboxes += 1,
+                            Err(e) => return Err(format!("mailbox {mb}: {e}")),
+                        }
+                    }
+                }
+            }
+            if let (Some(mut m), Some(entry)) = (queued, entry) {
+                let id = queue
+                    .enqueue_pending(&entry, &mut m)
+                    .map_err(|e| format!("queue: {e}"))?;
+                stored.queue_id = Some(id);
+            }
+            Ok(stored)
+        })
+        .await
+        .map_err(|e| format!("storage task failed: {e}"))?
+    }
+}
+
+/// Delivers a message held in memory (a bounce) to one local mailbox, durably.
+pub async fn deliver_bytes(
+    store: Arc<dyn Store>,
+    mailbox: MailboxName,
+    message: Vec<u8>,
+) -> Result<(), String> {
+    tokio::task::spawn_blocking(move || store.deliver(&mailbox, &message).map(|_| ()))
+        .await
+        .map_err(|e| format!("storage task failed: {e}"))?
+        .map_err(|e| e.to_string())
+}
+
+/// Removes repeated mailboxes, keeping the first of each (one copy per mailbox).
+pub fn dedup(mailboxes: &mut Vec<MailboxName>) {
+    let mut seen = std::collections::HashSet::new();
+    mailboxes.retain(|m| seen.insert(m.clone()));
+}
+
+fn io_error(op: &'static str, source: std::io::Error) -> mailstore::Error {
+    mailstore::Error::Io {
+        op,
+        path: "(pending message)".into(),
+        source,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use mailstore::queue::Envelope;
+    use mailstore::spool::Spool;
+
+    #[tokio::test]
+    async fn local_and_queued_copies() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let queue = Queue::open(dir.path().join(".queue")).unwrap();
+        let mut inc = Incoming::begin(
+            &spool,
+            &queue,
+            Some("Return-Path: <a@x>\r\nR: 1\r\n"),
+            Some("R: 1\r\n"),
+        )
+        .unwrap();
+        inc.write(b"Received: old\r\nSubject: hi\r\n\r\nbody\r\n")
+            .unwrap();
+        assert_eq!(inc.received_count(), 1);
+        let alice = MailboxName::new("alice").unwrap();
+        let entry = QueueEntry::new(
+            Envelope {
+                sender: "a@x".into(),
+                recipients: vec![mailstore::queue::Recipient::new("b@remote")],
+                ret: None,
+                envid: None,
+            },
+            std::time::SystemTime::now(),
+        );
+        let stored = inc
+            .commit(
+                Arc::new(spool.clone()),
+                queue.clone(),
+                vec![alice.clone(), alice.clone()],
+                Some(entry),
+            )
+            .await
+            .unwrap();
+        assert_eq!(stored.mailboxes, 1);
+        assert_eq!(
+            spool.read(&alice, 1).unwrap(),
+            b"Return-Path: <a@x>\r\nR: 1\r\nReceived: old\r\nSubject: hi\r\n\r\nbody\r\n"
+        );
+        let id = stored.queue_id.unwrap();
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut queue.read_body(&id).unwrap(), &mut body).unwrap();
+        assert_eq!(
+            body,
+            b"R: 1\r\nReceived: old\r\nSubject: hi\r\n\r\nbody\r\n"
+        );
+        // Nothing left in the staging directories.
+        assert_eq!(
+            std::fs::read_dir(dir.path().join(".tmp")).unwrap().count(),
+            0
+        );
+    }
+}

@@ -1,0 +1,370 @@
+//! Who is local, who may relay, and where local mail goes (users file and aliases).
+//!
+//! A recipient is local when its domain is one of the `--domain`s (compared without ASCII
+//! case, a final dot ignored), when it is an address literal naming one of this machine's own
+//! addresses that a listener accepts connections on, or when it is the bare `<postmaster>`.
+//! Its mailbox is the local part mapped by [`MailboxName::from_local_part`] (the `+detail`
+//! dropped, ASCII folded to lower case). With a users file, only its users and aliases are
+//! accepted (and `postmaster`, always); aliases are expanded once (an alias target that is
+//! itself an alias is not expanded again, so alias loops are impossible).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::path::Path;
+
+use mailstore::MailboxName;
+use smtp_proto::address::{Domain, ForwardPath, Mailbox};
+
+/// Where one accepted recipient's copies go.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Destinations {
+    /// Local mailboxes.
+    pub local: Vec<MailboxName>,
+    /// Remote addresses (to be queued for relay), as `local@domain`.
+    pub remote: Vec<String>,
+}
+
+/// Why a recipient is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A local address whose local part cannot be a mailbox name (`550 5.1.3`).
+    BadMailbox(String),
+    /// A local address not in the users file (`550 5.1.1`).
+    UnknownUser,
+    /// A remote address on a listener that does not relay (`554 5.7.1`).
+    RelayDenied,
+}
+
+/// One line of the users file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    User,
+    Alias(Vec<Target>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Target {
+    Local(MailboxName),
+    Remote(String),
+}
+
+/// The parsed users file.
+#[derive(Debug, Clone, Default)]
+pub struct Users {
+    entries: HashMap<MailboxName, Entry>,
+}
+
+/// An error in the users file: line number and reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsersError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for UsersError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.reason)
+    }
+}
+
+impl Users {
+    /// Reads and parses a users file.
+    pub fn load(path: &Path) -> Result<Users, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+        Users::parse(&text).map_err(|e| e.to_string())
+    }
+
+    /// Parses the format documented in `--help`.
+    pub fn parse(text: &str) -> Result<Users, UsersError> {
+        let mut entries = HashMap::new();
+        for (i, line) in text.lines().enumerate() {
+            let err = |reason: String| UsersError {
+                line: i + 1,
+                reason,
+            };
+            let line = line.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let (name, entry) = match line.split_once(':') {
+                None => (line, Entry::User),
+                Some((name, targets)) => {
+                    let mut list = Vec::new();
+                    for t in targets.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                        if t.contains('@') {
+                            smtp_proto::address::parse_mailbox(t)
+                                .map_err(|e| err(format!("bad address {t:?}: {}", e.message())))?;
+                            list.push(Target::Remote(t.to_owned()));
+                        } else {
+                            let m = MailboxName::from_local_part(t)
+                                .map_err(|e| err(format!("bad user name {t:?}: {e}")))?;
+                            list.push(Target::Local(m));
+                        }
+                    }
+                    if list.is_empty() {
+                        return Err(err(format!("alias {:?} has no target", name.trim())));
+                    }
+                    (name.trim(), Entry::Alias(list))
+                }
+            };
+            let key = MailboxName::from_local_part(name)
+                .map_err(|e| err(format!("bad user name {name:?}: {e}")))?;
+            if entries.insert(key, entry).is_some() {
+                return Err(err(format!("{name:?} is listed twice")));
+            }
+        }
+        Ok(Users { entries })
+    }
+}
+
+/// The daemon's recipient policy.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    domains: Vec<String>,
+    /// Addresses the listeners are bound to (wildcards included).
+    listen: Vec<SocketAddr>,
+    users: Option<Users>,
+}
+
+impl Policy {
+    /// A policy for these (lower-case) domains, listener addresses and users.
+    pub fn new(domains: Vec<String>, listen: Vec<SocketAddr>, users: Option<Users>) -> Policy {
+        Policy {
+            domains,
+            listen,
+            users,
+        }
+    }
+
+    /// True when mail for this domain is delivered here.
+    pub fn is_local_domain(&self, domain: &Domain<'_>) -> bool {
+        match domain {
+            Domain::Name(n) => {
+                let n = n.trim_end_matches('.');
+                self.domains.iter().any(|d| d.eq_ignore_ascii_case(n))
+            }
+            Domain::Ipv4(a) => self.is_own_ip((*a).into()),
+            Domain::Ipv6(a) => self.is_own_ip((*a).into()),
+        }
+    }
+
+    /// True when `ip` is an address some listener accepts connections on.
+    pub fn is_own_ip(&self, ip: IpAddr) -> bool {
+        self.listen.iter().any(|l| {
+            if l.ip().is_unspecified() {
+                l.is_ipv4() == ip.is_ipv4() && is_local_interface(ip)
+            } else {
+                l.ip() == ip
+            }
+        })
+    }
+
+    /// True when a connection to `addr` would reach one of our own listeners (the loop guard).
+    pub fn is_own_socket(&self, addr: SocketAddr) -> bool {
+        let ip = canonical_ip(addr.ip());
+        self.listen.iter().any(|l| {
+            if l.port() != addr.port() {
+                return false;
+            }
+            let lip = canonical_ip(l.ip());
+            if lip.is_unspecified() {
+                // A wildcard listener accepts on every local address of its family (a v6
+                // wildcard without v6only could take v4 too, so count both for it).
+                (lip.is_ipv4() == ip.is_ipv4() || lip.is_ipv6()) && is_local_interface(ip)
+            } else {
+                lip == ip
+            }
+        })
+    }
+
+    /// Decides where a recipient goes, given whether the listener relays.
+    pub fn route(&self, to: &ForwardPath<'_>, relay: bool) -> Result<Destinations, Refusal> {
+        let mailbox = match to {
+            ForwardPath::Postmaster => return Ok(self.postmaster()),
+            ForwardPath::Mailbox(m) => m,
+        };
+        if self.is_local_domain(mailbox.domain()) {
+            return self.local_checked(mailbox);
+        }
+        if relay {
+            Ok(Destinations {
+                local: Vec::new(),
+                remote: vec![mailbox.to_string()],
+            })
+        } else {
+            Err(Refusal::RelayDenied)
+        }
+    }
+
+    fn local_checked(&self, mailbox: &Mailbox<'_>) -> Result<Destinations, Refusal> {
+        let name = MailboxName::from_local_part(mailbox.local_part())
+            .map_err(|e| Refusal::BadMailbox(e.to_string()))?;
+        if name.as_str() == "postmaster" {
+            return Ok(self.postmaster());
+        }
+        match &self.users {
+            None => Ok(Destinations {
+                local: vec![name],
+                remote: Vec::new(),
+            }),
+            Some(users) => match users.entries.get(&name) {
+                None => Err(Refusal::UnknownUser),
+                Some(Entry::User) => Ok(Destinations {
+                    local: vec![name],
+                    remote: Vec::new(),
+                }),
+                Some(Entry::Alias(targets)) => Ok(expand(targets)),
+            },
+        }
+    }
+
+    /// `postmaster` (always accepted): its alias if it has one, else its own mailbox.
+    fn postmaster(&self) -> Destinations {
+        let name = MailboxName::new("postmaster").expect("a valid constant name");
+        if let Some(Entry::Alias(t)) = self.users.as_ref().and_then(|u| u.entries.get(&name)) {
+            return expand(t);
+        }
+        Destinations {
+            local: vec![name],
+            remote: Vec::new(),
+        }
+    }
+}
+
+fn expand(targets: &[Target]) -> Destinations {
+    let mut d = Destinations::default();
+    for t in targets {
+        match t {
+            Target::Local(m) => d.local.push(m.clone()),
+            Target::Remote(a) => d.remote.push(a.clone()),
+        }
+    }
+    d
+}
+
+/// `::ffff:a.b.c.d` as the IPv4 address it is.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+/// True when `ip` belongs to this machine: loopback (all of 127.0.0.0/8, ::1), unspecified,
+/// or an address a socket can be bound to (which the kernel allows only for local addresses).
+pub fn is_local_interface(ip: IpAddr) -> bool {
+    let ip = canonical_ip(ip);
+    ip.is_loopback() || ip.is_unspecified() || UdpSocket::bind(SocketAddr::new(ip, 0)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use smtp_proto::address::parse_forward_path;
+
+    fn fp(s: &str) -> ForwardPath<'static> {
+        parse_forward_path(s).unwrap().into_owned()
+    }
+
+    fn policy(users: Option<&str>) -> Policy {
+        Policy::new(
+            vec!["example.org".into(), "mail.test".into()],
+            vec![
+                "127.0.0.1:2525".parse().unwrap(),
+                "[::]:2526".parse().unwrap(),
+            ],
+            users.map(|u| Users::parse(u).unwrap()),
+        )
+    }
+
+    #[test]
+    fn local_and_remote() {
+        let p = policy(None);
+        let d = p.route(&fp("<Alice+News@EXAMPLE.org>"), false).unwrap();
+        assert_eq!(d.local[0].as_str(), "alice");
+        assert_eq!(
+            p.route(&fp("<bob@other.net>"), false),
+            Err(Refusal::RelayDenied)
+        );
+        assert_eq!(
+            p.route(&fp("<bob@other.net>"), true).unwrap().remote,
+            vec!["bob@other.net"]
+        );
+        assert_eq!(
+            p.route(&fp("<postmaster>"), false).unwrap().local[0].as_str(),
+            "postmaster"
+        );
+        assert!(matches!(
+            p.route(&fp("<\"../x\"@example.org>"), false),
+            Err(Refusal::BadMailbox(_))
+        ));
+        // Address literals of our own listeners are local; others are not.
+        assert_eq!(
+            p.route(&fp("<carol@[127.0.0.1]>"), false).unwrap().local[0].as_str(),
+            "carol"
+        );
+        assert_eq!(
+            p.route(&fp("<carol@[IPv6:::1]>"), false).unwrap().local[0].as_str(),
+            "carol"
+        );
+        assert_eq!(
+            p.route(&fp("<carol@[192.0.2.7]>"), false),
+            Err(Refusal::RelayDenied)
+        );
+    }
+
+    #[test]
+    fn users_file() {
+        let p = policy(Some(
+            "# users\nalice\nbob # comment\nteam: alice, Bob+x, carol@remote.test\npostmaster: alice\n",
+        ));
+        assert_eq!(
+            p.route(&fp("<alice@example.org>"), false).unwrap().local[0].as_str(),
+            "alice"
+        );
+        assert_eq!(
+            p.route(&fp("<dave@example.org>"), false),
+            Err(Refusal::UnknownUser)
+        );
+        let team = p.route(&fp("<team@mail.test>"), false).unwrap();
+        assert_eq!(
+            team.local.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+            ["alice", "bob"]
+        );
+        assert_eq!(team.remote, vec!["carol@remote.test"]);
+        assert_eq!(
+            p.route(&fp("<postmaster>"), false).unwrap().local[0].as_str(),
+            "alice"
+        );
+        assert_eq!(
+            p.route(&fp("<PostMaster@example.org>"), false)
+                .unwrap()
+                .local[0]
+                .as_str(),
+            "alice"
+        );
+        let e = Users::parse("alice\n\nx/y\n").unwrap_err();
+        assert_eq!(e.line, 3);
+        assert!(Users::parse("a:\n").is_err());
+        assert!(Users::parse("a\nA\n").is_err());
+    }
+
+    #[test]
+    fn loop_guard() {
+        let p = policy(None);
+        assert!(p.is_own_socket("127.0.0.1:2525".parse().unwrap()));
+        assert!(!p.is_own_socket("127.0.0.2:2525".parse().unwrap()));
+        assert!(!p.is_own_socket("127.0.0.1:25".parse().unwrap()));
+        // The wildcard listener on 2526 takes every local address.
+        assert!(p.is_own_socket("127.0.0.5:2526".parse().unwrap()));
+        assert!(p.is_own_socket("[::1]:2526".parse().unwrap()));
+        assert!(!p.is_own_socket("192.0.2.1:2526".parse().unwrap()));
+    }
+}
