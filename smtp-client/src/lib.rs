@@ -1,7 +1,116 @@
-//! TODO
+//! An async SMTP client over [`smtp_proto`]: EHLO, STARTTLS, PIPELINING and per-recipient
+//! results ([`Connection`]); MX resolution with hickory-resolver ([`Resolver`]); delivery to a
+//! domain across its mail hosts and their addresses ([`Deliverer`]).
+//!
+//! # Sending through one server
+//!
+//! ```
+//! # async fn run(addr: std::net::SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+//! use smtp_client::{ClientConfig, Connection, Envelope, RcptResult};
+//! use smtp_proto::address::{parse_forward_path, parse_reverse_path};
+//!
+//! let config = ClientConfig::new("client.example.org"); // opportunistic STARTTLS
+//! let mut conn = Connection::connect(addr, "mx.example.net", &config).await?;
+//! let envelope = Envelope::new(
+//!     parse_reverse_path("<alice@example.org>")?.into_owned(),
+//!     vec![parse_forward_path("<bob@example.net>")?.into_owned()],
+//! );
+//! let result = conn.send(&envelope, b"Subject: hi\r\n\r\nHello Bob.\r\n").await?;
+//! for rcpt in &result.rcpts {
+//!     match rcpt {
+//!         RcptResult::Accepted(reply) => println!("accepted: {reply}"),
+//!         RcptResult::Rejected(reply) => println!("refused: {reply}"),
+//!     }
+//! }
+//! conn.quit().await?;
+//! # Ok(())
+//! # }
+//! # // Run it against a one-shot server that accepts everything, so the example is tested.
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! #     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+//! #     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! #     let addr = listener.local_addr().unwrap();
+//! #     let server = tokio::spawn(async move {
+//! #         let (mut s, _) = listener.accept().await.unwrap();
+//! #         s.write_all(b"220 mx.example.net ESMTP\r\n").await.unwrap();
+//! #         let mut seen = Vec::new();
+//! #         let mut buf = [0u8; 4096];
+//! #         let script: &[(&[u8], &[u8])] = &[
+//! #             (b"EHLO", b"250-mx.example.net\r\n250 PIPELINING\r\n"),
+//! #             (b"DATA\r\n", b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n354 go ahead\r\n"),
+//! #             (b"\r\n.\r\n", b"250 2.0.0 queued\r\n"),
+//! #             (b"QUIT\r\n", b"221 2.0.0 bye\r\n"),
+//! #         ];
+//! #         for (wait_for, answer) in script {
+//! #             while !seen.windows(wait_for.len()).any(|w| w == *wait_for) {
+//! #                 let n = s.read(&mut buf).await.unwrap();
+//! #                 assert!(n > 0);
+//! #                 seen.extend_from_slice(&buf[..n]);
+//! #             }
+//! #             seen.clear();
+//! #             s.write_all(answer).await.unwrap();
+//! #         }
+//! #     });
+//! #     run(addr).await.unwrap();
+//! #     server.await.unwrap();
+//! # }
+//! ```
+//!
+//! # Delivering to a domain
+//!
+//! ```no_run
+//! # async fn run(envelope: smtp_client::Envelope, message: &[u8]) -> std::io::Result<()> {
+//! use std::sync::Arc;
+//! use smtp_client::{ClientConfig, Deliverer, RcptOutcome, Resolver};
+//!
+//! let deliverer = Deliverer::new(Resolver::system()?, ClientConfig::new("mail.example.org"))
+//!     // Never connect to ourselves (a mail loop).
+//!     .with_address_filter(Arc::new(|addr| !addr.ip().is_unspecified()));
+//! let report = deliverer.deliver("example.net", &envelope, message).await;
+//! for (rcpt, outcome) in &report.rcpts {
+//!     match outcome {
+//!         RcptOutcome::Delivered(reply) => println!("{rcpt}: delivered ({reply})"),
+//!         RcptOutcome::Transient(why) => println!("{rcpt}: retry later ({why})"),
+//!         RcptOutcome::Permanent(why) => println!("{rcpt}: bounce ({} {why})", why.enhanced),
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Decisions
+//!
+//! - STARTTLS is opportunistic by default: used whenever offered, even with a certificate that
+//!   does not verify (see [`tls`]). Bytes a server sends after its `220` to STARTTLS are
+//!   discarded and counted ([`Connection::discarded_after_starttls`]).
+//! - EHLO is refused with 5yz → HELO, and then no extension is used.
+//! - A message with 8-bit octets needs 8BITMIME and a non-ASCII address needs SMTPUTF8;
+//!   without them the message is refused before anything is sent (no downgrade), as is a
+//!   message over the server's SIZE.
+//! - Message data is sent with DATA (not BDAT), dot-stuffed, with every bare CR or LF turned
+//!   into CRLF (so nothing that could smuggle a second message reaches the server). Lines are
+//!   not rewrapped: a line over 998 octets is sent as it is, for the server to judge.
+//! - DSN parameters (NOTIFY, ORCPT, RET, ENVID) are sent only to servers that offer DSN.
+//! - Timeouts are RFC 5321 §4.5.3.2's, configurable in [`Timeouts`].
+#![forbid(unsafe_code)]
 
+pub mod codec;
+pub mod connection;
+pub mod deliver;
+pub mod error;
 pub mod resolve;
+pub mod tls;
+
+pub use connection::{
+    ClientConfig, Connection, Envelope, RcptResult, Recipient, Timeouts, TransactionResult,
+};
+pub use deliver::{
+    AddressFilter, Attempt, Deliverer, DeliveryError, DeliveryReport, Failure, RcptOutcome,
+};
+pub use error::ClientError;
 pub use resolve::{AddressOrder, MxHost, ResolveError, Resolver};
+pub use tls::{TlsInfo, TlsPolicy};
 
 #[cfg(feature = "test-dns")]
 pub mod testdns;

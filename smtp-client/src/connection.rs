@@ -1,0 +1,840 @@
+//! One SMTP session with one server: connect, greeting, EHLO, STARTTLS, transactions, QUIT.
+//!
+//! See the [crate documentation](crate) for an example.
+
+use std::borrow::Cow;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use smtp_proto::address::{ForwardPath, ReversePath};
+use smtp_proto::command::Command;
+use smtp_proto::data::DataEncoder;
+use smtp_proto::ehlo::{parse_ehlo, EhloReply};
+use smtp_proto::param::{Body, MailParams, Notify, Orcpt, RcptParams, Ret};
+use smtp_proto::reply::Reply;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::TlsConnector;
+use tokio_util::codec::Decoder;
+use tracing::{debug, warn};
+
+use crate::codec::{has_8bit, wire_size, CodecError, ReplyCodec};
+use crate::error::ClientError;
+use crate::tls::{TlsInfo, TlsPolicy, TlsSetup};
+
+/// How long to wait for each step. The defaults are RFC 5321 §4.5.3.2's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// The TCP connection (default 30 s; the RFC sets none).
+    pub connect: Duration,
+    /// The `220` greeting (default 5 min).
+    pub greeting: Duration,
+    /// MAIL's reply (default 5 min).
+    pub mail: Duration,
+    /// Each RCPT's reply (default 5 min).
+    pub rcpt: Duration,
+    /// DATA's `354` (default 2 min).
+    pub data_init: Duration,
+    /// Each write of message data (default 3 min).
+    pub data_block: Duration,
+    /// The reply after the final `.` (default 10 min).
+    pub data_end: Duration,
+    /// EHLO, HELO, STARTTLS and its handshake, RSET, NOOP, QUIT (default 5 min).
+    pub command: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        const MIN: u64 = 60;
+        Self {
+            connect: Duration::from_secs(30),
+            greeting: Duration::from_secs(5 * MIN),
+            mail: Duration::from_secs(5 * MIN),
+            rcpt: Duration::from_secs(5 * MIN),
+            data_init: Duration::from_secs(2 * MIN),
+            data_block: Duration::from_secs(3 * MIN),
+            data_end: Duration::from_secs(10 * MIN),
+            command: Duration::from_secs(5 * MIN),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Every timeout set to `d` (handy in tests).
+    pub fn all(d: Duration) -> Self {
+        Self {
+            connect: d,
+            greeting: d,
+            mail: d,
+            rcpt: d,
+            data_init: d,
+            data_block: d,
+            data_end: d,
+            command: d,
+        }
+    }
+}
+
+/// How the client introduces itself and secures the channel.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// The name sent with EHLO/HELO: this host's fully qualified name (RFC 5321 §4.1.1.1).
+    pub helo_name: String,
+    /// When to use STARTTLS.
+    pub tls: TlsPolicy,
+    /// Root certificates trusted in addition to Mozilla's (e.g. a private CA).
+    pub extra_roots: Vec<CertificateDer<'static>>,
+    /// Per-step timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl ClientConfig {
+    /// Defaults: opportunistic TLS, RFC 5321 timeouts, no extra roots.
+    pub fn new(helo_name: impl Into<String>) -> Self {
+        Self {
+            helo_name: helo_name.into(),
+            tls: TlsPolicy::default(),
+            extra_roots: Vec::new(),
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    /// Sets the TLS policy.
+    #[must_use]
+    pub fn with_tls(mut self, tls: TlsPolicy) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Adds a trusted root certificate (DER).
+    #[must_use]
+    pub fn with_root(mut self, cert: CertificateDer<'static>) -> Self {
+        self.extra_roots.push(cert);
+        self
+    }
+
+    /// Sets the timeouts.
+    #[must_use]
+    pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
+        self.timeouts = timeouts;
+        self
+    }
+}
+
+/// One recipient of an [`Envelope`], with its DSN parameters (RFC 3461).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recipient {
+    /// The address.
+    pub path: ForwardPath<'static>,
+    /// `NOTIFY=`; sent only when the server offers DSN.
+    pub notify: Option<Notify>,
+    /// `ORCPT=`; sent only when the server offers DSN.
+    pub orcpt: Option<Orcpt<'static>>,
+}
+
+impl From<ForwardPath<'static>> for Recipient {
+    fn from(path: ForwardPath<'static>) -> Self {
+        Self {
+            path,
+            notify: None,
+            orcpt: None,
+        }
+    }
+}
+
+/// The sender and recipients of one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Envelope {
+    /// `MAIL FROM`: the sender, or `<>` for a bounce.
+    pub from: ReversePath<'static>,
+    /// `RCPT TO`, in order.
+    pub rcpts: Vec<Recipient>,
+    /// `RET=`; sent only when the server offers DSN.
+    pub ret: Option<Ret>,
+    /// `ENVID=` (plain text, xtext-encoded on the wire); sent only when the server offers DSN.
+    pub envid: Option<String>,
+}
+
+impl Envelope {
+    /// An envelope without DSN parameters.
+    pub fn new(from: ReversePath<'static>, rcpts: Vec<ForwardPath<'static>>) -> Self {
+        Self {
+            from,
+            rcpts: rcpts.into_iter().map(Recipient::from).collect(),
+            ret: None,
+            envid: None,
+        }
+    }
+
+    /// Whether any address needs SMTPUTF8.
+    pub fn needs_smtputf8(&self) -> bool {
+        !self.from.is_ascii() || self.rcpts.iter().any(|r| !r.path.is_ascii())
+    }
+}
+
+/// What the server said about one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptResult {
+    /// The message was accepted for this recipient; the reply is the server's final reply to
+    /// the message data (`250` after the `.`).
+    Accepted(Reply),
+    /// Refused: the reply to RCPT, or, for a recipient RCPT accepted, the failure reply to the
+    /// message data (4yz: try again later; 5yz: bounce).
+    Rejected(Reply),
+}
+
+impl RcptResult {
+    /// The reply behind the result.
+    pub fn reply(&self) -> &Reply {
+        match self {
+            Self::Accepted(reply) | Self::Rejected(reply) => reply,
+        }
+    }
+
+    /// Whether the message was accepted for this recipient.
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, Self::Accepted(_))
+    }
+}
+
+/// The outcome of [`Connection::send`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransactionResult {
+    /// The reply to MAIL (positive, or `send` returns an error).
+    pub mail: Reply,
+    /// One result per recipient, in the envelope's order.
+    pub rcpts: Vec<RcptResult>,
+    /// The replies to each RCPT, in order, as received.
+    pub rcpt_replies: Vec<Reply>,
+    /// The reply to DATA when it was sent and refused (not `354`), or the final reply to the
+    /// message data; `None` when DATA was not sent (no recipient accepted, without PIPELINING).
+    pub data: Option<Reply>,
+}
+
+impl TransactionResult {
+    /// How many recipients got the message.
+    pub fn accepted(&self) -> usize {
+        self.rcpts.iter().filter(|r| r.is_accepted()).count()
+    }
+}
+
+/// The socket, in clear text or encrypted.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Only during the STARTTLS handshake, or after it failed.
+    Gone,
+}
+
+fn gone() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotConnected,
+        "connection lost during STARTTLS",
+    )
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Self::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Self::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Self::Gone => Poll::Ready(Err(gone())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Self::Gone => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+/// Octets of message data written per write call (each bounded by the data block timeout).
+const DATA_BLOCK: usize = 64 * 1024;
+
+/// An open SMTP session with one server, greeted and (per the policy) encrypted.
+///
+/// Driving it: [`Connection::connect`], then [`Connection::send`] any number of times
+/// (each `send` after the first starts with RSET), then [`Connection::quit`].
+/// After an error other than a refusal (I/O, timeout, malformed reply) the connection is
+/// unusable and further calls return [`ClientError::Broken`].
+pub struct Connection {
+    stream: Stream,
+    buf: BytesMut,
+    config: ClientConfig,
+    peer: SocketAddr,
+    server_name: String,
+    greeting: Reply,
+    ehlo: Option<EhloReply>,
+    tls: Option<TlsInfo>,
+    discarded: usize,
+    transactions: usize,
+    broken: bool,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .field("server_name", &self.server_name)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Connects to `addr`, reads the greeting, says EHLO (HELO if EHLO gets a 5yz reply) and
+    /// runs STARTTLS as `config.tls` says, then EHLO again. `server_name` is the host name the
+    /// address belongs to (the MX name): the name the certificate must be valid for.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Connect`] or [`ClientError::Timeout`] when no connection could be made;
+    /// [`ClientError::Greeting`] for a greeting other than `220`; [`ClientError::Refused`] when
+    /// both EHLO and HELO are refused; TLS errors as the policy says.
+    pub async fn connect(
+        addr: SocketAddr,
+        server_name: &str,
+        config: &ClientConfig,
+    ) -> Result<Self, ClientError> {
+        let tcp =
+            match tokio::time::timeout(config.timeouts.connect, TcpStream::connect(addr)).await {
+                Ok(Ok(tcp)) => tcp,
+                Ok(Err(source)) => return Err(ClientError::Connect { addr, source }),
+                Err(_) => return Err(ClientError::Timeout { stage: "connect" }),
+            };
+        // Commands are written whole; Nagle would only delay them.
+        let _ = tcp.set_nodelay(true);
+        let mut conn = Self {
+            stream: Stream::Plain(tcp),
+            buf: BytesMut::with_capacity(4096),
+            config: config.clone(),
+            peer: addr,
+            server_name: server_name.to_owned(),
+            greeting: Reply::service_ready(server_name),
+            ehlo: None,
+            tls: None,
+            discarded: 0,
+            transactions: 0,
+            broken: false,
+        };
+        let greeting = conn
+            .read_reply(config.timeouts.greeting, "greeting")
+            .await?;
+        debug!(%addr, %greeting, "greeting");
+        if greeting.code() != 220 {
+            // Be polite before going: the server may have more to say, but need not wait.
+            let _ = conn.command_quietly(&Command::Quit).await;
+            return Err(ClientError::Greeting(greeting));
+        }
+        conn.greeting = greeting;
+        conn.hello().await?;
+
+        let offered = conn.ehlo.as_ref().is_some_and(|e| e.has("STARTTLS"));
+        match config.tls {
+            TlsPolicy::None => {}
+            TlsPolicy::Opportunistic if !offered => {}
+            TlsPolicy::RequireVerified if !offered => {
+                let _ = conn.command_quietly(&Command::Quit).await;
+                return Err(ClientError::StartTlsNotOffered);
+            }
+            TlsPolicy::Opportunistic | TlsPolicy::RequireVerified => {
+                conn.starttls().await?;
+                conn.hello().await?;
+            }
+        }
+        Ok(conn)
+    }
+
+    /// The server's `220` greeting.
+    pub fn greeting(&self) -> &Reply {
+        &self.greeting
+    }
+
+    /// The server's EHLO reply (its capabilities), or `None` when only HELO was accepted.
+    pub fn ehlo(&self) -> Option<&EhloReply> {
+        self.ehlo.as_ref()
+    }
+
+    /// Whether the server offers an extension (`PIPELINING`, `SIZE`, ...).
+    pub fn has(&self, keyword: &str) -> bool {
+        self.ehlo.as_ref().is_some_and(|e| e.has(keyword))
+    }
+
+    /// The address connected to.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.peer
+    }
+
+    /// Whether the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The TLS protocol, cipher suite and verification status, when encrypted.
+    pub fn tls_info(&self) -> Option<&TlsInfo> {
+        self.tls.as_ref()
+    }
+
+    /// Octets the server sent after its `220` to STARTTLS, before the handshake, which were
+    /// discarded (RFC 3207 §5 response injection); 0 from an honest server.
+    pub fn discarded_after_starttls(&self) -> usize {
+        self.discarded
+    }
+
+    /// Sends one message: MAIL, RCPT for each recipient, DATA and the message (dot-stuffed,
+    /// line ends normalised to CRLF). With PIPELINING, MAIL, all RCPTs and DATA go out in one
+    /// write and the replies are read in order (RFC 2920); without, one at a time.
+    ///
+    /// Before anything is sent, the message is refused when it needs an extension the server
+    /// lacks: SMTPUTF8 for a non-ASCII address, 8BITMIME for 8-bit content (this client does
+    /// not downgrade), or when it exceeds the server's SIZE. MAIL carries `SIZE=` when SIZE is
+    /// offered, `BODY=8BITMIME` for 8-bit content and `SMTPUTF8` for non-ASCII addresses; the
+    /// envelope's DSN parameters are sent only when the server offers DSN.
+    ///
+    /// A second `send` on the same connection first sends RSET.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Refused`] when MAIL (or the RSET before it) is refused: no recipient was
+    /// decided. The refusals named above, with nothing sent. I/O errors, timeouts and
+    /// malformed replies, after which the connection is unusable.
+    pub async fn send(
+        &mut self,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<TransactionResult, ClientError> {
+        if self.broken {
+            return Err(ClientError::Broken);
+        }
+        if envelope.rcpts.is_empty() {
+            return Err(ClientError::NoRecipients);
+        }
+        let utf8 = envelope.needs_smtputf8();
+        let eight_bit = has_8bit(message);
+        let size = wire_size(message);
+        if utf8 && !self.has("SMTPUTF8") {
+            return Err(ClientError::NeedsSmtpUtf8);
+        }
+        if eight_bit && !self.has("8BITMIME") {
+            return Err(ClientError::Needs8BitMime);
+        }
+        if let Some(limit) = self.ehlo.as_ref().and_then(EhloReply::size) {
+            if size > limit {
+                return Err(ClientError::TooLarge { size, limit });
+            }
+        }
+
+        if self.transactions > 0 {
+            let reply = self
+                .command(&Command::Rset, self.config.timeouts.command, "RSET")
+                .await?;
+            if !reply.is_positive_completion() {
+                return Err(ClientError::Refused {
+                    command: "RSET",
+                    reply,
+                });
+            }
+        }
+        self.transactions += 1;
+
+        let dsn = self.has("DSN");
+        let mail = Command::Mail {
+            from: envelope.from.clone(),
+            params: MailParams {
+                size: self.has("SIZE").then_some(size),
+                body: (eight_bit && self.has("8BITMIME")).then_some(Body::EightBitMime),
+                smtputf8: utf8,
+                ret: envelope.ret.filter(|_| dsn),
+                envid: envelope
+                    .envid
+                    .as_ref()
+                    .filter(|_| dsn)
+                    .map(|e| Cow::Owned(e.clone())),
+                ..MailParams::default()
+            },
+        };
+        let rcpts: Vec<Command<'static>> = envelope
+            .rcpts
+            .iter()
+            .map(|r| Command::Rcpt {
+                to: r.path.clone(),
+                params: RcptParams {
+                    notify: r.notify.filter(|_| dsn),
+                    orcpt: r.orcpt.clone().filter(|_| dsn),
+                    ..RcptParams::default()
+                },
+            })
+            .collect();
+
+        let result = if self.has("PIPELINING") {
+            self.transaction_pipelined(&mail, &rcpts).await?
+        } else {
+            self.transaction_stepwise(&mail, &rcpts).await?
+        };
+        let (mail_reply, rcpt_replies, data_reply) = result;
+
+        let accepted_any = rcpt_replies.iter().any(Reply::is_positive_completion);
+        let data = match data_reply {
+            Some(reply) if reply.code() == 354 => {
+                let final_reply = self.write_message(message, accepted_any).await?;
+                Some(final_reply)
+            }
+            other => other,
+        };
+
+        let rcpts = rcpt_replies
+            .iter()
+            .map(|reply| {
+                if !reply.is_positive_completion() {
+                    return RcptResult::Rejected(reply.clone());
+                }
+                match &data {
+                    Some(d) if d.is_positive_completion() => RcptResult::Accepted(d.clone()),
+                    Some(d) => RcptResult::Rejected(d.clone()),
+                    // Not reachable with an accepted recipient: DATA is always sent then.
+                    None => RcptResult::Rejected(reply.clone()),
+                }
+            })
+            .collect();
+        Ok(TransactionResult {
+            mail: mail_reply,
+            rcpts,
+            rcpt_replies,
+            data,
+        })
+    }
+
+    /// Says QUIT, reads the `221` (briefly) and closes the connection.
+    ///
+    /// # Errors
+    ///
+    /// I/O errors or a timeout while saying goodbye; the connection is closed either way.
+    pub async fn quit(mut self) -> Result<(), ClientError> {
+        if self.broken {
+            return Ok(());
+        }
+        let result = self
+            .command(&Command::Quit, self.config.timeouts.command, "QUIT")
+            .await;
+        let _ = self.stream.shutdown().await;
+        result.map(|_| ())
+    }
+
+    /// Sends NOOP and returns the reply (to check that the connection is still alive).
+    ///
+    /// # Errors
+    ///
+    /// I/O errors, a timeout or a malformed reply.
+    pub async fn noop(&mut self) -> Result<Reply, ClientError> {
+        self.command(&Command::Noop, self.config.timeouts.command, "NOOP")
+            .await
+    }
+
+    // ---- steps ----
+
+    /// EHLO, or HELO when EHLO gets a 5yz reply (RFC 5321 §3.2).
+    async fn hello(&mut self) -> Result<(), ClientError> {
+        let name = self.config.helo_name.clone();
+        let t = self.config.timeouts.command;
+        let reply = self.command(&Command::Ehlo(&name), t, "EHLO").await?;
+        match parse_ehlo(&reply) {
+            Ok(ehlo) => {
+                self.ehlo = Some(ehlo);
+                return Ok(());
+            }
+            Err(_) if reply.is_permanent() => {
+                debug!(peer = %self.peer, %reply, "EHLO refused, trying HELO");
+            }
+            Err(_) => {
+                return Err(ClientError::Refused {
+                    command: "EHLO",
+                    reply,
+                })
+            }
+        }
+        let reply = self.command(&Command::Helo(&name), t, "HELO").await?;
+        if reply.is_positive_completion() {
+            self.ehlo = None;
+            Ok(())
+        } else {
+            Err(ClientError::Refused {
+                command: "HELO",
+                reply,
+            })
+        }
+    }
+
+    async fn starttls(&mut self) -> Result<(), ClientError> {
+        let t = self.config.timeouts.command;
+        let reply = self.command(&Command::StartTls, t, "STARTTLS").await?;
+        if reply.code() != 220 {
+            if self.config.tls == TlsPolicy::RequireVerified {
+                return Err(ClientError::Refused {
+                    command: "STARTTLS",
+                    reply,
+                });
+            }
+            // Opportunistic: carry on in clear text, as the session is still usable.
+            warn!(peer = %self.peer, %reply, "STARTTLS refused; continuing without TLS");
+            return Ok(());
+        }
+        if !self.buf.is_empty() {
+            // RFC 3207 §5: nothing received before the handshake may be used after it.
+            warn!(
+                peer = %self.peer,
+                octets = self.buf.len(),
+                "server sent data after its 220 to STARTTLS; discarded"
+            );
+            self.discarded += self.buf.len();
+            self.buf.clear();
+        }
+        let setup = TlsSetup::new(self.config.tls, &self.config.extra_roots)
+            .map_err(|e| self.fail(ClientError::Tls(e)))?;
+        let name = tls_server_name(&self.server_name, self.peer);
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
+            return Err(self.fail(ClientError::Tls("connection is already encrypted".into())));
+        };
+        let connector = TlsConnector::from(std::sync::Arc::clone(&setup.config));
+        let tls = match tokio::time::timeout(t, connector.connect(name.clone(), tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => return Err(self.fail(ClientError::Tls(e.to_string()))),
+            Err(_) => {
+                return Err(self.fail(ClientError::Timeout {
+                    stage: "TLS handshake",
+                }))
+            }
+        };
+        let (_, session) = tls.get_ref();
+        let verified = self.config.tls == TlsPolicy::RequireVerified
+            || session
+                .peer_certificates()
+                .is_some_and(|chain| setup.verifies(chain, &name));
+        let info = TlsInfo {
+            protocol: session
+                .protocol_version()
+                .map_or_else(|| "unknown".into(), |v| format!("{v:?}")),
+            cipher: session
+                .negotiated_cipher_suite()
+                .map_or_else(|| "unknown".into(), |c| format!("{:?}", c.suite())),
+            verified,
+        };
+        debug!(peer = %self.peer, tls = %info, "STARTTLS done");
+        self.tls = Some(info);
+        self.stream = Stream::Tls(Box::new(tls));
+        Ok(())
+    }
+
+    /// RFC 2920: MAIL, every RCPT and DATA in one write, then the replies in order.
+    async fn transaction_pipelined(
+        &mut self,
+        mail: &Command<'_>,
+        rcpts: &[Command<'_>],
+    ) -> Result<(Reply, Vec<Reply>, Option<Reply>), ClientError> {
+        let mut out = Vec::with_capacity(64 * (rcpts.len() + 2));
+        mail.encode(&mut out);
+        for rcpt in rcpts {
+            rcpt.encode(&mut out);
+        }
+        Command::Data.encode(&mut out);
+        let t = self.config.timeouts;
+        self.write_all(&out, t.mail, "MAIL").await?;
+
+        let mail_reply = self.read_reply(t.mail, "MAIL").await?;
+        let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+        for _ in rcpts {
+            rcpt_replies.push(self.read_reply(t.rcpt, "RCPT").await?);
+        }
+        let data_reply = self.read_reply(t.data_init, "DATA").await?;
+        if !mail_reply.is_positive_completion() {
+            if data_reply.code() == 354 {
+                // A broken server took DATA without a sender: end the empty message at once.
+                let _ = self.write_message(b"", false).await;
+            }
+            return Err(ClientError::Refused {
+                command: "MAIL",
+                reply: mail_reply,
+            });
+        }
+        Ok((mail_reply, rcpt_replies, Some(data_reply)))
+    }
+
+    /// Without PIPELINING: one command, one reply. DATA only when a recipient was accepted.
+    async fn transaction_stepwise(
+        &mut self,
+        mail: &Command<'_>,
+        rcpts: &[Command<'_>],
+    ) -> Result<(Reply, Vec<Reply>, Option<Reply>), ClientError> {
+        let t = self.config.timeouts;
+        let mail_reply = self.command(mail, t.mail, "MAIL").await?;
+        if !mail_reply.is_positive_completion() {
+            return Err(ClientError::Refused {
+                command: "MAIL",
+                reply: mail_reply,
+            });
+        }
+        let mut rcpt_replies = Vec::with_capacity(rcpts.len());
+        for rcpt in rcpts {
+            rcpt_replies.push(self.command(rcpt, t.rcpt, "RCPT").await?);
+        }
+        if !rcpt_replies.iter().any(Reply::is_positive_completion) {
+            return Ok((mail_reply, rcpt_replies, None));
+        }
+        let data_reply = self.command(&Command::Data, t.data_init, "DATA").await?;
+        Ok((mail_reply, rcpt_replies, Some(data_reply)))
+    }
+
+    /// After `354`: the message, dot-stuffed and ended with `.`, then the final reply. When no
+    /// recipient was accepted (a pipelined DATA the server took anyway), only the end marker
+    /// is sent (RFC 2920 §3.1) and the reply read and dropped.
+    async fn write_message(
+        &mut self,
+        message: &[u8],
+        any_recipient: bool,
+    ) -> Result<Reply, ClientError> {
+        let t = self.config.timeouts;
+        let body = if any_recipient { message } else { b"" };
+        let mut encoder = DataEncoder::new();
+        let mut out = Vec::with_capacity(DATA_BLOCK + DATA_BLOCK / 16 + 8);
+        for chunk in body.chunks(DATA_BLOCK) {
+            out.clear();
+            encoder.encode(chunk, &mut out);
+            self.write_all(&out, t.data_block, "data block").await?;
+        }
+        out.clear();
+        encoder.finish(&mut out);
+        self.write_all(&out, t.data_block, "data block").await?;
+        let reply = self.read_reply(t.data_end, "end of data").await?;
+        if reply.code() == 354 || reply.code() < 200 {
+            return Err(self.fail(ClientError::Unexpected {
+                command: "end of data",
+                reply,
+            }));
+        }
+        Ok(reply)
+    }
+
+    // ---- I/O ----
+
+    async fn command(
+        &mut self,
+        command: &Command<'_>,
+        timeout: Duration,
+        stage: &'static str,
+    ) -> Result<Reply, ClientError> {
+        let mut out = Vec::with_capacity(64);
+        command.encode(&mut out);
+        self.write_all(&out, timeout, stage).await?;
+        self.read_reply(timeout, stage).await
+    }
+
+    /// A command whose outcome does not matter (QUIT before giving up), with a short timeout.
+    async fn command_quietly(&mut self, command: &Command<'_>) -> Result<Reply, ClientError> {
+        let t = self.config.timeouts.command.min(Duration::from_secs(5));
+        let result = self.command(command, t, "QUIT").await;
+        let _ = self.stream.shutdown().await;
+        result
+    }
+
+    async fn write_all(
+        &mut self,
+        bytes: &[u8],
+        timeout: Duration,
+        stage: &'static str,
+    ) -> Result<(), ClientError> {
+        if self.broken {
+            return Err(ClientError::Broken);
+        }
+        let stream = &mut self.stream;
+        let written = tokio::time::timeout(timeout, async {
+            stream.write_all(bytes).await?;
+            stream.flush().await
+        })
+        .await;
+        match written {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(self.fail(ClientError::Io(e))),
+            Err(_) => Err(self.fail(ClientError::Timeout { stage })),
+        }
+    }
+
+    async fn read_reply(
+        &mut self,
+        timeout: Duration,
+        stage: &'static str,
+    ) -> Result<Reply, ClientError> {
+        if self.broken {
+            return Err(ClientError::Broken);
+        }
+        let Self { stream, buf, .. } = self;
+        let read = tokio::time::timeout(timeout, async {
+            loop {
+                match ReplyCodec.decode(buf) {
+                    Ok(Some(reply)) => return Ok(reply),
+                    Ok(None) => {}
+                    Err(CodecError::Malformed(e)) => return Err(ClientError::MalformedReply(e)),
+                    Err(CodecError::Io(e)) => return Err(ClientError::Io(e)),
+                }
+                if stream.read_buf(buf).await? == 0 {
+                    return Err(ClientError::Closed { stage });
+                }
+            }
+        })
+        .await;
+        match read {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(e)) => Err(self.fail(e)),
+            Err(_) => Err(self.fail(ClientError::Timeout { stage })),
+        }
+    }
+
+    /// Marks the connection unusable and passes the error on.
+    fn fail(&mut self, error: ClientError) -> ClientError {
+        self.broken = true;
+        error
+    }
+}
+
+/// The name to check the certificate against: the host name, or the address for a literal.
+fn tls_server_name(name: &str, addr: SocketAddr) -> ServerName<'static> {
+    let bare = name
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .trim_start_matches("IPv6:")
+        .trim_start_matches("ipv6:");
+    ServerName::try_from(bare.to_owned()).unwrap_or_else(|_| ServerName::from(addr.ip()))
+}

@@ -1,0 +1,428 @@
+//! Delivering a message to a domain: MX hosts in order, each host's addresses in order, until
+//! one server takes the transaction.
+//!
+//! # Rules
+//!
+//! - The hosts come from [`Resolver::resolve`] (or, with a smarthost, from
+//!   [`Resolver::resolve_host`] for that one host, an IP address or an address literal). A DNS
+//!   failure decides every recipient: [`ResolveError::is_permanent`] errors (NXDOMAIN, null MX,
+//!   no addresses) are permanent, `SERVFAIL` and timeouts transient.
+//! - Addresses the [address filter](Deliverer::with_address_filter) refuses are skipped. When
+//!   every address of every host is refused, the result is [`DeliveryError::Loop`], permanent,
+//!   status `5.4.6` (RFC 3463 "routing loop detected"): the domain's mail would come back here.
+//! - Moving on to the next address (and host): the connection is refused or times out, the
+//!   greeting is not `220` (`421` busy, but also `554`, as Postfix's `smtp_skip_5xx_greeting`),
+//!   EHLO/HELO or STARTTLS fail, the TLS policy cannot be met, MAIL gets a 4yz reply, or the
+//!   connection breaks or times out anywhere in the transaction (a transaction that did not end
+//!   with a reply to the message data delivered nothing; RFC 5321 §6.1 prefers the rare
+//!   duplicate, when the break falls between the final `.` and its reply, to a lost message).
+//!   These say something about that server, not about the recipients.
+//! - A transaction in which the server answered the recipients is final for this attempt:
+//!   each recipient is delivered, transient (4yz) or permanent (5yz) with the server's reply.
+//!   Transient recipients are *not* tried at the next host in the same call: the queue retries
+//!   them later, as Postfix does for a 4yz reply to RCPT. A 5yz reply to MAIL is permanent for
+//!   all recipients. The refusals this client makes before sending (SMTPUTF8 or 8BITMIME
+//!   needed, message over SIZE) are permanent too, with RFC 3463 codes 5.6.7, 5.6.3 and 5.3.4.
+//! - When no host took the transaction, every recipient is transient with the last error.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use smtp_proto::address::ForwardPath;
+use smtp_proto::reply::{EnhancedCode, Reply};
+use tracing::{debug, info};
+
+use crate::connection::{ClientConfig, Connection, Envelope, RcptResult};
+use crate::error::ClientError;
+use crate::resolve::{MxHost, ResolveError, Resolver};
+
+/// Decides whether an address may be connected to (`true`) or must be skipped.
+pub type AddressFilter = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
+
+/// Why a recipient was not delivered: the server's reply when there was one, and a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The server's reply, when a server gave the verdict.
+    pub reply: Option<Reply>,
+    /// An RFC 3463 status code for the delivery status notification.
+    pub enhanced: EnhancedCode,
+    /// What happened, for logs and the bounce's diagnostic: the reply's text, or the error.
+    pub text: String,
+}
+
+impl Failure {
+    fn from_reply(reply: &Reply) -> Self {
+        let class = if reply.is_permanent() { 5 } else { 4 };
+        Self {
+            reply: Some(reply.clone()),
+            enhanced: reply.enhanced().unwrap_or_else(|| code(class, 0, 0)),
+            text: reply.to_string(),
+        }
+    }
+
+    fn from_error(error: &ClientError) -> Self {
+        Self {
+            reply: error.reply().cloned(),
+            enhanced: error.enhanced_code(),
+            text: error.to_string(),
+        }
+    }
+
+    fn from_delivery_error(error: &DeliveryError) -> Self {
+        Self {
+            reply: None,
+            enhanced: error.enhanced_code(),
+            text: error.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn code(class: u8, subject: u16, detail: u16) -> EnhancedCode {
+    EnhancedCode::new(class, subject, detail).unwrap_or_else(|| {
+        EnhancedCode::new(4, 0, 0).expect("4.0.0 is a valid enhanced status code")
+    })
+}
+
+/// What became of one recipient.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RcptOutcome {
+    /// The server took the message for this recipient; its final reply.
+    Delivered(Reply),
+    /// Try again later.
+    Transient(Failure),
+    /// Give up and bounce.
+    Permanent(Failure),
+}
+
+impl RcptOutcome {
+    /// Whether the recipient is done with (delivered or bounced): nothing to retry.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, Self::Transient(_))
+    }
+}
+
+/// A failure that decides the whole domain, before any server answered for the recipients.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DeliveryError {
+    /// The mail hosts could not be found.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// Every address of every mail host was refused by the address filter: the mail would
+    /// loop back to this host. Permanent, `5.4.6`.
+    #[error("mail for {domain} loops back to myself (every MX address is one of mine)")]
+    Loop {
+        /// The destination domain.
+        domain: String,
+    },
+    /// No host took the transaction; the last error.
+    #[error("no mail host of {domain} could be used: {last}")]
+    NoHostReached {
+        /// The destination domain.
+        domain: String,
+        /// The last error, as text.
+        last: String,
+        /// Its status code.
+        enhanced: EnhancedCode,
+    },
+}
+
+impl DeliveryError {
+    /// Whether retrying cannot help.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Resolve(e) => e.is_permanent(),
+            Self::Loop { .. } => true,
+            Self::NoHostReached { .. } => false,
+        }
+    }
+
+    /// An RFC 3463 status code for a delivery status notification.
+    pub fn enhanced_code(&self) -> EnhancedCode {
+        match self {
+            Self::Resolve(ResolveError::NullMx { .. }) => code(5, 1, 10),
+            Self::Resolve(ResolveError::NoSuchDomain { .. }) => code(5, 1, 2),
+            Self::Resolve(ResolveError::InvalidDomain { .. }) => code(5, 1, 2),
+            Self::Resolve(ResolveError::NoAddresses { .. }) => code(5, 4, 4),
+            Self::Resolve(_) => code(4, 4, 3),
+            Self::Loop { .. } => code(5, 4, 6),
+            Self::NoHostReached { enhanced, .. } => *enhanced,
+        }
+    }
+}
+
+/// One connection attempt, for logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attempt {
+    /// The host name (MX name, smarthost or literal).
+    pub host: String,
+    /// The address tried.
+    pub addr: SocketAddr,
+    /// What went wrong; `None` for the attempt that carried the transaction.
+    pub error: Option<String>,
+}
+
+/// The result of [`Deliverer::deliver`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryReport {
+    /// The destination domain.
+    pub domain: String,
+    /// One outcome per recipient, in the envelope's order.
+    pub rcpts: Vec<(ForwardPath<'static>, RcptOutcome)>,
+    /// The host and address that carried the transaction, if any did.
+    pub delivered_via: Option<(String, SocketAddr)>,
+    /// Whether that transaction was encrypted.
+    pub tls: bool,
+    /// Every connection attempt, in order.
+    pub attempts: Vec<Attempt>,
+    /// The failure that decided every recipient before any server did, if that happened.
+    pub error: Option<DeliveryError>,
+}
+
+impl DeliveryReport {
+    /// Whether every recipient got the message.
+    pub fn all_delivered(&self) -> bool {
+        self.rcpts
+            .iter()
+            .all(|(_, o)| matches!(o, RcptOutcome::Delivered(_)))
+    }
+}
+
+/// Delivers messages to a domain's mail hosts (or a smarthost).
+#[derive(Clone)]
+pub struct Deliverer {
+    resolver: Resolver,
+    config: ClientConfig,
+    port: u16,
+    smarthost: Option<(String, u16)>,
+    filter: Option<AddressFilter>,
+}
+
+impl fmt::Debug for Deliverer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Deliverer")
+            .field("resolver", &self.resolver)
+            .field("config", &self.config)
+            .field("port", &self.port)
+            .field("smarthost", &self.smarthost)
+            .field("filter", &self.filter.is_some())
+            .finish()
+    }
+}
+
+impl Deliverer {
+    /// Delivers to port 25 of the MX hosts `resolver` finds (the address order is the
+    /// resolver's, see [`Resolver::with_address_order`]).
+    pub fn new(resolver: Resolver, config: ClientConfig) -> Self {
+        Self {
+            resolver,
+            config,
+            port: 25,
+            smarthost: None,
+            filter: None,
+        }
+    }
+
+    /// Connects to this port instead of 25 (tests, unusual setups). Not used for a smarthost,
+    /// which has its own.
+    #[must_use]
+    pub fn with_port(mut self, port: u16) -> Self {
+        self.port = port;
+        self
+    }
+
+    /// Sends everything to `host:port` (a name, an IP address or an address literal) instead of
+    /// looking up MX records.
+    #[must_use]
+    pub fn with_smarthost(mut self, host: impl Into<String>, port: u16) -> Self {
+        self.smarthost = Some((host.into(), port));
+        self
+    }
+
+    /// Skips the addresses `filter` returns `false` for (the daemon's own addresses).
+    #[must_use]
+    pub fn with_address_filter(mut self, filter: AddressFilter) -> Self {
+        self.filter = Some(filter);
+        self
+    }
+
+    /// The client configuration in use.
+    pub fn config(&self) -> &ClientConfig {
+        &self.config
+    }
+
+    /// Delivers `message` to the envelope's recipients, all of which are in `domain`. See the
+    /// [module documentation](self) for the rules. Never fails as a whole: every recipient gets
+    /// an outcome.
+    pub async fn deliver(
+        &self,
+        domain: &str,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> DeliveryReport {
+        let mut report = DeliveryReport {
+            domain: domain.to_owned(),
+            rcpts: Vec::new(),
+            delivered_via: None,
+            tls: false,
+            attempts: Vec::new(),
+            error: None,
+        };
+        let decide_all = |report: &mut DeliveryReport, error: DeliveryError| {
+            let failure = Failure::from_delivery_error(&error);
+            let outcome = if error.is_permanent() {
+                RcptOutcome::Permanent(failure)
+            } else {
+                RcptOutcome::Transient(failure)
+            };
+            report.rcpts = envelope
+                .rcpts
+                .iter()
+                .map(|r| (r.path.clone(), outcome.clone()))
+                .collect();
+            report.error = Some(error);
+        };
+
+        let (hosts, port) = match self.hosts(domain).await {
+            Ok(found) => found,
+            Err(e) => {
+                info!(%domain, error = %e, "cannot resolve");
+                decide_all(&mut report, e.into());
+                return report;
+            }
+        };
+
+        let mut last: Option<ClientError> = None;
+        let mut any_allowed = false;
+        for host in &hosts {
+            for ip in &host.addrs {
+                let addr = SocketAddr::new(*ip, port);
+                if let Some(filter) = &self.filter {
+                    if !filter(addr) {
+                        debug!(%domain, host = %host.name, %addr, "address refused by the filter");
+                        continue;
+                    }
+                }
+                any_allowed = true;
+                match self.attempt(&host.name, addr, envelope, message).await {
+                    Ok((rcpts, tls)) => {
+                        report.attempts.push(Attempt {
+                            host: host.name.clone(),
+                            addr,
+                            error: None,
+                        });
+                        report.rcpts = rcpts;
+                        report.delivered_via = Some((host.name.clone(), addr));
+                        report.tls = tls;
+                        return report;
+                    }
+                    Err(e) => {
+                        info!(%domain, host = %host.name, %addr, error = %e, "attempt failed");
+                        report.attempts.push(Attempt {
+                            host: host.name.clone(),
+                            addr,
+                            error: Some(e.to_string()),
+                        });
+                        last = Some(e);
+                    }
+                }
+            }
+        }
+        let error = if !any_allowed {
+            DeliveryError::Loop {
+                domain: domain.to_owned(),
+            }
+        } else {
+            let last = last.unwrap_or(ClientError::Broken);
+            DeliveryError::NoHostReached {
+                domain: domain.to_owned(),
+                last: last.to_string(),
+                enhanced: transient_code(last.enhanced_code()),
+            }
+        };
+        decide_all(&mut report, error);
+        report
+    }
+
+    async fn hosts(&self, domain: &str) -> Result<(Vec<MxHost>, u16), ResolveError> {
+        match &self.smarthost {
+            Some((host, port)) => {
+                let addrs: Vec<IpAddr> = self.resolver.resolve_host(host).await?;
+                let host = MxHost {
+                    name: host.clone(),
+                    preference: 0,
+                    addrs,
+                };
+                Ok((vec![host], *port))
+            }
+            None => Ok((self.resolver.resolve(domain).await?, self.port)),
+        }
+    }
+
+    /// One server. `Ok` when the server decided the recipients (the outcome per recipient and
+    /// whether TLS was used); `Err` to move on to the next address.
+    async fn attempt(
+        &self,
+        host: &str,
+        addr: SocketAddr,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<(Vec<(ForwardPath<'static>, RcptOutcome)>, bool), ClientError> {
+        let mut conn = Connection::connect(addr, host, &self.config).await?;
+        let tls = conn.is_tls();
+        let all = |outcome: RcptOutcome| {
+            envelope
+                .rcpts
+                .iter()
+                .map(|r| (r.path.clone(), outcome.clone()))
+                .collect::<Vec<_>>()
+        };
+        let outcomes = match conn.send(envelope, message).await {
+            Ok(result) => {
+                let _ = conn.quit().await;
+                envelope
+                    .rcpts
+                    .iter()
+                    .zip(result.rcpts)
+                    .map(|(r, result)| {
+                        let outcome = match result {
+                            RcptResult::Accepted(reply) => RcptOutcome::Delivered(reply),
+                            RcptResult::Rejected(reply) if reply.is_permanent() => {
+                                RcptOutcome::Permanent(Failure::from_reply(&reply))
+                            }
+                            RcptResult::Rejected(reply) => {
+                                RcptOutcome::Transient(Failure::from_reply(&reply))
+                            }
+                        };
+                        (r.path.clone(), outcome)
+                    })
+                    .collect()
+            }
+            // Decided for every recipient by this server, or by this client before sending.
+            Err(e) if e.is_permanent() => {
+                let _ = conn.quit().await;
+                all(RcptOutcome::Permanent(Failure::from_error(&e)))
+            }
+            // A 4yz to MAIL, or the connection broke before recipients were decided: the next
+            // server may do better.
+            Err(e) => return Err(e),
+        };
+        Ok((outcomes, tls))
+    }
+}
+
+/// The status code for "no host reached": always transient.
+fn transient_code(c: EnhancedCode) -> EnhancedCode {
+    if c.class == 4 {
+        c
+    } else {
+        code(4, c.subject, c.detail)
+    }
+}

@@ -1,0 +1,143 @@
+//! The client's error type.
+
+use std::io;
+use std::net::SocketAddr;
+
+use smtp_proto::reply::{EnhancedCode, Reply, ReplyError};
+
+/// Why a connection or a transaction failed.
+///
+/// [`ClientError::is_permanent`] says whether trying again later (or another host) can help.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The TCP connection could not be made (refused, unreachable, ...).
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address tried.
+        addr: SocketAddr,
+        /// The operating system's error.
+        source: io::Error,
+    },
+    /// No reply (or no progress) within the time allowed for this step.
+    #[error("timed out waiting for {stage}")]
+    Timeout {
+        /// What was awaited: `connect`, `greeting`, `EHLO`, `MAIL`, `RCPT`, `DATA`,
+        /// `data block`, `end of data`, ...
+        stage: &'static str,
+    },
+    /// Reading or writing failed after the connection was made.
+    #[error("I/O error: {0}")]
+    Io(#[from] io::Error),
+    /// The server closed the connection while a reply was awaited.
+    #[error("connection closed by the server while waiting for {stage}")]
+    Closed {
+        /// What was awaited.
+        stage: &'static str,
+    },
+    /// The server sent something that is not an SMTP reply; the error holds the raw line.
+    #[error("malformed reply: {0}")]
+    MalformedReply(#[from] ReplyError),
+    /// The server's greeting was not `220` (e.g. `421` busy, `554` no service).
+    #[error("server refused the session: {0}")]
+    Greeting(Reply),
+    /// The server refused a command outside the per-recipient results: EHLO and HELO,
+    /// STARTTLS, MAIL, RSET.
+    #[error("server refused {command}: {reply}")]
+    Refused {
+        /// The command's verb.
+        command: &'static str,
+        /// The server's reply.
+        reply: Reply,
+    },
+    /// The server sent a reply that makes no sense at this point (e.g. `354` to MAIL).
+    #[error("unexpected reply to {command}: {reply}")]
+    Unexpected {
+        /// The command's verb.
+        command: &'static str,
+        /// The server's reply.
+        reply: Reply,
+    },
+    /// [`TlsPolicy::RequireVerified`](crate::TlsPolicy::RequireVerified), and the server does
+    /// not offer STARTTLS.
+    #[error("the server does not offer STARTTLS and TLS is required")]
+    StartTlsNotOffered,
+    /// The TLS setup or handshake failed (including an unverifiable certificate under
+    /// [`TlsPolicy::RequireVerified`](crate::TlsPolicy::RequireVerified)).
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The message has 8-bit octets and the server does not offer 8BITMIME. RFC 6152 lets the
+    /// client convert or bounce; this client does not convert. Nothing was sent.
+    #[error("the message has 8-bit content and the server does not offer 8BITMIME")]
+    Needs8BitMime,
+    /// An address is not ASCII and the server does not offer SMTPUTF8 (RFC 6531). Nothing was
+    /// sent.
+    #[error("an address needs SMTPUTF8 and the server does not offer it")]
+    NeedsSmtpUtf8,
+    /// The message is larger than the server's announced `SIZE`. Nothing was sent.
+    #[error("message of {size} octets exceeds the server's limit of {limit}")]
+    TooLarge {
+        /// The message's size on the wire.
+        size: u64,
+        /// The server's `SIZE`.
+        limit: u64,
+    },
+    /// The envelope has no recipient.
+    #[error("the envelope has no recipient")]
+    NoRecipients,
+    /// An earlier error left the connection unusable.
+    #[error("the connection is no longer usable after an earlier error")]
+    Broken,
+}
+
+impl ClientError {
+    /// Whether the failure is permanent: the message would fail the same way later. A refusal
+    /// carries the server's verdict (5yz); the refusals made before sending are permanent;
+    /// network errors, timeouts and everything else are transient.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Greeting(reply) | Self::Refused { reply, .. } => reply.is_permanent(),
+            Self::Needs8BitMime | Self::NeedsSmtpUtf8 | Self::TooLarge { .. } => true,
+            Self::NoRecipients => true,
+            _ => false,
+        }
+    }
+
+    /// The server's reply behind the error, if there is one.
+    pub fn reply(&self) -> Option<&Reply> {
+        match self {
+            Self::Greeting(reply)
+            | Self::Refused { reply, .. }
+            | Self::Unexpected { reply, .. } => Some(reply),
+            _ => None,
+        }
+    }
+
+    /// An RFC 3463 status code for a delivery status notification: the server's own when it
+    /// gave one, otherwise one that describes the error.
+    pub fn enhanced_code(&self) -> EnhancedCode {
+        let code = |c, s, d| {
+            EnhancedCode::new(c, s, d)
+                .unwrap_or(EnhancedCode::new(4, 0, 0).expect("4.0.0 is valid"))
+        };
+        if let Some(reply) = self.reply() {
+            if let Some(enhanced) = reply.enhanced() {
+                return enhanced;
+            }
+            let class = if reply.is_permanent() { 5 } else { 4 };
+            return code(class, 0, 0);
+        }
+        match self {
+            Self::Connect { .. } => code(4, 4, 1),
+            Self::Timeout { .. } => code(4, 4, 2),
+            Self::Io(_) | Self::Closed { .. } | Self::Broken => code(4, 4, 2),
+            Self::MalformedReply(_) => code(4, 5, 0),
+            Self::StartTlsNotOffered | Self::Tls(_) => code(4, 7, 5),
+            Self::Needs8BitMime => code(5, 6, 3),
+            Self::NeedsSmtpUtf8 => code(5, 6, 7),
+            Self::TooLarge { .. } => code(5, 3, 4),
+            Self::NoRecipients => code(5, 5, 1),
+            _ => code(4, 0, 0),
+        }
+    }
+}
