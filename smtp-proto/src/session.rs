@@ -429,6 +429,20 @@ impl Session {
         self.phase = Phase::Command;
     }
 
+    /// Releases memory the input, output and body buffers hold beyond `keep` octets each, so
+    /// a connection that received a big message does not keep its buffers while idle.
+    /// Unprocessed input and unsent output are kept. A driver calls this before waiting for a
+    /// command.
+    pub fn shrink_buffers(&mut self, keep: usize) {
+        if self.pos == self.input.len() {
+            self.input.clear();
+            self.pos = 0;
+        }
+        self.input.shrink_to(keep);
+        self.output.shrink_to(keep);
+        self.body.shrink_to(keep);
+    }
+
     // ---- decisions ----
 
     /// Accepts what the last event asked about, with the default positive reply.

@@ -384,3 +384,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn shrink_buffers_keeps_unprocessed_input_and_unsent_output() {
+    let mut c = config();
+    c.max_message_size = None;
+    let mut s = Session::new(c);
+    let mut t = Trace::default();
+    let mut big =
+        b"EHLO c\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n".to_vec();
+    for _ in 0..2000 {
+        big.extend_from_slice(b"0123456789012345678901234567890123456789\r\n");
+    }
+    big.extend_from_slice(b".\r\nNO");
+    s.feed(&big);
+    while let Some(ev) = s.poll_event() {
+        if ev.needs_decision() {
+            s.accept();
+        }
+    }
+    assert_eq!(s.buffered_input(), 2);
+    s.shrink_buffers(16);
+    assert_eq!(s.buffered_input(), 2);
+    assert!(String::from_utf8_lossy(s.output()).ends_with("250 2.0.0 Message accepted\r\n"));
+    s.clear_output();
+    drive(&mut s, &[b"OP\r\n"], &mut t);
+    assert_eq!(t.out, "250 2.0.0 OK\r\n");
+}
