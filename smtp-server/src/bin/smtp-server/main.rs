@@ -1,15 +1,513 @@
-//! The `smtp-server` mail daemon (being written).
+//! The `smtp-server` mail daemon: stores mail for its own domains and relays mail that local
+//! clients send to the rest of the world. See `DAEMON.md` beside `Cargo.toml` for how to run it.
+//!
+//! Modules: [`config`] (the command line), [`policy`] (local domains, users, relay rules),
+//! [`headers`] (trace headers), [`local`] (storing a message), [`relay`] (the queue runner),
+//! [`bounce`] (RFC 3464 reports).
 
 mod bounce;
 mod config;
 mod headers;
 mod local;
 mod policy;
+mod relay;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use clap::Parser;
+use mailstore::queue::{Envelope as QEnvelope, Queue, QueueEntry, Recipient as QRecipient};
+use mailstore::{MailboxName, Store};
+use smtp_proto::address::{ForwardPath, ReversePath};
+use smtp_proto::param::{MailParams, RcptParams};
+use smtp_proto::{EnhancedCode, Reply};
+use smtp_server::handler::{
+    BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsInfo,
+};
+use tokio::sync::{watch, Notify};
+use tracing::{error, info, warn};
 
-fn main() {
-    let _cfg = config::Config::parse();
-    eprintln!("smtp-server: the daemon is not built yet");
-    std::process::exit(2);
+use crate::config::{Config, Format};
+use crate::headers::{Protocol, Received, MAX_HOPS};
+use crate::local::Incoming;
+use crate::policy::{Destinations, Policy, Refusal, Users};
+use crate::relay::Relay;
+
+/// Listener names, as given to the server library; the session's relay right depends on them.
+const LOOPBACK: &str = "loopback";
+const PUBLIC: &str = "public";
+const TLS: &str = "tls";
+
+/// A configuration error: one line for stderr, exit code 2.
+struct Fatal(String);
+
+fn fatal(option: &str, what: impl std::fmt::Display) -> Fatal {
+    Fatal(format!("{option}: {what}"))
+}
+
+fn main() -> ExitCode {
+    let cfg = Config::parse();
+    let log_to_file = cfg.log_file.is_some();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("smtp-server: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cfg)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fatal(msg)) => {
+            eprintln!("smtp-server: {msg}");
+            if log_to_file {
+                error!("{msg}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Everything the sessions share.
+struct Daemon {
+    hostname: String,
+    policy: Arc<Policy>,
+    store: Arc<dyn Store>,
+    queue: Queue,
+    relay_notify: Arc<Notify>,
+}
+
+fn init_logging(cfg: &Config) -> Result<(), Fatal> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&cfg.log_level)
+        .map_err(|e| fatal("--log-level", format!("{:?}: {e}", cfg.log_level)))?;
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match &cfg.log_file {
+        None => builder.with_writer(std::io::stderr).init(),
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| fatal("--log-file", format!("{}: {e}", path.display())))?;
+            builder
+                .with_ansi(false)
+                .with_writer(std::sync::Mutex::new(file))
+                .init();
+        }
+    }
+    Ok(())
+}
+
+/// Opens a store and proves it writable (a temporary file is made and removed).
+fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, Fatal> {
+    let dir = &cfg.spool_dir;
+    let store: Arc<dyn Store> = match cfg.format {
+        Format::Spool => Arc::new(
+            mailstore::spool::Spool::open(dir).map_err(|e| fatal("--spool-dir", io_cause(&e)))?,
+        ),
+        Format::Maildir => Arc::new(
+            mailstore::maildir::Maildir::open(dir)
+                .map_err(|e| fatal("--spool-dir", io_cause(&e)))?,
+        ),
+    };
+    store.begin().map_err(|e| {
+        fatal(
+            "--spool-dir",
+            format!("{} is not writable: {}", dir.display(), io_cause(&e)),
+        )
+    })?;
+    Ok(store)
+}
+
+fn io_cause(e: &mailstore::Error) -> String {
+    e.to_string()
+}
+
+fn open_queue(dir: &Path) -> Result<Queue, Fatal> {
+    let q = Queue::open(dir).map_err(|e| fatal("--queue-dir", e))?;
+    q.begin().map_err(|e| {
+        fatal(
+            "--queue-dir",
+            format!("{} is not writable: {e}", dir.display()),
+        )
+    })?;
+    Ok(q)
+}
+
+async fn run(cfg: Config) -> Result<(), Fatal> {
+    init_logging(&cfg)?;
+    let hostname = cfg.hostname();
+    let domains = cfg.domains();
+
+    let users = match &cfg.users {
+        Some(p) => {
+            Some(Users::load(p).map_err(|e| fatal("--users", format!("{}: {e}", p.display())))?)
+        }
+        None => None,
+    };
+    let store = open_store(&cfg)?;
+    let queue = open_queue(&cfg.queue_dir())?;
+
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) => Some(
+            smtp_server::TlsConfig::from_pem_files(c, k)
+                .map_err(|e| fatal("--tls-cert/--tls-key", e))?,
+        ),
+        _ => None,
+    };
+
+    // Listeners: (name, address, implicit TLS, the option it came from).
+    let mut listeners: Vec<(&str, SocketAddr, bool, &str)> = Vec::new();
+    for a in cfg.local_listen() {
+        listeners.push((LOOPBACK, a, false, "--local-listen"));
+    }
+    for a in cfg.public_listen() {
+        listeners.push((PUBLIC, a, false, "--public-listen"));
+    }
+    for a in &cfg.tls_listen {
+        listeners.push((TLS, *a, true, "--tls-listen"));
+    }
+    let listen_addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.1).collect();
+    let policy = Arc::new(Policy::new(domains.clone(), listen_addrs, users));
+
+    let resolver = match cfg.dns_server {
+        Some(a) => {
+            smtp_client::Resolver::with_nameserver(a).map_err(|e| fatal("--dns-server", e))?
+        }
+        None => smtp_client::Resolver::system().map_err(|e| {
+            fatal(
+                "--dns-server",
+                format!("cannot read the system's resolver configuration: {e}"),
+            )
+        })?,
+    };
+    let mut deliverer =
+        smtp_client::Deliverer::new(resolver, smtp_client::ClientConfig::new(hostname.clone()))
+            .with_port(cfg.remote_port);
+    if let Some(h) = &cfg.relay_host {
+        let (host, port) = config::parse_host_port(h).map_err(|e| fatal("--relay-host", e))?;
+        deliverer = deliverer.with_smarthost(host, port);
+    }
+    let guard = policy.clone();
+    deliverer = deliverer.with_address_filter(Arc::new(move |addr| !guard.is_own_socket(addr)));
+
+    let relay_notify = Arc::new(Notify::new());
+    let daemon = Arc::new(Daemon {
+        hostname: hostname.clone(),
+        policy: policy.clone(),
+        store: store.clone(),
+        queue: queue.clone(),
+        relay_notify: relay_notify.clone(),
+    });
+
+    let mut limits = smtp_server::Limits::default();
+    limits.max_message_size = Some(cfg.max_message_size);
+    limits.max_recipients = cfg.max_recipients as usize;
+
+    let mut builder = smtp_server::Server::builder(DaemonHandler { daemon })
+        .hostname(hostname.clone())
+        .limits(limits);
+    if let Some(t) = tls {
+        builder = builder.tls(t);
+    }
+    for (name, addr, implicit, _) in &listeners {
+        let l = smtp_server::Listener::named(*name, *addr);
+        builder = builder.listener(if *implicit { l.implicit_tls() } else { l });
+    }
+    let server = builder.bind().await.map_err(|e| match &e {
+        smtp_server::Error::Bind { addr, source } => {
+            let option = listeners
+                .iter()
+                .find(|l| l.1 == *addr)
+                .map_or("listen", |l| l.3);
+            fatal(option, format!("cannot listen on {addr}: {source}"))
+        }
+        _ => fatal("listen", e),
+    })?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let relay = Arc::new(Relay::new(
+        queue,
+        store,
+        policy,
+        deliverer,
+        hostname.clone(),
+        cfg.queue_lifetime,
+        cfg.retry_base,
+        relay_notify,
+    ));
+    let relay_task = tokio::spawn(relay.run(stopped(stop_rx.clone())));
+    info!(
+        hostname = %hostname,
+        domains = ?domains,
+        listen = ?server.local_addrs(),
+        spool = %cfg.spool_dir.display(),
+        format = ?cfg.format,
+        "smtp-server started"
+    );
+
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        let _ = stop_tx.send(true);
+    });
+    if let Err(e) = server.serve(stopped(stop_rx)).await {
+        error!(error = %e, "server failed");
+    }
+    let _ = relay_task.await;
+    info!("smtp-server stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => info!("SIGTERM: shutting down"),
+                _ = i.recv() => info!("SIGINT: shutting down"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+fn reply(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
+    Reply::new(code, EnhancedCode::new(e.0, e.1, e.2), text)
+        .expect("fixed codes with matching classes are valid")
+}
+
+/// Makes one [`Session`] per connection, with the relay right of its listener.
+struct DaemonHandler {
+    daemon: Arc<Daemon>,
+}
+
+impl Handler for DaemonHandler {
+    type Session = Session;
+
+    async fn connect(&self, info: &ConnectionInfo) -> Result<Session, Reply> {
+        let relay = match &*info.listener {
+            LOOPBACK => true,
+            // An implicit-TLS listener relays only when bound to a loopback address.
+            TLS => info.local.ip().is_loopback(),
+            _ => false,
+        };
+        Ok(Session {
+            d: self.daemon.clone(),
+            relay,
+            helo: String::new(),
+            extended: false,
+            peer: info.peer,
+            session_id: info.session_id,
+            rcpts: Vec::new(),
+        })
+    }
+}
+
+/// An accepted recipient and where it goes.
+struct Accepted {
+    address: String,
+    dest: Destinations,
+    notify: Option<String>,
+    orcpt: Option<String>,
+}
+
+/// One connection's state.
+struct Session {
+    d: Arc<Daemon>,
+    relay: bool,
+    helo: String,
+    extended: bool,
+    peer: SocketAddr,
+    session_id: u64,
+    rcpts: Vec<Accepted>,
+}
+
+impl SessionHandler for Session {
+    async fn hello(&mut self, domain: &str, extended: bool) -> Result<(), Reply> {
+        self.helo = domain.to_owned();
+        self.extended = extended;
+        Ok(())
+    }
+
+    fn tls_started(&mut self, _info: &TlsInfo) {}
+
+    async fn mail(
+        &mut self,
+        _from: &ReversePath<'static>,
+        _params: &MailParams<'static>,
+    ) -> Result<(), Reply> {
+        self.rcpts.clear();
+        Ok(())
+    }
+
+    async fn rcpt(
+        &mut self,
+        to: &ForwardPath<'static>,
+        params: &RcptParams<'static>,
+    ) -> Result<(), Reply> {
+        match self.d.policy.route(to, self.relay) {
+            Ok(dest) => {
+                let address = match to {
+                    ForwardPath::Postmaster => "postmaster".to_owned(),
+                    ForwardPath::Mailbox(m) => m.to_string(),
+                };
+                self.rcpts.push(Accepted {
+                    address,
+                    dest,
+                    notify: params.notify.as_ref().map(|n| n.to_string()),
+                    orcpt: params
+                        .orcpt
+                        .as_ref()
+                        .map(|o| format!("{};{}", o.addr_type, o.addr)),
+                });
+                Ok(())
+            }
+            Err(Refusal::RelayDenied) => {
+                info!(session = self.session_id, peer = %self.peer, to = %to, "relay denied");
+                Err(reply(554, (5, 7, 1), &format!("{to}: Relay access denied")))
+            }
+            Err(Refusal::UnknownUser) => Err(reply(
+                550,
+                (5, 1, 1),
+                &format!("{to}: Recipient address rejected: User unknown"),
+            )),
+            Err(Refusal::BadMailbox(why)) => Err(reply(
+                550,
+                (5, 1, 3),
+                &format!("{to}: Recipient address rejected: {why}"),
+            )),
+        }
+    }
+
+    async fn data(&mut self, envelope: &Envelope, body: &mut BodyStream<'_>) -> DataOutcome {
+        let rcpts = std::mem::take(&mut self.rcpts);
+        let d = self.d.clone();
+        let sender = match &envelope.from {
+            ReversePath::Null => String::new(),
+            ReversePath::Mailbox(m) => m.to_string(),
+        };
+        let mut mailboxes: Vec<MailboxName> = Vec::new();
+        let mut remote: Vec<QRecipient> = Vec::new();
+        for a in &rcpts {
+            mailboxes.extend(a.dest.local.iter().cloned());
+            for r in &a.dest.remote {
+                let mut q = QRecipient::new(r.clone());
+                // DSN parameters belong to the address the client gave, not to alias targets.
+                if a.dest.remote.len() == 1 && a.dest.local.is_empty() {
+                    q.notify = a.notify.clone();
+                    q.orcpt = a.orcpt.clone();
+                }
+                remote.push(q);
+            }
+        }
+        let id = headers::unique_id();
+        let now = SystemTime::now();
+        let for_rcpt = (rcpts.len() == 1).then(|| rcpts[0].address.clone());
+        let received = Received {
+            helo: &self.helo,
+            peer: self.peer.ip(),
+            by: &d.hostname,
+            protocol: Protocol {
+                extended: self.extended,
+                tls: envelope.tls.is_some(),
+                auth: false,
+            },
+            id: &id,
+            for_rcpt: for_rcpt.as_deref(),
+            date: now,
+        }
+        .to_header();
+        let local_prefix =
+            (!mailboxes.is_empty()).then(|| format!("{}{received}", headers::return_path(&sender)));
+        let queue_prefix = (!remote.is_empty()).then(|| received.clone());
+        let begun = tokio::task::block_in_place(|| {
+            Incoming::begin(
+                &*d.store,
+                &d.queue,
+                local_prefix.as_deref(),
+                queue_prefix.as_deref(),
+            )
+        });
+        let mut incoming = match begun {
+            Ok(i) => i,
+            Err(e) => {
+                error!(session = self.session_id, error = %e, "cannot store message");
+                return DataOutcome::temporary_failure(
+                    "Local error in processing, try again later",
+                );
+            }
+        };
+        loop {
+            match body.chunk().await {
+                Ok(Some(chunk)) => {
+                    if let Err(e) = incoming.write(chunk) {
+                        error!(session = self.session_id, error = %e, "cannot store message");
+                        return DataOutcome::temporary_failure(
+                            "Local error in processing, try again later",
+                        );
+                    }
+                    if incoming.received_count() >= MAX_HOPS {
+                        warn!(
+                            session = self.session_id,
+                            "mail loop: too many Received headers"
+                        );
+                        return reply(554, (5, 4, 6), "Too many hops: mail loop detected").into();
+                    }
+                }
+                Ok(None) => break,
+                // The session answered already; dropping `incoming` removes the partial file.
+                Err(_) => return DataOutcome::temporary_failure("message not received"),
+            }
+        }
+        let entry = (!remote.is_empty()).then(|| {
+            let mut e = QueueEntry::new(
+                QEnvelope {
+                    sender: sender.clone(),
+                    recipients: remote,
+                    ret: envelope.mail_params.ret.map(|r| r.as_str().to_owned()),
+                    envid: envelope.mail_params.envid.as_ref().map(|e| e.to_string()),
+                },
+                now,
+            );
+            e.next_attempt = now;
+            e
+        });
+        match incoming
+            .commit(d.store.clone(), d.queue.clone(), mailboxes, entry)
+            .await
+        {
+            Ok(stored) => {
+                info!(session = self.session_id, id = %id, from = %envelope.from,
+                      rcpts = envelope.rcpts.len(), local = stored.mailboxes,
+                      queued = ?stored.queue_id.as_ref().map(|q| q.to_string()), "message accepted");
+                if let Some(q) = stored.queue_id {
+                    d.relay_notify.notify_one();
+                    DataOutcome::accepted(format!("Ok: queued as {q}"))
+                } else {
+                    DataOutcome::accepted(format!("Ok: delivered as {id}"))
+                }
+            }
+            Err(e) => {
+                error!(session = self.session_id, error = %e, "cannot store message");
+                DataOutcome::temporary_failure("Local error in processing, try again later")
+            }
+        }
+    }
+
+    fn reset(&mut self) {
+        self.rcpts.clear();
+    }
 }

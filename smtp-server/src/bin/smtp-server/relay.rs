@@ -1,0 +1,461 @@
+//! The queue runner: delivers queued mail to remote domains, retries, bounces.
+//!
+//! It wakes when a message is enqueued ([`Relay::notify`]) and when the earliest entry falls
+//! due, claims each due entry (so two runners, even in two processes, never send the same
+//! entry at once), groups its pending recipients by domain and hands each group to
+//! [`Deliverer::deliver`]. Outcomes are recorded durably per recipient, so a crash never makes a
+//! delivered recipient get the message twice from the queue (only a crash between the peer's
+//! `250` and the record can, which SMTP accepts: duplicates rather than loss).
+//!
+//! Retries: after a transient failure the entry waits 1m, 5m, 15m, 30m, 1h, 2h, then every 4h
+//! (all multiplied by `--retry-base` / 1m, a hidden option for tests). When the entry is older
+//! than `--queue-lifetime` after a failed attempt, its remaining recipients fail with status
+//! 4.4.7 ("delivery time expired"). Failed recipients get one RFC 3464 bounce per attempt,
+//! sent to the envelope sender (delivered locally when the sender is local, else queued),
+//! never to the null sender.
+//!
+//! The loop guard: the deliverer's address filter refuses every address one of our own
+//! listeners accepts on (see [`crate::policy::Policy::is_own_socket`]); when no address is
+//! left, the recipients fail with `5.4.6`, and no connection to ourselves is ever made.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use mailstore::queue::{Envelope as QEnvelope, Queue, QueueEntry, QueueId, RcptState, Recipient};
+use mailstore::{MailboxName, Store};
+use smtp_client::connection::{Envelope, Recipient as CRecipient};
+use smtp_client::deliver::{Deliverer, RcptOutcome};
+use smtp_proto::address::{parse_mailbox, ForwardPath, ReversePath};
+use smtp_proto::param::{Orcpt, RcptParams, Ret};
+use tokio::sync::{Notify, Semaphore};
+use tracing::{error, info, warn};
+
+use crate::bounce::{Failure, Report};
+use crate::headers::{self, HeaderScanner};
+use crate::policy::Policy;
+
+/// How many entries are delivered at once.
+const PARALLEL: usize = 16;
+
+/// The queue runner's shared state.
+pub struct Relay {
+    /// The queue.
+    pub queue: Queue,
+    /// Local mailboxes, for bounces to local senders.
+    pub store: Arc<dyn Store>,
+    /// Who is local.
+    pub policy: Arc<Policy>,
+    /// The SMTP client side.
+    pub deliverer: Deliverer,
+    /// Our name.
+    pub hostname: String,
+    /// Give up after this long.
+    pub lifetime: Duration,
+    /// The first retry delay.
+    pub retry_base: Duration,
+    /// Wakes the runner (after an enqueue).
+    pub notify: Arc<Notify>,
+    inflight: Mutex<HashSet<QueueId>>,
+}
+
+/// The delay before retry number `attempts` (1-based).
+pub fn backoff(base: Duration, attempts: u32) -> Duration {
+    const STEPS: [u32; 7] = [1, 5, 15, 30, 60, 120, 240];
+    let i = (attempts.max(1) as usize - 1).min(STEPS.len() - 1);
+    base.saturating_mul(STEPS[i])
+}
+
+impl Relay {
+    /// A runner.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        queue: Queue,
+        store: Arc<dyn Store>,
+        policy: Arc<Policy>,
+        deliverer: Deliverer,
+        hostname: String,
+        lifetime: Duration,
+        retry_base: Duration,
+        notify: Arc<Notify>,
+    ) -> Relay {
+        Relay {
+            queue,
+            store,
+            policy,
+            deliverer,
+            hostname,
+            lifetime,
+            retry_base,
+            notify,
+            inflight: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Runs until `shutdown` resolves. Deliveries in flight are dropped then (their claims
+    /// released, their entries due again at the next start).
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let permits = Arc::new(Semaphore::new(PARALLEL));
+        let mut tasks = tokio::task::JoinSet::new();
+        loop {
+            let now = SystemTime::now();
+            let list = {
+                let q = self.queue.clone();
+                tokio::task::spawn_blocking(move || q.list()).await
+            };
+            let mut next_due: Option<SystemTime> = None;
+            match list {
+                Ok(Ok(entries)) => {
+                    for (id, entry) in entries {
+                        if entry.next_attempt > now {
+                            next_due = Some(
+                                next_due.map_or(entry.next_attempt, |d| d.min(entry.next_attempt)),
+                            );
+                            continue;
+                        }
+                        if !self
+                            .inflight
+                            .lock()
+                            .expect("not poisoned")
+                            .insert(id.clone())
+                        {
+                            continue;
+                        }
+                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                            break;
+                        };
+                        let me = self.clone();
+                        tasks.spawn(async move {
+                            me.process(&id).await;
+                            me.inflight.lock().expect("not poisoned").remove(&id);
+                            drop(permit);
+                            me.notify.notify_one();
+                        });
+                    }
+                }
+                Ok(Err(e)) => error!(error = %e, "cannot list the queue"),
+                Err(e) => error!(error = %e, "queue listing task failed"),
+            }
+            while tasks.try_join_next().is_some() {}
+            let wait = next_due
+                .and_then(|d| d.duration_since(SystemTime::now()).ok())
+                .unwrap_or(Duration::from_secs(60))
+                .clamp(Duration::from_millis(50), Duration::from_secs(60));
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = self.notify.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// One attempt at one entry.
+    async fn process(&self, id: &QueueId) {
+        let q = self.queue.clone();
+        let id2 = id.clone();
+        let claimed = tokio::task::spawn_blocking(move || {
+            let claim = q.claim(&id2)?;
+            let Some(claim) = claim else { return Ok(None) };
+            let mut body = Vec::new();
+            claim
+                .body()?
+                .read_to_end(&mut body)
+                .map_err(|e| mailstore::Error::Io {
+                    op: "read",
+                    path: id2.as_str().into(),
+                    source: e,
+                })?;
+            Ok::<_, mailstore::Error>(Some((claim, body)))
+        })
+        .await;
+        let (mut claim, mut body) = match claimed {
+            Ok(Ok(Some(c))) => c,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => {
+                error!(queue_id = %id, error = %e, "cannot claim queue entry");
+                return;
+            }
+            Err(e) => {
+                error!(queue_id = %id, error = %e, "claim task failed");
+                return;
+            }
+        };
+        let entry = claim.entry().clone();
+        let mut scan = HeaderScanner::new();
+        scan.feed(&body);
+        if !scan.has_message_id {
+            // Stable across retries: made from the queue id.
+            let mut with_id = headers::message_id_header(id.as_str(), &self.hostname).into_bytes();
+            with_id.extend_from_slice(&body);
+            body = with_id;
+        }
+
+        let from = if entry.envelope.sender.is_empty() {
+            ReversePath::Null
+        } else {
+            match parse_mailbox(&entry.envelope.sender) {
+                Ok(m) => ReversePath::Mailbox(m.into_owned()),
+                Err(_) => ReversePath::Null,
+            }
+        };
+        let ret = entry.envelope.ret.as_deref().and_then(|r| match r {
+            "FULL" => Some(Ret::Full),
+            "HDRS" => Some(Ret::Hdrs),
+            _ => None,
+        });
+
+        // Pending recipients grouped by domain (lower case), keeping their indexes.
+        let mut groups: BTreeMap<String, Vec<(usize, CRecipient)>> = BTreeMap::new();
+        let mut results: Vec<(usize, RcptState, Option<Failure>)> = Vec::new();
+        for (i, r) in entry.envelope.recipients.iter().enumerate() {
+            if r.state != RcptState::Pending {
+                continue;
+            }
+            match parse_mailbox(&r.address) {
+                Ok(m) => {
+                    let domain = m.domain().to_string().to_ascii_lowercase();
+                    groups
+                        .entry(domain)
+                        .or_default()
+                        .push((i, to_client_rcpt(r, m.into_owned())));
+                }
+                Err(e) => {
+                    let diag = format!("553 5.1.3 bad address: {}", e.message());
+                    results.push((
+                        i,
+                        RcptState::Failed {
+                            reply: diag.clone(),
+                        },
+                        Some(failure(r, diag, None, None)),
+                    ));
+                }
+            }
+        }
+
+        let mut transient: Vec<String> = Vec::new();
+        for (domain, rcpts) in groups {
+            let env = Envelope {
+                from: from.clone(),
+                rcpts: rcpts.iter().map(|(_, r)| r.clone()).collect(),
+                ret,
+                envid: entry.envelope.envid.clone(),
+            };
+            let report = self.deliverer.deliver(&domain, &env, &body).await;
+            let via = report.delivered_via.as_ref().map(|(h, _)| h.clone());
+            for ((i, _), (path, outcome)) in rcpts.iter().zip(report.rcpts.iter()) {
+                let r = &entry.envelope.recipients[*i];
+                match outcome {
+                    RcptOutcome::Delivered(reply) => {
+                        info!(queue_id = %id, to = %path, via = ?via, tls = report.tls,
+                              reply = %reply, "delivered");
+                        results.push((*i, RcptState::Delivered, None));
+                    }
+                    RcptOutcome::Permanent(f) => {
+                        let diag = diagnostic(f);
+                        warn!(queue_id = %id, to = %path, error = %diag, "delivery failed permanently");
+                        let status = f.enhanced.to_string();
+                        results.push((
+                            *i,
+                            RcptState::Failed {
+                                reply: diag.clone(),
+                            },
+                            Some(failure(r, diag, via.clone(), Some(status))),
+                        ));
+                    }
+                    RcptOutcome::Transient(f) => {
+                        let diag = diagnostic(f);
+                        info!(queue_id = %id, to = %path, error = %diag, "delivery deferred");
+                        transient.push(format!("{}: {diag}", r.address));
+                    }
+                }
+            }
+        }
+
+        let now = SystemTime::now();
+        let expired = entry.created + self.lifetime <= now;
+        let mut still_pending = false;
+        for (i, r) in entry.envelope.recipients.iter().enumerate() {
+            if r.state != RcptState::Pending || results.iter().any(|(j, _, _)| *j == i) {
+                continue;
+            }
+            if expired {
+                let last = transient
+                    .iter()
+                    .find(|t| t.starts_with(&format!("{}:", r.address)))
+                    .cloned()
+                    .unwrap_or_else(|| "no delivery attempt succeeded".into());
+                let diag = format!(
+                    "delivery time expired after {}: {last}",
+                    crate::config::format_duration(self.lifetime)
+                );
+                results.push((
+                    i,
+                    RcptState::Failed {
+                        reply: diag.clone(),
+                    },
+                    Some(failure(r, diag, None, Some("4.4.7".into()))),
+                ));
+            } else {
+                still_pending = true;
+            }
+        }
+
+        // Bounce first, then record: a crash in between sends a second bounce, never none.
+        let failures: Vec<Failure> = results.iter().filter_map(|(_, _, f)| f.clone()).collect();
+        if !failures.is_empty() {
+            self.bounce(&entry, &body, failures).await;
+        }
+        let recorded = tokio::task::block_in_place(|| {
+            for (i, state, _) in results {
+                claim.record(i, state)?;
+            }
+            if still_pending {
+                let next = (now + backoff(self.retry_base, entry.attempts + 1))
+                    .min(entry.created + self.lifetime);
+                claim.reschedule(next.max(now), transient.join("; "))
+            } else {
+                claim.finish()
+            }
+        });
+        if let Err(e) = recorded {
+            error!(queue_id = %id, error = %e, "cannot update queue entry");
+        }
+    }
+
+    /// Sends a bounce for `failures` to the entry's sender: into the local mailbox when the
+    /// sender is local, else through the queue. Never to the null sender.
+    async fn bounce(&self, entry: &QueueEntry, body: &[u8], failures: Vec<Failure>) {
+        let sender = &entry.envelope.sender;
+        if sender.is_empty() {
+            warn!(
+                failed = failures.len(),
+                "a bounce failed; not bouncing to the null sender"
+            );
+            return;
+        }
+        let original_headers = headers::header_section(body, 64 * 1024);
+        let now = SystemTime::now();
+        let message = Report {
+            hostname: &self.hostname,
+            sender,
+            envid: entry.envelope.envid.as_deref(),
+            arrival: entry.created,
+            failures: &failures,
+            original_headers,
+            now,
+        }
+        .to_message();
+        if let Err(e) = self.send_generated(sender, message).await {
+            error!(to = %sender, error = %e, "cannot send bounce");
+        } else {
+            info!(to = %sender, failed = failures.len(), "bounce sent");
+        }
+    }
+
+    /// Sends a message made here (a bounce), from `<>`, to `to`.
+    async fn send_generated(&self, to: &str, message: Vec<u8>) -> Result<(), String> {
+        let mailbox = parse_mailbox(to)
+            .map_err(|e| e.message().to_string())?
+            .into_owned();
+        let dest = self
+            .policy
+            .route(&ForwardPath::Mailbox(mailbox), true)
+            .map_err(|e| format!("{e:?}"))?;
+        let id = headers::unique_id();
+        let received = format!(
+            "Received: from localhost by {} with local id {id};\r\n\t{}\r\n",
+            self.hostname,
+            headers::rfc5322_date(SystemTime::now())
+        );
+        let mut mailboxes: Vec<MailboxName> = dest.local;
+        crate::local::dedup(&mut mailboxes);
+        for mb in mailboxes {
+            let mut m = headers::return_path("").into_bytes();
+            m.extend_from_slice(received.as_bytes());
+            m.extend_from_slice(&message);
+            crate::local::deliver_bytes(self.store.clone(), mb, m).await?;
+        }
+        if !dest.remote.is_empty() {
+            let entry = QueueEntry::new(
+                QEnvelope {
+                    sender: String::new(),
+                    recipients: dest.remote.into_iter().map(Recipient::new).collect(),
+                    ret: None,
+                    envid: None,
+                },
+                SystemTime::now(),
+            );
+            let mut m = received.into_bytes();
+            m.extend_from_slice(&message);
+            let q = self.queue.clone();
+            tokio::task::spawn_blocking(move || q.enqueue(&entry, &m))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            self.notify.notify_one();
+        }
+        Ok(())
+    }
+}
+
+fn to_client_rcpt(r: &Recipient, m: smtp_proto::address::Mailbox<'static>) -> CRecipient {
+    let notify = r.notify.as_ref().and_then(|n| {
+        RcptParams::parse(&format!("NOTIFY={n}"))
+            .ok()
+            .and_then(|p| p.notify)
+    });
+    let orcpt = r.orcpt.as_ref().and_then(|o| {
+        o.split_once(';').map(|(t, a)| Orcpt {
+            addr_type: t.to_owned().into(),
+            addr: a.to_owned().into(),
+        })
+    });
+    CRecipient {
+        path: ForwardPath::Mailbox(m),
+        notify,
+        orcpt,
+    }
+}
+
+fn failure(
+    r: &Recipient,
+    diagnostic: String,
+    remote_mta: Option<String>,
+    status: Option<String>,
+) -> Failure {
+    Failure {
+        recipient: r.address.clone(),
+        orcpt: r.orcpt.clone(),
+        diagnostic,
+        remote_mta,
+        status,
+    }
+}
+
+/// The reply as one line when a server gave one, else the error text.
+fn diagnostic(f: &smtp_client::deliver::Failure) -> String {
+    match &f.reply {
+        Some(r) => {
+            let code = r.code();
+            let enh = r.enhanced().map(|e| format!(" {e}")).unwrap_or_default();
+            format!("{code}{enh} {}", r.lines().join(" "))
+        }
+        None => f.text.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_then_caps() {
+        let m = Duration::from_secs(60);
+        let got: Vec<u64> = (1..=9).map(|a| backoff(m, a).as_secs() / 60).collect();
+        assert_eq!(got, [1, 5, 15, 30, 60, 120, 240, 240, 240]);
+    }
+}
