@@ -1,1 +1,92 @@
-//! TODO
+//! An async SMTP server library: tokio and rustls around the sans-IO session of
+//! [`smtp_proto::session`].
+//!
+//! You write a [`Handler`] (accept or refuse a connection, make a per-connection
+//! [`SessionHandler`]) whose hooks decide EHLO, MAIL, each RCPT and the message; the library
+//! does the rest: listeners on IPv4 and IPv6, the protocol (PIPELINING, SIZE, 8BITMIME,
+//! SMTPUTF8, ENHANCEDSTATUSCODES, CHUNKING/BDAT, STARTTLS), TLS (STARTTLS and implicit TLS,
+//! certificates from PEM files, reloadable), limits, timeouts, logs and graceful shutdown.
+//!
+//! ```no_run
+//! use smtp_server::{
+//!     BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, Server, SessionHandler,
+//! };
+//! use smtp_proto::Reply;
+//!
+//! struct Counter;
+//! struct CounterSession;
+//!
+//! impl Handler for Counter {
+//!     type Session = CounterSession;
+//!     async fn connect(&self, info: &ConnectionInfo) -> Result<CounterSession, Reply> {
+//!         println!("connection from {}", info.peer);
+//!         Ok(CounterSession)
+//!     }
+//! }
+//!
+//! impl SessionHandler for CounterSession {
+//!     async fn data(&mut self, env: &Envelope, body: &mut BodyStream<'_>) -> DataOutcome {
+//!         let mut size = 0;
+//!         loop {
+//!             match body.chunk().await {
+//!                 Ok(Some(piece)) => size += piece.len(),
+//!                 Ok(None) => break,
+//!                 // The message is lost and the client was told; nothing to store.
+//!                 Err(_) => return DataOutcome::temporary_failure("lost"),
+//!             }
+//!         }
+//!         println!("{} octets from {} for {} recipients", size, env.from, env.rcpts.len());
+//!         DataOutcome::accepted("Message accepted")
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> std::io::Result<()> {
+//!     Server::builder(Counter)
+//!         .hostname("mx.example.org")
+//!         .listen("127.0.0.1:2525".parse().unwrap())
+//!         .listen("[::1]:2525".parse().unwrap())
+//!         .build()?
+//!         .serve(async { tokio::signal::ctrl_c().await.ok(); })
+//!         .await
+//! }
+//! ```
+//!
+//! # How a connection runs
+//! One task per connection runs one loop over its [`smtp_proto::session::Session`]: poll an
+//! event, ask the handler, tell the session; when the session needs input, write its queued
+//! replies in one go (so pipelined commands cost one write) and read, bounded by
+//! [`Limits::command_timeout`] or, inside a message, [`Limits::data_timeout`].
+//!
+//! - Connections over [`Limits::max_connections`] or [`Limits::max_connections_per_ip`] get
+//!   `421 4.7.0` and are closed before any handler hook runs.
+//! - After `220 Ready to start TLS` whatever the client pipelined behind STARTTLS is dropped
+//!   unread, the session starts over (EHLO again) and [`SessionHandler::tls_started`] learns
+//!   the protocol and cipher.
+//! - Shutdown (the future given to [`BoundServer::serve`]): listeners close, idle sessions get
+//!   `421 4.3.2` at once, sessions receiving a message have [`Limits::shutdown_grace`] to
+//!   finish it.
+//!
+//! # Logs
+//! With [`tracing`]: one span `session` per connection with `id`, `peer` and `listener`; one
+//! `info` event per transaction (`from`, `rcpts`, `size`, `outcome`, `duration_ms`);
+//! connection details at `debug`.
+#![forbid(unsafe_code)]
+
+mod config;
+mod connection;
+pub mod handler;
+mod listener;
+mod server;
+pub mod tls;
+
+pub use config::Limits;
+pub use handler::{
+    BodyError, BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsInfo,
+};
+pub use listener::Listener;
+pub use server::{BoundServer, Error, Server, ServerBuilder};
+pub use tls::{TlsConfig, TlsError};
+
+/// The protocol crate, re-exported so handlers name the same types (replies, addresses).
+pub use smtp_proto;

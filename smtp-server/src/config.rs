@@ -1,0 +1,64 @@
+//! Limits and timeouts of a server.
+
+use std::time::Duration;
+
+/// Limits, timeouts and budgets. Start from [`Limits::default`] and change fields:
+///
+/// ```
+/// # use std::time::Duration;
+/// let mut limits = smtp_server::Limits::default();
+/// limits.max_message_size = Some(10 << 20);
+/// limits.command_timeout = Duration::from_secs(60);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest message in octets, advertised as `SIZE`, checked against `SIZE=` on MAIL
+    /// (`552 5.3.4`) and while the content streams in. Default 25 MiB; `None` for no limit.
+    pub max_message_size: Option<u64>,
+    /// Most recipients per transaction; more get `452 4.5.3`. Default 100 (RFC 5321
+    /// §4.5.3.1.8).
+    pub max_recipients: usize,
+    /// Most concurrent connections; more are answered `421 4.7.0` and closed. Default 10,000;
+    /// `None` for no limit.
+    pub max_connections: Option<usize>,
+    /// Most concurrent connections from one IP address; more are answered `421 4.7.0` and
+    /// closed. Default 50 (as Postfix's `smtpd_client_connection_count_limit`); `None` for
+    /// no limit.
+    pub max_connections_per_ip: Option<usize>,
+    /// How long to wait for a command (RFC 5321 §4.5.3.2.7: at least 5 minutes, the
+    /// default). Also bounds the TLS handshake and each write.
+    pub command_timeout: Duration,
+    /// How long to wait for the next piece of message content (RFC 5321 §4.5.3.2.5: 3
+    /// minutes, the default).
+    pub data_timeout: Duration,
+    /// Protocol errors (bad syntax, bad order) tolerated before the client is disconnected
+    /// with `421 4.7.0`. Default 10.
+    pub max_errors: usize,
+    /// Longest command line including CRLF; longer lines get `500 5.5.2`. Default 512
+    /// (RFC 5321 §4.5.3.1.4).
+    pub max_command_line: usize,
+    /// Longest text line of a message including CRLF; a message with a longer line is
+    /// refused with `550 5.6.0`. Default 1000 (RFC 5321 §4.5.3.1.6); `None` for no check.
+    pub max_text_line: Option<usize>,
+    /// On shutdown, how long a session receiving a message may go on before it is
+    /// answered `421 4.3.2`. Default 30 seconds.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_size: Some(25 << 20),
+            max_recipients: 100,
+            max_connections: Some(10_000),
+            max_connections_per_ip: Some(50),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            max_errors: 10,
+            max_command_line: 512,
+            max_text_line: Some(1000),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}

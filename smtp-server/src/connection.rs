@@ -1,0 +1,678 @@
+//! The connection driver: one loop over a [`Session`] per connection.
+//!
+//! The loop polls the session for events and forwards them to the [`SessionHandler`]; when
+//! the session needs input it flushes the queued replies (so pipelined commands are answered
+//! in one write) and reads, with the command or data timeout and the shutdown signals in the
+//! same `select!`. All protocol logic lives in the session; this module only moves bytes and
+//! decisions.
+//!
+//! Memory: an idle plain connection owns no read buffer. Reads wait for readiness and then
+//! read into a per-thread scratch buffer whose bytes go straight into the session, which
+//! keeps only what it has not processed yet. Buffers grown by a big message are shrunk when
+//! the connection goes back to waiting for a command.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use smtp_proto::data::DataError;
+use smtp_proto::session::{Event, Session};
+use smtp_proto::Reply;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_rustls::server::TlsStream;
+use tracing::{debug, info};
+
+use crate::handler::{ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsInfo};
+use crate::server::Common;
+use crate::tls::tls_info;
+
+/// Size of the per-thread read buffer for plain connections and of the per-connection read
+/// buffer of TLS connections.
+const READ_BUF: usize = 16 * 1024;
+const TLS_READ_BUF: usize = 8 * 1024;
+/// Buffer capacity kept by an idle connection.
+const IDLE_KEEP: usize = 4096;
+/// How long closing (TLS close_notify, TCP FIN) may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+thread_local! {
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(vec![0; READ_BUF]);
+}
+
+/// Why the message content could not be read to its end. The session has answered the client
+/// already; the handler's outcome is not used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BodyError {
+    /// The session refused the message (too big, bare CR or LF, line too long); the reply
+    /// (`552 5.3.4`, `550 5.5.2`, `550 5.6.0`) has been sent.
+    #[error("message refused: {0}")]
+    Refused(DataError),
+    /// The client aborted the transaction (`RSET`, `EHLO`, `STARTTLS` or `QUIT` between BDAT
+    /// chunks).
+    #[error("transaction aborted by the client")]
+    Aborted,
+    /// The client closed the connection before the end of the message.
+    #[error("connection closed before the end of the message")]
+    Disconnected,
+    /// The client was silent longer than the data timeout (`421 4.4.2` was sent).
+    #[error("data timeout")]
+    Timeout,
+    /// The server shut down before the message ended (`421 4.3.2` was sent).
+    #[error("server shutting down")]
+    Shutdown,
+    /// A network error.
+    #[error("network error: {0}")]
+    Io(#[source] Arc<io::Error>),
+}
+
+impl Clone for BodyError {
+    fn clone(&self) -> Self {
+        match self {
+            Self::Refused(e) => Self::Refused(*e),
+            Self::Aborted => Self::Aborted,
+            Self::Disconnected => Self::Disconnected,
+            Self::Timeout => Self::Timeout,
+            Self::Shutdown => Self::Shutdown,
+            Self::Io(e) => Self::Io(Arc::clone(e)),
+        }
+    }
+}
+
+/// The content of one message, pulled by [`SessionHandler::data`] piece by piece.
+///
+/// Each call to [`BodyStream::chunk`] reads from the connection as needed (with the data
+/// timeout) and returns the next piece with dot-stuffing removed, so a message never has to
+/// be held in memory whole.
+pub struct BodyStream<'a> {
+    io: &'a mut Io,
+    state: BodyState,
+    discard: bool,
+}
+
+enum BodyState {
+    Open,
+    Ended(u64),
+    Failed(BodyError),
+}
+
+impl fmt::Debug for BodyStream<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            BodyState::Open => "open".to_owned(),
+            BodyState::Ended(n) => format!("ended after {n} octets"),
+            BodyState::Failed(e) => format!("failed: {e}"),
+        };
+        f.debug_struct("BodyStream").field("state", &state).finish()
+    }
+}
+
+impl BodyStream<'_> {
+    /// The next piece of the message, `Ok(None)` at its end.
+    ///
+    /// # Errors
+    /// [`BodyError`] when the message is lost; see its variants. Calling again after the
+    /// end or an error returns the same result.
+    pub async fn chunk(&mut self) -> Result<Option<&[u8]>, BodyError> {
+        loop {
+            match &self.state {
+                BodyState::Open => {}
+                BodyState::Ended(_) => return Ok(None),
+                BodyState::Failed(e) => return Err(e.clone()),
+            }
+            let io = &mut *self.io;
+            match io.session.poll_event() {
+                Some(Event::Body(bytes)) => {
+                    if self.discard {
+                        continue;
+                    }
+                    io.chunk.clear();
+                    io.chunk.extend_from_slice(bytes);
+                    break;
+                }
+                Some(Event::DataEnd { size }) => self.state = BodyState::Ended(size),
+                Some(Event::DataAborted(e)) => self.fail(BodyError::Refused(e)),
+                Some(Event::Reset) => self.fail(BodyError::Aborted),
+                Some(Event::Hello { .. }) => {
+                    io.deferred = Some(Deferred::Hello);
+                    self.fail(BodyError::Aborted);
+                }
+                Some(Event::StartTls) => {
+                    io.deferred = Some(Deferred::StartTls);
+                    self.fail(BodyError::Aborted);
+                }
+                Some(Event::Quit) => self.fail(BodyError::Aborted),
+                Some(Event::Closed) => self.fail(BodyError::Shutdown),
+                // Connect, Mail, Rcpt and DataStart cannot occur inside a message.
+                Some(_) => {}
+                None => self.fill().await,
+            }
+        }
+        Ok(Some(&self.io.chunk))
+    }
+
+    fn fail(&mut self, e: BodyError) {
+        self.state = BodyState::Failed(e);
+    }
+
+    /// Flushes queued replies (BDAT's `250`, DATA's `354`) and reads more content.
+    async fn fill(&mut self) {
+        if self.io.session.is_closed() {
+            // Timeout or shutdown reported by the session itself.
+            return self.fail(BodyError::Shutdown);
+        }
+        if let Err(e) = self.io.flush().await {
+            self.io.broken = true;
+            return self.fail(BodyError::Io(Arc::new(e)));
+        }
+        match self.io.read().await {
+            Ok(ReadOutcome::Data) => {}
+            Ok(ReadOutcome::Eof) => {
+                self.io.broken = true;
+                self.fail(BodyError::Disconnected);
+            }
+            Ok(ReadOutcome::Timeout) => {
+                self.io.session.timeout();
+                self.fail(BodyError::Timeout);
+            }
+            Ok(ReadOutcome::Shutdown) => {
+                self.io.session.shutdown();
+                self.fail(BodyError::Shutdown);
+            }
+            Err(e) => {
+                self.io.broken = true;
+                self.fail(BodyError::Io(Arc::new(e)));
+            }
+        }
+    }
+
+    /// Reads and drops whatever the handler left unread.
+    async fn drain(&mut self) {
+        self.discard = true;
+        while let Ok(Some(_)) = self.chunk().await {}
+    }
+}
+
+/// The transport, plain or encrypted.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+    /// Taken for the TLS handshake.
+    Gone,
+}
+
+/// An event a [`BodyStream`] met that the main loop must handle.
+#[derive(Debug, Clone, Copy)]
+enum Deferred {
+    Hello,
+    StartTls,
+}
+
+enum ReadOutcome {
+    Data,
+    Eof,
+    Timeout,
+    Shutdown,
+}
+
+/// The I/O half of a connection: what the [`BodyStream`] drives.
+pub(crate) struct Io {
+    stream: Stream,
+    session: Session,
+    /// Read buffer of a TLS connection (plain ones read into [`SCRATCH`]).
+    tls_buf: Vec<u8>,
+    /// The body piece handed to the handler.
+    chunk: Vec<u8>,
+    deferred: Option<Deferred>,
+    /// EOF or a network error: nothing more can be read or written.
+    broken: bool,
+    common: Arc<Common>,
+}
+
+impl Io {
+    /// Writes the session's queued replies.
+    async fn flush(&mut self) -> io::Result<()> {
+        let Io {
+            stream,
+            session,
+            common,
+            ..
+        } = self;
+        if session.output().is_empty() {
+            return Ok(());
+        }
+        let out = session.output();
+        let write = async {
+            match stream {
+                Stream::Plain(s) => s.write_all(out).await,
+                Stream::Tls(s) => {
+                    s.write_all(out).await?;
+                    s.flush().await
+                }
+                Stream::Gone => Err(io::ErrorKind::NotConnected.into()),
+            }
+        };
+        match tokio::time::timeout(common.limits.command_timeout, write).await {
+            Ok(r) => r?,
+            Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+        }
+        session.clear_output();
+        Ok(())
+    }
+
+    /// Reads once into the session, with the command or data timeout; the graceful shutdown
+    /// signal counts only between messages, the hard one always.
+    async fn read(&mut self) -> io::Result<ReadOutcome> {
+        let Io {
+            stream,
+            session,
+            tls_buf,
+            common,
+            ..
+        } = self;
+        let receiving = session.is_receiving_data();
+        let limit = if receiving {
+            common.limits.data_timeout
+        } else {
+            common.limits.command_timeout
+        };
+        let read = tokio::time::timeout(limit, read_into(stream, session, tls_buf));
+        tokio::select! {
+            biased;
+            () = common.hard.cancelled() => Ok(ReadOutcome::Shutdown),
+            () = common.soft.cancelled(), if !receiving => Ok(ReadOutcome::Shutdown),
+            r = read => match r {
+                Err(_) => Ok(ReadOutcome::Timeout),
+                Ok(Ok(0)) => Ok(ReadOutcome::Eof),
+                Ok(Ok(_)) => Ok(ReadOutcome::Data),
+                Ok(Err(e)) => Err(e),
+            },
+        }
+    }
+
+    async fn close(&mut self) {
+        let close = async {
+            match &mut self.stream {
+                Stream::Plain(s) => s.shutdown().await,
+                Stream::Tls(s) => s.shutdown().await,
+                Stream::Gone => Ok(()),
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
+    }
+}
+
+/// Reads once and feeds what was read to the session; 0 means EOF.
+async fn read_into(
+    stream: &mut Stream,
+    session: &mut Session,
+    tls_buf: &mut Vec<u8>,
+) -> io::Result<usize> {
+    match stream {
+        Stream::Plain(s) => loop {
+            s.readable().await?;
+            let r = SCRATCH.with_borrow_mut(|buf| {
+                let n = s.try_read(buf)?;
+                session.feed(&buf[..n]);
+                Ok::<_, io::Error>(n)
+            });
+            match r {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                r => return r,
+            }
+        },
+        Stream::Tls(s) => {
+            if tls_buf.len() != TLS_READ_BUF {
+                tls_buf.resize(TLS_READ_BUF, 0);
+            }
+            let n = s.read(tls_buf).await?;
+            session.feed(&tls_buf[..n]);
+            Ok(n)
+        }
+        Stream::Gone => Ok(0),
+    }
+}
+
+/// What the main loop does after an event was handled.
+enum Next {
+    Accept,
+    Respond(Reply),
+    Data,
+    StartTls,
+    Nothing,
+}
+
+/// The handler half of a connection.
+struct State<H: Handler> {
+    handler: Arc<H>,
+    info: ConnectionInfo,
+    session: Option<H::Session>,
+    envelope: Envelope,
+    in_transaction: bool,
+    started: Instant,
+}
+
+impl<H: Handler> State<H> {
+    async fn on_event(&mut self, event: Event<'_>) -> Next {
+        if let Event::Connect = event {
+            return match self.handler.connect(&self.info).await {
+                Ok(s) => {
+                    self.session = Some(s);
+                    Next::Accept
+                }
+                Err(r) => {
+                    debug!(reply = %r, "connection refused by the handler");
+                    Next::Respond(r)
+                }
+            };
+        }
+        let Some(sh) = self.session.as_mut() else {
+            // Only Connect can come before the handler session exists.
+            return Next::Nothing;
+        };
+        match event {
+            Event::Hello { domain, extended } => {
+                if self.in_transaction {
+                    self.in_transaction = false;
+                    self.envelope.clear_transaction();
+                    sh.reset();
+                }
+                match sh.hello(domain, extended).await {
+                    Ok(()) => {
+                        self.envelope.helo.clear();
+                        self.envelope.helo.push_str(domain);
+                        Next::Accept
+                    }
+                    Err(r) => Next::Respond(r),
+                }
+            }
+            Event::Mail { from, params } => match sh.mail(from, params).await {
+                Ok(()) => {
+                    self.envelope.from = from.clone();
+                    self.envelope.mail_params = params.clone();
+                    self.envelope.rcpts.clear();
+                    self.in_transaction = true;
+                    self.started = Instant::now();
+                    Next::Accept
+                }
+                Err(r) => Next::Respond(r),
+            },
+            Event::Rcpt { to, params } => match sh.rcpt(to, params).await {
+                Ok(()) => {
+                    self.envelope.rcpts.push((to.clone(), params.clone()));
+                    Next::Accept
+                }
+                Err(r) => Next::Respond(r),
+            },
+            Event::DataStart => Next::Data,
+            Event::Reset => {
+                self.abort_transaction();
+                Next::Nothing
+            }
+            Event::StartTls => Next::StartTls,
+            // Quit and Closed: the session is closed; the main loop flushes and closes.
+            // Body, DataEnd and DataAborted only occur inside a message (see BodyStream).
+            _ => Next::Nothing,
+        }
+    }
+
+    fn abort_transaction(&mut self) {
+        if self.in_transaction {
+            self.in_transaction = false;
+            self.envelope.clear_transaction();
+            if let Some(sh) = self.session.as_mut() {
+                sh.reset();
+            }
+        }
+    }
+}
+
+/// One connection: its I/O and its handler state.
+pub(crate) struct Connection<H: Handler> {
+    io: Io,
+    state: State<H>,
+}
+
+/// Lazily formatted recipient list for the transaction log.
+struct Rcpts<'a>(&'a Envelope);
+
+impl fmt::Display for Rcpts<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (to, _)) in self.0.rcpts.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{to}")?;
+        }
+        Ok(())
+    }
+}
+
+impl<H: Handler> Connection<H> {
+    /// A connection over `stream` (already encrypted for an implicit-TLS listener).
+    pub(crate) fn new(
+        handler: Arc<H>,
+        common: Arc<Common>,
+        stream: Stream,
+        info: ConnectionInfo,
+    ) -> Self {
+        let mut config = common.session_config.clone();
+        if let Stream::Tls(_) = stream {
+            config.tls_active = true;
+            config.starttls = false;
+        } else {
+            config.starttls = common.tls.is_some();
+        }
+        let mut envelope = Envelope::new(info.peer, info.local);
+        envelope.tls = info.tls.clone();
+        Self {
+            io: Io {
+                stream,
+                session: Session::new(config),
+                tls_buf: Vec::new(),
+                chunk: Vec::new(),
+                deferred: None,
+                broken: false,
+                common,
+            },
+            state: State {
+                handler,
+                info,
+                session: None,
+                envelope,
+                in_transaction: false,
+                started: Instant::now(),
+            },
+        }
+    }
+
+    /// Runs the session to its end.
+    pub(crate) async fn run(mut self) {
+        debug!("connected");
+        loop {
+            if let Some(d) = self.io.deferred.take() {
+                let next = match d {
+                    Deferred::Hello => {
+                        let domain = self.io.session.helo().to_owned();
+                        let extended = self.io.session.is_extended();
+                        let event = Event::Hello {
+                            domain: &domain,
+                            extended,
+                        };
+                        self.state.on_event(event).await
+                    }
+                    Deferred::StartTls => Next::StartTls,
+                };
+                if !self.apply(next).await {
+                    break;
+                }
+                continue;
+            }
+            if let Some(event) = self.io.session.poll_event() {
+                let next = self.state.on_event(event).await;
+                if !self.apply(next).await {
+                    break;
+                }
+                continue;
+            }
+            if self.io.broken {
+                break;
+            }
+            if let Err(e) = self.io.flush().await {
+                debug!(error = %e, "write failed");
+                break;
+            }
+            if self.io.session.is_closed() {
+                self.io.close().await;
+                break;
+            }
+            self.io.session.shrink_buffers(IDLE_KEEP);
+            self.io.chunk.shrink_to(IDLE_KEEP);
+            match self.io.read().await {
+                Ok(ReadOutcome::Data) => {}
+                Ok(ReadOutcome::Eof) => {
+                    debug!("client closed the connection");
+                    break;
+                }
+                Ok(ReadOutcome::Timeout) => {
+                    debug!("command timeout");
+                    self.io.session.timeout();
+                }
+                Ok(ReadOutcome::Shutdown) => self.io.session.shutdown(),
+                Err(e) => {
+                    debug!(error = %e, "read failed");
+                    break;
+                }
+            }
+        }
+        self.state.abort_transaction();
+        debug!("disconnected");
+    }
+
+    /// Carries out what an event asked for; false ends the connection.
+    async fn apply(&mut self, next: Next) -> bool {
+        match next {
+            Next::Accept => self.io.session.accept(),
+            Next::Respond(r) => self.io.session.respond(r),
+            Next::Data => self.data().await,
+            Next::StartTls => return self.starttls().await,
+            Next::Nothing => {}
+        }
+        true
+    }
+
+    async fn data(&mut self) {
+        let Some(sh) = self.state.session.as_mut() else {
+            return;
+        };
+        let mut body = BodyStream {
+            io: &mut self.io,
+            state: BodyState::Open,
+            discard: false,
+        };
+        let outcome = sh.data(&self.state.envelope, &mut body).await;
+        body.drain().await;
+        let env = &self.state.envelope;
+        let elapsed = self.state.started.elapsed().as_millis();
+        match body.state {
+            BodyState::Ended(size) => {
+                let DataOutcome::Reply(reply) = outcome;
+                info!(
+                    from = %env.from,
+                    rcpts = %Rcpts(env),
+                    size,
+                    outcome = %reply,
+                    duration_ms = elapsed,
+                    "message"
+                );
+                self.io.session.respond(reply);
+                self.state.in_transaction = false;
+                self.state.envelope.clear_transaction();
+            }
+            BodyState::Failed(e) => {
+                info!(
+                    from = %env.from,
+                    rcpts = %Rcpts(env),
+                    outcome = %e,
+                    duration_ms = elapsed,
+                    "message lost"
+                );
+                self.state.abort_transaction();
+            }
+            BodyState::Open => {}
+        }
+    }
+
+    /// Sends `220`, runs the handshake and restarts the session over TLS.
+    async fn starttls(&mut self) -> bool {
+        self.state.abort_transaction();
+        if self.io.flush().await.is_err() {
+            return false;
+        }
+        let Some(tls) = self.io.common.tls.clone() else {
+            return false;
+        };
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.io.stream, Stream::Gone) else {
+            return false;
+        };
+        let handshake = tls.acceptor().accept(tcp);
+        let stream =
+            match tokio::time::timeout(self.io.common.limits.command_timeout, handshake).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "TLS handshake failed");
+                    return false;
+                }
+                Err(_) => {
+                    debug!("TLS handshake timed out");
+                    return false;
+                }
+            };
+        let info: TlsInfo = tls_info(stream.get_ref().1);
+        debug!(protocol = %info.protocol, cipher = %info.cipher, "TLS established");
+        self.io.stream = Stream::Tls(Box::new(stream));
+        self.io.session.tls_established();
+        self.state.envelope.helo.clear();
+        if let Some(sh) = self.state.session.as_mut() {
+            sh.tls_started(&info);
+        }
+        self.state.envelope.tls = Some(info.clone());
+        self.state.info.tls = Some(info);
+        true
+    }
+}
+
+/// Answers a connection over a limit and closes it.
+pub(crate) async fn refuse(mut tcp: TcpStream, reply: Reply) {
+    let write = async {
+        tcp.write_all(&reply.to_bytes()).await?;
+        tcp.shutdown().await
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, write).await;
+}
+
+/// Runs the implicit-TLS handshake; `None` when it fails or times out.
+pub(crate) async fn implicit_tls(
+    common: &Common,
+    tcp: TcpStream,
+) -> Option<(TlsStream<TcpStream>, TlsInfo)> {
+    let tls = common.tls.as_ref()?;
+    let handshake = tls.acceptor().accept(tcp);
+    match tokio::time::timeout(common.limits.command_timeout, handshake).await {
+        Ok(Ok(s)) => {
+            let info = tls_info(s.get_ref().1);
+            Some((s, info))
+        }
+        Ok(Err(e)) => {
+            debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!("TLS handshake timed out");
+            None
+        }
+    }
+}

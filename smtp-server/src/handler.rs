@@ -1,0 +1,210 @@
+//! The user's side of the server: a [`Handler`] accepts connections and makes one
+//! [`SessionHandler`] per connection, whose hooks decide each step of the SMTP dialogue.
+//!
+//! Every hook has a default that accepts, except [`SessionHandler::data`], which must consume
+//! (or at least judge) the message. A refusal is any [`Reply`]; the session has already checked
+//! syntax, command order and the configured limits before a hook is called, so hooks only make
+//! policy decisions.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use smtp_proto::address::{ForwardPath, ReversePath};
+use smtp_proto::param::{MailParams, RcptParams};
+use smtp_proto::{EnhancedCode, Reply};
+
+pub use crate::connection::{BodyError, BodyStream};
+
+/// What is known about a connection when it is accepted.
+#[derive(Debug, Clone)]
+pub struct ConnectionInfo {
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The server's address the client connected to.
+    pub local: SocketAddr,
+    /// The name of the listener that accepted the connection (see
+    /// [`crate::ServerBuilder::listen_named`]; by default the listen address).
+    pub listener: Arc<str>,
+    /// Set for implicit-TLS listeners (the handshake has already happened).
+    pub tls: Option<TlsInfo>,
+    /// A number unique to this connection within the process, also in the log span.
+    pub session_id: u64,
+}
+
+/// The negotiated TLS parameters of an encrypted session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The protocol version, e.g. `TLSv1.3`.
+    pub protocol: String,
+    /// The cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+}
+
+/// The envelope of a message: everything said before its content.
+#[derive(Debug, Clone)]
+pub struct Envelope {
+    /// The name the client gave in EHLO/HELO.
+    pub helo: String,
+    /// The sender (`MAIL FROM`).
+    pub from: ReversePath<'static>,
+    /// The parameters of `MAIL FROM`.
+    pub mail_params: MailParams<'static>,
+    /// The accepted recipients with their parameters, in the order received.
+    pub rcpts: Vec<(ForwardPath<'static>, RcptParams<'static>)>,
+    /// The TLS parameters, if the session is encrypted.
+    pub tls: Option<TlsInfo>,
+    /// The client's address.
+    pub peer: SocketAddr,
+    /// The server's address the client connected to.
+    pub local: SocketAddr,
+}
+
+impl Envelope {
+    pub(crate) fn new(peer: SocketAddr, local: SocketAddr) -> Self {
+        Self {
+            helo: String::new(),
+            from: ReversePath::Null,
+            mail_params: MailParams::default(),
+            rcpts: Vec::new(),
+            tls: None,
+            peer,
+            local,
+        }
+    }
+
+    /// Forgets the transaction (sender and recipients), keeping the session's data.
+    pub(crate) fn clear_transaction(&mut self) {
+        self.from = ReversePath::Null;
+        self.mail_params = MailParams::default();
+        self.rcpts.clear();
+        if self.rcpts.capacity() > 16 {
+            self.rcpts.shrink_to(16);
+        }
+    }
+}
+
+/// The answer to a message. One reply for the whole transaction (SMTP); the enum is
+/// `#[non_exhaustive]` so that a per-recipient answer (LMTP) can be added later.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DataOutcome {
+    /// One reply for all recipients: `250` accepts the message, `4xx`/`5xx` refuse it.
+    Reply(Reply),
+}
+
+impl DataOutcome {
+    /// `250 2.0.0 <text>`: the message is accepted (for a server that stores mail: it is on
+    /// disk).
+    pub fn accepted(text: impl Into<String>) -> Self {
+        Self::with_code(250, (2, 0, 0), text, "Message accepted")
+    }
+
+    /// `451 4.3.0 <text>`: a temporary failure; the client will retry later.
+    pub fn temporary_failure(text: impl Into<String>) -> Self {
+        Self::with_code(451, (4, 3, 0), text, "Temporary failure, try again later")
+    }
+
+    /// `554 5.6.0 <text>`: the message is refused for good.
+    pub fn rejected(text: impl Into<String>) -> Self {
+        Self::with_code(554, (5, 6, 0), text, "Message refused")
+    }
+
+    /// The reply sent to the client.
+    pub fn reply(&self) -> &Reply {
+        match self {
+            Self::Reply(r) => r,
+        }
+    }
+
+    fn with_code(code: u16, e: (u8, u16, u16), text: impl Into<String>, fallback: &str) -> Self {
+        let enhanced = EnhancedCode::new(e.0, e.1, e.2);
+        let reply = Reply::new(code, enhanced, text)
+            .or_else(|_| Reply::new(code, enhanced, fallback))
+            .expect("fixed codes of matching class with fixed text are valid");
+        Self::Reply(reply)
+    }
+}
+
+impl From<Reply> for DataOutcome {
+    fn from(r: Reply) -> Self {
+        Self::Reply(r)
+    }
+}
+
+/// Decides whether to talk to a client at all, and makes the per-connection handler.
+///
+/// One value serves every listener and connection, so it is shared (`&self`); put shared
+/// state (a mail store, a user list) behind an `Arc` or a lock inside it.
+pub trait Handler: Send + Sync + 'static {
+    /// The per-connection part of the handler.
+    type Session: SessionHandler;
+
+    /// Called once per connection, before the greeting. `Ok` greets the client with `220`;
+    /// `Err(reply)` refuses the connection with that reply (e.g. `554 5.7.1` or `421 4.7.0`)
+    /// and closes it.
+    fn connect(
+        &self,
+        info: &ConnectionInfo,
+    ) -> impl Future<Output = Result<Self::Session, Reply>> + Send;
+}
+
+/// The hooks of one SMTP session, called in protocol order. Hooks returning a `Result`
+/// accept with `Ok(())` (the server sends the standard positive reply) and refuse with
+/// `Err(reply)`.
+pub trait SessionHandler: Send + 'static {
+    /// `EHLO` (`extended`) or `HELO` with the client's name. Any open transaction was aborted
+    /// (and [`SessionHandler::reset`] called) before.
+    fn hello(
+        &mut self,
+        domain: &str,
+        extended: bool,
+    ) -> impl Future<Output = Result<(), Reply>> + Send {
+        let _ = (domain, extended);
+        async { Ok(()) }
+    }
+
+    /// The TLS handshake after `STARTTLS` succeeded; the client must now say EHLO again.
+    fn tls_started(&mut self, info: &TlsInfo) {
+        let _ = info;
+    }
+
+    /// `MAIL FROM`, already checked for syntax, order, parameters and declared size.
+    fn mail(
+        &mut self,
+        from: &ReversePath<'static>,
+        params: &MailParams<'static>,
+    ) -> impl Future<Output = Result<(), Reply>> + Send {
+        let _ = (from, params);
+        async { Ok(()) }
+    }
+
+    /// Each `RCPT TO`, already checked for syntax, order and the recipient limit.
+    fn rcpt(
+        &mut self,
+        to: &ForwardPath<'static>,
+        params: &RcptParams<'static>,
+    ) -> impl Future<Output = Result<(), Reply>> + Send {
+        let _ = (to, params);
+        async { Ok(()) }
+    }
+
+    /// The message (after `DATA` or the first `BDAT`). Pull its content with
+    /// [`BodyStream::chunk`] until it returns `Ok(None)`; the returned outcome is the reply.
+    ///
+    /// If `chunk` returns an error, the message is lost (too big, bare line endings, the
+    /// client went away or was too slow, RSET during BDAT): the session has replied already
+    /// and the returned outcome is ignored, so return any outcome and discard what was
+    /// stored. If this returns before the content ended, the server reads and discards the
+    /// rest before it sends the reply.
+    fn data(
+        &mut self,
+        envelope: &Envelope,
+        body: &mut BodyStream<'_>,
+    ) -> impl Future<Output = DataOutcome> + Send;
+
+    /// An open transaction (an accepted `MAIL`) ended without a reply from
+    /// [`SessionHandler::data`]: `RSET`, a new `EHLO`, `STARTTLS`, a message the session
+    /// refused (size, bare line endings), or the connection ending mid-transaction.
+    fn reset(&mut self) {}
+}

@@ -1,0 +1,514 @@
+//! The server: a builder, binding, the accept loops, connection limits and graceful shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use smtp_proto::session::SessionConfig;
+use smtp_proto::{EnhancedCode, Reply};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
+
+use crate::config::Limits;
+use crate::connection::{implicit_tls, refuse, Connection, Stream};
+use crate::handler::{ConnectionInfo, Handler};
+use crate::listener::{bind, Listener};
+use crate::tls::TlsConfig;
+
+/// How long [`BoundServer::serve`] waits for connections after the grace period.
+const FINAL_WAIT: Duration = Duration::from_secs(10);
+
+/// Why a server could not be built or bound.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An address could not be bound (in use, not local, no permission).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: io::Error,
+    },
+    /// No listen address was given.
+    #[error("no listen address configured")]
+    NoListeners,
+    /// An implicit-TLS listener was configured without [`ServerBuilder::tls`].
+    #[error("implicit-TLS listener {0} needs a TLS configuration")]
+    TlsRequired(SocketAddr),
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> Self {
+        let kind = match &e {
+            Error::Bind { source, .. } => source.kind(),
+            _ => io::ErrorKind::InvalidInput,
+        };
+        io::Error::new(kind, e)
+    }
+}
+
+/// An SMTP server: a handler, listeners, limits and optional TLS. Made by
+/// [`Server::builder`].
+///
+/// ```no_run
+/// # use smtp_server::{Server, Handler, SessionHandler, ConnectionInfo, Envelope, BodyStream, DataOutcome};
+/// # use smtp_proto::Reply;
+/// struct Sink;
+/// struct SinkSession;
+/// impl Handler for Sink {
+///     type Session = SinkSession;
+///     async fn connect(&self, _: &ConnectionInfo) -> Result<SinkSession, Reply> { Ok(SinkSession) }
+/// }
+/// impl SessionHandler for SinkSession {
+///     async fn data(&mut self, _: &Envelope, body: &mut BodyStream<'_>) -> DataOutcome {
+///         while let Ok(Some(_)) = body.chunk().await {}
+///         DataOutcome::accepted("Discarded")
+///     }
+/// }
+/// # async fn run() -> std::io::Result<()> {
+/// Server::builder(Sink)
+///     .hostname("mx.example.org")
+///     .listen("127.0.0.1:2525".parse().unwrap())
+///     .build()?
+///     .serve(async { tokio::signal::ctrl_c().await.ok(); })
+///     .await
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Server<H> {
+    handler: Arc<H>,
+    listeners: Vec<Listener>,
+    common: Common,
+}
+
+/// Configures a [`Server`].
+#[derive(Debug)]
+pub struct ServerBuilder<H> {
+    handler: H,
+    listeners: Vec<Listener>,
+    tls: Option<TlsConfig>,
+    limits: Limits,
+    session: SessionConfig,
+}
+
+impl<H: Handler> Server<H> {
+    /// Starts configuring a server around `handler`.
+    pub fn builder(handler: H) -> ServerBuilder<H> {
+        ServerBuilder {
+            handler,
+            listeners: Vec::new(),
+            tls: None,
+            limits: Limits::default(),
+            session: SessionConfig::new(default_hostname()),
+        }
+    }
+
+    /// Binds every listener; the server starts serving with [`BoundServer::serve`].
+    ///
+    /// # Errors
+    /// [`Error::Bind`] naming the first address that could not be bound.
+    pub async fn bind(self) -> Result<BoundServer<H>, Error> {
+        let mut bound = Vec::with_capacity(self.listeners.len());
+        for l in self.listeners {
+            let socket = bind(l.addr).map_err(|source| Error::Bind {
+                addr: l.addr,
+                source,
+            })?;
+            let mut l = l;
+            if l.addr.port() == 0 {
+                if let Ok(a) = socket.local_addr() {
+                    l.addr = a;
+                }
+            }
+            bound.push((socket, l));
+        }
+        Ok(BoundServer {
+            handler: self.handler,
+            listeners: bound,
+            common: Arc::new(self.common),
+        })
+    }
+
+    /// Binds and serves until `shutdown` completes, then shuts down gracefully (see
+    /// [`BoundServer::serve`]).
+    ///
+    /// # Errors
+    /// When a listener cannot be bound.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        self.bind().await?.serve(shutdown).await
+    }
+}
+
+impl<H: Handler> ServerBuilder<H> {
+    /// Listens on `addr` (repeatable). An IPv6 wildcard (`[::]`) is bound v6-only, so
+    /// `0.0.0.0` can be bound on the same port too.
+    #[must_use]
+    pub fn listen(self, addr: SocketAddr) -> Self {
+        self.listener(Listener::new(addr))
+    }
+
+    /// Listens on `addr` under a name the handler sees in [`ConnectionInfo::listener`].
+    #[must_use]
+    pub fn listen_named(self, name: impl Into<Arc<str>>, addr: SocketAddr) -> Self {
+        self.listener(Listener::named(name, addr))
+    }
+
+    /// Listens on `addr` with implicit TLS (port 465 style); needs [`ServerBuilder::tls`].
+    #[must_use]
+    pub fn implicit_tls_listen(self, addr: SocketAddr) -> Self {
+        self.listener(Listener::new(addr).implicit_tls())
+    }
+
+    /// Adds a listener.
+    #[must_use]
+    pub fn listener(mut self, listener: Listener) -> Self {
+        self.listeners.push(listener);
+        self
+    }
+
+    /// Enables TLS: STARTTLS on plain listeners and the implicit-TLS listeners. Keep a clone
+    /// of `tls` to [`TlsConfig::reload`] it later.
+    #[must_use]
+    pub fn tls(mut self, tls: TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sets limits and timeouts.
+    #[must_use]
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// The server's name in the greeting, EHLO and closing replies (default: the system's
+    /// host name).
+    #[must_use]
+    pub fn hostname(mut self, name: impl Into<String>) -> Self {
+        self.session.hostname = name.into();
+        self
+    }
+
+    /// Protocol options of every session (CHUNKING, SMTPUTF8, DSN, bare line ending policy).
+    /// Its hostname is kept; its size, recipient, line and error limits and TLS flags are
+    /// replaced by those of [`ServerBuilder::limits`] and [`ServerBuilder::tls`].
+    #[must_use]
+    pub fn session_config(mut self, config: SessionConfig) -> Self {
+        self.session = config;
+        self
+    }
+
+    /// Checks the configuration.
+    ///
+    /// # Errors
+    /// [`Error::NoListeners`], or [`Error::TlsRequired`] for an implicit-TLS listener without
+    /// TLS.
+    pub fn build(self) -> Result<Server<H>, Error> {
+        if self.listeners.is_empty() {
+            return Err(Error::NoListeners);
+        }
+        if self.tls.is_none() {
+            if let Some(l) = self.listeners.iter().find(|l| l.implicit_tls) {
+                return Err(Error::TlsRequired(l.addr));
+            }
+        }
+        let mut session = self.session;
+        let limits = self.limits;
+        session.max_message_size = limits.max_message_size;
+        session.max_recipients = limits.max_recipients;
+        session.max_errors = limits.max_errors;
+        session.limits.max_command_line = limits.max_command_line;
+        session.data.max_line_len = limits.max_text_line;
+        session.starttls = false;
+        session.tls_active = false;
+        Ok(Server {
+            handler: Arc::new(self.handler),
+            listeners: self.listeners,
+            common: Common {
+                session_config: session,
+                tls: self.tls,
+                limits,
+                tracker: Tracker::default(),
+                soft: CancellationToken::new(),
+                hard: CancellationToken::new(),
+                next_id: AtomicU64::new(1),
+            },
+        })
+    }
+
+    /// Builds and binds; see [`Server::bind`].
+    ///
+    /// # Errors
+    /// As [`ServerBuilder::build`] and [`Server::bind`].
+    pub async fn bind(self) -> Result<BoundServer<H>, Error> {
+        self.build()?.bind().await
+    }
+}
+
+/// A server whose listeners are bound; learn the addresses (useful with port 0), then serve.
+#[derive(Debug)]
+pub struct BoundServer<H> {
+    handler: Arc<H>,
+    listeners: Vec<(TcpListener, Listener)>,
+    common: Arc<Common>,
+}
+
+impl<H: Handler> BoundServer<H> {
+    /// The bound addresses, in the order the listeners were added.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|(_, l)| l.addr).collect()
+    }
+
+    /// Accepts and serves connections until `shutdown` completes. Then it stops accepting,
+    /// answers idle sessions `421 4.3.2` at once, lets sessions receiving a message finish it
+    /// within [`Limits::shutdown_grace`] (then answers them `421 4.3.2` too), and returns
+    /// when every connection has ended (waiting at most 10 more seconds for connections
+    /// stuck in a handler or a write after the grace period).
+    ///
+    /// # Errors
+    /// None so far; accept errors (e.g. too many open files) are logged and retried.
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> io::Result<()> {
+        let mut loops = JoinSet::new();
+        for (socket, listener) in self.listeners {
+            info!(addr = %listener.addr, name = %listener.name, tls = listener.implicit_tls, "listening");
+            loops.spawn(accept_loop(
+                Arc::clone(&self.handler),
+                Arc::clone(&self.common),
+                socket,
+                listener,
+            ));
+        }
+        shutdown.await;
+        let common = &self.common;
+        info!(
+            connections = common.tracker.count(),
+            "shutting down: no longer accepting"
+        );
+        common.soft.cancel();
+        while loops.join_next().await.is_some() {}
+        let grace = common.limits.shutdown_grace;
+        if tokio::time::timeout(grace, common.tracker.wait_idle())
+            .await
+            .is_err()
+        {
+            info!(
+                connections = common.tracker.count(),
+                "grace period over, closing remaining sessions"
+            );
+            common.hard.cancel();
+            if tokio::time::timeout(FINAL_WAIT, common.tracker.wait_idle())
+                .await
+                .is_err()
+            {
+                warn!(
+                    connections = common.tracker.count(),
+                    "connections still open at exit"
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Server state shared by every connection (not generic, so the driver is compiled once).
+#[derive(Debug)]
+pub(crate) struct Common {
+    pub(crate) session_config: SessionConfig,
+    pub(crate) tls: Option<TlsConfig>,
+    pub(crate) limits: Limits,
+    tracker: Tracker,
+    /// Graceful shutdown: stop accepting, close idle sessions.
+    pub(crate) soft: CancellationToken,
+    /// End of the grace period: close every session.
+    pub(crate) hard: CancellationToken,
+    next_id: AtomicU64,
+}
+
+async fn accept_loop<H: Handler>(
+    handler: Arc<H>,
+    common: Arc<Common>,
+    socket: TcpListener,
+    listener: Listener,
+) {
+    loop {
+        let accepted = tokio::select! {
+            biased;
+            () = common.soft.cancelled() => break,
+            r = socket.accept() => r,
+        };
+        let (tcp, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // Per-connection errors (reset before accept) need no pause; running out of
+                // descriptors does.
+                if !matches!(
+                    e.kind(),
+                    io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+                ) {
+                    warn!(addr = %listener.addr, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
+        };
+        let ip = peer.ip().to_canonical();
+        let guard = match acquire(&common, ip) {
+            Ok(g) => g,
+            Err(reply) => {
+                debug!(%peer, reply = %reply, "connection refused");
+                tokio::spawn(refuse(tcp, reply));
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let local = tcp.local_addr().unwrap_or(listener.addr);
+        let id = common.next_id.fetch_add(1, Ordering::Relaxed);
+        let span = info_span!("session", id, %peer, listener = %listener.name);
+        let info = ConnectionInfo {
+            peer,
+            local,
+            listener: Arc::clone(&listener.name),
+            tls: None,
+            session_id: id,
+        };
+        let handler = Arc::clone(&handler);
+        let common = Arc::clone(&common);
+        let implicit = listener.implicit_tls;
+        tokio::spawn(
+            async move {
+                let _guard = guard;
+                let mut info = info;
+                let stream = if implicit {
+                    let Some((tls, tls_info)) = implicit_tls(&common, tcp).await else {
+                        return;
+                    };
+                    info.tls = Some(tls_info);
+                    Stream::Tls(Box::new(tls))
+                } else {
+                    Stream::Plain(tcp)
+                };
+                Connection::new(handler, common, stream, info).run().await;
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Counts connections, overall and per client address.
+#[derive(Debug, Default)]
+struct Tracker {
+    state: Mutex<TrackerState>,
+    idle: Notify,
+}
+
+#[derive(Debug, Default)]
+struct TrackerState {
+    total: usize,
+    per_ip: HashMap<IpAddr, usize>,
+}
+
+/// A counted connection; dropping it uncounts it.
+struct ConnGuard {
+    common: Arc<Common>,
+    ip: IpAddr,
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let tracker = &self.common.tracker;
+        let mut state = tracker.lock();
+        state.total = state.total.saturating_sub(1);
+        if let Some(n) = state.per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                state.per_ip.remove(&self.ip);
+            }
+        }
+        if state.total == 0 {
+            tracker.idle.notify_waiters();
+        }
+    }
+}
+
+/// Counts a new connection from `ip`, or the reply refusing it.
+fn acquire(common: &Arc<Common>, ip: IpAddr) -> Result<ConnGuard, Reply> {
+    let limits = &common.limits;
+    let mut state = common.tracker.lock();
+    if limits.max_connections.is_some_and(|max| state.total >= max) {
+        return Err(too_many(
+            &common.session_config.hostname,
+            "Too many connections, try again later",
+        ));
+    }
+    let from_ip = state.per_ip.get(&ip).copied().unwrap_or(0);
+    if limits
+        .max_connections_per_ip
+        .is_some_and(|max| from_ip >= max)
+    {
+        return Err(too_many(
+            &common.session_config.hostname,
+            "Too many connections from your address, try again later",
+        ));
+    }
+    state.total += 1;
+    *state.per_ip.entry(ip).or_insert(0) += 1;
+    drop(state);
+    Ok(ConnGuard {
+        common: Arc::clone(common),
+        ip,
+    })
+}
+
+fn too_many(hostname: &str, text: &str) -> Reply {
+    Reply::new(
+        421,
+        EnhancedCode::new(4, 7, 0),
+        format!("{hostname} {text}"),
+    )
+    .or_else(|_| Reply::new(421, EnhancedCode::new(4, 7, 0), text))
+    .expect("421 4.7.0 with fixed text is valid")
+}
+
+impl Tracker {
+    fn lock(&self) -> MutexGuard<'_, TrackerState> {
+        match self.state.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.lock().total
+    }
+
+    /// Returns once no connection is counted.
+    async fn wait_idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The system's host name, or `localhost`.
+fn default_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
+        .ok()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+        .unwrap_or_else(|| "localhost".to_owned())
+}
