@@ -1,0 +1,342 @@
+//! Helpers for the daemon's end-to-end tests: start the built binary, talk SMTP to it, run a
+//! DNS server and a receiving SMTP peer on loopback.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use smtp_client::testdns::TestDns;
+use smtp_server::{
+    BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsConfig,
+};
+use smtp_server::smtp_proto::address::{ForwardPath, ReversePath};
+use smtp_server::smtp_proto::param::RcptParams;
+use smtp_server::smtp_proto::{EnhancedCode, Reply};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_smtp-server");
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `f` every 50 ms until it is true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + timeout;
+    while Instant::now() < end {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// A running daemon.
+pub struct Daemon {
+    pub child: Child,
+    pub spool: PathBuf,
+    pub port: u16,
+    pub log: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts the daemon with a loopback listener on a free port, spool `spool`, local domain
+    /// `example.test`, host name `mx.example.test`, the given DNS server, and `extra` options.
+    pub fn start(spool: &Path, dns: SocketAddr, extra: &[&str]) -> Daemon {
+        let port = free_port();
+        let log = spool.with_extension(format!("log{port}"));
+        let mut args: Vec<String> = vec![
+            "-d".into(),
+            spool.display().to_string(),
+            "-s".into(),
+            "example.test".into(),
+            "--hostname".into(),
+            "mx.example.test".into(),
+            "-l".into(),
+            format!("127.0.0.1:{port}"),
+            "--dns-server".into(),
+            dns.to_string(),
+            "--log-level".into(),
+            "debug".into(),
+            "--log-file".into(),
+            log.display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        if !extra.iter().any(|a| *a == "-p" || *a == "--public-listen") {
+            args.push("--no-public".into());
+        }
+        Daemon::spawn(spool, port, log, args)
+    }
+
+    /// Starts again with the same arguments (after a crash or a stop).
+    pub fn restart(&self) -> Daemon {
+        Daemon::spawn(&self.spool, self.port, self.log.clone(), self.args.clone())
+    }
+
+    fn spawn(spool: &Path, port: u16, log: PathBuf, args: Vec<String>) -> Daemon {
+        let child = Command::new(BIN)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut d = Daemon { child, spool: spool.to_path_buf(), port, log, args };
+        let ready = wait_until(Duration::from_secs(20), || {
+            if let Ok(Some(_)) = d.child.try_wait() {
+                return true;
+            }
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if let Ok(Some(st)) = d.child.try_wait() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(d.child.stderr.as_mut().unwrap(), &mut err).unwrap();
+            panic!("daemon exited at start ({st}): {err}");
+        }
+        assert!(ready, "daemon did not start listening");
+        d
+    }
+
+    /// SIGTERM, then waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        let end = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(Instant::now() < end, "daemon did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The log written so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// A raw SMTP connection to the loopback listener.
+    pub fn connect(&self) -> Smtp {
+        Smtp::connect(SocketAddr::from(([127, 0, 0, 1], self.port)))
+    }
+
+    /// The files of a spool mailbox, sorted by number (`1`, `2`, ...), without statuses.
+    pub fn spool_messages(&self, user: &str) -> Vec<(u64, Vec<u8>)> {
+        spool_messages(&self.spool, user)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The numbered messages of a spool mailbox.
+pub fn spool_messages(spool: &Path, user: &str) -> Vec<(u64, Vec<u8>)> {
+    let Ok(dir) = std::fs::read_dir(spool.join(user)) else { return Vec::new() };
+    let mut out: Vec<(u64, Vec<u8>)> = dir
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+        .map(|n| (n, std::fs::read(spool.join(user).join(n.to_string())).unwrap()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// A minimal blocking SMTP client that shows every reply.
+pub struct Smtp {
+    r: BufReader<TcpStream>,
+    w: TcpStream,
+    pub greeting: (u16, String),
+}
+
+impl Smtp {
+    pub fn connect(addr: SocketAddr) -> Smtp {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut c = Smtp { r: BufReader::new(s.try_clone().unwrap()), w: s, greeting: (0, String::new()) };
+        c.greeting = c.reply();
+        c
+    }
+
+    /// Reads one (multi-line) reply: code and the text of all lines.
+    pub fn reply(&mut self) -> (u16, String) {
+        let mut text = String::new();
+        loop {
+            let mut line = String::new();
+            self.r.read_line(&mut line).unwrap();
+            assert!(line.len() >= 4, "short reply line {line:?}");
+            text.push_str(line[4..].trim_end());
+            text.push('\n');
+            if line.as_bytes()[3] == b' ' {
+                return (line[..3].parse().unwrap(), text.trim_end().to_owned());
+            }
+        }
+    }
+
+    /// Sends one command line, returns the reply.
+    pub fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();
+        self.reply()
+    }
+
+    /// EHLO, MAIL, each RCPT (which must be accepted), DATA, the message (dot-stuffed here);
+    /// returns the reply to the final dot.
+    pub fn send(&mut self, from: &str, rcpts: &[&str], message: &str) -> (u16, String) {
+        assert_eq!(self.cmd("EHLO client.test").0, 250);
+        assert_eq!(self.cmd(&format!("MAIL FROM:<{from}>")).0, 250);
+        for r in rcpts {
+            let rep = self.cmd(&format!("RCPT TO:<{r}>"));
+            assert_eq!(rep.0, 250, "RCPT {r}: {rep:?}");
+        }
+        assert_eq!(self.cmd("DATA").0, 354);
+        let mut data = String::new();
+        for line in message.split_inclusive("\r\n") {
+            if line.starts_with('.') {
+                data.push('.');
+            }
+            data.push_str(line);
+        }
+        data.push_str(".\r\n");
+        self.w.write_all(data.as_bytes()).unwrap();
+        self.reply()
+    }
+}
+
+/// What the peer received.
+#[derive(Debug, Clone)]
+pub struct Got {
+    pub from: String,
+    pub rcpts: Vec<String>,
+    pub body: Vec<u8>,
+    pub tls: bool,
+}
+
+/// How the peer answers.
+#[derive(Debug, Clone, Default)]
+pub struct PeerBehaviour {
+    /// Refuse these recipients (local parts) at RCPT with `550 5.1.1`.
+    pub refuse: Vec<String>,
+    /// Answer `451 4.3.0` to the message this many times before accepting.
+    pub fail_first: usize,
+}
+
+/// A receiving SMTP server on loopback (the smtp-server library itself), optionally offering
+/// STARTTLS with a self-signed certificate, plus a DNS server whose MX for `remote.test` (and
+/// `loop.test`) points at 127.0.0.1; both run on a background runtime.
+pub struct Net {
+    pub rt: tokio::runtime::Runtime,
+    pub dns: TestDns,
+    pub peer_port: u16,
+    pub got: Arc<Mutex<Vec<Got>>>,
+    pub attempts: Arc<Mutex<usize>>,
+}
+
+impl Net {
+    pub fn start(behaviour: PeerBehaviour, tls: bool) -> Net {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let dns = rt
+            .block_on(
+                TestDns::builder()
+                    .mx("remote.test", 10, "mx.remote.test")
+                    .a("mx.remote.test", [127, 0, 0, 1].into())
+                    .mx("loop.test", 10, "mx.loop.test")
+                    .a("mx.loop.test", [127, 0, 0, 1].into())
+                    .start(),
+            )
+            .unwrap();
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let attempts = Arc::new(Mutex::new(0));
+        let handler = Peer { b: Arc::new(behaviour), got: got.clone(), attempts: attempts.clone() };
+        let mut builder = smtp_server::Server::builder(handler)
+            .hostname("mx.remote.test")
+            .listen("127.0.0.1:0".parse().unwrap());
+        if tls {
+            let ck = rcgen::generate_simple_self_signed(vec!["mx.remote.test".into()]).unwrap();
+            let cfg = TlsConfig::from_pem(ck.cert.pem().as_bytes(), ck.signing_key.serialize_pem().as_bytes())
+                .unwrap();
+            builder = builder.tls(cfg);
+        }
+        let bound = rt.block_on(builder.bind()).unwrap();
+        let peer_port = bound.local_addrs()[0].port();
+        rt.spawn(bound.serve(std::future::pending()));
+        Net { rt, dns, peer_port, got, attempts }
+    }
+
+    pub fn got(&self) -> Vec<Got> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+struct Peer {
+    b: Arc<PeerBehaviour>,
+    got: Arc<Mutex<Vec<Got>>>,
+    attempts: Arc<Mutex<usize>>,
+}
+
+struct PeerSession {
+    b: Arc<PeerBehaviour>,
+    got: Arc<Mutex<Vec<Got>>>,
+    attempts: Arc<Mutex<usize>>,
+}
+
+impl Handler for Peer {
+    type Session = PeerSession;
+    async fn connect(&self, _: &ConnectionInfo) -> Result<PeerSession, Reply> {
+        Ok(PeerSession { b: self.b.clone(), got: self.got.clone(), attempts: self.attempts.clone() })
+    }
+}
+
+impl SessionHandler for PeerSession {
+    async fn rcpt(&mut self, to: &ForwardPath<'static>, _: &RcptParams<'static>) -> Result<(), Reply> {
+        if let ForwardPath::Mailbox(m) = to {
+            if self.b.refuse.iter().any(|r| r == m.local_part()) {
+                return Err(Reply::new(550, EnhancedCode::new(5, 1, 1), "no such user here").unwrap());
+            }
+        }
+        Ok(())
+    }
+
+    async fn data(&mut self, env: &Envelope, body: &mut BodyStream<'_>) -> DataOutcome {
+        let mut data = Vec::new();
+        while let Ok(Some(c)) = body.chunk().await {
+            data.extend_from_slice(c);
+        }
+        let n = {
+            let mut a = self.attempts.lock().unwrap();
+            *a += 1;
+            *a
+        };
+        if n <= self.b.fail_first {
+            return DataOutcome::temporary_failure("not now");
+        }
+        let from = match &env.from {
+            ReversePath::Null => String::new(),
+            ReversePath::Mailbox(m) => m.to_string(),
+        };
+        self.got.lock().unwrap().push(Got {
+            from,
+            rcpts: env.rcpts.iter().map(|(r, _)| r.to_string()).collect(),
+            body: data,
+            tls: env.tls.is_some(),
+        });
+        DataOutcome::accepted("queued")
+    }
+}
