@@ -112,7 +112,7 @@ mod tests {
             (b"a\r\n", 3),
             (b"a\n", 3),
             (b"a\r", 3),
-            (b"a\n\nb", 7),
+            (b"a\n\nb", 8),
             (b"\r\n\r\n", 4),
         ];
         for (input, expected) in cases {
