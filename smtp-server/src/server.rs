@@ -1,6 +1,7 @@
 //! The server: a builder, binding, the accept loops, connection limits and graceful shutdown.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -82,7 +83,6 @@ impl From<Error> for io::Error {
 ///     .await
 /// # }
 /// ```
-#[derive(Debug)]
 pub struct Server<H> {
     handler: Arc<H>,
     listeners: Vec<Listener>,
@@ -90,7 +90,6 @@ pub struct Server<H> {
 }
 
 /// Configures a [`Server`].
-#[derive(Debug)]
 pub struct ServerBuilder<H> {
     handler: H,
     listeners: Vec<Listener>,
@@ -254,7 +253,6 @@ impl<H: Handler> ServerBuilder<H> {
 }
 
 /// A server whose listeners are bound; learn the addresses (useful with port 0), then serve.
-#[derive(Debug)]
 pub struct BoundServer<H> {
     handler: Arc<H>,
     listeners: Vec<(TcpListener, Listener)>,
@@ -264,7 +262,7 @@ pub struct BoundServer<H> {
 impl<H: Handler> BoundServer<H> {
     /// The bound addresses, in the order the listeners were added.
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().map(|(_, l)| l.addr).collect()
+        self.local_addrs_inner()
     }
 
     /// Accepts and serves connections until `shutdown` completes. Then it stops accepting,
@@ -315,6 +313,40 @@ impl<H: Handler> BoundServer<H> {
             }
         }
         Ok(())
+    }
+}
+
+impl<H> fmt::Debug for Server<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field("listeners", &self.listeners)
+            .field("common", &self.common)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H> fmt::Debug for ServerBuilder<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("listeners", &self.listeners)
+            .field("tls", &self.tls)
+            .field("limits", &self.limits)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H> fmt::Debug for BoundServer<H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BoundServer")
+            .field("listeners", &self.local_addrs_inner())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<H> BoundServer<H> {
+    fn local_addrs_inner(&self) -> Vec<SocketAddr> {
+        self.listeners.iter().map(|(_, l)| l.addr).collect()
     }
 }
 

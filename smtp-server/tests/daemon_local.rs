@@ -15,16 +15,26 @@ fn lettre_send(port: u16, to: &[&str]) {
     for t in to {
         b = b.to(t.parse().unwrap());
     }
-    let msg = b.body("Hi both,\r\n.leading dot line\r\nbye\r\n".to_string()).unwrap();
-    let mailer = SmtpTransport::builder_dangerous("127.0.0.1").port(port).build();
+    let msg = b
+        .body("Hi both,\r\n.leading dot line\r\nbye\r\n".to_string())
+        .unwrap();
+    let mailer = SmtpTransport::builder_dangerous("127.0.0.1")
+        .port(port)
+        .build();
     let resp = mailer.send(&msg).unwrap();
     assert!(resp.is_positive());
 }
 
 fn check_headers(msg: &[u8], rcpt_for: Option<&str>) {
     let text = String::from_utf8_lossy(msg);
-    assert!(text.starts_with("Return-Path: <alice@example.test>\r\nReceived: from "), "{text}");
-    assert!(text.contains("\r\n\tby mx.example.test with ESMTP id "), "{text}");
+    assert!(
+        text.starts_with("Return-Path: <alice@example.test>\r\nReceived: from "),
+        "{text}"
+    );
+    assert!(
+        text.contains("\r\n\tby mx.example.test with ESMTP id "),
+        "{text}"
+    );
     if let Some(r) = rcpt_for {
         assert!(text.contains(&format!("\r\n\tfor <{r}>;")), "{text}");
     }
@@ -45,7 +55,10 @@ fn two_local_users_spool() {
         assert_eq!(msgs.len(), 1, "{user}");
         assert_eq!(msgs[0].0, 1);
         check_headers(&msgs[0].1, None);
-        assert_eq!(std::fs::read(spool.join(user).join("1.status")).unwrap(), b"\\Recent\n");
+        assert_eq!(
+            std::fs::read(spool.join(user).join("1.status")).unwrap(),
+            b"\\Recent\n"
+        );
     }
     // A second message gets number 2, with `for <...>` since it has one recipient.
     lettre_send(d.port, &["bob@example.test"]);
@@ -62,11 +75,19 @@ fn two_local_users_maildir() {
     let d = Daemon::start(&spool, net.dns.addr(), &["--format", "maildir"]);
     lettre_send(d.port, &["bob@example.test", "carol@example.test"]);
     for user in ["bob", "carol"] {
-        let new: Vec<_> = std::fs::read_dir(spool.join(user).join("new")).unwrap().flatten().collect();
+        let new: Vec<_> = std::fs::read_dir(spool.join(user).join("new"))
+            .unwrap()
+            .flatten()
+            .collect();
         assert_eq!(new.len(), 1, "{user}");
         check_headers(&std::fs::read(new[0].path()).unwrap(), None);
         assert!(spool.join(user).join("cur").is_dir());
-        assert_eq!(std::fs::read_dir(spool.join(user).join("tmp")).unwrap().count(), 0);
+        assert_eq!(
+            std::fs::read_dir(spool.join(user).join("tmp"))
+                .unwrap()
+                .count(),
+            0
+        );
     }
 }
 
@@ -81,7 +102,10 @@ fn fifty_clients_one_mailbox() {
         .map(|i| {
             std::thread::spawn(move || {
                 let mut c = Smtp::connect(([127, 0, 0, 1], port).into());
-                let body = format!("Subject: n{i}\r\n\r\n{}\r\n", format!("line {i}\r\n").repeat(200));
+                let body = format!(
+                    "Subject: n{i}\r\n\r\n{}\r\n",
+                    format!("line {i}\r\n").repeat(200)
+                );
                 let r = c.send("alice@example.test", &["bob@example.test"], &body);
                 assert_eq!(r.0, 250, "{r:?}");
                 c.cmd("QUIT");
@@ -92,14 +116,34 @@ fn fifty_clients_one_mailbox() {
         t.join().unwrap();
     }
     let msgs = spool_messages(&spool, "bob");
-    assert_eq!(msgs.iter().map(|m| m.0).collect::<Vec<_>>(), (1..=50).collect::<Vec<u64>>());
+    assert_eq!(
+        msgs.iter().map(|m| m.0).collect::<Vec<_>>(),
+        (1..=50).collect::<Vec<u64>>()
+    );
     let mut seen = std::collections::HashSet::new();
     for (n, m) in &msgs {
         let text = String::from_utf8(m.clone()).unwrap();
-        let i: usize = text.split("Subject: n").nth(1).unwrap().split("\r\n").next().unwrap().parse().unwrap();
-        assert!(text.ends_with(&format!("\r\n\r\n{}\r\n", format!("line {i}\r\n").repeat(200))), "message {n}");
+        let i: usize = text
+            .split("Subject: n")
+            .nth(1)
+            .unwrap()
+            .split("\r\n")
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            text.ends_with(&format!(
+                "\r\n\r\n{}\r\n",
+                format!("line {i}\r\n").repeat(200)
+            )),
+            "message {n}"
+        );
         assert!(seen.insert(i));
-        assert_eq!(std::fs::read(spool.join("bob").join(format!("{n}.status"))).unwrap(), b"\\Recent\n");
+        assert_eq!(
+            std::fs::read(spool.join("bob").join(format!("{n}.status"))).unwrap(),
+            b"\\Recent\n"
+        );
     }
 }
 
@@ -133,17 +177,24 @@ fn recipient_checks_and_hop_limit() {
 
     // 100 Received headers: a loop.
     let mut c = d.connect();
-    let msg = "Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n".repeat(100) + "Subject: loop\r\n\r\nx\r\n";
+    let msg = "Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n".repeat(100)
+        + "Subject: loop\r\n\r\nx\r\n";
     let r = c.send("alice@example.test", &["bob@example.test"], &msg);
     assert_eq!(r.0, 554, "{r:?}");
     assert!(r.1.starts_with("5.4.6 "), "{r:?}");
     // 99 are fine.
-    let msg = "Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n".repeat(99) + "Subject: ok\r\n\r\nx\r\n";
+    let msg = "Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n".repeat(99)
+        + "Subject: ok\r\n\r\nx\r\n";
     let r = c.send("alice@example.test", &["bob@example.test"], &msg);
     assert_eq!(r.0, 250, "{r:?}");
     assert_eq!(spool_messages(&spool, "bob").len(), 2);
     // Nothing half-written is left in the staging directory.
-    assert!(wait_until(Duration::from_secs(5), || std::fs::read_dir(spool.join(".tmp")).unwrap().count() == 0));
+    assert!(wait_until(Duration::from_secs(5), || std::fs::read_dir(
+        spool.join(".tmp")
+    )
+    .unwrap()
+    .count()
+        == 0));
 }
 
 #[test]
@@ -152,14 +203,26 @@ fn public_listener_refuses_relay() {
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("mail");
     let public = daemon_util::free_port();
-    let d = Daemon::start(&spool, net.dns.addr(), &["-p", &format!("127.0.0.2:{public}")]);
+    let d = Daemon::start(
+        &spool,
+        net.dns.addr(),
+        &["-p", &format!("127.0.0.2:{public}")],
+    );
     let mut c = Smtp::connect(([127, 0, 0, 2], public).into());
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     assert_eq!(c.cmd("MAIL FROM:<spammer@evil.test>").0, 250);
-    for rcpt in ["victim@remote.test", "x@[127.0.0.9]", "bob@example.test.evil.test", "bob%example.test@remote.test"] {
+    for rcpt in [
+        "victim@remote.test",
+        "x@[127.0.0.9]",
+        "bob@example.test.evil.test",
+        "bob%example.test@remote.test",
+    ] {
         let r = c.cmd(&format!("RCPT TO:<{rcpt}>"));
         assert_eq!(r.0, 554, "{rcpt}: {r:?}");
-        assert!(r.1.starts_with("5.7.1 ") && r.1.contains("Relay access denied"), "{r:?}");
+        assert!(
+            r.1.starts_with("5.7.1 ") && r.1.contains("Relay access denied"),
+            "{r:?}"
+        );
     }
     // Local recipients are fine, also as an address literal of the listener.
     assert_eq!(c.cmd("RCPT TO:<bob@example.test>").0, 250);
@@ -171,7 +234,9 @@ fn public_listener_refuses_relay() {
     // Nothing was queued and the peer never saw a connection.
     std::thread::sleep(Duration::from_millis(300));
     assert!(net.got().is_empty());
-    let queued = std::fs::read_dir(spool.join(".queue").join("entries")).unwrap().count();
+    let queued = std::fs::read_dir(spool.join(".queue").join("entries"))
+        .unwrap()
+        .count();
     assert_eq!(queued, 0);
     drop(d);
 }

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use daemon_util::{spool_messages, wait_until, Daemon, Net, PeerBehaviour};
 
-const MSG: &str = "From: alice@example.test\r\nTo: dave@remote.test\r\nSubject: relayed\r\n\r\nHello remote.\r\n";
+const MSG: &str =
+    "From: alice@example.test\r\nTo: dave@remote.test\r\nSubject: relayed\r\n\r\nHello remote.\r\n";
 
 fn bounces(d: &Daemon) -> Vec<String> {
     d.spool_messages("alice")
@@ -21,14 +22,26 @@ fn relays_with_starttls_and_mixed_recipients() {
     let net = Net::start(PeerBehaviour::default(), true);
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("mail");
-    let d = Daemon::start(&spool, net.dns.addr(), &["--remote-port", &net.peer_port.to_string()]);
+    let d = Daemon::start(
+        &spool,
+        net.dns.addr(),
+        &["--remote-port", &net.peer_port.to_string()],
+    );
     let mut c = d.connect();
-    let r = c.send("alice@example.test", &["dave@remote.test", "bob@example.test"], MSG);
+    let r = c.send(
+        "alice@example.test",
+        &["dave@remote.test", "bob@example.test"],
+        MSG,
+    );
     assert_eq!(r.0, 250, "{r:?}");
     assert!(r.1.contains("queued as"), "{r:?}");
     // The local copy is there already.
     assert_eq!(spool_messages(&spool, "bob").len(), 1);
-    assert!(wait_until(Duration::from_secs(20), || !net.got().is_empty()), "{}", d.log());
+    assert!(
+        wait_until(Duration::from_secs(20), || !net.got().is_empty()),
+        "{}",
+        d.log()
+    );
     let got = net.got();
     assert_eq!(got.len(), 1);
     let g = &got[0];
@@ -38,28 +51,57 @@ fn relays_with_starttls_and_mixed_recipients() {
     let body = String::from_utf8(g.body.clone()).unwrap();
     // A Message-ID was added (the message had none) and our Received header is on top.
     assert!(body.starts_with("Message-ID: <"), "{body}");
-    assert!(body.contains("\r\nReceived: from client.test ([127.0.0.1])\r\n\tby mx.example.test with ESMTP id "), "{body}");
+    assert!(
+        body.contains(
+            "\r\nReceived: from client.test ([127.0.0.1])\r\n\tby mx.example.test with ESMTP id "
+        ),
+        "{body}"
+    );
     assert!(!body.contains("Return-Path:"), "{body}");
-    assert!(body.ends_with("Subject: relayed\r\n\r\nHello remote.\r\n"), "{body}");
+    assert!(
+        body.ends_with("Subject: relayed\r\n\r\nHello remote.\r\n"),
+        "{body}"
+    );
     // The queue is empty afterwards.
     assert!(wait_until(Duration::from_secs(5), || {
-        std::fs::read_dir(spool.join(".queue").join("entries")).unwrap().count() == 0
+        std::fs::read_dir(spool.join(".queue").join("entries"))
+            .unwrap()
+            .count()
+            == 0
     }));
 }
 
 #[test]
 fn transient_failure_is_retried_from_the_queue() {
-    let net = Net::start(PeerBehaviour { fail_first: 1, ..Default::default() }, false);
+    let net = Net::start(
+        PeerBehaviour {
+            fail_first: 1,
+            ..Default::default()
+        },
+        false,
+    );
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("mail");
     let d = Daemon::start(
         &spool,
         net.dns.addr(),
-        &["--remote-port", &net.peer_port.to_string(), "--retry-base", "1s"],
+        &[
+            "--remote-port",
+            &net.peer_port.to_string(),
+            "--retry-base",
+            "1s",
+        ],
     );
     let mut c = d.connect();
-    assert_eq!(c.send("alice@example.test", &["dave@remote.test"], MSG).0, 250);
-    assert!(wait_until(Duration::from_secs(30), || !net.got().is_empty()), "{}", d.log());
+    assert_eq!(
+        c.send("alice@example.test", &["dave@remote.test"], MSG).0,
+        250
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || !net.got().is_empty()),
+        "{}",
+        d.log()
+    );
     assert_eq!(*net.attempts.lock().unwrap(), 2);
     assert_eq!(net.got().len(), 1);
     assert!(bounces(&d).is_empty());
@@ -67,22 +109,54 @@ fn transient_failure_is_retried_from_the_queue() {
 
 #[test]
 fn permanent_failure_bounces_to_local_sender() {
-    let net = Net::start(PeerBehaviour { refuse: vec!["nobody".into()], ..Default::default() }, false);
+    let net = Net::start(
+        PeerBehaviour {
+            refuse: vec!["nobody".into()],
+            ..Default::default()
+        },
+        false,
+    );
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("mail");
-    let d = Daemon::start(&spool, net.dns.addr(), &["--remote-port", &net.peer_port.to_string()]);
+    let d = Daemon::start(
+        &spool,
+        net.dns.addr(),
+        &["--remote-port", &net.peer_port.to_string()],
+    );
     let mut c = d.connect();
-    let r = c.send("alice@example.test", &["nobody@remote.test", "dave@remote.test"], MSG);
+    let r = c.send(
+        "alice@example.test",
+        &["nobody@remote.test", "dave@remote.test"],
+        MSG,
+    );
     assert_eq!(r.0, 250);
-    assert!(wait_until(Duration::from_secs(20), || !bounces(&d).is_empty()), "{}", d.log());
+    assert!(
+        wait_until(Duration::from_secs(20), || !bounces(&d).is_empty()),
+        "{}",
+        d.log()
+    );
     let b = &bounces(&d)[0];
     assert!(b.starts_with("Return-Path: <>\r\n"), "{b}");
-    assert!(b.contains("Content-Type: multipart/report; report-type=delivery-status;"), "{b}");
-    assert!(b.contains("Final-Recipient: rfc822; nobody@remote.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"), "{b}");
-    assert!(b.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user here"), "{b}");
+    assert!(
+        b.contains("Content-Type: multipart/report; report-type=delivery-status;"),
+        "{b}"
+    );
+    assert!(
+        b.contains(
+            "Final-Recipient: rfc822; nobody@remote.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ),
+        "{b}"
+    );
+    assert!(
+        b.contains("Diagnostic-Code: smtp; 550 5.1.1 no such user here"),
+        "{b}"
+    );
     assert!(b.contains("Content-Type: text/rfc822-headers"), "{b}");
     assert!(b.contains("Subject: relayed\r\n"), "{b}");
-    assert!(!b.contains("dave@remote.test\r\nAction"), "only the failed recipient is reported");
+    assert!(
+        !b.contains("dave@remote.test\r\nAction"),
+        "only the failed recipient is reported"
+    );
     // The other recipient got it.
     assert_eq!(net.got().len(), 1);
     assert_eq!(net.got()[0].rcpts, ["<dave@remote.test>"]);
@@ -98,13 +172,25 @@ fn mx_pointing_at_ourselves_is_a_loop() {
     let d = Daemon::start(
         &spool,
         net.dns.addr(),
-        &["-l", &format!("127.0.0.1:{port}"), "--remote-port", &port.to_string()],
+        &[
+            "-l",
+            &format!("127.0.0.1:{port}"),
+            "--remote-port",
+            &port.to_string(),
+        ],
     );
     let mut c = daemon_util::Smtp::connect(([127, 0, 0, 1], port).into());
     assert_eq!(c.send("alice@example.test", &["x@loop.test"], MSG).0, 250);
-    assert!(wait_until(Duration::from_secs(20), || !bounces(&d).is_empty()), "{}", d.log());
+    assert!(
+        wait_until(Duration::from_secs(20), || !bounces(&d).is_empty()),
+        "{}",
+        d.log()
+    );
     let b = &bounces(&d)[0];
-    assert!(b.contains("Final-Recipient: rfc822; x@loop.test\r\nAction: failed\r\nStatus: 5.4.6\r\n"), "{b}");
+    assert!(
+        b.contains("Final-Recipient: rfc822; x@loop.test\r\nAction: failed\r\nStatus: 5.4.6\r\n"),
+        "{b}"
+    );
     // Never connected to itself: only our own client's session is in the log.
     let log = d.log();
     assert!(log.contains("address refused by the filter"), "{log}");
@@ -113,14 +199,33 @@ fn mx_pointing_at_ourselves_is_a_loop() {
 
 #[test]
 fn null_sender_failure_is_not_bounced() {
-    let net = Net::start(PeerBehaviour { refuse: vec!["nobody".into()], ..Default::default() }, false);
+    let net = Net::start(
+        PeerBehaviour {
+            refuse: vec!["nobody".into()],
+            ..Default::default()
+        },
+        false,
+    );
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("mail");
-    let d = Daemon::start(&spool, net.dns.addr(), &["--remote-port", &net.peer_port.to_string()]);
+    let d = Daemon::start(
+        &spool,
+        net.dns.addr(),
+        &["--remote-port", &net.peer_port.to_string()],
+    );
     let mut c = d.connect();
     assert_eq!(c.send("", &["nobody@remote.test"], MSG).0, 250);
-    assert!(wait_until(Duration::from_secs(20), || d.log().contains("not bouncing to the null sender")), "{}", d.log());
+    assert!(
+        wait_until(Duration::from_secs(20), || d
+            .log()
+            .contains("not bouncing to the null sender")),
+        "{}",
+        d.log()
+    );
     assert!(wait_until(Duration::from_secs(5), || {
-        std::fs::read_dir(spool.join(".queue").join("entries")).unwrap().count() == 0
+        std::fs::read_dir(spool.join(".queue").join("entries"))
+            .unwrap()
+            .count()
+            == 0
     }));
 }

@@ -10,18 +10,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use smtp_client::testdns::TestDns;
-use smtp_server::{
-    BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsConfig,
-};
 use smtp_server::smtp_proto::address::{ForwardPath, ReversePath};
 use smtp_server::smtp_proto::param::RcptParams;
 use smtp_server::smtp_proto::{EnhancedCode, Reply};
+use smtp_server::{
+    BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsConfig,
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_smtp-server");
 
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// Polls `f` every 50 ms until it is true or `timeout` passes.
@@ -87,7 +91,13 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut d = Daemon { child, spool: spool.to_path_buf(), port, log, args };
+        let mut d = Daemon {
+            child,
+            spool: spool.to_path_buf(),
+            port,
+            log,
+            args,
+        };
         let ready = wait_until(Duration::from_secs(20), || {
             if let Ok(Some(_)) = d.child.try_wait() {
                 return true;
@@ -150,11 +160,18 @@ impl Drop for Daemon {
 
 /// The numbered messages of a spool mailbox.
 pub fn spool_messages(spool: &Path, user: &str) -> Vec<(u64, Vec<u8>)> {
-    let Ok(dir) = std::fs::read_dir(spool.join(user)) else { return Vec::new() };
+    let Ok(dir) = std::fs::read_dir(spool.join(user)) else {
+        return Vec::new();
+    };
     let mut out: Vec<(u64, Vec<u8>)> = dir
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
-        .map(|n| (n, std::fs::read(spool.join(user).join(n.to_string())).unwrap()))
+        .map(|n| {
+            (
+                n,
+                std::fs::read(spool.join(user).join(n.to_string())).unwrap(),
+            )
+        })
         .collect();
     out.sort();
     out
@@ -171,7 +188,11 @@ impl Smtp {
     pub fn connect(addr: SocketAddr) -> Smtp {
         let s = TcpStream::connect(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut c = Smtp { r: BufReader::new(s.try_clone().unwrap()), w: s, greeting: (0, String::new()) };
+        let mut c = Smtp {
+            r: BufReader::new(s.try_clone().unwrap()),
+            w: s,
+            greeting: (0, String::new()),
+        };
         c.greeting = c.reply();
         c
     }
@@ -251,7 +272,11 @@ pub struct Net {
 
 impl Net {
     pub fn start(behaviour: PeerBehaviour, tls: bool) -> Net {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
         let dns = rt
             .block_on(
                 TestDns::builder()
@@ -264,20 +289,33 @@ impl Net {
             .unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
         let attempts = Arc::new(Mutex::new(0));
-        let handler = Peer { b: Arc::new(behaviour), got: got.clone(), attempts: attempts.clone() };
+        let handler = Peer {
+            b: Arc::new(behaviour),
+            got: got.clone(),
+            attempts: attempts.clone(),
+        };
         let mut builder = smtp_server::Server::builder(handler)
             .hostname("mx.remote.test")
             .listen("127.0.0.1:0".parse().unwrap());
         if tls {
             let ck = rcgen::generate_simple_self_signed(vec!["mx.remote.test".into()]).unwrap();
-            let cfg = TlsConfig::from_pem(ck.cert.pem().as_bytes(), ck.signing_key.serialize_pem().as_bytes())
-                .unwrap();
+            let cfg = TlsConfig::from_pem(
+                ck.cert.pem().as_bytes(),
+                ck.signing_key.serialize_pem().as_bytes(),
+            )
+            .unwrap();
             builder = builder.tls(cfg);
         }
         let bound = rt.block_on(builder.bind()).unwrap();
         let peer_port = bound.local_addrs()[0].port();
         rt.spawn(bound.serve(std::future::pending()));
-        Net { rt, dns, peer_port, got, attempts }
+        Net {
+            rt,
+            dns,
+            peer_port,
+            got,
+            attempts,
+        }
     }
 
     pub fn got(&self) -> Vec<Got> {
@@ -300,15 +338,25 @@ struct PeerSession {
 impl Handler for Peer {
     type Session = PeerSession;
     async fn connect(&self, _: &ConnectionInfo) -> Result<PeerSession, Reply> {
-        Ok(PeerSession { b: self.b.clone(), got: self.got.clone(), attempts: self.attempts.clone() })
+        Ok(PeerSession {
+            b: self.b.clone(),
+            got: self.got.clone(),
+            attempts: self.attempts.clone(),
+        })
     }
 }
 
 impl SessionHandler for PeerSession {
-    async fn rcpt(&mut self, to: &ForwardPath<'static>, _: &RcptParams<'static>) -> Result<(), Reply> {
+    async fn rcpt(
+        &mut self,
+        to: &ForwardPath<'static>,
+        _: &RcptParams<'static>,
+    ) -> Result<(), Reply> {
         if let ForwardPath::Mailbox(m) = to {
             if self.b.refuse.iter().any(|r| r == m.local_part()) {
-                return Err(Reply::new(550, EnhancedCode::new(5, 1, 1), "no such user here").unwrap());
+                return Err(
+                    Reply::new(550, EnhancedCode::new(5, 1, 1), "no such user here").unwrap(),
+                );
             }
         }
         Ok(())

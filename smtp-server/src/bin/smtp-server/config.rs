@@ -271,7 +271,7 @@ pub fn format_duration(d: Duration) -> String {
         return format!("{}ms", d.as_millis());
     }
     for (unit, n) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
-        if s % n == 0 {
+        if (s / n) * n == s {
             return format!("{}{unit}", s / n);
         }
     }
