@@ -124,6 +124,10 @@ impl<H: Handler> Server<H> {
             let mut l = l;
             if l.addr.port() == 0 {
                 if let Ok(a) = socket.local_addr() {
+                    // A listener named after its address takes the port actually bound.
+                    if *l.name == *l.addr.to_string() {
+                        l.name = Arc::from(a.to_string());
+                    }
                     l.addr = a;
                 }
             }
