@@ -318,19 +318,17 @@ impl fmt::Display for ForwardPath<'_> {
 }
 
 // ---------------------------------------------------------------------------------------
-// Character classes, as 256-entry tables.
+// Character classes: one 256-entry table, one bit per class, so a scanner costs a load and
+// a test per byte.
 
-macro_rules! table {
-    ($class:ident) => {{
-        let mut t = [false; 256];
-        let mut i = 0;
-        while i < 256 {
-            t[i] = $class(i as u8);
-            i += 1;
-        }
-        t
-    }};
-}
+/// `atext` (RFC 5322), extended by RFC 6531 with `UTF8-non-ascii`.
+const ATEXT: u8 = 1;
+/// Letters, digits, hyphen, and UTF-8 non-ASCII (U-labels).
+const LDH: u8 = 2;
+/// `qtextSMTP` plus UTF-8 non-ASCII.
+const QTEXT: u8 = 4;
+/// `dcontent`
+const DCONTENT: u8 = 8;
 
 const fn atext_class(b: u8) -> bool {
     b.is_ascii_alphanumeric()
@@ -370,26 +368,40 @@ const fn dcontent_class(b: u8) -> bool {
     matches!(b, 33..=90 | 94..=126)
 }
 
-static ATEXT: [bool; 256] = table!(atext_class);
-static LDH: [bool; 256] = table!(ldh_class);
-static QTEXT: [bool; 256] = table!(qtext_class);
-static DCONTENT: [bool; 256] = table!(dcontent_class);
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        t[i] = (atext_class(b) as u8 * ATEXT)
+            | (ldh_class(b) as u8 * LDH)
+            | (qtext_class(b) as u8 * QTEXT)
+            | (dcontent_class(b) as u8 * DCONTENT);
+        i += 1;
+    }
+    t
+};
 
-/// `atext` (RFC 5322), extended by RFC 6531 with `UTF8-non-ascii`.
-pub(crate) fn is_atext(b: u8) -> bool {
-    ATEXT[b as usize]
+/// Length of the longest prefix of `i` whose bytes all have a class in `mask`.
+#[inline(always)]
+fn run(i: &[u8], mask: u8) -> usize {
+    i.iter()
+        .position(|&b| CLASS[b as usize] & mask == 0)
+        .unwrap_or(i.len())
 }
 
-fn is_ldh(b: u8) -> bool {
-    LDH[b as usize]
+/// `atext` (RFC 5322), extended by RFC 6531 with `UTF8-non-ascii`.
+#[inline]
+pub(crate) fn is_atext(b: u8) -> bool {
+    CLASS[b as usize] & ATEXT != 0
 }
 
 fn is_qtext(b: u8) -> bool {
-    QTEXT[b as usize]
+    CLASS[b as usize] & QTEXT != 0
 }
 
 fn is_dcontent(b: u8) -> bool {
-    DCONTENT[b as usize]
+    CLASS[b as usize] & DCONTENT != 0
 }
 
 fn is_dot_string(s: &[u8]) -> bool {
@@ -399,14 +411,23 @@ fn is_dot_string(s: &[u8]) -> bool {
 // ---------------------------------------------------------------------------------------
 // Parsers named after the RFC 5321 rules.
 
-/// `Atom = 1*atext`
-fn atom(i: &[u8]) -> Res<'_, &[u8]> {
-    take_while1(is_atext)(i)
-}
-
-/// `Dot-string = Atom *("." Atom)`
+/// `Dot-string = Atom *("." Atom)`, `Atom = 1*atext`
+///
+/// A dot not followed by an atom is left in the rest, as the grammar's repetition would.
+#[inline]
 fn dot_string(i: &[u8]) -> Res<'_, &[u8]> {
-    recognize((atom, many0_count((char('.'), atom)))).parse(i)
+    let mut n = run(i, ATEXT);
+    if n == 0 {
+        return Err(nom_error(i));
+    }
+    while let Some((b'.', after)) = i.get(n..).and_then(<[u8]>::split_first) {
+        let m = run(after, ATEXT);
+        if m == 0 {
+            break;
+        }
+        n += 1 + m;
+    }
+    Ok((&i[n..], &i[..n]))
 }
 
 /// `Quoted-string = DQUOTE *QcontentSMTP DQUOTE`
@@ -429,13 +450,7 @@ fn quoted_string(i: &[u8]) -> Res<'_, &[u8]> {
                 Some(32..=126) => rest = &rest[2..],
                 _ => return Err(nom_error(rest)),
             },
-            Some(&b) if is_qtext(b) => {
-                let n = rest
-                    .iter()
-                    .position(|&b| !is_qtext(b))
-                    .unwrap_or(rest.len());
-                rest = &rest[n..];
-            }
+            Some(&b) if is_qtext(b) => rest = &rest[run(rest, QTEXT)..],
             _ => return Err(nom_error(rest)),
         }
     }
@@ -448,17 +463,42 @@ fn nom_error(i: &[u8]) -> nom::Err<nom::error::Error<&[u8]>> {
 /// `sub-domain = Let-dig [Ldh-str]` (RFC 6531: `/ U-label`)
 ///
 /// `Let-dig = ALPHA / DIGIT`, `Ldh-str = *( ALPHA / DIGIT / "-" ) Let-dig`
-fn sub_domain(i: &[u8]) -> Res<'_, &[u8]> {
-    let (rest, label) = take_while1(is_ldh)(i)?;
-    if label.first() == Some(&b'-') || label.last() == Some(&b'-') {
-        return Err(nom_error(i));
+///
+/// Returns the label's length, 0 when there is none.
+#[inline(always)]
+fn sub_domain_len(i: &[u8]) -> usize {
+    let n = run(i, LDH);
+    match (i.first(), n.checked_sub(1).and_then(|l| i.get(l))) {
+        (Some(b'-'), _) | (_, Some(b'-')) | (_, None) => 0,
+        _ => n,
     }
-    Ok((rest, label))
+}
+
+/// `sub-domain = Let-dig [Ldh-str]` (RFC 6531: `/ U-label`)
+fn sub_domain(i: &[u8]) -> Res<'_, &[u8]> {
+    match sub_domain_len(i) {
+        0 => Err(nom_error(i)),
+        n => Ok((&i[n..], &i[..n])),
+    }
 }
 
 /// `Domain = sub-domain *("." sub-domain)`
+///
+/// A dot not followed by a label is left in the rest, as the grammar's repetition would.
+#[inline]
 fn domain(i: &[u8]) -> Res<'_, &[u8]> {
-    recognize((sub_domain, many0_count((char('.'), sub_domain)))).parse(i)
+    let mut n = sub_domain_len(i);
+    if n == 0 {
+        return Err(nom_error(i));
+    }
+    while let Some((b'.', after)) = i.get(n..).and_then(<[u8]>::split_first) {
+        let m = sub_domain_len(after);
+        if m == 0 {
+            break;
+        }
+        n += 1 + m;
+    }
+    Ok((&i[n..], &i[..n]))
 }
 
 /// `At-domain = "@" Domain`
@@ -650,7 +690,13 @@ pub(crate) fn path<'a>(
     Ok((rest, RawPath::Mailbox(m)))
 }
 
+/// `"Postmaster"`, any case.
+#[inline]
 fn postmaster(i: &[u8]) -> Option<&[u8]> {
+    // Most paths do not start with a `p`: test one byte before ten.
+    if i.first().map(|b| b | 0x20) != Some(b'p') {
+        return None;
+    }
     let head = i.get(..10)?;
     head.eq_ignore_ascii_case(b"postmaster").then(|| &i[10..])
 }

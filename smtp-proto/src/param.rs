@@ -14,8 +14,7 @@
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
-use nom::bytes::complete::take_while1;
-use nom::{IResult, Parser};
+use nom::IResult;
 
 use crate::address::sub;
 
@@ -365,29 +364,65 @@ pub fn xtext_decode(s: &str) -> Result<Cow<'_, str>, ParamError> {
 // ---------------------------------------------------------------------------------------
 // Parsers
 
-fn is_keyword_char(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-'
+/// `Let-dig / "-"`: an `esmtp-keyword` character.
+const KEYWORD: u8 = 1;
+/// `esmtp-value = 1*(%d33-60 / %d62-126)` (RFC 6531: `/ UTF8-non-ascii`)
+const VALUE: u8 = 2;
+
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            t[i] |= KEYWORD;
+        }
+        if matches!(b, 33..=60 | 62..=126) || b >= 0x80 {
+            t[i] |= VALUE;
+        }
+        i += 1;
+    }
+    t
+};
+
+/// Length of the longest prefix of `i` whose bytes all have a class in `mask`.
+#[inline(always)]
+fn run(i: &[u8], mask: u8) -> usize {
+    i.iter()
+        .position(|&b| CLASS[b as usize] & mask == 0)
+        .unwrap_or(i.len())
+}
+
+fn nom_error(i: &[u8]) -> nom::Err<nom::error::Error<&[u8]>> {
+    nom::Err::Error(nom::error::Error::new(i, nom::error::ErrorKind::Verify))
+}
+
+/// `esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")`
+#[inline(always)]
+fn esmtp_keyword(i: &[u8]) -> Res<'_, &[u8]> {
+    match run(i, KEYWORD) {
+        0 => Err(nom_error(i)),
+        _ if i.first() == Some(&b'-') => Err(nom_error(i)),
+        n => Ok((&i[n..], &i[..n])),
+    }
 }
 
 /// `esmtp-value = 1*(%d33-60 / %d62-126)` (RFC 6531: `/ UTF8-non-ascii`)
-fn is_value_char(b: u8) -> bool {
-    matches!(b, 33..=60 | 62..=126) || b >= 0x80
+#[inline(always)]
+fn esmtp_value(i: &[u8]) -> Res<'_, &[u8]> {
+    match run(i, VALUE) {
+        0 => Err(nom_error(i)),
+        n => Ok((&i[n..], &i[..n])),
+    }
 }
 
 /// `esmtp-param = esmtp-keyword ["=" esmtp-value]`
-///
-/// `esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")`
+#[inline(always)]
 fn esmtp_param(i: &[u8]) -> Res<'_, (&[u8], Option<&[u8]>)> {
-    let (rest, kw) = take_while1(is_keyword_char)(i)?;
-    if kw.first() == Some(&b'-') {
-        return Err(nom::Err::Error(nom::error::Error::new(
-            i,
-            nom::error::ErrorKind::Verify,
-        )));
-    }
+    let (rest, kw) = esmtp_keyword(i)?;
     match rest.split_first() {
         Some((b'=', r)) => {
-            let (rest, v) = take_while1(is_value_char).parse(r)?;
+            let (rest, v) = esmtp_value(r)?;
             Ok((rest, (kw, Some(v))))
         }
         _ => Ok((rest, (kw, None))),
@@ -396,11 +431,10 @@ fn esmtp_param(i: &[u8]) -> Res<'_, (&[u8], Option<&[u8]>)> {
 
 /// Splits `esmtp-param *(SP esmtp-param)` into keyword/value pairs and hands each to `f`.
 /// Several spaces between parameters are accepted.
-#[inline]
+#[inline(always)]
 fn each_param<'a>(
     mut i: &'a [u8],
-    text: &'a str,
-    mut f: impl FnMut(&'a str, Option<&'a str>) -> Result<(), ParamError>,
+    mut f: impl FnMut(&'a [u8], Option<&'a [u8]>) -> Result<(), ParamError>,
 ) -> Result<(), ParamError> {
     loop {
         while let Some((b' ', r)) = i.split_first() {
@@ -413,15 +447,16 @@ fn each_param<'a>(
         if !(rest.is_empty() || rest.first() == Some(&b' ')) {
             return Err(ParamError::Syntax);
         }
-        // The keyword is ASCII by construction; the value may hold UTF-8 (RFC 6531).
-        let k = sub(text, k).ok_or(ParamError::Syntax)?;
-        let v = match v {
-            Some(v) => Some(sub(text, v).ok_or(ParamError::Syntax)?),
-            None => None,
-        };
         f(k, v)?;
         i = rest;
     }
+}
+
+/// The text of a keyword or value. It cannot fail for a `text` that `i` was taken from: a
+/// keyword is ASCII and a value starts and ends next to ASCII bytes.
+#[inline]
+fn str_of<'a>(text: &'a str, piece: &[u8]) -> Result<&'a str, ParamError> {
+    sub(text, piece).ok_or(ParamError::Syntax)
 }
 
 fn set_once<T>(slot: &mut Option<T>, v: T) -> Result<(), ParamError> {
@@ -432,11 +467,18 @@ fn set_once<T>(slot: &mut Option<T>, v: T) -> Result<(), ParamError> {
     Ok(())
 }
 
+#[cold]
 fn push_other<'a>(
     other: &mut Vec<(&'a str, Option<&'a str>)>,
-    k: &'a str,
-    v: Option<&'a str>,
+    text: &'a str,
+    k: &[u8],
+    v: Option<&[u8]>,
 ) -> Result<(), ParamError> {
+    let k = str_of(text, k)?;
+    let v = match v {
+        Some(v) => Some(str_of(text, v)?),
+        None => None,
+    };
     if other.iter().any(|(o, _)| o.eq_ignore_ascii_case(k)) {
         return Err(ParamError::Duplicate);
     }
@@ -444,21 +486,68 @@ fn push_other<'a>(
     Ok(())
 }
 
+/// Case-insensitive comparison with an upper-case name; exact for every input byte.
 #[inline(always)]
-fn is(k: &str, name: &str) -> bool {
+fn is(k: &[u8], upper: &[u8]) -> bool {
     // Comparing lengths first skips most candidates without a case-folding loop.
-    k.len() == name.len() && k.eq_ignore_ascii_case(name)
+    k.len() == upper.len()
+        && k.iter()
+            .zip(upper)
+            .all(|(&a, &u)| a == u || (u.is_ascii_uppercase() && a == u | 0x20))
 }
 
-const MAIL_ONLY: [&str; 6] = ["SIZE", "BODY", "SMTPUTF8", "AUTH", "RET", "ENVID"];
-const RCPT_ONLY: [&str; 2] = ["NOTIFY", "ORCPT"];
+/// The keywords this module knows.
+#[derive(Clone, Copy)]
+enum Keyword {
+    Size,
+    Body,
+    SmtpUtf8,
+    Auth,
+    Ret,
+    Envid,
+    Notify,
+    Orcpt,
+    Other,
+}
+
+/// Recognises a keyword, case-insensitively, by its length first.
+#[inline(always)]
+fn keyword(k: &[u8]) -> Keyword {
+    match k.len() {
+        3 if is(k, b"RET") => Keyword::Ret,
+        4 if is(k, b"SIZE") => Keyword::Size,
+        4 if is(k, b"BODY") => Keyword::Body,
+        4 if is(k, b"AUTH") => Keyword::Auth,
+        5 if is(k, b"ENVID") => Keyword::Envid,
+        5 if is(k, b"ORCPT") => Keyword::Orcpt,
+        6 if is(k, b"NOTIFY") => Keyword::Notify,
+        8 if is(k, b"SMTPUTF8") => Keyword::SmtpUtf8,
+        _ => Keyword::Other,
+    }
+}
 
 /// `size-value = 1*20DIGIT` (RFC 1870)
-fn size_value(v: &str) -> Result<u64, ParamError> {
-    if v.is_empty() || v.len() > 20 || !v.bytes().all(|b| b.is_ascii_digit()) {
+#[inline]
+fn size_value(v: &[u8]) -> Result<u64, ParamError> {
+    if v.is_empty() || v.len() > 20 {
         return Err(ParamError::InvalidValue);
     }
-    v.parse().map_err(|_| ParamError::InvalidValue)
+    let mut n: u64 = 0;
+    for &d in v {
+        if !d.is_ascii_digit() {
+            return Err(ParamError::InvalidValue);
+        }
+        n = n
+            .checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(d - b'0')))
+            .ok_or(ParamError::InvalidValue)?;
+    }
+    Ok(n)
+}
+
+/// `xtext` value, decoded.
+fn xtext_value<'a>(text: &'a str, v: Option<&[u8]>) -> Result<Cow<'a, str>, ParamError> {
+    xtext_decode(str_of(text, v.ok_or(ParamError::InvalidValue)?)?)
 }
 
 #[inline]
@@ -467,19 +556,21 @@ pub(crate) fn parse_mail_params<'a>(
     text: &'a str,
 ) -> Result<MailParams<'a>, ParamError> {
     let mut p = MailParams::default();
-    each_param(i, text, |k, v| {
-        if is(k, "SIZE") {
+    each_param(i, |k, v| match keyword(k) {
+        Keyword::Size => {
             let n = size_value(v.ok_or(ParamError::InvalidValue)?)?;
             set_once(&mut p.size, n)
-        } else if is(k, "BODY") {
+        }
+        Keyword::Body => {
             let b = match v {
-                Some(v) if is(v, "7BIT") => Body::SevenBit,
-                Some(v) if is(v, "8BITMIME") => Body::EightBitMime,
-                Some(v) if is(v, "BINARYMIME") => Body::BinaryMime,
+                Some(v) if is(v, b"7BIT") => Body::SevenBit,
+                Some(v) if is(v, b"8BITMIME") => Body::EightBitMime,
+                Some(v) if is(v, b"BINARYMIME") => Body::BinaryMime,
                 _ => return Err(ParamError::InvalidValue),
             };
             set_once(&mut p.body, b)
-        } else if is(k, "SMTPUTF8") {
+        }
+        Keyword::SmtpUtf8 => {
             if v.is_some() {
                 return Err(ParamError::InvalidValue);
             }
@@ -488,44 +579,43 @@ pub(crate) fn parse_mail_params<'a>(
             }
             p.smtputf8 = true;
             Ok(())
-        } else if is(k, "AUTH") {
-            let a = xtext_decode(v.ok_or(ParamError::InvalidValue)?)?;
+        }
+        Keyword::Auth => {
+            let a = xtext_value(text, v)?;
             set_once(&mut p.auth, a)
-        } else if is(k, "RET") {
+        }
+        Keyword::Ret => {
             let r = match v {
-                Some(v) if is(v, "FULL") => Ret::Full,
-                Some(v) if is(v, "HDRS") => Ret::Hdrs,
+                Some(v) if is(v, b"FULL") => Ret::Full,
+                Some(v) if is(v, b"HDRS") => Ret::Hdrs,
                 _ => return Err(ParamError::InvalidValue),
             };
             set_once(&mut p.ret, r)
-        } else if is(k, "ENVID") {
-            let e = xtext_decode(v.ok_or(ParamError::InvalidValue)?)?;
-            set_once(&mut p.envid, e)
-        } else if RCPT_ONLY.iter().any(|n| is(k, n)) {
-            Err(ParamError::WrongCommand)
-        } else {
-            push_other(&mut p.other, k, v)
         }
+        Keyword::Envid => {
+            let e = xtext_value(text, v)?;
+            set_once(&mut p.envid, e)
+        }
+        Keyword::Notify | Keyword::Orcpt => Err(ParamError::WrongCommand),
+        Keyword::Other => push_other(&mut p.other, text, k, v),
     })?;
     Ok(p)
 }
 
 /// `notify-esmtp-value = "NEVER" / 1#notify-list-element` (RFC 3461)
-fn notify_value(v: &str) -> Result<Notify, ParamError> {
-    if is(v, "NEVER") {
+#[inline]
+fn notify_value(v: &[u8]) -> Result<Notify, ParamError> {
+    if is(v, b"NEVER") {
         return Ok(Notify::NEVER);
     }
     let mut n = Notify::NEVER;
-    for item in v.split(',') {
-        let flag = if is(item, "SUCCESS") {
-            &mut n.success
-        } else if is(item, "FAILURE") {
-            &mut n.failure
-        } else if is(item, "DELAY") {
-            &mut n.delay
-        } else {
+    for item in v.split(|&b| b == b',') {
+        let flag = match item.len() {
+            7 if is(item, b"SUCCESS") => &mut n.success,
+            7 if is(item, b"FAILURE") => &mut n.failure,
+            5 if is(item, b"DELAY") => &mut n.delay,
             // Includes NEVER in a list, which RFC 3461 makes exclusive, and empty items.
-            return Err(ParamError::InvalidValue);
+            _ => return Err(ParamError::InvalidValue),
         };
         *flag = true;
     }
@@ -550,18 +640,22 @@ pub(crate) fn parse_rcpt_params<'a>(
     text: &'a str,
 ) -> Result<RcptParams<'a>, ParamError> {
     let mut p = RcptParams::default();
-    each_param(i, text, |k, v| {
-        if is(k, "NOTIFY") {
+    each_param(i, |k, v| match keyword(k) {
+        Keyword::Notify => {
             let n = notify_value(v.ok_or(ParamError::InvalidValue)?)?;
             set_once(&mut p.notify, n)
-        } else if is(k, "ORCPT") {
-            let o = orcpt_value(v.ok_or(ParamError::InvalidValue)?)?;
-            set_once(&mut p.orcpt, o)
-        } else if MAIL_ONLY.iter().any(|n| is(k, n)) {
-            Err(ParamError::WrongCommand)
-        } else {
-            push_other(&mut p.other, k, v)
         }
+        Keyword::Orcpt => {
+            let o = orcpt_value(str_of(text, v.ok_or(ParamError::InvalidValue)?)?)?;
+            set_once(&mut p.orcpt, o)
+        }
+        Keyword::Size
+        | Keyword::Body
+        | Keyword::SmtpUtf8
+        | Keyword::Auth
+        | Keyword::Ret
+        | Keyword::Envid => Err(ParamError::WrongCommand),
+        Keyword::Other => push_other(&mut p.other, text, k, v),
     })?;
     Ok(p)
 }

@@ -1,5 +1,4 @@
 //! `MAIL` and `RCPT`.
-use nom::bytes::complete::tag_no_case;
 use nom::IResult;
 
 use super::{Command, CommandErrorKind, Limits};
@@ -9,11 +8,22 @@ use crate::param::{parse_mail_params, parse_rcpt_params};
 const MAIL_HINT: &str = "Syntax: MAIL FROM:<address> [parameters]";
 const RCPT_HINT: &str = "Syntax: RCPT TO:<address> [parameters]";
 
-/// `"FROM:"` or `"TO:"`, then (leniently) any spaces.
-fn keyword<'a>(kw: &'static str) -> impl Fn(&'a [u8]) -> IResult<&'a [u8], &'a [u8]> {
-    move |i| {
-        let (rest, k) = tag_no_case(kw)(i)?;
-        Ok((super::skip_spaces(rest), k))
+/// `"FROM:"` or `"TO:"` (`upper`, any case), then (leniently) any spaces.
+#[inline(always)]
+fn keyword<'a>(upper: &'static [u8]) -> impl Fn(&'a [u8]) -> IResult<&'a [u8], &'a [u8]> {
+    move |i: &'a [u8]| match i.get(..upper.len()) {
+        // Exact for every byte: letters compare without case, `:` exactly.
+        Some(k)
+            if k.iter()
+                .zip(upper)
+                .all(|(&a, &u)| a == u || (u.is_ascii_uppercase() && a == u | 0x20)) =>
+        {
+            Ok((super::skip_spaces(&i[upper.len()..]), k))
+        }
+        _ => Err(nom::Err::Error(nom::error::Error::new(
+            i,
+            nom::error::ErrorKind::Tag,
+        ))),
     }
 }
 
@@ -34,7 +44,7 @@ pub(super) fn mail<'a>(
     limits: &Limits,
 ) -> Result<Command<'a>, CommandErrorKind> {
     let a = args.ok_or(CommandErrorKind::Syntax(MAIL_HINT))?;
-    let (p, _) = keyword("FROM:")(a).map_err(|_| CommandErrorKind::Syntax(MAIL_HINT))?;
+    let (p, _) = keyword(b"FROM:")(a).map_err(|_| CommandErrorKind::Syntax(MAIL_HINT))?;
     if p.is_empty() {
         return Err(CommandErrorKind::Syntax(MAIL_HINT));
     }
@@ -63,7 +73,7 @@ pub(super) fn rcpt<'a>(
     limits: &Limits,
 ) -> Result<Command<'a>, CommandErrorKind> {
     let a = args.ok_or(CommandErrorKind::Syntax(RCPT_HINT))?;
-    let (p, _) = keyword("TO:")(a).map_err(|_| CommandErrorKind::Syntax(RCPT_HINT))?;
+    let (p, _) = keyword(b"TO:")(a).map_err(|_| CommandErrorKind::Syntax(RCPT_HINT))?;
     if p.is_empty() {
         return Err(CommandErrorKind::Syntax(RCPT_HINT));
     }
