@@ -414,7 +414,7 @@ fn is_dot_string(s: &[u8]) -> bool {
 /// `Dot-string = Atom *("." Atom)`, `Atom = 1*atext`
 ///
 /// A dot not followed by an atom is left in the rest, as the grammar's repetition would.
-#[inline]
+#[inline(always)]
 fn dot_string(i: &[u8]) -> Res<'_, &[u8]> {
     let mut n = run(i, ATEXT);
     if n == 0 {
@@ -485,7 +485,7 @@ fn sub_domain(i: &[u8]) -> Res<'_, &[u8]> {
 /// `Domain = sub-domain *("." sub-domain)`
 ///
 /// A dot not followed by a label is left in the rest, as the grammar's repetition would.
-#[inline]
+#[inline(always)]
 fn domain(i: &[u8]) -> Res<'_, &[u8]> {
     let mut n = sub_domain_len(i);
     if n == 0 {
@@ -554,11 +554,13 @@ fn strip_prefix_ignore_case<'s>(s: &'s str, prefix: &str) -> Option<&'s str> {
 
 /// The part of `text` that `piece` (a sub-slice of `text`'s bytes) covers, so that UTF-8 is
 /// validated once per line rather than once per piece.
+#[inline(always)]
 pub(crate) fn sub<'a>(text: &'a str, piece: &[u8]) -> Option<&'a str> {
     let off = (piece.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
     text.get(off..off.checked_add(piece.len())?)
 }
 
+#[inline(always)]
 fn utf8<'a>(text: &'a str, b: &[u8]) -> Result<&'a str, AddressError> {
     sub(text, b).ok_or(AddressError::InvalidUtf8)
 }
@@ -566,7 +568,7 @@ fn utf8<'a>(text: &'a str, b: &[u8]) -> Result<&'a str, AddressError> {
 /// `Mailbox = Local-part "@" ( Domain / address-literal )`
 ///
 /// `Local-part = Dot-string / Quoted-string`
-#[inline]
+#[inline(always)]
 pub(crate) fn mailbox<'a>(
     i: &'a [u8],
     text: &'a str,
@@ -611,7 +613,7 @@ pub(crate) fn mailbox<'a>(
 }
 
 /// `Domain / address-literal`, with the domain length limit.
-#[inline]
+#[inline(always)]
 fn domain_or_literal<'a>(
     i: &'a [u8],
     text: &'a str,
@@ -642,7 +644,7 @@ pub(crate) enum RawPath<'a> {
 ///
 /// Leniently (as Postfix does by default), a bare mailbox or `postmaster` without angle
 /// brackets is accepted too; it ends at a space or the end of the input.
-#[inline]
+#[inline(always)]
 pub(crate) fn path<'a>(
     i: &'a [u8],
     text: &'a str,

@@ -1,7 +1,7 @@
 //! `MAIL` and `RCPT`.
 use nom::IResult;
 
-use super::{Command, CommandErrorKind, Limits};
+use super::{done, Command, CommandErrorKind, Limits, Parsed};
 use crate::address::{self, ForwardPath, RawPath, ReversePath};
 use crate::param::{parse_mail_params, parse_rcpt_params};
 
@@ -36,9 +36,29 @@ fn after_path(rest: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// [`mail`], as [`super::parse_command`] returns it.
+pub(super) fn mail_line<'a>(
+    args: Option<&'a [u8]>,
+    text: &'a str,
+    limits: &Limits,
+    consumed: usize,
+) -> Parsed<'a> {
+    done(mail(args, text, limits), consumed)
+}
+
+/// [`rcpt`], as [`super::parse_command`] returns it.
+pub(super) fn rcpt_line<'a>(
+    args: Option<&'a [u8]>,
+    text: &'a str,
+    limits: &Limits,
+    consumed: usize,
+) -> Parsed<'a> {
+    done(rcpt(args, text, limits), consumed)
+}
+
 /// `mail = "MAIL FROM:" Reverse-path [SP Mail-parameters] CRLF`
-#[inline]
-pub(super) fn mail<'a>(
+#[inline(always)]
+fn mail<'a>(
     args: Option<&'a [u8]>,
     text: &'a str,
     limits: &Limits,
@@ -66,8 +86,8 @@ pub(super) fn mail<'a>(
 
 /// `rcpt = "RCPT TO:" ( "<Postmaster@" Domain ">" / "<Postmaster>" / Forward-path )
 /// [SP Rcpt-parameters] CRLF`
-#[inline]
-pub(super) fn rcpt<'a>(
+#[inline(always)]
+fn rcpt<'a>(
     args: Option<&'a [u8]>,
     text: &'a str,
     limits: &Limits,

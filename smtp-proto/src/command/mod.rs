@@ -379,10 +379,7 @@ pub fn parse_command<'a>(
                     })
                 }
             };
-            match command(line, input, limits) {
-                Ok(c) => Ok(Some((c, consumed))),
-                Err(kind) => Err(CommandError { kind, consumed }),
-            }
+            command(line, input, limits, consumed)
         }
         None if input.len() < max => Ok(None),
         None => {
@@ -510,44 +507,44 @@ fn verb(line: &[u8]) -> Option<(Verb, usize)> {
 
 /// `command = verb [SP arguments]` for one line without its CRLF, at the start of `input`.
 #[inline(always)]
-fn command<'a>(
-    line: &'a [u8],
-    input: &'a [u8],
-    limits: &Limits,
-) -> Result<Command<'a>, CommandErrorKind> {
+fn command<'a>(line: &'a [u8], input: &'a [u8], limits: &Limits, consumed: usize) -> Parsed<'a> {
     // Lenient: trailing spaces and tabs are ignored.
     let end = line
         .iter()
         .rposition(|&b| b != b' ' && b != b'\t')
         .map_or(0, |p| p + 1);
     let line = &line[..end];
-    let (verb, vlen) = verb(line).ok_or(CommandErrorKind::UnknownCommand)?;
+    let Some((verb, vlen)) = verb(line) else {
+        return done(Err(CommandErrorKind::UnknownCommand), consumed);
+    };
     let from = match line.get(vlen) {
         None => {
             // Nothing after the verb: no text to check, and nothing to slice.
-            return match verb {
-                Verb::Data => Ok(Command::Data),
-                Verb::Rset => Ok(Command::Rset),
-                Verb::Quit => Ok(Command::Quit),
-                Verb::StartTls => Ok(Command::StartTls),
-                Verb::Noop => Ok(Command::Noop),
-                _ => with_args(verb, None, "", limits),
+            let c = match verb {
+                Verb::Data => Command::Data,
+                Verb::Rset => Command::Rset,
+                Verb::Quit => Command::Quit,
+                Verb::StartTls => Command::StartTls,
+                Verb::Noop => Command::Noop,
+                _ => return with_args(verb, None, "", limits, consumed),
             };
+            return Ok(Some((c, consumed)));
         }
         Some(b' ') => vlen + 1,
-        Some(_) => return Err(CommandErrorKind::UnknownCommand),
+        Some(_) => return done(Err(CommandErrorKind::UnknownCommand), consumed),
     };
     let args = skip_spaces(&line[from..]);
     // UTF-8 is checked once for the arguments; the parsers below slice this `&str`.
     let Some(text) = text_covering(input, from, end) else {
-        return Err(match verb {
+        let kind = match verb {
             Verb::Mail => CommandErrorKind::BadSender(AddressError::InvalidUtf8),
             Verb::Rcpt => CommandErrorKind::BadRecipient(AddressError::InvalidUtf8),
             Verb::Unimplemented => CommandErrorKind::NotImplemented,
             _ => CommandErrorKind::Syntax("Syntax error: the line is not valid UTF-8"),
-        });
+        };
+        return done(Err(kind), consumed);
     };
-    with_args(verb, Some(args), text, limits)
+    with_args(verb, Some(args), text, limits, consumed)
 }
 
 /// A `&str` that covers `input[from..end]`, or `None` when those bytes are not UTF-8.
@@ -577,12 +574,14 @@ fn with_args<'a>(
     args: Option<&'a [u8]>,
     text: &'a str,
     limits: &Limits,
-) -> Result<Command<'a>, CommandErrorKind> {
-    match verb {
+    consumed: usize,
+) -> Parsed<'a> {
+    // MAIL and RCPT build their command in the caller's result, not in a temporary.
+    let r = match verb {
+        Verb::Mail => return mail::mail_line(args, text, limits, consumed),
+        Verb::Rcpt => return mail::rcpt_line(args, text, limits, consumed),
         Verb::Ehlo => hello::ehlo(args, text).map(Command::Ehlo),
         Verb::Helo => hello::helo(args, text).map(Command::Helo),
-        Verb::Mail => mail::mail(args, text, limits),
-        Verb::Rcpt => mail::rcpt(args, text, limits),
         Verb::Data => simple::no_args(args, Command::Data, "Syntax: DATA"),
         Verb::Rset => simple::no_args(args, Command::Rset, "Syntax: RSET"),
         Verb::Quit => simple::no_args(args, Command::Quit, "Syntax: QUIT"),
@@ -594,6 +593,19 @@ fn with_args<'a>(
         Verb::Auth => auth::auth(args, text),
         Verb::Bdat => bdat::bdat(args),
         Verb::Unimplemented => Err(CommandErrorKind::NotImplemented),
+    };
+    done(r, consumed)
+}
+
+/// What [`parse_command`] returns.
+type Parsed<'a> = Result<Option<(Command<'a>, usize)>, CommandError>;
+
+/// A line's outcome as [`parse_command`] returns it.
+#[inline(always)]
+fn done(r: Result<Command<'_>, CommandErrorKind>, consumed: usize) -> Parsed<'_> {
+    match r {
+        Ok(c) => Ok(Some((c, consumed))),
+        Err(kind) => Err(CommandError { kind, consumed }),
     }
 }
 
