@@ -557,8 +557,10 @@ impl<H: Handler> Connection<H> {
         match next {
             Next::Accept => self.io.session.accept(),
             Next::Respond(r) => self.io.session.respond(r),
-            Next::Data => self.data().await,
-            Next::StartTls => return self.starttls().await,
+            // Boxed: these run rarely (once per message, once per connection) and their
+            // state would otherwise enlarge every idle connection's task.
+            Next::Data => Box::pin(self.data()).await,
+            Next::StartTls => return Box::pin(self.starttls()).await,
             Next::Nothing => {}
         }
         true
@@ -618,19 +620,23 @@ impl<H: Handler> Connection<H> {
         let Stream::Plain(tcp) = std::mem::replace(&mut self.io.stream, Stream::Gone) else {
             return false;
         };
-        let handshake = tls.acceptor().accept(tcp);
-        let stream =
-            match tokio::time::timeout(self.io.common.limits.command_timeout, handshake).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    debug!(error = %e, "TLS handshake failed");
-                    return false;
-                }
-                Err(_) => {
-                    debug!("TLS handshake timed out");
-                    return false;
-                }
-            };
+        // Boxed: a handshake's state is large and would otherwise be part of every idle
+        // connection's task.
+        let handshake = Box::pin(tokio::time::timeout(
+            self.io.common.limits.command_timeout,
+            tls.acceptor().accept(tcp),
+        ));
+        let stream = match handshake.await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                debug!(error = %e, "TLS handshake failed");
+                return false;
+            }
+            Err(_) => {
+                debug!("TLS handshake timed out");
+                return false;
+            }
+        };
         let info: TlsInfo = tls_info(stream.get_ref().1);
         debug!(protocol = %info.protocol, cipher = %info.cipher, "TLS established");
         self.io.stream = Stream::Tls(Box::new(stream));
@@ -660,8 +666,11 @@ pub(crate) async fn implicit_tls(
     tcp: TcpStream,
 ) -> Option<(TlsStream<TcpStream>, TlsInfo)> {
     let tls = common.tls.as_ref()?;
-    let handshake = tls.acceptor().accept(tcp);
-    match tokio::time::timeout(common.limits.command_timeout, handshake).await {
+    let handshake = Box::pin(tokio::time::timeout(
+        common.limits.command_timeout,
+        tls.acceptor().accept(tcp),
+    ));
+    match handshake.await {
         Ok(Ok(s)) => {
             let info = tls_info(s.get_ref().1);
             Some((s, info))

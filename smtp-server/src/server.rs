@@ -418,23 +418,21 @@ async fn accept_loop<H: Handler>(
         let handler = Arc::clone(&handler);
         let common = Arc::clone(&common);
         let implicit = listener.implicit_tls;
-        tokio::spawn(
-            async move {
-                let _guard = guard;
-                let mut info = info;
-                let stream = if implicit {
-                    let Some((tls, tls_info)) = implicit_tls(&common, tcp).await else {
-                        return;
-                    };
-                    info.tls = Some(tls_info);
-                    Stream::Tls(Box::new(tls))
-                } else {
-                    Stream::Plain(tcp)
+        let connection = async move {
+            let _guard = guard;
+            let mut info = info;
+            let stream = if implicit {
+                let Some((tls, tls_info)) = implicit_tls(&common, tcp).await else {
+                    return;
                 };
-                Connection::new(handler, common, stream, info).run().await;
-            }
-            .instrument(span),
-        );
+                info.tls = Some(tls_info);
+                Stream::Tls(Box::new(tls))
+            } else {
+                Stream::Plain(tcp)
+            };
+            Connection::new(handler, common, stream, info).run().await;
+        };
+        tokio::spawn(connection.instrument(span));
     }
 }
 
