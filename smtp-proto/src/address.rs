@@ -640,21 +640,71 @@ pub(crate) enum RawPath<'a> {
     Mailbox(Mailbox<'a>),
 }
 
+/// The type a path is parsed into: each form is accepted or refused as it is found, so the
+/// mailbox is built in its final place rather than moved through [`RawPath`].
+pub(crate) trait PathForm<'a>: Sized {
+    /// `<>`
+    fn null() -> Result<Self, AddressError>;
+    /// `<Postmaster>`
+    fn postmaster() -> Result<Self, AddressError>;
+    /// A mailbox.
+    fn mailbox(m: Mailbox<'a>) -> Self;
+}
+
+impl<'a> PathForm<'a> for RawPath<'a> {
+    fn null() -> Result<Self, AddressError> {
+        Ok(RawPath::Null)
+    }
+    fn postmaster() -> Result<Self, AddressError> {
+        Ok(RawPath::Postmaster)
+    }
+    #[inline(always)]
+    fn mailbox(m: Mailbox<'a>) -> Self {
+        RawPath::Mailbox(m)
+    }
+}
+
+impl<'a> PathForm<'a> for ReversePath<'a> {
+    fn null() -> Result<Self, AddressError> {
+        Ok(ReversePath::Null)
+    }
+    fn postmaster() -> Result<Self, AddressError> {
+        Err(AddressError::MailboxRequired)
+    }
+    #[inline(always)]
+    fn mailbox(m: Mailbox<'a>) -> Self {
+        ReversePath::Mailbox(m)
+    }
+}
+
+impl<'a> PathForm<'a> for ForwardPath<'a> {
+    fn null() -> Result<Self, AddressError> {
+        Err(AddressError::MailboxRequired)
+    }
+    fn postmaster() -> Result<Self, AddressError> {
+        Ok(ForwardPath::Postmaster)
+    }
+    #[inline(always)]
+    fn mailbox(m: Mailbox<'a>) -> Self {
+        ForwardPath::Mailbox(m)
+    }
+}
+
 /// `Path = "<" [ A-d-l ":" ] Mailbox ">"`, and also `"<>"` and `"<Postmaster>"`.
 ///
 /// Leniently (as Postfix does by default), a bare mailbox or `postmaster` without angle
 /// brackets is accepted too; it ends at a space or the end of the input.
 #[inline(always)]
-pub(crate) fn path<'a>(
+pub(crate) fn path<'a, P: PathForm<'a>>(
     i: &'a [u8],
     text: &'a str,
     limits: &Limits,
-) -> Result<(&'a [u8], RawPath<'a>), AddressError> {
+) -> Result<(&'a [u8], P), AddressError> {
     let Some((b'<', inner)) = i.split_first() else {
         // Lenient form without angle brackets.
         if let Some(rest) = postmaster(i) {
             if rest.is_empty() || rest.first() == Some(&b' ') {
-                return Ok((rest, RawPath::Postmaster));
+                return Ok((rest, P::postmaster()?));
             }
         }
         let (rest, m) = mailbox(i, text, limits)?;
@@ -664,14 +714,14 @@ pub(crate) fn path<'a>(
         if !(rest.is_empty() || rest.first() == Some(&b' ')) {
             return Err(AddressError::Syntax);
         }
-        return Ok((rest, RawPath::Mailbox(m)));
+        return Ok((rest, P::mailbox(m)));
     };
     if let Some((b'>', rest)) = inner.split_first() {
-        return Ok((rest, RawPath::Null));
+        return Ok((rest, P::null()?));
     }
     if let Some(r) = postmaster(inner) {
         if let Some((b'>', rest)) = r.split_first() {
-            return Ok((rest, RawPath::Postmaster));
+            return Ok((rest, P::postmaster()?));
         }
     }
     let mut after_route = inner;
@@ -689,16 +739,21 @@ pub(crate) fn path<'a>(
     if i.len() - rest.len() > limits.max_path {
         return Err(AddressError::PathTooLong);
     }
-    Ok((rest, RawPath::Mailbox(m)))
+    Ok((rest, P::mailbox(m)))
 }
 
 /// `"Postmaster"`, any case.
-#[inline]
+#[inline(always)]
 fn postmaster(i: &[u8]) -> Option<&[u8]> {
     // Most paths do not start with a `p`: test one byte before ten.
-    if i.first().map(|b| b | 0x20) != Some(b'p') {
-        return None;
+    match i.first() {
+        Some(b'p' | b'P') => postmaster_slow(i),
+        _ => None,
     }
+}
+
+#[inline(never)]
+fn postmaster_slow(i: &[u8]) -> Option<&[u8]> {
     let head = i.get(..10)?;
     head.eq_ignore_ascii_case(b"postmaster").then(|| &i[10..])
 }
@@ -752,7 +807,7 @@ pub fn parse_path(s: &str) -> Result<Mailbox<'_>, AddressError> {
     if !s.starts_with('<') {
         return Err(AddressError::Syntax);
     }
-    match all(path(s.as_bytes(), s, &Limits::default()))? {
+    match all(path::<RawPath<'_>>(s.as_bytes(), s, &Limits::default()))? {
         RawPath::Mailbox(m) => Ok(m),
         RawPath::Null | RawPath::Postmaster => Err(AddressError::MailboxRequired),
     }
@@ -763,7 +818,7 @@ pub fn parse_path(s: &str) -> Result<Mailbox<'_>, AddressError> {
 /// # Errors
 /// An [`AddressError`]; `<postmaster>` gives [`AddressError::MailboxRequired`].
 pub fn parse_reverse_path(s: &str) -> Result<ReversePath<'_>, AddressError> {
-    match all(path(s.as_bytes(), s, &Limits::default()))? {
+    match all(path::<RawPath<'_>>(s.as_bytes(), s, &Limits::default()))? {
         RawPath::Null => Ok(ReversePath::Null),
         RawPath::Mailbox(m) => Ok(ReversePath::Mailbox(m)),
         RawPath::Postmaster => Err(AddressError::MailboxRequired),
@@ -775,7 +830,7 @@ pub fn parse_reverse_path(s: &str) -> Result<ReversePath<'_>, AddressError> {
 /// # Errors
 /// An [`AddressError`]; `<>` gives [`AddressError::MailboxRequired`].
 pub fn parse_forward_path(s: &str) -> Result<ForwardPath<'_>, AddressError> {
-    match all(path(s.as_bytes(), s, &Limits::default()))? {
+    match all(path::<RawPath<'_>>(s.as_bytes(), s, &Limits::default()))? {
         RawPath::Postmaster => Ok(ForwardPath::Postmaster),
         RawPath::Mailbox(m) => Ok(ForwardPath::Mailbox(m)),
         RawPath::Null => Err(AddressError::MailboxRequired),

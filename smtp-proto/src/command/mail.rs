@@ -2,7 +2,7 @@
 use nom::IResult;
 
 use super::{done, Command, CommandErrorKind, Limits, Parsed};
-use crate::address::{self, ForwardPath, RawPath, ReversePath};
+use crate::address::{self, ForwardPath, ReversePath};
 use crate::param::{parse_mail_params, parse_rcpt_params};
 
 const MAIL_HINT: &str = "Syntax: MAIL FROM:<address> [parameters]";
@@ -68,16 +68,8 @@ fn mail<'a>(
     if p.is_empty() {
         return Err(CommandErrorKind::Syntax(MAIL_HINT));
     }
-    let (rest, path) = address::path(p, text, limits).map_err(CommandErrorKind::BadSender)?;
-    let from = match path {
-        RawPath::Null => ReversePath::Null,
-        RawPath::Mailbox(m) => ReversePath::Mailbox(m),
-        RawPath::Postmaster => {
-            return Err(CommandErrorKind::BadSender(
-                address::AddressError::MailboxRequired,
-            ))
-        }
-    };
+    let (rest, from): (_, ReversePath<'a>) =
+        address::path(p, text, limits).map_err(CommandErrorKind::BadSender)?;
     let params =
         after_path(rest).ok_or(CommandErrorKind::BadSender(address::AddressError::Syntax))?;
     let params = parse_mail_params(params, text).map_err(CommandErrorKind::Parameter)?;
@@ -97,16 +89,8 @@ fn rcpt<'a>(
     if p.is_empty() {
         return Err(CommandErrorKind::Syntax(RCPT_HINT));
     }
-    let (rest, path) = address::path(p, text, limits).map_err(CommandErrorKind::BadRecipient)?;
-    let to = match path {
-        RawPath::Postmaster => ForwardPath::Postmaster,
-        RawPath::Mailbox(m) => ForwardPath::Mailbox(m),
-        RawPath::Null => {
-            return Err(CommandErrorKind::BadRecipient(
-                address::AddressError::MailboxRequired,
-            ))
-        }
-    };
+    let (rest, to): (_, ForwardPath<'a>) =
+        address::path(p, text, limits).map_err(CommandErrorKind::BadRecipient)?;
     let params = after_path(rest).ok_or(CommandErrorKind::BadRecipient(
         address::AddressError::Syntax,
     ))?;
