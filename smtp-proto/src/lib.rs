@@ -62,10 +62,10 @@ pub mod param;
 pub mod reply;
 pub mod session;
 
+pub use address::{parse_mailbox, Domain, ForwardPath, Mailbox, MailboxBuf, ReversePath};
+pub use command::{parse_command, Command, CommandError, CommandErrorKind};
 pub use data::{
     encode_data, BareLineEnding, DataConfig, DataDecoder, DataEncoder, DataError, DataStatus,
 };
 pub use ehlo::{parse_ehlo, Capability, EhloError, EhloReply};
 pub use reply::{parse_reply, EnhancedCode, Reply, ReplyError, Severity};
-pub use command::{parse_command, Command, CommandError, CommandErrorKind};
-pub use address::{parse_mailbox, Domain, ForwardPath, Mailbox, MailboxBuf, ReversePath};
