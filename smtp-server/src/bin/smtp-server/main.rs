@@ -28,7 +28,7 @@ use smtp_server::handler::{
     BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsInfo,
 };
 use tokio::sync::{watch, Notify};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, Format};
 use crate::headers::{Protocol, Received, MAX_HOPS};
@@ -88,7 +88,13 @@ fn init_logging(cfg: &Config) -> Result<(), Fatal> {
         .map_err(|e| fatal("--log-level", format!("{:?}: {e}", cfg.log_level)))?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     match &cfg.log_file {
-        None => builder.with_writer(std::io::stderr).init(),
+        None => {
+            use std::io::IsTerminal;
+            builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .init();
+        }
         Some(path) => {
             let file = std::fs::OpenOptions::new()
                 .create(true)
@@ -490,7 +496,8 @@ impl SessionHandler for Session {
             .await
         {
             Ok(stored) => {
-                info!(session = self.session_id, id = %id, from = %envelope.from,
+                // The library logs each transaction once at info; this adds where it went.
+                debug!(session = self.session_id, id = %id, from = %envelope.from,
                       rcpts = envelope.rcpts.len(), local = stored.mailboxes,
                       queued = ?stored.queue_id.as_ref().map(|q| q.to_string()), "message accepted");
                 if let Some(q) = stored.queue_id {
