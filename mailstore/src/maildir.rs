@@ -20,10 +20,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::error::{io_err, Result};
 use crate::fsutil::{ensure_dir, fsync_dir};
 use crate::name::MailboxName;
-use crate::pending::{clean_staging, link_or_copy, PendingMessage};
+use crate::pending::{link_or_copy, open_store_root, PendingMessage};
 use crate::{DeliveryId, Store};
-
-const STAGING: &str = ".tmp";
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -47,13 +45,7 @@ impl Maildir {
     /// # Errors
     /// [`crate::Error::Io`] if the directories cannot be created.
     pub fn open(root: impl AsRef<Path>) -> Result<Maildir> {
-        let root = root.as_ref().to_path_buf();
-        fs::create_dir_all(&root).map_err(io_err("mkdir", &root))?;
-        let staging = root.join(STAGING);
-        if ensure_dir(&staging)? {
-            fsync_dir(&root)?;
-        }
-        clean_staging(&staging);
+        let (root, staging) = open_store_root(root.as_ref())?;
         Ok(Maildir {
             inner: Arc::new(Inner {
                 root,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::error::{io_err, Error, Result};
-use crate::fsutil::{self, create_new, is_errno};
+use crate::fsutil::{self, create_new, ensure_dir, fsync_dir, is_errno};
 use crate::lock::try_lock;
 
 /// A message being written, held in a temporary file of the store's staging directory (on the
@@ -180,4 +180,22 @@ pub(crate) fn clean_staging(dir: &Path) {
             }
         }
     }
+}
+
+/// Name of the staging directory, under a store's root, where messages are received before
+/// they are committed (a dot name: never a valid mailbox).
+const STAGING: &str = ".tmp";
+
+/// Opens a mailbox store's root: creates it and its staging directory if needed (fsyncing the
+/// root when the staging directory is new), removes what crashed processes left in staging,
+/// and returns `(root, staging)`.
+pub(crate) fn open_store_root(root: &Path) -> Result<(PathBuf, PathBuf)> {
+    let root = root.to_path_buf();
+    fs::create_dir_all(&root).map_err(io_err("mkdir", &root))?;
+    let staging = root.join(STAGING);
+    if ensure_dir(&staging)? {
+        fsync_dir(&root)?;
+    }
+    clean_staging(&staging);
+    Ok((root, staging))
 }

@@ -62,13 +62,12 @@ use crate::error::{io_err, Error, Result};
 use crate::fsutil::{ensure_dir, fsync_dir, is_errno, replace_file};
 use crate::lock::with_locked_dir;
 use crate::name::MailboxName;
-use crate::pending::{clean_staging, link_or_copy, PendingMessage};
+use crate::pending::{link_or_copy, open_store_root, PendingMessage};
 use crate::{DeliveryId, Store};
 
 /// The exact content of a new message's status file.
 pub const NEW_STATUS: &[u8] = b"\\Recent\n";
 
-const STAGING: &str = ".tmp";
 const NEXT: &str = ".next";
 const RECENT: &str = ".recent";
 const TMP_PREFIX: &str = ".tmp.";
@@ -94,13 +93,7 @@ impl Spool {
     /// # Errors
     /// [`Error::Io`] if the directories cannot be created.
     pub fn open(root: impl AsRef<Path>) -> Result<Spool> {
-        let root = root.as_ref().to_path_buf();
-        fs::create_dir_all(&root).map_err(io_err("mkdir", &root))?;
-        let staging = root.join(STAGING);
-        if ensure_dir(&staging)? {
-            fsync_dir(&root)?;
-        }
-        clean_staging(&staging);
+        let (root, staging) = open_store_root(root.as_ref())?;
         Ok(Spool {
             inner: Arc::new(Inner {
                 root,
