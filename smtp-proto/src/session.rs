@@ -922,6 +922,26 @@ impl Session {
         }
     }
 
+    /// The checks MAIL and RCPT parameters share: none after HELO, no unknown keyword, DSN
+    /// parameters only when DSN is offered.
+    fn check_params(
+        &self,
+        empty: bool,
+        unknown: Option<&(&str, Option<&str>)>,
+        dsn: bool,
+    ) -> Check {
+        if !empty && !self.extended {
+            return Err(param("Parameters need EHLO"));
+        }
+        if let Some((k, _)) = unknown {
+            return Err(param(&format!("Unsupported parameter {k}")));
+        }
+        if dsn && !self.config.dsn {
+            return Err(param("DSN parameters not supported"));
+        }
+        Ok(())
+    }
+
     fn check_mail(&self, from: &ReversePath<'_>, params: &MailParams<'_>) -> Check {
         match self.envelope {
             Envelope::Ready => return Err(seq("Send EHLO or HELO first")),
@@ -930,15 +950,8 @@ impl Session {
             }
             Envelope::Greeted => {}
         }
-        if !params.is_empty() && !self.extended {
-            return Err(param("Parameters need EHLO"));
-        }
-        if let Some((k, _)) = params.other.first() {
-            return Err(param(&format!("Unsupported parameter {k}")));
-        }
-        if !self.config.dsn && (params.ret.is_some() || params.envid.is_some()) {
-            return Err(param("DSN parameters not supported"));
-        }
+        let dsn = params.ret.is_some() || params.envid.is_some();
+        self.check_params(params.is_empty(), params.other.first(), dsn)?;
         if params.body == Some(Body::BinaryMime) && !self.config.chunking {
             return Err(param("BODY=BINARYMIME not supported"));
         }
@@ -956,12 +969,7 @@ impl Session {
             }
         }
         if !from.is_ascii() && !params.smtputf8 {
-            return Err((
-                553,
-                (5, 6, 7),
-                "Non-ASCII address needs SMTPUTF8".into(),
-                false,
-            ));
+            return Err(needs_smtputf8());
         }
         Ok(())
     }
@@ -972,25 +980,13 @@ impl Session {
             Envelope::Chunking => return Err(seq("RCPT not allowed during BDAT")),
             Envelope::Mail => {}
         }
-        if !params.is_empty() && !self.extended {
-            return Err(param("Parameters need EHLO"));
-        }
-        if let Some((k, _)) = params.other.first() {
-            return Err(param(&format!("Unsupported parameter {k}")));
-        }
-        if !self.config.dsn && (params.notify.is_some() || params.orcpt.is_some()) {
-            return Err(param("DSN parameters not supported"));
-        }
+        let dsn = params.notify.is_some() || params.orcpt.is_some();
+        self.check_params(params.is_empty(), params.other.first(), dsn)?;
         if self.recipients >= self.config.max_recipients {
             return Err((452, (4, 5, 3), "Too many recipients".into(), false));
         }
         if !to.is_ascii() && !self.smtputf8 {
-            return Err((
-                553,
-                (5, 6, 7),
-                "Non-ASCII address needs SMTPUTF8".into(),
-                false,
-            ));
+            return Err(needs_smtputf8());
         }
         Ok(())
     }
@@ -1012,6 +1008,15 @@ type Check = Result<(), (u16, (u8, u16, u16), Cow<'static, str>, bool)>;
 
 fn seq(text: &'static str) -> (u16, (u8, u16, u16), Cow<'static, str>, bool) {
     (503, (5, 5, 1), Cow::Borrowed(text), true)
+}
+
+fn needs_smtputf8() -> (u16, (u8, u16, u16), Cow<'static, str>, bool) {
+    (
+        553,
+        (5, 6, 7),
+        Cow::Borrowed("Non-ASCII address needs SMTPUTF8"),
+        false,
+    )
 }
 
 fn param(text: &str) -> (u16, (u8, u16, u16), Cow<'static, str>, bool) {
