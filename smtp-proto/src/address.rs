@@ -385,8 +385,14 @@ static CLASS: [u8; 256] = {
 /// Length of the longest prefix of `i` whose bytes all have a class in `mask`.
 #[inline(always)]
 fn run(i: &[u8], mask: u8) -> usize {
+    run_in(&CLASS, i, mask)
+}
+
+/// Length of the longest prefix of `i` whose bytes all have a class in `mask`, by `table`.
+#[inline(always)]
+pub(crate) fn run_in(table: &[u8; 256], i: &[u8], mask: u8) -> usize {
     i.iter()
-        .position(|&b| CLASS[b as usize] & mask == 0)
+        .position(|&b| table[b as usize] & mask == 0)
         .unwrap_or(i.len())
 }
 
@@ -550,6 +556,50 @@ fn strip_prefix_ignore_case<'s>(s: &'s str, prefix: &str) -> Option<&'s str> {
     let head = s.get(..prefix.len())?;
     head.eq_ignore_ascii_case(prefix)
         .then(|| &s[prefix.len()..])
+}
+
+/// Bytes `at..at + 8` of `s` (zero past its end) as a little-endian word.
+#[inline(always)]
+fn le_word(s: &[u8], at: usize) -> u64 {
+    let rest = s.get(at..).unwrap_or_default();
+    let n = rest.len().min(8);
+    let mut w = [0u8; 8];
+    w[..n].copy_from_slice(&rest[..n]);
+    u64::from_le_bytes(w)
+}
+
+/// Bit 5 of each byte of `upper[at..at + 8]` that is an upper-case letter.
+#[inline(always)]
+const fn letter_mask(upper: &[u8], at: usize) -> u64 {
+    let mut mask = 0u64;
+    let mut k = 0;
+    while k < 8 && at + k < upper.len() {
+        if upper[at + k].is_ascii_uppercase() {
+            mask |= 0x20 << (8 * k);
+        }
+        k += 1;
+    }
+    mask
+}
+
+/// Whether `s` equals `upper` (upper-case letters and other bytes, at most 16 of them) with letters
+/// in any case; exact for every byte of `s`.
+///
+/// Eight bytes at a time: bit 5 is set on both sides where `upper` has a letter, so `s`
+/// matches there only with that letter in either case, and must match exactly elsewhere.
+/// `upper` is a constant at every call, so its words and masks fold away.
+#[inline(always)]
+pub(crate) fn eq_upper<const N: usize>(s: &[u8], upper: &[u8; N]) -> bool {
+    let Ok(s) = <&[u8; N]>::try_from(s) else {
+        return false;
+    };
+    let lo = letter_mask(upper, 0);
+    let same = (le_word(s, 0) | lo) == (le_word(upper, 0) | lo);
+    if N <= 8 {
+        return same;
+    }
+    let hi = letter_mask(upper, 8);
+    same & ((le_word(s, 8) | hi) == (le_word(upper, 8) | hi))
 }
 
 /// The part of `text` that `piece` (a sub-slice of `text`'s bytes) covers, so that UTF-8 is
@@ -752,10 +802,10 @@ fn postmaster(i: &[u8]) -> Option<&[u8]> {
     }
 }
 
-#[inline(never)]
+#[inline(always)]
 fn postmaster_slow(i: &[u8]) -> Option<&[u8]> {
     let head = i.get(..10)?;
-    head.eq_ignore_ascii_case(b"postmaster").then(|| &i[10..])
+    eq_upper(head, b"POSTMASTER").then(|| &i[10..])
 }
 
 fn all<T>(r: Result<(&[u8], T), AddressError>) -> Result<T, AddressError> {
@@ -834,5 +884,41 @@ pub fn parse_forward_path(s: &str) -> Result<ForwardPath<'_>, AddressError> {
         RawPath::Postmaster => Ok(ForwardPath::Postmaster),
         RawPath::Mailbox(m) => Ok(ForwardPath::Mailbox(m)),
         RawPath::Null => Err(AddressError::MailboxRequired),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::eq_upper;
+
+    /// The byte-by-byte rule `eq_upper` must give: letters in either case, others exactly.
+    fn reference(s: &[u8], upper: &[u8]) -> bool {
+        s.len() == upper.len()
+            && s.iter()
+                .zip(upper)
+                .all(|(&a, &u)| a == u || (u.is_ascii_uppercase() && a == u | 0x20))
+    }
+
+    fn every_byte_at_every_place<const N: usize>(upper: &[u8; N]) {
+        for at in 0..N {
+            for b in 0..=255u8 {
+                let mut s = *upper;
+                s[at] = b;
+                assert_eq!(eq_upper(&s, upper), reference(&s, upper), "{s:?}");
+            }
+        }
+        assert!(!eq_upper(&upper[..N - 1], upper));
+    }
+
+    #[test]
+    fn eq_upper_is_exact_for_every_byte() {
+        every_byte_at_every_place(b"TO:");
+        every_byte_at_every_place(b"FROM:");
+        every_byte_at_every_place(b"8BITMIME");
+        every_byte_at_every_place(b"SMTPUTF8");
+        every_byte_at_every_place(b"POSTMASTER");
+        every_byte_at_every_place(b"BINARYMIME");
+        assert!(eq_upper(b"pOsTmAsTeR", b"POSTMASTER"));
+        assert!(!eq_upper(b"postmaste\xd2", b"POSTMASTER"));
     }
 }

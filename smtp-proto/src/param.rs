@@ -388,9 +388,7 @@ static CLASS: [u8; 256] = {
 /// Length of the longest prefix of `i` whose bytes all have a class in `mask`.
 #[inline(always)]
 fn run(i: &[u8], mask: u8) -> usize {
-    i.iter()
-        .position(|&b| CLASS[b as usize] & mask == 0)
-        .unwrap_or(i.len())
+    crate::address::run_in(&CLASS, i, mask)
 }
 
 fn nom_error(i: &[u8]) -> nom::Err<nom::error::Error<&[u8]>> {
@@ -488,12 +486,8 @@ fn push_other<'a>(
 
 /// Case-insensitive comparison with an upper-case name; exact for every input byte.
 #[inline(always)]
-fn is(k: &[u8], upper: &[u8]) -> bool {
-    // Comparing lengths first skips most candidates without a case-folding loop.
-    k.len() == upper.len()
-        && k.iter()
-            .zip(upper)
-            .all(|(&a, &u)| a == u || (u.is_ascii_uppercase() && a == u | 0x20))
+fn is<const N: usize>(k: &[u8], upper: &[u8; N]) -> bool {
+    crate::address::eq_upper(k, upper)
 }
 
 /// The keywords this module knows.

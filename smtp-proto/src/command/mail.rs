@@ -10,16 +10,12 @@ const RCPT_HINT: &str = "Syntax: RCPT TO:<address> [parameters]";
 
 /// `"FROM:"` or `"TO:"` (`upper`, any case), then (leniently) any spaces.
 #[inline(always)]
-fn keyword<'a>(upper: &'static [u8]) -> impl Fn(&'a [u8]) -> IResult<&'a [u8], &'a [u8]> {
-    move |i: &'a [u8]| match i.get(..upper.len()) {
+fn keyword<'a, const N: usize>(
+    upper: &'static [u8; N],
+) -> impl Fn(&'a [u8]) -> IResult<&'a [u8], &'a [u8]> {
+    move |i: &'a [u8]| match i.get(..N) {
         // Exact for every byte: letters compare without case, `:` exactly.
-        Some(k)
-            if k.iter()
-                .zip(upper)
-                .all(|(&a, &u)| a == u || (u.is_ascii_uppercase() && a == u | 0x20)) =>
-        {
-            Ok((super::skip_spaces(&i[upper.len()..]), k))
-        }
+        Some(k) if crate::address::eq_upper(k, upper) => Ok((super::skip_spaces(&i[N..]), k)),
         _ => Err(nom::Err::Error(nom::error::Error::new(
             i,
             nom::error::ErrorKind::Tag,
