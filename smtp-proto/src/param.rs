@@ -602,18 +602,27 @@ fn notify_value(v: &[u8]) -> Result<Notify, ParamError> {
     if is(v, b"NEVER") {
         return Ok(Notify::NEVER);
     }
+    // Item by item from the front, without searching for the commas first.
     let mut n = Notify::NEVER;
-    for item in v.split(|&b| b == b',') {
-        let flag = match item.len() {
-            7 if is(item, b"SUCCESS") => &mut n.success,
-            7 if is(item, b"FAILURE") => &mut n.failure,
-            5 if is(item, b"DELAY") => &mut n.delay,
+    let mut rest = v;
+    loop {
+        let (flag, len) = if rest.get(..7).is_some_and(|w| is(w, b"SUCCESS")) {
+            (&mut n.success, 7)
+        } else if rest.get(..7).is_some_and(|w| is(w, b"FAILURE")) {
+            (&mut n.failure, 7)
+        } else if rest.get(..5).is_some_and(|w| is(w, b"DELAY")) {
+            (&mut n.delay, 5)
+        } else {
             // Includes NEVER in a list, which RFC 3461 makes exclusive, and empty items.
-            _ => return Err(ParamError::InvalidValue),
+            return Err(ParamError::InvalidValue);
         };
         *flag = true;
+        match rest.get(len..) {
+            Some([]) => return Ok(n),
+            Some([b',', r @ ..]) => rest = r,
+            _ => return Err(ParamError::InvalidValue),
+        }
     }
-    Ok(n)
 }
 
 /// `original-recipient-address = addr-type ";" xtext`, `addr-type = atom` (RFC 3461)
@@ -652,4 +661,40 @@ pub(crate) fn parse_rcpt_params<'a>(
         Keyword::Other => push_other(&mut p.other, text, k, v),
     })?;
     Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{notify_value, Notify, ParamError};
+
+    #[test]
+    fn notify_lists_item_by_item() {
+        let all = Notify {
+            success: true,
+            failure: true,
+            delay: true,
+        };
+        assert_eq!(notify_value(b"delay,Failure,SUCCESS"), Ok(all));
+        assert_eq!(
+            notify_value(b"DELAY,DELAY"),
+            Ok(Notify {
+                delay: true,
+                ..Notify::NEVER
+            })
+        );
+        assert_eq!(notify_value(b"never"), Ok(Notify::NEVER));
+        for bad in [
+            &b""[..],
+            b",",
+            b"SUCCESS,",
+            b",SUCCESS",
+            b"SUCCESSX",
+            b"SUCCES",
+            b"SUCCESS;FAILURE",
+            b"FAILURE,NEVER",
+            b"DELAY ",
+        ] {
+            assert_eq!(notify_value(bad), Err(ParamError::InvalidValue), "{bad:?}");
+        }
+    }
 }
