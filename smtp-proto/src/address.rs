@@ -607,7 +607,10 @@ pub(crate) fn eq_upper<const N: usize>(s: &[u8], upper: &[u8; N]) -> bool {
 #[inline(always)]
 pub(crate) fn sub<'a>(text: &'a str, piece: &[u8]) -> Option<&'a str> {
     let off = (piece.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
-    text.get(off..off.checked_add(piece.len())?)
+    // Two inlined boundary checks; `str::get` with a range is an out-of-line call here.
+    let (_, tail) = text.split_at_checked(off)?;
+    let (piece, _) = tail.split_at_checked(piece.len())?;
+    Some(piece)
 }
 
 #[inline(always)]
