@@ -56,11 +56,11 @@ pub struct Config {
 
     /// A local domain (repeatable); mail for it is stored here [default: the machine's
     /// hostname].
-    #[arg(short = 's', long = "domain", value_name = "DOMAIN")]
+    #[arg(short = 's', long = "domain", value_name = "DOMAIN", value_parser = parse_domain)]
     pub domains: Vec<String>,
 
     /// Name used in the greeting, EHLO and Received headers [default: the machine's hostname].
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", value_parser = parse_domain)]
     pub hostname: Option<String>,
 
     /// Loopback listener (repeatable): clients may relay to any address [default: 127.0.0.1:25,
@@ -105,7 +105,7 @@ pub struct Config {
 
     /// Send all remote mail through this smarthost (HOST or HOST:PORT, port 25 by default)
     /// instead of looking up MX records.
-    #[arg(long, value_name = "HOST[:PORT]")]
+    #[arg(long, value_name = "HOST[:PORT]", value_parser = parse_relay_host)]
     pub relay_host: Option<String>,
 
     /// Name server to query (ADDR or ADDR:PORT) instead of the system's [default: the system's
@@ -114,10 +114,11 @@ pub struct Config {
     pub dns_server: Option<SocketAddr>,
 
     /// Port for outbound delivery to MX hosts.
-    #[arg(long, value_name = "PORT", default_value_t = 25)]
+    #[arg(long, value_name = "PORT", default_value_t = 25,
+          value_parser = clap::value_parser!(u16).range(1..))]
     pub remote_port: u16,
 
-    /// Largest message accepted, in bytes (advertised as SIZE).
+    /// Largest message accepted, in bytes (advertised as SIZE); 0 for no limit.
     #[arg(long, value_name = "BYTES", default_value_t = 26_214_400)]
     pub max_message_size: u64,
 
@@ -289,6 +290,53 @@ pub fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?} is not an IP address or ADDR:PORT"))
 }
 
+/// A domain name for `--domain` and `--hostname`: dot-separated labels of letters, digits
+/// and hyphens (non-ASCII letters allowed), each 1 to 63 octets and not starting or ending with
+/// a hyphen, at most 253 octets in all; one trailing dot is allowed.
+pub fn parse_domain(s: &str) -> Result<String, String> {
+    let name = s.strip_suffix('.').unwrap_or(s);
+    if name.is_empty() {
+        return Err("empty domain name".into());
+    }
+    if name.len() > 253 {
+        return Err(format!("{s:?}: a domain name has at most 253 characters"));
+    }
+    for label in name.split('.') {
+        if label.is_empty() {
+            return Err(format!(
+                "{s:?}: empty label (two dots in a row, or a leading dot)"
+            ));
+        }
+        if label.len() > 63 {
+            return Err(format!(
+                "{s:?}: label {label:?} is longer than 63 characters"
+            ));
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Err(format!("{s:?}: label {label:?} starts or ends with '-'"));
+        }
+        if let Some(c) = label.chars().find(|c| !(c.is_alphanumeric() || *c == '-')) {
+            return Err(format!(
+                "{s:?}: character {c:?} not allowed in a domain name"
+            ));
+        }
+    }
+    Ok(s.to_owned())
+}
+
+/// `--relay-host`: checked with [`parse_host_port`] (a domain name or IP address, a port from
+/// 1 to 65535), kept as given.
+fn parse_relay_host(s: &str) -> Result<String, String> {
+    let (host, port) = parse_host_port(s)?;
+    if port == 0 {
+        return Err(format!("{s:?}: port 0"));
+    }
+    if host.parse::<std::net::IpAddr>().is_err() {
+        parse_domain(&host)?;
+    }
+    Ok(s.to_owned())
+}
+
 /// `HOST` or `HOST:PORT` or `[v6]:PORT`, port 25 by default.
 pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
     if let Ok(a) = s.parse::<SocketAddr>() {
@@ -363,5 +411,49 @@ mod tests {
             Config::try_parse_from(["smtp-server", "--no-public", "-s", "Example.ORG."]).unwrap();
         assert!(c.public_listen().is_empty());
         assert_eq!(c.domains(), vec!["example.org".to_string()]);
+    }
+
+    #[test]
+    fn domain_names() {
+        for good in [
+            "localhost",
+            "Example.ORG.",
+            "mx-1.example.org",
+            "bücher.example",
+            "a",
+        ] {
+            assert_eq!(parse_domain(good).unwrap(), good);
+        }
+        let long_label = "a".repeat(64);
+        let long_name = ["a"; 128].join("."); // 255 characters
+        for bad in [
+            "",
+            ".",
+            "a b",
+            "a..b",
+            ".a",
+            "-a.org",
+            "a-.org",
+            "a_b.org",
+            "a/b",
+            "a@b",
+            "[127.0.0.1]",
+            &long_label,
+            &long_name,
+        ] {
+            assert!(parse_domain(bad).is_err(), "{bad:?}");
+        }
+        for good in [
+            "mx.example.org",
+            "mx:587",
+            "127.0.0.1:2525",
+            "[::1]:2525",
+            "[::1]",
+        ] {
+            assert!(parse_relay_host(good).is_ok(), "{good:?}");
+        }
+        for bad in [":25", "a b:25", "mx:0", "mx:x", "", "[::1]x"] {
+            assert!(parse_relay_host(bad).is_err(), "{bad:?}");
+        }
     }
 }

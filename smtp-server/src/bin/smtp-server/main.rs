@@ -213,19 +213,22 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
     });
 
     let mut limits = smtp_server::Limits::default();
-    limits.max_message_size = Some(cfg.max_message_size);
+    // 0 means no limit, as Postfix's message_size_limit (SIZE is then advertised without a
+    // number).
+    limits.max_message_size = (cfg.max_message_size > 0).then_some(cfg.max_message_size);
     limits.max_recipients = cfg.max_recipients as usize;
 
     let mut builder = smtp_server::Server::builder(DaemonHandler { daemon })
         .hostname(hostname.clone())
         .limits(limits);
-    if let Some(t) = tls {
-        builder = builder.tls(t);
+    if let Some(t) = &tls {
+        builder = builder.tls(t.clone());
     }
     for (name, addr, implicit, _) in &listeners {
         let l = smtp_server::Listener::named(*name, *addr);
         builder = builder.listener(if *implicit { l.implicit_tls() } else { l });
     }
+    spawn_reload_on_sighup(tls)?;
     let server = builder.bind().await.map_err(|e| match &e {
         smtp_server::Error::Bind { addr, source } => {
             let option = listeners
@@ -288,6 +291,29 @@ async fn wait_for_signal() {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// SIGHUP re-reads the TLS certificate and key (for later handshakes; a bad file is logged and
+/// the old certificate stays in use). Without TLS it is logged and ignored: the daemon never
+/// dies of a SIGHUP.
+fn spawn_reload_on_sighup(tls: Option<smtp_server::TlsConfig>) -> Result<(), Fatal> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup =
+        signal(SignalKind::hangup()).map_err(|e| Fatal(format!("cannot handle SIGHUP: {e}")))?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match &tls {
+                Some(t) => match t.reload() {
+                    Ok(()) => info!("SIGHUP: TLS certificate and key reloaded"),
+                    Err(e) => {
+                        error!(error = %e, "SIGHUP: TLS reload failed, keeping the old certificate")
+                    }
+                },
+                None => info!("SIGHUP: nothing to reload (no --tls-cert)"),
+            }
+        }
+    });
+    Ok(())
 }
 
 fn reply(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
