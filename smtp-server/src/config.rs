@@ -26,6 +26,11 @@ pub struct Limits {
     /// closed. Default 50 (as Postfix's `smtpd_client_connection_count_limit`); `None` for
     /// no limit.
     pub max_connections_per_ip: Option<usize>,
+    /// Clients on a loopback address (127.0.0.0/8, `::1`, and IPv4-mapped loopback) are not
+    /// counted against [`Limits::max_connections_per_ip`] (they still count against
+    /// [`Limits::max_connections`]), as Postfix exempts `$mynetworks` by default: on a mail
+    /// server every local program shares one address. Default `false`.
+    pub per_ip_exempt_loopback: bool,
     /// How long to wait for a command (RFC 5321 §4.5.3.2.7: at least 5 minutes, the
     /// default). Also bounds the TLS handshake and each write.
     pub command_timeout: Duration,
@@ -53,6 +58,7 @@ impl Default for Limits {
             max_recipients: 100,
             max_connections: Some(10_000),
             max_connections_per_ip: Some(50),
+            per_ip_exempt_loopback: false,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
             max_errors: 10,

@@ -483,9 +483,11 @@ fn acquire(common: &Arc<Common>, ip: IpAddr) -> Result<ConnGuard, Reply> {
         ));
     }
     let from_ip = state.per_ip.get(&ip).copied().unwrap_or(0);
-    if limits
-        .max_connections_per_ip
-        .is_some_and(|max| from_ip >= max)
+    let exempt = limits.per_ip_exempt_loopback && is_loopback(ip);
+    if !exempt
+        && limits
+            .max_connections_per_ip
+            .is_some_and(|max| from_ip >= max)
     {
         return Err(too_many(
             &common.session_config.hostname,
@@ -499,6 +501,16 @@ fn acquire(common: &Arc<Common>, ip: IpAddr) -> Result<ConnGuard, Reply> {
         common: Arc::clone(common),
         ip,
     })
+}
+
+/// 127.0.0.0/8, `::1`, or an IPv4-mapped loopback address (`::ffff:127.0.0.1`).
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
 }
 
 fn too_many(hostname: &str, text: &str) -> Reply {

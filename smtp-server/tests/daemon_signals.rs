@@ -1,5 +1,6 @@
 //! End-to-end: SIGHUP reloads the TLS certificate (and never kills the daemon); option values
-//! that used to be accepted silently (host names, relay host, ports, `--max-message-size 0`).
+//! that used to be accepted silently (host names, relay host, ports, `--max-message-size 0`);
+//! local clients are not held to the per-IP connection limit.
 #![allow(clippy::unwrap_used)]
 
 mod daemon_util;
@@ -175,4 +176,17 @@ fn max_message_size_0_means_no_limit() {
     let rep = c.send("a@example.test", &["bob@example.test"], &body);
     assert_eq!(rep.0, 250, "{rep:?}");
     assert_eq!(d.spool_messages("bob").len(), 1);
+}
+
+/// Every local program connects from 127.0.0.1; the per-client-IP limit (50) must not cap
+/// the relaying loopback listener (Postfix exempts `$mynetworks` the same way).
+#[test]
+fn sixty_local_clients_at_once_are_all_greeted() {
+    let net = Net::start(PeerBehaviour::default(), false);
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(&dir.path().join("mail"), net.dns.addr(), &[]);
+    let clients: Vec<_> = (0..60).map(|_| d.connect()).collect();
+    for c in &clients {
+        assert_eq!(c.greeting.0, 220, "{:?}", c.greeting);
+    }
 }

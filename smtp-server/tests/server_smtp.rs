@@ -278,6 +278,30 @@ async fn connection_limits_overall_and_per_ip() {
 }
 
 #[tokio::test]
+async fn loopback_clients_may_be_exempt_from_the_per_ip_limit() {
+    let srv = start(|b| {
+        let mut l = Limits::default();
+        l.max_connections_per_ip = Some(1);
+        l.max_connections = Some(3);
+        l.per_ip_exempt_loopback = true;
+        b.listen("127.0.0.1:0".parse().unwrap()).limits(l)
+    })
+    .await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = Client::connect(srv.addr()).await;
+        assert!(c.reply().await.starts_with("220"));
+        clients.push(c);
+    }
+    // The overall limit still applies.
+    let mut d = Client::connect(srv.addr()).await;
+    assert_eq!(
+        d.reply().await,
+        "421 4.7.0 mx.test Too many connections, try again later"
+    );
+}
+
+#[tokio::test]
 async fn command_and_data_timeouts() {
     let srv = start(|b| {
         let mut l = Limits::default();

@@ -217,6 +217,9 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
     // number).
     limits.max_message_size = (cfg.max_message_size > 0).then_some(cfg.max_message_size);
     limits.max_recipients = cfg.max_recipients as usize;
+    // Every program on this machine connects from 127.0.0.1: the per-IP limit (50) would cap
+    // local clients of the relaying listener (Postfix exempts $mynetworks the same way).
+    limits.per_ip_exempt_loopback = true;
 
     let mut builder = smtp_server::Server::builder(DaemonHandler { daemon })
         .hostname(hostname.clone())
