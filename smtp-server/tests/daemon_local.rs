@@ -188,6 +188,14 @@ fn recipient_checks_and_hop_limit() {
     let r = c.send("alice@example.test", &["bob@example.test"], &msg);
     assert_eq!(r.0, 250, "{r:?}");
     assert_eq!(spool_messages(&spool, "bob").len(), 2);
+    // A text line over 1000 octets is accepted and stored unchanged.
+    let long = "<p>".to_owned() + &"x".repeat(3000) + "</p>";
+    let msg = format!("Subject: long line\r\n\r\n{long}\r\n");
+    let r = c.send("alice@example.test", &["bob@example.test"], &msg);
+    assert_eq!(r.0, 250, "{r:?}");
+    let stored = spool_messages(&spool, "bob");
+    assert_eq!(stored.len(), 3);
+    assert!(stored[2].1.ends_with(msg.as_bytes()));
     // Nothing half-written is left in the staging directory.
     assert!(wait_until(Duration::from_secs(5), || std::fs::read_dir(
         spool.join(".tmp")

@@ -220,6 +220,9 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
     // Every program on this machine connects from 127.0.0.1: the per-IP limit (50) would cap
     // local clients of the relaying listener (Postfix exempts $mynetworks the same way).
     limits.per_ip_exempt_loopback = true;
+    // Accept text lines over RFC 5321's 1000 octets, as Postfix does: real mail (HTML from
+    // some mailers) has them, and refusing it loses mail. Bare CR/LF are still refused.
+    limits.max_text_line = None;
 
     let mut builder = smtp_server::Server::builder(DaemonHandler { daemon })
         .hostname(hostname.clone())
