@@ -185,6 +185,16 @@ impl<'a> Mailbox<'a> {
         Ok(Mailbox { local_part, domain })
     }
 
+    /// A mailbox from a dot-string local part and a domain name the caller has checked
+    /// (the command parser's fast path).
+    #[inline(always)]
+    pub(crate) fn from_checked(local_part: &'a str, domain: &'a str) -> Self {
+        Mailbox {
+            local_part: Cow::Borrowed(local_part),
+            domain: Domain::Name(Cow::Borrowed(domain)),
+        }
+    }
+
     /// The local part, unquoted (`"a b"@x` gives `a b`).
     pub fn local_part(&self) -> &str {
         &self.local_part

@@ -39,6 +39,9 @@ pub(super) fn mail_line<'a>(
     limits: &Limits,
     consumed: usize,
 ) -> Parsed<'a> {
+    if let Some(c) = args.and_then(|a| super::fast::mail(a, text, limits)) {
+        return Ok(Some((c, consumed)));
+    }
     done(mail(args, text, limits), consumed)
 }
 
@@ -49,12 +52,15 @@ pub(super) fn rcpt_line<'a>(
     limits: &Limits,
     consumed: usize,
 ) -> Parsed<'a> {
+    if let Some(c) = args.and_then(|a| super::fast::rcpt(a, text, limits)) {
+        return Ok(Some((c, consumed)));
+    }
     done(rcpt(args, text, limits), consumed)
 }
 
 /// `mail = "MAIL FROM:" Reverse-path [SP Mail-parameters] CRLF`
 #[inline(always)]
-fn mail<'a>(
+pub(super) fn mail<'a>(
     args: Option<&'a [u8]>,
     text: &'a str,
     limits: &Limits,
@@ -75,7 +81,7 @@ fn mail<'a>(
 /// `rcpt = "RCPT TO:" ( "<Postmaster@" Domain ">" / "<Postmaster>" / Forward-path )
 /// [SP Rcpt-parameters] CRLF`
 #[inline(always)]
-fn rcpt<'a>(
+pub(super) fn rcpt<'a>(
     args: Option<&'a [u8]>,
     text: &'a str,
     limits: &Limits,

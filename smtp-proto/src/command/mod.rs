@@ -41,6 +41,7 @@ use crate::param::{MailParams, ParamError, RcptParams};
 
 mod auth;
 mod bdat;
+mod fast;
 mod hello;
 mod mail;
 mod simple;

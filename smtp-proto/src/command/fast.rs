@@ -1,0 +1,514 @@
+//! The common forms of `MAIL` and `RCPT` in one forward pass.
+//!
+//! Almost every client sends `MAIL FROM:<local@domain>` or `RCPT TO:<local@domain>` with a
+//! dot-string ASCII local part and an ASCII domain name, the keyword and `<` with no space
+//! between. These functions recognise exactly that form and return `None` for anything else
+//! (spaces after the colon, no angle brackets, quoted local parts, source routes, address
+//! literals, U-labels, paths over the limits, any error), leaving the decision to the general
+//! parser in [`super::mail`]. They never refuse a line, so they cannot be stricter than the
+//! general parser, and what they accept they build exactly as it would (a unit test below
+//! runs both on generated lines).
+use super::{Command, Limits};
+use crate::address::{eq_upper, ForwardPath, Mailbox, ReversePath};
+use crate::param::{Body, MailParams, Notify, RcptParams};
+
+/// ASCII `atext`: a dot-string byte other than the dot.
+const ATOM: u8 = 1;
+/// ASCII letter, digit or hyphen: a label byte.
+const LABEL: u8 = 2;
+
+static CLASS: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 128 {
+        let b = i as u8;
+        if b.is_ascii_alphanumeric() || b == b'-' {
+            t[i] |= ATOM | LABEL;
+        }
+        if matches!(
+            b,
+            b'!' | b'#'
+                | b'$'
+                | b'%'
+                | b'&'
+                | b'\''
+                | b'*'
+                | b'+'
+                | b'/'
+                | b'='
+                | b'?'
+                | b'^'
+                | b'_'
+                | b'`'
+                | b'{'
+                | b'|'
+                | b'}'
+                | b'~'
+        ) {
+            t[i] |= ATOM;
+        }
+        i += 1;
+    }
+    t
+};
+
+/// Length of the prefix of `p[from..]` whose bytes have `class`, as an end offset in `p`.
+#[inline(always)]
+fn run(p: &[u8], from: usize, class: u8) -> usize {
+    let mut i = from;
+    while let Some(&b) = p.get(i) {
+        if CLASS[b as usize] & class == 0 {
+            break;
+        }
+        i += 1;
+    }
+    i
+}
+
+/// For `p` starting with `<`: the offsets of the `@` and the `>` of `<local@domain>`, when
+/// the local part is an ASCII dot-string, the domain ASCII labels, and the lengths within
+/// `limits`; `None` otherwise.
+#[inline(always)]
+fn simple_path(p: &[u8], limits: &Limits) -> Option<(usize, usize)> {
+    let mut i = 1;
+    let at = loop {
+        let start = i;
+        i = run(p, i, ATOM);
+        if i == start {
+            return None;
+        }
+        match p.get(i) {
+            Some(b'.') => i += 1,
+            Some(b'@') => break i,
+            _ => return None,
+        }
+    };
+    i = at + 1;
+    let end = loop {
+        let start = i;
+        i = run(p, i, LABEL);
+        if i == start || p.get(start) == Some(&b'-') || p.get(i - 1) == Some(&b'-') {
+            return None;
+        }
+        match p.get(i) {
+            Some(b'.') => i += 1,
+            Some(b'>') => break i,
+            _ => return None,
+        }
+    };
+    if at - 1 > limits.max_local_part
+        || end - at - 1 > limits.max_domain
+        || end + 1 > limits.max_path
+    {
+        return None;
+    }
+    Some((at, end))
+}
+
+/// The mailbox of a path that [`simple_path`] found in `p`, as `text` (which covers `p`).
+#[inline(always)]
+fn mailbox<'a>(p: &[u8], text: &'a str, at: usize, end: usize) -> Option<Mailbox<'a>> {
+    let off = (p.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+    let local = text.get(off.wrapping_add(1)..off.wrapping_add(at))?;
+    let domain = text.get(off.wrapping_add(at + 1)..off.wrapping_add(end))?;
+    Some(Mailbox::from_checked(local, domain))
+}
+
+/// What follows the `>`: nothing, or a space and the parameters.
+#[inline(always)]
+fn params_of(p: &[u8], end: usize) -> Option<&[u8]> {
+    match p.get(end + 1..)? {
+        [] => Some(&[]),
+        [b' ', rest @ ..] => Some(rest),
+        _ => None,
+    }
+}
+
+/// `FROM:<local@domain> [params]` or `FROM:<> [params]` (the arguments of MAIL), or `None`.
+#[inline(always)]
+pub(super) fn mail<'a>(a: &'a [u8], text: &'a str, limits: &Limits) -> Option<Command<'a>> {
+    let p = match a.get(..6) {
+        Some(k) if eq_upper(k, b"FROM:<") => &a[5..],
+        _ => return None,
+    };
+    let (from, end) = if p.get(1) == Some(&b'>') {
+        (ReversePath::Null, 1)
+    } else {
+        let (at, end) = simple_path(p, limits)?;
+        (ReversePath::Mailbox(mailbox(p, text, at, end)?), end)
+    };
+    let params = mail_params(params_of(p, end)?)?;
+    Some(Command::Mail { from, params })
+}
+
+/// `TO:<local@domain> [params]` (the arguments of RCPT), or `None`.
+#[inline(always)]
+pub(super) fn rcpt<'a>(a: &'a [u8], text: &'a str, limits: &Limits) -> Option<Command<'a>> {
+    let p = match a.get(..4) {
+        Some(k) if eq_upper(k, b"TO:<") => &a[3..],
+        _ => return None,
+    };
+    let (at, end) = simple_path(p, limits)?;
+    let to = ForwardPath::Mailbox(mailbox(p, text, at, end)?);
+    let params = rcpt_params(params_of(p, end)?)?;
+    Some(Command::Rcpt { to, params })
+}
+
+/// Skips spaces, then returns the rest, or `None` at the end.
+#[inline(always)]
+fn next_param(mut s: &[u8]) -> Option<&[u8]> {
+    while let [b' ', r @ ..] = s {
+        s = r;
+    }
+    (!s.is_empty()).then_some(s)
+}
+
+/// True when `s` is empty or starts with a space: the end of a parameter.
+#[inline(always)]
+fn at_end(s: &[u8]) -> bool {
+    matches!(s, [] | [b' ', ..])
+}
+
+/// `1*20DIGIT` up to the end of the parameter, as [`crate::param`] reads `SIZE=`.
+#[inline(always)]
+fn size(v: &[u8]) -> Option<(u64, &[u8])> {
+    let mut n: u64 = 0;
+    let mut digits = 0;
+    let mut rest = v;
+    while let [d @ b'0'..=b'9', r @ ..] = rest {
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        digits += 1;
+        rest = r;
+    }
+    ((1..=20).contains(&digits) && at_end(rest)).then_some((n, rest))
+}
+
+/// `BODY=` values, up to the end of the parameter.
+#[inline(always)]
+fn body(v: &[u8]) -> Option<(Body, &[u8])> {
+    let (b, n) = match v.first() {
+        Some(b'8') if v.get(..8).is_some_and(|w| eq_upper(w, b"8BITMIME")) => {
+            (Body::EightBitMime, 8)
+        }
+        Some(b'7') if v.get(..4).is_some_and(|w| eq_upper(w, b"7BIT")) => (Body::SevenBit, 4),
+        _ if v.get(..10).is_some_and(|w| eq_upper(w, b"BINARYMIME")) => (Body::BinaryMime, 10),
+        _ => return None,
+    };
+    let rest = &v[n..];
+    at_end(rest).then_some((b, rest))
+}
+
+/// `NOTIFY=` values, up to the end of the parameter: `NEVER` or a comma list.
+#[inline(always)]
+fn notify(v: &[u8]) -> Option<(Notify, &[u8])> {
+    if let Some(w) = v.get(..5) {
+        if eq_upper(w, b"NEVER") {
+            let rest = &v[5..];
+            return at_end(rest).then_some((Notify::NEVER, rest));
+        }
+    }
+    let mut n = Notify::NEVER;
+    let mut rest = v;
+    loop {
+        let len = if rest.get(..7).is_some_and(|w| eq_upper(w, b"SUCCESS")) {
+            n.success = true;
+            7
+        } else if rest.get(..7).is_some_and(|w| eq_upper(w, b"FAILURE")) {
+            n.failure = true;
+            7
+        } else if rest.get(..5).is_some_and(|w| eq_upper(w, b"DELAY")) {
+            n.delay = true;
+            5
+        } else {
+            return None;
+        };
+        match &rest[len..] {
+            [b',', r @ ..] => rest = r,
+            r if at_end(r) => return Some((n, r)),
+            _ => return None,
+        }
+    }
+}
+
+/// MAIL parameters made only of `SIZE`, `BODY` and `SMTPUTF8`, each at most once.
+#[inline(always)]
+fn mail_params(mut s: &[u8]) -> Option<MailParams<'static>> {
+    let mut p = MailParams::default();
+    while let Some(r) = next_param(s) {
+        s = if r.get(..5).is_some_and(|k| eq_upper(k, b"SIZE=")) && p.size.is_none() {
+            let (n, rest) = size(&r[5..])?;
+            p.size = Some(n);
+            rest
+        } else if r.get(..5).is_some_and(|k| eq_upper(k, b"BODY=")) && p.body.is_none() {
+            let (b, rest) = body(&r[5..])?;
+            p.body = Some(b);
+            rest
+        } else if r.get(..8).is_some_and(|k| eq_upper(k, b"SMTPUTF8"))
+            && !p.smtputf8
+            && at_end(&r[8..])
+        {
+            p.smtputf8 = true;
+            &r[8..]
+        } else {
+            return None;
+        };
+    }
+    Some(p)
+}
+
+/// RCPT parameters made only of one `NOTIFY`.
+#[inline(always)]
+fn rcpt_params(s: &[u8]) -> Option<RcptParams<'static>> {
+    let mut p = RcptParams::default();
+    let Some(r) = next_param(s) else {
+        return Some(p);
+    };
+    if !r.get(..7).is_some_and(|k| eq_upper(k, b"NOTIFY=")) {
+        return None;
+    }
+    let (n, rest) = notify(&r[7..])?;
+    p.notify = Some(n);
+    next_param(rest).is_none().then_some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use proptest::prelude::*;
+
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+
+    use super::super::{mail, Limits};
+
+    /// Pieces that make valid, near-valid and unusual MAIL/RCPT arguments.
+    fn piece() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "a",
+            "Bob",
+            "x9",
+            "-",
+            "+",
+            "_",
+            "!",
+            "=",
+            ".",
+            "..",
+            "@",
+            "@@",
+            "<",
+            ">",
+            "<>",
+            "\"",
+            "\\",
+            " ",
+            "  ",
+            ",",
+            ":",
+            ";",
+            "[",
+            "]",
+            "é",
+            "\u{80}",
+            "\t",
+            "example",
+            "ex-ample",
+            "-x",
+            "x-",
+            "com",
+            "1",
+            "postmaster",
+            "PostMaster",
+            "[192.0.2.1]",
+            "[IPv6:::1]",
+            "@a,@b:",
+            "SIZE=",
+            "size=123",
+            "SIZE=00000000000000000001",
+            "SIZE=99999999999999999999",
+            "SIZE=18446744073709551615",
+            "SIZE=1x",
+            "BODY=",
+            "BODY=8bitmime",
+            "BODY=7BIT",
+            "body=binarymime",
+            "BODY=8BITMIMEX",
+            "SMTPUTF8",
+            "smtputf8=1",
+            "NOTIFY=",
+            "notify=never",
+            "NOTIFY=SUCCESS,FAILURE",
+            "NOTIFY=DELAY,delay",
+            "NOTIFY=NEVER,SUCCESS",
+            "NOTIFY=SUCCESS,",
+            "ORCPT=rfc822;a",
+            "RET=FULL",
+            "ENVID=x",
+            "AUTH=<>",
+            "X-Y",
+            "X=1",
+            "=",
+        ])
+    }
+
+    /// Mostly pieces of ordinary addresses and parameters, sometimes anything from [`piece`].
+    fn mostly(clean: &'static [&'static str]) -> impl Strategy<Value = &'static str> {
+        prop_oneof![8 => prop::sample::select(clean.to_vec()), 1 => piece()]
+    }
+
+    const ATOMS: &[&str] = &[
+        "a",
+        "Bob",
+        "x9",
+        "jo.nes",
+        "d+l",
+        "a_b",
+        "postmaster",
+        ".",
+        "-",
+        "~",
+    ];
+    const LABELS: &[&str] = &[
+        "example", "com", "ex-ample", "1", ".org", ".", "sub.", "x-", "-x", ".-",
+    ];
+    const MAIL_PARAMS: &[&str] = &["SIZE=100", "BODY=8BITMIME", "body=7bit", "SMTPUTF8"];
+    const RCPT_PARAMS: &[&str] = &["NOTIFY=NEVER", "NOTIFY=SUCCESS,FAILURE", "notify=delay"];
+
+    /// Mostly `usual`, sometimes one of `other`.
+    fn weighted(
+        usual: &'static str,
+        other: &'static [&'static str],
+    ) -> impl Strategy<Value = &'static str> {
+        prop_oneof![10 => Just(usual), 1 => prop::sample::select(other.to_vec())]
+    }
+
+    /// `keyword` then a path-like run of pieces, sometimes in angle brackets, then
+    /// parameter-like pieces.
+    fn args(
+        keyword: &'static [&'static str],
+        params: &'static [&'static str],
+    ) -> impl Strategy<Value = String> {
+        (
+            prop::sample::select(keyword.to_vec()),
+            prop::bool::weighted(0.9),
+            prop::collection::vec(mostly(ATOMS), 0..4).prop_map(|v| {
+                if v.is_empty() {
+                    vec!["a"]
+                } else {
+                    v
+                }
+            }),
+            weighted("@", &["", "@@", "<"]),
+            prop::collection::vec(mostly(LABELS), 0..4),
+            weighted(">", &["", ">>", "> "]),
+            prop::collection::vec((weighted(" ", &["  ", ""]), mostly(params)), 0..3),
+        )
+            .prop_map(|(k, angle, local, at, domain, close, params)| {
+                let mut s = k.to_string();
+                if angle {
+                    s.push('<');
+                }
+                s.extend(local);
+                s.push_str(at);
+                s.extend(domain);
+                s.push_str(close);
+                for (sp, p) in params {
+                    s.push_str(sp);
+                    s.push_str(p);
+                }
+                s
+            })
+    }
+
+    fn limits() -> impl Strategy<Value = Limits> {
+        prop_oneof![
+            Just(Limits::default()),
+            (1..8usize, 1..12usize, 2..20usize).prop_map(|(l, d, p)| Limits {
+                max_local_part: l,
+                max_domain: d,
+                max_path: p,
+                ..Limits::default()
+            }),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4000))]
+
+        #[test]
+        fn mail_fast_path_agrees_with_the_general_parser(
+            a in args(&["FROM:", "from:", "FrOm:", "FROM: ", "FROM:<>", "FROM"], MAIL_PARAMS),
+            limits in limits(),
+        ) {
+            if let Some(c) = super::mail(a.as_bytes(), &a, &limits) {
+                prop_assert_eq!(Ok(c), mail::mail(Some(a.as_bytes()), &a, &limits), "{:?}", a);
+            }
+        }
+
+        #[test]
+        fn rcpt_fast_path_agrees_with_the_general_parser(
+            a in args(&["TO:", "to:", "tO:", "TO: ", "TO:<>", "TO"], RCPT_PARAMS),
+            limits in limits(),
+        ) {
+            if let Some(c) = super::rcpt(a.as_bytes(), &a, &limits) {
+                prop_assert_eq!(Ok(c), mail::rcpt(Some(a.as_bytes()), &a, &limits), "{:?}", a);
+            }
+        }
+    }
+
+    /// A fair share of generated lines take the fast path, so the properties above test it.
+    #[test]
+    fn generated_lines_reach_the_fast_path() {
+        let mut runner = TestRunner::deterministic();
+        let l = Limits::default();
+        let (mut mail_hits, mut rcpt_hits) = (0, 0);
+        for _ in 0..2000 {
+            let a = args(&["FROM:"], MAIL_PARAMS)
+                .new_tree(&mut runner)
+                .unwrap()
+                .current();
+            mail_hits += usize::from(super::mail(a.as_bytes(), &a, &l).is_some());
+            let a = args(&["TO:"], RCPT_PARAMS)
+                .new_tree(&mut runner)
+                .unwrap()
+                .current();
+            rcpt_hits += usize::from(super::rcpt(a.as_bytes(), &a, &l).is_some());
+        }
+        eprintln!("fast path taken: MAIL {mail_hits}/2000, RCPT {rcpt_hits}/2000");
+        assert!(
+            mail_hits > 100 && rcpt_hits > 100,
+            "{mail_hits} {rcpt_hits}"
+        );
+    }
+
+    /// The forms the fast path exists for do take it (so the property above is not vacuous).
+    #[test]
+    fn common_forms_take_the_fast_path() {
+        let l = Limits::default();
+        for a in [
+            "FROM:<alice.sender@example.org> SIZE=123456 BODY=8BITMIME",
+            "FROM:<> BODY=7BIT",
+            "from:<a@b>  smtputf8",
+        ] {
+            let c = super::mail(a.as_bytes(), a, &l).unwrap();
+            assert_eq!(Ok(c), mail::mail(Some(a.as_bytes()), a, &l), "{a}");
+        }
+        for a in [
+            "TO:<bob@example.net> NOTIFY=SUCCESS,FAILURE",
+            "TO:<dave+lists@example.com> NOTIFY=failure,delay",
+            "to:<erin@sub.example.co.uk>",
+            "TO:<postmaster@example.org> notify=NEVER",
+        ] {
+            let c = super::rcpt(a.as_bytes(), a, &l).unwrap();
+            assert_eq!(Ok(c), mail::rcpt(Some(a.as_bytes()), a, &l), "{a}");
+        }
+        for a in [
+            "TO: <a@b>",
+            "TO:<\"a b\"@c>",
+            "TO:<a@[192.0.2.1]>",
+            "TO:<a@b> ORCPT=x;y",
+        ] {
+            assert!(super::rcpt(a.as_bytes(), a, &l).is_none(), "{a}");
+        }
+    }
+}
