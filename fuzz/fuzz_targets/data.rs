@@ -10,5 +10,5 @@ use libfuzzer_sys::fuzz_target;
 include!("../checks.rs");
 
 fuzz_target!(|data: &[u8]| {
-    let _ = check_data(data);;
+    let _ = check_data(data);
 });
