@@ -229,3 +229,82 @@ fn null_sender_failure_is_not_bounced() {
             == 0
     }));
 }
+
+#[test]
+fn huge_queue_lifetime_still_retries() {
+    // A lifetime past the end of SystemTime means "never expire", not a panic in the runner
+    // (which left the entry claimed in memory and never tried again).
+    let net = Net::start(
+        PeerBehaviour {
+            fail_first: 1,
+            ..Default::default()
+        },
+        false,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let d = Daemon::start(
+        &spool,
+        net.dns.addr(),
+        &[
+            "--remote-port",
+            &net.peer_port.to_string(),
+            "--retry-base",
+            "1s",
+            "--queue-lifetime",
+            "18446744073709551615",
+        ],
+    );
+    let mut c = d.connect();
+    assert_eq!(
+        c.send("alice@example.test", &["dave@remote.test"], MSG).0,
+        250
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || !net.got().is_empty()),
+        "{}",
+        d.log()
+    );
+    assert_eq!(*net.attempts.lock().unwrap(), 2);
+    assert!(!d.log().contains("panicked"), "{}", d.log());
+}
+
+#[test]
+fn unreadable_entry_is_not_retried_in_a_tight_loop() {
+    // An entry whose body cannot be read (here: a directory) stays in the queue; each pass
+    // used to claim it again at once, forever (the same holds for an entry whose outcome
+    // cannot be recorded, e.g. on a full disk, which was then delivered again on every pass).
+    let net = Net::start(PeerBehaviour::default(), false);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let entry = spool
+        .join(".queue")
+        .join("entries")
+        .join("1700000000.000000000.1.0");
+    std::fs::create_dir_all(entry.join("body")).unwrap();
+    std::fs::write(
+        entry.join("envelope"),
+        "mailstore-queue 1\ncreated 1700000000.000000000\nattempts 0\n\
+         next-attempt 1700000000.000000000\nsender alice@example.test\n\
+         rcpt dave@remote.test\nstate pending\nend\n",
+    )
+    .unwrap();
+    let d = Daemon::start(
+        &spool,
+        net.dns.addr(),
+        &[
+            "--remote-port",
+            &net.peer_port.to_string(),
+            "--retry-base",
+            "1m",
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(10), || d
+        .log()
+        .contains("cannot claim queue entry")));
+    std::thread::sleep(Duration::from_secs(2));
+    let log = d.log();
+    assert_eq!(log.matches("cannot claim queue entry").count(), 1, "{log}");
+    assert!(entry.join("envelope").exists());
+    assert!(net.got().is_empty());
+}

@@ -18,7 +18,7 @@
 //! listeners accepts on (see [`crate::policy::Policy::is_own_socket`]); when no address is
 //! left, the recipients fail with `5.4.6`, and no connection to ourselves is ever made.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -58,6 +58,29 @@ pub struct Relay {
     /// Wakes the runner (after an enqueue).
     pub notify: Arc<Notify>,
     inflight: Mutex<HashSet<QueueId>>,
+    /// Entries whose last attempt could not be read or recorded (an I/O error, a full disk):
+    /// not tried again before `until`, and the outcomes not yet on disk are kept here, so a
+    /// recipient the peer accepted is not sent the message again on every pass.
+    held: Mutex<HashMap<QueueId, Held>>,
+}
+
+/// An entry held back after a storage error.
+#[derive(Debug, Default)]
+struct Held {
+    until: Option<SystemTime>,
+    failures: u32,
+    unsaved: Vec<(usize, RcptState)>,
+}
+
+/// `t + d`, or the latest time representable when that overflows (a huge `--queue-lifetime`
+/// means "never", not a panic).
+pub fn add_saturating(t: SystemTime, mut d: Duration) -> SystemTime {
+    loop {
+        if let Some(x) = t.checked_add(d) {
+            return x;
+        }
+        d /= 2;
+    }
 }
 
 /// The delay before retry number `attempts` (1-based).
@@ -90,6 +113,7 @@ impl Relay {
             retry_base,
             notify,
             inflight: Mutex::new(HashSet::new()),
+            held: Mutex::new(HashMap::new()),
         }
     }
 
@@ -108,11 +132,21 @@ impl Relay {
             let mut next_due: Option<SystemTime> = None;
             match list {
                 Ok(Ok(entries)) => {
+                    {
+                        let mut held = self.held.lock().expect("not poisoned");
+                        held.retain(|id, _| entries.iter().any(|(e, _)| e == id));
+                    }
                     for (id, entry) in entries {
-                        if entry.next_attempt > now {
-                            next_due = Some(
-                                next_due.map_or(entry.next_attempt, |d| d.min(entry.next_attempt)),
-                            );
+                        let held_until = self
+                            .held
+                            .lock()
+                            .expect("not poisoned")
+                            .get(&id)
+                            .and_then(|h| h.until);
+                        let due =
+                            held_until.map_or(entry.next_attempt, |h| h.max(entry.next_attempt));
+                        if due > now {
+                            next_due = Some(next_due.map_or(due, |d| d.min(due)));
                             continue;
                         }
                         if !self
@@ -153,8 +187,29 @@ impl Relay {
         while tasks.join_next().await.is_some() {}
     }
 
+    /// Holds `id` back after a storage error (growing delays, as for delivery retries),
+    /// keeping `unsaved` outcomes for the next attempt.
+    fn hold(&self, id: &QueueId, unsaved: Vec<(usize, RcptState)>) {
+        let mut held = self.held.lock().expect("not poisoned");
+        let h = held.entry(id.clone()).or_default();
+        h.failures = h.failures.saturating_add(1);
+        h.until = Some(add_saturating(
+            SystemTime::now(),
+            backoff(self.retry_base, h.failures),
+        ));
+        h.unsaved = unsaved;
+    }
+
     /// One attempt at one entry.
     async fn process(&self, id: &QueueId) {
+        // Outcomes of an earlier attempt that could not be recorded.
+        let carried: Vec<(usize, RcptState)> = self
+            .held
+            .lock()
+            .expect("not poisoned")
+            .get_mut(id)
+            .map(|h| std::mem::take(&mut h.unsaved))
+            .unwrap_or_default();
         let q = self.queue.clone();
         let id2 = id.clone();
         let claimed = tokio::task::spawn_blocking(move || {
@@ -174,13 +229,18 @@ impl Relay {
         .await;
         let (mut claim, mut body) = match claimed {
             Ok(Ok(Some(c))) => c,
-            Ok(Ok(None)) => return,
+            Ok(Ok(None)) => {
+                self.restore_unsaved(id, carried);
+                return;
+            }
             Ok(Err(e)) => {
                 error!(queue_id = %id, error = %e, "cannot claim queue entry");
+                self.hold(id, carried);
                 return;
             }
             Err(e) => {
                 error!(queue_id = %id, error = %e, "claim task failed");
+                self.hold(id, carried);
                 return;
             }
         };
@@ -210,9 +270,13 @@ impl Relay {
 
         // Pending recipients grouped by domain (lower case), keeping their indexes.
         let mut groups: BTreeMap<String, Vec<(usize, CRecipient)>> = BTreeMap::new();
-        let mut results: Vec<(usize, RcptState, Option<Failure>)> = Vec::new();
+        let mut results: Vec<(usize, RcptState, Option<Failure>)> = carried
+            .into_iter()
+            .filter(|(i, _)| *i < entry.envelope.recipients.len())
+            .map(|(i, s)| (i, s, None))
+            .collect();
         for (i, r) in entry.envelope.recipients.iter().enumerate() {
-            if r.state != RcptState::Pending {
+            if r.state != RcptState::Pending || results.iter().any(|(j, _, _)| *j == i) {
                 continue;
             }
             match parse_mailbox(&r.address) {
@@ -276,7 +340,8 @@ impl Relay {
         }
 
         let now = SystemTime::now();
-        let expired = entry.created + self.lifetime <= now;
+        let deadline = add_saturating(entry.created, self.lifetime);
+        let expired = deadline <= now;
         let mut still_pending = false;
         for (i, r) in entry.envelope.recipients.iter().enumerate() {
             if r.state != RcptState::Pending || results.iter().any(|(j, _, _)| *j == i) {
@@ -309,20 +374,45 @@ impl Relay {
         if !failures.is_empty() {
             self.bounce(&entry, &body, failures).await;
         }
+        let outcomes: Vec<(usize, RcptState)> =
+            results.into_iter().map(|(i, s, _)| (i, s)).collect();
         let recorded = tokio::task::block_in_place(|| {
-            for (i, state, _) in results {
-                claim.record(i, state)?;
+            for (i, state) in &outcomes {
+                claim.record(*i, state.clone())?;
             }
             if still_pending {
-                let next = (now + backoff(self.retry_base, entry.attempts + 1))
-                    .min(entry.created + self.lifetime);
+                let next = add_saturating(
+                    now,
+                    backoff(self.retry_base, entry.attempts.saturating_add(1)),
+                )
+                .min(deadline);
                 claim.reschedule(next.max(now), transient.join("; "))
             } else {
                 claim.finish()
             }
         });
-        if let Err(e) = recorded {
-            error!(queue_id = %id, error = %e, "cannot update queue entry");
+        match recorded {
+            Ok(()) => {
+                self.held.lock().expect("not poisoned").remove(id);
+            }
+            Err(e) => {
+                // The entry on disk is unchanged (or partly updated): it is due again, so
+                // without a hold every pass would deliver it again at once (a full disk would
+                // turn the queue into a duplicate generator).
+                error!(queue_id = %id, error = %e, "cannot update queue entry");
+                self.hold(id, outcomes);
+            }
+        }
+    }
+
+    /// Puts back outcomes taken for an attempt that did not happen (another worker held the
+    /// entry).
+    fn restore_unsaved(&self, id: &QueueId, carried: Vec<(usize, RcptState)>) {
+        if carried.is_empty() {
+            return;
+        }
+        if let Some(h) = self.held.lock().expect("not poisoned").get_mut(id) {
+            h.unsaved = carried;
         }
     }
 
