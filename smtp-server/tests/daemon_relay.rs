@@ -308,3 +308,58 @@ fn unreadable_entry_is_not_retried_in_a_tight_loop() {
     assert!(entry.join("envelope").exists());
     assert!(net.got().is_empty());
 }
+
+#[test]
+fn bounce_that_cannot_be_stored_is_retried() {
+    let net = Net::start(
+        PeerBehaviour {
+            refuse: vec!["nobody".into()],
+            ..Default::default()
+        },
+        false,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    std::fs::create_dir_all(&spool).unwrap();
+    // alice's mailbox cannot be written: a plain file where its directory should be.
+    std::fs::write(spool.join("alice"), "in the way").unwrap();
+    let d = Daemon::start(
+        &spool,
+        net.dns.addr(),
+        &[
+            "--remote-port",
+            &net.peer_port.to_string(),
+            "--retry-base",
+            "1s",
+        ],
+    );
+    let mut c = d.connect();
+    assert_eq!(
+        c.send("alice@example.test", &["nobody@remote.test"], MSG).0,
+        250
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || d.log().contains("ERROR")
+            && d.log().contains("bounce")),
+        "{}",
+        d.log()
+    );
+    // The entry stays queued until the bounce is stored.
+    let entries = spool.join(".queue").join("entries");
+    assert_eq!(std::fs::read_dir(&entries).unwrap().count(), 1);
+    std::fs::remove_file(spool.join("alice")).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || bounces(&d).len() == 1),
+        "{}",
+        d.log()
+    );
+    assert!(bounces(&d)[0].contains("Final-Recipient: rfc822; nobody@remote.test\r\n"));
+    assert!(wait_until(Duration::from_secs(5), || std::fs::read_dir(
+        &entries
+    )
+    .unwrap()
+    .count()
+        == 0));
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(bounces(&d).len(), 1, "one bounce, not one per retry");
+}

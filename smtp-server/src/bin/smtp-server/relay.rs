@@ -370,9 +370,16 @@ impl Relay {
         }
 
         // Bounce first, then record: a crash in between sends a second bounce, never none.
+        // A bounce that cannot be stored now (a full disk, a broken mailbox) keeps its
+        // recipients pending: they fail (and bounce) again at the next attempt, instead of
+        // being recorded as failed with nobody told.
         let failures: Vec<Failure> = results.iter().filter_map(|(_, _, f)| f.clone()).collect();
         if !failures.is_empty() {
-            self.bounce(&entry, &body, failures).await;
+            if let Err(e) = self.bounce(&entry, &body, failures).await {
+                results.retain(|(_, _, f)| f.is_none());
+                still_pending = true;
+                transient.push(format!("bounce not sent: {e}"));
+            }
         }
         let outcomes: Vec<(usize, RcptState)> =
             results.into_iter().map(|(i, s, _)| (i, s)).collect();
@@ -381,12 +388,15 @@ impl Relay {
                 claim.record(*i, state.clone())?;
             }
             if still_pending {
-                let next = add_saturating(
+                let mut next = add_saturating(
                     now,
                     backoff(self.retry_base, entry.attempts.saturating_add(1)),
-                )
-                .min(deadline);
-                claim.reschedule(next.max(now), transient.join("; "))
+                );
+                // Not past the deadline, unless it has passed (a bounce to retry).
+                if deadline > now {
+                    next = next.min(deadline);
+                }
+                claim.reschedule(next, transient.join("; "))
             } else {
                 claim.finish()
             }
@@ -418,14 +428,22 @@ impl Relay {
 
     /// Sends a bounce for `failures` to the entry's sender: into the local mailbox when the
     /// sender is local, else through the queue. Never to the null sender.
-    async fn bounce(&self, entry: &QueueEntry, body: &[u8], failures: Vec<Failure>) {
+    ///
+    /// `Err` only for a failure worth retrying (storage); a sender that cannot get mail here
+    /// (unknown local user, bad address) is logged and the bounce dropped.
+    async fn bounce(
+        &self,
+        entry: &QueueEntry,
+        body: &[u8],
+        failures: Vec<Failure>,
+    ) -> Result<(), String> {
         let sender = &entry.envelope.sender;
         if sender.is_empty() {
             warn!(
                 failed = failures.len(),
                 "a bounce failed; not bouncing to the null sender"
             );
-            return;
+            return Ok(());
         }
         let original_headers = headers::header_section(body, 64 * 1024);
         let now = SystemTime::now();
@@ -439,22 +457,31 @@ impl Relay {
             now,
         }
         .to_message();
-        if let Err(e) = self.send_generated(sender, message).await {
-            error!(to = %sender, error = %e, "cannot send bounce");
-        } else {
-            info!(to = %sender, failed = failures.len(), "bounce sent");
+        match self.send_generated(sender, message).await {
+            Ok(()) => {
+                info!(to = %sender, failed = failures.len(), "bounce sent");
+                Ok(())
+            }
+            Err(Unsent::Undeliverable(e)) => {
+                error!(to = %sender, error = %e, "bounce dropped: the sender cannot get mail");
+                Ok(())
+            }
+            Err(Unsent::Storage(e)) => {
+                error!(to = %sender, error = %e, "cannot store bounce; will try again");
+                Err(e)
+            }
         }
     }
 
     /// Sends a message made here (a bounce), from `<>`, to `to`.
-    async fn send_generated(&self, to: &str, message: Vec<u8>) -> Result<(), String> {
+    async fn send_generated(&self, to: &str, message: Vec<u8>) -> Result<(), Unsent> {
         let mailbox = parse_mailbox(to)
-            .map_err(|e| e.message().to_string())?
+            .map_err(|e| Unsent::Undeliverable(e.message().to_string()))?
             .into_owned();
         let dest = self
             .policy
             .route(&ForwardPath::Mailbox(mailbox), true)
-            .map_err(|e| format!("{e:?}"))?;
+            .map_err(|e| Unsent::Undeliverable(format!("{e:?}")))?;
         let id = headers::unique_id();
         let received = format!(
             "Received: from localhost by {} with local id {id};\r\n\t{}\r\n",
@@ -467,7 +494,9 @@ impl Relay {
             let mut m = headers::return_path("").into_bytes();
             m.extend_from_slice(received.as_bytes());
             m.extend_from_slice(&message);
-            crate::local::deliver_bytes(self.store.clone(), mb, m).await?;
+            crate::local::deliver_bytes(self.store.clone(), mb, m)
+                .await
+                .map_err(Unsent::Storage)?;
         }
         if !dest.remote.is_empty() {
             let entry = QueueEntry::new(
@@ -484,12 +513,20 @@ impl Relay {
             let q = self.queue.clone();
             tokio::task::spawn_blocking(move || q.enqueue(&entry, &m))
                 .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| Unsent::Storage(e.to_string()))?
+                .map_err(|e| Unsent::Storage(e.to_string()))?;
             self.notify.notify_one();
         }
         Ok(())
     }
+}
+
+/// Why a generated message was not sent.
+enum Unsent {
+    /// The recipient cannot get mail here (bad address, unknown local user): do not retry.
+    Undeliverable(String),
+    /// Storing it failed (local mailbox or queue): worth retrying.
+    Storage(String),
 }
 
 fn to_client_rcpt(r: &Recipient, m: smtp_proto::address::Mailbox<'static>) -> CRecipient {
