@@ -411,3 +411,67 @@ fn shrink_buffers_keeps_unprocessed_input_and_unsent_output() {
     drive(&mut s, &[b"OP\r\n"], &mut t);
     assert_eq!(t.out, "250 2.0.0 OK\r\n");
 }
+
+/// Fragments a hostile or merely pipelining client may send, in any order.
+const FRAGMENTS: &[&str] = &[
+    "EHLO c\r\n",
+    "HELO c\r\n",
+    "MAIL FROM:<>\r\nRCPT TO:<c@d>\r\n",
+    "MAIL FROM:<a@x.test>\r\n",
+    "MAIL FROM:<> SIZE=5000\r\n",
+    "RCPT TO:<b@mx.test>\r\n",
+    "RCPT TO:<bad@mx.test>\r\n",
+    "DATA\r\n",
+    "Hello\r\n..dot\r\n.\r\n",
+    "x\ry\r\n.\r\n",
+    "BDAT 4\r\nab\r\n",
+    "BDAT 0 LAST\r\n",
+    "BDAT 700\r\n",
+    "BDAT 3 LAST\r\nxyz",
+    "z",
+    "RSET\r\n",
+    "NOOP\r\n",
+    "FOO\r\n",
+    "\r\n",
+    ".\r\n",
+];
+
+fn fragments() -> impl Strategy<Value = Vec<u8>> {
+    prop::collection::vec(
+        prop_oneof![
+            12 => (0..FRAGMENTS.len()).prop_map(|i| FRAGMENTS[i].as_bytes().to_vec()),
+            1 => (1usize..800).prop_map(|n| vec![b'q'; n]),
+        ],
+        0..30,
+    )
+    .prop_map(|v| [b"EHLO c\r\n".to_vec(), v.concat()].concat())
+}
+
+proptest! {
+    /// Any split of any pipelined mix of commands and content gives the same result as one
+    /// read.
+    #[test]
+    fn any_split_of_any_pipeline_gives_the_same_result(
+        input in fragments(),
+        cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..20),
+    ) {
+        let mut c = config();
+        c.max_errors = 1000;
+        let mut s = Session::new(c.clone());
+        let mut whole = Trace::default();
+        drive(&mut s, &[&input], &mut whole);
+        let mut cuts: Vec<usize> = cuts.iter().map(|i| i.index(input.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut pieces = Vec::new();
+        let mut last = 0;
+        for c in cuts {
+            pieces.push(&input[last..c]);
+            last = c;
+        }
+        pieces.push(&input[last..]);
+        let mut s = Session::new(c);
+        let mut t = Trace::default();
+        drive(&mut s, &pieces, &mut t);
+        prop_assert_eq!(t, whole);
+    }
+}
