@@ -131,12 +131,40 @@ pub struct Policy {
 
 impl Policy {
     /// A policy for these (lower-case) domains, listener addresses and users.
+    ///
+    /// Alias targets written as full addresses in one of our own domains (`postmaster:
+    /// root@example.org`) become local mailboxes: relaying them would send our own mail to
+    /// our MX, which the loop guard refuses (the mail bounced).
     pub fn new(domains: Vec<String>, listen: Vec<SocketAddr>, users: Option<Users>) -> Policy {
-        Policy {
+        let mut policy = Policy {
             domains,
             listen,
-            users,
+            users: None,
+        };
+        policy.users = users.map(|mut u| {
+            for entry in u.entries.values_mut() {
+                if let Entry::Alias(targets) = entry {
+                    for t in targets.iter_mut() {
+                        if let Target::Remote(a) = t {
+                            if let Some(m) = policy.own_mailbox(a) {
+                                *t = Target::Local(m);
+                            }
+                        }
+                    }
+                }
+            }
+            u
+        });
+        policy
+    }
+
+    /// The local mailbox of an address in one of our own domains.
+    fn own_mailbox(&self, address: &str) -> Option<MailboxName> {
+        let m = smtp_proto::address::parse_mailbox(address).ok()?;
+        if !self.is_local_domain(m.domain()) {
+            return None;
         }
+        MailboxName::from_local_part(m.local_part()).ok()
     }
 
     /// True when mail for this domain is delivered here.
@@ -350,6 +378,16 @@ mod tests {
                 .as_str(),
             "alice"
         );
+        // A full address in one of our domains is a local target, not one to relay.
+        let p2 = policy(Some(
+            "alice\nteam: Alice+x@Example.ORG, carol@remote.test\n",
+        ));
+        let team = p2.route(&fp("<team@example.org>"), false).unwrap();
+        assert_eq!(
+            team.local.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
+            ["alice"]
+        );
+        assert_eq!(team.remote, vec!["carol@remote.test"]);
         let e = Users::parse("alice\n\nx/y\n").unwrap_err();
         assert_eq!(e.line, 3);
         assert!(Users::parse("a:\n").is_err());
