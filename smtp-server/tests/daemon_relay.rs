@@ -363,3 +363,28 @@ fn bounce_that_cannot_be_stored_is_retried() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(bounces(&d).len(), 1, "one bounce, not one per retry");
 }
+
+#[test]
+fn repeated_remote_recipient_is_sent_once() {
+    let net = Net::start(PeerBehaviour::default(), false);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let d = Daemon::start(
+        &spool,
+        net.dns.addr(),
+        &["--remote-port", &net.peer_port.to_string()],
+    );
+    let mut c = d.connect();
+    let r = c.send(
+        "alice@example.test",
+        &["dave@remote.test", "dave@remote.test"],
+        MSG,
+    );
+    assert_eq!(r.0, 250, "{r:?}");
+    assert!(
+        wait_until(Duration::from_secs(20), || !net.got().is_empty()),
+        "{}",
+        d.log()
+    );
+    assert_eq!(net.got()[0].rcpts, ["<dave@remote.test>"]);
+}

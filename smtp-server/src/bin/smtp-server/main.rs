@@ -442,6 +442,11 @@ impl SessionHandler for Session {
         for a in &rcpts {
             mailboxes.extend(a.dest.local.iter().cloned());
             for r in &a.dest.remote {
+                // One copy per address (a repeated RCPT, or an alias target also named
+                // directly): the next hop would otherwise be given it twice.
+                if remote.iter().any(|q: &QRecipient| q.address == *r) {
+                    continue;
+                }
                 let mut q = QRecipient::new(r.clone());
                 // DSN parameters belong to the address the client gave, not to alias targets.
                 if a.dest.remote.len() == 1 && a.dest.local.is_empty() {
