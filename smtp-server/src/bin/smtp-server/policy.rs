@@ -181,6 +181,7 @@ impl Policy {
 
     /// True when `ip` is an address some listener accepts connections on.
     pub fn is_own_ip(&self, ip: IpAddr) -> bool {
+        let ip = canonical_ip(ip);
         self.listen.iter().any(|l| {
             if l.ip().is_unspecified() {
                 l.is_ipv4() == ip.is_ipv4() && is_local_interface(ip)
@@ -340,6 +341,14 @@ mod tests {
         );
         assert_eq!(
             p.route(&fp("<carol@[IPv6:::1]>"), false).unwrap().local[0].as_str(),
+            "carol"
+        );
+        // An IPv4-mapped literal is the IPv4 address it maps.
+        assert_eq!(
+            p.route(&fp("<carol@[IPv6:::ffff:127.0.0.1]>"), false)
+                .unwrap()
+                .local[0]
+                .as_str(),
             "carol"
         );
         assert_eq!(
