@@ -35,6 +35,11 @@ const READ_BUF: usize = 16 * 1024;
 const TLS_READ_BUF: usize = 8 * 1024;
 /// Buffer capacity kept by an idle connection.
 const IDLE_KEEP: usize = 4096;
+/// Queued replies beyond this are written before more input is processed: a client that
+/// pipelines cheap commands with long replies (8 octets of `EHLO a` get ~150 octets back)
+/// and never reads would otherwise make one read of input queue ~20 times its size. (Inside
+/// a message only BDAT's `250`s are queued, ~4 times the input at most.)
+const OUTPUT_HIGH_WATER: usize = 32 * 1024;
 /// How long closing (TLS close_notify, TCP FIN) may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -510,6 +515,12 @@ impl<H: Handler> Connection<H> {
                     break;
                 }
                 continue;
+            }
+            if self.io.session.output().len() >= OUTPUT_HIGH_WATER {
+                if let Err(e) = self.io.flush().await {
+                    debug!(error = %e, "write failed");
+                    break;
+                }
             }
             if let Some(event) = self.io.session.poll_event() {
                 let next = self.state.on_event(event).await;
