@@ -343,9 +343,10 @@ mod tests {
             p.route(&fp("<carol@[IPv6:::1]>"), false).unwrap().local[0].as_str(),
             "carol"
         );
-        // An IPv4-mapped literal is the IPv4 address it maps.
+        // An IPv4-mapped literal is the IPv4 address it maps (here with IPv4 listeners only).
+        let v4 = Policy::new(vec![], vec!["127.0.0.1:2525".parse().unwrap()], None);
         assert_eq!(
-            p.route(&fp("<carol@[IPv6:::ffff:127.0.0.1]>"), false)
+            v4.route(&fp("<carol@[IPv6:::ffff:127.0.0.1]>"), false)
                 .unwrap()
                 .local[0]
                 .as_str(),
