@@ -59,7 +59,10 @@
 //! # Decisions made here
 //! - Replies carry RFC 3463 enhanced codes (except the greeting, EHLO/HELO and 354).
 //! - A client that makes [`SessionConfig::max_errors`] protocol errors (bad syntax, bad
-//!   sequence) is disconnected with `421 4.7.0`; policy refusals do not count.
+//!   sequence) is disconnected with `421 4.7.0`; policy refusals do not count, nor do BDAT
+//!   chunks refused because an earlier chunk failed. Past [`SessionConfig::max_junk`] NOOP,
+//!   RSET, VRFY, EXPN and HELP commands, each further one counts as an error.
+//! - The EHLO reply echoes the client's name only when it is at most 255 octets.
 //! - MAIL/RCPT parameters the server did not advertise (unknown keywords, DSN's NOTIFY, ORCPT,
 //!   RET and ENVID unless [`SessionConfig::dsn`], `BODY=BINARYMIME`) are refused with
 //!   `555 5.5.4`; parameters after HELO (not EHLO) likewise.
@@ -102,6 +105,9 @@ pub struct SessionConfig {
     pub dsn: bool,
     /// Protocol errors tolerated before the client is disconnected with `421 4.7.0`.
     pub max_errors: usize,
+    /// NOOP, RSET, VRFY, EXPN and HELP commands allowed in a session before each further one
+    /// counts as a protocol error (default 100).
+    pub max_junk: usize,
 }
 
 impl SessionConfig {
@@ -120,6 +126,7 @@ impl SessionConfig {
             smtputf8: true,
             dsn: false,
             max_errors: 10,
+            max_junk: 100,
         }
     }
 }
@@ -282,6 +289,7 @@ pub struct Session {
     /// A message end seen while its last piece of body was being reported.
     finished: Option<(u64, Result<(), DataError>)>,
     errors: usize,
+    junk: usize,
 }
 
 fn reply(code: u16, enhanced: Option<(u8, u16, u16)>, text: &str) -> Reply {
@@ -318,6 +326,7 @@ impl Session {
             bdat_oversize: false,
             finished: None,
             errors: 0,
+            junk: 0,
         }
     }
 
@@ -706,6 +715,23 @@ impl Session {
     /// Queues a protocol error reply; returns `Closed` when the error budget is spent.
     fn protocol_error(&mut self, code: u16, enhanced: (u8, u16, u16), text: &str) -> Option<Step> {
         reply(code, Some(enhanced), text).encode(&mut self.output);
+        self.count_error()
+    }
+
+    /// Counts a command that moves nothing forward (NOOP, RSET, VRFY, EXPN, HELP): past
+    /// [`SessionConfig::max_junk`] of them in a session, each counts as a protocol error (as
+    /// Postfix's `smtpd_junk_command_limit`), so a client cannot hold a connection with them.
+    fn junk(&mut self) -> Option<Step> {
+        self.junk += 1;
+        if self.junk > self.config.max_junk {
+            return self.count_error();
+        }
+        None
+    }
+
+    /// Counts one protocol error; returns `Closed` (with `421 4.7.0` queued) when the error
+    /// budget is spent.
+    fn count_error(&mut self) -> Option<Step> {
         self.errors += 1;
         if self.errors >= self.config.max_errors {
             let text = format!(
@@ -721,7 +747,13 @@ impl Session {
     fn ehlo_reply(&self) -> Reply {
         let mut e = EhloReply::new(
             self.config.hostname.clone(),
-            format!("greets {}", self.helo),
+            // A client name is echoed only when it could be a domain (at most 255 octets),
+            // so the reply line stays within the 512-octet limit.
+            if self.helo.len() <= 255 {
+                format!("greets {}", self.helo)
+            } else {
+                "greets you".to_owned()
+            },
         );
         e = e
             .with(Capability::Pipelining)
@@ -828,8 +860,10 @@ impl Session {
                 if self.envelope == Envelope::Chunking {
                     return None;
                 }
-                if let Err((code, enh, text, protocol)) = self.check_data() {
-                    return self.refuse(code, enh, &text, protocol);
+                if let Err((code, enh, text, _)) = self.check_data() {
+                    // Not a protocol error: a client that pipelined chunks behind one that
+                    // failed (e.g. over the size limit) gets one refusal per chunk.
+                    return self.refuse(code, enh, &text, false);
                 }
                 self.envelope = Envelope::Chunking;
                 self.bdat_size = 0;
@@ -841,6 +875,9 @@ impl Session {
                 let was = self.in_transaction();
                 self.reset_transaction();
                 reply(250, Some((2, 0, 0)), "OK").encode(&mut self.output);
+                if let Some(closed) = self.junk() {
+                    return Some(closed);
+                }
                 if was {
                     Step::Reset
                 } else {
@@ -850,7 +887,7 @@ impl Session {
             Command::Noop => {
                 self.pos += used;
                 reply(250, Some((2, 0, 0)), "OK").encode(&mut self.output);
-                return None;
+                return self.junk();
             }
             Command::Vrfy(_) => {
                 self.pos += used;
@@ -860,11 +897,12 @@ impl Session {
                     "Cannot VRFY user, but will accept message and attempt delivery",
                 )
                 .encode(&mut self.output);
-                return None;
+                return self.junk();
             }
             Command::Expn(_) => {
                 self.pos += used;
-                return self.refuse(502, (5, 5, 1), "EXPN not available", false);
+                reply(502, Some((5, 5, 1)), "EXPN not available").encode(&mut self.output);
+                return self.junk();
             }
             Command::Help(_) => {
                 self.pos += used;
@@ -874,7 +912,7 @@ impl Session {
                     "See RFC 5321: https://www.rfc-editor.org/rfc/rfc5321",
                 )
                 .encode(&mut self.output);
-                return None;
+                return self.junk();
             }
             Command::Auth { .. } => {
                 self.pos += used;

@@ -475,3 +475,46 @@ proptest! {
         prop_assert_eq!(t, whole);
     }
 }
+
+#[test]
+fn junk_commands_count_as_errors_past_the_limit() {
+    // 100 NOOPs are fine; the next 10 each count as an error and the 10th closes.
+    let t = run("NOOP\r\n".repeat(115).as_bytes());
+    assert_eq!(t.out.matches("250 2.0.0 OK").count(), 110, "{}", t.out);
+    assert!(
+        t.out
+            .ends_with("250 2.0.0 OK\r\n421 4.7.0 mx.test Too many errors, closing connection\r\n"),
+        "{}",
+        t.out
+    );
+    // A real transaction in between does not reset the count, but 100 are plenty for it.
+    let mut input = "RSET\r\n".repeat(99);
+    input.push_str("EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nDATA\r\nx\r\n.\r\nQUIT\r\n");
+    let r = replies(&input);
+    assert_eq!(r.last().unwrap(), "221 2.0.0 mx.test closing connection");
+}
+
+#[test]
+fn bdat_chunks_behind_a_failed_one_are_not_protocol_errors() {
+    // 12 chunks pipelined behind one over the size limit: each gets 503, none closes.
+    let chunk = "y".repeat(600);
+    let mut input = format!(
+        "EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nBDAT 600\r\n{chunk}BDAT 600\r\n{chunk}"
+    );
+    for _ in 0..12 {
+        input.push_str("BDAT 2\r\nzz");
+    }
+    input.push_str("NOOP\r\n");
+    let r = replies(&input);
+    assert_eq!(r.iter().filter(|l| l.starts_with("503 5.5.1")).count(), 12);
+    assert_eq!(r.last().unwrap(), "250 2.0.0 OK");
+}
+
+#[test]
+fn long_client_name_is_not_echoed() {
+    let name = "a".repeat(400);
+    let r = replies(&format!("EHLO {name}\r\n"));
+    assert_eq!(r[0], "250-mx.test greets you");
+    let r = replies("EHLO client.example\r\n");
+    assert_eq!(r[0], "250-mx.test greets client.example");
+}
