@@ -340,7 +340,8 @@ const QTEXT: u8 = 4;
 /// `dcontent`
 const DCONTENT: u8 = 8;
 
-const fn atext_class(b: u8) -> bool {
+/// `atext` (RFC 5322) plus UTF-8 non-ASCII (RFC 6531).
+pub(crate) const fn atext_class(b: u8) -> bool {
     b.is_ascii_alphanumeric()
         || matches!(
             b,
@@ -366,7 +367,8 @@ const fn atext_class(b: u8) -> bool {
         || b >= 0x80
 }
 
-const fn ldh_class(b: u8) -> bool {
+/// A domain label byte: letter, digit, hyphen, or UTF-8 non-ASCII (U-labels).
+pub(crate) const fn ldh_class(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'-' || b >= 0x80
 }
 

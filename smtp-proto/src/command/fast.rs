@@ -9,7 +9,7 @@
 //! general parser, and what they accept they build exactly as it would (a unit test below
 //! runs both on generated lines).
 use super::{Command, Limits};
-use crate::address::{eq_upper, ForwardPath, Mailbox, ReversePath};
+use crate::address::{atext_class, eq_upper, ldh_class, ForwardPath, Mailbox, ReversePath};
 use crate::param::{Body, MailParams, Notify, RcptParams};
 
 /// ASCII `atext`: a dot-string byte other than the dot.
@@ -20,32 +20,14 @@ const LABEL: u8 = 2;
 static CLASS: [u8; 256] = {
     let mut t = [0u8; 256];
     let mut i = 0;
+    // ASCII only: UTF-8 addresses take the general parser.
     while i < 128 {
         let b = i as u8;
-        if b.is_ascii_alphanumeric() || b == b'-' {
-            t[i] |= ATOM | LABEL;
-        }
-        if matches!(
-            b,
-            b'!' | b'#'
-                | b'$'
-                | b'%'
-                | b'&'
-                | b'\''
-                | b'*'
-                | b'+'
-                | b'/'
-                | b'='
-                | b'?'
-                | b'^'
-                | b'_'
-                | b'`'
-                | b'{'
-                | b'|'
-                | b'}'
-                | b'~'
-        ) {
+        if atext_class(b) {
             t[i] |= ATOM;
+        }
+        if ldh_class(b) {
+            t[i] |= LABEL;
         }
         i += 1;
     }
