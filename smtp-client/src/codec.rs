@@ -49,33 +49,80 @@ pub fn has_8bit(message: &[u8]) -> bool {
 /// CR or LF counted as CRLF, and a final CRLF added when the message does not end with a line
 /// break. This is the number the `SIZE=` parameter declares (RFC 1870 §3).
 pub fn wire_size(message: &[u8]) -> u64 {
-    let mut size: u64 = 0;
-    let mut i = 0;
-    let mut ends_with_break = false;
-    while i < message.len() {
-        match message[i] {
-            b'\r' => {
-                size += 2;
-                if message.get(i + 1) == Some(&b'\n') {
-                    i += 1;
-                }
-                ends_with_break = true;
-            }
-            b'\n' => {
-                size += 2;
-                ends_with_break = true;
-            }
-            _ => {
-                size += 1;
-                ends_with_break = false;
-            }
+    let mut scan = MessageScan::new();
+    scan.feed(message);
+    scan.size()
+}
+
+/// [`wire_size`] and [`has_8bit`] over a message that arrives in chunks of any size (a file
+/// read piece by piece): the result is the same as for the chunks joined.
+#[derive(Debug, Clone, Default)]
+pub struct MessageScan {
+    size: u64,
+    eight_bit: bool,
+    after_cr: bool,
+    ends_with_break: bool,
+    empty: bool,
+}
+
+impl MessageScan {
+    /// A scan at the start of a message.
+    pub fn new() -> Self {
+        Self {
+            empty: true,
+            ..Self::default()
         }
-        i += 1;
     }
-    if !message.is_empty() && !ends_with_break {
-        size += 2;
+
+    /// Takes the next chunk.
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let Some(&first) = chunk.first() else {
+            return;
+        };
+        self.empty = false;
+        self.eight_bit |= !chunk.is_ascii();
+        let mut i = 0;
+        if std::mem::take(&mut self.after_cr) && first == b'\n' {
+            // The LF of a CRLF split across chunks: counted with its CR.
+            i = 1;
+        }
+        while i < chunk.len() {
+            match chunk[i] {
+                b'\r' => {
+                    self.size += 2;
+                    self.ends_with_break = true;
+                    match chunk.get(i + 1) {
+                        Some(b'\n') => i += 1,
+                        Some(_) => {}
+                        None => self.after_cr = true,
+                    }
+                }
+                b'\n' => {
+                    self.size += 2;
+                    self.ends_with_break = true;
+                }
+                _ => {
+                    self.size += 1;
+                    self.ends_with_break = false;
+                }
+            }
+            i += 1;
+        }
     }
-    size
+
+    /// Whether an octet above 127 was seen.
+    pub fn has_8bit(&self) -> bool {
+        self.eight_bit
+    }
+
+    /// The wire size of everything fed so far, as [`wire_size`] counts it.
+    pub fn size(&self) -> u64 {
+        if self.empty || self.ends_with_break {
+            self.size
+        } else {
+            self.size + 2
+        }
+    }
 }
 
 #[cfg(test)]
@@ -125,6 +172,23 @@ mod tests {
         fn wire_size_matches_normalisation(body in proptest::collection::vec(
             prop_oneof![Just(b'\r'), Just(b'\n'), Just(b'.'), any::<u8>()], 0..200)) {
             prop_assert_eq!(wire_size(&body), normalize_line_endings(&body).len() as u64);
+        }
+
+        #[test]
+        fn scan_in_chunks_matches_whole(body in proptest::collection::vec(
+            prop_oneof![Just(b'\r'), Just(b'\n'), Just(0x80u8), b'a'..=b'c'], 0..200),
+            cuts in proptest::collection::vec(any::<proptest::sample::Index>(), 0..6)) {
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c.index(body.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut scan = MessageScan::new();
+            let mut from = 0;
+            for cut in cuts.into_iter().chain([body.len()]) {
+                scan.feed(&body[from..cut]);
+                from = cut;
+            }
+            prop_assert_eq!(scan.size(), wire_size(&body));
+            prop_assert_eq!(scan.size(), normalize_line_endings(&body).len() as u64);
+            prop_assert_eq!(scan.has_8bit(), has_8bit(&body));
         }
     }
 }

@@ -26,6 +26,7 @@ use tracing::{debug, warn};
 
 use crate::codec::{has_8bit, wire_size, CodecError, ReplyCodec};
 use crate::error::ClientError;
+use crate::message::{Message, MessageInfo, MessageReader, CHUNK};
 use crate::tls::{TlsInfo, TlsPolicy, TlsSetup};
 
 /// How long to wait for each step. The defaults are RFC 5321 §4.5.3.2's.
@@ -283,9 +284,6 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// Octets of message data written per write call (each bounded by the data block timeout).
-const DATA_BLOCK: usize = 64 * 1024;
-
 /// An open SMTP session with one server, greeted and (per the policy) encrypted.
 ///
 /// Driving it: [`Connection::connect`], then [`Connection::send`] any number of times
@@ -438,6 +436,44 @@ impl Connection {
         envelope: &Envelope,
         message: &[u8],
     ) -> Result<TransactionResult, ClientError> {
+        let info = MessageInfo {
+            size: wire_size(message),
+            eight_bit: has_8bit(message),
+        };
+        self.send_scanned(envelope, &Message::bytes(message), info)
+            .await
+    }
+
+    /// [`send`](Self::send) for a [`Message`] that may be a file: it is read once to measure
+    /// it ([`Message::scan`]), then streamed in 64 KiB chunks, each dot-stuffed and written
+    /// (within the data block timeout) before the next is read. The server receives exactly
+    /// what `send` of the same bytes would give it.
+    ///
+    /// # Errors
+    ///
+    /// Those of [`send`](Self::send), and [`ClientError::Message`] when the file cannot be
+    /// read: before MAIL with nothing sent, or in the middle of the data, which then ends
+    /// without the end marker (the server discards it) and leaves the connection unusable.
+    pub async fn send_message(
+        &mut self,
+        envelope: &Envelope,
+        message: &Message<'_>,
+    ) -> Result<TransactionResult, ClientError> {
+        if self.broken {
+            return Err(ClientError::Broken);
+        }
+        let info = message.scan().await.map_err(ClientError::Message)?;
+        self.send_scanned(envelope, message, info).await
+    }
+
+    /// [`send_message`](Self::send_message) with the scan already done (`info` must describe
+    /// `message`).
+    pub(crate) async fn send_scanned(
+        &mut self,
+        envelope: &Envelope,
+        message: &Message<'_>,
+        info: MessageInfo,
+    ) -> Result<TransactionResult, ClientError> {
         if self.broken {
             return Err(ClientError::Broken);
         }
@@ -445,8 +481,7 @@ impl Connection {
             return Err(ClientError::NoRecipients);
         }
         let utf8 = envelope.needs_smtputf8();
-        let eight_bit = has_8bit(message);
-        let size = wire_size(message);
+        let MessageInfo { size, eight_bit } = info;
         if utf8 && !self.has("SMTPUTF8") {
             return Err(ClientError::NeedsSmtpUtf8);
         }
@@ -511,7 +546,7 @@ impl Connection {
         let accepted_any = rcpt_replies.iter().any(Reply::is_positive_completion);
         let data = match data_reply {
             Some(reply) if reply.code() == 354 => {
-                let final_reply = self.write_message(message, accepted_any).await?;
+                let final_reply = self.write_message(accepted_any.then_some(message)).await?;
                 Some(final_reply)
             }
             other => other,
@@ -683,7 +718,7 @@ impl Connection {
         if !mail_reply.is_positive_completion() {
             if data_reply.code() == 354 {
                 // A broken server took DATA without a sender: end the empty message at once.
-                let _ = self.write_message(b"", false).await;
+                let _ = self.write_message(None).await;
             }
             return Err(ClientError::Refused {
                 command: "MAIL",
@@ -719,21 +754,29 @@ impl Connection {
     }
 
     /// After `354`: the message, dot-stuffed and ended with `.`, then the final reply. When no
-    /// recipient was accepted (a pipelined DATA the server took anyway), only the end marker
-    /// is sent (RFC 2920 §3.1) and the reply read and dropped.
-    async fn write_message(
-        &mut self,
-        message: &[u8],
-        any_recipient: bool,
-    ) -> Result<Reply, ClientError> {
+    /// recipient was accepted (`None`: a pipelined DATA the server took anyway), only the end
+    /// marker is sent (RFC 2920 §3.1) and the reply read and dropped.
+    async fn write_message(&mut self, message: Option<&Message<'_>>) -> Result<Reply, ClientError> {
         let t = self.config.timeouts;
-        let body = if any_recipient { message } else { b"" };
         let mut encoder = DataEncoder::new();
-        let mut out = Vec::with_capacity(DATA_BLOCK + DATA_BLOCK / 16 + 8);
-        for chunk in body.chunks(DATA_BLOCK) {
-            out.clear();
-            encoder.encode(chunk, &mut out);
-            self.write_all(&out, t.data_block, "data block").await?;
+        let mut out = Vec::with_capacity(2 * CHUNK + 8);
+        if let Some(message) = message {
+            let mut reader = match MessageReader::open(message).await {
+                Ok(r) => r,
+                // Nothing of the data sent yet, but the server waits for it: the connection
+                // cannot carry on without sending an (empty) message.
+                Err(e) => return Err(self.fail(ClientError::Message(e))),
+            };
+            loop {
+                let chunk = match reader.next().await {
+                    Ok(Some(chunk)) => chunk,
+                    Ok(None) => break,
+                    Err(e) => return Err(self.fail(ClientError::Message(e))),
+                };
+                out.clear();
+                encoder.encode(chunk, &mut out);
+                self.write_all(&out, t.data_block, "data block").await?;
+            }
         }
         out.clear();
         encoder.finish(&mut out);

@@ -33,8 +33,10 @@ use smtp_proto::address::ForwardPath;
 use smtp_proto::reply::{EnhancedCode, Reply};
 use tracing::{debug, info};
 
+use crate::codec::{has_8bit, wire_size};
 use crate::connection::{ClientConfig, Connection, Envelope, RcptResult};
 use crate::error::ClientError;
+use crate::message::{Message, MessageInfo};
 use crate::resolve::{MxHost, ResolveError, Resolver};
 
 /// Decides whether an address may be connected to (`true`) or must be skipped.
@@ -122,6 +124,9 @@ pub enum DeliveryError {
         /// The destination domain.
         domain: String,
     },
+    /// The message could not be read (a file body): nothing was delivered. Transient, `4.3.0`.
+    #[error("cannot read the message: {0}")]
+    Message(String),
     /// No host took the transaction; the last error.
     #[error("no mail host of {domain} could be used: {last}")]
     NoHostReached {
@@ -140,7 +145,7 @@ impl DeliveryError {
         match self {
             Self::Resolve(e) => e.is_permanent(),
             Self::Loop { .. } => true,
-            Self::NoHostReached { .. } => false,
+            Self::NoHostReached { .. } | Self::Message(_) => false,
         }
     }
 
@@ -154,6 +159,7 @@ impl DeliveryError {
             Self::Resolve(_) => code(4, 4, 3),
             Self::Loop { .. } => code(5, 4, 6),
             Self::NoHostReached { enhanced, .. } => *enhanced,
+            Self::Message(_) => code(4, 3, 0),
         }
     }
 }
@@ -267,6 +273,35 @@ impl Deliverer {
         envelope: &Envelope,
         message: &[u8],
     ) -> DeliveryReport {
+        let info = MessageInfo {
+            size: wire_size(message),
+            eight_bit: has_8bit(message),
+        };
+        self.deliver_scanned(domain, envelope, &Message::bytes(message), Ok(info))
+            .await
+    }
+
+    /// [`deliver`](Self::deliver) for a [`Message`] that may be a file, streamed from disk
+    /// to each server tried (see [`Connection::send_message`]); the file is measured once per
+    /// call. When it cannot be read, every recipient is transient with
+    /// [`DeliveryError::Message`] and no further host is tried.
+    pub async fn deliver_message(
+        &self,
+        domain: &str,
+        envelope: &Envelope,
+        message: &Message<'_>,
+    ) -> DeliveryReport {
+        let info = message.scan().await;
+        self.deliver_scanned(domain, envelope, message, info).await
+    }
+
+    async fn deliver_scanned(
+        &self,
+        domain: &str,
+        envelope: &Envelope,
+        message: &Message<'_>,
+        info: std::io::Result<MessageInfo>,
+    ) -> DeliveryReport {
         let mut report = DeliveryReport {
             domain: domain.to_owned(),
             rcpts: Vec::new(),
@@ -290,6 +325,14 @@ impl Deliverer {
             report.error = Some(error);
         };
 
+        let info = match info {
+            Ok(info) => info,
+            Err(e) => {
+                info!(%domain, error = %e, "cannot read the message");
+                decide_all(&mut report, DeliveryError::Message(e.to_string()));
+                return report;
+            }
+        };
         let (hosts, port) = match self.hosts(domain).await {
             Ok(found) => found,
             Err(e) => {
@@ -311,7 +354,10 @@ impl Deliverer {
                     }
                 }
                 any_allowed = true;
-                match self.attempt(&host.name, addr, envelope, message).await {
+                match self
+                    .attempt(&host.name, addr, envelope, message, info)
+                    .await
+                {
                     Ok((rcpts, tls)) => {
                         report.attempts.push(Attempt {
                             host: host.name.clone(),
@@ -330,6 +376,11 @@ impl Deliverer {
                             addr,
                             error: Some(e.to_string()),
                         });
+                        if let ClientError::Message(e) = e {
+                            // The next host would fare no better.
+                            decide_all(&mut report, DeliveryError::Message(e.to_string()));
+                            return report;
+                        }
                         last = Some(e);
                     }
                 }
@@ -373,7 +424,8 @@ impl Deliverer {
         host: &str,
         addr: SocketAddr,
         envelope: &Envelope,
-        message: &[u8],
+        message: &Message<'_>,
+        info: MessageInfo,
     ) -> Result<(Vec<(ForwardPath<'static>, RcptOutcome)>, bool), ClientError> {
         let mut conn = Connection::connect(addr, host, &self.config).await?;
         let tls = conn.is_tls();
@@ -384,7 +436,7 @@ impl Deliverer {
                 .map(|r| (r.path.clone(), outcome.clone()))
                 .collect::<Vec<_>>()
         };
-        let outcomes = match conn.send(envelope, message).await {
+        let outcomes = match conn.send_scanned(envelope, message, info).await {
             Ok(result) => {
                 let _ = conn.quit().await;
                 envelope

@@ -85,6 +85,11 @@ pub enum ClientError {
     /// The envelope has no recipient.
     #[error("the envelope has no recipient")]
     NoRecipients,
+    /// The message could not be read (a [`Body::File`](crate::message::Body::File) that
+    /// cannot be opened or read). Before MAIL nothing was sent; during the data the connection
+    /// was left without the end marker, so the server discards what it got, and is unusable.
+    #[error("cannot read the message: {0}")]
+    Message(io::Error),
     /// An earlier error left the connection unusable.
     #[error("the connection is no longer usable after an earlier error")]
     Broken,
@@ -137,6 +142,7 @@ impl ClientError {
             Self::NeedsSmtpUtf8 => code(5, 6, 7),
             Self::TooLarge { .. } => code(5, 3, 4),
             Self::NoRecipients => code(5, 5, 1),
+            Self::Message(_) => code(4, 3, 0),
             _ => code(4, 0, 0),
         }
     }

@@ -91,6 +91,9 @@
 //! - Message data is sent with DATA (not BDAT), dot-stuffed, with every bare CR or LF turned
 //!   into CRLF (so nothing that could smuggle a second message reaches the server). Lines are
 //!   not rewrapped: a line over 998 octets is sent as it is, for the server to judge.
+//! - A message can be a file ([`Message::file`], for [`Connection::send_message`] and
+//!   [`Deliverer::deliver_message`]): it is read twice per transaction, once to measure it for
+//!   `SIZE=` and `BODY=8BITMIME`, once to send it in 64 KiB chunks, never whole in memory.
 //! - DSN parameters (NOTIFY, ORCPT, RET, ENVID) are sent only to servers that offer DSN.
 //! - Timeouts are RFC 5321 §4.5.3.2's, configurable in [`Timeouts`].
 #![forbid(unsafe_code)]
@@ -99,6 +102,7 @@ pub mod codec;
 pub mod connection;
 pub mod deliver;
 pub mod error;
+pub mod message;
 pub mod resolve;
 pub mod tls;
 
@@ -109,6 +113,7 @@ pub use deliver::{
     AddressFilter, Attempt, Deliverer, DeliveryError, DeliveryReport, Failure, RcptOutcome,
 };
 pub use error::ClientError;
+pub use message::{Message, MessageInfo};
 pub use resolve::{AddressOrder, MxHost, ResolveError, Resolver};
 pub use tls::{TlsInfo, TlsPolicy};
 

@@ -1,0 +1,186 @@
+//! The message to send: bytes in memory, or a file streamed from disk.
+//!
+//! A [`Message`] can be read any number of times ([`Deliverer`](crate::Deliverer) may try
+//! several hosts), and a file body is never held in memory whole: it is read once to find its
+//! size and whether it has 8-bit octets ([`Message::scan`]), then once per transaction in
+//! chunks of 64 KiB, each dot-stuffed and written before the next is read.
+
+use std::io;
+use std::path::Path;
+
+use tokio::io::AsyncReadExt;
+
+use crate::codec::MessageScan;
+
+/// Octets read (and written) at a time.
+pub(crate) const CHUNK: usize = 64 * 1024;
+
+/// Where the message content comes from.
+#[derive(Debug, Clone, Copy)]
+pub enum Body<'a> {
+    /// Held in memory.
+    Bytes(&'a [u8]),
+    /// A file, read from the start each time the message is sent. It must not change while a
+    /// send or a delivery using it runs (the size declared with `SIZE=` is measured first).
+    File(&'a Path),
+}
+
+/// A message: optional header lines sent before the body (a relay's `Received:` or
+/// `Message-ID:`, so the stored body need not be copied to add them), then the body.
+#[derive(Debug, Clone, Copy)]
+pub struct Message<'a> {
+    /// Sent first, as if it were the body's beginning (typically whole header lines, CRLF
+    /// ended); may be empty.
+    pub prefix: &'a [u8],
+    /// The rest.
+    pub body: Body<'a>,
+}
+
+/// What MAIL needs to know about a message before it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// The size on the wire, as [`wire_size`](crate::codec::wire_size) counts it (`SIZE=`).
+    pub size: u64,
+    /// Whether it has an octet above 127 (`BODY=8BITMIME`).
+    pub eight_bit: bool,
+}
+
+impl<'a> Message<'a> {
+    /// A message held in memory.
+    pub fn bytes(message: &'a [u8]) -> Self {
+        Self {
+            prefix: b"",
+            body: Body::Bytes(message),
+        }
+    }
+
+    /// `prefix` followed by the content of the file at `path`.
+    pub fn file(prefix: &'a [u8], path: &'a Path) -> Self {
+        Self {
+            prefix,
+            body: Body::File(path),
+        }
+    }
+
+    /// Reads the message once (a file in 64 KiB chunks) to measure its wire size and look for
+    /// 8-bit octets.
+    ///
+    /// # Errors
+    ///
+    /// Opening or reading the file failed.
+    pub async fn scan(&self) -> io::Result<MessageInfo> {
+        let mut scan = MessageScan::new();
+        let mut reader = MessageReader::open(self).await?;
+        while let Some(chunk) = reader.next().await? {
+            scan.feed(chunk);
+        }
+        Ok(MessageInfo {
+            size: scan.size(),
+            eight_bit: scan.has_8bit(),
+        })
+    }
+}
+
+/// Reads a [`Message`] from its start in chunks of at most [`CHUNK`] octets.
+pub(crate) struct MessageReader<'a> {
+    prefix: &'a [u8],
+    body: Source<'a>,
+    buf: Vec<u8>,
+}
+
+enum Source<'a> {
+    Bytes(&'a [u8]),
+    File(tokio::fs::File),
+}
+
+impl<'a> MessageReader<'a> {
+    /// Opens the message (the file, for a file body).
+    pub(crate) async fn open(message: &Message<'a>) -> io::Result<Self> {
+        let body = match message.body {
+            Body::Bytes(b) => Source::Bytes(b),
+            Body::File(path) => Source::File(tokio::fs::File::open(path).await?),
+        };
+        Ok(Self {
+            prefix: message.prefix,
+            body,
+            buf: Vec::new(),
+        })
+    }
+
+    /// The next chunk, or `None` at the end.
+    pub(crate) async fn next(&mut self) -> io::Result<Option<&[u8]>> {
+        if !self.prefix.is_empty() {
+            let (chunk, rest) = self.prefix.split_at(self.prefix.len().min(CHUNK));
+            self.prefix = rest;
+            return Ok(Some(chunk));
+        }
+        match &mut self.body {
+            Source::Bytes(b) => {
+                let all: &'a [u8] = b;
+                if all.is_empty() {
+                    return Ok(None);
+                }
+                let (chunk, rest) = all.split_at(all.len().min(CHUNK));
+                *b = rest;
+                Ok(Some(chunk))
+            }
+            Source::File(file) => {
+                self.buf.resize(CHUNK, 0);
+                let n = loop {
+                    match file.read(&mut self.buf).await {
+                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                        other => break other?,
+                    }
+                };
+                Ok((n > 0).then(|| &self.buf[..n]))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::codec::{has_8bit, wire_size};
+
+    #[tokio::test]
+    async fn file_and_prefix_read_as_the_bytes_joined() {
+        let dir = std::env::temp_dir().join(format!("smtp-client-msg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("body");
+        // Over two chunks, a CRLF split across the chunk boundary, an 8-bit octet at the end.
+        let mut body = vec![b'a'; CHUNK - 1];
+        body.extend_from_slice(b"\r\n.dot\nmore\xe9");
+        std::fs::write(&path, &body).unwrap();
+        let prefix = b"Message-ID: <x@y>\r\n";
+        let message = Message::file(prefix, &path);
+
+        let mut read = Vec::new();
+        let mut reader = MessageReader::open(&message).await.unwrap();
+        while let Some(chunk) = reader.next().await.unwrap() {
+            assert!(chunk.len() <= CHUNK);
+            read.extend_from_slice(chunk);
+        }
+        let mut joined = prefix.to_vec();
+        joined.extend_from_slice(&body);
+        assert_eq!(read, joined);
+        let info = message.scan().await.unwrap();
+        assert_eq!(
+            info,
+            MessageInfo {
+                size: wire_size(&joined),
+                eight_bit: has_8bit(&joined)
+            }
+        );
+        assert!(info.eight_bit);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn missing_file_is_an_error() {
+        let message = Message::file(b"", Path::new("/nonexistent/smtp-client/body"));
+        let err = message.scan().await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+}
