@@ -741,6 +741,13 @@ impl Claim {
         File::open(&path).map_err(io_err("open", path))
     }
 
+    /// Where the message body is stored: for a reader that opens it more than once (a
+    /// delivery streaming it to several hosts). The file stays there, unchanged, while the
+    /// claim is held.
+    pub fn body_path(&self) -> PathBuf {
+        self.dir.join(BODY)
+    }
+
     /// Records one recipient's outcome, durably (so a delivered recipient is not delivered
     /// again after a crash).
     ///
@@ -926,6 +933,10 @@ mod tests {
         let mut body = String::new();
         claim.body().unwrap().read_to_string(&mut body).unwrap();
         assert_eq!(body, "Subject: hi\r\n\r\nbody\r\n");
+        assert_eq!(
+            std::fs::read(claim.body_path()).unwrap(),
+            b"Subject: hi\r\n\r\nbody\r\n"
+        );
         claim.record(0, RcptState::Delivered).unwrap();
         assert!(matches!(
             claim.record(5, RcptState::Delivered),

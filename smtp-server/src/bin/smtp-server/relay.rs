@@ -27,6 +27,7 @@ use mailstore::queue::{Envelope as QEnvelope, Queue, QueueEntry, QueueId, RcptSt
 use mailstore::{MailboxName, Store};
 use smtp_client::connection::{Envelope, Recipient as CRecipient};
 use smtp_client::deliver::{Deliverer, RcptOutcome};
+use smtp_client::Message;
 use smtp_proto::address::{parse_mailbox, ForwardPath, ReversePath};
 use smtp_proto::param::{Orcpt, RcptParams, Ret};
 use tokio::sync::{Notify, Semaphore};
@@ -38,6 +39,31 @@ use crate::policy::Policy;
 
 /// How many entries are delivered at once.
 const PARALLEL: usize = 16;
+
+/// The most of a message's beginning kept in memory (for a bounce's copy of the headers); the
+/// body itself is streamed from the queue file when sent.
+const HEAD_MAX: usize = 64 * 1024;
+
+/// Reads a stored message's header section, scanning it (`Message-ID:` present?) and keeping
+/// at most its first [`HEAD_MAX`] octets; reading stops where the header section ends, so
+/// only a message with headers longer than that is read further (and not kept).
+fn read_head(mut body: impl Read) -> std::io::Result<(Vec<u8>, HeaderScanner)> {
+    let mut scan = HeaderScanner::new();
+    let mut head = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    while !scan.done() {
+        let n = match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        scan.feed(&buf[..n]);
+        let keep = n.min(HEAD_MAX.saturating_sub(head.len()));
+        head.extend_from_slice(&buf[..keep]);
+    }
+    Ok((head, scan))
+}
 
 /// The queue runner's shared state.
 pub struct Relay {
@@ -215,19 +241,15 @@ impl Relay {
         let claimed = tokio::task::spawn_blocking(move || {
             let claim = q.claim(&id2)?;
             let Some(claim) = claim else { return Ok(None) };
-            let mut body = Vec::new();
-            claim
-                .body()?
-                .read_to_end(&mut body)
-                .map_err(|e| mailstore::Error::Io {
-                    op: "read",
-                    path: id2.as_str().into(),
-                    source: e,
-                })?;
-            Ok::<_, mailstore::Error>(Some((claim, body)))
+            let head = read_head(claim.body()?).map_err(|e| mailstore::Error::Io {
+                op: "read",
+                path: claim.body_path(),
+                source: e,
+            })?;
+            Ok::<_, mailstore::Error>(Some((claim, head)))
         })
         .await;
-        let (mut claim, mut body) = match claimed {
+        let (mut claim, (mut head, scan)) = match claimed {
             Ok(Ok(Some(c))) => c,
             Ok(Ok(None)) => {
                 self.restore_unsaved(id, carried);
@@ -245,14 +267,14 @@ impl Relay {
             }
         };
         let entry = claim.entry().clone();
-        let mut scan = HeaderScanner::new();
-        scan.feed(&body);
+        // Headers sent before the stored body, which is streamed from the queue file.
+        let mut prefix = Vec::new();
         if !scan.has_message_id {
             // Stable across retries: made from the queue id.
-            let mut with_id = headers::message_id_header(id.as_str(), &self.hostname).into_bytes();
-            with_id.extend_from_slice(&body);
-            body = with_id;
+            prefix = headers::message_id_header(id.as_str(), &self.hostname).into_bytes();
+            head.splice(0..0, prefix.iter().copied());
         }
+        let body_path = claim.body_path();
 
         let from = if entry.envelope.sender.is_empty() {
             ReversePath::Null
@@ -308,7 +330,11 @@ impl Relay {
                 ret,
                 envid: entry.envelope.envid.clone(),
             };
-            let report = self.deliverer.deliver(&domain, &env, &body).await;
+            let message = Message::file(&prefix, &body_path);
+            let report = self
+                .deliverer
+                .deliver_message(&domain, &env, &message)
+                .await;
             let via = report.delivered_via.as_ref().map(|(h, _)| h.clone());
             for ((i, _), (path, outcome)) in rcpts.iter().zip(report.rcpts.iter()) {
                 let r = &entry.envelope.recipients[*i];
@@ -375,7 +401,7 @@ impl Relay {
         // being recorded as failed with nobody told.
         let failures: Vec<Failure> = results.iter().filter_map(|(_, _, f)| f.clone()).collect();
         if !failures.is_empty() {
-            if let Err(e) = self.bounce(&entry, &body, failures).await {
+            if let Err(e) = self.bounce(&entry, &head, failures).await {
                 results.retain(|(_, _, f)| f.is_none());
                 still_pending = true;
                 transient.push(format!("bounce not sent: {e}"));
@@ -427,14 +453,15 @@ impl Relay {
     }
 
     /// Sends a bounce for `failures` to the entry's sender: into the local mailbox when the
-    /// sender is local, else through the queue. Never to the null sender.
+    /// sender is local, else through the queue. Never to the null sender. `head` is the
+    /// message's beginning (at least its header section, up to [`HEAD_MAX`] octets).
     ///
     /// `Err` only for a failure worth retrying (storage); a sender that cannot get mail here
     /// (unknown local user, bad address) is logged and the bounce dropped.
     async fn bounce(
         &self,
         entry: &QueueEntry,
-        body: &[u8],
+        head: &[u8],
         failures: Vec<Failure>,
     ) -> Result<(), String> {
         let sender = &entry.envelope.sender;
@@ -445,7 +472,7 @@ impl Relay {
             );
             return Ok(());
         }
-        let original_headers = headers::header_section(body, 64 * 1024);
+        let original_headers = headers::header_section(head, HEAD_MAX);
         let now = SystemTime::now();
         let message = Report {
             hostname: &self.hostname,
@@ -577,6 +604,7 @@ fn diagnostic(f: &smtp_client::deliver::Failure) -> String {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -584,5 +612,62 @@ mod tests {
         let m = Duration::from_secs(60);
         let got: Vec<u64> = (1..=9).map(|a| backoff(m, a).as_secs() / 60).collect();
         assert_eq!(got, [1, 5, 15, 30, 60, 120, 240, 240, 240]);
+    }
+
+    /// A reader that fails when read past `limit`: proves the body is never read.
+    struct Limited<'a>(&'a [u8], usize);
+
+    impl Read for Limited<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.1 == 0 {
+                return Err(std::io::Error::other("read past the header section"));
+            }
+            let n = buf.len().min(self.0.len()).min(self.1);
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            self.1 -= n;
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn read_head_stops_at_the_header_section() {
+        let mut message = b"Received: x\r\nMessage-ID: <a@b>\r\n\r\n".to_vec();
+        let headers = message.len();
+        message.extend(std::iter::repeat_n(b'x', 1 << 20));
+        // Reads come in 5-octet pieces, so the reader stops within 5 octets of the end.
+        struct Small<'a>(Limited<'a>);
+        impl Read for Small<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                let n = buf.len().min(5);
+                self.0.read(&mut buf[..n])
+            }
+        }
+        let (head, scan) = read_head(Small(Limited(&message, headers + 5))).unwrap();
+        assert!(scan.has_message_id);
+        assert_eq!(scan.received, 1);
+        assert_eq!(
+            headers::header_section(&head, HEAD_MAX),
+            &message[..headers]
+        );
+
+        // Headers only (no empty line): all of it, and no Message-ID.
+        let (head, scan) = read_head(&b"Subject: s\r\n"[..]).unwrap();
+        assert!(!scan.has_message_id);
+        assert_eq!(head, b"Subject: s\r\n");
+    }
+
+    #[test]
+    fn read_head_keeps_at_most_head_max() {
+        let mut message = Vec::new();
+        while message.len() < 3 * HEAD_MAX {
+            message.extend_from_slice(b"X-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n");
+        }
+        message.extend_from_slice(b"Message-ID: <late@b>\r\n\r\nbody\r\n");
+        let (head, scan) = read_head(&message[..]).unwrap();
+        assert_eq!(head.len(), HEAD_MAX);
+        assert_eq!(head, &message[..HEAD_MAX]);
+        // The scan still saw the whole header section.
+        assert!(scan.has_message_id);
     }
 }
