@@ -47,6 +47,9 @@ struct Args {
     /// Log filter (tracing-subscriber EnvFilter syntax), e.g. `info` to log every message.
     #[arg(long, default_value = "warn")]
     log: String,
+    /// Runtime worker threads; 0 for one per CPU core.
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 struct Sink;
@@ -68,9 +71,24 @@ impl SessionHandler for SinkSession {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    let runtime = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?,
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                b.worker_threads(n);
+            }
+            b.enable_all().build()?
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&args.log))
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
