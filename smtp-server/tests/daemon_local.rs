@@ -5,7 +5,7 @@ mod daemon_util;
 
 use std::time::Duration;
 
-use daemon_util::{spool_messages, wait_until, Daemon, Net, PeerBehaviour, Smtp};
+use daemon_util::{queued, spool_messages, wait_until, Daemon, Net, PeerBehaviour, Smtp};
 use lettre::{Message, SmtpTransport, Transport};
 
 fn lettre_send(port: u16, to: &[&str]) {
@@ -242,9 +242,6 @@ fn public_listener_refuses_relay() {
     // Nothing was queued and the peer never saw a connection.
     std::thread::sleep(Duration::from_millis(300));
     assert!(net.got().is_empty());
-    let queued = std::fs::read_dir(spool.join(".queue").join("entries"))
-        .unwrap()
-        .count();
-    assert_eq!(queued, 0);
+    assert_eq!(queued(&spool), 0);
     drop(d);
 }

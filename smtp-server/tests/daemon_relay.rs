@@ -5,7 +5,7 @@ mod daemon_util;
 
 use std::time::Duration;
 
-use daemon_util::{spool_messages, wait_until, Daemon, Net, PeerBehaviour};
+use daemon_util::{queued, spool_messages, wait_until, Daemon, Net, PeerBehaviour};
 
 const MSG: &str =
     "From: alice@example.test\r\nTo: dave@remote.test\r\nSubject: relayed\r\n\r\nHello remote.\r\n";
@@ -63,12 +63,7 @@ fn relays_with_starttls_and_mixed_recipients() {
         "{body}"
     );
     // The queue is empty afterwards.
-    assert!(wait_until(Duration::from_secs(5), || {
-        std::fs::read_dir(spool.join(".queue").join("entries"))
-            .unwrap()
-            .count()
-            == 0
-    }));
+    assert!(wait_until(Duration::from_secs(5), || queued(&spool) == 0));
 }
 
 #[test]
@@ -222,12 +217,7 @@ fn null_sender_failure_is_not_bounced() {
         "{}",
         d.log()
     );
-    assert!(wait_until(Duration::from_secs(5), || {
-        std::fs::read_dir(spool.join(".queue").join("entries"))
-            .unwrap()
-            .count()
-            == 0
-    }));
+    assert!(wait_until(Duration::from_secs(5), || queued(&spool) == 0));
 }
 
 #[test]
@@ -345,8 +335,7 @@ fn bounce_that_cannot_be_stored_is_retried() {
         d.log()
     );
     // The entry stays queued until the bounce is stored.
-    let entries = spool.join(".queue").join("entries");
-    assert_eq!(std::fs::read_dir(&entries).unwrap().count(), 1);
+    assert_eq!(queued(&spool), 1);
     std::fs::remove_file(spool.join("alice")).unwrap();
     assert!(
         wait_until(Duration::from_secs(20), || bounces(&d).len() == 1),
@@ -354,12 +343,7 @@ fn bounce_that_cannot_be_stored_is_retried() {
         d.log()
     );
     assert!(bounces(&d)[0].contains("Final-Recipient: rfc822; nobody@remote.test\r\n"));
-    assert!(wait_until(Duration::from_secs(5), || std::fs::read_dir(
-        &entries
-    )
-    .unwrap()
-    .count()
-        == 0));
+    assert!(wait_until(Duration::from_secs(5), || queued(&spool) == 0));
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(bounces(&d).len(), 1, "one bounce, not one per retry");
 }

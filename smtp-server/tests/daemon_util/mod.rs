@@ -158,6 +158,14 @@ impl Drop for Daemon {
     }
 }
 
+/// How many entries the daemon's outbound queue (`<spool>/.queue`) holds.
+#[allow(dead_code)] // not every test file uses it
+pub fn queued(spool: &Path) -> usize {
+    std::fs::read_dir(spool.join(".queue").join("entries"))
+        .expect("the daemon creates its queue at start")
+        .count()
+}
+
 /// The numbered messages of a spool mailbox.
 pub fn spool_messages(spool: &Path, user: &str) -> Vec<(u64, Vec<u8>)> {
     let Ok(dir) = std::fs::read_dir(spool.join(user)) else {
