@@ -9,7 +9,7 @@
 //! general parser, and what they accept they build exactly as it would (a unit test below
 //! runs both on generated lines).
 use super::{Command, Limits};
-use crate::address::{atext_class, eq_upper, ldh_class, ForwardPath, Mailbox, ReversePath};
+use crate::address::{atext_class, eq_upper, ldh_class, sub, ForwardPath, Mailbox, ReversePath};
 use crate::param::{Body, MailParams, Notify, RcptParams};
 
 /// ASCII `atext`: a dot-string byte other than the dot.
@@ -37,14 +37,13 @@ static CLASS: [u8; 256] = {
 /// Length of the prefix of `p[from..]` whose bytes have `class`, as an end offset in `p`.
 #[inline(always)]
 fn run(p: &[u8], from: usize, class: u8) -> usize {
-    let mut i = from;
-    while let Some(&b) = p.get(i) {
-        if CLASS[b as usize] & class == 0 {
-            break;
-        }
-        i += 1;
-    }
-    i
+    let Some(rest) = p.get(from..) else {
+        return from;
+    };
+    from + rest
+        .iter()
+        .position(|&b| CLASS[b as usize] & class == 0)
+        .unwrap_or(rest.len())
 }
 
 /// For `p` starting with `<`: the offsets of the `@` and the `>` of `<local@domain>`, when
@@ -87,68 +86,119 @@ fn simple_path(p: &[u8], limits: &Limits) -> Option<(usize, usize)> {
     Some((at, end))
 }
 
-/// The mailbox of a path that [`simple_path`] found in `p`, as `text` (which covers `p`).
+/// The mailbox `<local@domain>` that [`simple_path`] found at `input[path..]`, with `@` at
+/// `path + at` and `>` at `path + end`; `line_end` is where the line's CRLF starts.
+///
+/// Every byte of the line was checked to be ASCII on the way, so any range of it is text:
+/// UTF-8 is validated once, over a range that [`super::text_covering`] may widen to whole
+/// blocks, and the two parts are sliced from it.
 #[inline(always)]
-fn mailbox<'a>(p: &[u8], text: &'a str, at: usize, end: usize) -> Option<Mailbox<'a>> {
-    let off = (p.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
-    let local = text.get(off.wrapping_add(1)..off.wrapping_add(at))?;
-    let domain = text.get(off.wrapping_add(at + 1)..off.wrapping_add(end))?;
-    Some(Mailbox::from_checked(local, domain))
+fn mailbox<'a>(
+    input: &'a [u8],
+    path: usize,
+    at: usize,
+    end: usize,
+    line_end: usize,
+) -> Option<Mailbox<'a>> {
+    let text = super::text_covering(input, path, line_end)?;
+    let addr = sub(text, input.get(path + 1..path + end)?)?;
+    let (local, domain) = addr.split_at_checked(at - 1)?;
+    Some(Mailbox::from_checked(local, domain.get(1..)?))
 }
 
-/// What follows the `>`: nothing, or a space and the parameters.
-#[inline(always)]
-fn params_of(p: &[u8], end: usize) -> Option<&[u8]> {
-    match p.get(end + 1..)? {
-        [] => Some(&[]),
-        [b' ', rest @ ..] => Some(rest),
-        _ => None,
-    }
-}
-
-/// `FROM:<local@domain> [params]` or `FROM:<> [params]` (the arguments of MAIL), or `None`.
-#[inline(always)]
-pub(super) fn mail<'a>(a: &'a [u8], text: &'a str, limits: &Limits) -> Option<Command<'a>> {
-    let p = match a.get(..6) {
-        Some(k) if eq_upper(k, b"FROM:<") => &a[5..],
-        _ => return None,
-    };
-    let (from, end) = if p.get(1) == Some(&b'>') {
-        (ReversePath::Null, 1)
-    } else {
-        let (at, end) = simple_path(p, limits)?;
-        (ReversePath::Mailbox(mailbox(p, text, at, end)?), end)
-    };
-    let params = mail_params(params_of(p, end)?)?;
-    Some(Command::Mail { from, params })
-}
-
-/// `TO:<local@domain> [params]` (the arguments of RCPT), or `None`.
-#[inline(always)]
-pub(super) fn rcpt<'a>(a: &'a [u8], text: &'a str, limits: &Limits) -> Option<Command<'a>> {
-    let p = match a.get(..4) {
-        Some(k) if eq_upper(k, b"TO:<") => &a[3..],
-        _ => return None,
-    };
-    let (at, end) = simple_path(p, limits)?;
-    let to = ForwardPath::Mailbox(mailbox(p, text, at, end)?);
-    let params = rcpt_params(params_of(p, end)?)?;
-    Some(Command::Rcpt { to, params })
-}
-
-/// Skips spaces, then returns the rest, or `None` at the end.
+/// Skips spaces, then returns the rest, or `None` at the end of the line (a CR).
 #[inline(always)]
 fn next_param(mut s: &[u8]) -> Option<&[u8]> {
     while let [b' ', r @ ..] = s {
         s = r;
     }
-    (!s.is_empty()).then_some(s)
+    (!matches!(s, [] | [b'\r', ..])).then_some(s)
 }
 
-/// True when `s` is empty or starts with a space: the end of a parameter.
+/// True when `s` starts with a space or CR (or is empty): the end of a parameter.
 #[inline(always)]
 fn at_end(s: &[u8]) -> bool {
-    matches!(s, [] | [b' ', ..])
+    matches!(s, [] | [b' ' | b'\r', ..])
+}
+
+/// What follows the `>`: the line end, or a space and the parameters.
+#[inline(always)]
+fn params_of(p: &[u8], end: usize) -> Option<&[u8]> {
+    match p.get(end + 1..)? {
+        s @ [b'\r', ..] => Some(s),
+        [b' ', rest @ ..] => Some(rest),
+        _ => None,
+    }
+}
+
+/// Where the line ends, given what is left after the parameters: `rest` must be only spaces
+/// then CRLF. Returns the offset of the CR in `input` and the line's length with its CRLF.
+#[inline(always)]
+fn line_end(input: &[u8], mut rest: &[u8], limits: &Limits) -> Option<(usize, usize)> {
+    while let [b' ', r @ ..] = rest {
+        rest = r;
+    }
+    if !rest.starts_with(b"\r\n") {
+        return None;
+    }
+    let cr = input.len() - rest.len();
+    (cr + 2 <= limits.max_command_line).then_some((cr, cr + 2))
+}
+
+/// The whole line `MAIL FROM:<local@domain> [params] CRLF` or `RCPT TO:<local@domain>
+/// [params] CRLF` (verb in any case) at the start of `input`, with its length; `None` for
+/// anything else, including lines over [`Limits::max_command_line`].
+///
+/// No byte this accepts is an LF, so the CRLF it ends at is the line's first line end.
+#[inline(always)]
+pub(super) fn mail_or_rcpt<'a>(input: &'a [u8], limits: &Limits) -> Option<(Command<'a>, usize)> {
+    let verb = input.get(..5)?;
+    if eq_upper(verb, b"MAIL ") {
+        mail(input, limits)
+    } else if eq_upper(verb, b"RCPT ") {
+        rcpt(input, limits)
+    } else {
+        None
+    }
+}
+
+/// `MAIL FROM:<local@domain> [params] CRLF` or `MAIL FROM:<> [params] CRLF`.
+#[inline(always)]
+fn mail<'a>(input: &'a [u8], limits: &Limits) -> Option<(Command<'a>, usize)> {
+    const PATH: usize = b"MAIL FROM:".len();
+    if !input
+        .get(5..PATH + 1)
+        .is_some_and(|k| eq_upper(k, b"FROM:<"))
+    {
+        return None;
+    }
+    let p = &input[PATH..];
+    if p.get(1) == Some(&b'>') {
+        let (params, rest) = mail_params(params_of(p, 1)?)?;
+        let (_, used) = line_end(input, rest, limits)?;
+        let from = ReversePath::Null;
+        return Some((Command::Mail { from, params }, used));
+    }
+    let (at, end) = simple_path(p, limits)?;
+    let (params, rest) = mail_params(params_of(p, end)?)?;
+    let (cr, used) = line_end(input, rest, limits)?;
+    let from = ReversePath::Mailbox(mailbox(input, PATH, at, end, cr)?);
+    Some((Command::Mail { from, params }, used))
+}
+
+/// `RCPT TO:<local@domain> [params] CRLF`.
+#[inline(always)]
+fn rcpt<'a>(input: &'a [u8], limits: &Limits) -> Option<(Command<'a>, usize)> {
+    const PATH: usize = b"RCPT TO:".len();
+    if !input.get(5..PATH + 1).is_some_and(|k| eq_upper(k, b"TO:<")) {
+        return None;
+    }
+    let p = &input[PATH..];
+    let (at, end) = simple_path(p, limits)?;
+    let (params, rest) = rcpt_params(params_of(p, end)?)?;
+    let (cr, used) = line_end(input, rest, limits)?;
+    let to = ForwardPath::Mailbox(mailbox(input, PATH, at, end, cr)?);
+    Some((Command::Rcpt { to, params }, used))
 }
 
 /// `1*20DIGIT` up to the end of the parameter, as [`crate::param`] reads `SIZE=`.
@@ -212,9 +262,10 @@ fn notify(v: &[u8]) -> Option<(Notify, &[u8])> {
     }
 }
 
-/// MAIL parameters made only of `SIZE`, `BODY` and `SMTPUTF8`, each at most once.
+/// MAIL parameters made only of `SIZE`, `BODY` and `SMTPUTF8`, each at most once, with
+/// what is left after them.
 #[inline(always)]
-fn mail_params(mut s: &[u8]) -> Option<MailParams<'static>> {
+fn mail_params(mut s: &[u8]) -> Option<(MailParams<'static>, &[u8])> {
     let mut p = MailParams::default();
     while let Some(r) = next_param(s) {
         s = if r.get(..5).is_some_and(|k| eq_upper(k, b"SIZE=")) && p.size.is_none() {
@@ -235,22 +286,22 @@ fn mail_params(mut s: &[u8]) -> Option<MailParams<'static>> {
             return None;
         };
     }
-    Some(p)
+    Some((p, s))
 }
 
-/// RCPT parameters made only of one `NOTIFY`.
+/// RCPT parameters made only of one `NOTIFY`, with what is left after them.
 #[inline(always)]
-fn rcpt_params(s: &[u8]) -> Option<RcptParams<'static>> {
+fn rcpt_params(s: &[u8]) -> Option<(RcptParams<'static>, &[u8])> {
     let mut p = RcptParams::default();
     let Some(r) = next_param(s) else {
-        return Some(p);
+        return Some((p, s));
     };
     if !r.get(..7).is_some_and(|k| eq_upper(k, b"NOTIFY=")) {
         return None;
     }
     let (n, rest) = notify(&r[7..])?;
     p.notify = Some(n);
-    next_param(rest).is_none().then_some(p)
+    next_param(rest).is_none().then_some((p, rest))
 }
 
 #[cfg(test)]
@@ -261,7 +312,7 @@ mod tests {
     use proptest::strategy::ValueTree;
     use proptest::test_runner::TestRunner;
 
-    use super::super::{mail, Limits};
+    use super::super::{general, Limits};
 
     /// Pieces that make valid, near-valid and unusual MAIL/RCPT arguments.
     fn piece() -> impl Strategy<Value = &'static str> {
@@ -414,26 +465,58 @@ mod tests {
         ]
     }
 
+    fn line_limits() -> impl Strategy<Value = Limits> {
+        (limits(), prop_oneof![4 => Just(512usize), 1 => 8..80usize]).prop_map(|(l, max)| Limits {
+            max_command_line: max,
+            ..l
+        })
+    }
+
+    /// What may follow a line in the buffer: nothing, the next command, or bytes that are
+    /// not UTF-8 (so the widened UTF-8 check has to fall back to the line).
+    fn next() -> impl Strategy<Value = &'static [u8]> {
+        prop::sample::select(vec![
+            &b""[..],
+            b"RCPT TO:<x@y>\r\n",
+            b"\xff\xfe\xfd",
+            b"\n",
+            b"\r\n",
+        ])
+    }
+
+    /// `verb args CRLF next` as bytes.
+    fn line(verb: &str, args: &str, next: &[u8]) -> Vec<u8> {
+        let mut l = format!("{verb} {args}\r\n").into_bytes();
+        l.extend_from_slice(next);
+        l
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4000))]
 
         #[test]
         fn mail_fast_path_agrees_with_the_general_parser(
+            verb in prop::sample::select(vec!["MAIL", "mail", "MaIl"]),
             a in args(&["FROM:", "from:", "FrOm:", "FROM: ", "FROM:<>", "FROM"], MAIL_PARAMS),
-            limits in limits(),
+            next in next(),
+            limits in line_limits(),
         ) {
-            if let Some(c) = super::mail(a.as_bytes(), &a, &limits) {
-                prop_assert_eq!(Ok(c), mail::mail(Some(a.as_bytes()), &a, &limits), "{:?}", a);
+            let l = line(verb, &a, next);
+            if let Some(c) = super::mail_or_rcpt(&l, &limits) {
+                prop_assert_eq!(Ok(Some(c)), general(&l, &limits), "{:?}", a);
             }
         }
 
         #[test]
         fn rcpt_fast_path_agrees_with_the_general_parser(
+            verb in prop::sample::select(vec!["RCPT", "rcpt", "rCpT"]),
             a in args(&["TO:", "to:", "tO:", "TO: ", "TO:<>", "TO"], RCPT_PARAMS),
-            limits in limits(),
+            next in next(),
+            limits in line_limits(),
         ) {
-            if let Some(c) = super::rcpt(a.as_bytes(), &a, &limits) {
-                prop_assert_eq!(Ok(c), mail::rcpt(Some(a.as_bytes()), &a, &limits), "{:?}", a);
+            let l = line(verb, &a, next);
+            if let Some(c) = super::mail_or_rcpt(&l, &limits) {
+                prop_assert_eq!(Ok(Some(c)), general(&l, &limits), "{:?}", a);
             }
         }
     }
@@ -449,12 +532,12 @@ mod tests {
                 .new_tree(&mut runner)
                 .unwrap()
                 .current();
-            mail_hits += usize::from(super::mail(a.as_bytes(), &a, &l).is_some());
+            mail_hits += usize::from(super::mail_or_rcpt(&line("MAIL", &a, b""), &l).is_some());
             let a = args(&["TO:"], RCPT_PARAMS)
                 .new_tree(&mut runner)
                 .unwrap()
                 .current();
-            rcpt_hits += usize::from(super::rcpt(a.as_bytes(), &a, &l).is_some());
+            rcpt_hits += usize::from(super::mail_or_rcpt(&line("RCPT", &a, b""), &l).is_some());
         }
         eprintln!("fast path taken: MAIL {mail_hits}/2000, RCPT {rcpt_hits}/2000");
         assert!(
@@ -472,8 +555,9 @@ mod tests {
             "FROM:<> BODY=7BIT",
             "from:<a@b>  smtputf8",
         ] {
-            let c = super::mail(a.as_bytes(), a, &l).unwrap();
-            assert_eq!(Ok(c), mail::mail(Some(a.as_bytes()), a, &l), "{a}");
+            let l2 = line("MAIL", a, b"");
+            let c = super::mail_or_rcpt(&l2, &l).unwrap();
+            assert_eq!(Ok(Some(c)), general(&l2, &l), "{a}");
         }
         for a in [
             "TO:<bob@example.net> NOTIFY=SUCCESS,FAILURE",
@@ -481,8 +565,9 @@ mod tests {
             "to:<erin@sub.example.co.uk>",
             "TO:<postmaster@example.org> notify=NEVER",
         ] {
-            let c = super::rcpt(a.as_bytes(), a, &l).unwrap();
-            assert_eq!(Ok(c), mail::rcpt(Some(a.as_bytes()), a, &l), "{a}");
+            let l2 = line("RCPT", a, b"");
+            let c = super::mail_or_rcpt(&l2, &l).unwrap();
+            assert_eq!(Ok(Some(c)), general(&l2, &l), "{a}");
         }
         for a in [
             "TO: <a@b>",
@@ -490,7 +575,10 @@ mod tests {
             "TO:<a@[192.0.2.1]>",
             "TO:<a@b> ORCPT=x;y",
         ] {
-            assert!(super::rcpt(a.as_bytes(), a, &l).is_none(), "{a}");
+            assert!(
+                super::mail_or_rcpt(&line("RCPT", a, b""), &l).is_none(),
+                "{a}"
+            );
         }
     }
 }

@@ -39,9 +39,6 @@ pub(super) fn mail_line<'a>(
     limits: &Limits,
     consumed: usize,
 ) -> Parsed<'a> {
-    if let Some(c) = args.and_then(|a| super::fast::mail(a, text, limits)) {
-        return Ok(Some((c, consumed)));
-    }
     done(mail(args, text, limits), consumed)
 }
 
@@ -52,9 +49,6 @@ pub(super) fn rcpt_line<'a>(
     limits: &Limits,
     consumed: usize,
 ) -> Parsed<'a> {
-    if let Some(c) = args.and_then(|a| super::fast::rcpt(a, text, limits)) {
-        return Ok(Some((c, consumed)));
-    }
     done(rcpt(args, text, limits), consumed)
 }
 

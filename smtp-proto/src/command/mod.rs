@@ -366,6 +366,16 @@ pub fn parse_command<'a>(
     input: &'a [u8],
     limits: &Limits,
 ) -> Result<Option<(Command<'a>, usize)>, CommandError> {
+    // The common MAIL and RCPT lines in one pass, line end included.
+    if let Some(parsed) = fast::mail_or_rcpt(input, limits) {
+        return Ok(Some(parsed));
+    }
+    general(input, limits)
+}
+
+/// [`parse_command`] without the fast path: finds the line end, then parses the line.
+#[inline(always)]
+fn general<'a>(input: &'a [u8], limits: &Limits) -> Parsed<'a> {
     let max = limits.max_command_line;
     let window = input.get(..max).unwrap_or(input);
     match find_lf(window) {
