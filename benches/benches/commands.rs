@@ -11,20 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use smtp_proto::command::{parse_command, Limits};
 use stalwart_smtp_proto::Request;
 
-const MIX: &[u8] = b"EHLO client.example.org\r\n\
-MAIL FROM:<alice.sender@example.org> SIZE=123456 BODY=8BITMIME\r\n\
-RCPT TO:<bob@example.net> NOTIFY=SUCCESS,FAILURE\r\n\
-RCPT TO:<carol.jones@mail.example.net> NOTIFY=NEVER\r\n\
-RCPT TO:<dave+lists@example.com> NOTIFY=FAILURE,DELAY\r\n\
-RCPT TO:<erin@sub.example.co.uk>\r\n\
-DATA\r\n\
-RSET\r\n\
-MAIL FROM:<> BODY=7BIT\r\n\
-RCPT TO:<postmaster@example.org>\r\n\
-NOOP\r\n\
-QUIT\r\n";
-
-const LINES: usize = 12;
+use smtp_benches::{MIX, MIX_LINES as LINES};
 
 /// Parses every line of `MIX` with ours; returns the number of commands.
 fn ours(input: &[u8], limits: &Limits) -> usize {

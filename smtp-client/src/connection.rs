@@ -2,7 +2,6 @@
 //!
 //! See the [crate documentation](crate) for an example.
 
-use std::borrow::Cow;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -14,7 +13,7 @@ use smtp_proto::address::{ForwardPath, ReversePath};
 use smtp_proto::command::Command;
 use smtp_proto::data::DataEncoder;
 use smtp_proto::ehlo::{parse_ehlo, EhloReply};
-use smtp_proto::param::{Body, MailParams, Notify, Orcpt, RcptParams, Ret};
+use smtp_proto::param::{Body, MailParams, Notify, Orcpt, RcptParams, Ret, XText};
 use smtp_proto::reply::Reply;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -132,15 +131,15 @@ impl ClientConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recipient {
     /// The address.
-    pub path: ForwardPath<'static>,
+    pub path: ForwardPath,
     /// `NOTIFY=`; sent only when the server offers DSN.
     pub notify: Option<Notify>,
     /// `ORCPT=`; sent only when the server offers DSN.
-    pub orcpt: Option<Orcpt<'static>>,
+    pub orcpt: Option<Orcpt>,
 }
 
-impl From<ForwardPath<'static>> for Recipient {
-    fn from(path: ForwardPath<'static>) -> Self {
+impl From<ForwardPath> for Recipient {
+    fn from(path: ForwardPath) -> Self {
         Self {
             path,
             notify: None,
@@ -153,7 +152,7 @@ impl From<ForwardPath<'static>> for Recipient {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
     /// `MAIL FROM`: the sender, or `<>` for a bounce.
-    pub from: ReversePath<'static>,
+    pub from: ReversePath,
     /// `RCPT TO`, in order.
     pub rcpts: Vec<Recipient>,
     /// `RET=`; sent only when the server offers DSN.
@@ -164,7 +163,7 @@ pub struct Envelope {
 
 impl Envelope {
     /// An envelope without DSN parameters.
-    pub fn new(from: ReversePath<'static>, rcpts: Vec<ForwardPath<'static>>) -> Self {
+    pub fn new(from: ReversePath, rcpts: Vec<ForwardPath>) -> Self {
         Self {
             from,
             rcpts: rcpts.into_iter().map(Recipient::from).collect(),
@@ -508,29 +507,26 @@ impl Connection {
         self.transactions += 1;
 
         let dsn = self.has("DSN");
+        let envid = envelope.envid.as_deref().filter(|_| dsn).map(XText::encode);
         let mail = Command::Mail {
-            from: envelope.from.clone(),
+            from: envelope.from.as_borrowed(),
             params: MailParams {
                 size: self.has("SIZE").then_some(size),
                 body: (eight_bit && self.has("8BITMIME")).then_some(Body::EightBitMime),
                 smtputf8: utf8,
                 ret: envelope.ret.filter(|_| dsn),
-                envid: envelope
-                    .envid
-                    .as_ref()
-                    .filter(|_| dsn)
-                    .map(|e| Cow::Owned(e.clone())),
+                envid: envid.as_ref().map(XText::as_borrowed),
                 ..MailParams::default()
             },
         };
-        let rcpts: Vec<Command<'static>> = envelope
+        let rcpts: Vec<Command<'_>> = envelope
             .rcpts
             .iter()
             .map(|r| Command::Rcpt {
-                to: r.path.clone(),
+                to: r.path.as_borrowed(),
                 params: RcptParams {
                     notify: r.notify.filter(|_| dsn),
-                    orcpt: r.orcpt.clone().filter(|_| dsn),
+                    orcpt: r.orcpt.as_ref().filter(|_| dsn).map(Orcpt::as_borrowed),
                     ..RcptParams::default()
                 },
             })

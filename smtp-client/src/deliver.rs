@@ -181,7 +181,7 @@ pub struct DeliveryReport {
     /// The destination domain.
     pub domain: String,
     /// One outcome per recipient, in the envelope's order.
-    pub rcpts: Vec<(ForwardPath<'static>, RcptOutcome)>,
+    pub rcpts: Vec<(ForwardPath, RcptOutcome)>,
     /// The host and address that carried the transaction, if any did.
     pub delivered_via: Option<(String, SocketAddr)>,
     /// Whether that transaction was encrypted.
@@ -426,7 +426,7 @@ impl Deliverer {
         envelope: &Envelope,
         message: &Message<'_>,
         info: MessageInfo,
-    ) -> Result<(Vec<(ForwardPath<'static>, RcptOutcome)>, bool), ClientError> {
+    ) -> Result<(Vec<(ForwardPath, RcptOutcome)>, bool), ClientError> {
         let mut conn = Connection::connect(addr, host, &self.config).await?;
         let tls = conn.is_tls();
         let all = |outcome: RcptOutcome| {

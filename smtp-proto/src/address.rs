@@ -1,13 +1,16 @@
 //! Mailbox addresses and paths (RFC 5321 §4.1.2, RFC 6531 for UTF-8).
 //!
-//! Parsing is zero-copy: a [`Mailbox`] borrows its local part and domain from the input,
-//! except when a quoted local part holds a quoted-pair (`"a\"b"`), which has to be
-//! unescaped into an owned string. [`MailboxBuf`] is the owned form for storing
-//! ([`Mailbox::into_owned`]).
+//! The types are generic over the storage of their text: parsing gives `Mailbox<&str>`,
+//! `Domain<&str>`, `ReversePath<&str>`, `ForwardPath<&str>`, which borrow from the input, are
+//! `Copy` and never allocate (a quoted local part with quoted-pairs, `"a\"b"`, keeps its
+//! escapes and is unescaped when [`Mailbox::local_part`] is called). The default type
+//! parameter `String` gives the owned forms for storing ([`MailboxBuf`], [`DomainBuf`],
+//! `ReversePath`, `ForwardPath`), made by `into_owned`; `as_borrowed` goes back. Mailboxes and
+//! paths compare equal across the two forms.
 //!
 //! What is accepted, and decided here:
-//! - local parts: `Dot-string` and `Quoted-string`; the stored local part is the
-//!   *unquoted* form, and [`Display`](fmt::Display) writes it back quoted only when it is not
+//! - local parts: `Dot-string` and `Quoted-string`; the local part is compared and returned
+//!   in its *unquoted* form, and [`Display`](fmt::Display) writes it back quoted only when it is not
 //!   a valid `Dot-string`, so printing then parsing gives the same value;
 //! - domains: `sub-domain` labels of letters, digits and hyphens (no hyphen first or last);
 //!   RFC 6531 U-labels (any UTF-8 non-ASCII character) are accepted in labels and local parts,
@@ -90,12 +93,14 @@ impl AddressError {
 
 /// The domain of a mailbox: a name or an address literal.
 ///
+/// `S` holds the text: `&str` for a domain borrowed from parsed input (the type is then
+/// `Copy` and has nothing to drop), `String` (the default, [`DomainBuf`]) for one stored.
 /// Build a `Name` with [`Domain::name`] (which validates it) or [`parse_domain`]; a `Name`
 /// built by hand is written as given by `Display`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum Domain<'a> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Domain<S = String> {
     /// A domain name, as sent (case preserved; compare with `eq_ignore_ascii_case`).
-    Name(Cow<'a, str>),
+    Name(S),
     /// `[192.0.2.1]`
     Ipv4(Ipv4Addr),
     /// `[IPv6:2001:db8::1]`
@@ -103,25 +108,41 @@ pub enum Domain<'a> {
 }
 
 /// An owned [`Domain`].
-pub type DomainBuf = Domain<'static>;
+pub type DomainBuf = Domain<String>;
 
-impl<'a> Domain<'a> {
+impl<S: AsRef<str>> Domain<S> {
     /// A validated domain name (`sub-domain *("." sub-domain)`, U-labels allowed).
     ///
     /// # Errors
     /// [`AddressError::InvalidDomain`] when `name` is not a domain name.
-    pub fn name(name: impl Into<Cow<'a, str>>) -> Result<Self, AddressError> {
-        let name = name.into();
-        match domain(name.as_bytes()) {
+    pub fn name(name: S) -> Result<Self, AddressError> {
+        match domain(name.as_ref().as_bytes()) {
             Ok(([], _)) => Ok(Domain::Name(name)),
             _ => Err(AddressError::InvalidDomain),
         }
     }
 
-    /// Copies borrowed text so the value can be stored.
+    /// The domain name, or `None` for an address literal.
+    pub fn as_name(&self) -> Option<&str> {
+        match self {
+            Domain::Name(n) => Some(n.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// A borrowed view of this domain.
+    pub fn as_borrowed(&self) -> Domain<&str> {
+        match self {
+            Domain::Name(n) => Domain::Name(n.as_ref()),
+            Domain::Ipv4(a) => Domain::Ipv4(*a),
+            Domain::Ipv6(a) => Domain::Ipv6(*a),
+        }
+    }
+
+    /// An owned copy, for storing.
     pub fn into_owned(self) -> DomainBuf {
         match self {
-            Domain::Name(n) => Domain::Name(Cow::Owned(n.into_owned())),
+            Domain::Name(n) => Domain::Name(n.as_ref().to_owned()),
             Domain::Ipv4(a) => Domain::Ipv4(a),
             Domain::Ipv6(a) => Domain::Ipv6(a),
         }
@@ -130,33 +151,44 @@ impl<'a> Domain<'a> {
     /// True when the domain is all ASCII (address literals always are).
     pub fn is_ascii(&self) -> bool {
         match self {
-            Domain::Name(n) => n.is_ascii(),
+            Domain::Name(n) => n.as_ref().is_ascii(),
             _ => true,
         }
     }
 }
 
-impl fmt::Display for Domain<'_> {
+impl<S: AsRef<str>> fmt::Display for Domain<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Domain::Name(n) => f.write_str(n),
+            Domain::Name(n) => f.write_str(n.as_ref()),
             Domain::Ipv4(a) => write!(f, "[{a}]"),
             Domain::Ipv6(a) => write!(f, "[IPv6:{a}]"),
         }
     }
 }
 
-/// A mailbox `local-part@domain`, borrowed from the parsed input where possible.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Mailbox<'a> {
-    local_part: Cow<'a, str>,
-    domain: Domain<'a>,
+/// A mailbox `local-part@domain`.
+///
+/// `S` holds the text: `Mailbox<&str>` borrows both parts from parsed input (it is `Copy`
+/// and has nothing to drop, which keeps parsing allocation-free), `Mailbox<String>` (the
+/// default, [`MailboxBuf`]) owns them. [`Mailbox::into_owned`] goes from one to the other.
+///
+/// The local part is compared, hashed and returned ([`Mailbox::local_part`]) unquoted:
+/// `"a\"b"@x` has the local part `a"b`. A parsed quoted local part with quoted-pairs keeps its
+/// escaped form and is unescaped when read, so parsing never allocates.
+#[derive(Debug, Clone, Copy)]
+pub struct Mailbox<S = String> {
+    /// The local part, unquoted; still holding quoted-pairs when `escaped`.
+    local: S,
+    /// Whether `local` holds quoted-pairs (`\x`) to remove when read.
+    escaped: bool,
+    domain: Domain<S>,
 }
 
 /// An owned [`Mailbox`], for storing.
-pub type MailboxBuf = Mailbox<'static>;
+pub type MailboxBuf = Mailbox<String>;
 
-impl<'a> Mailbox<'a> {
+impl<S: AsRef<str>> Mailbox<S> {
     /// Builds a mailbox from an unquoted local part and a domain.
     ///
     /// The local part may hold any character that can be sent inside a quoted string
@@ -166,77 +198,135 @@ impl<'a> Mailbox<'a> {
     /// # Errors
     /// [`AddressError::InvalidLocalPart`] for control characters;
     /// [`AddressError::InvalidDomain`] when a `Domain::Name` is not a domain name.
-    pub fn new(
-        local_part: impl Into<Cow<'a, str>>,
-        domain: Domain<'a>,
-    ) -> Result<Self, AddressError> {
-        let local_part = local_part.into();
+    pub fn new(local_part: S, domain: Domain<S>) -> Result<Self, AddressError> {
         if !local_part
+            .as_ref()
             .chars()
             .all(|c| (' '..='~').contains(&c) || !c.is_ascii())
         {
             return Err(AddressError::InvalidLocalPart);
         }
         if let Domain::Name(n) = &domain {
-            if !matches!(self::domain(n.as_bytes()), Ok((rest, _)) if rest.is_empty()) {
+            if !matches!(self::domain(n.as_ref().as_bytes()), Ok((rest, _)) if rest.is_empty()) {
                 return Err(AddressError::InvalidDomain);
             }
         }
-        Ok(Mailbox { local_part, domain })
+        Ok(Mailbox {
+            local: local_part,
+            escaped: false,
+            domain,
+        })
     }
 
-    /// A mailbox from a dot-string local part and a domain name the caller has checked
-    /// (the command parser's fast path).
-    #[inline(always)]
-    pub(crate) fn from_checked(local_part: &'a str, domain: &'a str) -> Self {
-        Mailbox {
-            local_part: Cow::Borrowed(local_part),
-            domain: Domain::Name(Cow::Borrowed(domain)),
+    /// The local part, unquoted (`"a b"@x` gives `a b`); borrowed unless a quoted-pair had
+    /// to be removed.
+    pub fn local_part(&self) -> Cow<'_, str> {
+        let local = self.local.as_ref();
+        if !self.escaped {
+            return Cow::Borrowed(local);
         }
-    }
-
-    /// The local part, unquoted (`"a b"@x` gives `a b`).
-    pub fn local_part(&self) -> &str {
-        &self.local_part
+        let mut s = String::with_capacity(local.len());
+        let mut escape = false;
+        for c in local.chars() {
+            if escape || c != '\\' {
+                s.push(c);
+                escape = false;
+            } else {
+                escape = true;
+            }
+        }
+        Cow::Owned(s)
     }
 
     /// The domain.
-    pub fn domain(&self) -> &Domain<'a> {
+    pub fn domain(&self) -> &Domain<S> {
         &self.domain
     }
 
     /// True when local part and domain are ASCII, i.e. the address can be used without the
     /// `SMTPUTF8` parameter (RFC 6531). Deciding whether to accept is the session's job.
     pub fn is_ascii(&self) -> bool {
-        self.local_part.is_ascii() && self.domain.is_ascii()
+        self.local.as_ref().is_ascii() && self.domain.is_ascii()
     }
 
     /// True when the local part must be quoted on the wire (it is not a `Dot-string`).
     pub fn needs_quoting(&self) -> bool {
-        !is_dot_string(self.local_part.as_bytes())
+        !is_dot_string(self.local_part().as_bytes())
     }
 
-    /// Copies borrowed text so the value can be stored.
-    pub fn into_owned(self) -> MailboxBuf {
+    /// A borrowed view of this mailbox.
+    pub fn as_borrowed(&self) -> Mailbox<&str> {
         Mailbox {
-            local_part: Cow::Owned(self.local_part.into_owned()),
+            local: self.local.as_ref(),
+            escaped: self.escaped,
+            domain: self.domain.as_borrowed(),
+        }
+    }
+
+    /// An owned copy, for storing.
+    pub fn into_owned(self) -> MailboxBuf {
+        let local = self.local_part().into_owned();
+        Mailbox {
+            local,
+            escaped: false,
             domain: self.domain.into_owned(),
         }
     }
 
     /// An owned copy.
     pub fn to_buf(&self) -> MailboxBuf {
-        self.clone().into_owned()
+        self.as_borrowed().into_owned()
     }
 }
 
-impl fmt::Display for Mailbox<'_> {
+impl<'a> Mailbox<&'a str> {
+    /// A mailbox from a dot-string local part and a domain name the caller has checked
+    /// (the command parser's fast path).
+    #[inline(always)]
+    pub(crate) fn from_checked(local_part: &'a str, domain: &'a str) -> Self {
+        Mailbox {
+            local: local_part,
+            escaped: false,
+            domain: Domain::Name(domain),
+        }
+    }
+}
+
+impl<A: AsRef<str>, B: AsRef<str>> PartialEq<Mailbox<B>> for Mailbox<A> {
+    /// Equal when the unquoted local parts and the domains are (byte for byte: domains as
+    /// sent, not case-folded).
+    fn eq(&self, other: &Mailbox<B>) -> bool {
+        let domains = match (&self.domain, &other.domain) {
+            (Domain::Name(a), Domain::Name(b)) => a.as_ref() == b.as_ref(),
+            (Domain::Ipv4(a), Domain::Ipv4(b)) => a == b,
+            (Domain::Ipv6(a), Domain::Ipv6(b)) => a == b,
+            _ => false,
+        };
+        domains
+            && if self.escaped || other.escaped {
+                self.local_part() == other.local_part()
+            } else {
+                self.local.as_ref() == other.local.as_ref()
+            }
+    }
+}
+
+impl<S: AsRef<str>> Eq for Mailbox<S> {}
+
+impl<S: AsRef<str>> std::hash::Hash for Mailbox<S> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.local_part().hash(state);
+        self.domain.as_borrowed().hash(state);
+    }
+}
+
+impl<S: AsRef<str>> fmt::Display for Mailbox<S> {
     /// The canonical wire form `local@domain`, quoting the local part when needed.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.needs_quoting() {
+        let lp = self.local_part();
+        if !is_dot_string(lp.as_bytes()) {
             f.write_str("\"")?;
             let mut start = 0;
-            let lp: &str = &self.local_part;
             for (i, b) in lp.bytes().enumerate() {
                 if b == b'"' || b == b'\\' {
                     f.write_str(&lp[start..i])?;
@@ -247,27 +337,35 @@ impl fmt::Display for Mailbox<'_> {
             f.write_str(&lp[start..])?;
             f.write_str("\"")?;
         } else {
-            f.write_str(&self.local_part)?;
+            f.write_str(&lp)?;
         }
         write!(f, "@{}", self.domain)
     }
 }
 
-/// `Reverse-path = Path / "<>"`: the MAIL FROM address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ReversePath<'a> {
+/// `Reverse-path = Path / "<>"`: the MAIL FROM address (`S` as for [`Mailbox`]).
+#[derive(Debug, Clone, Copy)]
+pub enum ReversePath<S = String> {
     /// `<>`: the null sender, used for bounces.
     Null,
     /// A sender mailbox.
-    Mailbox(Mailbox<'a>),
+    Mailbox(Mailbox<S>),
 }
 
-impl ReversePath<'_> {
-    /// Copies borrowed text so the value can be stored.
-    pub fn into_owned(self) -> ReversePath<'static> {
+impl<S: AsRef<str>> ReversePath<S> {
+    /// An owned copy, for storing.
+    pub fn into_owned(self) -> ReversePath {
         match self {
             ReversePath::Null => ReversePath::Null,
             ReversePath::Mailbox(m) => ReversePath::Mailbox(m.into_owned()),
+        }
+    }
+
+    /// A borrowed view.
+    pub fn as_borrowed(&self) -> ReversePath<&str> {
+        match self {
+            ReversePath::Null => ReversePath::Null,
+            ReversePath::Mailbox(m) => ReversePath::Mailbox(m.as_borrowed()),
         }
     }
 
@@ -280,7 +378,31 @@ impl ReversePath<'_> {
     }
 }
 
-impl fmt::Display for ReversePath<'_> {
+impl<A: AsRef<str>, B: AsRef<str>> PartialEq<ReversePath<B>> for ReversePath<A> {
+    fn eq(&self, other: &ReversePath<B>) -> bool {
+        match (self, other) {
+            (ReversePath::Null, ReversePath::Null) => true,
+            (ReversePath::Mailbox(a), ReversePath::Mailbox(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl<S: AsRef<str>> Eq for ReversePath<S> {}
+
+impl<S: AsRef<str>> std::hash::Hash for ReversePath<S> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            ReversePath::Null => state.write_u8(0),
+            ReversePath::Mailbox(m) => {
+                state.write_u8(1);
+                m.hash(state);
+            }
+        }
+    }
+}
+
+impl<S: AsRef<str>> fmt::Display for ReversePath<S> {
     /// The wire form with angle brackets: `<>` or `<a@b>`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -290,21 +412,30 @@ impl fmt::Display for ReversePath<'_> {
     }
 }
 
-/// `Forward-path = Path`, plus the special `<Postmaster>` without a domain: the RCPT TO address.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub enum ForwardPath<'a> {
+/// `Forward-path = Path`, plus the special `<Postmaster>` without a domain: the RCPT TO
+/// address (`S` as for [`Mailbox`]).
+#[derive(Debug, Clone, Copy)]
+pub enum ForwardPath<S = String> {
     /// `<postmaster>` (any case), without a domain: the local postmaster.
     Postmaster,
     /// A recipient mailbox (`<Postmaster@domain>` is an ordinary mailbox).
-    Mailbox(Mailbox<'a>),
+    Mailbox(Mailbox<S>),
 }
 
-impl ForwardPath<'_> {
-    /// Copies borrowed text so the value can be stored.
-    pub fn into_owned(self) -> ForwardPath<'static> {
+impl<S: AsRef<str>> ForwardPath<S> {
+    /// An owned copy, for storing.
+    pub fn into_owned(self) -> ForwardPath {
         match self {
             ForwardPath::Postmaster => ForwardPath::Postmaster,
             ForwardPath::Mailbox(m) => ForwardPath::Mailbox(m.into_owned()),
+        }
+    }
+
+    /// A borrowed view.
+    pub fn as_borrowed(&self) -> ForwardPath<&str> {
+        match self {
+            ForwardPath::Postmaster => ForwardPath::Postmaster,
+            ForwardPath::Mailbox(m) => ForwardPath::Mailbox(m.as_borrowed()),
         }
     }
 
@@ -317,7 +448,31 @@ impl ForwardPath<'_> {
     }
 }
 
-impl fmt::Display for ForwardPath<'_> {
+impl<A: AsRef<str>, B: AsRef<str>> PartialEq<ForwardPath<B>> for ForwardPath<A> {
+    fn eq(&self, other: &ForwardPath<B>) -> bool {
+        match (self, other) {
+            (ForwardPath::Postmaster, ForwardPath::Postmaster) => true,
+            (ForwardPath::Mailbox(a), ForwardPath::Mailbox(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl<S: AsRef<str>> Eq for ForwardPath<S> {}
+
+impl<S: AsRef<str>> std::hash::Hash for ForwardPath<S> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        match self {
+            ForwardPath::Postmaster => state.write_u8(0),
+            ForwardPath::Mailbox(m) => {
+                state.write_u8(1);
+                m.hash(state);
+            }
+        }
+    }
+}
+
+impl<S: AsRef<str>> fmt::Display for ForwardPath<S> {
     /// The wire form with angle brackets: `<Postmaster>` or `<a@b>`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -536,7 +691,7 @@ fn a_d_l(i: &[u8]) -> Res<'_, &[u8]> {
 /// `IPv4-address-literal = Snum 3("." Snum)`, `IPv6-address-literal = "IPv6:" IPv6-addr`,
 /// `General-address-literal = Standardized-tag ":" 1*dcontent`,
 /// `dcontent = %d33-90 / %d94-126`.
-fn address_literal(i: &[u8]) -> Result<(&[u8], Domain<'static>), AddressError> {
+fn address_literal<S>(i: &[u8]) -> Result<(&[u8], Domain<S>), AddressError> {
     let parsed: Res<'_, &[u8]> = (char('['), take_while1(is_dcontent), char(']'))
         .map(|(_, c, _)| c)
         .parse(i);
@@ -638,43 +793,35 @@ pub(crate) fn mailbox<'a>(
     i: &'a [u8],
     text: &'a str,
     limits: &Limits,
-) -> Result<(&'a [u8], Mailbox<'a>), AddressError> {
-    let (rest, local_part) = if i.first() == Some(&b'"') {
+) -> Result<(&'a [u8], Mailbox<&'a str>), AddressError> {
+    let (rest, local, escaped) = if i.first() == Some(&b'"') {
         let (rest, inner) = quoted_string(i).map_err(|_| AddressError::Syntax)?;
         let wire_len = inner.len() + 2;
         if wire_len > limits.max_local_part {
             return Err(AddressError::LocalPartTooLong);
         }
-        let inner = utf8(text, inner)?;
-        let lp = if inner.contains('\\') {
-            let mut s = String::with_capacity(inner.len());
-            let mut escaped = false;
-            for c in inner.chars() {
-                if escaped || c != '\\' {
-                    s.push(c);
-                    escaped = false;
-                } else {
-                    escaped = true;
-                }
-            }
-            Cow::Owned(s)
-        } else {
-            Cow::Borrowed(inner)
-        };
-        (rest, lp)
+        // Quoted-pairs stay in place: `Mailbox::local_part` removes them when read.
+        (rest, utf8(text, inner)?, inner.contains(&b'\\'))
     } else {
         let (rest, ds) = dot_string(i).map_err(|_| AddressError::Syntax)?;
         if ds.len() > limits.max_local_part {
             return Err(AddressError::LocalPartTooLong);
         }
-        (rest, Cow::Borrowed(utf8(text, ds)?))
+        (rest, utf8(text, ds)?, false)
     };
     let rest = match rest.split_first() {
         Some((b'@', r)) => r,
         _ => return Err(AddressError::Syntax),
     };
     let (rest, domain) = domain_or_literal(rest, text, limits)?;
-    Ok((rest, Mailbox { local_part, domain }))
+    Ok((
+        rest,
+        Mailbox {
+            local,
+            escaped,
+            domain,
+        },
+    ))
 }
 
 /// `Domain / address-literal`, with the domain length limit.
@@ -683,7 +830,7 @@ fn domain_or_literal<'a>(
     i: &'a [u8],
     text: &'a str,
     limits: &Limits,
-) -> Result<(&'a [u8], Domain<'a>), AddressError> {
+) -> Result<(&'a [u8], Domain<&'a str>), AddressError> {
     if i.first() == Some(&b'[') {
         let (rest, d) = address_literal(i)?;
         if i.len() - rest.len() > limits.max_domain {
@@ -695,14 +842,14 @@ fn domain_or_literal<'a>(
     if d.len() > limits.max_domain {
         return Err(AddressError::DomainTooLong);
     }
-    Ok((rest, Domain::Name(Cow::Borrowed(utf8(text, d)?))))
+    Ok((rest, Domain::Name(utf8(text, d)?)))
 }
 
 /// What a path held, before the command decides which forms it allows.
 pub(crate) enum RawPath<'a> {
     Null,
     Postmaster,
-    Mailbox(Mailbox<'a>),
+    Mailbox(Mailbox<&'a str>),
 }
 
 /// The type a path is parsed into: each form is accepted or refused as it is found, so the
@@ -713,7 +860,7 @@ pub(crate) trait PathForm<'a>: Sized {
     /// `<Postmaster>`
     fn postmaster() -> Result<Self, AddressError>;
     /// A mailbox.
-    fn mailbox(m: Mailbox<'a>) -> Self;
+    fn mailbox(m: Mailbox<&'a str>) -> Self;
 }
 
 impl<'a> PathForm<'a> for RawPath<'a> {
@@ -724,12 +871,12 @@ impl<'a> PathForm<'a> for RawPath<'a> {
         Ok(RawPath::Postmaster)
     }
     #[inline(always)]
-    fn mailbox(m: Mailbox<'a>) -> Self {
+    fn mailbox(m: Mailbox<&'a str>) -> Self {
         RawPath::Mailbox(m)
     }
 }
 
-impl<'a> PathForm<'a> for ReversePath<'a> {
+impl<'a> PathForm<'a> for ReversePath<&'a str> {
     fn null() -> Result<Self, AddressError> {
         Ok(ReversePath::Null)
     }
@@ -737,12 +884,12 @@ impl<'a> PathForm<'a> for ReversePath<'a> {
         Err(AddressError::MailboxRequired)
     }
     #[inline(always)]
-    fn mailbox(m: Mailbox<'a>) -> Self {
+    fn mailbox(m: Mailbox<&'a str>) -> Self {
         ReversePath::Mailbox(m)
     }
 }
 
-impl<'a> PathForm<'a> for ForwardPath<'a> {
+impl<'a> PathForm<'a> for ForwardPath<&'a str> {
     fn null() -> Result<Self, AddressError> {
         Err(AddressError::MailboxRequired)
     }
@@ -750,7 +897,7 @@ impl<'a> PathForm<'a> for ForwardPath<'a> {
         Ok(ForwardPath::Postmaster)
     }
     #[inline(always)]
-    fn mailbox(m: Mailbox<'a>) -> Self {
+    fn mailbox(m: Mailbox<&'a str>) -> Self {
         ForwardPath::Mailbox(m)
     }
 }
@@ -844,7 +991,7 @@ fn all<T>(r: Result<(&[u8], T), AddressError>) -> Result<T, AddressError> {
 /// assert_eq!(m.domain(), &Domain::Ipv4([192, 0, 2, 1].into()));
 /// assert_eq!(m.to_string(), "\"john doe\"@[192.0.2.1]");
 /// ```
-pub fn parse_mailbox(s: &str) -> Result<Mailbox<'_>, AddressError> {
+pub fn parse_mailbox(s: &str) -> Result<Mailbox<&str>, AddressError> {
     parse_mailbox_with(s, &Limits::default())
 }
 
@@ -852,7 +999,10 @@ pub fn parse_mailbox(s: &str) -> Result<Mailbox<'_>, AddressError> {
 ///
 /// # Errors
 /// An [`AddressError`] saying what is wrong.
-pub fn parse_mailbox_with<'a>(s: &'a str, limits: &Limits) -> Result<Mailbox<'a>, AddressError> {
+pub fn parse_mailbox_with<'a>(
+    s: &'a str,
+    limits: &Limits,
+) -> Result<Mailbox<&'a str>, AddressError> {
     all(mailbox(s.as_bytes(), s, limits))
 }
 
@@ -860,7 +1010,7 @@ pub fn parse_mailbox_with<'a>(s: &'a str, limits: &Limits) -> Result<Mailbox<'a>
 ///
 /// # Errors
 /// An [`AddressError`] saying what is wrong.
-pub fn parse_domain(s: &str) -> Result<Domain<'_>, AddressError> {
+pub fn parse_domain(s: &str) -> Result<Domain<&str>, AddressError> {
     all(domain_or_literal(s.as_bytes(), s, &Limits::default()))
 }
 
@@ -868,7 +1018,7 @@ pub fn parse_domain(s: &str) -> Result<Domain<'_>, AddressError> {
 ///
 /// # Errors
 /// [`AddressError::MailboxRequired`] for `<>` and `<postmaster>`; otherwise what is wrong.
-pub fn parse_path(s: &str) -> Result<Mailbox<'_>, AddressError> {
+pub fn parse_path(s: &str) -> Result<Mailbox<&str>, AddressError> {
     if !s.starts_with('<') {
         return Err(AddressError::Syntax);
     }
@@ -882,7 +1032,7 @@ pub fn parse_path(s: &str) -> Result<Mailbox<'_>, AddressError> {
 ///
 /// # Errors
 /// An [`AddressError`]; `<postmaster>` gives [`AddressError::MailboxRequired`].
-pub fn parse_reverse_path(s: &str) -> Result<ReversePath<'_>, AddressError> {
+pub fn parse_reverse_path(s: &str) -> Result<ReversePath<&str>, AddressError> {
     match all(path::<RawPath<'_>>(s.as_bytes(), s, &Limits::default()))? {
         RawPath::Null => Ok(ReversePath::Null),
         RawPath::Mailbox(m) => Ok(ReversePath::Mailbox(m)),
@@ -894,7 +1044,7 @@ pub fn parse_reverse_path(s: &str) -> Result<ReversePath<'_>, AddressError> {
 ///
 /// # Errors
 /// An [`AddressError`]; `<>` gives [`AddressError::MailboxRequired`].
-pub fn parse_forward_path(s: &str) -> Result<ForwardPath<'_>, AddressError> {
+pub fn parse_forward_path(s: &str) -> Result<ForwardPath<&str>, AddressError> {
     match all(path::<RawPath<'_>>(s.as_bytes(), s, &Limits::default()))? {
         RawPath::Postmaster => Ok(ForwardPath::Postmaster),
         RawPath::Mailbox(m) => Ok(ForwardPath::Mailbox(m)),

@@ -7,10 +7,15 @@
 //!
 //! Keywords are case-insensitive. A keyword given twice is a syntax error (501 5.5.4); a
 //! known keyword with a malformed value, or one that belongs to the other command, is refused
-//! (555 5.5.4); any other `keyword[=value]` is kept in `other`, in order, for the caller to
-//! accept or refuse. xtext values are decoded (`+2B` becomes `+`); decoding allocates only when
-//! the value holds a `+XX` escape. `Display` writes the canonical form (keywords upper case,
-//! known ones first in a fixed order), which parses back to the same value.
+//! (555 5.5.4); any other `keyword[=value]` is kept in `other` ([`OtherParams`]), in order, for
+//! the caller to accept or refuse. xtext values (AUTH, ENVID, ORCPT) are checked when parsed
+//! and kept as sent ([`XText`]); [`XText::decode`] gives the text (`+2B` becomes `+`),
+//! allocating only when there is an escape. `Display` writes the canonical form (keywords
+//! upper case, known ones first in a fixed order), which parses back to the same value.
+//!
+//! Like the address types, [`MailParams`], [`RcptParams`], [`Orcpt`], [`XText`] and
+//! [`OtherParams`] are generic over their text: `&str` as parsed (`Copy`, nothing allocated),
+//! `String` (the default) as stored, through `into_owned`.
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
@@ -145,56 +150,68 @@ impl fmt::Display for Notify {
     }
 }
 
-/// `ORCPT=addr-type;xtext` (RFC 3461): the original recipient.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Orcpt<'a> {
+/// `ORCPT=addr-type;xtext` (RFC 3461): the original recipient (`S` as for [`MailParams`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Orcpt<S = String> {
     /// The address type, e.g. `rfc822` (as sent).
-    pub addr_type: Cow<'a, str>,
-    /// The address, xtext-decoded.
-    pub addr: Cow<'a, str>,
+    pub addr_type: S,
+    /// The address.
+    pub addr: XText<S>,
 }
 
-impl Orcpt<'_> {
+impl<S: AsRef<str>> Orcpt<S> {
     /// An owned copy, independent of the input buffer.
-    pub fn into_owned(self) -> Orcpt<'static> {
+    pub fn into_owned(self) -> Orcpt {
         Orcpt {
-            addr_type: Cow::Owned(self.addr_type.into_owned()),
-            addr: Cow::Owned(self.addr.into_owned()),
+            addr_type: self.addr_type.as_ref().to_owned(),
+            addr: self.addr.into_owned(),
+        }
+    }
+
+    /// A borrowed view.
+    pub fn as_borrowed(&self) -> Orcpt<&str> {
+        Orcpt {
+            addr_type: self.addr_type.as_ref(),
+            addr: self.addr.as_borrowed(),
         }
     }
 }
 
 /// Parameters of `MAIL FROM:`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct MailParams<'a> {
+///
+/// `S` holds the text of the xtext and unknown parameters: `&str` for parameters borrowed
+/// from a parsed line (the type is then `Copy`: parsing allocates nothing), `String` (the
+/// default) for parameters stored.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MailParams<S = String> {
     /// `SIZE=n`: the declared message size in octets.
     pub size: Option<u64>,
     /// `BODY=`
     pub body: Option<Body>,
     /// `SMTPUTF8` (no value)
     pub smtputf8: bool,
-    /// `AUTH=`: the authenticated submitter, xtext-decoded (`<>` means unknown).
-    pub auth: Option<Cow<'a, str>>,
+    /// `AUTH=`: the authenticated submitter (`<>` means unknown).
+    pub auth: Option<XText<S>>,
     /// `RET=`
     pub ret: Option<Ret>,
-    /// `ENVID=`: the envelope identifier, xtext-decoded.
-    pub envid: Option<Cow<'a, str>>,
-    /// Any other parameter, as `(keyword, value)`, in the order received.
-    pub other: Vec<(&'a str, Option<&'a str>)>,
+    /// `ENVID=`: the envelope identifier.
+    pub envid: Option<XText<S>>,
+    /// Any other parameter, in the order received.
+    pub other: OtherParams<S>,
 }
 
-/// Parameters of `RCPT TO:`.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct RcptParams<'a> {
+/// Parameters of `RCPT TO:` (`S` as for [`MailParams`]).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RcptParams<S = String> {
     /// `NOTIFY=`
     pub notify: Option<Notify>,
     /// `ORCPT=`
-    pub orcpt: Option<Orcpt<'a>>,
-    /// Any other parameter, as `(keyword, value)`, in the order received.
-    pub other: Vec<(&'a str, Option<&'a str>)>,
+    pub orcpt: Option<Orcpt<S>>,
+    /// Any other parameter, in the order received.
+    pub other: OtherParams<S>,
 }
 
-impl<'a> MailParams<'a> {
+impl<'a> MailParams<&'a str> {
     /// Parses `Mail-parameters = esmtp-param *(SP esmtp-param)` (the text after the path and
     /// its space). An empty string gives no parameters.
     ///
@@ -203,14 +220,35 @@ impl<'a> MailParams<'a> {
     pub fn parse(s: &'a str) -> Result<Self, ParamError> {
         parse_mail_params(s.as_bytes(), s)
     }
+}
 
+impl<S: AsRef<str>> MailParams<S> {
     /// True when there is no parameter at all.
     pub fn is_empty(&self) -> bool {
-        *self == MailParams::default()
+        self.size.is_none()
+            && self.body.is_none()
+            && !self.smtputf8
+            && self.auth.is_none()
+            && self.ret.is_none()
+            && self.envid.is_none()
+            && self.other.is_empty()
+    }
+
+    /// An owned copy, for storing.
+    pub fn into_owned(self) -> MailParams {
+        MailParams {
+            size: self.size,
+            body: self.body,
+            smtputf8: self.smtputf8,
+            auth: self.auth.map(XText::into_owned),
+            ret: self.ret,
+            envid: self.envid.map(XText::into_owned),
+            other: self.other.into_owned(),
+        }
     }
 }
 
-impl<'a> RcptParams<'a> {
+impl<'a> RcptParams<&'a str> {
     /// Parses `Rcpt-parameters = esmtp-param *(SP esmtp-param)`. An empty string gives no
     /// parameters.
     ///
@@ -219,12 +257,135 @@ impl<'a> RcptParams<'a> {
     pub fn parse(s: &'a str) -> Result<Self, ParamError> {
         parse_rcpt_params(s.as_bytes(), s)
     }
+}
 
+impl<S: AsRef<str>> RcptParams<S> {
     /// True when there is no parameter at all.
     pub fn is_empty(&self) -> bool {
-        *self == RcptParams::default()
+        self.notify.is_none() && self.orcpt.is_none() && self.other.is_empty()
+    }
+
+    /// An owned copy, for storing.
+    pub fn into_owned(self) -> RcptParams {
+        RcptParams {
+            notify: self.notify,
+            orcpt: self.orcpt.map(Orcpt::into_owned),
+            other: self.other.into_owned(),
+        }
     }
 }
+
+impl<S: AsRef<str>> PartialEq for MailParams<S> {
+    fn eq(&self, o: &Self) -> bool {
+        self.size == o.size
+            && self.body == o.body
+            && self.smtputf8 == o.smtputf8
+            && self.auth.as_ref().map(XText::as_encoded) == o.auth.as_ref().map(XText::as_encoded)
+            && self.ret == o.ret
+            && self.envid.as_ref().map(XText::as_encoded) == o.envid.as_ref().map(XText::as_encoded)
+            && self.other == o.other
+    }
+}
+
+impl<S: AsRef<str>> Eq for MailParams<S> {}
+
+impl<S: AsRef<str>> PartialEq for RcptParams<S> {
+    fn eq(&self, o: &Self) -> bool {
+        let orcpt = |p: &Self| {
+            p.orcpt.as_ref().map(|x| {
+                (
+                    x.addr_type.as_ref().to_owned(),
+                    x.addr.as_encoded().to_owned(),
+                )
+            })
+        };
+        self.notify == o.notify && orcpt(self) == orcpt(o) && self.other == o.other
+    }
+}
+
+impl<S: AsRef<str>> Eq for RcptParams<S> {}
+
+/// The parameters of a MAIL or RCPT command that this crate does not know (`X-FOO=1`,
+/// `MT-PRIORITY=3`, ...), for the caller to accept or refuse.
+///
+/// They are kept as the parameter text they came in (which may also hold known parameters;
+/// [`OtherParams::iter`] skips those), so parsing allocates nothing. Two values are equal when
+/// they list the same unknown parameters in the same order.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OtherParams<S = String>(Option<S>);
+
+impl<S: AsRef<str>> OtherParams<S> {
+    /// Unknown parameters written as `esmtp-param *(SP esmtp-param)`, e.g. `"X-A=1 X-B"`;
+    /// known keywords in `text` are ignored.
+    ///
+    /// # Errors
+    /// [`ParamError::Syntax`] when `text` is not a parameter list, [`ParamError::Duplicate`]
+    /// when an unknown keyword appears twice.
+    pub fn new(text: S) -> Result<Self, ParamError> {
+        let mut seen: Vec<&str> = Vec::new();
+        let t = text.as_ref();
+        each_param(t.as_bytes(), |k, v| {
+            if let Keyword::Other = keyword(k) {
+                let k = str_of(t, k)?;
+                if let Some(v) = v {
+                    str_of(t, v)?;
+                }
+                if seen.iter().any(|o| o.eq_ignore_ascii_case(k)) {
+                    return Err(ParamError::Duplicate);
+                }
+                seen.push(k);
+            }
+            Ok(())
+        })?;
+        Ok(OtherParams((!seen.is_empty()).then_some(text)))
+    }
+
+    /// True when there is no unknown parameter.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_none()
+    }
+
+    /// The unknown parameters as `(keyword, value)`, in the order received.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&str>)> + '_ {
+        let text = self.0.as_ref().map_or("", AsRef::as_ref);
+        let mut rest = text.as_bytes();
+        std::iter::from_fn(move || loop {
+            while let Some((b' ', r)) = rest.split_first() {
+                rest = r;
+            }
+            let Ok((r, (k, v))) = esmtp_param(rest) else {
+                return None;
+            };
+            rest = r;
+            if let Keyword::Other = keyword(k) {
+                let k = sub(text, k)?;
+                let v = match v {
+                    Some(v) => Some(sub(text, v)?),
+                    None => None,
+                };
+                return Some((k, v));
+            }
+        })
+    }
+
+    /// The first unknown parameter, if any.
+    pub fn first(&self) -> Option<(&str, Option<&str>)> {
+        self.iter().next()
+    }
+
+    /// An owned copy.
+    pub fn into_owned(self) -> OtherParams {
+        OtherParams(self.0.map(|t| t.as_ref().to_owned()))
+    }
+}
+
+impl<A: AsRef<str>, B: AsRef<str>> PartialEq<OtherParams<B>> for OtherParams<A> {
+    fn eq(&self, other: &OtherParams<B>) -> bool {
+        self.iter().eq(other.iter())
+    }
+}
+
+impl<S: AsRef<str>> Eq for OtherParams<S> {}
 
 /// Writes ` KEY` or ` KEY=VALUE`, with a space before all but the first item.
 struct Joiner<'f, 'g> {
@@ -241,8 +402,8 @@ impl Joiner<'_, '_> {
         self.f.write_fmt(args)
     }
 
-    fn others(&mut self, other: &[(&str, Option<&str>)]) -> fmt::Result {
-        for (k, v) in other {
+    fn others<S: AsRef<str>>(&mut self, other: &OtherParams<S>) -> fmt::Result {
+        for (k, v) in other.iter() {
             match v {
                 Some(v) => self.item(format_args!("{k}={v}"))?,
                 None => self.item(format_args!("{k}"))?,
@@ -252,7 +413,7 @@ impl Joiner<'_, '_> {
     }
 }
 
-impl fmt::Display for MailParams<'_> {
+impl<S: AsRef<str>> fmt::Display for MailParams<S> {
     /// The parameters separated by single spaces, without a leading space.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut j = Joiner { f, first: true };
@@ -266,19 +427,19 @@ impl fmt::Display for MailParams<'_> {
             j.item(format_args!("SMTPUTF8"))?;
         }
         if let Some(a) = &self.auth {
-            j.item(format_args!("AUTH={}", XText(a)))?;
+            j.item(format_args!("AUTH={a}"))?;
         }
         if let Some(r) = self.ret {
             j.item(format_args!("RET={}", r.as_str()))?;
         }
         if let Some(e) = &self.envid {
-            j.item(format_args!("ENVID={}", XText(e)))?;
+            j.item(format_args!("ENVID={e}"))?;
         }
         j.others(&self.other)
     }
 }
 
-impl fmt::Display for RcptParams<'_> {
+impl<S: AsRef<str>> fmt::Display for RcptParams<S> {
     /// The parameters separated by single spaces, without a leading space.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let mut j = Joiner { f, first: true };
@@ -286,7 +447,7 @@ impl fmt::Display for RcptParams<'_> {
             j.item(format_args!("NOTIFY={n}"))?;
         }
         if let Some(o) = &self.orcpt {
-            j.item(format_args!("ORCPT={};{}", o.addr_type, XText(&o.addr)))?;
+            j.item(format_args!("ORCPT={};{}", o.addr_type.as_ref(), o.addr))?;
         }
         j.others(&self.other)
     }
@@ -295,22 +456,54 @@ impl fmt::Display for RcptParams<'_> {
 // ---------------------------------------------------------------------------------------
 // xtext (RFC 3461 §4)
 
-/// Displays a string xtext-encoded: `+`, `=` and every byte outside `!`..`~` become `+XX`.
-#[derive(Debug, Clone, Copy)]
-pub struct XText<'a>(pub &'a str);
+/// An xtext value (RFC 3461 §4) as it is sent: `+`, `=` and every byte outside `!`..`~`
+/// written as `+XX`. Always valid, and its decoded form is UTF-8; `Display` writes the
+/// encoded form, [`XText::decode`] gives the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct XText<S = String>(S);
 
-impl fmt::Display for XText<'_> {
+impl<S: AsRef<str>> XText<S> {
+    /// Takes an encoded value as sent.
+    ///
+    /// # Errors
+    /// [`ParamError::InvalidValue`] when it is not xtext or does not decode to UTF-8.
+    pub fn new(encoded: S) -> Result<Self, ParamError> {
+        xtext_decode(encoded.as_ref())?;
+        Ok(XText(encoded))
+    }
+
+    /// The encoded form, as sent.
+    pub fn as_encoded(&self) -> &str {
+        self.0.as_ref()
+    }
+
+    /// The decoded text; borrowed when there was nothing to decode.
+    pub fn decode(&self) -> Cow<'_, str> {
+        // Checked when built, so this does not fail; stay total anyway.
+        xtext_decode(self.0.as_ref()).unwrap_or(Cow::Borrowed(""))
+    }
+
+    /// An owned copy.
+    pub fn into_owned(self) -> XText {
+        XText(self.0.as_ref().to_owned())
+    }
+
+    /// A borrowed view.
+    pub fn as_borrowed(&self) -> XText<&str> {
+        XText(self.0.as_ref())
+    }
+}
+
+impl XText<String> {
+    /// Encodes plain text, e.g. `a+b` becomes `a+2Bb`.
+    pub fn encode(plain: &str) -> Self {
+        XText(xtext_encode(plain))
+    }
+}
+
+impl<S: AsRef<str>> fmt::Display for XText<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = self.0;
-        let mut start = 0;
-        for (i, b) in s.bytes().enumerate() {
-            if !is_xchar(b) {
-                f.write_str(s.get(start..i).unwrap_or_default())?;
-                write!(f, "+{b:02X}")?;
-                start = i + 1;
-            }
-        }
-        f.write_str(s.get(start..).unwrap_or_default())
+        f.write_str(self.0.as_ref())
     }
 }
 
@@ -321,7 +514,19 @@ fn is_xchar(b: u8) -> bool {
 
 /// Encodes a string as xtext (RFC 3461 §4), e.g. `a+b` → `a+2Bb`.
 pub fn xtext_encode(s: &str) -> String {
-    XText(s).to_string()
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii() && is_xchar(c as u8) {
+            out.push(c);
+        } else {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                // Writing into a String cannot fail.
+                let _ = write!(out, "+{b:02X}");
+            }
+        }
+    }
+    out
 }
 
 /// Decodes xtext (RFC 3461 §4): `xtext = *( xchar / hexchar )`, `hexchar = "+" 2HEXDIG`.
@@ -465,22 +670,27 @@ fn set_once<T>(slot: &mut Option<T>, v: T) -> Result<(), ParamError> {
     Ok(())
 }
 
+/// Records that `k` (an unknown keyword) was in the parameter text `all`, refusing a repeat.
 #[cold]
 fn push_other<'a>(
-    other: &mut Vec<(&'a str, Option<&'a str>)>,
+    other: &mut OtherParams<&'a str>,
+    all: &'a [u8],
     text: &'a str,
     k: &[u8],
     v: Option<&[u8]>,
 ) -> Result<(), ParamError> {
-    let k = str_of(text, k)?;
-    let v = match v {
-        Some(v) => Some(str_of(text, v)?),
-        None => None,
-    };
-    if other.iter().any(|(o, _)| o.eq_ignore_ascii_case(k)) {
+    let key = str_of(text, k)?;
+    if let Some(v) = v {
+        str_of(text, v)?;
+    }
+    if other.iter().any(|(o, _)| o.eq_ignore_ascii_case(key)) {
         return Err(ParamError::Duplicate);
     }
-    other.push((k, v));
+    // The whole list up to and including this parameter: `iter` finds the unknown ones.
+    let end = (v.unwrap_or(k).as_ptr() as usize + v.unwrap_or(k).len())
+        .wrapping_sub(all.as_ptr() as usize);
+    let upto = all.get(..end).ok_or(ParamError::Syntax)?;
+    other.0 = Some(str_of(text, upto)?);
     Ok(())
 }
 
@@ -539,16 +749,16 @@ fn size_value(v: &[u8]) -> Result<u64, ParamError> {
     Ok(n)
 }
 
-/// `xtext` value, decoded.
-fn xtext_value<'a>(text: &'a str, v: Option<&[u8]>) -> Result<Cow<'a, str>, ParamError> {
-    xtext_decode(str_of(text, v.ok_or(ParamError::InvalidValue)?)?)
+/// `xtext` value, checked.
+fn xtext_value<'a>(text: &'a str, v: Option<&[u8]>) -> Result<XText<&'a str>, ParamError> {
+    XText::new(str_of(text, v.ok_or(ParamError::InvalidValue)?)?)
 }
 
 #[inline]
 pub(crate) fn parse_mail_params<'a>(
     i: &'a [u8],
     text: &'a str,
-) -> Result<MailParams<'a>, ParamError> {
+) -> Result<MailParams<&'a str>, ParamError> {
     let mut p = MailParams::default();
     each_param(i, |k, v| match keyword(k) {
         Keyword::Size => {
@@ -591,7 +801,7 @@ pub(crate) fn parse_mail_params<'a>(
             set_once(&mut p.envid, e)
         }
         Keyword::Notify | Keyword::Orcpt => Err(ParamError::WrongCommand),
-        Keyword::Other => push_other(&mut p.other, text, k, v),
+        Keyword::Other => push_other(&mut p.other, i, text, k, v),
     })?;
     Ok(p)
 }
@@ -626,14 +836,14 @@ fn notify_value(v: &[u8]) -> Result<Notify, ParamError> {
 }
 
 /// `original-recipient-address = addr-type ";" xtext`, `addr-type = atom` (RFC 3461)
-fn orcpt_value(v: &str) -> Result<Orcpt<'_>, ParamError> {
+fn orcpt_value(v: &str) -> Result<Orcpt<&str>, ParamError> {
     let (t, a) = v.split_once(';').ok_or(ParamError::InvalidValue)?;
     if t.is_empty() || !t.bytes().all(crate::address::is_atext) {
         return Err(ParamError::InvalidValue);
     }
     Ok(Orcpt {
-        addr_type: Cow::Borrowed(t),
-        addr: xtext_decode(a)?,
+        addr_type: t,
+        addr: XText::new(a)?,
     })
 }
 
@@ -641,7 +851,7 @@ fn orcpt_value(v: &str) -> Result<Orcpt<'_>, ParamError> {
 pub(crate) fn parse_rcpt_params<'a>(
     i: &'a [u8],
     text: &'a str,
-) -> Result<RcptParams<'a>, ParamError> {
+) -> Result<RcptParams<&'a str>, ParamError> {
     let mut p = RcptParams::default();
     each_param(i, |k, v| match keyword(k) {
         Keyword::Notify => {
@@ -658,7 +868,7 @@ pub(crate) fn parse_rcpt_params<'a>(
         | Keyword::Auth
         | Keyword::Ret
         | Keyword::Envid => Err(ParamError::WrongCommand),
-        Keyword::Other => push_other(&mut p.other, text, k, v),
+        Keyword::Other => push_other(&mut p.other, i, text, k, v),
     })?;
     Ok(p)
 }

@@ -149,16 +149,16 @@ pub enum Event<'a> {
     /// `MAIL FROM`, already checked against syntax, sequence and SIZE. Decide.
     Mail {
         /// The sender.
-        from: &'a ReversePath<'static>,
+        from: &'a ReversePath,
         /// Its parameters (only ones the session advertised).
-        params: &'a MailParams<'static>,
+        params: &'a MailParams,
     },
     /// `RCPT TO`, already checked against syntax, sequence and the recipient limit. Decide.
     Rcpt {
         /// The recipient.
-        to: &'a ForwardPath<'static>,
+        to: &'a ForwardPath,
         /// Its parameters.
-        params: &'a RcptParams<'static>,
+        params: &'a RcptParams,
     },
     /// The message content starts (`DATA` was answered `354`, or the first `BDAT` chunk).
     DataStart,
@@ -278,10 +278,10 @@ pub struct Session {
     extended: bool,
     tls: bool,
     smtputf8: bool,
-    from: Option<ReversePath<'static>>,
-    from_params: MailParams<'static>,
-    rcpt: Option<ForwardPath<'static>>,
-    rcpt_params: RcptParams<'static>,
+    from: Option<ReversePath>,
+    from_params: MailParams,
+    rcpt: Option<ForwardPath>,
+    rcpt_params: RcptParams,
     recipients: usize,
     /// Size of the BDAT message so far.
     bdat_size: u64,
@@ -376,7 +376,7 @@ impl Session {
     }
 
     /// The accepted sender of the open transaction.
-    pub fn sender(&self) -> Option<&ReversePath<'static>> {
+    pub fn sender(&self) -> Option<&ReversePath> {
         self.from.as_ref()
     }
 
@@ -804,7 +804,7 @@ impl Session {
             }
             Command::Mail { from, params } => {
                 let checked = self.check_mail(&from, &params);
-                let owned = checked.map(|()| (from.into_owned(), own_mail_params(params)));
+                let owned = checked.map(|()| (from.into_owned(), params.into_owned()));
                 self.pos += used;
                 match owned {
                     Err((code, enh, text, protocol)) => {
@@ -821,7 +821,7 @@ impl Session {
             }
             Command::Rcpt { to, params } => {
                 let checked = self.check_rcpt(&to, &params);
-                let owned = checked.map(|()| (to.into_owned(), own_rcpt_params(params)));
+                let owned = checked.map(|()| (to.into_owned(), params.into_owned()));
                 self.pos += used;
                 match owned {
                     Err((code, enh, text, protocol)) => {
@@ -962,12 +962,7 @@ impl Session {
 
     /// The checks MAIL and RCPT parameters share: none after HELO, no unknown keyword, DSN
     /// parameters only when DSN is offered.
-    fn check_params(
-        &self,
-        empty: bool,
-        unknown: Option<&(&str, Option<&str>)>,
-        dsn: bool,
-    ) -> Check {
+    fn check_params(&self, empty: bool, unknown: Option<(&str, Option<&str>)>, dsn: bool) -> Check {
         if !empty && !self.extended {
             return Err(param("Parameters need EHLO"));
         }
@@ -980,7 +975,7 @@ impl Session {
         Ok(())
     }
 
-    fn check_mail(&self, from: &ReversePath<'_>, params: &MailParams<'_>) -> Check {
+    fn check_mail(&self, from: &ReversePath<&str>, params: &MailParams<&str>) -> Check {
         match self.envelope {
             Envelope::Ready => return Err(seq("Send EHLO or HELO first")),
             Envelope::Mail | Envelope::Chunking => {
@@ -1012,7 +1007,7 @@ impl Session {
         Ok(())
     }
 
-    fn check_rcpt(&self, to: &ForwardPath<'_>, params: &RcptParams<'_>) -> Check {
+    fn check_rcpt(&self, to: &ForwardPath<&str>, params: &RcptParams<&str>) -> Check {
         match self.envelope {
             Envelope::Ready | Envelope::Greeted => return Err(seq("Need MAIL before RCPT")),
             Envelope::Chunking => return Err(seq("RCPT not allowed during BDAT")),
@@ -1059,26 +1054,4 @@ fn needs_smtputf8() -> (u16, (u8, u16, u16), Cow<'static, str>, bool) {
 
 fn param(text: &str) -> (u16, (u8, u16, u16), Cow<'static, str>, bool) {
     (555, (5, 5, 4), Cow::Owned(text.to_owned()), true)
-}
-
-/// An owned copy of checked MAIL parameters (unknown ones were refused, so `other` is empty).
-fn own_mail_params(p: MailParams<'_>) -> MailParams<'static> {
-    MailParams {
-        size: p.size,
-        body: p.body,
-        smtputf8: p.smtputf8,
-        auth: p.auth.map(|a| Cow::Owned(a.into_owned())),
-        ret: p.ret,
-        envid: p.envid.map(|e| Cow::Owned(e.into_owned())),
-        other: Vec::new(),
-    }
-}
-
-/// An owned copy of checked RCPT parameters (unknown ones were refused, so `other` is empty).
-fn own_rcpt_params(p: RcptParams<'_>) -> RcptParams<'static> {
-    RcptParams {
-        notify: p.notify,
-        orcpt: p.orcpt.map(|o| o.into_owned()),
-        other: Vec::new(),
-    }
 }

@@ -140,7 +140,7 @@ fn paths_and_domains() {
 
     assert_eq!(
         parse_domain("example.com").unwrap(),
-        Domain::Name("example.com".into())
+        Domain::Name("example.com")
     );
     assert_eq!(
         parse_domain("[127.0.0.1]").unwrap(),
@@ -157,15 +157,12 @@ fn paths_and_domains() {
 #[test]
 fn building_mailboxes() {
     let d = Domain::name("example.org").unwrap();
-    let m = Mailbox::new("john \"j\" doe", d.clone()).unwrap();
+    let m = Mailbox::new("john \"j\" doe", d).unwrap();
     assert_eq!(m.to_string(), "\"john \\\"j\\\" doe\"@example.org");
     assert!(m.needs_quoting());
     assert!(m.is_ascii());
     assert_eq!(parse_mailbox(&m.to_string()).unwrap(), m);
-    assert_eq!(
-        Mailbox::new("a\rb", d.clone()),
-        Err(AddressError::InvalidLocalPart)
-    );
+    assert_eq!(Mailbox::new("a\rb", d), Err(AddressError::InvalidLocalPart));
     assert_eq!(
         Mailbox::new("a\u{7f}", d),
         Err(AddressError::InvalidLocalPart)
@@ -176,7 +173,7 @@ fn building_mailboxes() {
     );
     assert_eq!(Domain::name("-x.y"), Err(AddressError::InvalidDomain));
     assert_eq!(
-        Mailbox::new("a", Domain::Name("x y".into())),
+        Mailbox::new("a", Domain::Name("x y")),
         Err(AddressError::InvalidDomain)
     );
     let buf = Mailbox::new("ü", Domain::name("x.y").unwrap())

@@ -5,7 +5,9 @@ use std::borrow::Cow;
 
 use smtp_proto::address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};
 use smtp_proto::command::{parse_command, Command, CommandErrorKind, Limits};
-use smtp_proto::param::{Body, MailParams, Notify, Orcpt, ParamError, RcptParams, Ret};
+use smtp_proto::param::{
+    Body, MailParams, Notify, Orcpt, OtherParams, ParamError, RcptParams, Ret, XText,
+};
 
 fn parse(line: &str) -> Command<'_> {
     match parse_command(line.as_bytes(), &Limits::default()) {
@@ -28,18 +30,32 @@ fn reply(line: &[u8]) -> String {
     }
 }
 
-fn mb(local: &str, domain: &str) -> Mailbox<'static> {
-    Mailbox::new(local.to_string(), Domain::name(domain.to_string()).unwrap()).unwrap()
+fn mb(local: &'static str, domain: &'static str) -> Mailbox<&'static str> {
+    Mailbox::new(local, Domain::name(domain).unwrap()).unwrap()
 }
 
-fn mail(local: &str, domain: &str, params: MailParams<'static>) -> Command<'static> {
+/// The xtext form of `plain`, as a parsed command holds it (leaked: tests only).
+fn xtext(plain: &str) -> XText<&'static str> {
+    let encoded: &'static str = String::leak(XText::encode(plain).to_string());
+    XText::new(encoded).unwrap()
+}
+
+fn mail(
+    local: &'static str,
+    domain: &'static str,
+    params: MailParams<&'static str>,
+) -> Command<'static> {
     Command::Mail {
         from: ReversePath::Mailbox(mb(local, domain)),
         params,
     }
 }
 
-fn rcpt(local: &str, domain: &str, params: RcptParams<'static>) -> Command<'static> {
+fn rcpt(
+    local: &'static str,
+    domain: &'static str,
+    params: RcptParams<&'static str>,
+) -> Command<'static> {
     Command::Rcpt {
         to: ForwardPath::Mailbox(mb(local, domain)),
         params,
@@ -271,7 +287,7 @@ fn esmtp_parameters_from_the_rfcs() {
             "Pure-Heart.ORG",
             MailParams {
                 ret: Some(Ret::Hdrs),
-                envid: Some("QQ314159".into()),
+                envid: Some(xtext("QQ314159")),
                 ..Default::default()
             }
         )
@@ -321,10 +337,10 @@ fn esmtp_parameters_from_the_rfcs() {
         let params = RcptParams {
             notify: Some(notify),
             orcpt: orcpt.map(|a| Orcpt {
-                addr_type: "rfc822".into(),
-                addr: Cow::Borrowed(a),
+                addr_type: "rfc822",
+                addr: xtext(a),
             }),
-            other: vec![],
+            other: OtherParams::default(),
         };
         assert_eq!(parse(line), rcpt(local, domain, params), "{line:?}");
     }
@@ -335,7 +351,7 @@ fn esmtp_parameters_from_the_rfcs() {
             "e=mc2",
             "example.com",
             MailParams {
-                auth: Some("e=mc2@example.com".into()),
+                auth: Some(xtext("e=mc2@example.com")),
                 ..Default::default()
             }
         )
@@ -344,7 +360,7 @@ fn esmtp_parameters_from_the_rfcs() {
     else {
         panic!()
     };
-    assert_eq!(params.orcpt.unwrap().addr, "a+b c@b.c");
+    assert_eq!(params.orcpt.unwrap().addr.decode(), "a+b c@b.c");
     // Unknown parameters are kept, in order.
     let Command::Mail { params, .. } =
         parse("MAIL FROM:<a@b.c> MT-PRIORITY=3 REQUIRETLS SIZE=1\r\n")
@@ -352,7 +368,7 @@ fn esmtp_parameters_from_the_rfcs() {
         panic!()
     };
     assert_eq!(
-        params.other,
+        params.other.iter().collect::<Vec<_>>(),
         vec![("MT-PRIORITY", Some("3")), ("REQUIRETLS", None)]
     );
     assert_eq!(params.size, Some(1));
@@ -716,9 +732,38 @@ fn parsing_borrows_unless_unescaping() {
     let Domain::Name(d) = m.domain() else {
         panic!()
     };
-    assert!(matches!(d, Cow::Borrowed(_)));
-    let m2 = m.clone();
+    // The domain and the (unescaped) local part point into the line.
+    assert!(line.as_bytes().as_ptr_range().contains(&d.as_ptr()));
+    let local = m.local_part();
+    assert!(matches!(local, Cow::Borrowed(_)));
+    assert!(line.as_bytes().as_ptr_range().contains(&local.as_ptr()));
+    let m2 = m;
     assert_eq!(m2.local_part(), "plain quoted");
     let owned = m.into_owned();
     assert_eq!(owned.to_string(), "\"plain quoted\"@b.c");
+    // A quoted-pair has to be removed: only then is the local part built.
+    let Command::Rcpt {
+        to: ForwardPath::Mailbox(m),
+        ..
+    } = parse("RCPT TO:<\"a\\\"b\"@x.y>\r\n")
+    else {
+        panic!()
+    };
+    assert!(matches!(m.local_part(), Cow::Owned(_)));
+}
+
+#[test]
+fn parsed_commands_own_nothing() {
+    assert!(!std::mem::needs_drop::<Command<'static>>());
+    let line = "RCPT TO:<\"a\\\"b\"@x.y>\r\n";
+    let Command::Rcpt {
+        to: ForwardPath::Mailbox(m),
+        ..
+    } = parse(line)
+    else {
+        panic!()
+    };
+    assert_eq!(m.local_part(), "a\"b");
+    assert_eq!(m.to_string(), "\"a\\\"b\"@x.y");
+    assert_eq!(m.domain(), &Domain::Name("x.y"));
 }

@@ -2,13 +2,12 @@
 //! parser never panics.
 #![allow(clippy::unwrap_used)]
 
-use std::borrow::Cow;
-
 use proptest::prelude::*;
 use smtp_proto::address::{Domain, ForwardPath, Mailbox, ReversePath};
 use smtp_proto::command::{parse_command, Command, Limits};
 use smtp_proto::param::{
-    xtext_decode, xtext_encode, Body, MailParams, Notify, Orcpt, RcptParams, Ret,
+    xtext_decode, xtext_encode, Body, MailParams, Notify, Orcpt, OtherParams, RcptParams, Ret,
+    XText,
 };
 
 /// Commands in these tests hold `&'static str`; the strings are leaked (tests only).
@@ -23,36 +22,51 @@ fn roomy() -> Limits {
     }
 }
 
-fn domain() -> impl Strategy<Value = Domain<'static>> {
+/// The xtext form of `plain`, leaked.
+fn xtext(plain: &str) -> XText<&'static str> {
+    XText::new(leak(xtext_encode(plain))).unwrap()
+}
+
+fn domain() -> impl Strategy<Value = Domain<&'static str>> {
     let label = prop_oneof![
         "[a-zA-Z0-9]",
         "[a-zA-Z0-9][a-zA-Z0-9-]{0,10}[a-zA-Z0-9]",
         "[a-zäöüß例]{1,5}"
     ];
     prop_oneof![
-        4 => prop::collection::vec(label, 1..5).prop_map(|l| Domain::name(l.join(".")).unwrap()),
+        4 => prop::collection::vec(label, 1..5).prop_map(|l| Domain::name(leak(l.join("."))).unwrap()),
         1 => any::<[u8; 4]>().prop_map(|a| Domain::Ipv4(a.into())),
         1 => any::<[u16; 8]>().prop_map(|a| Domain::Ipv6(a.into())),
     ]
 }
 
-fn mailbox() -> impl Strategy<Value = Mailbox<'static>> {
+fn mailbox() -> impl Strategy<Value = Mailbox<&'static str>> {
     let local = prop_oneof![
         prop::collection::vec("[a-zA-Z0-9!#$%&'*+/=?^_`{|}~-]{1,8}", 1..4)
             .prop_map(|a| a.join(".")),
         "[ -~]{0,20}",
         "[a-zé中\" \\\\.@]{0,20}",
     ];
-    (local, domain()).prop_map(|(l, d)| Mailbox::new(l, d).unwrap())
+    (local, domain()).prop_map(|(l, d)| Mailbox::new(leak(l), d).unwrap())
 }
 
 /// Unknown parameters: keywords that are not the known ones, values per esmtp-value.
-fn others() -> impl Strategy<Value = Vec<(&'static str, Option<&'static str>)>> {
+fn others() -> impl Strategy<Value = OtherParams<&'static str>> {
     prop::collection::btree_map("X-[A-Z0-9]{1,8}", prop::option::of("[!-<>-~]{1,10}"), 0..3)
-        .prop_map(|m| m.into_iter().map(|(k, v)| (leak(k), v.map(leak))).collect())
+        .prop_map(|m| {
+            let text = m
+                .into_iter()
+                .map(|(k, v)| match v {
+                    Some(v) => format!("{k}={v}"),
+                    None => k,
+                })
+                .collect::<Vec<_>>()
+                .join(" ");
+            OtherParams::new(leak(text)).unwrap()
+        })
 }
 
-fn mail_params() -> impl Strategy<Value = MailParams<'static>> {
+fn mail_params() -> impl Strategy<Value = MailParams<&'static str>> {
     (
         prop::option::of(any::<u64>()),
         prop::option::of(prop_oneof![
@@ -71,15 +85,15 @@ fn mail_params() -> impl Strategy<Value = MailParams<'static>> {
                 size,
                 body,
                 smtputf8,
-                auth: auth.map(Cow::Owned),
+                auth: auth.as_deref().map(xtext),
                 ret,
-                envid: envid.map(Cow::Owned),
+                envid: envid.as_deref().map(xtext),
                 other,
             },
         )
 }
 
-fn rcpt_params() -> impl Strategy<Value = RcptParams<'static>> {
+fn rcpt_params() -> impl Strategy<Value = RcptParams<&'static str>> {
     (
         prop::option::of(any::<(bool, bool, bool)>().prop_map(|(s, f, d)| Notify {
             success: s,
@@ -92,8 +106,8 @@ fn rcpt_params() -> impl Strategy<Value = RcptParams<'static>> {
         .prop_map(|(notify, orcpt, other)| RcptParams {
             notify,
             orcpt: orcpt.map(|(t, a)| Orcpt {
-                addr_type: Cow::Owned(t),
-                addr: Cow::Owned(a),
+                addr_type: leak(t),
+                addr: xtext(&a),
             }),
             other,
         })
@@ -148,7 +162,7 @@ proptest! {
         let mut wire = Vec::new();
         cmd.encode(&mut wire);
         let parsed = parse_command(&wire, &roomy());
-        prop_assert_eq!(parsed, Ok(Some((cmd.clone(), wire.len()))), "{}", String::from_utf8_lossy(&wire));
+        prop_assert_eq!(parsed, Ok(Some((cmd, wire.len()))), "{}", String::from_utf8_lossy(&wire));
     }
 
     #[test]

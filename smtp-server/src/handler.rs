@@ -47,11 +47,11 @@ pub struct Envelope {
     /// The name the client gave in EHLO/HELO.
     pub helo: String,
     /// The sender (`MAIL FROM`).
-    pub from: ReversePath<'static>,
+    pub from: ReversePath,
     /// The parameters of `MAIL FROM`.
-    pub mail_params: MailParams<'static>,
+    pub mail_params: MailParams,
     /// The accepted recipients with their parameters, in the order received.
-    pub rcpts: Vec<(ForwardPath<'static>, RcptParams<'static>)>,
+    pub rcpts: Vec<(ForwardPath, RcptParams)>,
     /// The TLS parameters, if the session is encrypted.
     pub tls: Option<TlsInfo>,
     /// The client's address.
@@ -172,8 +172,8 @@ pub trait SessionHandler: Send + 'static {
     /// `MAIL FROM`, already checked for syntax, order, parameters and declared size.
     fn mail(
         &mut self,
-        from: &ReversePath<'static>,
-        params: &MailParams<'static>,
+        from: &ReversePath,
+        params: &MailParams,
     ) -> impl Future<Output = Result<(), Reply>> + Send {
         let _ = (from, params);
         async { Ok(()) }
@@ -182,8 +182,8 @@ pub trait SessionHandler: Send + 'static {
     /// Each `RCPT TO`, already checked for syntax, order and the recipient limit.
     fn rcpt(
         &mut self,
-        to: &ForwardPath<'static>,
-        params: &RcptParams<'static>,
+        to: &ForwardPath,
+        params: &RcptParams,
     ) -> impl Future<Output = Result<(), Reply>> + Send {
         let _ = (to, params);
         async { Ok(()) }

@@ -93,13 +93,13 @@ fn simple_path(p: &[u8], limits: &Limits) -> Option<(usize, usize)> {
 /// UTF-8 is validated once, over a range that [`super::text_covering`] may widen to whole
 /// blocks, and the two parts are sliced from it.
 #[inline(always)]
-fn mailbox<'a>(
-    input: &'a [u8],
+fn mailbox(
+    input: &[u8],
     path: usize,
     at: usize,
     end: usize,
     line_end: usize,
-) -> Option<Mailbox<'a>> {
+) -> Option<Mailbox<&str>> {
     let text = super::text_covering(input, path, line_end)?;
     let addr = sub(text, input.get(path + 1..path + end)?)?;
     let (local, domain) = addr.split_at_checked(at - 1)?;
@@ -265,7 +265,7 @@ fn notify(v: &[u8]) -> Option<(Notify, &[u8])> {
 /// MAIL parameters made only of `SIZE`, `BODY` and `SMTPUTF8`, each at most once, with
 /// what is left after them.
 #[inline(always)]
-fn mail_params(mut s: &[u8]) -> Option<(MailParams<'static>, &[u8])> {
+fn mail_params<'a>(mut s: &[u8]) -> Option<(MailParams<&'a str>, &[u8])> {
     let mut p = MailParams::default();
     while let Some(r) = next_param(s) {
         s = if r.get(..5).is_some_and(|k| eq_upper(k, b"SIZE=")) && p.size.is_none() {
@@ -291,7 +291,7 @@ fn mail_params(mut s: &[u8]) -> Option<(MailParams<'static>, &[u8])> {
 
 /// RCPT parameters made only of one `NOTIFY`, with what is left after them.
 #[inline(always)]
-fn rcpt_params(s: &[u8]) -> Option<(RcptParams<'static>, &[u8])> {
+fn rcpt_params<'a>(s: &[u8]) -> Option<(RcptParams<&'a str>, &[u8])> {
     let mut p = RcptParams::default();
     let Some(r) = next_param(s) else {
         return Some((p, s));

@@ -64,7 +64,7 @@ pub(super) fn mail<'a>(
     if p.is_empty() {
         return Err(CommandErrorKind::Syntax(MAIL_HINT));
     }
-    let (rest, from): (_, ReversePath<'a>) =
+    let (rest, from): (_, ReversePath<&'a str>) =
         address::path(p, text, limits).map_err(CommandErrorKind::BadSender)?;
     let params =
         after_path(rest).ok_or(CommandErrorKind::BadSender(address::AddressError::Syntax))?;
@@ -85,7 +85,7 @@ pub(super) fn rcpt<'a>(
     if p.is_empty() {
         return Err(CommandErrorKind::Syntax(RCPT_HINT));
     }
-    let (rest, to): (_, ForwardPath<'a>) =
+    let (rest, to): (_, ForwardPath<&'a str>) =
         address::path(p, text, limits).map_err(CommandErrorKind::BadRecipient)?;
     let params = after_path(rest).ok_or(CommandErrorKind::BadRecipient(
         address::AddressError::Syntax,

@@ -76,7 +76,10 @@ impl Default for Limits {
 }
 
 /// One SMTP command, borrowing its text from the input line.
-#[derive(Clone, PartialEq, Eq)]
+///
+/// It is `Copy` and owns nothing: parsing never allocates, and a parsed command costs nothing
+/// to drop. Convert the parts to keep with their `into_owned` methods.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Command<'a> {
     /// `EHLO <domain or address literal>` (the argument as sent, one word).
     Ehlo(&'a str),
@@ -85,16 +88,16 @@ pub enum Command<'a> {
     /// `MAIL FROM:<reverse-path> [params]`
     Mail {
         /// The sender, or `<>`.
-        from: ReversePath<'a>,
+        from: ReversePath<&'a str>,
         /// ESMTP parameters.
-        params: MailParams<'a>,
+        params: MailParams<&'a str>,
     },
     /// `RCPT TO:<forward-path> [params]`
     Rcpt {
         /// The recipient.
-        to: ForwardPath<'a>,
+        to: ForwardPath<&'a str>,
         /// ESMTP parameters.
-        params: RcptParams<'a>,
+        params: RcptParams<&'a str>,
     },
     /// `DATA`
     Data,

@@ -355,13 +355,9 @@ impl Handler for Peer {
 }
 
 impl SessionHandler for PeerSession {
-    async fn rcpt(
-        &mut self,
-        to: &ForwardPath<'static>,
-        _: &RcptParams<'static>,
-    ) -> Result<(), Reply> {
+    async fn rcpt(&mut self, to: &ForwardPath, _: &RcptParams) -> Result<(), Reply> {
         if let ForwardPath::Mailbox(m) = to {
-            if self.b.refuse.iter().any(|r| r == m.local_part()) {
+            if self.b.refuse.iter().any(|r| *r == m.local_part()) {
                 return Err(
                     Reply::new(550, EnhancedCode::new(5, 1, 1), "no such user here").unwrap(),
                 );

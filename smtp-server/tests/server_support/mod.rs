@@ -90,11 +90,7 @@ impl SessionHandler for RecorderSession {
         self.rec.push(format!("tls {}", info.protocol));
     }
 
-    async fn mail(
-        &mut self,
-        from: &ReversePath<'static>,
-        _params: &MailParams<'static>,
-    ) -> Result<(), Reply> {
+    async fn mail(&mut self, from: &ReversePath, _params: &MailParams) -> Result<(), Reply> {
         self.rec.push(format!("mail {from}"));
         if from.to_string().starts_with("<blocked@") {
             return Err(reply(550, "5.7.1", "Sender blocked"));
@@ -102,11 +98,7 @@ impl SessionHandler for RecorderSession {
         Ok(())
     }
 
-    async fn rcpt(
-        &mut self,
-        to: &ForwardPath<'static>,
-        _params: &RcptParams<'static>,
-    ) -> Result<(), Reply> {
+    async fn rcpt(&mut self, to: &ForwardPath, _params: &RcptParams) -> Result<(), Reply> {
         self.rec.push(format!("rcpt {to}"));
         if to.to_string().starts_with("<bad") {
             return Err(reply(550, "5.1.1", "No such user"));

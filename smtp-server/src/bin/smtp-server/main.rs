@@ -382,20 +382,12 @@ impl SessionHandler for Session {
 
     fn tls_started(&mut self, _info: &TlsInfo) {}
 
-    async fn mail(
-        &mut self,
-        _from: &ReversePath<'static>,
-        _params: &MailParams<'static>,
-    ) -> Result<(), Reply> {
+    async fn mail(&mut self, _from: &ReversePath, _params: &MailParams) -> Result<(), Reply> {
         self.rcpts.clear();
         Ok(())
     }
 
-    async fn rcpt(
-        &mut self,
-        to: &ForwardPath<'static>,
-        params: &RcptParams<'static>,
-    ) -> Result<(), Reply> {
+    async fn rcpt(&mut self, to: &ForwardPath, params: &RcptParams) -> Result<(), Reply> {
         match self.d.policy.route(to, self.relay) {
             Ok(dest) => {
                 let address = match to {
@@ -409,7 +401,7 @@ impl SessionHandler for Session {
                     orcpt: params
                         .orcpt
                         .as_ref()
-                        .map(|o| format!("{};{}", o.addr_type, o.addr)),
+                        .map(|o| format!("{};{}", o.addr_type, o.addr.decode())),
                 });
                 Ok(())
             }
@@ -521,7 +513,11 @@ impl SessionHandler for Session {
                     sender: sender.clone(),
                     recipients: remote,
                     ret: envelope.mail_params.ret.map(|r| r.as_str().to_owned()),
-                    envid: envelope.mail_params.envid.as_ref().map(|e| e.to_string()),
+                    envid: envelope
+                        .mail_params
+                        .envid
+                        .as_ref()
+                        .map(|e| e.decode().into_owned()),
                 },
                 now,
             );

@@ -164,14 +164,14 @@ impl Policy {
         if !self.is_local_domain(m.domain()) {
             return None;
         }
-        MailboxName::from_local_part(m.local_part()).ok()
+        MailboxName::from_local_part(&m.local_part()).ok()
     }
 
     /// True when mail for this domain is delivered here.
-    pub fn is_local_domain(&self, domain: &Domain<'_>) -> bool {
+    pub fn is_local_domain<S: AsRef<str>>(&self, domain: &Domain<S>) -> bool {
         match domain {
             Domain::Name(n) => {
-                let n = n.trim_end_matches('.');
+                let n = n.as_ref().trim_end_matches('.');
                 self.domains.iter().any(|d| d.eq_ignore_ascii_case(n))
             }
             Domain::Ipv4(a) => self.is_own_ip((*a).into()),
@@ -210,7 +210,11 @@ impl Policy {
     }
 
     /// Decides where a recipient goes, given whether the listener relays.
-    pub fn route(&self, to: &ForwardPath<'_>, relay: bool) -> Result<Destinations, Refusal> {
+    pub fn route<S: AsRef<str>>(
+        &self,
+        to: &ForwardPath<S>,
+        relay: bool,
+    ) -> Result<Destinations, Refusal> {
         let mailbox = match to {
             ForwardPath::Postmaster => return Ok(self.postmaster()),
             ForwardPath::Mailbox(m) => m,
@@ -228,8 +232,8 @@ impl Policy {
         }
     }
 
-    fn local_checked(&self, mailbox: &Mailbox<'_>) -> Result<Destinations, Refusal> {
-        let name = MailboxName::from_local_part(mailbox.local_part())
+    fn local_checked<S: AsRef<str>>(&self, mailbox: &Mailbox<S>) -> Result<Destinations, Refusal> {
+        let name = MailboxName::from_local_part(&mailbox.local_part())
             .map_err(|e| Refusal::BadMailbox(e.to_string()))?;
         if name.as_str() == "postmaster" {
             return Ok(self.postmaster());
@@ -298,7 +302,7 @@ mod tests {
     use super::*;
     use smtp_proto::address::parse_forward_path;
 
-    fn fp(s: &str) -> ForwardPath<'static> {
+    fn fp(s: &str) -> ForwardPath {
         parse_forward_path(s).unwrap().into_owned()
     }
 

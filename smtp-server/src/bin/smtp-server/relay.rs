@@ -29,7 +29,7 @@ use smtp_client::connection::{Envelope, Recipient as CRecipient};
 use smtp_client::deliver::{Deliverer, RcptOutcome};
 use smtp_client::Message;
 use smtp_proto::address::{parse_mailbox, ForwardPath, ReversePath};
-use smtp_proto::param::{Orcpt, RcptParams, Ret};
+use smtp_proto::param::{Orcpt, RcptParams, Ret, XText};
 use tokio::sync::{Notify, Semaphore};
 use tracing::{error, info, warn};
 
@@ -556,7 +556,7 @@ enum Unsent {
     Storage(String),
 }
 
-fn to_client_rcpt(r: &Recipient, m: smtp_proto::address::Mailbox<'static>) -> CRecipient {
+fn to_client_rcpt(r: &Recipient, m: smtp_proto::address::Mailbox) -> CRecipient {
     let notify = r.notify.as_ref().and_then(|n| {
         RcptParams::parse(&format!("NOTIFY={n}"))
             .ok()
@@ -564,8 +564,8 @@ fn to_client_rcpt(r: &Recipient, m: smtp_proto::address::Mailbox<'static>) -> CR
     });
     let orcpt = r.orcpt.as_ref().and_then(|o| {
         o.split_once(';').map(|(t, a)| Orcpt {
-            addr_type: t.to_owned().into(),
-            addr: a.to_owned().into(),
+            addr_type: t.to_owned(),
+            addr: XText::encode(a),
         })
     });
     CRecipient {

@@ -1,0 +1,66 @@
+//! Runs the command mix of `benches/commands.rs` N times through one parser, for counting
+//! instructions with callgrind (steadier than wall-clock time on a shared machine):
+//!
+//! ```text
+//! cargo build --release -p smtp-benches --example command_instructions
+//! scripts/count_instructions.sh      # runs it under valgrind for N and 2N, prints the difference / N
+//! ```
+//!
+//! Usage: `command_instructions <ours|stalwart> <iterations>`; prints the commands parsed and the
+//! time per mix (only a rough figure; use criterion for time).
+#![allow(missing_docs)]
+
+use std::hint::black_box;
+
+use smtp_benches::MIX;
+use smtp_proto::command::{parse_command, Limits};
+use stalwart_smtp_proto::Request;
+
+#[inline(never)]
+fn ours(input: &[u8], limits: &Limits) -> usize {
+    let mut rest = input;
+    let mut n = 0;
+    while let Ok(Some((cmd, used))) = parse_command(rest, limits) {
+        black_box(&cmd);
+        rest = &rest[used..];
+        n += 1;
+    }
+    n
+}
+
+#[inline(never)]
+fn stalwart(input: &[u8]) -> usize {
+    let mut it = input.iter();
+    let mut n = 0;
+    while it.len() > 0 {
+        match Request::parse(&mut it) {
+            Ok(req) => {
+                black_box(&req);
+                n += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    n
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let which = args.next().unwrap_or_default();
+    let iters: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(10_000);
+    let limits = Limits::default();
+    let started = std::time::Instant::now();
+    let mut total = 0;
+    for _ in 0..iters {
+        total += match which.as_str() {
+            "ours" => ours(black_box(MIX), &limits),
+            "stalwart" => stalwart(black_box(MIX)),
+            _ => {
+                eprintln!("usage: command_instructions <ours|stalwart> <iterations>");
+                std::process::exit(2);
+            }
+        };
+    }
+    let per_mix = started.elapsed().as_nanos() as f64 / iters.max(1) as f64;
+    println!("{which}: {total} commands, {per_mix:.1} ns/mix");
+}
