@@ -96,7 +96,8 @@ impl AddressError {
 /// `S` holds the text: `&str` for a domain borrowed from parsed input (the type is then
 /// `Copy` and has nothing to drop), `String` (the default, [`DomainBuf`]) for one stored.
 /// Build a `Name` with [`Domain::name`] (which validates it) or [`parse_domain`]; a `Name`
-/// built by hand is written as given by `Display`.
+/// built by hand is written as given by `Display`. Domains compare byte for byte (names as
+/// sent, not case-folded), within one form (`as_borrowed` to compare the two).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Domain<S = String> {
     /// A domain name, as sent (case preserved; compare with `eq_ignore_ascii_case`).

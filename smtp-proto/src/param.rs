@@ -151,7 +151,7 @@ impl fmt::Display for Notify {
 }
 
 /// `ORCPT=addr-type;xtext` (RFC 3461): the original recipient (`S` as for [`MailParams`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy)]
 pub struct Orcpt<S = String> {
     /// The address type, e.g. `rfc822` (as sent).
     pub addr_type: S,
@@ -174,6 +174,21 @@ impl<S: AsRef<str>> Orcpt<S> {
             addr_type: self.addr_type.as_ref(),
             addr: self.addr.as_borrowed(),
         }
+    }
+}
+
+impl<A: AsRef<str>, B: AsRef<str>> PartialEq<Orcpt<B>> for Orcpt<A> {
+    fn eq(&self, other: &Orcpt<B>) -> bool {
+        self.addr_type.as_ref() == other.addr_type.as_ref() && self.addr == other.addr
+    }
+}
+
+impl<S: AsRef<str>> Eq for Orcpt<S> {}
+
+impl<S: AsRef<str>> std::hash::Hash for Orcpt<S> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.addr_type.as_ref().hash(state);
+        self.addr.hash(state);
     }
 }
 
@@ -280,9 +295,9 @@ impl<S: AsRef<str>> PartialEq for MailParams<S> {
         self.size == o.size
             && self.body == o.body
             && self.smtputf8 == o.smtputf8
-            && self.auth.as_ref().map(XText::as_encoded) == o.auth.as_ref().map(XText::as_encoded)
+            && self.auth == o.auth
             && self.ret == o.ret
-            && self.envid.as_ref().map(XText::as_encoded) == o.envid.as_ref().map(XText::as_encoded)
+            && self.envid == o.envid
             && self.other == o.other
     }
 }
@@ -291,15 +306,7 @@ impl<S: AsRef<str>> Eq for MailParams<S> {}
 
 impl<S: AsRef<str>> PartialEq for RcptParams<S> {
     fn eq(&self, o: &Self) -> bool {
-        let orcpt = |p: &Self| {
-            p.orcpt.as_ref().map(|x| {
-                (
-                    x.addr_type.as_ref().to_owned(),
-                    x.addr.as_encoded().to_owned(),
-                )
-            })
-        };
-        self.notify == o.notify && orcpt(self) == orcpt(o) && self.other == o.other
+        self.notify == o.notify && self.orcpt == o.orcpt && self.other == o.other
     }
 }
 
@@ -315,26 +322,27 @@ impl<S: AsRef<str>> Eq for RcptParams<S> {}
 pub struct OtherParams<S = String>(Option<S>);
 
 impl<S: AsRef<str>> OtherParams<S> {
-    /// Unknown parameters written as `esmtp-param *(SP esmtp-param)`, e.g. `"X-A=1 X-B"`;
-    /// known keywords in `text` are ignored.
+    /// Unknown parameters written as `esmtp-param *(SP esmtp-param)`, e.g. `"X-A=1 X-B"`.
     ///
     /// # Errors
     /// [`ParamError::Syntax`] when `text` is not a parameter list, [`ParamError::Duplicate`]
-    /// when an unknown keyword appears twice.
+    /// when a keyword appears twice, [`ParamError::WrongCommand`] for a keyword this crate
+    /// knows (set it in its own field instead).
     pub fn new(text: S) -> Result<Self, ParamError> {
         let mut seen: Vec<&str> = Vec::new();
         let t = text.as_ref();
         each_param(t.as_bytes(), |k, v| {
-            if let Keyword::Other = keyword(k) {
-                let k = str_of(t, k)?;
-                if let Some(v) = v {
-                    str_of(t, v)?;
-                }
-                if seen.iter().any(|o| o.eq_ignore_ascii_case(k)) {
-                    return Err(ParamError::Duplicate);
-                }
-                seen.push(k);
+            let Keyword::Other = keyword(k) else {
+                return Err(ParamError::WrongCommand);
+            };
+            let k = str_of(t, k)?;
+            if let Some(v) = v {
+                str_of(t, v)?;
             }
+            if seen.iter().any(|o| o.eq_ignore_ascii_case(k)) {
+                return Err(ParamError::Duplicate);
+            }
+            seen.push(k);
             Ok(())
         })?;
         Ok(OtherParams((!seen.is_empty()).then_some(text)))
@@ -457,10 +465,26 @@ impl<S: AsRef<str>> fmt::Display for RcptParams<S> {
 // xtext (RFC 3461 §4)
 
 /// An xtext value (RFC 3461 §4) as it is sent: `+`, `=` and every byte outside `!`..`~`
-/// written as `+XX`. Always valid, and its decoded form is UTF-8; `Display` writes the
-/// encoded form, [`XText::decode`] gives the text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// written as `+XX`. Always valid, and its decoded form is UTF-8; [`XText::decode`] gives
+/// the text. Two values are equal when their decoded texts are (`+41`, `+41` and `A` are
+/// one value), and `Display` writes the canonical encoding (upper-case hex, escapes only
+/// where needed), whatever form was received.
+#[derive(Debug, Clone, Copy)]
 pub struct XText<S = String>(S);
+
+impl<A: AsRef<str>, B: AsRef<str>> PartialEq<XText<B>> for XText<A> {
+    fn eq(&self, other: &XText<B>) -> bool {
+        self.as_encoded() == other.as_encoded() || self.decode() == other.decode()
+    }
+}
+
+impl<S: AsRef<str>> Eq for XText<S> {}
+
+impl<S: AsRef<str>> std::hash::Hash for XText<S> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.decode().hash(state);
+    }
+}
 
 impl<S: AsRef<str>> XText<S> {
     /// Takes an encoded value as sent.
@@ -502,8 +526,14 @@ impl XText<String> {
 }
 
 impl<S: AsRef<str>> fmt::Display for XText<S> {
+    /// The canonical encoding: as received when it has no escape, re-encoded otherwise.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0.as_ref())
+        let encoded = self.0.as_ref();
+        if encoded.contains('+') {
+            f.write_str(&xtext_encode(&self.decode()))
+        } else {
+            f.write_str(encoded)
+        }
     }
 }
 
@@ -674,6 +704,7 @@ fn set_once<T>(slot: &mut Option<T>, v: T) -> Result<(), ParamError> {
 #[cold]
 fn push_other<'a>(
     other: &mut OtherParams<&'a str>,
+    seen: &mut Vec<&'a str>,
     all: &'a [u8],
     text: &'a str,
     k: &[u8],
@@ -683,9 +714,10 @@ fn push_other<'a>(
     if let Some(v) = v {
         str_of(text, v)?;
     }
-    if other.iter().any(|(o, _)| o.eq_ignore_ascii_case(key)) {
+    if seen.iter().any(|o| o.eq_ignore_ascii_case(key)) {
         return Err(ParamError::Duplicate);
     }
+    seen.push(key);
     // The whole list up to and including this parameter: `iter` finds the unknown ones.
     let end = (v.unwrap_or(k).as_ptr() as usize + v.unwrap_or(k).len())
         .wrapping_sub(all.as_ptr() as usize);
@@ -760,6 +792,8 @@ pub(crate) fn parse_mail_params<'a>(
     text: &'a str,
 ) -> Result<MailParams<&'a str>, ParamError> {
     let mut p = MailParams::default();
+    // Unknown keywords so far (allocated only when there is one).
+    let mut seen = Vec::new();
     each_param(i, |k, v| match keyword(k) {
         Keyword::Size => {
             let n = size_value(v.ok_or(ParamError::InvalidValue)?)?;
@@ -801,7 +835,7 @@ pub(crate) fn parse_mail_params<'a>(
             set_once(&mut p.envid, e)
         }
         Keyword::Notify | Keyword::Orcpt => Err(ParamError::WrongCommand),
-        Keyword::Other => push_other(&mut p.other, i, text, k, v),
+        Keyword::Other => push_other(&mut p.other, &mut seen, i, text, k, v),
     })?;
     Ok(p)
 }
@@ -853,6 +887,8 @@ pub(crate) fn parse_rcpt_params<'a>(
     text: &'a str,
 ) -> Result<RcptParams<&'a str>, ParamError> {
     let mut p = RcptParams::default();
+    // Unknown keywords so far (allocated only when there is one).
+    let mut seen = Vec::new();
     each_param(i, |k, v| match keyword(k) {
         Keyword::Notify => {
             let n = notify_value(v.ok_or(ParamError::InvalidValue)?)?;
@@ -868,7 +904,7 @@ pub(crate) fn parse_rcpt_params<'a>(
         | Keyword::Auth
         | Keyword::Ret
         | Keyword::Envid => Err(ParamError::WrongCommand),
-        Keyword::Other => push_other(&mut p.other, i, text, k, v),
+        Keyword::Other => push_other(&mut p.other, &mut seen, i, text, k, v),
     })?;
     Ok(p)
 }

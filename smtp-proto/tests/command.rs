@@ -767,3 +767,58 @@ fn parsed_commands_own_nothing() {
     assert_eq!(m.to_string(), "\"a\\\"b\"@x.y");
     assert_eq!(m.domain(), &Domain::Name("x.y"));
 }
+
+/// xtext is one value however it was escaped, and goes back on the wire in canonical form
+/// (RFC 3461 asks for upper-case hex digits).
+#[test]
+fn xtext_compares_decoded_and_prints_canonically() {
+    let lower = MailParams::parse("ENVID=+41b+2bc").unwrap();
+    let upper = MailParams::parse("ENVID=Ab+2Bc").unwrap();
+    assert_eq!(lower, upper);
+    assert_eq!(lower.envid.unwrap().decode(), "Ab+c");
+    assert_eq!(lower.envid.unwrap().as_encoded(), "+41b+2bc");
+    assert_eq!(lower.to_string(), "ENVID=Ab+2Bc");
+    assert_eq!(XText::new("plain").unwrap(), XText::encode("plain"));
+    assert_eq!(XText::new("+4").unwrap_err(), ParamError::InvalidValue);
+}
+
+/// `OtherParams::new` holds only unknown parameters: a known one belongs in its field.
+#[test]
+fn other_params_refuse_known_keywords() {
+    let o = OtherParams::new("X-A=1 mt-priority=2").unwrap();
+    assert_eq!(
+        o.iter().collect::<Vec<_>>(),
+        vec![("X-A", Some("1")), ("mt-priority", Some("2"))]
+    );
+    assert_eq!(
+        OtherParams::new("SIZE=5 X-A").unwrap_err(),
+        ParamError::WrongCommand
+    );
+    assert_eq!(
+        OtherParams::new("X-A X-a").unwrap_err(),
+        ParamError::Duplicate
+    );
+    assert_eq!(OtherParams::new("=x").unwrap_err(), ParamError::Syntax);
+}
+
+/// Many unknown parameters on one long line: each is kept once, in order, and a repeat late
+/// in the line is still found.
+#[test]
+fn many_unknown_parameters() {
+    let params: Vec<String> = (0..2000).map(|i| format!("X{i}=v")).collect();
+    let line = format!("MAIL FROM:<a@b.c> {}\r\n", params.join(" "));
+    let limits = Limits {
+        max_command_line: 1 << 20,
+        ..Limits::default()
+    };
+    let Ok(Some((Command::Mail { params: p, .. }, used))) = parse_command(line.as_bytes(), &limits)
+    else {
+        panic!("not parsed");
+    };
+    assert_eq!(used, line.len());
+    assert_eq!(p.other.iter().count(), 2000);
+    assert_eq!(p.other.iter().last(), Some(("X1999", Some("v"))));
+    let dup = format!("MAIL FROM:<a@b.c> {} x0\r\n", params.join(" "));
+    let err = parse_command(dup.as_bytes(), &limits).unwrap_err();
+    assert_eq!(err.kind, CommandErrorKind::Parameter(ParamError::Duplicate));
+}
