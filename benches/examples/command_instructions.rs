@@ -12,37 +12,8 @@
 
 use std::hint::black_box;
 
-use smtp_benches::MIX;
-use smtp_proto::command::{parse_command, Limits};
-use stalwart_smtp_proto::Request;
-
-#[inline(never)]
-fn ours(input: &[u8], limits: &Limits) -> usize {
-    let mut rest = input;
-    let mut n = 0;
-    while let Ok(Some((cmd, used))) = parse_command(rest, limits) {
-        black_box(&cmd);
-        rest = &rest[used..];
-        n += 1;
-    }
-    n
-}
-
-#[inline(never)]
-fn stalwart(input: &[u8]) -> usize {
-    let mut it = input.iter();
-    let mut n = 0;
-    while it.len() > 0 {
-        match Request::parse(&mut it) {
-            Ok(req) => {
-                black_box(&req);
-                n += 1;
-            }
-            Err(_) => break,
-        }
-    }
-    n
-}
+use smtp_benches::{parse_ours, parse_stalwart, MIX};
+use smtp_proto::command::Limits;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -53,8 +24,8 @@ fn main() {
     let mut total = 0;
     for _ in 0..iters {
         total += match which.as_str() {
-            "ours" => ours(black_box(MIX), &limits),
-            "stalwart" => stalwart(black_box(MIX)),
+            "ours" => parse_ours(black_box(MIX), &limits),
+            "stalwart" => parse_stalwart(black_box(MIX)),
             _ => {
                 eprintln!("usage: command_instructions <ours|stalwart> <iterations>");
                 std::process::exit(2);

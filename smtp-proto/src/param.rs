@@ -335,15 +335,7 @@ impl<S: AsRef<str>> OtherParams<S> {
             let Keyword::Other = keyword(k) else {
                 return Err(ParamError::WrongCommand);
             };
-            let k = str_of(t, k)?;
-            if let Some(v) = v {
-                str_of(t, v)?;
-            }
-            if seen.iter().any(|o| o.eq_ignore_ascii_case(k)) {
-                return Err(ParamError::Duplicate);
-            }
-            seen.push(k);
-            Ok(())
+            note_unknown(&mut seen, t, k, v)
         })?;
         Ok(OtherParams((!seen.is_empty()).then_some(text)))
     }
@@ -700,12 +692,10 @@ fn set_once<T>(slot: &mut Option<T>, v: T) -> Result<(), ParamError> {
     Ok(())
 }
 
-/// Records that `k` (an unknown keyword) was in the parameter text `all`, refusing a repeat.
-#[cold]
-fn push_other<'a>(
-    other: &mut OtherParams<&'a str>,
+/// Adds the unknown keyword `k` (value `v`), both pieces of `text`, to `seen`, refusing a
+/// repeat in any case.
+fn note_unknown<'a>(
     seen: &mut Vec<&'a str>,
-    all: &'a [u8],
     text: &'a str,
     k: &[u8],
     v: Option<&[u8]>,
@@ -718,6 +708,20 @@ fn push_other<'a>(
         return Err(ParamError::Duplicate);
     }
     seen.push(key);
+    Ok(())
+}
+
+/// Records that `k` (an unknown keyword) was in the parameter text `all`, refusing a repeat.
+#[cold]
+fn push_other<'a>(
+    other: &mut OtherParams<&'a str>,
+    seen: &mut Vec<&'a str>,
+    all: &'a [u8],
+    text: &'a str,
+    k: &[u8],
+    v: Option<&[u8]>,
+) -> Result<(), ParamError> {
+    note_unknown(seen, text, k, v)?;
     // The whole list up to and including this parameter: `iter` finds the unknown ones.
     let end = (v.unwrap_or(k).as_ptr() as usize + v.unwrap_or(k).len())
         .wrapping_sub(all.as_ptr() as usize);

@@ -590,7 +590,7 @@ fn with_args<'a>(
     limits: &Limits,
     consumed: usize,
 ) -> Parsed<'a> {
-    // MAIL and RCPT build their command in the caller's result, not in a temporary.
+    // MAIL and RCPT build their command in the caller's result, through out-of-line calls.
     let r = match verb {
         Verb::Mail => return mail::mail_line(args, text, limits, consumed),
         Verb::Rcpt => return mail::rcpt_line(args, text, limits, consumed),
