@@ -292,6 +292,16 @@ impl Net {
                     .a("mx.remote.test", [127, 0, 0, 1].into())
                     .mx("loop.test", 10, "mx.loop.test")
                     .a("mx.loop.test", [127, 0, 0, 1].into())
+                    // Other spellings of "this host" (the loop guard's cases).
+                    .mx("zero.test", 10, "mx.zero.test")
+                    .a("mx.zero.test", [0, 0, 0, 0].into())
+                    .mx("v6zero.test", 10, "mx.v6zero.test")
+                    .aaaa("mx.v6zero.test", std::net::Ipv6Addr::UNSPECIFIED)
+                    .mx("mapped.test", 10, "mx.mapped.test")
+                    .aaaa("mx.mapped.test", "::ffff:0.0.0.0".parse().unwrap())
+                    .mx("range.test", 10, "mx.range.test")
+                    .a("mx.range.test", [127, 0, 0, 2].into())
+                    .aaaa("mx.range.test", std::net::Ipv6Addr::LOCALHOST)
                     .start(),
             )
             .unwrap();

@@ -191,18 +191,28 @@ impl Policy {
         })
     }
 
-    /// True when a connection to `addr` would reach one of our own listeners (the loop guard).
+    /// True when a connection to `addr` would (or might) reach one of our own listeners: the
+    /// loop guard, applied to every address the relay would connect to.
+    ///
+    /// The address is compared in every spelling that reaches the same socket: an IPv4-mapped
+    /// IPv6 address is its IPv4 address; the unspecified addresses (`0.0.0.0`, `::`,
+    /// `::ffff:0.0.0.0`) connect to this host's loopback interface on Linux, so they count as
+    /// loopback; a listener on any loopback address or on the wildcard is taken to answer on
+    /// the whole loopback range of both families (`127.0.0.0/8`, `::1`); a wildcard listener
+    /// answers on every address of this machine (found by binding to it). Only the port must
+    /// match: a next hop on another port of this machine is not us.
     pub fn is_own_socket(&self, addr: SocketAddr) -> bool {
         let ip = canonical_ip(addr.ip());
+        let loopbackish = ip.is_loopback() || ip.is_unspecified();
         self.listen.iter().any(|l| {
             if l.port() != addr.port() {
                 return false;
             }
             let lip = canonical_ip(l.ip());
             if lip.is_unspecified() {
-                // A wildcard listener accepts on every local address of its family (a v6
-                // wildcard without v6only could take v4 too, so count both for it).
-                (lip.is_ipv4() == ip.is_ipv4() || lip.is_ipv6()) && is_local_interface(ip)
+                loopbackish || is_local_interface(ip)
+            } else if lip.is_loopback() {
+                loopbackish
             } else {
                 lip == ip
             }
@@ -411,12 +421,42 @@ mod tests {
     #[test]
     fn loop_guard() {
         let p = policy(None);
-        assert!(p.is_own_socket("127.0.0.1:2525".parse().unwrap()));
-        assert!(!p.is_own_socket("127.0.0.2:2525".parse().unwrap()));
-        assert!(!p.is_own_socket("127.0.0.1:25".parse().unwrap()));
-        // The wildcard listener on 2526 takes every local address.
-        assert!(p.is_own_socket("127.0.0.5:2526".parse().unwrap()));
-        assert!(p.is_own_socket("[::1]:2526".parse().unwrap()));
-        assert!(!p.is_own_socket("192.0.2.1:2526".parse().unwrap()));
+        let own = |a: &str| p.is_own_socket(a.parse().unwrap());
+        // 127.0.0.1:2525 is a listener: every spelling of a loopback or unspecified address
+        // on that port reaches it (or might).
+        for a in [
+            "127.0.0.1:2525",
+            "127.0.0.2:2525",
+            "127.255.255.254:2525",
+            "0.0.0.0:2525",
+            "[::]:2525",
+            "[::1]:2525",
+            "[::ffff:127.0.0.1]:2525",
+            "[::ffff:0.0.0.0]:2525",
+            "[::ffff:127.1.2.3]:2525",
+        ] {
+            assert!(own(a), "{a}");
+        }
+        // Another port of this machine is not us; nor is another host.
+        assert!(!own("127.0.0.1:25"));
+        assert!(!own("0.0.0.0:25"));
+        assert!(!own("192.0.2.1:2525"));
+        assert!(!own("[2001:db8::1]:2525"));
+        // The wildcard listener on 2526 takes every local address, of both families.
+        for a in [
+            "127.0.0.5:2526",
+            "[::1]:2526",
+            "0.0.0.0:2526",
+            "[::]:2526",
+            "[::ffff:0.0.0.0]:2526",
+        ] {
+            assert!(own(a), "{a}");
+        }
+        assert!(!own("192.0.2.1:2526"));
+        // A listener on a specific non-loopback address is reached by that address only.
+        let q = Policy::new(vec![], vec!["192.0.2.1:25".parse().unwrap()], None);
+        assert!(q.is_own_socket("192.0.2.1:25".parse().unwrap()));
+        assert!(q.is_own_socket("[::ffff:192.0.2.1]:25".parse().unwrap()));
+        assert!(!q.is_own_socket("192.0.2.2:25".parse().unwrap()));
     }
 }
