@@ -69,7 +69,9 @@ pub struct Config {
     pub local_listen: Vec<SocketAddr>,
 
     /// Public listener (repeatable): local delivery only, relaying refused with 554 5.7.1
-    /// [default: 0.0.0.0:25, [::]:25].
+    /// [default: 0.0.0.0:25, [::]:25]. A wildcard address sharing its port with a loopback
+    /// listener (as the defaults do) is one socket: a connection to 127.0.0.1 or ::1 gets the
+    /// loopback listener's rights, any other the public ones.
     #[arg(short = 'p', long = "public-listen", value_name = "ADDR")]
     pub public_listen: Vec<SocketAddr>,
 

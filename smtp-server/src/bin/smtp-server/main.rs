@@ -8,6 +8,7 @@
 mod bounce;
 mod config;
 mod headers;
+mod listen;
 mod local;
 mod policy;
 mod relay;
@@ -32,14 +33,10 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::{Config, Format};
 use crate::headers::{Protocol, Received, MAX_HOPS};
+use crate::listen::{Configured, Kind, Plan};
 use crate::local::Incoming;
 use crate::policy::{Destinations, Policy, Refusal, Users};
 use crate::relay::Relay;
-
-/// Listener names, as given to the server library; the session's relay right depends on them.
-const LOOPBACK: &str = "loopback";
-const PUBLIC: &str = "public";
-const TLS: &str = "tls";
 
 /// A configuration error: one line for stderr, exit code 2.
 struct Fatal(String);
@@ -75,6 +72,8 @@ fn main() -> ExitCode {
 
 /// Everything the sessions share.
 struct Daemon {
+    /// How connections are classified (see [`listen`]).
+    plan: Arc<Plan>,
     hostname: String,
     policy: Arc<Policy>,
     store: Arc<dyn Store>,
@@ -168,18 +167,15 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
         _ => None,
     };
 
-    // Listeners: (name, address, implicit TLS, the option it came from).
-    let mut listeners: Vec<(&str, SocketAddr, bool, &str)> = Vec::new();
-    for a in cfg.local_listen() {
-        listeners.push((LOOPBACK, a, false, "--local-listen"));
-    }
-    for a in cfg.public_listen() {
-        listeners.push((PUBLIC, a, false, "--public-listen"));
-    }
-    for a in &cfg.tls_listen {
-        listeners.push((TLS, *a, true, "--tls-listen"));
-    }
-    let listen_addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.1).collect();
+    let mut listeners: Vec<Configured> = Vec::new();
+    let mut add = |kind, addrs: Vec<SocketAddr>| {
+        listeners.extend(addrs.into_iter().map(|addr| Configured { kind, addr }));
+    };
+    add(Kind::Loopback, cfg.local_listen());
+    add(Kind::Public, cfg.public_listen());
+    add(Kind::Tls, cfg.tls_listen.clone());
+    let plan = Arc::new(Plan::new(&listeners).map_err(|e| fatal("listen", e))?);
+    let listen_addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.addr).collect();
     let policy = Arc::new(Policy::new(domains.clone(), listen_addrs, users));
 
     let resolver = match cfg.dns_server {
@@ -205,6 +201,7 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
 
     let relay_notify = Arc::new(Notify::new());
     let daemon = Arc::new(Daemon {
+        plan: plan.clone(),
         hostname: hostname.clone(),
         policy: policy.clone(),
         store: store.clone(),
@@ -230,17 +227,29 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
     if let Some(t) = &tls {
         builder = builder.tls(t.clone());
     }
-    for (name, addr, implicit, _) in &listeners {
-        let l = smtp_server::Listener::named(*name, *addr);
-        builder = builder.listener(if *implicit { l.implicit_tls() } else { l });
+    for l in &plan.sockets {
+        let sl = smtp_server::Listener::named(l.kind.name(), l.addr);
+        builder = builder.listener(if l.kind.implicit_tls() {
+            sl.implicit_tls()
+        } else {
+            sl
+        });
+    }
+    for (l, socket) in &plan.shared {
+        info!(
+            "{} {} is served by the {socket} socket (the same port cannot be bound twice)",
+            l.kind.option(),
+            l.addr
+        );
     }
     spawn_reload_on_sighup(tls)?;
     let server = builder.bind().await.map_err(|e| match &e {
         smtp_server::Error::Bind { addr, source } => {
-            let option = listeners
+            let option = plan
+                .sockets
                 .iter()
-                .find(|l| l.1 == *addr)
-                .map_or("listen", |l| l.3);
+                .find(|l| l.addr == *addr)
+                .map_or("listen", |l| l.kind.option());
             fatal(option, format!("cannot listen on {addr}: {source}"))
         }
         _ => fatal("listen", e),
@@ -336,11 +345,12 @@ impl Handler for DaemonHandler {
     type Session = Session;
 
     async fn connect(&self, info: &ConnectionInfo) -> Result<Session, Reply> {
-        let relay = match &*info.listener {
-            LOOPBACK => true,
+        let socket_kind = Kind::from_name(&info.listener).unwrap_or(Kind::Public);
+        let relay = match self.daemon.plan.classify(socket_kind, info.local) {
+            Kind::Loopback => true,
             // An implicit-TLS listener relays only when bound to a loopback address.
-            TLS => info.local.ip().is_loopback(),
-            _ => false,
+            Kind::Tls => info.local.ip().is_loopback(),
+            Kind::Public => false,
         };
         Ok(Session {
             d: self.daemon.clone(),
