@@ -299,6 +299,9 @@ impl Net {
                     .aaaa("mx.v6zero.test", std::net::Ipv6Addr::UNSPECIFIED)
                     .mx("mapped.test", 10, "mx.mapped.test")
                     .aaaa("mx.mapped.test", "::ffff:0.0.0.0".parse().unwrap())
+                    // A host that goes silent (see daemon_relay's head-of-line test).
+                    .mx("slow.test", 10, "mx.slow.test")
+                    .a("mx.slow.test", [127, 0, 0, 2].into())
                     .mx("range.test", 10, "mx.range.test")
                     .a("mx.range.test", [127, 0, 0, 2].into())
                     .aaaa("mx.range.test", std::net::Ipv6Addr::LOCALHOST)

@@ -120,6 +120,19 @@ pub struct Config {
           value_parser = clap::value_parser!(u16).range(1..))]
     pub remote_port: u16,
 
+    /// Most deliveries to remote hosts at once, over all destinations (as Postfix's
+    /// `default_process_limit`).
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_deliveries: u32,
+
+    /// Most deliveries at once to one destination domain (as Postfix's
+    /// `default_destination_concurrency_limit`): slow or silent hosts of one domain cannot
+    /// take the slots mail for other domains needs.
+    #[arg(long, value_name = "N", default_value_t = 20,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub destination_concurrency: u32,
+
     /// Largest message accepted, in bytes (advertised as SIZE); 0 for no limit.
     #[arg(long, value_name = "BYTES", default_value_t = 26_214_400)]
     pub max_message_size: u64,

@@ -268,6 +268,10 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
         cfg.queue_lifetime,
         cfg.retry_base,
         relay_notify,
+        relay::Slots::new(
+            cfg.max_deliveries as usize,
+            cfg.destination_concurrency as usize,
+        ),
     ));
     let relay_task = tokio::spawn(relay.run(stopped(stop_rx.clone())));
     info!(

@@ -30,15 +30,63 @@ use smtp_client::deliver::{Deliverer, RcptOutcome};
 use smtp_client::Message;
 use smtp_proto::address::{parse_mailbox, ForwardPath, ReversePath};
 use smtp_proto::param::{Orcpt, RcptParams, Ret, XText};
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{error, info, warn};
 
 use crate::bounce::{Failure, Report};
 use crate::headers::{self, HeaderScanner};
 use crate::policy::Policy;
 
-/// How many entries are delivered at once.
-const PARALLEL: usize = 16;
+/// How many entries are worked on at once (each is a cheap task; the connections they make
+/// are limited by [`Slots`]). Bounds the memory of the runner when the queue is huge.
+const MAX_ENTRIES: usize = 4096;
+
+/// Delivery slots: a global limit on connections at once, and one per destination domain, so
+/// that slow or silent next hops of one domain (they may each hold a slot for the RFC 5321
+/// timeouts, up to 10 minutes after the final dot) cannot take the slots every other
+/// destination needs. A destination's slot is taken before a global one, so deliveries that
+/// wait for their domain hold nothing others need.
+pub struct Slots {
+    global: Arc<Semaphore>,
+    per_destination: usize,
+    destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+}
+
+/// A held delivery slot (both permits).
+pub struct Slot {
+    _destination: OwnedSemaphorePermit,
+    _global: OwnedSemaphorePermit,
+}
+
+impl Slots {
+    /// `global` deliveries at once, at most `per_destination` of them to one domain.
+    pub fn new(global: usize, per_destination: usize) -> Slots {
+        Slots {
+            global: Arc::new(Semaphore::new(global.max(1))),
+            per_destination: per_destination.max(1),
+            destinations: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Waits for a slot for `destination` (a lower-case domain).
+    pub async fn acquire(&self, destination: &str) -> Option<Slot> {
+        let sem = {
+            let mut map = self.destinations.lock().expect("not poisoned");
+            // Forget idle destinations (nobody holds or waits for their semaphore).
+            let limit = self.per_destination;
+            map.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < limit);
+            map.entry(destination.to_owned())
+                .or_insert_with(|| Arc::new(Semaphore::new(limit)))
+                .clone()
+        };
+        let destination = sem.acquire_owned().await.ok()?;
+        let global = self.global.clone().acquire_owned().await.ok()?;
+        Some(Slot {
+            _destination: destination,
+            _global: global,
+        })
+    }
+}
 
 /// The most of a message's beginning kept in memory (for a bounce's copy of the headers); the
 /// body itself is streamed from the queue file when sent.
@@ -83,6 +131,8 @@ pub struct Relay {
     pub retry_base: Duration,
     /// Wakes the runner (after an enqueue).
     pub notify: Arc<Notify>,
+    /// Connection slots, globally and per destination.
+    pub slots: Slots,
     inflight: Mutex<HashSet<QueueId>>,
     /// Entries whose last attempt could not be read or recorded (an I/O error, a full disk):
     /// not tried again before `until`, and the outcomes not yet on disk are kept here, so a
@@ -128,6 +178,7 @@ impl Relay {
         lifetime: Duration,
         retry_base: Duration,
         notify: Arc<Notify>,
+        slots: Slots,
     ) -> Relay {
         Relay {
             queue,
@@ -138,6 +189,7 @@ impl Relay {
             lifetime,
             retry_base,
             notify,
+            slots,
             inflight: Mutex::new(HashSet::new()),
             held: Mutex::new(HashMap::new()),
         }
@@ -147,7 +199,7 @@ impl Relay {
     /// released, their entries due again at the next start).
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let permits = Arc::new(Semaphore::new(PARALLEL));
+        let permits = Arc::new(Semaphore::new(MAX_ENTRIES));
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             let now = SystemTime::now();
@@ -175,17 +227,18 @@ impl Relay {
                             next_due = Some(next_due.map_or(due, |d| d.min(due)));
                             continue;
                         }
-                        if !self
-                            .inflight
-                            .lock()
-                            .expect("not poisoned")
-                            .insert(id.clone())
-                        {
+                        if self.inflight.lock().expect("not poisoned").contains(&id) {
                             continue;
                         }
-                        let Ok(permit) = permits.clone().acquire_owned().await else {
+                        // At the cap, the rest waits for the next pass (a finished task
+                        // wakes the runner).
+                        let Ok(permit) = permits.clone().try_acquire_owned() else {
                             break;
                         };
+                        self.inflight
+                            .lock()
+                            .expect("not poisoned")
+                            .insert(id.clone());
                         let me = self.clone();
                         tasks.spawn(async move {
                             me.process(&id).await;
@@ -323,18 +376,27 @@ impl Relay {
         }
 
         let mut transient: Vec<String> = Vec::new();
-        for (domain, rcpts) in groups {
+        // The domains of one entry are delivered at the same time: a slow one does not hold
+        // the others back.
+        let deliveries = groups.into_iter().map(|(domain, rcpts)| {
             let env = Envelope {
                 from: from.clone(),
                 rcpts: rcpts.iter().map(|(_, r)| r.clone()).collect(),
                 ret,
                 envid: entry.envelope.envid.clone(),
             };
-            let message = Message::file(&prefix, &body_path);
-            let report = self
-                .deliverer
-                .deliver_message(&domain, &env, &message)
-                .await;
+            let (prefix, body_path) = (&prefix, &body_path);
+            async move {
+                let _slot = self.slots.acquire(&domain).await;
+                let message = Message::file(prefix, body_path);
+                let report = self
+                    .deliverer
+                    .deliver_message(&domain, &env, &message)
+                    .await;
+                (rcpts, report)
+            }
+        });
+        for (rcpts, report) in futures_util::future::join_all(deliveries).await {
             let via = report.delivered_via.as_ref().map(|(h, _)| h.clone());
             for ((i, _), (path, outcome)) in rcpts.iter().zip(report.rcpts.iter()) {
                 let r = &entry.envelope.recipients[*i];
