@@ -395,50 +395,12 @@ fn repeated_remote_recipient_is_sent_once() {
     assert_eq!(net.got()[0].rcpts, ["<dave@remote.test>"]);
 }
 
-/// A next hop on `addr` that accepts the message and then goes silent: it never answers the
-/// final dot (nor anything after it). Counts the messages whose dot it has read.
-fn silent_after_dot(addr: std::net::SocketAddr) -> std::sync::Arc<std::sync::atomic::AtomicUsize> {
-    use std::io::{BufRead, BufReader, Write};
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    let dots = std::sync::Arc::new(AtomicUsize::new(0));
-    let listener = std::net::TcpListener::bind(addr).unwrap();
-    let d = dots.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut w) = conn else { continue };
-            let d = d.clone();
-            std::thread::spawn(move || {
-                let mut r = BufReader::new(w.try_clone().unwrap());
-                let _ = w.write_all(b"220 slow.test ESMTP\r\n");
-                let mut line = String::new();
-                let mut in_data = false;
-                while r.read_line(&mut line).unwrap_or(0) > 0 {
-                    if in_data {
-                        if line == ".\r\n" {
-                            d.fetch_add(1, Ordering::SeqCst);
-                            // Silent from here on; the connection stays open.
-                            std::thread::sleep(Duration::from_secs(3600));
-                        }
-                    } else if line.to_ascii_uppercase().starts_with("DATA") {
-                        in_data = true;
-                        let _ = w.write_all(b"354 go ahead\r\n");
-                    } else {
-                        let _ = w.write_all(b"250 ok\r\n");
-                    }
-                    line.clear();
-                }
-            });
-        }
-    });
-    dots
-}
-
 #[test]
 fn silent_next_hops_do_not_hold_back_other_destinations() {
     use std::sync::atomic::Ordering;
     let net = Net::start(PeerBehaviour::default(), false);
     // mx.slow.test is 127.0.0.2, on the same port as the healthy peer on 127.0.0.1.
-    let dots = silent_after_dot(([127, 0, 0, 2], net.peer_port).into());
+    let dots = daemon_util::raw_peer(([127, 0, 0, 2], net.peer_port).into(), "250 ok\r\n", None);
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("mail");
     let d = Daemon::start(

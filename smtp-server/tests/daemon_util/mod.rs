@@ -405,3 +405,59 @@ impl SessionHandler for PeerSession {
         DataOutcome::accepted("queued")
     }
 }
+
+/// A scripted next hop on `addr` (a raw socket, for replies no SMTP library would send):
+/// greets, answers every command with `reply` (raw bytes, CRLFs included: it may be a
+/// multi-line reply with anything in it), `354` to DATA, and to the final dot `dot_reply`, or
+/// nothing at all when `None` (silent, the connection left open). Counts the final dots read.
+pub fn raw_peer(
+    addr: SocketAddr,
+    reply: &str,
+    dot_reply: Option<&str>,
+) -> Arc<std::sync::atomic::AtomicUsize> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dots = Arc::new(AtomicUsize::new(0));
+    let listener = TcpListener::bind(addr).unwrap();
+    let (d, reply, dot_reply) = (dots.clone(), reply.to_owned(), dot_reply.map(str::to_owned));
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut w) = conn else { continue };
+            let (d, reply, dot_reply) = (d.clone(), reply.clone(), dot_reply.clone());
+            std::thread::spawn(move || {
+                let mut r = BufReader::new(w.try_clone().unwrap());
+                let _ = w.write_all(b"220 peer.test ESMTP\r\n");
+                let mut line = String::new();
+                let mut in_data = false;
+                while r.read_line(&mut line).unwrap_or(0) > 0 {
+                    if in_data {
+                        if line == ".\r\n" {
+                            in_data = false;
+                            d.fetch_add(1, Ordering::SeqCst);
+                            match &dot_reply {
+                                Some(t) => {
+                                    let _ = w.write_all(t.as_bytes());
+                                }
+                                // Silent from here on; the connection stays open.
+                                None => std::thread::sleep(Duration::from_secs(3600)),
+                            }
+                        }
+                    } else if line.to_ascii_uppercase().starts_with("DATA") {
+                        in_data = true;
+                        let _ = w.write_all(b"354 go ahead\r\n");
+                    } else if line.to_ascii_uppercase().starts_with("QUIT") {
+                        let _ = w.write_all(b"221 bye\r\n");
+                        break;
+                    } else if line.to_ascii_uppercase().starts_with("EHLO")
+                        || line.to_ascii_uppercase().starts_with("MAIL")
+                    {
+                        let _ = w.write_all(b"250 ok\r\n");
+                    } else {
+                        let _ = w.write_all(reply.as_bytes());
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    dots
+}

@@ -3,13 +3,15 @@
 //!
 //! Modules: [`config`] (the command line), [`policy`] (local domains, users, relay rules),
 //! [`headers`] (trace headers), [`local`] (storing a message), [`relay`] (the queue runner),
-//! [`bounce`] (RFC 3464 reports).
+//! [`bounce`] (RFC 3464 reports), [`listen`] (sockets and connection classes), [`logsafe`]
+//! (log lines escaped).
 
 mod bounce;
 mod config;
 mod headers;
 mod listen;
 mod local;
+mod logsafe;
 mod policy;
 mod relay;
 
@@ -85,13 +87,15 @@ fn init_logging(cfg: &Config) -> Result<(), Fatal> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&cfg.log_level)
         .map_err(|e| fatal("--log-level", format!("{:?}: {e}", cfg.log_level)))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // No colours: every line is escaped on its way out (see `logsafe`), and a terminal's
+    // escape sequences would be too.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false);
     match &cfg.log_file {
         None => {
-            use std::io::IsTerminal;
             builder
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(std::io::stderr)
+                .with_writer(logsafe::SafeWriter(std::io::stderr))
                 .init();
         }
         Some(path) => {
@@ -101,8 +105,7 @@ fn init_logging(cfg: &Config) -> Result<(), Fatal> {
                 .open(path)
                 .map_err(|e| fatal("--log-file", format!("{}: {e}", path.display())))?;
             builder
-                .with_ansi(false)
-                .with_writer(std::sync::Mutex::new(file))
+                .with_writer(logsafe::SafeWriter(std::sync::Mutex::new(file)))
                 .init();
         }
     }

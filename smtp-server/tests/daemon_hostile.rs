@@ -1,0 +1,79 @@
+//! Hostile input that reaches the daemon's log: a next hop's reply text and SMTPUTF8
+//! addresses with controls, separators and bidirectional overrides. The log file must hold no
+//! raw control character and no line that text from the network began.
+#![allow(clippy::unwrap_used)]
+
+mod daemon_util;
+
+use std::time::Duration;
+
+use daemon_util::{wait_until, Daemon, Net, PeerBehaviour};
+
+const MSG: &str = "From: alice@example.test\r\nSubject: x\r\n\r\nHello.\r\n";
+
+/// Bytes that must never be in a log line: C0 controls but the line ends, DEL, C1 controls,
+/// line/paragraph separators, bidi controls.
+fn raw_unsafe(log: &str) -> Vec<char> {
+    log.chars()
+        .filter(|&c| {
+            (c.is_control() && c != '\n')
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{61c}')
+        })
+        .collect()
+}
+
+#[test]
+fn a_next_hops_reply_is_escaped_in_the_log() {
+    let net = Net::start(PeerBehaviour::default(), false);
+    // mx.slow.test is 127.0.0.2: a next hop whose RCPT reply is two lines of hostile text.
+    let evil = "550-5.1.1 nul\0 esc\x1b]0;owned\x07 bell del\x7f c1\u{85}\r\n\
+                550 5.1.1 sep\u{2028}2026-12-01T00:00:00Z  INFO forged line\u{202e}txet\r\n";
+    daemon_util::raw_peer(([127, 0, 0, 2], net.peer_port).into(), evil, None);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let d = Daemon::start(
+        &spool,
+        net.dns.addr(),
+        &["--remote-port", &net.peer_port.to_string()],
+    );
+    let mut c = d.connect();
+    assert_eq!(c.send("alice@example.test", &["x@slow.test"], MSG).0, 250);
+    assert!(
+        wait_until(Duration::from_secs(20), || !d
+            .spool_messages("alice")
+            .is_empty()),
+        "{}",
+        d.log()
+    );
+    let log = d.log();
+    assert!(log.contains("delivery failed permanently"), "{log}");
+    assert_eq!(raw_unsafe(&log), Vec::<char>::new(), "{log}");
+    // The forged text is inside an escaped field, not a line of its own.
+    assert!(
+        !log.lines().any(|l| l.starts_with("2026-12-01T00:00:00Z")),
+        "{log}"
+    );
+    assert!(log.contains("\\u{2028}2026-12-01T00:00:00Z"), "{log}");
+}
+
+#[test]
+fn smtputf8_addresses_are_escaped_in_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let d = Daemon::start(&spool, "127.0.0.1:1".parse().unwrap(), &[]);
+    let mut c = d.connect();
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    let from = "MAIL FROM:<\u{202e}moc.knab\u{2066}x\u{2028}y\u{85}z@example.test> SMTPUTF8";
+    let r = c.cmd(from);
+    assert_eq!(r.0, 250, "{r:?}");
+    assert_eq!(c.cmd("RCPT TO:<alice@example.test>").0, 250);
+    assert_eq!(c.cmd("DATA").0, 354);
+    let r = c.cmd("Subject: x\r\n\r\nhi\r\n.");
+    assert_eq!(r.0, 250, "{r:?}");
+    let _ = c.cmd("QUIT");
+    assert!(wait_until(Duration::from_secs(10), || d
+        .log()
+        .contains("\\u{202e}moc.knab")));
+    let log = d.log();
+    assert_eq!(raw_unsafe(&log), Vec::<char>::new(), "{log}");
+}
