@@ -28,7 +28,7 @@ fn a_next_hops_reply_is_escaped_in_the_log() {
     // mx.slow.test is 127.0.0.2: a next hop whose RCPT reply is two lines of hostile text.
     let evil = "550-5.1.1 nul\0 esc\x1b]0;owned\x07 bell del\x7f c1\u{85}\r\n\
                 550 5.1.1 sep\u{2028}2026-12-01T00:00:00Z  INFO forged line\u{202e}txet\r\n";
-    daemon_util::raw_peer(([127, 0, 0, 2], net.peer_port).into(), evil, None);
+    daemon_util::raw_peer(([127, 0, 0, 2], net.peer_port).into(), evil, None, false);
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("mail");
     let d = Daemon::start(

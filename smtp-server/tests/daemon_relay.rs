@@ -400,7 +400,12 @@ fn silent_next_hops_do_not_hold_back_other_destinations() {
     use std::sync::atomic::Ordering;
     let net = Net::start(PeerBehaviour::default(), false);
     // mx.slow.test is 127.0.0.2, on the same port as the healthy peer on 127.0.0.1.
-    let dots = daemon_util::raw_peer(([127, 0, 0, 2], net.peer_port).into(), "250 ok\r\n", None);
+    let dots = daemon_util::raw_peer(
+        ([127, 0, 0, 2], net.peer_port).into(),
+        "250 ok\r\n",
+        None,
+        false,
+    );
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("mail");
     let d = Daemon::start(

@@ -409,11 +409,13 @@ impl SessionHandler for PeerSession {
 /// A scripted next hop on `addr` (a raw socket, for replies no SMTP library would send):
 /// greets, answers every command with `reply` (raw bytes, CRLFs included: it may be a
 /// multi-line reply with anything in it), `354` to DATA, and to the final dot `dot_reply`, or
-/// nothing at all when `None` (silent, the connection left open). Counts the final dots read.
+/// nothing at all when `None` (silent, the connection left open); with `then_silent`, nothing
+/// more after the dot's reply (QUIT unanswered). Counts the final dots read.
 pub fn raw_peer(
     addr: SocketAddr,
     reply: &str,
     dot_reply: Option<&str>,
+    then_silent: bool,
 ) -> Arc<std::sync::atomic::AtomicUsize> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let dots = Arc::new(AtomicUsize::new(0));
@@ -436,6 +438,9 @@ pub fn raw_peer(
                             match &dot_reply {
                                 Some(t) => {
                                     let _ = w.write_all(t.as_bytes());
+                                    if then_silent {
+                                        std::thread::sleep(Duration::from_secs(3600));
+                                    }
                                 }
                                 // Silent from here on; the connection stays open.
                                 None => std::thread::sleep(Duration::from_secs(3600)),

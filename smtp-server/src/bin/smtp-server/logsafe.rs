@@ -56,7 +56,8 @@ pub fn escape_into(out: &mut String, s: &str) {
 }
 
 /// `s` escaped (see [`escape_into`]).
-pub fn escape(s: &str) -> String {
+#[cfg(test)]
+fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     escape_into(&mut out, s);
     out

@@ -302,7 +302,7 @@ impl Relay {
             Ok::<_, mailstore::Error>(Some((claim, head)))
         })
         .await;
-        let (mut claim, (mut head, scan)) = match claimed {
+        let (claim, (mut head, scan)) = match claimed {
             Ok(Ok(Some(c))) => c,
             Ok(Ok(None)) => {
                 self.restore_unsaved(id, carried);
@@ -376,6 +376,11 @@ impl Relay {
         }
 
         let mut transient: Vec<String> = Vec::new();
+        // Delivered recipients are recorded as soon as their domain's delivery reports them
+        // (at the peer's 250, before its QUIT): a crash after that does not send them the
+        // message again, and a slow domain does not delay the record of a fast one.
+        let claim_cell = Mutex::new(claim);
+        let recorded_early: Mutex<HashSet<usize>> = Mutex::new(HashSet::new());
         // The domains of one entry are delivered at the same time: a slow one does not hold
         // the others back.
         let deliveries = groups.into_iter().map(|(domain, rcpts)| {
@@ -386,13 +391,38 @@ impl Relay {
                 envid: entry.envelope.envid.clone(),
             };
             let (prefix, body_path) = (&prefix, &body_path);
+            let (claim_cell, recorded_early) = (&claim_cell, &recorded_early);
             async move {
-                let _slot = self.slots.acquire(&domain).await;
+                let slot = self.slots.acquire(&domain).await;
                 let message = Message::file(prefix, body_path);
                 let report = self
                     .deliverer
                     .deliver_message(&domain, &env, &message)
                     .await;
+                drop(slot);
+                let delivered: Vec<usize> = rcpts
+                    .iter()
+                    .zip(report.rcpts.iter())
+                    .filter(|(_, (_, o))| matches!(o, RcptOutcome::Delivered(_)))
+                    .map(|((i, _), _)| *i)
+                    .collect();
+                if !delivered.is_empty() {
+                    tokio::task::block_in_place(|| {
+                        let mut claim = claim_cell.lock().expect("not poisoned");
+                        let mut early = recorded_early.lock().expect("not poisoned");
+                        for i in delivered {
+                            match claim.record(i, RcptState::Delivered) {
+                                Ok(()) => {
+                                    early.insert(i);
+                                }
+                                // Recorded again with the rest at the end of the attempt.
+                                Err(e) => {
+                                    error!(queue_id = %claim.id(), error = %e, "cannot record delivery")
+                                }
+                            }
+                        }
+                    });
+                }
                 (rcpts, report)
             }
         });
@@ -469,8 +499,13 @@ impl Relay {
                 transient.push(format!("bounce not sent: {e}"));
             }
         }
-        let outcomes: Vec<(usize, RcptState)> =
-            results.into_iter().map(|(i, s, _)| (i, s)).collect();
+        let mut claim = claim_cell.into_inner().expect("not poisoned");
+        let early = recorded_early.into_inner().expect("not poisoned");
+        let outcomes: Vec<(usize, RcptState)> = results
+            .into_iter()
+            .filter(|(i, _, _)| !early.contains(i))
+            .map(|(i, s, _)| (i, s))
+            .collect();
         let recorded = tokio::task::block_in_place(|| {
             for (i, state) in &outcomes {
                 claim.record(*i, state.clone())?;
