@@ -77,3 +77,56 @@ fn smtputf8_addresses_are_escaped_in_the_log() {
     let log = d.log();
     assert_eq!(raw_unsafe(&log), Vec::<char>::new(), "{log}");
 }
+
+/// The total size of the files under `dir`.
+fn du(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let m = e.metadata().unwrap();
+            total += if m.is_dir() { du(&e.path()) } else { m.len() };
+        }
+    }
+    total
+}
+
+#[test]
+fn a_900_line_reply_to_100_recipients_is_not_kept_100_times() {
+    let net = Net::start(PeerBehaviour::default(), false);
+    let mut huge = String::new();
+    for i in 0..899 {
+        huge.push_str(&format!(
+            "452-4.5.3 line {i} of a reply meant to fill the queue\r\n"
+        ));
+    }
+    huge.push_str("452 4.5.3 the end\r\n");
+    daemon_util::raw_peer(([127, 0, 0, 2], net.peer_port).into(), &huge, None, false);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let d = Daemon::start(
+        &spool,
+        net.dns.addr(),
+        &["--remote-port", &net.peer_port.to_string()],
+    );
+    let rcpts: Vec<String> = (0..100).map(|i| format!("r{i}@slow.test")).collect();
+    let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    let queue = spool.join(".queue");
+    let before = du(&queue);
+    let mut c = d.connect();
+    assert_eq!(c.send("alice@example.test", &rcpts, MSG).0, 250);
+    assert!(
+        wait_until(Duration::from_secs(20), || d
+            .log()
+            .contains("delivery deferred")
+            && d.log().matches("delivery deferred").count() == 100),
+        "{}",
+        d.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let grown = du(&queue) - before;
+    assert!(grown < 32 * 1024, "the queue grew by {grown} octets");
+    let log = d.log();
+    assert!(log.len() < 128 * 1024, "log of {} octets", log.len());
+    assert!(log.contains("452 4.5.3 line 0 of a reply"), "{log}");
+    assert!(!log.contains("line 500 of a reply"));
+}

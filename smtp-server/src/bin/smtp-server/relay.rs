@@ -375,7 +375,8 @@ impl Relay {
             }
         }
 
-        let mut transient: Vec<String> = Vec::new();
+        // (recipient address, or "" for the entry as a whole; why it is deferred).
+        let mut transient: Vec<(String, String)> = Vec::new();
         // Delivered recipients are recorded as soon as their domain's delivery reports them
         // (at the peer's 250, before its QUIT): a crash after that does not send them the
         // message again, and a slow domain does not delay the record of a fast one.
@@ -451,7 +452,7 @@ impl Relay {
                     RcptOutcome::Transient(f) => {
                         let diag = diagnostic(f);
                         info!(queue_id = %id, to = %path, error = %diag, "delivery deferred");
-                        transient.push(format!("{}: {diag}", r.address));
+                        transient.push((r.address.clone(), diag));
                     }
                 }
             }
@@ -468,8 +469,8 @@ impl Relay {
             if expired {
                 let last = transient
                     .iter()
-                    .find(|t| t.starts_with(&format!("{}:", r.address)))
-                    .cloned()
+                    .find(|(a, _)| *a == r.address)
+                    .map(|(_, d)| d.clone())
                     .unwrap_or_else(|| "no delivery attempt succeeded".into());
                 let diag = format!(
                     "delivery time expired after {}: {last}",
@@ -496,7 +497,7 @@ impl Relay {
             if let Err(e) = self.bounce(&entry, &head, failures).await {
                 results.retain(|(_, _, f)| f.is_none());
                 still_pending = true;
-                transient.push(format!("bounce not sent: {e}"));
+                transient.push((String::new(), format!("bounce not sent: {e}")));
             }
         }
         let mut claim = claim_cell.into_inner().expect("not poisoned");
@@ -519,7 +520,7 @@ impl Relay {
                 if deadline > now {
                     next = next.min(deadline);
                 }
-                claim.reschedule(next, transient.join("; "))
+                claim.reschedule(next, summarize(&transient))
             } else {
                 claim.finish()
             }
@@ -688,21 +689,115 @@ fn failure(
 }
 
 /// The reply as one line when a server gave one, else the error text.
+/// The most of one failure's text kept per recipient (in the queue entry, the log and the
+/// bounce): a next hop's reply may be hundreds of lines, sent for each of 100 recipients.
+pub const DIAG_MAX: usize = 512;
+
+/// The most of an entry's last error kept in the queue entry.
+pub const LAST_ERROR_MAX: usize = 2048;
+
+/// `s`, cut to at most `max` octets on a character boundary, with `...` when cut.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max.saturating_sub(3);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// A failure as one bounded line: the reply's code, enhanced code and the text of its lines
+/// (at most [`DIAG_MAX`] octets).
 fn diagnostic(f: &smtp_client::deliver::Failure) -> String {
-    match &f.reply {
+    let full = match &f.reply {
         Some(r) => {
             let code = r.code();
             let enh = r.enhanced().map(|e| format!(" {e}")).unwrap_or_default();
-            format!("{code}{enh} {}", r.lines().join(" "))
+            let mut text = format!("{code}{enh}");
+            for line in r.lines() {
+                if text.len() > DIAG_MAX {
+                    break;
+                }
+                text.push(' ');
+                text.push_str(line);
+            }
+            text
         }
         None => f.text.clone(),
+    };
+    truncate(&full, DIAG_MAX)
+}
+
+/// The deferral reasons of one attempt as the entry's last error: each distinct reason once,
+/// with the first few recipients it applies to, at most [`LAST_ERROR_MAX`] octets.
+fn summarize(transient: &[(String, String)]) -> String {
+    let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
+    for (addr, why) in transient {
+        match reasons.iter_mut().find(|(w, _)| *w == why.as_str()) {
+            Some((_, addrs)) => addrs.push(addr),
+            None => reasons.push((why, vec![addr.as_str()])),
+        }
     }
+    let parts: Vec<String> = reasons
+        .into_iter()
+        .map(|(why, addrs)| {
+            let named: Vec<&str> = addrs.iter().copied().filter(|a| !a.is_empty()).collect();
+            match named.len() {
+                0 => why.to_owned(),
+                n if n <= 3 => format!("{}: {why}", named.join(", ")),
+                n => format!("{} and {} more: {why}", named[..3].join(", "), n - 3),
+            }
+        })
+        .collect();
+    truncate(&parts.join("; "), LAST_ERROR_MAX)
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn what_is_kept_of_failures_is_bounded() {
+        // A 900-line reply keeps its first lines, within DIAG_MAX.
+        let text: Vec<String> = (0..900)
+            .map(|i| format!("line {i} of a long reply"))
+            .collect();
+        let reply =
+            smtp_proto::Reply::new(452, smtp_proto::EnhancedCode::new(4, 5, 3), text.join("\n"))
+                .unwrap();
+        let f = smtp_client::deliver::Failure {
+            reply: Some(reply),
+            text: String::new(),
+            enhanced: smtp_proto::EnhancedCode::new(4, 5, 3).unwrap(),
+        };
+        let d = diagnostic(&f);
+        assert!(
+            d.starts_with("452 4.5.3 line 0 of a long reply line 1 "),
+            "{d}"
+        );
+        assert!(d.len() <= DIAG_MAX && d.ends_with("..."), "{}", d.len());
+        // One reason for 100 recipients is written once.
+        let t: Vec<(String, String)> = (0..100)
+            .map(|i| (format!("r{i}@remote.test"), d.clone()))
+            .collect();
+        let s = summarize(&t);
+        assert!(
+            s.starts_with("r0@remote.test, r1@remote.test, r2@remote.test and 97 more: 452 4.5.3"),
+            "{s}"
+        );
+        assert!(s.len() <= LAST_ERROR_MAX);
+        // Distinct reasons each once, bounded in all.
+        let t: Vec<(String, String)> = (0..100)
+            .map(|i| (format!("r{i}@remote.test"), format!("{i} {d}")))
+            .collect();
+        assert!(summarize(&t).len() <= LAST_ERROR_MAX);
+        assert_eq!(truncate("h\u{e9}llo", 4), "h...");
+        assert_eq!(truncate("\u{e9}\u{e9}\u{e9}", 5), "\u{e9}...");
+        assert_eq!(truncate("\u{e9}\u{e9}\u{e9}", 4), "...");
+    }
 
     #[test]
     fn backoff_grows_then_caps() {
