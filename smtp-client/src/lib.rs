@@ -104,17 +104,22 @@ pub mod deliver;
 pub mod error;
 pub mod message;
 pub mod resolve;
+pub mod text;
 pub mod tls;
 
 pub use connection::{
     ClientConfig, Connection, Envelope, RcptResult, Recipient, Timeouts, TransactionResult,
+    QUIT_GRACE,
 };
 pub use deliver::{
     AddressFilter, Attempt, Deliverer, DeliveryError, DeliveryReport, Failure, RcptOutcome,
 };
 pub use error::ClientError;
 pub use message::{Message, MessageInfo};
-pub use resolve::{AddressOrder, MxHost, ResolveError, Resolver};
+pub use resolve::{
+    AddressOrder, AddressPreference, MxHost, ParseAddressPreferenceError, ResolveError, Resolver,
+};
+pub use text::{escape_controls, SafeReply};
 pub use tls::{TlsInfo, TlsPolicy};
 
 #[cfg(feature = "test-dns")]
