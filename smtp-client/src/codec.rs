@@ -145,13 +145,15 @@ impl Decoder for ReplyDecoder {
                 return Ok(None);
             };
             let line = &rest[..=nl];
-            let within_bounds =
-                self.lines < MAX_REPLY_LINES && self.scanned + nl + 1 <= MAX_REPLY_LEN;
+            // As smtp-proto's parser: the line after MAX_REPLY_LINES, or one ending past
+            // MAX_REPLY_LEN, makes the reply too long.
+            let end = self.scanned + line.len();
+            let within_bounds = self.lines < MAX_REPLY_LINES && end <= MAX_REPLY_LEN;
             if within_bounds && self.is_continuation(line) {
                 if self.code.is_none() {
                     self.code = Some([line[0], line[1], line[2]]);
                 }
-                self.scanned += nl + 1;
+                self.scanned = end;
                 self.lines += 1;
                 continue;
             }

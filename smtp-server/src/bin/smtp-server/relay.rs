@@ -341,7 +341,7 @@ impl Relay {
                 match outcome {
                     RcptOutcome::Delivered(reply) => {
                         info!(queue_id = %id, to = %path, via = ?via, tls = report.tls,
-                              reply = %reply, "delivered");
+                              reply = %smtp_client::SafeReply(reply), "delivered");
                         results.push((*i, RcptState::Delivered, None));
                     }
                     RcptOutcome::Permanent(f) => {
@@ -590,14 +590,11 @@ fn failure(
     }
 }
 
-/// The reply as one line when a server gave one, else the error text.
+/// The reply as one line when a server gave one, else the error text; control characters
+/// escaped either way (`smtp_client::text`).
 fn diagnostic(f: &smtp_client::deliver::Failure) -> String {
     match &f.reply {
-        Some(r) => {
-            let code = r.code();
-            let enh = r.enhanced().map(|e| format!(" {e}")).unwrap_or_default();
-            format!("{code}{enh} {}", r.lines().join(" "))
-        }
+        Some(r) => smtp_client::SafeReply(r).to_string(),
         None => f.text.clone(),
     }
 }
