@@ -220,7 +220,7 @@ async fn report_returns_at_once_when_every_recipient_is_refused_and_quit_stalls(
 }
 
 #[tokio::test]
-async fn a_silent_quit_after_a_bad_greeting_does_not_delay_the_next_host() {
+async fn a_bad_greeting_returns_at_once_and_quit_goes_in_the_background() {
     // A 554 greeting is answered with QUIT (RFC 5321 §3.1), in the background: the peer that
     // never answers it costs nothing.
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
