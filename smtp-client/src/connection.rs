@@ -23,9 +23,10 @@ use tokio_rustls::TlsConnector;
 use tokio_util::codec::Decoder;
 use tracing::{debug, warn};
 
-use crate::codec::{has_8bit, wire_size, CodecError, ReplyCodec};
+use crate::codec::{bound_reply, has_8bit, wire_size, CodecError, ReplyDecoder};
 use crate::error::ClientError;
 use crate::message::{Message, MessageInfo, MessageReader, CHUNK};
+use crate::text::SafeReply;
 use crate::tls::{TlsInfo, TlsPolicy, TlsSetup};
 
 /// How long to wait for each step. The defaults are RFC 5321 §4.5.3.2's.
@@ -45,7 +46,9 @@ pub struct Timeouts {
     pub data_block: Duration,
     /// The reply after the final `.` (default 10 min).
     pub data_end: Duration,
-    /// EHLO, HELO, STARTTLS and its handshake, RSET, NOOP, QUIT (default 5 min).
+    /// EHLO, HELO, STARTTLS and its handshake, RSET, NOOP, and QUIT by [`Connection::quit`]
+    /// (default 5 min). A QUIT sent by [`Connection::quit_in_background`] (as
+    /// [`Deliverer`](crate::Deliverer) does) waits at most [`QUIT_GRACE`] of it.
     pub command: Duration,
 }
 
@@ -80,6 +83,11 @@ impl Timeouts {
         }
     }
 }
+
+/// The longest a QUIT sent by [`Connection::quit_in_background`] waits for its `221` (or the
+/// command timeout, when that is shorter). The outcome of the session is already known then;
+/// this only bounds how long a silent peer keeps a socket open.
+pub const QUIT_GRACE: Duration = Duration::from_secs(10);
 
 /// How the client introduces itself and secures the channel.
 #[derive(Debug, Clone)]
@@ -292,6 +300,7 @@ impl AsyncWrite for Stream {
 pub struct Connection {
     stream: Stream,
     buf: BytesMut,
+    decoder: ReplyDecoder,
     config: ClientConfig,
     peer: SocketAddr,
     server_name: String,
@@ -339,6 +348,7 @@ impl Connection {
         let mut conn = Self {
             stream: Stream::Plain(tcp),
             buf: BytesMut::with_capacity(4096),
+            decoder: ReplyDecoder::new(),
             config: config.clone(),
             peer: addr,
             server_name: server_name.to_owned(),
@@ -352,10 +362,11 @@ impl Connection {
         let greeting = conn
             .read_reply(config.timeouts.greeting, "greeting")
             .await?;
-        debug!(%addr, %greeting, "greeting");
+        debug!(%addr, greeting = %SafeReply(&greeting), "greeting");
         if greeting.code() != 220 {
-            // Be polite before going: the server may have more to say, but need not wait.
-            let _ = conn.command_quietly(&Command::Quit).await;
+            // Be polite before going (RFC 5321 §3.1 asks for QUIT after a 554), without
+            // waiting for the answer.
+            conn.quit_in_background();
             return Err(ClientError::Greeting(greeting));
         }
         conn.greeting = greeting;
@@ -366,12 +377,29 @@ impl Connection {
             TlsPolicy::None => {}
             TlsPolicy::Opportunistic if !offered => {}
             TlsPolicy::RequireVerified if !offered => {
-                let _ = conn.command_quietly(&Command::Quit).await;
+                conn.quit_in_background();
                 return Err(ClientError::StartTlsNotOffered);
             }
-            TlsPolicy::Opportunistic | TlsPolicy::RequireVerified => {
+            TlsPolicy::RequireVerified => {
                 conn.starttls().await?;
                 conn.hello().await?;
+            }
+            TlsPolicy::Opportunistic => {
+                // Whatever breaks the session from STARTTLS to the EHLO inside TLS is a TLS
+                // failure, which `Deliverer` answers with a clear-text retry. A server's
+                // refusal of that EHLO is its verdict, not a TLS failure.
+                let secured = async {
+                    conn.starttls().await?;
+                    conn.hello().await
+                }
+                .await;
+                match secured {
+                    Ok(()) => {}
+                    Err(e @ ClientError::Refused { .. }) | Err(e @ ClientError::Tls(_)) => {
+                        return Err(e)
+                    }
+                    Err(e) => return Err(ClientError::Tls(format!("STARTTLS failed: {e}"))),
+                }
             }
         }
         Ok(conn)
@@ -570,7 +598,12 @@ impl Connection {
         })
     }
 
-    /// Says QUIT, reads the `221` (briefly) and closes the connection.
+    /// Says QUIT, reads the `221` (waiting up to the command timeout) and closes the
+    /// connection.
+    ///
+    /// A caller that must record the outcome of a transaction should do so before awaiting
+    /// this (a peer may take its time to answer QUIT), or use
+    /// [`quit_in_background`](Self::quit_in_background).
     ///
     /// # Errors
     ///
@@ -584,6 +617,32 @@ impl Connection {
             .await;
         let _ = self.stream.shutdown().await;
         result.map(|_| ())
+    }
+
+    /// Says QUIT from a spawned task and returns at once: the task waits at most
+    /// [`QUIT_GRACE`] (or the command timeout, when shorter) for the `221`, then closes the
+    /// connection. Nothing is sent when the connection is already unusable. Outside a tokio
+    /// runtime the connection is just closed.
+    ///
+    /// [`Deliverer`](crate::Deliverer) ends every session this way, so its report is returned
+    /// as soon as the server has answered the message data, never held up by a peer that does
+    /// not answer QUIT.
+    pub fn quit_in_background(mut self) {
+        if self.broken {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let grace = self.config.timeouts.command.min(QUIT_GRACE);
+        runtime.spawn(async move {
+            let peer = self.peer;
+            match self.command(&Command::Quit, grace, "QUIT").await {
+                Ok(reply) => debug!(%peer, reply = %SafeReply(&reply), "QUIT answered"),
+                Err(e) => debug!(%peer, error = %e, "QUIT not answered"),
+            }
+            let _ = self.stream.shutdown().await;
+        });
     }
 
     /// Sends NOOP and returns the reply (to check that the connection is still alive).
@@ -602,19 +661,20 @@ impl Connection {
     async fn hello(&mut self) -> Result<(), ClientError> {
         let name = self.config.helo_name.clone();
         let t = self.config.timeouts.command;
-        let reply = self.command(&Command::Ehlo(&name), t, "EHLO").await?;
+        // The one reply kept whole (within the reading bounds): it is the capability list.
+        let reply = self.command_whole(&Command::Ehlo(&name), t, "EHLO").await?;
         match parse_ehlo(&reply) {
             Ok(ehlo) => {
                 self.ehlo = Some(ehlo);
                 return Ok(());
             }
             Err(_) if reply.is_permanent() => {
-                debug!(peer = %self.peer, %reply, "EHLO refused, trying HELO");
+                debug!(peer = %self.peer, reply = %SafeReply(&reply), "EHLO refused, trying HELO");
             }
             Err(_) => {
                 return Err(ClientError::Refused {
                     command: "EHLO",
-                    reply,
+                    reply: bound_reply(reply),
                 })
             }
         }
@@ -641,7 +701,7 @@ impl Connection {
                 });
             }
             // Opportunistic: carry on in clear text, as the session is still usable.
-            warn!(peer = %self.peer, %reply, "STARTTLS refused; continuing without TLS");
+            warn!(peer = %self.peer, reply = %SafeReply(&reply), "STARTTLS refused; continuing without TLS");
             return Ok(());
         }
         if !self.buf.is_empty() {
@@ -654,6 +714,7 @@ impl Connection {
             self.discarded += self.buf.len();
             self.buf.clear();
         }
+        self.decoder.reset();
         let setup = TlsSetup::new(self.config.tls, &self.config.extra_roots)
             .map_err(|e| self.fail(ClientError::Tls(e)))?;
         let name = tls_server_name(&self.server_name, self.peer);
@@ -795,18 +856,22 @@ impl Connection {
         timeout: Duration,
         stage: &'static str,
     ) -> Result<Reply, ClientError> {
+        self.command_whole(command, timeout, stage)
+            .await
+            .map(bound_reply)
+    }
+
+    /// [`command`](Self::command), keeping the whole reply (EHLO).
+    async fn command_whole(
+        &mut self,
+        command: &Command<'_>,
+        timeout: Duration,
+        stage: &'static str,
+    ) -> Result<Reply, ClientError> {
         let mut out = Vec::with_capacity(64);
         command.encode(&mut out);
         self.write_all(&out, timeout, stage).await?;
-        self.read_reply(timeout, stage).await
-    }
-
-    /// A command whose outcome does not matter (QUIT before giving up), with a short timeout.
-    async fn command_quietly(&mut self, command: &Command<'_>) -> Result<Reply, ClientError> {
-        let t = self.config.timeouts.command.min(Duration::from_secs(5));
-        let result = self.command(command, t, "QUIT").await;
-        let _ = self.stream.shutdown().await;
-        result
+        self.read_reply_whole(timeout, stage).await
     }
 
     async fn write_all(
@@ -831,7 +896,18 @@ impl Connection {
         }
     }
 
+    /// The next reply, as much of it as the client keeps ([`bound_reply`]).
     async fn read_reply(
+        &mut self,
+        timeout: Duration,
+        stage: &'static str,
+    ) -> Result<Reply, ClientError> {
+        self.read_reply_whole(timeout, stage).await.map(bound_reply)
+    }
+
+    /// The next reply, whole: read and validated to its last line, within the decoder's
+    /// bounds (see [`codec`](crate::codec)).
+    async fn read_reply_whole(
         &mut self,
         timeout: Duration,
         stage: &'static str,
@@ -839,10 +915,15 @@ impl Connection {
         if self.broken {
             return Err(ClientError::Broken);
         }
-        let Self { stream, buf, .. } = self;
+        let Self {
+            stream,
+            buf,
+            decoder,
+            ..
+        } = self;
         let read = tokio::time::timeout(timeout, async {
             loop {
-                match ReplyCodec.decode(buf) {
+                match decoder.decode(buf) {
                     Ok(Some(reply)) => return Ok(reply),
                     Ok(None) => {}
                     Err(CodecError::Malformed(e)) => return Err(ClientError::MalformedReply(e)),

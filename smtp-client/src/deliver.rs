@@ -24,6 +24,42 @@
 //!   all recipients. The refusals this client makes before sending (SMTPUTF8 or 8BITMIME
 //!   needed, message over SIZE) are permanent too, with RFC 3463 codes 5.6.7, 5.6.3 and 5.3.4.
 //! - When no host took the transaction, every recipient is transient with the last error.
+//!
+//! # When the outcome is known
+//!
+//! [`Deliverer::deliver`] returns its report as soon as the server has answered the message
+//! data (or refused every recipient): the QUIT that ends the session is sent from a spawned
+//! task ([`Connection::quit_in_background`]) that waits at most
+//! [`QUIT_GRACE`](crate::QUIT_GRACE) for the `221`. A caller can therefore record the outcome
+//! at once, whatever the peer does next: a peer that answers `250` to the final `.` and then
+//! never answers QUIT holds neither the caller's delivery slot nor the window in which a crash
+//! would make the queue send the message again. Nothing needs to be done by the caller for
+//! this; the API offers no way to wait for QUIT.
+//!
+//! # Opportunistic TLS that fails
+//!
+//! Under [`TlsPolicy::Opportunistic`], a server that offers STARTTLS and then fails it (the
+//! handshake fails or times out, the connection is closed or garbage arrives after the `220`
+//! to STARTTLS, or the session breaks before the EHLO inside TLS is answered: see
+//! [`ClientError::Tls`]) is tried once more at the same address *without* STARTTLS, and the
+//! message is sent in clear text there, as Postfix does for its `may` level. The first attempt
+//! is in [`DeliveryReport::attempts`] with its TLS error, and [`DeliveryReport::tls_fallback`]
+//! holds that error when the clear-text session carried the transaction. Under
+//! [`TlsPolicy::RequireVerified`] a TLS failure is never retried in clear text: the next
+//! address is tried, with TLS.
+//!
+//! # Address order
+//!
+//! Each host's addresses are tried in the order of the resolver's [`AddressOrder`]; set it
+//! with [`Deliverer::with_address_preference`] (or [`Resolver::with_address_order`]). The
+//! default alternates IPv6 and IPv4 ([`AddressPreference::Any`], Postfix's default).
+//!
+//! # Peer text
+//!
+//! Replies in the report are kept as received but bounded
+//! ([`bound_reply`](crate::codec::bound_reply): 10 lines, 2 KiB of text), and every text
+//! meant for people ([`Failure::text`], [`Attempt::error`], errors' `Display`) has control
+//! characters escaped ([`crate::text`]).
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -37,7 +73,9 @@ use crate::codec::{has_8bit, wire_size};
 use crate::connection::{ClientConfig, Connection, Envelope, RcptResult};
 use crate::error::ClientError;
 use crate::message::{Message, MessageInfo};
-use crate::resolve::{MxHost, ResolveError, Resolver};
+use crate::resolve::{AddressOrder, AddressPreference, MxHost, ResolveError, Resolver};
+use crate::text::{escape_controls, SafeReply};
+use crate::tls::TlsPolicy;
 
 /// Decides whether an address may be connected to (`true`) or must be skipped.
 pub type AddressFilter = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
@@ -49,7 +87,8 @@ pub struct Failure {
     pub reply: Option<Reply>,
     /// An RFC 3463 status code for the delivery status notification.
     pub enhanced: EnhancedCode,
-    /// What happened, for logs and the bounce's diagnostic: the reply's text, or the error.
+    /// What happened, for logs and the bounce's diagnostic, on one line with control
+    /// characters escaped ([`crate::text`]): the reply as [`SafeReply`] shows it, or the error.
     pub text: String,
 }
 
@@ -59,7 +98,7 @@ impl Failure {
         Self {
             reply: Some(reply.clone()),
             enhanced: reply.enhanced().unwrap_or_else(|| code(class, 0, 0)),
-            text: reply.to_string(),
+            text: SafeReply(reply).to_string(),
         }
     }
 
@@ -67,7 +106,7 @@ impl Failure {
         Self {
             reply: error.reply().cloned(),
             enhanced: error.enhanced_code(),
-            text: error.to_string(),
+            text: safe(error),
         }
     }
 
@@ -75,7 +114,7 @@ impl Failure {
         Self {
             reply: None,
             enhanced: error.enhanced_code(),
-            text: error.to_string(),
+            text: safe(error),
         }
     }
 }
@@ -84,6 +123,11 @@ impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.text)
     }
+}
+
+/// An error's text with control characters escaped.
+fn safe(error: &dyn fmt::Display) -> String {
+    escape_controls(&error.to_string()).into_owned()
 }
 
 fn code(class: u8, subject: u16, detail: u16) -> EnhancedCode {
@@ -171,7 +215,8 @@ pub struct Attempt {
     pub host: String,
     /// The address tried.
     pub addr: SocketAddr,
-    /// What went wrong; `None` for the attempt that carried the transaction.
+    /// What went wrong, with control characters escaped; `None` for the attempt that carried
+    /// the transaction.
     pub error: Option<String>,
 }
 
@@ -186,6 +231,9 @@ pub struct DeliveryReport {
     pub delivered_via: Option<(String, SocketAddr)>,
     /// Whether that transaction was encrypted.
     pub tls: bool,
+    /// When the transaction went in clear text because STARTTLS failed at that address
+    /// (opportunistic TLS only, see the [module docs](self)): the TLS error.
+    pub tls_fallback: Option<String>,
     /// Every connection attempt, in order.
     pub attempts: Vec<Attempt>,
     /// The failure that decided every recipient before any server did, if that happened.
@@ -225,7 +273,7 @@ impl fmt::Debug for Deliverer {
 
 impl Deliverer {
     /// Delivers to port 25 of the MX hosts `resolver` finds (the address order is the
-    /// resolver's, see [`Resolver::with_address_order`]).
+    /// resolver's, see [`with_address_preference`](Self::with_address_preference)).
     pub fn new(resolver: Resolver, config: ClientConfig) -> Self {
         Self {
             resolver,
@@ -257,6 +305,20 @@ impl Deliverer {
     pub fn with_address_filter(mut self, filter: AddressFilter) -> Self {
         self.filter = Some(filter);
         self
+    }
+
+    /// Which address family to try first for a host that has both (default
+    /// [`AddressPreference::Any`]): sets the resolver's [`AddressOrder`], for MX hosts, an
+    /// implicit MX and a smarthost given by name alike.
+    #[must_use]
+    pub fn with_address_preference(mut self, preference: AddressPreference) -> Self {
+        self.resolver = self.resolver.with_address_preference(preference);
+        self
+    }
+
+    /// The address order in use (the resolver's).
+    pub fn address_order(&self) -> AddressOrder {
+        self.resolver.address_order()
     }
 
     /// The client configuration in use.
@@ -307,6 +369,7 @@ impl Deliverer {
             rcpts: Vec::new(),
             delivered_via: None,
             tls: false,
+            tls_fallback: None,
             attempts: Vec::new(),
             error: None,
         };
@@ -329,14 +392,14 @@ impl Deliverer {
             Ok(info) => info,
             Err(e) => {
                 info!(%domain, error = %e, "cannot read the message");
-                decide_all(&mut report, DeliveryError::Message(e.to_string()));
+                decide_all(&mut report, DeliveryError::Message(safe(&e)));
                 return report;
             }
         };
         let (hosts, port) = match self.hosts(domain).await {
             Ok(found) => found,
             Err(e) => {
-                info!(%domain, error = %e, "cannot resolve");
+                info!(%domain, error = %safe(&e), "cannot resolve");
                 decide_all(&mut report, e.into());
                 return report;
             }
@@ -354,10 +417,28 @@ impl Deliverer {
                     }
                 }
                 any_allowed = true;
-                match self
-                    .attempt(&host.name, addr, envelope, message, info)
-                    .await
-                {
+                let mut result = self
+                    .attempt(&host.name, addr, &self.config, envelope, message, info)
+                    .await;
+                let mut fallback = None;
+                if let Err(ClientError::Tls(_)) = &result {
+                    if self.config.tls == TlsPolicy::Opportunistic {
+                        let error = result.err().map(|e| safe(&e)).unwrap_or_default();
+                        info!(%domain, host = %host.name, %addr, %error,
+                              "opportunistic TLS failed; retrying in clear text");
+                        report.attempts.push(Attempt {
+                            host: host.name.clone(),
+                            addr,
+                            error: Some(format!("{error}; retrying without TLS")),
+                        });
+                        let plain = self.config.clone().with_tls(TlsPolicy::None);
+                        result = self
+                            .attempt(&host.name, addr, &plain, envelope, message, info)
+                            .await;
+                        fallback = Some(error);
+                    }
+                }
+                match result {
                     Ok((rcpts, tls)) => {
                         report.attempts.push(Attempt {
                             host: host.name.clone(),
@@ -367,18 +448,20 @@ impl Deliverer {
                         report.rcpts = rcpts;
                         report.delivered_via = Some((host.name.clone(), addr));
                         report.tls = tls;
+                        report.tls_fallback = fallback;
                         return report;
                     }
                     Err(e) => {
-                        info!(%domain, host = %host.name, %addr, error = %e, "attempt failed");
+                        let error = safe(&e);
+                        info!(%domain, host = %host.name, %addr, %error, "attempt failed");
                         report.attempts.push(Attempt {
                             host: host.name.clone(),
                             addr,
-                            error: Some(e.to_string()),
+                            error: Some(error),
                         });
                         if let ClientError::Message(e) = e {
                             // The next host would fare no better.
-                            decide_all(&mut report, DeliveryError::Message(e.to_string()));
+                            decide_all(&mut report, DeliveryError::Message(safe(&e)));
                             return report;
                         }
                         last = Some(e);
@@ -394,7 +477,7 @@ impl Deliverer {
             let last = last.unwrap_or(ClientError::Broken);
             DeliveryError::NoHostReached {
                 domain: domain.to_owned(),
-                last: last.to_string(),
+                last: safe(&last),
                 enhanced: transient_code(last.enhanced_code()),
             }
         };
@@ -418,16 +501,18 @@ impl Deliverer {
     }
 
     /// One server. `Ok` when the server decided the recipients (the outcome per recipient and
-    /// whether TLS was used); `Err` to move on to the next address.
+    /// whether TLS was used); `Err` to move on to the next address. The session is ended with
+    /// a QUIT in the background, so the result is returned as soon as it is known.
     async fn attempt(
         &self,
         host: &str,
         addr: SocketAddr,
+        config: &ClientConfig,
         envelope: &Envelope,
         message: &Message<'_>,
         info: MessageInfo,
     ) -> Result<(Vec<(ForwardPath, RcptOutcome)>, bool), ClientError> {
-        let mut conn = Connection::connect(addr, host, &self.config).await?;
+        let mut conn = Connection::connect(addr, host, config).await?;
         let tls = conn.is_tls();
         let all = |outcome: RcptOutcome| {
             envelope
@@ -436,32 +521,29 @@ impl Deliverer {
                 .map(|r| (r.path.clone(), outcome.clone()))
                 .collect::<Vec<_>>()
         };
-        let outcomes = match conn.send_scanned(envelope, message, info).await {
-            Ok(result) => {
-                let _ = conn.quit().await;
-                envelope
-                    .rcpts
-                    .iter()
-                    .zip(result.rcpts)
-                    .map(|(r, result)| {
-                        let outcome = match result {
-                            RcptResult::Accepted(reply) => RcptOutcome::Delivered(reply),
-                            RcptResult::Rejected(reply) if reply.is_permanent() => {
-                                RcptOutcome::Permanent(Failure::from_reply(&reply))
-                            }
-                            RcptResult::Rejected(reply) => {
-                                RcptOutcome::Transient(Failure::from_reply(&reply))
-                            }
-                        };
-                        (r.path.clone(), outcome)
-                    })
-                    .collect()
-            }
+        let sent = conn.send_scanned(envelope, message, info).await;
+        // The outcome is known: say goodbye without waiting for the answer.
+        conn.quit_in_background();
+        let outcomes = match sent {
+            Ok(result) => envelope
+                .rcpts
+                .iter()
+                .zip(result.rcpts)
+                .map(|(r, result)| {
+                    let outcome = match result {
+                        RcptResult::Accepted(reply) => RcptOutcome::Delivered(reply),
+                        RcptResult::Rejected(reply) if reply.is_permanent() => {
+                            RcptOutcome::Permanent(Failure::from_reply(&reply))
+                        }
+                        RcptResult::Rejected(reply) => {
+                            RcptOutcome::Transient(Failure::from_reply(&reply))
+                        }
+                    };
+                    (r.path.clone(), outcome)
+                })
+                .collect(),
             // Decided for every recipient by this server, or by this client before sending.
-            Err(e) if e.is_permanent() => {
-                let _ = conn.quit().await;
-                all(RcptOutcome::Permanent(Failure::from_error(&e)))
-            }
+            Err(e) if e.is_permanent() => all(RcptOutcome::Permanent(Failure::from_error(&e))),
             // A 4yz to MAIL, or the connection broke before recipients were decided: the next
             // server may do better.
             Err(e) => return Err(e),

@@ -5,7 +5,12 @@ use std::net::SocketAddr;
 
 use smtp_proto::reply::{EnhancedCode, Reply, ReplyError};
 
+use crate::text::SafeReply;
+
 /// Why a connection or a transaction failed.
+///
+/// Its `Display` is one line, with the peer's text escaped ([`crate::text`]): a reply is shown
+/// as [`SafeReply`] shows it; a malformed reply's line is quoted with Rust's escapes.
 ///
 /// [`ClientError::is_permanent`] says whether trying again later (or another host) can help.
 #[derive(Debug, thiserror::Error)]
@@ -39,11 +44,11 @@ pub enum ClientError {
     #[error("malformed reply: {0}")]
     MalformedReply(#[from] ReplyError),
     /// The server's greeting was not `220` (e.g. `421` busy, `554` no service).
-    #[error("server refused the session: {0}")]
+    #[error("server refused the session: {}", SafeReply(.0))]
     Greeting(Reply),
     /// The server refused a command outside the per-recipient results: EHLO and HELO,
     /// STARTTLS, MAIL, RSET.
-    #[error("server refused {command}: {reply}")]
+    #[error("server refused {command}: {}", SafeReply(.reply))]
     Refused {
         /// The command's verb.
         command: &'static str,
@@ -51,7 +56,7 @@ pub enum ClientError {
         reply: Reply,
     },
     /// The server sent a reply that makes no sense at this point (e.g. `354` to MAIL).
-    #[error("unexpected reply to {command}: {reply}")]
+    #[error("unexpected reply to {command}: {}", SafeReply(.reply))]
     Unexpected {
         /// The command's verb.
         command: &'static str,
@@ -63,7 +68,11 @@ pub enum ClientError {
     #[error("the server does not offer STARTTLS and TLS is required")]
     StartTlsNotOffered,
     /// The TLS setup or handshake failed (including an unverifiable certificate under
-    /// [`TlsPolicy::RequireVerified`](crate::TlsPolicy::RequireVerified)).
+    /// [`TlsPolicy::RequireVerified`](crate::TlsPolicy::RequireVerified)). Under
+    /// [`TlsPolicy::Opportunistic`](crate::TlsPolicy::Opportunistic) also anything that broke
+    /// the session between STARTTLS and the server's reply to EHLO inside TLS (the connection
+    /// closed or timed out, a malformed reply): [`Deliverer`](crate::Deliverer) then retries
+    /// the address in clear text.
     #[error("TLS: {0}")]
     Tls(String),
     /// The message has 8-bit octets and the server does not offer 8BITMIME. RFC 6152 lets the

@@ -96,6 +96,24 @@
 //!   `SIZE=` and `BODY=8BITMIME`, once to send it in 64 KiB chunks, never whole in memory.
 //! - DSN parameters (NOTIFY, ORCPT, RET, ENVID) are sent only to servers that offer DSN.
 //! - Timeouts are RFC 5321 §4.5.3.2's, configurable in [`Timeouts`].
+//! - [`Deliverer`] returns its report as soon as the server has answered the message data:
+//!   QUIT is sent from a spawned task that waits at most [`QUIT_GRACE`] (10 s) for the `221`
+//!   ([`Connection::quit_in_background`]), so a peer that stalls after its `250` holds
+//!   neither the caller nor the window in which a crash would re-send the message.
+//! - Opportunistic TLS that fails (handshake error or timeout, a connection closed or garbage
+//!   after the `220` to STARTTLS, the EHLO inside TLS unanswered) makes [`Deliverer`] retry the
+//!   same address once in clear text, as Postfix's `may` level does; the report says so
+//!   ([`DeliveryReport::tls_fallback`]). Never under [`TlsPolicy::RequireVerified`].
+//! - Address order: [`AddressPreference`] `ipv6` / `ipv4` / `any`, default `any` as in
+//!   Postfix (the families alternate, the first at random), for MX hosts, an implicit MX and a
+//!   smarthost by name ([`Deliverer::with_address_preference`]).
+//! - Replies a peer sends are read and validated whole but at most 64 KiB / 1000 lines (more is
+//!   an error), in linear time ([`codec::ReplyDecoder`]); of each, at most 10 lines and 2 KiB
+//!   of text are kept ([`codec::bound_reply`]), except the EHLO reply, parsed whole into
+//!   capabilities.
+//! - Peer text is kept raw in [`Reply`](smtp_proto::reply::Reply) values but escaped in
+//!   everything meant for people: [`Failure::text`], [`Attempt::error`], errors' `Display`,
+//!   log lines. [`escape_controls`] and [`SafeReply`] do it for callers ([`text`]).
 #![forbid(unsafe_code)]
 
 pub mod codec;
@@ -104,17 +122,22 @@ pub mod deliver;
 pub mod error;
 pub mod message;
 pub mod resolve;
+pub mod text;
 pub mod tls;
 
 pub use connection::{
     ClientConfig, Connection, Envelope, RcptResult, Recipient, Timeouts, TransactionResult,
+    QUIT_GRACE,
 };
 pub use deliver::{
     AddressFilter, Attempt, Deliverer, DeliveryError, DeliveryReport, Failure, RcptOutcome,
 };
 pub use error::ClientError;
 pub use message::{Message, MessageInfo};
-pub use resolve::{AddressOrder, MxHost, ResolveError, Resolver};
+pub use resolve::{
+    AddressOrder, AddressPreference, MxHost, ParseAddressPreferenceError, ResolveError, Resolver,
+};
+pub use text::{escape_controls, SafeReply};
 pub use tls::{TlsInfo, TlsPolicy};
 
 #[cfg(feature = "test-dns")]

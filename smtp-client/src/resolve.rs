@@ -12,7 +12,9 @@
 //! - `SERVFAIL`, `REFUSED`, a timeout or any other failure to get an answer:
 //!   [`ResolveError::Temporary`]; try again later.
 //! - Each host is looked up for A and AAAA records (or only one of them, see [`AddressOrder`])
-//!   and its addresses ordered by the [`AddressOrder`]. A host without addresses is left out.
+//!   and its addresses ordered by the [`AddressOrder`] (default [`AddressOrder::Any`]: the
+//!   families alternate, which one first is chosen at random; see [`AddressPreference`]). A
+//!   host without addresses is left out.
 //!   When no host has an address the result is an error: temporary if any lookup failed
 //!   temporarily, otherwise (every host `NXDOMAIN` or without A/AAAA records) the permanent
 //!   [`ResolveError::NoAddresses`].
@@ -76,11 +78,17 @@ pub const DEFAULT_ATTEMPTS: usize = 2;
 
 /// Which address families to use for a host, and which first.
 ///
-/// Within one family, addresses keep the order the name server gave.
+/// Within one family, addresses keep the order the name server gave. The default is
+/// [`Any`](Self::Any), as Postfix's `smtp_address_preference = any`: see
+/// [`AddressPreference`] for why.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AddressOrder {
-    /// IPv6 addresses, then IPv4 addresses (the default, as RFC 6724 prefers).
+    /// Both families, alternating (one of each in turn), the family tried first chosen at
+    /// random for every lookup. An outage of one family costs one attempt per host, and the
+    /// load spreads over both. The default.
     #[default]
+    Any,
+    /// IPv6 addresses, then IPv4 addresses (RFC 6724's preference).
     Ipv6First,
     /// IPv4 addresses, then IPv6 addresses.
     Ipv4First,
@@ -88,6 +96,70 @@ pub enum AddressOrder {
     Ipv4Only,
     /// IPv6 addresses only; no A query is made.
     Ipv6Only,
+}
+
+/// Which address family outbound connections try first, when a host has both (Postfix's
+/// `smtp_address_preference`): the everyday knob over [`AddressOrder`], which it sets
+/// ([`Resolver::with_address_preference`], [`Deliverer::with_address_preference`]).
+///
+/// The default is [`Any`](Self::Any), as Postfix's since 3.0: the address families alternate,
+/// so when one is broken on the way to a host (an IPv6 route that blackholes, a peer that
+/// refuses mail from IPv6 senders without reverse DNS) the other is tried next, and mail still
+/// gets through. [`Ipv6`](Self::Ipv6) always pays for such an outage first; [`Ipv4`](Self::Ipv4)
+/// is the choice for a sender whose IPv6 address is not (yet) trusted by receivers. A network
+/// without an IPv6 route at all is better served by [`AddressOrder::Ipv4Only`], which skips
+/// the AAAA queries.
+///
+/// Parsed from and shown as `ipv6`, `ipv4`, `any` (case-insensitive), Postfix's names.
+///
+/// [`Deliverer::with_address_preference`]: crate::Deliverer::with_address_preference
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum AddressPreference {
+    /// IPv6 addresses first, then IPv4 ([`AddressOrder::Ipv6First`]).
+    Ipv6,
+    /// IPv4 addresses first, then IPv6 ([`AddressOrder::Ipv4First`]).
+    Ipv4,
+    /// Alternating, the first family at random ([`AddressOrder::Any`]). The default.
+    #[default]
+    Any,
+}
+
+impl From<AddressPreference> for AddressOrder {
+    fn from(preference: AddressPreference) -> Self {
+        match preference {
+            AddressPreference::Ipv6 => Self::Ipv6First,
+            AddressPreference::Ipv4 => Self::Ipv4First,
+            AddressPreference::Any => Self::Any,
+        }
+    }
+}
+
+impl fmt::Display for AddressPreference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Ipv6 => "ipv6",
+            Self::Ipv4 => "ipv4",
+            Self::Any => "any",
+        })
+    }
+}
+
+/// The text is not `ipv4`, `ipv6` or `any`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown address preference {0:?}: expected ipv4, ipv6 or any")]
+pub struct ParseAddressPreferenceError(pub String);
+
+impl std::str::FromStr for AddressPreference {
+    type Err = ParseAddressPreferenceError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "ipv6" => Ok(Self::Ipv6),
+            "ipv4" => Ok(Self::Ipv4),
+            "any" => Ok(Self::Any),
+            _ => Err(ParseAddressPreferenceError(s.to_owned())),
+        }
+    }
 }
 
 impl AddressOrder {
@@ -240,6 +312,14 @@ impl Resolver {
         self
     }
 
+    /// Sets which address family is tried first for hosts that have both; the same as
+    /// [`with_address_order`](Self::with_address_order) with the matching order (so it
+    /// replaces an `Ipv4Only`/`Ipv6Only` order too).
+    #[must_use]
+    pub fn with_address_preference(self, preference: AddressPreference) -> Self {
+        self.with_address_order(preference.into())
+    }
+
     /// The address order in use.
     pub fn address_order(&self) -> AddressOrder {
         self.order
@@ -390,9 +470,35 @@ impl Resolver {
         let (first, second) = match self.order {
             AddressOrder::Ipv6First | AddressOrder::Ipv6Only => (v6, v4),
             AddressOrder::Ipv4First | AddressOrder::Ipv4Only => (v4, v6),
+            AddressOrder::Any if rand::random::<bool>() => (v6, v4),
+            AddressOrder::Any => (v4, v6),
         };
-        combine(first.into_iter().chain(second))
+        let mut found = combine(first.into_iter().chain(second));
+        if let (AddressOrder::Any, HostAddrs::Found(addrs)) = (self.order, &mut found) {
+            alternate_families(addrs);
+        }
+        found
     }
+}
+
+/// Reorders `addrs` so the families alternate, starting with the first address's family; each
+/// family keeps its order, and the longer one's surplus comes last.
+fn alternate_families(addrs: &mut Vec<IpAddr>) {
+    let Some(first) = addrs.first().map(IpAddr::is_ipv4) else {
+        return;
+    };
+    let (leading, other): (Vec<IpAddr>, Vec<IpAddr>) =
+        addrs.iter().partition(|a| a.is_ipv4() == first);
+    let mut leading = leading.into_iter();
+    let mut other = other.into_iter();
+    let mut out = Vec::with_capacity(addrs.len());
+    loop {
+        match (leading.next(), other.next()) {
+            (None, None) => break,
+            (a, b) => out.extend(a.into_iter().chain(b)),
+        }
+    }
+    *addrs = out;
 }
 
 /// The outcome of one A or AAAA query.
@@ -620,6 +726,51 @@ mod tests {
             );
             assert!(err.is_permanent());
         }
+    }
+
+    #[test]
+    fn alternating_families_keeps_each_familys_order() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut addrs = vec![
+            ip("::1"),
+            ip("::2"),
+            ip("::3"),
+            ip("10.0.0.1"),
+            ip("10.0.0.2"),
+        ];
+        alternate_families(&mut addrs);
+        assert_eq!(
+            addrs,
+            [
+                ip("::1"),
+                ip("10.0.0.1"),
+                ip("::2"),
+                ip("10.0.0.2"),
+                ip("::3")
+            ]
+        );
+        let mut addrs = vec![ip("10.0.0.1"), ip("::1")];
+        alternate_families(&mut addrs);
+        assert_eq!(addrs, [ip("10.0.0.1"), ip("::1")]);
+        let mut empty = Vec::new();
+        alternate_families(&mut empty);
+        assert!(empty.is_empty());
+    }
+
+    #[test]
+    fn address_preference_names() {
+        for (text, preference, order) in [
+            ("ipv4", AddressPreference::Ipv4, AddressOrder::Ipv4First),
+            ("IPv6", AddressPreference::Ipv6, AddressOrder::Ipv6First),
+            ("any", AddressPreference::Any, AddressOrder::Any),
+        ] {
+            assert_eq!(text.parse::<AddressPreference>().unwrap(), preference);
+            assert_eq!(preference.to_string(), text.to_ascii_lowercase());
+            assert_eq!(AddressOrder::from(preference), order);
+        }
+        assert!("both".parse::<AddressPreference>().is_err());
+        assert_eq!(AddressPreference::default(), AddressPreference::Any);
+        assert_eq!(AddressOrder::default(), AddressOrder::Any);
     }
 
     #[test]

@@ -8,6 +8,14 @@
 //! handshake itself is checked in full: the server must prove it holds the certificate's key
 //! (the handshake signatures are verified), only the certificate's chain and name are not.
 //!
+//! When an opportunistic STARTTLS fails (the handshake fails or times out, the peer closes or
+//! sends garbage after its `220`, or the session breaks before the EHLO inside TLS is
+//! answered), [`Connection::connect`](crate::Connection::connect) returns
+//! [`ClientError::Tls`](crate::ClientError::Tls) and [`Deliverer`](crate::Deliverer) tries the
+//! same address once more without STARTTLS, sending in clear text, as Postfix does at level
+//! `may`: the alternative, deferring until the message expires, protects nothing, since the
+//! policy would have sent in clear text to a server not offering STARTTLS at all.
+//!
 //! [`TlsPolicy::RequireVerified`] (Postfix's `secure`/`verify`) fails the connection when the
 //! server does not offer STARTTLS or its certificate does not chain to a trusted root for the
 //! host name that was connected to. Trusted roots are Mozilla's (the `webpki-roots` crate,
@@ -32,11 +40,13 @@ use tokio_rustls::rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TlsPolicy {
     /// Use STARTTLS whenever the server offers it; encrypt even when the certificate cannot be
-    /// verified. Send in clear text when it is not offered. The default, as for relaying
-    /// between MX hosts.
+    /// verified. Send in clear text when it is not offered, and (with
+    /// [`Deliverer`](crate::Deliverer)) on a new connection when STARTTLS fails. The default,
+    /// as for relaying between MX hosts.
     #[default]
     Opportunistic,
-    /// Require STARTTLS and a certificate valid for the host name connected to; fail otherwise.
+    /// Require STARTTLS and a certificate valid for the host name connected to; fail otherwise
+    /// (never falls back to clear text).
     RequireVerified,
     /// Never use STARTTLS.
     None,

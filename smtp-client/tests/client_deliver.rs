@@ -11,8 +11,8 @@ use std::time::Duration;
 use common::{client_config, reply, Behaviour, TestServer};
 use smtp_client::testdns::TestDns;
 use smtp_client::{
-    AddressOrder, Deliverer, DeliveryError, Envelope, RcptOutcome, ResolveError, Resolver,
-    TlsPolicy,
+    AddressOrder, AddressPreference, Deliverer, DeliveryError, Envelope, RcptOutcome, ResolveError,
+    Resolver, TlsPolicy,
 };
 use smtp_proto::address::{parse_forward_path, parse_reverse_path};
 
@@ -400,4 +400,129 @@ async fn implicit_mx_and_smarthost() {
         .await;
     assert!(report.all_delivered(), "{report:?}");
     assert_eq!(srv[1].messages().len(), 2);
+}
+
+/// A deliverer with the resolver's default address order, then `preference` if given.
+fn deliverer_preferring(
+    dns: &TestDns,
+    port: u16,
+    preference: Option<AddressPreference>,
+) -> Deliverer {
+    let resolver =
+        Resolver::with_nameserver_timeout(dns.addr(), Duration::from_secs(2), 1).unwrap();
+    let d = Deliverer::new(resolver, client_config(TlsPolicy::Opportunistic)).with_port(port);
+    match preference {
+        Some(p) => d.with_address_preference(p),
+        None => d,
+    }
+}
+
+#[tokio::test]
+async fn address_preference_picks_the_family_that_gets_the_mail() {
+    // dual.test has no MX (implicit MX) and an address of each family; both accept mail.
+    let dns = TestDns::builder()
+        .a("dual.test", v4(40))
+        .aaaa("dual.test", Ipv6Addr::LOCALHOST)
+        .start()
+        .await
+        .unwrap();
+    let (port, srv) = servers(vec![
+        (IpAddr::V4(v4(40)), Behaviour::default()),
+        (IpAddr::V6(Ipv6Addr::LOCALHOST), Behaviour::default()),
+    ])
+    .await;
+    for (preference, via, expected) in [
+        (AddressPreference::Ipv4, IpAddr::V4(v4(40)), [1, 0]),
+        (
+            AddressPreference::Ipv6,
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+            [1, 1],
+        ),
+    ] {
+        let d = deliverer_preferring(&dns, port, Some(preference));
+        assert_eq!(d.address_order(), AddressOrder::from(preference));
+        let report = d
+            .deliver("dual.test", &envelope(&["<b@dual.test>"]), MESSAGE)
+            .await;
+        assert!(report.all_delivered(), "{report:?}");
+        assert_eq!(report.attempts.len(), 1, "{preference}");
+        assert_eq!(
+            report.delivered_via,
+            Some(("dual.test".into(), SocketAddr::new(via, port)))
+        );
+        // The other family was never contacted.
+        assert_eq!([srv[0].messages().len(), srv[1].messages().len()], expected);
+        assert_eq!([srv[0].connections(), srv[1].connections()], expected);
+    }
+
+    // A smarthost given by name follows the preference too.
+    let report = deliverer_preferring(&dns, 1, Some(AddressPreference::Ipv4))
+        .with_smarthost("dual.test", port)
+        .deliver(
+            "elsewhere.test",
+            &envelope(&["<c@elsewhere.test>"]),
+            MESSAGE,
+        )
+        .await;
+    assert_eq!(report.delivered_via.unwrap().1.ip(), IpAddr::V4(v4(40)));
+}
+
+#[tokio::test]
+async fn connection_attempts_follow_the_address_preference() {
+    // mx.pref.test has two IPv4 addresses and one IPv6 address, all greeting 421: every
+    // address is tried, in the preference's order, and each server sees one connection.
+    let dns = TestDns::builder()
+        .mx("pref.test", 10, "mx.pref.test")
+        .a("mx.pref.test", v4(41))
+        .a("mx.pref.test", v4(42))
+        .aaaa("mx.pref.test", Ipv6Addr::LOCALHOST)
+        .start()
+        .await
+        .unwrap();
+    let busy = Behaviour {
+        greeting: Some(reply(421, Some((4, 3, 2)), "busy")),
+        ..Behaviour::default()
+    };
+    let (a, b, six) = (
+        IpAddr::V4(v4(41)),
+        IpAddr::V4(v4(42)),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    );
+    let (port, srv) = servers(vec![(a, busy.clone()), (b, busy.clone()), (six, busy)]).await;
+    let tried = |d: Deliverer| async move {
+        let report = d
+            .deliver("pref.test", &envelope(&["<b@pref.test>"]), MESSAGE)
+            .await;
+        assert!(matches!(&report.rcpts[0].1, RcptOutcome::Transient(_)));
+        report
+            .attempts
+            .iter()
+            .map(|t| t.addr.ip())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        tried(deliverer_preferring(
+            &dns,
+            port,
+            Some(AddressPreference::Ipv4)
+        ))
+        .await,
+        [a, b, six]
+    );
+    assert_eq!(
+        tried(deliverer_preferring(
+            &dns,
+            port,
+            Some(AddressPreference::Ipv6)
+        ))
+        .await,
+        [six, a, b]
+    );
+    // The default (`any`): the families alternate, whichever comes first.
+    let d = deliverer_preferring(&dns, port, None);
+    assert_eq!(d.address_order(), AddressOrder::Any);
+    let order = tried(d).await;
+    assert!(order == [six, a, b] || order == [a, six, b], "{order:?}");
+    let accepted: Vec<usize> = srv.iter().map(TestServer::connections).collect();
+    assert_eq!(accepted, [3, 3, 3]);
 }

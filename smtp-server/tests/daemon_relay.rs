@@ -439,3 +439,73 @@ fn silent_next_hops_do_not_hold_back_other_destinations() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(dots.load(Ordering::SeqCst), 20);
 }
+#[test]
+fn delivery_is_recorded_at_the_250_not_after_quit() {
+    let net = Net::start(PeerBehaviour::default(), false);
+    // mx.slow.test accepts the message with 250 and then never answers QUIT.
+    let dots = daemon_util::raw_peer(
+        ([127, 0, 0, 2], net.peer_port).into(),
+        "250 ok\r\n",
+        Some("250 2.0.0 accepted\r\n"),
+        true,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let mut d = Daemon::start(
+        &spool,
+        net.dns.addr(),
+        &["--remote-port", &net.peer_port.to_string()],
+    );
+    let mut c = d.connect();
+    assert_eq!(c.send("alice@example.test", &["x@slow.test"], MSG).0, 250);
+    // The entry is finished while the peer still owes the reply to QUIT (whose timeout is
+    // minutes).
+    assert!(
+        wait_until(Duration::from_secs(20), || queued(&spool) == 0),
+        "{}",
+        d.log()
+    );
+    assert_eq!(dots.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A crash now does not send it again.
+    d.kill9();
+    let d2 = d.restart();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        dots.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "{}",
+        d2.log()
+    );
+}
+
+#[test]
+fn address_preference_orders_the_families() {
+    let net = Net::start(PeerBehaviour::default(), false);
+    for (pref, v6_first) in [("ipv4", false), ("ipv6", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("mail");
+        let d = Daemon::start(
+            &spool,
+            net.dns.addr(),
+            &[
+                "--remote-port",
+                &net.peer_port.to_string(),
+                "--address-preference",
+                pref,
+            ],
+        );
+        let before = net.got().len();
+        let mut c = d.connect();
+        assert_eq!(c.send("alice@example.test", &["x@dual.test"], MSG).0, 250);
+        assert!(
+            wait_until(Duration::from_secs(20), || net.got().len() == before + 1),
+            "{pref}: {}",
+            d.log()
+        );
+        // Nothing listens on [::1] at the peer's port: trying it first shows as a failed
+        // attempt before the delivery to 127.0.0.1.
+        let log = d.log();
+        let tried_v6 = log.contains(&format!("[::1]:{}", net.peer_port));
+        assert_eq!(tried_v6, v6_first, "{pref}: {log}");
+    }
+}

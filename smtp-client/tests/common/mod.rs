@@ -55,6 +55,9 @@ pub struct Behaviour {
     pub data_reply: Option<Reply>,
     /// Close the connection without a reply when the message data is complete.
     pub drop_at_data_end: bool,
+    /// Instead of the TLS handshake after the 220 to STARTTLS: write these bytes (none, or
+    /// garbage) and close. STARTTLS is offered only when `tls` is set.
+    pub break_tls: Option<Vec<u8>>,
 }
 
 impl Default for Behaviour {
@@ -73,6 +76,7 @@ impl Default for Behaviour {
             rcpt_replies: HashMap::new(),
             data_reply: None,
             drop_at_data_end: false,
+            break_tls: None,
         }
     }
 }
@@ -187,6 +191,11 @@ async fn serve(tcp: TcpStream, behaviour: Behaviour, log: Arc<Mutex<Log>>) {
     let mut tcp = tcp;
     match drive(&mut tcp, &mut session, &behaviour, &log).await {
         Outcome::Closed => {}
+        Outcome::StartTls if behaviour.break_tls.is_some() => {
+            let garbage = behaviour.break_tls.clone().unwrap_or_default();
+            let _ = tcp.write_all(&garbage).await;
+            let _ = tcp.shutdown().await;
+        }
         Outcome::StartTls => {
             let tls_config = behaviour.tls.clone().unwrap();
             let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
@@ -347,6 +356,12 @@ pub struct TestPki {
 }
 
 pub fn test_pki(names: &[&str]) -> TestPki {
+    test_pki_with(names, false)
+}
+
+/// [`test_pki`]; with `require_client_cert`, a server that demands a client certificate
+/// signed by the test CA (which this client never sends: the handshake fails).
+pub fn test_pki_with(names: &[&str], require_client_cert: bool) -> TestPki {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -371,8 +386,18 @@ pub fn test_pki(names: &[&str]) -> TestPki {
     let leaf = leaf_params.signed_by(&leaf_key, &issuer).unwrap();
 
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
-    let server = rustls::ServerConfig::builder()
-        .with_no_client_auth()
+    let builder = rustls::ServerConfig::builder();
+    let builder = if require_client_cert {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+            .build()
+            .unwrap();
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        builder.with_no_client_auth()
+    };
+    let server = builder
         .with_single_cert(vec![leaf.der().clone(), ca_cert.der().clone()], key)
         .unwrap();
     TestPki {

@@ -302,6 +302,10 @@ impl Net {
                     // A host that goes silent (see daemon_relay's head-of-line test).
                     .mx("slow.test", 10, "mx.slow.test")
                     .a("mx.slow.test", [127, 0, 0, 2].into())
+                    // Both families; only 127.0.0.1 has the peer.
+                    .mx("dual.test", 10, "mx.dual.test")
+                    .a("mx.dual.test", [127, 0, 0, 1].into())
+                    .aaaa("mx.dual.test", std::net::Ipv6Addr::LOCALHOST)
                     .mx("range.test", 10, "mx.range.test")
                     .a("mx.range.test", [127, 0, 0, 2].into())
                     .aaaa("mx.range.test", std::net::Ipv6Addr::LOCALHOST)

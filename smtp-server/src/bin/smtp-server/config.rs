@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
 
+fn parse_address_preference(s: &str) -> Result<smtp_client::AddressPreference, String> {
+    s.parse().map_err(|e| format!("{e}"))
+}
+
 /// The users file format, shown in `--help`.
 const USERS_HELP: &str = "Accepted local users and aliases. Without this option any valid \
 mailbox name is accepted.\n\
@@ -119,6 +123,14 @@ pub struct Config {
     #[arg(long, value_name = "PORT", default_value_t = 25,
           value_parser = clap::value_parser!(u16).range(1..))]
     pub remote_port: u16,
+
+    /// Which address family outbound connections try first when a mail host has both:
+    /// `ipv4` (for a host without an IPv6 route), `ipv6`, or `any` (alternating, the first at
+    /// random, as Postfix's `smtp_address_preference` default). The other family is still
+    /// tried when the first fails.
+    #[arg(long, value_name = "ipv4|ipv6|any", default_value = "any",
+          value_parser = parse_address_preference)]
+    pub address_preference: smtp_client::AddressPreference,
 
     /// Most deliveries to remote hosts at once, over all destinations (as Postfix's
     /// `default_process_limit`).

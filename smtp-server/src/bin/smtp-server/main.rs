@@ -194,7 +194,8 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
     };
     let mut deliverer =
         smtp_client::Deliverer::new(resolver, smtp_client::ClientConfig::new(hostname.clone()))
-            .with_port(cfg.remote_port);
+            .with_port(cfg.remote_port)
+            .with_address_preference(cfg.address_preference);
     if let Some(h) = &cfg.relay_host {
         let (host, port) = config::parse_host_port(h).map_err(|e| fatal("--relay-host", e))?;
         deliverer = deliverer.with_smarthost(host, port);

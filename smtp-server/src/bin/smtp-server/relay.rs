@@ -434,7 +434,7 @@ impl Relay {
                 match outcome {
                     RcptOutcome::Delivered(reply) => {
                         info!(queue_id = %id, to = %path, via = ?via, tls = report.tls,
-                              reply = %reply, "delivered");
+                              reply = %smtp_client::SafeReply(reply), "delivered");
                         results.push((*i, RcptState::Delivered, None));
                     }
                     RcptOutcome::Permanent(f) => {
@@ -688,7 +688,6 @@ fn failure(
     }
 }
 
-/// The reply as one line when a server gave one, else the error text.
 /// The most of one failure's text kept per recipient (in the queue entry, the log and the
 /// bounce): a next hop's reply may be hundreds of lines, sent for each of 100 recipients.
 pub const DIAG_MAX: usize = 512;
@@ -708,23 +707,13 @@ pub fn truncate(s: &str, max: usize) -> String {
     format!("{}...", &s[..end])
 }
 
-/// A failure as one bounded line: the reply's code, enhanced code and the text of its lines
-/// (at most [`DIAG_MAX`] octets).
+/// A failure as one bounded line: the reply's code, enhanced code and the text of its lines,
+/// control characters escaped (`smtp_client::text`), at most [`DIAG_MAX`] octets. The client
+/// keeps at most 10 lines / 2 KiB of a reply already; this bounds what every recipient's
+/// record repeats.
 fn diagnostic(f: &smtp_client::deliver::Failure) -> String {
     let full = match &f.reply {
-        Some(r) => {
-            let code = r.code();
-            let enh = r.enhanced().map(|e| format!(" {e}")).unwrap_or_default();
-            let mut text = format!("{code}{enh}");
-            for line in r.lines() {
-                if text.len() > DIAG_MAX {
-                    break;
-                }
-                text.push(' ');
-                text.push_str(line);
-            }
-            text
-        }
+        Some(r) => smtp_client::SafeReply(r).to_string(),
         None => f.text.clone(),
     };
     truncate(&full, DIAG_MAX)
