@@ -459,7 +459,9 @@ impl SessionHandler for Session {
                 extended: self.extended,
                 tls: envelope.tls.is_some(),
                 auth: false,
+                utf8: envelope.mail_params.smtputf8,
             },
+            tls: envelope.tls.as_ref(),
             id: &id,
             for_rcpt: for_rcpt.as_deref(),
             date: now,
@@ -474,6 +476,9 @@ impl SessionHandler for Session {
                 &d.queue,
                 local_prefix.as_deref(),
                 queue_prefix.as_deref(),
+                // Date: and Message-ID: only for mail our own users submit (see headers).
+                self.relay
+                    .then(|| headers::Missing::new(&id, &d.hostname, now)),
             )
         });
         let mut incoming = match begun {

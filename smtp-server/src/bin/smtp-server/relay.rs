@@ -33,7 +33,7 @@ use smtp_proto::param::{Orcpt, RcptParams, Ret, XText};
 use tokio::sync::{Notify, Semaphore};
 use tracing::{error, info, warn};
 
-use crate::bounce::{Failure, Report};
+use crate::bounce::{Failure, Report, Returned};
 use crate::headers::{self, HeaderScanner};
 use crate::policy::Policy;
 
@@ -249,7 +249,7 @@ impl Relay {
             Ok::<_, mailstore::Error>(Some((claim, head)))
         })
         .await;
-        let (mut claim, (mut head, scan)) = match claimed {
+        let (mut claim, (head, _scan)) = match claimed {
             Ok(Ok(Some(c))) => c,
             Ok(Ok(None)) => {
                 self.restore_unsaved(id, carried);
@@ -267,13 +267,9 @@ impl Relay {
             }
         };
         let entry = claim.entry().clone();
-        // Headers sent before the stored body, which is streamed from the queue file.
-        let mut prefix = Vec::new();
-        if !scan.has_message_id {
-            // Stable across retries: made from the queue id.
-            prefix = headers::message_id_header(id.as_str(), &self.hostname).into_bytes();
-            head.splice(0..0, prefix.iter().copied());
-        }
+        // Nothing is sent before the stored body, which is streamed from the queue file: a
+        // missing Message-ID: was added at submission, below the trace fields (see headers).
+        let prefix: Vec<u8> = Vec::new();
         let body_path = claim.body_path();
 
         let from = if entry.envelope.sender.is_empty() {
@@ -472,7 +468,13 @@ impl Relay {
             );
             return Ok(());
         }
-        let original_headers = headers::header_section(head, HEAD_MAX);
+        // A bounce that stays here returns the header section (bounded), one that leaves this
+        // host only a few identifying fields (see bounce: backscatter).
+        let stays_here = parse_mailbox(sender).ok().is_some_and(|m| {
+            self.policy
+                .route(&ForwardPath::Mailbox(m.into_owned()), true)
+                .is_ok_and(|d| d.remote.is_empty())
+        });
         let now = SystemTime::now();
         let message = Report {
             hostname: &self.hostname,
@@ -480,7 +482,12 @@ impl Relay {
             envid: entry.envelope.envid.as_deref(),
             arrival: entry.created,
             failures: &failures,
-            original_headers,
+            original: headers::header_section(head, HEAD_MAX),
+            returned: if stays_here {
+                Returned::Headers
+            } else {
+                Returned::Minimal
+            },
             now,
         }
         .to_message();
@@ -590,15 +597,17 @@ fn failure(
     }
 }
 
-/// The reply as one line when a server gave one, else the error text.
+/// The reply as one bounded line when a server gave one (its first lines, at most
+/// `bounce::DIAG_MAX` octets: what the queue records and the bounce shows), else the error
+/// text.
 fn diagnostic(f: &smtp_client::deliver::Failure) -> String {
     match &f.reply {
         Some(r) => {
             let code = r.code();
             let enh = r.enhanced().map(|e| format!(" {e}")).unwrap_or_default();
-            format!("{code}{enh} {}", r.lines().join(" "))
+            crate::bounce::summarize_reply(&format!("{code}{enh}"), r.lines())
         }
-        None => f.text.clone(),
+        None => crate::headers::truncate_str(&f.text, crate::bounce::DIAG_MAX).to_owned(),
     }
 }
 
