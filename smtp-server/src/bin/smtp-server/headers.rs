@@ -401,6 +401,15 @@ impl Received<'_> {
     }
 }
 
+/// The `Received:` header of a message made here (a bounce), folded:
+/// `Received: from localhost\r\n\tby host with local id ID;\r\n\tDATE\r\n`.
+pub fn local_received(hostname: &str, id: &str, date: SystemTime) -> String {
+    format!(
+        "Received: from localhost\r\n\tby {hostname} with local id {id};\r\n\t{}\r\n",
+        rfc5322_date(date)
+    )
+}
+
 /// `Return-Path: <sender>` + CRLF (`<>` for the null sender); the address made safe by
 /// [`address_text`] (non-ASCII kept: a non-ASCII sender implies SMTPUTF8).
 pub fn return_path(sender: &str) -> String {

@@ -517,11 +517,7 @@ impl Relay {
             .route(&ForwardPath::Mailbox(mailbox), true)
             .map_err(|e| Unsent::Undeliverable(format!("{e:?}")))?;
         let id = headers::unique_id();
-        let received = format!(
-            "Received: from localhost by {} with local id {id};\r\n\t{}\r\n",
-            self.hostname,
-            headers::rfc5322_date(SystemTime::now())
-        );
+        let received = headers::local_received(&self.hostname, &id, SystemTime::now());
         let mut mailboxes: Vec<MailboxName> = dest.local;
         crate::local::dedup(&mut mailboxes);
         for mb in mailboxes {
