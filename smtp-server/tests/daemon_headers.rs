@@ -122,7 +122,12 @@ fn serve(s: TcpStream, refuse: &[&str], refusal: &[String], got: &Mutex<Vec<Got>
                 "250-mx.remote.test\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n",
             ),
             "MAIL" => {
-                from = line[10..].split('>').next().unwrap().trim_start_matches('<').into();
+                from = line[10..]
+                    .split('>')
+                    .next()
+                    .unwrap()
+                    .trim_start_matches('<')
+                    .into();
                 rcpts.clear();
                 say(&mut w, "250 2.1.0 Ok\r\n")
             }
@@ -231,8 +236,15 @@ fn submitted_mail_gets_date_and_message_id_below_the_trace_and_no_forged_return_
         ),
         "{m}"
     );
-    assert!(!m.contains("forged"), "a client's Return-Path survived:\n{m}");
-    assert_eq!(m.matches("Return-Path:").count(), 2, "ours and the body line:\n{m}");
+    assert!(
+        !m.contains("forged"),
+        "a client's Return-Path survived:\n{m}"
+    );
+    assert_eq!(
+        m.matches("Return-Path:").count(),
+        2,
+        "ours and the body line:\n{m}"
+    );
     assert!(m.ends_with("\r\n\r\nReturn-Path: this line is body text and stays\r\n"));
     assert_eq!(
         field_names(h),
@@ -254,18 +266,38 @@ fn submitted_mail_gets_date_and_message_id_below_the_trace_and_no_forged_return_
     assert!(h.ends_with(" +0000\r\n"), "{h}");
 
     // The relayed copy: the same, without any Return-Path.
-    assert!(wait_until(Duration::from_secs(20), || !peer.got().is_empty()), "{}", d.log());
+    assert!(
+        wait_until(Duration::from_secs(20), || !peer.got().is_empty()),
+        "{}",
+        d.log()
+    );
     let g = &peer.got()[0];
     assert_eq!(g.rcpts, ["dave@remote.test"]);
     let body = String::from_utf8(g.body.clone()).unwrap();
     let h2 = header_section(&body);
     assert_eq!(
         field_names(h2),
-        ["received", "received", "received", "from", "subject", "message-id", "date"],
+        [
+            "received",
+            "received",
+            "received",
+            "from",
+            "subject",
+            "message-id",
+            "date"
+        ],
         "{body}"
     );
     // One Message-ID for both copies.
-    let mid = |h: &str| h.split("Message-ID: ").nth(1).unwrap().split("\r\n").next().unwrap().to_owned();
+    let mid = |h: &str| {
+        h.split("Message-ID: ")
+            .nth(1)
+            .unwrap()
+            .split("\r\n")
+            .next()
+            .unwrap()
+            .to_owned()
+    };
     assert_eq!(mid(h), mid(h2));
 
     // A message that has both gets neither again.
@@ -277,7 +309,11 @@ fn submitted_mail_gets_date_and_message_id_below_the_trace_and_no_forged_return_
     );
     assert_eq!(r.0, 250);
     let m = &messages(&d, "bob")[1];
-    assert_eq!(field_names(header_section(m)), ["return-path", "received", "date", "message-id"], "{m}");
+    assert_eq!(
+        field_names(header_section(m)),
+        ["return-path", "received", "date", "message-id"],
+        "{m}"
+    );
 }
 
 #[test]
@@ -304,7 +340,10 @@ fn mail_from_the_public_listener_gets_no_date_or_message_id() {
         ["return-path", "received", "subject"],
         "{m}"
     );
-    assert!(m.starts_with("Return-Path: <someone@remote.test>\r\n"), "{m}");
+    assert!(
+        m.starts_with("Return-Path: <someone@remote.test>\r\n"),
+        "{m}"
+    );
     assert!(!m.contains("forged"), "{m}");
 }
 
@@ -338,7 +377,9 @@ fn received_names_tls_and_utf8smtp() {
             use smtp_client::{ClientConfig, Connection, Envelope, TlsPolicy};
             use smtp_server::smtp_proto::address::{parse_forward_path, parse_reverse_path};
             let cfg = ClientConfig::new("client.test").with_tls(TlsPolicy::Opportunistic);
-            let mut conn = Connection::connect(addr, "mx.example.test", &cfg).await.unwrap();
+            let mut conn = Connection::connect(addr, "mx.example.test", &cfg)
+                .await
+                .unwrap();
             assert!(conn.is_tls());
             let env = Envelope::new(
                 parse_reverse_path(from).unwrap().into_owned(),
@@ -368,7 +409,11 @@ fn received_names_tls_and_utf8smtp() {
         assert!(h.contains(&want), "{h}");
         assert!(h.contains("\tfor <bob@example.test>;\r\n"), "{h}");
     }
-    assert!(ms[0].starts_with("Return-Path: <алиса@example.test>\r\n"), "{}", ms[0]);
+    assert!(
+        ms[0].starts_with("Return-Path: <алиса@example.test>\r\n"),
+        "{}",
+        ms[0]
+    );
 }
 
 #[test]
@@ -403,25 +448,46 @@ fn nothing_from_the_network_injects_into_received() {
     );
     assert_eq!(r.0, 250, "{r:?}");
     assert_eq!(data(&mut c, "Subject: s\r\n\r\nhi\r\n").0, 250);
-    assert!(wait_until(Duration::from_secs(20), || !peer.got().is_empty()), "{}", d.log());
+    assert!(
+        wait_until(Duration::from_secs(20), || !peer.got().is_empty()),
+        "{}",
+        d.log()
+    );
     let relayed = String::from_utf8(peer.got()[0].body.clone()).unwrap();
 
     let m = &messages(&d, "carol")[0];
     for h in [header_section(m), header_section(&relayed)] {
-        for bad in ['\u{2028}', '\u{2029}', '\u{85}', '\u{202E}', '\u{2066}', '\u{200F}', '\u{61C}'] {
-            assert!(!h.contains(bad), "{bad:?} reached the header section: {h:?}");
+        for bad in [
+            '\u{2028}', '\u{2029}', '\u{85}', '\u{202E}', '\u{2066}', '\u{200F}', '\u{61C}',
+        ] {
+            assert!(
+                !h.contains(bad),
+                "{bad:?} reached the header section: {h:?}"
+            );
         }
         for l in h.split("\r\n") {
-            assert!(!l.starts_with("X-"), "a line of the header section was injected: {h}");
+            assert!(
+                !l.starts_with("X-"),
+                "a line of the header section was injected: {h}"
+            );
         }
-        assert!(h.contains("Received: from ev?X-Injected:?yes??????a??b ([127.0.0.1])\r\n"), "{h}");
+        assert!(
+            h.contains("Received: from ev?X-Injected:?yes??????a??b ([127.0.0.1])\r\n"),
+            "{h}"
+        );
         assert!(h.contains(" with UTF8SMTP id "), "{h}");
     }
     let h = header_section(m);
-    assert!(h.starts_with("Return-Path: <\"a?X-Injected: yes?\"@example.test>\r\n"), "{h}");
+    assert!(
+        h.starts_with("Return-Path: <\"a?X-Injected: yes?\"@example.test>\r\n"),
+        "{h}"
+    );
     assert!(h.contains("\tfor <carol@example.test>;\r\n"), "{h}");
     let h = header_section(&relayed);
-    assert!(h.contains("\tfor <\"dave??X-Evil: 1??\"@remote.test>;\r\n"), "{h}");
+    assert!(
+        h.contains("\tfor <\"dave??X-Evil: 1??\"@remote.test>;\r\n"),
+        "{h}"
+    );
 }
 
 /// `n` lines of reply text, as a spam filter might send.
@@ -443,7 +509,9 @@ fn a_900_line_refusal_to_100_recipients_makes_a_small_bounce() {
     );
     // 100 recipients (the default limit), all refused by the peer; the peer's MX is the
     // same for every domain of remote.test's addresses here.
-    let rcpts: Vec<String> = (0..100).map(|i| format!("nobody+{i}@remote.test")).collect();
+    let rcpts: Vec<String> = (0..100)
+        .map(|i| format!("nobody+{i}@remote.test"))
+        .collect();
     let mut c = d.connect();
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     assert_eq!(c.cmd("MAIL FROM:<alice@example.test>").0, 250);
@@ -458,7 +526,8 @@ fn a_900_line_refusal_to_100_recipients_makes_a_small_bounce() {
     msg.push_str(&"body line\r\n".repeat(20_000));
     assert_eq!(data(&mut c, &msg).0, 250);
     assert!(
-        wait_until(Duration::from_secs(60), || !messages(&d, "alice").is_empty()),
+        wait_until(Duration::from_secs(60), || !messages(&d, "alice")
+            .is_empty()),
         "{}",
         d.log()
     );
@@ -471,10 +540,16 @@ fn a_900_line_refusal_to_100_recipients_makes_a_small_bounce() {
         }
     }
     assert!(!b.contains("body line"), "the body is never returned");
-    assert!(b.contains("Diagnostic-Code: smtp; 550 5.7.1 Message rejected as spam"), "{b}");
+    assert!(
+        b.contains("Diagnostic-Code: smtp; 550 5.7.1 Message rejected as spam"),
+        "{b}"
+    );
     assert!(b.contains("[895 more lines]"), "{b}");
     assert!(b.contains("more recipient(s), not listed"), "{b}");
-    assert!(b.contains("Only the first header fields of your message are returned"), "{b}");
+    assert!(
+        b.contains("Only the first header fields of your message are returned"),
+        "{b}"
+    );
     // One bounce, even after a while.
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(messages(&d, "alice").len(), 1);
@@ -505,13 +580,24 @@ fn forged_senders_on_the_public_listener_get_one_small_bounce_without_their_head
         for j in 0..900 {
             msg.push_str(&format!("X-Attacker-{j}: {}\r\n", "A".repeat(50)));
         }
-        msg.push_str(&format!("Subject: spam {i}\r\nMessage-ID: <spam{i}@evil.example>\r\n\r\nbuy\r\n"));
+        msg.push_str(&format!(
+            "Subject: spam {i}\r\nMessage-ID: <spam{i}@evil.example>\r\n\r\nbuy\r\n"
+        ));
         assert!(msg.len() > 50_000);
         let mut c = Smtp::connect(([127, 0, 0, 2], public).into());
-        let r = c.send(&format!("victim{i}@remote.test"), &["fwd@example.test"], &msg);
+        let r = c.send(
+            &format!("victim{i}@remote.test"),
+            &["fwd@example.test"],
+            &msg,
+        );
         assert_eq!(r.0, 250, "{r:?}");
     }
-    let bounces = || -> Vec<Got> { peer.got().into_iter().filter(|g| g.from.is_empty()).collect() };
+    let bounces = || -> Vec<Got> {
+        peer.got()
+            .into_iter()
+            .filter(|g| g.from.is_empty())
+            .collect()
+    };
     assert!(
         wait_until(Duration::from_secs(60), || bounces().len() >= 5),
         "{}",
@@ -522,16 +608,31 @@ fn forged_senders_on_the_public_listener_get_one_small_bounce_without_their_head
     assert_eq!(got.len(), 5, "one bounce per message");
     let mut to: Vec<String> = got.iter().map(|g| g.rcpts.join(",")).collect();
     to.sort();
-    assert_eq!(to, (0..5).map(|i| format!("victim{i}@remote.test")).collect::<Vec<_>>());
+    assert_eq!(
+        to,
+        (0..5)
+            .map(|i| format!("victim{i}@remote.test"))
+            .collect::<Vec<_>>()
+    );
     for g in &got {
         let b = String::from_utf8(g.body.clone()).unwrap();
-        assert!(b.len() < 4096, "a bounce of {} octets to a forged sender", b.len());
+        assert!(
+            b.len() < 4096,
+            "a bounce of {} octets to a forged sender",
+            b.len()
+        );
         assert!(!b.contains("X-Attacker"), "{b}");
         assert!(!b.contains("buy"), "{b}");
-        assert!(b.contains("Final-Recipient: rfc822; target@remote.test\r\n"), "{b}");
+        assert!(
+            b.contains("Final-Recipient: rfc822; target@remote.test\r\n"),
+            "{b}"
+        );
         assert!(b.contains("\r\nSubject: spam "), "{b}");
         assert!(b.contains("\r\nMessage-ID: <spam"), "{b}");
-        assert!(b.contains("Only a few header fields of your message are returned"), "{b}");
+        assert!(
+            b.contains("Only a few header fields of your message are returned"),
+            "{b}"
+        );
         for l in b.split("\r\n") {
             assert!(l.len() <= 78, "{l:?}");
         }
@@ -540,7 +641,10 @@ fn forged_senders_on_the_public_listener_get_one_small_bounce_without_their_head
 
 #[test]
 fn bounce_of_internationalized_mail_is_global() {
-    let peer = RawPeer::start(&["nobody"], vec!["no such user \u{2028}\u{202E} here".into()]);
+    let peer = RawPeer::start(
+        &["nobody"],
+        vec!["no such user \u{2028}\u{202E} here".into()],
+    );
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("mail");
     let d = Daemon::start(
@@ -555,22 +659,41 @@ fn bounce_of_internationalized_mail_is_global() {
     assert_eq!(c.cmd("RCPT TO:<nobody+дэйв@remote.test>").0, 250);
     assert_eq!(data(&mut c, "Subject: привет\r\n\r\nhi\r\n").0, 250);
     assert!(
-        wait_until(Duration::from_secs(30), || !messages(&d, "alice").is_empty()),
+        wait_until(Duration::from_secs(30), || !messages(&d, "alice")
+            .is_empty()),
         "{}",
         d.log()
     );
     let b = &messages(&d, "alice")[0];
-    assert!(b.contains("Content-Type: multipart/report; report-type=global-delivery-status;"), "{b}");
-    assert!(b.contains("Content-Type: message/global-delivery-status\r\n"), "{b}");
-    assert!(b.contains("Final-Recipient: utf-8; nobody+дэйв@remote.test\r\n"), "{b}");
-    assert!(b.contains("Final-Recipient: rfc822; nobody@remote.test\r\n"), "{b}");
-    assert!(b.contains("Content-Type: message/global-headers\r\n"), "{b}");
+    assert!(
+        b.contains("Content-Type: multipart/report; report-type=global-delivery-status;"),
+        "{b}"
+    );
+    assert!(
+        b.contains("Content-Type: message/global-delivery-status\r\n"),
+        "{b}"
+    );
+    assert!(
+        b.contains("Final-Recipient: utf-8; nobody+дэйв@remote.test\r\n"),
+        "{b}"
+    );
+    assert!(
+        b.contains("Final-Recipient: rfc822; nobody@remote.test\r\n"),
+        "{b}"
+    );
+    assert!(
+        b.contains("Content-Type: message/global-headers\r\n"),
+        "{b}"
+    );
     assert!(b.contains("Subject: привет\r\n"), "{b}");
     for bad in ['\u{2028}', '\u{202E}'] {
         assert!(!b.contains(bad), "{b:?}");
     }
     // The peer's reply, escaped (RFC 6533's notation), UTF-8 kept.
-    assert!(b.contains("550 5.7.1 no such user \\x{2028}\\x{202E} here"), "{b}");
+    assert!(
+        b.contains("550 5.7.1 no such user \\x{2028}\\x{202E} here"),
+        "{b}"
+    );
 }
 
 #[test]
@@ -594,10 +717,17 @@ fn c0_controls_and_nul_in_ehlo_are_refused_or_never_reach_received() {
         let ms = messages(&d, "bob");
         let h = header_section(&ms[stored - 1]);
         assert!(
-            h.chars().all(|c| !c.is_control() || c == '\r' || c == '\n' || c == '\t'),
+            h.chars()
+                .all(|c| !c.is_control() || c == '\r' || c == '\n' || c == '\t'),
             "{h:?}"
         );
-        let from = h.split("Received: from ").nth(1).unwrap().split(' ').next().unwrap();
+        let from = h
+            .split("Received: from ")
+            .nth(1)
+            .unwrap()
+            .split(' ')
+            .next()
+            .unwrap();
         assert_eq!(from.chars().count(), helo.chars().count(), "{from:?}");
         assert!(from.contains('?'), "{from:?}");
     }

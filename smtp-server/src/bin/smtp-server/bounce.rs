@@ -48,8 +48,8 @@
 use std::time::SystemTime;
 
 use crate::headers::{
-    escape_text, fold, is_unsafe, message_id_header, received_word, rfc5322_date,
-    truncate_str, unique_id, HeaderScanner, LINE_MAX,
+    escape_text, fold, is_unsafe, message_id_header, received_word, rfc5322_date, truncate_str,
+    unique_id, HeaderScanner, LINE_MAX,
 };
 
 /// The most failed recipients reported in full in one bounce.
@@ -304,9 +304,10 @@ impl Report<'_> {
             .flatten()
             .any(|l| !l.is_ascii() && std::str::from_utf8(l).is_ok());
         let global = non_ascii(self.sender)
-            || self.failures.iter().any(|f| {
-                non_ascii(&f.recipient) || f.orcpt.as_deref().is_some_and(non_ascii)
-            })
+            || self
+                .failures
+                .iter()
+                .any(|f| non_ascii(&f.recipient) || f.orcpt.as_deref().is_some_and(non_ascii))
             || headers_utf8;
         let ascii = !global;
         let cte = if global { "8bit" } else { "7bit" };
@@ -317,7 +318,11 @@ impl Report<'_> {
             "From: Mail Delivery System <MAILER-DAEMON@{}>\r\n",
             self.hostname
         ));
-        if self.sender.chars().any(|c| is_unsafe(c) || c == '<' || c == '>') {
+        if self
+            .sender
+            .chars()
+            .any(|c| is_unsafe(c) || c == '<' || c == '>')
+        {
             // Not writable as an address: the envelope still has it.
             m.push_str("To: undisclosed-recipients:;\r\n");
         } else {
@@ -412,9 +417,9 @@ impl Report<'_> {
             (Returned::Headers, true) => m.push_str(
                 "\r\nOnly the first header fields of your message are returned below.\r\n",
             ),
-            (Returned::Minimal, _) => m.push_str(
-                "\r\nOnly a few header fields of your message are returned below.\r\n",
-            ),
+            (Returned::Minimal, _) => {
+                m.push_str("\r\nOnly a few header fields of your message are returned below.\r\n")
+            }
             (Returned::Headers, false) => {}
         }
         m.push_str("\r\n");
@@ -540,7 +545,9 @@ mod tests {
 
     #[test]
     fn replies_are_summarized() {
-        let lines: Vec<String> = (0..900).map(|i| format!("line {i} {}", "x".repeat(50))).collect();
+        let lines: Vec<String> = (0..900)
+            .map(|i| format!("line {i} {}", "x".repeat(50)))
+            .collect();
         let s = summarize_reply("550 5.7.1", &lines);
         assert!(s.len() <= DIAG_MAX, "{}", s.len());
         assert!(s.starts_with("550 5.7.1 line 0 "), "{s}");
@@ -588,7 +595,10 @@ mod tests {
         );
         let m = report(&failures, original.as_bytes(), Returned::Minimal).to_message();
         let s = String::from_utf8(m).unwrap();
-        let part = s.split("Content-Description: Undelivered Message Headers\r\n\r\n").nth(1).unwrap();
+        let part = s
+            .split("Content-Description: Undelivered Message Headers\r\n\r\n")
+            .nth(1)
+            .unwrap();
         let part = part.split("\r\n--").next().unwrap();
         assert_eq!(
             part,
@@ -606,14 +616,24 @@ mod tests {
         // Controls and invalid UTF-8 in the original headers (an ASCII bounce), then a C1
         // control in valid UTF-8 (which makes it an RFC 6533 one).
         for (original, want) in [
-            (&b"Subject: a\x00b\x1b\xffc\r\nX-Bad: \xfe\r\n\r\n"[..], "Subject: a?b??c\r\nX-Bad: ?\r\n"),
-            (b"Subject: a\x00b\x1b\xc2\x85c\r\nX-Bad: \xfe\r\n\r\n", "Subject: a?b??c\r\nX-Bad: \u{FFFD}\r\n"),
+            (
+                &b"Subject: a\x00b\x1b\xffc\r\nX-Bad: \xfe\r\n\r\n"[..],
+                "Subject: a?b??c\r\nX-Bad: ?\r\n",
+            ),
+            (
+                b"Subject: a\x00b\x1b\xc2\x85c\r\nX-Bad: \xfe\r\n\r\n",
+                "Subject: a?b??c\r\nX-Bad: \u{FFFD}\r\n",
+            ),
         ] {
             let m = report(&failures, original, Returned::Headers).to_message();
             assert_lines(&m);
             let s = String::from_utf8(m).unwrap();
             assert_eq!(s.is_ascii(), !want.contains('\u{FFFD}'), "{s}");
-            assert!(s.chars().all(|c| !is_unsafe(c) || c == '\r' || c == '\n' || c == '\t'), "{s:?}");
+            assert!(
+                s.chars()
+                    .all(|c| !is_unsafe(c) || c == '\r' || c == '\n' || c == '\t'),
+                "{s:?}"
+            );
             assert!(!s.contains("\r\nX-Injected"), "{s}");
             assert!(!s.contains("\r\nX-Evil"), "{s}");
             assert!(s.contains("Diagnostic-Code: smtp; 550 5.1.1 no X-Injected:\r\n yes\\x{2028}\\x{85}\\x{202E}\\x{2066}\\x{200E}\\x{61C}\\x{00}\\x{1B}[31m\r\n"), "{s}");
@@ -624,27 +644,53 @@ mod tests {
 
     #[test]
     fn internationalized_bounce() {
-        let mut f = failure("用户@例子.广告", "550 5.1.1 пользователь неизвестен\u{2028}");
+        let mut f = failure(
+            "用户@例子.广告",
+            "550 5.1.1 пользователь неизвестен\u{2028}",
+        );
         f.orcpt = Some("utf-8;用户@例子.广告".into());
         let failures = [f];
-        let mut r = report(&failures, "Subject: привет\r\n\r\n".as_bytes(), Returned::Headers);
+        let mut r = report(
+            &failures,
+            "Subject: привет\r\n\r\n".as_bytes(),
+            Returned::Headers,
+        );
         r.sender = "алиса@пример.рф";
         let s = String::from_utf8(r.to_message()).unwrap();
         assert_lines(s.as_bytes());
-        assert!(s.contains("Content-Type: multipart/report; report-type=global-delivery-status;"), "{s}");
+        assert!(
+            s.contains("Content-Type: multipart/report; report-type=global-delivery-status;"),
+            "{s}"
+        );
         assert!(s.contains("To: <алиса@пример.рф>\r\n"), "{s}");
         assert!(s.contains("Content-Type: message/global-delivery-status\r\nContent-Transfer-Encoding: 8bit\r\n"), "{s}");
         assert!(s.contains("Original-Recipient: utf-8; 用户@例子.广告\r\nFinal-Recipient: utf-8; 用户@例子.广告\r\n"), "{s}");
-        assert!(s.contains("Diagnostic-Code: smtp; 550 5.1.1 пользователь\r\n неизвестен\\x{2028}\r\n"), "{s}");
-        assert!(s.contains("Content-Type: message/global-headers\r\nContent-Transfer-Encoding: 8bit\r\n"), "{s}");
+        assert!(
+            s.contains("Diagnostic-Code: smtp; 550 5.1.1 пользователь\r\n неизвестен\\x{2028}\r\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains(
+                "Content-Type: message/global-headers\r\nContent-Transfer-Encoding: 8bit\r\n"
+            ),
+            "{s}"
+        );
         assert!(s.contains("Subject: привет\r\n"), "{s}");
         // ASCII addresses but UTF-8 in the returned headers: global too.
         let failures = [failure("bob@remote.test", "550 no")];
         let s = String::from_utf8(
-            report(&failures, "Subject: привет\r\n\r\n".as_bytes(), Returned::Headers).to_message(),
+            report(
+                &failures,
+                "Subject: привет\r\n\r\n".as_bytes(),
+                Returned::Headers,
+            )
+            .to_message(),
         )
         .unwrap();
-        assert!(s.contains("Final-Recipient: rfc822; bob@remote.test\r\n"), "{s}");
+        assert!(
+            s.contains("Final-Recipient: rfc822; bob@remote.test\r\n"),
+            "{s}"
+        );
         assert!(s.contains("message/global-headers"), "{s}");
     }
 }

@@ -859,10 +859,17 @@ mod tests {
                 date: UNIX_EPOCH,
             }
             .to_header();
-            assert!(h.starts_with("Received: from a?b?c?d?e?f?g?h?i?j?k?l??X:?y ([192.0.2.1])\r\n"), "{h}");
+            assert!(
+                h.starts_with("Received: from a?b?c?d?e?f?g?h?i?j?k?l??X:?y ([192.0.2.1])\r\n"),
+                "{h}"
+            );
             assert!(h.contains("\r\n\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))\r\n\tby mx.example with "), "{h}");
             assert!(h.contains("\tfor <\"x??y\"@b?.example>;\r\n"), "{h}");
-            assert!(h.chars().all(|c| !is_unsafe(c) || c == '\r' || c == '\n' || c == '\t'), "{h:?}");
+            assert!(
+                h.chars()
+                    .all(|c| !is_unsafe(c) || c == '\r' || c == '\n' || c == '\t'),
+                "{h:?}"
+            );
             // Every line but the first is a continuation: one field.
             for l in h.trim_end().split("\r\n").skip(1) {
                 assert!(l.starts_with('\t'), "{l:?}");
@@ -900,7 +907,10 @@ mod tests {
             c("TLSv1.2", "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"),
             "(using TLSv1.2 with cipher ECDHE-ECDSA-CHACHA20-POLY1305 (256/256 bits))"
         );
-        assert_eq!(c("TLSv1.2", "Unknown(0x1234)"), "(using TLSv1.2 with cipher Unknown?0x1234?)");
+        assert_eq!(
+            c("TLSv1.2", "Unknown(0x1234)"),
+            "(using TLSv1.2 with cipher Unknown?0x1234?)"
+        );
     }
 
     #[test]
@@ -949,7 +959,11 @@ mod tests {
             Message-ID: <new@here>\r\nDate: now\r\n\r\nReturn-Path: body\r\n";
         for piece in 1..msg.len() {
             let (out, f) = filter_in_pieces(msg, piece, true);
-            assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(want), "piece {piece}");
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(want),
+                "piece {piece}"
+            );
             assert_eq!(f.received, 2);
             assert_eq!(f.dropped_return_paths, 2);
             assert!(f.in_body());
