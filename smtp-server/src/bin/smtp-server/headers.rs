@@ -1018,6 +1018,12 @@ mod tests {
         assert_eq!(s.header_len(), Some(12));
         assert!(!s.has_message_id);
         assert_eq!(header_section(b"A: b\r\n\r\nbody", 100), b"A: b\r\n\r\n");
+        // A field name longer than 32 octets is still a field (it ended the header section).
+        let s = scan_in_pieces(
+            b"X-MS-Exchange-CrossTenant-OriginalArrivalTime: 1\r\nReceived: y\r\n\r\n",
+            5,
+        );
+        assert_eq!(s.received, 1);
         let many = "Received: x\r\n".repeat(150) + "\r\n";
         assert_eq!(scan_in_pieces(many.as_bytes(), 7).received, 150);
     }
