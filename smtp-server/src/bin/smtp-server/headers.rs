@@ -1,10 +1,76 @@
 //! Trace and identification headers: `Received:` (RFC 5321 §4.4), `Return-Path:`, `Message-ID:`,
-//! the RFC 5322 date, and a streaming scanner of the header section (counting `Received:` for
-//! the hop limit, finding `Message-ID:`).
+//! `Date:`, the RFC 5322 date, making network text safe for a header, folding, and two
+//! streaming readers of the header section: [`HeaderFilter`] (rewrites it as a message comes
+//! in) and [`HeaderScanner`] (only looks).
+//!
+//! # What the header section of a stored or relayed message looks like
+//!
+//! ```text
+//! Return-Path: <alice@example.org>        final delivery only (a local mailbox)
+//! Received: from client.example ([192.0.2.1])
+//!         (using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))
+//!         by mx.example with UTF8SMTPS id 18a3f...
+//!         for <bob@example.org>;
+//!         Tue, 14 Nov 2023 22:13:20 +0000
+//! Received: ...                           the message's own trace fields, as sent
+//! Subject: ...                            the rest of the message's header section
+//! Message-ID: <18a3f...@mx.example>       added when missing (submitted mail only)
+//! Date: Tue, 14 Nov 2023 22:13:20 +0000   added when missing (submitted mail only)
+//! ```
+//!
+//! Decisions:
+//!
+//! - Every `Return-Path:` field of the incoming message is dropped, whatever its case or
+//!   folding, from both the local and the queued copy: the only `Return-Path:` is the one final
+//!   delivery adds from the envelope (RFC 5321 §4.4: a relay SHOULD NOT send one; a forged one
+//!   would sit beside ours). Postfix's cleanup does the same.
+//! - `Date:` and `Message-ID:` are added when missing only to mail our own users submit (the
+//!   loopback listener, or an implicit-TLS listener on loopback), never to mail from the public
+//!   listener: Postfix's `local_header_rewrite_clients` default. They go at the end of the
+//!   header section, as Postfix's cleanup appends them, so they are always below the trace
+//!   block (our `Received:` and any trace fields at the top of the message) and trace fields
+//!   stay together (RFC 5322 §3.6.7). They are decided at the end of the header section, so a
+//!   message whose `Message-ID:` comes late still gets none added.
+//! - The `with` clause names the protocol as RFC 3848 and RFC 6531 §3.7.3 register it:
+//!   `SMTP`, `ESMTP`, `ESMTPS`, `ESMTPA`, `ESMTPSA`, and `UTF8SMTP`, `UTF8SMTPS`, `UTF8SMTPA`,
+//!   `UTF8SMTPSA` for a transaction with the `SMTPUTF8` parameter.
+//! - On an encrypted session a comment in Postfix's format follows the `from` clause:
+//!   `(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))`. rustls's suite names
+//!   are given their OpenSSL names (which is what Postfix shows); the bits are the symmetric
+//!   key's (both numbers, as OpenSSL reports for AEAD suites). An unknown suite is shown by
+//!   its rustls name without bits. Postfix's newer `key-exchange ...` details are not known
+//!   to the server library and not written.
+//! - Nothing from the network reaches a header unchecked. The EHLO name is written as a word
+//!   of ASCII letters, digits and `-._:[]` (plus letters and digits beyond ASCII in an
+//!   SMTPUTF8 transaction), every other character as `?` (Postfix's `printable()` does the
+//!   same), at most 255 octets. Addresses (`for <...>`, `Return-Path:`) keep their text except
+//!   the characters of [`is_unsafe`] (controls, C1 controls such as U+0085, U+2028/U+2029,
+//!   bidirectional and other invisible format characters) and `<`, `>`, which become `?`;
+//!   non-ASCII is kept only in SMTPUTF8 transactions (where RFC 6532 allows it). Free text (a
+//!   peer's reply in a bounce) is escaped by [`escape_text`] as `\x{HEX}` (RFC 6533's
+//!   notation), so nothing is lost to the reader. The daemon does no reverse DNS lookup, so no
+//!   name from DNS is written (only `[address]`).
+//! - Generated header lines stay within 78 octets where a space allows and never exceed
+//!   RFC 5322's 998 ([`fold`]).
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use smtp_server::handler::TlsInfo;
+
+/// The longest line RFC 5322 §2.1.1 allows, without its CRLF.
+pub const LINE_MAX: usize = 998;
+
+/// The line length RFC 5322 §2.1.1 recommends, without its CRLF.
+pub const LINE_SOFT: usize = 78;
+
+/// The longest EHLO name written into `Received:` (a domain's limit).
+const WORD_MAX: usize = 255;
+
+/// The longest address written into a header (RFC 5321's path limit is 256).
+const ADDRESS_MAX: usize = 512;
 
 /// A message with this many `Received:` headers or more is refused as a loop (RFC 5321 §6.3
 /// suggests 100).
@@ -47,7 +113,161 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// How the message came in, for the `with` clause (RFC 3848).
+/// True for characters that are never written as they are into a header or a bounce: C0 and
+/// C1 controls (U+0085 among them) and DEL, the line and paragraph separators U+2028/U+2029,
+/// the bidirectional controls (U+061C, U+200E/F, U+202A-202E, U+2066-2069), the other
+/// invisible format characters (soft hyphen, zero-width spaces and joiners, word joiners,
+/// BOM, interlinear annotation, tags) and noncharacters.
+pub fn is_unsafe(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{00AD}'
+                | '\u{0600}'..='\u{0605}'
+                | '\u{061C}'
+                | '\u{06DD}'
+                | '\u{070F}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FDD0}'..='\u{FDEF}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{E0000}'..='\u{E007F}'
+        )
+        || (c as u32) & 0xFFFE == 0xFFFE
+}
+
+/// Appends `c` as `\x{HEX}` (RFC 6533's `EmbeddedUnicodeChar` notation, at least two digits).
+fn push_escaped(out: &mut String, c: char) {
+    let _ = write!(out, "\\x{{{:02X}}}", c as u32);
+}
+
+/// Free text from the network (a reply text, a diagnostic) made safe for one header value or
+/// text line: line breaks and tabs become spaces, runs of spaces one space, the result is
+/// trimmed; [`is_unsafe`] characters, and every non-ASCII one when `ascii`, are written as
+/// `\x{HEX}`.
+pub fn escape_text(s: &str, ascii: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        let c = if matches!(c, '\r' | '\n' | '\t') {
+            ' '
+        } else {
+            c
+        };
+        if c == ' ' {
+            if !out.is_empty() && !out.ends_with(' ') {
+                out.push(' ');
+            }
+        } else if is_unsafe(c) || (ascii && !c.is_ascii()) {
+            push_escaped(&mut out, c);
+        } else {
+            out.push(c);
+        }
+    }
+    while out.ends_with(' ') {
+        out.pop();
+    }
+    out
+}
+
+/// Cuts `s` to at most `max` octets at a character boundary.
+pub fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+/// A name from the network (the EHLO argument) as one word for a `Received:` clause: ASCII
+/// letters, digits and `-._:[]` as they are, letters and digits beyond ASCII only when `utf8`
+/// (an SMTPUTF8 transaction), anything else `?`; at most 255 octets; `unknown` when empty.
+pub fn received_word(s: &str, utf8: bool) -> String {
+    let mut out = String::with_capacity(s.len().min(WORD_MAX));
+    for c in s.chars() {
+        let keep = c.is_ascii_alphanumeric()
+            || matches!(c, '-' | '.' | '_' | ':' | '[' | ']')
+            || (utf8 && !c.is_ascii() && c.is_alphanumeric() && !is_unsafe(c));
+        let c = if keep { c } else { '?' };
+        if out.len() + c.len_utf8() > WORD_MAX {
+            break;
+        }
+        out.push(c);
+    }
+    if out.is_empty() {
+        "unknown".to_owned()
+    } else {
+        out
+    }
+}
+
+/// An address from the envelope for a header (inside `<...>`): its text, with the
+/// [`is_unsafe`] characters, `<` and `>` (and non-ASCII ones unless `utf8`) replaced by `?`;
+/// at most 512 octets.
+pub fn address_text(s: &str, utf8: bool) -> String {
+    let s: String = s
+        .chars()
+        .map(|c| {
+            if is_unsafe(c) || c == '<' || c == '>' || (!utf8 && !c.is_ascii()) {
+                '?'
+            } else {
+                c
+            }
+        })
+        .collect();
+    truncate_str(&s, ADDRESS_MAX).to_owned()
+}
+
+/// Folds one logical header line (`Name: value`, without CRLF, no line breaks inside) before
+/// spaces so that its lines stay within [`LINE_SOFT`] octets where a space allows; a piece
+/// still longer than [`LINE_MAX`] is cut there (at a character boundary) and continues on the
+/// next line after a space. Returns the lines, each ending with CRLF.
+pub fn fold(line: &str) -> String {
+    let mut out = String::with_capacity(line.len() + 16);
+    let mut cur = String::new();
+    for (i, word) in line.split(' ').enumerate() {
+        if i > 0 {
+            // Never fold between the field name and the first word, nor before an empty
+            // word (which would leave a line of white space only).
+            if i > 1 && !word.is_empty() && cur.len() + 1 + word.len() > LINE_SOFT {
+                push_hard(&mut out, &cur);
+                cur.clear();
+            }
+            cur.push(' ');
+        }
+        cur.push_str(word);
+    }
+    push_hard(&mut out, &cur);
+    out
+}
+
+/// Appends `line` with CRLF, cut into pieces of at most [`LINE_MAX`] octets (continuations
+/// start with a space).
+fn push_hard(out: &mut String, line: &str) {
+    let mut rest = line;
+    let mut lead = false;
+    loop {
+        let room = LINE_MAX - usize::from(lead);
+        let piece = truncate_str(rest, room);
+        if lead {
+            out.push(' ');
+        }
+        out.push_str(piece);
+        out.push_str("\r\n");
+        rest = &rest[piece.len()..];
+        if rest.is_empty() || piece.is_empty() {
+            return;
+        }
+        lead = true;
+    }
+}
+
+/// How the message came in, for the `with` clause (RFC 3848, RFC 6531 §3.7.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Protocol {
     /// EHLO (ESMTP) rather than HELO (SMTP).
@@ -56,25 +276,77 @@ pub struct Protocol {
     pub tls: bool,
     /// Authenticated.
     pub auth: bool,
+    /// The transaction used `SMTPUTF8` (RFC 6531).
+    pub utf8: bool,
 }
 
 impl Protocol {
-    /// `SMTP`, `ESMTP`, `ESMTPS`, `ESMTPA`, `ESMTPSA`.
+    /// `SMTP`, `ESMTP`, `ESMTPS`, `ESMTPA`, `ESMTPSA`, or for SMTPUTF8 `UTF8SMTP`,
+    /// `UTF8SMTPS`, `UTF8SMTPA`, `UTF8SMTPSA`.
     pub fn name(&self) -> &'static str {
-        match (self.extended || self.tls || self.auth, self.tls, self.auth) {
-            (false, _, _) => "SMTP",
-            (true, false, false) => "ESMTP",
-            (true, true, false) => "ESMTPS",
-            (true, false, true) => "ESMTPA",
-            (true, true, true) => "ESMTPSA",
+        let extended = self.extended || self.tls || self.auth || self.utf8;
+        match (extended, self.utf8, self.tls, self.auth) {
+            (false, ..) => "SMTP",
+            (true, false, false, false) => "ESMTP",
+            (true, false, true, false) => "ESMTPS",
+            (true, false, false, true) => "ESMTPA",
+            (true, false, true, true) => "ESMTPSA",
+            (true, true, false, false) => "UTF8SMTP",
+            (true, true, true, false) => "UTF8SMTPS",
+            (true, true, false, true) => "UTF8SMTPA",
+            (true, true, true, true) => "UTF8SMTPSA",
         }
+    }
+}
+
+/// rustls's name of a cipher suite (`TLS13_AES_256_GCM_SHA384`,
+/// `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`) as OpenSSL (and so Postfix) names it
+/// (`TLS_AES_256_GCM_SHA384`, `ECDHE-RSA-AES128-GCM-SHA256`), with the symmetric key's bits
+/// when known.
+fn openssl_cipher(rustls: &str) -> (String, Option<u32>) {
+    let bits = if rustls.contains("AES_256") || rustls.contains("CHACHA20") {
+        Some(256)
+    } else if rustls.contains("AES_128") {
+        Some(128)
+    } else {
+        None
+    };
+    if let Some(rest) = rustls.strip_prefix("TLS13_") {
+        return (format!("TLS_{rest}"), bits);
+    }
+    if let Some((kx, cipher)) = rustls
+        .strip_prefix("TLS_")
+        .and_then(|r| r.split_once("_WITH_"))
+    {
+        let cipher = match cipher {
+            "AES_128_GCM_SHA256" => Some("AES128-GCM-SHA256"),
+            "AES_256_GCM_SHA384" => Some("AES256-GCM-SHA384"),
+            "CHACHA20_POLY1305_SHA256" => Some("CHACHA20-POLY1305"),
+            _ => None,
+        };
+        if let Some(cipher) = cipher {
+            return (format!("{}-{cipher}", kx.replace('_', "-")), bits);
+        }
+    }
+    (rustls.to_owned(), bits)
+}
+
+/// The comment Postfix writes into `Received:` for an encrypted session:
+/// `(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))`.
+pub fn tls_comment(info: &TlsInfo) -> String {
+    let (name, bits) = openssl_cipher(&info.cipher);
+    let name = received_word(&name, false);
+    let protocol = received_word(&info.protocol, false);
+    match bits {
+        Some(b) => format!("(using {protocol} with cipher {name} ({b}/{b} bits))"),
+        None => format!("(using {protocol} with cipher {name})"),
     }
 }
 
 /// The fields of one `Received:` header.
 #[derive(Debug, Clone)]
 pub struct Received<'a> {
-    /// What the client said in EHLO/HELO.
+    /// What the client said in EHLO/HELO (as sent: made safe here).
     pub helo: &'a str,
     /// The client's address.
     pub peer: IpAddr,
@@ -82,6 +354,8 @@ pub struct Received<'a> {
     pub by: &'a str,
     /// How it came in.
     pub protocol: Protocol,
+    /// The TLS parameters, on an encrypted session.
+    pub tls: Option<&'a TlsInfo>,
     /// Our id for the transaction.
     pub id: &'a str,
     /// The recipient, when there is exactly one (RFC 5321: not for several).
@@ -94,48 +368,52 @@ impl Received<'_> {
     /// The header, folded, ending with CRLF:
     ///
     /// ```text
-    /// Received: from client.example (client.example [192.0.2.1])
+    /// Received: from client.example ([192.0.2.1])
+    ///         (using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))
     ///         by mx.example with ESMTPS id 18a3f...
-    ///         for <bob@example.org>; Tue, 14 Nov 2023 22:13:20 +0000
+    ///         for <bob@example.org>;
+    ///         Tue, 14 Nov 2023 22:13:20 +0000
     /// ```
     pub fn to_header(&self) -> String {
-        let helo: String = self
-            .helo
-            .chars()
-            .map(|c| {
-                if c.is_control() || c == '(' || c == ')' {
-                    '?'
-                } else {
-                    c
-                }
-            })
-            .collect();
-        let helo = if helo.is_empty() {
-            "unknown".to_owned()
-        } else {
-            helo
-        };
+        let utf8 = self.protocol.utf8;
+        let helo = received_word(self.helo, utf8);
         let ip = match crate::policy::canonical_ip(self.peer) {
             IpAddr::V4(a) => format!("[{a}]"),
             IpAddr::V6(a) => format!("[IPv6:{a}]"),
         };
-        let mut h = format!(
-            "Received: from {helo} ({ip})\r\n\tby {} with {} id {}",
+        let mut h = format!("Received: from {helo} ({ip})\r\n");
+        if let Some(t) = self.tls {
+            h.push('\t');
+            h.push_str(&tls_comment(t));
+            h.push_str("\r\n");
+        }
+        h.push_str(&format!(
+            "\tby {} with {} id {}",
             self.by,
             self.protocol.name(),
             self.id
-        );
+        ));
         if let Some(r) = self.for_rcpt {
-            h.push_str(&format!("\r\n\tfor <{r}>"));
+            h.push_str(&format!("\r\n\tfor <{}>", address_text(r, utf8)));
         }
         h.push_str(&format!(";\r\n\t{}\r\n", rfc5322_date(self.date)));
         h
     }
 }
 
-/// `Return-Path: <sender>` + CRLF (`<>` for the null sender).
+/// The `Received:` header of a message made here (a bounce), folded:
+/// `Received: from localhost\r\n\tby host with local id ID;\r\n\tDATE\r\n`.
+pub fn local_received(hostname: &str, id: &str, date: SystemTime) -> String {
+    format!(
+        "Received: from localhost\r\n\tby {hostname} with local id {id};\r\n\t{}\r\n",
+        rfc5322_date(date)
+    )
+}
+
+/// `Return-Path: <sender>` + CRLF (`<>` for the null sender); the address made safe by
+/// [`address_text`] (non-ASCII kept: a non-ASCII sender implies SMTPUTF8).
 pub fn return_path(sender: &str) -> String {
-    format!("Return-Path: <{sender}>\r\n")
+    format!("Return-Path: <{}>\r\n", address_text(sender, true))
 }
 
 /// A unique id for a transaction or message: time, process and a counter, in hex.
@@ -156,6 +434,219 @@ pub fn unique_id() -> String {
 /// A `Message-ID:` header line for a message that has none.
 pub fn message_id_header(id: &str, hostname: &str) -> String {
     format!("Message-ID: <{id}@{hostname}>\r\n")
+}
+
+/// The fields added at the end of the header section of a submitted message that lacks them.
+#[derive(Debug, Clone)]
+pub struct Missing {
+    /// The `Message-ID:` line, with CRLF.
+    pub message_id: String,
+    /// The `Date:` line, with CRLF.
+    pub date: String,
+}
+
+impl Missing {
+    /// `Message-ID: <id@hostname>` and `Date:` of `t`.
+    pub fn new(id: &str, hostname: &str, t: SystemTime) -> Missing {
+        Missing {
+            message_id: message_id_header(id, hostname),
+            date: format!("Date: {}\r\n", rfc5322_date(t)),
+        }
+    }
+
+    /// `Message-ID: <id@hostname>` alone (`date` empty: nothing added): for mail from the
+    /// network that is relayed onward (an alias with a remote target), which large providers
+    /// refuse without one.
+    pub fn message_id_only(id: &str, hostname: &str) -> Missing {
+        Missing {
+            message_id: message_id_header(id, hostname),
+            date: String::new(),
+        }
+    }
+}
+
+/// Where a [`HeaderFilter`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Filtering {
+    /// At the start of a header line: its first octets are held until the line is known to
+    /// be a field (and which), a continuation, or the end of the header section; `wsp` once
+    /// white space followed the name (obsolete `Name :` syntax).
+    Start { wsp: bool },
+    /// In the rest of a line whose fate is known.
+    Line,
+    /// In the body: everything passes.
+    Body,
+}
+
+/// Rewrites the header section of a message as it streams by, in chunks of any size: drops
+/// every `Return-Path:` field (with its continuation lines), counts `Received:` fields (the
+/// hop limit), and, when given [`Missing`] fields, adds those the message lacks just before the
+/// header section ends. The body passes unchanged.
+///
+/// The header section ends at the first empty line, or at the first line that is not a field
+/// (no colon after a valid field name), which RFC 5322 parsers also treat as the body's start;
+/// added fields go before that line. At most [`LINE_MAX`] octets of a line's start are held.
+#[derive(Debug, Clone)]
+pub struct HeaderFilter {
+    add: Option<Missing>,
+    state: Filtering,
+    /// The held start of the current line.
+    line: Vec<u8>,
+    /// The current field is being dropped (continuation lines follow it).
+    dropping: bool,
+    /// Number of `Received:` fields in the message's header section.
+    pub received: usize,
+    /// A `Message-ID:` field was seen.
+    pub has_message_id: bool,
+    /// A `Date:` field was seen.
+    pub has_date: bool,
+    /// How many `Return-Path:` fields were dropped.
+    pub dropped_return_paths: usize,
+}
+
+impl HeaderFilter {
+    /// A filter at the start of a message; `add` are the fields to add when missing.
+    pub fn new(add: Option<Missing>) -> HeaderFilter {
+        HeaderFilter {
+            add,
+            state: Filtering::Start { wsp: false },
+            line: Vec::new(),
+            dropping: false,
+            received: 0,
+            has_message_id: false,
+            has_date: false,
+            dropped_return_paths: 0,
+        }
+    }
+
+    /// True once the header section has ended.
+    pub fn in_body(&self) -> bool {
+        self.state == Filtering::Body
+    }
+
+    /// Filters the next chunk, appending what is to be stored to `out`.
+    pub fn feed(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let mut i = 0;
+        while i < chunk.len() {
+            match self.state {
+                Filtering::Body => {
+                    out.extend_from_slice(&chunk[i..]);
+                    return;
+                }
+                Filtering::Line => {
+                    let (end, eol) = match chunk[i..].iter().position(|&b| b == b'\n') {
+                        Some(p) => (i + p + 1, true),
+                        None => (chunk.len(), false),
+                    };
+                    if !self.dropping {
+                        out.extend_from_slice(&chunk[i..end]);
+                    }
+                    if eol {
+                        self.state = Filtering::Start { wsp: false };
+                    }
+                    i = end;
+                }
+                Filtering::Start { wsp } => {
+                    let b = chunk[i];
+                    i += 1;
+                    self.line.push(b);
+                    self.step(b, wsp, out);
+                }
+            }
+        }
+    }
+
+    /// Classifies the held line start after octet `b` was added to it.
+    fn step(&mut self, b: u8, wsp: bool, out: &mut Vec<u8>) {
+        let len = self.line.len();
+        if len == 1 && (b == b' ' || b == b'\t') {
+            // A continuation line of the current field.
+            self.pass_line(out);
+            return;
+        }
+        match b {
+            b'\n' => {
+                // The empty line, or a line without a colon: the body starts.
+                self.end_of_header(out);
+            }
+            b':' => {
+                let mut name = &self.line[..len - 1];
+                while let [rest @ .., b' ' | b'\t'] = name {
+                    name = rest;
+                }
+                if name.is_empty() || name.iter().any(|&c| !(33..=126).contains(&c)) {
+                    self.end_of_header(out);
+                    return;
+                }
+                self.dropping = false;
+                if name.eq_ignore_ascii_case(b"return-path") {
+                    self.dropping = true;
+                    self.dropped_return_paths += 1;
+                } else if name.eq_ignore_ascii_case(b"received") {
+                    self.received += 1;
+                } else if name.eq_ignore_ascii_case(b"message-id") {
+                    self.has_message_id = true;
+                } else if name.eq_ignore_ascii_case(b"date") {
+                    self.has_date = true;
+                }
+                self.pass_line(out);
+            }
+            b' ' | b'\t' => self.state = Filtering::Start { wsp: true },
+            b'\r' if len == 1 => {}
+            33..=126 if !wsp && len <= LINE_MAX => {}
+            _ => self.end_of_header(out),
+        }
+    }
+
+    /// The held line start is decided: it goes out (unless dropped) and the rest of the line
+    /// follows it.
+    fn pass_line(&mut self, out: &mut Vec<u8>) {
+        if !self.dropping {
+            out.extend_from_slice(&self.line);
+        }
+        let ended = self.line.last() == Some(&b'\n');
+        self.line.clear();
+        self.state = if ended {
+            Filtering::Start { wsp: false }
+        } else {
+            Filtering::Line
+        };
+    }
+
+    /// The header section ends before the held line: the missing fields, then that line.
+    fn end_of_header(&mut self, out: &mut Vec<u8>) {
+        self.add_missing(out);
+        out.extend_from_slice(&self.line);
+        self.line.clear();
+        self.dropping = false;
+        self.state = Filtering::Body;
+    }
+
+    fn add_missing(&mut self, out: &mut Vec<u8>) {
+        if let Some(m) = self.add.take() {
+            if !self.has_message_id {
+                out.extend_from_slice(m.message_id.as_bytes());
+            }
+            if !self.has_date {
+                out.extend_from_slice(m.date.as_bytes());
+            }
+        }
+    }
+
+    /// The message ended: a message that was all header section gets its missing fields at
+    /// its end (after a CRLF when its last line was not ended, which only BDAT allows).
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        match self.state {
+            Filtering::Body => {}
+            Filtering::Line => {
+                if !self.dropping {
+                    out.extend_from_slice(b"\r\n");
+                }
+                self.end_of_header(out);
+            }
+            Filtering::Start { .. } => self.end_of_header(out),
+        }
+    }
 }
 
 /// Reads the header section of a message as it streams by, in chunks of any size: counts
@@ -179,7 +670,9 @@ pub struct HeaderScanner {
     pub has_message_id: bool,
 }
 
-const NAME_MAX: usize = 32;
+/// Field names are held up to the line limit (names such as
+/// `X-MS-Exchange-CrossTenant-OriginalArrivalTime` are longer than 32 octets).
+const NAME_MAX: usize = LINE_MAX;
 
 impl HeaderScanner {
     /// A scanner at the start of a message.
@@ -317,7 +810,9 @@ mod tests {
                 extended: true,
                 tls: true,
                 auth: false,
+                utf8: false,
             },
+            tls: None,
             id: "abc",
             for_rcpt: Some("bob@example.org"),
             date: UNIX_EPOCH + Duration::from_secs(1_700_000_000),
@@ -332,11 +827,183 @@ mod tests {
             Protocol {
                 extended: false,
                 tls: false,
-                auth: false
+                auth: false,
+                utf8: false,
             }
             .name(),
             "SMTP"
         );
+        let p = |tls, auth| Protocol {
+            extended: true,
+            tls,
+            auth,
+            utf8: true,
+        };
+        assert_eq!(p(false, false).name(), "UTF8SMTP");
+        assert_eq!(p(true, false).name(), "UTF8SMTPS");
+        assert_eq!(p(false, true).name(), "UTF8SMTPA");
+        assert_eq!(p(true, true).name(), "UTF8SMTPSA");
+    }
+
+    #[test]
+    fn received_is_safe_for_any_helo_and_address() {
+        let tls = TlsInfo {
+            protocol: "TLSv1.3".into(),
+            cipher: "TLS13_AES_256_GCM_SHA384".into(),
+        };
+        let nasty = "a\u{2028}b\u{85}c\u{202E}d\u{2066}e\u{200F}f\u{61C}g\0h\u{1b}i(j)k;l\r\nX: y";
+        for utf8 in [false, true] {
+            let h = Received {
+                helo: nasty,
+                peer: "192.0.2.1".parse().unwrap(),
+                by: "mx.example",
+                protocol: Protocol {
+                    extended: true,
+                    tls: true,
+                    auth: false,
+                    utf8,
+                },
+                tls: Some(&tls),
+                id: "abc",
+                for_rcpt: Some("\"x\u{2028}>y\"@b\u{202E}.example"),
+                date: UNIX_EPOCH,
+            }
+            .to_header();
+            assert!(
+                h.starts_with("Received: from a?b?c?d?e?f?g?h?i?j?k?l??X:?y ([192.0.2.1])\r\n"),
+                "{h}"
+            );
+            assert!(h.contains("\r\n\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384 (256/256 bits))\r\n\tby mx.example with "), "{h}");
+            assert!(h.contains("\tfor <\"x??y\"@b?.example>;\r\n"), "{h}");
+            assert!(
+                h.chars()
+                    .all(|c| !is_unsafe(c) || c == '\r' || c == '\n' || c == '\t'),
+                "{h:?}"
+            );
+            // Every line but the first is a continuation: one field.
+            for l in h.trim_end().split("\r\n").skip(1) {
+                assert!(l.starts_with('\t'), "{l:?}");
+            }
+        }
+        // Letters beyond ASCII only in an SMTPUTF8 transaction.
+        assert_eq!(received_word("bücher.example", true), "bücher.example");
+        assert_eq!(received_word("bücher.example", false), "b?cher.example");
+        assert_eq!(received_word("", false), "unknown");
+        assert_eq!(received_word(&"a".repeat(600), false).len(), 255);
+        assert_eq!(return_path("a\u{2028}b@x"), "Return-Path: <a?b@x>\r\n");
+    }
+
+    #[test]
+    fn cipher_names_as_postfix_shows_them() {
+        let c = |p: &str, s: &str| {
+            tls_comment(&TlsInfo {
+                protocol: p.into(),
+                cipher: s.into(),
+            })
+        };
+        assert_eq!(
+            c("TLSv1.3", "TLS13_CHACHA20_POLY1305_SHA256"),
+            "(using TLSv1.3 with cipher TLS_CHACHA20_POLY1305_SHA256 (256/256 bits))"
+        );
+        assert_eq!(
+            c("TLSv1.3", "TLS13_AES_128_GCM_SHA256"),
+            "(using TLSv1.3 with cipher TLS_AES_128_GCM_SHA256 (128/128 bits))"
+        );
+        assert_eq!(
+            c("TLSv1.2", "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"),
+            "(using TLSv1.2 with cipher ECDHE-RSA-AES256-GCM-SHA384 (256/256 bits))"
+        );
+        assert_eq!(
+            c("TLSv1.2", "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256"),
+            "(using TLSv1.2 with cipher ECDHE-ECDSA-CHACHA20-POLY1305 (256/256 bits))"
+        );
+        assert_eq!(
+            c("TLSv1.2", "Unknown(0x1234)"),
+            "(using TLSv1.2 with cipher Unknown?0x1234?)"
+        );
+    }
+
+    #[test]
+    fn escaping_and_folding() {
+        assert_eq!(
+            escape_text(" 550 a\r\n\tb\u{2028}c\u{85}d é ", false),
+            "550 a b\\x{2028}c\\x{85}d é"
+        );
+        assert_eq!(escape_text("é\u{202E}\0", true), "\\x{E9}\\x{202E}\\x{00}");
+        let long = format!("Diagnostic-Code: smtp; {}", "word ".repeat(100));
+        let f = fold(long.trim_end());
+        for l in f.split_terminator("\r\n") {
+            assert!(l.len() <= LINE_SOFT, "{l:?}");
+        }
+        assert_eq!(f.replace("\r\n", ""), long.trim_end());
+        let huge = format!("X: {}", "é".repeat(2000));
+        let f = fold(&huge);
+        for (i, l) in f.split_terminator("\r\n").enumerate() {
+            assert!(l.len() <= LINE_MAX, "{}", l.len());
+            assert_eq!(i > 0, l.starts_with(' '));
+        }
+        assert_eq!(f.replace("\r\n ", "").trim_end(), huge);
+        assert_eq!(fold("A: b"), "A: b\r\n");
+    }
+
+    fn filter_in_pieces(msg: &[u8], piece: usize, add: bool) -> (Vec<u8>, HeaderFilter) {
+        let mut f = HeaderFilter::new(add.then(|| Missing {
+            message_id: "Message-ID: <new@here>\r\n".into(),
+            date: "Date: now\r\n".into(),
+        }));
+        let mut out = Vec::new();
+        for c in msg.chunks(piece) {
+            f.feed(c, &mut out);
+        }
+        f.finish(&mut out);
+        (out, f)
+    }
+
+    #[test]
+    fn filter_drops_return_paths_and_adds_missing_fields_below_the_trace() {
+        let msg = b"Received: a\r\n\tb\r\nRETURN-path: <forged@x>\r\n\t<more@x>\r\n\
+            Received: c\r\nreturn-Path :<f2@x>\r\nX-MS-Exchange-CrossTenant-OriginalArrivalTime: 1\r\n\
+            Subject: s\r\n\r\nReturn-Path: body\r\n";
+        let want = b"Received: a\r\n\tb\r\nReceived: c\r\n\
+            X-MS-Exchange-CrossTenant-OriginalArrivalTime: 1\r\nSubject: s\r\n\
+            Message-ID: <new@here>\r\nDate: now\r\n\r\nReturn-Path: body\r\n";
+        for piece in 1..msg.len() {
+            let (out, f) = filter_in_pieces(msg, piece, true);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(want),
+                "piece {piece}"
+            );
+            assert_eq!(f.received, 2);
+            assert_eq!(f.dropped_return_paths, 2);
+            assert!(f.in_body());
+        }
+        // Present fields are not added again; without `add` nothing is added.
+        let msg = b"Date: d\r\nmessage-id: <m@x>\r\n\r\nbody\r\n";
+        assert_eq!(filter_in_pieces(msg, 3, true).0, msg);
+        let msg = b"Subject: s\r\n\r\nbody\r\n";
+        assert_eq!(filter_in_pieces(msg, 3, false).0, msg);
+        // A message that is all header section, or has none, or ends mid-line (BDAT).
+        assert_eq!(
+            filter_in_pieces(b"Subject: s\r\n", 4, true).0,
+            b"Subject: s\r\nMessage-ID: <new@here>\r\nDate: now\r\n"
+        );
+        assert_eq!(
+            filter_in_pieces(b"no header here\r\nSubject: x\r\n", 4, true).0,
+            b"Message-ID: <new@here>\r\nDate: now\r\nno header here\r\nSubject: x\r\n"
+        );
+        assert_eq!(
+            filter_in_pieces(b"Subject: s", 4, true).0,
+            b"Subject: s\r\nMessage-ID: <new@here>\r\nDate: now\r\n"
+        );
+        assert_eq!(
+            filter_in_pieces(b"Return-Path: <x>", 4, true).0,
+            b"Message-ID: <new@here>\r\nDate: now\r\n"
+        );
+        // A field name longer than the line limit is not a field.
+        let long = format!("{}: x\r\n\r\n", "X".repeat(1200));
+        let (out, _) = filter_in_pieces(long.as_bytes(), 100, true);
+        assert!(out.starts_with(b"Message-ID: <new@here>\r\nDate: now\r\nXXX"));
     }
 
     fn scan_in_pieces(msg: &[u8], piece: usize) -> HeaderScanner {
@@ -361,6 +1028,12 @@ mod tests {
         assert_eq!(s.header_len(), Some(12));
         assert!(!s.has_message_id);
         assert_eq!(header_section(b"A: b\r\n\r\nbody", 100), b"A: b\r\n\r\n");
+        // A field name longer than 32 octets is still a field (it ended the header section).
+        let s = scan_in_pieces(
+            b"X-MS-Exchange-CrossTenant-OriginalArrivalTime: 1\r\nReceived: y\r\n\r\n",
+            5,
+        );
+        assert_eq!(s.received, 1);
         let many = "Received: x\r\n".repeat(150) + "\r\n";
         assert_eq!(scan_in_pieces(many.as_bytes(), 7).received, 150);
     }

@@ -3,7 +3,10 @@
 //! local mailbox and enqueued, all durably, before the `250`.
 //!
 //! The local copy starts with `Return-Path:` and `Received:`; the queued copy with `Received:`
-//! only (the final destination adds `Return-Path:`). Either copy is invisible until committed,
+//! only (the final destination adds `Return-Path:`). The message itself passes through a
+//! [`HeaderFilter`] on the way to both: its own `Return-Path:` fields are dropped and, for mail
+//! our users submit, a missing `Date:` and `Message-ID:` added (see [`crate::headers`]).
+//! Either copy is invisible until committed,
 //! and a temporary file is removed when its [`Incoming`] is dropped, so a failure at any point
 //! leaves nothing half-written.
 
@@ -13,14 +16,16 @@ use std::sync::Arc;
 use mailstore::queue::{Queue, QueueEntry, QueueId};
 use mailstore::{MailboxName, PendingMessage, Store};
 
-use crate::headers::HeaderScanner;
+use crate::headers::{HeaderFilter, Missing};
 
 /// A message being received.
 #[derive(Debug)]
 pub struct Incoming {
     local: Option<PendingMessage>,
     queued: Option<PendingMessage>,
-    scanner: HeaderScanner,
+    filter: HeaderFilter,
+    /// The filtered chunk, reused.
+    out: Vec<u8>,
     size: u64,
 }
 
@@ -34,12 +39,14 @@ pub struct Stored {
 }
 
 impl Incoming {
-    /// Opens the temporary files needed and writes their prefixes (the trace headers).
+    /// Opens the temporary files needed and writes their prefixes (the trace headers);
+    /// `missing` are the fields to add to the message when it lacks them.
     pub fn begin(
         store: &dyn Store,
         queue: &Queue,
         local_prefix: Option<&str>,
         queue_prefix: Option<&str>,
+        missing: Option<Missing>,
     ) -> mailstore::Result<Incoming> {
         let open = |p: mailstore::Result<PendingMessage>, prefix: &str| {
             let mut m = p?;
@@ -58,29 +65,40 @@ impl Incoming {
         Ok(Incoming {
             local,
             queued,
-            scanner: HeaderScanner::new(),
+            filter: HeaderFilter::new(missing),
+            out: Vec::new(),
             size: 0,
         })
     }
 
-    /// Appends a chunk of the message (as received, after dot-unstuffing).
+    /// Appends a chunk of the message (as received, after dot-unstuffing), through the
+    /// header filter.
     pub fn write(&mut self, chunk: &[u8]) -> std::io::Result<()> {
-        if !self.scanner.done() {
-            self.scanner.feed(chunk);
-        }
         self.size += chunk.len() as u64;
+        if self.filter.in_body() {
+            return self.write_out(chunk);
+        }
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        self.filter.feed(chunk, &mut out);
+        let r = self.write_out(&out);
+        self.out = out;
+        r
+    }
+
+    fn write_out(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if let Some(m) = &mut self.local {
-            m.write_all(chunk)?;
+            m.write_all(bytes)?;
         }
         if let Some(m) = &mut self.queued {
-            m.write_all(chunk)?;
+            m.write_all(bytes)?;
         }
         Ok(())
     }
 
     /// The `Received:` fields counted in the message's own header section.
     pub fn received_count(&self) -> usize {
-        self.scanner.received
+        self.filter.received
     }
 
     /// Commits: the local copy to `mailboxes` (duplicates removed), then the queued copy with
@@ -91,12 +109,20 @@ impl Incoming {
     /// it again, so the successful mailboxes may get a second copy: duplicated mail is better
     /// than lost mail).
     pub async fn commit(
-        self,
+        mut self,
         store: Arc<dyn Store>,
         queue: Queue,
         mut mailboxes: Vec<MailboxName>,
         entry: Option<QueueEntry>,
     ) -> Result<Stored, String> {
+        // The end of the message: a message that was all header section gets its missing
+        // fields now.
+        let mut tail = Vec::new();
+        self.filter.finish(&mut tail);
+        if !tail.is_empty() {
+            self.write_out(&tail)
+                .map_err(|e| format!("cannot store message: {e}"))?;
+        }
         let Incoming { local, queued, .. } = self;
         tokio::task::spawn_blocking(move || {
             let mut stored = Stored::default();
@@ -170,6 +196,7 @@ mod tests {
             &queue,
             Some("Return-Path: <a@x>\r\nR: 1\r\n"),
             Some("R: 1\r\n"),
+            None,
         )
         .unwrap();
         inc.write(b"Received: old\r\nSubject: hi\r\n\r\nbody\r\n")

@@ -477,7 +477,9 @@ impl SessionHandler for Session {
                 extended: self.extended,
                 tls: envelope.tls.is_some(),
                 auth: false,
+                utf8: envelope.mail_params.smtputf8,
             },
+            tls: envelope.tls.as_ref(),
             id: &id,
             for_rcpt: for_rcpt.as_deref(),
             date: now,
@@ -492,6 +494,15 @@ impl SessionHandler for Session {
                 &d.queue,
                 local_prefix.as_deref(),
                 queue_prefix.as_deref(),
+                // Date: and Message-ID: for mail our own users submit (see headers); a
+                // Message-ID: alone for mail from the network that is relayed onward.
+                if self.relay {
+                    Some(headers::Missing::new(&id, &d.hostname, now))
+                } else if !remote.is_empty() {
+                    Some(headers::Missing::message_id_only(&id, &d.hostname))
+                } else {
+                    None
+                },
             )
         });
         let mut incoming = match begun {

@@ -33,7 +33,7 @@ use smtp_proto::param::{Orcpt, RcptParams, Ret, XText};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{error, info, warn};
 
-use crate::bounce::{Failure, Report};
+use crate::bounce::{Failure, Report, Returned};
 use crate::headers::{self, HeaderScanner};
 use crate::policy::Policy;
 
@@ -302,7 +302,7 @@ impl Relay {
             Ok::<_, mailstore::Error>(Some((claim, head)))
         })
         .await;
-        let (claim, (mut head, scan)) = match claimed {
+        let (claim, (head, _scan)) = match claimed {
             Ok(Ok(Some(c))) => c,
             Ok(Ok(None)) => {
                 self.restore_unsaved(id, carried);
@@ -320,13 +320,9 @@ impl Relay {
             }
         };
         let entry = claim.entry().clone();
-        // Headers sent before the stored body, which is streamed from the queue file.
-        let mut prefix = Vec::new();
-        if !scan.has_message_id {
-            // Stable across retries: made from the queue id.
-            prefix = headers::message_id_header(id.as_str(), &self.hostname).into_bytes();
-            head.splice(0..0, prefix.iter().copied());
-        }
+        // Nothing is sent before the stored body, which is streamed from the queue file: a
+        // missing Message-ID: was added at submission, below the trace fields (see headers).
+        let prefix: Vec<u8> = Vec::new();
         let body_path = claim.body_path();
 
         let from = if entry.envelope.sender.is_empty() {
@@ -570,7 +566,13 @@ impl Relay {
             );
             return Ok(());
         }
-        let original_headers = headers::header_section(head, HEAD_MAX);
+        // A bounce that stays here returns the header section (bounded), one that leaves this
+        // host only a few identifying fields (see bounce: backscatter).
+        let stays_here = parse_mailbox(sender).ok().is_some_and(|m| {
+            self.policy
+                .route(&ForwardPath::Mailbox(m.into_owned()), true)
+                .is_ok_and(|d| d.remote.is_empty())
+        });
         let now = SystemTime::now();
         let message = Report {
             hostname: &self.hostname,
@@ -578,7 +580,12 @@ impl Relay {
             envid: entry.envelope.envid.as_deref(),
             arrival: entry.created,
             failures: &failures,
-            original_headers,
+            original: headers::header_section(head, HEAD_MAX),
+            returned: if stays_here {
+                Returned::Headers
+            } else {
+                Returned::Minimal
+            },
             now,
         }
         .to_message();
@@ -608,11 +615,7 @@ impl Relay {
             .route(&ForwardPath::Mailbox(mailbox), true)
             .map_err(|e| Unsent::Undeliverable(format!("{e:?}")))?;
         let id = headers::unique_id();
-        let received = format!(
-            "Received: from localhost by {} with local id {id};\r\n\t{}\r\n",
-            self.hostname,
-            headers::rfc5322_date(SystemTime::now())
-        );
+        let received = headers::local_received(&self.hostname, &id, SystemTime::now());
         let mut mailboxes: Vec<MailboxName> = dest.local;
         crate::local::dedup(&mut mailboxes);
         for mb in mailboxes {
@@ -688,35 +691,23 @@ fn failure(
     }
 }
 
-/// The most of one failure's text kept per recipient (in the queue entry, the log and the
-/// bounce): a next hop's reply may be hundreds of lines, sent for each of 100 recipients.
-pub const DIAG_MAX: usize = 512;
-
 /// The most of an entry's last error kept in the queue entry.
 pub const LAST_ERROR_MAX: usize = 2048;
 
-/// `s`, cut to at most `max` octets on a character boundary, with `...` when cut.
-pub fn truncate(s: &str, max: usize) -> String {
-    if s.len() <= max {
-        return s.to_owned();
-    }
-    let mut end = max.saturating_sub(3);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &s[..end])
-}
-
-/// A failure as one bounded line: the reply's code, enhanced code and the text of its lines,
-/// control characters escaped (`smtp_client::text`), at most [`DIAG_MAX`] octets. The client
-/// keeps at most 10 lines / 2 KiB of a reply already; this bounds what every recipient's
-/// record repeats.
+/// The reply as one bounded line when a server gave one (its first lines, at most
+/// `bounce::DIAG_MAX` octets: what the queue records, the log and the bounce show; a next
+/// hop's reply may be hundreds of lines, for each of 100 recipients), else the error text.
+/// Control characters stay as the peer sent them here: the queue file %-escapes them, the
+/// log escapes every line (`logsafe`), the bounce its diagnostic (RFC 6533 notation).
 fn diagnostic(f: &smtp_client::deliver::Failure) -> String {
-    let full = match &f.reply {
-        Some(r) => smtp_client::SafeReply(r).to_string(),
-        None => f.text.clone(),
-    };
-    truncate(&full, DIAG_MAX)
+    match &f.reply {
+        Some(r) => {
+            let code = r.code();
+            let enh = r.enhanced().map(|e| format!(" {e}")).unwrap_or_default();
+            crate::bounce::summarize_reply(&format!("{code}{enh}"), r.lines())
+        }
+        None => crate::headers::truncate_str(&f.text, crate::bounce::DIAG_MAX).to_owned(),
+    }
 }
 
 /// The deferral reasons of one attempt as the entry's last error: each distinct reason once,
@@ -740,7 +731,7 @@ fn summarize(transient: &[(String, String)]) -> String {
             }
         })
         .collect();
-    truncate(&parts.join("; "), LAST_ERROR_MAX)
+    crate::headers::truncate_str(&parts.join("; "), LAST_ERROR_MAX).to_owned()
 }
 
 #[cfg(test)]
@@ -767,7 +758,8 @@ mod tests {
             d.starts_with("452 4.5.3 line 0 of a long reply line 1 "),
             "{d}"
         );
-        assert!(d.len() <= DIAG_MAX && d.ends_with("..."), "{}", d.len());
+        assert!(d.len() <= crate::bounce::DIAG_MAX, "{}", d.len());
+        assert!(d.ends_with(" [895 more lines]"), "{d}");
         // One reason for 100 recipients is written once.
         let t: Vec<(String, String)> = (0..100)
             .map(|i| (format!("r{i}@remote.test"), d.clone()))
@@ -783,9 +775,6 @@ mod tests {
             .map(|i| (format!("r{i}@remote.test"), format!("{i} {d}")))
             .collect();
         assert!(summarize(&t).len() <= LAST_ERROR_MAX);
-        assert_eq!(truncate("h\u{e9}llo", 4), "h...");
-        assert_eq!(truncate("\u{e9}\u{e9}\u{e9}", 5), "\u{e9}...");
-        assert_eq!(truncate("\u{e9}\u{e9}\u{e9}", 4), "...");
     }
 
     #[test]
