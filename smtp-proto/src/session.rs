@@ -961,10 +961,7 @@ impl Session {
         // The line's length, and whether RFC 2920 makes it the last command of its group.
         let (len, last_in_group) = match &parsed {
             Ok(None) => return None,
-            Ok(Some((command, used))) => (
-                *used,
-                !self.pipelining_allowed() || ends_group(command),
-            ),
+            Ok(Some((command, used))) => (*used, !self.pipelining_allowed() || ends_group(command)),
             Err(e) => match e.kind {
                 CommandErrorKind::LineTooLong { complete: false }
                 | CommandErrorKind::BareLineFeed
@@ -1292,6 +1289,7 @@ fn ends_group(c: &Command<'_>) -> bool {
 
 /// Whether a refused line is a TURN command (parsed as not implemented).
 fn is_turn(line: &[u8]) -> bool {
-    line.get(..4).is_some_and(|v| v.eq_ignore_ascii_case(b"TURN"))
+    line.get(..4)
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"TURN"))
         && !line.get(4).is_some_and(u8::is_ascii_alphanumeric)
 }

@@ -133,14 +133,30 @@ fn bare_lf_and_cr_close_in_every_state() {
         ("after HELO", &[b"HELO c\r\n"]),
         (
             "in a transaction",
-            &[b"EHLO c\r\n", b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@mx.test>\r\n"],
+            &[
+                b"EHLO c\r\n",
+                b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@mx.test>\r\n",
+            ],
         ),
         (
             "between BDAT chunks",
-            &[b"EHLO c\r\n", b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@mx.test>\r\nBDAT 3\r\nabc"],
+            &[
+                b"EHLO c\r\n",
+                b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@mx.test>\r\nBDAT 3\r\nabc",
+            ],
         ),
-        ("after STARTTLS", &[b"EHLO c\r\n", b"STARTTLS\r\n", b"EHLO c\r\n"]),
-        ("after a message", &[b"EHLO c\r\n", b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@mx.test>\r\nDATA\r\n", b"hi\r\n.\r\n"]),
+        (
+            "after STARTTLS",
+            &[b"EHLO c\r\n", b"STARTTLS\r\n", b"EHLO c\r\n"],
+        ),
+        (
+            "after a message",
+            &[
+                b"EHLO c\r\n",
+                b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@mx.test>\r\nDATA\r\n",
+                b"hi\r\n.\r\n",
+            ],
+        ),
     ];
     let lines: &[(&[u8], &str)] = &[
         (b"EHLO a\n", BARE_LF),
@@ -218,7 +234,10 @@ fn command_line() -> impl Strategy<Value = Vec<u8>> {
         Just(b"NOOP".to_vec()),
         Just(b"DATA".to_vec()),
         Just(b"BDAT 4".to_vec()),
-        prop::collection::vec(any::<u8>().prop_filter("no line end", |b| *b != b'\n' && *b != b'\r'), 0..700),
+        prop::collection::vec(
+            any::<u8>().prop_filter("no line end", |b| *b != b'\n' && *b != b'\r'),
+            0..700
+        ),
     ]
 }
 
@@ -350,7 +369,11 @@ fn content_the_driver_reports_pending_is_refused() {
 
     // A driver may also feed what it found, then accept: the session sees it behind DATA.
     let mut s = Session::new(config());
-    for input in [&b""[..], b"EHLO c\r\n", b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@mx.test>\r\nDATA\r\n"] {
+    for input in [
+        &b""[..],
+        b"EHLO c\r\n",
+        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@mx.test>\r\nDATA\r\n",
+    ] {
         s.feed(input);
         loop {
             match s.poll_event() {
@@ -365,7 +388,10 @@ fn content_the_driver_reports_pending_is_refused() {
         }
     }
     let out = String::from_utf8_lossy(s.output()).into_owned();
-    assert!(out.ends_with(&format!("250 2.1.5 Recipient OK\r\n{SYNC}\r\n")), "{out}");
+    assert!(
+        out.ends_with(&format!("250 2.1.5 Recipient OK\r\n{SYNC}\r\n")),
+        "{out}"
+    );
     assert!(s.is_closed());
 }
 
@@ -380,18 +406,28 @@ fn no_pipelining_before_ehlo_or_after_helo() {
     let mut d = Driver::greeted(config());
     assert_eq!(d.send(b"HELO c.test\r\n"), ["250 mx.test"]);
     let n = d.events.len();
-    assert_eq!(d.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@mx.test>\r\n"), [SYNC]);
+    assert_eq!(
+        d.send(b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@mx.test>\r\n"),
+        [SYNC]
+    );
     assert_eq!(d.events_since(n), ["closed"]);
 
     // One command per write after HELO is fine.
     let mut d = Driver::greeted(config());
     d.send(b"HELO c.test\r\n");
     assert_eq!(d.send(b"MAIL FROM:<a@b.test>\r\n"), ["250 2.1.0 Sender OK"]);
-    assert_eq!(d.send(b"RCPT TO:<c@mx.test>\r\n"), ["250 2.1.5 Recipient OK"]);
+    assert_eq!(
+        d.send(b"RCPT TO:<c@mx.test>\r\n"),
+        ["250 2.1.5 Recipient OK"]
+    );
 
     // A refused EHLO allows no pipelining either.
     let mut s = Session::new(config());
-    for input in [&b""[..], b"EHLO c\r\n", b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@mx.test>\r\n"] {
+    for input in [
+        &b""[..],
+        b"EHLO c\r\n",
+        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@mx.test>\r\n",
+    ] {
         s.feed(input);
         while let Some(e) = s.poll_event() {
             match e {
@@ -404,7 +440,10 @@ fn no_pipelining_before_ehlo_or_after_helo() {
         }
     }
     let out = String::from_utf8_lossy(s.output()).into_owned();
-    assert!(out.ends_with(&format!("550 5.7.1 Go away\r\n{SYNC}\r\n")), "{out}");
+    assert!(
+        out.ends_with(&format!("550 5.7.1 Go away\r\n{SYNC}\r\n")),
+        "{out}"
+    );
 }
 
 /// What RFC 2920 and RFC 3030 allow is answered as before.
@@ -456,7 +495,9 @@ fn policy_off_serves_unauthorised_pipelining() {
     let mut c = config();
     c.forbid_unauth_pipelining = false;
     let mut d = Driver::new(c);
-    let got = d.send(b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@mx.test>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n");
+    let got = d.send(
+        b"EHLO c\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<c@mx.test>\r\nDATA\r\nhi\r\n.\r\nQUIT\r\n",
+    );
     assert_eq!(got[0], "220 mx.test ESMTP ready");
     assert_eq!(got.last().unwrap(), "221 2.0.0 mx.test closing connection");
     assert!(!d.events.contains(&"check".to_owned()));
@@ -518,30 +559,99 @@ fn malformed_known_parameters_are_501_unknown_ones_555() {
     c.dsn = true;
     c.max_errors = 100;
     let cases: &[(&str, &str)] = &[
-        ("MAIL FROM:<a@b.test> SIZE=abc", "501 5.5.4 Invalid parameter value"),
-        ("MAIL FROM:<a@b.test> SIZE", "501 5.5.4 Invalid parameter value"),
-        ("MAIL FROM:<a@b.test> SIZE=99999999999999999999", "501 5.5.4 Invalid parameter value"),
-        ("MAIL FROM:<a@b.test> BODY=9BIT", "501 5.5.4 Invalid parameter value"),
-        ("MAIL FROM:<a@b.test> BODY", "501 5.5.4 Invalid parameter value"),
-        ("MAIL FROM:<a@b.test> RET=ALL", "501 5.5.4 Invalid parameter value"),
-        ("MAIL FROM:<a@b.test> ENVID=a+zz", "501 5.5.4 Invalid parameter value"),
-        ("MAIL FROM:<a@b.test> ENVID", "501 5.5.4 Invalid parameter value"),
-        ("MAIL FROM:<a@b.test> AUTH=a+1", "501 5.5.4 Invalid parameter value"),
-        ("MAIL FROM:<a@b.test> AUTH", "501 5.5.4 Invalid parameter value"),
-        ("MAIL FROM:<a@b.test> SMTPUTF8=yes", "501 5.5.4 Invalid parameter value"),
-        ("MAIL FROM:<a@b.test> SIZE=1 SIZE=2", "501 5.5.4 Duplicate parameter"),
-        ("MAIL FROM:<a@b.test> SIZE=", "501 5.5.4 Syntax error in parameters"),
-        ("MAIL FROM:<a@b.test> FOO=BAR", "555 5.5.4 Unsupported parameter FOO"),
-        ("MAIL FROM:<a@b.test> NOTIFY=NEVER", "555 5.5.4 Parameter not valid for this command"),
+        (
+            "MAIL FROM:<a@b.test> SIZE=abc",
+            "501 5.5.4 Invalid parameter value",
+        ),
+        (
+            "MAIL FROM:<a@b.test> SIZE",
+            "501 5.5.4 Invalid parameter value",
+        ),
+        (
+            "MAIL FROM:<a@b.test> SIZE=99999999999999999999",
+            "501 5.5.4 Invalid parameter value",
+        ),
+        (
+            "MAIL FROM:<a@b.test> BODY=9BIT",
+            "501 5.5.4 Invalid parameter value",
+        ),
+        (
+            "MAIL FROM:<a@b.test> BODY",
+            "501 5.5.4 Invalid parameter value",
+        ),
+        (
+            "MAIL FROM:<a@b.test> RET=ALL",
+            "501 5.5.4 Invalid parameter value",
+        ),
+        (
+            "MAIL FROM:<a@b.test> ENVID=a+zz",
+            "501 5.5.4 Invalid parameter value",
+        ),
+        (
+            "MAIL FROM:<a@b.test> ENVID",
+            "501 5.5.4 Invalid parameter value",
+        ),
+        (
+            "MAIL FROM:<a@b.test> AUTH=a+1",
+            "501 5.5.4 Invalid parameter value",
+        ),
+        (
+            "MAIL FROM:<a@b.test> AUTH",
+            "501 5.5.4 Invalid parameter value",
+        ),
+        (
+            "MAIL FROM:<a@b.test> SMTPUTF8=yes",
+            "501 5.5.4 Invalid parameter value",
+        ),
+        (
+            "MAIL FROM:<a@b.test> SIZE=1 SIZE=2",
+            "501 5.5.4 Duplicate parameter",
+        ),
+        (
+            "MAIL FROM:<a@b.test> SIZE=",
+            "501 5.5.4 Syntax error in parameters",
+        ),
+        (
+            "MAIL FROM:<a@b.test> FOO=BAR",
+            "555 5.5.4 Unsupported parameter FOO",
+        ),
+        (
+            "MAIL FROM:<a@b.test> NOTIFY=NEVER",
+            "555 5.5.4 Parameter not valid for this command",
+        ),
         ("MAIL FROM:<a@b.test>", "250 2.1.0 Sender OK"),
-        ("RCPT TO:<c@mx.test> NOTIFY=SOMETIMES", "501 5.5.4 Invalid parameter value"),
-        ("RCPT TO:<c@mx.test> NOTIFY=NEVER,SUCCESS", "501 5.5.4 Invalid parameter value"),
-        ("RCPT TO:<c@mx.test> NOTIFY", "501 5.5.4 Invalid parameter value"),
-        ("RCPT TO:<c@mx.test> ORCPT=c@mx.test", "501 5.5.4 Invalid parameter value"),
-        ("RCPT TO:<c@mx.test> ORCPT=rfc822;a+zz", "501 5.5.4 Invalid parameter value"),
-        ("RCPT TO:<c@mx.test> X-PRIORITY=1", "555 5.5.4 Unsupported parameter X-PRIORITY"),
-        ("RCPT TO:<c@mx.test> SIZE=10", "555 5.5.4 Parameter not valid for this command"),
-        ("RCPT TO:<c@mx.test> NOTIFY=NEVER ORCPT=rfc822;c@mx.test", "250 2.1.5 Recipient OK"),
+        (
+            "RCPT TO:<c@mx.test> NOTIFY=SOMETIMES",
+            "501 5.5.4 Invalid parameter value",
+        ),
+        (
+            "RCPT TO:<c@mx.test> NOTIFY=NEVER,SUCCESS",
+            "501 5.5.4 Invalid parameter value",
+        ),
+        (
+            "RCPT TO:<c@mx.test> NOTIFY",
+            "501 5.5.4 Invalid parameter value",
+        ),
+        (
+            "RCPT TO:<c@mx.test> ORCPT=c@mx.test",
+            "501 5.5.4 Invalid parameter value",
+        ),
+        (
+            "RCPT TO:<c@mx.test> ORCPT=rfc822;a+zz",
+            "501 5.5.4 Invalid parameter value",
+        ),
+        (
+            "RCPT TO:<c@mx.test> X-PRIORITY=1",
+            "555 5.5.4 Unsupported parameter X-PRIORITY",
+        ),
+        (
+            "RCPT TO:<c@mx.test> SIZE=10",
+            "555 5.5.4 Parameter not valid for this command",
+        ),
+        (
+            "RCPT TO:<c@mx.test> NOTIFY=NEVER ORCPT=rfc822;c@mx.test",
+            "250 2.1.5 Recipient OK",
+        ),
     ];
     let mut d = Driver::after_ehlo(c);
     for (cmd, want) in cases {

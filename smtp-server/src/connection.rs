@@ -736,3 +736,44 @@ pub(crate) async fn implicit_tls(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::socket_has_input;
+
+    /// The peek sees bytes the kernel holds, without consuming them, and nothing at EOF.
+    #[tokio::test]
+    async fn peek_sees_unread_input_only() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        assert!(!socket_has_input(&server));
+        client.write_all(b"EHLO x\r\n").await.unwrap();
+        let mut seen = false;
+        for _ in 0..200 {
+            if socket_has_input(&server) {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(seen, "bytes written by the client were not seen");
+        // Still there: the peek consumed nothing.
+        assert!(socket_has_input(&server));
+        let mut buf = [0u8; 8];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"EHLO x\r\n");
+        assert!(!socket_has_input(&server));
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!socket_has_input(&server), "EOF is not pending input");
+    }
+}

@@ -426,10 +426,7 @@ fn general<'a>(input: &'a [u8], limits: &Limits) -> Parsed<'a> {
                         .and_then(|cr| input.get(cr))
                         != Some(&b'\r') =>
                 {
-                    (
-                        CommandErrorKind::BareLineFeed,
-                        window.len() + lf + 1,
-                    )
+                    (CommandErrorKind::BareLineFeed, window.len() + lf + 1)
                 }
                 Some(lf) => (
                     CommandErrorKind::LineTooLong { complete: true },
