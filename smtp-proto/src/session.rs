@@ -968,7 +968,7 @@ impl Session {
                 | CommandErrorKind::BareCarriageReturn => (e.consumed, false),
                 _ => (
                     e.consumed,
-                    !self.pipelining_allowed() || is_turn(&input[..e.consumed]),
+                    !self.pipelining_allowed() || is_turn(input.get(..e.consumed).unwrap_or(input)),
                 ),
             },
         };
