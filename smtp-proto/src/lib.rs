@@ -13,10 +13,13 @@
 //! use smtp_proto::Reply;
 //!
 //! let mut session = Session::new(SessionConfig::new("mx.example.org"));
-//! // Bytes as they arrive from the client (here: one pipelined write).
-//! let reads: [&[u8]; 2] = [
-//!     b"EHLO client.example.net\r\nMAIL FROM:<alice@example.net>\r\n",
-//!     b"RCPT TO:<bob@example.org>\r\nRCPT TO:<nobody@example.org>\r\nDATA\r\nHi Bob\r\n.\r\nQUIT\r\n",
+//! // Bytes as they arrive from the client, which waits for the greeting, the EHLO reply and
+//! // the 354 (RFC 2920) and pipelines the rest.
+//! let reads: [&[u8]; 4] = [
+//!     b"",
+//!     b"EHLO client.example.net\r\n",
+//!     b"MAIL FROM:<alice@example.net>\r\nRCPT TO:<bob@example.org>\r\nRCPT TO:<nobody@example.org>\r\nDATA\r\n",
+//!     b"Hi Bob\r\n.\r\nQUIT\r\n",
 //! ];
 //! let mut sent = Vec::new();
 //! for read in reads {
@@ -27,6 +30,8 @@
 //!                 session.respond(Reply::new(550, "5.1.1".parse().ok(), "No such user").unwrap());
 //!             }
 //!             Event::Body(chunk) => println!("{} bytes of message", chunk.len()),
+//!             // Including Event::SyncCheck: a server with a socket looks there for unread
+//!             // input first (see the session docs, "Pipelining").
 //!             e if e.needs_decision() => session.accept(),
 //!             _ => {}
 //!         }

@@ -5,10 +5,15 @@
 //!   (RFC 3461).
 //! - RCPT: `NOTIFY=NEVER|SUCCESS,FAILURE,DELAY` and `ORCPT=addr-type;xtext` (RFC 3461).
 //!
-//! Keywords are case-insensitive. A keyword given twice is a syntax error (501 5.5.4); a
-//! known keyword with a malformed value, or one that belongs to the other command, is refused
-//! (555 5.5.4); any other `keyword[=value]` is kept in `other` ([`OtherParams`]), in order, for
-//! the caller to accept or refuse. xtext values (AUTH, ENVID, ORCPT) are checked when parsed
+//! Keywords are case-insensitive. Reply codes follow RFC 5321 §4.2.2 and §4.3.2: `501` is for
+//! syntax errors in parameters or arguments, `555` for parameters "not recognized or not
+//! implemented". So a keyword given twice, and a known keyword whose value is malformed or
+//! missing (`SIZE=abc`, `SIZE` alone, `BODY=9BIT`, `SMTPUTF8=yes`, `RET=ALL`, `ENVID=a+zz`,
+//! `AUTH` without a value, `NOTIFY=SOMETIMES`, `ORCPT=a@b`) get `501 5.5.4`; a known keyword
+//! that belongs to the other command (`NOTIFY` on MAIL) is not recognised for this one and gets
+//! `555 5.5.4`, as do unknown keywords once the server refuses them (the session does). Any
+//! other `keyword[=value]` is kept in `other` ([`OtherParams`]), in order, for the caller to
+//! accept or refuse. xtext values (AUTH, ENVID, ORCPT) are checked when parsed
 //! and kept as sent ([`XText`]); [`XText::decode`] gives the text (`+2B` becomes `+`),
 //! allocating only when there is an escape. `Display` writes the canonical form (keywords
 //! upper case, known ones first in a fixed order), which parses back to the same value.
@@ -35,7 +40,8 @@ pub enum ParamError {
     /// The same keyword appears twice (501 5.5.4).
     #[error("duplicate parameter")]
     Duplicate,
-    /// A known keyword with a value it does not allow, e.g. `SIZE=abc` (555 5.5.4).
+    /// A known keyword with a value it does not allow, or without the value it needs, e.g.
+    /// `SIZE=abc` or `SMTPUTF8=yes` (501 5.5.4: a syntax error in a recognised parameter).
     #[error("invalid parameter value")]
     InvalidValue,
     /// A known keyword that belongs to the other command, e.g. `NOTIFY` on MAIL (555 5.5.4).
@@ -44,11 +50,12 @@ pub enum ParamError {
 }
 
 impl ParamError {
-    /// The basic reply code: 501 for syntax and duplicates, 555 for refused parameters.
+    /// The basic reply code: 501 for syntax errors (list syntax, duplicates, malformed values
+    /// of known keywords), 555 for a parameter not recognised for this command.
     pub fn code(&self) -> u16 {
         match self {
-            ParamError::Syntax | ParamError::Duplicate => 501,
-            ParamError::InvalidValue | ParamError::WrongCommand => 555,
+            ParamError::Syntax | ParamError::Duplicate | ParamError::InvalidValue => 501,
+            ParamError::WrongCommand => 555,
         }
     }
 

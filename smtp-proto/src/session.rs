@@ -17,7 +17,8 @@
 //! - events: [`Session::poll_event`], until it returns `None` (then more input is needed, or
 //!   the session is closed);
 //! - decisions: [`Session::accept`] / [`Session::respond`], once after each event for which
-//!   [`Event::needs_decision`] is true, before polling again;
+//!   [`Event::needs_decision`] is true, before polling again ([`Event::SyncCheck`] is answered
+//!   with [`Session::input_pending`]; `accept` there means "nothing pending");
 //! - output: [`Session::output`] and [`Session::clear_output`] (write these bytes to the
 //!   client), and the getters [`Session::is_closed`], [`Session::is_receiving_data`].
 //!
@@ -25,16 +26,24 @@
 //! use smtp_proto::session::{Event, Session, SessionConfig};
 //!
 //! let mut s = Session::new(SessionConfig::new("mx.example.org"));
-//! s.feed(b"EHLO client.example\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\n\
-//!          DATA\r\nSubject: hi\r\n\r\n..dot\r\n.\r\nQUIT\r\n");
 //! let mut body = Vec::new();
-//! while let Some(event) = s.poll_event() {
-//!     let decide = event.needs_decision();
-//!     if let Event::Body(chunk) = event {
-//!         body.extend_from_slice(chunk);
-//!     }
-//!     if decide {
-//!         s.accept(); // a real server asks its policy here
+//! // What a client sends in each round trip (RFC 2920: EHLO and DATA end a group).
+//! for input in [
+//!     &b""[..],
+//!     b"EHLO client.example\r\n",
+//!     b"MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n",
+//!     b"Subject: hi\r\n\r\n..dot\r\n.\r\nQUIT\r\n",
+//! ] {
+//!     s.feed(input);
+//!     while let Some(event) = s.poll_event() {
+//!         let decide = event.needs_decision();
+//!         if let Event::Body(chunk) = event {
+//!             body.extend_from_slice(chunk);
+//!         }
+//!         if decide {
+//!             // A real server asks its policy here (and, for Event::SyncCheck, its socket).
+//!             s.accept();
+//!         }
 //!     }
 //! }
 //! assert_eq!(body, b"Subject: hi\r\n\r\n.dot\r\n");
@@ -68,6 +77,39 @@
 //!   `555 5.5.4`; parameters after HELO (not EHLO) likewise.
 //! - A non-ASCII address without `SMTPUTF8` on MAIL gets `553 5.6.7` (RFC 6531).
 //! - A rejected greeting (`554`) closes the connection at once.
+//! - Recipients past [`SessionConfig::max_recipients`] get `452 4.5.3` and count as protocol
+//!   errors (as in Postfix), so a client cannot go on sending them.
+//! - MAIL/RCPT parameters: a malformed value of a known keyword is `501 5.5.4`, an unknown
+//!   or unadvertised keyword `555 5.5.4` (see [`crate::param`]).
+//!
+//! # Bare CR and LF in command lines
+//! A command line that ends in a bare LF, or holds a bare CR, is answered as Postfix does with
+//! `smtpd_forbid_bare_newline = reject`: `550 5.5.2 <hostname> Error: bare <LF> received` (or
+//! `<CR>`), and the session closes ([`Event::Closed`]). Nothing of the line is executed, in
+//! particular not the text after the bare LF, which a server that split the line there would
+//! take for a second command. This holds in every state where commands are read: before and
+//! after EHLO, in a transaction, between BDAT chunks, after STARTTLS, and at the end of an
+//! over-long line that is being dropped. It is not configurable: no other reading of such a
+//! line is safe. (Message content has its own policy, [`DataConfig::bare_line_ending`].)
+//!
+//! # Pipelining
+//! With [`SessionConfig::forbid_unauth_pipelining`] (the default), the session enforces RFC
+//! 2920 as Postfix's `smtpd_forbid_unauth_pipelining = yes` (its default since 3.9): the
+//! client may send a command before the previous one's reply only after an EHLO was
+//! accepted, and never behind EHLO, HELO, DATA, VRFY, EXPN, TURN, QUIT or NOOP, which end a
+//! group (so message content sent before the `354` counts); nor may it talk before the
+//! greeting. Input where it is not allowed gets `554 5.5.0 Error: SMTP protocol
+//! synchronization` (Postfix's reply), the command it follows is not executed, and the
+//! session closes. MAIL, RCPT, RSET, BDAT (and its content) and HELP may be followed by more;
+//! commands may follow the end of a message (`.` or `BDAT ... LAST`). STARTTLS drops what
+//! follows it instead (see above), as Postfix does.
+//!
+//! The session sees the input it was fed. When nothing is buffered behind such a command (or
+//! when the greeting is due) it asks the driver with [`Event::SyncCheck`] whether the client
+//! sent more that it has not been fed yet: the driver looks at its socket without waiting
+//! (Postfix peeks at its socket in the same places), so a client that waits for replies
+//! sees no delay. A driver that always answers "nothing pending" still gets the checks on
+//! what it fed.
 
 use std::borrow::Cow;
 
@@ -108,11 +150,17 @@ pub struct SessionConfig {
     /// NOOP, RSET, VRFY, EXPN and HELP commands allowed in a session before each further one
     /// counts as a protocol error (default 100).
     pub max_junk: usize,
+    /// Refuse input the client sent without waiting for a reply where RFC 2920 does not allow
+    /// it, as Postfix's `smtpd_forbid_unauth_pipelining = yes` (its default since 3.9): the
+    /// command is not executed, `554 5.5.0 Error: SMTP protocol synchronization` is sent and
+    /// the session closes. Default `true`; see the module docs, "Pipelining".
+    pub forbid_unauth_pipelining: bool,
 }
 
 impl SessionConfig {
     /// Defaults: no size limit, 100 recipients, RFC 5321 line limits, bare line endings
-    /// refused, CHUNKING and SMTPUTF8 offered, no TLS, no DSN, 10 errors.
+    /// refused, CHUNKING and SMTPUTF8 offered, no TLS, no DSN, 10 errors, 100 junk commands,
+    /// unauthorised pipelining refused.
     pub fn new(hostname: impl Into<String>) -> Self {
         Self {
             hostname: hostname.into(),
@@ -127,6 +175,7 @@ impl SessionConfig {
             dsn: false,
             max_errors: 10,
             max_junk: 100,
+            forbid_unauth_pipelining: true,
         }
     }
 }
@@ -179,9 +228,19 @@ pub enum Event<'a> {
     StartTls,
     /// The client said QUIT; `221` is queued. Write the output and close.
     Quit,
-    /// The session closed itself (error budget, timeout, shutdown, refused greeting); a `421`
-    /// or `554` is queued. Write the output and close.
+    /// The session closed itself (error budget, timeout, shutdown, refused greeting, bare CR
+    /// or LF in a command line, unauthorised pipelining); a `421`, `550` or `554` is queued.
+    /// Write the output and close.
     Closed,
+    /// Only with [`SessionConfig::forbid_unauth_pipelining`]: the greeting is due, or a
+    /// command that must be the last of its group (RFC 2920) was read, and the session holds
+    /// no input behind it. Decide whether the client sent more that the session was not fed
+    /// yet (unread bytes on the socket, plaintext buffered by the TLS layer) without waiting
+    /// for data: answer [`Session::input_pending`] (`true`: the client did not wait for the
+    /// reply, so the command is not executed, `554 5.5.0` is queued and the session closes),
+    /// or feed those bytes and [`Session::accept`]. [`Session::accept`] alone means nothing
+    /// is pending.
+    SyncCheck,
 }
 
 impl Event<'_> {
@@ -194,6 +253,7 @@ impl Event<'_> {
                 | Event::Mail { .. }
                 | Event::Rcpt { .. }
                 | Event::DataEnd { .. }
+                | Event::SyncCheck
         )
     }
 }
@@ -202,10 +262,13 @@ impl Event<'_> {
 enum Phase {
     /// Nothing happened yet: the Connect event is due.
     Start,
+    /// The connection was accepted; the greeting waits for the pre-greeting input check.
+    Greeting,
     /// Reading command lines.
     Command,
-    /// Dropping the rest of an over-long command line.
-    Discard,
+    /// Dropping the rest of an over-long command line; `after_cr` when the last byte dropped
+    /// was a CR (so an LF next ends the line properly).
+    Discard { after_cr: bool },
     /// Inside DATA.
     Data,
     /// Inside a BDAT chunk.
@@ -224,6 +287,8 @@ enum Pending {
     Mail,
     Rcpt,
     DataEnd,
+    /// [`Event::SyncCheck`]
+    Sync,
 }
 
 /// Events without borrowed content, produced by [`Session::step`].
@@ -241,6 +306,7 @@ enum Step {
     StartTls,
     Quit,
     Closed,
+    SyncCheck,
 }
 
 /// Whether [`Session::step`]'s loop goes on.
@@ -290,6 +356,13 @@ pub struct Session {
     finished: Option<(u64, Result<(), DataError>)>,
     errors: usize,
     junk: usize,
+    /// The greeting, held until the pre-greeting input check passed.
+    greeting: Option<Reply>,
+    /// The driver answered [`Event::SyncCheck`] for the line at `pos`: nothing pending.
+    sync_checked: bool,
+    /// The session closed itself outside `step` (an answer to [`Event::SyncCheck`]): an
+    /// [`Event::Closed`] is due.
+    close_due: bool,
 }
 
 fn reply(code: u16, enhanced: Option<(u8, u16, u16)>, text: &str) -> Reply {
@@ -327,6 +400,9 @@ impl Session {
             finished: None,
             errors: 0,
             junk: 0,
+            greeting: None,
+            sync_checked: false,
+            close_due: false,
         }
     }
 
@@ -435,6 +511,7 @@ impl Session {
         self.envelope = Envelope::Ready;
         self.helo.clear();
         self.extended = false;
+        self.sync_checked = false;
         self.phase = Phase::Command;
     }
 
@@ -458,6 +535,11 @@ impl Session {
     pub fn accept(&mut self) {
         let r = match self.pending {
             None => return,
+            Some(Pending::Sync) => {
+                self.pending = None;
+                self.sync_checked = true;
+                return;
+            }
             Some(Pending::Connect) => Reply::service_ready(&self.config.hostname),
             Some(Pending::Hello) if self.extended => self.ehlo_reply(),
             Some(Pending::Hello) => reply(250, None, &self.config.hostname),
@@ -469,16 +551,29 @@ impl Session {
     }
 
     /// Answers the last event with `reply`. A positive reply (2xx) accepts, any other refuses
-    /// (a refused Connect closes the session).
+    /// (a refused Connect or [`Event::SyncCheck`] closes the session).
     pub fn respond(&mut self, r: Reply) {
         let Some(pending) = self.pending.take() else {
             return;
         };
         let ok = r.is_positive_completion();
+        match pending {
+            Pending::Connect if ok && self.config.forbid_unauth_pipelining => {
+                // Sent once the client is known not to have talked first.
+                self.greeting = Some(r);
+                self.phase = Phase::Greeting;
+                return;
+            }
+            Pending::Sync if ok => {
+                self.sync_checked = true;
+                return;
+            }
+            _ => {}
+        }
         r.encode(&mut self.output);
         match pending {
             Pending::Connect if ok => self.phase = Phase::Command,
-            Pending::Connect => self.phase = Phase::Closed,
+            Pending::Connect | Pending::Sync => self.phase = Phase::Closed,
             Pending::Hello if ok => self.envelope = Envelope::Greeted,
             Pending::Hello => {
                 self.envelope = Envelope::Ready;
@@ -497,6 +592,22 @@ impl Session {
                 self.reset_transaction();
                 self.envelope = Envelope::Greeted;
             }
+        }
+    }
+
+    /// Answers [`Event::SyncCheck`]: whether the client sent input the session was not fed
+    /// (`true` refuses the command with `554 5.5.0 Error: SMTP protocol synchronization` and
+    /// closes the session; an [`Event::Closed`] follows). Ignored when no check is due.
+    pub fn input_pending(&mut self, pending: bool) {
+        if self.pending != Some(Pending::Sync) {
+            return;
+        }
+        self.pending = None;
+        if pending {
+            self.sync_error();
+            self.close_due = true;
+        } else {
+            self.sync_checked = true;
         }
     }
 
@@ -540,10 +651,14 @@ impl Session {
             Step::StartTls => Event::StartTls,
             Step::Quit => Event::Quit,
             Step::Closed => Event::Closed,
+            Step::SyncCheck => Event::SyncCheck,
         })
     }
 
     fn step(&mut self) -> Option<Step> {
+        if std::mem::take(&mut self.close_due) {
+            return Some(Step::Closed);
+        }
         if self.pending.is_some() {
             return None;
         }
@@ -559,17 +674,8 @@ impl Session {
                     self.phase = Phase::Command;
                     return Some(Step::Connect);
                 }
-                Phase::Discard => match memchr::memchr(b'\n', &self.input[self.pos..]) {
-                    Some(lf) => {
-                        self.pos += lf + 1;
-                        self.phase = Phase::Command;
-                        Flow::Continue
-                    }
-                    None => {
-                        self.pos = self.input.len();
-                        Flow::Return(None)
-                    }
-                },
+                Phase::Greeting => self.step_greeting(),
+                Phase::Discard { after_cr } => self.step_discard(after_cr),
                 Phase::Data => self.step_data(),
                 Phase::Bdat { remaining, last } => self.step_bdat(remaining, last),
                 Phase::Command => {
@@ -587,6 +693,78 @@ impl Session {
                 Flow::Continue => {}
             }
         }
+    }
+
+    /// Sends the held greeting once the client is known not to have talked first (as Postfix
+    /// checks for pending input when it sends its greeting).
+    fn step_greeting(&mut self) -> Flow {
+        if self.buffered_input() > 0 {
+            self.sync_error();
+            return Flow::Return(Some(Step::Closed));
+        }
+        if !std::mem::take(&mut self.sync_checked) {
+            self.pending = Some(Pending::Sync);
+            return Flow::Return(Some(Step::SyncCheck));
+        }
+        if let Some(g) = self.greeting.take() {
+            g.encode(&mut self.output);
+        }
+        self.phase = Phase::Command;
+        Flow::Continue
+    }
+
+    /// Drops the rest of an over-long line, up to its line end, which must be a CRLF: a bare
+    /// LF there closes the session as in any command line (what follows it is never read as
+    /// a command).
+    fn step_discard(&mut self, after_cr: bool) -> Flow {
+        let rest = &self.input[self.pos..];
+        match memchr::memchr(b'\n', rest) {
+            Some(lf) => {
+                let crlf = match lf.checked_sub(1) {
+                    Some(cr) => rest[cr] == b'\r',
+                    None => after_cr,
+                };
+                self.pos += lf + 1;
+                if !crlf {
+                    return Flow::Return(Some(self.bare_line_end(CommandErrorKind::BareLineFeed)));
+                }
+                self.phase = Phase::Command;
+                Flow::Continue
+            }
+            None => {
+                if let Some(&last) = rest.last() {
+                    self.phase = Phase::Discard {
+                        after_cr: last == b'\r',
+                    };
+                }
+                self.pos = self.input.len();
+                Flow::Return(None)
+            }
+        }
+    }
+
+    /// A command line with a bare LF or CR: as Postfix with `smtpd_forbid_bare_newline =
+    /// reject`, `550 5.5.2 <host> Error: bare <LF> received` and the session closes, so no
+    /// part of the line (nor what follows the bare LF) is executed.
+    fn bare_line_end(&mut self, kind: CommandErrorKind) -> Step {
+        let text = format!("{} {}", self.config.hostname, kind.message());
+        self.close_with(&reply(kind.code(), Some(kind.enhanced()), &text));
+        Step::Closed
+    }
+
+    /// Queues `554 5.5.0 Error: SMTP protocol synchronization` (Postfix's text) and closes.
+    fn sync_error(&mut self) {
+        self.close_with(&reply(
+            554,
+            Some((5, 5, 0)),
+            "Error: SMTP protocol synchronization",
+        ));
+    }
+
+    /// Whether the client may pipeline (RFC 2920): only once an EHLO was accepted. Before
+    /// that, and after HELO, every command must wait for its reply.
+    fn pipelining_allowed(&self) -> bool {
+        self.extended && self.envelope != Envelope::Ready
     }
 
     fn step_data(&mut self) -> Flow {
@@ -779,13 +957,49 @@ impl Session {
     /// when out of input: the caller checks).
     fn step_command(&mut self) -> Option<Step> {
         let input = &self.input[self.pos..];
-        let (command, used) = match parse_command(input, &self.config.limits) {
+        let parsed = parse_command(input, &self.config.limits);
+        // The line's length, and whether RFC 2920 makes it the last command of its group.
+        let (len, last_in_group) = match &parsed {
+            Ok(None) => return None,
+            Ok(Some((command, used))) => (*used, !self.pipelining_allowed() || ends_group(command)),
+            Err(e) => match e.kind {
+                CommandErrorKind::LineTooLong { complete: false }
+                | CommandErrorKind::BareLineFeed
+                | CommandErrorKind::BareCarriageReturn => (e.consumed, false),
+                _ => (
+                    e.consumed,
+                    !self.pipelining_allowed() || is_turn(input.get(..e.consumed).unwrap_or(input)),
+                ),
+            },
+        };
+        if last_in_group && self.config.forbid_unauth_pipelining {
+            if self.pos + len < self.input.len() {
+                // The client sent more without waiting for this command's reply.
+                self.sync_error();
+                return Some(Step::Closed);
+            }
+            if !self.sync_checked {
+                // Maybe it did, and the driver has not fed it yet: ask.
+                self.pending = Some(Pending::Sync);
+                return Some(Step::SyncCheck);
+            }
+        }
+        self.sync_checked = false;
+        let (command, used) = match parsed {
             Ok(None) => return None,
             Ok(Some(c)) => c,
             Err(e) => {
                 self.pos += e.consumed;
-                if e.kind == (CommandErrorKind::LineTooLong { complete: false }) {
-                    self.phase = Phase::Discard;
+                match e.kind {
+                    CommandErrorKind::LineTooLong { complete: false } => {
+                        self.phase = Phase::Discard {
+                            after_cr: self.input.last() == Some(&b'\r'),
+                        };
+                    }
+                    CommandErrorKind::BareLineFeed | CommandErrorKind::BareCarriageReturn => {
+                        return Some(self.bare_line_end(e.kind));
+                    }
+                    _ => {}
                 }
                 return self.protocol_error(e.code(), e.enhanced(), e.message());
             }
@@ -1016,7 +1230,9 @@ impl Session {
         let dsn = params.notify.is_some() || params.orcpt.is_some();
         self.check_params(params.is_empty(), params.other.first(), dsn)?;
         if self.recipients >= self.config.max_recipients {
-            return Err((452, (4, 5, 3), "Too many recipients".into(), false));
+            // Counted as an error, as Postfix does: a client that keeps sending recipients
+            // past the limit runs out of its error budget.
+            return Err((452, (4, 5, 3), "Too many recipients".into(), true));
         }
         if !to.is_ascii() && !self.smtputf8 {
             return Err(needs_smtputf8());
@@ -1054,4 +1270,26 @@ fn needs_smtputf8() -> (u16, (u8, u16, u16), Cow<'static, str>, bool) {
 
 fn param(text: &str) -> (u16, (u8, u16, u16), Cow<'static, str>, bool) {
     (555, (5, 5, 4), Cow::Owned(text.to_owned()), true)
+}
+
+/// The commands RFC 2920 §3.1 allows only as the last of a group: EHLO, DATA, VRFY, EXPN,
+/// TURN (see [`is_turn`]), QUIT and NOOP; and HELO, whose client does not pipeline at all.
+fn ends_group(c: &Command<'_>) -> bool {
+    matches!(
+        c,
+        Command::Ehlo(_)
+            | Command::Helo(_)
+            | Command::Data
+            | Command::Vrfy(_)
+            | Command::Expn(_)
+            | Command::Noop
+            | Command::Quit
+    )
+}
+
+/// Whether a refused line is a TURN command (parsed as not implemented).
+fn is_turn(line: &[u8]) -> bool {
+    line.get(..4)
+        .is_some_and(|v| v.eq_ignore_ascii_case(b"TURN"))
+        && !line.get(4).is_some_and(u8::is_ascii_alphanumeric)
 }

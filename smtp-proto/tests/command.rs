@@ -520,32 +520,35 @@ fn refused_lines_get_the_right_reply() {
         (b"MAIL FROM:<a@b.c> FOO=1 foo=2\r\n", "501 5.5.4"),
         (b"MAIL FROM:<a@b.c> =1\r\n", "501 5.5.4"),
         (b"MAIL FROM:<a@b.c> SIZE=\r\n", "501 5.5.4"),
-        (b"MAIL FROM:<a@b.c> SIZE=abc\r\n", "555 5.5.4"),
-        (b"MAIL FROM:<a@b.c> SIZE\r\n", "555 5.5.4"),
+        (b"MAIL FROM:<a@b.c> SIZE=abc\r\n", "501 5.5.4"),
+        (b"MAIL FROM:<a@b.c> SIZE\r\n", "501 5.5.4"),
         (
             b"MAIL FROM:<a@b.c> SIZE=99999999999999999999\r\n",
-            "555 5.5.4",
+            "501 5.5.4",
         ),
-        (b"MAIL FROM:<a@b.c> BODY=9BIT\r\n", "555 5.5.4"),
-        (b"MAIL FROM:<a@b.c> SMTPUTF8=yes\r\n", "555 5.5.4"),
-        (b"MAIL FROM:<a@b.c> RET=ALL\r\n", "555 5.5.4"),
-        (b"MAIL FROM:<a@b.c> ENVID=a+zz\r\n", "555 5.5.4"),
+        (b"MAIL FROM:<a@b.c> BODY=9BIT\r\n", "501 5.5.4"),
+        (b"MAIL FROM:<a@b.c> SMTPUTF8=yes\r\n", "501 5.5.4"),
+        (b"MAIL FROM:<a@b.c> RET=ALL\r\n", "501 5.5.4"),
+        (b"MAIL FROM:<a@b.c> ENVID=a+zz\r\n", "501 5.5.4"),
         (b"MAIL FROM:<a@b.c> NOTIFY=NEVER\r\n", "555 5.5.4"),
         (b"RCPT TO:<a@b.c> SIZE=10\r\n", "555 5.5.4"),
-        (b"RCPT TO:<a@b.c> NOTIFY=NEVER,SUCCESS\r\n", "555 5.5.4"),
-        (b"RCPT TO:<a@b.c> NOTIFY=SOMETIMES\r\n", "555 5.5.4"),
-        (b"RCPT TO:<a@b.c> NOTIFY=SUCCESS,,DELAY\r\n", "555 5.5.4"),
-        (b"RCPT TO:<a@b.c> ORCPT=a@b.c\r\n", "555 5.5.4"),
+        (b"RCPT TO:<a@b.c> NOTIFY=NEVER,SUCCESS\r\n", "501 5.5.4"),
+        (b"RCPT TO:<a@b.c> NOTIFY=SOMETIMES\r\n", "501 5.5.4"),
+        (b"RCPT TO:<a@b.c> NOTIFY=SUCCESS,,DELAY\r\n", "501 5.5.4"),
+        (b"RCPT TO:<a@b.c> ORCPT=a@b.c\r\n", "501 5.5.4"),
         (
             b"RCPT TO:<a@b.c> NOTIFY=NEVER NOTIFY=NEVER\r\n",
             "501 5.5.4",
         ),
-        // Line ends
-        (b"QUIT\n", "500 5.5.2"),
-        (b"MAIL FROM:<a@b.c>\n", "500 5.5.2"),
-        (b"\n", "500 5.5.2"),
-        (b"QUIT\rRSET\r\n", "500 5.5.1"),
-        (b"MAIL FROM:<a@b.c>\r.\r\n", "501 5.1.7"),
+        // Line ends: a bare LF or CR is Postfix's `550 5.5.2` (bare LF was `500 5.5.2`, and a
+        // bare CR got the reply of whatever the rest of the line looked like)
+        (b"QUIT\n", "550 5.5.2"),
+        (b"MAIL FROM:<a@b.c>\n", "550 5.5.2"),
+        (b"\n", "550 5.5.2"),
+        (b"EHLO a\nMAIL FROM:<x@ext.example>\r\n", "550 5.5.2"),
+        (b"QUIT\rRSET\r\n", "550 5.5.2"),
+        (b"MAIL FROM:<a@b.c>\r.\r\n", "550 5.5.2"),
+        (b"\r\r\n", "550 5.5.2"),
     ];
     for (line, want) in cases {
         assert_eq!(reply(line), want, "{:?}", String::from_utf8_lossy(line));
@@ -579,6 +582,37 @@ fn error_kinds_and_texts() {
         "Syntax: MAIL FROM:<address> [parameters]"
     );
     assert_eq!(err(b"QUIT\n").kind, CommandErrorKind::BareLineFeed);
+    assert_eq!(err(b"QUIT\n").message(), "Error: bare <LF> received");
+    assert_eq!(
+        err(b"NOOP a\rb\r\n").kind,
+        CommandErrorKind::BareCarriageReturn
+    );
+    assert_eq!(err(b"NOOP a\rb\r\n").message(), "Error: bare <CR> received");
+}
+
+#[test]
+fn bare_lf_error_ends_at_the_lf_and_covers_long_lines() {
+    let limits = Limits::default();
+    // Reported as soon as the LF is there, without waiting for a CRLF.
+    let e = parse_command(b"EHLO a\nMAIL FROM:<x@ext.example>", &limits).unwrap_err();
+    assert_eq!((e.kind, e.consumed), (CommandErrorKind::BareLineFeed, 7));
+    // A line over the limit that ends in a bare LF is a bare LF, not merely too long: what
+    // follows is not the next command.
+    let long = format!("NOOP {}\nMAIL FROM:<x@ext.example>\r\n", "x".repeat(600));
+    let e = parse_command(long.as_bytes(), &limits).unwrap_err();
+    assert_eq!((e.kind, e.consumed), (CommandErrorKind::BareLineFeed, 606));
+    let long = format!("NOOP {}\r\nNOOP\r\n", "x".repeat(600));
+    let e = parse_command(long.as_bytes(), &limits).unwrap_err();
+    assert_eq!(
+        (e.kind, e.consumed),
+        (CommandErrorKind::LineTooLong { complete: true }, 607)
+    );
+    // No panic with a zero limit.
+    let zero = Limits {
+        max_command_line: 0,
+        ..Limits::default()
+    };
+    assert!(parse_command(b"\n", &zero).is_err());
 }
 
 #[test]

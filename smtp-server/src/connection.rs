@@ -6,6 +6,15 @@
 //! same `select!`. All protocol logic lives in the session; this module only moves bytes and
 //! decisions.
 //!
+//! Pipelining: when the session asks ([`Event::SyncCheck`]: the greeting is due, or a command
+//! that must end a pipelining group has nothing behind it in the session), the driver looks
+//! whether the client sent more that was not read yet, without waiting: one `recv(MSG_PEEK |
+//! MSG_DONTWAIT)` on the socket (as Postfix peeks at its socket when it sends the greeting and
+//! after such commands), and for TLS also the plaintext rustls has decrypted but not handed
+//! out. Any byte counts, so over TLS a client that sends an alert or a key update without
+//! waiting for a reply counts as pipelining too. A client that waits for replies sees no
+//! delay.
+//!
 //! Memory: an idle plain connection owns no read buffer. Reads wait for readiness and then
 //! read into a per-thread scratch buffer whose bytes go straight into the session, which
 //! keeps only what it has not processed yet. Buffers grown by a big message are shrunk when
@@ -13,7 +22,8 @@
 
 use std::cell::RefCell;
 use std::fmt;
-use std::io;
+use std::io::{self, BufRead as _};
+use std::mem::MaybeUninit;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -148,6 +158,10 @@ impl BodyStream<'_> {
                 Some(Event::StartTls) => {
                     io.deferred = Some(Deferred::StartTls);
                     self.fail(BodyError::Aborted);
+                }
+                Some(Event::SyncCheck) => {
+                    let pending = io.input_pending();
+                    io.session.input_pending(pending);
                 }
                 Some(Event::Quit) => self.fail(BodyError::Aborted),
                 Some(Event::Closed) => self.fail(BodyError::Shutdown),
@@ -298,6 +312,19 @@ impl Io {
         }
     }
 
+    /// Whether the client sent bytes that were not read yet: on the socket, or decrypted and
+    /// buffered by rustls. Never waits.
+    fn input_pending(&mut self) -> bool {
+        match &mut self.stream {
+            Stream::Plain(s) => socket_has_input(s),
+            Stream::Tls(s) => {
+                let (tcp, conn) = s.get_mut();
+                matches!(conn.reader().fill_buf(), Ok(b) if !b.is_empty()) || socket_has_input(tcp)
+            }
+            Stream::Gone => false,
+        }
+    }
+
     async fn close(&mut self) {
         // A plain TCP stream needs no shutdown: dropping it closes the socket, which sends the
         // FIN (and saves a syscall per connection). TLS sends its close_notify first.
@@ -305,6 +332,14 @@ impl Io {
             let _ = tokio::time::timeout(CLOSE_TIMEOUT, s.shutdown()).await;
         }
     }
+}
+
+/// Whether bytes wait on the socket, by a non-blocking peek (tokio sockets are non-blocking;
+/// tokio's own readiness may lag behind the kernel's, so it is not asked). End of file and
+/// errors count as nothing pending: the next read reports them.
+fn socket_has_input(s: &TcpStream) -> bool {
+    let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+    matches!(socket2::SockRef::from(s).peek(&mut byte), Ok(n) if n > 0)
 }
 
 /// Reads once and feeds what was read to the session; 0 means EOF.
@@ -520,6 +555,14 @@ impl<H: Handler> Connection<H> {
                 }
             }
             if let Some(event) = self.io.session.poll_event() {
+                if let Event::SyncCheck = event {
+                    let pending = self.io.input_pending();
+                    if pending {
+                        debug!("client did not wait for a reply: protocol synchronization error");
+                    }
+                    self.io.session.input_pending(pending);
+                    continue;
+                }
                 let next = self.state.on_event(event).await;
                 if !self.apply(next).await {
                     break;
@@ -691,5 +734,46 @@ pub(crate) async fn implicit_tls(
             debug!("TLS handshake timed out");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    use super::socket_has_input;
+
+    /// The peek sees bytes the kernel holds, without consuming them, and nothing at EOF.
+    #[tokio::test]
+    async fn peek_sees_unread_input_only() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        assert!(!socket_has_input(&server));
+        client.write_all(b"EHLO x\r\n").await.unwrap();
+        let mut seen = false;
+        for _ in 0..200 {
+            if socket_has_input(&server) {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(seen, "bytes written by the client were not seen");
+        // Still there: the peek consumed nothing.
+        assert!(socket_has_input(&server));
+        let mut buf = [0u8; 8];
+        server.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"EHLO x\r\n");
+        assert!(!socket_has_input(&server));
+        drop(client);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!socket_has_input(&server), "EOF is not pending input");
     }
 }

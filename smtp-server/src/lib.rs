@@ -60,6 +60,16 @@
 //!
 //! - Connections over [`Limits::max_connections`] or [`Limits::max_connections_per_ip`] get
 //!   `421 4.7.0` and are closed before any handler hook runs.
+//! - A command line with a bare LF or CR gets `550 5.5.2 <host> Error: bare <LF> received`
+//!   and the connection closes; nothing of that line runs (see [`smtp_proto::session`]).
+//! - Unauthorised pipelining (talking before the greeting, pipelining before EHLO or after
+//!   HELO, anything behind EHLO, HELO, DATA, VRFY, EXPN, TURN, QUIT or NOOP, message content
+//!   before the `354`) gets `554 5.5.0 Error: SMTP protocol synchronization` and the
+//!   connection closes, as Postfix's default `smtpd_forbid_unauth_pipelining = yes`. Besides
+//!   what it has read, the server looks at the socket without waiting (a `recv` with
+//!   `MSG_PEEK`) when the greeting is due and after such commands. Turn it off with
+//!   [`smtp_proto::session::SessionConfig::forbid_unauth_pipelining`] through
+//!   [`ServerBuilder::session_config`].
 //! - After `220 Ready to start TLS` whatever the client pipelined behind STARTTLS is dropped
 //!   unread, the session starts over (EHLO again) and [`SessionHandler::tls_started`] learns
 //!   the protocol and cipher.

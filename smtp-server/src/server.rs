@@ -200,9 +200,11 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
-    /// Protocol options of every session (CHUNKING, SMTPUTF8, DSN, bare line ending policy).
-    /// Its hostname is kept; its size, recipient, line and error limits and TLS flags are
-    /// replaced by those of [`ServerBuilder::limits`] and [`ServerBuilder::tls`].
+    /// Protocol options of every session (CHUNKING, SMTPUTF8, DSN, the bare line ending policy
+    /// of message content, the unauthorised pipelining policy
+    /// [`SessionConfig::forbid_unauth_pipelining`], on by default). Its hostname is kept; its
+    /// size, recipient, line and error limits and TLS flags are replaced by those of
+    /// [`ServerBuilder::limits`] and [`ServerBuilder::tls`].
     #[must_use]
     pub fn session_config(mut self, config: SessionConfig) -> Self {
         self.session = config;

@@ -71,12 +71,13 @@ async fn pipelined_commands_are_answered_in_order() {
     let srv = start_plain().await;
     let mut c = Client::connect(srv.addr()).await;
     c.reply().await;
+    // EHLO ends a group (RFC 2920): the client waits for its reply, then pipelines.
+    assert_eq!(c.cmd("EHLO client.example").await, EHLO_PLAIN);
     c.send(
-        "EHLO client.example\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<one@example.org>\r\n\
+        "MAIL FROM:<a@example.net>\r\nRCPT TO:<one@example.org>\r\n\
          RCPT TO:<bad@example.org>\r\nRCPT TO:<two@example.org>\r\nDATA\r\n",
     )
     .await;
-    assert_eq!(c.reply().await, EHLO_PLAIN);
     assert_eq!(c.reply().await, "250 2.1.0 Sender OK");
     assert_eq!(c.reply().await, "250 2.1.5 Recipient OK");
     assert_eq!(c.reply().await, "550 5.1.1 No such user");
@@ -164,9 +165,10 @@ async fn error_budget_disconnects_with_421() {
     .await;
     let mut c = Client::connect(srv.addr()).await;
     c.reply().await;
-    c.send("FOO\r\nBAR\r\nBAZ\r\nNOOP\r\n").await;
-    assert!(c.reply().await.starts_with("500 5.5.1"));
-    assert!(c.reply().await.starts_with("500 5.5.1"));
+    // One at a time: before EHLO nothing may be pipelined.
+    assert!(c.cmd("FOO").await.starts_with("500 5.5.1"));
+    assert!(c.cmd("BAR").await.starts_with("500 5.5.1"));
+    c.send("BAZ\r\n").await;
     assert!(c.reply().await.starts_with("500 5.5.1"));
     assert!(c.reply().await.starts_with("421 4.7.0 mx.test"));
     c.expect_closed().await;
@@ -226,8 +228,8 @@ async fn recipient_limit() {
     .await;
     let mut c = Client::connect(srv.addr()).await;
     c.reply().await;
-    c.send("EHLO c\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<1@example.org>\r\nRCPT TO:<2@example.org>\r\nRCPT TO:<3@example.org>\r\n").await;
-    c.reply().await;
+    c.cmd("EHLO c").await;
+    c.send("MAIL FROM:<a@example.net>\r\nRCPT TO:<1@example.org>\r\nRCPT TO:<2@example.org>\r\nRCPT TO:<3@example.org>\r\n").await;
     c.reply().await;
     assert_eq!(c.reply().await, "250 2.1.5 Recipient OK");
     assert_eq!(c.reply().await, "250 2.1.5 Recipient OK");
@@ -323,9 +325,10 @@ async fn command_and_data_timeouts() {
     // Inside DATA the (longer) data timeout applies: a 450 ms pause is fine, silence is not.
     let mut c = Client::connect(srv.addr()).await;
     c.reply().await;
-    c.send("EHLO c\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+    c.cmd("EHLO c").await;
+    c.send("MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
         .await;
-    for _ in 0..3 {
+    for _ in 0..2 {
         c.reply().await;
     }
     assert!(c.reply().await.starts_with("354"));
@@ -347,8 +350,8 @@ async fn bdat_chunks() {
     let srv = start_plain().await;
     let mut c = Client::connect(srv.addr()).await;
     c.reply().await;
-    c.send("EHLO c\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nBDAT 9\r\nSubject: BDAT 8 LAST\r\nx\r\n\r\n.\r\n").await;
-    c.reply().await;
+    c.cmd("EHLO c").await;
+    c.send("MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nBDAT 9\r\nSubject: BDAT 8 LAST\r\nx\r\n\r\n.\r\n").await;
     c.reply().await;
     c.reply().await;
     assert_eq!(c.reply().await, "250 2.0.0 9 octets received");
@@ -361,9 +364,10 @@ async fn handler_refusing_before_reading_gets_its_reply_after_the_content() {
     let srv = start_plain().await;
     let mut c = Client::connect(srv.addr()).await;
     c.reply().await;
-    c.send("EHLO c\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<early@example.org>\r\nDATA\r\n")
+    c.cmd("EHLO c").await;
+    c.send("MAIL FROM:<a@example.net>\r\nRCPT TO:<early@example.org>\r\nDATA\r\n")
         .await;
-    for _ in 0..3 {
+    for _ in 0..2 {
         c.reply().await;
     }
     assert!(c.reply().await.starts_with("354"));
@@ -385,9 +389,10 @@ async fn graceful_shutdown_lets_data_finish_and_closes_idle_sessions() {
     assert!(idle.cmd("EHLO idle").await.starts_with("250"));
     let mut busy = Client::connect(srv.addr()).await;
     busy.reply().await;
-    busy.send("EHLO busy\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+    busy.cmd("EHLO busy").await;
+    busy.send("MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
         .await;
-    for _ in 0..3 {
+    for _ in 0..2 {
         busy.reply().await;
     }
     assert!(busy.reply().await.starts_with("354"));
@@ -427,9 +432,10 @@ async fn shutdown_grace_period_ends_slow_messages() {
     .await;
     let mut busy = Client::connect(srv.addr()).await;
     busy.reply().await;
-    busy.send("EHLO busy\r\nMAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+    busy.cmd("EHLO busy").await;
+    busy.send("MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
         .await;
-    for _ in 0..4 {
+    for _ in 0..3 {
         busy.reply().await;
     }
     busy.send("Subject: never finished\r\n").await;

@@ -292,6 +292,9 @@ async fn drive<S: AsyncRead + AsyncWrite + Unpin>(
                     }
                 }
                 Event::StartTls => starttls = true,
+                // Unauthorised pipelining is refused on what was read, as Postfix 3.9 does;
+                // unread input is not looked for.
+                Event::SyncCheck => session.accept(),
                 _ => {}
             }
         }

@@ -18,9 +18,15 @@
 //! ```
 //!
 //! Decisions (where RFC 5321 leaves room or real clients differ from it):
-//! - Lines end with CRLF only. A line ending in a bare LF is refused
-//!   ([`CommandErrorKind::BareLineFeed`], `500 5.5.2`) rather than guessed at, because
-//!   disagreeing about line ends is what SMTP smuggling exploits.
+//! - Lines end with CRLF only. A line ending in a bare LF ([`CommandErrorKind::BareLineFeed`])
+//!   or holding a bare CR ([`CommandErrorKind::BareCarriageReturn`]) is refused with `550
+//!   5.5.2 Error: bare <LF> received` (or `<CR>`), Postfix's reply with
+//!   `smtpd_forbid_bare_newline = reject`, rather than guessed at, because disagreeing about
+//!   line ends is what SMTP smuggling exploits. The error is reported as soon as the bare LF
+//!   arrives, and its `consumed` ends there; but the bytes after it up to the next CRLF are
+//!   the rest of the same bad line, not a command: a server must not parse them as one (the
+//!   [`crate::session::Session`] closes the connection, as Postfix does). An over-long line
+//!   that ends in a bare LF is reported as a bare LF too.
 //! - A line longer than [`Limits::max_command_line`] (512 octets with CRLF by default) is
 //!   refused with `500 5.5.2`; bytes are never buffered without end (see
 //!   [`CommandErrorKind::LineTooLong`]).
@@ -268,7 +274,8 @@ pub enum CommandErrorKind {
     /// Bad RCPT TO address: `501 5.1.3`.
     #[error("bad recipient address: {0}")]
     BadRecipient(AddressError),
-    /// A MAIL/RCPT parameter was refused: `501 5.5.4` (syntax, duplicate) or `555 5.5.4`.
+    /// A MAIL/RCPT parameter was refused: `501 5.5.4` (syntax, duplicate, malformed value of a
+    /// known keyword) or `555 5.5.4` (a keyword of the other command); see [`ParamError::code`].
     #[error("parameter error: {0}")]
     Parameter(ParamError),
     /// The line is longer than [`Limits::max_command_line`]: `500 5.5.2`.
@@ -281,18 +288,21 @@ pub enum CommandErrorKind {
         /// Whether the end of the line was in the input.
         complete: bool,
     },
-    /// The line ended with a bare LF instead of CRLF: `500 5.5.2`.
+    /// The line ended with a bare LF instead of CRLF: `550 5.5.2` (as Postfix). What follows
+    /// the LF up to the next CRLF belongs to this bad line; see the module docs.
     #[error("bare LF line terminator")]
     BareLineFeed,
+    /// The line holds a CR that is not part of its CRLF: `550 5.5.2` (as for a bare LF).
+    #[error("bare CR in a command line")]
+    BareCarriageReturn,
 }
 
 impl CommandErrorKind {
     /// The basic reply code (RFC 5321).
     pub fn code(&self) -> u16 {
         match self {
-            CommandErrorKind::UnknownCommand
-            | CommandErrorKind::LineTooLong { .. }
-            | CommandErrorKind::BareLineFeed => 500,
+            CommandErrorKind::UnknownCommand | CommandErrorKind::LineTooLong { .. } => 500,
+            CommandErrorKind::BareLineFeed | CommandErrorKind::BareCarriageReturn => 550,
             CommandErrorKind::NotImplemented => 502,
             CommandErrorKind::Syntax(_)
             | CommandErrorKind::BadSender(_)
@@ -305,7 +315,9 @@ impl CommandErrorKind {
     pub fn enhanced(&self) -> (u8, u16, u16) {
         match self {
             CommandErrorKind::UnknownCommand | CommandErrorKind::NotImplemented => (5, 5, 1),
-            CommandErrorKind::LineTooLong { .. } | CommandErrorKind::BareLineFeed => (5, 5, 2),
+            CommandErrorKind::LineTooLong { .. }
+            | CommandErrorKind::BareLineFeed
+            | CommandErrorKind::BareCarriageReturn => (5, 5, 2),
             CommandErrorKind::Syntax(_) | CommandErrorKind::Parameter(_) => (5, 5, 4),
             CommandErrorKind::BadSender(_) => (5, 1, 7),
             CommandErrorKind::BadRecipient(_) => (5, 1, 3),
@@ -323,7 +335,8 @@ impl CommandErrorKind {
             CommandErrorKind::BadSender(e) | CommandErrorKind::BadRecipient(e) => e.message(),
             CommandErrorKind::Parameter(p) => p.message(),
             CommandErrorKind::LineTooLong { .. } => "Line too long",
-            CommandErrorKind::BareLineFeed => "Bare LF line terminator not allowed, use CRLF",
+            CommandErrorKind::BareLineFeed => "Error: bare <LF> received",
+            CommandErrorKind::BareCarriageReturn => "Error: bare <CR> received",
         }
     }
 }
@@ -393,19 +406,38 @@ fn general<'a>(input: &'a [u8], limits: &Limits) -> Parsed<'a> {
                     })
                 }
             };
+            if memchr::memchr(b'\r', line).is_some() {
+                return Err(CommandError {
+                    kind: CommandErrorKind::BareCarriageReturn,
+                    consumed,
+                });
+            }
             command(line, input, limits, consumed)
         }
         None if input.len() < max => Ok(None),
         None => {
             let after = input.get(window.len()..).unwrap_or_default();
-            let (complete, consumed) = match find_lf(after) {
-                Some(lf) => (true, window.len() + lf + 1),
-                None => (false, input.len()),
+            let (kind, consumed) = match find_lf(after) {
+                // A long line that ends in a bare LF is a bare LF: what follows must not be
+                // taken for the next command.
+                Some(lf)
+                    if (window.len() + lf)
+                        .checked_sub(1)
+                        .and_then(|cr| input.get(cr))
+                        != Some(&b'\r') =>
+                {
+                    (CommandErrorKind::BareLineFeed, window.len() + lf + 1)
+                }
+                Some(lf) => (
+                    CommandErrorKind::LineTooLong { complete: true },
+                    window.len() + lf + 1,
+                ),
+                None => (
+                    CommandErrorKind::LineTooLong { complete: false },
+                    input.len(),
+                ),
             };
-            Err(CommandError {
-                kind: CommandErrorKind::LineTooLong { complete },
-                consumed,
-            })
+            Err(CommandError { kind, consumed })
         }
     }
 }

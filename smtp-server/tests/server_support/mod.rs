@@ -36,7 +36,8 @@ struct Log {
     messages: Vec<Received>,
 }
 
-/// Records what happens. Policy: connections on a listener named `refuse` get `554 5.7.1`;
+/// Records what happens. Policy: connections on a listener named `refuse` get `554 5.7.1`,
+/// on one named `slow` they are accepted after 300 ms (as a server that looks things up);
 /// MAIL from `blocked@...` gets `550 5.7.1`; RCPT to `bad...` gets `550 5.1.1`; a message for
 /// `early@...` is refused with `554 5.6.0` before its content is read.
 #[derive(Clone, Default)]
@@ -75,6 +76,9 @@ impl Handler for Recorder {
         ));
         if &*info.listener == "refuse" {
             return Err(reply(554, "5.7.1", "No SMTP service here"));
+        }
+        if &*info.listener == "slow" {
+            tokio::time::sleep(Duration::from_millis(300)).await;
         }
         Ok(RecorderSession { rec: self.clone() })
     }
