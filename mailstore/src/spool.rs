@@ -340,6 +340,10 @@ impl Spool {
             self.remember(mailbox, known);
         }
         let n = next_free(dir, last.unwrap_or(0))?;
+        // Refuse a planted `.recent` before a number is spent on this delivery.
+        let template = ensure_template(dir, &mut known, perms);
+        self.remember(mailbox, known);
+        template?;
         // On record, durably, before the number can be seen.
         dir.replace(HIGHWATER, format!("{n}\n").as_bytes(), perms)?;
         update_sequences(dir, perms, |s| s.set(UNSEEN, n, true))?;
@@ -518,6 +522,21 @@ fn make_template(dir: &Dir, perms: &Perms) -> Result<(u64, u64)> {
         let _ = dir.remove_file(&tmp);
     }
     r
+}
+
+/// Makes sure `.recent` is a template this process made (making one if not); a symbolic link
+/// there is refused.
+fn ensure_template(dir: &Dir, known: &mut Known, perms: &Perms) -> Result<()> {
+    match dir.stat(RECENT)? {
+        Some(m) if m.file_type == FileType::Symlink => {
+            Err(unsafe_path(dir.join(RECENT), "is a symbolic link"))
+        }
+        Some(m) if known.template == Some(m.id()) && m.is_file() => Ok(()),
+        _ => {
+            known.template = Some(make_template(dir, perms)?);
+            Ok(())
+        }
+    }
 }
 
 /// Makes `<n>.status` a link to this process's `.recent` template, making a new template when
