@@ -145,7 +145,8 @@ impl Dir {
     pub fn create_root(path: &Path) -> Result<Dir> {
         std::fs::create_dir_all(path).map_err(crate::error::io_err("mkdir", path))?;
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let fd = rustix::fs::openat(CWD, path, flags, Mode::empty()).map_err(errno("open", path))?;
+        let fd =
+            rustix::fs::openat(CWD, path, flags, Mode::empty()).map_err(errno("open", path))?;
         Ok(Dir {
             fd,
             path: path.to_path_buf(),
@@ -207,11 +208,8 @@ impl Dir {
     /// Creates the new file `name` (never an existing one, never through a link), readable and
     /// writable, with the file mode and ownership of `perms`.
     pub fn create(&self, name: &str, perms: &Perms) -> Result<File> {
-        let flags = OFlags::RDWR
-            | OFlags::CREATE
-            | OFlags::EXCL
-            | OFlags::NOFOLLOW
-            | OFlags::CLOEXEC;
+        let flags =
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(self, name, flags, Mode::from_raw_mode(0o600))
             .map_err(errno("create", self.join(name)))?;
         perms.apply(fd.as_fd(), perms.file_mode, &self.join(name))?;
@@ -380,7 +378,9 @@ mod tests {
         let root = Dir::create_root(tmp.path()).unwrap();
         let err = root.open_dir("link").unwrap_err();
         assert!(matches!(err, Error::UnsafePath { .. }), "{err}");
-        assert!(err.to_string().contains(&*tmp.path().join("link").to_string_lossy()));
+        assert!(err
+            .to_string()
+            .contains(&*tmp.path().join("link").to_string_lossy()));
         assert!(matches!(
             root.ensure_dir("link", &Perms::PRIVATE),
             Err(Error::UnsafePath { .. })

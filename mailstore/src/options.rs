@@ -155,7 +155,10 @@ mod tests {
         assert_eq!(StoreOptions::new().mode(0o750).get_file_mode(), 0o640);
         assert_eq!(StoreOptions::new().mode(0o4755).get_file_mode(), 0o644);
         assert_eq!(
-            StoreOptions::new().mode(0o755).file_mode(0o7777).get_file_mode(),
+            StoreOptions::new()
+                .mode(0o755)
+                .file_mode(0o7777)
+                .get_file_mode(),
             0o666
         );
         assert!(StoreOptions::new().group(u32::MAX).perms().is_err());

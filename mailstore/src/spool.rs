@@ -26,16 +26,15 @@
 //! # Delivering
 //!
 //! 1. The message is written to a temporary file in `<root>/.tmp/` and fsynced, outside any lock.
-//! 2. Under the mailbox's directory lock ([`crate::lock`]):
-//!    a. the next number `n` is chosen (below);
-//!    b. `.highwater` is replaced by `n` and `.mh_sequences` by the old sequences with `n` added
-//!       to `unseen` (each a temporary file, fsynced, renamed into place), and the mailbox
-//!       directory is fsynced: the number is on record *before* anyone can see message `n`;
-//!    c. `<n>.status` is made as a hard link to the durable template `.recent` (its content is
-//!       always `\Recent` + LF, so no data needs writing or syncing); then the message is
-//!       hard-linked as `<n>`. The status appears first: readers list messages by their number
-//!       files, so no reader ever sees a message without its status, and, since the file was
-//!       complete before it got its name, never a partial message.
+//! 2. Under the mailbox's directory lock ([`crate::lock`]), the next number `n` is chosen
+//!    (below); `.highwater` is replaced by `n` and `.mh_sequences` by the old sequences with
+//!    `n` added to `unseen` (each a temporary file, fsynced, renamed into place), and the
+//!    mailbox directory is fsynced: the number is on record *before* anyone can see message
+//!    `n`. Then `<n>.status` is made as a hard link to the durable template `.recent` (its
+//!    content is always `\Recent` + LF, so no data needs writing or syncing), and the message
+//!    is hard-linked as `<n>`. The status appears first: readers list messages by their number
+//!    files, so no reader ever sees a message without its status, and, since the file was
+//!    complete before it got its name, never a partial message.
 //! 3. The lock is released and the mailbox directory fsynced; only then does `deliver` return.
 //!    Concurrent deliveries into different mailboxes fsync concurrently, and the file system
 //!    commits them together.
@@ -55,7 +54,7 @@
 //! scan also removes leftovers of crashed processes: temporary files, and statuses whose message
 //! never arrived) or when `.highwater` is missing (a mailbox from an older version). Since
 //! `.highwater` is durable before `n` is visible, a deletion by any program, a restart, or a
-//! crash at any point never gives a number out twice: after a crash between steps 2b and 2c the
+//! crash at any point never gives a number out twice: after a crash between the record and the links the
 //! number is burnt (a gap). Arithmetic is checked: a mailbox whose `.highwater` reached
 //! `u64::MAX` takes no more mail ([`Error::Exhausted`], a `451` for the sender) rather than
 //! wrapping to `0` (a name readers skip). Numbers given out by other programs that do not keep
@@ -208,8 +207,10 @@ impl Spool {
     pub fn read(&self, mailbox: &MailboxName, number: u64) -> Result<Vec<u8>> {
         let mut file = self.open_message(mailbox, number)?;
         let mut buf = Vec::new();
-        file.read_to_end(&mut buf)
-            .map_err(io_err("read", self.mailbox_path(mailbox).join(number.to_string())))?;
+        file.read_to_end(&mut buf).map_err(io_err(
+            "read",
+            self.mailbox_path(mailbox).join(number.to_string()),
+        ))?;
         Ok(buf)
     }
 

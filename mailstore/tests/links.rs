@@ -55,7 +55,10 @@ fn spool_refuses_a_symlinked_mailbox() {
     assert_refused(&err, &root.path().join("alice"));
     assert_eq!(tree(outside.path()), Vec::<String>::new());
     // Readers do not follow it either.
-    assert_refused(&spool.list(&alice()).unwrap_err(), &root.path().join("alice"));
+    assert_refused(
+        &spool.list(&alice()).unwrap_err(),
+        &root.path().join("alice"),
+    );
     assert!(matches!(
         spool.read(&alice(), 1),
         Err(Error::UnsafePath { .. })
@@ -152,7 +155,11 @@ fn spool_never_links_to_a_planted_template_or_writes_through_a_status() {
     let victim_ino = fs::metadata(&victim).unwrap().ino();
     for n in 1..=3 {
         let st = fs::metadata(mbox.join(format!("{n}.status"))).unwrap();
-        assert_ne!(st.ino(), victim_ino, "{n}.status is linked to the planted file");
+        assert_ne!(
+            st.ino(),
+            victim_ino,
+            "{n}.status is linked to the planted file"
+        );
     }
     // The planted name was replaced (renamed over), the file itself is untouched.
     assert_eq!(fs::metadata(&victim).unwrap().nlink(), 1);
@@ -184,7 +191,10 @@ fn spool_skips_and_refuses_a_planted_message_link() {
     );
     assert_eq!(fs::read(&victim).unwrap(), b"secret");
     assert_refused(&spool.read(&alice(), 2).unwrap_err(), &mbox.join("2"));
-    assert_refused(&spool.flags(&alice(), 2).unwrap_err(), &mbox.join("2.status"));
+    assert_refused(
+        &spool.flags(&alice(), 2).unwrap_err(),
+        &mbox.join("2.status"),
+    );
     assert!(matches!(
         spool.set_flags(&alice(), 2, &["\\Seen"]),
         Err(Error::UnsafePath { .. })
@@ -238,8 +248,15 @@ fn queue_refuses_symlinked_directories_and_entries() {
         .is_symlink());
     let ids: Vec<_> = q.list().unwrap().into_iter().map(|(id, _)| id).collect();
     assert_eq!(ids, vec![good.clone()]);
+    // A body replaced by a link to an outside file is not read through.
+    let body = dir.path().join("entries").join(good.as_str()).join("body");
+    fs::remove_file(&body).unwrap();
+    symlink(outside.path().join("body"), &body).unwrap();
+    let claim = q.claim(&good).unwrap().unwrap();
+    assert_refused(&claim.body().unwrap_err(), &body);
+    assert!(matches!(q.read_body(&good), Err(Error::UnsafePath { .. })));
     // A claim finishes without touching the outside directory.
-    q.claim(&good).unwrap().unwrap().finish().unwrap();
+    claim.finish().unwrap();
     assert_eq!(
         tree(outside.path()),
         vec!["body".to_string(), "envelope".to_string()]

@@ -61,7 +61,9 @@ fn python_mailbox_mh_reads_the_spool_and_its_sequences() {
         b"unseen: 1-5\n"
     );
     spool.set_flags(&carol, 2, &["\\Seen"]).unwrap();
-    spool.set_flags(&carol, 4, &["\\Seen", "\\Flagged"]).unwrap();
+    spool
+        .set_flags(&carol, 4, &["\\Seen", "\\Flagged"])
+        .unwrap();
     spool.set_flags(&carol, 5, &["\\Answered"]).unwrap();
     spool.delete(&carol, 3).unwrap();
     assert_eq!(
@@ -69,7 +71,10 @@ fn python_mailbox_mh_reads_the_spool_and_its_sequences() {
         b"unseen: 1 5\nflagged: 4\nreplied: 5\n"
     );
     // The status files stay the record.
-    assert_eq!(fs::read(folder.join("4.status")).unwrap(), b"\\Seen \\Flagged\n");
+    assert_eq!(
+        fs::read(folder.join("4.status")).unwrap(),
+        b"\\Seen \\Flagged\n"
+    );
 
     let Some(out) = python_reads(&folder) else {
         return;

@@ -45,7 +45,10 @@ fn a_counter_at_u64_max_is_an_error_not_message_zero() {
     assert_eq!(spool.list(&alice()).unwrap(), vec![1, u64::MAX]);
     assert_eq!(spool.read(&alice(), u64::MAX).unwrap(), b"last");
     let files = names(&mbox);
-    assert!(!files.iter().any(|f| f == "0" || f.starts_with("0.")), "{files:?}");
+    assert!(
+        !files.iter().any(|f| f == "0" || f.starts_with("0.")),
+        "{files:?}"
+    );
     assert_eq!(
         fs::read_to_string(mbox.join(".mh_sequences")).unwrap(),
         format!("unseen: 1 {}\n", u64::MAX)
@@ -78,10 +81,7 @@ fn numbers_deleted_by_another_program_are_not_reused_after_a_restart() {
     {
         let spool = Spool::open(root.path()).unwrap();
         for i in 1..=3 {
-            assert_eq!(
-                spool.deliver(&alice(), b"m").unwrap(),
-                DeliveryId::Spool(i)
-            );
+            assert_eq!(spool.deliver(&alice(), b"m").unwrap(), DeliveryId::Spool(i));
         }
     }
     // mutt deletes the newest message: it unlinks the message and its status.

@@ -59,7 +59,11 @@ fn mode_and_group_for_readers_under_another_uid() {
     let (uid, my_gid, is_root) = whoami(root.path());
     // As root, any group and owner (what a daemon started as root may be told); otherwise our
     // own group, the only one certainly allowed.
-    let (gid, owner) = if is_root { (4242, Some(4343)) } else { (my_gid, None) };
+    let (gid, owner) = if is_root {
+        (4242, Some(4343))
+    } else {
+        (my_gid, None)
+    };
     let mut options = StoreOptions::new().mode(0o2770).group(gid);
     if let Some(o) = owner {
         options = options.owner(o);
