@@ -10,7 +10,9 @@ use crate::name::NameError;
 /// Mapping to SMTP replies, as the daemon does it: [`Error::InvalidName`] is a permanent error
 /// about the address (`550 5.1.3` after RCPT, `553 5.1.3` where the syntax is at fault); every
 /// other variant is a local, temporary failure (`451 4.3.0`), because the message may be
-/// accepted once an operator fixes the disk.
+/// accepted once an operator fixes the disk ([`Error::is_transient`]). Two of them need the
+/// operator: [`Error::UnsafePath`] (a link planted in a mailbox; the message names the path, for
+/// the log) and [`Error::Exhausted`] (a mailbox's message numbers are used up).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -54,6 +56,30 @@ pub enum Error {
     /// A recipient index past the end of the entry's recipient list.
     #[error("no recipient number {0} in this queue entry")]
     NoSuchRecipient(usize),
+    /// Something the store did not make is where it was about to read or write: a symbolic
+    /// link (to a mailbox directory, a Maildir's `tmp/` or `new/`, a spool's own files), or a
+    /// file where a directory belongs, or a file replaced while it was being linked. Nothing
+    /// was written through it. Temporary for SMTP (`451`): an operator must look at `path`.
+    #[error("refusing to use {path}: it {reason} (not made by this store)")]
+    UnsafePath {
+        /// The path refused.
+        path: PathBuf,
+        /// What is wrong with it, e.g. `"is a symbolic link"`.
+        reason: &'static str,
+    },
+    /// A number space is used up: a mailbox whose message numbers reached `u64::MAX` (numbers
+    /// are never reused, so it takes no more mail), or a process-wide name counter. Temporary
+    /// for SMTP (`451`), like a full disk: an operator must renumber or move the mailbox.
+    #[error("{what} exhausted at {path}")]
+    Exhausted {
+        /// What ran out, e.g. `"message numbers"`.
+        what: &'static str,
+        /// The file or directory concerned.
+        path: PathBuf,
+    },
+    /// A [`crate::StoreOptions`] value that cannot be applied (e.g. a uid or gid of `-1`).
+    #[error("invalid store option: {0}")]
+    InvalidOption(String),
     /// A [`crate::PendingMessage`] was written to after it was committed, or committed after a
     /// failed write.
     #[error("message already committed or broken by an earlier write error")]
@@ -64,6 +90,13 @@ impl Error {
     /// True for [`Error::InvalidName`]: a permanent, per-recipient error.
     pub fn is_invalid_name(&self) -> bool {
         matches!(self, Error::InvalidName(_))
+    }
+
+    /// True for errors that are local and temporary from a client's point of view: everything
+    /// but [`Error::InvalidName`]. An SMTP server answers them with `451 4.3.0` (the message
+    /// may be accepted later), never with a `5xx`.
+    pub fn is_transient(&self) -> bool {
+        !self.is_invalid_name()
     }
 }
 

@@ -6,7 +6,16 @@
 //! * [`queue::Queue`]: mail waiting for remote delivery, with per-recipient state.
 //! * [`name::MailboxName`]: the only way to name a mailbox; validated before any path is built.
 //!
-//! Both mailbox stores implement [`Store`]. Everything is synchronous and blocking (`fsync` is);
+//! Both mailbox stores implement [`Store`]. [`StoreOptions`] (with `Spool::open_with`,
+//! `Maildir::open_with`) sets the modes and group of what they create, for readers running as
+//! other users.
+//!
+//! Nothing below a store's root is reached through a symbolic link, and nothing is ever written
+//! through a link the store did not make: paths are opened one component at a time relative to
+//! directory descriptors with `O_NOFOLLOW`, files are only written when just created with
+//! `O_EXCL`, and hard links are only made from the store's own files (see the `at` module's
+//! source, and [`Error::UnsafePath`]). Numbers and counters use checked arithmetic: one that
+//! would wrap is [`Error::Exhausted`] instead. Everything is synchronous and blocking (`fsync` is);
 //! an async server calls it through `spawn_blocking`. Every delivery and enqueue is durable when
 //! it returns: file fsynced, renamed or linked into place, directory fsynced. So a `250` may be
 //! sent as soon as the call returns `Ok`.
@@ -37,11 +46,14 @@
 //! # Ok(()) }
 //! ```
 
+mod at;
 pub mod error;
 mod fsutil;
 pub mod lock;
 pub mod maildir;
+mod mh;
 pub mod name;
+pub mod options;
 mod pending;
 pub mod queue;
 pub mod spool;
@@ -50,6 +62,7 @@ use std::io::Write;
 
 pub use error::{Error, Result};
 pub use name::{MailboxName, NameError};
+pub use options::StoreOptions;
 pub use pending::PendingMessage;
 
 use crate::error::io_err;

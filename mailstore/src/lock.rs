@@ -31,6 +31,9 @@ use crate::error::{io_err, Error};
 
 /// Runs `f` while holding an exclusive `flock` on the directory `dir`.
 ///
+/// This is for programs outside the stores (which lock a mailbox through its descriptor,
+/// opened without following links): `dir` is opened by path, following symbolic links.
+///
 /// Blocks until the lock is free. Readers do not need the lock: every change under it is a
 /// sequence of atomic renames and links, so a reader never sees a partial state. Take it to see a
 /// mailbox that does not change while you look.
@@ -52,7 +55,7 @@ pub fn with_locked_dir<T, E: From<Error>>(
 /// Tries to take an exclusive `flock` on an open file without blocking. `Ok(false)` if someone
 /// else holds it. The lock lasts until `file` (and every descriptor duplicated from it) is
 /// closed. Used for queue claims and staging files, whose locks live as long as a value does.
-pub(crate) fn try_lock(file: &File) -> io::Result<bool> {
+pub(crate) fn try_lock(file: impl std::os::fd::AsFd) -> io::Result<bool> {
     use rustix::fs::{flock, FlockOperation};
     match flock(file, FlockOperation::NonBlockingLockExclusive) {
         Ok(()) => Ok(true),

@@ -8,19 +8,26 @@
 //! already fsynced, then moved to `new/` with `rename(2)`, and `new/` is fsynced before the
 //! delivery returns. Readers only look at `new/` and `cur/`, so they never see a partial file.
 //!
+//! Every directory is opened relative to its parent's descriptor with `O_NOFOLLOW` (see
+//! `at.rs`): a mailbox, `tmp/` or `new/` that is a symbolic link is refused with
+//! [`crate::Error::UnsafePath`] and nothing is written through it. New directories and files get
+//! the modes and ownership of the store's [`StoreOptions`].
+//!
 //! This crate only delivers: reading, flagging (moving to `cur/` with a `:2,` suffix) and
 //! deleting are the mail reader's business, and every Maildir library does them.
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::error::{io_err, Result};
-use crate::fsutil::{ensure_dir, fsync_dir};
+use crate::at::{Dir, Perms};
+use crate::error::{Error, Result};
+use crate::fsutil::bump;
 use crate::name::MailboxName;
-use crate::pending::{link_or_copy, open_store_root, PendingMessage};
+use crate::options::StoreOptions;
+use crate::pending::{link_or_copy, open_store_root, PendingMessage, Staged};
 use crate::{DeliveryId, Store};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -33,8 +40,9 @@ pub struct Maildir {
 
 #[derive(Debug)]
 struct Inner {
-    root: PathBuf,
-    staging: PathBuf,
+    root: Dir,
+    staging: Arc<Dir>,
+    perms: Perms,
     host: String,
 }
 
@@ -42,14 +50,27 @@ impl Maildir {
     /// Opens (creating if needed) the root, and removes temporary files left in its staging
     /// directory `<root>/.tmp` by crashed processes.
     ///
+    /// Mailboxes get the default [`StoreOptions`] (`0700` directories, `0600` files).
+    ///
     /// # Errors
     /// [`crate::Error::Io`] if the directories cannot be created.
     pub fn open(root: impl AsRef<Path>) -> Result<Maildir> {
+        Maildir::open_with(root, &StoreOptions::new())
+    }
+
+    /// As [`open`](Self::open), with the modes and ownership of new mailbox directories and
+    /// messages given by `options`.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidOption`], or as [`open`](Self::open).
+    pub fn open_with(root: impl AsRef<Path>, options: &StoreOptions) -> Result<Maildir> {
+        let perms = options.perms()?;
         let (root, staging) = open_store_root(root.as_ref())?;
         Ok(Maildir {
             inner: Arc::new(Inner {
                 root,
                 staging,
+                perms,
                 host: hostname(),
             }),
         })
@@ -57,7 +78,7 @@ impl Maildir {
 
     /// The root directory.
     pub fn root(&self) -> &Path {
-        &self.inner.root
+        self.inner.root.path()
     }
 
     /// A mailbox's Maildir (the directory holding `tmp`, `new` and `cur`).
@@ -66,47 +87,50 @@ impl Maildir {
     }
 
     /// A new unique file name.
-    fn unique_name(&self) -> String {
+    fn unique_name(&self, new: &Dir) -> Result<String> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        format!(
+        let q = bump(&COUNTER).ok_or_else(|| Error::Exhausted {
+            what: "Maildir name counter",
+            path: new.path().to_path_buf(),
+        })?;
+        Ok(format!(
             "{}.M{}P{}Q{}.{}",
             now.as_secs(),
             now.subsec_micros(),
             std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed),
+            q,
             self.inner.host
-        )
+        ))
     }
 
-    fn place(&self, src: &Path, mailbox: &MailboxName) -> Result<String> {
-        let dir = self.mailbox_path(mailbox);
-        if ensure_dir(&dir)? {
-            fsync_dir(&self.inner.root)?;
-        }
-        let mut created = false;
-        for sub in ["tmp", "new", "cur"] {
-            created |= ensure_dir(&dir.join(sub))?;
-        }
+    /// Links the message into `tmp/`, renames it into `new/`; returns its name and `new/`.
+    fn place(&self, src: Staged<'_>, mailbox: &MailboxName) -> Result<(String, Dir)> {
+        let (inner, perms) = (&self.inner, &self.inner.perms);
+        let (dir, created) = inner.root.ensure_dir(mailbox.as_str(), perms)?;
         if created {
-            fsync_dir(&dir)?;
+            inner.root.sync()?;
         }
-        let name = self.unique_name();
-        let tmp = dir.join("tmp").join(&name);
-        link_or_copy(src, &tmp, &dir.join("tmp"))?;
-        let new = dir.join("new").join(&name);
-        if let Err(e) = fs::rename(&tmp, &new) {
-            let _ = fs::remove_file(&tmp);
-            return Err(io_err("rename", new)(e));
+        let (tmp, c1) = dir.ensure_dir("tmp", perms)?;
+        let (new, c2) = dir.ensure_dir("new", perms)?;
+        let (_cur, c3) = dir.ensure_dir("cur", perms)?;
+        if c1 || c2 || c3 {
+            dir.sync()?;
         }
-        Ok(name)
+        let name = self.unique_name(&new)?;
+        link_or_copy(src, &tmp, &name, perms)?;
+        if let Err(e) = tmp.rename(&name, &new, &name) {
+            let _ = tmp.remove_file(&name);
+            return Err(e);
+        }
+        Ok((name, new))
     }
 }
 
 impl Store for Maildir {
     fn begin(&self) -> Result<PendingMessage> {
-        PendingMessage::create(&self.inner.staging)
+        PendingMessage::create(&self.inner.staging, &self.inner.perms)
     }
 
     fn commit(
@@ -115,24 +139,30 @@ impl Store for Maildir {
         mailboxes: &[MailboxName],
     ) -> Result<Vec<Result<DeliveryId>>> {
         let src = message.seal()?;
-        let mut results: Vec<Result<DeliveryId>> = mailboxes
-            .iter()
-            .map(|m| self.place(src, m).map(DeliveryId::Maildir))
-            .collect();
-        for (i, mailbox) in mailboxes.iter().enumerate() {
-            let first = mailboxes.iter().position(|m| m == mailbox) == Some(i);
-            if first && results[i].is_ok() {
-                if let Err(e) = fsync_dir(&self.mailbox_path(mailbox).join("new")) {
-                    // Every delivery into this mailbox shares the failed fsync.
-                    let text = e.to_string();
-                    for (j, m) in mailboxes.iter().enumerate() {
-                        if m == mailbox && results[j].is_ok() {
-                            results[j] = Err(crate::Error::Io {
-                                op: "fsync",
-                                path: self.mailbox_path(m).join("new"),
-                                source: std::io::Error::other(text.clone()),
-                            });
-                        }
+        let mut results: Vec<Result<DeliveryId>> = Vec::with_capacity(mailboxes.len());
+        let mut to_sync: Vec<(&MailboxName, Dir)> = Vec::new();
+        for mailbox in mailboxes {
+            match self.place(src, mailbox) {
+                Ok((name, new)) => {
+                    if !to_sync.iter().any(|(m, _)| *m == mailbox) {
+                        to_sync.push((mailbox, new));
+                    }
+                    results.push(Ok(DeliveryId::Maildir(name)));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        for (mailbox, new) in to_sync {
+            if let Err(e) = new.sync() {
+                // Every delivery into this mailbox shares the failed fsync.
+                let text = e.to_string();
+                for (m, r) in mailboxes.iter().zip(results.iter_mut()) {
+                    if m == mailbox && r.is_ok() {
+                        *r = Err(Error::Io {
+                            op: "fsync",
+                            path: new.path().to_path_buf(),
+                            source: std::io::Error::other(text.clone()),
+                        });
                     }
                 }
             }

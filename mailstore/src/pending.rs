@@ -1,12 +1,17 @@
 //! A message being received, before it is committed to mailboxes or the queue.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use rustix::io::Errno;
+
+use crate::at::{fstat, unsafe_path, Dir, Perms};
 use crate::error::{io_err, Error, Result};
-use crate::fsutil::{self, create_new, ensure_dir, fsync_dir, is_errno};
+use crate::fsutil;
 use crate::lock::try_lock;
 
 /// A message being written, held in a temporary file of the store's staging directory (on the
@@ -26,9 +31,21 @@ use crate::lock::try_lock;
 #[derive(Debug)]
 pub struct PendingMessage {
     file: BufWriter<File>,
-    path: PathBuf,
+    dir: Arc<Dir>,
+    name: String,
+    /// Device and inode of the file: every name it gets is checked to be this file.
+    id: (u64, u64),
     len: u64,
     state: State,
+}
+
+/// A sealed [`PendingMessage`], as the stores link it into place.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Staged<'a> {
+    pub dir: &'a Dir,
+    pub name: &'a str,
+    pub file: &'a File,
+    pub id: (u64, u64),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,17 +56,27 @@ enum State {
 }
 
 impl PendingMessage {
-    pub(crate) fn create(staging: &Path) -> Result<PendingMessage> {
-        let path = staging.join(fsutil::unique());
-        let file = create_new(&path)?;
+    /// Creates the file in `staging` with the mode and ownership the message will have in its
+    /// mailboxes (the staging directory itself is private).
+    pub(crate) fn create(staging: &Arc<Dir>, perms: &Perms) -> Result<PendingMessage> {
+        let name = fsutil::unique()?;
+        let file = staging.create(&name, perms)?;
+        let path = staging.join(&name);
         // Held until drop: tells `clean_staging` in other processes that this file is alive.
         try_lock(&file).map_err(io_err("flock", &path))?;
+        let id = fstat(&file, &path)?.id();
         Ok(PendingMessage {
             file: BufWriter::with_capacity(64 * 1024, file),
-            path,
+            dir: staging.clone(),
+            name,
+            id,
             len: 0,
             state: State::Writing,
         })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.join(&self.name)
     }
 
     /// Bytes written so far.
@@ -62,10 +89,11 @@ impl PendingMessage {
         self.len == 0
     }
 
-    /// Flushes and fsyncs the file (once), and returns its path. From then on it is read-only.
-    pub(crate) fn seal(&mut self) -> Result<&Path> {
+    /// Flushes and fsyncs the file (once), and returns where it is. From then on it is
+    /// read-only.
+    pub(crate) fn seal(&mut self) -> Result<Staged<'_>> {
         match self.state {
-            State::Sealed => return Ok(&self.path),
+            State::Sealed => return Ok(self.staged()),
             State::Broken => return Err(Error::MessageSealed),
             State::Writing => {}
         }
@@ -75,10 +103,19 @@ impl PendingMessage {
             .and_then(|()| self.file.get_ref().sync_all());
         if let Err(e) = r {
             self.state = State::Broken;
-            return Err(io_err("fsync", &self.path)(e));
+            return Err(io_err("fsync", self.path())(e));
         }
         self.state = State::Sealed;
-        Ok(&self.path)
+        Ok(self.staged())
+    }
+
+    fn staged(&self) -> Staged<'_> {
+        Staged {
+            dir: &self.dir,
+            name: &self.name,
+            file: self.file.get_ref(),
+            id: self.id,
+        }
     }
 }
 
@@ -110,73 +147,97 @@ impl Write for PendingMessage {
 
 impl Drop for PendingMessage {
     fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
+        let _ = self.dir.remove_file(&self.name);
     }
 }
 
-/// Puts the sealed file `src` at `dest` (which must not exist): a hard link when the file system
-/// allows it, else a copy written under a temporary name in `tmp_dir`, fsynced and renamed. The
-/// caller fsyncs `dest`'s directory.
-pub(crate) fn link_or_copy(src: &Path, dest: &Path, tmp_dir: &Path) -> Result<()> {
-    use rustix::io::Errno;
-    match fs::hard_link(src, dest) {
-        Ok(()) => return Ok(()),
+/// Puts the sealed file `src` at `dest` in `dir` (which must not exist): a hard link when the
+/// file system allows it, else a copy written under a temporary name in `dir`, fsynced and
+/// renamed. A link is checked to be `src`'s own inode (so a staged name swapped for a link to
+/// something else is never published). The caller fsyncs `dir`.
+pub(crate) fn link_or_copy(src: Staged<'_>, dir: &Dir, dest: &str, perms: &Perms) -> Result<()> {
+    match src.dir.link(src.name, dir, dest) {
+        Ok(()) => return check_link(dir, dest, src.id),
         // Another file system, too many links, or links refused: copy instead.
-        Err(e)
-            if is_errno(&e, Errno::XDEV)
-                || is_errno(&e, Errno::MLINK)
-                || is_errno(&e, Errno::PERM) => {}
-        Err(e) => return Err(io_err("link", dest)(e)),
+        Err(Errno::XDEV | Errno::MLINK | Errno::PERM) => {}
+        Err(e) => return Err(crate::at::errno("link", dir.join(dest))(e)),
     }
-    let tmp = tmp_dir.join(format!(".tmp.{}", fsutil::unique()));
+    let tmp = format!(".tmp.{}", fsutil::unique()?);
     let r = (|| {
-        let mut from = File::open(src).map_err(io_err("open", src))?;
-        let mut to = create_new(&tmp)?;
-        io::copy(&mut from, &mut to).map_err(io_err("copy", &tmp))?;
-        to.sync_all().map_err(io_err("fsync", &tmp))?;
-        fs::rename(&tmp, dest).map_err(io_err("rename", dest))
+        let mut to = dir.create(&tmp, perms)?;
+        copy_from(src.file, &mut to).map_err(io_err("copy", dir.join(&tmp)))?;
+        to.sync_all().map_err(io_err("fsync", dir.join(&tmp)))?;
+        dir.rename(&tmp, dir, dest)
     })();
     if r.is_err() {
-        let _ = fs::remove_file(&tmp);
+        let _ = dir.remove_file(&tmp);
     }
     r
+}
+
+/// After `linkat`: `name` in `dir` must be the inode `id`, else it is removed again and the
+/// delivery refused (someone replaced the source between our check and the link).
+pub(crate) fn check_link(dir: &Dir, name: &str, id: (u64, u64)) -> Result<()> {
+    match dir.stat(name)? {
+        Some(m) if m.id() == id && m.is_file() => Ok(()),
+        _ => {
+            let _ = dir.remove_file(name);
+            Err(unsafe_path(
+                dir.join(name),
+                "was linked to a file the store did not make",
+            ))
+        }
+    }
+}
+
+/// Copies a whole file by offset (the source's file position is not used).
+fn copy_from(from: &File, to: &mut File) -> io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut off = 0u64;
+    loop {
+        let n = from.read_at(&mut buf, off)?;
+        if n == 0 {
+            return Ok(());
+        }
+        to.write_all(&buf[..n])?;
+        off = off.saturating_add(n as u64);
+    }
 }
 
 /// Removes what crashed processes left in a staging directory: entries nobody holds a lock on
 /// and that were last modified more than a few seconds ago (a live writer takes its lock right
 /// after creating the file; the age check closes that tiny window). Errors are logged, not
 /// returned: a leftover never stops a store from opening.
-pub(crate) fn clean_staging(dir: &Path) {
-    let Ok(entries) = fs::read_dir(dir) else {
+pub(crate) fn clean_staging(dir: &Dir) {
+    let Ok(names) = dir.names() else {
         return;
     };
     let now = SystemTime::now();
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let Ok(meta) = entry.metadata() else { continue };
-        let age = meta
-            .modified()
-            .ok()
-            .and_then(|m| now.duration_since(m).ok())
-            .unwrap_or_default();
+    for name in names {
+        let Some(name) = name.to_str() else { continue };
+        let Ok(Some(meta)) = dir.stat(name) else {
+            continue;
+        };
+        let age = now.duration_since(meta.mtime).unwrap_or_default();
         if age < Duration::from_secs(5) {
             continue;
         }
-        let Ok(file) = File::open(&path) else {
-            continue;
+        let locked = if meta.is_dir() {
+            matches!(dir.try_open_dir(name), Ok(Some(d)) if matches!(try_lock(&d), Ok(true)))
+        } else if meta.is_file() {
+            matches!(dir.try_open_file(name), Ok(Some(f)) if matches!(try_lock(&f), Ok(true)))
+        } else {
+            true // a link or a special file: nobody's live message
         };
-        if !matches!(try_lock(&file), Ok(true)) {
+        if !locked {
             continue;
         }
-        let r = if meta.is_dir() {
-            fs::remove_dir_all(&path)
-        } else {
-            fs::remove_file(&path)
-        };
-        match r {
-            Ok(()) => tracing::info!(path = %path.display(), "removed leftover temporary file"),
+        match dir.remove_tree(name) {
+            Ok(()) => {
+                tracing::info!(path = %dir.join(name).display(), "removed leftover temporary file")
+            }
             Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove leftover")
+                tracing::warn!(path = %dir.join(name).display(), error = %e, "cannot remove leftover")
             }
         }
     }
@@ -188,14 +249,14 @@ const STAGING: &str = ".tmp";
 
 /// Opens a mailbox store's root: creates it and its staging directory if needed (fsyncing the
 /// root when the staging directory is new), removes what crashed processes left in staging,
-/// and returns `(root, staging)`.
-pub(crate) fn open_store_root(root: &Path) -> Result<(PathBuf, PathBuf)> {
-    let root = root.to_path_buf();
-    fs::create_dir_all(&root).map_err(io_err("mkdir", &root))?;
-    let staging = root.join(STAGING);
-    if ensure_dir(&staging)? {
-        fsync_dir(&root)?;
+/// and returns `(root, staging)`. The root is opened by its path (links followed: it is the
+/// operator's); the staging directory is not followed if it is a link.
+pub(crate) fn open_store_root(root: &Path) -> Result<(Dir, Arc<Dir>)> {
+    let root = Dir::create_root(root)?;
+    let (staging, created) = root.ensure_dir(STAGING, &Perms::PRIVATE)?;
+    if created {
+        root.sync()?;
     }
     clean_staging(&staging);
-    Ok((root, staging))
+    Ok((root, Arc::new(staging)))
 }

@@ -39,16 +39,16 @@
 //! percent-escaped (`%`, control characters), so each field is one line.
 
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, Write};
-use std::os::unix::fs::MetadataExt;
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::at::{Dir, Perms};
 use crate::error::{io_err, Error, Result};
-use crate::fsutil::{self, create_new, ensure_dir, fsync_dir, replace_file};
+use crate::fsutil;
 use crate::lock::try_lock;
 use crate::pending::{clean_staging, link_or_copy, PendingMessage};
 
@@ -61,8 +61,8 @@ const ENVELOPE: &str = "envelope";
 pub struct QueueId(String);
 
 impl QueueId {
-    fn generate() -> QueueId {
-        QueueId(fsutil::unique())
+    fn generate() -> Result<QueueId> {
+        fsutil::unique().map(QueueId)
     }
 
     /// The id as text (as shown in logs and in `250 ... queued as <id>`).
@@ -422,10 +422,10 @@ pub struct Queue {
 
 #[derive(Debug)]
 struct Inner {
-    tmp: PathBuf,
-    entries: PathBuf,
-    trash: PathBuf,
-    corrupt: PathBuf,
+    tmp: Arc<Dir>,
+    entries: Dir,
+    trash: Dir,
+    corrupt: Dir,
 }
 
 impl Queue {
@@ -434,30 +434,36 @@ impl Queue {
     /// `corrupt/` (logging an error for each). Entries claimed by a dead process are simply
     /// claimable again.
     ///
+    /// `dir` itself is opened by its path (links followed: it is the operator's); `tmp/`,
+    /// `entries/`, `trash/`, `corrupt/`, each entry and each file in it are opened relative to
+    /// their directory's descriptor without following links (see the crate docs).
+    ///
     /// # Errors
-    /// [`Error::Io`] if the directories cannot be created or listed.
+    /// [`Error::Io`] if the directories cannot be created or listed, [`Error::UnsafePath`] if
+    /// one of them is a symbolic link.
     pub fn open(dir: impl AsRef<Path>) -> Result<Queue> {
-        let dir = dir.as_ref().to_path_buf();
-        fs::create_dir_all(&dir).map_err(io_err("mkdir", &dir))?;
-        let mut created = false;
-        for sub in ["tmp", "entries", "trash", "corrupt"] {
-            created |= ensure_dir(&dir.join(sub))?;
-        }
-        if created {
-            fsync_dir(&dir)?;
+        let dir = Dir::create_root(dir.as_ref())?;
+        let p = &Perms::PRIVATE;
+        let (tmp, c1) = dir.ensure_dir("tmp", p)?;
+        let (entries, c2) = dir.ensure_dir("entries", p)?;
+        let (trash, c3) = dir.ensure_dir("trash", p)?;
+        let (corrupt, c4) = dir.ensure_dir("corrupt", p)?;
+        if c1 || c2 || c3 || c4 {
+            dir.sync()?;
         }
         let queue = Queue {
             inner: Arc::new(Inner {
-                tmp: dir.join("tmp"),
-                entries: dir.join("entries"),
-                trash: dir.join("trash"),
-                corrupt: dir.join("corrupt"),
+                tmp: Arc::new(tmp),
+                entries,
+                trash,
+                corrupt,
             }),
         };
         clean_staging(&queue.inner.tmp);
-        if let Ok(trash) = fs::read_dir(&queue.inner.trash) {
-            for e in trash.flatten() {
-                let _ = fs::remove_dir_all(e.path());
+        let trash = &queue.inner.trash;
+        if let Ok(names) = trash.names() {
+            for name in names.iter().filter_map(|n| n.to_str()) {
+                let _ = trash.remove_tree(name);
             }
         }
         // Reading every entry moves the unreadable ones aside.
@@ -471,7 +477,7 @@ impl Queue {
     /// # Errors
     /// [`Error::Io`] if the file cannot be created.
     pub fn begin(&self) -> Result<PendingMessage> {
-        PendingMessage::create(&self.inner.tmp)
+        PendingMessage::create(&self.inner.tmp, &Perms::PRIVATE)
     }
 
     /// Adds an entry with a body held in memory, durably: when this returns `Ok`, the entry
@@ -480,10 +486,11 @@ impl Queue {
     /// # Errors
     /// [`Error::Io`]; nothing is enqueued then.
     pub fn enqueue(&self, entry: &QueueEntry, body: &[u8]) -> Result<QueueId> {
-        self.enqueue_with(entry, |dest| {
-            let mut f = create_new(dest)?;
-            f.write_all(body).map_err(io_err("write", dest))?;
-            f.sync_all().map_err(io_err("fsync", dest))
+        self.enqueue_with(entry, |stage| {
+            let mut f = stage.create(BODY, &Perms::PRIVATE)?;
+            f.write_all(body)
+                .map_err(io_err("write", stage.join(BODY)))?;
+            f.sync_all().map_err(io_err("fsync", stage.join(BODY)))
         })
     }
 
@@ -498,40 +505,38 @@ impl Queue {
         entry: &QueueEntry,
         body: &mut PendingMessage,
     ) -> Result<QueueId> {
-        let src = body.seal()?.to_path_buf();
-        self.enqueue_with(entry, |dest| {
-            link_or_copy(&src, dest, dest.parent().unwrap_or(Path::new(".")))
+        let src = body.seal()?;
+        self.enqueue_with(entry, |stage| {
+            link_or_copy(src, stage, BODY, &Perms::PRIVATE)
         })
     }
 
     fn enqueue_with(
         &self,
         entry: &QueueEntry,
-        put_body: impl FnOnce(&Path) -> Result<()>,
+        put_body: impl FnOnce(&Dir) -> Result<()>,
     ) -> Result<QueueId> {
+        let tmp = &self.inner.tmp;
         let (id, stage) = loop {
-            let id = QueueId::generate();
-            let stage = self.inner.tmp.join(id.as_str());
-            if ensure_dir(&stage)? {
+            let id = QueueId::generate()?;
+            if let (stage, true) = tmp.ensure_dir(id.as_str(), &Perms::PRIVATE)? {
                 break (id, stage);
             }
         };
         let r = (|| {
-            let dirf = File::open(&stage).map_err(io_err("open", &stage))?;
-            try_lock(&dirf).map_err(io_err("flock", &stage))?;
-            put_body(&stage.join(BODY))?;
-            let env = stage.join(ENVELOPE);
-            let mut f = create_new(&env)?;
+            try_lock(&stage).map_err(io_err("flock", stage.path()))?;
+            put_body(&stage)?;
+            let mut f = stage.create(ENVELOPE, &Perms::PRIVATE)?;
             f.write_all(entry.encode().as_bytes())
-                .map_err(io_err("write", &env))?;
-            f.sync_all().map_err(io_err("fsync", &env))?;
-            fsync_dir(&stage)?;
-            let dest = self.inner.entries.join(id.as_str());
-            fs::rename(&stage, &dest).map_err(io_err("rename", dest))?;
-            fsync_dir(&self.inner.entries)
+                .map_err(io_err("write", stage.join(ENVELOPE)))?;
+            f.sync_all()
+                .map_err(io_err("fsync", stage.join(ENVELOPE)))?;
+            stage.sync()?;
+            tmp.rename(id.as_str(), &self.inner.entries, id.as_str())?;
+            self.inner.entries.sync()
         })();
         if let Err(e) = r {
-            let _ = fs::remove_dir_all(&stage);
+            let _ = tmp.remove_tree(id.as_str());
             return Err(e);
         }
         Ok(id)
@@ -543,21 +548,21 @@ impl Queue {
     /// # Errors
     /// [`Error::Io`] if `entries/` cannot be listed.
     pub fn list(&self) -> Result<Vec<(QueueId, QueueEntry)>> {
-        let dir = &self.inner.entries;
+        let entries = &self.inner.entries;
         let mut out = Vec::new();
-        for e in fs::read_dir(dir).map_err(io_err("readdir", dir))? {
-            let e = e.map_err(io_err("readdir", dir))?;
-            let name = e.file_name();
+        for name in entries.names()? {
             let Some(id) = name.to_str().and_then(|n| n.parse::<QueueId>().ok()) else {
-                tracing::warn!(path = %e.path().display(), "ignoring a stray file in the queue");
+                tracing::warn!(path = %entries.path().join(&name).display(),
+                    "ignoring a stray file in the queue");
                 continue;
             };
             match self.read_entry(&id) {
                 Ok(Some(entry)) => out.push((id, entry)),
                 Ok(None) => {} // finished meanwhile
+                Err(err @ Error::UnsafePath { .. }) => self.quarantine(&id, &err),
                 Err(err) => {
-                    if let Ok(f) = File::open(e.path()) {
-                        if matches!(try_lock(&f), Ok(true)) {
+                    if let Ok(Some(d)) = entries.try_open_dir(id.as_str()) {
+                        if matches!(try_lock(&d), Ok(true)) {
                             self.quarantine(&id, &err);
                         }
                     }
@@ -587,7 +592,7 @@ impl Queue {
     /// The entry's current state, or `None` if there is no such entry (any more).
     ///
     /// # Errors
-    /// [`Error::Corrupt`] or [`Error::Io`].
+    /// [`Error::Corrupt`], [`Error::UnsafePath`] or [`Error::Io`].
     pub fn entry(&self, id: &QueueId) -> Result<Option<QueueEntry>> {
         self.read_entry(id)
     }
@@ -595,10 +600,9 @@ impl Queue {
     /// Opens the entry's body for reading.
     ///
     /// # Errors
-    /// [`Error::Io`] (not found included).
+    /// [`Error::Io`] (not found included), [`Error::UnsafePath`].
     pub fn read_body(&self, id: &QueueId) -> Result<File> {
-        let path = self.inner.entries.join(id.as_str()).join(BODY);
-        File::open(&path).map_err(io_err("open", path))
+        self.inner.entries.open_dir(id.as_str())?.open_file(BODY)
     }
 
     /// Claims an entry for delivery: `Ok(None)` if another worker (thread or process) holds it,
@@ -608,34 +612,35 @@ impl Queue {
     /// # Errors
     /// [`Error::Io`] for failures other than those.
     pub fn claim(&self, id: &QueueId) -> Result<Option<Claim>> {
-        let path = self.inner.entries.join(id.as_str());
-        let dirf = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("open", path)(e)),
+        let entries = &self.inner.entries;
+        let dir = match entries.try_open_dir(id.as_str()) {
+            Ok(Some(d)) => d,
+            Ok(None) => return Ok(None),
+            Err(err @ Error::UnsafePath { .. }) => {
+                self.quarantine(id, &err);
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
         };
-        if !try_lock(&dirf).map_err(io_err("flock", &path))? {
+        if !try_lock(&dir).map_err(io_err("flock", dir.path()))? {
             return Ok(None);
         }
         // The previous holder may have finished it (moved it away) before we got the lock.
-        let held = dirf.metadata().map_err(io_err("stat", &path))?;
-        match fs::metadata(&path) {
-            Ok(m) if m.dev() == held.dev() && m.ino() == held.ino() => {}
-            Ok(_) => return Ok(None),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err("stat", path)(e)),
+        let held = dir.meta()?;
+        match entries.stat(id.as_str())? {
+            Some(m) if m.id() == held.id() => {}
+            _ => return Ok(None),
         }
         // Leftovers of an envelope update by a holder that crashed.
-        if let Ok(list) = fs::read_dir(&path) {
-            for e in list.flatten() {
-                if e.file_name().to_string_lossy().starts_with(".tmp.") {
-                    let _ = fs::remove_file(e.path());
+        if let Ok(names) = dir.names() {
+            for name in names.iter().filter_map(|n| n.to_str()) {
+                if name.starts_with(".tmp.") {
+                    let _ = dir.remove_file(name);
                 }
             }
         }
-        let entry = match self.read_entry(id) {
-            Ok(Some(entry)) => entry,
-            Ok(None) => return Ok(None),
+        let entry = match read_entry_in(&dir) {
+            Ok(entry) => entry,
             Err(err) => {
                 self.quarantine(id, &err);
                 return Ok(None);
@@ -644,69 +649,66 @@ impl Queue {
         Ok(Some(Claim {
             queue: self.clone(),
             id: id.clone(),
-            dir: path,
-            _lock: dirf,
+            dir,
             entry,
         }))
     }
 
     /// Reads and decodes an entry; `Ok(None)` if its directory is gone.
     fn read_entry(&self, id: &QueueId) -> Result<Option<QueueEntry>> {
-        let dir = self.inner.entries.join(id.as_str());
-        let env = dir.join(ENVELOPE);
-        let text = match fs::read(&env) {
-            Ok(t) => t,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return if dir.exists() {
-                    Err(Error::Corrupt {
-                        path: env,
-                        reason: "missing envelope".into(),
-                    })
-                } else {
+        match self.inner.entries.try_open_dir(id.as_str())? {
+            None => Ok(None),
+            Some(dir) => match read_entry_in(&dir) {
+                // Removed while we read it: finished, not corrupt.
+                Err(Error::Corrupt { .. }) if self.inner.entries.stat(id.as_str())?.is_none() => {
                     Ok(None)
-                };
-            }
-            Err(e) => return Err(io_err("read", env)(e)),
-        };
-        let corrupt = |reason: String| Error::Corrupt {
-            path: env.clone(),
-            reason,
-        };
-        let text = String::from_utf8(text).map_err(|_| corrupt("not UTF-8".into()))?;
-        let entry = QueueEntry::decode(&text).map_err(corrupt)?;
-        if fs::symlink_metadata(dir.join(BODY)).is_err() {
-            if !dir.exists() {
-                return Ok(None);
-            }
-            return Err(Error::Corrupt {
-                path: dir.join(BODY),
-                reason: "missing body".into(),
-            });
+                }
+                r => r.map(Some),
+            },
         }
-        Ok(Some(entry))
     }
 
     /// Moves an unreadable entry to `corrupt/` (the caller holds its lock). Never fails: a
     /// corrupt entry must not stop the queue.
     fn quarantine(&self, id: &QueueId, why: &Error) {
-        let from = self.inner.entries.join(id.as_str());
-        let mut to = self.inner.corrupt.join(id.as_str());
-        if to.exists() {
-            to = self
-                .inner
-                .corrupt
-                .join(format!("{id}.{}", fsutil::unique()));
+        let inner = &self.inner;
+        let mut to = id.as_str().to_owned();
+        if !matches!(inner.corrupt.stat(&to), Ok(None)) {
+            to = format!("{id}.{}", fsutil::unique().unwrap_or_default());
         }
-        match fs::rename(&from, &to) {
+        match inner.entries.rename(id.as_str(), &inner.corrupt, &to) {
             Ok(()) => {
-                let _ = fsync_dir(&self.inner.entries);
-                let _ = fsync_dir(&self.inner.corrupt);
-                tracing::error!(queue_id = %id, moved_to = %to.display(), error = %why,
-                    "corrupt queue entry moved aside");
+                let _ = inner.entries.sync();
+                let _ = inner.corrupt.sync();
+                tracing::error!(queue_id = %id, moved_to = %inner.corrupt.join(&to).display(),
+                    error = %why, "corrupt queue entry moved aside");
             }
             Err(e) => tracing::error!(queue_id = %id, error = %why, rename_error = %e,
                 "corrupt queue entry, and it cannot be moved aside"),
         }
+    }
+}
+
+/// Reads and decodes the entry in `dir`.
+fn read_entry_in(dir: &Dir) -> Result<QueueEntry> {
+    let text = dir.try_read(ENVELOPE)?.ok_or_else(|| Error::Corrupt {
+        path: dir.join(ENVELOPE),
+        reason: "missing envelope".into(),
+    })?;
+    let corrupt = |reason: String| Error::Corrupt {
+        path: dir.join(ENVELOPE),
+        reason,
+    };
+    let text = String::from_utf8(text).map_err(|_| corrupt("not UTF-8".into()))?;
+    let entry = QueueEntry::decode(&text).map_err(corrupt)?;
+    // Whatever is at `body` is only opened as a regular file, without following a link
+    // (`Claim::body`); an entry with something else there stays queued and is held back.
+    match dir.stat(BODY)? {
+        Some(_) => Ok(entry),
+        None => Err(Error::Corrupt {
+            path: dir.join(BODY),
+            reason: "missing body".into(),
+        }),
     }
 }
 
@@ -716,8 +718,8 @@ impl Queue {
 pub struct Claim {
     queue: Queue,
     id: QueueId,
-    dir: PathBuf,
-    _lock: File,
+    /// The entry's directory; its `flock` is the claim.
+    dir: Dir,
     entry: QueueEntry,
 }
 
@@ -732,18 +734,18 @@ impl Claim {
         &self.entry
     }
 
-    /// Opens the message body for reading.
+    /// Opens the message body for reading (relative to the claimed entry's descriptor).
     ///
     /// # Errors
-    /// [`Error::Io`].
+    /// [`Error::Io`], [`Error::UnsafePath`].
     pub fn body(&self) -> Result<File> {
-        let path = self.dir.join(BODY);
-        File::open(&path).map_err(io_err("open", path))
+        self.dir.open_file(BODY)
     }
 
     /// Where the message body is stored: for a reader that opens it more than once (a
     /// delivery streaming it to several hosts). The file stays there, unchanged, while the
-    /// claim is held.
+    /// claim is held. Opening by this path follows links in the queue's path; prefer
+    /// [`body`](Self::body) when one descriptor will do.
     pub fn body_path(&self) -> PathBuf {
         self.dir.join(BODY)
     }
@@ -786,18 +788,20 @@ impl Claim {
     /// [`Error::Io`] if it cannot be moved out of `entries/`.
     pub fn finish(self) -> Result<()> {
         let inner = &self.queue.inner;
-        let trash = inner.trash.join(self.id.as_str());
-        fs::rename(&self.dir, &trash).map_err(io_err("rename", &trash))?;
-        fsync_dir(&inner.entries)?;
-        if let Err(e) = fs::remove_dir_all(&trash) {
-            tracing::warn!(path = %trash.display(), error = %e, "cannot remove finished entry");
+        let id = self.id.as_str();
+        inner.entries.rename(id, &inner.trash, id)?;
+        inner.entries.sync()?;
+        if let Err(e) = inner.trash.remove_tree(id) {
+            tracing::warn!(path = %inner.trash.join(id).display(), error = %e,
+                "cannot remove finished entry");
         }
         Ok(())
     }
 
     fn save(&self) -> Result<()> {
-        replace_file(&self.dir, ENVELOPE, self.entry.encode().as_bytes())?;
-        fsync_dir(&self.dir)
+        self.dir
+            .replace(ENVELOPE, self.entry.encode().as_bytes(), &Perms::PRIVATE)?;
+        self.dir.sync()
     }
 }
 
@@ -806,6 +810,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
+    use std::fs;
     use std::io::Read;
 
     fn t(secs: u64) -> SystemTime {

@@ -1,50 +1,73 @@
-//! The numbered spool: the default mailbox store.
+//! The numbered spool: the default mailbox store, and a valid MH folder.
 //!
 //! # Layout
 //!
 //! ```text
-//! <root>/.tmp/              messages being received (see PendingMessage)
-//! <root>/<user>/1           message 1, exactly the bytes delivered
-//! <root>/<user>/1.status    its IMAP flags
+//! <root>/.tmp/                  messages being received (see PendingMessage)
+//! <root>/<user>/1               message 1, exactly the bytes delivered
+//! <root>/<user>/1.status        its IMAP flags
 //! <root>/<user>/2 ...
-//! <root>/<user>/.next       (only after a deletion) the lowest number that may be used next
-//! <root>/<user>/.recent     template status file for new messages (see below)
+//! <root>/<user>/.highwater      the highest number ever given out in this mailbox
+//! <root>/<user>/.mh_sequences   MH sequences: new mail is in `unseen` (see crate::mh)
+//! <root>/<user>/.recent         template status file for new messages (see below)
+//! <root>/<user>/.next           (older versions only; still read) the lowest number allowed next
 //! ```
 //!
-//! Messages are numbered in order of arrival, starting at 1. Numbers are never reused, also
-//! after the newest message is deleted, so they serve as IMAP UIDs. Gaps are possible (deleted
-//! messages, and a number burnt by a delivery that crashed half-way).
+//! Messages are numbered in order of arrival, starting at 1. Numbers are never reused, whoever
+//! deletes a message (this crate, mutt, `rm`) and across restarts, so they serve as IMAP UIDs.
+//! Gaps are possible (deleted messages, and a number burnt by a delivery that crashed half-way).
 //!
 //! A status file holds the message's flags separated by single spaces and ended by one newline,
 //! e.g. `\Seen \Answered` + LF; no flags is a lone LF. A new message's status is exactly the 8
-//! bytes `\Recent` + LF ([`NEW_STATUS`]).
+//! bytes `\Recent` + LF ([`NEW_STATUS`]). The status files are the record of a message's state;
+//! `.mh_sequences` is kept in step with them for MH readers (mutt, nmh, Claws Mail, Python's
+//! `mailbox.MH`), which do not read `.status` files (they skip every name that is not a number).
 //!
 //! # Delivering
 //!
 //! 1. The message is written to a temporary file in `<root>/.tmp/` and fsynced, outside any lock.
-//! 2. Under the mailbox's directory lock ([`crate::lock`]): the next number `n` is chosen;
-//!    `<n>.status` is made as a hard link to the durable template `.recent` (its content is
-//!    always `\Recent` + LF, so no data needs writing or syncing); then the message is
-//!    hard-linked as `<n>`. The status appears first: readers list messages by their number
+//! 2. Under the mailbox's directory lock ([`crate::lock`]), the next number `n` is chosen
+//!    (below); `.highwater` is replaced by `n` and `.mh_sequences` by the old sequences with
+//!    `n` added to `unseen` (each a temporary file, fsynced, renamed into place), and the
+//!    mailbox directory is fsynced: the number is on record *before* anyone can see message
+//!    `n`. Then `<n>.status` is made as a hard link to the durable template `.recent` (its
+//!    content is always `\Recent` + LF, so no data needs writing or syncing), and the message
+//!    is hard-linked as `<n>`. The status appears first: readers list messages by their number
 //!    files, so no reader ever sees a message without its status, and, since the file was
 //!    complete before it got its name, never a partial message.
 //! 3. The lock is released and the mailbox directory fsynced; only then does `deliver` return.
-//!    Concurrent deliveries fsync concurrently, and the file system commits them together (group
-//!    commit), so throughput under concurrency exceeds one delivery per fsync.
+//!    Concurrent deliveries into different mailboxes fsync concurrently, and the file system
+//!    commits them together.
 //!
 //! Flag changes replace the status file with a new one (temporary file, fsync, rename), so the
 //! shared template is never written through: programs other than this crate must not modify
-//! status files in place either.
+//! status files in place either. They also update `unseen` (no `\Seen`), `flagged`
+//! (`\Flagged`) and `replied` (`\Answered`) in `.mh_sequences`; a deletion removes the number
+//! from every sequence. Other MH programs that change `.mh_sequences` should not run while mail
+//! is delivered: they lock the file, this crate locks the directory and replaces the file.
 //!
 //! # Choosing the next number
 //!
-//! Writing a counter file on every delivery would cost one more fsync per message, so the
-//! counter is only written when it matters: on deletion. Invariant: every number at or above the
-//! value in `.next` (1 if absent) that was ever used still exists, as one contiguous run. A
-//! delivery takes the first free number at or above `max(.next, this process's cached next)`;
-//! a deletion of a message at or above `.next` first durably raises `.next` past the end of that
-//! run. A process that does not know a mailbox yet scans it once (that scan also removes
-//! leftovers of crashed processes: temporary files, and statuses whose message never arrived).
+//! `n = max(.highwater, .next - 1, highest number present) + 1`, then past any number still
+//! taken (a message, or a status whose message never arrived). The highest number present is
+//! found by one scan of the directory the first time a process delivers into a mailbox (that
+//! scan also removes leftovers of crashed processes: temporary files, and statuses whose message
+//! never arrived) or when `.highwater` is missing (a mailbox from an older version). Since
+//! `.highwater` is durable before `n` is visible, a deletion by any program, a restart, or a
+//! crash at any point never gives a number out twice: after a crash between the record and the links the
+//! number is burnt (a gap). Arithmetic is checked: a mailbox whose `.highwater` reached
+//! `u64::MAX` takes no more mail ([`Error::Exhausted`], a `451` for the sender) rather than
+//! wrapping to `0` (a name readers skip). Numbers given out by other programs that do not keep
+//! `.highwater` (nmh's `inc`) are only protected once this crate has seen them.
+//!
+//! # Links
+//!
+//! The mailbox directory is opened relative to the root's descriptor with `O_NOFOLLOW`, and
+//! every file in it relative to the mailbox's descriptor (see `at.rs`): a symbolic link planted
+//! as the mailbox, or as `.highwater`, `.mh_sequences`, `.recent`, a message or a status, is
+//! refused with [`Error::UnsafePath`]. A status is only linked to a template this process made
+//! (known by device and inode; another file at `.recent`, such as a hard link to a file outside
+//! the spool, is replaced, never linked to), and the new link is checked to be that inode.
 //!
 //! # Crashes
 //!
@@ -53,24 +76,31 @@
 //! not be there after a power failure; its sender got no `250` and will send it again.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
-use std::io::{self, Read};
+use std::fs::File;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use rustix::fs::FileType;
+use rustix::io::Errno;
+
+use crate::at::{errno, fstat, unsafe_path, Dir, Perms};
 use crate::error::{io_err, Error, Result};
-use crate::fsutil::{ensure_dir, fsync_dir, is_errno, replace_file};
-use crate::lock::with_locked_dir;
+use crate::mh::Sequences;
 use crate::name::MailboxName;
-use crate::pending::{link_or_copy, open_store_root, PendingMessage};
+use crate::options::StoreOptions;
+use crate::pending::{check_link, link_or_copy, open_store_root, PendingMessage, Staged};
 use crate::{DeliveryId, Store};
 
 /// The exact content of a new message's status file.
 pub const NEW_STATUS: &[u8] = b"\\Recent\n";
 
+const HIGHWATER: &str = ".highwater";
 const NEXT: &str = ".next";
 const RECENT: &str = ".recent";
+const SEQUENCES: &str = ".mh_sequences";
 const TMP_PREFIX: &str = ".tmp.";
+const UNSEEN: &str = "unseen";
 
 /// A numbered spool rooted at a directory. Cheap to clone; clones share their state.
 #[derive(Debug, Clone)]
@@ -80,32 +110,53 @@ pub struct Spool {
 
 #[derive(Debug)]
 struct Inner {
-    root: PathBuf,
-    staging: PathBuf,
-    /// Per mailbox, one past the number this process last assigned (a hint; see module docs).
-    next: Mutex<HashMap<MailboxName, u64>>,
+    root: Dir,
+    staging: Arc<Dir>,
+    perms: Perms,
+    /// What this process knows about each mailbox it delivered into.
+    known: Mutex<HashMap<MailboxName, Known>>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Known {
+    /// Leftovers removed and the highest number taken into account (once per process).
+    recovered: bool,
+    /// Device and inode of the `.recent` template this process made.
+    template: Option<(u64, u64)>,
 }
 
 impl Spool {
     /// Opens (creating if needed) a spool at `root`, and removes temporary files left in its
-    /// staging directory by crashed processes. Mailboxes are created on first delivery.
+    /// staging directory by crashed processes. Mailboxes are created on first delivery, with
+    /// the default [`StoreOptions`] (`0700` directories, `0600` files).
     ///
     /// # Errors
     /// [`Error::Io`] if the directories cannot be created.
     pub fn open(root: impl AsRef<Path>) -> Result<Spool> {
+        Spool::open_with(root, &StoreOptions::new())
+    }
+
+    /// As [`open`](Self::open), with the modes and ownership of new mailboxes and messages
+    /// given by `options`.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOption`], or as [`open`](Self::open).
+    pub fn open_with(root: impl AsRef<Path>, options: &StoreOptions) -> Result<Spool> {
+        let perms = options.perms()?;
         let (root, staging) = open_store_root(root.as_ref())?;
         Ok(Spool {
             inner: Arc::new(Inner {
                 root,
                 staging,
-                next: Mutex::new(HashMap::new()),
+                perms,
+                known: Mutex::new(HashMap::new()),
             }),
         })
     }
 
     /// The spool's root directory.
     pub fn root(&self) -> &Path {
-        &self.inner.root
+        self.inner.root.path()
     }
 
     /// The directory of a mailbox (which may not exist yet).
@@ -113,24 +164,24 @@ impl Spool {
         self.inner.root.join(mailbox.as_str())
     }
 
+    fn mailbox(&self, mailbox: &MailboxName) -> Result<Option<Dir>> {
+        self.inner.root.try_open_dir(mailbox.as_str())
+    }
+
     /// The message numbers in a mailbox, ascending. A mailbox that never got mail is empty.
     ///
     /// # Errors
-    /// [`Error::Io`] if the directory cannot be read.
+    /// [`Error::Io`] if the directory cannot be read, [`Error::UnsafePath`] if the mailbox is
+    /// a symbolic link.
     pub fn list(&self, mailbox: &MailboxName) -> Result<Vec<u64>> {
-        let dir = self.mailbox_path(mailbox);
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_err("readdir", dir)(e)),
+        let Some(dir) = self.mailbox(mailbox)? else {
+            return Ok(Vec::new());
         };
-        let mut numbers = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(io_err("readdir", &dir))?;
-            if let Some(n) = entry.file_name().to_str().and_then(parse_number) {
-                numbers.push(n);
-            }
-        }
+        let mut numbers: Vec<u64> = dir
+            .names()?
+            .iter()
+            .filter_map(|n| n.to_str().and_then(parse_number))
+            .collect();
         numbers.sort_unstable();
         Ok(numbers)
     }
@@ -139,45 +190,57 @@ impl Spool {
     /// deleted meanwhile.
     ///
     /// # Errors
-    /// [`Error::NoSuchMessage`], or [`Error::Io`].
+    /// [`Error::NoSuchMessage`], [`Error::UnsafePath`] (a link or a special file), or
+    /// [`Error::Io`].
     pub fn open_message(&self, mailbox: &MailboxName, number: u64) -> Result<File> {
-        let path = self.mailbox_path(mailbox).join(number.to_string());
-        File::open(&path).map_err(|e| not_found(e, mailbox, number, "open", &path))
+        let dir = self
+            .mailbox(mailbox)?
+            .ok_or_else(|| no_such(mailbox, number))?;
+        dir.try_open_file(&number.to_string())?
+            .ok_or_else(|| no_such(mailbox, number))
     }
 
     /// Reads message `number` into memory.
     ///
     /// # Errors
-    /// [`Error::NoSuchMessage`], or [`Error::Io`].
+    /// As [`open_message`](Self::open_message).
     pub fn read(&self, mailbox: &MailboxName, number: u64) -> Result<Vec<u8>> {
         let mut file = self.open_message(mailbox, number)?;
         let mut buf = Vec::new();
-        file.read_to_end(&mut buf)
-            .map_err(io_err("read", self.mailbox_path(mailbox)))?;
+        file.read_to_end(&mut buf).map_err(io_err(
+            "read",
+            self.mailbox_path(mailbox).join(number.to_string()),
+        ))?;
         Ok(buf)
     }
 
     /// The flags of message `number`, as stored (e.g. `["\\Recent"]` for a new message).
     ///
     /// # Errors
-    /// [`Error::NoSuchMessage`], [`Error::Corrupt`] if the status is not UTF-8, or
-    /// [`Error::Io`].
+    /// [`Error::NoSuchMessage`], [`Error::Corrupt`] if the status is not UTF-8,
+    /// [`Error::UnsafePath`], or [`Error::Io`].
     pub fn flags(&self, mailbox: &MailboxName, number: u64) -> Result<Vec<String>> {
-        let path = self.mailbox_path(mailbox).join(format!("{number}.status"));
-        let bytes = fs::read(&path).map_err(|e| not_found(e, mailbox, number, "read", &path))?;
+        let dir = self
+            .mailbox(mailbox)?
+            .ok_or_else(|| no_such(mailbox, number))?;
+        let name = status_name(number);
+        let bytes = dir
+            .try_read(&name)?
+            .ok_or_else(|| no_such(mailbox, number))?;
         let text = String::from_utf8(bytes).map_err(|_| Error::Corrupt {
-            path,
+            path: dir.join(&name),
             reason: "status file is not UTF-8".into(),
         })?;
         Ok(text.split_ascii_whitespace().map(str::to_owned).collect())
     }
 
     /// Replaces the flags of message `number` (atomically: readers see the old or the new
-    /// status), durably.
+    /// status), durably, and updates `.mh_sequences` to match (`unseen`, `flagged`,
+    /// `replied`).
     ///
     /// # Errors
     /// [`Error::InvalidFlag`] for an empty flag or one with white space or control characters,
-    /// [`Error::NoSuchMessage`], or [`Error::Io`].
+    /// [`Error::NoSuchMessage`], [`Error::UnsafePath`], or [`Error::Io`].
     pub fn set_flags<S: AsRef<str>>(
         &self,
         mailbox: &MailboxName,
@@ -196,89 +259,110 @@ impl Spool {
             content.push_str(flag);
         }
         content.push('\n');
-        let dir = self.mailbox_path(mailbox);
-        with_locked_dir(&dir, || {
-            self.require(&dir, mailbox, number)?;
-            replace_file(&dir, &format!("{number}.status"), content.as_bytes())
-        })
-        .map_err(|e| missing_mailbox(e, mailbox, number))?;
-        fsync_dir(&dir)
+        let has = |f: &str| flags.iter().any(|x| x.as_ref().eq_ignore_ascii_case(f));
+        let (seen, flagged, answered) = (has("\\Seen"), has("\\Flagged"), has("\\Answered"));
+        let perms = &self.inner.perms;
+        let dir = self.locked(mailbox, number)?;
+        dir.replace(&status_name(number), content.as_bytes(), perms)?;
+        update_sequences(&dir, perms, |s| {
+            s.set(UNSEEN, number, !seen);
+            s.set("flagged", number, flagged);
+            s.set("replied", number, answered);
+        })?;
+        dir.unlock();
+        dir.sync()
     }
 
-    /// Deletes message `number` and its status, durably. Its number is never used again.
+    /// Deletes message `number` and its status, durably, and takes it out of `.mh_sequences`.
+    /// Its number is never used again.
     ///
     /// # Errors
-    /// [`Error::NoSuchMessage`], [`Error::Corrupt`] for a bad `.next`, or [`Error::Io`].
+    /// [`Error::NoSuchMessage`], [`Error::Corrupt`] for a bad `.highwater`, [`Error::Io`].
     pub fn delete(&self, mailbox: &MailboxName, number: u64) -> Result<()> {
-        let dir = self.mailbox_path(mailbox);
-        with_locked_dir(&dir, || {
-            self.require(&dir, mailbox, number)?;
-            let floor = read_floor(&dir)?;
-            if number >= floor {
-                // Keep the invariant: everything at or above `.next` is one run of existing
-                // messages. Raise `.next` past the end of the run before breaking it.
-                let mut end = number + 1;
-                while used(&dir, end) {
-                    end += 1;
-                }
-                replace_file(&dir, NEXT, format!("{end}\n").as_bytes())?;
-                fsync_dir(&dir)?;
-            }
-            let msg = dir.join(number.to_string());
-            fs::remove_file(&msg).map_err(io_err("unlink", &msg))?;
-            let status = dir.join(format!("{number}.status"));
-            match fs::remove_file(&status) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(io_err("unlink", status)(e)),
-                _ => Ok(()),
-            }
-        })
-        .map_err(|e| missing_mailbox(e, mailbox, number))?;
-        fsync_dir(&dir)
+        let perms = &self.inner.perms;
+        let dir = self.locked(mailbox, number)?;
+        // `.highwater` may be behind for a mailbox of an older version, or one another
+        // program added to: put it on record first that `number` (and all before) was used.
+        if read_counters(&dir)?.unwrap_or(0) < number {
+            let highest = recover(&dir)?.max(number);
+            dir.replace(HIGHWATER, format!("{highest}\n").as_bytes(), perms)?;
+            dir.sync()?;
+        }
+        dir.remove_file(&number.to_string())?;
+        dir.remove_file(&status_name(number))?;
+        update_sequences(&dir, perms, |s| s.remove_everywhere(number))?;
+        dir.unlock();
+        dir.sync()
     }
 
-    fn require(&self, dir: &Path, mailbox: &MailboxName, number: u64) -> Result<()> {
-        let path = dir.join(number.to_string());
-        fs::symlink_metadata(&path)
-            .map(drop)
-            .map_err(|e| not_found(e, mailbox, number, "stat", &path))
+    /// Opens and locks a mailbox in which message `number` must exist.
+    fn locked(&self, mailbox: &MailboxName, number: u64) -> Result<Dir> {
+        let dir = self
+            .mailbox(mailbox)?
+            .ok_or_else(|| no_such(mailbox, number))?;
+        dir.lock()?;
+        match dir.stat(&number.to_string())? {
+            Some(m) if m.is_file() => Ok(dir),
+            Some(_) => Err(unsafe_path(
+                dir.join(&number.to_string()),
+                "is not a regular file",
+            )),
+            None => Err(no_such(mailbox, number)),
+        }
     }
 
-    /// Under the mailbox lock: links the status and the message into place; returns the number.
-    fn place(&self, src: &Path, mailbox: &MailboxName, dir: &Path) -> Result<u64> {
-        let floor = read_floor(dir)?;
-        let cached = self
-            .inner
-            .next
+    fn known(&self, mailbox: &MailboxName) -> Known {
+        self.inner
+            .known
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(mailbox)
-            .copied();
-        let mut n = match cached {
-            Some(c) => c.max(floor),
-            None => floor.max(recover(dir)? + 1),
-        };
-        while used(dir, n) {
-            n += 1;
+            .copied()
+            .unwrap_or_default()
+    }
+
+    fn remember(&self, mailbox: &MailboxName, known: Known) {
+        self.inner
+            .known
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(mailbox.clone(), known);
+    }
+
+    /// Under the mailbox lock: records the next number, links the status and the message into
+    /// place; returns the number.
+    fn place(&self, src: Staged<'_>, mailbox: &MailboxName, dir: &Dir) -> Result<u64> {
+        let perms = &self.inner.perms;
+        let mut known = self.known(mailbox);
+        let mut last = read_counters(dir)?;
+        if !known.recovered || last.is_none() {
+            last = Some(last.unwrap_or(0).max(recover(dir)?));
+            known.recovered = true;
+            self.remember(mailbox, known);
         }
-        link_status(dir, n)?;
-        if let Err(e) = link_or_copy(src, &dir.join(n.to_string()), dir) {
-            let _ = fs::remove_file(dir.join(format!("{n}.status")));
+        let n = next_free(dir, last.unwrap_or(0))?;
+        // Refuse a planted `.recent` before a number is spent on this delivery.
+        let template = ensure_template(dir, &mut known, perms);
+        self.remember(mailbox, known);
+        template?;
+        // On record, durably, before the number can be seen.
+        dir.replace(HIGHWATER, format!("{n}\n").as_bytes(), perms)?;
+        update_sequences(dir, perms, |s| s.set(UNSEEN, n, true))?;
+        dir.sync()?;
+        let linked = link_status(dir, n, &mut known, perms);
+        self.remember(mailbox, known);
+        linked?;
+        if let Err(e) = link_or_copy(src, dir, &n.to_string(), perms) {
+            let _ = dir.remove_file(&status_name(n));
             return Err(e);
         }
-        let mut cache = self
-            .inner
-            .next
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let entry = cache.entry(mailbox.clone()).or_insert(0);
-        *entry = (*entry).max(n + 1);
         Ok(n)
     }
 }
 
 impl Store for Spool {
     fn begin(&self) -> Result<PendingMessage> {
-        PendingMessage::create(&self.inner.staging)
+        PendingMessage::create(&self.inner.staging, &self.inner.perms)
     }
 
     fn commit(
@@ -287,42 +371,52 @@ impl Store for Spool {
         mailboxes: &[MailboxName],
     ) -> Result<Vec<Result<DeliveryId>>> {
         let src = message.seal()?;
+        let inner = &self.inner;
         let mut results: Vec<Result<DeliveryId>> = Vec::with_capacity(mailboxes.len());
+        let mut to_sync: Vec<(&MailboxName, Dir)> = Vec::new();
         for mailbox in mailboxes {
-            let dir = self.mailbox_path(mailbox);
             let r = (|| {
-                if ensure_dir(&dir)? {
-                    fsync_dir(&self.inner.root)?;
+                let (dir, created) = inner.root.ensure_dir(mailbox.as_str(), &inner.perms)?;
+                if created {
+                    inner.root.sync()?;
                 }
-                with_locked_dir(&dir, || self.place(src, mailbox, &dir))
+                // A descriptor of its own for each delivery: its flock excludes every other.
+                dir.lock()?;
+                let r = self.place(src, mailbox, &dir);
+                dir.unlock();
+                r.map(|n| (n, dir))
             })();
-            results.push(r.map(DeliveryId::Spool));
+            match r {
+                Ok((n, dir)) => {
+                    if !to_sync.iter().any(|(m, _)| *m == mailbox) {
+                        to_sync.push((mailbox, dir));
+                    }
+                    results.push(Ok(DeliveryId::Spool(n)));
+                }
+                Err(e) => results.push(Err(e)),
+            }
         }
         // One fsync per distinct directory, after all the links: they share the commit.
-        let mut synced: Vec<(&MailboxName, Result<()>)> = Vec::new();
-        for (mailbox, result) in mailboxes.iter().zip(results.iter_mut()) {
-            if result.is_err() {
-                continue;
-            }
-            let outcome = match synced.iter().find(|(m, _)| *m == mailbox) {
-                Some((_, r)) => r.as_ref().err().map(|e| e.to_string()),
-                None => {
-                    let r = fsync_dir(&self.mailbox_path(mailbox));
-                    let msg = r.as_ref().err().map(|e| e.to_string());
-                    synced.push((mailbox, r));
-                    msg
+        for (mailbox, dir) in to_sync {
+            if let Err(e) = dir.sync() {
+                let text = e.to_string();
+                for (m, r) in mailboxes.iter().zip(results.iter_mut()) {
+                    if m == mailbox && r.is_ok() {
+                        *r = Err(Error::Io {
+                            op: "fsync",
+                            path: dir.path().to_path_buf(),
+                            source: std::io::Error::other(text.clone()),
+                        });
+                    }
                 }
-            };
-            if let Some(msg) = outcome {
-                *result = Err(Error::Io {
-                    op: "fsync",
-                    path: self.mailbox_path(mailbox),
-                    source: io::Error::other(msg),
-                });
             }
         }
         Ok(results)
     }
+}
+
+fn status_name(n: u64) -> String {
+    format!("{n}.status")
 }
 
 /// `1`, `2`, ...: decimal, no sign, no leading zero.
@@ -335,40 +429,59 @@ fn parse_number(name: &str) -> Option<u64> {
 
 /// Whether number `n` is taken in `dir`: by a message, or by a status (a delivery that crashed
 /// between its two links; the number is skipped rather than reused).
-fn used(dir: &Path, n: u64) -> bool {
-    let name = n.to_string();
-    fs::symlink_metadata(dir.join(&name)).is_ok()
-        || fs::symlink_metadata(dir.join(name + ".status")).is_ok()
+fn used(dir: &Dir, n: u64) -> Result<bool> {
+    Ok(dir.stat(&n.to_string())?.is_some() || dir.stat(&status_name(n))?.is_some())
 }
 
-fn read_floor(dir: &Path) -> Result<u64> {
-    let path = dir.join(NEXT);
-    match fs::read_to_string(&path) {
-        Ok(s) => match s.trim_end_matches('\n').parse::<u64>() {
-            Ok(n) if n >= 1 => Ok(n),
-            _ => Err(Error::Corrupt {
-                path,
-                reason: format!("expected a decimal number, found {s:?}"),
-            }),
-        },
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(1),
-        Err(e) => Err(io_err("read", path)(e)),
+/// The first number after `last` that nothing uses.
+fn next_free(dir: &Dir, last: u64) -> Result<u64> {
+    let exhausted = || Error::Exhausted {
+        what: "message numbers",
+        path: dir.join(HIGHWATER),
+    };
+    let mut n = last.checked_add(1).ok_or_else(exhausted)?;
+    while used(dir, n)? {
+        n = n.checked_add(1).ok_or_else(exhausted)?;
+    }
+    Ok(n)
+}
+
+/// A file holding one decimal number and a newline; `None` if it does not exist.
+fn read_number(dir: &Dir, name: &str) -> Result<Option<u64>> {
+    let Some(bytes) = dir.try_read(name)? else {
+        return Ok(None);
+    };
+    let text = String::from_utf8_lossy(&bytes);
+    match parse_number(text.strip_suffix('\n').unwrap_or(&text)) {
+        Some(n) => Ok(Some(n)),
+        None => Err(Error::Corrupt {
+            path: dir.join(name),
+            reason: format!("expected a decimal number, found {text:?}"),
+        }),
     }
 }
 
-/// Under the lock, the first time this process touches a mailbox: removes leftovers of crashed
-/// processes and returns the highest message number present (0 if none).
-fn recover(dir: &Path) -> Result<u64> {
+/// The highest number on record as used: `.highwater`, or one below an older version's
+/// `.next`. `None` if neither file exists.
+fn read_counters(dir: &Dir) -> Result<Option<u64>> {
+    let high = read_number(dir, HIGHWATER)?;
+    let below_next = read_number(dir, NEXT)?.map(|n| n - 1);
+    Ok(high.max(below_next))
+}
+
+/// Under the lock: removes leftovers of crashed processes and returns the highest message
+/// number present (0 if none).
+fn recover(dir: &Dir) -> Result<u64> {
     let mut max = 0;
     let mut messages = Vec::new();
     let mut statuses = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err("readdir", dir))? {
-        let entry = entry.map_err(io_err("readdir", dir))?;
-        let name = entry.file_name();
+    for name in dir.names()? {
         let Some(name) = name.to_str() else { continue };
         if name.starts_with(TMP_PREFIX) {
-            tracing::info!(path = %entry.path().display(), "removing leftover temporary file");
-            let _ = fs::remove_file(entry.path());
+            if matches!(dir.stat(name)?, Some(m) if !m.is_dir()) {
+                tracing::info!(path = %dir.join(name).display(), "removing leftover temporary file");
+                let _ = dir.remove_file(name);
+            }
         } else if let Some(n) = parse_number(name) {
             max = max.max(n);
             messages.push(n);
@@ -379,59 +492,86 @@ fn recover(dir: &Path) -> Result<u64> {
     messages.sort_unstable();
     for n in statuses {
         if messages.binary_search(&n).is_err() {
-            tracing::info!(mailbox = %dir.display(), number = n, "removing orphan status");
-            let _ = fs::remove_file(dir.join(format!("{n}.status")));
+            tracing::info!(mailbox = %dir.path().display(), number = n, "removing orphan status");
+            let _ = dir.remove_file(&status_name(n));
         }
     }
     Ok(max)
 }
 
-/// Makes `<n>.status` a link to the `.recent` template, creating or renewing the template when
-/// it is missing or has reached the file system's link limit.
-fn link_status(dir: &Path, n: u64) -> Result<()> {
-    let template = dir.join(RECENT);
-    let status = dir.join(format!("{n}.status"));
-    match fs::hard_link(&template, &status) {
-        Ok(()) => return Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound || is_errno(&e, rustix::io::Errno::MLINK) => {
-        }
-        Err(e) if is_errno(&e, rustix::io::Errno::PERM) => {
-            // No hard links here: write the status itself.
-            return replace_file(dir, &format!("{n}.status"), NEW_STATUS);
-        }
-        Err(e) => return Err(io_err("link", status)(e)),
-    }
-    replace_file(dir, RECENT, NEW_STATUS)?;
-    fs::hard_link(&template, &status).map_err(io_err("link", status))
+/// Rewrites `.mh_sequences` (temporary file, fsync, rename) with `change` applied.
+fn update_sequences(dir: &Dir, perms: &Perms, change: impl FnOnce(&mut Sequences)) -> Result<()> {
+    let mut seq = Sequences::parse(&dir.try_read(SEQUENCES)?.unwrap_or_default());
+    change(&mut seq);
+    dir.replace(SEQUENCES, &seq.encode(), perms)
 }
 
-fn not_found(
-    e: io::Error,
-    mailbox: &MailboxName,
-    number: u64,
-    op: &'static str,
-    path: &Path,
-) -> Error {
-    if e.kind() == io::ErrorKind::NotFound {
-        Error::NoSuchMessage {
-            mailbox: mailbox.to_string(),
-            number,
+/// Makes a new `.recent` template (a new inode, durable) and returns its identity.
+fn make_template(dir: &Dir, perms: &Perms) -> Result<(u64, u64)> {
+    use std::io::Write;
+    let tmp = format!("{TMP_PREFIX}{}", crate::fsutil::unique()?);
+    let r = (|| {
+        let mut f = dir.create(&tmp, perms)?;
+        f.write_all(NEW_STATUS)
+            .map_err(io_err("write", dir.join(&tmp)))?;
+        f.sync_all().map_err(io_err("fsync", dir.join(&tmp)))?;
+        let id = fstat(&f, &dir.join(&tmp))?.id();
+        dir.rename(&tmp, dir, RECENT)?;
+        Ok(id)
+    })();
+    if r.is_err() {
+        let _ = dir.remove_file(&tmp);
+    }
+    r
+}
+
+/// Makes sure `.recent` is a template this process made (making one if not); a symbolic link
+/// there is refused.
+fn ensure_template(dir: &Dir, known: &mut Known, perms: &Perms) -> Result<()> {
+    match dir.stat(RECENT)? {
+        Some(m) if m.file_type == FileType::Symlink => {
+            Err(unsafe_path(dir.join(RECENT), "is a symbolic link"))
         }
-    } else {
-        io_err(op, path)(e)
+        Some(m) if known.template == Some(m.id()) && m.is_file() => Ok(()),
+        _ => {
+            known.template = Some(make_template(dir, perms)?);
+            Ok(())
+        }
     }
 }
 
-/// The lock on a mailbox that does not exist fails with ENOENT: that is "no such message".
-fn missing_mailbox(e: Error, mailbox: &MailboxName, number: u64) -> Error {
-    match e {
-        Error::Io { ref source, .. } if source.kind() == io::ErrorKind::NotFound => {
-            Error::NoSuchMessage {
-                mailbox: mailbox.to_string(),
-                number,
+/// Makes `<n>.status` a link to this process's `.recent` template, making a new template when
+/// there is none of ours (first delivery, another process replaced it, someone planted a file)
+/// or it has reached the file system's link limit. A symbolic link at `.recent` is refused.
+fn link_status(dir: &Dir, n: u64, known: &mut Known, perms: &Perms) -> Result<()> {
+    let status = status_name(n);
+    for _ in 0..2 {
+        let current = dir.stat(RECENT)?;
+        if matches!(current, Some(m) if m.file_type == FileType::Symlink) {
+            return Err(unsafe_path(dir.join(RECENT), "is a symbolic link"));
+        }
+        let ours = match (known.template, current) {
+            (Some(id), Some(m)) if m.id() == id && m.is_file() => Some(id),
+            _ => None,
+        };
+        if let Some(id) = ours {
+            match dir.link(RECENT, dir, &status) {
+                Ok(()) => return check_link(dir, &status, id),
+                Err(Errno::MLINK) => {}
+                // No hard links here: write the status itself.
+                Err(Errno::PERM) => return dir.replace(&status, NEW_STATUS, perms),
+                Err(e) => return Err(errno("link", dir.join(&status))(e)),
             }
         }
-        e => e,
+        known.template = Some(make_template(dir, perms)?);
+    }
+    dir.replace(&status, NEW_STATUS, perms)
+}
+
+fn no_such(mailbox: &MailboxName, number: u64) -> Error {
+    Error::NoSuchMessage {
+        mailbox: mailbox.to_string(),
+        number,
     }
 }
 
@@ -439,6 +579,7 @@ fn missing_mailbox(e: Error, mailbox: &MailboxName, number: u64) -> Error {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::fs;
 
     fn name(s: &str) -> MailboxName {
         MailboxName::new(s).unwrap()

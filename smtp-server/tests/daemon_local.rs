@@ -248,3 +248,52 @@ fn public_listener_refuses_relay() {
     assert_eq!(queued(&spool), 0);
     drop(d);
 }
+
+/// `--mailbox-mode`/`--mailbox-group` reach the files; a planted symlink and an exhausted
+/// mailbox get a 4xx for the message and a log line naming the path, and nothing is written
+/// outside the spool.
+#[test]
+fn mailbox_options_and_refused_mailboxes() {
+    use std::os::unix::fs::MetadataExt;
+    let net = Net::start(PeerBehaviour::default(), false);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    std::fs::create_dir(&spool).unwrap();
+    // Root (as in CI) may use any group; others their own.
+    let me = std::fs::metadata(&spool).unwrap();
+    let gid = if me.uid() == 0 { 4242 } else { me.gid() };
+    let gid_text = gid.to_string();
+    let d = Daemon::start(
+        &spool,
+        net.dns.addr(),
+        &["--mailbox-mode", "2770", "--mailbox-group", &gid_text],
+    );
+    let mut c = d.connect();
+    let msg = "Subject: hi\r\n\r\nhello\r\n";
+    assert_eq!(c.send("a@example.test", &["bob@example.test"], msg).0, 250);
+    let mode = |p: &std::path::Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.mode() & 0o7777, m.gid())
+    };
+    assert_eq!(mode(&spool.join("bob")), (0o2770, gid));
+    assert_eq!(mode(&spool.join("bob/1")), (0o660, gid));
+    assert_eq!(mode(&spool.join("bob/1.status")), (0o660, gid));
+
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), spool.join("eve")).unwrap();
+    let mut c = d.connect();
+    let (code, text) = c.send("a@example.test", &["eve@example.test"], msg);
+    assert_eq!(code, 451, "{text}");
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    let eve = spool.join("eve").display().to_string();
+    assert!(
+        wait_until(Duration::from_secs(5), || d.log().contains(&eve)),
+        "{}",
+        d.log()
+    );
+
+    std::fs::write(spool.join("bob/.highwater"), format!("{}\n", u64::MAX)).unwrap();
+    let mut c = d.connect();
+    assert_eq!(c.send("a@example.test", &["bob@example.test"], msg).0, 451);
+    assert_eq!(spool_messages(&spool, "bob").len(), 1);
+}

@@ -172,6 +172,17 @@ pub struct Config {
     /// Append the log to this file instead of writing it to stderr.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+
+    /// Mode of new mailbox directories, in octal (at least 0700); new message files get its
+    /// read and write bits (2770 gives 0660 files). Existing directories are left as they are.
+    #[arg(long, value_name = "OCTAL", default_value = "0700", value_parser = parse_mailbox_mode)]
+    pub mailbox_mode: u32,
+
+    /// Group (name from /etc/group, or number) given to new mailbox directories and files, so
+    /// that a reader running as another user in that group (Dovecot, see DAEMON.md) can read
+    /// them [default: the system's choice].
+    #[arg(long, value_name = "NAME|GID", value_parser = parse_mailbox_group)]
+    pub mailbox_group: Option<u32>,
 }
 
 impl Config {
@@ -482,5 +493,78 @@ mod tests {
         for bad in [":25", "a b:25", "mx:0", "mx:x", "", "[::1]x"] {
             assert!(parse_relay_host(bad).is_err(), "{bad:?}");
         }
+    }
+}
+
+/// `--mailbox-mode`: octal digits, at most `7777`, with the owner's `rwx` (the daemon must be
+/// able to deliver into what it creates).
+fn parse_mailbox_mode(s: &str) -> Result<u32, String> {
+    let mode = u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777 && !s.is_empty())
+        .ok_or_else(|| format!("{s:?}: not an octal mode such as 0700 or 2770"))?;
+    if mode & 0o700 != 0o700 {
+        return Err(format!(
+            "{s:?}: the owner needs rwx (0700) on mailbox directories"
+        ));
+    }
+    Ok(mode)
+}
+
+/// `--mailbox-group`: a number, or a name looked up in `/etc/group` (groups only known to
+/// NSS services such as LDAP: give the number).
+fn parse_mailbox_group(s: &str) -> Result<u32, String> {
+    let text = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    group_id(s, &text)
+}
+
+fn group_id(s: &str, etc_group: &str) -> Result<u32, String> {
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s
+            .parse::<u32>()
+            .ok()
+            .filter(|g| *g != u32::MAX)
+            .ok_or_else(|| format!("{s:?}: not a valid group id"));
+    }
+    etc_group
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(name, _)| *name == s)
+        .and_then(|(_, gid)| gid.parse::<u32>().ok())
+        .ok_or_else(|| format!("{s:?}: no such group in /etc/group (give the number)"))
+}
+
+#[cfg(test)]
+mod mailbox_option_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn mailbox_mode_and_group() {
+        let c = Config::try_parse_from(["smtp-server"]).unwrap();
+        assert_eq!((c.mailbox_mode, c.mailbox_group), (0o700, None));
+        let c = Config::try_parse_from([
+            "smtp-server",
+            "--mailbox-mode",
+            "2770",
+            "--mailbox-group",
+            "8",
+        ])
+        .unwrap();
+        assert_eq!((c.mailbox_mode, c.mailbox_group), (0o2770, Some(8)));
+        for bad in ["", "9", "0750x", "10000", "0070", "0600"] {
+            assert!(parse_mailbox_mode(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(parse_mailbox_mode("0750").unwrap(), 0o750);
+        let etc = "root:x:0:\nmail:x:8:\nbroken\ndovecot:x:117:alice,bob\n";
+        assert_eq!(group_id("mail", etc).unwrap(), 8);
+        assert_eq!(group_id("dovecot", etc).unwrap(), 117);
+        assert_eq!(group_id("12", etc).unwrap(), 12);
+        assert!(group_id("nobody", etc).is_err());
+        assert!(group_id("4294967295", etc).is_err());
+        assert!(group_id("", etc).is_err());
     }
 }

@@ -115,12 +115,17 @@ fn init_logging(cfg: &Config) -> Result<(), Fatal> {
 /// Opens a store and proves it writable (a temporary file is made and removed).
 fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, Fatal> {
     let dir = &cfg.spool_dir;
+    let mut options = mailstore::StoreOptions::new().mode(cfg.mailbox_mode);
+    if let Some(gid) = cfg.mailbox_group {
+        options = options.group(gid);
+    }
     let store: Arc<dyn Store> = match cfg.format {
         Format::Spool => Arc::new(
-            mailstore::spool::Spool::open(dir).map_err(|e| fatal("--spool-dir", io_cause(&e)))?,
+            mailstore::spool::Spool::open_with(dir, &options)
+                .map_err(|e| fatal("--spool-dir", io_cause(&e)))?,
         ),
         Format::Maildir => Arc::new(
-            mailstore::maildir::Maildir::open(dir)
+            mailstore::maildir::Maildir::open_with(dir, &options)
                 .map_err(|e| fatal("--spool-dir", io_cause(&e)))?,
         ),
     };

@@ -1,0 +1,398 @@
+//! Directory descriptors: how the stores touch the file system without following planted links.
+//!
+//! Every file and directory below a store's root is reached relative to an open directory
+//! descriptor ([`Dir`]), one path component at a time, with `O_NOFOLLOW` on the last (and only)
+//! component: `openat`, `mkdirat`, `linkat`, `renameat`, `unlinkat`, `fstatat`. So a symbolic
+//! link planted in a mailbox (the mailbox directory itself, a Maildir's `tmp/` or `new/`, a
+//! spool's `.recent`, `.highwater` or `.mh_sequences`) is never followed: the operation fails
+//! with [`Error::UnsafePath`], naming the path, and the daemon answers `451` for the message.
+//! The store's root (and a queue's directory) is the exception: it comes from the operator's
+//! configuration, and `/var/spool/mail` is often a link to `/var/mail`, so it is opened by path,
+//! following links, once, when the store is opened.
+//!
+//! Hard links cannot be refused by `O_NOFOLLOW`, so the stores never open an existing file for
+//! writing: every write goes to a file just created with `O_CREAT | O_EXCL` (which also refuses
+//! a symbolic link in its place), which is then renamed over the old name. A `chmod` or `chown`
+//! is only ever applied through the descriptor of such a new file. A hard link is only made from
+//! a file the store created itself (a staged message, its own status template), and the new
+//! name is checked to be that very inode (device and inode number) before anything refers to
+//! it.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStringExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustix::fs::{AtFlags, FileType, FlockOperation, Gid, Mode, OFlags, Uid, CWD};
+use rustix::io::Errno;
+
+use crate::error::{Error, Result};
+use crate::fsutil::unique;
+
+/// Modes and ownership applied to what a store creates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Perms {
+    pub dir_mode: u32,
+    pub file_mode: u32,
+    pub owner: Option<u32>,
+    pub group: Option<u32>,
+}
+
+impl Perms {
+    /// Owner only: staging directories, the queue, and the default for mailboxes.
+    pub const PRIVATE: Perms = Perms {
+        dir_mode: 0o700,
+        file_mode: 0o600,
+        owner: None,
+        group: None,
+    };
+
+    fn apply(&self, fd: BorrowedFd<'_>, mode: u32, path: &Path) -> Result<()> {
+        if self.owner.is_some() || self.group.is_some() {
+            rustix::fs::fchown(
+                fd,
+                self.owner.map(Uid::from_raw),
+                self.group.map(Gid::from_raw),
+            )
+            .map_err(errno("chown", path))?;
+        }
+        // After chown (which may clear set-id bits), and exactly: the umask does not apply.
+        rustix::fs::fchmod(fd, Mode::from_raw_mode(mode)).map_err(errno("chmod", path))
+    }
+}
+
+/// What a `stat` tells the stores.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Meta {
+    pub dev: u64,
+    pub ino: u64,
+    pub file_type: FileType,
+    pub mtime: SystemTime,
+}
+
+impl Meta {
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    fn from_stat(st: &rustix::fs::Stat) -> Meta {
+        let secs = u64::try_from(st.st_mtime).unwrap_or(0);
+        Meta {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            file_type: FileType::from_raw_mode(st.st_mode as _),
+            mtime: UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .unwrap_or(UNIX_EPOCH),
+        }
+    }
+
+    /// Device and inode: which file this is.
+    pub fn id(&self) -> (u64, u64) {
+        (self.dev, self.ino)
+    }
+
+    pub fn is_file(&self) -> bool {
+        self.file_type == FileType::RegularFile
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.file_type == FileType::Directory
+    }
+}
+
+/// `fstat` of an open file.
+pub(crate) fn fstat(fd: impl AsFd, path: &Path) -> Result<Meta> {
+    rustix::fs::fstat(fd)
+        .map(|st| Meta::from_stat(&st))
+        .map_err(errno("stat", path))
+}
+
+/// Wraps an errno with the operation and the path.
+pub(crate) fn errno<'a>(
+    op: &'static str,
+    path: impl Into<PathBuf> + 'a,
+) -> impl FnOnce(Errno) -> Error + 'a {
+    move |e| Error::Io {
+        op,
+        path: path.into(),
+        source: e.into(),
+    }
+}
+
+/// An open directory and the path it was reached by (for error messages and logs only: no
+/// operation uses the path).
+#[derive(Debug)]
+pub(crate) struct Dir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl AsFd for Dir {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY
+    .union(OFlags::DIRECTORY)
+    .union(OFlags::CLOEXEC)
+    .union(OFlags::NOFOLLOW);
+
+impl Dir {
+    /// Opens a directory by its path, following symbolic links: only for a store's configured
+    /// root. Creates it (and its parents) first if it is missing.
+    pub fn create_root(path: &Path) -> Result<Dir> {
+        std::fs::create_dir_all(path).map_err(crate::error::io_err("mkdir", path))?;
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd =
+            rustix::fs::openat(CWD, path, flags, Mode::empty()).map_err(errno("open", path))?;
+        Ok(Dir {
+            fd,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The path this directory was reached by.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The path of an entry, for messages.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+
+    /// Opens the subdirectory `name`; a symbolic link or a non-directory there is
+    /// [`Error::UnsafePath`].
+    pub fn open_dir(&self, name: &str) -> Result<Dir> {
+        match self.try_open_dir(name)? {
+            Some(d) => Ok(d),
+            None => Err(Error::Io {
+                op: "open",
+                path: self.join(name),
+                source: io::ErrorKind::NotFound.into(),
+            }),
+        }
+    }
+
+    /// As [`open_dir`](Self::open_dir), `None` if there is nothing by that name.
+    pub fn try_open_dir(&self, name: &str) -> Result<Option<Dir>> {
+        match rustix::fs::openat(self, name, DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => Ok(Some(Dir {
+                fd,
+                path: self.join(name),
+            })),
+            Err(Errno::NOENT) => Ok(None),
+            Err(Errno::LOOP) => Err(unsafe_path(self.join(name), "is a symbolic link")),
+            Err(Errno::NOTDIR) => Err(unsafe_path(self.join(name), "is not a directory")),
+            Err(e) => Err(errno("open", self.join(name))(e)),
+        }
+    }
+
+    /// Creates the subdirectory `name` with `perms` if it is missing, and opens it. Returns
+    /// whether it was created (then the caller fsyncs `self`). An existing directory is used as
+    /// it is (its mode and owner are the operator's).
+    pub fn ensure_dir(&self, name: &str, perms: &Perms) -> Result<(Dir, bool)> {
+        match rustix::fs::mkdirat(self, name, Mode::from_raw_mode(0o700)) {
+            Ok(()) => {
+                let dir = self.open_dir(name)?;
+                perms.apply(dir.as_fd(), perms.dir_mode, &dir.path)?;
+                Ok((dir, true))
+            }
+            Err(Errno::EXIST) => Ok((self.open_dir(name)?, false)),
+            Err(e) => Err(errno("mkdir", self.join(name))(e)),
+        }
+    }
+
+    /// Creates the new file `name` (never an existing one, never through a link), readable and
+    /// writable, with the file mode and ownership of `perms`.
+    pub fn create(&self, name: &str, perms: &Perms) -> Result<File> {
+        let flags =
+            OFlags::RDWR | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(self, name, flags, Mode::from_raw_mode(0o600))
+            .map_err(errno("create", self.join(name)))?;
+        perms.apply(fd.as_fd(), perms.file_mode, &self.join(name))?;
+        Ok(File::from(fd))
+    }
+
+    /// Opens the existing regular file `name` for reading; `None` if it does not exist. A
+    /// symbolic link or anything but a regular file is [`Error::UnsafePath`].
+    pub fn try_open_file(&self, name: &str) -> Result<Option<File>> {
+        // O_NONBLOCK: a FIFO planted in a mailbox must not block the reader.
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let fd = match rustix::fs::openat(self, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(Errno::LOOP) => return Err(unsafe_path(self.join(name), "is a symbolic link")),
+            Err(e) => return Err(errno("open", self.join(name))(e)),
+        };
+        if !fstat(&fd, &self.join(name))?.is_file() {
+            return Err(unsafe_path(self.join(name), "is not a regular file"));
+        }
+        Ok(Some(File::from(fd)))
+    }
+
+    /// As [`try_open_file`](Self::try_open_file), but a missing file is an `Io` error
+    /// (`NotFound`).
+    pub fn open_file(&self, name: &str) -> Result<File> {
+        self.try_open_file(name)?.ok_or_else(|| Error::Io {
+            op: "open",
+            path: self.join(name),
+            source: io::ErrorKind::NotFound.into(),
+        })
+    }
+
+    /// Reads the whole regular file `name`; `None` if it does not exist.
+    pub fn try_read(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let Some(mut f) = self.try_open_file(name)? else {
+            return Ok(None);
+        };
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf)
+            .map_err(crate::error::io_err("read", self.join(name)))?;
+        Ok(Some(buf))
+    }
+
+    /// `lstat` of an entry (links not followed); `None` if it does not exist.
+    pub fn stat(&self, name: &str) -> Result<Option<Meta>> {
+        match rustix::fs::statat(self, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(Meta::from_stat(&st))),
+            Err(Errno::NOENT) => Ok(None),
+            Err(e) => Err(errno("stat", self.join(name))(e)),
+        }
+    }
+
+    /// `stat` of this directory itself.
+    pub fn meta(&self) -> Result<Meta> {
+        fstat(self, &self.path)
+    }
+
+    /// Hard-links `name` here as `to_name` in `to` (a link at `name` itself is linked, not
+    /// followed). The raw error is returned: callers decide which errors mean "copy instead".
+    pub fn link(&self, name: &str, to: &Dir, to_name: &str) -> std::result::Result<(), Errno> {
+        rustix::fs::linkat(self, name, to, to_name, AtFlags::empty())
+    }
+
+    /// Renames `name` here to `to_name` in `to`, replacing what is there.
+    pub fn rename(&self, name: &str, to: &Dir, to_name: &str) -> Result<()> {
+        rustix::fs::renameat(self, name, to, to_name).map_err(errno("rename", to.join(to_name)))
+    }
+
+    /// Removes the file (or link) `name`; `false` if there was none.
+    pub fn remove_file(&self, name: &str) -> Result<bool> {
+        match rustix::fs::unlinkat(self, name, AtFlags::empty()) {
+            Ok(()) => Ok(true),
+            Err(Errno::NOENT) => Ok(false),
+            Err(e) => Err(errno("unlink", self.join(name))(e)),
+        }
+    }
+
+    /// Removes `name` and, if it is a directory, everything in it, without following any link.
+    pub fn remove_tree(&self, name: &str) -> Result<()> {
+        match self.stat(name)? {
+            None => Ok(()),
+            Some(m) if m.is_dir() => {
+                if let Some(sub) = self.try_open_dir(name)? {
+                    for entry in sub.names()? {
+                        if let Some(entry) = entry.to_str() {
+                            sub.remove_tree(entry)?;
+                        }
+                    }
+                }
+                match rustix::fs::unlinkat(self, name, AtFlags::REMOVEDIR) {
+                    Ok(()) | Err(Errno::NOENT) => Ok(()),
+                    Err(e) => Err(errno("rmdir", self.join(name))(e)),
+                }
+            }
+            Some(_) => self.remove_file(name).map(drop),
+        }
+    }
+
+    /// fsync the directory, so the names created, renamed or removed in it are durable.
+    pub fn sync(&self) -> Result<()> {
+        rustix::fs::fsync(self).map_err(errno("fsync", &self.path))
+    }
+
+    /// The names in the directory, without `.` and `..`.
+    pub fn names(&self) -> Result<Vec<OsString>> {
+        let mut dir = rustix::fs::Dir::read_from(self).map_err(errno("readdir", &self.path))?;
+        let mut out = Vec::new();
+        while let Some(entry) = dir.read() {
+            let entry = entry.map_err(errno("readdir", &self.path))?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                out.push(OsString::from_vec(name.to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Writes `bytes` to `name` atomically: a new `.tmp.*` file in this directory, written,
+    /// fsynced, renamed over `name`. The caller fsyncs the directory to make the rename durable.
+    pub fn replace(&self, name: &str, bytes: &[u8], perms: &Perms) -> Result<()> {
+        let tmp = format!(".tmp.{}", unique()?);
+        let result = (|| {
+            let mut f = self.create(&tmp, perms)?;
+            f.write_all(bytes)
+                .map_err(crate::error::io_err("write", self.join(&tmp)))?;
+            f.sync_all()
+                .map_err(crate::error::io_err("fsync", self.join(&tmp)))?;
+            self.rename(&tmp, self, name)
+        })();
+        if result.is_err() {
+            let _ = self.remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Takes an exclusive `flock` on this descriptor, blocking until it is free. Released by
+    /// [`unlock`](Self::unlock) or when the descriptor is closed.
+    pub fn lock(&self) -> Result<()> {
+        rustix::fs::flock(self, FlockOperation::LockExclusive).map_err(errno("flock", &self.path))
+    }
+
+    /// Releases the lock taken by [`lock`](Self::lock).
+    pub fn unlock(&self) {
+        let _ = rustix::fs::flock(self, FlockOperation::Unlock);
+    }
+}
+
+/// An [`Error::UnsafePath`].
+pub(crate) fn unsafe_path(path: PathBuf, reason: &'static str) -> Error {
+    Error::UnsafePath { path, reason }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn refuses_links_and_creates_exactly() {
+        let tmp = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), tmp.path().join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("f"), tmp.path().join("flink")).unwrap();
+        std::fs::write(outside.path().join("f"), b"secret").unwrap();
+        let root = Dir::create_root(tmp.path()).unwrap();
+        let err = root.open_dir("link").unwrap_err();
+        assert!(matches!(err, Error::UnsafePath { .. }), "{err}");
+        assert!(err
+            .to_string()
+            .contains(&*tmp.path().join("link").to_string_lossy()));
+        assert!(matches!(
+            root.ensure_dir("link", &Perms::PRIVATE),
+            Err(Error::UnsafePath { .. })
+        ));
+        assert!(matches!(
+            root.try_open_file("flink"),
+            Err(Error::UnsafePath { .. })
+        ));
+        assert!(root.create("flink", &Perms::PRIVATE).is_err());
+        root.replace("flink", b"mine", &Perms::PRIVATE).unwrap();
+        assert_eq!(std::fs::read(outside.path().join("f")).unwrap(), b"secret");
+        assert_eq!(std::fs::read(tmp.path().join("flink")).unwrap(), b"mine");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+    }
+}

@@ -1,0 +1,264 @@
+//! Links planted in a store (by a mailbox's user, a reader with write access, an attacker): the
+//! store refuses to deliver through a symbolic link, never writes through or links to a file
+//! it did not make, and says which path is wrong.
+#![allow(clippy::unwrap_used)]
+
+use std::fs;
+use std::os::unix::fs::{symlink, MetadataExt};
+use std::path::Path;
+
+use mailstore::queue::{Envelope, Queue, QueueEntry, Recipient};
+use mailstore::{maildir::Maildir, spool::Spool, Error, MailboxName, Store};
+
+fn alice() -> MailboxName {
+    MailboxName::new("alice").unwrap()
+}
+
+/// Everything under `dir`, recursively, as relative paths (to show nothing was written there).
+fn tree(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        for e in fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            out.push(p.strip_prefix(base).unwrap().display().to_string());
+            if p.symlink_metadata().unwrap().is_dir() {
+                walk(base, &p, out);
+            }
+        }
+    }
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// The error is the "refused path" kind, temporary for SMTP, and its text names `path`.
+fn assert_refused(err: &Error, path: &Path) {
+    assert!(matches!(err, Error::UnsafePath { .. }), "{err:?}");
+    assert!(err.is_transient());
+    assert!(!err.is_invalid_name());
+    let text = err.to_string();
+    assert!(
+        text.contains(&*path.to_string_lossy()),
+        "{text:?} should name {}",
+        path.display()
+    );
+}
+
+#[test]
+fn spool_refuses_a_symlinked_mailbox() {
+    let root = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let spool = Spool::open(root.path()).unwrap();
+    symlink(outside.path(), root.path().join("alice")).unwrap();
+
+    let err = spool.deliver(&alice(), b"Subject: x\n\nhi\n").unwrap_err();
+    assert_refused(&err, &root.path().join("alice"));
+    assert_eq!(tree(outside.path()), Vec::<String>::new());
+    // Readers do not follow it either.
+    assert_refused(
+        &spool.list(&alice()).unwrap_err(),
+        &root.path().join("alice"),
+    );
+    assert!(matches!(
+        spool.read(&alice(), 1),
+        Err(Error::UnsafePath { .. })
+    ));
+    // Nothing is left in staging.
+    assert_eq!(tree(&root.path().join(".tmp")), Vec::<String>::new());
+}
+
+#[test]
+fn maildir_refuses_symlinked_mailbox_tmp_new_and_cur() {
+    for planted in ["", "tmp", "new", "cur"] {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let md = Maildir::open(root.path()).unwrap();
+        let mbox = root.path().join("alice");
+        let link = if planted.is_empty() {
+            mbox.clone()
+        } else {
+            fs::create_dir(&mbox).unwrap();
+            for sub in ["tmp", "new", "cur"] {
+                if sub != planted {
+                    fs::create_dir(mbox.join(sub)).unwrap();
+                }
+            }
+            mbox.join(planted)
+        };
+        symlink(outside.path(), &link).unwrap();
+        let err = md.deliver(&alice(), b"Subject: x\n\nhi\n").unwrap_err();
+        assert_refused(&err, &link);
+        assert_eq!(tree(outside.path()), Vec::<String>::new(), "{planted}");
+        if !planted.is_empty() {
+            for sub in ["tmp", "new", "cur"] {
+                if sub != planted {
+                    assert_eq!(tree(&mbox.join(sub)), Vec::<String>::new());
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn spool_refuses_symlinked_own_files() {
+    for planted in [".recent", ".highwater", ".mh_sequences"] {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let victim = outside.path().join("victim");
+        fs::write(&victim, b"root:x:0:0::/root:/bin/sh\n").unwrap();
+        let spool = Spool::open(root.path()).unwrap();
+        spool.deliver(&alice(), b"one").unwrap();
+        let mbox = root.path().join("alice");
+        fs::remove_file(mbox.join(planted)).unwrap();
+        symlink(&victim, mbox.join(planted)).unwrap();
+        // The same process, and a fresh one (a restarted daemon).
+        for s in [spool.clone(), Spool::open(root.path()).unwrap()] {
+            let err = s.deliver(&alice(), b"two").unwrap_err();
+            assert_refused(&err, &mbox.join(planted));
+        }
+        assert_eq!(
+            fs::read(&victim).unwrap(),
+            b"root:x:0:0::/root:/bin/sh\n",
+            "{planted}"
+        );
+        assert_eq!(fs::metadata(&victim).unwrap().nlink(), 1);
+        assert_eq!(tree(outside.path()), vec!["victim".to_string()]);
+        assert_eq!(spool.list(&alice()).unwrap(), vec![1]);
+        // The planted link is still there for the operator to look at.
+        assert!(mbox
+            .join(planted)
+            .symlink_metadata()
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+}
+
+#[test]
+fn spool_never_links_to_a_planted_template_or_writes_through_a_status() {
+    let root = tempfile::tempdir().unwrap();
+    let spool = Spool::open(root.path()).unwrap();
+    spool.deliver(&alice(), b"one").unwrap();
+    let mbox = root.path().join("alice");
+    // A file outside the mailbox (same file system, so it can be hard-linked), with exactly
+    // the content a template has.
+    let victim = root.path().join("victim");
+    fs::write(&victim, b"\\Recent\n").unwrap();
+    fs::remove_file(mbox.join(".recent")).unwrap();
+    fs::hard_link(&victim, mbox.join(".recent")).unwrap();
+    assert_eq!(fs::metadata(&victim).unwrap().nlink(), 2);
+
+    for s in [spool.clone(), Spool::open(root.path()).unwrap()] {
+        s.deliver(&alice(), b"more").unwrap();
+    }
+    assert_eq!(spool.list(&alice()).unwrap(), vec![1, 2, 3]);
+    let victim_ino = fs::metadata(&victim).unwrap().ino();
+    for n in 1..=3 {
+        let st = fs::metadata(mbox.join(format!("{n}.status"))).unwrap();
+        assert_ne!(
+            st.ino(),
+            victim_ino,
+            "{n}.status is linked to the planted file"
+        );
+    }
+    // The planted name was replaced (renamed over), the file itself is untouched.
+    assert_eq!(fs::metadata(&victim).unwrap().nlink(), 1);
+    assert_eq!(fs::read(&victim).unwrap(), b"\\Recent\n");
+
+    // A status hard-linked to an outside file: a flag change replaces the name.
+    fs::remove_file(mbox.join("2.status")).unwrap();
+    fs::hard_link(&victim, mbox.join("2.status")).unwrap();
+    spool.set_flags(&alice(), 2, &["\\Seen"]).unwrap();
+    assert_eq!(fs::read(&victim).unwrap(), b"\\Recent\n");
+    assert_eq!(fs::read(mbox.join("2.status")).unwrap(), b"\\Seen\n");
+    assert_eq!(fs::metadata(&victim).unwrap().nlink(), 1);
+}
+
+#[test]
+fn spool_skips_and_refuses_a_planted_message_link() {
+    let root = tempfile::tempdir().unwrap();
+    let spool = Spool::open(root.path()).unwrap();
+    spool.deliver(&alice(), b"one").unwrap();
+    let victim = root.path().join("victim");
+    fs::write(&victim, b"secret").unwrap();
+    let mbox = root.path().join("alice");
+    symlink(&victim, mbox.join("2")).unwrap();
+    symlink(&victim, mbox.join("2.status")).unwrap();
+    // Number 2 is taken (by the link): the delivery gets 3, nothing is written to the victim.
+    assert_eq!(
+        spool.deliver(&alice(), b"three").unwrap(),
+        mailstore::DeliveryId::Spool(3)
+    );
+    assert_eq!(fs::read(&victim).unwrap(), b"secret");
+    assert_refused(&spool.read(&alice(), 2).unwrap_err(), &mbox.join("2"));
+    assert_refused(
+        &spool.flags(&alice(), 2).unwrap_err(),
+        &mbox.join("2.status"),
+    );
+    assert!(matches!(
+        spool.set_flags(&alice(), 2, &["\\Seen"]),
+        Err(Error::UnsafePath { .. })
+    ));
+    assert_eq!(fs::read(&victim).unwrap(), b"secret");
+}
+
+fn entry() -> QueueEntry {
+    QueueEntry::new(
+        Envelope {
+            sender: "a@example.org".into(),
+            recipients: vec![Recipient::new("b@example.net")],
+            ret: None,
+            envid: None,
+        },
+        std::time::SystemTime::UNIX_EPOCH,
+    )
+}
+
+#[test]
+fn queue_refuses_symlinked_directories_and_entries() {
+    for planted in ["tmp", "entries", "trash", "corrupt"] {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        Queue::open(dir.path()).unwrap();
+        fs::remove_dir(dir.path().join(planted)).unwrap();
+        symlink(outside.path(), dir.path().join(planted)).unwrap();
+        let err = Queue::open(dir.path()).unwrap_err();
+        assert_refused(&err, &dir.path().join(planted));
+        assert_eq!(tree(outside.path()), Vec::<String>::new());
+    }
+
+    // An entry that is a link to a directory outside: moved aside, never read or claimed.
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let q = Queue::open(dir.path()).unwrap();
+    let good = q.enqueue(&entry(), b"body").unwrap();
+    let fake = format!("{}x", good.as_str());
+    fs::write(outside.path().join("envelope"), entry().encode()).unwrap();
+    fs::write(outside.path().join("body"), b"not ours").unwrap();
+    symlink(outside.path(), dir.path().join("entries").join(&fake)).unwrap();
+    let fake_id: mailstore::queue::QueueId = fake.parse().unwrap();
+    assert!(q.claim(&fake_id).unwrap().is_none());
+    assert!(dir
+        .path()
+        .join("corrupt")
+        .join(&fake)
+        .symlink_metadata()
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let ids: Vec<_> = q.list().unwrap().into_iter().map(|(id, _)| id).collect();
+    assert_eq!(ids, vec![good.clone()]);
+    // A body replaced by a link to an outside file is not read through.
+    let body = dir.path().join("entries").join(good.as_str()).join("body");
+    fs::remove_file(&body).unwrap();
+    symlink(outside.path().join("body"), &body).unwrap();
+    let claim = q.claim(&good).unwrap().unwrap();
+    assert_refused(&claim.body().unwrap_err(), &body);
+    assert!(matches!(q.read_body(&good), Err(Error::UnsafePath { .. })));
+    // A claim finishes without touching the outside directory.
+    claim.finish().unwrap();
+    assert_eq!(
+        tree(outside.path()),
+        vec!["body".to_string(), "envelope".to_string()]
+    );
+}
