@@ -592,31 +592,55 @@ def smuggling_local(ending):
 
 
 def smuggling_relay(ending):
+    """Relayed: the Python next hop records the raw bytes of each DATA."""
     def f(ctx):
-        need("smtp-sink")
-        sink_port = free_port()
-        dump = ctx.path("sink")
-        os.mkdir(dump)
-        os.chmod(dump, 0o777)
-        ctx.popen(["smtp-sink", "-u", "nobody", "-d", os.path.join(dump, "%M."),
-                   f"127.0.0.1:{sink_port}", "100"])
-        check(wait_for(lambda: _connects("127.0.0.1", sink_port), 10), "smtp-sink did not start")
-        dns = Dns(ctx, mx=[("remote.test", "mx.remote.test", 10)],
-                  hosts=[("mx.remote.test", "127.0.0.1")])
-        d = Daemon(ctx, dns=dns, extra=["--remote-port", str(sink_port), "--retry-base", "1s"])
+        d, peer, _ = relay_setup(ctx)
         replies = smuggle(d, ending, "bob@remote.test", "eve@remote.test")
-        # Whatever was accepted goes out now; give the queue time to drain.
+        # Then a clean message, so that the next hop is known to receive what goes out.
+        expect(submit(d, "alice@example.test", ["bob@remote.test"],
+                      "Subject: control\r\n\r\nclean\r\n.\r\n"), 250)
+        check(wait_for(lambda: any(b"Subject: control" in m["data"] for m in peer.messages()), 15),
+              f"the clean message never reached the next hop: {d.log()[-400:]}")
         wait_for(lambda: not d.queue_entries(), 10)
         time.sleep(0.5)
-        files = [os.path.join(dump, n) for n in os.listdir(dump)]
-        check(len(files) <= 1, f"the next hop got {len(files)} messages; replies {replies}")
-        for p in files:
-            data = read(p)
-            check(b"eve@remote.test" not in data, f"smuggled recipient reached the next hop: {data[:300]!r}")
-            body = data.split(b"\r\n\r\n", 1)[-1]
-            check(not bare_cr_lf(body), f"bare CR/LF passed on: {data[-200:]!r}")
+        got = peer.messages()
+        check(len(got) <= 2, f"the next hop got {len(got)} messages; replies {replies}")
+        for m in got:
+            check("eve@remote.test" not in m["rcpts"] and b"smuggled message" not in m["data"],
+                  f"smuggled message reached the next hop: {m}")
+            check(not bare_cr_lf(m["data"]), f"bare CR/LF passed on: {m['data'][-200:]!r}")
         check(not d.queue_entries(), f"still queued: {d.queue_entries()}")
     return f
+
+
+@case("smuggling")
+def relayed_to_smtp_sink(ctx):
+    """Postfix's smtp-sink as the next hop: its dump shows every envelope it was given."""
+    need("smtp-sink")
+    sink_port = free_port()
+    dump = ctx.path("sink")
+    os.mkdir(dump)
+    os.chmod(dump, 0o777)
+    ctx.popen(["smtp-sink", "-u", "nobody", "-d", os.path.join(dump, "%M."),
+               f"127.0.0.1:{sink_port}", "100"])
+    check(wait_for(lambda: _connects("127.0.0.1", sink_port), 10), "smtp-sink did not start")
+    dns = Dns(ctx, mx=[("remote.test", "mx.remote.test", 10)],
+              hosts=[("mx.remote.test", "127.0.0.1")])
+    d = Daemon(ctx, dns=dns, extra=["--remote-port", str(sink_port), "--retry-base", "1s"])
+    for ending in SMUGGLE_ENDINGS.values():
+        smuggle(d, ending, "bob@remote.test", "eve@remote.test")
+    expect(submit(d, "alice@example.test", ["bob@remote.test"],
+                  "Subject: control\r\n\r\nclean\r\n.\r\n"), 250)
+    check(wait_for(lambda: any(b"Subject: control" in read(os.path.join(dump, n))
+                               for n in os.listdir(dump)), 15),
+          f"the clean message never reached smtp-sink: {d.log()[-400:]}")
+    wait_for(lambda: not d.queue_entries(), 10)
+    time.sleep(0.5)
+    dumps = [read(os.path.join(dump, n)) for n in os.listdir(dump)]
+    check(len(dumps) <= 1 + len(SMUGGLE_ENDINGS), f"{len(dumps)} messages at smtp-sink")
+    for m in dumps:
+        check(b"X-Rcpt-Args: <eve@remote.test>" not in m and b"smuggled message" not in m,
+              f"smuggled message at smtp-sink: {m[:400]!r}")
 
 
 def _connects(host, port):
@@ -710,7 +734,8 @@ def pipelined_commands_after_starttls_are_not_executed(ctx):
     c.sock.settimeout(10)
     expect(c.cmd("EHLO client.test"), 250)
     expect(c.cmd("MAIL FROM:<alice@example.test>"), 250, "2.1.0")  # not 503: no MAIL was run
-    expect(c.cmd("DATA"), 503, "5.5.1")  # and no RCPT either
+    r = c.cmd("DATA")  # and no RCPT either: 503 or (RFC 2920) 554 "no valid recipients"
+    check(r[0] in (503, 554) and r[1].startswith("5.5.1"), f"DATA after the new MAIL: {r}")
 
 
 @case("starttls")
@@ -851,6 +876,14 @@ case("relay")(_f)
 # =============================================================================================
 # filesystem
 
+def outside_changes(before, after):
+    b, a = dict((p, rest) for p, *rest in before), dict((p, rest) for p, *rest in after)
+    out = [f"new {p}" for p in a if p not in b]
+    out += [f"changed {p} (size, links {b[p][:2]} -> {a[p][:2]})" for p in a if p in b and a[p] != b[p]]
+    out += [f"removed {p}" for p in b if p not in a]
+    return "; ".join(out)
+
+
 def snapshot_outside(ctx, spool):
     """Every path under the case's directory outside the spool (and the logs)."""
     out = set()
@@ -903,7 +936,7 @@ def planted(name, fmt, plant):
         before = snapshot_outside(ctx, d.spool)
         r = submit(d, "bob@example.test", ["alice@example.test"], MSG)
         after = snapshot_outside(ctx, d.spool)
-        check(after == before, f"written outside the spool: {sorted(after - before)} (reply {r})")
+        check(after == before, f"outside the spool: {outside_changes(before, after)} (reply {r})")
         check(r[0] is not None and 400 <= r[0] < 500, f"expected a 4xx, got {r}")
         check(path in d.log() or os.path.basename(path) in d.log(),
               f"no log line names {path}")
@@ -1182,17 +1215,30 @@ def many_connections_from_loopback(ctx):
 # =============================================================================================
 # hostile next hop
 
+EVIL_REPLY = ("550-5.1.1 nul\x00 esc\x1b[31mred bel\x07\r\n"
+              "550 5.1.1 ls\u2028fake log line rlo\u202eabc\r\n")
+
+
 @case("hostile")
 def control_characters_in_replies_not_logged_raw(ctx):
-    evil = "550-5.1.1 nul\x00 esc\x1b[31mred bel\x07\r\n550 5.1.1 ls\u2028fake log line rlo\u202eabc\r\n"
-    d, peer, _ = relay_setup(ctx, peer_kw={"rcpt": lambda a: evil.encode()})
+    d, peer, _ = relay_setup(ctx, peer_kw={"rcpt": lambda a: EVIL_REPLY.encode()})
     expect(submit(d, "alice@example.test", ["bob@remote.test"], MSG), 250)
     check(wait_for(lambda: d.bounces(), 20), f"no bounce; log {d.log()[-600:]}")
     log = d.log()
     check("delivery failed permanently" in log, "no failure logged")
     bad = unsafe_chars(log)
     check(not bad, f"raw control characters in the log: {bad!r}")
-    bad = unsafe_chars(d.bounces()[0].decode("utf-8", "replace"))
+
+
+@case("hostile")
+def control_characters_in_replies_not_in_bounce_raw(ctx):
+    # The bounce quotes the reply for people (text/plain) and programs (Diagnostic-Code):
+    # NUL/ESC/BEL, line separators and bidi overrides must not reach a mail reader as they are.
+    d, peer, _ = relay_setup(ctx, peer_kw={"rcpt": lambda a: EVIL_REPLY.encode()})
+    expect(submit(d, "alice@example.test", ["bob@remote.test"], MSG), 250)
+    b = wait_for(lambda: d.bounces(), 20)
+    check(b, f"no bounce; log {d.log()[-600:]}")
+    bad = unsafe_chars(b[0].decode("utf-8", "replace"))
     check(not bad, f"raw control characters in the bounce: {bad!r}")
 
 
@@ -1566,7 +1612,9 @@ def _deliver_two(d):
 def python_mailbox_mh(ctx):
     d = Daemon(ctx)
     _deliver_two(d)
-    box = mailbox.MH(os.path.join(d.spool, "alice"), create=False)
+    path = os.path.join(d.spool, "alice")
+    check(os.path.exists(os.path.join(path, ".mh_sequences")), "no .mh_sequences in the mailbox")
+    box = mailbox.MH(path, create=False)
     subjects = sorted(m["Subject"] for m in box)
     check(subjects == ["mh test 1", "mh test 2"], f"mailbox.MH read {subjects}")
     seqs = box.get_sequences()
@@ -1582,8 +1630,10 @@ def mutt_reads_spool_as_mh(ctx):
     muttrc = ctx.path("muttrc")
     with open(muttrc, "w") as f:
         f.write("set mbox_type=mbox\nset confirmappend=no\nset confirmcreate=no\nset quit=yes\n"
-                "set sort=date\nset move=no\nset mark_old=no\nset beep=no\n")
-    keys = f"<tag-pattern>.<enter><tag-prefix><copy-message>{out}<enter><quit>"
+                "set sort=date\nset move=no\nset mark_old=no\nset beep=no\n"
+                f"set folder={ctx.dir}\nset spoolfile=/dev/null\n")
+    os.mkdir(ctx.path("Mail"))
+    keys = f"<tag-pattern>~A<enter><tag-prefix><copy-message>{out}<enter><quit>"
     env = dict(os.environ, TERM="vt100", HOME=ctx.dir, MAIL="/dev/null")
     pid, fd = pty.fork()
     if pid == 0:
@@ -1615,8 +1665,8 @@ def mutt_reads_spool_as_mh(ctx):
     check(os.path.exists(out), "mutt copied nothing: " +
           re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", " ", text)[-300:])
     mb = read(out)
-    check(mb.count(b"\nSubject: mh test") + mb.startswith(b"Subject: mh test") == 2
-          or mb.count(b"Subject: mh test") == 2, f"mutt copied {mb.count(b'Subject: mh test')} messages")
+    n = mb.count(b"Subject: mh test ")
+    check(n == 2 and mb.startswith(b"From "), f"mutt copied {n} messages: {mb[:300]!r}")
 
 
 @case("interop")
@@ -1626,19 +1676,38 @@ def dovecot_reads_maildir(ctx):
     _deliver_two(d)
     run_dir = ctx.path("dovecot-run")
     os.mkdir(run_dir)
+    os.chmod(run_dir, 0o755)
     conf = ctx.path("dovecot.conf")
     with open(conf, "w") as f:
-        f.write(f"base_dir = {run_dir}\nstate_dir = {run_dir}\nlog_path = {ctx.path('dovecot.log')}\n"
-                f"ssl = no\nprotocols =\nfirst_valid_uid = 0\nmail_uid = 0\nmail_gid = 0\n"
+        f.write(f"base_dir = {run_dir}\nstate_dir = {run_dir}\n"
+                f"log_path = {ctx.path('dovecot.log')}\nssl = no\nprotocols =\n"
+                "first_valid_uid = 0\nfirst_valid_gid = 0\n"
                 f"mail_location = maildir:{d.spool}/%u\n"
-                f"userdb {{\n  driver = static\n  args = uid=0 gid=0 home={ctx.dir}/home/%u\n}}\n"
+                f"userdb {{\n  driver = static\n  args = uid=65534 gid=65534 home={d.spool}/%u\n}}\n"
                 "passdb {\n  driver = static\n  args = nopassword=y\n}\n")
-    r = run(["doveadm", "-c", conf, "fetch", "-u", "alice", "hdr.subject", "mailbox", "INBOX", "all"])
+    # Dovecot refuses uid 0: the mailbox is handed to nobody, as a real mail user's would be.
+    for root, dirs, files in os.walk(os.path.join(d.spool, "alice")):
+        for n in [root] + [os.path.join(root, x) for x in dirs + files]:
+            os.chown(n, 65534, 65534)
+    # doveadm looks users up through the auth service: a private dovecot with no listeners.
+    master = ctx.popen(["dovecot", "-F", "-c", conf], stderr=subprocess.PIPE)
+    sock = os.path.join(run_dir, "auth-userdb")
+
+    def up():
+        if master.poll() is not None:
+            raise Fail("dovecot exited: " + master.stderr.read().decode(errors="replace")[-500:])
+        return os.path.exists(sock)
+    check(wait_for(up, 15), "dovecot's auth-userdb socket did not appear")
+    r = run(["doveadm", "-c", conf, "fetch", "-u", "alice", "hdr.subject", "mailbox", "INBOX", "all"],
+            check_rc=False)
     out = r.stdout.decode(errors="replace")
-    check(out.count("mh test") == 2, f"doveadm fetch: {out!r} {r.stderr[-300:]!r}")
+    check(r.returncode == 0 and out.count("mh test") == 2,
+          f"doveadm fetch: {out!r} {r.stderr[-300:]!r}")
     r = run(["doveadm", "-c", conf, "search", "-u", "alice", "mailbox", "INBOX", "unseen"])
     n = len([ln for ln in r.stdout.decode().splitlines() if ln.strip()])
     check(n == 2, f"{n} unseen messages by doveadm search")
+    r = run(["doveadm", "-c", conf, "fetch", "-u", "alice", "body", "mailbox", "INBOX", "all"])
+    check(b"body 1" in r.stdout and b"body 2" in r.stdout, f"bodies: {r.stdout[:300]!r}")
 
 
 class Postfix:
@@ -1672,7 +1741,8 @@ class Postfix:
             "virtual_mailbox_maps": "static:box/", "virtual_uid_maps": "static:65534",
             "virtual_gid_maps": "static:65534", "virtual_minimum_uid": "100",
             "alias_maps": "", "alias_database": "", "local_recipient_maps": "",
-            "maillog_file": ctx.path("postfix.log"), "biff": "no", "smtputf8_enable": "no",
+            "maillog_file": ctx.path("postfix.log"), "maillog_file_prefixes": ctx.dir,
+            "biff": "no", "smtputf8_enable": "no",
             "smtpd_relay_restrictions": "permit_mynetworks, reject",
             "smtp_tls_security_level": "none", "smtpd_tls_security_level": "none",
             "shlib_directory": "no", "import_environment": "MAIL_CONFIG MAIL_DEBUG",
