@@ -789,7 +789,8 @@ def swaks_tls_delivers_and_received_says_tls(ctx):
     m = d.messages("bob")
     check(len(m) == 1, f"bob has {len(m)} messages")
     received = m[0].split(b"\r\n\r\n")[0]
-    check(re.search(rb"Received: from client\.test [^\r]*\r\n\tby mx\.example\.test with ESMTPS ",
+    check(re.search(rb"Received: from client\.test [^\r]*\r\n\t\(using TLSv1\.[23] with cipher "
+                    rb"[A-Z0-9_-]+ \(\d+/\d+ bits\)\)\r\n\tby mx\.example\.test with ESMTPS ",
                     received), f"Received does not say TLS: {received[:300]!r}")
 
 
@@ -895,7 +896,13 @@ case("relay")(_f)
 # filesystem
 
 def outside_changes(before, after):
+    """What changed outside the spool. A file outside that only lost a link (same size and
+    mtime) is unchanged: the store removed or replaced a planted hard link in its own
+    directory, which writes nothing outside; a link gained means the store linked to it."""
     b, a = dict((p, rest) for p, *rest in before), dict((p, rest) for p, *rest in after)
+    for p in list(a):
+        if p in b and a[p][0] == b[p][0] and a[p][2] == b[p][2] and a[p][1] < b[p][1]:
+            a[p] = b[p]
     out = [f"new {p}" for p in a if p not in b]
     out += [f"changed {p} (size, links {b[p][:2]} -> {a[p][:2]}"
             f"{', entries created or removed' if b[p][:2] == a[p][:2] else ''})"
@@ -943,9 +950,25 @@ bad_name("mailbox_overlong", b"<" + b"a" * 65 + b"@example.test>", 501, "5.1.3")
 bad_name("mailbox_quoted_overlong", b'<"' + b"a" * 300 + b'"@example.test>', 501, "5.1.3")
 
 
-def planted(name, fmt, plant):
-    """`plant(spool, outside)` prepares a trap; delivery to alice must get a 4xx, a log line
-    naming the path, and write nothing outside the spool."""
+def unchanged_outside(before, after):
+    """`after` equals `before` but for files that only lost a link (same size and mtime): the
+    store removed or replaced a planted hard link in its own directory, writing nothing
+    outside."""
+    b = {p: rest for p, *rest in before}
+    norm = set()
+    for p, size, nlink, mtime in after:
+        if p in b and b[p][0] == size and b[p][2] == mtime and nlink < b[p][1]:
+            nlink = b[p][1]
+        norm.add((p, size, nlink, mtime))
+    return norm == before
+
+
+def planted(name, fmt, plant, refuse=True):
+    """`plant(spool, outside)` prepares a trap; nothing may be written outside the spool, and
+    with `refuse` (a symbolic link) delivery to alice must get a 4xx and a log line naming the
+    path. A planted hard link (`refuse=False`) cannot be told from the store's own file by its
+    name: the store must never write through it or link to it (it replaces it), and the
+    message is delivered."""
     def f(ctx):
         outside = ctx.path("outside")
         os.mkdir(outside)
@@ -956,7 +979,20 @@ def planted(name, fmt, plant):
         before = snapshot_outside(ctx, d.spool)
         r = submit(d, "bob@example.test", ["alice@example.test"], MSG)
         after = snapshot_outside(ctx, d.spool)
-        check(after == before, f"outside the spool: {outside_changes(before, after)} (reply {r})")
+        check(unchanged_outside(before, after),
+              f"outside the spool: {outside_changes(before, after)} (reply {r})")
+        victim = os.stat(os.path.join(outside, "victim"))
+        check(open(os.path.join(outside, "victim")).read() == "victim\n", "victim changed")
+        if not refuse:
+            expect(r, 250)
+            box = os.path.join(d.spool, "alice")
+            for n in ("1", "1.status", ".recent"):
+                st = os.lstat(os.path.join(box, n))
+                check((st.st_dev, st.st_ino) != (victim.st_dev, victim.st_ino),
+                      f"{n} is the planted file")
+            check(open(os.path.join(box, "1.status"), "rb").read() == b"\\Recent\n",
+                  "1.status is not \\Recent")
+            return
         check(r[0] is not None and 400 <= r[0] < 500, f"expected a 4xx, got {r}")
         check(path in d.log() or os.path.basename(path) in d.log(),
               f"no log line names {path}")
@@ -1020,9 +1056,9 @@ planted("symlinked_mailbox_dir", "spool", plant_mailbox_symlink)
 planted("symlinked_maildir_dir", "maildir", plant_mailbox_symlink)
 planted("symlinked_maildir_new", "maildir", plant_maildir_new)
 planted("symlinked_maildir_tmp", "maildir", plant_maildir_tmp)
-planted("hardlinked_status_template", "spool", plant_recent_hardlink)
+planted("hardlinked_status_template", "spool", plant_recent_hardlink, refuse=False)
 planted("symlinked_status_template", "spool", plant_recent_symlink)
-planted("hardlinked_status_file", "spool", plant_next_status_hardlink)
+planted("hardlinked_status_file", "spool", plant_next_status_hardlink, refuse=False)
 planted("symlinked_staging_dir", "spool", plant_staging_symlink)
 
 
