@@ -507,3 +507,40 @@ fn address_preference_orders_the_families() {
         assert_eq!(tried_v6, v6_first, "{pref}: {log}");
     }
 }
+
+#[test]
+fn mail_from_the_network_forwarded_onward_gets_a_message_id_only() {
+    let net = Net::start(PeerBehaviour::default(), false);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice\nfwd: alice, dave@remote.test\n").unwrap();
+    let public = daemon_util::free_port();
+    let d = Daemon::start(
+        &spool,
+        net.dns.addr(),
+        &[
+            "--remote-port",
+            &net.peer_port.to_string(),
+            "-u",
+            users.to_str().unwrap(),
+            "-p",
+            &format!("127.0.0.2:{public}"),
+        ],
+    );
+    let mut c = daemon_util::Smtp::connect(([127, 0, 0, 2], public).into());
+    let msg = "From: x@outside.test\r\nSubject: fwd\r\n\r\nHello.\r\n";
+    assert_eq!(c.send("x@outside.test", &["fwd@example.test"], msg).0, 250);
+    assert!(
+        wait_until(Duration::from_secs(20), || net.got().len() == 1),
+        "{}",
+        d.log()
+    );
+    let body = String::from_utf8(net.got()[0].body.clone()).unwrap();
+    // Relayed mail gets a Message-ID (DESIGN); mail from the network gets no Date.
+    assert!(body.contains("Subject: fwd\r\nMessage-ID: <"), "{body}");
+    assert!(!body.contains("\r\nDate:"), "{body}");
+    // The local copy is the same message.
+    let local = String::from_utf8(spool_messages(&spool, "alice")[0].1.clone()).unwrap();
+    assert!(local.contains("Subject: fwd\r\nMessage-ID: <"), "{local}");
+}
