@@ -1635,6 +1635,73 @@ def curl_upload(ctx):
           f"bob: {m[:1]!r}")
 
 
+def implicit_tls_daemon(ctx):
+    """A daemon with an implicit-TLS listener (port 465 style) on 127.0.0.1."""
+    tport = free_port("127.0.0.1")
+    d = Daemon(ctx, tls=True, extra=["--tls-listen", f"127.0.0.1:{tport}"])
+    return d, tport
+
+
+def check_tls_delivery(d, user, body):
+    m = d.messages(user)
+    check(len(m) == 1, f"{user} has {len(m)} messages: {d.log()[-800:]}")
+    check(body in m[0].split(b"\r\n\r\n", 1)[1], f"{user}: {m[0][-200:]!r}")
+    check(b"(using TLSv1." in m[0].split(b"\r\n\r\n")[0], f"Received says no TLS: {m[0][:400]!r}")
+
+
+@case("interop")
+def swaks_implicit_tls(ctx):
+    need("swaks")
+    d, tport = implicit_tls_daemon(ctx)
+    run(["swaks", "--server", f"127.0.0.1:{tport}", "--tlsc", "--helo", "client.test",
+         "--from", "alice@example.test", "--to", "bob@example.test",
+         "--header", "Subject: swaks tlsc", "--body", "implicit tls", "--timeout", "15"])
+    check_tls_delivery(d, "bob", b"implicit tls\r\n")
+
+
+@case("interop")
+def curl_smtps(ctx):
+    need("curl")
+    d, tport = implicit_tls_daemon(ctx)
+    msg = ctx.path("msg.txt")
+    with open(msg, "wb") as f:
+        f.write(b"From: alice@example.test\r\nSubject: curl smtps\r\n\r\nsmtps body\r\n")
+    run(["curl", "-sS", "--insecure", "--max-time", "20", f"smtps://127.0.0.1:{tport}/client.test",
+         "--mail-from", "alice@example.test", "--mail-rcpt", "bob@example.test",
+         "--upload-file", msg])
+    check_tls_delivery(d, "bob", b"smtps body\r\n")
+
+
+@case("interop")
+def smtplib_smtp_ssl(ctx):
+    d, tport = implicit_tls_daemon(ctx)
+    tls = ssl.create_default_context()
+    tls.check_hostname = False
+    tls.verify_mode = ssl.CERT_NONE
+    with smtplib.SMTP_SSL("127.0.0.1", tport, local_hostname="client.test", context=tls,
+                          timeout=15) as c:
+        refused = c.sendmail("alice@example.test", ["bob@example.test"],
+                             b"Subject: smtp_ssl\r\n\r\nssl body\r\n")
+        check(refused == {}, f"refused {refused}")
+    check_tls_delivery(d, "bob", b"ssl body\r\n")
+
+
+@case("interop")
+def msmtp_implicit_tls(ctx):
+    need("msmtp")
+    d, tport = implicit_tls_daemon(ctx)
+    conf = ctx.path("msmtprc")
+    with open(conf, "w") as f:
+        f.write(f"defaults\nsyslog off\nlogfile {ctx.path('msmtp.log')}\n"
+                f"account test\nhost 127.0.0.1\nport {tport}\nfrom alice@example.test\n"
+                "auth off\ntls on\ntls_starttls off\ntls_certcheck off\n"
+                "domain client.test\ntimeout 15\naccount default : test\n")
+    os.chmod(conf, 0o600)
+    run(["msmtp", "-C", conf, "-a", "test", "bob@example.test"],
+        input=b"Subject: msmtp tls\nFrom: alice@example.test\n\nmsmtp tls body\n")
+    check_tls_delivery(d, "bob", b"msmtp tls body\r\n")
+
+
 @case("interop")
 def msmtp_send(ctx):
     need("msmtp")
