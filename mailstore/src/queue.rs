@@ -110,6 +110,24 @@ pub enum RcptState {
         /// The reply that made it fail.
         reply: String,
     },
+    /// Refused for good, and not yet reported to the sender: the report waits until no
+    /// recipient of the entry is pending, so that one bounce reports them all (see the
+    /// daemon's bounce policy). The fields are what the report says of it.
+    Refused {
+        /// The reply that made it fail (or the local reason).
+        reply: String,
+        /// The RFC 3463 status to report, when not the one in `reply` (`4.4.7` for expiry).
+        status: Option<String>,
+        /// The host that gave the reply, when a remote one did.
+        remote_mta: Option<String>,
+    },
+}
+
+impl RcptState {
+    /// True once the recipient needs no more delivery attempts (delivered, failed, refused).
+    pub fn is_final(&self) -> bool {
+        !matches!(self, RcptState::Pending)
+    }
 }
 
 /// One recipient of a queued message, with its DSN parameters (RFC 3461) kept as given.
@@ -231,6 +249,20 @@ impl QueueEntry {
                 RcptState::Pending => line("state", "pending"),
                 RcptState::Delivered => line("state", "delivered"),
                 RcptState::Failed { reply } => line("state", &format!("failed {reply}")),
+                // `refused <status> <remote-mta> <reply>`, `-` for an absent field (neither
+                // a status nor a host name has spaces or is `-`).
+                RcptState::Refused {
+                    reply,
+                    status,
+                    remote_mta,
+                } => line(
+                    "state",
+                    &format!(
+                        "refused {} {} {reply}",
+                        status.as_deref().unwrap_or("-"),
+                        remote_mta.as_deref().unwrap_or("-")
+                    ),
+                ),
             }
         }
         out.push_str("end\n");
@@ -319,12 +351,18 @@ impl QueueEntry {
                             r.state = match value.as_str() {
                                 "pending" => RcptState::Pending,
                                 "delivered" => RcptState::Delivered,
-                                v => match v.strip_prefix("failed ") {
-                                    Some(reply) => RcptState::Failed {
-                                        reply: reply.to_owned(),
-                                    },
-                                    None => return Err(format!("bad state {v:?}")),
-                                },
+                                v => {
+                                    if let Some(reply) = v.strip_prefix("failed ") {
+                                        RcptState::Failed {
+                                            reply: reply.to_owned(),
+                                        }
+                                    } else if let Some(rest) = v.strip_prefix("refused ") {
+                                        decode_refused(rest)
+                                            .ok_or_else(|| format!("bad state {v:?}"))?
+                                    } else {
+                                        return Err(format!("bad state {v:?}"));
+                                    }
+                                }
                             };
                             state_seen = true;
                         }
@@ -359,6 +397,20 @@ fn dup<T>(field: &Option<T>, key: &str) -> std::result::Result<(), String> {
         Some(_) => Err(format!("duplicate {key}")),
         None => Ok(()),
     }
+}
+
+/// `<status> <remote-mta> <reply>` of a `refused` state.
+fn decode_refused(rest: &str) -> Option<RcptState> {
+    let mut parts = rest.splitn(3, ' ');
+    let field = |f: &str| (f != "-" && !f.is_empty()).then(|| f.to_owned());
+    let status = field(parts.next()?);
+    let remote_mta = field(parts.next()?);
+    let reply = parts.next()?.to_owned();
+    Some(RcptState::Refused {
+        reply,
+        status,
+        remote_mta,
+    })
 }
 
 fn escape_into(out: &mut String, value: &str) {
@@ -882,6 +934,16 @@ mod tests {
             Just(RcptState::Pending),
             Just(RcptState::Delivered),
             any::<String>().prop_map(|reply| RcptState::Failed { reply }),
+            (
+                any::<String>(),
+                proptest::option::of("[0-9]\\.[0-9]{1,3}\\.[0-9]{1,3}"),
+                proptest::option::of("[a-z0-9.-]{1,20}[a-z0-9]"),
+            )
+                .prop_map(|(reply, status, remote_mta)| RcptState::Refused {
+                    reply,
+                    status,
+                    remote_mta,
+                }),
         ]
     }
 

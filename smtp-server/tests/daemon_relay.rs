@@ -544,3 +544,80 @@ fn mail_from_the_network_forwarded_onward_gets_a_message_id_only() {
     let local = String::from_utf8(spool_messages(&spool, "alice")[0].1.clone()).unwrap();
     assert!(local.contains("Subject: fwd\r\nMessage-ID: <"), "{local}");
 }
+
+#[test]
+fn a_remote_sender_gets_one_bounce_per_message_when_all_recipients_are_done() {
+    let net = Net::start(PeerBehaviour::default(), false);
+    // x@slow.test is refused at once (550); y@tempfail.test is deferred until the message
+    // expires. A forged remote sender (victim@remote.test, the healthy peer) must get one
+    // bounce naming both, not one per attempt.
+    daemon_util::raw_peer(
+        ([127, 0, 0, 2], net.peer_port).into(),
+        "550 5.1.1 no such user\r\n",
+        None,
+        false,
+    );
+    daemon_util::raw_peer(
+        ([127, 0, 0, 3], net.peer_port).into(),
+        "451 4.3.0 try again later\r\n",
+        None,
+        false,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let users = dir.path().join("users");
+    std::fs::write(&users, "alice\nfwd: x@slow.test, y@tempfail.test\n").unwrap();
+    let public = daemon_util::free_port();
+    let d = Daemon::start(
+        &spool,
+        net.dns.addr(),
+        &[
+            "--remote-port",
+            &net.peer_port.to_string(),
+            "-u",
+            users.to_str().unwrap(),
+            "-p",
+            &format!("127.0.0.2:{public}"),
+            "--retry-base",
+            "1s",
+            "--queue-lifetime",
+            "3s",
+        ],
+    );
+    let mut c = daemon_util::Smtp::connect(([127, 0, 0, 2], public).into());
+    let msg = "From: victim@remote.test\r\nSubject: forged\r\n\r\nHello.\r\n";
+    assert_eq!(
+        c.send("victim@remote.test", &["fwd@example.test"], msg).0,
+        250
+    );
+    let bounces = || -> Vec<String> {
+        net.got()
+            .into_iter()
+            .filter(|g| g.from.is_empty())
+            .map(|g| String::from_utf8_lossy(&g.body).into_owned())
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || !bounces().is_empty()),
+        "{}",
+        d.log()
+    );
+    // Well past more retries: still one bounce, and the entry is gone.
+    assert!(wait_until(Duration::from_secs(10), || queued(&spool) == 0));
+    std::thread::sleep(Duration::from_secs(2));
+    let b = bounces();
+    assert_eq!(b.len(), 1, "{b:#?}");
+    assert_eq!(net.got()[0].rcpts, ["<victim@remote.test>"]);
+    assert!(
+        b[0].contains("Final-Recipient: rfc822; x@slow.test"),
+        "{}",
+        b[0]
+    );
+    assert!(
+        b[0].contains("Final-Recipient: rfc822; y@tempfail.test"),
+        "{}",
+        b[0]
+    );
+    assert!(b[0].contains("Status: 5.1.1"), "{}", b[0]);
+    assert!(b[0].contains("Status: 4.4.7"), "{}", b[0]);
+}

@@ -306,6 +306,9 @@ impl Net {
                     .mx("dual.test", 10, "mx.dual.test")
                     .a("mx.dual.test", [127, 0, 0, 1].into())
                     .aaaa("mx.dual.test", std::net::Ipv6Addr::LOCALHOST)
+                    // A host that defers every recipient (127.0.0.3, the peer's port).
+                    .mx("tempfail.test", 10, "mx.tempfail.test")
+                    .a("mx.tempfail.test", [127, 0, 0, 3].into())
                     .mx("range.test", 10, "mx.range.test")
                     .a("mx.range.test", [127, 0, 0, 2].into())
                     .aaaa("mx.range.test", std::net::Ipv6Addr::LOCALHOST)

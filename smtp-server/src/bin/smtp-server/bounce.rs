@@ -40,10 +40,12 @@
 //!   failed and whatever the peers said.
 //! - **Lines**: every generated line is folded to at most 78 octets where a space allows and
 //!   never more than 998 (RFC 5322 §2.1.1); returned header lines are cut at 998.
-//! - **How many**: one bounce per delivery attempt that had permanent failures (or expiries),
-//!   listing the recipients that failed in it, as Postfix sends one per queue pass; recipients
-//!   refused at the first attempt, as in the alias case, make exactly one bounce per message.
-//!   Never a bounce to the null sender, so bounces never bounce.
+//! - **How many**: to a remote sender, at most one bounce per message: failed recipients are
+//!   kept as `Refused` in the queue entry until none is pending, and one bounce lists them
+//!   all (the relay decides when; backscatter can never be more than one small message per
+//!   message accepted). To a local sender, one per delivery attempt that had failures, as
+//!   Postfix reports once per queue pass, so our own users learn of a refusal at once. Never
+//!   a bounce to the null sender, so bounces never bounce.
 
 use std::time::SystemTime;
 

@@ -10,9 +10,12 @@
 //! Retries: after a transient failure the entry waits 1m, 5m, 15m, 30m, 1h, 2h, then every 4h
 //! (all multiplied by `--retry-base` / 1m, a hidden option for tests). When the entry is older
 //! than `--queue-lifetime` after a failed attempt, its remaining recipients fail with status
-//! 4.4.7 ("delivery time expired"). Failed recipients get one RFC 3464 bounce per attempt,
-//! sent to the envelope sender (delivered locally when the sender is local, else queued),
-//! never to the null sender.
+//! 4.4.7 ("delivery time expired"). Failed recipients get an RFC 3464 bounce, sent to the
+//! envelope sender, never to the null sender: a local sender's is delivered into its mailbox
+//! after each attempt that had failures; a remote sender's is queued once per message, when
+//! no recipient is pending any more (until then failures are recorded as
+//! [`RcptState::Refused`]). A bounce that cannot be stored leaves its recipients `Refused`,
+//! and the entry is tried again for the report alone.
 //!
 //! The loop guard: the deliverer's address filter refuses every address one of our own
 //! listeners accepts on (see [`crate::policy::Policy::is_own_socket`]); when no address is
@@ -484,18 +487,77 @@ impl Relay {
             }
         }
 
-        // Bounce first, then record: a crash in between sends a second bounce, never none.
-        // A bounce that cannot be stored now (a full disk, a broken mailbox) keeps its
-        // recipients pending: they fail (and bounce) again at the next attempt, instead of
-        // being recorded as failed with nobody told.
-        let failures: Vec<Failure> = results.iter().filter_map(|(_, _, f)| f.clone()).collect();
-        if !failures.is_empty() {
-            if let Err(e) = self.bounce(&entry, &head, failures).await {
-                results.retain(|(_, _, f)| f.is_none());
-                still_pending = true;
-                transient.push((String::new(), format!("bounce not sent: {e}")));
+        // Who hears of failures, and when (the bounce module's policy): a local sender at
+        // each attempt that has failures; a remote one (every forged sender of mail from the
+        // network is one) once per message, when no recipient is pending any more. Until a
+        // report that names it is stored, a failed recipient is `Refused` (an earlier
+        // attempt's, a report that could not be stored); once it is, `Failed`.
+        for (_, state, f) in results.iter_mut() {
+            if let Some(f) = f {
+                *state = RcptState::Refused {
+                    reply: f.diagnostic.clone(),
+                    status: f.status.clone(),
+                    remote_mta: f.remote_mta.clone(),
+                };
             }
         }
+        let report_now = !still_pending || self.is_local_sender(&entry.envelope.sender);
+        let mut retry_report = false;
+        if report_now {
+            let mut failures: Vec<Failure> =
+                results.iter().filter_map(|(_, _, f)| f.clone()).collect();
+            let mut reported: Vec<usize> = results
+                .iter()
+                .filter(|(_, _, f)| f.is_some())
+                .map(|(i, _, _)| *i)
+                .collect();
+            for (i, r) in entry.envelope.recipients.iter().enumerate() {
+                if let RcptState::Refused {
+                    reply,
+                    status,
+                    remote_mta,
+                } = &r.state
+                {
+                    if !results.iter().any(|(j, _, _)| *j == i) {
+                        failures.push(failure(
+                            r,
+                            reply.clone(),
+                            remote_mta.clone(),
+                            status.clone(),
+                        ));
+                        reported.push(i);
+                    }
+                }
+            }
+            // Bounce first, then record: a crash in between sends a second bounce, never
+            // none. A bounce that cannot be stored now (a full disk, a broken mailbox) leaves
+            // its recipients `Refused`, and the entry is tried again for the report alone.
+            if !failures.is_empty() {
+                match self.bounce(&entry, &head, failures).await {
+                    Ok(()) => {
+                        for i in reported {
+                            let reply = match &entry.envelope.recipients[i].state {
+                                RcptState::Refused { reply, .. } => reply.clone(),
+                                _ => results
+                                    .iter()
+                                    .find(|(j, _, _)| *j == i)
+                                    .and_then(|(_, _, f)| f.as_ref())
+                                    .map(|f| f.diagnostic.clone())
+                                    .unwrap_or_default(),
+                            };
+                            results.retain(|(j, _, _)| *j != i);
+                            results.push((i, RcptState::Failed { reply }, None));
+                        }
+                    }
+                    Err(e) => {
+                        retry_report = true;
+                        transient.push((String::new(), format!("bounce not sent: {e}")));
+                    }
+                }
+            }
+        }
+        let finishing = !still_pending && !retry_report;
+        let still_pending = !finishing;
         let mut claim = claim_cell.into_inner().expect("not poisoned");
         let early = recorded_early.into_inner().expect("not poisoned");
         let outcomes: Vec<(usize, RcptState)> = results
@@ -504,6 +566,10 @@ impl Relay {
             .map(|(i, s, _)| (i, s))
             .collect();
         let recorded = tokio::task::block_in_place(|| {
+            if finishing {
+                // Every recipient is done and reported: the entry goes, its states with it.
+                return claim.finish();
+            }
             for (i, state) in &outcomes {
                 claim.record(*i, state.clone())?;
             }
@@ -532,6 +598,21 @@ impl Relay {
                 error!(queue_id = %id, error = %e, "cannot update queue entry");
                 self.hold(id, outcomes);
             }
+        }
+    }
+
+    /// True when a bounce to `sender` would be delivered here (a local mailbox), not sent
+    /// through the queue.
+    fn is_local_sender(&self, sender: &str) -> bool {
+        let Ok(m) = parse_mailbox(sender) else {
+            return false;
+        };
+        match self
+            .policy
+            .route(&ForwardPath::Mailbox(m.into_owned()), true)
+        {
+            Ok(d) => !d.local.is_empty() && d.remote.is_empty(),
+            Err(_) => false,
         }
     }
 
