@@ -363,6 +363,30 @@ pub(crate) fn unsafe_path(path: PathBuf, reason: &'static str) -> Error {
     Error::UnsafePath { path, reason }
 }
 
+/// Syncs each directory of `to_sync` once (deliveries into one mailbox share the fsync that
+/// commits their names) and fails every delivery into a mailbox whose fsync failed: its
+/// message is not durable, so it must not be acknowledged.
+pub(crate) fn sync_shared<T>(
+    mailboxes: &[crate::MailboxName],
+    results: &mut [Result<T>],
+    to_sync: Vec<(&crate::MailboxName, Dir)>,
+) {
+    for (mailbox, dir) in to_sync {
+        if let Err(e) = dir.sync() {
+            let text = e.to_string();
+            for (m, r) in mailboxes.iter().zip(results.iter_mut()) {
+                if m == mailbox && r.is_ok() {
+                    *r = Err(Error::Io {
+                        op: "fsync",
+                        path: dir.path().to_path_buf(),
+                        source: std::io::Error::other(text.clone()),
+                    });
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -152,21 +152,7 @@ impl Store for Maildir {
                 Err(e) => results.push(Err(e)),
             }
         }
-        for (mailbox, new) in to_sync {
-            if let Err(e) = new.sync() {
-                // Every delivery into this mailbox shares the failed fsync.
-                let text = e.to_string();
-                for (m, r) in mailboxes.iter().zip(results.iter_mut()) {
-                    if m == mailbox && r.is_ok() {
-                        *r = Err(Error::Io {
-                            op: "fsync",
-                            path: new.path().to_path_buf(),
-                            source: std::io::Error::other(text.clone()),
-                        });
-                    }
-                }
-            }
-        }
+        crate::at::sync_shared(mailboxes, &mut results, to_sync);
         Ok(results)
     }
 }

@@ -397,20 +397,7 @@ impl Store for Spool {
             }
         }
         // One fsync per distinct directory, after all the links: they share the commit.
-        for (mailbox, dir) in to_sync {
-            if let Err(e) = dir.sync() {
-                let text = e.to_string();
-                for (m, r) in mailboxes.iter().zip(results.iter_mut()) {
-                    if m == mailbox && r.is_ok() {
-                        *r = Err(Error::Io {
-                            op: "fsync",
-                            path: dir.path().to_path_buf(),
-                            source: std::io::Error::other(text.clone()),
-                        });
-                    }
-                }
-            }
-        }
+        crate::at::sync_shared(mailboxes, &mut results, to_sync);
         Ok(results)
     }
 }

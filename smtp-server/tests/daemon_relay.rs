@@ -508,27 +508,38 @@ fn address_preference_orders_the_families() {
     }
 }
 
+/// A daemon relaying to `net`'s hosts, with `users` as its users file (next to the spool) and
+/// a public listener on 127.0.0.2, and a client connected to that public listener.
+fn with_public_alias(
+    net: &Net,
+    spool: &std::path::Path,
+    users: &str,
+    extra: &[&str],
+) -> (Daemon, daemon_util::Smtp) {
+    let users_file = spool.with_extension("users");
+    std::fs::write(&users_file, users).unwrap();
+    let public = daemon_util::free_port();
+    let (port, listen) = (net.peer_port.to_string(), format!("127.0.0.2:{public}"));
+    let mut args = vec![
+        "--remote-port",
+        &port,
+        "-u",
+        users_file.to_str().unwrap(),
+        "-p",
+        &listen,
+    ];
+    args.extend_from_slice(extra);
+    let d = Daemon::start(spool, net.dns.addr(), &args);
+    let c = daemon_util::Smtp::connect(([127, 0, 0, 2], public).into());
+    (d, c)
+}
+
 #[test]
 fn mail_from_the_network_forwarded_onward_gets_a_message_id_only() {
     let net = Net::start(PeerBehaviour::default(), false);
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("mail");
-    let users = dir.path().join("users");
-    std::fs::write(&users, "alice\nfwd: alice, dave@remote.test\n").unwrap();
-    let public = daemon_util::free_port();
-    let d = Daemon::start(
-        &spool,
-        net.dns.addr(),
-        &[
-            "--remote-port",
-            &net.peer_port.to_string(),
-            "-u",
-            users.to_str().unwrap(),
-            "-p",
-            &format!("127.0.0.2:{public}"),
-        ],
-    );
-    let mut c = daemon_util::Smtp::connect(([127, 0, 0, 2], public).into());
+    let (d, mut c) = with_public_alias(&net, &spool, "alice\nfwd: alice, dave@remote.test\n", &[]);
     let msg = "From: x@outside.test\r\nSubject: fwd\r\n\r\nHello.\r\n";
     assert_eq!(c.send("x@outside.test", &["fwd@example.test"], msg).0, 250);
     assert!(
@@ -565,26 +576,12 @@ fn a_remote_sender_gets_one_bounce_per_message_when_all_recipients_are_done() {
     );
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("mail");
-    let users = dir.path().join("users");
-    std::fs::write(&users, "alice\nfwd: x@slow.test, y@tempfail.test\n").unwrap();
-    let public = daemon_util::free_port();
-    let d = Daemon::start(
+    let (d, mut c) = with_public_alias(
+        &net,
         &spool,
-        net.dns.addr(),
-        &[
-            "--remote-port",
-            &net.peer_port.to_string(),
-            "-u",
-            users.to_str().unwrap(),
-            "-p",
-            &format!("127.0.0.2:{public}"),
-            "--retry-base",
-            "1s",
-            "--queue-lifetime",
-            "3s",
-        ],
+        "alice\nfwd: x@slow.test, y@tempfail.test\n",
+        &["--retry-base", "1s", "--queue-lifetime", "3s"],
     );
-    let mut c = daemon_util::Smtp::connect(([127, 0, 0, 2], public).into());
     let msg = "From: victim@remote.test\r\nSubject: forged\r\n\r\nHello.\r\n";
     assert_eq!(
         c.send("victim@remote.test", &["fwd@example.test"], msg).0,
