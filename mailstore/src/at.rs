@@ -328,6 +328,22 @@ impl Dir {
         Ok(out)
     }
 
+    /// As [`Dir::replace`] without the fsync of the new file: for files whose last change
+    /// may be lost in a power failure (the rename is still atomic).
+    pub fn replace_unsynced(&self, name: &str, bytes: &[u8], perms: &Perms) -> Result<()> {
+        let tmp = format!(".tmp.{}", unique()?);
+        let result = (|| {
+            let mut f = self.create(&tmp, perms)?;
+            f.write_all(bytes)
+                .map_err(crate::error::io_err("write", self.join(&tmp)))?;
+            self.rename(&tmp, self, name)
+        })();
+        if result.is_err() {
+            let _ = self.remove_file(&tmp);
+        }
+        result
+    }
+
     /// Writes `bytes` to `name` atomically: a new `.tmp.*` file in this directory, written,
     /// fsynced, renamed over `name`. The caller fsyncs the directory to make the rename durable.
     pub fn replace(&self, name: &str, bytes: &[u8], perms: &Perms) -> Result<()> {

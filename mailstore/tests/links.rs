@@ -101,7 +101,9 @@ fn maildir_refuses_symlinked_mailbox_tmp_new_and_cur() {
 
 #[test]
 fn spool_refuses_symlinked_own_files() {
-    for planted in [".recent", ".highwater", ".mh_sequences"] {
+    // The high-water marker (`.highwater.1` after one delivery), and an older version's
+    // `.highwater` file, read when there is no marker.
+    for planted in [".recent", ".highwater.1", ".mh_sequences", ".highwater"] {
         let root = tempfile::tempdir().unwrap();
         let outside = tempfile::tempdir().unwrap();
         let victim = outside.path().join("victim");
@@ -109,7 +111,11 @@ fn spool_refuses_symlinked_own_files() {
         let spool = Spool::open(root.path()).unwrap();
         spool.deliver(&alice(), b"one").unwrap();
         let mbox = root.path().join("alice");
-        fs::remove_file(mbox.join(planted)).unwrap();
+        if planted == ".highwater" {
+            fs::remove_file(mbox.join(".highwater.1")).unwrap();
+        } else {
+            fs::remove_file(mbox.join(planted)).unwrap();
+        }
         symlink(&victim, mbox.join(planted)).unwrap();
         // The same process, and a fresh one (a restarted daemon).
         for s in [spool.clone(), Spool::open(root.path()).unwrap()] {

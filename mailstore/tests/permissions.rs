@@ -38,7 +38,7 @@ fn default_modes_are_unchanged_owner_only() {
     let mbox = root.path().join("alice");
     assert_eq!(st(&mbox).0, 0o700);
     assert_eq!(st(&mbox).1, uid);
-    for f in ["1", "1.status", ".mh_sequences", ".highwater", ".recent"] {
+    for f in ["1", "1.status", ".mh_sequences", ".highwater.1", ".recent"] {
         assert_eq!(st(&mbox.join(f)).0, 0o600, "{f}");
     }
     let md_root = tempfile::tempdir().unwrap();
@@ -85,7 +85,7 @@ fn mode_and_group_for_readers_under_another_uid() {
         "2",
         "2.status",
         ".mh_sequences",
-        ".highwater",
+        ".highwater.2",
         ".recent",
     ] {
         assert_eq!(st(&mbox.join(f)), (0o660, want_uid, gid), "{f}");
