@@ -137,6 +137,22 @@ impl Plan {
     }
 }
 
+/// Whether a connection of `kind`, to `local` from `peer`, may relay. A loopback listener
+/// relays; an implicit-TLS listener relays when the connection is to a loopback address. In
+/// both cases, when the local address is a loopback address the peer must be one too: a host
+/// that can send packets for 127.0.0.1 into this machine (`route_localnet`, as some container
+/// networking sets) must not get the relay right. A loopback listener on a non-loopback
+/// address (`-l 10.0.0.5:25`, for a LAN) relays for whoever reaches it: the operator's choice.
+pub fn may_relay(kind: Kind, local: SocketAddr, peer: SocketAddr) -> bool {
+    let local_lo = canonical_ip(local.ip()).is_loopback();
+    let peer_lo = canonical_ip(peer.ip()).is_loopback();
+    match kind {
+        Kind::Loopback => !local_lo || peer_lo,
+        Kind::Tls => local_lo && peer_lo,
+        Kind::Public => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -188,6 +204,54 @@ mod tests {
             plan.classify(Kind::Loopback, "127.0.0.1:2525".parse().unwrap()),
             Kind::Loopback
         );
+    }
+
+    #[test]
+    fn relay_rights_need_a_loopback_peer_on_loopback() {
+        let a = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        assert!(may_relay(
+            Kind::Loopback,
+            a("127.0.0.1:25"),
+            a("127.0.0.1:5000")
+        ));
+        assert!(may_relay(Kind::Loopback, a("[::1]:25"), a("[::1]:5000")));
+        assert!(may_relay(
+            Kind::Loopback,
+            a("[::ffff:127.0.0.1]:25"),
+            a("[::ffff:127.0.0.1]:5000")
+        ));
+        // A packet for 127.0.0.1 from the network (route_localnet): no relay.
+        assert!(!may_relay(
+            Kind::Loopback,
+            a("127.0.0.1:25"),
+            a("192.0.2.7:5000")
+        ));
+        assert!(!may_relay(
+            Kind::Tls,
+            a("127.0.0.1:465"),
+            a("192.0.2.7:5000")
+        ));
+        assert!(may_relay(
+            Kind::Tls,
+            a("127.0.0.1:465"),
+            a("127.0.0.1:5000")
+        ));
+        assert!(!may_relay(
+            Kind::Tls,
+            a("192.0.2.1:465"),
+            a("192.0.2.7:5000")
+        ));
+        // A loopback listener the operator put on a LAN address.
+        assert!(may_relay(
+            Kind::Loopback,
+            a("10.0.0.5:25"),
+            a("10.0.0.9:5000")
+        ));
+        assert!(!may_relay(
+            Kind::Public,
+            a("127.0.0.1:25"),
+            a("127.0.0.1:5000")
+        ));
     }
 
     #[test]

@@ -153,8 +153,47 @@ fn open_queue(dir: &Path) -> Result<Queue, Fatal> {
     Ok(q)
 }
 
+/// Raises the soft limit on open descriptors to the hard limit (every session and every queue
+/// entry being delivered holds one; the usual soft limit, 1024, is small for a mail server)
+/// and returns the limit now in force.
+fn raise_nofile_limit() -> u64 {
+    use rustix::process::{getrlimit, setrlimit, Resource};
+    let lim = getrlimit(Resource::Nofile);
+    let soft = lim.current.unwrap_or(u64::MAX);
+    match lim.maximum {
+        Some(hard) if hard > soft => {
+            let raised = rustix::process::Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            };
+            match setrlimit(Resource::Nofile, raised) {
+                Ok(()) => hard,
+                Err(e) => {
+                    warn!(error = %e, soft, hard, "cannot raise the open file limit");
+                    soft
+                }
+            }
+        }
+        None if lim.current.is_some() => {
+            let raised = rustix::process::Rlimit {
+                current: None,
+                maximum: None,
+            };
+            setrlimit(Resource::Nofile, raised).map_or(soft, |()| u64::MAX)
+        }
+        _ => soft,
+    }
+}
+
 async fn run(cfg: Config) -> Result<(), Fatal> {
     init_logging(&cfg)?;
+    let nofile = raise_nofile_limit();
+    if nofile < 4096 {
+        warn!(
+            limit = nofile,
+            "the open file limit is low for a mail server (LimitNOFILE= in the systemd unit)"
+        );
+    }
     let hostname = cfg.hostname();
     let domains = cfg.domains();
 
@@ -281,6 +320,9 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
             cfg.max_deliveries as usize,
             cfg.destination_concurrency as usize,
         ),
+        // Each entry being worked on holds a descriptor: a quarter of the limit, so that
+        // sessions, the spool and the queue keep the rest.
+        (nofile / 4) as usize,
     ));
     let relay_task = tokio::spawn(relay.run(stopped(stop_rx.clone())));
     info!(
@@ -359,12 +401,8 @@ impl Handler for DaemonHandler {
 
     async fn connect(&self, info: &ConnectionInfo) -> Result<Session, Reply> {
         let socket_kind = Kind::from_name(&info.listener).unwrap_or(Kind::Public);
-        let relay = match self.daemon.plan.classify(socket_kind, info.local) {
-            Kind::Loopback => true,
-            // An implicit-TLS listener relays only when bound to a loopback address.
-            Kind::Tls => info.local.ip().is_loopback(),
-            Kind::Public => false,
-        };
+        let kind = self.daemon.plan.classify(socket_kind, info.local);
+        let relay = listen::may_relay(kind, info.local, info.peer);
         Ok(Session {
             d: self.daemon.clone(),
             relay,

@@ -40,9 +40,10 @@ use crate::bounce::{Failure, Report, Returned};
 use crate::headers::{self, HeaderScanner};
 use crate::policy::Policy;
 
-/// How many entries are worked on at once (each is a cheap task; the connections they make
-/// are limited by [`Slots`]). Bounds the memory of the runner when the queue is huge.
-const MAX_ENTRIES: usize = 4096;
+/// The most entries worked on at once (each is a cheap task; the connections they make are
+/// limited by [`Slots`]). Each claimed entry holds a descriptor (its directory, locked), so the
+/// daemon lowers this to a quarter of its descriptor limit (see `main`).
+pub const MAX_ENTRIES: usize = 4096;
 
 /// Delivery slots: a global limit on connections at once, and one per destination domain, so
 /// that slow or silent next hops of one domain (they may each hold a slot for the RFC 5321
@@ -52,7 +53,8 @@ const MAX_ENTRIES: usize = 4096;
 pub struct Slots {
     global: Arc<Semaphore>,
     per_destination: usize,
-    destinations: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// The semaphore of each destination, and the map's size at which idle ones are swept.
+    destinations: Mutex<(HashMap<String, Arc<Semaphore>>, usize)>,
 }
 
 /// A held delivery slot (both permits).
@@ -67,17 +69,22 @@ impl Slots {
         Slots {
             global: Arc::new(Semaphore::new(global.max(1))),
             per_destination: per_destination.max(1),
-            destinations: Mutex::new(HashMap::new()),
+            destinations: Mutex::new((HashMap::new(), 64)),
         }
     }
 
     /// Waits for a slot for `destination` (a lower-case domain).
     pub async fn acquire(&self, destination: &str) -> Option<Slot> {
         let sem = {
-            let mut map = self.destinations.lock().expect("not poisoned");
-            // Forget idle destinations (nobody holds or waits for their semaphore).
+            let mut guard = self.destinations.lock().expect("not poisoned");
+            let (map, sweep_at) = &mut *guard;
+            // Forget idle destinations (nobody holds or waits for their semaphore), once the
+            // map has doubled since the last sweep: amortised O(1) per delivery.
             let limit = self.per_destination;
-            map.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < limit);
+            if map.len() >= *sweep_at {
+                map.retain(|_, s| Arc::strong_count(s) > 1 || s.available_permits() < limit);
+                *sweep_at = (map.len() * 2).max(64);
+            }
             map.entry(destination.to_owned())
                 .or_insert_with(|| Arc::new(Semaphore::new(limit)))
                 .clone()
@@ -136,6 +143,8 @@ pub struct Relay {
     pub notify: Arc<Notify>,
     /// Connection slots, globally and per destination.
     pub slots: Slots,
+    /// The most entries claimed at once (at most [`MAX_ENTRIES`]).
+    pub max_entries: usize,
     inflight: Mutex<HashSet<QueueId>>,
     /// Entries whose last attempt could not be read or recorded (an I/O error, a full disk):
     /// not tried again before `until`, and the outcomes not yet on disk are kept here, so a
@@ -182,6 +191,7 @@ impl Relay {
         retry_base: Duration,
         notify: Arc<Notify>,
         slots: Slots,
+        max_entries: usize,
     ) -> Relay {
         Relay {
             queue,
@@ -193,6 +203,7 @@ impl Relay {
             retry_base,
             notify,
             slots,
+            max_entries: max_entries.clamp(1, MAX_ENTRIES),
             inflight: Mutex::new(HashSet::new()),
             held: Mutex::new(HashMap::new()),
         }
@@ -202,7 +213,7 @@ impl Relay {
     /// released, their entries due again at the next start).
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
-        let permits = Arc::new(Semaphore::new(MAX_ENTRIES));
+        let permits = Arc::new(Semaphore::new(self.max_entries));
         let mut tasks = tokio::task::JoinSet::new();
         loop {
             let now = SystemTime::now();
@@ -296,16 +307,15 @@ impl Relay {
         let id2 = id.clone();
         let claimed = tokio::task::spawn_blocking(move || {
             let claim = q.claim(&id2)?;
-            let Some(claim) = claim else { return Ok(None) };
-            let head = read_head(claim.body()?).map_err(|e| mailstore::Error::Io {
-                op: "read",
-                path: claim.body_path(),
-                source: e,
-            })?;
-            Ok::<_, mailstore::Error>(Some((claim, head)))
+            // The body must be there and readable (a regular file, no link): an entry whose
+            // body is not is held back, not tried.
+            if let Some(c) = &claim {
+                drop(c.body()?);
+            }
+            Ok::<_, mailstore::Error>(claim)
         })
         .await;
-        let (claim, (head, _scan)) = match claimed {
+        let claim = match claimed {
             Ok(Ok(Some(c))) => c,
             Ok(Ok(None)) => {
                 self.restore_unsaved(id, carried);
@@ -344,10 +354,26 @@ impl Relay {
 
         // Pending recipients grouped by domain (lower case), keeping their indexes.
         let mut groups: BTreeMap<String, Vec<(usize, CRecipient)>> = BTreeMap::new();
+        // A carried `Refused` (its report not yet stored) keeps what the report says of it.
         let mut results: Vec<(usize, RcptState, Option<Failure>)> = carried
             .into_iter()
             .filter(|(i, _)| *i < entry.envelope.recipients.len())
-            .map(|(i, s)| (i, s, None))
+            .map(|(i, s)| {
+                let f = match &s {
+                    RcptState::Refused {
+                        reply,
+                        status,
+                        remote_mta,
+                    } => Some(failure(
+                        &entry.envelope.recipients[i],
+                        reply.clone(),
+                        remote_mta.clone(),
+                        status.clone(),
+                    )),
+                    _ => None,
+                };
+                (i, s, f)
+            })
             .collect();
         for (i, r) in entry.envelope.recipients.iter().enumerate() {
             if r.state != RcptState::Pending || results.iter().any(|(j, _, _)| *j == i) {
@@ -533,6 +559,28 @@ impl Relay {
             // none. A bounce that cannot be stored now (a full disk, a broken mailbox) leaves
             // its recipients `Refused`, and the entry is tried again for the report alone.
             if !failures.is_empty() {
+                // The message's beginning, for the bounce: read only now, so that entries
+                // waiting for a delivery slot hold no copy of it.
+                let head = {
+                    let claim = claim_cell.lock().expect("not poisoned");
+                    claim
+                        .body()
+                        .and_then(|b| {
+                            read_head(b).map_err(|e| mailstore::Error::Io {
+                                op: "read",
+                                path: claim.body_path(),
+                                source: e,
+                            })
+                        })
+                        .map(|(h, _)| h)
+                };
+                let head = match head {
+                    Ok(h) => h,
+                    Err(e) => {
+                        error!(queue_id = %id, error = %e, "cannot read the message for its bounce");
+                        Vec::new()
+                    }
+                };
                 match self.bounce(&entry, &head, failures).await {
                     Ok(()) => {
                         for i in reported {
