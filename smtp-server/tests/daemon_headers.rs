@@ -734,3 +734,104 @@ fn c0_controls_and_nul_in_ehlo_are_refused_or_never_reach_received() {
         assert!(from.contains('?'), "{from:?}");
     }
 }
+
+/// The fields of a header section, each with its continuation lines.
+fn fields(h: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for l in h.split_inclusive("\r\n") {
+        match out.last_mut() {
+            Some(f) if l.starts_with([' ', '\t']) => f.push_str(l),
+            _ => out.push(l.to_owned()),
+        }
+    }
+    out
+}
+
+#[test]
+fn a_message_starting_with_white_space_never_continues_our_received() {
+    let peer = RawPeer::start(&[], Vec::new());
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let public = free_port();
+    let d = Daemon::start(
+        &spool,
+        peer.dns.addr(),
+        &[
+            "--remote-port",
+            &peer.port.to_string(),
+            "-p",
+            &format!("127.0.0.2:{public}"),
+        ],
+    );
+    let forged = " (authenticated as admin) by trusted.host; Mon, 1 Jan 1990 00:00:00 +0000\r\n";
+    let msg = format!("{forged}Subject: hi\r\n\r\nbody\r\n");
+    // Submitted mail (a local and a queued copy, with added fields), and mail from outside.
+    let mut c = d.connect();
+    let r = c.send(
+        "alice@example.test",
+        &["bob@example.test", "dave@remote.test"],
+        &msg,
+    );
+    assert_eq!(r.0, 250, "{r:?}");
+    let mut c = Smtp::connect(([127, 0, 0, 2], public).into());
+    let r = c.send(
+        "someone@remote.test",
+        &["bob@example.test"],
+        &format!("\t{msg}"),
+    );
+    assert_eq!(r.0, 250, "{r:?}");
+    assert!(
+        wait_until(Duration::from_secs(20), || !peer.got().is_empty()),
+        "{}",
+        d.log()
+    );
+    let relayed = String::from_utf8(peer.got()[0].body.clone()).unwrap();
+    let ms = messages(&d, "bob");
+    for (m, names, content) in [
+        (
+            &ms[0],
+            &["return-path", "received", "message-id", "date"][..],
+            msg.clone(),
+        ),
+        (
+            &relayed,
+            &["received", "message-id", "date"][..],
+            msg.clone(),
+        ),
+        (&ms[1], &["return-path", "received"][..], format!("\t{msg}")),
+    ] {
+        let h = header_section(m);
+        assert_eq!(field_names(h), names, "{m}");
+        // Our Received: ends where we ended it: with our date, not the client's clause.
+        let received = fields(h)
+            .into_iter()
+            .find(|f| f.starts_with("Received: from client.test ([127."))
+            .unwrap();
+        assert!(received.ends_with(" +0000\r\n"), "{received}");
+        assert!(!received.contains("trusted.host"), "{received}");
+        assert!(!received.contains("1990"), "{received}");
+        // The client's text is all there, as the body's first lines.
+        assert_eq!(&m[h.len()..], format!("\r\n{content}"), "{m}");
+    }
+}
+
+#[test]
+fn a_five_megabyte_run_of_spaces_after_a_field_name_is_stored() {
+    let peer = RawPeer::start(&[], Vec::new());
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let d = Daemon::start(&spool, peer.dns.addr(), &[]);
+    let msg = format!("X{}\r\nSubject: s\r\n\r\nbody\r\n", " ".repeat(5 << 20));
+    let mut c = d.connect();
+    let r = c.send("alice@example.test", &["bob@example.test"], &msg);
+    assert_eq!(r.0, 250, "{r:?}");
+    let m = &messages(&d, "bob")[0];
+    // Not a field: the header section (ours and the added fields) ends before it.
+    let h = header_section(m);
+    assert_eq!(
+        field_names(h),
+        ["return-path", "received", "message-id", "date"],
+        "{h}"
+    );
+    assert!(m[h.len()..] == format!("\r\n{msg}"), "{}", &m[..400]);
+}

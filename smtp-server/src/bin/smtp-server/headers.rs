@@ -52,6 +52,18 @@
 //!   name from DNS is written (only `[address]`).
 //! - Generated header lines stay within 78 octets where a space allows and never exceed
 //!   RFC 5322's 998 ([`fold`]).
+//! - The message's content never continues a field we wrote. Our trace fields come first,
+//!   so a message whose first line starts with white space (which an RFC 5322 reader would
+//!   fold into our `Received:`, forging its clauses and date) has no field of its own to
+//!   continue: its header section ends there, as at any line that is not a field (no colon
+//!   after a valid name within [`LINE_MAX`] octets), and the empty line that separates the
+//!   header section from the body is inserted before that line, so it is body text. Postfix
+//!   does the same: its MIME parser (`mime_state_update()` in `src/global/mime_state.c`,
+//!   used by cleanup) treats a line that is neither a header nor a continuation of one as
+//!   "invalid input", forces out one blank line and goes to the body state.
+//! - At most [`LINE_MAX`] octets of a line are held while its fate is unknown (a field name,
+//!   white space before the colon): a line with no colon within that length cannot be a
+//!   field, so it ends the header section there and what was held is written out.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -484,16 +496,22 @@ enum Filtering {
 /// header section ends. The body passes unchanged.
 ///
 /// The header section ends at the first empty line, or at the first line that is not a field
-/// (no colon after a valid field name), which RFC 5322 parsers also treat as the body's start;
-/// added fields go before that line. At most [`LINE_MAX`] octets of a line's start are held.
+/// (no colon after a valid field name within [`LINE_MAX`] octets, or white space at the start
+/// of the message, where the field above is ours), which RFC 5322 parsers also treat as the
+/// body's start; added fields go before that line, and so does the empty line that ends the
+/// header section (as Postfix inserts it), so that the line can never continue a field above
+/// it. At most [`LINE_MAX`] octets of a line's start are held.
 #[derive(Debug, Clone)]
 pub struct HeaderFilter {
     add: Option<Missing>,
     state: Filtering,
-    /// The held start of the current line.
+    /// The held start of the current line (at most [`LINE_MAX`] octets).
     line: Vec<u8>,
     /// The current field is being dropped (continuation lines follow it).
     dropping: bool,
+    /// A field of the message has begun (kept or dropped), so a line starting with white
+    /// space continues it; before that, the field above is the last one we wrote.
+    in_field: bool,
     /// Number of `Received:` fields in the message's header section.
     pub received: usize,
     /// A `Message-ID:` field was seen.
@@ -512,6 +530,7 @@ impl HeaderFilter {
             state: Filtering::Start { wsp: false },
             line: Vec::new(),
             dropping: false,
+            in_field: false,
             received: 0,
             has_message_id: false,
             has_date: false,
@@ -560,8 +579,13 @@ impl HeaderFilter {
     fn step(&mut self, b: u8, wsp: bool, out: &mut Vec<u8>) {
         let len = self.line.len();
         if len == 1 && (b == b' ' || b == b'\t') {
-            // A continuation line of the current field.
-            self.pass_line(out);
+            if self.in_field {
+                // A continuation line of the message's current field (dropped with it).
+                self.pass_line(out);
+            } else {
+                // The field above is one of ours: the content may not continue it.
+                self.end_of_header(out);
+            }
             return;
         }
         match b {
@@ -579,6 +603,7 @@ impl HeaderFilter {
                     return;
                 }
                 self.dropping = false;
+                self.in_field = true;
                 if name.eq_ignore_ascii_case(b"return-path") {
                     self.dropping = true;
                     self.dropped_return_paths += 1;
@@ -591,9 +616,12 @@ impl HeaderFilter {
                 }
                 self.pass_line(out);
             }
+            // No colon within the line limit: not a field, whatever follows (and the held
+            // octets never exceed the limit).
+            _ if len >= LINE_MAX => self.end_of_header(out),
             b' ' | b'\t' => self.state = Filtering::Start { wsp: true },
             b'\r' if len == 1 => {}
-            33..=126 if !wsp && len <= LINE_MAX => {}
+            33..=126 if !wsp => {}
             _ => self.end_of_header(out),
         }
     }
@@ -613,9 +641,14 @@ impl HeaderFilter {
         };
     }
 
-    /// The header section ends before the held line: the missing fields, then that line.
+    /// The header section ends before the held line: the missing fields, then, unless the
+    /// held line is the empty line (or nothing), the empty line that ends the header section,
+    /// then the held line (the body's first).
     fn end_of_header(&mut self, out: &mut Vec<u8>) {
         self.add_missing(out);
+        if !matches!(self.line.as_slice(), b"" | b"\r\n" | b"\n") {
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(&self.line);
         self.line.clear();
         self.dropping = false;
@@ -990,7 +1023,7 @@ mod tests {
         );
         assert_eq!(
             filter_in_pieces(b"no header here\r\nSubject: x\r\n", 4, true).0,
-            b"Message-ID: <new@here>\r\nDate: now\r\nno header here\r\nSubject: x\r\n"
+            b"Message-ID: <new@here>\r\nDate: now\r\n\r\nno header here\r\nSubject: x\r\n"
         );
         assert_eq!(
             filter_in_pieces(b"Subject: s", 4, true).0,
@@ -1003,7 +1036,173 @@ mod tests {
         // A field name longer than the line limit is not a field.
         let long = format!("{}: x\r\n\r\n", "X".repeat(1200));
         let (out, _) = filter_in_pieces(long.as_bytes(), 100, true);
-        assert!(out.starts_with(b"Message-ID: <new@here>\r\nDate: now\r\nXXX"));
+        assert!(out.starts_with(b"Message-ID: <new@here>\r\nDate: now\r\n\r\nXXX"));
+    }
+
+    /// What our prefix looks like in these tests: its last line could be continued.
+    const PREFIX: &[u8] = b"Received: from client.example ([192.0.2.1])\r\n\
+        \tby mx.example with ESMTP id 1;\r\n\tTue, 14 Nov 2023 22:13:20 +0000\r\n";
+
+    /// The length of the first field of `m` as an RFC 5322 reader sees it: its first line and
+    /// the lines starting with white space that follow.
+    fn first_field_len(m: &[u8]) -> usize {
+        let mut len = 0;
+        for (i, l) in m.split_inclusive(|&b| b == b'\n').enumerate() {
+            if i > 0 && !matches!(l.first(), Some(b' ' | b'\t')) {
+                break;
+            }
+            len += l.len();
+        }
+        len
+    }
+
+    /// True when `out`, written after [`PREFIX`], leaves our field as it is: nothing follows,
+    /// or the empty line, or a field of its own (a name and a colon), never a continuation.
+    fn leaves_our_field_alone(out: &[u8]) -> bool {
+        let first = out.split(|&b| b == b'\n').next().unwrap_or(b"");
+        out.is_empty()
+            || out.starts_with(b"\r\n")
+            || out.starts_with(b"\n")
+            || first.iter().position(|&b| b == b':').is_some_and(|c| {
+                let name = first[..c].trim_ascii_end();
+                !name.is_empty() && name.iter().all(|b| (33..=126).contains(b))
+            })
+    }
+
+    #[test]
+    fn content_never_continues_our_fields() {
+        let forged =
+            " (authenticated as admin) by trusted.host; Mon, 1 Jan 1990 00:00:00 +0000\r\n";
+        let cases: Vec<(String, bool, String)> = vec![
+            // White space at the start: body text after the empty line we insert.
+            (
+                format!("{forged}Subject: s\r\n\r\nbody\r\n"),
+                false,
+                format!("\r\n{forged}Subject: s\r\n\r\nbody\r\n"),
+            ),
+            (
+                format!("{forged}Subject: s\r\n"),
+                true,
+                format!("Message-ID: <new@here>\r\nDate: now\r\n\r\n{forged}Subject: s\r\n"),
+            ),
+            ("\tx\r\n".into(), false, "\r\n\tx\r\n".into()),
+            (" \r\n\r\n".into(), false, "\r\n \r\n\r\n".into()),
+            // BDAT: a last line without CRLF.
+            (
+                " x".into(),
+                true,
+                "Message-ID: <new@here>\r\nDate: now\r\n\r\n x".into(),
+            ),
+            // The empty line first: the header section is ours alone.
+            ("\r\n x\r\n".into(), false, "\r\n x\r\n".into()),
+            (
+                "\r\n x\r\n".into(),
+                true,
+                "Message-ID: <new@here>\r\nDate: now\r\n\r\n x\r\n".into(),
+            ),
+            // A dropped Return-Path takes its continuation lines with it.
+            (
+                "Return-Path: <x@y>\r\n (more)\r\n\t(more)\r\nSubject: s\r\n (cont)\r\n\r\nb\r\n"
+                    .into(),
+                false,
+                "Subject: s\r\n (cont)\r\n\r\nb\r\n".into(),
+            ),
+            ("Return-Path: <x@y>\r\n (more)\r\n".into(), false, "".into()),
+            // A bare CR, then white space: not a field.
+            ("\r x\r\n".into(), false, "\r\n\r x\r\n".into()),
+        ];
+        for (msg, add, want) in &cases {
+            for piece in 1..=msg.len() {
+                let (out, f) = filter_in_pieces(msg.as_bytes(), piece, *add);
+                assert_eq!(
+                    String::from_utf8_lossy(&out),
+                    *want,
+                    "{msg:?} piece {piece}"
+                );
+                assert!(leaves_our_field_alone(&out), "{out:?}");
+                assert_eq!(first_field_len(&[PREFIX, &out].concat()), PREFIX.len());
+                assert!(f.in_body());
+            }
+        }
+    }
+
+    #[test]
+    fn a_line_is_held_up_to_the_line_limit_only() {
+        let run = " ".repeat(5 << 20);
+        let msgs = [
+            // A name followed by megabytes of white space and no colon.
+            format!("X{run}\r\nSubject: s\r\n\r\nbody\r\n"),
+            // The same after a field, and with a colon at the end of the run.
+            format!("Subject: s\r\nX{run}: v\r\n\r\nbody\r\n"),
+            // White space after a bare CR.
+            format!("\r{run}\r\n"),
+            // A name megabytes long.
+            format!("{}\r\n", "X".repeat(5 << 20)),
+        ];
+        for msg in &msgs {
+            let msg = msg.as_bytes();
+            // The line ends the header section where it starts; everything is kept.
+            let at = if msg.starts_with(b"Subject") { 12 } else { 0 };
+            let mut want = msg[..at].to_vec();
+            want.extend_from_slice(b"Message-ID: <new@here>\r\nDate: now\r\n\r\n");
+            want.extend_from_slice(&msg[at..]);
+            for piece in [1, 7, 999, 4096, 65_536, msg.len()] {
+                let mut f = HeaderFilter::new(Some(Missing {
+                    message_id: "Message-ID: <new@here>\r\n".into(),
+                    date: "Date: now\r\n".into(),
+                }));
+                let mut out = Vec::new();
+                for c in msg.chunks(piece) {
+                    f.feed(c, &mut out);
+                    assert!(f.line.len() <= LINE_MAX, "held {}", f.line.len());
+                }
+                f.finish(&mut out);
+                assert!(f.in_body());
+                assert!(out == want, "piece {piece}: {:?}", &out[..80]);
+            }
+        }
+        // At the limit: a name and its colon within 998 octets are a field, one more is not.
+        let field = format!("{}: v\r\n\r\n", "X".repeat(LINE_MAX - 1));
+        assert_eq!(
+            filter_in_pieces(field.as_bytes(), 10, false).0,
+            field.as_bytes()
+        );
+        let field = format!("X{}: v\r\n\r\n", " ".repeat(LINE_MAX - 2));
+        assert_eq!(
+            filter_in_pieces(field.as_bytes(), 10, false).0,
+            field.as_bytes()
+        );
+        let long = format!("{}: v\r\n\r\n", "X".repeat(LINE_MAX));
+        assert_eq!(
+            filter_in_pieces(long.as_bytes(), 10, false).0,
+            format!("\r\n{long}").as_bytes()
+        );
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// For any content cut anywhere, what follows our prefix never continues its last
+        /// field, the same bytes come out whatever the pieces, and no more than a line is held.
+        #[test]
+        fn our_fields_are_never_extended(
+            content in proptest::collection::vec(
+                proptest::sample::select(&b" \t\r\n:Xx-R\xe9"[..]), 0..64),
+            words in proptest::collection::vec(
+                proptest::sample::select(&["Return-Path:", "Received:", "Subject: s", " ", "\r\n",
+                    "X", "\t"][..]), 0..8),
+            piece in 1usize..9,
+            add in proptest::bool::ANY,
+        ) {
+            let mut msg: Vec<u8> = words.concat().into_bytes();
+            msg.extend_from_slice(&content);
+            let (whole, _) = filter_in_pieces(&msg, msg.len().max(1), add);
+            let (out, f) = filter_in_pieces(&msg, piece, add);
+            proptest::prop_assert_eq!(&out, &whole);
+            proptest::prop_assert!(f.line.len() <= LINE_MAX);
+            proptest::prop_assert!(leaves_our_field_alone(&out), "{:?}", String::from_utf8_lossy(&out));
+            proptest::prop_assert_eq!(first_field_len(&[PREFIX, &out].concat()), PREFIX.len());
+        }
     }
 
     fn scan_in_pieces(msg: &[u8], piece: usize) -> HeaderScanner {
