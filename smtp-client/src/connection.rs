@@ -84,9 +84,13 @@ impl Timeouts {
     }
 }
 
-/// The longest a QUIT sent by [`Connection::quit_in_background`] waits for its `221` (or the
-/// command timeout, when that is shorter). The outcome of the session is already known then;
-/// this only bounds how long a silent peer keeps a socket open.
+/// The longest a QUIT sent by [`Connection::quit_in_background`] may take, from sending QUIT
+/// to the socket being closed (or the command timeout, when that is shorter): the `221`, the
+/// TLS `close_notify` and its flush all fit in it, and whatever is left undone when it runs
+/// out is abandoned and the socket closed. [`Connection::quit`] gives the close after its
+/// `221` the same bound. The outcome of the session is already known then; this only bounds
+/// how long a silent peer (one that stops reading, a zero receive window) keeps a socket
+/// and a task alive.
 pub const QUIT_GRACE: Duration = Duration::from_secs(10);
 
 /// How the client introduces itself and secures the channel.
@@ -599,7 +603,8 @@ impl Connection {
     }
 
     /// Says QUIT, reads the `221` (waiting up to the command timeout) and closes the
-    /// connection.
+    /// connection: the close (TLS `close_notify` and its flush) gets at most [`QUIT_GRACE`]
+    /// (or the command timeout, when shorter), after which the socket is dropped unflushed.
     ///
     /// A caller that must record the outcome of a transaction should do so before awaiting
     /// this (a peer may take its time to answer QUIT), or use
@@ -615,14 +620,24 @@ impl Connection {
         let result = self
             .command(&Command::Quit, self.config.timeouts.command, "QUIT")
             .await;
-        let _ = self.stream.shutdown().await;
+        let grace = self.config.timeouts.command.min(QUIT_GRACE);
+        // A peer that stops reading would hold a TLS close (close_notify, flush) forever.
+        if tokio::time::timeout(grace, self.stream.shutdown())
+            .await
+            .is_err()
+        {
+            debug!(peer = %self.peer, "close not done within the grace, socket dropped");
+        }
         result.map(|_| ())
     }
 
-    /// Says QUIT from a spawned task and returns at once: the task waits at most
-    /// [`QUIT_GRACE`] (or the command timeout, when shorter) for the `221`, then closes the
-    /// connection. Nothing is sent when the connection is already unusable. Outside a tokio
-    /// runtime the connection is just closed.
+    /// Says QUIT from a spawned task and returns at once: the task waits for the `221`, then
+    /// closes the connection (TLS `close_notify` and its flush), all within [`QUIT_GRACE`]
+    /// (or the command timeout, when shorter); when that runs out the socket is dropped as
+    /// it is, so the task and its socket never outlive it, whatever the peer does (a peer
+    /// that stops reading after its `250` would otherwise hold the close forever). Nothing is
+    /// sent when the connection is already unusable. Outside a tokio runtime the connection
+    /// is just closed.
     ///
     /// [`Deliverer`](crate::Deliverer) ends every session this way, so its report is returned
     /// as soon as the server has answered the message data, never held up by a peer that does
@@ -637,11 +652,19 @@ impl Connection {
         let grace = self.config.timeouts.command.min(QUIT_GRACE);
         runtime.spawn(async move {
             let peer = self.peer;
-            match self.command(&Command::Quit, grace, "QUIT").await {
-                Ok(reply) => debug!(%peer, reply = %SafeReply(&reply), "QUIT answered"),
-                Err(e) => debug!(%peer, error = %e, "QUIT not answered"),
+            // One deadline for the whole goodbye: QUIT, its reply and the close.
+            let goodbye = async {
+                match self.command(&Command::Quit, grace, "QUIT").await {
+                    Ok(reply) => debug!(%peer, reply = %SafeReply(&reply), "QUIT answered"),
+                    Err(e) => debug!(%peer, error = %e, "QUIT not answered"),
+                }
+                let _ = self.stream.shutdown().await;
+            };
+            if tokio::time::timeout(grace, goodbye).await.is_err() {
+                debug!(%peer, "close not done within the grace, socket dropped");
             }
-            let _ = self.stream.shutdown().await;
+            // Dropping the connection closes the socket.
+            drop(self);
         });
     }
 
@@ -957,4 +980,163 @@ fn tls_server_name(name: &str, addr: SocketAddr) -> ServerName<'static> {
         .trim_start_matches("IPv6:")
         .trim_start_matches("ipv6:");
     ServerName::try_from(bare.to_owned()).unwrap_or_else(|_| ServerName::from(addr.ip()))
+}
+
+/// The goodbye against a peer that stops reading with the client's send buffer full, so that
+/// writing QUIT and closing TLS (`close_notify` and its flush) can never complete: the
+/// socket must be closed within the grace all the same. These need the socket under the
+/// connection (to fill its send buffer), hence here rather than in `tests/`.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod quit_tests {
+    use std::sync::Arc;
+
+    use tokio::net::TcpSocket;
+    use tokio_rustls::rustls;
+    use tokio_rustls::TlsAcceptor;
+
+    use super::*;
+
+    const GRACE: Duration = Duration::from_millis(300);
+
+    /// A connected pair on loopback with small buffers: (client, peer).
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpSocket::new_v4().unwrap();
+        listener.set_recv_buffer_size(4096).unwrap();
+        listener.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = listener.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = TcpSocket::new_v4().unwrap();
+        client.set_send_buffer_size(4096).unwrap();
+        let (c, s) = tokio::join!(client.connect(addr), listener.accept());
+        (c.unwrap(), s.unwrap().0)
+    }
+
+    /// Writes junk until neither the client's send buffer nor the peer's receive buffer
+    /// takes any more (the peer is not reading).
+    async fn fill(tcp: &TcpStream) {
+        let junk = [b'x'; 65536];
+        let mut idle_rounds = 0;
+        while idle_rounds < 3 {
+            let mut wrote = 0;
+            loop {
+                match tcp.try_write(&junk) {
+                    Ok(n) => wrote += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+            idle_rounds = if wrote == 0 { idle_rounds + 1 } else { 0 };
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn connection(stream: Stream, peer: SocketAddr) -> Connection {
+        Connection {
+            stream,
+            buf: BytesMut::new(),
+            decoder: ReplyDecoder::new(),
+            config: ClientConfig::new("client.test").with_timeouts(Timeouts::all(GRACE)),
+            peer,
+            server_name: "mx.test".into(),
+            greeting: Reply::service_ready("mx.test"),
+            ehlo: None,
+            tls: None,
+            discarded: 0,
+            transactions: 0,
+            broken: false,
+        }
+    }
+
+    /// A TLS session over [`pair`]: (client stream, peer's TLS stream).
+    async fn tls_pair() -> (
+        TlsStream<TcpStream>,
+        tokio_rustls::server::TlsStream<TcpStream>,
+    ) {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let certified = rcgen::generate_simple_self_signed(vec!["mx.test".to_owned()]).unwrap();
+        let cert = certified.cert.der().clone();
+        let key =
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let client = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let (c, s) = pair().await;
+        let name = ServerName::try_from("mx.test").unwrap();
+        let (c, s) = tokio::join!(
+            TlsConnector::from(Arc::new(client)).connect(name, c),
+            TlsAcceptor::from(Arc::new(server)).accept(s)
+        );
+        (c.unwrap(), s.unwrap())
+    }
+
+    /// Whether the client closes its end of `peer` within a bound well past the grace, seen
+    /// without reading (which would drain the buffers and let a stuck close complete): bytes
+    /// the peer writes to a closed socket are answered with a reset, which a later write
+    /// reports.
+    async fn closed_by_client(peer: &TcpStream) -> bool {
+        let deadline = tokio::time::Instant::now() + GRACE * 10;
+        while tokio::time::Instant::now() < deadline {
+            match peer.try_write(b"x") {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe
+                    ) =>
+                {
+                    return true;
+                }
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("{e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        false
+    }
+
+    #[tokio::test]
+    async fn background_quit_over_tls_closes_within_the_grace_when_the_peer_stops_reading() {
+        let (client, peer) = tls_pair().await;
+        let addr = client.get_ref().0.peer_addr().unwrap();
+        fill(client.get_ref().0).await;
+        let conn = connection(Stream::Tls(Box::new(client)), addr);
+        conn.quit_in_background();
+        // The peer never reads: QUIT, close_notify and the flush stay stuck behind the full
+        // buffers.
+        let (raw, _) = peer.into_inner();
+        assert!(
+            closed_by_client(&raw).await,
+            "the background QUIT still holds the socket"
+        );
+    }
+
+    #[tokio::test]
+    async fn background_quit_over_plain_tcp_closes_within_the_grace() {
+        let (client, peer) = pair().await;
+        let addr = client.peer_addr().unwrap();
+        fill(&client).await;
+        let conn = connection(Stream::Plain(client), addr);
+        conn.quit_in_background();
+        assert!(closed_by_client(&peer).await);
+    }
+
+    #[tokio::test]
+    async fn foreground_quit_over_tls_returns_when_the_close_cannot_complete() {
+        let (client, peer) = tls_pair().await;
+        let addr = client.get_ref().0.peer_addr().unwrap();
+        fill(client.get_ref().0).await;
+        let conn = connection(Stream::Tls(Box::new(client)), addr);
+        // The QUIT times out after the command timeout, the close after the grace.
+        let done = tokio::time::timeout(GRACE * 6, conn.quit()).await;
+        assert!(done.is_ok(), "quit() hangs on the TLS close");
+        assert!(done.unwrap().is_err(), "QUIT was never answered");
+        drop(peer);
+    }
 }

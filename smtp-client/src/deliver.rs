@@ -29,8 +29,8 @@
 //!
 //! [`Deliverer::deliver`] returns its report as soon as the server has answered the message
 //! data (or refused every recipient): the QUIT that ends the session is sent from a spawned
-//! task ([`Connection::quit_in_background`]) that waits at most
-//! [`QUIT_GRACE`](crate::QUIT_GRACE) for the `221`. A caller can therefore record the outcome
+//! task ([`Connection::quit_in_background`]) that gets at most
+//! [`QUIT_GRACE`](crate::QUIT_GRACE) for the `221` and the close together. A caller can therefore record the outcome
 //! at once, whatever the peer does next: a peer that answers `250` to the final `.` and then
 //! never answers QUIT holds neither the caller's delivery slot nor the window in which a crash
 //! would make the queue send the message again. Nothing needs to be done by the caller for

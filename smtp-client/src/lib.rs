@@ -97,9 +97,11 @@
 //! - DSN parameters (NOTIFY, ORCPT, RET, ENVID) are sent only to servers that offer DSN.
 //! - Timeouts are RFC 5321 §4.5.3.2's, configurable in [`Timeouts`].
 //! - [`Deliverer`] returns its report as soon as the server has answered the message data:
-//!   QUIT is sent from a spawned task that waits at most [`QUIT_GRACE`] (10 s) for the `221`
-//!   ([`Connection::quit_in_background`]), so a peer that stalls after its `250` holds
-//!   neither the caller nor the window in which a crash would re-send the message.
+//!   QUIT is sent from a spawned task that gets at most [`QUIT_GRACE`] (10 s) for the QUIT,
+//!   its `221` and the close (TLS `close_notify` and its flush) together, then drops the
+//!   socket ([`Connection::quit_in_background`]), so a peer that stalls after its `250`
+//!   (even one that stops reading) holds neither the caller, nor the window in which a crash
+//!   would re-send the message, nor the task and its socket for longer than that.
 //! - Opportunistic TLS that fails (handshake error or timeout, a connection closed or garbage
 //!   after the `220` to STARTTLS, the EHLO inside TLS unanswered) makes [`Deliverer`] retry the
 //!   same address once in clear text, as Postfix's `may` level does; the report says so

@@ -534,3 +534,76 @@ async fn dsn_parameters_only_when_offered() {
         }
     }
 }
+
+/// A raw TCP peer that answers a whole session, up to the `250` for the message, and then
+/// never reads again nor answers QUIT. The QUIT from `quit_in_background` must end within
+/// its grace (the command timeout, shorter than `QUIT_GRACE` here): the spawned task closes
+/// the socket, which the peer sees as EOF (or a reset) once it reads again.
+#[tokio::test]
+async fn background_quit_closes_the_socket_of_a_peer_that_stops_reading() {
+    use std::time::Duration;
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel();
+    let peer = tokio::spawn(async move {
+        let (s, _) = listener.accept().await.unwrap();
+        let mut s = BufReader::new(s);
+        s.get_mut()
+            .write_all(b"220 mx.test ESMTP\r\n")
+            .await
+            .unwrap();
+        let mut line = String::new();
+        let mut in_data = false;
+        loop {
+            line.clear();
+            assert!(
+                s.read_line(&mut line).await.unwrap() > 0,
+                "client left early"
+            );
+            let answer: &[u8] = if in_data {
+                if line != ".\r\n" {
+                    continue;
+                }
+                in_data = false;
+                b"250 2.0.0 Stored\r\n"
+            } else if line.starts_with("EHLO") {
+                b"250 mx.test\r\n"
+            } else if line.starts_with("DATA") {
+                in_data = true;
+                b"354 Go ahead\r\n"
+            } else {
+                b"250 2.0.0 OK\r\n"
+            };
+            s.get_mut().write_all(answer).await.unwrap();
+            if answer.starts_with(b"250 2.0.0 Stored") {
+                break;
+            }
+        }
+        // From here on, nothing is read (the QUIT stays unread) and nothing answered.
+        stopped_tx.send(()).unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Reading again now: the client must have closed its socket by then.
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest))
+            .await
+            .map(|r| r.map(|_| rest))
+    });
+    let mut config = client_config(TlsPolicy::None);
+    config.timeouts.command = Duration::from_millis(300);
+    let mut conn = Connection::connect(addr, "mx.test", &config).await.unwrap();
+    let result = conn
+        .send(&envelope("<a@client.test>", &["<b@mx.test>"]), MESSAGE)
+        .await
+        .unwrap();
+    assert_eq!(result.accepted(), 1);
+    stopped_rx.await.unwrap();
+    conn.quit_in_background();
+    let seen = peer.await.unwrap();
+    match seen {
+        Ok(Ok(rest)) => assert!(rest.starts_with(b"QUIT"), "{rest:?}"),
+        // A reset is a close as well.
+        Ok(Err(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        Err(_) => panic!("the client still holds the socket after its QUIT grace"),
+    }
+}

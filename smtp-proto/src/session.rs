@@ -77,8 +77,18 @@
 //!   `555 5.5.4`; parameters after HELO (not EHLO) likewise.
 //! - A non-ASCII address without `SMTPUTF8` on MAIL gets `553 5.6.7` (RFC 6531).
 //! - A rejected greeting (`554`) closes the connection at once.
-//! - Recipients past [`SessionConfig::max_recipients`] get `452 4.5.3` and count as protocol
-//!   errors (as in Postfix), so a client cannot go on sending them.
+//! - Recipients past [`SessionConfig::max_recipients`] get `452 4.5.3 Too many recipients`
+//!   and the transaction goes on with the recipients accepted so far: a client that sends
+//!   them all before DATA (Python's `smtplib.sendmail`, for one) delivers to the first ones
+//!   and retries the rest later (RFC 5321 §4.5.3.1.10). Only past
+//!   [`SessionConfig::max_recipient_overshoot`] such recipients in one transaction (default
+//!   1000) does each further one count as a protocol error, so a client cannot go on sending
+//!   them forever. This is Postfix's `smtpd_recipient_overshoot_limit` (default 1000): its
+//!   smtpd `rcpt_cmd()` answers `452 4.5.3 Error: too many recipients` and counts an error
+//!   only once `state->rcpt_overshoot++ < var_smtpd_rcpt_overlim` fails, and `rcpt_reset()`
+//!   clears that count with each transaction, as [`Session`] does. (Counting every such
+//!   reply as an error, as this crate once did, closed a session of 110 recipients with
+//!   `421` before DATA under the defaults, and every retry ended the same way.)
 //! - MAIL/RCPT parameters: a malformed value of a known keyword is `501 5.5.4`, an unknown
 //!   or unadvertised keyword `555 5.5.4` (see [`crate::param`]).
 //!
@@ -130,6 +140,11 @@ pub struct SessionConfig {
     pub max_message_size: Option<u64>,
     /// Most recipients accepted in one transaction (default 100, RFC 5321 §4.5.3.1.8).
     pub max_recipients: usize,
+    /// Recipients past [`SessionConfig::max_recipients`] a client may send in one
+    /// transaction, each refused with `452 4.5.3` but not counted as an error, before each
+    /// further one counts against [`SessionConfig::max_errors`] (default 1000, as Postfix's
+    /// `smtpd_recipient_overshoot_limit`). See the module docs, "Decisions made here".
+    pub max_recipient_overshoot: usize,
     /// Command line and address length limits.
     pub limits: Limits,
     /// DATA policies (bare CR/LF, text line length); its `max_size` is replaced by
@@ -158,14 +173,15 @@ pub struct SessionConfig {
 }
 
 impl SessionConfig {
-    /// Defaults: no size limit, 100 recipients, RFC 5321 line limits, bare line endings
-    /// refused, CHUNKING and SMTPUTF8 offered, no TLS, no DSN, 10 errors, 100 junk commands,
-    /// unauthorised pipelining refused.
+    /// Defaults: no size limit, 100 recipients (and 1000 more refused before they count as
+    /// errors), RFC 5321 line limits, bare line endings refused, CHUNKING and SMTPUTF8
+    /// offered, no TLS, no DSN, 10 errors, 100 junk commands, unauthorised pipelining refused.
     pub fn new(hostname: impl Into<String>) -> Self {
         Self {
             hostname: hostname.into(),
             max_message_size: None,
             max_recipients: 100,
+            max_recipient_overshoot: 1000,
             limits: Limits::default(),
             data: DataConfig::default(),
             starttls: false,
@@ -349,6 +365,9 @@ pub struct Session {
     rcpt: Option<ForwardPath>,
     rcpt_params: RcptParams,
     recipients: usize,
+    /// Recipients refused in the open transaction because it had
+    /// [`SessionConfig::max_recipients`] already.
+    rcpt_overshoot: usize,
     /// Size of the BDAT message so far.
     bdat_size: u64,
     bdat_oversize: bool,
@@ -395,6 +414,7 @@ impl Session {
             rcpt: None,
             rcpt_params: RcptParams::default(),
             recipients: 0,
+            rcpt_overshoot: 0,
             bdat_size: 0,
             bdat_oversize: false,
             finished: None,
@@ -872,6 +892,7 @@ impl Session {
         self.rcpt = None;
         self.rcpt_params = RcptParams::default();
         self.recipients = 0;
+        self.rcpt_overshoot = 0;
         self.smtputf8 = false;
         self.bdat_size = 0;
         self.bdat_oversize = false;
@@ -1039,6 +1060,9 @@ impl Session {
                 self.pos += used;
                 match owned {
                     Err((code, enh, text, protocol)) => {
+                        if code == TOO_MANY_RECIPIENTS {
+                            self.rcpt_overshoot = self.rcpt_overshoot.saturating_add(1);
+                        }
                         return self.refuse(code, enh, &text, protocol);
                     }
                     Ok((to, params)) => {
@@ -1230,9 +1254,16 @@ impl Session {
         let dsn = params.notify.is_some() || params.orcpt.is_some();
         self.check_params(params.is_empty(), params.other.first(), dsn)?;
         if self.recipients >= self.config.max_recipients {
-            // Counted as an error, as Postfix does: a client that keeps sending recipients
-            // past the limit runs out of its error budget.
-            return Err((452, (4, 5, 3), "Too many recipients".into(), true));
+            // Refused but the transaction goes on; counted as an error only past the
+            // overshoot allowance, as Postfix's `smtpd_recipient_overshoot_limit` (see the
+            // module docs). The caller counts the overshoot.
+            let counted = self.rcpt_overshoot >= self.config.max_recipient_overshoot;
+            return Err((
+                TOO_MANY_RECIPIENTS,
+                (4, 5, 3),
+                "Too many recipients".into(),
+                counted,
+            ));
         }
         if !to.is_ascii() && !self.smtputf8 {
             return Err(needs_smtputf8());
@@ -1251,6 +1282,10 @@ impl Session {
         }
     }
 }
+
+/// The reply code of a recipient past [`SessionConfig::max_recipients`]: the only `452`
+/// [`Session::check_rcpt`] gives, so the caller can count the overshoot.
+const TOO_MANY_RECIPIENTS: u16 = 452;
 
 /// A refusal: code, enhanced code, text, and whether it counts as a protocol error.
 type Check = Result<(), (u16, (u8, u16, u16), Cow<'static, str>, bool)>;

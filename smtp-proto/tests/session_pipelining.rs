@@ -528,24 +528,104 @@ proptest! {
 
 // ---- recipient limit and parameter values ----
 
+/// Recipients past the limit get `452 4.5.3`; past the overshoot allowance each further one
+/// also counts as an error, and the budget spent closes the session with `421 4.7.0`.
 #[test]
 fn recipients_past_the_limit_count_as_errors() {
     let mut c = config();
     c.max_recipients = 1;
+    c.max_recipient_overshoot = 2;
     c.max_errors = 3;
     let mut d = Driver::after_ehlo(c);
-    let got = d.send(
-        b"MAIL FROM:<a@b.test>\r\nRCPT TO:<c@mx.test>\r\nRCPT TO:<d@mx.test>\r\nRCPT TO:<e@mx.test>\r\nRCPT TO:<f@mx.test>\r\nRCPT TO:<g@mx.test>\r\n",
+    let mut input = b"MAIL FROM:<a@b.test>\r\n".to_vec();
+    for i in 0..10 {
+        input.extend_from_slice(format!("RCPT TO:<r{i}@mx.test>\r\n").as_bytes());
+    }
+    let got = d.send(&input);
+    let mut want = vec!["250 2.1.0 Sender OK", "250 2.1.5 Recipient OK"];
+    // 2 within the allowance, then 3 errors: the third closes.
+    want.extend(["452 4.5.3 Too many recipients"; 5]);
+    want.push("421 4.7.0 mx.test Too many errors, closing connection");
+    assert_eq!(got, want);
+    assert!(d.s.is_closed());
+}
+
+/// The review's case (Python's `smtplib.sendmail` to 120 addresses) with the defaults: 100
+/// accepted, 20 refused with `452 4.5.3`, and the message goes to the 100.
+#[test]
+fn recipients_past_the_limit_do_not_kill_the_transaction() {
+    let mut d = Driver::after_ehlo(config());
+    assert_eq!(d.s.config().max_recipient_overshoot, 1000);
+    assert_eq!(d.send(b"MAIL FROM:<a@b.test>\r\n"), ["250 2.1.0 Sender OK"]);
+    let mut input = Vec::new();
+    for i in 0..120 {
+        input.extend_from_slice(format!("RCPT TO:<r{i}@mx.test>\r\n").as_bytes());
+    }
+    let n = d.events.len();
+    let got = d.send(&input);
+    assert_eq!(got.len(), 120);
+    assert!(
+        got[..100].iter().all(|l| l == "250 2.1.5 Recipient OK"),
+        "{got:?}"
     );
+    assert!(
+        got[100..]
+            .iter()
+            .all(|l| l == "452 4.5.3 Too many recipients"),
+        "{got:?}"
+    );
+    assert_eq!(d.s.recipients(), 100);
+    // The handler heard of the 100 only.
+    assert_eq!(
+        d.events_since(n)
+            .iter()
+            .filter(|e| e.starts_with("rcpt"))
+            .count(),
+        100
+    );
+    assert_eq!(d.send(b"DATA\r\n"), ["354 End data with <CR><LF>.<CR><LF>"]);
+    assert_eq!(
+        d.send(b"Subject: many\r\n\r\nhi\r\n.\r\n"),
+        ["250 2.0.0 Message accepted"]
+    );
+    assert!(!d.s.is_closed());
+    assert!(d.events.contains(&"end".to_owned()));
+}
+
+/// With the defaults, 1000 recipients past the limit are refused without counting; the
+/// 1001st and later each count, and the 10th error closes. The allowance is per
+/// transaction (as Postfix's `rcpt_reset`): a new one starts afresh.
+#[test]
+fn overshoot_past_the_allowance_spends_the_error_budget() {
+    let rcpts = |from: usize, count: usize| {
+        let mut input = Vec::new();
+        for i in from..from + count {
+            input.extend_from_slice(format!("RCPT TO:<r{i}@mx.test>\r\n").as_bytes());
+        }
+        input
+    };
+    let mut d = Driver::after_ehlo(config());
+    d.send(b"MAIL FROM:<a@b.test>\r\n");
+    let got = d.send(&rcpts(0, 1100));
+    assert_eq!(got.len(), 1100);
+    assert!(!d.s.is_closed());
+    // A new transaction: its own allowance.
+    assert_eq!(d.send(b"RSET\r\n"), ["250 2.0.0 OK"]);
+    d.send(b"MAIL FROM:<a@b.test>\r\n");
+    let got = d.send(&rcpts(0, 1100));
+    assert_eq!(got.len(), 1100);
+    assert!(!d.s.is_closed(), "the first 1000 past the limit are free");
+    // Past the allowance: the 1001st to 1009th each count (errors 1 to 9)...
+    let got = d.send(&rcpts(2000, 9));
+    assert_eq!(got, ["452 4.5.3 Too many recipients"; 9]);
+    assert!(!d.s.is_closed());
+    // ...and the 10th closes; what follows it is not read.
+    let got = d.send(&rcpts(3000, 5));
     assert_eq!(
         got,
         [
-            "250 2.1.0 Sender OK",
-            "250 2.1.5 Recipient OK",
             "452 4.5.3 Too many recipients",
-            "452 4.5.3 Too many recipients",
-            "452 4.5.3 Too many recipients",
-            "421 4.7.0 mx.test Too many errors, closing connection",
+            "421 4.7.0 mx.test Too many errors, closing connection"
         ]
     );
     assert!(d.s.is_closed());

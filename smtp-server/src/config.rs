@@ -16,9 +16,13 @@ pub struct Limits {
     /// Largest message in octets, advertised as `SIZE`, checked against `SIZE=` on MAIL
     /// (`552 5.3.4`) and while the content streams in. Default 25 MiB; `None` for no limit.
     pub max_message_size: Option<u64>,
-    /// Most recipients per transaction; more get `452 4.5.3`. Default 100 (RFC 5321
-    /// §4.5.3.1.8).
+    /// Most recipients per transaction; more get `452 4.5.3` and the transaction goes on
+    /// with those accepted. Default 100 (RFC 5321 §4.5.3.1.8).
     pub max_recipients: usize,
+    /// Recipients past [`Limits::max_recipients`] refused in one transaction before each
+    /// further one counts against [`Limits::max_errors`]. Default 1000, as Postfix's
+    /// `smtpd_recipient_overshoot_limit` (see `smtp_proto::session`, "Decisions made here").
+    pub max_recipient_overshoot: usize,
     /// Most concurrent connections; more are answered `421 4.7.0` and closed. Default 10,000;
     /// `None` for no limit.
     pub max_connections: Option<usize>,
@@ -56,6 +60,7 @@ impl Default for Limits {
         Self {
             max_message_size: Some(25 << 20),
             max_recipients: 100,
+            max_recipient_overshoot: 1000,
             max_connections: Some(10_000),
             max_connections_per_ip: Some(50),
             per_ip_exempt_loopback: false,

@@ -229,6 +229,7 @@ impl<H: Handler> ServerBuilder<H> {
         let limits = self.limits;
         session.max_message_size = limits.max_message_size;
         session.max_recipients = limits.max_recipients;
+        session.max_recipient_overshoot = limits.max_recipient_overshoot;
         session.max_errors = limits.max_errors;
         session.limits.max_command_line = limits.max_command_line;
         session.data.max_line_len = limits.max_text_line;

@@ -1,6 +1,7 @@
 //! Field-readiness over real TCP on loopback: bare LF and CR in command lines, unauthorised
 //! pipelining (RFC 2920, as Postfix's `smtpd_forbid_unauth_pipelining`), talking before the
-//! greeting, recipients past the limit and malformed parameter values. Each test checks the
+//! greeting, recipients past the limit (refused, then counted as errors past the overshoot
+//! allowance) and malformed parameter values. Each test checks the
 //! replies on the wire, whether the connection closes, and what the handler received.
 #![allow(clippy::unwrap_used)]
 
@@ -283,13 +284,15 @@ async fn policy_off_serves_unauthorised_pipelining() {
     c.expect_closed().await;
 }
 
-/// Recipients past the limit count as errors: a client that keeps sending them is
-/// disconnected with `421 4.7.0` when the error budget is spent.
+/// Recipients past the limit get `452 4.5.3`; past the overshoot allowance each further one
+/// counts as an error, and a client that keeps sending them is disconnected with
+/// `421 4.7.0` when the error budget is spent.
 #[tokio::test]
 async fn recipients_past_the_limit_spend_the_error_budget() {
     let srv = start(|b| {
         let mut l = Limits::default();
         l.max_recipients = 1;
+        l.max_recipient_overshoot = 2;
         l.max_errors = 3;
         b.listen("127.0.0.1:0".parse().unwrap()).limits(l)
     })
@@ -303,7 +306,8 @@ async fn recipients_past_the_limit_spend_the_error_budget() {
         c.send(&format!("RCPT TO:<r{i}@example.org>\r\n")).await;
     }
     assert_eq!(c.reply().await, "250 2.1.5 Recipient OK");
-    for _ in 0..3 {
+    // 2 within the allowance, then 3 counted: the third spends the budget.
+    for _ in 0..5 {
         assert_eq!(c.reply().await, "452 4.5.3 Too many recipients");
     }
     assert_eq!(
@@ -318,6 +322,40 @@ async fn recipients_past_the_limit_spend_the_error_budget() {
         .filter(|e| e.starts_with("rcpt"))
         .count();
     assert_eq!(rcpts, 1);
+}
+
+/// The review's case over a real socket, with the default limits: a client that sends 120
+/// recipients before DATA (as Python's `smtplib.sendmail`) gets 100 accepted and 20
+/// `452 4.5.3`, and its message is delivered to the 100 instead of the session closing.
+#[tokio::test]
+async fn recipients_past_the_limit_still_deliver_to_the_first_100() {
+    let srv = start(|b| b.listen("127.0.0.1:0".parse().unwrap())).await;
+    let mut c = Client::connect(srv.addr()).await;
+    c.reply().await;
+    c.cmd("EHLO c").await;
+    let mut batch = String::from("MAIL FROM:<a@example.net>\r\n");
+    for i in 0..120 {
+        batch.push_str(&format!("RCPT TO:<r{i}@example.org>\r\n"));
+    }
+    c.send(&batch).await;
+    assert_eq!(c.reply().await, "250 2.1.0 Sender OK");
+    for i in 0..120 {
+        let want = if i < 100 {
+            "250 2.1.5 Recipient OK"
+        } else {
+            "452 4.5.3 Too many recipients"
+        };
+        assert_eq!(c.reply().await, want, "recipient {i}");
+    }
+    assert_eq!(c.cmd("DATA").await, "354 End data with <CR><LF>.<CR><LF>");
+    c.send("Subject: many\r\n\r\nhi\r\n.\r\n").await;
+    assert_eq!(c.reply().await, "250 2.0.0 Stored");
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 mx.test closing connection");
+    let messages = srv.rec.messages();
+    assert_eq!(messages.len(), 1);
+    let rcpts = &messages[0].envelope.rcpts;
+    assert_eq!(rcpts.len(), 100);
+    assert_eq!(rcpts[99].0.to_string(), "<r99@example.org>");
 }
 
 /// `SIZE=abc` and the other malformed values of known parameters are `501 5.5.4`; unknown
