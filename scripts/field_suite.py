@@ -1066,6 +1066,21 @@ planted("symlinked_staging_dir", "spool", plant_staging_symlink)
 # limits and floods
 
 @case("limits")
+def recipients_past_the_limit_do_not_lose_the_first_100(ctx):
+    # 120 recipients: the first 100 are accepted, the other 20 get 452 4.5.3 (the client
+    # sends them again later), and the message is delivered; the session is not cut off.
+    d = Daemon(ctx)
+    rcpts = [f"u{i}@example.test" for i in range(120)]
+    with smtplib.SMTP("127.0.0.1", d.port, local_hostname="client.test", timeout=20) as c:
+        refused = c.sendmail("alice@example.test", rcpts, b"Subject: many\r\n\r\nhi\r\n")
+    check(sorted(refused) == sorted(rcpts[100:]), f"refused: {sorted(refused)[:5]}...")
+    check(all(v[0] == 452 and v[1].startswith(b"4.5.3") for v in refused.values()),
+          f"{list(refused.values())[:1]}")
+    check(len(d.messages("u0")) == 1 and len(d.messages("u99")) == 1, "not delivered")
+    check(not os.path.exists(os.path.join(d.spool, "u100")), "u100 got it")
+
+
+@case("limits")
 def command_line_too_long(ctx):
     d = Daemon(ctx)
     c = d.client()
@@ -1385,6 +1400,21 @@ def header_block(m):
 def header_names(m):
     return [ln.split(b":", 1)[0].lower() for ln in header_block(m).split(b"\r\n")
             if ln and ln[:1] not in (b" ", b"\t")]
+
+
+@case("trace")
+def leading_white_space_never_continues_our_received(ctx):
+    # Content whose first line starts with white space would fold into our Received: field
+    # (a forged clause and date). It must start the body instead.
+    d = Daemon(ctx)
+    forged = " (authenticated as admin) by trusted.host; Mon, 1 Jan 1990 00:00:00 +0000"
+    r = submit(d, "x@outside.test", ["bob@example.test"],
+               forged + "\r\nSubject: hi\r\n\r\nbody\r\n.\r\n", public=True)
+    expect(r, 250)
+    m = d.messages("bob")[0]
+    head, _, body = m.partition(b"\r\n\r\n")
+    check(b"1990" not in head and b"trusted.host" not in head, f"folded into our header: {head!r}")
+    check(body.startswith(forged.encode()), f"body: {body[:120]!r}")
 
 
 @case("trace")
