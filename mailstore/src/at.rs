@@ -71,6 +71,8 @@ pub(crate) struct Meta {
     pub ino: u64,
     pub file_type: FileType,
     pub mtime: SystemTime,
+    /// Size in octets (`st_size`; a sparse file's apparent size).
+    pub size: u64,
 }
 
 impl Meta {
@@ -81,6 +83,7 @@ impl Meta {
             dev: st.st_dev as u64,
             ino: st.st_ino as u64,
             file_type: FileType::from_raw_mode(st.st_mode as _),
+            size: u64::try_from(st.st_size).unwrap_or(0),
             mtime: UNIX_EPOCH
                 .checked_add(Duration::from_secs(secs))
                 .unwrap_or(UNIX_EPOCH),
@@ -243,14 +246,31 @@ impl Dir {
         })
     }
 
-    /// Reads the whole regular file `name`; `None` if it does not exist.
-    pub fn try_read(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let Some(mut f) = self.try_open_file(name)? else {
+    /// Reads the regular file `name`, at most `max` octets of it; `None` if it does not exist.
+    ///
+    /// Every file a store reads back lives where someone else may write (a mailbox's user
+    /// with group write access can plant a huge or sparse `.mh_sequences`, or a hard link to
+    /// any file the daemon can read), so no read is unbounded: a file whose size (`fstat`) is
+    /// over `max`, or that yields more than `max` octets (it grew while read), is
+    /// [`Error::Corrupt`] naming the path and the size, and nothing of it is kept. At most
+    /// `max + 1` octets are ever read, and the buffer never grows past that.
+    pub fn try_read_bounded(&self, name: &str, max: u64) -> Result<Option<Vec<u8>>> {
+        let Some(f) = self.try_open_file(name)? else {
             return Ok(None);
         };
-        let mut buf = Vec::new();
-        f.read_to_end(&mut buf)
-            .map_err(crate::error::io_err("read", self.join(name)))?;
+        let path = self.join(name);
+        let size = fstat(&f, &path)?.size;
+        if size > max {
+            return Err(too_large(path, Some(size), max));
+        }
+        // `size` is at most `max` here; the file may still grow, hence `take`.
+        let mut buf = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        f.take(max.saturating_add(1))
+            .read_to_end(&mut buf)
+            .map_err(crate::error::io_err("read", path.clone()))?;
+        if u64::try_from(buf.len()).unwrap_or(u64::MAX) > max {
+            return Err(too_large(path, None, max));
+        }
         Ok(Some(buf))
     }
 
@@ -374,6 +394,17 @@ impl Dir {
     }
 }
 
+/// The [`Error::Corrupt`] for a file over its size limit: the path and the sizes, never a
+/// byte of the content.
+/// `size` is the size `fstat` gave, `None` for a file that grew past `max` while read.
+fn too_large(path: PathBuf, size: Option<u64>, max: u64) -> Error {
+    let reason = match size {
+        Some(size) => format!("is {size} octets, over the limit of {max} for this file; not read"),
+        None => format!("grew past the limit of {max} octets for this file while read; not read"),
+    };
+    Error::Corrupt { path, reason }
+}
+
 /// An [`Error::UnsafePath`].
 pub(crate) fn unsafe_path(path: PathBuf, reason: &'static str) -> Error {
     Error::UnsafePath { path, reason }
@@ -434,5 +465,31 @@ mod tests {
         assert_eq!(std::fs::read(outside.path().join("f")).unwrap(), b"secret");
         assert_eq!(std::fs::read(tmp.path().join("flink")).unwrap(), b"mine");
         assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn bounded_read_checks_size_before_reading() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Dir::create_root(tmp.path()).unwrap();
+        std::fs::write(tmp.path().join("exact"), b"12345").unwrap();
+        assert_eq!(
+            root.try_read_bounded("exact", 5).unwrap().unwrap(),
+            b"12345"
+        );
+        assert_eq!(root.try_read_bounded("missing", 5).unwrap(), None);
+        let err = root.try_read_bounded("exact", 4).unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+        let text = err.to_string();
+        assert!(text.contains(&*tmp.path().join("exact").to_string_lossy()));
+        assert!(
+            text.contains("is 5 octets") && text.contains("limit of 4"),
+            "{text}"
+        );
+        assert!(!text.contains("12345"), "{text}");
+        // A sparse file of 1 TiB: refused by its size, nothing read.
+        let f = std::fs::File::create(tmp.path().join("sparse")).unwrap();
+        f.set_len(1 << 40).unwrap();
+        let err = root.try_read_bounded("sparse", 1 << 20).unwrap_err();
+        assert!(err.to_string().contains("is 1099511627776 octets"), "{err}");
     }
 }

@@ -30,7 +30,14 @@ pub enum Error {
         #[source]
         source: io::Error,
     },
-    /// A file written by this crate does not parse: a queue envelope, a `.next` file, a status.
+    /// A file written by this crate does not parse (a queue envelope, a `.next` file, a
+    /// status), or is larger than such a file may be (every read is bounded: see
+    /// `Dir::try_read_bounded`; the reason then gives its size and the limit).
+    ///
+    /// The reason never quotes the file's content, beyond a short escaped excerpt of a queue
+    /// envelope (the queue's own private file): a file in a mailbox may be a hard link,
+    /// planted by the mailbox's user, to a file only the daemon may read, and this error is
+    /// logged.
     #[error("corrupt file {path}: {reason}")]
     Corrupt {
         /// The file.

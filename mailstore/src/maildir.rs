@@ -157,11 +157,20 @@ impl Store for Maildir {
     }
 }
 
-/// This host's name, made safe for a Maildir file name.
+/// This host's name, made safe for a Maildir file name. At most 1 KiB of each file is read
+/// (a host name has at most 255 octets): nothing is read without a bound.
 fn hostname() -> String {
+    use std::io::Read;
+    let read = |p: &&str| {
+        let mut s = String::new();
+        fs::File::open(p)
+            .and_then(|f| f.take(1024).read_to_string(&mut s))
+            .ok()
+            .map(|_| s)
+    };
     let raw = ["/proc/sys/kernel/hostname", "/etc/hostname"]
         .iter()
-        .find_map(|p| fs::read_to_string(p).ok())
+        .find_map(read)
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".to_owned());

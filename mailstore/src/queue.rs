@@ -37,6 +37,18 @@
 //! A small line-based, versioned text format (see [`QueueEntry::encode`]): it is easy to read
 //! with `cat` when a delivery is stuck, and needs no serialisation library. Values are
 //! percent-escaped (`%`, control characters), so each field is one line.
+//!
+//! It is at most [`ENVELOPE_MAX`] (16 MiB) long: an entry that would encode larger is refused
+//! before anything is written, and a larger file (damage, or something planted) is corrupt
+//! without being read (see [`ENVELOPE_MAX`]). A decoding error quotes at most a short escaped
+//! excerpt of the line at fault (the error is logged when the entry is moved aside).
+//!
+//! # Recording outcomes
+//!
+//! Each change rewrites the whole envelope (new file, fsync, rename, directory fsync).
+//! [`Claim::record`] does that per recipient; [`Claim::record_many`] records any number of
+//! recipients with one rewrite, all or nothing, and is what a delivery to many recipients of
+//! one entry should use (100 recipients: one rewrite and two fsyncs instead of 100 and 200).
 
 use std::fmt;
 use std::fs::File;
@@ -55,6 +67,14 @@ use crate::pending::{clean_staging, link_or_copy, PendingMessage};
 const MAGIC: &str = "mailstore-queue 1";
 const BODY: &str = "body";
 const ENVELOPE: &str = "envelope";
+
+/// The largest envelope file the queue writes or reads: 16 MiB. The daemon's envelopes are a
+/// few hundred octets per recipient (an address, DSN parameters, a state with at most one
+/// reply), so this is room for tens of thousands of recipients with long replies, and still
+/// a bound on what one read of a damaged or planted file may allocate. A larger file is
+/// [`Error::Corrupt`] (the entry is moved to `corrupt/`); an entry that would encode larger is
+/// refused before anything is written ([`Error::Io`], the stored entry unchanged).
+pub const ENVELOPE_MAX: u64 = 16 << 20;
 
 /// The name of a queue entry: made by the queue, unique, safe as a file name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -301,7 +321,9 @@ impl QueueEntry {
                 ended = true;
                 continue;
             }
-            let (key, value) = line.split_once(' ').ok_or(format!("bad line {line:?}"))?;
+            let (key, value) = line
+                .split_once(' ')
+                .ok_or(format!("bad line {}", excerpt(line)))?;
             let value = unescape(value)?;
             match key {
                 "created" => {
@@ -358,9 +380,9 @@ impl QueueEntry {
                                         }
                                     } else if let Some(rest) = v.strip_prefix("refused ") {
                                         decode_refused(rest)
-                                            .ok_or_else(|| format!("bad state {v:?}"))?
+                                            .ok_or_else(|| format!("bad state {}", excerpt(v)))?
                                     } else {
-                                        return Err(format!("bad state {v:?}"));
+                                        return Err(format!("bad state {}", excerpt(v)));
                                     }
                                 }
                             };
@@ -368,7 +390,7 @@ impl QueueEntry {
                         }
                     }
                 }
-                _ => return Err(format!("unknown key {key:?}")),
+                _ => return Err(format!("unknown key {}", excerpt(key))),
             }
         }
         if !ended {
@@ -413,6 +435,22 @@ fn decode_refused(rest: &str) -> Option<RcptState> {
     })
 }
 
+/// The most characters of the envelope's content that a decoding error quotes.
+const EXCERPT_CHARS: usize = 40;
+
+/// What a decoding error quotes of the content: its first [`EXCERPT_CHARS`] characters,
+/// escaped (`{:?}`), with `...` after the quote if there was more. The errors end up in the
+/// log; a whole field (a remote server's reply, say) has no place there.
+fn excerpt(text: &str) -> String {
+    let mut chars = text.chars();
+    let head: String = chars.by_ref().take(EXCERPT_CHARS).collect();
+    if chars.next().is_some() {
+        format!("{head:?}...")
+    } else {
+        format!("{head:?}")
+    }
+}
+
 fn escape_into(out: &mut String, value: &str) {
     for c in value.chars() {
         if c == '%' || c.is_ascii_control() {
@@ -452,7 +490,7 @@ fn time_text(t: SystemTime) -> String {
 }
 
 fn parse_time(s: &str) -> std::result::Result<SystemTime, String> {
-    let bad = || format!("bad time {s:?}");
+    let bad = || format!("bad time {}", excerpt(s));
     let (secs, nanos) = s.split_once('.').ok_or_else(bad)?;
     let digits = |t: &str| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit());
     if !digits(secs) || nanos.len() != 9 || !digits(nanos) {
@@ -578,8 +616,9 @@ impl Queue {
         let r = (|| {
             try_lock(&stage).map_err(io_err("flock", stage.path()))?;
             put_body(&stage)?;
+            let text = encode_bounded(entry, &stage.join(ENVELOPE))?;
             let mut f = stage.create(ENVELOPE, &Perms::PRIVATE)?;
-            f.write_all(entry.encode().as_bytes())
+            f.write_all(text.as_bytes())
                 .map_err(io_err("write", stage.join(ENVELOPE)))?;
             f.sync_all()
                 .map_err(io_err("fsync", stage.join(ENVELOPE)))?;
@@ -703,6 +742,8 @@ impl Queue {
             id: id.clone(),
             dir,
             entry,
+            #[cfg(test)]
+            saves: 0,
         }))
     }
 
@@ -741,12 +782,31 @@ impl Queue {
     }
 }
 
+/// The envelope's text, refused (an [`Error::Io`] naming `path`) if it is over
+/// [`ENVELOPE_MAX`]: the queue never writes a file it would not read back.
+fn encode_bounded(entry: &QueueEntry, path: &Path) -> Result<String> {
+    let text = entry.encode();
+    let len = u64::try_from(text.len()).unwrap_or(u64::MAX);
+    if len > ENVELOPE_MAX {
+        return Err(Error::Io {
+            op: "write",
+            path: path.to_path_buf(),
+            source: std::io::Error::other(format!(
+                "envelope of {len} octets is over the limit of {ENVELOPE_MAX}"
+            )),
+        });
+    }
+    Ok(text)
+}
+
 /// Reads and decodes the entry in `dir`.
 fn read_entry_in(dir: &Dir) -> Result<QueueEntry> {
-    let text = dir.try_read(ENVELOPE)?.ok_or_else(|| Error::Corrupt {
-        path: dir.join(ENVELOPE),
-        reason: "missing envelope".into(),
-    })?;
+    let text = dir
+        .try_read_bounded(ENVELOPE, ENVELOPE_MAX)?
+        .ok_or_else(|| Error::Corrupt {
+            path: dir.join(ENVELOPE),
+            reason: "missing envelope".into(),
+        })?;
     let corrupt = |reason: String| Error::Corrupt {
         path: dir.join(ENVELOPE),
         reason,
@@ -773,6 +833,9 @@ pub struct Claim {
     /// The entry's directory; its `flock` is the claim.
     dir: Dir,
     entry: QueueEntry,
+    /// Envelope rewrites by this claim (for the tests of `record_many`).
+    #[cfg(test)]
+    saves: u32,
 }
 
 impl Claim {
@@ -803,20 +866,54 @@ impl Claim {
     }
 
     /// Records one recipient's outcome, durably (so a delivered recipient is not delivered
-    /// again after a crash).
+    /// again after a crash). One envelope rewrite and two fsyncs per call: to record several
+    /// outcomes, [`record_many`](Self::record_many) costs the same as one call.
     ///
     /// # Errors
     /// [`Error::NoSuchRecipient`] or [`Error::Io`]; the stored state is unchanged then.
     pub fn record(&mut self, recipient: usize, state: RcptState) -> Result<()> {
-        let r = self
-            .entry
-            .envelope
-            .recipients
-            .get_mut(recipient)
-            .ok_or(Error::NoSuchRecipient(recipient))?;
-        let old = std::mem::replace(&mut r.state, state);
+        self.record_many([(recipient, state)])
+    }
+
+    /// Records the outcomes of several recipients (by index), durably, with one envelope
+    /// rewrite: the same result as calling [`record`](Self::record) for each in order (a
+    /// recipient given twice gets the later state), at the cost of one call. An empty
+    /// `states` writes nothing.
+    ///
+    /// All or nothing: every index is checked before anything changes, and if the envelope
+    /// cannot be saved, the entry ([`entry`](Self::entry)) is restored as it was before the
+    /// call. (On disk the old envelope stays, unless the failure came after its replacement
+    /// was renamed into place, at the directory fsync: then the new one may be there.)
+    ///
+    /// # Errors
+    /// [`Error::NoSuchRecipient`] for the first index past the end of the recipients (nothing
+    /// recorded, nothing written), or [`Error::Io`].
+    pub fn record_many(
+        &mut self,
+        states: impl IntoIterator<Item = (usize, RcptState)>,
+    ) -> Result<()> {
+        let states: Vec<(usize, RcptState)> = states.into_iter().collect();
+        let count = self.entry.envelope.recipients.len();
+        if let Some(&(bad, _)) = states.iter().find(|(i, _)| *i >= count) {
+            return Err(Error::NoSuchRecipient(bad));
+        }
+        if states.is_empty() {
+            return Ok(());
+        }
+        let recipients = &mut self.entry.envelope.recipients;
+        let mut undo = Vec::with_capacity(states.len());
+        for (i, state) in states {
+            if let Some(r) = recipients.get_mut(i) {
+                undo.push((i, std::mem::replace(&mut r.state, state)));
+            }
+        }
         if let Err(e) = self.save() {
-            self.entry.envelope.recipients[recipient].state = old;
+            // In reverse, so a recipient given twice gets its state from before the call.
+            for (i, old) in undo.into_iter().rev() {
+                if let Some(r) = self.entry.envelope.recipients.get_mut(i) {
+                    r.state = old;
+                }
+            }
             return Err(e);
         }
         Ok(())
@@ -850,9 +947,14 @@ impl Claim {
         Ok(())
     }
 
-    fn save(&self) -> Result<()> {
+    fn save(&mut self) -> Result<()> {
+        #[cfg(test)]
+        {
+            self.saves += 1;
+        }
+        let text = encode_bounded(&self.entry, &self.dir.join(ENVELOPE))?;
         self.dir
-            .replace(ENVELOPE, self.entry.encode().as_bytes(), &Perms::PRIVATE)?;
+            .replace(ENVELOPE, text.as_bytes(), &Perms::PRIVATE)?;
         self.dir.sync()
     }
 }
@@ -1108,5 +1210,118 @@ mod tests {
             assert!(bad.parse::<QueueId>().is_err(), "{bad:?}");
         }
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn excerpts_are_short_and_escaped() {
+        let long = format!("rcpt{}\u{1b}[2J", "x".repeat(5000));
+        let good = sample()
+            .encode()
+            .replace("ret HDRS\n", &format!("{long}\n"));
+        let err = QueueEntry::decode(&good).unwrap_err();
+        assert!(err.len() < 120, "{err}");
+        assert!(!err.contains('\u{1b}'), "{err:?}");
+        assert!(err.ends_with("..."), "{err}");
+        assert_eq!(excerpt("a\tb"), "\"a\\tb\"");
+    }
+
+    fn many(n: usize) -> QueueEntry {
+        let mut e = sample();
+        e.envelope.recipients = (0..n)
+            .map(|i| Recipient::new(format!("r{i}@example.net")))
+            .collect();
+        e
+    }
+
+    #[test]
+    fn record_many_saves_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let id = q.enqueue(&many(100), b"x").unwrap();
+        let mut claim = q.claim(&id).unwrap().unwrap();
+        claim.record_many(Vec::new()).unwrap();
+        assert_eq!(claim.saves, 0);
+        claim
+            .record_many((0..100).map(|i| (i, RcptState::Delivered)))
+            .unwrap();
+        assert_eq!(claim.saves, 1);
+        let stored = q.entry(&id).unwrap().unwrap();
+        assert_eq!(&stored, claim.entry());
+        assert!(stored
+            .envelope
+            .recipients
+            .iter()
+            .all(|r| r.state == RcptState::Delivered));
+        // A bad index anywhere: nothing recorded, nothing written.
+        let failed = RcptState::Failed {
+            reply: "550 no".into(),
+        };
+        assert!(matches!(
+            claim.record_many([(3, failed.clone()), (100, failed), (7, RcptState::Pending)]),
+            Err(Error::NoSuchRecipient(100))
+        ));
+        assert_eq!(claim.saves, 1);
+        assert_eq!(claim.entry(), &stored);
+        assert_eq!(q.entry(&id).unwrap().unwrap(), stored);
+    }
+
+    #[test]
+    fn record_many_restores_the_entry_when_the_save_fails() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let id = q.enqueue(&many(3), b"x").unwrap();
+        let mut claim = q.claim(&id).unwrap().unwrap();
+        claim.record(1, RcptState::Delivered).unwrap();
+        let before = claim.entry().clone();
+        // The entry's directory removed under the claim: no file can be created in it.
+        fs::remove_dir_all(dir.path().join("entries").join(id.as_str())).unwrap();
+        let r = claim.record_many([
+            (0, RcptState::Delivered),
+            (1, RcptState::Pending),
+            (1, RcptState::Failed { reply: "x".into() }),
+        ]);
+        assert!(matches!(r, Err(Error::Io { .. })), "{r:?}");
+        assert_eq!(claim.entry(), &before);
+    }
+
+    fn outcomes() -> impl Strategy<Value = (usize, Vec<(usize, RcptState)>)> {
+        (1usize..6).prop_flat_map(|n| {
+            // Indices up to n: sometimes one past the end.
+            (Just(n), proptest::collection::vec((0..=n, state()), 0..8))
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// `record_many` is sequential `record`s with one save, or, with a bad index,
+        /// nothing at all.
+        #[test]
+        fn record_many_equals_sequential_records((n, states) in outcomes()) {
+            let dir = tempfile::tempdir().unwrap();
+            let q = Queue::open(dir.path()).unwrap();
+            let a = q.enqueue(&many(n), b"x").unwrap();
+            let b = q.enqueue(&many(n), b"x").unwrap();
+            let mut one_by_one = q.claim(&a).unwrap().unwrap();
+            let mut at_once = q.claim(&b).unwrap().unwrap();
+            let r = at_once.record_many(states.clone());
+            if let Some(&(bad, _)) = states.iter().find(|(i, _)| *i >= n) {
+                prop_assert!(matches!(r, Err(Error::NoSuchRecipient(i)) if i == bad));
+                prop_assert_eq!(at_once.entry(), &many(n));
+                prop_assert_eq!(q.entry(&b).unwrap().unwrap(), many(n));
+                prop_assert_eq!(at_once.saves, 0);
+            } else {
+                r.unwrap();
+                for (i, s) in &states {
+                    one_by_one.record(*i, s.clone()).unwrap();
+                }
+                prop_assert_eq!(at_once.entry(), one_by_one.entry());
+                prop_assert_eq!(
+                    fs::read(dir.path().join("entries").join(a.as_str()).join("envelope")).unwrap(),
+                    fs::read(dir.path().join("entries").join(b.as_str()).join("envelope")).unwrap()
+                );
+                prop_assert_eq!(at_once.saves, u32::from(!states.is_empty()));
+            }
+        }
     }
 }

@@ -77,6 +77,24 @@
 //! (known by device and inode; another file at `.recent`, such as a hard link to a file outside
 //! the spool, is replaced, never linked to), and the new link is checked to be that inode.
 //!
+//! # Bounded reads
+//!
+//! A mailbox's user (and, with group-writable modes, its group) can put any file under the
+//! spool's names: a huge or sparse `.mh_sequences`, or a hard link to a file only the daemon
+//! may read as `.next`. So no file of the spool's is read without a bound
+//! ([`COUNTER_MAX`] = 64 octets for `.highwater` and `.next`, [`SEQUENCES_MAX`] = 1 MiB for
+//! `.mh_sequences`, [`STATUS_MAX`] = 64 KiB for a status): the size is checked with `fstat`
+//! first, so a 2 GiB sparse file costs one system call, not 2 GiB of memory, and at most the
+//! bound plus one octet is ever read. A file over its bound is [`Error::Corrupt`] naming the
+//! path and the size (a `451` for the delivery, and a log line for the operator), and the
+//! content of a file that does not parse is never quoted in an error (the log would show a
+//! linked file's secret). 1 MiB of `.mh_sequences` holds some 100 000 scattered numbers (or
+//! any number of ranges); a mailbox past that takes no mail until an operator or the user
+//! shrinks the file (nmh's `mark`), as for any other corrupt file. `.mh_sequences` is read
+//! before anything changes (a delivery spends no number, a flag change or deletion does
+//! nothing when it cannot be read). Messages themselves are never read by a delivery;
+//! [`Spool::read`] reads one whole.
+//!
 //! # Crashes
 //!
 //! A crash at any instant leaves only complete messages with their statuses, plus leftovers
@@ -112,6 +130,13 @@ const RECENT: &str = ".recent";
 const SEQUENCES: &str = ".mh_sequences";
 const TMP_PREFIX: &str = ".tmp.";
 const UNSEEN: &str = "unseen";
+
+/// The most octets read of `.highwater` or `.next` (a number of at most 20 digits and a newline).
+pub const COUNTER_MAX: u64 = 64;
+/// The most octets read of `.mh_sequences` (room for some 100 000 scattered unseen messages).
+pub const SEQUENCES_MAX: u64 = 1 << 20;
+/// The most octets read of a `<n>.status` file (its flags, one line).
+pub const STATUS_MAX: u64 = 64 << 10;
 
 /// A numbered spool rooted at a directory. Cheap to clone; clones share their state.
 #[derive(Debug, Clone)]
@@ -213,7 +238,9 @@ impl Spool {
             .ok_or_else(|| no_such(mailbox, number))
     }
 
-    /// Reads message `number` into memory.
+    /// Reads message `number` into memory, however large it is (a message is not bounded
+    /// like the spool's own files): to read mail from mailboxes whose users may plant files,
+    /// stream it from [`open_message`](Self::open_message) instead.
     ///
     /// # Errors
     /// As [`open_message`](Self::open_message).
@@ -238,7 +265,7 @@ impl Spool {
             .ok_or_else(|| no_such(mailbox, number))?;
         let name = status_name(number);
         let bytes = dir
-            .try_read(&name)?
+            .try_read_bounded(&name, STATUS_MAX)?
             .ok_or_else(|| no_such(mailbox, number))?;
         let text = String::from_utf8(bytes).map_err(|_| Error::Corrupt {
             path: dir.join(&name),
@@ -276,12 +303,13 @@ impl Spool {
         let (seen, flagged, answered) = (has("\\Seen"), has("\\Flagged"), has("\\Answered"));
         let perms = &self.inner.perms;
         let dir = self.locked(mailbox, number)?;
+        // Read first: a `.mh_sequences` that cannot be read fails the call before any change.
+        let mut seq = read_sequences(&dir)?;
         dir.replace(&status_name(number), content.as_bytes(), perms)?;
-        update_sequences(&dir, perms, |s| {
-            s.set(UNSEEN, number, !seen);
-            s.set("flagged", number, flagged);
-            s.set("replied", number, answered);
-        })?;
+        seq.set(UNSEEN, number, !seen);
+        seq.set("flagged", number, flagged);
+        seq.set("replied", number, answered);
+        write_sequences(&dir, &seq, perms)?;
         dir.unlock();
         dir.sync()
     }
@@ -294,6 +322,7 @@ impl Spool {
     pub fn delete(&self, mailbox: &MailboxName, number: u64) -> Result<()> {
         let perms = &self.inner.perms;
         let dir = self.locked(mailbox, number)?;
+        let mut seq = read_sequences(&dir)?;
         // The marker may be behind for a mailbox of an older version, or one another program
         // added to: put it on record first (durably) that `number` and all before were used.
         let found = recover(&dir)?;
@@ -303,7 +332,8 @@ impl Spool {
         }
         dir.remove_file(&number.to_string())?;
         dir.remove_file(&status_name(number))?;
-        update_sequences(&dir, perms, |s| s.remove_everywhere(number))?;
+        seq.remove_everywhere(number);
+        write_sequences(&dir, &seq, perms)?;
         dir.unlock();
         dir.sync()
     }
@@ -367,13 +397,17 @@ impl Spool {
         let template = ensure_template(dir, &mut known, perms);
         self.remember(mailbox, known);
         template?;
+        // Before a number is spent: a `.mh_sequences` that cannot be read (too large) fails
+        // the delivery with nothing changed.
+        let mut seq = read_sequences(dir)?;
         // On record before the number can be seen: the marker is renamed to `n` (metadata
         // only), before the links below, and made durable with them by the one directory
         // fsync that follows the lock.
         set_mark(dir, known.mark, n, perms)?;
         known.mark = Some(n);
         self.remember(mailbox, known);
-        update_sequences(dir, perms, |s| s.set(UNSEEN, n, true))?;
+        seq.set(UNSEEN, n, true);
+        write_sequences(dir, &seq, perms)?;
         let linked = link_status(dir, n, &mut known, perms);
         self.remember(mailbox, known);
         linked?;
@@ -458,17 +492,22 @@ fn next_free(dir: &Dir, last: u64) -> Result<u64> {
     Ok(n)
 }
 
-/// A file holding one decimal number and a newline; `None` if it does not exist.
+/// A file holding one decimal number and a newline; `None` if it does not exist. At most
+/// [`COUNTER_MAX`] octets are read, and an error never quotes the content: the file may be a
+/// hard link, planted by the mailbox's user, to a file only the daemon may read.
 fn read_number(dir: &Dir, name: &str) -> Result<Option<u64>> {
-    let Some(bytes) = dir.try_read(name)? else {
+    let Some(bytes) = dir.try_read_bounded(name, COUNTER_MAX)? else {
         return Ok(None);
     };
-    let text = String::from_utf8_lossy(&bytes);
-    match parse_number(text.strip_suffix('\n').unwrap_or(&text)) {
+    let digits = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+    match std::str::from_utf8(digits).ok().and_then(parse_number) {
         Some(n) => Ok(Some(n)),
         None => Err(Error::Corrupt {
             path: dir.join(name),
-            reason: format!("expected a decimal number, found {text:?}"),
+            reason: format!(
+                "expected a decimal number and a newline, found {} octets that are not one",
+                bytes.len()
+            ),
         }),
     }
 }
@@ -585,13 +624,17 @@ fn set_mark(dir: &Dir, old: Option<u64>, n: u64, perms: &Perms) -> Result<()> {
     Ok(())
 }
 
-/// Rewrites `.mh_sequences` (temporary file, rename) with `change` applied. Not fsynced: it is
+/// Reads `.mh_sequences` (at most [`SEQUENCES_MAX`] octets); empty if there is none.
+fn read_sequences(dir: &Dir) -> Result<Sequences> {
+    let current = dir.try_read_bounded(SEQUENCES, SEQUENCES_MAX)?;
+    Ok(Sequences::parse(&current.unwrap_or_default()))
+}
+
+/// Rewrites `.mh_sequences` (temporary file, rename) as `seq`. Not fsynced: it is
 /// kept for MH readers, the status files are the record, and the directory fsync that
 /// follows every change makes the rename durable; after a power failure it may lack the last
 /// changes (or be empty), which only makes messages look read to an MH reader.
-fn update_sequences(dir: &Dir, perms: &Perms, change: impl FnOnce(&mut Sequences)) -> Result<()> {
-    let mut seq = Sequences::parse(&dir.try_read(SEQUENCES)?.unwrap_or_default());
-    change(&mut seq);
+fn write_sequences(dir: &Dir, seq: &Sequences, perms: &Perms) -> Result<()> {
     dir.replace_unsynced(SEQUENCES, &seq.encode(), perms)
 }
 
