@@ -436,15 +436,14 @@ impl Relay {
                     tokio::task::block_in_place(|| {
                         let mut claim = claim_cell.lock().expect("not poisoned");
                         let mut early = recorded_early.lock().expect("not poisoned");
-                        for i in delivered {
-                            match claim.record(i, RcptState::Delivered) {
-                                Ok(()) => {
-                                    early.insert(i);
-                                }
-                                // Recorded again with the rest at the end of the attempt.
-                                Err(e) => {
-                                    error!(queue_id = %claim.id(), error = %e, "cannot record delivery")
-                                }
+                        // One save for the domain's recipients.
+                        match claim
+                            .record_many(delivered.iter().map(|&i| (i, RcptState::Delivered)))
+                        {
+                            Ok(()) => early.extend(delivered),
+                            // Recorded again with the rest at the end of the attempt.
+                            Err(e) => {
+                                error!(queue_id = %claim.id(), error = %e, "cannot record delivery")
                             }
                         }
                     });
@@ -618,9 +617,7 @@ impl Relay {
                 // Every recipient is done and reported: the entry goes, its states with it.
                 return claim.finish();
             }
-            for (i, state) in &outcomes {
-                claim.record(*i, state.clone())?;
-            }
+            claim.record_many(outcomes.iter().cloned())?;
             if still_pending {
                 let mut next = add_saturating(
                     now,
