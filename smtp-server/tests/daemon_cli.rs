@@ -156,6 +156,35 @@ fn sigterm_exits_0() {
     assert!(d.log().contains("smtp-server stopped"));
 }
 
+/// Every file under the queue directory with its size, and each envelope's text.
+fn queue_listing(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            let Ok(m) = std::fs::symlink_metadata(&p) else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(p.clone());
+            }
+            let mut line = format!("{} {}", p.display(), m.len());
+            if p.file_name().is_some_and(|n| n == "envelope") {
+                line.push_str(&format!(
+                    ": {:?}",
+                    std::fs::read_to_string(&p).unwrap_or_default()
+                ));
+            }
+            out.push(line);
+        }
+    }
+    out
+}
+
 /// kill -9 while clients send local and remote mail; after a restart every message that got a
 /// 250 is in a mailbox or delivered from the queue, and nothing else appears.
 #[test]
@@ -238,7 +267,15 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
     };
     assert!(
         wait_until(Duration::from_secs(60), all_arrived),
-        "{}",
+        "missing {:?}\nqueue: {:#?}\n{}",
+        {
+            let got: Vec<usize> = net.got().iter().map(|g| subject(&g.body)).collect();
+            remote_acked
+                .iter()
+                .filter(|n| !got.contains(n))
+                .collect::<Vec<_>>()
+        },
+        queue_listing(&spool.join(".queue")),
         d2.log()
     );
     let local: Vec<usize> = spool_messages(&spool, "bob")

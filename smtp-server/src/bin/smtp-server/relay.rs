@@ -266,8 +266,13 @@ impl Relay {
                 Err(e) => error!(error = %e, "queue listing task failed"),
             }
             while tasks.try_join_next().is_some() {}
+            // An entry that fell due while this pass ran (its time is already past) is due
+            // now, not in a minute: a past time is a zero wait.
             let wait = next_due
-                .and_then(|d| d.duration_since(SystemTime::now()).ok())
+                .map(|d| {
+                    d.duration_since(SystemTime::now())
+                        .unwrap_or(Duration::ZERO)
+                })
                 .unwrap_or(Duration::from_secs(60))
                 .clamp(Duration::from_millis(50), Duration::from_secs(60));
             tokio::select! {
