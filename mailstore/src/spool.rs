@@ -42,7 +42,13 @@
 //!
 //! The marker's rename and the links are operations on one directory, in that order, made
 //! durable by that one fsync: on a journaling file system that commits metadata operations in
-//! order (ext4, XFS), a message name that survives a crash has its marker with it. (An earlier
+//! order (ext4, XFS), a message name that survives a crash has its marker with it. One window
+//! remains: between the links and that fsync a reader can already see message `n`; if a power
+//! failure then loses both (the delivery had not returned, its sender got no `250` and sends
+//! it again), `n` is given to the next message, so a reader that saw the lost one in those
+//! milliseconds sees another message under its number. Reserving numbers in blocks (the
+//! marker moved ahead and fsynced once per block, inside the lock) would close it, at the cost
+//! of gaps after every restart; not done. (An earlier
 //! design fsynced a `.highwater` file, the sequences and the directory inside the lock: three
 //! fsyncs in a row per delivery, serialised per mailbox, a quarter of the throughput.)
 //!
@@ -299,17 +305,27 @@ impl Spool {
             content.push_str(flag);
         }
         content.push('\n');
+        if content.len() as u64 > STATUS_MAX {
+            // Never write a status that `flags` would refuse to read.
+            return Err(Error::InvalidFlag(format!(
+                "{} flags, {} octets: more than a status holds ({STATUS_MAX})",
+                flags.len(),
+                content.len()
+            )));
+        }
         let has = |f: &str| flags.iter().any(|x| x.as_ref().eq_ignore_ascii_case(f));
         let (seen, flagged, answered) = (has("\\Seen"), has("\\Flagged"), has("\\Answered"));
         let perms = &self.inner.perms;
         let dir = self.locked(mailbox, number)?;
         // Read first: a `.mh_sequences` that cannot be read fails the call before any change.
-        let mut seq = read_sequences(&dir)?;
+        let seq = read_sequences(&dir)?;
         dir.replace(&status_name(number), content.as_bytes(), perms)?;
-        seq.set(UNSEEN, number, !seen);
-        seq.set("flagged", number, flagged);
-        seq.set("replied", number, answered);
-        write_sequences(&dir, &seq, perms)?;
+        if let Some(mut seq) = seq {
+            seq.set(UNSEEN, number, !seen);
+            seq.set("flagged", number, flagged);
+            seq.set("replied", number, answered);
+            write_sequences(&dir, &seq, perms)?;
+        }
         dir.unlock();
         dir.sync()
     }
@@ -322,18 +338,28 @@ impl Spool {
     pub fn delete(&self, mailbox: &MailboxName, number: u64) -> Result<()> {
         let perms = &self.inner.perms;
         let dir = self.locked(mailbox, number)?;
-        let mut seq = read_sequences(&dir)?;
+        let seq = read_sequences(&dir)?;
         // The marker may be behind for a mailbox of an older version, or one another program
         // added to: put it on record first (durably) that `number` and all before were used.
-        let found = recover(&dir)?;
-        if found.mark.unwrap_or(0) < number {
-            set_mark(&dir, found.mark, found.last.max(number), perms)?;
-            dir.sync()?;
+        // The marker this process set, still there and past `number`, needs no scan.
+        let known = self.known(mailbox);
+        let on_record = match known.mark {
+            Some(m) if known.recovered && m >= number => mark_present(&dir, m)?,
+            _ => false,
+        };
+        if !on_record {
+            let found = recover(&dir)?;
+            if found.mark.unwrap_or(0) < number {
+                set_mark(&dir, found.mark, found.last.max(number), perms)?;
+                dir.sync()?;
+            }
         }
         dir.remove_file(&number.to_string())?;
         dir.remove_file(&status_name(number))?;
-        seq.remove_everywhere(number);
-        write_sequences(&dir, &seq, perms)?;
+        if let Some(mut seq) = seq {
+            seq.remove_everywhere(number);
+            write_sequences(&dir, &seq, perms)?;
+        }
         dir.unlock();
         dir.sync()
     }
@@ -397,17 +423,19 @@ impl Spool {
         let template = ensure_template(dir, &mut known, perms);
         self.remember(mailbox, known);
         template?;
-        // Before a number is spent: a `.mh_sequences` that cannot be read (too large) fails
-        // the delivery with nothing changed.
-        let mut seq = read_sequences(dir)?;
+        // Before a number is spent: a `.mh_sequences` that cannot be read (a link, an I/O
+        // error) fails the delivery with nothing changed; one too large is left alone.
+        let seq = read_sequences(dir)?;
         // On record before the number can be seen: the marker is renamed to `n` (metadata
         // only), before the links below, and made durable with them by the one directory
         // fsync that follows the lock.
         set_mark(dir, known.mark, n, perms)?;
         known.mark = Some(n);
         self.remember(mailbox, known);
-        seq.set(UNSEEN, n, true);
-        write_sequences(dir, &seq, perms)?;
+        if let Some(mut seq) = seq {
+            seq.set(UNSEEN, n, true);
+            write_sequences(dir, &seq, perms)?;
+        }
         let linked = link_status(dir, n, &mut known, perms);
         self.remember(mailbox, known);
         linked?;
@@ -624,18 +652,37 @@ fn set_mark(dir: &Dir, old: Option<u64>, n: u64, perms: &Perms) -> Result<()> {
     Ok(())
 }
 
-/// Reads `.mh_sequences` (at most [`SEQUENCES_MAX`] octets); empty if there is none.
-fn read_sequences(dir: &Dir) -> Result<Sequences> {
-    let current = dir.try_read_bounded(SEQUENCES, SEQUENCES_MAX)?;
-    Ok(Sequences::parse(&current.unwrap_or_default()))
+/// Reads `.mh_sequences` (at most [`SEQUENCES_MAX`] octets); empty if there is none; `None`
+/// when it is larger: it is then left as it is (logged), and mail is still delivered and
+/// flags still changed, since the status files are the record (a mailbox must not stop
+/// taking mail because its MH sequences grew; an operator can shrink or remove the file).
+fn read_sequences(dir: &Dir) -> Result<Option<Sequences>> {
+    match dir.try_read_bounded(SEQUENCES, SEQUENCES_MAX) {
+        Ok(current) => Ok(Some(Sequences::parse(&current.unwrap_or_default()))),
+        Err(e @ Error::Corrupt { .. }) => {
+            tracing::warn!(error = %e, "not updating the MH sequences");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Rewrites `.mh_sequences` (temporary file, rename) as `seq`. Not fsynced: it is
 /// kept for MH readers, the status files are the record, and the directory fsync that
 /// follows every change makes the rename durable; after a power failure it may lack the last
-/// changes (or be empty), which only makes messages look read to an MH reader.
+/// changes or be empty (on file systems without ext4's flush-on-rename), which loses MH-only
+/// state: `unseen` (messages look read), `flagged`/`replied` as an MH reader set them, nmh's
+/// `cur` and user sequences. The status files keep each message's flags as this crate knows
+/// them.
 fn write_sequences(dir: &Dir, seq: &Sequences, perms: &Perms) -> Result<()> {
-    dir.replace_unsynced(SEQUENCES, &seq.encode(), perms)
+    let bytes = seq.encode();
+    if bytes.len() as u64 > SEQUENCES_MAX {
+        // Never write what would not be read back.
+        tracing::warn!(path = %dir.join(SEQUENCES).display(), size = bytes.len(),
+                       "MH sequences too large; not updated");
+        return Ok(());
+    }
+    dir.replace_unsynced(SEQUENCES, &bytes, perms)
 }
 
 /// Makes a new `.recent` template (a new inode, durable) and returns its identity.

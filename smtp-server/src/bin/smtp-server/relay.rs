@@ -323,7 +323,12 @@ impl Relay {
         let claim = match claimed {
             Ok(Ok(Some(c))) => c,
             Ok(Ok(None)) => {
+                // Another runner (another process) holds it, or it is gone: not looked at
+                // again for a second, so that this runner does not spin on it.
                 self.restore_unsaved(id, carried);
+                let mut held = self.held.lock().expect("not poisoned");
+                let h = held.entry(id.clone()).or_default();
+                h.until = Some(add_saturating(SystemTime::now(), Duration::from_secs(1)));
                 return;
             }
             Ok(Err(e)) => {
