@@ -167,7 +167,25 @@ pub(crate) fn link_or_copy(src: Staged<'_>, dir: &Dir, dest: &str, perms: &Perms
         let mut to = dir.create(&tmp, perms)?;
         copy_from(src.file, &mut to).map_err(io_err("copy", dir.join(&tmp)))?;
         to.sync_all().map_err(io_err("fsync", dir.join(&tmp)))?;
-        dir.rename(&tmp, dir, dest)
+        // Never over a file that appeared at `dest` meanwhile (another program's message):
+        // RENAME_NOREPLACE, or where the file system lacks it, a link (which never replaces).
+        match rustix::fs::renameat_with(
+            dir,
+            tmp.as_str(),
+            dir,
+            dest,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => Ok(()),
+            Err(Errno::INVAL | Errno::NOSYS) => {
+                let linked = dir
+                    .link(&tmp, dir, dest)
+                    .map_err(crate::at::errno("link", dir.join(dest)));
+                let _ = dir.remove_file(&tmp);
+                linked
+            }
+            Err(e) => Err(crate::at::errno("rename", dir.join(dest))(e)),
+        }
     })();
     if r.is_err() {
         let _ = dir.remove_file(&tmp);
