@@ -262,22 +262,30 @@ fn mailbox_options_and_refused_mailboxes() {
     // Root (as in CI) may use any group; others their own.
     let me = std::fs::metadata(&spool).unwrap();
     let gid = if me.uid() == 0 { 4242 } else { me.gid() };
-    let gid_text = gid.to_string();
+    let uid = if me.uid() == 0 { 4343 } else { me.uid() };
+    let (gid_text, uid_text) = (gid.to_string(), uid.to_string());
     let d = Daemon::start(
         &spool,
         net.dns.addr(),
-        &["--mailbox-mode", "2770", "--mailbox-group", &gid_text],
+        &[
+            "--mailbox-mode",
+            "2770",
+            "--mailbox-group",
+            &gid_text,
+            "--mailbox-owner",
+            &uid_text,
+        ],
     );
     let mut c = d.connect();
     let msg = "Subject: hi\r\n\r\nhello\r\n";
     assert_eq!(c.send("a@example.test", &["bob@example.test"], msg).0, 250);
     let mode = |p: &std::path::Path| {
         let m = std::fs::metadata(p).unwrap();
-        (m.mode() & 0o7777, m.gid())
+        (m.mode() & 0o7777, m.uid(), m.gid())
     };
-    assert_eq!(mode(&spool.join("bob")), (0o2770, gid));
-    assert_eq!(mode(&spool.join("bob/1")), (0o660, gid));
-    assert_eq!(mode(&spool.join("bob/1.status")), (0o660, gid));
+    assert_eq!(mode(&spool.join("bob")), (0o2770, uid, gid));
+    assert_eq!(mode(&spool.join("bob/1")), (0o660, uid, gid));
+    assert_eq!(mode(&spool.join("bob/1.status")), (0o660, uid, gid));
 
     let outside = tempfile::tempdir().unwrap();
     std::os::unix::fs::symlink(outside.path(), spool.join("eve")).unwrap();

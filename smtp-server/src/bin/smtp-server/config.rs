@@ -183,6 +183,12 @@ pub struct Config {
     /// them [default: the system's choice].
     #[arg(long, value_name = "NAME|GID", value_parser = parse_mailbox_group)]
     pub mailbox_group: Option<u32>,
+
+    /// Owner (name from /etc/passwd, or number) given to new mailbox directories and files
+    /// (the daemon must run as root to give files away; as `root:mail`-owned spools are)
+    /// [default: the daemon's user].
+    #[arg(long, value_name = "NAME|UID", value_parser = parse_mailbox_owner)]
+    pub mailbox_owner: Option<u32>,
 }
 
 impl Config {
@@ -518,23 +524,34 @@ fn parse_mailbox_group(s: &str) -> Result<u32, String> {
     group_id(s, &text)
 }
 
+/// `--mailbox-owner`: a number, or a name looked up in `/etc/passwd`.
+fn parse_mailbox_owner(s: &str) -> Result<u32, String> {
+    let text = std::fs::read_to_string("/etc/passwd").unwrap_or_default();
+    id_from_file(s, &text, "user", "/etc/passwd")
+}
+
 fn group_id(s: &str, etc_group: &str) -> Result<u32, String> {
+    id_from_file(s, etc_group, "group", "/etc/group")
+}
+
+/// A numeric id, or the third field of the line of `/etc/passwd` or `/etc/group` (`text`)
+/// whose first field is `s`.
+fn id_from_file(s: &str, text: &str, what: &str, file: &str) -> Result<u32, String> {
     if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
         return s
             .parse::<u32>()
             .ok()
             .filter(|g| *g != u32::MAX)
-            .ok_or_else(|| format!("{s:?}: not a valid group id"));
+            .ok_or_else(|| format!("{s:?}: not a valid {what} id"));
     }
-    etc_group
-        .lines()
+    text.lines()
         .filter_map(|l| {
             let mut f = l.split(':');
             Some((f.next()?, f.nth(1)?))
         })
         .find(|(name, _)| *name == s)
         .and_then(|(_, gid)| gid.parse::<u32>().ok())
-        .ok_or_else(|| format!("{s:?}: no such group in /etc/group (give the number)"))
+        .ok_or_else(|| format!("{s:?}: no such {what} in {file} (give the number)"))
 }
 
 #[cfg(test)]
@@ -566,5 +583,10 @@ mod mailbox_option_tests {
         assert!(group_id("nobody", etc).is_err());
         assert!(group_id("4294967295", etc).is_err());
         assert!(group_id("", etc).is_err());
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n";
+        assert_eq!(id_from_file("nobody", passwd, "user", "p").unwrap(), 65534);
+        assert_eq!(id_from_file("1000", passwd, "user", "p").unwrap(), 1000);
+        let e = id_from_file("alice", passwd, "user", "/etc/passwd").unwrap_err();
+        assert!(e.contains("no such user in /etc/passwd"), "{e}");
     }
 }

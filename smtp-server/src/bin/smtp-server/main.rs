@@ -119,6 +119,9 @@ fn open_store(cfg: &Config) -> Result<Arc<dyn Store>, Fatal> {
     if let Some(gid) = cfg.mailbox_group {
         options = options.group(gid);
     }
+    if let Some(uid) = cfg.mailbox_owner {
+        options = options.owner(uid);
+    }
     let store: Arc<dyn Store> = match cfg.format {
         Format::Spool => Arc::new(
             mailstore::spool::Spool::open_with(dir, &options)
