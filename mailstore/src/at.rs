@@ -348,32 +348,28 @@ impl Dir {
         Ok(out)
     }
 
-    /// As [`Dir::replace`] without the fsync of the new file: for files whose last change
-    /// may be lost in a power failure (the rename is still atomic).
-    pub fn replace_unsynced(&self, name: &str, bytes: &[u8], perms: &Perms) -> Result<()> {
-        let tmp = format!(".tmp.{}", unique()?);
-        let result = (|| {
-            let mut f = self.create(&tmp, perms)?;
-            f.write_all(bytes)
-                .map_err(crate::error::io_err("write", self.join(&tmp)))?;
-            self.rename(&tmp, self, name)
-        })();
-        if result.is_err() {
-            let _ = self.remove_file(&tmp);
-        }
-        result
-    }
-
     /// Writes `bytes` to `name` atomically: a new `.tmp.*` file in this directory, written,
     /// fsynced, renamed over `name`. The caller fsyncs the directory to make the rename durable.
     pub fn replace(&self, name: &str, bytes: &[u8], perms: &Perms) -> Result<()> {
+        self.replace_with(name, bytes, perms, true)
+    }
+
+    /// As [`Dir::replace`] without the fsync of the new file: for files whose last change
+    /// may be lost in a power failure (the rename is still atomic).
+    pub fn replace_unsynced(&self, name: &str, bytes: &[u8], perms: &Perms) -> Result<()> {
+        self.replace_with(name, bytes, perms, false)
+    }
+
+    fn replace_with(&self, name: &str, bytes: &[u8], perms: &Perms, sync: bool) -> Result<()> {
         let tmp = format!(".tmp.{}", unique()?);
         let result = (|| {
             let mut f = self.create(&tmp, perms)?;
             f.write_all(bytes)
                 .map_err(crate::error::io_err("write", self.join(&tmp)))?;
-            f.sync_all()
-                .map_err(crate::error::io_err("fsync", self.join(&tmp)))?;
+            if sync {
+                f.sync_all()
+                    .map_err(crate::error::io_err("fsync", self.join(&tmp)))?;
+            }
             self.rename(&tmp, self, name)
         })();
         if result.is_err() {
