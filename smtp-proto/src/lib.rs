@@ -65,6 +65,7 @@ pub mod data;
 pub mod ehlo;
 pub mod param;
 pub mod reply;
+pub mod sasl;
 pub mod session;
 
 pub use address::{parse_mailbox, Domain, ForwardPath, Mailbox, MailboxBuf, ReversePath};
