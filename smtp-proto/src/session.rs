@@ -129,6 +129,10 @@ use crate::data::{DataConfig, DataDecoder, DataError, DataStatus};
 use crate::ehlo::{Capability, EhloReply};
 use crate::param::{Body, MailParams, RcptParams};
 use crate::reply::{EnhancedCode, Reply};
+use crate::sasl::{self, Credentials, Mechanism, ServerExchange};
+
+/// Longest SASL response line accepted, CRLF included (RFC 4954 §4: at least 12288 octets).
+pub const MAX_AUTH_LINE: usize = 12288;
 
 /// Configuration of a [`Session`].
 #[derive(Debug, Clone)]
@@ -170,12 +174,24 @@ pub struct SessionConfig {
     /// command is not executed, `554 5.5.0 Error: SMTP protocol synchronization` is sent and
     /// the session closes. Default `true`; see the module docs, "Pipelining".
     pub forbid_unauth_pipelining: bool,
+    /// SASL mechanisms offered with `AUTH` (RFC 4954), in the order advertised; empty (the
+    /// default) for no AUTH (`502 5.5.1`). The session runs the exchange and reports the
+    /// client's credentials as [`Event::Auth`]; the caller checks them.
+    pub auth_mechanisms: Vec<Mechanism>,
+    /// Offer AUTH only on an encrypted connection (default `true`): before TLS it is not
+    /// advertised and `AUTH` gets `538 5.7.11`, as Postfix's `smtpd_tls_auth_only = yes`.
+    /// PLAIN and LOGIN send the password itself.
+    pub auth_requires_tls: bool,
+    /// Failed AUTH attempts allowed in one session (default 3): the failure that reaches
+    /// this number is answered, then `421 4.7.0` closes the session.
+    pub max_auth_failures: usize,
 }
 
 impl SessionConfig {
     /// Defaults: no size limit, 100 recipients (and 1000 more refused before they count as
     /// errors), RFC 5321 line limits, bare line endings refused, CHUNKING and SMTPUTF8
-    /// offered, no TLS, no DSN, 10 errors, 100 junk commands, unauthorised pipelining refused.
+    /// offered, no TLS, no DSN, 10 errors, 100 junk commands, unauthorised pipelining refused,
+    /// no AUTH (when mechanisms are set: only after TLS, 3 failures per session).
     pub fn new(hostname: impl Into<String>) -> Self {
         Self {
             hostname: hostname.into(),
@@ -192,6 +208,9 @@ impl SessionConfig {
             max_errors: 10,
             max_junk: 100,
             forbid_unauth_pipelining: true,
+            auth_mechanisms: Vec::new(),
+            auth_requires_tls: true,
+            max_auth_failures: 3,
         }
     }
 }
@@ -257,6 +276,15 @@ pub enum Event<'a> {
     /// or feed those bytes and [`Session::accept`]. [`Session::accept`] alone means nothing
     /// is pending.
     SyncCheck,
+    /// `AUTH`: the client completed a SASL exchange with these credentials. Decide: accept
+    /// (`235 2.7.0 Authentication successful`; the session is then authenticated) or respond
+    /// with a refusal, normally `535 5.7.8` (bad credentials) or `454 4.7.0` (the user
+    /// database is unreachable). Each refusal counts against
+    /// [`SessionConfig::max_auth_failures`]; a `421` closes the session.
+    Auth {
+        /// What the client presented.
+        credentials: &'a Credentials,
+    },
 }
 
 impl Event<'_> {
@@ -270,6 +298,7 @@ impl Event<'_> {
                 | Event::Rcpt { .. }
                 | Event::DataEnd { .. }
                 | Event::SyncCheck
+                | Event::Auth { .. }
         )
     }
 }
@@ -289,6 +318,8 @@ enum Phase {
     Data,
     /// Inside a BDAT chunk.
     Bdat { remaining: u64, last: bool },
+    /// AUTH: a `334` challenge was sent; the next line is the client's response.
+    AuthResponse,
     /// STARTTLS answered; waiting for the handshake.
     Tls,
     /// No more input is processed.
@@ -305,6 +336,8 @@ enum Pending {
     DataEnd,
     /// [`Event::SyncCheck`]
     Sync,
+    /// [`Event::Auth`]
+    Auth,
 }
 
 /// Events without borrowed content, produced by [`Session::step`].
@@ -323,6 +356,7 @@ enum Step {
     Quit,
     Closed,
     SyncCheck,
+    Auth,
 }
 
 /// Whether [`Session::step`]'s loop goes on.
@@ -382,6 +416,12 @@ pub struct Session {
     /// The session closed itself outside `step` (an answer to [`Event::SyncCheck`]): an
     /// [`Event::Closed`] is due.
     close_due: bool,
+    /// The SASL exchange under way.
+    sasl: Option<ServerExchange>,
+    /// The credentials of [`Event::Auth`], until it is decided.
+    credentials: Option<Credentials>,
+    authenticated: bool,
+    auth_failures: usize,
 }
 
 fn reply(code: u16, enhanced: Option<(u8, u16, u16)>, text: &str) -> Reply {
@@ -423,6 +463,10 @@ impl Session {
             greeting: None,
             sync_checked: false,
             close_due: false,
+            sasl: None,
+            credentials: None,
+            authenticated: false,
+            auth_failures: 0,
         }
     }
 
@@ -459,6 +503,23 @@ impl Session {
     /// Whether the connection is encrypted (implicit TLS or after STARTTLS).
     pub fn is_tls(&self) -> bool {
         self.tls
+    }
+
+    /// Whether a client's AUTH was accepted (until STARTTLS, which forgets it).
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+    }
+
+    /// Whether AUTH is offered to this client now: mechanisms are configured and, when
+    /// [`SessionConfig::auth_requires_tls`], the connection is encrypted.
+    pub fn auth_offered(&self) -> bool {
+        !self.config.auth_mechanisms.is_empty() && (self.tls || !self.config.auth_requires_tls)
+    }
+
+    /// Turns AUTH off for this session (e.g. a listener whose clients may not log in),
+    /// whatever the configuration said. Call before the first EHLO.
+    pub fn disable_auth(&mut self) {
+        self.config.auth_mechanisms.clear();
     }
 
     /// The name the client gave in EHLO/HELO (empty before).
@@ -532,6 +593,8 @@ impl Session {
         self.helo.clear();
         self.extended = false;
         self.sync_checked = false;
+        self.sasl = None;
+        self.authenticated = false;
         self.phase = Phase::Command;
     }
 
@@ -566,12 +629,14 @@ impl Session {
             Some(Pending::Mail) => reply(250, Some((2, 1, 0)), "Sender OK"),
             Some(Pending::Rcpt) => reply(250, Some((2, 1, 5)), "Recipient OK"),
             Some(Pending::DataEnd) => reply(250, Some((2, 0, 0)), "Message accepted"),
+            Some(Pending::Auth) => reply(235, Some((2, 7, 0)), "Authentication successful"),
         };
         self.respond(r);
     }
 
     /// Answers the last event with `reply`. A positive reply (2xx) accepts, any other refuses
-    /// (a refused Connect or [`Event::SyncCheck`] closes the session).
+    /// (a refused Connect or [`Event::SyncCheck`] closes the session, and so does any `421`,
+    /// which says the server closes the connection).
     pub fn respond(&mut self, r: Reply) {
         let Some(pending) = self.pending.take() else {
             return;
@@ -612,6 +677,31 @@ impl Session {
                 self.reset_transaction();
                 self.envelope = Envelope::Greeted;
             }
+            Pending::Auth => {
+                self.credentials = None;
+                if ok {
+                    self.authenticated = true;
+                } else if r.code() != 421 {
+                    self.auth_failed();
+                }
+            }
+        }
+        if r.code() == 421 && self.phase != Phase::Closed {
+            self.phase = Phase::Closed;
+            self.close_due = true;
+        }
+    }
+
+    /// Counts a failed AUTH; at [`SessionConfig::max_auth_failures`] the session closes.
+    fn auth_failed(&mut self) {
+        self.auth_failures = self.auth_failures.saturating_add(1);
+        if self.auth_failures >= self.config.max_auth_failures && self.phase != Phase::Closed {
+            let text = format!(
+                "{} Error: too many failed authentication attempts",
+                self.config.hostname
+            );
+            self.close_with(&reply(421, Some((4, 7, 0)), &text));
+            self.close_due = true;
         }
     }
 
@@ -672,6 +762,9 @@ impl Session {
             Step::Quit => Event::Quit,
             Step::Closed => Event::Closed,
             Step::SyncCheck => Event::SyncCheck,
+            Step::Auth => Event::Auth {
+                credentials: self.credentials.as_ref()?,
+            },
         })
     }
 
@@ -697,6 +790,7 @@ impl Session {
                 Phase::Greeting => self.step_greeting(),
                 Phase::Discard { after_cr } => self.step_discard(after_cr),
                 Phase::Data => self.step_data(),
+                Phase::AuthResponse => self.step_auth_response(),
                 Phase::Bdat { remaining, last } => self.step_bdat(remaining, last),
                 Phase::Command => {
                     let before = self.pos;
@@ -971,6 +1065,14 @@ impl Session {
         if self.config.starttls && !self.tls {
             e = e.with(Capability::StartTls);
         }
+        if self.auth_offered() {
+            let names = self
+                .config
+                .auth_mechanisms
+                .iter()
+                .map(|m| m.name().to_owned());
+            e = e.with(Capability::Auth(names.collect()));
+        }
         e.to_reply()
     }
 
@@ -1152,9 +1254,21 @@ impl Session {
                 .encode(&mut self.output);
                 return self.junk();
             }
-            Command::Auth { .. } => {
+            Command::Auth {
+                mechanism,
+                initial_response,
+            } => {
+                let mechanism = Mechanism::from_name(mechanism)
+                    .filter(|m| self.config.auth_mechanisms.contains(m));
+                let initial = initial_response.map(|r| {
+                    if r == "=" {
+                        Some(Vec::new())
+                    } else {
+                        sasl::decode_base64(r.as_bytes())
+                    }
+                });
                 self.pos += used;
-                return self.protocol_error(502, (5, 5, 1), "AUTH not available");
+                return self.start_auth(mechanism, initial);
             }
             Command::StartTls => {
                 self.pos += used;
@@ -1180,6 +1294,129 @@ impl Session {
             }
         };
         Some(step)
+    }
+
+    /// `AUTH` with its mechanism (`None`: not one offered) and decoded initial response
+    /// (`Some(None)`: not base64).
+    fn start_auth(
+        &mut self,
+        mechanism: Option<Mechanism>,
+        initial: Option<Option<Vec<u8>>>,
+    ) -> Option<Step> {
+        if self.config.auth_mechanisms.is_empty() {
+            return self.protocol_error(502, (5, 5, 1), "AUTH not available");
+        }
+        if !self.extended || self.envelope == Envelope::Ready {
+            return self.protocol_error(503, (5, 5, 1), "Send EHLO first");
+        }
+        if self.authenticated {
+            return self.protocol_error(503, (5, 5, 1), "Already authenticated");
+        }
+        if self.in_transaction() {
+            return self.protocol_error(
+                503,
+                (5, 5, 1),
+                "AUTH not allowed during a mail transaction",
+            );
+        }
+        if !self.auth_offered() {
+            reply(
+                538,
+                Some((5, 7, 11)),
+                "Encryption required for requested authentication mechanism",
+            )
+            .encode(&mut self.output);
+            return None;
+        }
+        let Some(mechanism) = mechanism else {
+            return self.protocol_error(504, (5, 5, 4), "Unrecognized authentication type");
+        };
+        let initial = match initial {
+            Some(None) => return self.protocol_error(501, (5, 5, 2), "Cannot decode response"),
+            Some(Some(r)) => Some(r),
+            None => None,
+        };
+        let (exchange, step) = ServerExchange::start(mechanism, initial.as_deref());
+        self.sasl = Some(exchange);
+        self.sasl_step(step)
+    }
+
+    /// Carries out what the SASL exchange said.
+    fn sasl_step(&mut self, step: sasl::Step) -> Option<Step> {
+        match step {
+            sasl::Step::Challenge(c) => {
+                self.output.extend_from_slice(b"334 ");
+                self.output
+                    .extend_from_slice(sasl::encode_base64(&c).as_bytes());
+                self.output.extend_from_slice(b"\r\n");
+                self.phase = Phase::AuthResponse;
+                None
+            }
+            sasl::Step::Done(credentials) => {
+                self.sasl = None;
+                self.credentials = Some(credentials);
+                self.pending = Some(Pending::Auth);
+                Some(Step::Auth)
+            }
+            // Malformed, or a step a later mechanism adds.
+            _ => {
+                self.sasl = None;
+                reply(535, Some((5, 7, 8)), "Authentication credentials invalid")
+                    .encode(&mut self.output);
+                self.auth_failed();
+                if std::mem::take(&mut self.close_due) {
+                    return Some(Step::Closed);
+                }
+                None
+            }
+        }
+    }
+
+    /// One response line of a SASL exchange: `*` cancels, anything else must be base64
+    /// (RFC 4954 §4). Lines may be up to [`MAX_AUTH_LINE`] octets.
+    fn step_auth_response(&mut self) -> Flow {
+        let rest = &self.input[self.pos..];
+        let window = rest.get(..MAX_AUTH_LINE).unwrap_or(rest);
+        let Some(lf) = memchr::memchr(b'\n', window) else {
+            if rest.len() < MAX_AUTH_LINE {
+                return Flow::Return(None);
+            }
+            self.pos += window.len();
+            self.sasl = None;
+            self.phase = Phase::Discard {
+                after_cr: window.last() == Some(&b'\r'),
+            };
+            let step =
+                self.protocol_error(500, (5, 5, 6), "Authentication Exchange line is too long");
+            return Flow::Return(step);
+        };
+        self.pos += lf + 1;
+        let line = match lf.checked_sub(1) {
+            Some(cr) if window[cr] == b'\r' => &window[..cr],
+            _ => return Flow::Return(Some(self.bare_line_end(CommandErrorKind::BareLineFeed))),
+        };
+        if line.contains(&b'\r') {
+            return Flow::Return(Some(
+                self.bare_line_end(CommandErrorKind::BareCarriageReturn),
+            ));
+        }
+        self.phase = Phase::Command;
+        let Some(mut exchange) = self.sasl.take() else {
+            return Flow::Continue;
+        };
+        if line == b"*" {
+            reply(501, Some((5, 7, 0)), "Authentication cancelled").encode(&mut self.output);
+            return Flow::Continue;
+        }
+        let Some(response) = sasl::decode_base64(line) else {
+            return Flow::Return(self.protocol_error(501, (5, 5, 2), "Cannot decode response"));
+        };
+        let step = exchange.respond(&response);
+        self.sasl = Some(exchange);
+        match self.sasl_step(step) {
+            Some(s) => Flow::Return(Some(s)),
+            None => Flow::Continue,
+        }
     }
 
     /// Queues a refusal; protocol errors count against the error budget.
@@ -1228,6 +1465,9 @@ impl Session {
         }
         if params.smtputf8 && !self.config.smtputf8 {
             return Err(param("SMTPUTF8 not supported"));
+        }
+        if params.auth.is_some() && self.config.auth_mechanisms.is_empty() {
+            return Err(param("Unsupported parameter AUTH"));
         }
         if let (Some(size), Some(max)) = (params.size, self.config.max_message_size) {
             if size > max {

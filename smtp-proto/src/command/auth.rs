@@ -14,9 +14,10 @@ fn sasl_mech(i: &[u8]) -> IResult<&[u8], &[u8]> {
     })(i)
 }
 
-/// `initial-response = base64 / "="`
+/// `initial-response = base64 / "="`, taken here as any run of visible ASCII: whether it is
+/// base64 is the session's question (`501 5.5.2`, RFC 4954 §4), not a syntax error.
 fn initial_response(i: &[u8]) -> IResult<&[u8], &[u8]> {
-    take_while1(|b: u8| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')(i)
+    take_while1(|b: u8| b.is_ascii_graphic())(i)
 }
 
 /// `auth-command = "AUTH" SP sasl-mech [SP initial-response] *(CRLF [base64]) [CRLF cancel-response] CRLF`
@@ -33,10 +34,10 @@ pub(super) fn auth<'a>(
         Some((b' ', r)) => {
             let r = super::skip_spaces(r);
             let (end, resp) = initial_response(r).map_err(|_| CommandErrorKind::Syntax(HINT))?;
-            if !end.is_empty() || !valid_base64(resp) {
+            if !super::skip_spaces(end).is_empty() {
                 return Err(CommandErrorKind::Syntax(HINT));
             }
-            Some(if resp == b"=" { "" } else { ascii(resp, line)? })
+            Some(ascii(resp, line)?)
         }
         Some(_) => return Err(CommandErrorKind::Syntax(HINT)),
     };
@@ -44,17 +45,6 @@ pub(super) fn auth<'a>(
         mechanism: ascii(mech, line)?,
         initial_response: initial,
     })
-}
-
-/// `=` alone, or base64 with padding only at the end (at most two `=`) and a length that
-/// is a multiple of four.
-fn valid_base64(s: &[u8]) -> bool {
-    if s == b"=" {
-        return true;
-    }
-    let body = s.iter().rposition(|&b| b != b'=').map_or(0, |p| p + 1);
-    let pad = s.len() - body;
-    s.len() & 3 == 0 && pad <= 2 && !s[..body].contains(&b'=')
 }
 
 fn ascii<'a>(s: &'a [u8], line: &'a str) -> Result<&'a str, CommandErrorKind> {

@@ -125,7 +125,8 @@ pub enum Command<'a> {
     Auth {
         /// The SASL mechanism name, as sent (compare case-insensitively).
         mechanism: &'a str,
-        /// The base64 initial response; `Some("")` when the client sent `=` (empty response).
+        /// The initial response as sent: base64, or `=` for the empty response (RFC 4954
+        /// §4). Not decoded nor checked here; see [`crate::sasl::decode_base64`].
         initial_response: Option<&'a str>,
     },
     /// `BDAT <size> [LAST]` (RFC 3030): `size` octets of message follow the CRLF.
@@ -191,10 +192,8 @@ impl fmt::Display for Command<'_> {
                 initial_response,
             } => {
                 write!(f, "AUTH {mechanism}")?;
-                match initial_response {
-                    Some("") => f.write_str(" =")?,
-                    Some(r) => write!(f, " {r}")?,
-                    None => {}
+                if let Some(r) = initial_response {
+                    write!(f, " {r}")?;
                 }
             }
             Command::Bdat { size, last } => {
@@ -392,7 +391,13 @@ pub fn parse_command<'a>(
 /// [`parse_command`] without the fast path: finds the line end, then parses the line.
 #[inline(always)]
 fn general<'a>(input: &'a [u8], limits: &Limits) -> Parsed<'a> {
-    let max = limits.max_command_line;
+    // RFC 4954 §4: an AUTH line with its initial response may be up to 12288 octets.
+    let max = match input.get(..5) {
+        Some(v) if v.eq_ignore_ascii_case(b"AUTH ") => {
+            limits.max_command_line.max(crate::session::MAX_AUTH_LINE)
+        }
+        _ => limits.max_command_line,
+    };
     let window = input.get(..max).unwrap_or(input);
     match find_lf(window) {
         Some(lf) => {
