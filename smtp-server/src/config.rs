@@ -53,6 +53,18 @@ pub struct Limits {
     /// On shutdown, how long a session receiving a message may go on before it is
     /// answered `421 4.3.2`. Default 30 seconds.
     pub shutdown_grace: Duration,
+    /// Failed AUTH attempts allowed in one session; the last is answered, then `421 4.7.0`
+    /// closes the connection. Default 3.
+    pub max_auth_failures: usize,
+    /// Failed AUTH attempts allowed from one client address (IPv6: one /64) within
+    /// [`Limits::auth_failure_window`]; past them AUTH gets `421 4.7.0` at once. Default 10;
+    /// `None` for no limit. See [`crate::auth`].
+    pub max_auth_failures_per_ip: Option<usize>,
+    /// How long failures from an address are remembered. Default 15 minutes.
+    pub auth_failure_window: Duration,
+    /// Delay before a failure reply, times the session's failures so far (at most ten
+    /// times). Default 1 second, as Postfix's `smtpd_error_sleep_time`.
+    pub auth_failure_delay: Duration,
 }
 
 impl Default for Limits {
@@ -70,6 +82,10 @@ impl Default for Limits {
             max_command_line: 512,
             max_text_line: Some(1000),
             shutdown_grace: Duration::from_secs(30),
+            max_auth_failures: 3,
+            max_auth_failures_per_ip: Some(10),
+            auth_failure_window: Duration::from_secs(15 * 60),
+            auth_failure_delay: Duration::from_secs(1),
         }
     }
 }

@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, info};
 
+use crate::auth::{fixed, Credentials};
 use crate::handler::{ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsInfo};
 use crate::server::Common;
 use crate::tls::tls_info;
@@ -375,6 +376,12 @@ async fn read_into(
 
 /// What the main loop does after an event was handled.
 enum Next {
+    /// The handler took the connection: greet (turning AUTH off unless it is offered).
+    Greet {
+        auth_offered: bool,
+    },
+    /// Check these credentials.
+    Auth(Credentials),
     Accept,
     Respond(Reply),
     Data,
@@ -390,6 +397,8 @@ struct State<H: Handler> {
     envelope: Envelope,
     in_transaction: bool,
     started: Instant,
+    /// Failed logins in this session.
+    auth_failures: usize,
 }
 
 impl<H: Handler> State<H> {
@@ -397,8 +406,9 @@ impl<H: Handler> State<H> {
         if let Event::Connect = event {
             return match self.handler.connect(&self.info).await {
                 Ok(s) => {
+                    let auth_offered = s.auth_offered();
                     self.session = Some(s);
-                    Next::Accept
+                    Next::Greet { auth_offered }
                 }
                 Err(r) => {
                     debug!(reply = %r, "connection refused by the handler");
@@ -445,6 +455,7 @@ impl<H: Handler> State<H> {
                 Err(r) => Next::Respond(r),
             },
             Event::DataStart => Next::Data,
+            Event::Auth { credentials } => Next::Auth(credentials.clone()),
             Event::Reset => {
                 self.abort_transaction();
                 Next::Nothing
@@ -522,6 +533,7 @@ impl<H: Handler> Connection<H> {
                 envelope,
                 in_transaction: false,
                 started: Instant::now(),
+                auth_failures: 0,
             },
         }
     }
@@ -606,6 +618,13 @@ impl<H: Handler> Connection<H> {
     /// Carries out what an event asked for; false ends the connection.
     async fn apply(&mut self, next: Next) -> bool {
         match next {
+            Next::Greet { auth_offered } => {
+                if !auth_offered {
+                    self.io.session.disable_auth();
+                }
+                self.io.session.accept();
+            }
+            Next::Auth(credentials) => Box::pin(self.auth(credentials)).await,
             Next::Accept => self.io.session.accept(),
             Next::Respond(r) => self.io.session.respond(r),
             // Boxed: these run rarely (once per message, once per connection) and their
@@ -659,6 +678,45 @@ impl<H: Handler> Connection<H> {
         }
     }
 
+    /// Asks the handler about a login, within the failure limits (see [`crate::auth`]).
+    async fn auth(&mut self, credentials: Credentials) {
+        let common = Arc::clone(&self.io.common);
+        let ip = self.state.info.peer.ip();
+        let mechanism = credentials.mechanism();
+        if common.auth_failures.blocked(ip) {
+            info!(user = %credentials.authcid(), %mechanism, "authentication refused: too many failures from this address");
+            let text = format!(
+                "{} Error: too many failed authentication attempts from your address, try again later",
+                common.session_config.hostname
+            );
+            self.io.session.respond(fixed(421, (4, 7, 0), &text));
+            return;
+        }
+        let Some(sh) = self.state.session.as_mut() else {
+            return;
+        };
+        match sh.authenticate(&credentials).await {
+            Ok(identity) => {
+                info!(user = %identity, %mechanism, "authenticated");
+                self.state.envelope.authenticated = Some(identity);
+                self.io.session.accept();
+            }
+            Err(failure) => {
+                let reply = failure.reply();
+                common.auth_failures.record(ip);
+                self.state.auth_failures = self.state.auth_failures.saturating_add(1);
+                info!(user = %credentials.authcid(), %mechanism, reply = %reply, "authentication failed");
+                let factor = u32::try_from(self.state.auth_failures.min(10)).unwrap_or(10);
+                let delay = common.limits.auth_failure_delay.saturating_mul(factor);
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = common.hard.cancelled() => {}
+                }
+                self.io.session.respond(reply);
+            }
+        }
+    }
+
     /// Sends `220`, runs the handshake and restarts the session over TLS.
     async fn starttls(&mut self) -> bool {
         self.state.abort_transaction();
@@ -697,6 +755,7 @@ impl<H: Handler> Connection<H> {
             sh.tls_started(&info);
         }
         self.state.envelope.tls = Some(info.clone());
+        self.state.envelope.authenticated = None;
         self.state.info.tls = Some(info);
         true
     }

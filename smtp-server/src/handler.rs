@@ -14,6 +14,8 @@ use smtp_proto::address::{ForwardPath, ReversePath};
 use smtp_proto::param::{MailParams, RcptParams};
 use smtp_proto::{EnhancedCode, Reply};
 
+use crate::auth::{AuthFailure, Credentials};
+
 pub use crate::connection::{BodyError, BodyStream};
 
 /// What is known about a connection when it is accepted.
@@ -58,6 +60,9 @@ pub struct Envelope {
     pub peer: SocketAddr,
     /// The server's address the client connected to.
     pub local: SocketAddr,
+    /// The identity [`SessionHandler::authenticate`] returned, when the client logged in
+    /// with AUTH (forgotten at STARTTLS, kept across transactions).
+    pub authenticated: Option<String>,
 }
 
 impl Envelope {
@@ -70,6 +75,7 @@ impl Envelope {
             tls: None,
             peer,
             local,
+            authenticated: None,
         }
     }
 
@@ -202,6 +208,29 @@ pub trait SessionHandler: Send + 'static {
         envelope: &Envelope,
         body: &mut BodyStream<'_>,
     ) -> impl Future<Output = DataOutcome> + Send;
+
+    /// Whether AUTH is offered on this connection, when the server has mechanisms
+    /// ([`crate::ServerBuilder::auth`]). Asked once, after [`Handler::connect`]; default
+    /// `true`. A server whose port-25 listener must not offer AUTH says `false` there.
+    fn auth_offered(&self) -> bool {
+        true
+    }
+
+    /// The credentials a client presented with AUTH, after the SASL exchange. `Ok(identity)`
+    /// logs it in (`235 2.7.0`; the identity is then [`Envelope::authenticated`]),
+    /// `Err(failure)` refuses with its reply. The server delays failure replies and limits
+    /// failures per session and per address (see [`crate::auth`]). Default: every login is
+    /// refused.
+    ///
+    /// Checking a password hash is slow on purpose: do it off the async workers
+    /// (`tokio::task::spawn_blocking`).
+    fn authenticate(
+        &mut self,
+        credentials: &Credentials,
+    ) -> impl Future<Output = Result<String, AuthFailure>> + Send {
+        let _ = credentials;
+        async { Err(AuthFailure::Invalid) }
+    }
 
     /// An open transaction (an accepted `MAIL`) ended without a reply from
     /// [`SessionHandler::data`]: `RSET`, a new `EHLO`, `STARTTLS`, a message the session

@@ -83,6 +83,7 @@
 //! connection details at `debug`.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod config;
 mod connection;
 pub mod handler;
@@ -90,6 +91,7 @@ mod listener;
 mod server;
 pub mod tls;
 
+pub use auth::{AuthFailure, Credentials, Mechanism, Secret};
 pub use config::Limits;
 pub use handler::{
     BodyError, BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsInfo,

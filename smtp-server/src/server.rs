@@ -17,6 +17,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
+use crate::auth::FailureTable;
 use crate::config::Limits;
 use crate::connection::{implicit_tls, refuse, Connection, Stream};
 use crate::handler::{ConnectionInfo, Handler};
@@ -211,6 +212,19 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
+    /// Offers SMTP AUTH with these mechanisms (e.g. [`crate::Mechanism::Plain`] and
+    /// [`crate::Mechanism::Login`]), only on encrypted connections unless the
+    /// [`ServerBuilder::session_config`] says otherwise
+    /// ([`SessionConfig::auth_requires_tls`]); [`crate::SessionHandler::authenticate`]
+    /// checks the credentials and [`crate::SessionHandler::auth_offered`] can turn AUTH off
+    /// per connection. Failures are limited by [`Limits::max_auth_failures`] and
+    /// [`Limits::max_auth_failures_per_ip`].
+    #[must_use]
+    pub fn auth(mut self, mechanisms: impl IntoIterator<Item = crate::Mechanism>) -> Self {
+        self.session.auth_mechanisms = mechanisms.into_iter().collect();
+        self
+    }
+
     /// Checks the configuration.
     ///
     /// # Errors
@@ -231,6 +245,7 @@ impl<H: Handler> ServerBuilder<H> {
         session.max_recipients = limits.max_recipients;
         session.max_recipient_overshoot = limits.max_recipient_overshoot;
         session.max_errors = limits.max_errors;
+        session.max_auth_failures = limits.max_auth_failures;
         session.limits.max_command_line = limits.max_command_line;
         session.data.max_line_len = limits.max_text_line;
         session.starttls = false;
@@ -239,6 +254,10 @@ impl<H: Handler> ServerBuilder<H> {
             handler: Arc::new(self.handler),
             listeners: self.listeners,
             common: Common {
+                auth_failures: FailureTable::new(
+                    limits.max_auth_failures_per_ip,
+                    limits.auth_failure_window,
+                ),
                 session_config: session,
                 tls: self.tls,
                 limits,
@@ -361,6 +380,8 @@ impl<H> BoundServer<H> {
 #[derive(Debug)]
 pub(crate) struct Common {
     pub(crate) session_config: SessionConfig,
+    /// Failed logins per client address.
+    pub(crate) auth_failures: FailureTable,
     pub(crate) tls: Option<TlsConfig>,
     pub(crate) limits: Limits,
     tracker: Tracker,

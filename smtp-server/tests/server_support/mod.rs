@@ -11,8 +11,8 @@ use smtp_proto::address::{ForwardPath, ReversePath};
 use smtp_proto::param::{MailParams, RcptParams};
 use smtp_proto::Reply;
 use smtp_server::{
-    BodyStream, BoundServer, ConnectionInfo, DataOutcome, Envelope, Handler, Server, ServerBuilder,
-    SessionHandler, TlsInfo,
+    AuthFailure, BodyStream, BoundServer, ConnectionInfo, Credentials, DataOutcome, Envelope,
+    Handler, Server, ServerBuilder, SessionHandler, TlsInfo,
 };
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -59,6 +59,7 @@ impl Recorder {
 
 pub struct RecorderSession {
     rec: Recorder,
+    listener: Arc<str>,
 }
 
 fn reply(code: u16, enh: &str, text: &str) -> Reply {
@@ -80,7 +81,10 @@ impl Handler for Recorder {
         if &*info.listener == "slow" {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
-        Ok(RecorderSession { rec: self.clone() })
+        Ok(RecorderSession {
+            rec: self.clone(),
+            listener: Arc::clone(&info.listener),
+        })
     }
 }
 
@@ -88,6 +92,23 @@ impl SessionHandler for RecorderSession {
     async fn hello(&mut self, domain: &str, extended: bool) -> Result<(), Reply> {
         self.rec.push(format!("hello {domain} {extended}"));
         Ok(())
+    }
+
+    /// No AUTH on a listener named `noauth`.
+    fn auth_offered(&self) -> bool {
+        &*self.listener != "noauth"
+    }
+
+    /// One user, `alice@example.org` with password `s3cret`, logged in as `alice`; the user
+    /// `down@example.org` finds the user database unreachable.
+    async fn authenticate(&mut self, c: &Credentials) -> Result<String, AuthFailure> {
+        self.rec
+            .push(format!("auth {} {}", c.mechanism(), c.authcid()));
+        match (c.authcid(), c.secret().expose()) {
+            ("alice@example.org", b"s3cret") => Ok("alice".into()),
+            ("down@example.org", _) => Err(AuthFailure::Temporary),
+            _ => Err(AuthFailure::Invalid),
+        }
     }
 
     fn tls_started(&mut self, info: &TlsInfo) {
