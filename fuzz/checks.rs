@@ -191,3 +191,75 @@ fn drive_session(data: &[u8]) {
         }
     }
 }
+
+/// An AUTH exchange: the session offers PLAIN and LOGIN (over TLS or, by the first byte, also
+/// without), the client greets and then sends the fuzz input. The driver accepts the login
+/// `ok` and refuses every other. Checks: every reply parses, nothing happens after the close,
+/// the session is authenticated exactly when the driver accepted a login (and at most once),
+/// and no decoded secret is ever echoed.
+#[allow(dead_code)]
+fn drive_auth(data: &[u8]) {
+    use smtp_proto::sasl::Mechanism;
+    use smtp_proto::session::{Event, Session, SessionConfig};
+    use smtp_proto::{parse_reply, Reply};
+
+    let Some((&first, input)) = data.split_first() else {
+        return;
+    };
+    let read = usize::from(first % 32) + 1;
+    let mut config = SessionConfig::new("fuzz.test");
+    config.auth_mechanisms = vec![Mechanism::Plain, Mechanism::Login];
+    config.tls_active = first & 0x40 != 0;
+    config.auth_requires_tls = first & 0x20 == 0;
+    config.forbid_unauth_pipelining = first & 0x80 != 0;
+    let mut session = Session::new(config);
+    let mut out = Vec::new();
+    let mut closed_seen = false;
+    let mut accepted = 0;
+    for chunk in [&[][..], b"EHLO fuzz.test\r\n"]
+        .into_iter()
+        .chain(input.chunks(read))
+    {
+        session.feed(chunk);
+        while let Some(event) = session.poll_event() {
+            assert!(!closed_seen, "event after close: {event:?}");
+            if matches!(event, Event::Quit | Event::Closed) {
+                closed_seen = true;
+            }
+            let login_ok = match &event {
+                Event::Auth { credentials } => Some(credentials.authcid() == "ok"),
+                _ => None,
+            };
+            let starttls = matches!(event, Event::StartTls);
+            match login_ok {
+                Some(true) => {
+                    assert!(!session.is_authenticated(), "a second AUTH reached the driver");
+                    accepted += 1;
+                    session.accept();
+                }
+                Some(false) => session.respond(
+                    Reply::new(535, "5.7.8".parse().ok(), "no").expect("valid reply"),
+                ),
+                None if event.needs_decision() => session.accept(),
+                None => {}
+            }
+            if starttls {
+                session.tls_established();
+                accepted = 0;
+            }
+        }
+        out.extend_from_slice(session.output());
+        session.clear_output();
+    }
+    assert_eq!(session.is_authenticated(), accepted == 1, "accepted {accepted}");
+    let mut rest = &out[..];
+    while !rest.is_empty() {
+        match parse_reply(rest) {
+            Ok(Some((_, used))) => rest = &rest[used..],
+            other => panic!(
+                "session wrote a bad reply {other:?}: {:?}",
+                String::from_utf8_lossy(rest)
+            ),
+        }
+    }
+}

@@ -64,3 +64,11 @@ fn session_corpus() {
         drive_session(&data);
     }
 }
+
+#[test]
+fn auth_corpus() {
+    for (path, data) in corpus("auth", 12) {
+        eprintln!("{}", path.display());
+        drive_auth(&data);
+    }
+}
