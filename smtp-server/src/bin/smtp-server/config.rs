@@ -91,10 +91,18 @@ pub struct Config {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// Implicit-TLS listener, port 465 style (repeatable): relaying allowed when bound to a
-    /// loopback address, local delivery only otherwise.
+    /// Implicit-TLS submission listener, port 465 style (repeatable; RFC 8314): AUTH is
+    /// offered (with --passwd-file or --auth-dovecot) and logged-in users may relay; a client
+    /// that has not logged in gets 530 5.7.0 for MAIL, from any address (local programs that
+    /// do not log in use --local-listen).
     #[arg(long, value_name = "ADDR", requires = "tls_cert")]
     pub tls_listen: Vec<SocketAddr>,
+
+    /// Submission listener with STARTTLS, port 587 style (repeatable; RFC 6409): as
+    /// --tls-listen, but clients start in plain text and AUTH is offered only after STARTTLS.
+    /// Needs --tls-cert and a user database (--passwd-file or --auth-dovecot).
+    #[arg(long, value_name = "ADDR", requires = "tls_cert")]
+    pub submission_listen: Vec<SocketAddr>,
 
     /// Mailbox format.
     #[arg(short = 'f', long, value_enum, default_value_t = Format::Spool)]

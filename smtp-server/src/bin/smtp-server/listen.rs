@@ -27,8 +27,15 @@ pub enum Kind {
     Loopback,
     /// Local delivery only (`--public-listen`).
     Public,
-    /// Implicit TLS (`--tls-listen`): relays when the connection is to a loopback address.
+    /// Implicit TLS (`--tls-listen`, RFC 8314 submission): AUTH offered; authenticated
+    /// clients relay, others may not send at all (`530 5.7.0`), from wherever they connect
+    /// (local programs that do not log in use the loopback listener), as Postfix's
+    /// submission services with `smtpd_client_restrictions = permit_sasl_authenticated,
+    /// reject`.
     Tls,
+    /// Submission with STARTTLS (`--submission-listen`, RFC 6409, port 587): as [`Kind::Tls`],
+    /// with AUTH offered once STARTTLS is done.
+    Submission,
 }
 
 impl Kind {
@@ -38,12 +45,13 @@ impl Kind {
             Kind::Loopback => "loopback",
             Kind::Public => "public",
             Kind::Tls => "tls",
+            Kind::Submission => "submission",
         }
     }
 
     /// The kind a listener name stands for.
     pub fn from_name(name: &str) -> Option<Kind> {
-        [Kind::Loopback, Kind::Public, Kind::Tls]
+        [Kind::Loopback, Kind::Public, Kind::Tls, Kind::Submission]
             .into_iter()
             .find(|k| k.name() == name)
     }
@@ -59,7 +67,13 @@ impl Kind {
             Kind::Loopback => "--local-listen",
             Kind::Public => "--public-listen",
             Kind::Tls => "--tls-listen",
+            Kind::Submission => "--submission-listen",
         }
+    }
+
+    /// Whether clients log in here (AUTH offered, and needed to send unless on loopback).
+    pub fn is_submission(self) -> bool {
+        matches!(self, Kind::Tls | Kind::Submission)
     }
 }
 
@@ -148,7 +162,8 @@ pub fn may_relay(kind: Kind, local: SocketAddr, peer: SocketAddr) -> bool {
     let peer_lo = canonical_ip(peer.ip()).is_loopback();
     match kind {
         Kind::Loopback => !local_lo || peer_lo,
-        Kind::Tls => local_lo && peer_lo,
+        // Relaying there follows from logging in (see the handler), never from the address.
+        Kind::Tls | Kind::Submission => false,
         Kind::Public => false,
     }
 }
@@ -231,10 +246,16 @@ mod tests {
             a("127.0.0.1:465"),
             a("192.0.2.7:5000")
         ));
-        assert!(may_relay(
+        // Submission listeners: only logging in gives the right to relay.
+        assert!(!may_relay(
             Kind::Tls,
             a("127.0.0.1:465"),
             a("127.0.0.1:5000")
+        ));
+        assert!(!may_relay(
+            Kind::Submission,
+            a("[::1]:587"),
+            a("[::1]:5000")
         ));
         assert!(!may_relay(
             Kind::Tls,

@@ -6,6 +6,7 @@
 //! [`bounce`] (RFC 3464 reports), [`listen`] (sockets and connection classes), [`logsafe`]
 //! (log lines escaped).
 
+mod auth;
 mod bounce;
 mod config;
 mod headers;
@@ -30,6 +31,7 @@ use smtp_proto::{EnhancedCode, Reply};
 use smtp_server::handler::{
     BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsInfo,
 };
+use smtp_server::{AuthFailure, Credentials};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
@@ -81,6 +83,8 @@ struct Daemon {
     store: Arc<dyn Store>,
     queue: Queue,
     relay_notify: Arc<Notify>,
+    /// Where submission users come from (`--passwd-file`, `--auth-dovecot`).
+    auth: Option<Arc<auth::Authenticator>>,
 }
 
 fn init_logging(cfg: &Config) -> Result<(), Fatal> {
@@ -224,6 +228,7 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
     add(Kind::Loopback, cfg.local_listen());
     add(Kind::Public, cfg.public_listen());
     add(Kind::Tls, cfg.tls_listen.clone());
+    add(Kind::Submission, cfg.submission_listen.clone());
     let plan = Arc::new(Plan::new(&listeners).map_err(|e| fatal("listen", e))?);
     let listen_addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.addr).collect();
     let policy = Arc::new(Policy::new(domains.clone(), listen_addrs, users));
@@ -406,7 +411,14 @@ impl Handler for DaemonHandler {
         let socket_kind = Kind::from_name(&info.listener).unwrap_or(Kind::Public);
         let kind = self.daemon.plan.classify(socket_kind, info.local);
         let relay = listen::may_relay(kind, info.local, info.peer);
+        let submission = kind.is_submission();
         Ok(Session {
+            offer_auth: submission && self.daemon.auth.is_some(),
+            submission,
+            base_relay: relay,
+            user: None,
+            local: info.local,
+            tls: info.tls.is_some(),
             d: self.daemon.clone(),
             relay,
             helo: String::new(),
@@ -429,7 +441,21 @@ struct Accepted {
 /// One connection's state.
 struct Session {
     d: Arc<Daemon>,
+    /// Whether remote recipients are accepted now: the listener's right ([`base_relay`]), or
+    /// a login on a submission listener.
+    ///
+    /// [`base_relay`]: Session::base_relay
     relay: bool,
+    /// The listener's relay right, without a login.
+    base_relay: bool,
+    /// A submission listener: MAIL needs a login.
+    submission: bool,
+    /// AUTH is offered (a submission listener with a user database).
+    offer_auth: bool,
+    /// The logged-in user.
+    user: Option<String>,
+    local: SocketAddr,
+    tls: bool,
     helo: String,
     extended: bool,
     peer: SocketAddr,
@@ -444,10 +470,61 @@ impl SessionHandler for Session {
         Ok(())
     }
 
-    fn tls_started(&mut self, _info: &TlsInfo) {}
+    fn tls_started(&mut self, _info: &TlsInfo) {
+        // STARTTLS forgets a login (RFC 3207), though none can happen before it here.
+        self.tls = true;
+        self.user = None;
+        self.relay = self.base_relay;
+    }
 
-    async fn mail(&mut self, _from: &ReversePath, _params: &MailParams) -> Result<(), Reply> {
+    fn auth_offered(&self) -> bool {
+        self.offer_auth
+    }
+
+    async fn authenticate(&mut self, c: &Credentials) -> Result<String, AuthFailure> {
+        let Some(db) = self.d.auth.clone() else {
+            return Err(AuthFailure::Invalid);
+        };
+        // Acting as someone else (PLAIN's authorisation identity) is not supported.
+        if c.authzid().is_some_and(|z| z != c.authcid()) {
+            info!(session = self.session_id, login = c.authcid(), authzid = c.authzid().unwrap_or(""),
+                  "login refused: authorization identity differs from the login");
+            return Err(AuthFailure::Invalid);
+        }
+        let client = auth::Client {
+            peer: self.peer,
+            local: self.local,
+            secured: self.tls,
+        };
+        match db.verify(c.authcid(), c.secret(), &client).await {
+            Ok(auth::Verdict::Ok { user }) => {
+                self.user = Some(user.clone());
+                self.relay = true;
+                Ok(user)
+            }
+            Ok(auth::Verdict::Invalid) => Err(AuthFailure::Invalid),
+            Err(auth::Temporary(why)) => {
+                warn!(session = self.session_id, error = %why, "user database unavailable");
+                Err(AuthFailure::Temporary)
+            }
+        }
+    }
+
+    async fn mail(&mut self, from: &ReversePath, _params: &MailParams) -> Result<(), Reply> {
         self.rcpts.clear();
+        if self.submission && self.user.is_none() {
+            return Err(reply(530, (5, 7, 0), "Authentication required"));
+        }
+        if let (Some(user), ReversePath::Mailbox(m)) = (&self.user, from) {
+            if !self.d.policy.sender_owned_by(m, user) {
+                info!(session = self.session_id, user = %user, from = %from,
+                      "sender refused: not owned by the login");
+                let text = format!("<{m}>: Sender address rejected: not owned by user {user}");
+                return Err(Reply::new(553, EnhancedCode::new(5, 7, 1), text).unwrap_or_else(
+                    |_| reply(553, (5, 7, 1), "Sender address rejected: not owned by user"),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -522,7 +599,7 @@ impl SessionHandler for Session {
             protocol: Protocol {
                 extended: self.extended,
                 tls: envelope.tls.is_some(),
-                auth: false,
+                auth: self.user.is_some(),
                 utf8: envelope.mail_params.smtputf8,
             },
             tls: envelope.tls.as_ref(),

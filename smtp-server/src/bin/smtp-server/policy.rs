@@ -264,6 +264,53 @@ impl Policy {
         }
     }
 
+    /// Whether a user logged in as `login` may use `sender` as the envelope sender (Postfix's
+    /// `reject_sender_login_mismatch`). A login is a mailbox name (`alice`) or an address
+    /// (`alice@example.org`). It owns:
+    /// - the login itself, when it is an address (compared with the domain's case ignored
+    ///   and the local part as given, so a login in a remote domain owns just that address);
+    /// - when the login is a bare name or an address in one of our domains: that mailbox in
+    ///   every local domain, `+detail` forms included (`alice+lists@example.org`), mapped as
+    ///   recipients are ([`MailboxName::from_local_part`]);
+    /// - every alias of the users file with that mailbox among its targets (`team: alice,
+    ///   bob` lets both send as `team@<local domain>`).
+    ///
+    /// Nothing else: another user's address and any other remote address are refused.
+    pub fn sender_owned_by<S: AsRef<str>>(&self, sender: &Mailbox<S>, login: &str) -> bool {
+        let own_mailbox = match smtp_proto::address::parse_mailbox(login) {
+            Ok(l) => {
+                if l.local_part() == sender.local_part()
+                    && same_domain(l.domain(), sender.domain())
+                {
+                    return true;
+                }
+                if !self.is_local_domain(l.domain()) {
+                    return false;
+                }
+                MailboxName::from_local_part(&l.local_part()).ok()
+            }
+            Err(_) => MailboxName::from_local_part(login).ok(),
+        };
+        let Some(own) = own_mailbox else {
+            return false;
+        };
+        if !self.is_local_domain(sender.domain()) {
+            return false;
+        }
+        let Ok(name) = MailboxName::from_local_part(&sender.local_part()) else {
+            return false;
+        };
+        if name == own {
+            return true;
+        }
+        match self.users.as_ref().and_then(|u| u.entries.get(&name)) {
+            Some(Entry::Alias(targets)) => targets
+                .iter()
+                .any(|t| matches!(t, Target::Local(m) if *m == own)),
+            _ => false,
+        }
+    }
+
     /// `postmaster` (always accepted): its alias if it has one, else its own mailbox.
     fn postmaster(&self) -> Destinations {
         let name = MailboxName::new("postmaster").expect("a valid constant name");
@@ -274,6 +321,19 @@ impl Policy {
             local: vec![name],
             remote: Vec::new(),
         }
+    }
+}
+
+/// Two domains are the same name (ASCII case and a final dot ignored) or the same literal.
+fn same_domain<A: AsRef<str>, B: AsRef<str>>(a: &Domain<A>, b: &Domain<B>) -> bool {
+    match (a, b) {
+        (Domain::Name(x), Domain::Name(y)) => x
+            .as_ref()
+            .trim_end_matches('.')
+            .eq_ignore_ascii_case(y.as_ref().trim_end_matches('.')),
+        (Domain::Ipv4(x), Domain::Ipv4(y)) => x == y,
+        (Domain::Ipv6(x), Domain::Ipv6(y)) => x == y,
+        _ => false,
     }
 }
 
@@ -325,6 +385,39 @@ mod tests {
             ],
             users.map(|u| Users::parse(u).unwrap()),
         )
+    }
+
+    #[test]
+    fn senders_a_login_owns() {
+        let p = policy(Some("alice\nbob\nteam: alice, bob\nfwd: x@else.net\n"));
+        let owned = |sender: &str, login: &str| {
+            let m = smtp_proto::address::parse_mailbox(sender).unwrap();
+            p.sender_owned_by(&m, login)
+        };
+        for login in ["alice@example.org", "ALICE@Example.ORG", "alice"] {
+            for sender in [
+                "alice@example.org",
+                "Alice@EXAMPLE.org",
+                "alice+lists@example.org",
+                "alice@mail.test",
+                "team@example.org",
+            ] {
+                assert!(owned(sender, login), "{login} should own {sender}");
+            }
+            for sender in [
+                "bob@example.org",
+                "fwd@example.org",
+                "alice@gmail.com",
+                "postmaster@example.org",
+            ] {
+                assert!(!owned(sender, login), "{login} must not own {sender}");
+            }
+        }
+        // A login in a remote domain owns just itself.
+        assert!(owned("carol@remote.net", "carol@remote.net"));
+        assert!(owned("carol@REMOTE.net", "carol@remote.net"));
+        assert!(!owned("carol@example.org", "carol@remote.net"));
+        assert!(!owned("Carol@remote.net", "carol@remote.net"));
     }
 
     #[test]
