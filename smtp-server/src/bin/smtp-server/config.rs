@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::auth::{Authenticator, Endpoint, Scheme};
 
 fn parse_address_preference(s: &str) -> Result<smtp_client::AddressPreference, String> {
     s.parse().map_err(|e| format!("{e}"))
@@ -30,6 +32,29 @@ smtp-server -d ./mail -s localhost --hostname localhost -l 127.0.0.1:2525 -l '[:
 On port 25 without root: `setcap cap_net_bind_service=+ep smtp-server` (see DAEMON.md).\n\
 Exit status: 0 after SIGTERM/SIGINT, 2 for a bad option or configuration.";
 
+/// `--passwd-file`, shown in `--help`.
+const PASSWD_FILE_HELP: &str = "Users who may log in with SMTP AUTH (submission), from a \
+Dovecot-format passwd-file. Not with --auth-dovecot.\n\
+One user per line, `#` starts a comment, blank lines are ignored:\n  \
+user:{SCHEME}hash[:uid:gid:gecos:home:shell:extra]\n  \
+alice@example.org:{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$...\n\
+Schemes: ARGON2ID, ARGON2I, BLF-CRYPT ($2y$), SHA512-CRYPT ($6$), SHA256-CRYPT ($5$), CRYPT \
+(one of those crypt formats; the default without {SCHEME}), PLAIN (tests only). Make a line \
+with `smtp-server passwd USER` or `doveadm pw -s ARGON2ID`. Names are compared in lower case. \
+Extra fields: `nologin`, `allow_nets=NET,...`. The file is checked at startup and re-read \
+when it changes (a broken new version is logged and the old one stays in use).";
+
+/// `--auth-dovecot`, shown in `--help`.
+const AUTH_DOVECOT_HELP: &str = "Users who may log in with SMTP AUTH (submission), checked \
+by Dovecot's auth service, as Postfix's `smtpd_sasl_type = dovecot`: the path of its \
+auth-client socket, or inet:HOST:PORT for a TCP listener. Not with --passwd-file.\n\
+In Dovecot's configuration (conf.d/10-master.conf), for example:\n  \
+service auth {\n    \
+unix_listener auth-client { path = /run/dovecot/auth-client  mode = 0660  user = <daemon's user> }\n  \
+}\n\
+and `auth_mechanisms = plain login`. The login is sent as PLAIN with service=smtp; the \
+user name Dovecot returns is the canonical one.";
+
 /// The mailbox format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -39,15 +64,56 @@ pub enum Format {
     Maildir,
 }
 
-/// `smtp-server`: a small mail server and relay.
+/// `smtp-server`: a small mail server and relay. Without a subcommand it runs the daemon with
+/// the options of [`Config`]; a subcommand is a tool around it.
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "smtp-server",
     version,
     about = "A small SMTP mail server: stores mail for its own domains and relays mail \
              that local clients send to the rest of the world",
-    after_help = AFTER_HELP
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    // `smtp-server help`, as `--help`, would shadow a future subcommand's name less well.
+    disable_help_subcommand = true
 )]
+pub struct Cli {
+    /// A tool to run instead of the daemon.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The daemon's options.
+    #[command(flatten)]
+    pub daemon: Config,
+}
+
+/// The subcommands. Later ones (`queue`, `check-config`, `dkim-keygen`) go here, each with
+/// its own `Args` struct and a module under `cmd/`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Print a passwd-file line (for --passwd-file) for USER, with a password read from
+    /// standard input (asked twice without echo on a terminal).
+    Passwd(PasswdArgs),
+}
+
+/// `smtp-server passwd`.
+#[derive(Debug, Clone, Args)]
+#[command(
+    after_help = "The line goes to standard output, ready to append to the file:\n  \
+smtp-server passwd alice@example.org >> /etc/smtp-server/users\n\
+From a script, give the password on standard input (one line):\n  \
+printf '%s\\n' \"$PASSWORD\" | smtp-server passwd alice@example.org\n\
+The user name is written in lower case, as logins are compared."
+)]
+pub struct PasswdArgs {
+    /// The login name clients will give (e.g. alice@example.org).
+    pub user: String,
+    /// Password scheme (Dovecot's name).
+    #[arg(long, value_enum, ignore_case = true, default_value_t = Scheme::Argon2id)]
+    pub scheme: Scheme,
+}
+
+/// The daemon's options.
+#[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Root directory of the mailboxes.
     #[arg(
@@ -197,6 +263,17 @@ pub struct Config {
     /// [default: the daemon's user].
     #[arg(long, value_name = "NAME|UID", value_parser = parse_mailbox_owner)]
     pub mailbox_owner: Option<u32>,
+
+    #[arg(long, value_name = "FILE", long_help = PASSWD_FILE_HELP,
+          conflicts_with = "auth_dovecot",
+          help = "SMTP AUTH users from a Dovecot-format passwd-file (format: see --help)")]
+    /// The passwd-file.
+    pub passwd_file: Option<PathBuf>,
+
+    #[arg(long, value_name = "PATH|inet:HOST:PORT", long_help = AUTH_DOVECOT_HELP,
+          help = "SMTP AUTH users checked by Dovecot's auth service at this socket (see --help)")]
+    /// Dovecot's auth socket.
+    pub auth_dovecot: Option<Endpoint>,
 }
 
 impl Config {
@@ -230,6 +307,22 @@ impl Config {
             ]
         } else {
             self.public_listen.clone()
+        }
+    }
+
+    /// The users for SMTP AUTH (`--passwd-file` or `--auth-dovecot`), `None` without either.
+    /// A passwd-file is read and checked now.
+    ///
+    /// # Errors
+    ///
+    /// The option and the passwd-file's problem (`file:line: ...`).
+    pub fn authenticator(&self) -> Result<Option<Authenticator>, (&'static str, String)> {
+        match (&self.passwd_file, &self.auth_dovecot) {
+            (Some(p), _) => Authenticator::passwd_file(p.clone())
+                .map(Some)
+                .map_err(|e| ("--passwd-file", e)),
+            (None, Some(e)) => Ok(Some(Authenticator::dovecot(e.clone()))),
+            (None, None) => Ok(None),
         }
     }
 
@@ -414,9 +507,52 @@ pub fn parse_host_port(s: &str) -> Result<(String, u16), String> {
 }
 
 #[cfg(test)]
+fn parse_config<const N: usize>(args: [&str; N]) -> Result<Config, clap::Error> {
+    Cli::try_parse_from(args).map(|c| c.daemon)
+}
+
+#[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn auth_options_and_subcommand() {
+        let c = parse_config(["smtp-server"]).unwrap();
+        assert!(c.authenticator().unwrap().is_none());
+        let c =
+            parse_config(["smtp-server", "--auth-dovecot", "/run/dovecot/auth-client"]).unwrap();
+        assert_eq!(
+            c.auth_dovecot,
+            Some(Endpoint::Unix("/run/dovecot/auth-client".into()))
+        );
+        assert!(c.authenticator().unwrap().is_some());
+        let e = parse_config(["smtp-server", "--passwd-file", "/nonexistent/users"])
+            .unwrap()
+            .authenticator()
+            .unwrap_err();
+        assert_eq!(e.0, "--passwd-file");
+        assert!(e.1.contains("/nonexistent/users"), "{}", e.1);
+        let both = ["smtp-server", "--passwd-file", "f", "--auth-dovecot", "s"];
+        assert!(parse_config(both).is_err());
+
+        let cli = Cli::try_parse_from(["smtp-server", "passwd", "Alice@example.org"]).unwrap();
+        let Some(Command::Passwd(p)) = cli.command else {
+            panic!("passwd subcommand expected")
+        };
+        assert_eq!(
+            (p.user.as_str(), p.scheme),
+            ("Alice@example.org", Scheme::Argon2id)
+        );
+        let cli = Cli::try_parse_from(["smtp-server", "passwd", "a", "--scheme", "blf-crypt"]);
+        let Some(Command::Passwd(p)) = cli.unwrap().command else {
+            panic!("passwd subcommand expected")
+        };
+        assert_eq!(p.scheme, Scheme::BlfCrypt);
+        // Daemon options and a subcommand do not mix.
+        assert!(Cli::try_parse_from(["smtp-server", "-d", "x", "passwd", "a"]).is_err());
+        assert!(Cli::try_parse_from(["smtp-server", "passwd"]).is_err());
+    }
 
     #[test]
     fn durations() {
@@ -452,15 +588,14 @@ mod tests {
 
     #[test]
     fn defaults() {
-        let c = Config::try_parse_from(["smtp-server"]).unwrap();
+        let c = parse_config(["smtp-server"]).unwrap();
         assert_eq!(c.spool_dir, PathBuf::from("/var/spool/mail/"));
         assert_eq!(c.queue_dir(), PathBuf::from("/var/spool/mail/.queue"));
         assert_eq!(c.local_listen().len(), 2);
         assert_eq!(c.public_listen().len(), 2);
         assert_eq!(c.max_message_size, 26_214_400);
         assert_eq!(c.queue_lifetime, Duration::from_secs(5 * 86400));
-        let c =
-            Config::try_parse_from(["smtp-server", "--no-public", "-s", "Example.ORG."]).unwrap();
+        let c = parse_config(["smtp-server", "--no-public", "-s", "Example.ORG."]).unwrap();
         assert!(c.public_listen().is_empty());
         assert_eq!(c.domains(), vec!["example.org".to_string()]);
     }
@@ -569,9 +704,9 @@ mod mailbox_option_tests {
 
     #[test]
     fn mailbox_mode_and_group() {
-        let c = Config::try_parse_from(["smtp-server"]).unwrap();
+        let c = parse_config(["smtp-server"]).unwrap();
         assert_eq!((c.mailbox_mode, c.mailbox_group), (0o700, None));
-        let c = Config::try_parse_from([
+        let c = parse_config([
             "smtp-server",
             "--mailbox-mode",
             "2770",
