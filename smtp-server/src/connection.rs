@@ -655,7 +655,7 @@ impl<H: Handler> Connection<H> {
                 info!(
                     from = %env.from,
                     rcpts = %Rcpts(env),
-                    user = env.authenticated.as_deref().unwrap_or("-"),
+                    user = %env.authenticated.as_deref().unwrap_or("-"),
                     size,
                     outcome = %reply,
                     duration_ms = elapsed,

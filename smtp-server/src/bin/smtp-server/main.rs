@@ -217,12 +217,24 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
         }
         None => None,
     };
-    // Checked at startup, so that a broken passwd-file stops the daemon with exit 2. Issue 11's
-    // submission sessions take it from here; nothing calls it yet.
+    // Checked at startup, so that a broken passwd-file stops the daemon with exit 2.
     let auth = cfg.authenticator().map_err(|(opt, e)| fatal(opt, e))?;
     if let Some(a) = &auth {
         info!("SMTP AUTH users: {}", a.describe());
     }
+    if auth.is_none() && !cfg.submission_listen.is_empty() {
+        return Err(fatal(
+            "--submission-listen",
+            "needs a user database to log in with: --passwd-file or --auth-dovecot",
+        ));
+    }
+    if auth.is_none() && !cfg.tls_listen.is_empty() {
+        warn!("--tls-listen without --passwd-file or --auth-dovecot: no one can log in there, so every MAIL gets 530 5.7.0");
+    }
+    if auth.is_some() && cfg.submission_listen.is_empty() && cfg.tls_listen.is_empty() {
+        warn!("a user database is configured but no --submission-listen or --tls-listen: AUTH is offered nowhere");
+    }
+    let auth = auth.map(Arc::new);
     let store = open_store(&cfg)?;
     let queue = open_queue(&cfg.queue_dir())?;
 
@@ -276,6 +288,7 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
         store: store.clone(),
         queue: queue.clone(),
         relay_notify: relay_notify.clone(),
+        auth: auth.clone(),
     });
 
     let mut limits = smtp_server::Limits::default();
@@ -295,6 +308,10 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
         .limits(limits);
     if let Some(t) = &tls {
         builder = builder.tls(t.clone());
+    }
+    if auth.is_some() {
+        // Offered only where the handler says so (the submission listeners) and only over TLS.
+        builder = builder.auth([smtp_server::Mechanism::Plain, smtp_server::Mechanism::Login]);
     }
     for l in &plan.sockets {
         let sl = smtp_server::Listener::named(l.kind.name(), l.addr);
@@ -500,8 +517,12 @@ impl SessionHandler for Session {
         };
         // Acting as someone else (PLAIN's authorisation identity) is not supported.
         if c.authzid().is_some_and(|z| z != c.authcid()) {
-            info!(session = self.session_id, login = c.authcid(), authzid = c.authzid().unwrap_or(""),
-                  "login refused: authorization identity differs from the login");
+            info!(
+                session = self.session_id,
+                login = c.authcid(),
+                authzid = c.authzid().unwrap_or(""),
+                "login refused: authorization identity differs from the login"
+            );
             return Err(AuthFailure::Invalid);
         }
         let client = auth::Client {
@@ -533,9 +554,11 @@ impl SessionHandler for Session {
                 info!(session = self.session_id, user = %user, from = %from,
                       "sender refused: not owned by the login");
                 let text = format!("<{m}>: Sender address rejected: not owned by user {user}");
-                return Err(Reply::new(553, EnhancedCode::new(5, 7, 1), text).unwrap_or_else(
-                    |_| reply(553, (5, 7, 1), "Sender address rejected: not owned by user"),
-                ));
+                return Err(
+                    Reply::new(553, EnhancedCode::new(5, 7, 1), text).unwrap_or_else(|_| {
+                        reply(553, (5, 7, 1), "Sender address rejected: not owned by user")
+                    }),
+                );
             }
         }
         Ok(())

@@ -279,8 +279,7 @@ impl Policy {
     pub fn sender_owned_by<S: AsRef<str>>(&self, sender: &Mailbox<S>, login: &str) -> bool {
         let own_mailbox = match smtp_proto::address::parse_mailbox(login) {
             Ok(l) => {
-                if l.local_part() == sender.local_part()
-                    && same_domain(l.domain(), sender.domain())
+                if l.local_part() == sender.local_part() && same_domain(l.domain(), sender.domain())
                 {
                     return true;
                 }
