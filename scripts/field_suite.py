@@ -14,13 +14,13 @@ real peers (swaks, curl, msmtp, dnsmasq, Postfix, Dovecot, mutt, openssl) come f
 Output: one line per case (`ok family/case` or `FAIL family/case: why`), a count per family,
 exit status 1 when any case failed.
 """
-import argparse, mailbox, os, pty, re, select, shutil, signal, smtplib, socket, ssl, struct
+import argparse, base64, mailbox, os, pty, re, select, shutil, signal, smtplib, socket, ssl, struct
 import subprocess, sys, tempfile, threading, time, traceback
 
 BIN = None
 CASES = []  # (family, name, function)
 FAMILIES = ["smuggling", "starttls", "relay", "filesystem", "limits", "hostile", "trace",
-            "bounces", "interop"]
+            "bounces", "interop", "submission"]
 CASE_TIMEOUT = 60
 SHARED = {}  # per run: certificate paths
 
@@ -1666,10 +1666,69 @@ def curl_upload(ctx):
 
 
 def implicit_tls_daemon(ctx):
-    """A daemon with an implicit-TLS listener (port 465 style) on 127.0.0.1."""
+    """A daemon with an implicit-TLS submission listener (port 465 style) on 127.0.0.1 and
+    the user alice@example.test (password ALICE_PW); clients must log in there."""
     tport = free_port("127.0.0.1")
-    d = Daemon(ctx, tls=True, extra=["--tls-listen", f"127.0.0.1:{tport}"])
+    d = Daemon(ctx, tls=True, extra=["--tls-listen", f"127.0.0.1:{tport}",
+                                     "--passwd-file", passwd_file(ctx)])
     return d, tport
+
+
+ALICE_PW = "correct horse battery"
+
+
+def passwd_file(ctx, users=(("alice@example.test", ALICE_PW),)):
+    """A --passwd-file made with `smtp-server passwd` (ARGON2ID), one line per user."""
+    path = ctx.path("passwd")
+    with open(path, "w") as f:
+        for user, pw in users:
+            out = run([BIN, "passwd", user], input=(pw + "\n").encode()).stdout.decode()
+            check(out.startswith(f"{user}:{{ARGON2ID}}$argon2id$"), f"passwd printed {out!r}")
+            f.write(out)
+    return path
+
+
+def submission_daemon(ctx, dns=None, extra=(), users=None):
+    """A daemon with a STARTTLS submission listener (587 style) and an implicit-TLS one (465
+    style) on 127.0.0.1, the user alice@example.test; returns it with both ports."""
+    sub, tls = free_port("127.0.0.1"), free_port("127.0.0.1")
+    d = Daemon(ctx, dns=dns, tls=True, users=users,
+               extra=["--submission-listen", f"127.0.0.1:{sub}", "--tls-listen", f"127.0.0.1:{tls}",
+                      "--passwd-file", passwd_file(ctx)] + list(extra))
+    return d, sub, tls
+
+
+def b64(s):
+    return base64.b64encode(s.encode() if isinstance(s, str) else s).decode()
+
+
+def plain_ir(user, pw):
+    return b64(f"\0{user}\0{pw}")
+
+
+def starttls_client(port, host="127.0.0.1", source=None):
+    """A raw client on the submission port after STARTTLS and the second EHLO."""
+    c = Client(host, port) if source is None else _client_from(source, host, port)
+    r = c.ehlo()
+    check("AUTH" not in r[1], f"AUTH offered before STARTTLS: {r}")
+    expect(c.cmd("STARTTLS"), 220)
+    tls_wrap(c)
+    expect(c.cmd("EHLO client.test"), 250)
+    return c
+
+
+def _client_from(source, host, port):
+    c = Client.__new__(Client)
+    c.sock = socket.create_connection((host, port), timeout=10, source_address=(source, 0))
+    c.sock.settimeout(10)
+    c.buf = b""
+    c.greeting = None
+    return c
+
+
+def swaks_out(args):
+    """swaks's transcript (it exits non-zero when the server refuses)."""
+    return run(["swaks"] + args + ["--timeout", "15"], check_rc=False).stdout.decode(errors="replace")
 
 
 def check_tls_delivery(d, user, body):
@@ -1684,6 +1743,7 @@ def swaks_implicit_tls(ctx):
     need("swaks")
     d, tport = implicit_tls_daemon(ctx)
     run(["swaks", "--server", f"127.0.0.1:{tport}", "--tlsc", "--helo", "client.test",
+         "--auth", "PLAIN", "--auth-user", "alice@example.test", "--auth-password", ALICE_PW,
          "--from", "alice@example.test", "--to", "bob@example.test",
          "--header", "Subject: swaks tlsc", "--body", "implicit tls", "--timeout", "15"])
     check_tls_delivery(d, "bob", b"implicit tls\r\n")
@@ -1697,6 +1757,7 @@ def curl_smtps(ctx):
     with open(msg, "wb") as f:
         f.write(b"From: alice@example.test\r\nSubject: curl smtps\r\n\r\nsmtps body\r\n")
     run(["curl", "-sS", "--insecure", "--max-time", "20", f"smtps://127.0.0.1:{tport}/client.test",
+         "--user", f"alice@example.test:{ALICE_PW}",
          "--mail-from", "alice@example.test", "--mail-rcpt", "bob@example.test",
          "--upload-file", msg])
     check_tls_delivery(d, "bob", b"smtps body\r\n")
@@ -1710,6 +1771,7 @@ def smtplib_smtp_ssl(ctx):
     tls.verify_mode = ssl.CERT_NONE
     with smtplib.SMTP_SSL("127.0.0.1", tport, local_hostname="client.test", context=tls,
                           timeout=15) as c:
+        c.login("alice@example.test", ALICE_PW)
         refused = c.sendmail("alice@example.test", ["bob@example.test"],
                              b"Subject: smtp_ssl\r\n\r\nssl body\r\n")
         check(refused == {}, f"refused {refused}")
@@ -1724,7 +1786,8 @@ def msmtp_implicit_tls(ctx):
     with open(conf, "w") as f:
         f.write(f"defaults\nsyslog off\nlogfile {ctx.path('msmtp.log')}\n"
                 f"account test\nhost 127.0.0.1\nport {tport}\nfrom alice@example.test\n"
-                "auth off\ntls on\ntls_starttls off\ntls_certcheck off\n"
+                f"auth on\nuser alice@example.test\npassword {ALICE_PW}\n"
+                "tls on\ntls_starttls off\ntls_certcheck off\n"
                 "domain client.test\ntimeout 15\naccount default : test\n")
     os.chmod(conf, 0o600)
     run(["msmtp", "-C", conf, "-a", "test", "bob@example.test"],
@@ -2022,6 +2085,246 @@ def postfix_relays_into_us(ctx):
 
 # =============================================================================================
 # the runner
+
+# =============================================================================================
+# submission: SMTP AUTH on 587 (STARTTLS) and 465 (implicit TLS) with real clients
+
+def check_submitted(d, user, body, n=1):
+    m = d.messages(user)
+    check(len(m) == n, f"{user} has {len(m)} messages, want {n}: {d.log()[-800:]}")
+    head = m[-1].split(b"\r\n\r\n")[0]
+    check(b" with ESMTPSA id " in head, f"Received does not say ESMTPSA: {head[:500]!r}")
+    check(body in m[-1], f"{user}: {m[-1][-200:]!r}")
+
+
+@case("submission")
+def swaks_plain_and_login_over_starttls_and_tls(ctx):
+    need("swaks")
+    d, sub, tls = submission_daemon(ctx)
+    n = 0
+    for port, mode in ((sub, "--tls"), (tls, "--tlsc")):
+        for mech in ("PLAIN", "LOGIN"):
+            out = swaks_out(["--server", f"127.0.0.1:{port}", mode, "--auth", mech,
+                             "--auth-user", "alice@example.test", "--auth-password", ALICE_PW,
+                             "--from", "alice@example.test", "--to", "bob@example.test",
+                             "--body", f"via {mech} {mode}"])
+            check("235 2.7.0 Authentication successful" in out, f"{mech} {mode}: {out[-800:]}")
+            n += 1
+            check_submitted(d, "bob", f"via {mech} {mode}".encode(), n)
+    check("authenticated user=alice@example.test mechanism=LOGIN" in d.log(), d.log()[-600:])
+
+
+@case("submission")
+def curl_user_over_starttls(ctx):
+    need("curl")
+    d, sub, _ = submission_daemon(ctx)
+    msg = ctx.path("msg.txt")
+    with open(msg, "wb") as f:
+        f.write(b"From: alice@example.test\r\nSubject: curl auth\r\n\r\ncurl auth body\r\n")
+    run(["curl", "-sS", "--ssl-reqd", "--insecure", "--max-time", "20",
+         f"smtp://127.0.0.1:{sub}/client.test", "--user", f"alice@example.test:{ALICE_PW}",
+         "--mail-from", "alice@example.test", "--mail-rcpt", "bob@example.test",
+         "--upload-file", msg])
+    check_submitted(d, "bob", b"curl auth body\r\n")
+    r = run(["curl", "-sS", "--ssl-reqd", "--insecure", "--max-time", "20",
+             f"smtp://127.0.0.1:{sub}/client.test", "--user", "alice@example.test:wrong",
+             "--mail-from", "alice@example.test", "--mail-rcpt", "bob@example.test",
+             "--upload-file", msg], check_rc=False)
+    check(r.returncode != 0, "curl with a wrong password succeeded")
+    check(len(d.messages("bob")) == 1, "a message arrived with a wrong password")
+
+
+@case("submission")
+def smtplib_starttls_login(ctx):
+    d, sub, _ = submission_daemon(ctx)
+    tls = _noverify()
+    with smtplib.SMTP("127.0.0.1", sub, local_hostname="client.test", timeout=15) as c:
+        c.ehlo()
+        check(not c.has_extn("auth"), "AUTH advertised before STARTTLS")
+        c.starttls(context=tls)
+        c.ehlo()
+        check(c.has_extn("auth") and "PLAIN" in c.esmtp_features["auth"].upper(),
+              f"features {c.esmtp_features}")
+        try:
+            c.login("alice@example.test", "wrong")
+            raise Fail("a wrong password was accepted")
+        except smtplib.SMTPAuthenticationError as e:
+            check(e.smtp_code == 535 and e.smtp_error.startswith(b"5.7.8"), f"{e}")
+        c.login("alice@example.test", ALICE_PW)
+        refused = c.sendmail("alice@example.test", ["bob@example.test"],
+                             b"Subject: smtplib login\r\n\r\nsmtplib login body\r\n")
+        check(refused == {}, f"refused {refused}")
+    check_submitted(d, "bob", b"smtplib login body\r\n")
+
+
+@case("submission")
+def msmtp_auth_on_starttls(ctx):
+    need("msmtp")
+    d, sub, _ = submission_daemon(ctx)
+    conf = ctx.path("msmtprc")
+    with open(conf, "w") as f:
+        f.write(f"defaults\nsyslog off\nlogfile {ctx.path('msmtp.log')}\n"
+                f"account test\nhost 127.0.0.1\nport {sub}\nfrom alice@example.test\n"
+                f"auth on\nuser alice@example.test\npassword {ALICE_PW}\n"
+                "tls on\ntls_starttls on\ntls_certcheck off\n"
+                "domain client.test\ntimeout 15\naccount default : test\n")
+    os.chmod(conf, 0o600)
+    run(["msmtp", "-C", conf, "-a", "test", "bob@example.test"],
+        input=b"Subject: msmtp auth\nFrom: alice@example.test\n\nmsmtp auth body\n")
+    check_submitted(d, "bob", b"msmtp auth body\r\n")
+
+
+@case("submission")
+def replies_before_and_after_login(ctx):
+    d, sub, tls = submission_daemon(ctx, users="alice\nbob\ncarol\nteam: alice, bob\n")
+    # Plain text: no AUTH, 538 when tried, 530 for MAIL.
+    c = Client("127.0.0.1", sub)
+    r = c.ehlo()
+    check("AUTH" not in r[1] and "STARTTLS" in r[1], f"EHLO {r}")
+    expect(c.cmd(f"AUTH PLAIN {plain_ir('alice@example.test', ALICE_PW)}"), 538, "5.7.11")
+    expect(c.cmd("MAIL FROM:<alice@example.test>"), 530, "5.7.0")
+    c.close()
+    c = starttls_client(sub)
+    expect(c.cmd("MAIL FROM:<alice@example.test>"), 530, "5.7.0")
+    expect(c.cmd(f"AUTH PLAIN {plain_ir('alice@example.test', 'wrong')}"), 535, "5.7.8")
+    expect(c.cmd("AUTH LOGIN"), 334)
+    expect(c.cmd("*"), 501, "5.7.0")
+    expect(c.cmd("AUTH PLAIN"), 334)
+    expect(c.cmd("not base64!"), 501, "5.5.2")
+    expect(c.cmd("AUTH CRAM-MD5"), 504, "5.5.4")
+    expect(c.cmd(f"AUTH PLAIN {plain_ir('alice@example.test', ALICE_PW)}"), 235, "2.7.0")
+    expect(c.cmd(f"AUTH PLAIN {plain_ir('alice@example.test', ALICE_PW)}"), 503, "5.5.1")
+    expect(c.cmd("MAIL FROM:<carol@example.test>"), 553, "5.7.1")
+    expect(c.cmd("MAIL FROM:<alice@elsewhere.test>"), 553, "5.7.1")
+    expect(c.cmd("MAIL FROM:<team@example.test>"), 250)
+    expect(c.cmd("AUTH LOGIN"), 503, "5.5.1")
+    expect(c.cmd("RSET"), 250)
+    expect(c.cmd("MAIL FROM:<Alice+lists@EXAMPLE.test>"), 250)
+    c.close()
+    # Implicit TLS: AUTH at once.
+    c = Client("127.0.0.1", tls)
+    tls_wrap(c)
+    r = c.ehlo()
+    check("AUTH PLAIN LOGIN" in r[1], f"EHLO on 465: {r}")
+    expect(c.cmd("MAIL FROM:<alice@example.test>"), 530, "5.7.0")
+    c.close()
+    # The port-25 listeners never offer AUTH, even over TLS.
+    c = Client("127.0.0.2", d.pub)
+    c.ehlo()
+    expect(c.cmd("STARTTLS"), 220)
+    tls_wrap(c)
+    r = c.cmd("EHLO client.test")
+    check("AUTH" not in r[1], f"AUTH on the public listener: {r}")
+    expect(c.cmd(f"AUTH PLAIN {plain_ir('alice@example.test', ALICE_PW)}"), 502, "5.5.1")
+    c.close()
+
+
+@case("submission")
+def authenticated_mail_is_relayed_unauthenticated_is_not(ctx):
+    need("dnsmasq")
+    peer = Peer(ctx)
+    dns = Dns(ctx, mx=[("remote.test", "mx.remote.test", 10)], hosts=[("mx.remote.test", "127.0.0.1")])
+    d, sub, _ = submission_daemon(ctx, dns=dns, extra=["--remote-port", str(peer.port)])
+    # From the network without a login: refused on the public listener and the submission one.
+    c = Client("127.0.0.2", d.pub)
+    c.ehlo()
+    expect(c.cmd("MAIL FROM:<alice@example.test>"), 250)
+    expect(c.cmd("RCPT TO:<dave@remote.test>"), 554, "5.7.1")
+    c.close()
+    out = swaks_out(["--server", f"127.0.0.1:{sub}", "--tls", "--from", "alice@example.test",
+                     "--to", "dave@remote.test"])
+    check("530 5.7.0" in out, out[-600:])
+    check(not wait_for(lambda: peer.messages(), 1.5), "relayed without a login")
+    out = swaks_out(["--server", f"127.0.0.1:{sub}", "--tls", "--auth", "PLAIN",
+                     "--auth-user", "alice@example.test", "--auth-password", ALICE_PW,
+                     "--from", "alice@example.test", "--to", "dave@remote.test",
+                     "--header", "Subject: relayed after login", "--body", "to the world"])
+    check("250 2.0.0 Ok: queued as" in out, out[-600:])
+    check(wait_for(lambda: peer.messages(), 20), f"not relayed: {d.log()[-800:]}")
+    got = peer.messages()[0]
+    check(b"to the world" in got and b" with ESMTPSA id " in got, f"{got[:600]!r}")
+    check(b"\r\nMessage-ID: <" in got and b"\r\nDate: " in got, f"no Message-ID/Date: {got[:600]!r}")
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+@case("submission")
+def fifty_wrong_passwords_are_slowed_and_cut_off(ctx):
+    d, sub, _ = submission_daemon(ctx)
+    rss0 = rss_kib(d.proc.pid)
+    bad = f"AUTH PLAIN {plain_ir('alice@example.test', 'guess')}"
+    looked_at = cut_off = tries = 0
+    t0 = time.monotonic()
+    slow_seen = False
+    while tries < 50:
+        c = starttls_client(sub)
+        while tries < 50:
+            tries += 1
+            t = time.monotonic()
+            code, text = c.cmd(bad)
+            if code == 535:
+                looked_at += 1
+                slow_seen |= time.monotonic() - t >= 0.9
+                if looked_at % 3 == 0:
+                    code, text = c.reply()
+                    check(code == 421 and text.startswith("4.7.0"), f"after 3 failures: {code} {text}")
+                    check(c.closed(), "still open after 421")
+                    break
+            else:
+                check(code == 421 and "from your address" in text, f"attempt {tries}: {code} {text}")
+                cut_off += 1
+                check(c.closed(), "still open after 421")
+                break
+        c.close()
+        # Meanwhile the daemon answers other clients at once.
+        t = time.monotonic()
+        other = Client("127.0.0.1", d.port)
+        other.ehlo()
+        check(time.monotonic() - t < 2, "the loopback listener was slow during the attack")
+        other.close()
+    check(looked_at == 10, f"{looked_at} passwords were checked, want 10")
+    check(cut_off > 0 and slow_seen, f"cut off {cut_off}, slowed {slow_seen}")
+    check(time.monotonic() - t0 > 10, "ten failures took less than ten seconds")
+    # The right password from the same address is refused too; another address logs in.
+    c = starttls_client(sub)
+    expect(c.cmd(f"AUTH PLAIN {plain_ir('alice@example.test', ALICE_PW)}"), 421, "4.7.0")
+    c.close()
+    c = starttls_client(sub, source="127.0.0.5")
+    expect(c.cmd(f"AUTH PLAIN {plain_ir('alice@example.test', ALICE_PW)}"), 235, "2.7.0")
+    c.close()
+    check(rss_kib(d.proc.pid) - rss0 < 32 * 1024, f"RSS grew from {rss0} to {rss_kib(d.proc.pid)} KiB")
+
+
+@case("submission")
+def passwd_entries_are_dovecot_compatible(ctx):
+    need("doveadm")
+    path = passwd_file(ctx, users=(("alice@example.test", ALICE_PW),))
+    line = open(path).read().strip()
+    scheme_hash = line.split(":", 1)[1]
+    r = run(["doveadm", "pw", "-t", scheme_hash, "-p", ALICE_PW], check_rc=False)
+    check(r.returncode == 0 and b"verified" in (r.stdout + r.stderr), f"doveadm: {r.stdout!r} {r.stderr!r}")
+    r = run(["doveadm", "pw", "-t", scheme_hash, "-p", "wrong"], check_rc=False)
+    check(r.returncode != 0, "doveadm verified a wrong password")
+    # And a hash Dovecot made logs in here.
+    for scheme in ("SHA512-CRYPT", "BLF-CRYPT"):
+        h = run(["doveadm", "pw", "-s", scheme, "-p", "dove pw"]).stdout.decode().strip()
+        f = ctx.path(f"passwd-{scheme}")
+        with open(f, "w") as out:
+            out.write(f"alice@example.test:{h}\n")
+        sub = free_port("127.0.0.1")
+        d = Daemon(ctx, tls=True, public=False, extra=["--submission-listen", f"127.0.0.1:{sub}",
+                                                       "--passwd-file", f])
+        c = starttls_client(sub)
+        expect(c.cmd(f"AUTH PLAIN {plain_ir('alice@example.test', 'dove pw')}"), 235, "2.7.0")
+        c.close()
+        d.stop()
+
 
 def main():
     global BIN
