@@ -379,6 +379,12 @@ fn parse_reply(line: &str, id: u32) -> Result<Verdict, String> {
             if canonical_login(&user).is_none() {
                 return Err(format!("OK with an unusable user name {user:?}"));
             }
+            // The password is right but the passdb says the user may not log in (its
+            // `nologin` field; Dovecot passes it on rather than failing, for a proxy to act
+            // on). Here that is a refusal.
+            if get("nologin").is_some() {
+                return Ok(Verdict::Invalid);
+            }
             Ok(Verdict::Ok { user })
         }
         "FAIL" => {
@@ -418,6 +424,11 @@ mod tests {
             ("OK\t1\tuser=a\x01tb", 1, Err("OK with an unusable".into())),
             ("OK\t1\tuser=a\x011b", 1, Err("OK with an unusable".into())),
             ("OK\t1\tuser=a\x01:b", 1, Err("OK with an unusable".into())),
+            (
+                "OK\t4\tuser=carol\tnologin\treason=gone",
+                4,
+                Ok(Verdict::Invalid),
+            ),
             ("FAIL\t2\tuser=bob", 2, Ok(Verdict::Invalid)),
             ("FAIL\t2", 2, Ok(Verdict::Invalid)),
             (
