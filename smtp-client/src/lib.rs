@@ -118,6 +118,7 @@
 //!   log lines. [`escape_controls`] and [`SafeReply`] do it for callers ([`text`]).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod codec;
 pub mod connection;
 pub mod deliver;
@@ -127,6 +128,7 @@ pub mod resolve;
 pub mod text;
 pub mod tls;
 
+pub use auth::{AuthError, CancelReason, Credentials, InvalidCredentials};
 pub use connection::{
     ClientConfig, Connection, Envelope, RcptResult, Recipient, Timeouts, TransactionResult,
     QUIT_GRACE,
