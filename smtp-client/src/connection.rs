@@ -158,9 +158,8 @@ impl ClientConfig {
     /// Whether a failed STARTTLS may be followed by a clear-text session: not when the
     /// credentials need TLS, as the login would fail there before sending anything.
     pub(crate) fn may_fall_back_to_clear_text(&self) -> bool {
-        self.credentials
-            .as_ref()
-            .is_none_or(Credentials::plaintext_allowed)
+        // Not `Option::is_none_or`: the workspace's rust-version is 1.80.
+        !matches!(&self.credentials, Some(c) if !c.plaintext_allowed())
     }
 }
 
