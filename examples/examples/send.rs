@@ -9,7 +9,15 @@
 //! # To the recipient domain's MX hosts, asking a given name server, message on stdin:
 //! printf 'Subject: hi\r\n\r\nHello\r\n' | cargo run -p smtp-examples --example send -- \
 //!     --dns-server 127.0.0.1:5353 --from alice@example.org --to bob@example.net
+//!
+//! # Through a submission server, logging in after STARTTLS (password from the environment):
+//! SMTP_PASSWORD=s3cret cargo run -p smtp-examples --example send -- --host smtp.example.org:587 \
+//!     --auth-user alice@example.org --from alice@example.org --to bob@example.net < message.eml
 //! ```
+//!
+//! With `--auth-user` the password comes from the `SMTP_PASSWORD` environment variable (never
+//! the command line, which other users can read in `ps`), and is sent only over TLS unless
+//! `--allow-plaintext-auth` is given. A failed login defers every recipient (exit 75).
 //!
 //! Recipients in several domains are delivered domain by domain. One line per recipient tells
 //! what happened. Exit status: 0 when every recipient got the message, 75 (`EX_TEMPFAIL`) when
@@ -24,7 +32,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
 use smtp_client::{
-    AddressOrder, ClientConfig, Deliverer, Envelope, RcptOutcome, Recipient, Resolver, TlsPolicy,
+    AddressOrder, ClientConfig, Credentials, Deliverer, Envelope, RcptOutcome, Recipient, Resolver,
+    TlsPolicy,
 };
 use smtp_proto::address::{parse_mailbox, ForwardPath, ReversePath};
 
@@ -70,6 +79,12 @@ struct Args {
     /// Connect over IPv4 only (for networks without an IPv6 route).
     #[arg(short = '4', long)]
     ipv4_only: bool,
+    /// Log in (SMTP AUTH) as this user; the password is read from `SMTP_PASSWORD`.
+    #[arg(long, value_name = "USER")]
+    auth_user: Option<String>,
+    /// Also log in over a connection without TLS, sending the password in clear text.
+    #[arg(long, requires = "auth_user")]
+    allow_plaintext_auth: bool,
 }
 
 /// Splits `HOST:PORT` (the host may be `[v6]`).
@@ -140,8 +155,18 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         Tls::Require => TlsPolicy::RequireVerified,
         Tls::None => TlsPolicy::None,
     };
-    let mut deliverer =
-        Deliverer::new(resolver, ClientConfig::new(args.helo).with_tls(tls)).with_port(args.port);
+    let mut config = ClientConfig::new(args.helo).with_tls(tls);
+    if let Some(user) = args.auth_user {
+        let password = std::env::var("SMTP_PASSWORD")
+            .map_err(|_| "--auth-user: set the password in SMTP_PASSWORD".to_owned())?;
+        let mut credentials =
+            Credentials::new(user, password).map_err(|e| format!("--auth-user: {e}"))?;
+        if args.allow_plaintext_auth {
+            credentials = credentials.allow_plaintext_auth();
+        }
+        config = config.with_credentials(credentials);
+    }
+    let mut deliverer = Deliverer::new(resolver, config).with_port(args.port);
     if let Some(host) = &args.host {
         let (host, port) = split_host(host)?;
         deliverer = deliverer.with_smarthost(host, port);

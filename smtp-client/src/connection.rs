@@ -15,6 +15,7 @@ use smtp_proto::data::DataEncoder;
 use smtp_proto::ehlo::{parse_ehlo, EhloReply};
 use smtp_proto::param::{Body, MailParams, Notify, Orcpt, RcptParams, Ret, XText};
 use smtp_proto::reply::Reply;
+use smtp_proto::sasl::{decode_base64, encode_base64, ClientExchange, Mechanism};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -22,7 +23,9 @@ use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Decoder;
 use tracing::{debug, warn};
+use zeroize::Zeroizing;
 
+use crate::auth::{self, AuthError, CancelReason, Credentials};
 use crate::codec::{bound_reply, has_8bit, wire_size, CodecError, ReplyDecoder};
 use crate::error::ClientError;
 use crate::message::{Message, MessageInfo, MessageReader, CHUNK};
@@ -104,6 +107,9 @@ pub struct ClientConfig {
     pub extra_roots: Vec<CertificateDer<'static>>,
     /// Per-step timeouts.
     pub timeouts: Timeouts,
+    /// Log in with these after EHLO (and STARTTLS): see [`crate::auth`]. `None` (the
+    /// default): no AUTH.
+    pub credentials: Option<Credentials>,
 }
 
 impl ClientConfig {
@@ -114,6 +120,7 @@ impl ClientConfig {
             tls: TlsPolicy::default(),
             extra_roots: Vec::new(),
             timeouts: Timeouts::default(),
+            credentials: None,
         }
     }
 
@@ -136,6 +143,23 @@ impl ClientConfig {
     pub fn with_timeouts(mut self, timeouts: Timeouts) -> Self {
         self.timeouts = timeouts;
         self
+    }
+
+    /// Logs in with `credentials` on every connection, after STARTTLS
+    /// ([`Connection::login`]). The password goes only over TLS unless the credentials say
+    /// otherwise ([`Credentials::allow_plaintext_auth`]); with [`TlsPolicy::None`] that means
+    /// every login fails with [`AuthError::EncryptionRequired`].
+    #[must_use]
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// Whether a failed STARTTLS may be followed by a clear-text session: not when the
+    /// credentials need TLS, as the login would fail there before sending anything.
+    pub(crate) fn may_fall_back_to_clear_text(&self) -> bool {
+        // Not `Option::is_none_or`: the workspace's rust-version is 1.80.
+        !matches!(&self.credentials, Some(c) if !c.plaintext_allowed())
     }
 }
 
@@ -313,6 +337,7 @@ pub struct Connection {
     tls: Option<TlsInfo>,
     discarded: usize,
     transactions: usize,
+    authenticated: Option<Mechanism>,
     broken: bool,
 }
 
@@ -328,14 +353,17 @@ impl std::fmt::Debug for Connection {
 
 impl Connection {
     /// Connects to `addr`, reads the greeting, says EHLO (HELO if EHLO gets a 5yz reply) and
-    /// runs STARTTLS as `config.tls` says, then EHLO again. `server_name` is the host name the
-    /// address belongs to (the MX name): the name the certificate must be valid for.
+    /// runs STARTTLS as `config.tls` says, then EHLO again, then logs in when the config has
+    /// [credentials](ClientConfig::with_credentials) ([`Connection::login`]). `server_name` is
+    /// the host name the address belongs to (the MX name): the name the certificate must be
+    /// valid for.
     ///
     /// # Errors
     ///
     /// [`ClientError::Connect`] or [`ClientError::Timeout`] when no connection could be made;
     /// [`ClientError::Greeting`] for a greeting other than `220`; [`ClientError::Refused`] when
-    /// both EHLO and HELO are refused; TLS errors as the policy says.
+    /// both EHLO and HELO are refused; TLS errors as the policy says; [`ClientError::Auth`]
+    /// when the login fails (the session is then ended with QUIT).
     pub async fn connect(
         addr: SocketAddr,
         server_name: &str,
@@ -361,6 +389,7 @@ impl Connection {
             tls: None,
             discarded: 0,
             transactions: 0,
+            authenticated: None,
             broken: false,
         };
         let greeting = conn
@@ -406,7 +435,133 @@ impl Connection {
                 }
             }
         }
+        if let Some(credentials) = &config.credentials {
+            if let Err(e) = conn.login(credentials).await {
+                conn.quit_in_background();
+                return Err(e);
+            }
+        }
         Ok(conn)
+    }
+
+    /// Logs in with SMTP AUTH (RFC 4954), using the capabilities of the last EHLO (the one
+    /// inside TLS after STARTTLS): the strongest mechanism offered among those implemented
+    /// (`PLAIN`, then `LOGIN`), the password only over TLS unless the credentials allow clear
+    /// text. Returns the mechanism used. See [`crate::auth`] for the rules.
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Auth`]: [`AuthError::EncryptionRequired`] or [`AuthError::NotOffered`]
+    /// with nothing sent; [`AuthError::Rejected`] (5yz, e.g. `535`) or
+    /// [`AuthError::Temporary`] (4yz, e.g. `454`) with the server's reply;
+    /// [`AuthError::Cancelled`] when a challenge had no answer (the client sent `*`). After
+    /// these the connection is still usable. [`ClientError::Unexpected`] for a reply that is
+    /// neither (e.g. `250`), I/O errors, timeouts and malformed replies, after which it is
+    /// not. Logging in twice is refused by servers with `503`
+    /// ([`AuthError::Rejected`]).
+    pub async fn login(&mut self, credentials: &Credentials) -> Result<Mechanism, ClientError> {
+        if self.broken {
+            return Err(ClientError::Broken);
+        }
+        if !self.is_tls() && !credentials.plaintext_allowed() {
+            return Err(AuthError::EncryptionRequired.into());
+        }
+        let offered = self
+            .ehlo
+            .as_ref()
+            .map_or(&[][..], EhloReply::auth_mechanisms);
+        let Some(mechanism) = auth::choose(offered) else {
+            return Err(AuthError::NotOffered {
+                offered: auth::bounded_names(offered),
+            }
+            .into());
+        };
+        let t = self.config.timeouts.command;
+        let mut exchange =
+            ClientExchange::new(mechanism, credentials.user(), credentials.secret().clone());
+        let mut line = Zeroizing::new(Vec::with_capacity(128));
+        line.extend_from_slice(b"AUTH ");
+        line.extend_from_slice(mechanism.name().as_bytes());
+        // RFC 4954 §4: an initial response that would make the line longer than 512 octets
+        // is not sent; the server then asks with an empty challenge.
+        if let Some(initial) = exchange.initial_response().map(Zeroizing::new) {
+            let encoded = Zeroizing::new(encode_base64(&initial));
+            if line.len() + 1 + encoded.len().max(1) + 2 <= 512 {
+                line.push(b' ');
+                // An empty initial response is `=` (RFC 4954 §4).
+                line.extend_from_slice(if encoded.is_empty() {
+                    b"="
+                } else {
+                    encoded.as_bytes()
+                });
+            } else {
+                // Start again, so the exchange answers the empty challenge with the message.
+                exchange = ClientExchange::new(
+                    mechanism,
+                    credentials.user(),
+                    credentials.secret().clone(),
+                );
+            }
+        }
+        line.extend_from_slice(b"\r\n");
+        debug!(peer = %self.peer, %mechanism, user = %crate::text::escape_controls(credentials.user()), "AUTH");
+        self.write_all(&line, t, "AUTH").await?;
+        loop {
+            let reply = self.read_reply(t, "AUTH").await?;
+            match reply.code() {
+                235 => {
+                    debug!(peer = %self.peer, %mechanism, "logged in");
+                    self.authenticated = Some(mechanism);
+                    return Ok(mechanism);
+                }
+                334 => {}
+                400..=499 => return Err(AuthError::Temporary { mechanism, reply }.into()),
+                500..=599 => return Err(AuthError::Rejected { mechanism, reply }.into()),
+                _ => {
+                    return Err(self.fail(ClientError::Unexpected {
+                        command: "AUTH",
+                        reply,
+                    }))
+                }
+            }
+            let text = reply.lines().first().map_or("", String::as_str);
+            let answer = match decode_base64(text.trim().as_bytes()) {
+                None => Err(CancelReason::MalformedChallenge),
+                Some(challenge) => exchange
+                    .answer(&challenge)
+                    .map_err(|e| CancelReason::UnexpectedChallenge { round: e.round }),
+            };
+            match answer {
+                Ok(answer) => {
+                    let answer = Zeroizing::new(answer);
+                    let mut out = Zeroizing::new(encode_base64(&answer).into_bytes());
+                    out.extend_from_slice(b"\r\n");
+                    self.write_all(&out, t, "AUTH").await?;
+                }
+                Err(reason) => {
+                    self.write_all(b"*\r\n", t, "AUTH").await?;
+                    let reply = self.read_reply(t, "AUTH").await?;
+                    if reply.code() == 334 {
+                        // A server that does not take the cancellation is beyond talking to.
+                        return Err(self.fail(ClientError::Unexpected {
+                            command: "AUTH",
+                            reply,
+                        }));
+                    }
+                    return Err(AuthError::Cancelled {
+                        mechanism,
+                        reason,
+                        reply,
+                    }
+                    .into());
+                }
+            }
+        }
+    }
+
+    /// The mechanism of a successful [`login`](Self::login), if there was one.
+    pub fn authenticated(&self) -> Option<Mechanism> {
+        self.authenticated
     }
 
     /// The server's `220` greeting.
@@ -1044,6 +1199,7 @@ mod quit_tests {
             tls: None,
             discarded: 0,
             transactions: 0,
+            authenticated: None,
             broken: false,
         }
     }

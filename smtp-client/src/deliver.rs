@@ -46,7 +46,18 @@
 //! is in [`DeliveryReport::attempts`] with its TLS error, and [`DeliveryReport::tls_fallback`]
 //! holds that error when the clear-text session carried the transaction. Under
 //! [`TlsPolicy::RequireVerified`] a TLS failure is never retried in clear text: the next
-//! address is tried, with TLS.
+//! address is tried, with TLS. Nor when the configuration has
+//! [credentials](crate::ClientConfig::with_credentials) that need TLS: the login could not
+//! happen in clear text.
+//!
+//! # Logging in
+//!
+//! With [credentials](crate::ClientConfig::with_credentials) every connection logs in after
+//! STARTTLS ([`crate::auth`]). A failed login (`535`, `454`, no usable mechanism, no TLS) is
+//! a failure of that server, like a refused STARTTLS: the next address is tried, and when
+//! none logs in every recipient is transient ([`DeliveryError::NoHostReached`], with the
+//! login error's text), so a queue keeps the message until the password is fixed, as Postfix
+//! defers mail when SASL authentication fails.
 //!
 //! # Address order
 //!
@@ -422,7 +433,9 @@ impl Deliverer {
                     .await;
                 let mut fallback = None;
                 if let Err(ClientError::Tls(_)) = &result {
-                    if self.config.tls == TlsPolicy::Opportunistic {
+                    if self.config.tls == TlsPolicy::Opportunistic
+                        && self.config.may_fall_back_to_clear_text()
+                    {
                         let error = result.err().map(|e| safe(&e)).unwrap_or_default();
                         info!(%domain, host = %host.name, %addr, %error,
                               "opportunistic TLS failed; retrying in clear text");

@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use smtp_proto::reply::{EnhancedCode, Reply, ReplyError};
 
+use crate::auth::AuthError;
 use crate::text::SafeReply;
 
 /// Why a connection or a transaction failed.
@@ -99,6 +100,11 @@ pub enum ClientError {
     /// was left without the end marker, so the server discards what it got, and is unusable.
     #[error("cannot read the message: {0}")]
     Message(io::Error),
+    /// Logging in (SMTP AUTH, [`crate::auth`]) failed or was not attempted. The connection
+    /// is still usable after a refusal (the server's verdict) and after
+    /// [`AuthError::EncryptionRequired`] and [`AuthError::NotOffered`] (nothing was sent).
+    #[error("authentication failed: {0}")]
+    Auth(#[from] AuthError),
     /// An earlier error left the connection unusable.
     #[error("the connection is no longer usable after an earlier error")]
     Broken,
@@ -107,7 +113,10 @@ pub enum ClientError {
 impl ClientError {
     /// Whether the failure is permanent: the message would fail the same way later. A refusal
     /// carries the server's verdict (5yz); the refusals made before sending are permanent;
-    /// network errors, timeouts and everything else are transient.
+    /// network errors, timeouts and everything else are transient. A failed login
+    /// ([`ClientError::Auth`]) is transient even when the server said `535`: the fix is in
+    /// the client's configuration (the password), and a message waiting in a queue should
+    /// wait for it, as Postfix defers mail when SASL authentication fails.
     pub fn is_permanent(&self) -> bool {
         match self {
             Self::Greeting(reply) | Self::Refused { reply, .. } => reply.is_permanent(),
@@ -123,6 +132,7 @@ impl ClientError {
             Self::Greeting(reply)
             | Self::Refused { reply, .. }
             | Self::Unexpected { reply, .. } => Some(reply),
+            Self::Auth(e) => e.reply(),
             _ => None,
         }
     }
@@ -147,6 +157,10 @@ impl ClientError {
             Self::Io(_) | Self::Closed { .. } | Self::Broken => code(4, 4, 2),
             Self::MalformedReply(_) => code(4, 5, 0),
             Self::StartTlsNotOffered | Self::Tls(_) => code(4, 7, 5),
+            // RFC 3463 X.7.8 "authentication credentials invalid", X.7.10 "encryption
+            // needed"; the server's own code when it gave one (above).
+            Self::Auth(AuthError::EncryptionRequired) => code(4, 7, 10),
+            Self::Auth(_) => code(4, 7, 8),
             Self::Needs8BitMime => code(5, 6, 3),
             Self::NeedsSmtpUtf8 => code(5, 6, 7),
             Self::TooLarge { .. } => code(5, 3, 4),

@@ -85,6 +85,10 @@
 //!   does not verify (see [`tls`]). Bytes a server sends after its `220` to STARTTLS are
 //!   discarded and counted ([`Connection::discarded_after_starttls`]).
 //! - EHLO is refused with 5yz → HELO, and then no extension is used.
+//! - SMTP AUTH ([`auth`]): with [`ClientConfig::with_credentials`] every connection logs in
+//!   after STARTTLS, PLAIN before LOGIN, with the capabilities of the EHLO inside TLS. The
+//!   password goes only over TLS unless [`Credentials::allow_plaintext_auth`] says otherwise;
+//!   a failed login is [`ClientError::Auth`], transient (a queue defers, as Postfix does).
 //! - A message with 8-bit octets needs 8BITMIME and a non-ASCII address needs SMTPUTF8;
 //!   without them the message is refused before anything is sent (no downgrade), as is a
 //!   message over the server's SIZE.
@@ -118,6 +122,7 @@
 //!   log lines. [`escape_controls`] and [`SafeReply`] do it for callers ([`text`]).
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod codec;
 pub mod connection;
 pub mod deliver;
@@ -127,6 +132,7 @@ pub mod resolve;
 pub mod text;
 pub mod tls;
 
+pub use auth::{AuthError, CancelReason, Credentials, InvalidCredentials};
 pub use connection::{
     ClientConfig, Connection, Envelope, RcptResult, Recipient, Timeouts, TransactionResult,
     QUIT_GRACE,

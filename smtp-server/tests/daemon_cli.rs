@@ -27,6 +27,7 @@ fn help_lists_every_option_with_defaults() {
         "--queue-dir",
         "--users",
         "--relay-host",
+        "--relay-password-file",
         "--dns-server",
         "--remote-port",
         "--max-message-size",
@@ -47,6 +48,7 @@ fn help_lists_every_option_with_defaults() {
         "[default: info]",
         "<spool-dir>/.queue",
         "alias",
+        "sasl_passwd",
     ] {
         assert!(
             help.contains(default),

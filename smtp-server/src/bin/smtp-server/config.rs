@@ -23,6 +23,20 @@ such as carol@example.org, which are relayed)\n\
 Names are compared without case and without a `+detail`. `postmaster` is always accepted \
 (delivered to a mailbox named postmaster unless it is an alias).";
 
+/// The relay password file format, shown in `--help`.
+const RELAY_PASSWORD_HELP: &str = "Log in (SMTP AUTH, PLAIN or LOGIN) to --relay-host with \
+the credentials this file lists for it, as Postfix's smtp_sasl_password_maps.\n\
+File format (Postfix's sasl_passwd), one entry per line, `#` starts a comment line, blank \
+lines are ignored:\n  \
+[smtp.example.org]:587    alice@example.org:secret\n  \
+smtp.example.org          alice:secret          (any port)\n  \
+[::1]:2525                user:password\n\
+The key is host, [host] or [host]:port; the value user:password (the password is everything \
+after the first colon). An entry with the relay host's port wins over one without. The \
+password is sent only over TLS: when the relay host does not offer STARTTLS, STARTTLS fails or \
+the login is refused (535), the mail stays queued and is retried, and the log says why. The \
+file must not be readable by other users (chmod 600); it is read at start.";
+
 const AFTER_HELP: &str = "\
 Mailboxes: `<spool-dir>/<user>/<n>` with `<n>.status` (numbered spool) or \
 `<spool-dir>/<user>/{tmp,new,cur}` (Maildir). The user is the local part of the address, with \
@@ -187,6 +201,12 @@ pub struct Config {
     /// instead of looking up MX records.
     #[arg(long, value_name = "HOST[:PORT]", value_parser = parse_relay_host)]
     pub relay_host: Option<String>,
+
+    #[arg(long, value_name = "FILE", requires = "relay_host", long_help = RELAY_PASSWORD_HELP,
+          help = "Log in to --relay-host with the user and password listed for it in FILE \
+                  (Postfix sasl_passwd format: see --help); STARTTLS required")]
+    /// The relay host password file.
+    pub relay_password_file: Option<PathBuf>,
 
     /// Name server to query (ADDR or ADDR:PORT) instead of the system's [default: the system's
     /// name servers].

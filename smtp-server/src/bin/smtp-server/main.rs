@@ -3,9 +3,9 @@
 //!
 //! Modules: [`config`] (the command line), [`policy`] (local domains, users, relay rules),
 //! [`headers`] (trace headers), [`local`] (storing a message), [`relay`] (the queue runner),
-//! [`bounce`] (RFC 3464 reports), [`listen`] (sockets and connection classes), [`logsafe`]
-//! (log lines escaped), [`auth`] (users for SMTP AUTH), [`cmd`] (subcommands such as
-//! `smtp-server passwd`).
+//! [`relay_auth`] (the relay host's password file), [`bounce`] (RFC 3464 reports), [`listen`]
+//! (sockets and connection classes), [`logsafe`] (log lines escaped), [`auth`] (users for
+//! SMTP AUTH), [`cmd`] (subcommands such as `smtp-server passwd`).
 
 mod auth;
 mod bounce;
@@ -17,6 +17,7 @@ mod local;
 mod logsafe;
 mod policy;
 mod relay;
+mod relay_auth;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -269,12 +270,35 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
             )
         })?,
     };
-    let mut deliverer =
-        smtp_client::Deliverer::new(resolver, smtp_client::ClientConfig::new(hostname.clone()))
-            .with_port(cfg.remote_port)
-            .with_address_preference(cfg.address_preference);
-    if let Some(h) = &cfg.relay_host {
-        let (host, port) = config::parse_host_port(h).map_err(|e| fatal("--relay-host", e))?;
+    let mut client_config = smtp_client::ClientConfig::new(hostname.clone());
+    let relay_host = match &cfg.relay_host {
+        Some(h) => Some(config::parse_host_port(h).map_err(|e| fatal("--relay-host", e))?),
+        None => None,
+    };
+    if let (Some(path), Some((host, port))) = (&cfg.relay_password_file, &relay_host) {
+        let option = "--relay-password-file";
+        let loaded = relay_auth::PasswordFile::load(path)
+            .map_err(|e| fatal(option, format!("{}: {e}", path.display())))?;
+        if loaded.group_readable {
+            warn!(file = %path.display(), "{option}: the file's group may read the passwords");
+        }
+        match loaded.file.lookup(host, *port) {
+            Some(credentials) => {
+                info!(relay_host = %host, port, user = %credentials.user(),
+                      "deliveries to the relay host log in (after STARTTLS)");
+                client_config = client_config.with_credentials(credentials);
+            }
+            None => warn!(
+                file = %path.display(), relay_host = %host, port,
+                entries = loaded.file.len(),
+                "{option}: no entry for the relay host; delivering without logging in"
+            ),
+        }
+    }
+    let mut deliverer = smtp_client::Deliverer::new(resolver, client_config)
+        .with_port(cfg.remote_port)
+        .with_address_preference(cfg.address_preference);
+    if let Some((host, port)) = relay_host {
         deliverer = deliverer.with_smarthost(host, port);
     }
     let guard = policy.clone();
