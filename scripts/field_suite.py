@@ -2238,10 +2238,11 @@ def authenticated_mail_is_relayed_unauthenticated_is_not(ctx):
     out = swaks_out(["--server", f"127.0.0.1:{sub}", "--tls", "--auth", "PLAIN",
                      "--auth-user", "alice@example.test", "--auth-password", ALICE_PW,
                      "--from", "alice@example.test", "--to", "dave@remote.test",
-                     "--header", "Subject: relayed after login", "--body", "to the world"])
+                     # No Date: or Message-ID: (swaks adds both to its own template).
+                     "--data", "From: alice@example.test\nSubject: relayed after login\n\nto the world\n"])
     check("250 2.0.0 Ok: queued as" in out, out[-600:])
     check(wait_for(lambda: peer.messages(), 20), f"not relayed: {d.log()[-800:]}")
-    got = peer.messages()[0]
+    got = peer.messages()[0]["data"]
     check(b"to the world" in got and b" with ESMTPSA id " in got, f"{got[:600]!r}")
     check(b"\r\nMessage-ID: <" in got and b"\r\nDate: " in got, f"no Message-ID/Date: {got[:600]!r}")
 
@@ -2324,6 +2325,113 @@ def passwd_entries_are_dovecot_compatible(ctx):
         expect(c.cmd(f"AUTH PLAIN {plain_ir('alice@example.test', 'dove pw')}"), 235, "2.7.0")
         c.close()
         d.stop()
+
+
+class Dovecot:
+    """A private Dovecot running only its auth service, users from a passwd-file made with
+    `doveadm pw`, its auth-client socket in the case's directory. Never the system's config."""
+
+    def __init__(self, ctx, users):
+        need("dovecot", "doveadm")
+        self.dir = ctx.path("dovecot")
+        os.makedirs(self.dir)
+        os.chmod(self.dir, 0o755)
+        os.chmod(os.path.dirname(self.dir), 0o755)
+        with open(os.path.join(self.dir, "users"), "w") as f:
+            for user, pw in users:
+                h = run(["doveadm", "pw", "-s", "SHA512-CRYPT", "-p", pw]).stdout.decode().strip()
+                f.write(f"{user}:{h}\n")
+        if os.geteuid() == 0:
+            import grp
+            group = next((g for g in ("nogroup", "nobody") if _has_group(grp, g)), "root")
+            user = "nobody"
+        else:
+            import pwd
+            user = group = pwd.getpwuid(os.geteuid()).pw_name
+        conf = os.path.join(self.dir, "dovecot.conf")
+        with open(conf, "w") as f:
+            f.write(f"""protocols =
+base_dir = {self.dir}/run
+state_dir = {self.dir}/state
+log_path = {self.dir}/dovecot.log
+ssl = no
+default_internal_user = {user}
+default_internal_group = {group}
+default_login_user = {user}
+auth_mechanisms = plain login
+auth_failure_delay = 0
+passdb {{
+  driver = passwd-file
+  args = {self.dir}/users
+}}
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home=/nonexistent
+}}
+service auth {{
+  unix_listener auth-client {{
+    path = {self.dir}/auth-client
+    mode = 0666
+  }}
+}}
+""")
+        self.socket = os.path.join(self.dir, "auth-client")
+        self.proc = ctx.popen(["dovecot", "-F", "-c", conf], start_new_session=True,
+                              stderr=subprocess.PIPE)
+        ctx.on_cleanup(self.stop)
+        check(wait_for(lambda: os.path.exists(self.socket), 20),
+              f"dovecot did not start: {self.log()[-600:]}")
+
+    def log(self):
+        try:
+            return open(os.path.join(self.dir, "dovecot.log"), errors="replace").read()
+        except OSError:
+            return ""
+
+    def stop(self):
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def _has_group(grp, name):
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+@case("submission")
+def users_from_a_real_dovecot(ctx):
+    need("swaks")
+    dove = Dovecot(ctx, [("alice@example.test", "dovecot pw"), ("bob@example.test", "bob pw")])
+    sub = free_port("127.0.0.1")
+    d = Daemon(ctx, tls=True, extra=["--submission-listen", f"127.0.0.1:{sub}",
+                                     "--auth-dovecot", dove.socket])
+    for mech in ("PLAIN", "LOGIN"):
+        out = swaks_out(["--server", f"127.0.0.1:{sub}", "--tls", "--auth", mech,
+                         "--auth-user", "alice@example.test", "--auth-password", "dovecot pw",
+                         "--from", "alice@example.test", "--to", "carol@example.test",
+                         "--body", f"checked by dovecot {mech}"])
+        check("235 2.7.0" in out, f"{mech}: {out[-600:]} {d.log()[-600:]} {dove.log()[-600:]}")
+    check(len(d.messages("carol")) == 2, f"carol: {len(d.messages('carol'))}")
+    c = starttls_client(sub)
+    expect(c.cmd(f"AUTH PLAIN {plain_ir('alice@example.test', 'wrong')}"), 535, "5.7.8")
+    expect(c.cmd(f"AUTH PLAIN {plain_ir('bob@example.test', 'bob pw')}"), 235, "2.7.0")
+    expect(c.cmd("MAIL FROM:<alice@example.test>"), 553, "5.7.1")
+    c.close()
+    # Dovecot down: a temporary failure, never a 535.
+    dove.stop()
+    c = starttls_client(sub)
+    expect(c.cmd(f"AUTH PLAIN {plain_ir('alice@example.test', 'dovecot pw')}"), 454, "4.7.0")
+    c.close()
 
 
 def main():

@@ -298,3 +298,71 @@ async fn brute_force_is_cut_off_per_session_and_per_address() {
         .await
         .starts_with("250 "));
 }
+
+/// The workspace's own client logs in to the workspace's server: PLAIN (the strongest both
+/// have), a typed error for a wrong password, and nothing sent before TLS.
+#[tokio::test]
+async fn smtp_client_logs_in_to_our_server() {
+    use smtp_client::{AuthError, ClientConfig, ClientError, Connection, Envelope, TlsPolicy};
+    use smtp_proto::address::{parse_forward_path, parse_reverse_path};
+
+    let p = pki("auth");
+    let srv = server(&p, fast_limits()).await;
+    let login = |pw: &str| smtp_client::Credentials::new("alice@example.org", pw).unwrap();
+    let config = |pw: &str| {
+        ClientConfig::new("laptop.test")
+            .with_tls(TlsPolicy::RequireVerified)
+            .with_root(p.ca_der.clone())
+            .with_credentials(login(pw))
+    };
+    let mut c = Connection::connect(srv.addr(), "localhost", &config("s3cret"))
+        .await
+        .unwrap();
+    assert_eq!(c.authenticated(), Some(smtp_proto::sasl::Mechanism::Plain));
+    let env = Envelope::new(
+        parse_reverse_path("<alice@example.org>")
+            .unwrap()
+            .into_owned(),
+        vec![parse_forward_path("<bob@example.net>")
+            .unwrap()
+            .into_owned()],
+    );
+    let result = c
+        .send(&env, b"Subject: from smtp-client\r\n\r\nhi\r\n")
+        .await
+        .unwrap();
+    assert_eq!(result.accepted(), 1, "{result:?}");
+    c.quit().await.unwrap();
+    assert_eq!(
+        srv.rec.messages()[0].envelope.authenticated.as_deref(),
+        Some("alice")
+    );
+
+    match Connection::connect(srv.addr(), "localhost", &config("wrong")).await {
+        Err(ClientError::Auth(AuthError::Rejected { reply, .. })) => {
+            assert_eq!(
+                reply.to_string(),
+                "535 5.7.8 Authentication credentials invalid"
+            );
+        }
+        other => panic!("expected a 535, got {other:?}"),
+    }
+    // Without TLS the client refuses to send the password at all.
+    let plain = ClientConfig::new("laptop.test")
+        .with_tls(TlsPolicy::None)
+        .with_credentials(login("s3cret"));
+    match Connection::connect(srv.addr(), "localhost", &plain).await {
+        Err(ClientError::Auth(AuthError::EncryptionRequired)) => {}
+        other => panic!("expected EncryptionRequired, got {other:?}"),
+    }
+    let auths = srv
+        .rec
+        .events()
+        .iter()
+        .filter(|e| e.starts_with("auth "))
+        .count();
+    assert_eq!(
+        auths, 2,
+        "the plaintext attempt must not reach the server's check"
+    );
+}

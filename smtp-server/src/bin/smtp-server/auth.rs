@@ -141,8 +141,6 @@ impl Authenticator {
     /// # Errors
     ///
     /// [`Temporary`] when the source cannot answer now.
-    // The submission sessions (issue 11) are its callers; until they are wired, the tests are.
-    #[allow(dead_code)]
     pub async fn verify(
         &self,
         login: &str,
