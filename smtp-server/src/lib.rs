@@ -77,10 +77,52 @@
 //!   `421 4.3.2` at once, sessions receiving a message have [`Limits::shutdown_grace`] to
 //!   finish it.
 //!
+//! # SMTP AUTH
+//! [`ServerBuilder::auth`] offers mechanisms (PLAIN and LOGIN, [`Mechanism`]), by default
+//! only on encrypted connections (before TLS, `AUTH` gets `538 5.7.11` and is not
+//! advertised). The session runs the SASL exchange (`334` challenges, `*` to cancel, base64
+//! errors, `503` for a second AUTH); the handler only checks the decoded [`Credentials`],
+//! whose secret never shows in `Debug`:
+//!
+//! ```no_run
+//! use smtp_server::{AuthFailure, Credentials, Mechanism, SessionHandler};
+//! # use smtp_server::{BodyStream, DataOutcome, Envelope};
+//! # struct Submission { user: Option<String> }
+//! # fn password_matches(_: &str, _: &[u8]) -> bool { true }
+//!
+//! impl SessionHandler for Submission {
+//!     async fn authenticate(&mut self, c: &Credentials) -> Result<String, AuthFailure> {
+//!         let (login, secret) = (c.authcid().to_owned(), c.secret().clone());
+//!         // Password hashes are slow on purpose: off the async workers.
+//!         let ok = tokio::task::spawn_blocking(move || password_matches(&login, secret.expose()))
+//!             .await
+//!             .map_err(|_| AuthFailure::Temporary)?;
+//!         if !ok {
+//!             return Err(AuthFailure::Invalid); // 535 5.7.8, after the failure delay
+//!         }
+//!         self.user = Some(c.authcid().to_owned());
+//!         Ok(c.authcid().to_owned()) // 235 2.7.0; Envelope::authenticated from now on
+//!     }
+//! #   async fn data(&mut self, _: &Envelope, _: &mut BodyStream<'_>) -> DataOutcome {
+//! #       DataOutcome::accepted("ok")
+//! #   }
+//! }
+//! # let _ = Mechanism::Plain;
+//! ```
+//!
+//! Whether a session may then send is the handler's decision (a submission service answers
+//! `530 5.7.0` in [`SessionHandler::mail`] until it logged in, and refuses senders that are
+//! not the user's). The library limits guessing for every handler: failure replies are
+//! delayed, [`Limits::max_auth_failures`] per session end it with `421 4.7.0`, and
+//! [`Limits::max_auth_failures_per_ip`] per address (IPv6: per /64) block AUTH from it for
+//! [`Limits::auth_failure_window`]; see [`auth`]. [`SessionHandler::auth_offered`] turns
+//! AUTH off per connection (a port-25 listener).
+//!
 //! # Logs
 //! With [`tracing`]: one span `session` per connection with `id`, `peer` and `listener`; one
-//! `info` event per transaction (`from`, `rcpts`, `size`, `outcome`, `duration_ms`);
-//! connection details at `debug`.
+//! `info` event per transaction (`from`, `rcpts`, `user`, `size`, `outcome`, `duration_ms`),
+//! one per login (`authenticated` or `authentication failed`, with the login name and
+//! mechanism, never the secret); connection details at `debug`.
 #![forbid(unsafe_code)]
 
 pub mod auth;
