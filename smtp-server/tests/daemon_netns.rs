@@ -1,7 +1,9 @@
 //! The daemon as it ships, on a host with a network interface: the systemd unit's command line
 //! (default listeners on port 25) started inside a network namespace that has a veth interface
 //! to a second namespace, the "Internet" side. Both policies must be served: relaying from the
-//! host's own loopback addresses, local delivery only from the network.
+//! host's own loopback addresses, local delivery only from the network. Then the same command
+//! line with the submission options of DAEMON.md: a laptop on the network logs in on 587 and
+//! 465 (IPv4 and IPv6) and may relay, and may not send before it logged in.
 //!
 //! Needs root and `ip` (iproute2), as CI has; elsewhere the test says it is skipped and passes.
 //! The client is Python's smtplib, run inside the namespaces with `ip netns exec`.
@@ -264,4 +266,113 @@ fn the_units_command_line_serves_both_policies_on_a_host_with_an_interface() {
         .iter()
         .all(|(_, m)| m.ends_with(b"\r\n\r\nfrom the network\r\n")));
     drop(daemon);
+
+    // The same command line with the submission options DAEMON.md gives ("Submission: sending
+    // from a laptop"): a laptop on the network logs in on 587 (STARTTLS) and 465, over IPv4
+    // and IPv6, and may then relay; before logging in it may not send.
+    let passwd = dir.path().join("passwd");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_smtp-server"))
+        .args(["passwd", "alice@example.org"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"laptop pw\n").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    std::fs::write(&passwd, out.stdout).unwrap();
+    let mut args = args;
+    args.extend(submission_options());
+    replace(&mut args, "--passwd-file", &passwd);
+    std::fs::write(&log, "").unwrap();
+    let child = Command::new("ip")
+        .args(["netns", "exec", &ns.host])
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut daemon = Running(child);
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            read_log().contains("smtp-server started")
+                || daemon.0.try_wait().ok().flatten().is_some()
+        }),
+        "{}",
+        read_log()
+    );
+    for addr in ["10.77.0.1", "fd77::1"] {
+        for (port, mode) in [("587", "starttls"), ("465", "ssl")] {
+            let r = submit(&ns.peer, addr, port, mode);
+            let want = [
+                (530, "5.7.0 Authentication required"),
+                (535, "5.7.8 Authentication credentials invalid"),
+                (235, "2.7.0 Authentication successful"),
+                (250, "2.1.0 Sender OK"),
+                (250, "2.1.5 Recipient OK"),
+            ];
+            let got: Vec<(u16, &str)> = r.iter().map(|(c, t)| (*c, t.as_str())).collect();
+            assert_eq!(got, want, "{addr}:{port}: {}", read_log());
+        }
+    }
+    drop(daemon);
+}
+
+/// The submission options the unit's comment tells an admin to add (lines `#   --...`).
+fn submission_options() -> Vec<String> {
+    let unit = std::fs::read_to_string(UNIT).unwrap();
+    let opts: Vec<String> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("#   --"))
+        .flat_map(|l| {
+            format!("--{l}")
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(opts.contains(&"--submission-listen".to_owned()), "{opts:?}");
+    opts
+}
+
+/// A laptop in namespace `ns` submitting to `addr:port` (`starttls` or `ssl`) with smtplib:
+/// MAIL before logging in, a wrong password, the right one, then MAIL and a remote RCPT.
+fn submit(ns: &str, addr: &str, port: &str, mode: &str) -> Vec<(u16, String)> {
+    const SCRIPT: &str = r#"
+import json, smtplib, ssl, sys
+addr, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+tls = ssl._create_unverified_context()
+if mode == "ssl":
+    s = smtplib.SMTP_SSL(addr, port, local_hostname="laptop.test", context=tls, timeout=10)
+else:
+    s = smtplib.SMTP(addr, port, local_hostname="laptop.test", timeout=10)
+    s.starttls(context=tls)
+s.ehlo()
+out = [list(s.docmd("MAIL FROM:<alice@example.org>"))]
+s.docmd("RSET")
+try:
+    s.login("alice@example.org", "wrong")
+except smtplib.SMTPAuthenticationError as e:
+    out.append([e.smtp_code, e.smtp_error])
+s.login("alice@example.org", "laptop pw")
+out.append([235, b"2.7.0 Authentication successful"])
+out.append(list(s.docmd("MAIL FROM:<alice@example.org>")))
+out.append(list(s.docmd("RCPT TO:<bob@elsewhere.example>")))
+s.docmd("RSET")
+s.quit()
+print(json.dumps([[c, m.decode()] for c, m in out]))
+"#;
+    let out = Command::new("ip")
+        .args([
+            "netns", "exec", ns, "python3", "-c", SCRIPT, addr, port, mode,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "smtplib in {ns} to {addr}:{port}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_replies(&String::from_utf8_lossy(&out.stdout))
 }
