@@ -281,7 +281,6 @@ fn the_units_command_line_serves_both_policies_on_a_host_with_an_interface() {
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     std::fs::write(&passwd, out.stdout).unwrap();
-    let mut args = args;
     args.extend(submission_options());
     replace(&mut args, "--passwd-file", &passwd);
     std::fs::write(&log, "").unwrap();
