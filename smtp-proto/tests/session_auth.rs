@@ -368,3 +368,31 @@ proptest! {
         prop_assert_eq!(whole, split);
     }
 }
+
+/// Every exchange, each round split at every byte (two reads), gives the replies of the
+/// unsplit exchange.
+#[test]
+fn split_at_every_byte_same_replies() {
+    for rounds in exchanges() {
+        let whole = {
+            let (mut s, mut d, _) = greeted(config(true));
+            rounds.iter().map(|r| d.talk(&mut s, r)).collect::<Vec<_>>()
+        };
+        for (i, round) in rounds.iter().enumerate() {
+            for at in 0..=round.len() {
+                let (mut s, mut d, _) = greeted(config(true));
+                let mut got = Vec::new();
+                for (j, r) in rounds.iter().enumerate() {
+                    if j == i {
+                        let mut out = d.talk(&mut s, &r[..at]);
+                        out.push_str(&d.talk(&mut s, &r[at..]));
+                        got.push(out);
+                    } else {
+                        got.push(d.talk(&mut s, r));
+                    }
+                }
+                assert_eq!(got, whole, "{rounds:?} round {i} split at {at}");
+            }
+        }
+    }
+}
