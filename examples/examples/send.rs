@@ -79,8 +79,9 @@ struct Args {
     /// Connect over IPv4 only (for networks without an IPv6 route).
     #[arg(short = '4', long)]
     ipv4_only: bool,
-    /// Log in (SMTP AUTH) as this user; the password is read from `SMTP_PASSWORD`.
-    #[arg(long, value_name = "USER")]
+    /// Log in (SMTP AUTH) as this user at --host; the password is read from `SMTP_PASSWORD`.
+    /// Needs --host: a password is never given to a recipient domain's MX hosts.
+    #[arg(long, value_name = "USER", requires = "host")]
     auth_user: Option<String>,
     /// Also log in over a connection without TLS, sending the password in clear text.
     #[arg(long, requires = "auth_user")]

@@ -52,8 +52,10 @@
 //!
 //! # Logging in
 //!
-//! With [credentials](crate::ClientConfig::with_credentials) every connection logs in after
-//! STARTTLS ([`crate::auth`]). A failed login (`535`, `454`, no usable mechanism, no TLS) is
+//! With [credentials](crate::ClientConfig::with_credentials) every connection to the
+//! [smarthost](Deliverer::with_smarthost) logs in after STARTTLS ([`crate::auth`]). Without a
+//! smarthost the credentials are not used at all: a recipient domain's MX hosts are whoever
+//! its DNS names, and are never given a password. A failed login (`535`, `454`, no usable mechanism, no TLS) is
 //! a failure of that server, like a refused STARTTLS: the next address is tried, and when
 //! none logs in every recipient is transient ([`DeliveryError::NoHostReached`], with the
 //! login error's text), so a queue keeps the message until the password is fixed, as Postfix
@@ -416,6 +418,18 @@ impl Deliverer {
             }
         };
 
+        // Credentials are for the smarthost only: a domain's MX hosts are whoever its DNS
+        // names (opportunistic, unverified TLS), and must never be given a password.
+        let stripped;
+        let config = if self.smarthost.is_none() && self.config.credentials.is_some() {
+            debug!(%domain, "credentials configured without a smarthost: not used for MX hosts");
+            let mut c = self.config.clone();
+            c.credentials = None;
+            stripped = c;
+            &stripped
+        } else {
+            &self.config
+        };
         let mut last: Option<ClientError> = None;
         let mut any_allowed = false;
         for host in &hosts {
@@ -429,12 +443,12 @@ impl Deliverer {
                 }
                 any_allowed = true;
                 let mut result = self
-                    .attempt(&host.name, addr, &self.config, envelope, message, info)
+                    .attempt(&host.name, addr, config, envelope, message, info)
                     .await;
                 let mut fallback = None;
                 if let Err(ClientError::Tls(_)) = &result {
-                    if self.config.tls == TlsPolicy::Opportunistic
-                        && self.config.may_fall_back_to_clear_text()
+                    if config.tls == TlsPolicy::Opportunistic
+                        && config.may_fall_back_to_clear_text()
                     {
                         let error = result.err().map(|e| safe(&e)).unwrap_or_default();
                         info!(%domain, host = %host.name, %addr, %error,
@@ -444,7 +458,7 @@ impl Deliverer {
                             addr,
                             error: Some(format!("{error}; retrying without TLS")),
                         });
-                        let plain = self.config.clone().with_tls(TlsPolicy::None);
+                        let plain = config.clone().with_tls(TlsPolicy::None);
                         result = self
                             .attempt(&host.name, addr, &plain, envelope, message, info)
                             .await;

@@ -520,3 +520,29 @@ async fn deliverer_defers_on_535_and_never_falls_back_to_clear_text() {
     assert_eq!(*accepts.lock().unwrap(), 1, "{:?}", report.attempts);
     assert_eq!(*peer.connections.lock().unwrap(), 1);
 }
+
+/// Credentials without a smarthost are never given to a domain's mail hosts: the MX (here an
+/// address literal, so no DNS) is offered AUTH but gets no login, and the message goes.
+#[tokio::test]
+async fn deliverer_never_logs_in_to_mx_hosts() {
+    let peer = start(Script {
+        starttls: true,
+        auth_in_tls: Some("PLAIN LOGIN"),
+        auth_replies: vec!["235 2.7.0 ok"],
+        ..Script::default()
+    })
+    .await;
+    let dns = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let resolver = Resolver::with_nameserver(dns.local_addr().unwrap()).unwrap();
+    let deliverer =
+        Deliverer::new(resolver, config().with_credentials(alice())).with_port(peer.addr.port());
+    let report = deliverer
+        .deliver("[127.0.0.1]", &envelope(), b"Subject: x\r\n\r\nx\r\n")
+        .await;
+    assert!(peer.saw("MAIL"), "{:?} {:?}", report.attempts, peer.lines());
+    assert!(
+        !peer.saw("AUTH"),
+        "a password went to an MX host: {:?}",
+        peer.lines()
+    );
+}

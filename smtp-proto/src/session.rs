@@ -279,7 +279,7 @@ pub enum Event<'a> {
     /// `AUTH`: the client completed a SASL exchange with these credentials. Decide: accept
     /// (`235 2.7.0 Authentication successful`; the session is then authenticated) or respond
     /// with a refusal, normally `535 5.7.8` (bad credentials) or `454 4.7.0` (the user
-    /// database is unreachable). Each refusal counts against
+    /// database is unreachable). Each permanent refusal (5xx) counts against
     /// [`SessionConfig::max_auth_failures`]; a `421` closes the session.
     Auth {
         /// What the client presented.
@@ -681,7 +681,9 @@ impl Session {
                 self.credentials = None;
                 if ok {
                     self.authenticated = true;
-                } else if r.code() != 421 {
+                } else if r.is_permanent() {
+                    // Only refusals of the credentials count: a temporary failure (454, the
+                    // user database is down) says nothing about the password.
                     self.auth_failed();
                 }
             }
@@ -1405,8 +1407,9 @@ impl Session {
             return Flow::Continue;
         };
         if line == b"*" {
-            reply(501, Some((5, 7, 0)), "Authentication cancelled").encode(&mut self.output);
-            return Flow::Continue;
+            // A protocol error, as Postfix counts an aborted AUTH: endless AUTH / `*` rounds
+            // end at the error budget.
+            return Flow::Return(self.protocol_error(501, (5, 7, 0), "Authentication cancelled"));
         }
         let Some(response) = sasl::decode_base64(line) else {
             return Flow::Return(self.protocol_error(501, (5, 5, 2), "Cannot decode response"));
@@ -1466,7 +1469,7 @@ impl Session {
         if params.smtputf8 && !self.config.smtputf8 {
             return Err(param("SMTPUTF8 not supported"));
         }
-        if params.auth.is_some() && self.config.auth_mechanisms.is_empty() {
+        if params.auth.is_some() && !self.auth_offered() {
             return Err(param("Unsupported parameter AUTH"));
         }
         if let (Some(size), Some(max)) = (params.size, self.config.max_message_size) {

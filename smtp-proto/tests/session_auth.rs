@@ -267,6 +267,51 @@ fn a_454_counts_and_does_not_authenticate() {
     let r = d.talk(&mut s, &format!("AUTH PLAIN {}\r\n", plain(USER, PASS)));
     assert_eq!(r, "454 4.7.0 Temporary authentication failure\r\n");
     assert!(!s.is_authenticated());
+    // Temporary failures do not use up the session's attempts: the right password, after
+    // three 454s, still logs in.
+    for _ in 0..3 {
+        d.answer = Some(
+            Reply::new(
+                454,
+                "4.7.0".parse().ok(),
+                "Temporary authentication failure",
+            )
+            .unwrap(),
+        );
+        d.talk(&mut s, &format!("AUTH PLAIN {}\r\n", plain(USER, PASS)));
+    }
+    assert!(!s.is_closed());
+    let r = d.talk(&mut s, &format!("AUTH PLAIN {}\r\n", plain(USER, PASS)));
+    assert_eq!(r, "235 2.7.0 Authentication successful\r\n");
+}
+
+#[test]
+fn cancels_count_as_errors() {
+    let (mut s, mut d, _) = greeted(config(true));
+    for _ in 0..9 {
+        d.talk(&mut s, "AUTH LOGIN\r\n");
+        assert_eq!(
+            d.talk(&mut s, "*\r\n"),
+            "501 5.7.0 Authentication cancelled\r\n"
+        );
+    }
+    d.talk(&mut s, "AUTH LOGIN\r\n");
+    let r = d.talk(&mut s, "*\r\n");
+    assert!(
+        r.starts_with("501 5.7.0 Authentication cancelled\r\n421 4.7.0 "),
+        "{r}"
+    );
+    assert!(s.is_closed());
+}
+
+#[test]
+fn auth_param_only_where_auth_is_offered() {
+    // Configured, but not offered before TLS: AUTH= is an unadvertised parameter there.
+    let (mut s, mut d, _) = greeted(config(false));
+    assert_eq!(
+        d.talk(&mut s, "MAIL FROM:<a@b.test> AUTH=<>\r\n"),
+        "555 5.5.4 Unsupported parameter AUTH\r\n"
+    );
 }
 
 #[test]

@@ -13,8 +13,17 @@
 //! - [`crate::Limits::max_auth_failures_per_ip`] failures per client address (IPv6: per
 //!   /64) within [`crate::Limits::auth_failure_window`]: past that, further AUTH attempts
 //!   from the address get `421 4.7.0` at once, without their credentials being looked at,
-//!   until the window has passed. The table is bounded
-//!   ([`AUTH_FAILURE_TABLE`] addresses), so a flood of addresses cannot grow memory.
+//!   until the window has passed. An attempt being checked counts as a failure until it is
+//!   decided, so many connections at once cannot all slip in before the first failure is
+//!   counted. The table is bounded ([`AUTH_FAILURE_TABLE`] addresses, the oldest idle entry
+//!   forgotten first), so a flood of addresses cannot grow memory.
+//! - Only refusals of the credentials count (a permanent failure, `535`): a temporary one
+//!   (`454`, the user database is down) is answered at once and counts nowhere, so an outage
+//!   locks no one out.
+//!
+//! Everyone behind one address shares its count: an office NAT, an IPv6 /64, and every local
+//! program on 127.0.0.1 (a webmail on the same machine). One guesser there blocks AUTH for all
+//! of them for the window; logins that do not fail never count.
 //!
 //! Mail over a session that did not authenticate is the handler's business (the daemon
 //! answers `530 5.7.0` on its submission listeners).
@@ -63,12 +72,45 @@ pub(crate) fn fixed(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
         .unwrap_or_else(|_| Reply::ok())
 }
 
-/// Failed logins per client address, within a window.
+/// Failed logins per client address, within a window, and the attempts under way.
 #[derive(Debug)]
 pub(crate) struct FailureTable {
     max: Option<usize>,
     window: Duration,
-    entries: Mutex<HashMap<IpAddr, (usize, Instant)>>,
+    entries: Mutex<HashMap<IpAddr, Entry>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    failures: usize,
+    /// Start of the window the failures count in.
+    since: Instant,
+    /// Attempts being checked now (each may fail).
+    in_flight: usize,
+}
+
+/// An attempt reserved with [`FailureTable::begin`]; counts as a possible failure until it
+/// ends. Dropping it without [`Attempt::failed`] means it did not fail.
+pub(crate) struct Attempt<'a> {
+    table: &'a FailureTable,
+    key: Option<IpAddr>,
+}
+
+impl Attempt<'_> {
+    /// The credentials were refused: count a failure.
+    pub(crate) fn failed(mut self) {
+        if let Some(key) = self.key.take() {
+            self.table.end(key, true);
+        }
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if let Some(key) = self.key.take() {
+            self.table.end(key, false);
+        }
+    }
 }
 
 impl FailureTable {
@@ -80,53 +122,78 @@ impl FailureTable {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, (usize, Instant)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Entry>> {
         match self.entries.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
     }
 
-    /// Whether `ip` has used up its failures.
-    pub(crate) fn blocked(&self, ip: IpAddr) -> bool {
+    /// Reserves an attempt from `ip`, or `None` when its failures so far plus the attempts
+    /// under way reach the limit: checking the reservation and taking it are one step, so
+    /// concurrent attempts cannot all slip in before the first failure is counted.
+    pub(crate) fn begin(&self, ip: IpAddr) -> Option<Attempt<'_>> {
         let Some(max) = self.max else {
-            return false;
+            return Some(Attempt {
+                table: self,
+                key: None,
+            });
         };
-        let key = key(ip);
-        let mut t = self.lock();
-        match t.get(&key) {
-            Some(&(_, since)) if since.elapsed() >= self.window => {
-                t.remove(&key);
-                false
-            }
-            Some(&(n, _)) => n >= max,
-            None => false,
-        }
-    }
-
-    /// Counts a failure from `ip`.
-    pub(crate) fn record(&self, ip: IpAddr) {
-        if self.max.is_none() {
-            return;
-        }
         let key = key(ip);
         let now = Instant::now();
         let mut t = self.lock();
         if t.len() >= AUTH_FAILURE_TABLE && !t.contains_key(&key) {
             let window = self.window;
-            t.retain(|_, (_, since)| now.duration_since(*since) < window);
+            t.retain(|_, e| e.in_flight > 0 || now.duration_since(e.since) < window);
             if t.len() >= AUTH_FAILURE_TABLE {
-                // Full of live entries: forget the oldest rather than grow.
-                if let Some(oldest) = t.iter().min_by_key(|(_, (_, s))| *s).map(|(k, _)| *k) {
-                    t.remove(&oldest);
+                // Full of live entries: forget the oldest idle one rather than grow.
+                let oldest = t
+                    .iter()
+                    .filter(|(_, e)| e.in_flight == 0)
+                    .min_by_key(|(_, e)| e.since)
+                    .map(|(k, _)| *k);
+                match oldest {
+                    Some(k) => {
+                        t.remove(&k);
+                    }
+                    None => return None,
                 }
             }
         }
-        let e = t.entry(key).or_insert((0, now));
-        if now.duration_since(e.1) >= self.window {
-            *e = (0, now);
+        let e = t.entry(key).or_insert(Entry {
+            failures: 0,
+            since: now,
+            in_flight: 0,
+        });
+        if now.duration_since(e.since) >= self.window {
+            e.failures = 0;
+            e.since = now;
         }
-        e.0 = e.0.saturating_add(1);
+        if e.failures.saturating_add(e.in_flight) >= max {
+            return None;
+        }
+        e.in_flight += 1;
+        Some(Attempt {
+            table: self,
+            key: Some(key),
+        })
+    }
+
+    fn end(&self, key: IpAddr, failed: bool) {
+        let mut t = self.lock();
+        let Some(e) = t.get_mut(&key) else {
+            return;
+        };
+        e.in_flight = e.in_flight.saturating_sub(1);
+        if failed {
+            if e.failures == 0 {
+                e.since = Instant::now();
+            }
+            e.failures = e.failures.saturating_add(1);
+        }
+        if e.failures == 0 && e.in_flight == 0 {
+            t.remove(&key);
+        }
     }
 }
 
@@ -146,20 +213,36 @@ fn key(ip: IpAddr) -> IpAddr {
 mod tests {
     use super::*;
 
+    fn fail(t: &FailureTable, ip: IpAddr) {
+        t.begin(ip).expect("not blocked").failed();
+    }
+
     #[test]
     fn table_blocks_after_max_and_forgets_after_window() {
         let t = FailureTable::new(Some(3), Duration::from_millis(200));
         let ip: IpAddr = "192.0.2.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
         for _ in 0..3 {
-            assert!(!t.blocked(ip));
-            t.record(ip);
+            fail(&t, ip);
         }
-        assert!(t.blocked(ip));
+        assert!(t.begin(ip).is_none());
         // The same host over IPv4-mapped IPv6 is the same address.
         let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap_or(ip);
-        assert!(t.blocked(mapped));
+        assert!(t.begin(mapped).is_none());
         std::thread::sleep(Duration::from_millis(250));
-        assert!(!t.blocked(ip));
+        assert!(t.begin(ip).is_some());
+    }
+
+    #[test]
+    fn attempts_under_way_count_and_successes_do_not() {
+        let t = FailureTable::new(Some(3), Duration::from_secs(60));
+        let ip: IpAddr = "192.0.2.9".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let held: Vec<_> = (0..3).map(|_| t.begin(ip).expect("free")).collect();
+        assert!(t.begin(ip).is_none(), "a fourth concurrent attempt got in");
+        drop(held); // none failed
+        for _ in 0..10 {
+            drop(t.begin(ip).expect("successes are not counted"));
+        }
+        assert!(t.lock().is_empty());
     }
 
     #[test]
@@ -170,16 +253,16 @@ mod tests {
             .parse()
             .unwrap_or(IpAddr::from([0; 16]));
         let c: IpAddr = "2001:db8:1:3::1".parse().unwrap_or(IpAddr::from([0; 16]));
-        t.record(a);
-        assert!(t.blocked(b));
-        assert!(!t.blocked(c));
+        fail(&t, a);
+        assert!(t.begin(b).is_none());
+        assert!(t.begin(c).is_some());
     }
 
     #[test]
     fn table_is_bounded() {
         let t = FailureTable::new(Some(1), Duration::from_secs(60));
         for i in 0..(AUTH_FAILURE_TABLE as u32 + 10) {
-            t.record(IpAddr::from(i.to_be_bytes()));
+            fail(&t, IpAddr::from(i.to_be_bytes()));
         }
         assert!(t.lock().len() <= AUTH_FAILURE_TABLE);
     }

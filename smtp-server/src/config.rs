@@ -57,8 +57,9 @@ pub struct Limits {
     /// closes the connection. Default 3.
     pub max_auth_failures: usize,
     /// Failed AUTH attempts allowed from one client address (IPv6: one /64) within
-    /// [`Limits::auth_failure_window`]; past them AUTH gets `421 4.7.0` at once. Default 10;
-    /// `None` for no limit. See [`crate::auth`].
+    /// [`Limits::auth_failure_window`] (attempts being checked count too); past them AUTH
+    /// gets `421 4.7.0` at once. Temporary failures (`454`) do not count. Default 10; `None`
+    /// for no limit. See [`crate::auth`].
     pub max_auth_failures_per_ip: Option<usize>,
     /// How long failures from an address are remembered. Default 15 minutes.
     pub auth_failure_window: Duration,

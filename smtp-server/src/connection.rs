@@ -684,7 +684,7 @@ impl<H: Handler> Connection<H> {
         let common = Arc::clone(&self.io.common);
         let ip = self.state.info.peer.ip();
         let mechanism = credentials.mechanism();
-        if common.auth_failures.blocked(ip) {
+        let Some(attempt) = common.auth_failures.begin(ip) else {
             info!(user = %credentials.authcid(), %mechanism, "authentication refused: too many failures from this address");
             let text = format!(
                 "{} Error: too many failed authentication attempts from your address, try again later",
@@ -692,21 +692,29 @@ impl<H: Handler> Connection<H> {
             );
             self.io.session.respond(fixed(421, (4, 7, 0), &text));
             return;
-        }
+        };
         let Some(sh) = self.state.session.as_mut() else {
             return;
         };
         match sh.authenticate(&credentials).await {
             Ok(identity) => {
+                drop(attempt);
                 info!(user = %identity, %mechanism, "authenticated");
                 self.state.envelope.authenticated = Some(identity);
                 self.io.session.accept();
             }
             Err(failure) => {
                 let reply = failure.reply();
-                common.auth_failures.record(ip);
-                self.state.auth_failures = self.state.auth_failures.saturating_add(1);
                 info!(user = %credentials.authcid(), %mechanism, reply = %reply, "authentication failed");
+                if reply.is_transient() {
+                    // The user database could not answer: nothing was learnt about the
+                    // password, so nothing is counted and nothing delayed.
+                    drop(attempt);
+                    self.io.session.respond(reply);
+                    return;
+                }
+                attempt.failed();
+                self.state.auth_failures = self.state.auth_failures.saturating_add(1);
                 let factor = u32::try_from(self.state.auth_failures.min(10)).unwrap_or(10);
                 let delay = common.limits.auth_failure_delay.saturating_mul(factor);
                 tokio::select! {

@@ -17,7 +17,8 @@
 //!   `ARGON2I`, `BLF-CRYPT`, `SHA512-CRYPT`, `SHA256-CRYPT`, `CRYPT` (one of the crypt(3)
 //!   formats `$2y$`, `$6$`, `$5$`, told apart by their prefix), and `PLAIN`/`CLEAR` for
 //!   tests. The file is checked at startup (an error names `file:line`) and re-read when it
-//!   changes; a broken new version is logged and the old contents stay in use.
+//!   changes; a broken new version is logged and fails closed (every login a temporary
+//!   failure until it is fixed), never falling back to an older version.
 //! - **Dovecot's auth service** ([`Authenticator::dovecot`], module `dovecot`): the client
 //!   side of Dovecot's authentication protocol over its `auth-client` socket (unix, or
 //!   `inet:HOST:PORT`), so that the users of the IMAP server are the users of submission.
@@ -147,6 +148,10 @@ impl Authenticator {
         password: &Secret,
         client: &Client,
     ) -> Result<Verdict, Temporary> {
+        // No source ever accepts an empty password, whatever its entry says.
+        if password.expose().is_empty() {
+            return Ok(Verdict::Invalid);
+        }
         match &*self.backend {
             Backend::File(f) => f.verify(login, password, client).await,
             Backend::Dovecot(d) => d.verify(login, password, client).await,

@@ -56,7 +56,7 @@ Schemes: ARGON2ID, ARGON2I, BLF-CRYPT ($2y$), SHA512-CRYPT ($6$), SHA256-CRYPT (
 (one of those crypt formats; the default without {SCHEME}), PLAIN (tests only). Make a line \
 with `smtp-server passwd USER` or `doveadm pw -s ARGON2ID`. Names are compared in lower case. \
 Extra fields: `nologin`, `allow_nets=NET,...`. The file is checked at startup and re-read \
-when it changes (a broken new version is logged and the old one stays in use).";
+when it changes; a broken new version is logged and nobody logs in (454) until it is fixed (replace the file with `mv`). `user:!hash` or `user:*` locks a user.";
 
 /// `--auth-dovecot`, shown in `--help`.
 const AUTH_DOVECOT_HELP: &str = "Users who may log in with SMTP AUTH (submission), checked \

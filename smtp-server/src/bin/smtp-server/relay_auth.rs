@@ -134,14 +134,14 @@ fn parse_key(key: &str) -> Result<(String, Option<u16>), String> {
         p.parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("bad port {p:?}"))
+            .ok_or_else(|| "bad port (a number from 1 to 65535)".to_owned())
     };
     let (host, port) = if let Some(rest) = key.strip_prefix('[') {
         let (host, after) = rest.split_once(']').ok_or("missing ]")?;
         match after.strip_prefix(':') {
             Some(p) => (host, Some(port(p)?)),
             None if after.is_empty() => (host, None),
-            None => return Err(format!("unexpected {after:?} after ]")),
+            None => return Err("unexpected text after ] (want [host] or [host]:port)".into()),
         }
     } else {
         match key.rsplit_once(':') {

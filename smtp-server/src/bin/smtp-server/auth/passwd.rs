@@ -17,7 +17,10 @@
 //!   file meant for Dovecot has lower-case names anyway). Two lines for one name (after lower
 //!   casing) are an error.
 //! - The password is `{SCHEME}hash`; without `{SCHEME}` it is `CRYPT`, Dovecot's default for
-//!   this driver. An empty password means the user cannot log in (a userdb-only line).
+//!   this driver. An empty password means the user cannot log in (a userdb-only line); so does
+//!   one that starts with `!` or `*` after its scheme (`bob:!`, `bob:{SHA512-CRYPT}!$6$...`:
+//!   an account locked the way `passwd -l` and `usermod -L` lock one), and a scheme with
+//!   nothing after it (`{PLAIN}`): no password is ever accepted for those.
 //! - Extra fields honoured: `nologin` (the user may not log in) and `allow_nets=` (a
 //!   comma-separated list of addresses and `addr/prefix` networks the user may log in from).
 //!   `nopassword` (any password) is refused: this daemon never accepts a login without one.
@@ -42,7 +45,7 @@ use std::sync::{Arc, Mutex};
 
 use smtp_proto::sasl::Secret;
 use tokio::sync::Semaphore;
-use tracing::{info, warn};
+use tracing::{error, info};
 
 use super::{canonical_login, Client, Temporary, Verdict};
 
@@ -397,6 +400,16 @@ impl Users {
     }
 }
 
+/// A password field that lets nobody in: empty, a bare `{SCHEME}`, or a hash locked with a
+/// leading `!` or `*` (after the scheme, if any).
+fn locked(field: &str) -> bool {
+    let rest = match field.strip_prefix('{').and_then(|f| f.split_once('}')) {
+        Some((_, r)) => r,
+        None => field,
+    };
+    rest.is_empty() || rest.starts_with('!') || rest.starts_with('*')
+}
+
 fn parse_line(line: &str) -> Result<Entry, String> {
     let mut fields = line.splitn(8, ':');
     let user = fields.next().unwrap_or_default();
@@ -405,7 +418,7 @@ fn parse_line(line: &str) -> Result<Entry, String> {
     };
     let user = canonical_login(user)
         .ok_or("empty or unusable user name (control characters, `:`, over 255 octets)")?;
-    let hash = if password.is_empty() {
+    let hash = if locked(password) {
         None
     } else {
         Some(Hash::parse(password).map_err(|e| format!("user {user:?}: {e}"))?)
@@ -470,6 +483,10 @@ struct Loaded {
     /// The version last looked at (loaded, or found broken and logged).
     stamp: Option<Stamp>,
     users: Arc<Users>,
+    /// Why the version last looked at could not be used: then nobody logs in (454) until
+    /// the file is fixed, rather than the users of an older version (whose lines may have
+    /// just been locked or deleted).
+    broken: Option<String>,
 }
 
 /// A passwd-file on disk, re-read when it changes.
@@ -507,25 +524,32 @@ impl Shared {
     }
 
     /// The users, re-read first if the file changed (a `stat`, cheap). A file that cannot be
-    /// read or parsed is logged once per version and the old contents stay in force.
-    fn refresh(&self) -> Arc<Users> {
+    /// read or parsed (deleted, half written, a line in error) fails closed: it is logged
+    /// once per version and every login is a temporary failure until the file is fixed.
+    /// Keeping the old contents instead would keep users in whom the admin just locked or
+    /// deleted.
+    fn refresh(&self) -> Result<Arc<Users>, Temporary> {
         let mut state = self.lock();
         let now = std::fs::metadata(&self.path).map(|m| Stamp::of(&m)).ok();
-        if now == state.stamp {
-            return state.users.clone();
-        }
-        match read(&self.path) {
-            Ok((stamp, users)) => {
-                info!(file = %self.path.display(), users = users.len(), "passwd-file reloaded");
-                state.stamp = Some(stamp);
-                state.users = Arc::new(users);
+        if now != state.stamp {
+            match read(&self.path) {
+                Ok((stamp, users)) => {
+                    info!(file = %self.path.display(), users = users.len(), "passwd-file reloaded");
+                    state.stamp = Some(stamp);
+                    state.users = Arc::new(users);
+                    state.broken = None;
+                }
+                Err(e) => {
+                    error!(error = %e, "passwd-file unusable: no one can log in until it is fixed");
+                    state.stamp = now;
+                    state.broken = Some(e);
+                }
             }
-            Err(e) => {
-                warn!(error = %e, "passwd-file not reloaded, keeping the previous contents");
-                state.stamp = now;
-            }
         }
-        state.users.clone()
+        match &state.broken {
+            Some(e) => Err(Temporary(format!("passwd-file unusable: {e}"))),
+            None => Ok(state.users.clone()),
+        }
     }
 }
 
@@ -538,6 +562,7 @@ impl PasswdFile {
                 state: Mutex::new(Loaded {
                     stamp: Some(stamp),
                     users: Arc::new(users),
+                    broken: None,
                 }),
             }),
             slots: Arc::new(Semaphore::new(hash_slots())),
@@ -566,9 +591,11 @@ impl PasswdFile {
         // The stat (and a reload) and the hash both block: neither runs on an async worker.
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            shared.refresh().check(&login, password.expose(), &client)
+            shared
+                .refresh()
+                .map(|users| users.check(&login, password.expose(), &client))
         })
         .await
-        .map_err(|e| Temporary(format!("password check failed: {e}")))
+        .map_err(|e| Temporary(format!("password check failed: {e}")))?
     }
 }

@@ -175,7 +175,7 @@ fn load_errors_name_the_line_and_never_the_hash() {
 }
 
 #[tokio::test]
-async fn the_file_is_reloaded_when_it_changes_and_kept_when_broken() {
+async fn the_file_is_reloaded_when_it_changes_and_fails_closed_when_broken() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("users");
     std::fs::write(&path, "alice:{PLAIN}one\n").unwrap();
@@ -185,6 +185,10 @@ async fn the_file_is_reloaded_when_it_changes_and_kept_when_broken() {
     let check = |login: &'static str, pw: &'static str| {
         let auth = auth.clone();
         async move { auth.verify(login, &Secret::from(pw), &c).await.unwrap() }
+    };
+    let temporary = |login: &'static str, pw: &'static str| {
+        let auth = auth.clone();
+        async move { auth.verify(login, &Secret::from(pw), &c).await.is_err() }
     };
     assert_eq!(check("alice", "one").await, ok("alice"));
 
@@ -201,12 +205,30 @@ async fn the_file_is_reloaded_when_it_changes_and_kept_when_broken() {
     std::fs::write(&path, "alice:{PLAIN}TWO\nbob:{PLAIN}three\n").unwrap();
     assert_eq!(check("alice", "TWO").await, ok("alice"));
 
-    // Broken, then gone: the last good version stays.
-    std::fs::write(&path, "alice:{PLAIN}four\nbob:{NOSUCH}x\n").unwrap();
-    assert_eq!(check("alice", "four").await, Verdict::Invalid);
-    assert_eq!(check("alice", "TWO").await, ok("alice"));
+    // Locked the usual ways: nobody gets in with any password.
+    std::fs::write(
+        &path,
+        "alice:!{PLAIN}TWO\nbob:{PLAIN}!three\ncarol:*\ndave:{PLAIN}\nerin:{PLAIN}x\n",
+    )
+    .unwrap();
+    for (login, pw) in [
+        ("alice", "TWO"),
+        ("alice", "!{PLAIN}TWO"),
+        ("bob", "three"),
+        ("bob", "!three"),
+        ("carol", "*"),
+        ("dave", ""),
+    ] {
+        assert_eq!(check(login, pw).await, Verdict::Invalid, "{login} {pw:?}");
+    }
+    assert_eq!(check("erin", "x").await, ok("erin"));
+    // Broken, then gone: fails closed (a temporary failure for everyone, never the users of
+    // the version before, whom the admin may just have locked or deleted).
+    std::fs::write(&path, "erin:{PLAIN}x\nbob:{NOSUCH}x\n").unwrap();
+    assert!(temporary("erin", "x").await);
     std::fs::remove_file(&path).unwrap();
-    assert_eq!(check("bob", "three").await, ok("bob"));
+    assert!(temporary("erin", "x").await);
+    assert!(temporary("bob", "three").await);
     // And fixed again.
     std::fs::write(&path, "alice:{PLAIN}five\n").unwrap();
     assert_eq!(check("alice", "five").await, ok("alice"));
