@@ -2303,6 +2303,54 @@ def fifty_wrong_passwords_are_slowed_and_cut_off(ctx):
 
 
 @case("submission")
+def parallel_guesses_get_no_more_than_ten(ctx):
+    """40 connections from one address send a wrong password at the same moment: no more
+    than ten passwords are checked (an attempt under way counts), the rest get 421."""
+    d, sub, _ = submission_daemon(ctx)
+    clients = [starttls_client(sub) for _ in range(40)]
+    bad = f"AUTH PLAIN {plain_ir('alice@example.test', 'guess')}\r\n".encode()
+    for c in clients:
+        c.send(bad)
+    codes = [c.reply()[0] for c in clients]
+    for c in clients:
+        c.close()
+    checked = codes.count(535)
+    check(checked <= 10 and codes.count(421) == 40 - checked, f"replies {sorted(codes)}")
+    check(d.log().count("authentication failed") == checked, d.log()[-800:])
+
+
+@case("submission")
+def locked_deleted_and_broken_passwd_files_let_no_one_in(ctx):
+    d, sub, _ = submission_daemon(ctx)
+    path = ctx.path("passwd")
+    good = open(path).read()
+    def login(pw=ALICE_PW):
+        c = starttls_client(sub)
+        r = c.cmd(f"AUTH PLAIN {plain_ir('alice@example.test', pw)}")
+        c.close()
+        return r
+    expect(login(), 235)
+    def replace(text):
+        tmp = path + ".new"
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.rename(tmp, path)
+    user, hsh = good.strip().split(":", 1)
+    replace(f"{user}:!{hsh}\n")           # locked as passwd -l does
+    expect(login(), 535, "5.7.8")
+    expect(login("!" + ALICE_PW), 535, "5.7.8")
+    replace(f"{user}:{{PLAIN}}\n")        # a scheme with nothing after it
+    expect(login(""), 535, "5.7.8")
+    replace(good + "bob:{NOSUCH}x\n")     # a line in error: fails closed
+    expect(login(), 454, "4.7.0")
+    os.unlink(path)                        # deleted: fails closed
+    expect(login(), 454, "4.7.0")
+    check("passwd-file unusable" in d.log(), d.log()[-600:])
+    replace(good)
+    expect(login(), 235)
+
+
+@case("submission")
 def passwd_entries_are_dovecot_compatible(ctx):
     need("doveadm")
     path = passwd_file(ctx, users=(("alice@example.test", ALICE_PW),))
@@ -2376,9 +2424,13 @@ service auth {{
 }}
 """)
         self.socket = os.path.join(self.dir, "auth-client")
-        self.proc = ctx.popen(["dovecot", "-F", "-c", conf], start_new_session=True,
-                              stderr=subprocess.PIPE)
+        self.ctx, self.conf = ctx, conf
         ctx.on_cleanup(self.stop)
+        self.start()
+
+    def start(self):
+        self.proc = self.ctx.popen(["dovecot", "-F", "-c", self.conf], start_new_session=True,
+                                   stderr=subprocess.PIPE)
         check(wait_for(lambda: os.path.exists(self.socket), 20),
               f"dovecot did not start: {self.log()[-600:]}")
 
@@ -2427,10 +2479,19 @@ def users_from_a_real_dovecot(ctx):
     expect(c.cmd(f"AUTH PLAIN {plain_ir('bob@example.test', 'bob pw')}"), 235, "2.7.0")
     expect(c.cmd("MAIL FROM:<alice@example.test>"), 553, "5.7.1")
     c.close()
-    # Dovecot down: a temporary failure, never a 535.
+    # Dovecot down: a temporary failure, never a 535, answered at once, and counted nowhere:
+    # twelve of them lock no one out once Dovecot is back.
     dove.stop()
+    t = time.monotonic()
+    for _ in range(4):
+        c = starttls_client(sub)
+        for _ in range(3):
+            expect(c.cmd(f"AUTH PLAIN {plain_ir('alice@example.test', 'dovecot pw')}"), 454, "4.7.0")
+        c.close()
+    check(time.monotonic() - t < 10, "454s were delayed")
+    dove.start()
     c = starttls_client(sub)
-    expect(c.cmd(f"AUTH PLAIN {plain_ir('alice@example.test', 'dovecot pw')}"), 454, "4.7.0")
+    expect(c.cmd(f"AUTH PLAIN {plain_ir('alice@example.test', 'dovecot pw')}"), 235, "2.7.0")
     c.close()
 
 
