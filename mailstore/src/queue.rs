@@ -141,8 +141,10 @@ pub enum Place {
     Held,
 }
 
-/// What [`Queue::try_claim`] found.
+/// What [`Queue::try_claim`] found. (Not boxed: it lives for one call, and the claim is
+/// taken out of it at once.)
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum TryClaim {
     /// The entry, claimed.
     Claimed(Claim),
