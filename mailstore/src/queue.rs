@@ -6,9 +6,25 @@
 //! <dir>/tmp/<id>/         an entry being written, or a PendingMessage
 //! <dir>/entries/<id>/body       the message, exactly as received
 //! <dir>/entries/<id>/envelope   sender, recipients and their state, DSN parameters, times
+//! <dir>/held/<id>/        an entry put on hold by an operator: as in entries/, never due
 //! <dir>/trash/<id>/       a finished entry being removed
 //! <dir>/corrupt/<id>/     entries that could not be read, moved aside for an operator
+//! <dir>/wake              present when an operator asked the runner to look again now
 //! ```
+//!
+//! # Hold and wake
+//!
+//! An entry on hold ([`Claim::hold`]) is moved, whole, from `entries/` to `held/` (as
+//! Postfix's hold queue): [`list`](Queue::list), [`due`](Queue::due) and
+//! [`claim`](Queue::claim) only look in `entries/`, so a runner never sees a held entry, and
+//! a runner built before `held/` existed ignores it the same way; the envelope format is
+//! unchanged. [`release`](Claim::release) moves it back. Both moves are made under the
+//! entry's claim, so they never race a delivery.
+//!
+//! [`wake`](Queue::wake) leaves the file `wake` in the queue's directory, and a runner that
+//! polls [`take_wake`](Queue::take_wake) (the daemon does, every second) scans the queue at
+//! once instead of sleeping until its next due time: that is how a separate process (the
+//! queue tool's `flush`) reaches a running daemon without a signal or a pid file.
 //!
 //! # Durability
 //!
@@ -114,6 +130,28 @@ impl FromStr for QueueId {
             Err(Error::InvalidQueueId(s.to_owned()))
         }
     }
+}
+
+/// Which of the queue's directories an entry is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// `entries/`: waiting for its next attempt (the runner's).
+    Active,
+    /// `held/`: on hold, never attempted until released.
+    Held,
+}
+
+/// What [`Queue::try_claim`] found. (Not boxed: it lives for one call, and the claim is
+/// taken out of it at once.)
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum TryClaim {
+    /// The entry, claimed.
+    Claimed(Claim),
+    /// Another worker (thread or process) holds its claim: a delivery is under way.
+    Busy,
+    /// No such entry (never was, finished, or moved aside as corrupt).
+    Gone,
 }
 
 /// Where one recipient stands.
@@ -512,8 +550,10 @@ pub struct Queue {
 
 #[derive(Debug)]
 struct Inner {
+    root: Dir,
     tmp: Arc<Dir>,
     entries: Dir,
+    held: Dir,
     trash: Dir,
     corrupt: Dir,
 }
@@ -538,13 +578,16 @@ impl Queue {
         let (entries, c2) = dir.ensure_dir("entries", p)?;
         let (trash, c3) = dir.ensure_dir("trash", p)?;
         let (corrupt, c4) = dir.ensure_dir("corrupt", p)?;
-        if c1 || c2 || c3 || c4 {
+        let (held, c5) = dir.ensure_dir("held", p)?;
+        if c1 || c2 || c3 || c4 || c5 {
             dir.sync()?;
         }
         let queue = Queue {
             inner: Arc::new(Inner {
+                root: dir,
                 tmp: Arc::new(tmp),
                 entries,
+                held,
                 trash,
                 corrupt,
             }),
@@ -639,7 +682,26 @@ impl Queue {
     /// # Errors
     /// [`Error::Io`] if `entries/` cannot be listed.
     pub fn list(&self) -> Result<Vec<(QueueId, QueueEntry)>> {
-        let entries = &self.inner.entries;
+        self.list_in(Place::Active)
+    }
+
+    /// The entries on hold (in `held/`), sorted by id; as [`list`](Self::list) otherwise.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if `held/` cannot be listed.
+    pub fn list_held(&self) -> Result<Vec<(QueueId, QueueEntry)>> {
+        self.list_in(Place::Held)
+    }
+
+    fn dir_of(&self, place: Place) -> &Dir {
+        match place {
+            Place::Active => &self.inner.entries,
+            Place::Held => &self.inner.held,
+        }
+    }
+
+    fn list_in(&self, place: Place) -> Result<Vec<(QueueId, QueueEntry)>> {
+        let entries = self.dir_of(place);
         let mut out = Vec::new();
         for name in entries.names()? {
             let Some(id) = name.to_str().and_then(|n| n.parse::<QueueId>().ok()) else {
@@ -647,14 +709,14 @@ impl Queue {
                     "ignoring a stray file in the queue");
                 continue;
             };
-            match self.read_entry(&id) {
+            match self.read_entry_at(place, &id) {
                 Ok(Some(entry)) => out.push((id, entry)),
                 Ok(None) => {} // finished meanwhile
-                Err(err @ Error::UnsafePath { .. }) => self.quarantine(&id, &err),
+                Err(err @ Error::UnsafePath { .. }) => self.quarantine(place, &id, &err),
                 Err(err) => {
                     if let Ok(Some(d)) = entries.try_open_dir(id.as_str()) {
                         if matches!(try_lock(&d), Ok(true)) {
-                            self.quarantine(&id, &err);
+                            self.quarantine(place, &id, &err);
                         }
                     }
                 }
@@ -685,7 +747,50 @@ impl Queue {
     /// # Errors
     /// [`Error::Corrupt`], [`Error::UnsafePath`] or [`Error::Io`].
     pub fn entry(&self, id: &QueueId) -> Result<Option<QueueEntry>> {
-        self.read_entry(id)
+        self.read_entry_at(Place::Active, id)
+    }
+
+    /// The entry's current state and where it is (`entries/` or `held/`), or `None` if there
+    /// is no such entry.
+    ///
+    /// # Errors
+    /// As [`entry`](Self::entry).
+    pub fn find(&self, id: &QueueId) -> Result<Option<(Place, QueueEntry)>> {
+        // Active, held, active again: an entry released or held meanwhile is found.
+        for place in [Place::Active, Place::Held, Place::Active] {
+            if let Some(e) = self.read_entry_at(place, id)? {
+                return Ok(Some((place, e)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Opens the body of an entry wherever it is (active or held).
+    ///
+    /// # Errors
+    /// [`Error::Io`] (not found included), [`Error::UnsafePath`].
+    pub fn read_body_any(&self, id: &QueueId) -> Result<File> {
+        match self.inner.held.try_open_dir(id.as_str())? {
+            Some(d) => d.open_file(BODY),
+            None => self.read_body(id),
+        }
+    }
+
+    /// Asks a runner that polls [`take_wake`](Self::take_wake) to scan the queue now (see the
+    /// module doc): creates the file `wake` in the queue's directory.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if it cannot be created.
+    pub fn wake(&self) -> Result<()> {
+        self.inner
+            .root
+            .replace_unsynced("wake", b"", &Perms::PRIVATE)
+    }
+
+    /// True (once) after [`wake`](Self::wake): removes the file. Errors count as no request
+    /// (the runner scans the queue on its own schedule anyway).
+    pub fn take_wake(&self) -> bool {
+        matches!(self.inner.root.remove_file("wake"), Ok(true))
     }
 
     /// Opens the entry's body for reading.
@@ -703,24 +808,48 @@ impl Queue {
     /// # Errors
     /// [`Error::Io`] for failures other than those.
     pub fn claim(&self, id: &QueueId) -> Result<Option<Claim>> {
-        let entries = &self.inner.entries;
+        match self.claim_in(Place::Active, id)? {
+            TryClaim::Claimed(c) => Ok(Some(c)),
+            TryClaim::Busy | TryClaim::Gone => Ok(None),
+        }
+    }
+
+    /// Claims an entry wherever it is (active or on hold), telling a claim held elsewhere
+    /// ([`TryClaim::Busy`]) from a missing entry: for an operator's tool, which changes
+    /// entries only under their claim and so never while they are being delivered.
+    ///
+    /// # Errors
+    /// As [`claim`](Self::claim).
+    pub fn try_claim(&self, id: &QueueId) -> Result<TryClaim> {
+        // Active, held, active again: an entry released or held meanwhile is found.
+        for place in [Place::Active, Place::Held, Place::Active] {
+            match self.claim_in(place, id)? {
+                TryClaim::Gone => {}
+                found => return Ok(found),
+            }
+        }
+        Ok(TryClaim::Gone)
+    }
+
+    fn claim_in(&self, place: Place, id: &QueueId) -> Result<TryClaim> {
+        let entries = self.dir_of(place);
         let dir = match entries.try_open_dir(id.as_str()) {
             Ok(Some(d)) => d,
-            Ok(None) => return Ok(None),
+            Ok(None) => return Ok(TryClaim::Gone),
             Err(err @ Error::UnsafePath { .. }) => {
-                self.quarantine(id, &err);
-                return Ok(None);
+                self.quarantine(place, id, &err);
+                return Ok(TryClaim::Gone);
             }
             Err(e) => return Err(e),
         };
         if !try_lock(&dir).map_err(io_err("flock", dir.path()))? {
-            return Ok(None);
+            return Ok(TryClaim::Busy);
         }
         // The previous holder may have finished it (moved it away) before we got the lock.
         let held = dir.meta()?;
         match entries.stat(id.as_str())? {
             Some(m) if m.id() == held.id() => {}
-            _ => return Ok(None),
+            _ => return Ok(TryClaim::Gone),
         }
         // Leftovers of an envelope update by a holder that crashed.
         if let Ok(names) = dir.names() {
@@ -733,13 +862,14 @@ impl Queue {
         let entry = match read_entry_in(&dir) {
             Ok(entry) => entry,
             Err(err) => {
-                self.quarantine(id, &err);
-                return Ok(None);
+                self.quarantine(place, id, &err);
+                return Ok(TryClaim::Gone);
             }
         };
-        Ok(Some(Claim {
+        Ok(TryClaim::Claimed(Claim {
             queue: self.clone(),
             id: id.clone(),
+            place,
             dir,
             entry,
             #[cfg(test)]
@@ -747,15 +877,14 @@ impl Queue {
         }))
     }
 
-    /// Reads and decodes an entry; `Ok(None)` if its directory is gone.
-    fn read_entry(&self, id: &QueueId) -> Result<Option<QueueEntry>> {
-        match self.inner.entries.try_open_dir(id.as_str())? {
+    /// Reads and decodes an entry in `place`; `Ok(None)` if its directory is gone.
+    fn read_entry_at(&self, place: Place, id: &QueueId) -> Result<Option<QueueEntry>> {
+        let entries = self.dir_of(place);
+        match entries.try_open_dir(id.as_str())? {
             None => Ok(None),
             Some(dir) => match read_entry_in(&dir) {
                 // Removed while we read it: finished, not corrupt.
-                Err(Error::Corrupt { .. }) if self.inner.entries.stat(id.as_str())?.is_none() => {
-                    Ok(None)
-                }
+                Err(Error::Corrupt { .. }) if entries.stat(id.as_str())?.is_none() => Ok(None),
                 r => r.map(Some),
             },
         }
@@ -763,15 +892,16 @@ impl Queue {
 
     /// Moves an unreadable entry to `corrupt/` (the caller holds its lock). Never fails: a
     /// corrupt entry must not stop the queue.
-    fn quarantine(&self, id: &QueueId, why: &Error) {
+    fn quarantine(&self, place: Place, id: &QueueId, why: &Error) {
         let inner = &self.inner;
+        let from = self.dir_of(place);
         let mut to = id.as_str().to_owned();
         if !matches!(inner.corrupt.stat(&to), Ok(None)) {
             to = format!("{id}.{}", fsutil::unique().unwrap_or_default());
         }
-        match inner.entries.rename(id.as_str(), &inner.corrupt, &to) {
+        match from.rename(id.as_str(), &inner.corrupt, &to) {
             Ok(()) => {
-                let _ = inner.entries.sync();
+                let _ = from.sync();
                 let _ = inner.corrupt.sync();
                 tracing::error!(queue_id = %id, moved_to = %inner.corrupt.join(&to).display(),
                     error = %why, "corrupt queue entry moved aside");
@@ -830,6 +960,8 @@ fn read_entry_in(dir: &Dir) -> Result<QueueEntry> {
 pub struct Claim {
     queue: Queue,
     id: QueueId,
+    /// Where the entry is (`entries/` or `held/`).
+    place: Place,
     /// The entry's directory; its `flock` is the claim.
     dir: Dir,
     entry: QueueEntry,
@@ -847,6 +979,68 @@ impl Claim {
     /// The entry as stored (updated by [`record`](Self::record)).
     pub fn entry(&self) -> &QueueEntry {
         &self.entry
+    }
+
+    /// Where the entry is: active or on hold.
+    pub fn place(&self) -> Place {
+        self.place
+    }
+
+    /// Sets the next attempt time, durably, without counting an attempt (an operator's
+    /// "flush": `now`). On hold, the time is kept for after the release.
+    ///
+    /// # Errors
+    /// [`Error::Io`]; the stored entry is unchanged then.
+    pub fn set_next_attempt(&mut self, next_attempt: SystemTime) -> Result<()> {
+        let old = std::mem::replace(&mut self.entry.next_attempt, next_attempt);
+        if let Err(e) = self.save() {
+            self.entry.next_attempt = old;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Puts the entry on hold: moves it to `held/`, durably, and releases the claim. An entry
+    /// already on hold stays there.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if it cannot be moved; it stays where it was then.
+    pub fn hold(self) -> Result<()> {
+        if self.place == Place::Held {
+            return Ok(());
+        }
+        self.move_to(Place::Held)
+    }
+
+    /// Releases an entry from hold: its next attempt becomes `next_attempt`, and it moves
+    /// back to `entries/`, durably (envelope first, so it is never due at its old time). An
+    /// entry that is not on hold only gets the new time.
+    ///
+    /// # Errors
+    /// [`Error::Io`]; the entry stays on hold then (perhaps with the new time).
+    pub fn release(mut self, next_attempt: SystemTime) -> Result<()> {
+        self.set_next_attempt(next_attempt)?;
+        if self.place == Place::Active {
+            return Ok(());
+        }
+        self.move_to(Place::Active)
+    }
+
+    fn move_to(self, place: Place) -> Result<()> {
+        let from = self.queue.dir_of(self.place);
+        let to = self.queue.dir_of(place);
+        let id = self.id.as_str();
+        // Nothing of that name at the destination (ids are unique): never replace an entry.
+        if to.stat(id)?.is_some() {
+            return Err(Error::Io {
+                op: "rename",
+                path: to.join(id),
+                source: std::io::ErrorKind::AlreadyExists.into(),
+            });
+        }
+        from.rename(id, to, id)?;
+        to.sync()?;
+        from.sync()
     }
 
     /// Opens the message body for reading (relative to the claimed entry's descriptor).
@@ -938,8 +1132,9 @@ impl Claim {
     pub fn finish(self) -> Result<()> {
         let inner = &self.queue.inner;
         let id = self.id.as_str();
-        inner.entries.rename(id, &inner.trash, id)?;
-        inner.entries.sync()?;
+        let from = self.queue.dir_of(self.place);
+        from.rename(id, &inner.trash, id)?;
+        from.sync()?;
         if let Err(e) = inner.trash.remove_tree(id) {
             tracing::warn!(path = %inner.trash.join(id).display(), error = %e,
                 "cannot remove finished entry");
@@ -1133,13 +1328,79 @@ mod tests {
         claim.finish().unwrap();
         assert!(q.claim(&id).unwrap().is_none());
         assert_eq!(q.list().unwrap(), vec![]);
-        for sub in ["entries", "tmp", "trash", "corrupt"] {
+        for sub in ["entries", "tmp", "trash", "corrupt", "held"] {
             assert_eq!(
                 fs::read_dir(dir.path().join(sub)).unwrap().count(),
                 0,
                 "{sub}"
             );
         }
+    }
+
+    #[test]
+    fn hold_release_and_wake() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let id = q.enqueue(&sample(), b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        let other = q.enqueue(&sample(), b"y").unwrap();
+
+        // A claim held elsewhere is Busy, not Gone; a missing entry is Gone.
+        let runner = q.claim(&id).unwrap().unwrap();
+        assert!(matches!(q.try_claim(&id).unwrap(), TryClaim::Busy));
+        drop(runner);
+        let missing: QueueId = "nope".parse().unwrap();
+        assert!(matches!(q.try_claim(&missing).unwrap(), TryClaim::Gone));
+        assert_eq!(q.find(&missing).unwrap(), None);
+
+        let TryClaim::Claimed(c) = q.try_claim(&id).unwrap() else {
+            panic!("claimable")
+        };
+        assert_eq!(c.place(), Place::Active);
+        c.hold().unwrap();
+        // Held: not listed, never due, not claimable by a runner; found, claimable by a tool.
+        assert_eq!(q.due(t(u32::MAX.into())).unwrap(), vec![other.clone()]);
+        assert!(q.claim(&id).unwrap().is_none());
+        assert_eq!(q.list_held().unwrap().len(), 1);
+        assert_eq!(q.find(&id).unwrap().unwrap().0, Place::Held);
+        let mut s = String::new();
+        q.read_body_any(&id)
+            .unwrap()
+            .read_to_string(&mut s)
+            .unwrap();
+        assert_eq!(s, "Subject: x\r\n\r\nbody\r\n");
+        let TryClaim::Claimed(mut c) = q.try_claim(&id).unwrap() else {
+            panic!("claimable on hold")
+        };
+        assert_eq!(c.place(), Place::Held);
+        c.set_next_attempt(t(1_800_000_000)).unwrap();
+        c.release(t(1_700_000_100)).unwrap();
+        assert_eq!(q.list_held().unwrap(), vec![]);
+        let (place, e) = q.find(&id).unwrap().unwrap();
+        assert_eq!(
+            (place, e.next_attempt, e.attempts),
+            (Place::Active, t(1_700_000_100), 0)
+        );
+        assert_eq!(
+            q.due(t(1_700_000_100)).unwrap(),
+            vec![other.clone(), id.clone()]
+        );
+
+        // A held entry can be removed.
+        let TryClaim::Claimed(c) = q.try_claim(&other).unwrap() else {
+            panic!()
+        };
+        c.hold().unwrap();
+        let TryClaim::Claimed(c) = q.try_claim(&other).unwrap() else {
+            panic!()
+        };
+        c.finish().unwrap();
+        assert!(matches!(q.try_claim(&other).unwrap(), TryClaim::Gone));
+
+        assert!(!q.take_wake());
+        q.wake().unwrap();
+        q.wake().unwrap();
+        assert!(q.take_wake());
+        assert!(!q.take_wake());
     }
 
     #[test]

@@ -107,6 +107,9 @@ pub enum Command {
     /// Print a passwd-file line (for --passwd-file) for USER, with a password read from
     /// standard input (asked twice without echo on a terminal).
     Passwd(PasswdArgs),
+    /// Look at and act on the outbound queue (as mailq, postqueue -f, postsuper -d/-h/-H):
+    /// list, show, flush, delete, hold, release, bounce. Safe while the daemon runs.
+    Queue(crate::cmd::queue::QueueArgs),
 }
 
 /// `smtp-server passwd`.

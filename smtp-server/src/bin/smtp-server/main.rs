@@ -56,6 +56,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Some(Command::Passwd(args)) => return cmd::passwd::run(args),
+        Some(Command::Queue(args)) => return cmd::queue::run(args),
         None => {}
     }
     let cfg = cli.daemon;

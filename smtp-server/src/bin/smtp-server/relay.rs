@@ -17,6 +17,10 @@
 //! [`RcptState::Refused`]). A bounce that cannot be stored leaves its recipients `Refused`,
 //! and the entry is tried again for the report alone.
 //!
+//! Operators: the queue tool (`smtp-server queue`, see `cmd::queue`) changes entries only
+//! under their claims, moves held entries out of the runner's sight (`held/`), and asks for a
+//! scan through the queue's `wake` file, which the runner polls every second.
+//!
 //! The loop guard: the deliverer's address filter refuses every address one of our own
 //! listeners accepts on (see [`crate::policy::Policy::is_own_socket`]); when no address is
 //! left, the recipients fail with `5.4.6`, and no connection to ourselves is ever made.
@@ -97,6 +101,10 @@ impl Slots {
         })
     }
 }
+
+/// How often the runner looks for the queue's `wake` file (see [`Relay::woken`]): a flush
+/// from the queue tool is seen within this time, at the cost of one `unlink` a second.
+pub const WAKE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The most of a message's beginning kept in memory (for a bounce's copy of the headers); the
 /// body itself is streamed from the queue file when sent.
@@ -279,10 +287,28 @@ impl Relay {
                 () = &mut shutdown => break,
                 () = self.notify.notified() => {}
                 () = tokio::time::sleep(wait) => {}
+                () = self.woken() => {}
             }
         }
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
+    }
+
+    /// Resolves when another process (the queue tool's `flush`, `release`, `bounce`) has
+    /// asked for a scan now: the queue's `wake` file, polled every [`WAKE_POLL`].
+    async fn woken(&self) {
+        loop {
+            tokio::time::sleep(WAKE_POLL).await;
+            let q = self.queue.clone();
+            if let Ok(true) = tokio::task::spawn_blocking(move || q.take_wake()).await {
+                // Entries the tool made due may be in the 1 s hold of a claim it held.
+                self.held
+                    .lock()
+                    .expect("not poisoned")
+                    .retain(|_, h| h.failures > 0 || !h.unsaved.is_empty());
+                return;
+            }
+        }
     }
 
     /// Holds `id` back after a storage error (growing delays, as for delivery retries),
