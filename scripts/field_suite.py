@@ -20,7 +20,7 @@ import subprocess, sys, tempfile, threading, time, traceback
 BIN = None
 CASES = []  # (family, name, function)
 FAMILIES = ["smuggling", "starttls", "relay", "filesystem", "limits", "hostile", "trace",
-            "bounces", "interop", "submission"]
+            "bounces", "interop", "submission", "ops"]
 CASE_TIMEOUT = 60
 SHARED = {}  # per run: certificate paths
 
@@ -2493,6 +2493,59 @@ def users_from_a_real_dovecot(ctx):
     c = starttls_client(sub)
     expect(c.cmd(f"AUTH PLAIN {plain_ir('alice@example.test', 'dovecot pw')}"), 235, "2.7.0")
     c.close()
+
+
+# =============================================================================================
+# ops: what an admin does to a running daemon
+
+@case("ops")
+def logrotate_with_postrotate_sighup(ctx):
+    need("logrotate")
+    d = Daemon(ctx)
+    expect(submit(d, "before@example.test", ["bob@example.test"], MSG), 250)
+    check(wait_for(lambda: "before@example.test" in d.log(), 10), d.log()[-400:])
+    conf = ctx.path("logrotate.conf")
+    with open(conf, "w") as f:
+        f.write(f"""{d.logfile} {{
+    rotate 3
+    missingok
+    nocompress
+    postrotate
+        kill -HUP {d.proc.pid}
+    endscript
+}}
+""")
+    run(["logrotate", "--force", "--state", ctx.path("logrotate.state"), conf])
+    rotated = d.logfile + ".1"
+    check(os.path.exists(rotated), "logrotate did not rotate")
+    check(wait_for(lambda: "log file reopened" in d.log(), 10), f"not reopened: {d.log()!r}")
+    expect(submit(d, "after@example.test", ["bob@example.test"], MSG), 250)
+    check(wait_for(lambda: "after@example.test" in d.log(), 10), d.log()[-400:])
+    old = open(rotated, errors="replace").read()
+    check("before@example.test" in old and "after@example.test" not in old, old[-400:])
+
+
+@case("ops")
+def queue_tool_lists_flushes_and_deletes(ctx):
+    # A next hop that defers everything, then the admin flushes and finally deletes.
+    peer = Peer(ctx, rcpt=lambda addr: b"451 4.3.0 try later\r\n")
+    dns = Dns(ctx, mx=[("remote.test", "mx.remote.test", 10)], hosts=[("mx.remote.test", "127.0.0.1")])
+    d = Daemon(ctx, dns=dns, extra=["--remote-port", str(peer.port), "--retry-base", "1h"])
+    expect(submit(d, "alice@example.test", ["dave@remote.test"], MSG), 250)
+    check(wait_for(lambda: "deferred" in d.log(), 20), d.log()[-600:])
+    out = run([BIN, "queue", "-d", d.spool, "list"]).stdout.decode()
+    check("dave@remote.test" in out and "alice@example.test" in out and "451 4.3.0" in out, out)
+    import json
+    j = json.loads(run([BIN, "queue", "-d", d.spool, "list", "--json"]).stdout)
+    check(len(j["entries"]) == 1, f"{j}")
+    qid = j["entries"][0]["id"]
+    sessions = peer.sessions
+    run([BIN, "queue", "-d", d.spool, "flush", qid])
+    check(wait_for(lambda: peer.sessions > sessions, 15), "flush did not make the daemon try")
+    check(wait_for(lambda: run([BIN, "queue", "-d", d.spool, "delete", qid], check_rc=False).returncode == 0, 15),
+          "delete failed")
+    out = run([BIN, "queue", "-d", d.spool, "list"]).stdout.decode()
+    check("Mail queue is empty" in out, out)
 
 
 def main():

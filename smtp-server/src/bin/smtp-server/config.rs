@@ -69,6 +69,15 @@ unix_listener auth-client { path = /run/dovecot/auth-client  mode = 0660  user =
 and `auth_mechanisms = plain login`. The login is sent as PLAIN with service=smtp; the \
 user name Dovecot returns is the canonical one.";
 
+/// The log format (`--log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// tracing's text lines: time, level, span, message, `key=value` fields.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// The mailbox format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
@@ -266,9 +275,15 @@ pub struct Config {
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
 
-    /// Append the log to this file instead of writing it to stderr.
+    /// Append the log to this file instead of writing it to stderr (under systemd, stderr goes
+    /// to the journal). Reopened on SIGHUP, for logrotate's `postrotate`.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+
+    /// Log line format: `text` (one line per event, `key=value` fields) or `json` (one JSON
+    /// object per line, for log pipelines).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 
     /// Mode of new mailbox directories, in octal (at least 0700); new message files get its
     /// read and write bits (2770 gives 0660 files). Existing directories are left as they are.

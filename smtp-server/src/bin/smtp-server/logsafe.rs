@@ -2,7 +2,7 @@
 //!
 //! Addresses, EHLO names and next hops' replies reach the log through many fields, in the
 //! daemon and in the libraries. Rather than trusting each of them to be escaped where it is
-//! logged, every log line is escaped once, where it is written: [`SafeWriter`] wraps the log's
+//! logged, every log line is escaped once, where it is written: [`LogWriter`] is the log's
 //! writer and replaces, in each formatted line, every character that could end the line early,
 //! move the cursor, drive a terminal or reorder the text on screen:
 //!
@@ -14,9 +14,18 @@
 //!
 //! The final newline of each line is kept. Everything else (printable UTF-8, SMTPUTF8
 //! addresses included, and backslashes: the formatter's own `Debug` output has them) is written
-//! as it is.
+//! as it is. With `--log-format json` the same characters become JSON `\uXXXX` escapes, so each
+//! line stays one valid JSON object.
+//!
+//! The fmt layer writes each event with one `write_all` of the whole formatted line, so each
+//! `write` call is one line. `--log-file` is a [`LogFile`], reopened at its path on SIGHUP
+//! (after logrotate moved it away); on stderr (and so in the journal under systemd) nothing
+//! needs reopening.
 
+use std::fs::File;
 use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tracing_subscriber::fmt::MakeWriter;
 
@@ -63,6 +72,137 @@ fn escape(s: &str) -> String {
     out
 }
 
+/// Escapes one JSON log line (`--log-format json`): the JSON formatter escapes C0 controls
+/// itself; every other unsafe character becomes a JSON `\uXXXX` escape, so the line stays
+/// valid JSON (such characters only occur inside strings: the structure is ASCII).
+fn escape_json_line(buf: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let text = String::from_utf8_lossy(buf);
+    let (body, newline) = match text.strip_suffix('\n') {
+        Some(b) => (b, true),
+        None => (&*text, false),
+    };
+    let mut out = String::with_capacity(text.len() + 2);
+    for c in body.chars() {
+        if is_unsafe(c) {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                let _ = write!(out, "\\u{:04x}", u);
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    if newline {
+        out.push('\n');
+    }
+    out
+}
+
+/// A log file that can be reopened at its path (after logrotate moved it away: SIGHUP).
+#[derive(Debug)]
+pub struct LogFile {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+fn open_append(path: &Path) -> io::Result<File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+}
+
+impl LogFile {
+    /// Opens (creates, appends to) `path`.
+    pub fn open(path: &Path) -> io::Result<Arc<LogFile>> {
+        Ok(Arc::new(LogFile {
+            path: path.to_path_buf(),
+            file: Mutex::new(open_append(path)?),
+        }))
+    }
+
+    /// Opens the path again and writes there from now on; on failure the old file stays.
+    pub fn reopen(&self) -> io::Result<()> {
+        let new = open_append(&self.path)?;
+        *self.lock() = new;
+        Ok(())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, File> {
+        self.file
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Where the log goes, and in which form, for [`LogWriter`].
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// Standard error (under systemd: the journal).
+    Stderr,
+    /// `--log-file`.
+    File(Arc<LogFile>),
+}
+
+/// The daemon's log writer: each line escaped for its format (text, or JSON-safe), written
+/// to stderr or to a reopenable file.
+#[derive(Debug, Clone)]
+pub struct LogWriter {
+    /// Where.
+    pub target: Target,
+    /// Lines are JSON objects (`--log-format json`).
+    pub json: bool,
+}
+
+/// One line's writer from [`LogWriter`].
+pub struct LogLine<'a> {
+    out: LogOut<'a>,
+    json: bool,
+}
+
+enum LogOut<'a> {
+    Stderr(io::Stderr),
+    File(MutexGuard<'a, File>),
+}
+
+impl Write for LogLine<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let line = if self.json {
+            escape_json_line(buf)
+        } else {
+            escape_line(buf)
+        };
+        match &mut self.out {
+            LogOut::Stderr(e) => e.write_all(line.as_bytes())?,
+            LogOut::File(f) => f.write_all(line.as_bytes())?,
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.out {
+            LogOut::Stderr(e) => e.flush(),
+            LogOut::File(f) => f.flush(),
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = LogLine<'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        let out = match &self.target {
+            Target::Stderr => LogOut::Stderr(io::stderr()),
+            Target::File(f) => LogOut::File(f.lock()),
+        };
+        LogLine {
+            out,
+            json: self.json,
+        }
+    }
+}
+
 /// Escapes one formatted log line: everything but its final newline.
 fn escape_line(buf: &[u8]) -> String {
     let text = String::from_utf8_lossy(buf);
@@ -76,36 +216,6 @@ fn escape_line(buf: &[u8]) -> String {
         out.push('\n');
     }
     out
-}
-
-/// A [`MakeWriter`] that escapes each log line (see the module doc) before it reaches `W`.
-///
-/// The fmt layer writes each event with one `write_all` of the whole formatted line, so each
-/// `write` call here is one line (or, if a writer upstream splits it, a part of one: then a
-/// newline in the middle could be kept only at a part's end, which still ends no line early
-/// since the fmt layer's line does end there).
-pub struct SafeWriter<M>(pub M);
-
-/// The writer [`SafeWriter`] makes.
-pub struct SafeLine<W>(W);
-
-impl<W: Write> Write for SafeLine<W> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.write_all(escape_line(buf).as_bytes())?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.0.flush()
-    }
-}
-
-impl<'a, M: MakeWriter<'a>> MakeWriter<'a> for SafeWriter<M> {
-    type Writer = SafeLine<M::Writer>;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        SafeLine(self.0.make_writer())
-    }
 }
 
 #[cfg(test)]
@@ -126,5 +236,14 @@ mod tests {
         assert_eq!(escape("jörg@bücher.example Ω"), "jörg@bücher.example Ω");
         assert_eq!(escape_line(b"one\nline\n"), "one\\nline\n");
         assert_eq!(escape_line(b"no newline"), "no newline");
+    }
+
+    #[test]
+    fn json_lines_stay_json() {
+        let line = "{\"msg\":\"a\u{202e}b\u{85}c\u{feff}\\u0007\"}\n";
+        let out = escape_json_line(line.as_bytes());
+        assert_eq!(out, "{\"msg\":\"a\\u202eb\\u0085c\\ufeff\\u0007\"}\n");
+        let v: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap_or_default();
+        assert_eq!(v["msg"], "a\u{202e}b\u{85}c\u{feff}\u{7}");
     }
 }

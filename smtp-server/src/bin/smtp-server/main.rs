@@ -38,7 +38,7 @@ use smtp_server::{AuthFailure, Credentials};
 use tokio::sync::{watch, Notify};
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Cli, Command, Config, Format};
+use crate::config::{Cli, Command, Config, Format, LogFormat};
 use crate::headers::{Protocol, Received, MAX_HOPS};
 use crate::listen::{Configured, Kind, Plan};
 use crate::local::Incoming;
@@ -96,33 +96,37 @@ struct Daemon {
     auth: Option<Arc<auth::Authenticator>>,
 }
 
-fn init_logging(cfg: &Config) -> Result<(), Fatal> {
+/// Sets up the log; returns the log file, for SIGHUP to reopen.
+fn init_logging(cfg: &Config) -> Result<Option<Arc<logsafe::LogFile>>, Fatal> {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&cfg.log_level)
         .map_err(|e| fatal("--log-level", format!("{:?}: {e}", cfg.log_level)))?;
+    let file = match &cfg.log_file {
+        None => None,
+        Some(path) => Some(
+            logsafe::LogFile::open(path)
+                .map_err(|e| fatal("--log-file", format!("{}: {e}", path.display())))?,
+        ),
+    };
+    let json = cfg.log_format == LogFormat::Json;
+    let writer = logsafe::LogWriter {
+        target: file
+            .clone()
+            .map_or(logsafe::Target::Stderr, logsafe::Target::File),
+        json,
+    };
     // No colours: every line is escaped on its way out (see `logsafe`), and a terminal's
     // escape sequences would be too.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(false);
-    match &cfg.log_file {
-        None => {
-            builder
-                .with_writer(logsafe::SafeWriter(std::io::stderr))
-                .init();
-        }
-        Some(path) => {
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .map_err(|e| fatal("--log-file", format!("{}: {e}", path.display())))?;
-            builder
-                .with_writer(logsafe::SafeWriter(std::sync::Mutex::new(file)))
-                .init();
-        }
+        .with_ansi(false)
+        .with_writer(writer);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
     }
-    Ok(())
+    Ok(file)
 }
 
 /// Opens a store and proves it writable (a temporary file is made and removed).
@@ -202,7 +206,7 @@ fn raise_nofile_limit() -> u64 {
 }
 
 async fn run(cfg: Config) -> Result<(), Fatal> {
-    init_logging(&cfg)?;
+    let log_file = init_logging(&cfg)?;
     let nofile = raise_nofile_limit();
     if nofile < 4096 {
         warn!(
@@ -353,7 +357,8 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
             l.addr
         );
     }
-    spawn_reload_on_sighup(tls)?;
+    let has_tls = tls.is_some();
+    spawn_reload_on_sighup(tls, log_file)?;
     let server = builder.bind().await.map_err(|e| match &e {
         smtp_server::Error::Bind { addr, source } => {
             let option = plan
@@ -388,12 +393,38 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
         (nofile / 4) as usize,
     ));
     let relay_task = tokio::spawn(relay.run(stopped(stop_rx.clone())));
+    let join = |v: Vec<String>| v.join(",");
+    if !hostname.contains('.') {
+        warn!(hostname = %hostname, "the host name is not fully qualified: remote servers check the EHLO name and the Received headers; give --hostname mail.example.org");
+    }
+    for l in &plan.sockets {
+        let (how, auth) = match l.kind {
+            Kind::Tls => ("implicit TLS", auth.is_some()),
+            _ if has_tls => (
+                "plain text, STARTTLS offered",
+                l.kind.is_submission() && auth.is_some(),
+            ),
+            _ => ("plain text, no STARTTLS (no --tls-cert)", false),
+        };
+        let rights = match l.kind {
+            Kind::Loopback => "relays for loopback clients",
+            Kind::Public => "local delivery only",
+            Kind::Tls | Kind::Submission => "relays for logged-in users only",
+        };
+        let auth = if auth {
+            "PLAIN LOGIN after TLS"
+        } else {
+            "none"
+        };
+        info!(listener = %l.kind.name(), addr = %l.addr, tls = %how, auth = %auth,
+              rights = %rights, "listener");
+    }
     info!(
         hostname = %hostname,
-        domains = ?domains,
-        listen = ?server.local_addrs(),
+        domains = %join(domains.clone()),
+        listen = %join(server.local_addrs().iter().map(|a| a.to_string()).collect()),
         spool = %cfg.spool_dir.display(),
-        format = ?cfg.format,
+        format = %match cfg.format { Format::Spool => "spool", Format::Maildir => "maildir" },
         "smtp-server started"
     );
 
@@ -429,12 +460,24 @@ async fn wait_for_signal() {
 /// SIGHUP re-reads the TLS certificate and key (for later handshakes; a bad file is logged and
 /// the old certificate stays in use). Without TLS it is logged and ignored: the daemon never
 /// dies of a SIGHUP.
-fn spawn_reload_on_sighup(tls: Option<smtp_server::TlsConfig>) -> Result<(), Fatal> {
+/// SIGHUP: reopen `--log-file` (logrotate's `postrotate`), reload the TLS certificate.
+fn spawn_reload_on_sighup(
+    tls: Option<smtp_server::TlsConfig>,
+    log_file: Option<Arc<logsafe::LogFile>>,
+) -> Result<(), Fatal> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup =
         signal(SignalKind::hangup()).map_err(|e| Fatal(format!("cannot handle SIGHUP: {e}")))?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
+            if let Some(f) = &log_file {
+                match f.reopen() {
+                    Ok(()) => info!("SIGHUP: log file reopened"),
+                    Err(e) => {
+                        error!(error = %e, "SIGHUP: cannot reopen the log file, still writing to the old one")
+                    }
+                }
+            }
             match &tls {
                 Some(t) => match t.reload() {
                     Ok(()) => info!("SIGHUP: TLS certificate and key reloaded"),
