@@ -119,6 +119,11 @@ pub enum Command {
     /// Look at and act on the outbound queue (as mailq, postqueue -f, postsuper -d/-h/-H):
     /// list, show, flush, delete, hold, release, bounce. Safe while the daemon runs.
     Queue(crate::cmd::queue::QueueArgs),
+    /// Check a configuration (`--config FILE` and any options) without starting the daemon:
+    /// load every file it names (certificates, users, passwd-file, keys), plan the listeners,
+    /// then print the effective configuration as TOML with where each value came from. Exit 0
+    /// when it would start, 2 with one line naming the problem otherwise.
+    CheckConfig(Box<Config>),
 }
 
 /// `smtp-server passwd`.
@@ -141,6 +146,12 @@ pub struct PasswdArgs {
 /// The daemon's options.
 #[derive(Debug, Clone, Args)]
 pub struct Config {
+    /// Read options from this TOML file, one `long-option-name = value` per line (lists for
+    /// repeatable options, true/false for flags; see contrib/smtp-server.toml). Options on the
+    /// command line override the file's.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
     /// Root directory of the mailboxes.
     #[arg(
         short = 'd',

@@ -11,6 +11,7 @@ mod auth;
 mod bounce;
 mod cmd;
 mod config;
+mod config_file;
 mod headers;
 mod listen;
 mod local;
@@ -53,10 +54,18 @@ fn fatal(option: &str, what: impl std::fmt::Display) -> Fatal {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let (argv, file_keys) = match config_file::expand(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("smtp-server: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let cli = Cli::parse_from(&argv);
     match &cli.command {
         Some(Command::Passwd(args)) => return cmd::passwd::run(args),
         Some(Command::Queue(args)) => return cmd::queue::run(args),
+        Some(Command::CheckConfig(cfg)) => return check_config(cfg, &argv, &file_keys),
         None => {}
     }
     let cfg = cli.daemon;
@@ -202,6 +211,57 @@ fn raise_nofile_limit() -> u64 {
             setrlimit(Resource::Nofile, raised).map_or(soft, |()| u64::MAX)
         }
         _ => soft,
+    }
+}
+
+/// `smtp-server check-config`: what `run` checks before it binds, without side effects, then
+/// the effective configuration.
+fn check_config(cfg: &Config, argv: &[std::ffi::OsString], file_keys: &[String]) -> ExitCode {
+    let checked = (|| -> Result<(), Fatal> {
+        if let Some(p) = &cfg.users {
+            Users::load(p).map_err(|e| fatal("--users", format!("{}: {e}", p.display())))?;
+        }
+        let auth = cfg.authenticator().map_err(|(opt, e)| fatal(opt, e))?;
+        if auth.is_none() && !cfg.submission_listen.is_empty() {
+            return Err(fatal(
+                "--submission-listen",
+                "needs a user database to log in with: --passwd-file or --auth-dovecot",
+            ));
+        }
+        if let (Some(c), Some(k)) = (&cfg.tls_cert, &cfg.tls_key) {
+            smtp_server::TlsConfig::from_pem_files(c, k)
+                .map_err(|e| fatal("--tls-cert/--tls-key", e))?;
+        }
+        if let Some(path) = &cfg.relay_password_file {
+            relay_auth::PasswordFile::load(path)
+                .map_err(|e| fatal("--relay-password-file", format!("{}: {e}", path.display())))?;
+        }
+        let mut listeners = Vec::new();
+        for (kind, addrs) in [
+            (Kind::Loopback, cfg.local_listen()),
+            (Kind::Public, cfg.public_listen()),
+            (Kind::Tls, cfg.tls_listen.clone()),
+            (Kind::Submission, cfg.submission_listen.clone()),
+        ] {
+            listeners.extend(addrs.into_iter().map(|addr| Configured { kind, addr }));
+        }
+        Plan::new(&listeners).map_err(|e| fatal("listen", e))?;
+        Ok(())
+    })();
+    if let Err(Fatal(e)) = checked {
+        eprintln!("smtp-server: {e}");
+        return ExitCode::from(2);
+    }
+    match config_file::effective(argv, file_keys) {
+        Ok(text) => {
+            println!("# smtp-server check-config: the configuration is valid. Effective options:");
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("smtp-server: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

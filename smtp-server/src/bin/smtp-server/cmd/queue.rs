@@ -79,18 +79,42 @@ pub struct QueueArgs {
     pub action: Action,
 }
 
-/// The options that find the queue: the daemon's own. Each is optional here so that a
-/// later configuration file can fill what the command line leaves out ([`Location::resolve`]).
+/// The options that find the queue: the daemon's own. Each is optional here so that the
+/// daemon's configuration file fills what the command line leaves out ([`Location::resolve`]).
 #[derive(Debug, Clone, Args)]
 pub struct Location {
+    /// The daemon's --config file: its spool-dir, queue-dir and queue-lifetime are used where
+    /// the command line gives none.
+    // Ids of their own: the daemon's options of the same names (with their defaults) live in
+    // the parent command, and clap would otherwise fill these from them.
+    #[arg(
+        id = "queue_config",
+        long = "config",
+        value_name = "FILE",
+        global = true
+    )]
+    pub config: Option<PathBuf>,
     /// The daemon's --spool-dir: the queue is <spool-dir>/.queue [default: /var/spool/mail/].
-    #[arg(short = 'd', long, value_name = "DIR", global = true)]
+    #[arg(
+        id = "queue_spool_dir",
+        short = 'd',
+        long = "spool-dir",
+        value_name = "DIR",
+        global = true
+    )]
     pub spool_dir: Option<PathBuf>,
     /// The daemon's --queue-dir, if it was given one.
-    #[arg(short = 'q', long, value_name = "DIR", global = true)]
+    #[arg(
+        id = "queue_queue_dir",
+        short = 'q',
+        long = "queue-dir",
+        value_name = "DIR",
+        global = true
+    )]
     pub queue_dir: Option<PathBuf>,
     /// The daemon's --queue-lifetime, to tell when entries expire [default: 5d].
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration, global = true)]
+    #[arg(id = "queue_queue_lifetime", long = "queue-lifetime", value_name = "DURATION",
+          value_parser = parse_duration, global = true)]
     pub queue_lifetime: Option<Duration>,
 }
 
@@ -104,20 +128,50 @@ pub struct Resolved {
 }
 
 impl Location {
-    /// The command line's values, then the daemon's defaults. (A `--config` file would come
-    /// between the two.)
-    pub fn resolve(&self) -> Resolved {
-        let spool = self
+    /// The command line's values, then the `--config` file's, then the daemon's defaults.
+    pub fn resolve(&self) -> Result<Resolved, String> {
+        let mut loc = self.clone();
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--config: {}: {e}", path.display()))?;
+            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+                format!("--config: {}: {}", path.display(), e.message())
+            })?;
+            let get = |k: &str| -> Result<Option<String>, String> {
+                match table.get(k) {
+                    None => Ok(None),
+                    Some(toml::Value::String(s)) => Ok(Some(s.clone())),
+                    Some(_) => Err(format!(
+                        "--config: {}: {k}: expected a string",
+                        path.display()
+                    )),
+                }
+            };
+            if loc.spool_dir.is_none() {
+                loc.spool_dir = get("spool-dir")?.map(PathBuf::from);
+            }
+            if loc.queue_dir.is_none() {
+                loc.queue_dir = get("queue-dir")?.map(PathBuf::from);
+            }
+            if loc.queue_lifetime.is_none() {
+                if let Some(v) = get("queue-lifetime")? {
+                    loc.queue_lifetime = Some(parse_duration(&v).map_err(|e| {
+                        format!("--config: {}: queue-lifetime: {e}", path.display())
+                    })?);
+                }
+            }
+        }
+        let spool = loc
             .spool_dir
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR));
-        Resolved {
-            queue_dir: self
+        Ok(Resolved {
+            queue_dir: loc
                 .queue_dir
                 .clone()
                 .unwrap_or_else(|| spool.join(".queue")),
-            lifetime: self.queue_lifetime.unwrap_or(DEFAULT_LIFETIME),
-        }
+            lifetime: loc.queue_lifetime.unwrap_or(DEFAULT_LIFETIME),
+        })
     }
 }
 
@@ -174,7 +228,13 @@ pub struct Targets {
 pub fn run(args: &QueueArgs) -> ExitCode {
     // Read while the process has one thread (the time crate refuses otherwise).
     let offset = time::UtcOffset::current_local_offset().unwrap_or(time::UtcOffset::UTC);
-    let loc = args.location.resolve();
+    let loc = match args.location.resolve() {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("smtp-server queue: {e}");
+            return ExitCode::from(EX_ERROR);
+        }
+    };
     let queue = match open(&loc.queue_dir) {
         Ok(q) => q,
         Err(e) => {
@@ -871,7 +931,7 @@ mod tests {
         else {
             panic!("queue subcommand expected")
         };
-        let r = q.location.resolve();
+        let r = q.location.resolve().unwrap();
         assert_eq!(r.queue_dir, c.queue_dir());
         assert_eq!(r.lifetime, c.queue_lifetime);
         assert!(!q.json);
@@ -904,7 +964,10 @@ mod tests {
             let Some(Command::Queue(q)) = Cli::try_parse_from(args).unwrap().command else {
                 panic!()
             };
-            assert_eq!(q.location.resolve().queue_dir, PathBuf::from("/s/.queue"));
+            assert_eq!(
+                q.location.resolve().unwrap().queue_dir,
+                PathBuf::from("/s/.queue")
+            );
             assert!(q.json);
             assert!(
                 matches!(q.action, Action::Flush { ref domain, .. } if domain.as_deref() == Some("x.test"))
