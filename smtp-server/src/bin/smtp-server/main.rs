@@ -848,7 +848,7 @@ impl SessionHandler for Session {
                 // The library logs each transaction once at info; this adds where it went.
                 debug!(session = self.session_id, id = %id, from = %envelope.from,
                       rcpts = envelope.rcpts.len(), local = stored.mailboxes,
-                      queued = ?stored.queue_id.as_ref().map(|q| q.to_string()), "message accepted");
+                      queued = %stored.queue_id.as_ref().map_or_else(|| "-".to_owned(), |q| q.to_string()), "message accepted");
                 if let Some(q) = stored.queue_id {
                     d.relay_notify.notify_one();
                     DataOutcome::accepted(format!("Ok: queued as {q}"))

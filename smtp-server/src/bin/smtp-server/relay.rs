@@ -493,7 +493,7 @@ impl Relay {
                 let r = &entry.envelope.recipients[*i];
                 match outcome {
                     RcptOutcome::Delivered(reply) => {
-                        info!(queue_id = %id, to = %path, via = ?via, tls = report.tls,
+                        info!(queue_id = %id, to = %path, via = %via.as_deref().unwrap_or("-"), tls = report.tls,
                               reply = %smtp_client::SafeReply(reply), "delivered");
                         results.push((*i, RcptState::Delivered, None));
                     }
