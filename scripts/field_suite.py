@@ -2548,6 +2548,57 @@ def queue_tool_lists_flushes_and_deletes(ctx):
     check("Mail queue is empty" in out, out)
 
 
+@case("ops")
+def prometheus_scrapes_the_metrics(ctx):
+    """A real Prometheus (private config, storage and port) scrapes --metrics-listen; the
+    values it stores match a known load."""
+    need("prometheus")
+    mport = free_port("127.0.0.1")
+    d = Daemon(ctx, public=True, extra=["--metrics-listen", f"127.0.0.1:{mport}"])
+    for i in range(3):
+        expect(submit(d, "alice@example.test", ["bob@example.test"], MSG), 250)
+    c = Client("127.0.0.2", d.pub)
+    c.ehlo()
+    expect(c.cmd("MAIL FROM:<x@client.test>"), 250)
+    expect(c.cmd("RCPT TO:<victim@elsewhere.test>"), 554, "5.7.1")
+    c.close()
+    pport = free_port("127.0.0.1")
+    conf = ctx.path("prometheus.yml")
+    with open(conf, "w") as f:
+        f.write(f"""global:
+  scrape_interval: 1s
+scrape_configs:
+  - job_name: smtp
+    static_configs:
+      - targets: ["127.0.0.1:{mport}"]
+""")
+    ctx.popen(["prometheus", f"--config.file={conf}", f"--storage.tsdb.path={ctx.path('tsdb')}",
+               f"--web.listen-address=127.0.0.1:{pport}"])
+    import json, urllib.parse, urllib.request
+
+    def query(q):
+        url = f"http://127.0.0.1:{pport}/api/v1/query?" + urllib.parse.urlencode({"query": q})
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                res = json.load(r)["data"]["result"]
+        except OSError:
+            return None
+        return float(res[0]["value"][1]) if res else None
+    check(wait_for(lambda: query('up{job="smtp"}') == 1.0, 40), "Prometheus never scraped the daemon")
+    check(wait_for(lambda: query('smtp_messages_total{class="2xx",listener="loopback"}') == 3.0, 20),
+          f"messages: {query('smtp_messages_total')}")
+    check(query('smtp_recipients_refused_total{class="5xx"}') == 1.0,
+          f"refused: {query('smtp_recipients_refused_total')}")
+    check(query('smtp_deliveries_total{destination="local",outcome="delivered"}') == 3.0,
+          f"deliveries: {query('smtp_deliveries_total')}")
+    # (the suite's own start-up probe connects too)
+    check((query('smtp_connections_total{listener="public"}') or 0) >= 1.0, "connections")
+    check(query("smtp_queue_entries") == 0.0, "queue gauge")
+    # Anything but GET /metrics is a 404.
+    r = run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://127.0.0.1:{mport}/"])
+    check(r.stdout == b"404", f"{r.stdout!r}")
+
+
 def main():
     global BIN
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])

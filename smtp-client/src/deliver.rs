@@ -297,6 +297,11 @@ impl Deliverer {
         }
     }
 
+    /// The smarthost all mail goes through, if one is set.
+    pub fn smarthost(&self) -> Option<(&str, u16)> {
+        self.smarthost.as_ref().map(|(h, p)| (h.as_str(), *p))
+    }
+
     /// Connects to this port instead of 25 (tests, unusual setups). Not used for a smarthost,
     /// which has its own.
     #[must_use]

@@ -291,6 +291,11 @@ pub struct Config {
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
 
+    /// Serve Prometheus metrics at http://ADDR/metrics (meant for a loopback address such as
+    /// 127.0.0.1:9425; off by default). See DAEMON.md for the metrics.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// Log line format: `text` (one line per event, `key=value` fields) or `json` (one JSON
     /// object per line, for log pipelines).
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]

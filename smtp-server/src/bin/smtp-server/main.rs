@@ -16,6 +16,7 @@ mod headers;
 mod listen;
 mod local;
 mod logsafe;
+mod metrics;
 mod policy;
 mod relay;
 mod relay_auth;
@@ -418,6 +419,11 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
         );
     }
     let has_tls = tls.is_some();
+    if let Some(addr) = cfg.metrics_listen {
+        metrics::serve(addr, queue.clone())
+            .await
+            .map_err(|e| fatal("--metrics-listen", format!("cannot listen on {addr}: {e}")))?;
+    }
     spawn_reload_on_sighup(tls, log_file)?;
     let server = builder.bind().await.map_err(|e| match &e {
         smtp_server::Error::Bind { addr, source } => {
@@ -570,7 +576,12 @@ impl Handler for DaemonHandler {
         let kind = self.daemon.plan.classify(socket_kind, info.local);
         let relay = listen::may_relay(kind, info.local, info.peer);
         let submission = kind.is_submission();
+        metrics::m().connection(kind.name());
+        if info.tls.is_some() {
+            metrics::m().tls_session(kind.name());
+        }
         Ok(Session {
+            listener: kind.name(),
             offer_auth: submission && self.daemon.auth.is_some(),
             submission,
             base_relay: relay,
@@ -612,6 +623,8 @@ struct Session {
     offer_auth: bool,
     /// The logged-in user.
     user: Option<String>,
+    /// The listener's name, for the metrics.
+    listener: &'static str,
     local: SocketAddr,
     tls: bool,
     helo: String,
@@ -631,6 +644,7 @@ impl SessionHandler for Session {
     fn tls_started(&mut self, _info: &TlsInfo) {
         // STARTTLS forgets a login (RFC 3207), though none can happen before it here.
         self.tls = true;
+        metrics::m().tls_session(self.listener);
         self.user = None;
         self.relay = self.base_relay;
     }
@@ -660,12 +674,17 @@ impl SessionHandler for Session {
         };
         match db.verify(c.authcid(), c.secret(), &client).await {
             Ok(auth::Verdict::Ok { user }) => {
+                metrics::m().auth("ok");
                 self.user = Some(user.clone());
                 self.relay = true;
                 Ok(user)
             }
-            Ok(auth::Verdict::Invalid) => Err(AuthFailure::Invalid),
+            Ok(auth::Verdict::Invalid) => {
+                metrics::m().auth("failed");
+                Err(AuthFailure::Invalid)
+            }
             Err(auth::Temporary(why)) => {
+                metrics::m().auth("temporary");
                 warn!(session = self.session_id, error = %why, "user database unavailable");
                 Err(AuthFailure::Temporary)
             }
@@ -710,24 +729,48 @@ impl SessionHandler for Session {
                 });
                 Ok(())
             }
-            Err(Refusal::RelayDenied) => {
-                info!(session = self.session_id, peer = %self.peer, to = %to, "relay denied");
-                Err(reply(554, (5, 7, 1), &format!("{to}: Relay access denied")))
+            Err(refusal) => {
+                let r = self.refuse_rcpt(to, refusal);
+                metrics::m().rcpt_refused(r.code());
+                Err(r)
             }
-            Err(Refusal::UnknownUser) => Err(reply(
-                550,
-                (5, 1, 1),
-                &format!("{to}: Recipient address rejected: User unknown"),
-            )),
-            Err(Refusal::BadMailbox(why)) => Err(reply(
-                550,
-                (5, 1, 3),
-                &format!("{to}: Recipient address rejected: {why}"),
-            )),
         }
     }
 
     async fn data(&mut self, envelope: &Envelope, body: &mut BodyStream<'_>) -> DataOutcome {
+        let outcome = self.receive(envelope, body).await;
+        metrics::m().message(self.listener, outcome.reply().code());
+        outcome
+    }
+
+    fn reset(&mut self) {
+        self.rcpts.clear();
+    }
+}
+
+impl Session {
+    /// The reply refusing recipient `to`.
+    fn refuse_rcpt(&self, to: &ForwardPath, refusal: Refusal) -> Reply {
+        match refusal {
+            Refusal::RelayDenied => {
+                info!(session = self.session_id, peer = %self.peer, to = %to, "relay denied");
+                reply(554, (5, 7, 1), &format!("{to}: Relay access denied"))
+            }
+            Refusal::UnknownUser => reply(
+                550,
+                (5, 1, 1),
+                &format!("{to}: Recipient address rejected: User unknown"),
+            ),
+            Refusal::BadMailbox(why) => reply(
+                550,
+                (5, 1, 3),
+                &format!("{to}: Recipient address rejected: {why}"),
+            ),
+        }
+    }
+
+    /// Receives and stores one message (the body of [`SessionHandler::data`]).
+    async fn receive(&mut self, envelope: &Envelope, body: &mut BodyStream<'_>) -> DataOutcome {
         let rcpts = std::mem::take(&mut self.rcpts);
         let d = self.d.clone();
         let sender = match &envelope.from {
@@ -804,6 +847,7 @@ impl SessionHandler for Session {
         loop {
             match body.chunk().await {
                 Ok(Some(chunk)) => {
+                    metrics::m().received(chunk.len());
                     if let Err(e) = incoming.write(chunk) {
                         error!(session = self.session_id, error = %e, "cannot store message");
                         return DataOutcome::temporary_failure(
@@ -849,6 +893,7 @@ impl SessionHandler for Session {
                 debug!(session = self.session_id, id = %id, from = %envelope.from,
                       rcpts = envelope.rcpts.len(), local = stored.mailboxes,
                       queued = %stored.queue_id.as_ref().map_or_else(|| "-".to_owned(), |q| q.to_string()), "message accepted");
+                metrics::m().deliveries("local", "delivered", stored.mailboxes);
                 if let Some(q) = stored.queue_id {
                     d.relay_notify.notify_one();
                     DataOutcome::accepted(format!("Ok: queued as {q}"))
@@ -861,9 +906,5 @@ impl SessionHandler for Session {
                 DataOutcome::temporary_failure("Local error in processing, try again later")
             }
         }
-    }
-
-    fn reset(&mut self) {
-        self.rcpts.clear();
     }
 }

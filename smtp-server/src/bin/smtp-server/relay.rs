@@ -25,6 +25,7 @@
 //! listeners accepts on (see [`crate::policy::Policy::is_own_socket`]); when no address is
 //! left, the recipients fail with `5.4.6`, and no connection to ourselves is ever made.
 
+use crate::metrics;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
@@ -487,8 +488,16 @@ impl Relay {
                 (rcpts, report)
             }
         });
+        let destination = if self.deliverer.smarthost().is_some() {
+            "smarthost"
+        } else {
+            "mx"
+        };
         for (rcpts, report) in futures_util::future::join_all(deliveries).await {
             let via = report.delivered_via.as_ref().map(|(h, _)| h.clone());
+            if report.delivered_via.is_some() {
+                metrics::m().outbound(report.tls);
+            }
             for ((i, _), (path, outcome)) in rcpts.iter().zip(report.rcpts.iter()) {
                 let r = &entry.envelope.recipients[*i];
                 match outcome {
@@ -496,8 +505,10 @@ impl Relay {
                         info!(queue_id = %id, to = %path, via = %via.as_deref().unwrap_or("-"), tls = report.tls,
                               reply = %smtp_client::SafeReply(reply), "delivered");
                         results.push((*i, RcptState::Delivered, None));
+                        metrics::m().deliveries(destination, "delivered", 1);
                     }
                     RcptOutcome::Permanent(f) => {
+                        metrics::m().deliveries(destination, "bounced", 1);
                         let diag = diagnostic(f);
                         warn!(queue_id = %id, to = %path, error = %diag, "delivery failed permanently");
                         let status = f.enhanced.to_string();
@@ -510,6 +521,7 @@ impl Relay {
                         ));
                     }
                     RcptOutcome::Transient(f) => {
+                        metrics::m().deliveries(destination, "deferred", 1);
                         let diag = diagnostic(f);
                         info!(queue_id = %id, to = %path, error = %diag, "delivery deferred");
                         transient.push((r.address.clone(), diag));

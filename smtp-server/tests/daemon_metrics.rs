@@ -1,0 +1,99 @@
+//! `--metrics-listen`: the Prometheus text endpoint after a known load (parsed by the text
+//! format's rules here; the field suite has a real Prometheus scrape it).
+#![allow(clippy::unwrap_used)]
+
+mod daemon_util;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use daemon_util::{free_port, wait_until, Daemon};
+
+fn get(port: u16, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    (head.to_owned(), body.to_owned())
+}
+
+/// The value of the sample `name{labels}` (labels exactly as written), if present.
+fn sample(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[test]
+fn metrics_after_a_known_load() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("users"), "bob\ncarol\n").unwrap();
+    let mport = free_port();
+    let m = format!("127.0.0.1:{mport}");
+    let d = Daemon::start(
+        &dir.path().join("mail"),
+        "127.0.0.1:1".parse().unwrap(),
+        &[
+            "--metrics-listen",
+            &m,
+            "-u",
+            dir.path().join("users").to_str().unwrap(),
+        ],
+    );
+    assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(
+        &m
+    )
+    .is_ok()));
+    let mut c = d.connect();
+    for _ in 0..2 {
+        let (code, _) = c.send(
+            "a@example.test",
+            &["bob@example.test", "carol@example.test"],
+            "Subject: x\r\n\r\nhello\r\n",
+        );
+        assert_eq!(code, 250);
+    }
+    assert_eq!(c.cmd("MAIL FROM:<a@example.test>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<nobody@example.test>").0, 550);
+    assert_eq!(c.cmd("QUIT").0, 221);
+    let (head, body) = get(mport, "/metrics");
+    assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
+    assert!(
+        head.contains("Content-Type: application/openmetrics-text"),
+        "{head}"
+    );
+    assert!(body.ends_with("# EOF\n"), "{body}");
+    let want = [
+        (
+            "smtp_messages_total{listener=\"loopback\",class=\"2xx\"}",
+            2.0,
+        ),
+        (
+            "smtp_deliveries_total{destination=\"local\",outcome=\"delivered\"}",
+            4.0,
+        ),
+        ("smtp_recipients_refused_total{class=\"5xx\"}", 1.0),
+        ("smtp_queue_entries", 0.0),
+    ];
+    for (series, v) in want {
+        assert_eq!(sample(&body, series), Some(v), "{series}\n{body}");
+    }
+    let bytes = sample(&body, "smtp_received_bytes_total").unwrap();
+    assert!(
+        bytes >= 2.0 * "Subject: x\r\n\r\nhello\r\n".len() as f64,
+        "{bytes}"
+    );
+    // Every sample line is `name{labels} value` with a HELP and TYPE for its family.
+    for l in body.lines().filter(|l| !l.starts_with('#')) {
+        let (series, value) = l.rsplit_once(' ').unwrap();
+        assert!(value.parse::<f64>().is_ok(), "{l}");
+        let name = series.split('{').next().unwrap();
+        let family = name.strip_suffix("_total").unwrap_or(name);
+        assert!(body.contains(&format!("# TYPE {family} ")), "{l}");
+    }
+    let (head, _) = get(mport, "/other");
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+}
