@@ -107,6 +107,11 @@ pub enum Command {
     /// Print a passwd-file line (for --passwd-file) for USER, with a password read from
     /// standard input (asked twice without echo on a terminal).
     Passwd(PasswdArgs),
+    /// Make a DKIM signing key (for --dkim-key) and print the DNS TXT record to publish.
+    DkimKeygen(crate::cmd::dkim::KeygenArgs),
+    /// Print the DNS records (SPF, DMARC, and DKIM for --dkim-key files) a domain owner
+    /// publishes for mail sent through this server.
+    DnsRecords(crate::cmd::dkim::RecordsArgs),
 }
 
 /// `smtp-server passwd`.
@@ -294,6 +299,13 @@ pub struct Config {
           help = "SMTP AUTH users checked by Dovecot's auth service at this socket (see --help)")]
     /// Dovecot's auth socket.
     pub auth_dovecot: Option<Endpoint>,
+
+    #[arg(long = "dkim-key", value_name = "DOMAIN:SELECTOR:KEYFILE",
+          value_parser = crate::dkim::parse_key_spec, long_help = crate::cmd::dkim::DKIM_KEY_HELP,
+          help = "DKIM-sign mail our users send From: DOMAIN with this key (repeatable; \
+                  see --help)")]
+    /// The DKIM signing keys.
+    pub dkim_keys: Vec<crate::dkim::KeySpec>,
 }
 
 impl Config {
