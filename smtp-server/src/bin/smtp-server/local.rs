@@ -6,7 +6,8 @@
 //! only (the final destination adds `Return-Path:`). The message itself passes through a
 //! [`HeaderFilter`] on the way to both: its own `Return-Path:` fields are dropped and, for mail
 //! our users submit, a missing `Date:` and `Message-ID:` added (see [`crate::headers`]).
-//! Either copy is invisible until committed,
+//! For mail our users send, the queued copy is DKIM-signed after the last chunk and before
+//! the commit ([`Incoming::sign`], see [`crate::dkim`]). Either copy is invisible until committed,
 //! and a temporary file is removed when its [`Incoming`] is dropped, so a failure at any point
 //! leaves nothing half-written.
 
