@@ -63,7 +63,7 @@ use std::io::Write;
 pub use error::{Error, Result};
 pub use name::{MailboxName, NameError};
 pub use options::StoreOptions;
-pub use pending::PendingMessage;
+pub use pending::{PendingMessage, PendingReader};
 
 use crate::error::io_err;
 

@@ -1,7 +1,7 @@
 //! A message being received, before it is committed to mailboxes or the queue.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -37,6 +37,24 @@ pub struct PendingMessage {
     id: (u64, u64),
     len: u64,
     state: State,
+    /// Mode and ownership, for the file [`prepend`](Self::prepend) makes.
+    perms: Perms,
+}
+
+/// Reads a [`PendingMessage`] from its first byte, by offset (made by
+/// [`PendingMessage::reader`]).
+#[derive(Debug)]
+pub struct PendingReader<'a> {
+    file: &'a File,
+    pos: u64,
+}
+
+impl Read for PendingReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.file.read_at(buf, self.pos)?;
+        self.pos = self.pos.saturating_add(n as u64);
+        Ok(n)
+    }
 }
 
 /// A sealed [`PendingMessage`], as the stores link it into place.
@@ -72,7 +90,51 @@ impl PendingMessage {
             id,
             len: 0,
             state: State::Writing,
+            perms: *perms,
         })
+    }
+
+    /// Reads back what was written so far, from the first byte: for a signature computed over
+    /// the finished message (DKIM). Buffered bytes are flushed first.
+    ///
+    /// # Errors
+    /// The flush's error; the message is unusable then, as after a failed write.
+    pub fn reader(&mut self) -> io::Result<PendingReader<'_>> {
+        if self.state == State::Writing {
+            if let Err(e) = self.file.flush() {
+                self.state = State::Broken;
+                return Err(e);
+            }
+        }
+        Ok(PendingReader {
+            file: self.file.get_ref(),
+            pos: 0,
+        })
+    }
+
+    /// Puts `prefix` in front of what was written so far (a header field computed over the
+    /// message, such as `DKIM-Signature:`). A file cannot grow at its start, so the content is
+    /// copied once, by offset, into a new temporary file beside this one, which then takes its
+    /// place (the old one is removed). Writing may go on afterwards.
+    ///
+    /// # Errors
+    /// [`Error::MessageSealed`] once the message was committed (it would change delivered
+    /// mail) or after a failed write; [`Error::Io`] if the copy fails (this message is left as
+    /// it was).
+    pub fn prepend(&mut self, prefix: &[u8]) -> Result<()> {
+        if self.state != State::Writing {
+            return Err(Error::MessageSealed);
+        }
+        let mut new = PendingMessage::create(&self.dir, &self.perms)?;
+        let path = new.path();
+        let r = (|| {
+            self.file.flush()?;
+            new.write_all(prefix)?;
+            copy_from(self.file.get_ref(), &mut new)
+        })();
+        r.map_err(io_err("copy", path))?;
+        *self = new;
+        Ok(())
     }
 
     fn path(&self) -> PathBuf {
@@ -209,7 +271,7 @@ pub(crate) fn check_link(dir: &Dir, name: &str, id: (u64, u64)) -> Result<()> {
 }
 
 /// Copies a whole file by offset (the source's file position is not used).
-fn copy_from(from: &File, to: &mut File) -> io::Result<()> {
+fn copy_from(from: &File, to: &mut impl Write) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut off = 0u64;
     loop {
@@ -277,4 +339,52 @@ pub(crate) fn open_store_root(root: &Path) -> Result<(Dir, Arc<Dir>)> {
     }
     clean_staging(&staging);
     Ok((root, Arc::new(staging)))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use std::io::{Read, Write};
+
+    use crate::queue::{Envelope, Queue, QueueEntry, Recipient};
+
+    #[test]
+    fn read_back_and_prepend_before_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::open(dir.path().join("q")).unwrap();
+        let mut m = queue.begin().unwrap();
+        m.write_all(b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        let mut back = Vec::new();
+        m.reader().unwrap().read_to_end(&mut back).unwrap();
+        assert_eq!(back, b"Subject: x\r\n\r\nbody\r\n");
+        m.prepend(b"Sig: 1\r\n").unwrap();
+        m.write_all(b"more\r\n").unwrap();
+        assert_eq!(m.len(), 34);
+        let entry = QueueEntry::new(
+            Envelope {
+                sender: "a@x".into(),
+                recipients: vec![Recipient::new("b@y")],
+                ret: None,
+                envid: None,
+            },
+            std::time::SystemTime::now(),
+        );
+        let id = queue.enqueue_pending(&entry, &mut m).unwrap();
+        let mut body = Vec::new();
+        queue
+            .read_body(&id)
+            .unwrap()
+            .read_to_end(&mut body)
+            .unwrap();
+        assert_eq!(body, b"Sig: 1\r\nSubject: x\r\n\r\nbody\r\nmore\r\n");
+        // Sealed by the commit: no more changes.
+        assert!(m.prepend(b"late\r\n").is_err());
+        drop(m);
+        // Only the committed copy is left (the first temporary file went with the prepend).
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("q/tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
 }

@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
-use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, MX, SOA};
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, MX, SOA, TXT};
 use hickory_server::proto::rr::{LowerName, Name, RData, Record};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
@@ -114,6 +114,25 @@ impl TestDnsBuilder {
     /// Adds a CNAME record: `alias` is another name for `target`.
     pub fn cname(mut self, alias: &str, target: &str) -> Self {
         let record = Record::from_rdata(name(alias), 0, RData::CNAME(CNAME(name(target))));
+        self.records.push(record);
+        self
+    }
+
+    /// Adds a TXT record holding `text` (a DKIM key, SPF or DMARC record). Text longer than a
+    /// DNS character-string (255 octets) is split into several, as a zone file would hold a
+    /// 2048-bit DKIM key; readers join them again (RFC 7208 §3.3, RFC 6376 §3.6.2.2).
+    pub fn txt(mut self, domain: &str, text: &str) -> Self {
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(255);
+            while !rest.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            parts.push(rest[..cut].to_owned());
+            rest = &rest[cut..];
+        }
+        let record = Record::from_rdata(name(domain), 0, RData::TXT(TXT::new(parts)));
         self.records.push(record);
         self
     }

@@ -226,6 +226,12 @@ impl Smtp {
         self.reply()
     }
 
+    /// Writes raw bytes (a message already dot-stuffed, say); read the reply with
+    /// [`reply`](Self::reply).
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        self.w.write_all(bytes).unwrap();
+    }
+
     /// EHLO, MAIL, each RCPT (which must be accepted), DATA, the message (dot-stuffed here);
     /// returns the reply to the final dot.
     pub fn send(&mut self, from: &str, rcpts: &[&str], message: &str) -> (u16, String) {
@@ -276,6 +282,8 @@ pub struct Net {
     pub peer_port: u16,
     pub got: Arc<Mutex<Vec<Got>>>,
     pub attempts: Arc<Mutex<usize>>,
+    /// Every message body the peer read, refused ones too, in order.
+    pub bodies: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl Net {
@@ -317,10 +325,12 @@ impl Net {
             .unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
         let attempts = Arc::new(Mutex::new(0));
+        let bodies = Arc::new(Mutex::new(Vec::new()));
         let handler = Peer {
             b: Arc::new(behaviour),
             got: got.clone(),
             attempts: attempts.clone(),
+            bodies: bodies.clone(),
         };
         let mut builder = smtp_server::Server::builder(handler)
             .hostname("mx.remote.test")
@@ -343,6 +353,7 @@ impl Net {
             peer_port,
             got,
             attempts,
+            bodies,
         }
     }
 
@@ -355,12 +366,14 @@ struct Peer {
     b: Arc<PeerBehaviour>,
     got: Arc<Mutex<Vec<Got>>>,
     attempts: Arc<Mutex<usize>>,
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 struct PeerSession {
     b: Arc<PeerBehaviour>,
     got: Arc<Mutex<Vec<Got>>>,
     attempts: Arc<Mutex<usize>>,
+    bodies: Arc<Mutex<Vec<Vec<u8>>>>,
 }
 
 impl Handler for Peer {
@@ -370,6 +383,7 @@ impl Handler for Peer {
             b: self.b.clone(),
             got: self.got.clone(),
             attempts: self.attempts.clone(),
+            bodies: self.bodies.clone(),
         })
     }
 }
@@ -391,6 +405,7 @@ impl SessionHandler for PeerSession {
         while let Ok(Some(c)) = body.chunk().await {
             data.extend_from_slice(c);
         }
+        self.bodies.lock().unwrap().push(data.clone());
         let n = {
             let mut a = self.attempts.lock().unwrap();
             *a += 1;

@@ -3,5 +3,6 @@
 //! line on stderr, as the daemon does for a bad configuration (`queue` adds 1 for an unknown
 //! entry and 75 for one being delivered: see `cmd::queue`).
 
+pub mod dkim;
 pub mod passwd;
 pub mod queue;

@@ -109,7 +109,7 @@ pub struct Cli {
     pub daemon: Config,
 }
 
-/// The subcommands. Later ones (`queue`, `check-config`, `dkim-keygen`) go here, each with
+/// The subcommands, each with its own `Args` struct and a module under `cmd/`.
 /// its own `Args` struct and a module under `cmd/`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
@@ -124,6 +124,11 @@ pub enum Command {
     /// then print the effective configuration as TOML with where each value came from. Exit 0
     /// when it would start, 2 with one line naming the problem otherwise.
     CheckConfig(Box<Config>),
+    /// Make a DKIM signing key (for --dkim-key) and print the DNS TXT record to publish.
+    DkimKeygen(crate::cmd::dkim::KeygenArgs),
+    /// Print the DNS records (SPF, DMARC, and DKIM for --dkim-key files) a domain owner
+    /// publishes for mail sent through this server.
+    DnsRecords(crate::cmd::dkim::RecordsArgs),
 }
 
 /// `smtp-server passwd`.
@@ -328,6 +333,13 @@ pub struct Config {
           help = "SMTP AUTH users checked by Dovecot's auth service at this socket (see --help)")]
     /// Dovecot's auth socket.
     pub auth_dovecot: Option<Endpoint>,
+
+    #[arg(long = "dkim-key", value_name = "DOMAIN:SELECTOR:KEYFILE",
+          value_parser = crate::dkim::parse_key_spec, long_help = crate::cmd::dkim::DKIM_KEY_HELP,
+          help = "DKIM-sign mail our users send From: DOMAIN with this key (repeatable; \
+                  see --help)")]
+    /// The DKIM signing keys.
+    pub dkim_keys: Vec<crate::dkim::KeySpec>,
 }
 
 impl Config {

@@ -6,7 +6,8 @@
 //! only (the final destination adds `Return-Path:`). The message itself passes through a
 //! [`HeaderFilter`] on the way to both: its own `Return-Path:` fields are dropped and, for mail
 //! our users submit, a missing `Date:` and `Message-ID:` added (see [`crate::headers`]).
-//! Either copy is invisible until committed,
+//! For mail our users send, the queued copy is DKIM-signed after the last chunk and before
+//! the commit ([`Incoming::sign`], see [`crate::dkim`]). Either copy is invisible until committed,
 //! and a temporary file is removed when its [`Incoming`] is dropped, so a failure at any point
 //! leaves nothing half-written.
 
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use mailstore::queue::{Queue, QueueEntry, QueueId};
 use mailstore::{MailboxName, PendingMessage, Store};
 
+use crate::dkim;
 use crate::headers::{HeaderFilter, Missing};
 
 /// A message being received.
@@ -27,6 +29,8 @@ pub struct Incoming {
     /// The filtered chunk, reused.
     out: Vec<u8>,
     size: u64,
+    /// The header filter has written its last bytes (see [`finish`](Incoming::finish)).
+    finished: bool,
 }
 
 /// What a commit did.
@@ -68,6 +72,7 @@ impl Incoming {
             filter: HeaderFilter::new(missing),
             out: Vec::new(),
             size: 0,
+            finished: false,
         })
     }
 
@@ -101,6 +106,44 @@ impl Incoming {
         self.filter.received
     }
 
+    /// The end of the message: a message that was all header section gets its missing fields
+    /// now. Done once; [`sign`](Self::sign) and [`commit`](Self::commit) call it.
+    fn finish(&mut self) -> std::io::Result<()> {
+        if self.finished {
+            return Ok(());
+        }
+        self.finished = true;
+        let mut tail = Vec::new();
+        self.filter.finish(&mut tail);
+        if tail.is_empty() {
+            Ok(())
+        } else {
+            self.write_out(&tail)
+        }
+    }
+
+    /// DKIM-signs the queued copy, as it will be sent, with `keys` (see [`crate::dkim`]); call
+    /// it after the last chunk and before [`commit`](Self::commit). The work (reading the copy
+    /// back, hashing, copying it behind the signature) runs on tokio's blocking pool. Without a
+    /// queued copy there is nothing to sign.
+    ///
+    /// # Errors
+    /// As [`dkim::sign_pending`]; the message must not be committed then.
+    pub async fn sign(&mut self, keys: Arc<dkim::Keys>) -> Result<dkim::Outcome, dkim::SignError> {
+        self.finish().map_err(dkim::SignError::Io)?;
+        let Some(mut m) = self.queued.take() else {
+            return Ok(dkim::Outcome::Unsigned("no remote recipients"));
+        };
+        let (m, r) = tokio::task::spawn_blocking(move || {
+            let r = dkim::sign_pending(&keys, &mut m);
+            (m, r)
+        })
+        .await
+        .map_err(|e| dkim::SignError::Sign(format!("signing task failed: {e}")))?;
+        self.queued = Some(m);
+        r
+    }
+
     /// Commits: the local copy to `mailboxes` (duplicates removed), then the queued copy with
     /// `entry`. Runs the blocking file system work on tokio's blocking pool.
     ///
@@ -115,14 +158,8 @@ impl Incoming {
         mut mailboxes: Vec<MailboxName>,
         entry: Option<QueueEntry>,
     ) -> Result<Stored, String> {
-        // The end of the message: a message that was all header section gets its missing
-        // fields now.
-        let mut tail = Vec::new();
-        self.filter.finish(&mut tail);
-        if !tail.is_empty() {
-            self.write_out(&tail)
-                .map_err(|e| format!("cannot store message: {e}"))?;
-        }
+        self.finish()
+            .map_err(|e| format!("cannot store message: {e}"))?;
         let Incoming { local, queued, .. } = self;
         tokio::task::spawn_blocking(move || {
             let mut stored = Stored::default();

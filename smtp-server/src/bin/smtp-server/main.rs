@@ -5,13 +5,15 @@
 //! [`headers`] (trace headers), [`local`] (storing a message), [`relay`] (the queue runner),
 //! [`relay_auth`] (the relay host's password file), [`bounce`] (RFC 3464 reports), [`listen`]
 //! (sockets and connection classes), [`logsafe`] (log lines escaped), [`auth`] (users for
-//! SMTP AUTH), [`cmd`] (subcommands such as `smtp-server passwd`).
+//! SMTP AUTH), [`dkim`] (signing outbound mail), [`cmd`] (subcommands such as
+//! `smtp-server passwd`).
 
 mod auth;
 mod bounce;
 mod cmd;
 mod config;
 mod config_file;
+mod dkim;
 mod headers;
 mod listen;
 mod local;
@@ -67,6 +69,8 @@ fn main() -> ExitCode {
         Some(Command::Passwd(args)) => return cmd::passwd::run(args),
         Some(Command::Queue(args)) => return cmd::queue::run(args),
         Some(Command::CheckConfig(cfg)) => return check_config(cfg, &argv, &file_keys),
+        Some(Command::DkimKeygen(args)) => return cmd::dkim::keygen(args),
+        Some(Command::DnsRecords(args)) => return cmd::dkim::records(args),
         None => {}
     }
     let cfg = cli.daemon;
@@ -104,6 +108,26 @@ struct Daemon {
     relay_notify: Arc<Notify>,
     /// Where submission users come from (`--passwd-file`, `--auth-dovecot`).
     auth: Option<Arc<auth::Authenticator>>,
+    /// DKIM signing keys (`--dkim-key`).
+    dkim: Arc<dkim::Keys>,
+}
+
+/// Loads `--dkim-key`: any unreadable or invalid key stops the daemon.
+fn load_dkim_keys(cfg: &Config) -> Result<dkim::Keys, Fatal> {
+    let option = "--dkim-key";
+    let mut keys = dkim::Keys::default();
+    for spec in &cfg.dkim_keys {
+        let (key, exposed) = dkim::load_key(&spec.path).map_err(|e| fatal(option, e))?;
+        if exposed {
+            warn!(file = %spec.path.display(),
+                  "{option}: the key file may be read by its group or by others (chmod 600)");
+        }
+        keys.add(spec, key).map_err(|e| fatal(option, e))?;
+    }
+    if !keys.is_empty() {
+        info!("DKIM signing keys: {}", keys.describe());
+    }
+    Ok(keys)
 }
 
 /// Sets up the log; returns the log file, for SIGHUP to reopen.
@@ -302,6 +326,7 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
         warn!("a user database is configured but no --submission-listen or --tls-listen: AUTH is offered nowhere");
     }
     let auth = auth.map(Arc::new);
+    let dkim = Arc::new(load_dkim_keys(&cfg)?);
     let store = open_store(&cfg)?;
     let queue = open_queue(&cfg.queue_dir())?;
 
@@ -379,6 +404,7 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
         queue: queue.clone(),
         relay_notify: relay_notify.clone(),
         auth: auth.clone(),
+        dkim,
     });
 
     let mut limits = smtp_server::Limits::default();
@@ -865,6 +891,30 @@ impl Session {
                 Ok(None) => break,
                 // The session answered already; dropping `incoming` removes the partial file.
                 Err(_) => return DataOutcome::temporary_failure("message not received"),
+            }
+        }
+        // Signed before it is queued, so that every attempt sends the same bytes; only mail
+        // from senders who may relay (see `dkim`).
+        if self.relay && !remote.is_empty() && !d.dkim.is_empty() {
+            match incoming.sign(d.dkim.clone()).await {
+                Ok(dkim::Outcome::Signed { keys, .. }) => {
+                    for (domain, selector) in keys {
+                        debug!(session = self.session_id, id = %id, %domain, %selector, "DKIM-signed");
+                    }
+                }
+                Ok(dkim::Outcome::Unsigned(why)) => {
+                    debug!(session = self.session_id, id = %id, "not DKIM-signed: {why}");
+                }
+                Err(e @ dkim::SignError::HeaderTooLong) => {
+                    info!(session = self.session_id, id = %id, "refused: {e}");
+                    return reply(552, (5, 3, 4), "Message header section too long to sign").into();
+                }
+                Err(e) => {
+                    error!(session = self.session_id, id = %id, error = %e, "cannot sign message");
+                    return DataOutcome::temporary_failure(
+                        "Local error in processing, try again later",
+                    );
+                }
             }
         }
         let entry = (!remote.is_empty()).then(|| {
