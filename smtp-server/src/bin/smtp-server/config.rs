@@ -110,7 +110,6 @@ pub struct Cli {
 }
 
 /// The subcommands, each with its own `Args` struct and a module under `cmd/`.
-/// its own `Args` struct and a module under `cmd/`.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Print a passwd-file line (for --passwd-file) for USER, with a password read from
