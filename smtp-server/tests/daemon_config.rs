@@ -99,10 +99,7 @@ fn errors_name_the_key_and_line_and_exit_2() {
 #[test]
 fn check_config_on_the_annotated_example() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["mail.example.org".into()]).unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let (cert, key) = daemon_util::tls_files(dir.path(), "mail.example.org");
     let passwd = dir.path().join("passwd");
     std::fs::write(&passwd, "alice@example.org:{PLAIN}x\n").unwrap();
     // The example as shipped, with only its files moved into the test's directory.

@@ -352,11 +352,7 @@ fn received_names_tls_and_utf8smtp() {
     let peer = RawPeer::start(&[], Vec::new());
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("mail");
-    let ck = rcgen::generate_simple_self_signed(vec!["mx.example.test".into()]).unwrap();
-    let cert = dir.path().join("cert.pem");
-    let key = dir.path().join("key.pem");
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let (cert, key) = daemon_util::tls_files(dir.path(), "mx.example.test");
     let d = Daemon::start(
         &spool,
         peer.dns.addr(),

@@ -46,10 +46,7 @@ struct Setup {
 fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let net = Net::start(PeerBehaviour::default(), true);
-    let ck = rcgen::generate_simple_self_signed(vec!["mx.example.test".into()]).unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let (cert, key) = daemon_util::tls_files(dir.path(), "mx.example.test");
     let passwd = dir.path().join("passwd");
     let users = dir.path().join("users");
     std::fs::write(
@@ -209,10 +206,7 @@ fn authenticated_mail_is_relayed_and_the_rest_refused() {
 #[test]
 fn submission_needs_a_user_database() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = rcgen::generate_simple_self_signed(vec!["mx.example.test".into()]).unwrap();
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    std::fs::write(&cert, ck.cert.pem()).unwrap();
-    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    let (cert, key) = daemon_util::tls_files(dir.path(), "mx.example.test");
     let out = Command::new(BIN)
         .args(["-d", dir.path().join("mail").to_str().unwrap()])
         .args(["-l", &format!("127.0.0.1:{}", free_port()), "--no-public"])

@@ -19,6 +19,16 @@ use smtp_server::{
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_smtp-server");
 
+/// A self-signed certificate for `name` and its key, written as `cert.pem` and `key.pem` in
+/// `dir`; returns their paths.
+pub fn tls_files(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
+    let ck = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, ck.cert.pem()).unwrap();
+    std::fs::write(&key, ck.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
