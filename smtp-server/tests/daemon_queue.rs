@@ -271,6 +271,18 @@ fn queue_tool_on_a_live_queue() {
     let b = mailbox(&spool, "alice");
     assert_eq!(b.len(), 1, "{b:#?}");
     assert!(b[0].contains("Status: 4.4.7"), "{}", b[0]);
+    // The log says when a deferred entry is tried next, and says expiry as expiry.
+    let log = d.log();
+    assert!(
+        log.lines().any(|l| l.contains(": deferred queue_id=")
+            && l.contains(" next_attempt=20")
+            && l.contains(" expires=20")),
+        "{log}"
+    );
+    assert!(
+        log.contains("expired: delivery time is over, returning to the sender"),
+        "{log}"
+    );
     assert!(entry(&spool, &old).is_none());
     std::thread::sleep(Duration::from_secs(2));
     assert!(!net.got().iter().any(|g| g.rcpts == ["<frank@remote.test>"]));

@@ -548,6 +548,8 @@ impl Relay {
                     "delivery time expired after {}: {last}",
                     crate::config::format_duration(self.lifetime)
                 );
+                warn!(queue_id = %id, to = %r.address, lifetime = %crate::config::format_duration(self.lifetime),
+                      last_error = %last, "expired: delivery time is over, returning to the sender");
                 results.push((
                     i,
                     RcptState::Failed {
@@ -660,29 +662,36 @@ impl Relay {
             .filter(|(i, _, _)| !early.contains(i))
             .map(|(i, s, _)| (i, s))
             .collect();
+        let next = (!finishing && still_pending).then(|| {
+            let next = add_saturating(
+                now,
+                backoff(self.retry_base, entry.attempts.saturating_add(1)),
+            );
+            // Not past the deadline, unless it has passed (a bounce to retry).
+            if deadline > now {
+                next.min(deadline)
+            } else {
+                next
+            }
+        });
         let recorded = tokio::task::block_in_place(|| {
             if finishing {
                 // Every recipient is done and reported: the entry goes, its states with it.
                 return claim.finish();
             }
             claim.record_many(outcomes.iter().cloned())?;
-            if still_pending {
-                let mut next = add_saturating(
-                    now,
-                    backoff(self.retry_base, entry.attempts.saturating_add(1)),
-                );
-                // Not past the deadline, unless it has passed (a bounce to retry).
-                if deadline > now {
-                    next = next.min(deadline);
-                }
-                claim.reschedule(next, summarize(&transient))
-            } else {
-                claim.finish()
+            match next {
+                Some(next) => claim.reschedule(next, summarize(&transient)),
+                None => claim.finish(),
             }
         });
         match recorded {
             Ok(()) => {
                 self.held.lock().expect("not poisoned").remove(id);
+                if let Some(next) = next {
+                    info!(queue_id = %id, attempts = entry.attempts.saturating_add(1),
+                          next_attempt = %utc(next), expires = %utc(deadline), "deferred");
+                }
             }
             Err(e) => {
                 // The entry on disk is unchanged (or partly updated): it is due again, so
@@ -1014,4 +1023,11 @@ mod tests {
         // The scan still saw the whole header section.
         assert!(scan.has_message_id);
     }
+}
+
+/// A time as RFC 3339 UTC (`2026-12-01T13:04:05Z`) for log lines.
+fn utc(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
