@@ -917,6 +917,13 @@ fn summarize(transient: &[(String, String)]) -> String {
     crate::headers::truncate_str(&parts.join("; "), LAST_ERROR_MAX).to_owned()
 }
 
+/// A time as RFC 3339 UTC (`2026-12-01T13:04:05Z`) for log lines.
+fn utc(t: SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -1023,11 +1030,4 @@ mod tests {
         // The scan still saw the whole header section.
         assert!(scan.has_message_id);
     }
-}
-
-/// A time as RFC 3339 UTC (`2026-12-01T13:04:05Z`) for log lines.
-fn utc(t: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
 }
