@@ -917,11 +917,32 @@ fn summarize(transient: &[(String, String)]) -> String {
     crate::headers::truncate_str(&parts.join("; "), LAST_ERROR_MAX).to_owned()
 }
 
-/// A time as RFC 3339 UTC (`2026-12-01T13:04:05Z`) for log lines.
+/// A time as RFC 3339 UTC (`2026-12-01T13:04:05Z`) for log lines; `never` past what the
+/// calendar can show (a huge `--queue-lifetime` saturates far beyond the year 9999, and
+/// `OffsetDateTime::from(SystemTime)` would panic there).
 fn utc(t: SystemTime) -> String {
-    let t = time::OffsetDateTime::from(t);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "never".to_owned())
+}
+
+#[cfg(test)]
+mod utc_tests {
+    use super::*;
+
+    #[test]
+    fn far_future_times_do_not_panic() {
+        assert_eq!(utc(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        let far = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(u64::MAX / 4);
+        assert_eq!(utc(far), "never");
+    }
 }
 
 #[cfg(test)]
