@@ -239,6 +239,41 @@ fn raise_nofile_limit() -> u64 {
     }
 }
 
+/// Every configured listener with its kind, defaults applied.
+fn configured_listeners(cfg: &Config) -> Vec<Configured> {
+    let mut listeners = Vec::new();
+    for (kind, addrs) in [
+        (Kind::Loopback, cfg.local_listen()),
+        (Kind::Public, cfg.public_listen()),
+        (Kind::Tls, cfg.tls_listen.clone()),
+        (Kind::Submission, cfg.submission_listen.clone()),
+    ] {
+        listeners.extend(addrs.into_iter().map(|addr| Configured { kind, addr }));
+    }
+    listeners
+}
+
+/// `--submission-listen` is refused without a user database to log in with.
+fn submission_needs_users(cfg: &Config, have_users: bool) -> Result<(), Fatal> {
+    if !have_users && !cfg.submission_listen.is_empty() {
+        return Err(fatal(
+            "--submission-listen",
+            "needs a user database to log in with: --passwd-file or --auth-dovecot",
+        ));
+    }
+    Ok(())
+}
+
+/// The TLS certificate and key, loaded, if configured.
+fn load_tls(cfg: &Config) -> Result<Option<smtp_server::TlsConfig>, Fatal> {
+    match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) => smtp_server::TlsConfig::from_pem_files(c, k)
+            .map(Some)
+            .map_err(|e| fatal("--tls-cert/--tls-key", e)),
+        _ => Ok(None),
+    }
+}
+
 /// `smtp-server check-config`: what `run` checks before it binds, without side effects, then
 /// the effective configuration.
 fn check_config(cfg: &Config, argv: &[std::ffi::OsString], file_keys: &[String]) -> ExitCode {
@@ -247,30 +282,14 @@ fn check_config(cfg: &Config, argv: &[std::ffi::OsString], file_keys: &[String])
             Users::load(p).map_err(|e| fatal("--users", format!("{}: {e}", p.display())))?;
         }
         let auth = cfg.authenticator().map_err(|(opt, e)| fatal(opt, e))?;
-        if auth.is_none() && !cfg.submission_listen.is_empty() {
-            return Err(fatal(
-                "--submission-listen",
-                "needs a user database to log in with: --passwd-file or --auth-dovecot",
-            ));
-        }
-        if let (Some(c), Some(k)) = (&cfg.tls_cert, &cfg.tls_key) {
-            smtp_server::TlsConfig::from_pem_files(c, k)
-                .map_err(|e| fatal("--tls-cert/--tls-key", e))?;
-        }
+        submission_needs_users(cfg, auth.is_some())?;
+        load_dkim_keys(cfg)?;
+        load_tls(cfg)?;
         if let Some(path) = &cfg.relay_password_file {
             relay_auth::PasswordFile::load(path)
                 .map_err(|e| fatal("--relay-password-file", format!("{}: {e}", path.display())))?;
         }
-        let mut listeners = Vec::new();
-        for (kind, addrs) in [
-            (Kind::Loopback, cfg.local_listen()),
-            (Kind::Public, cfg.public_listen()),
-            (Kind::Tls, cfg.tls_listen.clone()),
-            (Kind::Submission, cfg.submission_listen.clone()),
-        ] {
-            listeners.extend(addrs.into_iter().map(|addr| Configured { kind, addr }));
-        }
-        Plan::new(&listeners).map_err(|e| fatal("listen", e))?;
+        Plan::new(&configured_listeners(cfg)).map_err(|e| fatal("listen", e))?;
         Ok(())
     })();
     if let Err(Fatal(e)) = checked {
@@ -313,12 +332,7 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
     if let Some(a) = &auth {
         info!("SMTP AUTH users: {}", a.describe());
     }
-    if auth.is_none() && !cfg.submission_listen.is_empty() {
-        return Err(fatal(
-            "--submission-listen",
-            "needs a user database to log in with: --passwd-file or --auth-dovecot",
-        ));
-    }
+    submission_needs_users(&cfg, auth.is_some())?;
     if auth.is_none() && !cfg.tls_listen.is_empty() {
         warn!("--tls-listen without --passwd-file or --auth-dovecot: no one can log in there, so every MAIL gets 530 5.7.0");
     }
@@ -330,22 +344,8 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
     let store = open_store(&cfg)?;
     let queue = open_queue(&cfg.queue_dir())?;
 
-    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
-        (Some(c), Some(k)) => Some(
-            smtp_server::TlsConfig::from_pem_files(c, k)
-                .map_err(|e| fatal("--tls-cert/--tls-key", e))?,
-        ),
-        _ => None,
-    };
-
-    let mut listeners: Vec<Configured> = Vec::new();
-    let mut add = |kind, addrs: Vec<SocketAddr>| {
-        listeners.extend(addrs.into_iter().map(|addr| Configured { kind, addr }));
-    };
-    add(Kind::Loopback, cfg.local_listen());
-    add(Kind::Public, cfg.public_listen());
-    add(Kind::Tls, cfg.tls_listen.clone());
-    add(Kind::Submission, cfg.submission_listen.clone());
+    let tls = load_tls(&cfg)?;
+    let listeners = configured_listeners(&cfg);
     let plan = Arc::new(Plan::new(&listeners).map_err(|e| fatal("listen", e))?);
     let listen_addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.addr).collect();
     let policy = Arc::new(Policy::new(domains.clone(), listen_addrs, users));
