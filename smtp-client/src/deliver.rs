@@ -106,7 +106,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn from_reply(reply: &Reply) -> Self {
+    pub(crate) fn from_reply(reply: &Reply) -> Self {
         let class = if reply.is_permanent() { 5 } else { 4 };
         Self {
             reply: Some(reply.clone()),
@@ -115,7 +115,7 @@ impl Failure {
         }
     }
 
-    fn from_error(error: &ClientError) -> Self {
+    pub(crate) fn from_error(error: &ClientError) -> Self {
         Self {
             reply: error.reply().cloned(),
             enhanced: error.enhanced_code(),
@@ -164,6 +164,18 @@ impl RcptOutcome {
     /// Whether the recipient is done with (delivered or bounced): nothing to retry.
     pub fn is_final(&self) -> bool {
         !matches!(self, Self::Transient(_))
+    }
+
+    /// The outcome a server's verdict on one recipient means: accepted is delivered, a 5yz
+    /// permanent, a 4yz transient.
+    pub(crate) fn of(result: RcptResult) -> Self {
+        match result {
+            RcptResult::Accepted(reply) => Self::Delivered(reply),
+            RcptResult::Rejected(reply) if reply.is_permanent() => {
+                Self::Permanent(Failure::from_reply(&reply))
+            }
+            RcptResult::Rejected(reply) => Self::Transient(Failure::from_reply(&reply)),
+        }
     }
 }
 
@@ -561,18 +573,7 @@ impl Deliverer {
                 .rcpts
                 .iter()
                 .zip(result.rcpts)
-                .map(|(r, result)| {
-                    let outcome = match result {
-                        RcptResult::Accepted(reply) => RcptOutcome::Delivered(reply),
-                        RcptResult::Rejected(reply) if reply.is_permanent() => {
-                            RcptOutcome::Permanent(Failure::from_reply(&reply))
-                        }
-                        RcptResult::Rejected(reply) => {
-                            RcptOutcome::Transient(Failure::from_reply(&reply))
-                        }
-                    };
-                    (r.path.clone(), outcome)
-                })
+                .map(|(r, result)| (r.path.clone(), RcptOutcome::of(result)))
                 .collect(),
             // Decided for every recipient by this server, or by this client before sending.
             Err(e) if e.is_permanent() => all(RcptOutcome::Permanent(Failure::from_error(&e))),
@@ -585,7 +586,7 @@ impl Deliverer {
 }
 
 /// The status code for "no host reached": always transient.
-fn transient_code(c: EnhancedCode) -> EnhancedCode {
+pub(crate) fn transient_code(c: EnhancedCode) -> EnhancedCode {
     if c.class == 4 {
         c
     } else {
