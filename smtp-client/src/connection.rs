@@ -425,7 +425,13 @@ impl Connection {
                         .await
                     {
                         Ok(Ok(s)) => s,
-                        Ok(Err(source)) => return Err(ClientError::Connect { addr, source }),
+                        // The error names the socket (a Connect error would name `addr`).
+                        Ok(Err(e)) => {
+                            return Err(ClientError::Io(io::Error::new(
+                                e.kind(),
+                                format!("cannot connect to {}: {e}", path.display()),
+                            )))
+                        }
                         Err(_) => return Err(ClientError::Timeout { stage: "connect" }),
                     };
                 let name = path.display().to_string();

@@ -339,7 +339,26 @@ pub struct Config {
                   see --help)")]
     /// The DKIM signing keys.
     pub dkim_keys: Vec<crate::dkim::KeySpec>,
+
+    #[arg(long, value_name = "unix:PATH|inet:IP:PORT", long_help = LMTP_HELP,
+          help = "Deliver local mail by LMTP to this server (Dovecot's lmtp) instead of into \
+                  --spool-dir (see --help)")]
+    /// The LMTP server for local mail.
+    pub lmtp: Option<smtp_client::lmtp::LmtpTarget>,
 }
+
+const LMTP_HELP: &str = "\
+Deliver local mail by LMTP (RFC 2033) to this server instead of storing it under --spool-dir,
+as Postfix's `mailbox_transport = lmtp:...`: `unix:/run/dovecot/lmtp` (or just the path) for
+a Unix-domain socket, `inet:127.0.0.1:24` (`inet:[::1]:24`) for TCP; an IP address, not a
+host name.
+
+Local mail is queued first (the `250` means it is in the queue, durably) and handed to the
+LMTP server at once; each recipient gets the server's own verdict: delivered, retried later
+for a 4yz (a full mailbox, the server down), returned to the sender for a 5yz (unknown user).
+A recipient is the mailbox name (after the users file's aliases) at the first --domain:
+`alice@example.org`; give Dovecot `auth_username_format = %Ln` when its users are names.
+Bounces to local senders go the same way. The spool is not written.";
 
 impl Config {
     /// The queue directory, defaulted.

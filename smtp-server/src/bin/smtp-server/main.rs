@@ -110,6 +110,8 @@ struct Daemon {
     auth: Option<Arc<auth::Authenticator>>,
     /// DKIM signing keys (`--dkim-key`).
     dkim: Arc<dkim::Keys>,
+    /// Local mail goes to the LMTP server (`--lmtp`), through the queue.
+    lmtp: bool,
 }
 
 /// Loads `--dkim-key`: any unreadable or invalid key stops the daemon.
@@ -405,6 +407,7 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
         relay_notify: relay_notify.clone(),
         auth: auth.clone(),
         dkim,
+        lmtp: cfg.lmtp.is_some(),
     });
 
     let mut limits = smtp_server::Limits::default();
@@ -467,23 +470,31 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let relay = Arc::new(Relay::new(
-        queue,
-        store,
-        policy,
-        deliverer,
-        hostname.clone(),
-        cfg.queue_lifetime,
-        cfg.retry_base,
-        relay_notify,
-        relay::Slots::new(
-            cfg.max_deliveries as usize,
-            cfg.destination_concurrency as usize,
-        ),
-        // Each entry being worked on holds a descriptor: a quarter of the limit, so that
-        // sessions, the spool and the queue keep the rest.
-        (nofile / 4) as usize,
-    ));
+    let relay = Arc::new(
+        Relay::new(
+            queue,
+            store,
+            policy,
+            deliverer,
+            hostname.clone(),
+            cfg.queue_lifetime,
+            cfg.retry_base,
+            relay_notify,
+            relay::Slots::new(
+                cfg.max_deliveries as usize,
+                cfg.destination_concurrency as usize,
+            ),
+            // Each entry being worked on holds a descriptor: a quarter of the limit, so that
+            // sessions, the spool and the queue keep the rest.
+            (nofile / 4) as usize,
+        )
+        .with_lmtp(cfg.lmtp.clone().map(|target| {
+            // The LMTP server is this host or next to it: no STARTTLS, no login.
+            let config = smtp_client::ClientConfig::new(hostname.clone())
+                .with_tls(smtp_client::TlsPolicy::None);
+            smtp_client::lmtp::Lmtp::new(target, config)
+        })),
+    );
     let relay_task = tokio::spawn(relay.run(stopped(stop_rx.clone())));
     let join = |v: Vec<String>| v.join(",");
     if !hostname.contains('.') {
@@ -805,8 +816,25 @@ impl Session {
         };
         let mut mailboxes: Vec<MailboxName> = Vec::new();
         let mut remote: Vec<QRecipient> = Vec::new();
+        // With --lmtp, local recipients are queued for the LMTP server instead (see lmtp).
+        let mut by_lmtp: Vec<QRecipient> = Vec::new();
         for a in &rcpts {
-            mailboxes.extend(a.dest.local.iter().cloned());
+            if d.lmtp {
+                for mb in &a.dest.local {
+                    let address = d.policy.lmtp_address(mb);
+                    if by_lmtp.iter().any(|q| q.address == address) {
+                        continue;
+                    }
+                    let mut q = QRecipient::new(address);
+                    if a.dest.local.len() == 1 && a.dest.remote.is_empty() {
+                        q.notify = a.notify.clone();
+                        q.orcpt = a.orcpt.clone();
+                    }
+                    by_lmtp.push(q);
+                }
+            } else {
+                mailboxes.extend(a.dest.local.iter().cloned());
+            }
             for r in &a.dest.remote {
                 // One copy per address (a repeated RCPT, or an alias target also named
                 // directly): the next hop would otherwise be given it twice.
@@ -843,6 +871,10 @@ impl Session {
         .to_header();
         let local_prefix =
             (!mailboxes.is_empty()).then(|| format!("{}{received}", headers::return_path(&sender)));
+        // Whether some recipients are in other domains (relayed), before LMTP's join the
+        // queued ones: what is added to the message and whether it is signed depend on it.
+        let relayed = !remote.is_empty();
+        remote.extend(by_lmtp);
         let queue_prefix = (!remote.is_empty()).then(|| received.clone());
         let begun = tokio::task::block_in_place(|| {
             Incoming::begin(
@@ -854,7 +886,7 @@ impl Session {
                 // Message-ID: alone for mail from the network that is relayed onward.
                 if self.relay {
                     Some(headers::Missing::new(&id, &d.hostname, now))
-                } else if !remote.is_empty() {
+                } else if relayed {
                     Some(headers::Missing::message_id_only(&id, &d.hostname))
                 } else {
                     None
@@ -895,7 +927,7 @@ impl Session {
         }
         // Signed before it is queued, so that every attempt sends the same bytes; only mail
         // from senders who may relay (see `dkim`).
-        if self.relay && !remote.is_empty() && !d.dkim.is_empty() {
+        if self.relay && relayed && !d.dkim.is_empty() {
             match incoming.sign(d.dkim.clone()).await {
                 Ok(dkim::Outcome::Signed { keys, .. }) => {
                     for (domain, selector) in keys {
