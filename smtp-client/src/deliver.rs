@@ -88,7 +88,7 @@ use crate::error::ClientError;
 use crate::message::{Message, MessageInfo};
 use crate::resolve::{AddressOrder, AddressPreference, MxHost, ResolveError, Resolver};
 use crate::text::{escape_controls, SafeReply};
-use crate::tls::TlsPolicy;
+use crate::tls::{TlsInfo, TlsPolicy};
 
 /// Decides whether an address may be connected to (`true`) or must be skipped.
 pub type AddressFilter = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
@@ -256,6 +256,8 @@ pub struct DeliveryReport {
     pub delivered_via: Option<(String, SocketAddr)>,
     /// Whether that transaction was encrypted.
     pub tls: bool,
+    /// That transaction's TLS protocol and cipher suite, when it was encrypted.
+    pub tls_info: Option<TlsInfo>,
     /// When the transaction went in clear text because STARTTLS failed at that address
     /// (opportunistic TLS only, see the [module docs](self)): the TLS error.
     pub tls_fallback: Option<String>,
@@ -399,6 +401,7 @@ impl Deliverer {
             rcpts: Vec::new(),
             delivered_via: None,
             tls: false,
+            tls_info: None,
             tls_fallback: None,
             attempts: Vec::new(),
             error: None,
@@ -483,7 +486,7 @@ impl Deliverer {
                     }
                 }
                 match result {
-                    Ok((rcpts, tls)) => {
+                    Ok((rcpts, tls_info)) => {
                         report.attempts.push(Attempt {
                             host: host.name.clone(),
                             addr,
@@ -491,7 +494,8 @@ impl Deliverer {
                         });
                         report.rcpts = rcpts;
                         report.delivered_via = Some((host.name.clone(), addr));
-                        report.tls = tls;
+                        report.tls = tls_info.is_some();
+                        report.tls_info = tls_info;
                         report.tls_fallback = fallback;
                         return report;
                     }
@@ -555,9 +559,9 @@ impl Deliverer {
         envelope: &Envelope,
         message: &Message<'_>,
         info: MessageInfo,
-    ) -> Result<(Vec<(ForwardPath, RcptOutcome)>, bool), ClientError> {
+    ) -> Result<(Vec<(ForwardPath, RcptOutcome)>, Option<TlsInfo>), ClientError> {
         let mut conn = Connection::connect(addr, host, config).await?;
-        let tls = conn.is_tls();
+        let tls = conn.tls_info().cloned();
         let all = |outcome: RcptOutcome| {
             envelope
                 .rcpts

@@ -125,6 +125,7 @@ impl Lmtp {
             rcpts: Vec::new(),
             delivered_via: None,
             tls: false,
+            tls_info: None,
             tls_fallback: None,
             attempts: Vec::new(),
             error: None,
@@ -182,7 +183,7 @@ impl Lmtp {
                 return report;
             }
         };
-        let tls = conn.is_tls();
+        let tls = conn.tls_info().cloned();
         let sent = conn.send_message(envelope, message).await;
         conn.quit_in_background();
         match sent {
@@ -194,7 +195,8 @@ impl Lmtp {
                     .map(|(r, result)| (r.path.clone(), RcptOutcome::of(result)))
                     .collect();
                 report.delivered_via = Some((host.clone(), addr));
-                report.tls = tls;
+                report.tls = tls.is_some();
+                report.tls_info = tls;
                 report.attempts.push(Attempt {
                     host,
                     addr,

@@ -107,3 +107,65 @@ fn json_lines_parse_and_hostile_text_stays_inside_strings() {
     assert_eq!(messages, 1, "{log}");
     assert!(log.contains("a\\u0085b\\u202ec@example.test"), "{log}");
 }
+
+/// A message's life in the text log: the library's line with the reply, the daemon's
+/// `message accepted` line linking the Received id to the queue id, `stored as mailbox/number`
+/// per local copy, and the relay's lines with the same queue id.
+#[test]
+fn one_message_is_followed_by_its_ids_from_acceptance_to_delivery() {
+    // The next hop offers STARTTLS (a self-signed certificate: opportunistic TLS uses it).
+    let net = daemon_util::Net::start(daemon_util::PeerBehaviour::default(), true);
+    let dir = tempfile::tempdir().unwrap();
+    let remote_port = net.peer_port.to_string();
+    let d = Daemon::start(
+        &dir.path().join("mail"),
+        net.dns.addr(),
+        &["--remote-port", &remote_port],
+    );
+    let mut c = d.connect();
+    let (code, text) = c.send(
+        "alice@example.test",
+        &["bob@example.test", "carol@example.test", "x@remote.test"],
+        "Subject: x\r\n\r\nx\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    let queue_id = text.rsplit(' ').next().unwrap().to_owned();
+    assert!(wait_until(Duration::from_secs(30), || d
+        .log()
+        .contains("delivered queue_id=")));
+    let stored = d.spool_messages("bob");
+    let message = String::from_utf8(stored[0].1.clone()).unwrap();
+    let received_id = message
+        .split(" id ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .unwrap()
+        .to_owned();
+    let log = d.log();
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?}: {log}"))
+            .to_owned()
+    };
+    let accepted = line("message accepted");
+    assert!(
+        accepted.contains(&format!("id={received_id} queue_id={queue_id} ")),
+        "{accepted}"
+    );
+    assert!(accepted.contains("stored=2"), "{accepted}");
+    for mailbox in ["bob/1", "carol/1"] {
+        let l = line(&format!("stored as {mailbox}"));
+        assert!(l.contains(&format!("id={received_id} ")), "{l}");
+    }
+    let delivered = line("delivered queue_id=");
+    assert!(
+        delivered.contains(&format!(
+            "queue_id={queue_id} to=<x@remote.test> via=mx.remote.test[127.0.0.1]:{remote_port} \
+             tls=TLSv1_3/TLS13_"
+        )),
+        "{delivered}"
+    );
+    assert!(delivered.contains(" reply=250 "), "{delivered}");
+    assert!(!log.contains("Some("), "Rust Debug in the log: {log}");
+}

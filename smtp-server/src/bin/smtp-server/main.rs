@@ -971,10 +971,19 @@ impl Session {
             .await
         {
             Ok(stored) => {
-                // The library logs each transaction once at info; this adds where it went.
-                debug!(session = self.session_id, id = %id, from = %envelope.from,
-                      rcpts = envelope.rcpts.len(), local = stored.mailboxes,
-                      queued = %stored.queue_id.as_ref().map_or_else(|| "-".to_owned(), |q| q.to_string()), "message accepted");
+                // The library logs each transaction once ("message ... outcome=250 ...");
+                // this says where it went: the Received id (`id`, in our Received: field)
+                // linked to the queue id every relay line carries, and each stored copy.
+                let queue_id = stored
+                    .queue_id
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |q| q.to_string());
+                info!(session = self.session_id, id = %id, queue_id = %queue_id,
+                      from = %envelope.from, rcpts = envelope.rcpts.len(),
+                      stored = stored.mailboxes, "message accepted");
+                for place in &stored.places {
+                    info!(session = self.session_id, id = %id, mailbox = %place, "stored as {place}");
+                }
                 metrics::m().deliveries("local", "delivered", stored.mailboxes);
                 if let Some(q) = stored.queue_id {
                     d.relay_notify.notify_one();

@@ -525,6 +525,22 @@ impl Relay {
                 (false, _) => "mx",
             };
             let via = report.delivered_via.as_ref().map(|(h, _)| h.clone());
+            // For the log: host[address]:port (the LMTP socket's path as it is), and the
+            // TLS protocol and cipher or "none".
+            let via_addr = report.delivered_via.as_ref().map_or_else(
+                || "-".to_owned(),
+                |(h, a)| {
+                    if a.port() == 0 {
+                        h.clone()
+                    } else {
+                        format!("{h}[{}]:{}", a.ip(), a.port())
+                    }
+                },
+            );
+            let tls_text = report.tls_info.as_ref().map_or_else(
+                || "none".to_owned(),
+                |t| format!("{}/{}", t.protocol, t.cipher),
+            );
             if report.delivered_via.is_some() {
                 metrics::m().outbound(report.tls);
             }
@@ -532,7 +548,7 @@ impl Relay {
                 let r = &entry.envelope.recipients[*i];
                 match outcome {
                     RcptOutcome::Delivered(reply) => {
-                        info!(queue_id = %id, to = %path, via = %via.as_deref().unwrap_or("-"), tls = report.tls,
+                        info!(queue_id = %id, to = %path, via = %via_addr, tls = %tls_text,
                               reply = %smtp_client::SafeReply(reply), "delivered");
                         results.push((*i, RcptState::Delivered, None));
                         metrics::m().deliveries(destination, "delivered", 1);
@@ -911,6 +927,7 @@ impl Relay {
             rcpts,
             delivered_via: None,
             tls: false,
+            tls_info: None,
             tls_fallback: None,
             attempts: Vec::new(),
             error: None,
