@@ -292,8 +292,13 @@ pub struct Config {
 
     /// Append the log to this file instead of writing it to stderr (under systemd, stderr goes
     /// to the journal). Reopened on SIGHUP, for logrotate's `postrotate`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "syslog")]
     pub log_file: Option<PathBuf>,
+
+    /// Send the log to the local syslog socket (default /dev/log; rsyslog's or journald's),
+    /// facility mail, severity from each line's level, instead of stderr.
+    #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = "/dev/log")]
+    pub syslog: Option<PathBuf>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (meant for a loopback address such as
     /// 127.0.0.1:9425; off by default). See DAEMON.md for the metrics.

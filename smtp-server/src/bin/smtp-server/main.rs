@@ -145,22 +145,31 @@ fn init_logging(cfg: &Config) -> Result<Option<Arc<logsafe::LogFile>>, Fatal> {
         ),
     };
     let json = cfg.log_format == LogFormat::Json;
-    let writer = logsafe::LogWriter {
-        target: file
-            .clone()
-            .map_or(logsafe::Target::Stderr, logsafe::Target::File),
-        json,
+    let syslog = match &cfg.syslog {
+        None => None,
+        Some(path) => Some(
+            logsafe::Syslog::open(path)
+                .map_err(|e| fatal("--syslog", format!("{}: {e}", path.display())))?,
+        ),
     };
+    let target = match (&file, &syslog) {
+        (Some(f), _) => logsafe::Target::File(f.clone()),
+        (None, Some(s)) => logsafe::Target::Syslog(s.clone()),
+        (None, None) => logsafe::Target::Stderr,
+    };
+    let writer = logsafe::LogWriter { target, json };
     // No colours: every line is escaped on its way out (see `logsafe`), and a terminal's
     // escape sequences would be too.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
         .with_writer(writer);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
+    // Syslog stamps each line itself.
+    match (json, syslog.is_some()) {
+        (true, false) => builder.json().init(),
+        (true, true) => builder.json().without_time().init(),
+        (false, false) => builder.init(),
+        (false, true) => builder.without_time().init(),
     }
     Ok(file)
 }
