@@ -12,11 +12,11 @@
 //! # async fn f() {
 //! use smtp_client::lmtp::{Lmtp, LmtpTarget};
 //! use smtp_client::{ClientConfig, Envelope, Message, TlsPolicy};
-//! use smtp_proto::address::{ForwardPath, ReversePath};
+//! use smtp_proto::address::{parse_forward_path, ReversePath};
 //!
 //! let target: LmtpTarget = "unix:/run/dovecot/lmtp".parse().unwrap();
 //! let lmtp = Lmtp::new(target, ClientConfig::new("mx.example.org").with_tls(TlsPolicy::None));
-//! let to = ForwardPath::parse("<alice@example.org>").unwrap().into_owned();
+//! let to = parse_forward_path("<alice@example.org>").unwrap().into_owned();
 //! let envelope = Envelope::new(ReversePath::Null, vec![to]);
 //! let report = lmtp.deliver_message(&envelope, &Message::bytes(b"Subject: hi\r\n\r\nhello\r\n")).await;
 //! assert!(report.all_delivered());

@@ -126,7 +126,7 @@ impl fmt::Debug for BodyStream<'_> {
     }
 }
 
-impl BodyStream<'_> {
+impl<'a> BodyStream<'a> {
     /// The next piece of the message, `Ok(None)` at its end.
     ///
     /// # Errors
@@ -209,10 +209,149 @@ impl BodyStream<'_> {
         }
     }
 
+    /// The message as an [`AsyncRead`](tokio::io::AsyncRead), for `tokio::io::copy` and
+    /// everything else that reads bytes: the same content [`chunk`](Self::chunk) yields,
+    /// without copying it again. The end of the message is the reader's end of file; a
+    /// [`BodyError`] is an [`io::Error`] whose inner error is the `BodyError` (kind
+    /// `InvalidData` for a refused message, `UnexpectedEof` when the client went away,
+    /// `TimedOut`, `ConnectionAborted` for an abort or a shutdown, or the network error's
+    /// kind; never `Interrupted`, which readers retry).
+    ///
+    /// ```no_run
+    /// # async fn f(body: &mut smtp_server::BodyStream<'_>) -> std::io::Result<()> {
+    /// let mut file = tokio::fs::File::create("message.eml").await?;
+    /// tokio::io::copy(&mut body.reader(), &mut file).await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn reader<'b>(&'b mut self) -> BodyReader<'b, 'a> {
+        BodyReader {
+            state: ReaderState::Ready {
+                body: self,
+                pos: 0,
+                filled: false,
+            },
+        }
+    }
+
     /// Reads and drops whatever the handler left unread.
     async fn drain(&mut self) {
         self.discard = true;
         while let Ok(Some(_)) = self.chunk().await {}
+    }
+}
+
+/// A [`BodyStream`] read as bytes: see [`BodyStream::reader`].
+pub struct BodyReader<'b, 'a> {
+    state: ReaderState<'b, 'a>,
+}
+
+/// The next chunk being read; resolves to the stream and whether a chunk came.
+type NextChunk<'b, 'a> = std::pin::Pin<
+    Box<
+        dyn std::future::Future<Output = (&'b mut BodyStream<'a>, Result<bool, BodyError>)>
+            + Send
+            + 'b,
+    >,
+>;
+
+enum ReaderState<'b, 'a> {
+    /// The stream's current chunk (when `filled`) is read up to `pos`.
+    Ready {
+        body: &'b mut BodyStream<'a>,
+        pos: usize,
+        filled: bool,
+    },
+    Waiting(NextChunk<'b, 'a>),
+    End,
+    Failed(BodyError),
+    /// Only while a state is being replaced.
+    Gone,
+}
+
+impl fmt::Debug for BodyReader<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            ReaderState::Ready { .. } | ReaderState::Waiting(_) | ReaderState::Gone => "reading",
+            ReaderState::End => "at the end",
+            ReaderState::Failed(_) => "failed",
+        };
+        f.debug_struct("BodyReader").field("state", &state).finish()
+    }
+}
+
+fn body_io_error(e: BodyError) -> io::Error {
+    let kind = match &e {
+        BodyError::Refused(_) => io::ErrorKind::InvalidData,
+        BodyError::Disconnected => io::ErrorKind::UnexpectedEof,
+        BodyError::Timeout => io::ErrorKind::TimedOut,
+        // Not `Interrupted`: readers retry that (tokio::io::copy would spin).
+        BodyError::Aborted | BodyError::Shutdown => io::ErrorKind::ConnectionAborted,
+        BodyError::Io(e) => e.kind(),
+    };
+    io::Error::new(kind, e)
+}
+
+impl tokio::io::AsyncRead for BodyReader<'_, '_> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        use std::task::Poll;
+        loop {
+            match std::mem::replace(&mut self.state, ReaderState::Gone) {
+                ReaderState::Ready {
+                    body,
+                    mut pos,
+                    filled,
+                } => {
+                    let chunk = &body.io.chunk;
+                    if filled && pos < chunk.len() {
+                        let n = buf.remaining().min(chunk.len() - pos);
+                        buf.put_slice(&chunk[pos..pos + n]);
+                        pos += n;
+                        self.state = ReaderState::Ready { body, pos, filled };
+                        return Poll::Ready(Ok(()));
+                    }
+                    self.state = ReaderState::Waiting(Box::pin(async move {
+                        let r = body.chunk().await.map(|c| c.is_some());
+                        (body, r)
+                    }));
+                }
+                ReaderState::Waiting(mut next) => match next.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        self.state = ReaderState::Waiting(next);
+                        return Poll::Pending;
+                    }
+                    Poll::Ready((body, Ok(true))) => {
+                        self.state = ReaderState::Ready {
+                            body,
+                            pos: 0,
+                            filled: true,
+                        };
+                    }
+                    Poll::Ready((_, Ok(false))) => {
+                        self.state = ReaderState::End;
+                        return Poll::Ready(Ok(()));
+                    }
+                    Poll::Ready((_, Err(e))) => {
+                        self.state = ReaderState::Failed(e.clone());
+                        return Poll::Ready(Err(body_io_error(e)));
+                    }
+                },
+                ReaderState::End => {
+                    self.state = ReaderState::End;
+                    return Poll::Ready(Ok(()));
+                }
+                ReaderState::Failed(e) => {
+                    self.state = ReaderState::Failed(e.clone());
+                    return Poll::Ready(Err(body_io_error(e)));
+                }
+                ReaderState::Gone => {
+                    return Poll::Ready(Err(io::Error::other("body reader used after a panic")))
+                }
+            }
+        }
     }
 }
 

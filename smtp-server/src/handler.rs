@@ -16,7 +16,7 @@ use smtp_proto::{EnhancedCode, Reply};
 
 use crate::auth::{AuthFailure, Credentials};
 
-pub use crate::connection::{BodyError, BodyStream};
+pub use crate::connection::{BodyError, BodyReader, BodyStream};
 
 /// What is known about a connection when it is accepted.
 #[derive(Debug, Clone)]

@@ -136,7 +136,8 @@ pub mod tls;
 pub use auth::{AuthFailure, Credentials, Mechanism, Secret};
 pub use config::Limits;
 pub use handler::{
-    BodyError, BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsInfo,
+    BodyError, BodyReader, BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler,
+    SessionHandler, TlsInfo,
 };
 pub use listener::Listener;
 pub use server::{BoundServer, Error, Server, ServerBuilder};

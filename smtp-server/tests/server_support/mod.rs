@@ -140,16 +140,17 @@ impl SessionHandler for RecorderSession {
             self.rec.push("refused early".into());
             return DataOutcome::rejected("Refused without reading");
         }
+        // Read as an AsyncRead (`BodyStream::reader`), as a user would with tokio::io::copy;
+        // the daemon's tests cover `chunk`.
         let mut content = Vec::new();
-        loop {
-            match body.chunk().await {
-                Ok(Some(piece)) => content.extend_from_slice(piece),
-                Ok(None) => break,
-                Err(e) => {
-                    self.rec.push(format!("lost {e}"));
-                    return DataOutcome::accepted("ignored");
-                }
-            }
+        if let Err(e) = tokio::io::copy(&mut body.reader(), &mut content).await {
+            // The BodyError inside the io::Error says what happened.
+            let inner = e
+                .get_ref()
+                .and_then(|i| i.downcast_ref::<smtp_server::BodyError>())
+                .map_or_else(|| format!("not a BodyError: {e}"), ToString::to_string);
+            self.rec.push(format!("lost {inner}"));
+            return DataOutcome::accepted("ignored");
         }
         self.rec.push(format!("message {} octets", content.len()));
         self.rec.log.lock().unwrap().messages.push(Received {
