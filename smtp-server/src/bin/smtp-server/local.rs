@@ -6,19 +6,23 @@
 //! only (the final destination adds `Return-Path:`). The message itself passes through a
 //! [`HeaderFilter`] on the way to both: its own `Return-Path:` fields are dropped and, for mail
 //! our users submit, a missing `Date:` and `Message-ID:` added (see [`crate::headers`]).
-//! For mail our users send, the queued copy is DKIM-signed after the last chunk and before
-//! the commit ([`Incoming::sign`], see [`crate::dkim`]). Either copy is invisible until committed,
+//! The filter also drops `Authentication-Results:` fields claiming our host name. For mail
+//! our users send, the queued copy is DKIM-signed after the last chunk and before
+//! the commit ([`Incoming::sign`], see [`crate::dkim`]). For mail whose sender is checked
+//! ([`crate::inbound_auth`]), the copies are begun without their prefixes; the message is read
+//! back ([`Incoming::read_for_verify`]) and the prefixes, with the `Authentication-Results:`
+//! field, are put in front at the end ([`Incoming::prepend_trace`]). Either copy is invisible until committed,
 //! and a temporary file is removed when its [`Incoming`] is dropped, so a failure at any point
 //! leaves nothing half-written.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 use mailstore::queue::{Queue, QueueEntry, QueueId};
 use mailstore::{MailboxName, PendingMessage, Store};
 
-use crate::dkim;
 use crate::headers::{HeaderFilter, Missing};
+use crate::{dkim, inbound_auth};
 
 /// A message being received.
 #[derive(Debug)]
@@ -44,13 +48,15 @@ pub struct Stored {
 
 impl Incoming {
     /// Opens the temporary files needed and writes their prefixes (the trace headers);
-    /// `missing` are the fields to add to the message when it lacks them.
+    /// `missing` are the fields to add to the message when it lacks them; `authserv_id` is
+    /// our host name, whose `Authentication-Results:` fields are dropped from the message.
     pub fn begin(
         store: &dyn Store,
         queue: &Queue,
         local_prefix: Option<&str>,
         queue_prefix: Option<&str>,
         missing: Option<Missing>,
+        authserv_id: &str,
     ) -> mailstore::Result<Incoming> {
         let open = |p: mailstore::Result<PendingMessage>, prefix: &str| {
             let mut m = p?;
@@ -69,7 +75,7 @@ impl Incoming {
         Ok(Incoming {
             local,
             queued,
-            filter: HeaderFilter::new(missing),
+            filter: HeaderFilter::new(missing).drop_auth_results_of(authserv_id),
             out: Vec::new(),
             size: 0,
             finished: false,
@@ -142,6 +148,58 @@ impl Incoming {
         .map_err(|e| dkim::SignError::Sign(format!("signing task failed: {e}")))?;
         self.queued = Some(m);
         r
+    }
+
+    /// Reads the message back for the sender checks (see [`crate::inbound_auth`]): whole when it
+    /// is at most `max_size` octets, else only its header section. Call it after the last chunk;
+    /// it blocks (the file is read).
+    ///
+    /// # Errors
+    /// Reading the temporary file failed; the message must not be committed then.
+    pub fn read_for_verify(&mut self, max_size: u64) -> std::io::Result<inbound_auth::Body> {
+        self.finish()?;
+        let Some(m) = self.local.as_mut().or(self.queued.as_mut()) else {
+            return Ok(inbound_auth::Body::Whole(Vec::new()));
+        };
+        let size = m.len();
+        let mut r = m.reader()?;
+        if size <= max_size {
+            let mut all = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+            r.read_to_end(&mut all)?;
+            return Ok(inbound_auth::Body::Whole(all));
+        }
+        let limit = inbound_auth::MAX_HEADER_SECTION;
+        let mut head = Vec::new();
+        (&mut r).take(limit as u64 + 4).read_to_end(&mut head)?;
+        let end = head
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + 4)
+            .filter(|&e| e <= limit);
+        Ok(inbound_auth::Body::TooLarge {
+            header: end.map(|e| {
+                head.truncate(e);
+                head
+            }),
+            size,
+        })
+    }
+
+    /// Puts the trace prefixes in front of the copies that were begun without them (see the
+    /// module doc): `local` before the local copy, `queued` before the queued one. Each copy is
+    /// copied once on disk; it blocks.
+    ///
+    /// # Errors
+    /// As [`PendingMessage::prepend`]; the message must not be committed then.
+    pub fn prepend_trace(&mut self, local: &str, queued: &str) -> mailstore::Result<()> {
+        self.finish().map_err(|e| io_error("write", e))?;
+        if let Some(m) = &mut self.local {
+            m.prepend(local.as_bytes())?;
+        }
+        if let Some(m) = &mut self.queued {
+            m.prepend(queued.as_bytes())?;
+        }
+        Ok(())
     }
 
     /// Commits: the local copy to `mailboxes` (duplicates removed), then the queued copy with
@@ -234,6 +292,7 @@ mod tests {
             Some("Return-Path: <a@x>\r\nR: 1\r\n"),
             Some("R: 1\r\n"),
             None,
+            "mx.test",
         )
         .unwrap();
         inc.write(b"Received: old\r\nSubject: hi\r\n\r\nbody\r\n")
