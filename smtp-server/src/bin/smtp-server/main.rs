@@ -983,12 +983,12 @@ impl Session {
             let verdict = v.message(spf, &body).await;
             drop(body);
             info!(session = self.session_id, id = %id, peer = %self.peer, from = %envelope.from,
-                  spf = inbound_auth::spf_keyword(spf.result()),
-                  spf_helo = inbound_auth::spf_keyword(spf.helo_result()),
-                  dkim = %verdict.dkim, dmarc = verdict.dmarc,
-                  dmarc_policy = verdict.dmarc_policy, header_from = %verdict.from_domain,
-                  arc = verdict.arc,
-                  action = if verdict.reject.is_some() { "reject" } else { "accept" },
+                  spf = %inbound_auth::spf_keyword(spf.result()),
+                  spf_helo = %inbound_auth::spf_keyword(spf.helo_result()),
+                  dkim = %verdict.dkim, dmarc = %verdict.dmarc,
+                  dmarc_policy = %verdict.dmarc_policy, header_from = %verdict.from_domain,
+                  arc = %verdict.arc,
+                  action = %if verdict.reject.is_some() { "reject" } else { "accept" },
                   "sender authentication");
             if let Some(why) = &verdict.reject {
                 return Reply::new(550, EnhancedCode::new(5, 7, 1), why.clone())
