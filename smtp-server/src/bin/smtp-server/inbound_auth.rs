@@ -41,7 +41,9 @@
 //! `dkim=policy` with a comment saying why, DMARC sees them as temporary errors (so such a
 //! message never fails DMARC for want of a checked signature: it passes by SPF alignment or
 //! is `temperror`), and ARC is not checked. A header section longer than 1 MiB gets
-//! `dkim=policy` alone, with no DMARC verdict.
+//! `dkim=policy` alone, with no DMARC verdict. All sessions together hold at most
+//! [`MEMORY_BUDGET`] (256 MiB, or four messages of the maximum size if that is more) for the
+//! checks: a session whose message does not fit waits for others to finish.
 //!
 //! The field, with our `--hostname` as authserv-id, goes above our `Received:` (and below
 //! `Return-Path:` in a mailbox), so it is with the trace fields (RFC 8601 §5):
@@ -82,6 +84,13 @@ pub const MAX_HEADER_SECTION: usize = crate::dkim::MAX_HEADER_SECTION;
 
 /// Entries in each of the DNS caches.
 pub const CACHE_ENTRIES: usize = 4096;
+
+/// The most message octets held in memory for the checks by all sessions together (or four
+/// messages of `--email-auth-max-size`, if more); a session waits for its share.
+pub const MEMORY_BUDGET: u64 = 256 * 1024 * 1024;
+
+/// The unit in which the memory budget is shared out.
+const MEMORY_UNIT: u64 = 64 * 1024;
 
 /// A bounded cache of DNS answers, each kept until the time mail-auth gives (its TTL).
 pub struct Cache<K, V> {
@@ -165,6 +174,9 @@ pub struct Verifier {
     auth: MessageAuthenticator,
     hostname: String,
     settings: Settings,
+    /// Shares of [`MEMORY_BUDGET`], in [`MEMORY_UNIT`]s.
+    memory: tokio::sync::Semaphore,
+    memory_units: u32,
     txt: Cache<Box<str>, Txt>,
     mx: Cache<Box<str>, RecordSet<MX>>,
     ipv4: Cache<Box<str>, RecordSet<Ipv4Addr>>,
@@ -289,16 +301,35 @@ impl Verifier {
         hostname: String,
         settings: Settings,
     ) -> Verifier {
+        let units = (MEMORY_BUDGET.max(settings.max_size.saturating_mul(4)) / MEMORY_UNIT)
+            .clamp(1, u64::from(u32::MAX >> 4));
+        let memory_units = u32::try_from(units).unwrap_or(u32::MAX >> 4);
         Verifier {
             auth: MessageAuthenticator(resolver),
             hostname,
             settings,
+            memory: tokio::sync::Semaphore::new(memory_units as usize),
+            memory_units,
             txt: Cache::new(CACHE_ENTRIES),
             mx: Cache::new(CACHE_ENTRIES),
             ipv4: Cache::new(CACHE_ENTRIES),
             ipv6: Cache::new(CACHE_ENTRIES),
             ptr: Cache::new(CACHE_ENTRIES),
         }
+    }
+
+    /// Waits until a message of `size` octets may be held in memory for the checks; the
+    /// permit is released when dropped.
+    pub async fn memory_for(&self, size: u64) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let held = if size > self.settings.max_size {
+            MAX_HEADER_SECTION as u64
+        } else {
+            size
+        };
+        let units = u32::try_from(held.div_ceil(MEMORY_UNIT).max(1))
+            .unwrap_or(u32::MAX)
+            .min(self.memory_units);
+        self.memory.acquire_many(units).await.ok()
     }
 
     /// The options in force.
@@ -555,4 +586,43 @@ fn pvalue(s: &str) -> String {
     s.chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_cache_keeps_entries_until_their_time_and_stays_bounded() {
+        let c: Cache<Box<str>, u32> = Cache::new(3);
+        let later = Instant::now() + Duration::from_secs(60);
+        c.insert("a".into(), 1, later);
+        assert_eq!(c.get("a"), Some(1));
+        // TTL 0 (what the test DNS serves): not kept.
+        c.insert("b".into(), 2, Instant::now());
+        assert_eq!(c.get("b"), None);
+        c.insert("c".into(), 3, Instant::now() + Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(c.get("c"), None, "expired");
+        for (i, k) in ["d", "e", "f", "g", "h"].into_iter().enumerate() {
+            c.insert(k.into(), i as u32, later);
+            assert!(c.lock().len() <= 3);
+        }
+        assert_eq!(c.get("h"), Some(4));
+        assert_eq!(c.remove("h"), Some(4));
+        assert_eq!(c.get("h"), None);
+    }
+
+    #[test]
+    fn keywords_are_rfc_8601s() {
+        assert_eq!(spf_keyword(SpfResult::SoftFail), "softfail");
+        assert_eq!(spf_keyword(SpfResult::TempError), "temperror");
+        assert_eq!(dkim_keyword(&DkimResult::Neutral(timed_out())), "neutral");
+        assert_eq!(
+            dmarc_keyword(&DmarcResult::PermError(timed_out())),
+            "permerror"
+        );
+        assert_eq!(pvalue("a.b-c_d;\r\n x=y"), "a.b-c_dxy");
+    }
 }

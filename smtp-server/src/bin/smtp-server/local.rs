@@ -150,6 +150,14 @@ impl Incoming {
         r
     }
 
+    /// The size of the message written so far (the local copy's, or the queued one's).
+    pub fn size(&self) -> u64 {
+        self.local
+            .as_ref()
+            .or(self.queued.as_ref())
+            .map_or(0, PendingMessage::len)
+    }
+
     /// Reads the message back for the sender checks (see [`crate::inbound_auth`]): whole when it
     /// is at most `max_size` octets, else only its header section. Call it after the last chunk;
     /// it blocks (the file is read).

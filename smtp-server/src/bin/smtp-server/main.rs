@@ -969,6 +969,8 @@ impl Session {
             }
         }
         if let (Some(spf), Some(v)) = (&spf, &d.verifier) {
+            // Bounded memory: sessions wait for their share of the checks' budget.
+            let _memory = v.memory_for(incoming.size()).await;
             let body = match tokio::task::block_in_place(|| {
                 incoming.read_for_verify(v.settings().max_size)
             }) {
