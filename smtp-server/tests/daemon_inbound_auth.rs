@@ -682,6 +682,48 @@ fn a_message_over_the_size_limit_is_not_dkim_verified_nor_dmarc_rejected() {
 }
 
 #[test]
+fn messages_held_in_memory_and_written_as_they_come_are_both_checked() {
+    let rt = runtime();
+    let key = Key::new();
+    let dns = rt
+        .block_on(
+            zone()
+                .txt("ed._domainkey.signed.test", &key.record)
+                .txt("_dmarc.signed.test", "v=DMARC1; p=reject")
+                .start(),
+        )
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (d, port) = start(&dir.path().join("mail"), dns.addr(), &["--dmarc-reject"]);
+    // Around the 128 KiB held in memory: below, just over, and well over (written to the
+    // file as it comes, read back, the prefix put in front).
+    for lines in [10usize, 3100, 20_000] {
+        let mut msg = plain("news@signed.test");
+        for i in 0..lines {
+            msg.push_str(&format!("line {i:06} 0123456789012345678901234567890\r\n"));
+        }
+        let signed = key.sign("signed.test", "ed", &msg, None);
+        let stored = deliver(&d, port, "bounce@soft.test", &signed);
+        let field = ours(&stored);
+        assert!(field.contains("dkim=pass"), "{lines}: {field}");
+        assert!(field.contains("dmarc=pass"), "{lines}: {field}");
+        assert!(
+            stored.ends_with(&signed),
+            "{lines}: the message is stored as sent"
+        );
+        // And a changed copy is refused at the end of DATA, leaving nothing behind.
+        let before = d.spool_messages("bob").len();
+        let sent = send(
+            port,
+            "bounce@soft.test",
+            &signed.replace("line 000005", "line 00000X"),
+        );
+        assert_eq!(sent.data.unwrap().0, 550, "{lines}");
+        assert_eq!(d.spool_messages("bob").len(), before);
+    }
+}
+
+#[test]
 fn no_email_auth_turns_the_checks_off() {
     let rt = runtime();
     let dns = rt.block_on(zone().start()).unwrap();

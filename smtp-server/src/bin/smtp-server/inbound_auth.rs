@@ -224,9 +224,9 @@ impl Spf {
 
 /// The message as read back for the checks.
 #[derive(Debug)]
-pub enum Body {
+pub enum Body<'a> {
     /// The whole message.
-    Whole(Vec<u8>),
+    Whole(std::borrow::Cow<'a, [u8]>),
     /// Over `--email-auth-max-size`: its header section (with the empty line after it), or
     /// `None` when that is longer than [`MAX_HEADER_SECTION`].
     TooLarge {
@@ -384,10 +384,10 @@ impl Verifier {
 
     /// DKIM, ARC and DMARC for `body`, with the transaction's SPF verdicts, and the field
     /// recording them all.
-    pub async fn message(&self, spf: &Spf, body: &Body) -> Verdict {
+    pub async fn message(&self, spf: &Spf, body: &Body<'_>) -> Verdict {
         let limit = self.settings.timeout;
         let (bytes, too_large) = match body {
-            Body::Whole(b) => (b.as_slice(), None),
+            Body::Whole(b) => (b.as_ref(), None),
             Body::TooLarge {
                 header: Some(h),
                 size,

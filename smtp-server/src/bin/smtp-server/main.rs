@@ -774,11 +774,14 @@ impl SessionHandler for Session {
                 ReversePath::Null => String::new(),
                 ReversePath::Mailbox(m) => m.to_string(),
             };
-            let spf = v.spf(self.peer.ip(), &self.helo, &sender).await;
+            // An IPv4 client on an IPv6 socket is checked as its IPv4 address.
+            let spf = v
+                .spf(self.peer.ip().to_canonical(), &self.helo, &sender)
+                .await;
             if v.settings().spf_reject && spf.result() == mail_auth::SpfResult::Fail {
                 info!(session = self.session_id, peer = %self.peer, from = %from,
-                      spf = "fail", spf_domain = %spf.domain(), "sender refused: SPF fail");
-                let ip = self.peer.ip();
+                      spf = %"fail", spf_domain = %spf.domain(), "sender refused: SPF fail");
+                let ip = self.peer.ip().to_canonical();
                 let domain = spf.domain();
                 let text = format!(
                     "<{sender}>: Sender address rejected: SPF fail: {domain} does not designate {ip} as permitted sender"
@@ -945,6 +948,10 @@ impl Session {
                 );
             }
         };
+        if spf.is_some() {
+            // The usual message is checked in memory and written once, after its prefixes.
+            incoming.hold_in_memory();
+        }
         loop {
             match body.chunk().await {
                 Ok(Some(chunk)) => {
