@@ -14,8 +14,8 @@
 //!   name, RFC 7208 §2.4), both at once. With `--spf-reject` a MAIL FROM result of `fail` is
 //!   refused there with `550 5.7.23` (RFC 7372); `softfail`, `neutral`, `none`, `permerror`
 //!   and `temperror` are accepted and recorded.
-//! - DKIM, ARC and DMARC at the end of DATA, after the message is on disk and before the
-//!   reply: the message is read back from its temporary file. With `--dmarc-reject` a DMARC
+//! - DKIM, ARC and DMARC at the end of DATA, before the reply: over the message held in
+//!   memory (up to [`crate::local::HOLD_IN_MEMORY`]), or read back from its temporary file. With `--dmarc-reject` a DMARC
 //!   `fail` whose policy is `p=reject` (after `sp=`/`np=`/`t=y`, as mail-auth applies them) is
 //!   refused with `550 5.7.1`; `p=quarantine` and `p=none` failures are accepted with
 //!   `dmarc=fail` and the policy in the field (`policy.dmarc=quarantine`), for a filter or a
