@@ -401,7 +401,21 @@ impl Verifier {
         };
         let parsed = tokio::task::block_in_place(|| AuthenticatedMessage::parse(bytes));
         let Some(msg) = parsed else {
-            return self.unverified(spf, "no header section");
+            // No header section (the message began with its body): nothing signed, no From:.
+            let ar = self.with_spf(AuthenticationResults::new(&self.hostname), spf);
+            return Verdict {
+                field: self.field(
+                    &ar,
+                    ";\r\n\tdkim=none",
+                    ";\r\n\tdmarc=none (no From: field)",
+                ),
+                reject: None,
+                dkim: "none".into(),
+                dmarc: "none",
+                dmarc_policy: "-",
+                from_domain: "-".into(),
+                arc: "-",
+            };
         };
         let signature_errors = |e: fn() -> mail_auth::Error| -> Vec<DkimOutput<'_>> {
             msg.dkim_headers
@@ -548,7 +562,8 @@ impl Verifier {
             .with_spf_mailfrom_result(&spf.mail_from_result, spf.ip, &spf.sender, &spf.helo)
     }
 
-    /// The verdict of a message whose DKIM signatures could not be read at all.
+    /// The verdict of a message whose DKIM signatures could not be read at all (its header
+    /// section is too long).
     fn unverified(&self, spf: &Spf, why: &str) -> Verdict {
         let ar = self.with_spf(AuthenticationResults::new(&self.hostname), spf);
         let ours = format!(";\r\n\tdkim=policy ({why})");
