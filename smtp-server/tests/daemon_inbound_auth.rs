@@ -736,3 +736,42 @@ fn no_email_auth_turns_the_checks_off() {
     assert!(stored.starts_with("Return-Path: <a@fail.test>\r\nReceived: from client.test"));
     assert!(dns.queries().is_empty(), "{:?}", dns.queries());
 }
+
+#[test]
+fn the_options_work_from_the_configuration_file() {
+    let rt = runtime();
+    let dns = rt.block_on(zone().start()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("smtp-server.toml");
+    std::fs::write(
+        &conf,
+        "spf-reject = true\ndmarc-reject = true\nemail-auth-timeout = \"3s\"\n\
+         email-auth-max-size = 1048576\n",
+    )
+    .unwrap();
+    let conf = conf.display().to_string();
+    let (d, port) = start(&dir.path().join("mail"), dns.addr(), &["--config", &conf]);
+    let sent = send(port, "alice@fail.test", &plain("alice@fail.test"));
+    assert_eq!(sent.mail.0, 550, "{:?}", sent.mail);
+    assert!(sent.mail.1.starts_with("5.7.23 "), "{:?}", sent.mail);
+    ours(&deliver(
+        &d,
+        port,
+        "alice@pass.test",
+        &plain("alice@pass.test"),
+    ));
+    // `start` gives --email-auth-timeout 2s on the command line, which wins over the file.
+    let log = d.log();
+    assert!(
+        log.contains("spf_reject=true dmarc_reject=true max_size=1048576 timeout_ms=2000"),
+        "{log}"
+    );
+    // And off from the file.
+    let dir2 = tempfile::tempdir().unwrap();
+    let conf2 = dir2.path().join("smtp-server.toml");
+    std::fs::write(&conf2, "no-email-auth = true\n").unwrap();
+    let conf2 = conf2.display().to_string();
+    let (d2, port2) = start(&dir2.path().join("mail"), dns.addr(), &["--config", &conf2]);
+    let stored = deliver(&d2, port2, "alice@fail.test", &plain("alice@fail.test"));
+    assert!(auth_results(&stored).is_empty(), "{stored}");
+}
