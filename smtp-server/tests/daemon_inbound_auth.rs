@@ -775,3 +775,49 @@ fn the_options_work_from_the_configuration_file() {
     let stored = deliver(&d2, port2, "alice@fail.test", &plain("alice@fail.test"));
     assert!(auth_results(&stored).is_empty(), "{stored}");
 }
+
+#[test]
+fn mail_relayed_onward_by_an_alias_carries_the_field_too() {
+    let rt = runtime();
+    let dns = rt.block_on(zone().start()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users");
+    std::fs::write(&users, "bob\nteam: bob, carol@remote.test\n").unwrap();
+    let users = users.display().to_string();
+    let spool = dir.path().join("mail");
+    // The relay host refuses connections: the queued copy stays in the queue.
+    let (d, port) = start(
+        &spool,
+        dns.addr(),
+        &["-u", &users, "--relay-host", "127.0.0.1:1"],
+    );
+    let mut c = Client::connect(port);
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    assert_eq!(c.cmd("MAIL FROM:<alice@pass.test>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<team@example.test>").0, 250);
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.w.write_all(b"From: alice@pass.test\r\nSubject: team\r\n\r\nHi.\r\n.\r\n")
+        .unwrap();
+    assert_eq!(c.reply().0, 250);
+    let local = String::from_utf8(d.spool_messages("bob").pop().unwrap().1).unwrap();
+    let field = ours(&local);
+    let entries: Vec<_> = std::fs::read_dir(spool.join(".queue").join("entries"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(entries.len(), 1);
+    let queued = String::from_utf8(std::fs::read(entries[0].path().join("body")).unwrap()).unwrap();
+    assert!(
+        queued.starts_with("Authentication-Results: mx.example.test;"),
+        "{queued}"
+    );
+    assert_eq!(auth_results(&queued), [field]);
+    assert!(
+        queued.contains("\r\nReceived: from client.test ([127.0.0.1])"),
+        "{queued}"
+    );
+    assert!(
+        queued.contains("\r\nMessage-ID: <"),
+        "relayed onward: gets a Message-ID"
+    );
+}
