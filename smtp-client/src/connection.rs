@@ -17,7 +17,7 @@ use smtp_proto::param::{Body, MailParams, Notify, Orcpt, RcptParams, Ret, XText}
 use smtp_proto::reply::Reply;
 use smtp_proto::sasl::{decode_base64, encode_base64, ClientExchange, Mechanism};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
 use tokio_rustls::TlsConnector;
@@ -264,6 +264,8 @@ impl TransactionResult {
 enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// A Unix-domain socket (LMTP to a local mailbox server, see [`crate::lmtp`]).
+    Unix(UnixStream),
     /// Only during the STARTTLS handshake, or after it failed.
     Gone,
 }
@@ -284,6 +286,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Self::Gone => Poll::Ready(Err(gone())),
         }
     }
@@ -298,6 +301,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Self::Gone => Poll::Ready(Err(gone())),
         }
     }
@@ -306,6 +310,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
             Self::Gone => Poll::Ready(Err(gone())),
         }
     }
@@ -314,6 +319,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Self::Gone => Poll::Ready(Ok(())),
         }
     }
@@ -339,6 +345,8 @@ pub struct Connection {
     transactions: usize,
     authenticated: Option<Mechanism>,
     broken: bool,
+    /// An LMTP session (RFC 2033): LHLO, and one reply per accepted recipient after the data.
+    lmtp: bool,
 }
 
 impl std::fmt::Debug for Connection {
@@ -377,8 +385,71 @@ impl Connection {
             };
         // Commands are written whole; Nagle would only delay them.
         let _ = tcp.set_nodelay(true);
+        Self::establish(Stream::Plain(tcp), addr, server_name, config, false).await
+    }
+
+    /// [`connect`](Self::connect) for an LMTP server (RFC 2033), as a local mailbox server
+    /// such as Dovecot's `lmtp` service offers: LHLO instead of EHLO (no HELO fallback), and
+    /// [`send`](Self::send) reads one reply per accepted recipient after the data, each the
+    /// verdict for its recipient ([`RcptResult`]). STARTTLS and login are as the config says;
+    /// over a Unix-domain socket use [`TlsPolicy::None`]. On a Unix-domain socket
+    /// [`peer_addr`](Self::peer_addr) is the unspecified address `0.0.0.0:0`.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect); a refused LHLO is [`ClientError::Refused`].
+    pub async fn connect_lmtp(
+        target: &crate::lmtp::LmtpTarget,
+        config: &ClientConfig,
+    ) -> Result<Self, ClientError> {
+        use crate::lmtp::LmtpTarget;
+        match target {
+            LmtpTarget::Tcp(addr) => {
+                let addr = *addr;
+                let tcp =
+                    match tokio::time::timeout(config.timeouts.connect, TcpStream::connect(addr))
+                        .await
+                    {
+                        Ok(Ok(tcp)) => tcp,
+                        Ok(Err(source)) => return Err(ClientError::Connect { addr, source }),
+                        Err(_) => return Err(ClientError::Timeout { stage: "connect" }),
+                    };
+                let _ = tcp.set_nodelay(true);
+                let name = addr.ip().to_string();
+                Self::establish(Stream::Plain(tcp), addr, &name, config, true).await
+            }
+            LmtpTarget::Unix(path) => {
+                let addr = SocketAddr::from(([0, 0, 0, 0], 0));
+                let unix =
+                    match tokio::time::timeout(config.timeouts.connect, UnixStream::connect(path))
+                        .await
+                    {
+                        Ok(Ok(s)) => s,
+                        // The error names the socket (a Connect error would name `addr`).
+                        Ok(Err(e)) => {
+                            return Err(ClientError::Io(io::Error::new(
+                                e.kind(),
+                                format!("cannot connect to {}: {e}", path.display()),
+                            )))
+                        }
+                        Err(_) => return Err(ClientError::Timeout { stage: "connect" }),
+                    };
+                let name = path.display().to_string();
+                Self::establish(Stream::Unix(unix), addr, &name, config, true).await
+            }
+        }
+    }
+
+    /// The session on a connected stream: greeting, hello, STARTTLS and login.
+    async fn establish(
+        stream: Stream,
+        addr: SocketAddr,
+        server_name: &str,
+        config: &ClientConfig,
+        lmtp: bool,
+    ) -> Result<Self, ClientError> {
         let mut conn = Self {
-            stream: Stream::Plain(tcp),
+            stream,
             buf: BytesMut::with_capacity(4096),
             decoder: ReplyDecoder::new(),
             config: config.clone(),
@@ -391,6 +462,7 @@ impl Connection {
             transactions: 0,
             authenticated: None,
             broken: false,
+            lmtp,
         };
         let greeting = conn
             .read_reply(config.timeouts.greeting, "greeting")
@@ -726,20 +798,54 @@ impl Connection {
         };
         let (mail_reply, rcpt_replies, data_reply) = result;
 
-        let accepted_any = rcpt_replies.iter().any(Reply::is_positive_completion);
+        let accepted = rcpt_replies
+            .iter()
+            .filter(|r| r.is_positive_completion())
+            .count();
         let data = match data_reply {
             Some(reply) if reply.code() == 354 => {
-                let final_reply = self.write_message(accepted_any.then_some(message)).await?;
+                let final_reply = self
+                    .write_message((accepted > 0).then_some(message))
+                    .await?;
                 Some(final_reply)
             }
             other => other,
         };
+        // LMTP (RFC 2033 §4.2): after the data, one reply per accepted recipient, in order;
+        // the first was read above.
+        let mut per_rcpt: Vec<Reply> = Vec::new();
+        if self.lmtp && accepted > 0 {
+            if let Some(first) = data.as_ref().filter(|d| d.code() != 354) {
+                per_rcpt.push(first.clone());
+                let t = self.config.timeouts.data_end;
+                while per_rcpt.len() < accepted {
+                    let reply = self.read_reply(t, "end of data").await?;
+                    if reply.code() < 200 || reply.code() == 354 {
+                        return Err(self.fail(ClientError::Unexpected {
+                            command: "end of data",
+                            reply,
+                        }));
+                    }
+                    per_rcpt.push(reply);
+                }
+            }
+        }
+        let mut per_rcpt = per_rcpt.into_iter();
 
         let rcpts = rcpt_replies
             .iter()
             .map(|reply| {
                 if !reply.is_positive_completion() {
                     return RcptResult::Rejected(reply.clone());
+                }
+                if self.lmtp {
+                    if let Some(own) = per_rcpt.next() {
+                        return if own.is_positive_completion() {
+                            RcptResult::Accepted(own)
+                        } else {
+                            RcptResult::Rejected(own)
+                        };
+                    }
                 }
                 match &data {
                     Some(d) if d.is_positive_completion() => RcptResult::Accepted(d.clone()),
@@ -839,6 +945,25 @@ impl Connection {
     async fn hello(&mut self) -> Result<(), ClientError> {
         let name = self.config.helo_name.clone();
         let t = self.config.timeouts.command;
+        if self.lmtp {
+            // RFC 2033 §4.1: LHLO, answered as EHLO is; there is nothing to fall back to.
+            // The name is checked as EHLO's argument is (one word, no CR, LF or space).
+            let mut out = Vec::with_capacity(64);
+            Command::Ehlo(&name).encode(&mut out);
+            out[..4].copy_from_slice(b"LHLO");
+            self.write_all(&out, t, "LHLO").await?;
+            let reply = self.read_reply_whole(t, "LHLO").await?;
+            return match parse_ehlo(&reply) {
+                Ok(ehlo) => {
+                    self.ehlo = Some(ehlo);
+                    Ok(())
+                }
+                Err(_) => Err(ClientError::Refused {
+                    command: "LHLO",
+                    reply: bound_reply(reply),
+                }),
+            };
+        }
         // The one reply kept whole (within the reading bounds): it is the capability list.
         let reply = self.command_whole(&Command::Ehlo(&name), t, "EHLO").await?;
         match parse_ehlo(&reply) {
@@ -1201,6 +1326,7 @@ mod quit_tests {
             transactions: 0,
             authenticated: None,
             broken: false,
+            lmtp: false,
         }
     }
 

@@ -88,7 +88,7 @@ use crate::error::ClientError;
 use crate::message::{Message, MessageInfo};
 use crate::resolve::{AddressOrder, AddressPreference, MxHost, ResolveError, Resolver};
 use crate::text::{escape_controls, SafeReply};
-use crate::tls::TlsPolicy;
+use crate::tls::{TlsInfo, TlsPolicy};
 
 /// Decides whether an address may be connected to (`true`) or must be skipped.
 pub type AddressFilter = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
@@ -106,7 +106,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn from_reply(reply: &Reply) -> Self {
+    pub(crate) fn from_reply(reply: &Reply) -> Self {
         let class = if reply.is_permanent() { 5 } else { 4 };
         Self {
             reply: Some(reply.clone()),
@@ -115,7 +115,7 @@ impl Failure {
         }
     }
 
-    fn from_error(error: &ClientError) -> Self {
+    pub(crate) fn from_error(error: &ClientError) -> Self {
         Self {
             reply: error.reply().cloned(),
             enhanced: error.enhanced_code(),
@@ -164,6 +164,18 @@ impl RcptOutcome {
     /// Whether the recipient is done with (delivered or bounced): nothing to retry.
     pub fn is_final(&self) -> bool {
         !matches!(self, Self::Transient(_))
+    }
+
+    /// The outcome a server's verdict on one recipient means: accepted is delivered, a 5yz
+    /// permanent, a 4yz transient.
+    pub(crate) fn of(result: RcptResult) -> Self {
+        match result {
+            RcptResult::Accepted(reply) => Self::Delivered(reply),
+            RcptResult::Rejected(reply) if reply.is_permanent() => {
+                Self::Permanent(Failure::from_reply(&reply))
+            }
+            RcptResult::Rejected(reply) => Self::Transient(Failure::from_reply(&reply)),
+        }
     }
 }
 
@@ -244,6 +256,8 @@ pub struct DeliveryReport {
     pub delivered_via: Option<(String, SocketAddr)>,
     /// Whether that transaction was encrypted.
     pub tls: bool,
+    /// That transaction's TLS protocol and cipher suite, when it was encrypted.
+    pub tls_info: Option<TlsInfo>,
     /// When the transaction went in clear text because STARTTLS failed at that address
     /// (opportunistic TLS only, see the [module docs](self)): the TLS error.
     pub tls_fallback: Option<String>,
@@ -387,6 +401,7 @@ impl Deliverer {
             rcpts: Vec::new(),
             delivered_via: None,
             tls: false,
+            tls_info: None,
             tls_fallback: None,
             attempts: Vec::new(),
             error: None,
@@ -471,7 +486,7 @@ impl Deliverer {
                     }
                 }
                 match result {
-                    Ok((rcpts, tls)) => {
+                    Ok((rcpts, tls_info)) => {
                         report.attempts.push(Attempt {
                             host: host.name.clone(),
                             addr,
@@ -479,7 +494,8 @@ impl Deliverer {
                         });
                         report.rcpts = rcpts;
                         report.delivered_via = Some((host.name.clone(), addr));
-                        report.tls = tls;
+                        report.tls = tls_info.is_some();
+                        report.tls_info = tls_info;
                         report.tls_fallback = fallback;
                         return report;
                     }
@@ -543,9 +559,9 @@ impl Deliverer {
         envelope: &Envelope,
         message: &Message<'_>,
         info: MessageInfo,
-    ) -> Result<(Vec<(ForwardPath, RcptOutcome)>, bool), ClientError> {
+    ) -> Result<(Vec<(ForwardPath, RcptOutcome)>, Option<TlsInfo>), ClientError> {
         let mut conn = Connection::connect(addr, host, config).await?;
-        let tls = conn.is_tls();
+        let tls = conn.tls_info().cloned();
         let all = |outcome: RcptOutcome| {
             envelope
                 .rcpts
@@ -561,18 +577,7 @@ impl Deliverer {
                 .rcpts
                 .iter()
                 .zip(result.rcpts)
-                .map(|(r, result)| {
-                    let outcome = match result {
-                        RcptResult::Accepted(reply) => RcptOutcome::Delivered(reply),
-                        RcptResult::Rejected(reply) if reply.is_permanent() => {
-                            RcptOutcome::Permanent(Failure::from_reply(&reply))
-                        }
-                        RcptResult::Rejected(reply) => {
-                            RcptOutcome::Transient(Failure::from_reply(&reply))
-                        }
-                    };
-                    (r.path.clone(), outcome)
-                })
+                .map(|(r, result)| (r.path.clone(), RcptOutcome::of(result)))
                 .collect(),
             // Decided for every recipient by this server, or by this client before sending.
             Err(e) if e.is_permanent() => all(RcptOutcome::Permanent(Failure::from_error(&e))),
@@ -585,7 +590,7 @@ impl Deliverer {
 }
 
 /// The status code for "no host reached": always transient.
-fn transient_code(c: EnhancedCode) -> EnhancedCode {
+pub(crate) fn transient_code(c: EnhancedCode) -> EnhancedCode {
     if c.class == 4 {
         c
     } else {

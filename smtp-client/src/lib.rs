@@ -127,6 +127,7 @@ pub mod codec;
 pub mod connection;
 pub mod deliver;
 pub mod error;
+pub mod lmtp;
 pub mod message;
 pub mod resolve;
 pub mod text;

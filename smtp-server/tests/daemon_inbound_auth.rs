@@ -298,6 +298,15 @@ fn spf_results_for_mail_from_and_helo() {
         !line.contains("Pass") && !line.contains("SpfOutput"),
         "{line}"
     );
+    // And on the message's `message accepted` line.
+    let accepted = log
+        .lines()
+        .find(|l| l.contains("message accepted") && l.contains("alice@pass.test"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        accepted.contains(" spf=pass dkim=none dmarc=none"),
+        "{accepted}"
+    );
 }
 
 #[test]

@@ -107,3 +107,157 @@ fn json_lines_parse_and_hostile_text_stays_inside_strings() {
     assert_eq!(messages, 1, "{log}");
     assert!(log.contains("a\\u0085b\\u202ec@example.test"), "{log}");
 }
+
+/// A message's life in the text log: the library's line with the reply, the daemon's
+/// `message accepted` line linking the Received id to the queue id, `stored as mailbox/number`
+/// per local copy, and the relay's lines with the same queue id.
+#[test]
+fn one_message_is_followed_by_its_ids_from_acceptance_to_delivery() {
+    // The next hop offers STARTTLS (a self-signed certificate: opportunistic TLS uses it).
+    let net = daemon_util::Net::start(daemon_util::PeerBehaviour::default(), true);
+    let dir = tempfile::tempdir().unwrap();
+    let remote_port = net.peer_port.to_string();
+    let d = Daemon::start(
+        &dir.path().join("mail"),
+        net.dns.addr(),
+        &["--remote-port", &remote_port],
+    );
+    let mut c = d.connect();
+    let (code, text) = c.send(
+        "alice@example.test",
+        &["bob@example.test", "carol@example.test", "x@remote.test"],
+        "Subject: x\r\n\r\nx\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    let queue_id = text.rsplit(' ').next().unwrap().to_owned();
+    assert!(wait_until(Duration::from_secs(30), || d
+        .log()
+        .contains("delivered queue_id=")));
+    let stored = d.spool_messages("bob");
+    let message = String::from_utf8(stored[0].1.clone()).unwrap();
+    let received_id = message
+        .split(" id ")
+        .nth(1)
+        .and_then(|s| s.split(';').next())
+        .unwrap()
+        .to_owned();
+    let log = d.log();
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?}: {log}"))
+            .to_owned()
+    };
+    let accepted = line("message accepted");
+    assert!(
+        accepted.contains(&format!("id={received_id} queue_id={queue_id} ")),
+        "{accepted}"
+    );
+    assert!(accepted.contains("stored=2"), "{accepted}");
+    for mailbox in ["bob/1", "carol/1"] {
+        let l = line(&format!("stored as {mailbox}"));
+        assert!(l.contains(&format!("id={received_id} ")), "{l}");
+    }
+    let delivered = line("delivered queue_id=");
+    assert!(
+        delivered.contains(&format!(
+            "queue_id={queue_id} to=<x@remote.test> via=mx.remote.test[127.0.0.1]:{remote_port} \
+             tls=TLSv1_3/TLS13_"
+        )),
+        "{delivered}"
+    );
+    assert!(delivered.contains(" reply=250 "), "{delivered}");
+    assert!(!log.contains("Some("), "Rust Debug in the log: {log}");
+}
+
+/// `--syslog SOCKET`: one datagram per line, `<PRI>Mmm dd hh:mm:ss smtp-server[PID]: ...`
+/// with facility mail and the line's severity, as a syslog daemon on `/dev/log` reads them.
+#[test]
+fn syslog_gets_one_datagram_per_line_with_facility_mail() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("log.sock");
+    let sock = std::os::unix::net::UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let spool = dir.path().join("mail");
+    let port = daemon_util::free_port();
+    let mut child = Command::new(daemon_util::BIN)
+        .args([
+            "-d",
+            spool.to_str().unwrap(),
+            "-s",
+            "example.test",
+            "--hostname",
+        ])
+        .args([
+            "mx.example.test",
+            "--no-public",
+            "-l",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args([
+            "--dns-server",
+            "127.0.0.1:1",
+            "--syslog",
+            sock_path.to_str().unwrap(),
+        ])
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    // Until the startup line, then a message and its lines.
+    let mut sent = false;
+    while !got.iter().any(|l: &String| l.contains("stored as bob/1")) {
+        let n = match sock.recv(&mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let _ = child.kill();
+                panic!("no more datagrams ({e}): {got:#?}");
+            }
+        };
+        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        if !sent && got.iter().any(|l| l.contains("smtp-server started")) {
+            sent = true;
+            let mut c = daemon_util::Smtp::connect(([127, 0, 0, 1], port).into());
+            let (code, text) = c.send(
+                "alice@example.test",
+                &["bob@example.test"],
+                "Subject: x\r\n\r\nx\r\n",
+            );
+            assert_eq!(code, 250, "{text}");
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let shape = regex_like(pid);
+    for line in &got {
+        assert!(shape(line), "not syslog's form: {line:?}");
+        assert!(!line.ends_with('\n'), "{line:?}");
+    }
+    // mail.info = 2 * 8 + 6.
+    let stored = got.iter().find(|l| l.contains("stored as bob/1")).unwrap();
+    assert!(stored.starts_with("<22>"), "{stored}");
+    // No second time stamp: syslog's is the one.
+    assert!(!stored.contains("Z  INFO"), "{stored}");
+}
+
+/// Checks `<PRI>Mmm dd hh:mm:ss smtp-server[PID]: ` at the start of a line.
+fn regex_like(pid: u32) -> impl Fn(&str) -> bool {
+    move |line: &str| {
+        let Some(rest) = line.strip_prefix('<') else {
+            return false;
+        };
+        let Some((pri, rest)) = rest.split_once('>') else {
+            return false;
+        };
+        let pri_ok = pri.parse::<u8>().is_ok_and(|p| p >> 3 == 2);
+        // "Dec  1 15:00:00 " is 16 bytes.
+        let stamp = rest.get(..16).unwrap_or("");
+        let stamp_ok = stamp.as_bytes().get(3) == Some(&b' ')
+            && stamp.as_bytes().get(9) == Some(&b':')
+            && stamp.ends_with(' ');
+        let tag = format!("smtp-server[{pid}]: ");
+        pri_ok && stamp_ok && rest.get(16..).is_some_and(|r| r.starts_with(&tag))
+    }
+}

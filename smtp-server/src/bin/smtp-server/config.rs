@@ -292,8 +292,13 @@ pub struct Config {
 
     /// Append the log to this file instead of writing it to stderr (under systemd, stderr goes
     /// to the journal). Reopened on SIGHUP, for logrotate's `postrotate`.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "syslog")]
     pub log_file: Option<PathBuf>,
+
+    /// Send the log to the local syslog socket (default /dev/log; rsyslog's or journald's),
+    /// facility mail, severity from each line's level, instead of stderr.
+    #[arg(long, value_name = "SOCKET", num_args = 0..=1, default_missing_value = "/dev/log")]
+    pub syslog: Option<PathBuf>,
 
     /// Serve Prometheus metrics at http://ADDR/metrics (meant for a loopback address such as
     /// 127.0.0.1:9425; off by default). See DAEMON.md for the metrics.
@@ -340,6 +345,12 @@ pub struct Config {
     /// The DKIM signing keys.
     pub dkim_keys: Vec<crate::dkim::KeySpec>,
 
+    #[arg(long, value_name = "unix:PATH|inet:IP:PORT", long_help = LMTP_HELP,
+          help = "Deliver local mail by LMTP to this server (Dovecot's lmtp) instead of into \
+                  --spool-dir (see --help)")]
+    /// The LMTP server for local mail.
+    pub lmtp: Option<smtp_client::lmtp::LmtpTarget>,
+
     /// Do not check SPF, DKIM, DMARC and ARC on mail from the public listener, and add no
     /// Authentication-Results: field (incoming ones claiming --hostname are still removed).
     /// The checks are on by default; they only record verdicts unless --spf-reject or
@@ -371,6 +382,19 @@ pub struct Config {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub email_auth_timeout: Duration,
 }
+
+const LMTP_HELP: &str = "\
+Deliver local mail by LMTP (RFC 2033) to this server instead of storing it under --spool-dir,
+as Postfix's `mailbox_transport = lmtp:...`: `unix:/run/dovecot/lmtp` (or just the path) for
+a Unix-domain socket, `inet:127.0.0.1:24` (`inet:[::1]:24`) for TCP; an IP address, not a
+host name.
+
+Local mail is queued first (the `250` means it is in the queue, durably) and handed to the
+LMTP server at once; each recipient gets the server's own verdict: delivered, retried later
+for a 4yz (a full mailbox, the server down), returned to the sender for a 5yz (unknown user).
+A recipient is the mailbox name (after the users file's aliases) at the first --domain:
+`alice@example.org`; give Dovecot `auth_username_format = %Ln` when its users are names.
+Bounces to local senders go the same way. The spool is not written.";
 
 impl Config {
     /// The queue directory, defaulted.

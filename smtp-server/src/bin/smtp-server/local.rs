@@ -24,7 +24,7 @@ use std::io::{Read, Write};
 use std::sync::Arc;
 
 use mailstore::queue::{Queue, QueueEntry, QueueId};
-use mailstore::{MailboxName, PendingMessage, Store};
+use mailstore::{DeliveryId, MailboxName, PendingMessage, Store};
 
 use crate::headers::{HeaderFilter, Missing};
 use crate::{dkim, inbound_auth};
@@ -53,6 +53,8 @@ pub struct Incoming {
 pub struct Stored {
     /// How many mailboxes got the message.
     pub mailboxes: usize,
+    /// Where each copy is, for the log: `alice/3` (spool number), `alice/new/NAME` (Maildir).
+    pub places: Vec<String>,
     /// The queue entry, when some recipients are remote.
     pub queue_id: Option<QueueId>,
 }
@@ -297,7 +299,14 @@ impl Incoming {
                         .map_err(|e| e.to_string())?;
                     for (mb, r) in mailboxes.iter().zip(results) {
                         match r {
-                            Ok(_) => stored.mailboxes += 1,
+                            Ok(id) => {
+                                stored.mailboxes += 1;
+                                stored.places.push(match id {
+                                    DeliveryId::Spool(n) => format!("{mb}/{n}"),
+                                    DeliveryId::Maildir(name) => format!("{mb}/new/{name}"),
+                                    _ => mb.to_string(),
+                                });
+                            }
                             Err(e) => return Err(format!("mailbox {mb}: {e}")),
                         }
                     }

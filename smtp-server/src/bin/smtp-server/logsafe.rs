@@ -21,6 +21,13 @@
 //! `write` call is one line. `--log-file` is a [`LogFile`], reopened at its path on SIGHUP
 //! (after logrotate moved it away); on stderr (and so in the journal under systemd) nothing
 //! needs reopening.
+//!
+//! `--syslog [SOCKET]` sends each line as one datagram to the local syslog socket
+//! (`/dev/log`: rsyslog's, or journald's, which files it in the journal with its priority),
+//! in the form glibc's `syslog(3)` uses there: `<PRI>Mmm dd hh:mm:ss smtp-server[PID]: line`,
+//! facility `mail` (so it lands in `/var/log/mail.log` with Debian's rsyslog rules), severity
+//! from the event's level (error 3, warn 4, info 6, debug and trace 7). A line the socket
+//! refuses (no syslog daemon, a full buffer) goes to stderr instead.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -143,6 +150,52 @@ pub enum Target {
     Stderr,
     /// `--log-file`.
     File(Arc<LogFile>),
+    /// `--syslog`.
+    Syslog(Arc<Syslog>),
+}
+
+/// The local syslog socket (`--syslog`).
+#[derive(Debug)]
+pub struct Syslog {
+    socket: std::os::unix::net::UnixDatagram,
+    pid: u32,
+}
+
+/// Syslog's `mail` facility (RFC 5424 §6.2.1: 2), times 8.
+const FACILITY_MAIL: u8 = 2 << 3;
+
+impl Syslog {
+    /// Connects to the syslog socket at `path` (usually `/dev/log`).
+    pub fn open(path: &Path) -> io::Result<Arc<Syslog>> {
+        let socket = std::os::unix::net::UnixDatagram::unbound()?;
+        socket.connect(path)?;
+        Ok(Arc::new(Syslog {
+            socket,
+            pid: std::process::id(),
+        }))
+    }
+
+    /// One datagram for `line` (escaped, without its newline) at `level`.
+    fn send(&self, level: tracing::Level, line: &str) -> io::Result<()> {
+        let severity = match level {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        let stamp =
+            time::OffsetDateTime::now_local().unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+        let format = time::macros::format_description!(
+            "[month repr:short] [day padding:space] [hour]:[minute]:[second]"
+        );
+        let stamp = stamp.format(&format).unwrap_or_default();
+        let datagram = format!(
+            "<{}>{stamp} smtp-server[{}]: {line}",
+            FACILITY_MAIL | severity,
+            self.pid
+        );
+        self.socket.send(datagram.as_bytes()).map(|_| ())
+    }
 }
 
 /// The daemon's log writer: each line escaped for its format (text, or JSON-safe), written
@@ -164,6 +217,7 @@ pub struct LogLine<'a> {
 enum LogOut<'a> {
     Stderr(io::Stderr),
     File(MutexGuard<'a, File>),
+    Syslog(&'a Syslog, tracing::Level),
 }
 
 impl Write for LogLine<'_> {
@@ -176,6 +230,11 @@ impl Write for LogLine<'_> {
         match &mut self.out {
             LogOut::Stderr(e) => e.write_all(line.as_bytes())?,
             LogOut::File(f) => f.write_all(line.as_bytes())?,
+            LogOut::Syslog(s, level) => {
+                if s.send(*level, line.trim_end_matches('\n')).is_err() {
+                    io::stderr().write_all(line.as_bytes())?;
+                }
+            }
         }
         Ok(buf.len())
     }
@@ -184,6 +243,7 @@ impl Write for LogLine<'_> {
         match &mut self.out {
             LogOut::Stderr(e) => e.flush(),
             LogOut::File(f) => f.flush(),
+            LogOut::Syslog(..) => Ok(()),
         }
     }
 }
@@ -192,9 +252,21 @@ impl<'a> MakeWriter<'a> for LogWriter {
     type Writer = LogLine<'a>;
 
     fn make_writer(&'a self) -> Self::Writer {
+        self.line(tracing::Level::INFO)
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        self.line(*meta.level())
+    }
+}
+
+impl LogWriter {
+    /// The writer of one line at `level` (the syslog severity).
+    fn line(&self, level: tracing::Level) -> LogLine<'_> {
         let out = match &self.target {
             Target::Stderr => LogOut::Stderr(io::stderr()),
             Target::File(f) => LogOut::File(f.lock()),
+            Target::Syslog(s) => LogOut::Syslog(s, level),
         };
         LogLine {
             out,

@@ -114,6 +114,8 @@ struct Daemon {
     dkim: Arc<dkim::Keys>,
     /// The sender checks of mail from the public listener (none with `--no-email-auth`).
     verifier: Option<Arc<inbound_auth::Verifier>>,
+    /// Local mail goes to the LMTP server (`--lmtp`), through the queue.
+    lmtp: bool,
 }
 
 /// Loads `--dkim-key`: any unreadable or invalid key stops the daemon.
@@ -147,22 +149,31 @@ fn init_logging(cfg: &Config) -> Result<Option<Arc<logsafe::LogFile>>, Fatal> {
         ),
     };
     let json = cfg.log_format == LogFormat::Json;
-    let writer = logsafe::LogWriter {
-        target: file
-            .clone()
-            .map_or(logsafe::Target::Stderr, logsafe::Target::File),
-        json,
+    let syslog = match &cfg.syslog {
+        None => None,
+        Some(path) => Some(
+            logsafe::Syslog::open(path)
+                .map_err(|e| fatal("--syslog", format!("{}: {e}", path.display())))?,
+        ),
     };
+    let target = match (&file, &syslog) {
+        (Some(f), _) => logsafe::Target::File(f.clone()),
+        (None, Some(s)) => logsafe::Target::Syslog(s.clone()),
+        (None, None) => logsafe::Target::Stderr,
+    };
+    let writer = logsafe::LogWriter { target, json };
     // No colours: every line is escaped on its way out (see `logsafe`), and a terminal's
     // escape sequences would be too.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)
         .with_writer(writer);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
+    // Syslog stamps each line itself.
+    match (json, syslog.is_some()) {
+        (true, false) => builder.json().init(),
+        (true, true) => builder.json().without_time().init(),
+        (false, false) => builder.init(),
+        (false, true) => builder.without_time().init(),
     }
     Ok(file)
 }
@@ -432,6 +443,7 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
         auth: auth.clone(),
         dkim,
         verifier,
+        lmtp: cfg.lmtp.is_some(),
     });
 
     let mut limits = smtp_server::Limits::default();
@@ -494,23 +506,31 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
-    let relay = Arc::new(Relay::new(
-        queue,
-        store,
-        policy,
-        deliverer,
-        hostname.clone(),
-        cfg.queue_lifetime,
-        cfg.retry_base,
-        relay_notify,
-        relay::Slots::new(
-            cfg.max_deliveries as usize,
-            cfg.destination_concurrency as usize,
-        ),
-        // Each entry being worked on holds a descriptor: a quarter of the limit, so that
-        // sessions, the spool and the queue keep the rest.
-        (nofile / 4) as usize,
-    ));
+    let relay = Arc::new(
+        Relay::new(
+            queue,
+            store,
+            policy,
+            deliverer,
+            hostname.clone(),
+            cfg.queue_lifetime,
+            cfg.retry_base,
+            relay_notify,
+            relay::Slots::new(
+                cfg.max_deliveries as usize,
+                cfg.destination_concurrency as usize,
+            ),
+            // Each entry being worked on holds a descriptor: a quarter of the limit, so that
+            // sessions, the spool and the queue keep the rest.
+            (nofile / 4) as usize,
+        )
+        .with_lmtp(cfg.lmtp.clone().map(|target| {
+            // The LMTP server is this host or next to it: no STARTTLS, no login.
+            let config = smtp_client::ClientConfig::new(hostname.clone())
+                .with_tls(smtp_client::TlsPolicy::None);
+            smtp_client::lmtp::Lmtp::new(target, config)
+        })),
+    );
     let relay_task = tokio::spawn(relay.run(stopped(stop_rx.clone())));
     let join = |v: Vec<String>| v.join(",");
     if !hostname.contains('.') {
@@ -866,8 +886,25 @@ impl Session {
         };
         let mut mailboxes: Vec<MailboxName> = Vec::new();
         let mut remote: Vec<QRecipient> = Vec::new();
+        // With --lmtp, local recipients are queued for the LMTP server instead (see lmtp).
+        let mut by_lmtp: Vec<QRecipient> = Vec::new();
         for a in &rcpts {
-            mailboxes.extend(a.dest.local.iter().cloned());
+            if d.lmtp {
+                for mb in &a.dest.local {
+                    let address = d.policy.lmtp_address(mb);
+                    if by_lmtp.iter().any(|q| q.address == address) {
+                        continue;
+                    }
+                    let mut q = QRecipient::new(address);
+                    if a.dest.local.len() == 1 && a.dest.remote.is_empty() {
+                        q.notify = a.notify.clone();
+                        q.orcpt = a.orcpt.clone();
+                    }
+                    by_lmtp.push(q);
+                }
+            } else {
+                mailboxes.extend(a.dest.local.iter().cloned());
+            }
             for r in &a.dest.remote {
                 // One copy per address (a repeated RCPT, or an alias target also named
                 // directly): the next hop would otherwise be given it twice.
@@ -904,6 +941,10 @@ impl Session {
         .to_header();
         let return_path = headers::return_path(&sender);
         let local_prefix = (!mailboxes.is_empty()).then(|| format!("{return_path}{received}"));
+        // Whether some recipients are in other domains (relayed), before LMTP's join the
+        // queued ones: what is added to the message and whether it is signed depend on it.
+        let relayed = !remote.is_empty();
+        remote.extend(by_lmtp);
         let queue_prefix = (!remote.is_empty()).then(|| received.clone());
         // With the sender checks, the prefixes go in front at the end, with their verdicts.
         let spf = if self.check_sender {
@@ -931,7 +972,7 @@ impl Session {
                 // Message-ID: alone for mail from the network that is relayed onward.
                 if self.relay {
                     Some(headers::Missing::new(&id, &d.hostname, now))
-                } else if !remote.is_empty() {
+                } else if relayed {
                     Some(headers::Missing::message_id_only(&id, &d.hostname))
                 } else {
                     None
@@ -975,6 +1016,8 @@ impl Session {
                 Err(_) => return DataOutcome::temporary_failure("message not received"),
             }
         }
+        // The verdicts for the `message accepted` line (`-` when not checked).
+        let mut verdicts = ("-", String::from("-"), "-");
         if let (Some(spf), Some(v)) = (&spf, &d.verifier) {
             // Bounded memory: sessions wait for their share of the checks' budget.
             let _memory = v.memory_for(incoming.size()).await;
@@ -1006,6 +1049,11 @@ impl Session {
                     })
                     .into();
             }
+            verdicts = (
+                inbound_auth::spf_keyword(spf.result()),
+                verdict.dkim.clone(),
+                verdict.dmarc,
+            );
             let field = &verdict.field;
             let prefixed = tokio::task::block_in_place(|| {
                 incoming.prepend_trace(
@@ -1022,7 +1070,7 @@ impl Session {
         }
         // Signed before it is queued, so that every attempt sends the same bytes; only mail
         // from senders who may relay (see `dkim`).
-        if self.relay && !remote.is_empty() && !d.dkim.is_empty() {
+        if self.relay && relayed && !d.dkim.is_empty() {
             match incoming.sign(d.dkim.clone()).await {
                 Ok(dkim::Outcome::Signed { keys, .. }) => {
                     for (domain, selector) in keys {
@@ -1066,10 +1114,20 @@ impl Session {
             .await
         {
             Ok(stored) => {
-                // The library logs each transaction once at info; this adds where it went.
-                debug!(session = self.session_id, id = %id, from = %envelope.from,
-                      rcpts = envelope.rcpts.len(), local = stored.mailboxes,
-                      queued = %stored.queue_id.as_ref().map_or_else(|| "-".to_owned(), |q| q.to_string()), "message accepted");
+                // The library logs each transaction once ("message ... outcome=250 ...");
+                // this says where it went: the Received id (`id`, in our Received: field)
+                // linked to the queue id every relay line carries, and each stored copy.
+                let queue_id = stored
+                    .queue_id
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), |q| q.to_string());
+                info!(session = self.session_id, id = %id, queue_id = %queue_id,
+                      from = %envelope.from, rcpts = envelope.rcpts.len(),
+                      stored = stored.mailboxes, spf = %verdicts.0, dkim = %verdicts.1,
+                      dmarc = %verdicts.2, "message accepted");
+                for place in &stored.places {
+                    info!(session = self.session_id, id = %id, mailbox = %place, "stored as {place}");
+                }
                 metrics::m().deliveries("local", "delivered", stored.mailboxes);
                 if let Some(q) = stored.queue_id {
                     d.relay_notify.notify_one();

@@ -311,6 +311,16 @@ impl Policy {
     }
 
     /// `postmaster` (always accepted): its alias if it has one, else its own mailbox.
+    /// The address a local mailbox is given to an LMTP server by (`--lmtp`): the mailbox
+    /// name at the first local domain. Mailboxes are one namespace across our domains (the
+    /// local part decides, see [`MailboxName::from_local_part`]), so one domain names them.
+    pub fn lmtp_address(&self, mailbox: &MailboxName) -> String {
+        match self.domains.first() {
+            Some(d) => format!("{mailbox}@{d}"),
+            None => mailbox.to_string(),
+        }
+    }
+
     fn postmaster(&self) -> Destinations {
         let name = MailboxName::new("postmaster").expect("a valid constant name");
         if let Some(Entry::Alias(t)) = self.users.as_ref().and_then(|u| u.entries.get(&name)) {

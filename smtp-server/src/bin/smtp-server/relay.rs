@@ -21,6 +21,12 @@
 //! under their claims, moves held entries out of the runner's sight (`held/`), and asks for a
 //! scan through the queue's `wake` file, which the runner polls every second.
 //!
+//! Local recipients in the queue (`--lmtp`, see `main`: local mail is queued, its recipients
+//! as `mailbox@first-domain`) form one group of their own, [`LOCAL`], handed to the LMTP
+//! server in one transaction; its per-recipient replies are outcomes like any next hop's
+//! (delivered, retried, bounced). Without `--lmtp` (an entry queued before it was turned off)
+//! they are stored in their mailboxes here.
+//!
 //! The loop guard: the deliverer's address filter refuses every address one of our own
 //! listeners accepts on (see [`crate::policy::Policy::is_own_socket`]); when no address is
 //! left, the recipients fail with `5.4.6`, and no connection to ourselves is ever made.
@@ -34,7 +40,8 @@ use std::time::{Duration, SystemTime};
 use mailstore::queue::{Envelope as QEnvelope, Queue, QueueEntry, QueueId, RcptState, Recipient};
 use mailstore::{MailboxName, Store};
 use smtp_client::connection::{Envelope, Recipient as CRecipient};
-use smtp_client::deliver::{Deliverer, RcptOutcome};
+use smtp_client::deliver::{Deliverer, DeliveryReport, Failure as CFailure, RcptOutcome};
+use smtp_client::lmtp::Lmtp;
 use smtp_client::Message;
 use smtp_proto::address::{parse_mailbox, ForwardPath, ReversePath};
 use smtp_proto::param::{Orcpt, RcptParams, Ret, XText};
@@ -44,6 +51,10 @@ use tracing::{error, info, warn};
 use crate::bounce::{Failure, Report, Returned};
 use crate::headers::{self, HeaderScanner};
 use crate::policy::Policy;
+
+/// The group of an entry's recipients in local domains: delivered by LMTP, or stored here.
+/// (Not a domain name: no domain starts with NUL.)
+pub const LOCAL: &str = "\0local";
 
 /// The most entries worked on at once (each is a cheap task; the connections they make are
 /// limited by [`Slots`]). Each claimed entry holds a descriptor (its directory, locked), so the
@@ -159,6 +170,8 @@ pub struct Relay {
     /// not tried again before `until`, and the outcomes not yet on disk are kept here, so a
     /// recipient the peer accepted is not sent the message again on every pass.
     held: Mutex<HashMap<QueueId, Held>>,
+    /// Where local recipients go (`--lmtp`); `None`: into `store`.
+    lmtp: Option<Lmtp>,
 }
 
 /// An entry held back after a storage error.
@@ -215,7 +228,14 @@ impl Relay {
             max_entries: max_entries.clamp(1, MAX_ENTRIES),
             inflight: Mutex::new(HashSet::new()),
             held: Mutex::new(HashMap::new()),
+            lmtp: None,
         }
+    }
+
+    /// Local recipients are given to this LMTP server (`--lmtp`); `None`: stored here.
+    pub fn with_lmtp(mut self, lmtp: Option<Lmtp>) -> Relay {
+        self.lmtp = lmtp;
+        self
     }
 
     /// Runs until `shutdown` resolves. Deliveries in flight are dropped then (their claims
@@ -418,7 +438,11 @@ impl Relay {
             }
             match parse_mailbox(&r.address) {
                 Ok(m) => {
-                    let domain = m.domain().to_string().to_ascii_lowercase();
+                    let domain = if self.policy.is_local_domain(m.domain()) {
+                        LOCAL.to_owned()
+                    } else {
+                        m.domain().to_string().to_ascii_lowercase()
+                    };
                     groups
                         .entry(domain)
                         .or_default()
@@ -458,10 +482,15 @@ impl Relay {
             async move {
                 let slot = self.slots.acquire(&domain).await;
                 let message = Message::file(prefix, body_path);
-                let report = self
-                    .deliverer
-                    .deliver_message(&domain, &env, &message)
-                    .await;
+                let report = match (domain == LOCAL, &self.lmtp) {
+                    (true, Some(lmtp)) => lmtp.deliver_message(&env, &message).await,
+                    (true, None) => self.store_here(&env, body_path).await,
+                    (false, _) => {
+                        self.deliverer
+                            .deliver_message(&domain, &env, &message)
+                            .await
+                    }
+                };
                 drop(slot);
                 let delivered: Vec<usize> = rcpts
                     .iter()
@@ -485,16 +514,33 @@ impl Relay {
                         }
                     });
                 }
-                (rcpts, report)
+                (domain, rcpts, report)
             }
         });
-        let destination = if self.deliverer.smarthost().is_some() {
-            "smarthost"
-        } else {
-            "mx"
-        };
-        for (rcpts, report) in futures_util::future::join_all(deliveries).await {
+        for (domain, rcpts, report) in futures_util::future::join_all(deliveries).await {
+            let destination = match (domain == LOCAL, &self.lmtp) {
+                (true, Some(_)) => "lmtp",
+                (true, None) => "local",
+                (false, _) if self.deliverer.smarthost().is_some() => "smarthost",
+                (false, _) => "mx",
+            };
             let via = report.delivered_via.as_ref().map(|(h, _)| h.clone());
+            // For the log: host[address]:port (the LMTP socket's path as it is), and the
+            // TLS protocol and cipher or "none".
+            let via_addr = report.delivered_via.as_ref().map_or_else(
+                || "-".to_owned(),
+                |(h, a)| {
+                    if a.port() == 0 {
+                        h.clone()
+                    } else {
+                        format!("{h}[{}]:{}", a.ip(), a.port())
+                    }
+                },
+            );
+            let tls_text = report.tls_info.as_ref().map_or_else(
+                || "none".to_owned(),
+                |t| format!("{}/{}", t.protocol, t.cipher),
+            );
             if report.delivered_via.is_some() {
                 metrics::m().outbound(report.tls);
             }
@@ -502,7 +548,7 @@ impl Relay {
                 let r = &entry.envelope.recipients[*i];
                 match outcome {
                     RcptOutcome::Delivered(reply) => {
-                        info!(queue_id = %id, to = %path, via = %via.as_deref().unwrap_or("-"), tls = report.tls,
+                        info!(queue_id = %id, to = %path, via = %via_addr, tls = %tls_text,
                               reply = %smtp_client::SafeReply(reply), "delivered");
                         results.push((*i, RcptState::Delivered, None));
                         metrics::m().deliveries(destination, "delivered", 1);
@@ -788,6 +834,106 @@ impl Relay {
         }
     }
 
+    /// Stores the queued message in the mailboxes of `env`'s recipients (local addresses
+    /// queued for LMTP, when `--lmtp` is no longer given), with `Return-Path:` in front, as
+    /// a report like a next hop's: stored, refused (no such user now: permanent) or not
+    /// stored (a storage error: retried).
+    async fn store_here(&self, env: &Envelope, body_path: &std::path::Path) -> DeliveryReport {
+        let sender = match &env.from {
+            ReversePath::Null => String::new(),
+            ReversePath::Mailbox(m) => m.to_string(),
+        };
+        let routes: Vec<Result<Vec<MailboxName>, String>> = env
+            .rcpts
+            .iter()
+            .map(|r| match self.policy.route(&r.path, false) {
+                Ok(d) => Ok(d.local),
+                Err(e) => Err(format!("{e:?}")),
+            })
+            .collect();
+        let mut all: Vec<MailboxName> = routes.iter().flatten().flatten().cloned().collect();
+        crate::local::dedup(&mut all);
+        let store = self.store.clone();
+        let path = body_path.to_owned();
+        let mailboxes = all.clone();
+        let stored = tokio::task::spawn_blocking(move || {
+            let mut m = store.begin().map_err(|e| e.to_string())?;
+            let mut body = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+            std::io::Write::write_all(&mut m, headers::return_path(&sender).as_bytes())
+                .and_then(|()| std::io::copy(&mut body, &mut m).map(|_| ()))
+                .map_err(|e| e.to_string())?;
+            let results = store
+                .commit(&mut m, &mailboxes)
+                .map_err(|e| e.to_string())?;
+            Ok::<_, String>(
+                results
+                    .into_iter()
+                    .map(|r| r.err().map(|e| e.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        let failure = |class: u8, subject: u16, detail: u16, text: String| CFailure {
+            reply: None,
+            enhanced: smtp_proto::reply::EnhancedCode::new(class, subject, detail)
+                .unwrap_or_else(|| smtp_proto::reply::EnhancedCode::new(4, 0, 0).expect("valid")),
+            text,
+        };
+        let stored_reply = smtp_proto::reply::Reply::new(
+            250,
+            smtp_proto::reply::EnhancedCode::new(2, 0, 0),
+            "stored here",
+        )
+        .expect("a valid reply");
+        let rcpts = env
+            .rcpts
+            .iter()
+            .zip(routes)
+            .map(|(r, route)| {
+                let outcome = match (&route, &stored) {
+                    (Err(why), _) => RcptOutcome::Permanent(failure(
+                        5,
+                        1,
+                        1,
+                        format!("not a local mailbox now: {why}"),
+                    )),
+                    (Ok(_), Err(e)) => {
+                        RcptOutcome::Transient(failure(4, 3, 0, format!("cannot store: {e}")))
+                    }
+                    (Ok(mbs), Ok(results)) => {
+                        let err = mbs.iter().find_map(|mb| {
+                            all.iter()
+                                .position(|x| x == mb)
+                                .and_then(|i| results.get(i).cloned().flatten())
+                        });
+                        match err {
+                            Some(e) => RcptOutcome::Transient(failure(
+                                4,
+                                3,
+                                0,
+                                format!("cannot store: {e}"),
+                            )),
+                            None => RcptOutcome::Delivered(stored_reply.clone()),
+                        }
+                    }
+                };
+                (r.path.clone(), outcome)
+            })
+            .collect();
+        DeliveryReport {
+            domain: LOCAL.to_owned(),
+            rcpts,
+            delivered_via: None,
+            tls: false,
+            tls_info: None,
+            tls_fallback: None,
+            attempts: Vec::new(),
+            error: None,
+        }
+    }
+
     /// Sends a message made here (a bounce), from `<>`, to `to`.
     async fn send_generated(&self, to: &str, message: Vec<u8>) -> Result<(), Unsent> {
         let mailbox = parse_mailbox(to)
@@ -799,6 +945,13 @@ impl Relay {
             .map_err(|e| Unsent::Undeliverable(format!("{e:?}")))?;
         let id = headers::unique_id();
         let received = headers::local_received(&self.hostname, &id, SystemTime::now());
+        let mut dest = dest;
+        if self.lmtp.is_some() {
+            // Local mailboxes are the LMTP server's: queued for it, as incoming mail is.
+            let local = std::mem::take(&mut dest.local);
+            dest.remote
+                .extend(local.iter().map(|mb| self.policy.lmtp_address(mb)));
+        }
         let mut mailboxes: Vec<MailboxName> = dest.local;
         crate::local::dedup(&mut mailboxes);
         for mb in mailboxes {
