@@ -305,6 +305,12 @@ impl Resolver {
         }
     }
 
+    /// The hickory resolver inside, for other lookups with the same name servers, options and
+    /// cache (the daemon's SPF, DKIM and DMARC checks).
+    pub fn hickory(&self) -> &TokioResolver {
+        &self.inner
+    }
+
     /// Sets which address families to use and in which order.
     #[must_use]
     pub fn with_address_order(mut self, order: AddressOrder) -> Self {

@@ -337,7 +337,14 @@ fn mail_from_the_public_listener_gets_no_date_or_message_id() {
     let m = &messages(&d, "bob")[0];
     assert_eq!(
         field_names(header_section(m)),
-        ["return-path", "received", "subject"],
+        // Our Authentication-Results: (the sender checks, see daemon_inbound_auth) is with the
+        // trace fields.
+        [
+            "return-path",
+            "authentication-results",
+            "received",
+            "subject"
+        ],
         "{m}"
     );
     assert!(
@@ -794,7 +801,11 @@ fn a_message_starting_with_white_space_never_continues_our_received() {
             &["received", "message-id", "date"][..],
             msg.clone(),
         ),
-        (&ms[1], &["return-path", "received"][..], format!("\t{msg}")),
+        (
+            &ms[1],
+            &["return-path", "authentication-results", "received"][..],
+            format!("\t{msg}"),
+        ),
     ] {
         let h = header_section(m);
         assert_eq!(field_names(h), names, "{m}");

@@ -350,6 +350,37 @@ pub struct Config {
                   --spool-dir (see --help)")]
     /// The LMTP server for local mail.
     pub lmtp: Option<smtp_client::lmtp::LmtpTarget>,
+
+    /// Do not check SPF, DKIM, DMARC and ARC on mail from the public listener, and add no
+    /// Authentication-Results: field (incoming ones claiming --hostname are still removed).
+    /// The checks are on by default; they only record verdicts unless --spf-reject or
+    /// --dmarc-reject is given.
+    #[arg(long)]
+    pub no_email_auth: bool,
+
+    /// Refuse MAIL FROM with 550 5.7.23 when its SPF result is `fail` (the sender's domain
+    /// says the client may not send for it: `-all`), on the public listener. Off by default;
+    /// softfail, neutral, none and errors are accepted and recorded.
+    #[arg(long, conflicts_with = "no_email_auth")]
+    pub spf_reject: bool,
+
+    /// Refuse a message with 550 5.7.1 at the end of DATA when it fails DMARC and its From:
+    /// domain's policy is p=reject, on the public listener. Off by default: failures are
+    /// accepted with dmarc=fail and the policy in the Authentication-Results: field.
+    #[arg(long, conflicts_with = "no_email_auth")]
+    pub dmarc_reject: bool,
+
+    /// Largest message whose DKIM and ARC signatures are verified (mail-auth holds it in
+    /// memory); a larger one gets dkim=policy for each signature, and DMARC counts them as
+    /// temporary errors.
+    #[arg(long, value_name = "BYTES", default_value_t = 10_485_760)]
+    pub email_auth_max_size: u64,
+
+    /// Time allowed for the DNS lookups of each check (SPF; DKIM and ARC; DMARC): after it
+    /// the check gives temperror and the message is accepted (temporary errors never refuse
+    /// mail).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub email_auth_timeout: Duration,
 }
 
 const LMTP_HELP: &str = "\

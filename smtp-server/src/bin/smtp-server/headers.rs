@@ -88,6 +88,10 @@ const ADDRESS_MAX: usize = 512;
 /// suggests 100).
 pub const MAX_HOPS: usize = 100;
 
+/// The most of an `Authentication-Results:` field held to find its authserv-id (a comment may
+/// come first); a field whose authserv-id is not found within it is dropped.
+pub const AUTH_RESULTS_HELD_MAX: usize = 8192;
+
 /// An RFC 5322 `date-time` in UTC, e.g. `Tue, 14 Nov 2023 22:13:20 +0000`.
 pub fn rfc5322_date(t: SystemTime) -> String {
     let secs = t
@@ -491,9 +495,20 @@ enum Filtering {
 }
 
 /// Rewrites the header section of a message as it streams by, in chunks of any size: drops
-/// every `Return-Path:` field (with its continuation lines), counts `Received:` fields (the
-/// hop limit), and, when given [`Missing`] fields, adds those the message lacks just before the
-/// header section ends. The body passes unchanged.
+/// every `Return-Path:` field (with its continuation lines), and, when given our authserv-id
+/// ([`drop_auth_results_of`](Self::drop_auth_results_of)), every `Authentication-Results:`
+/// field that claims it (RFC 8601 §5: a forger could otherwise pre-fill our verdicts); counts
+/// `Received:` fields (the hop limit), and, when given [`Missing`] fields, adds those the
+/// message lacks just before the header section ends. The body passes unchanged.
+///
+/// An `Authentication-Results:` field is held (at most [`AUTH_RESULTS_HELD_MAX`] octets)
+/// until its authserv-id (the first token or quoted string after the colon, comments and
+/// folding skipped) is known, then passed or dropped whole, continuation lines included. The
+/// comparison ignores ASCII case and a final dot. A field whose authserv-id cannot be found
+/// within the held length, or that ends before one, is dropped too (it is malformed, and a
+/// lenient reader might take it for ours). `ARC-Authentication-Results:` fields are kept: they
+/// belong to an ARC set sealed by the signer its `ARC-Seal:` names, removing one would break
+/// that chain, and the ARC verdict in our own field says whether the set holds.
 ///
 /// The header section ends at the first empty line, or at the first line that is not a field
 /// (no colon after a valid field name within [`LINE_MAX`] octets, or white space at the start
@@ -520,6 +535,13 @@ pub struct HeaderFilter {
     pub has_date: bool,
     /// How many `Return-Path:` fields were dropped.
     pub dropped_return_paths: usize,
+    /// Our authserv-id (the host name), lower case, without a final dot.
+    authserv_id: Option<String>,
+    /// The current field is an `Authentication-Results:` whose authserv-id is not known yet:
+    /// what was seen of it (written out or dropped once it is).
+    held: Option<Vec<u8>>,
+    /// How many `Authentication-Results:` fields claiming our authserv-id were dropped.
+    pub dropped_auth_results: usize,
 }
 
 impl HeaderFilter {
@@ -535,7 +557,18 @@ impl HeaderFilter {
             has_message_id: false,
             has_date: false,
             dropped_return_paths: 0,
+            authserv_id: None,
+            held: None,
+            dropped_auth_results: 0,
         }
+    }
+
+    /// Also drops every `Authentication-Results:` field whose authserv-id is `id` (see the
+    /// type's doc).
+    #[must_use]
+    pub fn drop_auth_results_of(mut self, id: &str) -> HeaderFilter {
+        self.authserv_id = Some(id.trim_end_matches('.').to_ascii_lowercase());
+        self
     }
 
     /// True once the header section has ended.
@@ -557,9 +590,7 @@ impl HeaderFilter {
                         Some(p) => (i + p + 1, true),
                         None => (chunk.len(), false),
                     };
-                    if !self.dropping {
-                        out.extend_from_slice(&chunk[i..end]);
-                    }
+                    self.emit(&chunk[i..end], out);
                     if eol {
                         self.state = Filtering::Start { wsp: false };
                     }
@@ -594,6 +625,8 @@ impl HeaderFilter {
                 self.end_of_header(out);
             }
             b':' => {
+                // The field before is complete.
+                self.settle(out);
                 let mut name = &self.line[..len - 1];
                 while let [rest @ .., b' ' | b'\t'] = name {
                     name = rest;
@@ -607,6 +640,10 @@ impl HeaderFilter {
                 if name.eq_ignore_ascii_case(b"return-path") {
                     self.dropping = true;
                     self.dropped_return_paths += 1;
+                } else if self.authserv_id.is_some()
+                    && name.eq_ignore_ascii_case(b"authentication-results")
+                {
+                    self.held = Some(Vec::new());
                 } else if name.eq_ignore_ascii_case(b"received") {
                     self.received += 1;
                 } else if name.eq_ignore_ascii_case(b"message-id") {
@@ -629,10 +666,10 @@ impl HeaderFilter {
     /// The held line start is decided: it goes out (unless dropped) and the rest of the line
     /// follows it.
     fn pass_line(&mut self, out: &mut Vec<u8>) {
-        if !self.dropping {
-            out.extend_from_slice(&self.line);
-        }
-        let ended = self.line.last() == Some(&b'\n');
+        let line = std::mem::take(&mut self.line);
+        let ended = line.last() == Some(&b'\n');
+        self.emit(&line, out);
+        self.line = line;
         self.line.clear();
         self.state = if ended {
             Filtering::Start { wsp: false }
@@ -641,10 +678,60 @@ impl HeaderFilter {
         };
     }
 
+    /// Octets of the current field (or its continuation): dropped, held, or written out.
+    fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        if self.dropping {
+            return;
+        }
+        match &mut self.held {
+            Some(held) => {
+                held.extend_from_slice(bytes);
+                self.decide(out, false);
+            }
+            None => out.extend_from_slice(bytes),
+        }
+    }
+
+    /// The held `Authentication-Results:` field is complete: pass or drop it.
+    fn settle(&mut self, out: &mut Vec<u8>) {
+        self.decide(out, true);
+    }
+
+    /// Decides the held field's fate once its authserv-id is known (or cannot be: `complete`,
+    /// or too much held), and writes it out or drops it.
+    fn decide(&mut self, out: &mut Vec<u8>, complete: bool) {
+        let (Some(held), Some(ours)) = (&self.held, &self.authserv_id) else {
+            return;
+        };
+        let value = match held.iter().position(|&b| b == b':') {
+            Some(colon) => &held[colon + 1..],
+            None if complete => &[][..],
+            None => return,
+        };
+        let keep = match authserv_id(value, complete) {
+            Some(id) => {
+                let id = id.strip_suffix(b".").unwrap_or(&id);
+                !id.eq_ignore_ascii_case(ours.as_bytes())
+            }
+            None if complete || held.len() > AUTH_RESULTS_HELD_MAX => false,
+            None => return,
+        };
+        let Some(held) = self.held.take() else {
+            return;
+        };
+        if keep {
+            out.extend_from_slice(&held);
+        } else {
+            self.dropping = true;
+            self.dropped_auth_results += 1;
+        }
+    }
+
     /// The header section ends before the held line: the missing fields, then, unless the
     /// held line is the empty line (or nothing), the empty line that ends the header section,
     /// then the held line (the body's first).
     fn end_of_header(&mut self, out: &mut Vec<u8>) {
+        self.settle(out);
         self.add_missing(out);
         if !matches!(self.line.as_slice(), b"" | b"\r\n" | b"\n") {
             out.extend_from_slice(b"\r\n");
@@ -672,12 +759,77 @@ impl HeaderFilter {
         match self.state {
             Filtering::Body => {}
             Filtering::Line => {
-                if !self.dropping {
-                    out.extend_from_slice(b"\r\n");
-                }
+                self.emit(b"\r\n", out);
                 self.end_of_header(out);
             }
             Filtering::Start { .. } => self.end_of_header(out),
+        }
+    }
+}
+
+/// The authserv-id at the start of an `Authentication-Results:` value (RFC 8601 §2.2: a
+/// token or a quoted string, after optional comments and folding white space), or `None`
+/// while it is not known yet: the value ends inside a comment, a quoted string or the token
+/// (unless `complete`, when the token ends with the value). A complete value without one gives
+/// an empty id.
+fn authserv_id(value: &[u8], complete: bool) -> Option<Vec<u8>> {
+    let mut i = 0;
+    loop {
+        match value.get(i) {
+            Some(b' ' | b'\t' | b'\r' | b'\n') => i += 1,
+            Some(b'(') => {
+                let mut depth = 0usize;
+                loop {
+                    match value.get(i) {
+                        None => return None,
+                        Some(b'\\') => i += 2,
+                        Some(b'(') => {
+                            depth += 1;
+                            i += 1;
+                        }
+                        Some(b')') => {
+                            depth -= 1;
+                            i += 1;
+                            if depth == 0 {
+                                break;
+                            }
+                        }
+                        Some(_) => i += 1,
+                    }
+                }
+            }
+            Some(b'"') => {
+                // The quoted pairs unescaped, as a reader compares them.
+                let mut id = Vec::new();
+                let mut j = i + 1;
+                loop {
+                    match value.get(j) {
+                        None => return None,
+                        Some(b'\\') => {
+                            id.extend(value.get(j + 1));
+                            j += 2;
+                        }
+                        Some(b'"') => return Some(id),
+                        Some(&b) => {
+                            id.push(b);
+                            j += 1;
+                        }
+                    }
+                }
+            }
+            Some(_) => {
+                let rest = &value[i..];
+                return match rest
+                    .iter()
+                    .position(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n' | b';' | b'(' | b'"'))
+                {
+                    Some(end) => Some(rest[..end].to_vec()),
+                    None if complete => Some(rest.to_vec()),
+                    None => None,
+                };
+            }
+            None if complete => return Some(Vec::new()),
+            None => return None,
         }
     }
 }
@@ -1045,6 +1197,78 @@ mod tests {
 
     /// The length of the first field of `m` as an RFC 5322 reader sees it: its first line and
     /// the lines starting with white space that follow.
+    fn filter_results(msg: &[u8], piece: usize) -> (Vec<u8>, usize) {
+        let mut f = HeaderFilter::new(None).drop_auth_results_of("MX.Example.test.");
+        let mut out = Vec::new();
+        for c in msg.chunks(piece) {
+            f.feed(c, &mut out);
+        }
+        f.finish(&mut out);
+        (out, f.dropped_auth_results)
+    }
+
+    #[test]
+    fn auth_results_claiming_our_authserv_id_are_dropped_others_kept() {
+        let ours = [
+            "Authentication-Results: mx.example.test; dkim=pass header.d=bank.test\r\n",
+            "Authentication-Results: MX.EXAMPLE.TEST.; spf=pass\r\n",
+            "authentication-results:mx.example.test;spf=pass\r\n",
+            "Authentication-Results:\r\n (a comment (nested \\) )) \"mx.ex\\ample.test\" 1;\r\n\tdkim=pass\r\n",
+            "Authentication-Results : mx.example.test (version?) ; none\r\n",
+            "Authentication-Results: (a comment that never ends\r\n",
+            "Authentication-Results: mx.example.test\r\n",
+        ];
+        let theirs = [
+            "Authentication-Results: mx.other.test; dkim=pass\r\n",
+            "Authentication-Results: mx.example.test.evil; spf=pass\r\n",
+            "Authentication-Results: (mx.example.test) other.test;\r\n spf=pass\r\n",
+            "ARC-Authentication-Results: i=1; mx.example.test; spf=pass\r\n",
+            "X-Authentication-Results: mx.example.test; spf=pass\r\n",
+        ];
+        for piece in [1, 3, 7, 4096] {
+            for field in ours {
+                let msg = format!(
+                    "Subject: a\r\n{field}To: b\r\n\r\nAuthentication-Results: mx.example.test\r\n"
+                );
+                let (out, n) = filter_results(msg.as_bytes(), piece);
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    "Subject: a\r\nTo: b\r\n\r\nAuthentication-Results: mx.example.test\r\n",
+                    "{field:?} piece {piece}"
+                );
+                assert_eq!(n, 1);
+                // Last in the header section, and as the whole message.
+                let msg = format!("Subject: a\r\n{field}\r\nbody\r\n");
+                let (out, _) = filter_results(msg.as_bytes(), piece);
+                assert_eq!(out, b"Subject: a\r\n\r\nbody\r\n", "{field:?}");
+                let (out, _) = filter_results(field.as_bytes(), piece);
+                assert_eq!(out, b"", "{field:?}");
+            }
+            for field in theirs {
+                let msg = format!("Subject: a\r\n{field}To: b\r\n\r\nx\r\n");
+                let (out, n) = filter_results(msg.as_bytes(), piece);
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    msg,
+                    "{field:?} piece {piece}"
+                );
+                assert_eq!(n, 0);
+            }
+        }
+        // A comment too long to find the authserv-id behind: dropped, and only so much held.
+        let long = format!(
+            "Authentication-Results: ({})\r\n other.test; none\r\nTo: b\r\n\r\n",
+            "c".repeat(AUTH_RESULTS_HELD_MAX + 10)
+        );
+        assert_eq!(filter_results(long.as_bytes(), 512).0, b"To: b\r\n\r\n");
+        // Without an authserv-id to drop, every field stays.
+        let mut f = HeaderFilter::new(None);
+        let mut out = Vec::new();
+        f.feed(ours[0].as_bytes(), &mut out);
+        f.finish(&mut out);
+        assert!(out.starts_with(ours[0].as_bytes()));
+    }
+
     fn first_field_len(m: &[u8]) -> usize {
         let mut len = 0;
         for (i, l) in m.split_inclusive(|&b| b == b'\n').enumerate() {

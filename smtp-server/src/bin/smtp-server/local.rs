@@ -6,23 +6,38 @@
 //! only (the final destination adds `Return-Path:`). The message itself passes through a
 //! [`HeaderFilter`] on the way to both: its own `Return-Path:` fields are dropped and, for mail
 //! our users submit, a missing `Date:` and `Message-ID:` added (see [`crate::headers`]).
-//! For mail our users send, the queued copy is DKIM-signed after the last chunk and before
-//! the commit ([`Incoming::sign`], see [`crate::dkim`]). Either copy is invisible until committed,
+//! The filter also drops `Authentication-Results:` fields claiming our host name. For mail
+//! our users send, the queued copy is DKIM-signed after the last chunk and before
+//! the commit ([`Incoming::sign`], see [`crate::dkim`]). For mail whose sender is checked
+//! ([`crate::inbound_auth`]), the copies are begun without their prefixes and the message is
+//! held in memory while it is at most [`HOLD_IN_MEMORY`] octets ([`Incoming::hold_in_memory`]):
+//! it is checked there, and written after the prefixes with the `Authentication-Results:` field
+//! at the end ([`Incoming::prepend_trace`]), so the usual message is written once. A longer one
+//! is spilled to the files as it grows, read back for the checks
+//! ([`Incoming::read_for_verify`]) and the prefixes put in front of it, which copies it once
+//! more on disk. Either copy is invisible until committed,
 //! and a temporary file is removed when its [`Incoming`] is dropped, so a failure at any point
 //! leaves nothing half-written.
 
-use std::io::Write;
+use std::borrow::Cow;
+use std::io::{Read, Write};
 use std::sync::Arc;
 
 use mailstore::queue::{Queue, QueueEntry, QueueId};
 use mailstore::{DeliveryId, MailboxName, PendingMessage, Store};
 
-use crate::dkim;
 use crate::headers::{HeaderFilter, Missing};
+use crate::{dkim, inbound_auth};
+
+/// The longest message held in memory instead of being written as it arrives, when its trace
+/// prefix is only known at its end (see the module doc).
+pub const HOLD_IN_MEMORY: usize = 128 * 1024;
 
 /// A message being received.
 #[derive(Debug)]
 pub struct Incoming {
+    /// The filtered message, while it is held in memory (see [`Incoming::hold_in_memory`]).
+    held: Option<Vec<u8>>,
     local: Option<PendingMessage>,
     queued: Option<PendingMessage>,
     filter: HeaderFilter,
@@ -46,13 +61,15 @@ pub struct Stored {
 
 impl Incoming {
     /// Opens the temporary files needed and writes their prefixes (the trace headers);
-    /// `missing` are the fields to add to the message when it lacks them.
+    /// `missing` are the fields to add to the message when it lacks them; `authserv_id` is
+    /// our host name, whose `Authentication-Results:` fields are dropped from the message.
     pub fn begin(
         store: &dyn Store,
         queue: &Queue,
         local_prefix: Option<&str>,
         queue_prefix: Option<&str>,
         missing: Option<Missing>,
+        authserv_id: &str,
     ) -> mailstore::Result<Incoming> {
         let open = |p: mailstore::Result<PendingMessage>, prefix: &str| {
             let mut m = p?;
@@ -69,9 +86,10 @@ impl Incoming {
             None => None,
         };
         Ok(Incoming {
+            held: None,
             local,
             queued,
-            filter: HeaderFilter::new(missing),
+            filter: HeaderFilter::new(missing).drop_auth_results_of(authserv_id),
             out: Vec::new(),
             size: 0,
             finished: false,
@@ -93,7 +111,32 @@ impl Incoming {
         r
     }
 
+    /// Holds the message in memory instead of writing it, while it is at most
+    /// [`HOLD_IN_MEMORY`] octets; call it before the first [`write`](Self::write).
+    pub fn hold_in_memory(&mut self) {
+        self.held = Some(Vec::new());
+    }
+
+    /// Writes what is held in memory to the files, and stops holding.
+    fn spill(&mut self) -> std::io::Result<()> {
+        if let Some(held) = self.held.take() {
+            self.write_files(&held)?;
+        }
+        Ok(())
+    }
+
     fn write_out(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some(held) = &mut self.held {
+            if held.len() + bytes.len() <= HOLD_IN_MEMORY {
+                held.extend_from_slice(bytes);
+                return Ok(());
+            }
+            self.spill()?;
+        }
+        self.write_files(bytes)
+    }
+
+    fn write_files(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if let Some(m) = &mut self.local {
             m.write_all(bytes)?;
         }
@@ -133,6 +176,7 @@ impl Incoming {
     /// As [`dkim::sign_pending`]; the message must not be committed then.
     pub async fn sign(&mut self, keys: Arc<dkim::Keys>) -> Result<dkim::Outcome, dkim::SignError> {
         self.finish().map_err(dkim::SignError::Io)?;
+        self.spill().map_err(dkim::SignError::Io)?;
         let Some(mut m) = self.queued.take() else {
             return Ok(dkim::Outcome::Unsigned("no remote recipients"));
         };
@@ -144,6 +188,87 @@ impl Incoming {
         .map_err(|e| dkim::SignError::Sign(format!("signing task failed: {e}")))?;
         self.queued = Some(m);
         r
+    }
+
+    /// The size of the message written so far (the local copy's, or the queued one's).
+    pub fn size(&self) -> u64 {
+        let written = self
+            .local
+            .as_ref()
+            .or(self.queued.as_ref())
+            .map_or(0, PendingMessage::len);
+        written + self.held.as_ref().map_or(0, |h| h.len() as u64)
+    }
+
+    /// Reads the message back for the sender checks (see [`crate::inbound_auth`]): whole when it
+    /// is at most `max_size` octets, else only its header section. Call it after the last chunk;
+    /// it blocks (the file is read).
+    ///
+    /// # Errors
+    /// Reading the temporary file failed; the message must not be committed then.
+    pub fn read_for_verify(&mut self, max_size: u64) -> std::io::Result<inbound_auth::Body<'_>> {
+        self.finish()?;
+        let size = self.size();
+        if size > max_size {
+            self.spill()?;
+        }
+        if let Some(held) = &self.held {
+            return Ok(inbound_auth::Body::Whole(Cow::Borrowed(held)));
+        }
+        let Some(m) = self.local.as_mut().or(self.queued.as_mut()) else {
+            return Ok(inbound_auth::Body::Whole(Cow::Borrowed(&[])));
+        };
+        let mut r = m.reader()?;
+        if size <= max_size {
+            let mut all = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+            r.read_to_end(&mut all)?;
+            return Ok(inbound_auth::Body::Whole(Cow::Owned(all)));
+        }
+        let limit = inbound_auth::MAX_HEADER_SECTION;
+        let mut head = Vec::new();
+        (&mut r).take(limit as u64 + 4).read_to_end(&mut head)?;
+        let end = head
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .map(|p| p + 4)
+            .filter(|&e| e <= limit);
+        Ok(inbound_auth::Body::TooLarge {
+            header: end.map(|e| {
+                head.truncate(e);
+                head
+            }),
+            size,
+        })
+    }
+
+    /// Puts the trace prefixes in front of the copies that were begun without them (see the
+    /// module doc): `local` before the local copy, `queued` before the queued one. A message
+    /// held in memory is written after them; one already written is copied once on disk. It
+    /// blocks.
+    ///
+    /// # Errors
+    /// As [`PendingMessage::prepend`]; the message must not be committed then.
+    pub fn prepend_trace(&mut self, local: &str, queued: &str) -> mailstore::Result<()> {
+        self.finish().map_err(|e| io_error("write", e))?;
+        if let Some(held) = self.held.take() {
+            let write = |m: &mut Option<PendingMessage>, prefix: &str| -> std::io::Result<()> {
+                if let Some(m) = m {
+                    m.write_all(prefix.as_bytes())?;
+                    m.write_all(&held)?;
+                }
+                Ok(())
+            };
+            write(&mut self.local, local).map_err(|e| io_error("write", e))?;
+            write(&mut self.queued, queued).map_err(|e| io_error("write", e))?;
+            return Ok(());
+        }
+        if let Some(m) = &mut self.local {
+            m.prepend(local.as_bytes())?;
+        }
+        if let Some(m) = &mut self.queued {
+            m.prepend(queued.as_bytes())?;
+        }
+        Ok(())
     }
 
     /// Commits: the local copy to `mailboxes` (duplicates removed), then the queued copy with
@@ -161,6 +286,7 @@ impl Incoming {
         entry: Option<QueueEntry>,
     ) -> Result<Stored, String> {
         self.finish()
+            .and_then(|()| self.spill())
             .map_err(|e| format!("cannot store message: {e}"))?;
         let Incoming { local, queued, .. } = self;
         tokio::task::spawn_blocking(move || {
@@ -243,6 +369,7 @@ mod tests {
             Some("Return-Path: <a@x>\r\nR: 1\r\n"),
             Some("R: 1\r\n"),
             None,
+            "mx.test",
         )
         .unwrap();
         inc.write(b"Received: old\r\nSubject: hi\r\n\r\nbody\r\n")

@@ -5,7 +5,8 @@
 //! [`headers`] (trace headers), [`local`] (storing a message), [`relay`] (the queue runner),
 //! [`relay_auth`] (the relay host's password file), [`bounce`] (RFC 3464 reports), [`listen`]
 //! (sockets and connection classes), [`logsafe`] (log lines escaped), [`auth`] (users for
-//! SMTP AUTH), [`dkim`] (signing outbound mail), [`cmd`] (subcommands such as
+//! SMTP AUTH), [`dkim`] (signing outbound mail), [`inbound_auth`] (SPF, DKIM, DMARC and ARC
+//! verdicts on mail from the public listener), [`cmd`] (subcommands such as
 //! `smtp-server passwd`).
 
 mod auth;
@@ -15,6 +16,7 @@ mod config;
 mod config_file;
 mod dkim;
 mod headers;
+mod inbound_auth;
 mod listen;
 mod local;
 mod logsafe;
@@ -110,6 +112,8 @@ struct Daemon {
     auth: Option<Arc<auth::Authenticator>>,
     /// DKIM signing keys (`--dkim-key`).
     dkim: Arc<dkim::Keys>,
+    /// The sender checks of mail from the public listener (none with `--no-email-auth`).
+    verifier: Option<Arc<inbound_auth::Verifier>>,
     /// Local mail goes to the LMTP server (`--lmtp`), through the queue.
     lmtp: bool,
 }
@@ -372,6 +376,28 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
             )
         })?,
     };
+    let verifier = (!cfg.no_email_auth).then(|| {
+        let settings = inbound_auth::Settings {
+            spf_reject: cfg.spf_reject,
+            dmarc_reject: cfg.dmarc_reject,
+            max_size: cfg.email_auth_max_size,
+            timeout: cfg.email_auth_timeout,
+        };
+        if !cfg.public_listen().is_empty() {
+            info!(
+                spf_reject = settings.spf_reject,
+                dmarc_reject = settings.dmarc_reject,
+                max_size = settings.max_size,
+                timeout_ms = settings.timeout.as_millis() as u64,
+                "public listener: SPF, DKIM, DMARC and ARC verdicts in Authentication-Results"
+            );
+        }
+        Arc::new(inbound_auth::Verifier::new(
+            resolver.hickory().clone(),
+            hostname.clone(),
+            settings,
+        ))
+    });
     let mut client_config = smtp_client::ClientConfig::new(hostname.clone());
     let relay_host = match &cfg.relay_host {
         Some(h) => Some(config::parse_host_port(h).map_err(|e| fatal("--relay-host", e))?),
@@ -416,6 +442,7 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
         relay_notify: relay_notify.clone(),
         auth: auth.clone(),
         dkim,
+        verifier,
         lmtp: cfg.lmtp.is_some(),
     });
 
@@ -627,6 +654,9 @@ impl Handler for DaemonHandler {
             metrics::m().tls_session(kind.name());
         }
         Ok(Session {
+            // Mail from other servers: the public listener (which never relays).
+            check_sender: kind == Kind::Public && !relay && self.daemon.verifier.is_some(),
+            spf: None,
             listener: kind.name(),
             offer_auth: submission && self.daemon.auth.is_some(),
             submission,
@@ -678,6 +708,10 @@ struct Session {
     peer: SocketAddr,
     session_id: u64,
     rcpts: Vec<Accepted>,
+    /// SPF, DKIM, DMARC and ARC are checked (see [`inbound_auth`]).
+    check_sender: bool,
+    /// The SPF verdicts of the current transaction (from its MAIL FROM).
+    spf: Option<inbound_auth::Spf>,
 }
 
 impl SessionHandler for Session {
@@ -739,6 +773,7 @@ impl SessionHandler for Session {
 
     async fn mail(&mut self, from: &ReversePath, _params: &MailParams) -> Result<(), Reply> {
         self.rcpts.clear();
+        self.spf = None;
         if self.submission && self.user.is_none() {
             return Err(reply(530, (5, 7, 0), "Authentication required"));
         }
@@ -753,6 +788,31 @@ impl SessionHandler for Session {
                     }),
                 );
             }
+        }
+        if let (true, Some(v)) = (self.check_sender, self.d.verifier.clone()) {
+            let sender = match from {
+                ReversePath::Null => String::new(),
+                ReversePath::Mailbox(m) => m.to_string(),
+            };
+            // An IPv4 client on an IPv6 socket is checked as its IPv4 address.
+            let spf = v
+                .spf(self.peer.ip().to_canonical(), &self.helo, &sender)
+                .await;
+            if v.settings().spf_reject && spf.result() == mail_auth::SpfResult::Fail {
+                info!(session = self.session_id, peer = %self.peer, from = %from,
+                      spf = %"fail", spf_domain = %spf.domain(), "sender refused: SPF fail");
+                let ip = self.peer.ip().to_canonical();
+                let domain = spf.domain();
+                let text = format!(
+                    "<{sender}>: Sender address rejected: SPF fail: {domain} does not designate {ip} as permitted sender"
+                );
+                return Err(
+                    Reply::new(550, EnhancedCode::new(5, 7, 23), text).unwrap_or_else(|_| {
+                        reply(550, (5, 7, 23), "Sender address rejected: SPF fail")
+                    }),
+                );
+            }
+            self.spf = Some(spf);
         }
         Ok(())
     }
@@ -791,6 +851,7 @@ impl SessionHandler for Session {
 
     fn reset(&mut self) {
         self.rcpts.clear();
+        self.spf = None;
     }
 }
 
@@ -878,19 +939,35 @@ impl Session {
             date: now,
         }
         .to_header();
-        let local_prefix =
-            (!mailboxes.is_empty()).then(|| format!("{}{received}", headers::return_path(&sender)));
+        let return_path = headers::return_path(&sender);
+        let local_prefix = (!mailboxes.is_empty()).then(|| format!("{return_path}{received}"));
         // Whether some recipients are in other domains (relayed), before LMTP's join the
         // queued ones: what is added to the message and whether it is signed depend on it.
         let relayed = !remote.is_empty();
         remote.extend(by_lmtp);
         let queue_prefix = (!remote.is_empty()).then(|| received.clone());
+        // With the sender checks, the prefixes go in front at the end, with their verdicts.
+        let spf = if self.check_sender {
+            self.spf.take()
+        } else {
+            None
+        };
+        let deferred = |p: &Option<String>| -> Option<String> {
+            p.as_ref().map(|p| {
+                if spf.is_some() {
+                    String::new()
+                } else {
+                    p.clone()
+                }
+            })
+        };
+        let (begin_local, begin_queue) = (deferred(&local_prefix), deferred(&queue_prefix));
         let begun = tokio::task::block_in_place(|| {
             Incoming::begin(
                 &*d.store,
                 &d.queue,
-                local_prefix.as_deref(),
-                queue_prefix.as_deref(),
+                begin_local.as_deref(),
+                begin_queue.as_deref(),
                 // Date: and Message-ID: for mail our own users submit (see headers); a
                 // Message-ID: alone for mail from the network that is relayed onward.
                 if self.relay {
@@ -900,6 +977,7 @@ impl Session {
                 } else {
                     None
                 },
+                &d.hostname,
             )
         });
         let mut incoming = match begun {
@@ -911,6 +989,10 @@ impl Session {
                 );
             }
         };
+        if spf.is_some() {
+            // The usual message is checked in memory and written once, after its prefixes.
+            incoming.hold_in_memory();
+        }
         loop {
             match body.chunk().await {
                 Ok(Some(chunk)) => {
@@ -932,6 +1014,58 @@ impl Session {
                 Ok(None) => break,
                 // The session answered already; dropping `incoming` removes the partial file.
                 Err(_) => return DataOutcome::temporary_failure("message not received"),
+            }
+        }
+        // The verdicts for the `message accepted` line (`-` when not checked).
+        let mut verdicts = ("-", String::from("-"), "-");
+        if let (Some(spf), Some(v)) = (&spf, &d.verifier) {
+            // Bounded memory: sessions wait for their share of the checks' budget.
+            let _memory = v.memory_for(incoming.size()).await;
+            let body = match tokio::task::block_in_place(|| {
+                incoming.read_for_verify(v.settings().max_size)
+            }) {
+                Ok(b) => b,
+                Err(e) => {
+                    error!(session = self.session_id, error = %e, "cannot read the message back");
+                    return DataOutcome::temporary_failure(
+                        "Local error in processing, try again later",
+                    );
+                }
+            };
+            let verdict = v.message(spf, &body).await;
+            drop(body);
+            info!(session = self.session_id, id = %id, peer = %self.peer, from = %envelope.from,
+                  spf = %inbound_auth::spf_keyword(spf.result()),
+                  spf_helo = %inbound_auth::spf_keyword(spf.helo_result()),
+                  dkim = %verdict.dkim, dmarc = %verdict.dmarc,
+                  dmarc_policy = %verdict.dmarc_policy, header_from = %verdict.from_domain,
+                  arc = %verdict.arc,
+                  action = %if verdict.reject.is_some() { "reject" } else { "accept" },
+                  "sender authentication");
+            if let Some(why) = &verdict.reject {
+                return Reply::new(550, EnhancedCode::new(5, 7, 1), why.clone())
+                    .unwrap_or_else(|_| {
+                        reply(550, (5, 7, 1), "Message rejected due to DMARC policy")
+                    })
+                    .into();
+            }
+            verdicts = (
+                inbound_auth::spf_keyword(spf.result()),
+                verdict.dkim.clone(),
+                verdict.dmarc,
+            );
+            let field = &verdict.field;
+            let prefixed = tokio::task::block_in_place(|| {
+                incoming.prepend_trace(
+                    &format!("{return_path}{field}{received}"),
+                    &format!("{field}{received}"),
+                )
+            });
+            if let Err(e) = prefixed {
+                error!(session = self.session_id, error = %e, "cannot store message");
+                return DataOutcome::temporary_failure(
+                    "Local error in processing, try again later",
+                );
             }
         }
         // Signed before it is queued, so that every attempt sends the same bytes; only mail
@@ -989,7 +1123,8 @@ impl Session {
                     .map_or_else(|| "-".to_owned(), |q| q.to_string());
                 info!(session = self.session_id, id = %id, queue_id = %queue_id,
                       from = %envelope.from, rcpts = envelope.rcpts.len(),
-                      stored = stored.mailboxes, "message accepted");
+                      stored = stored.mailboxes, spf = %verdicts.0, dkim = %verdicts.1,
+                      dmarc = %verdicts.2, "message accepted");
                 for place in &stored.places {
                     info!(session = self.session_id, id = %id, mailbox = %place, "stored as {place}");
                 }

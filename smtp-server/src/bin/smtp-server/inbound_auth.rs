@@ -1,0 +1,643 @@
+//! Inbound sender authentication: SPF (RFC 7208), DKIM (RFC 6376), DMARC (RFC 7489, as
+//! `mail-auth` implements it) and ARC (RFC 8617) verdicts on mail from the public listener,
+//! recorded in one `Authentication-Results:` field (RFC 8601). The checks are `mail-auth`'s;
+//! this module only decides when they run, bounds them, and writes and uses the results.
+//!
+//! Which mail: sessions on the public listener (`--public-listen`: mail from other servers,
+//! which may only go to local recipients). Not the loopback listener (our own programs, which
+//! relay), nor the submission listeners (users who logged in): their mail is ours, and is
+//! DKIM-signed instead (see [`crate::dkim`]). `--no-email-auth` turns the checks off.
+//!
+//! When:
+//! - SPF at `MAIL FROM`, where the client's address, the HELO name and the sender are known:
+//!   the HELO identity and the MAIL FROM identity (for the null sender, `postmaster@` the HELO
+//!   name, RFC 7208 §2.4), both at once. With `--spf-reject` a MAIL FROM result of `fail` is
+//!   refused there with `550 5.7.23` (RFC 7372); `softfail`, `neutral`, `none`, `permerror`
+//!   and `temperror` are accepted and recorded.
+//! - DKIM, ARC and DMARC at the end of DATA, before the reply: over the message held in
+//!   memory (up to [`crate::local::HOLD_IN_MEMORY`]), or read back from its temporary file. With `--dmarc-reject` a DMARC
+//!   `fail` whose policy is `p=reject` (after `sp=`/`np=`/`t=y`, as mail-auth applies them) is
+//!   refused with `550 5.7.1`; `p=quarantine` and `p=none` failures are accepted with
+//!   `dmarc=fail` and the policy in the field (`policy.dmarc=quarantine`), for a filter or a
+//!   Sieve rule to act on.
+//!
+//! Temporary DNS failures never refuse mail: a lookup that fails (`SERVFAIL`, no answer) or
+//! does not finish within `--email-auth-timeout` (default 5 s, for the SPF checks together,
+//! then for DKIM and ARC together, then for DMARC) gives `temperror` for that check and the
+//! message is accepted (as Postfix's policyd-spf and OpenDMARC do by default): a `451` would
+//! delay legitimate mail whenever the sender's DNS is flaky. A hostile name server can hold a
+//! session for at most three timeouts. RFC 7208's limit of 10 DNS-querying terms is
+//! mail-auth's (over it: `permerror`); mail-auth 0.13 does not count void lookups (§4.6.4), so
+//! the timeout is what bounds a record that names many empty domains.
+//!
+//! Cached: the parsed TXT records (SPF, DKIM keys, DMARC policies) and the address, MX and PTR
+//! answers, for their DNS TTL, in caches of [`CACHE_ENTRIES`] entries each (beyond that,
+//! expired entries are dropped, then the whole cache), besides the resolver's own cache. The
+//! resolver is the relay's (`--dns-server`, or the system's).
+//!
+//! Memory: mail-auth verifies a DKIM body hash over the message in memory, so a message
+//! larger than `--email-auth-max-size` (default 10 MiB) is not read whole: only its header
+//! section (at most [`MAX_HEADER_SECTION`]) is, each of its signatures is recorded as
+//! `dkim=policy` with a comment saying why, DMARC sees them as temporary errors (so such a
+//! message never fails DMARC for want of a checked signature: it passes by SPF alignment or
+//! is `temperror`), and ARC is not checked. A header section longer than 1 MiB gets
+//! `dkim=policy` alone, with no DMARC verdict. All sessions together hold at most
+//! [`MEMORY_BUDGET`] (256 MiB, or four messages of the maximum size if that is more) for the
+//! checks: a session whose message does not fit waits for others to finish.
+//!
+//! The field, with our `--hostname` as authserv-id, goes above our `Received:` (and below
+//! `Return-Path:` in a mailbox), so it is with the trace fields (RFC 8601 §5):
+//!
+//! ```text
+//! Return-Path: <alice@example.org>
+//! Authentication-Results: mx.example.net;
+//!         dkim=pass header.d=example.org header.s=s2026 header.b=AbCdEf12;
+//!         spf=pass (mx.example.net: domain of postmaster@mail.example.org designates
+//!           192.0.2.1 as permitted sender) smtp.helo=mail.example.org;
+//!         spf=pass (...) smtp.mailfrom=alice@example.org;
+//!         dmarc=pass header.from=example.org policy.dmarc=reject
+//! Received: from mail.example.org ([192.0.2.1]) by mx.example.net ...
+//! ```
+//!
+//! Incoming `Authentication-Results:` fields claiming our authserv-id are removed on every
+//! listener (see [`crate::headers::HeaderFilter`]), whether or not the checks run.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::dmarc::Policy;
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    ArcOutput, AuthenticatedMessage, AuthenticationResults, DkimOutput, DkimResult, DmarcOutput,
+    DmarcResult, DnsError, MessageAuthenticator, Parameters, RecordSet, ResolverCache, SpfOutput,
+    SpfResult, Txt, MX,
+};
+
+/// The longest header section read from a message too large to verify whole (as for signing).
+pub const MAX_HEADER_SECTION: usize = crate::dkim::MAX_HEADER_SECTION;
+
+/// Entries in each of the DNS caches.
+pub const CACHE_ENTRIES: usize = 4096;
+
+/// The most message octets held in memory for the checks by all sessions together (or four
+/// messages of `--email-auth-max-size`, if more); a session waits for its share.
+pub const MEMORY_BUDGET: u64 = 256 * 1024 * 1024;
+
+/// The unit in which the memory budget is shared out.
+const MEMORY_UNIT: u64 = 64 * 1024;
+
+/// A bounded cache of DNS answers, each kept until the time mail-auth gives (its TTL).
+pub struct Cache<K, V> {
+    map: Mutex<HashMap<K, (V, Instant)>>,
+    capacity: usize,
+}
+
+impl<K, V> Cache<K, V> {
+    fn new(capacity: usize) -> Self {
+        Cache {
+            map: Mutex::new(HashMap::new()),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<K, (V, Instant)>> {
+        // A panic elsewhere while holding it leaves a usable map.
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for Cache<K, V> {
+    fn get<Q>(&self, name: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let mut map = self.lock();
+        match map.get(name) {
+            Some((v, until)) if *until > Instant::now() => Some(v.clone()),
+            Some(_) => {
+                map.remove(name);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remove<Q>(&self, name: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.lock().remove(name).map(|(v, _)| v)
+    }
+
+    fn insert(&self, key: K, value: V, valid_until: Instant) {
+        let now = Instant::now();
+        if valid_until <= now {
+            return;
+        }
+        let mut map = self.lock();
+        if map.len() >= self.capacity && !map.contains_key(&key) {
+            map.retain(|_, (_, until)| *until > now);
+            if map.len() >= self.capacity {
+                map.clear();
+            }
+        }
+        map.insert(key, (value, valid_until));
+    }
+}
+
+/// The options (`--spf-reject`, `--dmarc-reject`, `--email-auth-max-size`,
+/// `--email-auth-timeout`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Refuse a MAIL FROM whose SPF result is `fail`.
+    pub spf_reject: bool,
+    /// Refuse a DMARC failure whose policy is `p=reject`.
+    pub dmarc_reject: bool,
+    /// The largest message whose signatures are verified.
+    pub max_size: u64,
+    /// The time each group of checks may take.
+    pub timeout: Duration,
+}
+
+/// The checks, shared by every session.
+pub struct Verifier {
+    auth: MessageAuthenticator,
+    hostname: String,
+    settings: Settings,
+    /// Shares of [`MEMORY_BUDGET`], in [`MEMORY_UNIT`]s.
+    memory: tokio::sync::Semaphore,
+    memory_units: u32,
+    txt: Cache<Box<str>, Txt>,
+    mx: Cache<Box<str>, RecordSet<MX>>,
+    ipv4: Cache<Box<str>, RecordSet<Ipv4Addr>>,
+    ipv6: Cache<Box<str>, RecordSet<Ipv6Addr>>,
+    ptr: Cache<IpAddr, RecordSet<Box<str>>>,
+}
+
+type Params<'x, P> = Parameters<
+    'x,
+    P,
+    Cache<Box<str>, Txt>,
+    Cache<Box<str>, RecordSet<MX>>,
+    Cache<Box<str>, RecordSet<Ipv4Addr>>,
+    Cache<Box<str>, RecordSet<Ipv6Addr>>,
+    Cache<IpAddr, RecordSet<Box<str>>>,
+>;
+
+/// The SPF verdicts of a transaction, from its MAIL FROM.
+#[derive(Debug, Clone)]
+pub struct Spf {
+    ip: IpAddr,
+    helo: String,
+    /// The MAIL FROM address, empty for the null sender.
+    sender: String,
+    helo_result: SpfOutput,
+    mail_from_result: SpfOutput,
+}
+
+impl Spf {
+    /// The MAIL FROM identity's result.
+    pub fn result(&self) -> SpfResult {
+        self.mail_from_result.result()
+    }
+
+    /// The domain whose policy gave the MAIL FROM result.
+    pub fn domain(&self) -> &str {
+        self.mail_from_result.domain()
+    }
+
+    /// The HELO identity's result.
+    pub fn helo_result(&self) -> SpfResult {
+        self.helo_result.result()
+    }
+}
+
+/// The message as read back for the checks.
+#[derive(Debug)]
+pub enum Body<'a> {
+    /// The whole message.
+    Whole(std::borrow::Cow<'a, [u8]>),
+    /// Over `--email-auth-max-size`: its header section (with the empty line after it), or
+    /// `None` when that is longer than [`MAX_HEADER_SECTION`].
+    TooLarge {
+        /// The header section.
+        header: Option<Vec<u8>>,
+        /// The message's size.
+        size: u64,
+    },
+}
+
+/// What the checks of a message found.
+#[derive(Debug, Clone)]
+pub struct Verdict {
+    /// The `Authentication-Results:` field, folded, ending in CRLF.
+    pub field: String,
+    /// Why the message is refused (`--dmarc-reject`), for a `550 5.7.1` reply.
+    pub reject: Option<String>,
+    /// The DKIM results, one keyword per signature (`pass`, `fail,pass`), `none` without any.
+    pub dkim: String,
+    /// The DMARC result keyword.
+    pub dmarc: &'static str,
+    /// The policy of the From: domain (`none`, `quarantine`, `reject`), `-` without a record.
+    pub dmarc_policy: &'static str,
+    /// The From: domain DMARC was checked for, `-` when none.
+    pub from_domain: String,
+    /// The ARC result keyword, `-` when the message has no ARC set (or was not checked).
+    pub arc: &'static str,
+}
+
+/// RFC 8601's keyword for an SPF result.
+pub fn spf_keyword(r: SpfResult) -> &'static str {
+    match r {
+        SpfResult::Pass => "pass",
+        SpfResult::Fail => "fail",
+        SpfResult::SoftFail => "softfail",
+        SpfResult::Neutral => "neutral",
+        SpfResult::TempError => "temperror",
+        SpfResult::PermError => "permerror",
+        SpfResult::None => "none",
+    }
+}
+
+fn dkim_keyword(r: &DkimResult) -> &'static str {
+    match r {
+        DkimResult::Pass => "pass",
+        DkimResult::Neutral(_) => "neutral",
+        DkimResult::Fail(_) => "fail",
+        DkimResult::PermError(_) => "permerror",
+        DkimResult::TempError(_) => "temperror",
+        DkimResult::None => "none",
+    }
+}
+
+fn dmarc_keyword(r: &DmarcResult) -> &'static str {
+    match r {
+        DmarcResult::Pass => "pass",
+        DmarcResult::Fail(_) => "fail",
+        DmarcResult::TempError(_) => "temperror",
+        DmarcResult::PermError(_) => "permerror",
+        DmarcResult::None => "none",
+    }
+}
+
+fn timed_out() -> mail_auth::Error {
+    mail_auth::Error::Dns(DnsError::Resolver("timed out".into()))
+}
+
+impl Verifier {
+    /// Checks with `resolver` (the relay's), writing `hostname` as the authserv-id.
+    pub fn new(
+        resolver: mail_auth::hickory_resolver::TokioResolver,
+        hostname: String,
+        settings: Settings,
+    ) -> Verifier {
+        let units = (MEMORY_BUDGET.max(settings.max_size.saturating_mul(4)) / MEMORY_UNIT)
+            .clamp(1, u64::from(u32::MAX >> 4));
+        let memory_units = u32::try_from(units).unwrap_or(u32::MAX >> 4);
+        Verifier {
+            auth: MessageAuthenticator(resolver),
+            hostname,
+            settings,
+            memory: tokio::sync::Semaphore::new(memory_units as usize),
+            memory_units,
+            txt: Cache::new(CACHE_ENTRIES),
+            mx: Cache::new(CACHE_ENTRIES),
+            ipv4: Cache::new(CACHE_ENTRIES),
+            ipv6: Cache::new(CACHE_ENTRIES),
+            ptr: Cache::new(CACHE_ENTRIES),
+        }
+    }
+
+    /// Waits until a message of `size` octets may be held in memory for the checks; the
+    /// permit is released when dropped.
+    pub async fn memory_for(&self, size: u64) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let held = if size > self.settings.max_size {
+            MAX_HEADER_SECTION as u64
+        } else {
+            size
+        };
+        let units = u32::try_from(held.div_ceil(MEMORY_UNIT).max(1))
+            .unwrap_or(u32::MAX)
+            .min(self.memory_units);
+        self.memory.acquire_many(units).await.ok()
+    }
+
+    /// The options in force.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    fn params<'x, P>(&'x self, p: P) -> Params<'x, P> {
+        Parameters::new(p)
+            .with_txt_cache(&self.txt)
+            .with_mx_cache(&self.mx)
+            .with_ipv4_cache(&self.ipv4)
+            .with_ipv6_cache(&self.ipv6)
+            .with_ptr_cache(&self.ptr)
+    }
+
+    /// SPF for the HELO and MAIL FROM identities of a client at `ip` (`sender` empty for the
+    /// null sender), within the timeout (then `temperror`).
+    pub async fn spf(&self, ip: IpAddr, helo: &str, sender: &str) -> Spf {
+        let host = self.hostname.as_str();
+        let sender_domain = sender.rsplit_once('@').map_or(helo, |(_, d)| d).to_owned();
+        let helo_check = self.bounded_spf(SpfParameters::verify_ehlo(ip, helo, host), helo);
+        let (helo_result, mail_from_result) = if sender.is_empty() {
+            // The MAIL FROM identity of the null sender is the HELO name (RFC 7208 §2.4).
+            let r = helo_check.await;
+            (r.clone(), r)
+        } else {
+            let from_check = self.bounded_spf(
+                SpfParameters::verify_mail_from(ip, helo, host, sender),
+                &sender_domain,
+            );
+            tokio::join!(helo_check, from_check)
+        };
+        Spf {
+            ip,
+            helo: helo.to_owned(),
+            sender: sender.to_owned(),
+            helo_result,
+            mail_from_result,
+        }
+    }
+
+    /// One SPF check within the timeout (then `temperror` for `domain`).
+    async fn bounded_spf(&self, params: SpfParameters<'_>, domain: &str) -> SpfOutput {
+        tokio::time::timeout(
+            self.settings.timeout,
+            self.auth.verify_spf(self.params(params)),
+        )
+        .await
+        .unwrap_or_else(|_| SpfOutput::new(domain.to_owned()).with_result(SpfResult::TempError))
+    }
+
+    /// DKIM, ARC and DMARC for `body`, with the transaction's SPF verdicts, and the field
+    /// recording them all.
+    pub async fn message(&self, spf: &Spf, body: &Body<'_>) -> Verdict {
+        let limit = self.settings.timeout;
+        let (bytes, too_large) = match body {
+            Body::Whole(b) => (b.as_ref(), None),
+            Body::TooLarge {
+                header: Some(h),
+                size,
+            } => (h.as_slice(), Some(*size)),
+            Body::TooLarge { header: None, size } => {
+                return self.unverified(
+                    spf,
+                    &format!("header section longer than {MAX_HEADER_SECTION} octets, not verified ({size} octets)"),
+                );
+            }
+        };
+        let parsed = tokio::task::block_in_place(|| AuthenticatedMessage::parse(bytes));
+        let Some(msg) = parsed else {
+            // No header section (the message began with its body): nothing signed, no From:.
+            let ar = self.with_spf(AuthenticationResults::new(&self.hostname), spf);
+            return Verdict {
+                field: self.field(
+                    &ar,
+                    ";\r\n\tdkim=none",
+                    ";\r\n\tdmarc=none (no From: field)",
+                ),
+                reject: None,
+                dkim: "none".into(),
+                dmarc: "none",
+                dmarc_policy: "-",
+                from_domain: "-".into(),
+                arc: "-",
+            };
+        };
+        let signature_errors = |e: fn() -> mail_auth::Error| -> Vec<DkimOutput<'_>> {
+            msg.dkim_headers
+                .iter()
+                .map(|h| DkimOutput::temp_err(e()).with_signature(&h.header))
+                .collect()
+        };
+        let has_arc = !msg.ams_headers.is_empty()
+            || !msg.as_headers.is_empty()
+            || !msg.aar_headers.is_empty();
+        let (dkim, arc) = if too_large.is_some() {
+            // Not verified: temporary errors for DMARC, `policy` in the field (below).
+            (
+                signature_errors(|| mail_auth::Error::Io("message too large to verify".into())),
+                None,
+            )
+        } else {
+            let dkim = tokio::time::timeout(limit, self.auth.verify_dkim(self.params(&msg)));
+            let arc = async {
+                if has_arc {
+                    Some(
+                        tokio::time::timeout(limit, self.auth.verify_arc(self.params(&msg)))
+                            .await
+                            .unwrap_or_else(|_| {
+                                ArcOutput::default().with_result(DkimResult::TempError(timed_out()))
+                            }),
+                    )
+                } else {
+                    None
+                }
+            };
+            let (dkim, arc) = tokio::join!(dkim, arc);
+            (dkim.unwrap_or_else(|_| signature_errors(timed_out)), arc)
+        };
+        // The RFC 5321.MailFrom domain, the HELO name for the null sender (RFC 7489 §3.1.2).
+        let mail_from_domain = spf
+            .sender
+            .rsplit_once('@')
+            .map_or(spf.helo.as_str(), |(_, d)| d);
+        let dmarc = tokio::time::timeout(
+            limit,
+            self.auth.verify_dmarc(self.params(DmarcParameters::new(
+                &msg,
+                &dkim,
+                mail_from_domain,
+                &spf.mail_from_result,
+            ))),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            let from = msg
+                .from
+                .first()
+                .and_then(|f| f.rsplit_once('@'))
+                .map_or(String::new(), |(_, d)| d.to_lowercase());
+            DmarcOutput::new(from)
+                .with_spf_result(DmarcResult::TempError(timed_out()))
+                .with_dkim_result(DmarcResult::TempError(timed_out()))
+        });
+
+        let header_from = msg.from.first().map_or("", String::as_str);
+        let mut ar = AuthenticationResults::new(&self.hostname);
+        let mut ours = String::new();
+        if let Some(size) = too_large {
+            for h in &msg.dkim_headers {
+                let _ = write!(
+                    ours,
+                    ";\r\n\tdkim=policy (message too large to verify: {size} octets, limit {}) header.d={} header.s={}",
+                    self.settings.max_size,
+                    pvalue(&h.header.d),
+                    pvalue(&h.header.s)
+                );
+            }
+            if msg.dkim_headers.is_empty() {
+                ours.push_str(";\r\n\tdkim=none");
+            }
+        } else if dkim.is_empty() {
+            ours.push_str(";\r\n\tdkim=none");
+        } else {
+            ar = ar.with_dkim_results(&dkim, header_from);
+        }
+        ar = self.with_spf(ar, spf);
+        if let Some(arc) = &arc {
+            ar = ar.with_arc_result(arc, spf.ip);
+        }
+        let dmarc_result = dmarc.result();
+        let from_domain = dmarc.domain().to_owned();
+        let mut after = "";
+        if from_domain.is_empty() {
+            after = ";\r\n\tdmarc=none (no single From: domain)";
+        } else {
+            ar = ar.with_dmarc_result(&dmarc);
+        }
+        let has_record = dmarc.dmarc_record().is_some();
+        let policy = dmarc.policy();
+        let reject = (self.settings.dmarc_reject
+            && matches!(dmarc_result, DmarcResult::Fail(_))
+            && policy == Policy::Reject)
+            .then(|| {
+                format!(
+                    "Unauthenticated email from {} is not accepted due to its domain's DMARC policy (p=reject)",
+                    pvalue(&from_domain)
+                )
+            });
+        let dkim_summary = if too_large.is_some() {
+            if msg.dkim_headers.is_empty() {
+                "none".to_owned()
+            } else {
+                vec!["policy"; msg.dkim_headers.len()].join(",")
+            }
+        } else if dkim.is_empty() {
+            "none".to_owned()
+        } else {
+            dkim.iter()
+                .map(|o| dkim_keyword(o.result()))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        Verdict {
+            field: self.field(&ar, &ours, after),
+            reject,
+            dkim: dkim_summary,
+            dmarc: dmarc_keyword(&dmarc_result),
+            dmarc_policy: if has_record {
+                match policy {
+                    Policy::Reject => "reject",
+                    Policy::Quarantine => "quarantine",
+                    Policy::None | Policy::Unspecified => "none",
+                }
+            } else {
+                "-"
+            },
+            from_domain: if from_domain.is_empty() {
+                "-".into()
+            } else {
+                from_domain
+            },
+            arc: arc.as_ref().map_or("-", |a| dkim_keyword(a.result())),
+        }
+    }
+
+    fn with_spf<'x>(&self, ar: AuthenticationResults<'x>, spf: &Spf) -> AuthenticationResults<'x> {
+        ar.with_spf_ehlo_result(&spf.helo_result, spf.ip, &spf.helo)
+            .with_spf_mailfrom_result(&spf.mail_from_result, spf.ip, &spf.sender, &spf.helo)
+    }
+
+    /// The verdict of a message whose DKIM signatures could not be read at all (its header
+    /// section is too long).
+    fn unverified(&self, spf: &Spf, why: &str) -> Verdict {
+        let ar = self.with_spf(AuthenticationResults::new(&self.hostname), spf);
+        let ours = format!(";\r\n\tdkim=policy ({why})");
+        Verdict {
+            field: self.field(&ar, &ours, ""),
+            reject: None,
+            dkim: "policy".into(),
+            dmarc: "-",
+            dmarc_policy: "-",
+            from_domain: "-".into(),
+            arc: "-",
+        }
+    }
+
+    /// `Authentication-Results: ` + our authserv-id + `before` + mail-auth's parts + `after`
+    /// (each part starting with `;` and a folding CRLF TAB).
+    fn field(&self, ar: &AuthenticationResults<'_>, before: &str, after: &str) -> String {
+        let text = ar.to_string();
+        let theirs = text.strip_prefix(self.hostname.as_str()).unwrap_or("");
+        let mut field = format!(
+            "Authentication-Results: {}{before}{theirs}{after}",
+            self.hostname
+        );
+        if before.is_empty() && theirs.is_empty() && after.is_empty() {
+            field.push_str("; none");
+        }
+        field.push_str("\r\n");
+        field
+    }
+}
+
+/// A DNS name or selector from a signature, as an RFC 8601 `pvalue`: only the characters a
+/// domain name or a selector has, so nothing from the message can change the field.
+fn pvalue(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_cache_keeps_entries_until_their_time_and_stays_bounded() {
+        let c: Cache<Box<str>, u32> = Cache::new(3);
+        let later = Instant::now() + Duration::from_secs(60);
+        c.insert("a".into(), 1, later);
+        assert_eq!(c.get("a"), Some(1));
+        // TTL 0 (what the test DNS serves): not kept.
+        c.insert("b".into(), 2, Instant::now());
+        assert_eq!(c.get("b"), None);
+        c.insert("c".into(), 3, Instant::now() + Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(c.get("c"), None, "expired");
+        for (i, k) in ["d", "e", "f", "g", "h"].into_iter().enumerate() {
+            c.insert(k.into(), i as u32, later);
+            assert!(c.lock().len() <= 3);
+        }
+        assert_eq!(c.get("h"), Some(4));
+        assert_eq!(c.remove("h"), Some(4));
+        assert_eq!(c.get("h"), None);
+    }
+
+    #[test]
+    fn keywords_are_rfc_8601s() {
+        assert_eq!(spf_keyword(SpfResult::SoftFail), "softfail");
+        assert_eq!(spf_keyword(SpfResult::TempError), "temperror");
+        assert_eq!(dkim_keyword(&DkimResult::Neutral(timed_out())), "neutral");
+        assert_eq!(
+            dmarc_keyword(&DmarcResult::PermError(timed_out())),
+            "permerror"
+        );
+        assert_eq!(pvalue("a.b-c_d;\r\n x=y"), "a.b-c_dxy");
+    }
+}
