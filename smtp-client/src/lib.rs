@@ -149,5 +149,17 @@ pub use resolve::{
 pub use text::{escape_controls, SafeReply};
 pub use tls::{TlsInfo, TlsPolicy};
 
+/// The protocol crate, re-exported so callers name the same types this API takes and returns
+/// (addresses, replies, parameters) without depending on a matching version themselves.
+pub use smtp_proto;
+/// The protocol types this crate's API takes and returns, at the crate root: envelopes are
+/// built from [`ReversePath`] and [`ForwardPath`] (parse them with [`parse_reverse_path`] and
+/// [`parse_forward_path`]), outcomes carry [`Reply`] and [`EnhancedCode`].
+pub use smtp_proto::address::{
+    parse_forward_path, parse_mailbox, parse_reverse_path, ForwardPath, Mailbox, ReversePath,
+};
+pub use smtp_proto::param::{Notify, Orcpt, Ret};
+pub use smtp_proto::reply::{EnhancedCode, Reply};
+
 #[cfg(feature = "test-dns")]
 pub mod testdns;

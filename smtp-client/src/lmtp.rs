@@ -11,8 +11,8 @@
 //! ```no_run
 //! # async fn f() {
 //! use smtp_client::lmtp::{Lmtp, LmtpTarget};
-//! use smtp_client::{ClientConfig, Envelope, Message, TlsPolicy};
-//! use smtp_proto::address::{parse_forward_path, ReversePath};
+//! // The protocol types come re-exported: no direct smtp-proto dependency needed.
+//! use smtp_client::{parse_forward_path, ClientConfig, Envelope, Message, ReversePath, TlsPolicy};
 //!
 //! let target: LmtpTarget = "unix:/run/dovecot/lmtp".parse().unwrap();
 //! let lmtp = Lmtp::new(target, ClientConfig::new("mx.example.org").with_tls(TlsPolicy::None));
