@@ -1125,7 +1125,9 @@ impl Claim {
         self.save()
     }
 
-    /// Removes the entry (all recipients done, bounces sent), durably.
+    /// Removes the entry (all recipients done, bounces sent). Not waiting for an fsync: a
+    /// crash right after may bring the entry back, and it is then delivered once more
+    /// (at least once, never lost; a duplicate is what SMTP accepts, RFC 5321 §6.1).
     ///
     /// # Errors
     /// [`Error::Io`] if it cannot be moved out of `entries/`.
@@ -1134,7 +1136,6 @@ impl Claim {
         let id = self.id.as_str();
         let from = self.queue.dir_of(self.place);
         from.rename(id, &inner.trash, id)?;
-        from.sync()?;
         if let Err(e) = inner.trash.remove_tree(id) {
             tracing::warn!(path = %inner.trash.join(id).display(), error = %e,
                 "cannot remove finished entry");

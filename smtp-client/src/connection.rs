@@ -584,6 +584,12 @@ impl Connection {
         self.peer
     }
 
+    /// Whether more commands may be sent: false after an I/O error, a timeout or a
+    /// malformed reply.
+    pub fn is_usable(&self) -> bool {
+        !self.broken
+    }
+
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
