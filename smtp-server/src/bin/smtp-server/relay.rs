@@ -164,6 +164,10 @@ impl Handoff {
 /// from the queue tool is seen within this time, at the cost of one `unlink` a second.
 pub const WAKE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Bodies up to this size are read into memory when their entry is claimed (one read on the
+/// blocking pool); larger ones are streamed from the queue file.
+const SMALL_BODY: u64 = 256 * 1024;
+
 /// The most of a message's beginning kept in memory (for a bounce's copy of the headers); the
 /// body itself is streamed from the queue file when sent.
 const HEAD_MAX: usize = 64 * 1024;
@@ -460,14 +464,34 @@ impl Relay {
         let claimed = tokio::task::spawn_blocking(move || {
             let claim = q.claim(&id2)?;
             // The body must be there and readable (a regular file, no link): an entry whose
-            // body is not is held back, not tried.
+            // body is not is held back, not tried. A small one is read now, so that sending
+            // it (to each host tried) does no file I/O on the runtime's threads.
+            let mut small = None;
             if let Some(c) = &claim {
-                drop(c.body()?);
+                let mut f = c.body()?;
+                let len = f
+                    .metadata()
+                    .map_err(|e| mailstore::Error::Io {
+                        op: "stat",
+                        path: c.body_path(),
+                        source: e,
+                    })?
+                    .len()
+                    .saturating_sub(c.body_offset());
+                if len <= SMALL_BODY {
+                    let mut b = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+                    f.read_to_end(&mut b).map_err(|e| mailstore::Error::Io {
+                        op: "read",
+                        path: c.body_path(),
+                        source: e,
+                    })?;
+                    small = Some(b);
+                }
             }
-            Ok::<_, mailstore::Error>(claim)
+            Ok::<_, mailstore::Error>(claim.map(|c| (c, small)))
         })
         .await;
-        let claim = match claimed {
+        let (claim, small) = match claimed {
             Ok(Ok(Some(c))) => c,
             Ok(Ok(None)) => {
                 // Another runner (another process) holds it, or it is gone: not looked at
@@ -494,6 +518,7 @@ impl Relay {
         // missing Message-ID: was added at submission, below the trace fields (see headers).
         let prefix: Vec<u8> = Vec::new();
         let body_path = claim.body_path();
+        let body_offset = claim.body_offset();
 
         let from = if entry.envelope.sender.is_empty() {
             ReversePath::Null
@@ -576,11 +601,14 @@ impl Relay {
                 ret,
                 envid: entry.envelope.envid.clone(),
             };
-            let (prefix, body_path) = (&prefix, &body_path);
+            let (prefix, body_path, small) = (&prefix, &body_path, &small);
             let (claim_cell, recorded_early) = (&claim_cell, &recorded_early);
             async move {
                 let slot = self.slots.acquire(&domain).await;
-                let message = Message::file(prefix, body_path);
+                let message = match small {
+                    Some(b) => Message::bytes(b),
+                    None => Message::file_from(prefix, body_path, body_offset),
+                };
                 let report = self
                     .deliverer
                     .deliver_message(&domain, &env, &message)
