@@ -281,6 +281,9 @@ pub struct PeerBehaviour {
     pub refuse: Vec<String>,
     /// Answer `451 4.3.0` to the message this many times before accepting.
     pub fail_first: usize,
+    /// Wait this long after the final dot before answering it (a slow next hop); the
+    /// message counts as received (`got`) once the wait is over, answered or not.
+    pub delay: Duration,
 }
 
 /// A receiving SMTP server on loopback (the smtp-server library itself), optionally offering
@@ -416,6 +419,9 @@ impl SessionHandler for PeerSession {
             data.extend_from_slice(c);
         }
         self.bodies.lock().unwrap().push(data.clone());
+        if !self.b.delay.is_zero() {
+            tokio::time::sleep(self.b.delay).await;
+        }
         let n = {
             let mut a = self.attempts.lock().unwrap();
             *a += 1;
