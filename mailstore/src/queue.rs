@@ -703,7 +703,7 @@ impl Queue {
     }
 
     /// A version 2 entry: one file, `tmp/<id>`, with the header and the body, written,
-    /// fsynced, renamed to `entries/<id>` (never over anything), and `entries/` fsynced: two
+    /// renamed to `entries/<id>` (never over anything), fsynced, and `entries/` fsynced: two
     /// fsyncs. The file is locked from its creation until this returns, so no runner claims
     /// it before it is durable.
     fn enqueue_v2(&self, entry: &QueueEntry, body: BodySource<'_>) -> Result<QueueId> {
@@ -745,12 +745,28 @@ impl Queue {
                     }
                 }
             }
-            f.sync_all().map_err(io_err("fsync", &path))?;
-            rename_noreplace(tmp, id.as_str(), &self.inner.entries)?;
-            self.inner.entries.sync()
+            Ok(())
         })();
         if let Err(e) = r {
             let _ = tmp.remove_file(id.as_str());
+            return Err(e);
+        }
+        // Renamed first, then fsynced: the file's fsync then commits its name too on
+        // journaling file systems (ext4, XFS), which makes the directory's fsync nearly free
+        // there; both are done before this returns, as POSIX needs. Until then the entry is
+        // locked (no runner claims it) and, after a power failure, at worst cut short, which
+        // its body-size shows: moved to corrupt/, and it was never acknowledged.
+        rename_noreplace(tmp, id.as_str(), &self.inner.entries).inspect_err(|_| {
+            let _ = tmp.remove_file(id.as_str());
+        })?;
+        let entries = &self.inner.entries;
+        let durable = f
+            .sync_all()
+            .map_err(io_err("fsync", entries.join(id.as_str())))
+            .and_then(|()| entries.sync());
+        if let Err(e) = durable {
+            // Not acknowledged: the client sends it again.
+            let _ = entries.remove_file(id.as_str());
             return Err(e);
         }
         drop(f);
