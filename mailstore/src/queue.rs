@@ -3,22 +3,31 @@
 //! # Layout
 //!
 //! ```text
-//! <dir>/tmp/<id>/         an entry being written, or a PendingMessage
-//! <dir>/entries/<id>/body       the message, exactly as received
-//! <dir>/entries/<id>/envelope   sender, recipients and their state, DSN parameters, times
-//! <dir>/held/<id>/        an entry put on hold by an operator: as in entries/, never due
-//! <dir>/trash/<id>/       a finished entry being removed
-//! <dir>/corrupt/<id>/     entries that could not be read, moved aside for an operator
+//! <dir>/tmp/<id>          an entry being written (or its next version), or a PendingMessage
+//! <dir>/entries/<id>      an entry: one file, its header (the envelope) then the body
+//! <dir>/entries/<id>/     an entry of the previous version: a directory with `body` and
+//!                         `envelope` (still read, claimed, updated and delivered)
+//! <dir>/held/<id>         an entry put on hold by an operator: as in entries/, never due
+//! <dir>/trash/<id>/       a finished entry of the previous version being removed
+//! <dir>/corrupt/<id>      entries that could not be read, moved aside for an operator
 //! <dir>/wake              present when an operator asked the runner to look again now
 //! ```
+//!
+//! An entry (version 2) is one file: the envelope text (see [`QueueEntry::encode`]) with
+//! `mailstore-queue 2` as its first line and `body-size <octets>` as its last field before
+//! `end`, then the message exactly as received. The body starts at
+//! [`Claim::body_offset`]; [`Queue::read_body`] and [`Claim::body`] return it positioned
+//! there. A file whose length is not the header's plus `body-size` (cut short by a crash of
+//! the machine, say) is corrupt and moved aside. Entries of version 1 (a directory per
+//! entry) stay what they are until they are finished: nothing converts them.
 //!
 //! # Hold and wake
 //!
 //! An entry on hold ([`Claim::hold`]) is moved, whole, from `entries/` to `held/` (as
 //! Postfix's hold queue): [`list`](Queue::list), [`due`](Queue::due) and
 //! [`claim`](Queue::claim) only look in `entries/`, so a runner never sees a held entry, and
-//! a runner built before `held/` existed ignores it the same way; the envelope format is
-//! unchanged. [`release`](Claim::release) moves it back. Both moves are made under the
+//! a runner built before `held/` existed ignores it the same way. [`release`](Claim::release)
+//! moves it back. Both moves are made under the
 //! entry's claim, so they never race a delivery.
 //!
 //! [`wake`](Queue::wake) leaves the file `wake` in the queue's directory, and a runner that
@@ -28,20 +37,34 @@
 //!
 //! # Durability
 //!
-//! [`Queue::enqueue`] builds the whole entry in `tmp/<id>/` (body and envelope fsynced, the
-//! directory fsynced), then renames the directory into `entries/` and fsyncs `entries/`. So an
-//! entry is either entirely there or not at all, and when `enqueue` returns it survives a crash:
-//! the SMTP server may answer `250`. Changes to an entry replace its envelope file (temporary
-//! file, fsync, rename, directory fsync), so a crash leaves the old or the new envelope, never a
-//! mix. A finished entry is first renamed to `trash/`, then removed.
+//! [`Queue::enqueue`] writes the whole entry into `tmp/<id>`, renames it into `entries/`
+//! (never over anything), fsyncs the file and fsyncs `entries/`: two fsyncs, and the entry is
+//! locked from its creation until both are done, so no runner claims it before it is durable.
+//! When `enqueue` returns the entry survives a crash, and the SMTP server may answer `250`. (The
+//! rename comes before the file's fsync because on journaling file systems that one fsync then
+//! commits the name as well, and the directory's fsync costs next to nothing; a machine crash
+//! before both are done may leave the file cut short, which its `body-size` shows: it is moved to
+//! `corrupt/`, and it was never acknowledged.)
+//!
+//! A change to an entry (a recorded outcome, a new attempt time) writes a new version of the
+//! whole file in `tmp/` (the body copied by offset), locks it, fsyncs it, renames it over the
+//! old one and fsyncs the directory: a crash leaves the old or the new version, never a mix.
+//! Changes are off the hot path: a message delivered at its first attempt to one destination
+//! is never rewritten. A finished entry is unlinked without an fsync: a crash right after
+//! may bring it back, and it is delivered once more (at least once, never lost). (A version 1
+//! entry is changed by replacing its `envelope` file the same way, and finished by a rename to
+//! `trash/` and a removal.)
 //!
 //! # Claims
 //!
 //! A worker [`claim`](Queue::claim)s an entry before delivering it. The claim is an exclusive
-//! `flock` on the entry's directory, held by the [`Claim`] value: a second claim, from another
-//! thread or another process, gets `None` until the first is dropped. Nothing about a claim is
-//! written to disk, so when a process dies its claims vanish with its descriptors, and the
-//! entries are due again at once (the "recovery" of claimed entries needs no work).
+//! `flock` on the entry's file (or, for version 1, its directory), held by the [`Claim`] value:
+//! a second claim, from another thread or another process, gets `None` until the first is
+//! dropped. A new version of the file is locked before it takes the entry's name, and a claim
+//! checks that the file it locked still has the name, so the claim carries over to each new
+//! version. Nothing about a claim is written to disk, so when a process dies its claims vanish
+//! with its descriptors, and the entries are due again at once (the "recovery" of claimed
+//! entries needs no work).
 //!
 //! # Times
 //!
@@ -61,7 +84,7 @@
 //!
 //! # Recording outcomes
 //!
-//! Each change rewrites the whole envelope (new file, fsync, rename, directory fsync).
+//! Each change rewrites the entry (new file, fsync, rename, directory fsync).
 //! [`Claim::record`] does that per recipient; [`Claim::record_many`] records any number of
 //! recipients with one rewrite, all or nothing, and is what a delivery to many recipients of
 //! one entry should use (100 recipients: one rewrite and two fsyncs instead of 100 and 200).

@@ -334,7 +334,9 @@ impl ConnectionCache {
 
     /// Ends sessions idle for longer than the idle time, every second, until none is left.
     async fn reap(self: Arc<Self>) {
-        let tick = self.idle.clamp(Duration::from_millis(100), Duration::from_secs(1));
+        let tick = self
+            .idle
+            .clamp(Duration::from_millis(100), Duration::from_secs(1));
         loop {
             tokio::time::sleep(tick).await;
             let stale: Vec<Connection> = {

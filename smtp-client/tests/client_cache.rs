@@ -51,9 +51,7 @@ async fn one_session_carries_many_messages() {
     let d = deliverer(server.addr, Duration::from_secs(5));
     for i in 0..5 {
         let m = format!("Subject: {i}\r\n\r\nbody\r\n");
-        let r = d
-            .deliver("example.test", &envelope(), m.as_bytes())
-            .await;
+        let r = d.deliver("example.test", &envelope(), m.as_bytes()).await;
         assert!(delivered(&r), "{r:?}");
     }
     assert_eq!(server.messages().len(), 5);
@@ -71,10 +69,14 @@ async fn one_session_carries_many_messages() {
 async fn idle_sessions_are_ended_after_the_idle_time() {
     let server = TestServer::local(Behaviour::default()).await;
     let d = deliverer(server.addr, Duration::from_millis(200));
-    let r = d.deliver("example.test", &envelope(), b"Subject: a\r\n\r\nx\r\n").await;
+    let r = d
+        .deliver("example.test", &envelope(), b"Subject: a\r\n\r\nx\r\n")
+        .await;
     assert!(delivered(&r));
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let r = d.deliver("example.test", &envelope(), b"Subject: b\r\n\r\nx\r\n").await;
+    let r = d
+        .deliver("example.test", &envelope(), b"Subject: b\r\n\r\nx\r\n")
+        .await;
     assert!(delivered(&r));
     assert_eq!(server.connections(), 2);
 }

@@ -15,7 +15,12 @@ use daemon_util::{queued, wait_until, Daemon, Net, PeerBehaviour};
 /// The `Subject: r<n>` of a message the peer got.
 fn number(body: &[u8]) -> Option<usize> {
     let t = String::from_utf8_lossy(body);
-    t.split("Subject: r").nth(1)?.split("\r\n").next()?.parse().ok()
+    t.split("Subject: r")
+        .nth(1)?
+        .split("\r\n")
+        .next()?
+        .parse()
+        .ok()
 }
 
 #[test]
@@ -148,7 +153,10 @@ fn entries_queued_by_the_previous_version_are_delivered() {
     );
     let mut c = d.connect();
     let body = "Subject: r3\r\n\r\nnew\r\n";
-    assert_eq!(c.send("alice@example.test", &["dave@remote.test"], body).0, 250);
+    assert_eq!(
+        c.send("alice@example.test", &["dave@remote.test"], body).0,
+        250
+    );
     assert!(
         wait_until(Duration::from_secs(30), || net.got().len() == 4),
         "{}",
