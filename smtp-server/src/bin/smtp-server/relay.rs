@@ -160,6 +160,9 @@ impl Handoff {
     }
 }
 
+/// The longest the runner goes without scanning the queue, however busy hand-offs keep it.
+const SCAN_EVERY: Duration = Duration::from_secs(60);
+
 /// How often the runner looks for the queue's `wake` file (see [`Relay::woken`]): a flush
 /// from the queue tool is seen within this time, at the cost of one `unlink` a second.
 pub const WAKE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
@@ -290,9 +293,12 @@ impl Relay {
         let mut tasks = tokio::task::JoinSet::new();
         let mut scan = true;
         let mut next_due: Option<SystemTime> = None;
+        let mut last_scan = tokio::time::Instant::now();
+        let mut wake_poll = last_scan + WAKE_POLL;
         loop {
             if scan {
                 scan = false;
+                last_scan = tokio::time::Instant::now();
                 next_due = self.scan(&permits, &mut tasks).await;
             }
             let (ids, due) = {
@@ -320,19 +326,25 @@ impl Relay {
                 continue;
             }
             // An entry that fell due while this pass ran (its time is already past) is due
-            // now, not in a minute: a past time is a zero wait.
+            // now, not in a minute: a past time is a zero wait. Deadlines, not delays: a
+            // stream of hand-offs wakes this loop all the time and must not keep pushing the
+            // next scan (or the look at the wake file) away.
             let wait = next_due
                 .map(|d| {
                     d.duration_since(SystemTime::now())
                         .unwrap_or(Duration::ZERO)
                 })
                 .unwrap_or(Duration::from_secs(60))
-                .clamp(Duration::from_millis(50), Duration::from_secs(60));
+                .max(Duration::from_millis(50));
+            let scan_at = (tokio::time::Instant::now() + wait).min(last_scan + SCAN_EVERY);
             tokio::select! {
                 () = &mut shutdown => break,
                 () = self.notify.notify.notified() => {}
-                () = tokio::time::sleep(wait) => scan = true,
-                () = self.woken() => scan = true,
+                () = tokio::time::sleep_until(scan_at) => scan = true,
+                () = tokio::time::sleep_until(wake_poll) => {
+                    wake_poll = tokio::time::Instant::now() + WAKE_POLL;
+                    scan |= self.woken().await;
+                }
             }
         }
         tasks.abort_all();
@@ -409,21 +421,19 @@ impl Relay {
         next_due
     }
 
-    /// Resolves when another process (the queue tool's `flush`, `release`, `bounce`) has
-    /// asked for a scan now: the queue's `wake` file, polled every [`WAKE_POLL`].
-    async fn woken(&self) {
-        loop {
-            tokio::time::sleep(WAKE_POLL).await;
-            let q = self.queue.clone();
-            if let Ok(true) = tokio::task::spawn_blocking(move || q.take_wake()).await {
-                // Entries the tool made due may be in the 1 s hold of a claim it held.
-                self.held
-                    .lock()
-                    .expect("not poisoned")
-                    .retain(|_, h| h.failures > 0 || !h.unsaved.is_empty());
-                return;
-            }
+    /// True when another process (the queue tool's `flush`, `release`, `bounce`) has asked
+    /// for a scan now: the queue's `wake` file, looked at every [`WAKE_POLL`].
+    async fn woken(&self) -> bool {
+        let q = self.queue.clone();
+        if let Ok(true) = tokio::task::spawn_blocking(move || q.take_wake()).await {
+            // Entries the tool made due may be in the 1 s hold of a claim it held.
+            self.held
+                .lock()
+                .expect("not poisoned")
+                .retain(|_, h| h.failures > 0 || !h.unsaved.is_empty());
+            return true;
         }
+        false
     }
 
     /// Holds `id` back after a storage error (growing delays, as for delivery retries),
