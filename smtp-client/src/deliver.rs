@@ -280,12 +280,14 @@ impl DeliveryReport {
 /// The most idle sessions the connection cache keeps for one next hop.
 pub const MAX_IDLE_PER_HOP: usize = 64;
 
+/// Per next hop, the idle sessions and when each became idle (most recent last).
+type IdleSessions = HashMap<String, Vec<(Connection, Instant)>>;
+
 /// Idle sessions kept for reuse (see the [module docs](self#connection-reuse)).
 struct ConnectionCache {
     idle: Duration,
-    /// Per next hop, the idle sessions and when each became idle (most recent last); and
-    /// whether the reaper task runs.
-    state: Mutex<(HashMap<String, Vec<(Connection, Instant)>>, bool)>,
+    /// The idle sessions, and whether the reaper task runs.
+    state: Mutex<(IdleSessions, bool)>,
 }
 
 impl ConnectionCache {
