@@ -41,7 +41,7 @@
 //! With [`Deliverer::with_connection_cache`] a session that carried a transaction is not
 //! ended: it is kept idle, per next hop (host name, address, TLS policy, login), for at most
 //! the cache's idle time, and the next delivery to that hop sends its message on it after an
-//! `RSET` (as Postfix's `smtp_connection_cache_on_demand`). A reused session that fails in
+//! `RSET`, pipelined with the next transaction when the server offers PIPELINING (as Postfix's `smtp_connection_cache_on_demand`). A reused session that fails in
 //! any way before the server has decided the recipients (it was closed while idle, `RSET` is
 //! refused, a `421`) is not held against the message: it is dropped and the transaction is
 //! tried once more on a fresh connection to the same address, which then decides. Idle

@@ -56,6 +56,13 @@ async fn one_session_carries_many_messages() {
     }
     assert_eq!(server.messages().len(), 5);
     assert_eq!(server.connections(), 1);
+    // RSET opens each later pipelined group: one write, no round trip of its own.
+    let grouped = server
+        .reads()
+        .iter()
+        .filter(|r| r.starts_with(b"RSET\r\nMAIL FROM:<alice@client.test>"))
+        .count();
+    assert_eq!(grouped, 4, "{:?}", server.reads());
     // Clones share the cache.
     let r = d
         .clone()
