@@ -41,10 +41,11 @@
 //! With [`Deliverer::with_connection_cache`] a session that carried a transaction is not
 //! ended: it is kept idle, per next hop (host name, address, TLS policy, login), for at most
 //! the cache's idle time, and the next delivery to that hop sends its message on it after an
-//! `RSET`, pipelined with the next transaction when the server offers PIPELINING (as Postfix's `smtp_connection_cache_on_demand`). A reused session that fails in
-//! any way before the server has decided the recipients (it was closed while idle, `RSET` is
-//! refused, a `421`) is not held against the message: it is dropped and the transaction is
-//! tried once more on a fresh connection to the same address, which then decides. Idle
+//! `RSET` (pipelined with the transaction when the server offers PIPELINING), as Postfix's
+//! `smtp_connection_cache_on_demand` does. A reused session that fails in any way before the
+//! server has decided the recipients (it was closed while idle, `RSET` is refused, a `421`)
+//! is not held against the message: it is dropped and the transaction is tried once more on a
+//! fresh connection to the same address, which then decides. Idle
 //! sessions are ended with QUIT when their time is up (checked every second) and at most
 //! [`MAX_IDLE_PER_HOP`] are kept per hop. The cache is shared by the clones of a
 //! `Deliverer`. Without it (the default) every delivery makes its own connection.
