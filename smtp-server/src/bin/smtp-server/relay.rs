@@ -334,8 +334,8 @@ impl Relay {
                     d.duration_since(SystemTime::now())
                         .unwrap_or(Duration::ZERO)
                 })
-                .unwrap_or(Duration::from_secs(60))
-                .max(Duration::from_millis(50));
+                .unwrap_or(SCAN_EVERY)
+                .clamp(Duration::from_millis(50), SCAN_EVERY);
             let scan_at = (tokio::time::Instant::now() + wait).min(last_scan + SCAN_EVERY);
             tokio::select! {
                 () = &mut shutdown => break,
