@@ -171,3 +171,72 @@ fn entries_queued_by_the_previous_version_are_delivered() {
     }
     assert!(wait_until(Duration::from_secs(30), || queued(&spool) == 0));
 }
+
+/// A steady stream of new messages (each handed to the runner at once) does not keep the
+/// runner from seeing an operator's `queue flush` of an entry that waits for its retry.
+#[test]
+fn a_flush_is_seen_while_new_mail_streams_through() {
+    // The first message is deferred (451), every later one accepted.
+    let net = Net::start(
+        PeerBehaviour {
+            fail_first: 1,
+            ..Default::default()
+        },
+        false,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let d = Daemon::start(
+        &spool,
+        net.dns.addr(),
+        &[
+            "--remote-port",
+            &net.peer_port.to_string(),
+            "--retry-base",
+            "1h",
+        ],
+    );
+    let mut c = d.connect();
+    let first = "Subject: r0\r\n\r\nwaits for its retry\r\n";
+    assert_eq!(
+        c.send("alice@example.test", &["dave@remote.test"], first).0,
+        250
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || d.log().contains("deferred")),
+        "{}",
+        d.log()
+    );
+    // New mail every 20 ms, for the rest of the test.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let port = d.port;
+    let streamer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut n = 1;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) && n < 2000 {
+                // A session per message (a long session meets the per-session limits).
+                let mut c = daemon_util::Smtp::connect(([127, 0, 0, 1], port).into());
+                let body = format!("Subject: r{n}\r\n\r\nstream\r\n");
+                assert_eq!(
+                    c.send("alice@example.test", &["dave@remote.test"], &body).0,
+                    250
+                );
+                c.cmd("QUIT");
+                n += 1;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let out = std::process::Command::new(daemon_util::BIN)
+        .args(["queue", "-d", &spool.display().to_string(), "flush"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let first_arrived = || net.got().iter().any(|g| number(&g.body) == Some(0));
+    let ok = wait_until(Duration::from_secs(30), first_arrived);
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    streamer.join().unwrap();
+    assert!(ok, "the flushed entry was not tried\n{}", d.log());
+}
