@@ -114,7 +114,15 @@ fn kill_9_mid_batch_to_a_slow_next_hop_loses_nothing_acknowledged() {
     );
     // Nothing arrived that nobody sent, and every message arrived whole.
     for g in net.got() {
-        let n = number(&g.body).expect("a numbered message");
+        let n = number(&g.body).unwrap_or_else(|| {
+            panic!(
+                "not a numbered message: {:?} from {} to {:?}\n{}",
+                String::from_utf8_lossy(&g.body),
+                g.from,
+                g.rcpts,
+                d2.log()
+            )
+        });
         assert!(n % 1000 < 30, "{n}");
         let body = String::from_utf8(g.body.clone()).unwrap();
         assert!(body.ends_with(&"line\r\n".repeat(50)), "{body}");

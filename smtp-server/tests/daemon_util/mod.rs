@@ -415,10 +415,22 @@ impl SessionHandler for PeerSession {
 
     async fn data(&mut self, env: &Envelope, body: &mut BodyStream<'_>) -> DataOutcome {
         let mut data = Vec::new();
-        while let Ok(Some(c)) = body.chunk().await {
-            data.extend_from_slice(c);
+        let mut complete = true;
+        loop {
+            match body.chunk().await {
+                Ok(Some(c)) => data.extend_from_slice(c),
+                Ok(None) => break,
+                // The client went away before the final dot: nothing was received.
+                Err(_) => {
+                    complete = false;
+                    break;
+                }
+            }
         }
         self.bodies.lock().unwrap().push(data.clone());
+        if !complete {
+            return DataOutcome::temporary_failure("message not received");
+        }
         if !self.b.delay.is_zero() {
             tokio::time::sleep(self.b.delay).await;
         }
