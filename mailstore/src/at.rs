@@ -123,6 +123,15 @@ pub(crate) fn errno<'a>(
     }
 }
 
+/// What [`Dir::try_open_node`] found.
+#[derive(Debug)]
+pub(crate) enum Node {
+    /// A directory.
+    Dir(Dir),
+    /// A regular file (opened read-only) and its `fstat`.
+    File(File, Meta),
+}
+
 /// An open directory and the path it was reached by (for error messages and logs only: no
 /// operation uses the path).
 #[derive(Debug)]
@@ -190,6 +199,33 @@ impl Dir {
             Err(Errno::LOOP) => Err(unsafe_path(self.join(name), "is a symbolic link")),
             Err(Errno::NOTDIR) => Err(unsafe_path(self.join(name), "is not a directory")),
             Err(e) => Err(errno("open", self.join(name))(e)),
+        }
+    }
+
+    /// Opens `name`, a directory or a regular file (for the queue, whose entries are one or
+    /// the other); `None` if it does not exist. A symbolic link or anything else is
+    /// [`Error::UnsafePath`].
+    pub fn try_open_node(&self, name: &str) -> Result<Option<Node>> {
+        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let fd = match rustix::fs::openat(self, name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(None),
+            Err(Errno::LOOP) => return Err(unsafe_path(self.join(name), "is a symbolic link")),
+            Err(e) => return Err(errno("open", self.join(name))(e)),
+        };
+        let meta = fstat(&fd, &self.join(name))?;
+        if meta.is_dir() {
+            Ok(Some(Node::Dir(Dir {
+                fd,
+                path: self.join(name),
+            })))
+        } else if meta.is_file() {
+            Ok(Some(Node::File(File::from(fd), meta)))
+        } else {
+            Err(unsafe_path(
+                self.join(name),
+                "is not a directory or a regular file",
+            ))
         }
     }
 

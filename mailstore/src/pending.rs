@@ -69,6 +69,8 @@ pub(crate) struct Staged<'a> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Writing,
+    /// Read-only and flushed, not yet fsynced (see `seal_unsynced`).
+    Flushed,
     Sealed,
     Broken,
 }
@@ -157,7 +159,7 @@ impl PendingMessage {
         match self.state {
             State::Sealed => return Ok(self.staged()),
             State::Broken => return Err(Error::MessageSealed),
-            State::Writing => {}
+            State::Writing | State::Flushed => {}
         }
         let r = self
             .file
@@ -169,6 +171,25 @@ impl PendingMessage {
         }
         self.state = State::Sealed;
         Ok(self.staged())
+    }
+
+    /// Flushes the file, without an fsync, and returns it and its length: for a commit that
+    /// copies the message into a file of its own and fsyncs that (the queue). From then on it
+    /// is read-only, as after [`seal`](Self::seal), which still fsyncs it when a later commit
+    /// links it.
+    pub(crate) fn seal_unsynced(&mut self) -> Result<(&File, u64)> {
+        match self.state {
+            State::Sealed | State::Flushed => {}
+            State::Broken => return Err(Error::MessageSealed),
+            State::Writing => {
+                if let Err(e) = self.file.flush() {
+                    self.state = State::Broken;
+                    return Err(io_err("write", self.path())(e));
+                }
+                self.state = State::Flushed;
+            }
+        }
+        Ok((self.file.get_ref(), self.len))
     }
 
     fn staged(&self) -> Staged<'_> {
@@ -271,7 +292,7 @@ pub(crate) fn check_link(dir: &Dir, name: &str, id: (u64, u64)) -> Result<()> {
 }
 
 /// Copies a whole file by offset (the source's file position is not used).
-fn copy_from(from: &File, to: &mut impl Write) -> io::Result<()> {
+pub(crate) fn copy_from(from: &File, to: &mut impl Write) -> io::Result<()> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut off = 0u64;
     loop {

@@ -3,22 +3,31 @@
 //! # Layout
 //!
 //! ```text
-//! <dir>/tmp/<id>/         an entry being written, or a PendingMessage
-//! <dir>/entries/<id>/body       the message, exactly as received
-//! <dir>/entries/<id>/envelope   sender, recipients and their state, DSN parameters, times
-//! <dir>/held/<id>/        an entry put on hold by an operator: as in entries/, never due
-//! <dir>/trash/<id>/       a finished entry being removed
-//! <dir>/corrupt/<id>/     entries that could not be read, moved aside for an operator
+//! <dir>/tmp/<id>          an entry being written (or its next version), or a PendingMessage
+//! <dir>/entries/<id>      an entry: one file, its header (the envelope) then the body
+//! <dir>/entries/<id>/     an entry of the previous version: a directory with `body` and
+//!                         `envelope` (still read, claimed, updated and delivered)
+//! <dir>/held/<id>         an entry put on hold by an operator: as in entries/, never due
+//! <dir>/trash/<id>/       a finished entry of the previous version being removed
+//! <dir>/corrupt/<id>      entries that could not be read, moved aside for an operator
 //! <dir>/wake              present when an operator asked the runner to look again now
 //! ```
+//!
+//! An entry (version 2) is one file: the envelope text (see [`QueueEntry::encode`]) with
+//! `mailstore-queue 2` as its first line and `body-size <octets>` as its last field before
+//! `end`, then the message exactly as received. The body starts at
+//! [`Claim::body_offset`]; [`Queue::read_body`] and [`Claim::body`] return it positioned
+//! there. A file whose length is not the header's plus `body-size` (cut short by a crash of
+//! the machine, say) is corrupt and moved aside. Entries of version 1 (a directory per
+//! entry) stay what they are until they are finished: nothing converts them.
 //!
 //! # Hold and wake
 //!
 //! An entry on hold ([`Claim::hold`]) is moved, whole, from `entries/` to `held/` (as
 //! Postfix's hold queue): [`list`](Queue::list), [`due`](Queue::due) and
 //! [`claim`](Queue::claim) only look in `entries/`, so a runner never sees a held entry, and
-//! a runner built before `held/` existed ignores it the same way; the envelope format is
-//! unchanged. [`release`](Claim::release) moves it back. Both moves are made under the
+//! a runner built before `held/` existed ignores it the same way. [`release`](Claim::release)
+//! moves it back. Both moves are made under the
 //! entry's claim, so they never race a delivery.
 //!
 //! [`wake`](Queue::wake) leaves the file `wake` in the queue's directory, and a runner that
@@ -28,20 +37,34 @@
 //!
 //! # Durability
 //!
-//! [`Queue::enqueue`] builds the whole entry in `tmp/<id>/` (body and envelope fsynced, the
-//! directory fsynced), then renames the directory into `entries/` and fsyncs `entries/`. So an
-//! entry is either entirely there or not at all, and when `enqueue` returns it survives a crash:
-//! the SMTP server may answer `250`. Changes to an entry replace its envelope file (temporary
-//! file, fsync, rename, directory fsync), so a crash leaves the old or the new envelope, never a
-//! mix. A finished entry is first renamed to `trash/`, then removed.
+//! [`Queue::enqueue`] writes the whole entry into `tmp/<id>`, renames it into `entries/`
+//! (never over anything), fsyncs the file and fsyncs `entries/`: two fsyncs, and the entry is
+//! locked from its creation until both are done, so no runner claims it before it is durable.
+//! When `enqueue` returns the entry survives a crash, and the SMTP server may answer `250`. (The
+//! rename comes before the file's fsync because on journaling file systems that one fsync then
+//! commits the name as well, and the directory's fsync costs next to nothing; a machine crash
+//! before both are done may leave the file cut short, which its `body-size` shows: it is moved to
+//! `corrupt/`, and it was never acknowledged.)
+//!
+//! A change to an entry (a recorded outcome, a new attempt time) writes a new version of the
+//! whole file in `tmp/` (the body copied by offset), locks it, fsyncs it, renames it over the
+//! old one and fsyncs the directory: a crash leaves the old or the new version, never a mix.
+//! Changes are off the hot path: a message delivered at its first attempt to one destination
+//! is never rewritten. A finished entry is unlinked without an fsync: a crash right after
+//! may bring it back, and it is delivered once more (at least once, never lost). (A version 1
+//! entry is changed by replacing its `envelope` file the same way, and finished by a rename to
+//! `trash/` and a removal.)
 //!
 //! # Claims
 //!
 //! A worker [`claim`](Queue::claim)s an entry before delivering it. The claim is an exclusive
-//! `flock` on the entry's directory, held by the [`Claim`] value: a second claim, from another
-//! thread or another process, gets `None` until the first is dropped. Nothing about a claim is
-//! written to disk, so when a process dies its claims vanish with its descriptors, and the
-//! entries are due again at once (the "recovery" of claimed entries needs no work).
+//! `flock` on the entry's file (or, for version 1, its directory), held by the [`Claim`] value:
+//! a second claim, from another thread or another process, gets `None` until the first is
+//! dropped. A new version of the file is locked before it takes the entry's name, and a claim
+//! checks that the file it locked still has the name, so the claim carries over to each new
+//! version. Nothing about a claim is written to disk, so when a process dies its claims vanish
+//! with its descriptors, and the entries are due again at once (the "recovery" of claimed
+//! entries needs no work).
 //!
 //! # Times
 //!
@@ -61,26 +84,30 @@
 //!
 //! # Recording outcomes
 //!
-//! Each change rewrites the whole envelope (new file, fsync, rename, directory fsync).
+//! Each change rewrites the entry (new file, fsync, rename, directory fsync).
 //! [`Claim::record`] does that per recipient; [`Claim::record_many`] records any number of
 //! recipients with one rewrite, all or nothing, and is what a delivery to many recipients of
 //! one entry should use (100 recipients: one rewrite and two fsyncs instead of 100 and 200).
 
 use std::fmt;
 use std::fs::File;
-use std::io::Write;
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::at::{Dir, Perms};
+use crate::at::{fstat, Dir, Meta, Node, Perms};
 use crate::error::{io_err, Error, Result};
 use crate::fsutil;
 use crate::lock::try_lock;
 use crate::pending::{clean_staging, link_or_copy, PendingMessage};
 
 const MAGIC: &str = "mailstore-queue 1";
+const MAGIC2: &str = "mailstore-queue 2";
+/// The header of a version 2 entry ends with this line.
+const END2: &[u8] = b"\nend\n";
 const BODY: &str = "body";
 const ENVELOPE: &str = "envelope";
 
@@ -452,6 +479,40 @@ impl QueueEntry {
     }
 }
 
+impl QueueEntry {
+    /// The header of a version 2 entry (one file: this header, then the body): the version 1
+    /// text with `mailstore-queue 2` as its first line and `body-size <octets>` as its last
+    /// field before `end`.
+    fn encode_v2(&self, body_size: u64) -> String {
+        let v1 = self.encode();
+        let fields = v1
+            .strip_prefix(MAGIC)
+            .and_then(|t| t.strip_suffix("end\n"))
+            .unwrap_or_default();
+        format!("{MAGIC2}{fields}body-size {body_size}\nend\n")
+    }
+
+    /// Parses what [`encode_v2`](Self::encode_v2) wrote: the entry and the body size.
+    fn decode_v2(text: &str) -> std::result::Result<(QueueEntry, u64), String> {
+        let rest = text
+            .strip_prefix(MAGIC2)
+            .ok_or("not a version 2 queue entry")?;
+        let fields = rest
+            .strip_suffix("end\n")
+            .ok_or("no end line (truncated)")?;
+        let (fields, size) = fields
+            .strip_suffix('\n')
+            .and_then(|f| f.rsplit_once('\n'))
+            .ok_or("no body-size")?;
+        let size = size
+            .strip_prefix("body-size ")
+            .and_then(|n| n.parse::<u64>().ok())
+            .ok_or("bad body-size")?;
+        let entry = QueueEntry::decode(&format!("{MAGIC}{fields}\nend\n"))?;
+        Ok((entry, size))
+    }
+}
+
 fn dup<T>(field: &Option<T>, key: &str) -> std::result::Result<(), String> {
     match field {
         Some(_) => Err(format!("duplicate {key}")),
@@ -556,6 +617,10 @@ struct Inner {
     held: Dir,
     trash: Dir,
     corrupt: Dir,
+    /// New entries renamed into `entries/` so far (see [`Queue::sync_entries`]).
+    renamed: std::sync::atomic::AtomicU64,
+    /// How many of them an fsync of `entries/` is known to cover.
+    synced: std::sync::Mutex<u64>,
 }
 
 impl Queue {
@@ -590,6 +655,8 @@ impl Queue {
                 held,
                 trash,
                 corrupt,
+                renamed: std::sync::atomic::AtomicU64::new(0),
+                synced: std::sync::Mutex::new(0),
             }),
         };
         clean_staging(&queue.inner.tmp);
@@ -619,6 +686,14 @@ impl Queue {
     /// # Errors
     /// [`Error::Io`]; nothing is enqueued then.
     pub fn enqueue(&self, entry: &QueueEntry, body: &[u8]) -> Result<QueueId> {
+        self.enqueue_v2(entry, BodySource::Bytes(body))
+    }
+
+    /// Adds an entry in the previous version's layout (a directory with `body` and
+    /// `envelope`), as [`enqueue`](Self::enqueue) does otherwise: for tests that an old
+    /// queue still delivers.
+    #[doc(hidden)]
+    pub fn enqueue_v1(&self, entry: &QueueEntry, body: &[u8]) -> Result<QueueId> {
         self.enqueue_with(entry, |stage| {
             let mut f = stage.create(BODY, &Perms::PRIVATE)?;
             f.write_all(body)
@@ -638,10 +713,98 @@ impl Queue {
         entry: &QueueEntry,
         body: &mut PendingMessage,
     ) -> Result<QueueId> {
+        let (file, len) = body.seal_unsynced()?;
+        self.enqueue_v2(entry, BodySource::File(file, len))
+    }
+
+    /// [`enqueue_pending`](Self::enqueue_pending) in the previous version's layout (see
+    /// [`enqueue_v1`](Self::enqueue_v1)).
+    #[doc(hidden)]
+    pub fn enqueue_pending_v1(
+        &self,
+        entry: &QueueEntry,
+        body: &mut PendingMessage,
+    ) -> Result<QueueId> {
         let src = body.seal()?;
         self.enqueue_with(entry, |stage| {
             link_or_copy(src, stage, BODY, &Perms::PRIVATE)
         })
+    }
+
+    /// A version 2 entry: one file, `tmp/<id>`, with the header and the body, written,
+    /// renamed to `entries/<id>` (never over anything), fsynced, and `entries/` fsynced: two
+    /// fsyncs. The file is locked from its creation until this returns, so no runner claims
+    /// it before it is durable.
+    fn enqueue_v2(&self, entry: &QueueEntry, body: BodySource<'_>) -> Result<QueueId> {
+        let tmp = &self.inner.tmp;
+        let size = match body {
+            BodySource::Bytes(b) => u64::try_from(b.len()).unwrap_or(u64::MAX),
+            BodySource::File(_, len) => len,
+        };
+        let (id, mut f) = loop {
+            let id = QueueId::generate()?;
+            match tmp.create(id.as_str(), &Perms::PRIVATE) {
+                Ok(f) => break (id, f),
+                Err(Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        };
+        let path = tmp.join(id.as_str());
+        let r = (|| {
+            try_lock(&f).map_err(io_err("flock", &path))?;
+            let header = encode_v2_bounded(entry, size, &path)?;
+            match body {
+                BodySource::Bytes(b) => {
+                    let mut all = Vec::with_capacity(header.len() + b.len());
+                    all.extend_from_slice(header.as_bytes());
+                    all.extend_from_slice(b);
+                    f.write_all(&all).map_err(io_err("write", &path))?;
+                }
+                BodySource::File(src, len) => {
+                    if len <= 256 * 1024 {
+                        // Small: one write.
+                        let mut all = header.into_bytes();
+                        copy_range(src, 0, &mut all).map_err(io_err("copy", &path))?;
+                        f.write_all(&all).map_err(io_err("write", &path))?;
+                    } else {
+                        f.write_all(header.as_bytes())
+                            .map_err(io_err("write", &path))?;
+                        copy_range(src, 0, &mut f).map_err(io_err("copy", &path))?;
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = r {
+            let _ = tmp.remove_file(id.as_str());
+            return Err(e);
+        }
+        // Renamed first, then fsynced: the file's fsync then commits its name too on
+        // journaling file systems (ext4, XFS), which makes the directory's fsync nearly free
+        // there; both are done before this returns, as POSIX needs. Until then the entry is
+        // locked (no runner claims it) and, after a power failure, at worst cut short, which
+        // its body-size shows: moved to corrupt/, and it was never acknowledged.
+        rename_noreplace(tmp, id.as_str(), &self.inner.entries).inspect_err(|_| {
+            let _ = tmp.remove_file(id.as_str());
+        })?;
+        let ticket = self
+            .inner
+            .renamed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            .saturating_add(1);
+        let entries = &self.inner.entries;
+        let durable = f
+            .sync_all()
+            .map_err(io_err("fsync", entries.join(id.as_str())))
+            .and_then(|()| self.sync_entries(ticket));
+        if let Err(e) = durable {
+            // Not acknowledged: the client sends it again.
+            let _ = entries.remove_file(id.as_str());
+            return Err(e);
+        }
+        drop(f);
+        Ok(id)
     }
 
     fn enqueue_with(
@@ -674,6 +837,25 @@ impl Queue {
             return Err(e);
         }
         Ok(id)
+    }
+
+    /// Makes the name of new entry number `ticket` (counted by `renamed` after its rename)
+    /// durable: fsyncs `entries/`, unless an fsync that began after that rename has already
+    /// completed (group commit: enqueues that run at the same time share one directory fsync;
+    /// an fsync covers every rename done before it starts).
+    fn sync_entries(&self, ticket: u64) -> Result<()> {
+        let inner = &self.inner;
+        let mut synced = inner
+            .synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *synced >= ticket {
+            return Ok(());
+        }
+        let upto = inner.renamed.load(std::sync::atomic::Ordering::SeqCst);
+        inner.entries.sync()?;
+        *synced = upto;
+        Ok(())
     }
 
     /// All entries, sorted by id (which is by creation time). Unreadable entries are moved to
@@ -714,10 +896,13 @@ impl Queue {
                 Ok(None) => {} // finished meanwhile
                 Err(err @ Error::UnsafePath { .. }) => self.quarantine(place, &id, &err),
                 Err(err) => {
-                    if let Ok(Some(d)) = entries.try_open_dir(id.as_str()) {
-                        if matches!(try_lock(&d), Ok(true)) {
-                            self.quarantine(place, &id, &err);
-                        }
+                    let unclaimed = match entries.try_open_node(id.as_str()) {
+                        Ok(Some(Node::Dir(d))) => matches!(try_lock(&d), Ok(true)),
+                        Ok(Some(Node::File(f, _))) => matches!(try_lock(&f), Ok(true)),
+                        _ => false,
+                    };
+                    if unclaimed {
+                        self.quarantine(place, &id, &err);
                     }
                 }
             }
@@ -770,8 +955,8 @@ impl Queue {
     /// # Errors
     /// [`Error::Io`] (not found included), [`Error::UnsafePath`].
     pub fn read_body_any(&self, id: &QueueId) -> Result<File> {
-        match self.inner.held.try_open_dir(id.as_str())? {
-            Some(d) => d.open_file(BODY),
+        match self.body_in(Place::Held, id)? {
+            Some(f) => Ok(f),
             None => self.read_body(id),
         }
     }
@@ -798,7 +983,11 @@ impl Queue {
     /// # Errors
     /// [`Error::Io`] (not found included), [`Error::UnsafePath`].
     pub fn read_body(&self, id: &QueueId) -> Result<File> {
-        self.inner.entries.open_dir(id.as_str())?.open_file(BODY)
+        self.body_in(Place::Active, id)?.ok_or_else(|| Error::Io {
+            op: "open",
+            path: self.inner.entries.join(id.as_str()),
+            source: std::io::ErrorKind::NotFound.into(),
+        })
     }
 
     /// Claims an entry for delivery: `Ok(None)` if another worker (thread or process) holds it,
@@ -833,60 +1022,109 @@ impl Queue {
 
     fn claim_in(&self, place: Place, id: &QueueId) -> Result<TryClaim> {
         let entries = self.dir_of(place);
-        let dir = match entries.try_open_dir(id.as_str()) {
-            Ok(Some(d)) => d,
-            Ok(None) => return Ok(TryClaim::Gone),
-            Err(err @ Error::UnsafePath { .. }) => {
-                self.quarantine(place, id, &err);
-                return Ok(TryClaim::Gone);
-            }
-            Err(e) => return Err(e),
-        };
-        if !try_lock(&dir).map_err(io_err("flock", dir.path()))? {
-            return Ok(TryClaim::Busy);
-        }
-        // The previous holder may have finished it (moved it away) before we got the lock.
-        let held = dir.meta()?;
-        match entries.stat(id.as_str())? {
-            Some(m) if m.id() == held.id() => {}
-            _ => return Ok(TryClaim::Gone),
-        }
-        // Leftovers of an envelope update by a holder that crashed.
-        if let Ok(names) = dir.names() {
-            for name in names.iter().filter_map(|n| n.to_str()) {
-                if name.starts_with(".tmp.") {
-                    let _ = dir.remove_file(name);
+        // A version 2 entry is replaced (a new file renamed over it) when its holder records
+        // a change: a lock taken on the old file is no claim, so look again.
+        for _ in 0..4 {
+            let node = match entries.try_open_node(id.as_str()) {
+                Ok(Some(n)) => n,
+                Ok(None) => return Ok(TryClaim::Gone),
+                Err(err @ Error::UnsafePath { .. }) => {
+                    self.quarantine(place, id, &err);
+                    return Ok(TryClaim::Gone);
                 }
-            }
+                Err(e) => return Err(e),
+            };
+            let (stored, entry) = match node {
+                Node::Dir(dir) => {
+                    if !try_lock(&dir).map_err(io_err("flock", dir.path()))? {
+                        return Ok(TryClaim::Busy);
+                    }
+                    // The previous holder may have finished it (moved it away) before we got
+                    // the lock.
+                    let held = dir.meta()?;
+                    match entries.stat(id.as_str())? {
+                        Some(m) if m.id() == held.id() => {}
+                        _ => return Ok(TryClaim::Gone),
+                    }
+                    // Leftovers of an envelope update by a holder that crashed.
+                    if let Ok(names) = dir.names() {
+                        for name in names.iter().filter_map(|n| n.to_str()) {
+                            if name.starts_with(".tmp.") {
+                                let _ = dir.remove_file(name);
+                            }
+                        }
+                    }
+                    match read_entry_in(&dir) {
+                        Ok(entry) => (Stored::V1(dir), entry),
+                        Err(err) => {
+                            self.quarantine(place, id, &err);
+                            return Ok(TryClaim::Gone);
+                        }
+                    }
+                }
+                Node::File(file, meta) => {
+                    let path = entries.join(id.as_str());
+                    if !try_lock(&file).map_err(io_err("flock", &path))? {
+                        return Ok(TryClaim::Busy);
+                    }
+                    match entries.stat(id.as_str())? {
+                        Some(m) if m.id() == meta.id() => {}
+                        Some(_) => continue,
+                        None => return Ok(TryClaim::Gone),
+                    }
+                    match read_v2(&file, &meta, &path) {
+                        Ok((entry, body_offset)) => (Stored::V2 { file, body_offset }, entry),
+                        Err(err) => {
+                            self.quarantine(place, id, &err);
+                            return Ok(TryClaim::Gone);
+                        }
+                    }
+                }
+            };
+            return Ok(TryClaim::Claimed(Claim {
+                queue: self.clone(),
+                id: id.clone(),
+                place,
+                stored,
+                entry,
+                #[cfg(test)]
+                saves: 0,
+            }));
         }
-        let entry = match read_entry_in(&dir) {
-            Ok(entry) => entry,
-            Err(err) => {
-                self.quarantine(place, id, &err);
-                return Ok(TryClaim::Gone);
-            }
-        };
-        Ok(TryClaim::Claimed(Claim {
-            queue: self.clone(),
-            id: id.clone(),
-            place,
-            dir,
-            entry,
-            #[cfg(test)]
-            saves: 0,
-        }))
+        Ok(TryClaim::Busy)
     }
 
     /// Reads and decodes an entry in `place`; `Ok(None)` if its directory is gone.
     fn read_entry_at(&self, place: Place, id: &QueueId) -> Result<Option<QueueEntry>> {
         let entries = self.dir_of(place);
-        match entries.try_open_dir(id.as_str())? {
+        let r = match entries.try_open_node(id.as_str())? {
+            None => return Ok(None),
+            Some(Node::Dir(dir)) => read_entry_in(&dir),
+            Some(Node::File(f, meta)) => {
+                read_v2(&f, &meta, &entries.join(id.as_str())).map(|(e, _)| e)
+            }
+        };
+        match r {
+            // Removed while we read it: finished, not corrupt.
+            Err(Error::Corrupt { .. }) if entries.stat(id.as_str())?.is_none() => Ok(None),
+            r => r.map(Some),
+        }
+    }
+
+    /// Opens the body of the entry in `place`, positioned at its first octet; `None` if
+    /// there is no such entry there.
+    fn body_in(&self, place: Place, id: &QueueId) -> Result<Option<File>> {
+        let entries = self.dir_of(place);
+        match entries.try_open_node(id.as_str())? {
             None => Ok(None),
-            Some(dir) => match read_entry_in(&dir) {
-                // Removed while we read it: finished, not corrupt.
-                Err(Error::Corrupt { .. }) if entries.stat(id.as_str())?.is_none() => Ok(None),
-                r => r.map(Some),
-            },
+            Some(Node::Dir(dir)) => dir.open_file(BODY).map(Some),
+            Some(Node::File(mut f, meta)) => {
+                let path = entries.join(id.as_str());
+                let (_, offset) = read_v2(&f, &meta, &path)?;
+                f.seek(SeekFrom::Start(offset))
+                    .map_err(io_err("seek", &path))?;
+                Ok(Some(f))
+            }
         }
     }
 
@@ -929,6 +1167,104 @@ fn encode_bounded(entry: &QueueEntry, path: &Path) -> Result<String> {
     Ok(text)
 }
 
+/// The version 2 header, refused as [`encode_bounded`] refuses an envelope.
+fn encode_v2_bounded(entry: &QueueEntry, body_size: u64, path: &Path) -> Result<String> {
+    let text = entry.encode_v2(body_size);
+    let len = u64::try_from(text.len()).unwrap_or(u64::MAX);
+    if len > ENVELOPE_MAX {
+        return Err(Error::Io {
+            op: "write",
+            path: path.to_path_buf(),
+            source: std::io::Error::other(format!(
+                "queue entry header of {len} octets is over the limit of {ENVELOPE_MAX}"
+            )),
+        });
+    }
+    Ok(text)
+}
+
+/// Where [`Queue::enqueue_v2`] takes the body from.
+#[derive(Clone, Copy)]
+enum BodySource<'a> {
+    Bytes(&'a [u8]),
+    /// A file and its length.
+    File(&'a File, u64),
+}
+
+/// Copies `from`, from octet `offset` to its end, by offset (its file position is not used).
+fn copy_range(from: &File, mut offset: u64, to: &mut impl Write) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read_at(&mut buf, offset) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        to.write_all(&buf[..n])?;
+        offset = offset.saturating_add(n as u64);
+    }
+}
+
+/// Renames `name` in `from` to the same name in `to`, never over something there:
+/// `RENAME_NOREPLACE`, or where the file system lacks it, a link and an unlink.
+fn rename_noreplace(from: &Dir, name: &str, to: &Dir) -> Result<()> {
+    match rustix::fs::renameat_with(from, name, to, name, rustix::fs::RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {
+            from.link(name, to, name)
+                .map_err(crate::at::errno("link", to.join(name)))?;
+            let _ = from.remove_file(name);
+            Ok(())
+        }
+        Err(e) => Err(crate::at::errno("rename", to.join(name))(e)),
+    }
+}
+
+/// Reads the header of the version 2 entry `file` (`meta` its `fstat`, `path` for errors):
+/// the entry and where its body starts. The body must be exactly as long as the header says:
+/// a file cut short (or grown) is corrupt.
+fn read_v2(file: &File, meta: &Meta, path: &Path) -> Result<(QueueEntry, u64)> {
+    let corrupt = |reason: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let limit = usize::try_from(ENVELOPE_MAX).unwrap_or(usize::MAX);
+    let mut want = 4096usize;
+    let mut buf = Vec::new();
+    let header_len = loop {
+        buf.resize(want, 0);
+        let mut got = 0;
+        while got < want {
+            match file.read_at(&mut buf[got..], got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err("read", path)(e)),
+            }
+        }
+        buf.truncate(got);
+        if let Some(i) = buf.windows(END2.len()).position(|w| w == END2) {
+            break i + END2.len();
+        }
+        if got < want || want >= limit {
+            return Err(corrupt("no end of the header (truncated?)".into()));
+        }
+        want = want.saturating_mul(8).min(limit);
+    };
+    let text = std::str::from_utf8(&buf[..header_len])
+        .map_err(|_| corrupt("header is not UTF-8".into()))?;
+    let (entry, size) = QueueEntry::decode_v2(text).map_err(corrupt)?;
+    let offset = header_len as u64;
+    if meta.size != offset.saturating_add(size) {
+        return Err(corrupt(format!(
+            "the body is {} octets, the header says {size}",
+            meta.size.saturating_sub(offset)
+        )));
+    }
+    Ok((entry, offset))
+}
+
 /// Reads and decodes the entry in `dir`.
 fn read_entry_in(dir: &Dir) -> Result<QueueEntry> {
     let text = dir
@@ -954,6 +1290,15 @@ fn read_entry_in(dir: &Dir) -> Result<QueueEntry> {
     }
 }
 
+/// A claimed entry on disk: its `flock` is the claim.
+#[derive(Debug)]
+enum Stored {
+    /// Version 1: a directory with `body` and `envelope`.
+    V1(Dir),
+    /// Version 2: one file, the header then the body at `body_offset`.
+    V2 { file: File, body_offset: u64 },
+}
+
 /// An entry claimed for delivery by this worker. Dropping it releases the claim without
 /// changing the entry.
 #[derive(Debug)]
@@ -962,8 +1307,8 @@ pub struct Claim {
     id: QueueId,
     /// Where the entry is (`entries/` or `held/`).
     place: Place,
-    /// The entry's directory; its `flock` is the claim.
-    dir: Dir,
+    /// The entry's directory or file; its `flock` is the claim.
+    stored: Stored,
     entry: QueueEntry,
     /// Envelope rewrites by this claim (for the tests of `record_many`).
     #[cfg(test)]
@@ -1048,7 +1393,31 @@ impl Claim {
     /// # Errors
     /// [`Error::Io`], [`Error::UnsafePath`].
     pub fn body(&self) -> Result<File> {
-        self.dir.open_file(BODY)
+        match &self.stored {
+            Stored::V1(dir) => dir.open_file(BODY),
+            Stored::V2 { file, body_offset } => {
+                let dir = self.queue.dir_of(self.place);
+                let path = dir.join(self.id.as_str());
+                let mut f = dir.open_file(self.id.as_str())?;
+                // The name is this claim's file (only the holder replaces it).
+                if fstat(&f, &path)?.id() != fstat(file, &path)?.id() {
+                    return Err(crate::at::unsafe_path(path, "is not the claimed entry"));
+                }
+                f.seek(SeekFrom::Start(*body_offset))
+                    .map_err(io_err("seek", &path))?;
+                Ok(f)
+            }
+        }
+    }
+
+    /// Where the body starts in the file at [`body_path`](Self::body_path): 0 for an entry
+    /// of the previous version (its own file), the header's length for a version 2 entry
+    /// (header and body in one file).
+    pub fn body_offset(&self) -> u64 {
+        match &self.stored {
+            Stored::V1(_) => 0,
+            Stored::V2 { body_offset, .. } => *body_offset,
+        }
     }
 
     /// Where the message body is stored: for a reader that opens it more than once (a
@@ -1056,7 +1425,10 @@ impl Claim {
     /// claim is held. Opening by this path follows links in the queue's path; prefer
     /// [`body`](Self::body) when one descriptor will do.
     pub fn body_path(&self) -> PathBuf {
-        self.dir.join(BODY)
+        match &self.stored {
+            Stored::V1(dir) => dir.join(BODY),
+            Stored::V2 { .. } => self.queue.dir_of(self.place).join(self.id.as_str()),
+        }
     }
 
     /// Records one recipient's outcome, durably (so a delivered recipient is not delivered
@@ -1125,7 +1497,9 @@ impl Claim {
         self.save()
     }
 
-    /// Removes the entry (all recipients done, bounces sent), durably.
+    /// Removes the entry (all recipients done, bounces sent). Not waiting for an fsync: a
+    /// crash right after may bring the entry back, and it is then delivered once more
+    /// (at least once, never lost; a duplicate is what SMTP accepts, RFC 5321 §6.1).
     ///
     /// # Errors
     /// [`Error::Io`] if it cannot be moved out of `entries/`.
@@ -1133,8 +1507,11 @@ impl Claim {
         let inner = &self.queue.inner;
         let id = self.id.as_str();
         let from = self.queue.dir_of(self.place);
+        if let Stored::V2 { .. } = self.stored {
+            from.remove_file(id)?;
+            return Ok(());
+        }
         from.rename(id, &inner.trash, id)?;
-        from.sync()?;
         if let Err(e) = inner.trash.remove_tree(id) {
             tracing::warn!(path = %inner.trash.join(id).display(), error = %e,
                 "cannot remove finished entry");
@@ -1147,10 +1524,41 @@ impl Claim {
         {
             self.saves += 1;
         }
-        let text = encode_bounded(&self.entry, &self.dir.join(ENVELOPE))?;
-        self.dir
-            .replace(ENVELOPE, text.as_bytes(), &Perms::PRIVATE)?;
-        self.dir.sync()
+        let (file, body_offset) = match &self.stored {
+            Stored::V1(dir) => {
+                let text = encode_bounded(&self.entry, &dir.join(ENVELOPE))?;
+                dir.replace(ENVELOPE, text.as_bytes(), &Perms::PRIVATE)?;
+                return dir.sync();
+            }
+            Stored::V2 { file, body_offset } => (file, *body_offset),
+        };
+        // A new file with the new header and the same body (copied by offset), locked
+        // before it takes the entry's name, fsynced, renamed over the old one.
+        let dir = self.queue.dir_of(self.place);
+        let tmp = &self.queue.inner.tmp;
+        let name = fsutil::unique()?;
+        let path = tmp.join(&name);
+        let size = fstat(file, &path)?.size.saturating_sub(body_offset);
+        let header = encode_v2_bounded(&self.entry, size, &path)?;
+        let mut new = tmp.create(&name, &Perms::PRIVATE)?;
+        let written = (|| {
+            try_lock(&new).map_err(io_err("flock", &path))?;
+            new.write_all(header.as_bytes())
+                .map_err(io_err("write", &path))?;
+            copy_range(file, body_offset, &mut new).map_err(io_err("copy", &path))?;
+            new.sync_all().map_err(io_err("fsync", &path))?;
+            tmp.rename(&name, dir, self.id.as_str())
+        })();
+        if let Err(e) = written {
+            let _ = tmp.remove_file(&name);
+            return Err(e);
+        }
+        // The new file is the entry (and its lock the claim) from here on.
+        self.stored = Stored::V2 {
+            file: new,
+            body_offset: header.len() as u64,
+        };
+        dir.sync()
     }
 }
 
@@ -1297,8 +1705,9 @@ mod tests {
         let mut body = String::new();
         claim.body().unwrap().read_to_string(&mut body).unwrap();
         assert_eq!(body, "Subject: hi\r\n\r\nbody\r\n");
+        let off = usize::try_from(claim.body_offset()).unwrap();
         assert_eq!(
-            std::fs::read(claim.body_path()).unwrap(),
+            &std::fs::read(claim.body_path()).unwrap()[off..],
             b"Subject: hi\r\n\r\nbody\r\n"
         );
         claim.record(0, RcptState::Delivered).unwrap();
@@ -1407,9 +1816,9 @@ mod tests {
     fn corrupt_entries_are_moved_aside() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path()).unwrap();
-        let good = q.enqueue(&sample(), b"x").unwrap();
-        let bad = q.enqueue(&sample(), b"y").unwrap();
-        let nobody = q.enqueue(&sample(), b"z").unwrap();
+        let good = q.enqueue_v1(&sample(), b"x").unwrap();
+        let bad = q.enqueue_v1(&sample(), b"y").unwrap();
+        let nobody = q.enqueue_v1(&sample(), b"z").unwrap();
         fs::write(
             dir.path()
                 .join("entries")
@@ -1440,7 +1849,7 @@ mod tests {
     fn corrupt_entry_found_by_claim() {
         let dir = tempfile::tempdir().unwrap();
         let q = Queue::open(dir.path()).unwrap();
-        let id = q.enqueue(&sample(), b"x").unwrap();
+        let id = q.enqueue_v1(&sample(), b"x").unwrap();
         fs::write(
             dir.path()
                 .join("entries")
@@ -1534,8 +1943,8 @@ mod tests {
         let mut claim = q.claim(&id).unwrap().unwrap();
         claim.record(1, RcptState::Delivered).unwrap();
         let before = claim.entry().clone();
-        // The entry's directory removed under the claim: no file can be created in it.
-        fs::remove_dir_all(dir.path().join("entries").join(id.as_str())).unwrap();
+        // The queue's tmp/ removed under the claim: no new version can be written.
+        fs::remove_dir_all(dir.path().join("tmp")).unwrap();
         let r = claim.record_many([
             (0, RcptState::Delivered),
             (1, RcptState::Pending),
@@ -1578,11 +1987,97 @@ mod tests {
                 }
                 prop_assert_eq!(at_once.entry(), one_by_one.entry());
                 prop_assert_eq!(
-                    fs::read(dir.path().join("entries").join(a.as_str()).join("envelope")).unwrap(),
-                    fs::read(dir.path().join("entries").join(b.as_str()).join("envelope")).unwrap()
+                    fs::read(dir.path().join("entries").join(a.as_str())).unwrap(),
+                    fs::read(dir.path().join("entries").join(b.as_str())).unwrap()
                 );
                 prop_assert_eq!(at_once.saves, u32::from(!states.is_empty()));
             }
         }
+    }
+
+    #[test]
+    fn version_2_is_one_file_and_damage_is_corrupt() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let id = q.enqueue(&sample(), b"Subject: x\r\n\r\nbody\r\n").unwrap();
+        let path = dir.path().join("entries").join(id.as_str());
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.starts_with("mailstore-queue 2\ncreated "), "{text}");
+        assert!(
+            text.ends_with("state pending\nbody-size 20\nend\nSubject: x\r\n\r\nbody\r\n"),
+            "{text}"
+        );
+        assert_eq!(q.entry(&id).unwrap().unwrap(), sample());
+        // Cut short, grown, or a header without its end: moved aside.
+        let cut = q.enqueue(&sample(), b"0123456789").unwrap();
+        let grown = q.enqueue(&sample(), b"0123456789").unwrap();
+        let headless = q.enqueue(&sample(), b"0123456789").unwrap();
+        let p = |id: &QueueId| dir.path().join("entries").join(id.as_str());
+        let full = fs::read(p(&cut)).unwrap();
+        fs::write(p(&cut), &full[..full.len() - 1]).unwrap();
+        fs::write(p(&grown), [&full[..], b"x"].concat()).unwrap();
+        fs::write(p(&headless), &full[..40]).unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        assert_eq!(q.list().unwrap().len(), 1);
+        for bad in [&cut, &grown, &headless] {
+            assert!(dir.path().join("corrupt").join(bad.as_str()).is_file());
+        }
+    }
+
+    #[test]
+    fn version_1_entries_still_work_beside_version_2() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let old = q.enqueue_v1(&sample(), b"old body").unwrap();
+        let new = q.enqueue(&sample(), b"new body").unwrap();
+        assert!(dir.path().join("entries").join(old.as_str()).is_dir());
+        assert!(dir.path().join("entries").join(new.as_str()).is_file());
+        assert_eq!(q.list().unwrap().len(), 2);
+        for (id, want) in [(&old, "old body"), (&new, "new body")] {
+            let mut s = String::new();
+            q.read_body(id).unwrap().read_to_string(&mut s).unwrap();
+            assert_eq!(s, want);
+            let mut c = q.claim(id).unwrap().unwrap();
+            c.record(0, RcptState::Delivered).unwrap();
+            let mut s = String::new();
+            c.body().unwrap().read_to_string(&mut s).unwrap();
+            assert_eq!(s, want, "body unchanged by a record");
+            let off = usize::try_from(c.body_offset()).unwrap();
+            assert_eq!(&fs::read(c.body_path()).unwrap()[off..], want.as_bytes());
+            c.reschedule(t(1_700_000_600), "later").unwrap();
+            let e = q.entry(id).unwrap().unwrap();
+            assert_eq!(e.attempts, 1);
+            assert_eq!(e.envelope.recipients[0].state, RcptState::Delivered);
+            let TryClaim::Claimed(c) = q.try_claim(id).unwrap() else {
+                panic!("claimable")
+            };
+            c.hold().unwrap();
+            let mut s = String::new();
+            q.read_body_any(id).unwrap().read_to_string(&mut s).unwrap();
+            assert_eq!(s, want);
+            let TryClaim::Claimed(c) = q.try_claim(id).unwrap() else {
+                panic!("claimable on hold")
+            };
+            c.release(t(1_700_000_000)).unwrap();
+            q.claim(id).unwrap().unwrap().finish().unwrap();
+            assert!(q.entry(id).unwrap().is_none());
+        }
+        assert_eq!(fs::read_dir(dir.path().join("entries")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_claim_survives_the_replacement_of_its_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let id = q.enqueue(&sample(), b"x").unwrap();
+        let mut c = q.claim(&id).unwrap().unwrap();
+        for i in 0..3 {
+            c.record(0, RcptState::Delivered).unwrap();
+            // The new file is locked by the claim: nobody else gets it.
+            assert!(matches!(q.try_claim(&id).unwrap(), TryClaim::Busy), "{i}");
+        }
+        drop(c);
+        assert!(q.claim(&id).unwrap().is_some());
     }
 }

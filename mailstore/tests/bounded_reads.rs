@@ -172,7 +172,8 @@ fn entry() -> QueueEntry {
 fn oversized_queue_envelopes_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let q = Queue::open(dir.path()).unwrap();
-    let id = q.enqueue(&entry(), b"body").unwrap();
+    // The previous version's layout: its envelope file.
+    let id = q.enqueue_v1(&entry(), b"body").unwrap();
     let envelope = dir
         .path()
         .join("entries")
@@ -182,6 +183,15 @@ fn oversized_queue_envelopes_are_refused() {
     let err = q.entry(&id).unwrap_err();
     assert_bounded(&err, &envelope);
     // The claim moves it aside, as any corrupt entry.
+    assert!(q.claim(&id).unwrap().is_none());
+    assert!(dir.path().join("corrupt").join(id.as_str()).exists());
+
+    // A version 2 entry (one file) whose header never ends within the bound.
+    let id = q.enqueue(&entry(), b"body").unwrap();
+    let file = dir.path().join("entries").join(id.as_str());
+    sparse(&file, ENVELOPE_MAX + 1);
+    let err = q.entry(&id).unwrap_err();
+    assert_bounded(&err, &file);
     assert!(q.claim(&id).unwrap().is_none());
     assert!(dir.path().join("corrupt").join(id.as_str()).exists());
 

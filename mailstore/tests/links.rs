@@ -237,7 +237,8 @@ fn queue_refuses_symlinked_directories_and_entries() {
     let dir = tempfile::tempdir().unwrap();
     let outside = tempfile::tempdir().unwrap();
     let q = Queue::open(dir.path()).unwrap();
-    let good = q.enqueue(&entry(), b"body").unwrap();
+    // The previous version's layout (a directory with `body`), which an old queue holds.
+    let good = q.enqueue_v1(&entry(), b"body").unwrap();
     let fake = format!("{}x", good.as_str());
     fs::write(outside.path().join("envelope"), entry().encode()).unwrap();
     fs::write(outside.path().join("body"), b"not ours").unwrap();
@@ -267,4 +268,22 @@ fn queue_refuses_symlinked_directories_and_entries() {
         tree(outside.path()),
         vec!["body".to_string(), "envelope".to_string()]
     );
+
+    // A version 2 entry (one file) replaced by a link to a file outside: moved aside,
+    // never read or claimed.
+    let v2 = q.enqueue(&entry(), b"body").unwrap();
+    let path = dir.path().join("entries").join(v2.as_str());
+    fs::copy(&path, outside.path().join("entry")).unwrap();
+    fs::remove_file(&path).unwrap();
+    symlink(outside.path().join("entry"), &path).unwrap();
+    assert!(matches!(q.read_body(&v2), Err(Error::UnsafePath { .. })));
+    assert!(q.claim(&v2).unwrap().is_none());
+    assert!(dir
+        .path()
+        .join("corrupt")
+        .join(v2.as_str())
+        .symlink_metadata()
+        .unwrap()
+        .file_type()
+        .is_symlink());
 }

@@ -36,6 +36,20 @@
 //! would make the queue send the message again. Nothing needs to be done by the caller for
 //! this; the API offers no way to wait for QUIT.
 //!
+//! # Connection reuse
+//!
+//! With [`Deliverer::with_connection_cache`] a session that carried a transaction is not
+//! ended: it is kept idle, per next hop (host name, address, TLS policy, login), for at most
+//! the cache's idle time, and the next delivery to that hop sends its message on it after an
+//! `RSET` (pipelined with the transaction when the server offers PIPELINING), as Postfix's
+//! `smtp_connection_cache_on_demand` does. A reused session that fails in any way before the
+//! server has decided the recipients (it was closed while idle, `RSET` is refused, a `421`)
+//! is not held against the message: it is dropped and the transaction is tried once more on a
+//! fresh connection to the same address, which then decides. Idle
+//! sessions are ended with QUIT when their time is up (checked every second) and at most
+//! [`MAX_IDLE_PER_HOP`] are kept per hop. The cache is shared by the clones of a
+//! `Deliverer`. Without it (the default) every delivery makes its own connection.
+//!
 //! # Opportunistic TLS that fails
 //!
 //! Under [`TlsPolicy::Opportunistic`], a server that offers STARTTLS and then fails it (the
@@ -74,9 +88,11 @@
 //! meant for people ([`Failure::text`], [`Attempt::error`], errors' `Display`) has control
 //! characters escaped ([`crate::text`]).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use smtp_proto::address::ForwardPath;
 use smtp_proto::reply::{EnhancedCode, Reply};
@@ -276,6 +292,102 @@ impl DeliveryReport {
     }
 }
 
+/// The most idle sessions the connection cache keeps for one next hop.
+pub const MAX_IDLE_PER_HOP: usize = 64;
+
+/// Per next hop, the idle sessions and when each became idle (most recent last).
+type IdleSessions = HashMap<String, Vec<(Connection, Instant)>>;
+
+/// Idle sessions kept for reuse (see the [module docs](self#connection-reuse)).
+struct ConnectionCache {
+    idle: Duration,
+    /// The idle sessions, and whether the reaper task runs.
+    state: Mutex<(IdleSessions, bool)>,
+}
+
+impl ConnectionCache {
+    /// An idle session for `key` that has not been idle too long; stale ones are ended.
+    fn take(&self, key: &str) -> Option<Connection> {
+        let mut guard = self.state.lock().ok()?;
+        let list = guard.0.get_mut(key)?;
+        let mut found = None;
+        while let Some((conn, since)) = list.pop() {
+            if since.elapsed() < self.idle && conn.is_usable() {
+                found = Some(conn);
+                break;
+            }
+            conn.quit_in_background();
+        }
+        if list.is_empty() {
+            guard.0.remove(key);
+        }
+        found
+    }
+
+    /// Keeps `conn` idle for `key` (or ends it, when the hop has enough idle sessions).
+    fn put(self: &Arc<Self>, key: String, conn: Connection) {
+        if !conn.is_usable() {
+            return;
+        }
+        let Ok(mut guard) = self.state.lock() else {
+            conn.quit_in_background();
+            return;
+        };
+        let list = guard.0.entry(key).or_default();
+        if list.len() >= MAX_IDLE_PER_HOP {
+            drop(guard);
+            conn.quit_in_background();
+            return;
+        }
+        list.push((conn, Instant::now()));
+        if !guard.1 {
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                guard.1 = true;
+                let me = self.clone();
+                runtime.spawn(async move { me.reap().await });
+            }
+        }
+    }
+
+    /// Ends sessions idle for longer than the idle time, every second, until none is left.
+    async fn reap(self: Arc<Self>) {
+        let tick = self
+            .idle
+            .clamp(Duration::from_millis(100), Duration::from_secs(1));
+        loop {
+            tokio::time::sleep(tick).await;
+            let stale: Vec<Connection> = {
+                let Ok(mut guard) = self.state.lock() else {
+                    return;
+                };
+                let mut stale = Vec::new();
+                for list in guard.0.values_mut() {
+                    let mut i = 0;
+                    while i < list.len() {
+                        if list[i].1.elapsed() >= self.idle {
+                            stale.push(list.remove(i).0);
+                        } else {
+                            i += 1;
+                        }
+                    }
+                }
+                guard.0.retain(|_, l| !l.is_empty());
+                if guard.0.is_empty() {
+                    guard.1 = false;
+                    for c in stale {
+                        c.quit_in_background();
+                    }
+                    return;
+                }
+                stale
+            };
+            for c in stale {
+                c.quit_in_background();
+            }
+        }
+    }
+}
+
 /// Delivers messages to a domain's mail hosts (or a smarthost).
 #[derive(Clone)]
 pub struct Deliverer {
@@ -284,6 +396,7 @@ pub struct Deliverer {
     port: u16,
     smarthost: Option<(String, u16)>,
     filter: Option<AddressFilter>,
+    cache: Option<Arc<ConnectionCache>>,
 }
 
 impl fmt::Debug for Deliverer {
@@ -294,6 +407,7 @@ impl fmt::Debug for Deliverer {
             .field("port", &self.port)
             .field("smarthost", &self.smarthost)
             .field("filter", &self.filter.is_some())
+            .field("connection_cache", &self.cache.as_ref().map(|c| c.idle))
             .finish()
     }
 }
@@ -308,7 +422,22 @@ impl Deliverer {
             port: 25,
             smarthost: None,
             filter: None,
+            cache: None,
         }
+    }
+
+    /// Keeps sessions that carried a transaction open for `idle` and sends later messages
+    /// to the same next hop on them (see [connection reuse](self#connection-reuse)); a zero
+    /// `idle` turns the cache off.
+    #[must_use]
+    pub fn with_connection_cache(mut self, idle: Duration) -> Self {
+        self.cache = (!idle.is_zero()).then(|| {
+            Arc::new(ConnectionCache {
+                idle,
+                state: Mutex::new((HashMap::new(), false)),
+            })
+        });
+        self
     }
 
     /// The smarthost all mail goes through, if one is set.
@@ -560,7 +689,32 @@ impl Deliverer {
         message: &Message<'_>,
         info: MessageInfo,
     ) -> Result<(Vec<(ForwardPath, RcptOutcome)>, Option<TlsInfo>), ClientError> {
-        let mut conn = Connection::connect(addr, host, config).await?;
+        let key = format!(
+            "{host} {addr} {:?} {}",
+            config.tls,
+            config.credentials.is_some()
+        );
+        let cached = self.cache.as_ref().and_then(|c| c.take(&key));
+        let reused = cached.is_some();
+        let mut conn = match cached {
+            Some(c) => c,
+            None => Connection::connect(addr, host, config).await?,
+        };
+        let mut sent = conn.send_scanned(envelope, message, info).await;
+        if reused {
+            match &sent {
+                // Nothing wrong with the message: a reused session that failed before
+                // the recipients were decided (closed while idle, RSET refused, a 421)
+                // says nothing about it. Once more on a fresh session.
+                Err(e) if !matches!(e, ClientError::Message(_)) => {
+                    debug!(%host, %addr, error = %e, "reused session failed; reconnecting");
+                    conn.quit_in_background();
+                    conn = Connection::connect(addr, host, config).await?;
+                    sent = conn.send_scanned(envelope, message, info).await;
+                }
+                _ => {}
+            }
+        }
         let tls = conn.tls_info().cloned();
         let all = |outcome: RcptOutcome| {
             envelope
@@ -569,9 +723,12 @@ impl Deliverer {
                 .map(|r| (r.path.clone(), outcome.clone()))
                 .collect::<Vec<_>>()
         };
-        let sent = conn.send_scanned(envelope, message, info).await;
-        // The outcome is known: say goodbye without waiting for the answer.
-        conn.quit_in_background();
+        // The outcome is known: keep the session for the next message, or say goodbye
+        // without waiting for the answer.
+        match (&self.cache, &sent) {
+            (Some(cache), Ok(_)) => cache.put(key, conn),
+            _ => conn.quit_in_background(),
+        }
         let outcomes = match sent {
             Ok(result) => envelope
                 .rcpts

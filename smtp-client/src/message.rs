@@ -23,6 +23,9 @@ pub enum Body<'a> {
     /// A file, read from the start each time the message is sent. It must not change while a
     /// send or a delivery using it runs (the size declared with `SIZE=` is measured first).
     File(&'a Path),
+    /// The part of a file from an offset to its end (a queue file whose header comes
+    /// first), read as [`Body::File`] is.
+    FileFrom(&'a Path, u64),
 }
 
 /// A message: optional header lines sent before the body (a relay's `Received:` or
@@ -59,6 +62,14 @@ impl<'a> Message<'a> {
         Self {
             prefix,
             body: Body::File(path),
+        }
+    }
+
+    /// `prefix` followed by the content of the file at `path` from octet `offset` on.
+    pub fn file_from(prefix: &'a [u8], path: &'a Path, offset: u64) -> Self {
+        Self {
+            prefix,
+            body: Body::FileFrom(path, offset),
         }
     }
 
@@ -99,6 +110,12 @@ impl<'a> MessageReader<'a> {
         let body = match message.body {
             Body::Bytes(b) => Source::Bytes(b),
             Body::File(path) => Source::File(tokio::fs::File::open(path).await?),
+            Body::FileFrom(path, offset) => {
+                use tokio::io::AsyncSeekExt;
+                let mut f = tokio::fs::File::open(path).await?;
+                f.seek(io::SeekFrom::Start(offset)).await?;
+                Source::File(f)
+            }
         };
         Ok(Self {
             prefix: message.prefix,
@@ -174,6 +191,22 @@ mod tests {
             }
         );
         assert!(info.eight_bit);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn file_from_an_offset() {
+        let dir = std::env::temp_dir().join(format!("smtp-client-from-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("entry");
+        std::fs::write(&path, b"header\nend\nSubject: s\r\n\r\nbody\r\n").unwrap();
+        let message = Message::file_from(b"X: 1\r\n", &path, 11);
+        let mut read = Vec::new();
+        let mut reader = MessageReader::open(&message).await.unwrap();
+        while let Some(chunk) = reader.next().await.unwrap() {
+            read.extend_from_slice(chunk);
+        }
+        assert_eq!(read, b"X: 1\r\nSubject: s\r\n\r\nbody\r\n");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -65,27 +65,41 @@ fn mailbox(spool: &Path, user: &str) -> Vec<String> {
 }
 
 /// Moves an entry's arrival `days` back (the entry is idle: its next attempt is an hour
-/// away), replacing the envelope file atomically as the queue does.
+/// away), replacing its file atomically as the queue does (the header of a one-file entry,
+/// or the `envelope` of an entry directory from the previous version).
 fn age_entry(spool: &Path, id: &str, days: u64) {
-    let dir = spool.join(".queue").join("entries").join(id);
-    let text = std::fs::read_to_string(dir.join("envelope")).unwrap();
+    let entries = spool.join(".queue").join("entries");
+    let path = entries.join(id);
     let then = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
         - days * 86_400;
-    let text: String = text
-        .lines()
-        .map(|l| {
-            if l.starts_with("created ") {
-                format!("created {then}.000000000\n")
-            } else {
-                format!("{l}\n")
-            }
-        })
-        .collect();
-    std::fs::write(dir.join(".tmp.test"), text).unwrap();
-    std::fs::rename(dir.join(".tmp.test"), dir.join("envelope")).unwrap();
+    let age = |header: &str| -> String {
+        header
+            .lines()
+            .map(|l| {
+                if l.starts_with("created ") {
+                    format!("created {then}.000000000\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
+            .collect()
+    };
+    if path.is_dir() {
+        let text = std::fs::read_to_string(path.join("envelope")).unwrap();
+        std::fs::write(path.join(".tmp.test"), age(&text)).unwrap();
+        std::fs::rename(path.join(".tmp.test"), path.join("envelope")).unwrap();
+        return;
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    let end = bytes.windows(5).position(|w| w == b"\nend\n").unwrap() + 5;
+    let mut new = age(std::str::from_utf8(&bytes[..end]).unwrap()).into_bytes();
+    new.extend_from_slice(&bytes[end..]);
+    let tmp = spool.join(".queue").join("tmp").join("aged.test");
+    std::fs::write(&tmp, new).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
 }
 
 #[test]

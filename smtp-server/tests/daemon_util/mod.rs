@@ -14,7 +14,8 @@ use smtp_server::smtp_proto::address::{ForwardPath, ReversePath};
 use smtp_server::smtp_proto::param::RcptParams;
 use smtp_server::smtp_proto::{EnhancedCode, Reply};
 use smtp_server::{
-    BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsConfig,
+    BodyError, BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler,
+    TlsConfig,
 };
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_smtp-server");
@@ -281,6 +282,9 @@ pub struct PeerBehaviour {
     pub refuse: Vec<String>,
     /// Answer `451 4.3.0` to the message this many times before accepting.
     pub fail_first: usize,
+    /// Wait this long after the final dot before answering it (a slow next hop); the
+    /// message counts as received (`got`) once the wait is over, answered or not.
+    pub delay: Duration,
 }
 
 /// A receiving SMTP server on loopback (the smtp-server library itself), optionally offering
@@ -412,10 +416,28 @@ impl SessionHandler for PeerSession {
 
     async fn data(&mut self, env: &Envelope, body: &mut BodyStream<'_>) -> DataOutcome {
         let mut data = Vec::new();
-        while let Ok(Some(c)) = body.chunk().await {
-            data.extend_from_slice(c);
+        let mut complete = true;
+        loop {
+            match body.chunk().await {
+                Ok(Some(c)) => data.extend_from_slice(c),
+                Ok(None) => break,
+                // The client went away before the final dot: nothing was received.
+                Err(BodyError::Disconnected | BodyError::Io(_)) => {
+                    complete = false;
+                    break;
+                }
+                // Refused by the library (a line too long, say): kept, as the tests of
+                // what a next hop receives look at it.
+                Err(_) => break,
+            }
         }
         self.bodies.lock().unwrap().push(data.clone());
+        if !complete {
+            return DataOutcome::temporary_failure("message not received");
+        }
+        if !self.b.delay.is_zero() {
+            tokio::time::sleep(self.b.delay).await;
+        }
         let n = {
             let mut a = self.attempts.lock().unwrap();
             *a += 1;

@@ -266,6 +266,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub destination_concurrency: u32,
 
+    /// Keep a session to a next hop open this long after its message, and send the next
+    /// message for the same hop on it after RSET (as Postfix's connection cache); 0 closes
+    /// each session after its message.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub connection_cache_time: Duration,
+
     /// Largest message accepted, in bytes (advertised as SIZE); 0 for no limit.
     #[arg(long, value_name = "BYTES", default_value_t = 26_214_400)]
     pub max_message_size: u64,

@@ -41,7 +41,7 @@ use smtp_server::handler::{
     BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsInfo,
 };
 use smtp_server::{AuthFailure, Credentials};
-use tokio::sync::{watch, Notify};
+use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 
 use crate::config::{Cli, Command, Config, Format, LogFormat};
@@ -107,7 +107,7 @@ struct Daemon {
     policy: Arc<Policy>,
     store: Arc<dyn Store>,
     queue: Queue,
-    relay_notify: Arc<Notify>,
+    relay_notify: Arc<relay::Handoff>,
     /// Where submission users come from (`--passwd-file`, `--auth-dovecot`).
     auth: Option<Arc<auth::Authenticator>>,
     /// DKIM signing keys (`--dkim-key`).
@@ -425,14 +425,15 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
     }
     let mut deliverer = smtp_client::Deliverer::new(resolver, client_config)
         .with_port(cfg.remote_port)
-        .with_address_preference(cfg.address_preference);
+        .with_address_preference(cfg.address_preference)
+        .with_connection_cache(cfg.connection_cache_time);
     if let Some((host, port)) = relay_host {
         deliverer = deliverer.with_smarthost(host, port);
     }
     let guard = policy.clone();
     deliverer = deliverer.with_address_filter(Arc::new(move |addr| !guard.is_own_socket(addr)));
 
-    let relay_notify = Arc::new(Notify::new());
+    let relay_notify = Arc::new(relay::Handoff::default());
     let daemon = Arc::new(Daemon {
         plan: plan.clone(),
         hostname: hostname.clone(),
@@ -1130,7 +1131,7 @@ impl Session {
                 }
                 metrics::m().deliveries("local", "delivered", stored.mailboxes);
                 if let Some(q) = stored.queue_id {
-                    d.relay_notify.notify_one();
+                    d.relay_notify.hand_off(q.clone());
                     DataOutcome::accepted(format!("Ok: queued as {q}"))
                 } else {
                     DataOutcome::accepted(format!("Ok: delivered as {id}"))

@@ -1,7 +1,11 @@
 //! The queue runner: delivers queued mail to remote domains, retries, bounces.
 //!
-//! It wakes when a message is enqueued ([`Relay::notify`]) and when the earliest entry falls
-//! due, claims each due entry (so two runners, even in two processes, never send the same
+//! A message just accepted is handed to it directly ([`Handoff::hand_off`], after the queue
+//! file is durable: the file stays the record, the hand-off only saves a scan), and it scans
+//! the queue at start, when the earliest known entry falls due, when an operator asks
+//! (`wake`), when hand-offs were dropped (more than [`HANDOFF_MAX`] waiting, or every entry
+//! slot taken) and at least once a minute, so nothing a crash or a restart left behind is
+//! missed. It claims each due entry (so two runners, even in two processes, never send the same
 //! entry at once), groups its pending recipients by domain and hands each group to
 //! [`Deliverer::deliver`]. Outcomes are recorded durably per recipient, so a crash never makes a
 //! delivered recipient get the message twice from the queue (only a crash between the peer's
@@ -45,6 +49,7 @@ use smtp_client::lmtp::Lmtp;
 use smtp_client::Message;
 use smtp_proto::address::{parse_mailbox, ForwardPath, ReversePath};
 use smtp_proto::param::{Orcpt, RcptParams, Ret, XText};
+use tokio::sync::OwnedSemaphorePermit as EntryPermit;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{error, info, warn};
 
@@ -114,9 +119,68 @@ impl Slots {
     }
 }
 
+/// The most hand-offs waiting for the runner; beyond, they are dropped and the runner scans
+/// the queue instead (the entries are on disk either way).
+pub const HANDOFF_MAX: usize = 65_536;
+
+/// How the daemon tells the runner about new work: entries just enqueued (by id), or a
+/// request to scan the queue.
+#[derive(Debug, Default)]
+pub struct Handoff {
+    notify: Notify,
+    state: Mutex<HandoffState>,
+}
+
+#[derive(Debug, Default)]
+struct HandoffState {
+    ids: Vec<QueueId>,
+    /// A scan is wanted (hand-offs were dropped).
+    scan: bool,
+    /// Entries could not be started (every entry slot taken): a scan once an attempt ends.
+    backlog: bool,
+    /// The earliest next attempt an attempt recorded since the last scan.
+    due: Option<SystemTime>,
+}
+
+impl Handoff {
+    /// A new, durably enqueued entry: the runner starts it without scanning the queue.
+    pub fn hand_off(&self, id: QueueId) {
+        {
+            let mut st = self.state.lock().expect("not poisoned");
+            if st.ids.len() < HANDOFF_MAX {
+                st.ids.push(id);
+            } else {
+                st.scan = true;
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// An attempt ended; the entry is due again at `due` if it stays queued.
+    fn done(&self, due: Option<SystemTime>) {
+        {
+            let mut st = self.state.lock().expect("not poisoned");
+            if let Some(d) = due {
+                st.due = Some(st.due.map_or(d, |e| e.min(d)));
+            }
+            if std::mem::take(&mut st.backlog) {
+                st.scan = true;
+            }
+        }
+        self.notify.notify_one();
+    }
+}
+
+/// The longest the runner goes without scanning the queue, however busy hand-offs keep it.
+const SCAN_EVERY: Duration = Duration::from_secs(60);
+
 /// How often the runner looks for the queue's `wake` file (see [`Relay::woken`]): a flush
 /// from the queue tool is seen within this time, at the cost of one `unlink` a second.
 pub const WAKE_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Bodies up to this size are read into memory when their entry is claimed (one read on the
+/// blocking pool); larger ones are streamed from the queue file.
+const SMALL_BODY: u64 = 256 * 1024;
 
 /// The most of a message's beginning kept in memory (for a bounce's copy of the headers); the
 /// body itself is streamed from the queue file when sent.
@@ -159,13 +223,15 @@ pub struct Relay {
     pub lifetime: Duration,
     /// The first retry delay.
     pub retry_base: Duration,
-    /// Wakes the runner (after an enqueue).
-    pub notify: Arc<Notify>,
+    /// Wakes the runner (entries just enqueued, scans).
+    pub notify: Arc<Handoff>,
     /// Connection slots, globally and per destination.
     pub slots: Slots,
     /// The most entries claimed at once (at most [`MAX_ENTRIES`]).
     pub max_entries: usize,
     inflight: Mutex<HashSet<QueueId>>,
+    /// The next attempt time an attempt just recorded (taken by [`process`](Self::process)).
+    next_attempt: Mutex<HashMap<QueueId, SystemTime>>,
     /// Entries whose last attempt could not be read or recorded (an I/O error, a full disk):
     /// not tried again before `until`, and the outcomes not yet on disk are kept here, so a
     /// recipient the peer accepted is not sent the message again on every pass.
@@ -211,7 +277,7 @@ impl Relay {
         hostname: String,
         lifetime: Duration,
         retry_base: Duration,
-        notify: Arc<Notify>,
+        notify: Arc<Handoff>,
         slots: Slots,
         max_entries: usize,
     ) -> Relay {
@@ -227,6 +293,7 @@ impl Relay {
             slots,
             max_entries: max_entries.clamp(1, MAX_ENTRIES),
             inflight: Mutex::new(HashSet::new()),
+            next_attempt: Mutex::new(HashMap::new()),
             held: Mutex::new(HashMap::new()),
             lmtp: None,
         }
@@ -244,92 +311,149 @@ impl Relay {
         tokio::pin!(shutdown);
         let permits = Arc::new(Semaphore::new(self.max_entries));
         let mut tasks = tokio::task::JoinSet::new();
+        let mut scan = true;
+        let mut next_due: Option<SystemTime> = None;
+        let mut last_scan = tokio::time::Instant::now();
+        let mut wake_poll = last_scan + WAKE_POLL;
         loop {
-            let now = SystemTime::now();
-            let list = {
-                let q = self.queue.clone();
-                tokio::task::spawn_blocking(move || q.list()).await
+            if scan {
+                scan = false;
+                last_scan = tokio::time::Instant::now();
+                next_due = self.scan(&permits, &mut tasks).await;
+            }
+            let (ids, due) = {
+                let mut st = self.notify.state.lock().expect("not poisoned");
+                scan |= std::mem::take(&mut st.scan);
+                (std::mem::take(&mut st.ids), st.due.take())
             };
-            let mut next_due: Option<SystemTime> = None;
-            match list {
-                Ok(Ok(entries)) => {
-                    {
-                        let mut held = self.held.lock().expect("not poisoned");
-                        held.retain(|id, _| entries.iter().any(|(e, _)| e == id));
-                    }
-                    for (id, entry) in entries {
-                        let held_until = self
-                            .held
-                            .lock()
-                            .expect("not poisoned")
-                            .get(&id)
-                            .and_then(|h| h.until);
-                        let due =
-                            held_until.map_or(entry.next_attempt, |h| h.max(entry.next_attempt));
-                        if due > now {
-                            next_due = Some(next_due.map_or(due, |d| d.min(due)));
-                            continue;
-                        }
-                        if self.inflight.lock().expect("not poisoned").contains(&id) {
-                            continue;
-                        }
-                        // At the cap, the rest waits for the next pass (a finished task
-                        // wakes the runner).
-                        let Ok(permit) = permits.clone().try_acquire_owned() else {
-                            break;
-                        };
-                        self.inflight
-                            .lock()
-                            .expect("not poisoned")
-                            .insert(id.clone());
-                        let me = self.clone();
-                        tasks.spawn(async move {
-                            me.process(&id).await;
-                            me.inflight.lock().expect("not poisoned").remove(&id);
-                            drop(permit);
-                            me.notify.notify_one();
-                        });
+            if let Some(d) = due {
+                next_due = Some(next_due.map_or(d, |n| n.min(d)));
+            }
+            for id in ids {
+                if self.inflight.lock().expect("not poisoned").contains(&id) {
+                    continue;
+                }
+                match permits.clone().try_acquire_owned() {
+                    Ok(permit) => self.start(id, permit, &mut tasks),
+                    // At the cap: a scan finds it once a slot is free.
+                    Err(_) => {
+                        self.notify.state.lock().expect("not poisoned").backlog = true;
                     }
                 }
-                Ok(Err(e)) => error!(error = %e, "cannot list the queue"),
-                Err(e) => error!(error = %e, "queue listing task failed"),
             }
             while tasks.try_join_next().is_some() {}
+            if scan {
+                continue;
+            }
             // An entry that fell due while this pass ran (its time is already past) is due
-            // now, not in a minute: a past time is a zero wait.
+            // now, not in a minute: a past time is a zero wait. Deadlines, not delays: a
+            // stream of hand-offs wakes this loop all the time and must not keep pushing the
+            // next scan (or the look at the wake file) away.
             let wait = next_due
                 .map(|d| {
                     d.duration_since(SystemTime::now())
                         .unwrap_or(Duration::ZERO)
                 })
-                .unwrap_or(Duration::from_secs(60))
-                .clamp(Duration::from_millis(50), Duration::from_secs(60));
+                .unwrap_or(SCAN_EVERY)
+                .clamp(Duration::from_millis(50), SCAN_EVERY);
+            let scan_at = (tokio::time::Instant::now() + wait).min(last_scan + SCAN_EVERY);
             tokio::select! {
                 () = &mut shutdown => break,
-                () = self.notify.notified() => {}
-                () = tokio::time::sleep(wait) => {}
-                () = self.woken() => {}
+                () = self.notify.notify.notified() => {}
+                () = tokio::time::sleep_until(scan_at) => scan = true,
+                () = tokio::time::sleep_until(wake_poll) => {
+                    wake_poll = tokio::time::Instant::now() + WAKE_POLL;
+                    scan |= self.woken().await;
+                }
             }
         }
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
     }
 
-    /// Resolves when another process (the queue tool's `flush`, `release`, `bounce`) has
-    /// asked for a scan now: the queue's `wake` file, polled every [`WAKE_POLL`].
-    async fn woken(&self) {
-        loop {
-            tokio::time::sleep(WAKE_POLL).await;
+    /// Starts an attempt at `id`.
+    fn start(
+        self: &Arc<Self>,
+        id: QueueId,
+        permit: EntryPermit,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) {
+        self.inflight
+            .lock()
+            .expect("not poisoned")
+            .insert(id.clone());
+        let me = self.clone();
+        tasks.spawn(async move {
+            let due = me.process(&id).await;
+            me.inflight.lock().expect("not poisoned").remove(&id);
+            drop(permit);
+            me.notify.done(due);
+        });
+    }
+
+    /// Lists the queue and starts every due entry not in flight (up to the cap; the rest
+    /// waits for the next scan, which a finished attempt asks for). Returns the earliest time
+    /// an entry not started is due.
+    async fn scan(
+        self: &Arc<Self>,
+        permits: &Arc<Semaphore>,
+        tasks: &mut tokio::task::JoinSet<()>,
+    ) -> Option<SystemTime> {
+        let now = SystemTime::now();
+        let list = {
             let q = self.queue.clone();
-            if let Ok(true) = tokio::task::spawn_blocking(move || q.take_wake()).await {
-                // Entries the tool made due may be in the 1 s hold of a claim it held.
-                self.held
-                    .lock()
-                    .expect("not poisoned")
-                    .retain(|_, h| h.failures > 0 || !h.unsaved.is_empty());
-                return;
+            tokio::task::spawn_blocking(move || q.list()).await
+        };
+        let mut next_due: Option<SystemTime> = None;
+        match list {
+            Ok(Ok(entries)) => {
+                {
+                    let mut held = self.held.lock().expect("not poisoned");
+                    held.retain(|id, _| entries.iter().any(|(e, _)| e == id));
+                }
+                for (id, entry) in entries {
+                    let held_until = self
+                        .held
+                        .lock()
+                        .expect("not poisoned")
+                        .get(&id)
+                        .and_then(|h| h.until);
+                    let due = held_until.map_or(entry.next_attempt, |h| h.max(entry.next_attempt));
+                    if due > now {
+                        next_due = Some(next_due.map_or(due, |d| d.min(due)));
+                        continue;
+                    }
+                    if self.inflight.lock().expect("not poisoned").contains(&id) {
+                        continue;
+                    }
+                    // At the cap, the rest waits for the next pass (a finished task asks
+                    // for one).
+                    let Ok(permit) = permits.clone().try_acquire_owned() else {
+                        self.notify.state.lock().expect("not poisoned").backlog = true;
+                        break;
+                    };
+                    self.start(id, permit, tasks);
+                }
             }
+            Ok(Err(e)) => error!(error = %e, "cannot list the queue"),
+            Err(e) => error!(error = %e, "queue listing task failed"),
         }
+        next_due
+    }
+
+    /// True when another process (the queue tool's `flush`, `release`, `bounce`) has asked
+    /// for a scan now: the queue's `wake` file, looked at every [`WAKE_POLL`].
+    async fn woken(&self) -> bool {
+        let q = self.queue.clone();
+        if let Ok(true) = tokio::task::spawn_blocking(move || q.take_wake()).await {
+            // Entries the tool made due may be in the 1 s hold of a claim it held.
+            self.held
+                .lock()
+                .expect("not poisoned")
+                .retain(|_, h| h.failures > 0 || !h.unsaved.is_empty());
+            return true;
+        }
+        false
     }
 
     /// Holds `id` back after a storage error (growing delays, as for delivery retries),
@@ -345,8 +469,18 @@ impl Relay {
         h.unsaved = unsaved;
     }
 
-    /// One attempt at one entry.
-    async fn process(&self, id: &QueueId) {
+    /// One attempt at one entry. Returns when it is due again, if it stays queued.
+    async fn process(&self, id: &QueueId) -> Option<SystemTime> {
+        self.attempt(id).await;
+        self.held
+            .lock()
+            .expect("not poisoned")
+            .get(id)
+            .and_then(|h| h.until)
+            .or_else(|| self.next_attempt.lock().expect("not poisoned").remove(id))
+    }
+
+    async fn attempt(&self, id: &QueueId) {
         // Outcomes of an earlier attempt that could not be recorded.
         let carried: Vec<(usize, RcptState)> = self
             .held
@@ -360,14 +494,34 @@ impl Relay {
         let claimed = tokio::task::spawn_blocking(move || {
             let claim = q.claim(&id2)?;
             // The body must be there and readable (a regular file, no link): an entry whose
-            // body is not is held back, not tried.
+            // body is not is held back, not tried. A small one is read now, so that sending
+            // it (to each host tried) does no file I/O on the runtime's threads.
+            let mut small = None;
             if let Some(c) = &claim {
-                drop(c.body()?);
+                let mut f = c.body()?;
+                let len = f
+                    .metadata()
+                    .map_err(|e| mailstore::Error::Io {
+                        op: "stat",
+                        path: c.body_path(),
+                        source: e,
+                    })?
+                    .len()
+                    .saturating_sub(c.body_offset());
+                if len <= SMALL_BODY {
+                    let mut b = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+                    f.read_to_end(&mut b).map_err(|e| mailstore::Error::Io {
+                        op: "read",
+                        path: c.body_path(),
+                        source: e,
+                    })?;
+                    small = Some(b);
+                }
             }
-            Ok::<_, mailstore::Error>(claim)
+            Ok::<_, mailstore::Error>(claim.map(|c| (c, small)))
         })
         .await;
-        let claim = match claimed {
+        let (claim, small) = match claimed {
             Ok(Ok(Some(c))) => c,
             Ok(Ok(None)) => {
                 // Another runner (another process) holds it, or it is gone: not looked at
@@ -394,6 +548,7 @@ impl Relay {
         // missing Message-ID: was added at submission, below the trace fields (see headers).
         let prefix: Vec<u8> = Vec::new();
         let body_path = claim.body_path();
+        let body_offset = claim.body_offset();
 
         let from = if entry.envelope.sender.is_empty() {
             ReversePath::Null
@@ -470,6 +625,9 @@ impl Relay {
         let recorded_early: Mutex<HashSet<usize>> = Mutex::new(HashSet::new());
         // The domains of one entry are delivered at the same time: a slow one does not hold
         // the others back.
+        // With one destination the outcomes are recorded with the rest right after it
+        // answered (nothing else to wait for): one envelope update instead of two.
+        let single = groups.len() == 1;
         let deliveries = groups.into_iter().map(|(domain, rcpts)| {
             let env = Envelope {
                 from: from.clone(),
@@ -477,14 +635,20 @@ impl Relay {
                 ret,
                 envid: entry.envelope.envid.clone(),
             };
-            let (prefix, body_path) = (&prefix, &body_path);
+            let (prefix, body_path, small) = (&prefix, &body_path, &small);
             let (claim_cell, recorded_early) = (&claim_cell, &recorded_early);
             async move {
                 let slot = self.slots.acquire(&domain).await;
-                let message = Message::file(prefix, body_path);
+                let message = match small {
+                    Some(b) => Message::bytes(b),
+                    None => Message::file_from(prefix, body_path, body_offset),
+                };
                 let report = match (domain == LOCAL, &self.lmtp) {
                     (true, Some(lmtp)) => lmtp.deliver_message(&env, &message).await,
-                    (true, None) => self.store_here(&env, body_path).await,
+                    (true, None) => {
+                        self.store_here(&env, small.as_deref(), body_path, body_offset)
+                            .await
+                    }
                     (false, _) => {
                         self.deliverer
                             .deliver_message(&domain, &env, &message)
@@ -498,7 +662,7 @@ impl Relay {
                     .filter(|(_, (_, o))| matches!(o, RcptOutcome::Delivered(_)))
                     .map(|((i, _), _)| *i)
                     .collect();
-                if !delivered.is_empty() {
+                if !delivered.is_empty() && !single {
                     tokio::task::block_in_place(|| {
                         let mut claim = claim_cell.lock().expect("not poisoned");
                         let mut early = recorded_early.lock().expect("not poisoned");
@@ -735,6 +899,10 @@ impl Relay {
             Ok(()) => {
                 self.held.lock().expect("not poisoned").remove(id);
                 if let Some(next) = next {
+                    self.next_attempt
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(id.clone(), next);
                     info!(queue_id = %id, attempts = entry.attempts.saturating_add(1),
                           next_attempt = %utc(next), expires = %utc(deadline), "deferred");
                 }
@@ -838,7 +1006,15 @@ impl Relay {
     /// queued for LMTP, when `--lmtp` is no longer given), with `Return-Path:` in front, as
     /// a report like a next hop's: stored, refused (no such user now: permanent) or not
     /// stored (a storage error: retried).
-    async fn store_here(&self, env: &Envelope, body_path: &std::path::Path) -> DeliveryReport {
+    /// The message is `small` when it was read at the claim, else the file at `body_path`
+    /// from `body_offset` on.
+    async fn store_here(
+        &self,
+        env: &Envelope,
+        small: Option<&[u8]>,
+        body_path: &std::path::Path,
+        body_offset: u64,
+    ) -> DeliveryReport {
         let sender = match &env.from {
             ReversePath::Null => String::new(),
             ReversePath::Mailbox(m) => m.to_string(),
@@ -855,13 +1031,22 @@ impl Relay {
         crate::local::dedup(&mut all);
         let store = self.store.clone();
         let path = body_path.to_owned();
+        let small = small.map(<[u8]>::to_vec);
         let mailboxes = all.clone();
         let stored = tokio::task::spawn_blocking(move || {
+            use std::io::{Seek, Write};
             let mut m = store.begin().map_err(|e| e.to_string())?;
-            let mut body = std::fs::File::open(&path).map_err(|e| e.to_string())?;
-            std::io::Write::write_all(&mut m, headers::return_path(&sender).as_bytes())
-                .and_then(|()| std::io::copy(&mut body, &mut m).map(|_| ()))
+            m.write_all(headers::return_path(&sender).as_bytes())
                 .map_err(|e| e.to_string())?;
+            match small {
+                Some(b) => m.write_all(&b).map_err(|e| e.to_string())?,
+                None => {
+                    let mut body = std::fs::File::open(&path).map_err(|e| e.to_string())?;
+                    body.seek(std::io::SeekFrom::Start(body_offset))
+                        .and_then(|_| std::io::copy(&mut body, &mut m))
+                        .map_err(|e| e.to_string())?;
+                }
+            }
             let results = store
                 .commit(&mut m, &mailboxes)
                 .map_err(|e| e.to_string())?;
@@ -975,11 +1160,11 @@ impl Relay {
             let mut m = received.into_bytes();
             m.extend_from_slice(&message);
             let q = self.queue.clone();
-            tokio::task::spawn_blocking(move || q.enqueue(&entry, &m))
+            let id = tokio::task::spawn_blocking(move || q.enqueue(&entry, &m))
                 .await
                 .map_err(|e| Unsent::Storage(e.to_string()))?
                 .map_err(|e| Unsent::Storage(e.to_string()))?;
-            self.notify.notify_one();
+            self.notify.hand_off(id);
         }
         Ok(())
     }

@@ -598,12 +598,14 @@ impl Tool {
             .map(|(id, _)| id)
             .collect();
         // In bulk, an entry being delivered is not an error: it is being tried now, which
-        // is what was asked.
+        // is what was asked; nor one that was listed and is gone (delivered meanwhile: the
+        // runner takes new mail at once, so on a busy queue entries come and go quickly).
         let results: Vec<(String, Outcome)> = chosen
             .iter()
             .map(|id| {
                 let o = match self.change(Op::Flush, id) {
                     Outcome::Busy => Outcome::Done("being delivered now"),
+                    Outcome::Unknown => Outcome::Done("finished meanwhile"),
                     o => o,
                 };
                 (id.to_string(), o)

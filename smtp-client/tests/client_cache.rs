@@ -1,0 +1,149 @@
+//! `Deliverer::with_connection_cache`: sessions reused per next hop, a dead cached session
+//! retried on a fresh one without failing the message, idle sessions ended.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{client_config, Behaviour, TestServer};
+use smtp_client::{Deliverer, Envelope, RcptOutcome, Resolver, TlsPolicy};
+use smtp_proto::address::{parse_forward_path, parse_reverse_path};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+fn envelope() -> Envelope {
+    Envelope::new(
+        parse_reverse_path("<alice@client.test>")
+            .unwrap()
+            .into_owned(),
+        vec![parse_forward_path("<bob@example.test>")
+            .unwrap()
+            .into_owned()],
+    )
+}
+
+/// A deliverer to the smarthost `addr`; no DNS is asked (an address literal).
+fn deliverer(addr: std::net::SocketAddr, idle: Duration) -> Deliverer {
+    // A resolver that is never used (the smarthost is an IP address): a closed port.
+    let resolver = Resolver::with_nameserver_timeout(
+        "127.0.0.1:1".parse().unwrap(),
+        Duration::from_millis(200),
+        0,
+    )
+    .unwrap();
+    Deliverer::new(resolver, client_config(TlsPolicy::None))
+        .with_smarthost(addr.ip().to_string(), addr.port())
+        .with_connection_cache(idle)
+}
+
+fn delivered(report: &smtp_client::DeliveryReport) -> bool {
+    report
+        .rcpts
+        .iter()
+        .all(|(_, o)| matches!(o, RcptOutcome::Delivered(_)))
+}
+
+#[tokio::test]
+async fn one_session_carries_many_messages() {
+    let server = TestServer::local(Behaviour::default()).await;
+    let d = deliverer(server.addr, Duration::from_secs(5));
+    for i in 0..5 {
+        let m = format!("Subject: {i}\r\n\r\nbody\r\n");
+        let r = d.deliver("example.test", &envelope(), m.as_bytes()).await;
+        assert!(delivered(&r), "{r:?}");
+    }
+    assert_eq!(server.messages().len(), 5);
+    assert_eq!(server.connections(), 1);
+    // RSET opens each later pipelined group: one write, no round trip of its own.
+    let grouped = server
+        .reads()
+        .iter()
+        .filter(|r| r.starts_with(b"RSET\r\nMAIL FROM:<alice@client.test>"))
+        .count();
+    assert_eq!(grouped, 4, "{:?}", server.reads());
+    // Clones share the cache.
+    let r = d
+        .clone()
+        .deliver("example.test", &envelope(), b"Subject: 5\r\n\r\nx\r\n")
+        .await;
+    assert!(delivered(&r));
+    assert_eq!(server.connections(), 1);
+}
+
+#[tokio::test]
+async fn idle_sessions_are_ended_after_the_idle_time() {
+    let server = TestServer::local(Behaviour::default()).await;
+    let d = deliverer(server.addr, Duration::from_millis(200));
+    let r = d
+        .deliver("example.test", &envelope(), b"Subject: a\r\n\r\nx\r\n")
+        .await;
+    assert!(delivered(&r));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = d
+        .deliver("example.test", &envelope(), b"Subject: b\r\n\r\nx\r\n")
+        .await;
+    assert!(delivered(&r));
+    assert_eq!(server.connections(), 2);
+}
+
+/// A next hop that takes one message per session and then closes it without a word.
+async fn one_message_per_session() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (conns, dots) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (c, d) = (conns.clone(), dots.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            c.fetch_add(1, Ordering::SeqCst);
+            let d = d.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = tcp.into_split();
+                let mut r = BufReader::new(r);
+                w.write_all(b"220 hop.test ESMTP\r\n").await.unwrap();
+                let mut line = String::new();
+                let mut in_data = false;
+                while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    let answer: &[u8] = if in_data {
+                        if line == ".\r\n" {
+                            d.fetch_add(1, Ordering::SeqCst);
+                            w.write_all(b"250 2.0.0 taken\r\n").await.unwrap();
+                            // Gone, as a server that times idle sessions out early.
+                            return;
+                        }
+                        b""
+                    } else if line.starts_with("DATA") {
+                        in_data = true;
+                        b"354 go\r\n"
+                    } else {
+                        b"250 ok\r\n"
+                    };
+                    if !answer.is_empty() {
+                        w.write_all(answer).await.unwrap();
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    (addr, conns, dots)
+}
+
+#[tokio::test]
+async fn a_dead_cached_session_does_not_fail_the_message() {
+    let (addr, conns, dots) = one_message_per_session().await;
+    let d = deliverer(addr, Duration::from_secs(5));
+    for i in 0..3 {
+        let m = format!("Subject: {i}\r\n\r\nbody\r\n");
+        let r = d.deliver("example.test", &envelope(), m.as_bytes()).await;
+        assert!(delivered(&r), "message {i}: {r:?}");
+        assert_eq!(r.attempts.len(), 1, "{r:?}");
+        assert!(r.attempts[0].error.is_none(), "{r:?}");
+    }
+    assert_eq!(dots.load(Ordering::SeqCst), 3);
+    assert_eq!(conns.load(Ordering::SeqCst), 3);
+}
