@@ -113,7 +113,10 @@ pub struct ClientConfig {
 }
 
 impl ClientConfig {
-    /// Defaults: opportunistic TLS, RFC 5321 timeouts, no extra roots.
+    /// Defaults: opportunistic TLS, RFC 5321 timeouts, no extra roots. `helo_name` must be
+    /// an ASCII domain name or address literal (`mail.example.org`, `[192.0.2.1]`); anything
+    /// else is refused at connect time with [`ClientError::InvalidHeloName`], before a byte is
+    /// sent (so a name taken from elsewhere cannot smuggle CR LF and a command).
     pub fn new(helo_name: impl Into<String>) -> Self {
         Self {
             helo_name: helo_name.into(),
@@ -377,6 +380,7 @@ impl Connection {
         server_name: &str,
         config: &ClientConfig,
     ) -> Result<Self, ClientError> {
+        check_helo_name(&config.helo_name)?;
         let tcp =
             match tokio::time::timeout(config.timeouts.connect, TcpStream::connect(addr)).await {
                 Ok(Ok(tcp)) => tcp,
@@ -403,6 +407,7 @@ impl Connection {
         config: &ClientConfig,
     ) -> Result<Self, ClientError> {
         use crate::lmtp::LmtpTarget;
+        check_helo_name(&config.helo_name)?;
         match target {
             LmtpTarget::Tcp(addr) => {
                 let addr = *addr;
@@ -1277,6 +1282,16 @@ impl Connection {
     fn fail(&mut self, error: ClientError) -> ClientError {
         self.broken = true;
         error
+    }
+}
+
+/// The EHLO/LHLO argument must be an ASCII domain or address literal: anything else (a space,
+/// CR, LF) would change the command on the wire.
+fn check_helo_name(name: &str) -> Result<(), ClientError> {
+    if name.is_ascii() && smtp_proto::address::parse_domain(name).is_ok() {
+        Ok(())
+    } else {
+        Err(ClientError::InvalidHeloName(name.to_owned()))
     }
 }
 

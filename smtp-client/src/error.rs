@@ -108,6 +108,12 @@ pub enum ClientError {
     /// An earlier error left the connection unusable.
     #[error("the connection is no longer usable after an earlier error")]
     Broken,
+    /// [`ClientConfig::helo_name`](crate::ClientConfig::helo_name) is not an ASCII domain
+    /// name or address literal (RFC 5321 §4.1.1.1), e.g. it holds a space, CR or LF that
+    /// would put another command on the wire. Checked before connecting: nothing was sent.
+    /// Transient, as a configuration error is (`4.3.5`).
+    #[error("the HELO name {0:?} is not a domain name or address literal")]
+    InvalidHeloName(String),
 }
 
 impl ClientError {
@@ -166,6 +172,7 @@ impl ClientError {
             Self::TooLarge { .. } => code(5, 3, 4),
             Self::NoRecipients => code(5, 5, 1),
             Self::Message(_) => code(4, 3, 0),
+            Self::InvalidHeloName(_) => code(4, 3, 5),
             _ => code(4, 0, 0),
         }
     }

@@ -607,3 +607,37 @@ async fn background_quit_closes_the_socket_of_a_peer_that_stops_reading() {
         Err(_) => panic!("the client still holds the socket after its QUIT grace"),
     }
 }
+
+/// A HELO name that is not a domain (CR LF and a command inside, a space, an empty one) is
+/// refused before connecting: the server sees no connection at all.
+#[tokio::test]
+async fn a_helo_name_cannot_smuggle_commands() {
+    let server = TestServer::local(Behaviour::default()).await;
+    for bad in [
+        "client.test\r\nMAIL FROM:<evil@x>",
+        "client.test\nRSET",
+        "two words",
+        "",
+        "bad\0name",
+        "ünï.example",
+    ] {
+        let mut config = client_config(TlsPolicy::None);
+        config.helo_name = bad.to_owned();
+        match Connection::connect(server.addr, "mx.test", &config).await {
+            Err(ClientError::InvalidHeloName(n)) => assert_eq!(n, bad),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+        let e = ClientError::InvalidHeloName(bad.to_owned());
+        assert!(!e.is_permanent());
+        assert_eq!(e.enhanced_code().to_string(), "4.3.5");
+    }
+    assert_eq!(server.connections(), 0);
+    // Domains and address literals are fine.
+    for good in ["client.test", "localhost", "[127.0.0.1]", "[IPv6:::1]"] {
+        let mut config = client_config(TlsPolicy::None);
+        config.helo_name = good.to_owned();
+        let conn = Connection::connect(server.addr, "mx.test", &config).await;
+        assert!(conn.is_ok(), "{good}: {conn:?}");
+        conn.unwrap().quit().await.unwrap();
+    }
+}
