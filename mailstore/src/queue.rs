@@ -1153,30 +1153,24 @@ impl Queue {
 /// The envelope's text, refused (an [`Error::Io`] naming `path`) if it is over
 /// [`ENVELOPE_MAX`]: the queue never writes a file it would not read back.
 fn encode_bounded(entry: &QueueEntry, path: &Path) -> Result<String> {
-    let text = entry.encode();
-    let len = u64::try_from(text.len()).unwrap_or(u64::MAX);
-    if len > ENVELOPE_MAX {
-        return Err(Error::Io {
-            op: "write",
-            path: path.to_path_buf(),
-            source: std::io::Error::other(format!(
-                "envelope of {len} octets is over the limit of {ENVELOPE_MAX}"
-            )),
-        });
-    }
-    Ok(text)
+    within_envelope_max(entry.encode(), "envelope", path)
 }
 
 /// The version 2 header, refused as [`encode_bounded`] refuses an envelope.
 fn encode_v2_bounded(entry: &QueueEntry, body_size: u64, path: &Path) -> Result<String> {
-    let text = entry.encode_v2(body_size);
+    within_envelope_max(entry.encode_v2(body_size), "queue entry header", path)
+}
+
+/// `text` (an envelope or header, named `what` in the error) if it is within
+/// [`ENVELOPE_MAX`], else an [`Error::Io`] naming `path`.
+fn within_envelope_max(text: String, what: &str, path: &Path) -> Result<String> {
     let len = u64::try_from(text.len()).unwrap_or(u64::MAX);
     if len > ENVELOPE_MAX {
         return Err(Error::Io {
             op: "write",
             path: path.to_path_buf(),
             source: std::io::Error::other(format!(
-                "queue entry header of {len} octets is over the limit of {ENVELOPE_MAX}"
+                "{what} of {len} octets is over the limit of {ENVELOPE_MAX}"
             )),
         });
     }

@@ -381,14 +381,7 @@ impl Connection {
         config: &ClientConfig,
     ) -> Result<Self, ClientError> {
         check_helo_name(&config.helo_name)?;
-        let tcp =
-            match tokio::time::timeout(config.timeouts.connect, TcpStream::connect(addr)).await {
-                Ok(Ok(tcp)) => tcp,
-                Ok(Err(source)) => return Err(ClientError::Connect { addr, source }),
-                Err(_) => return Err(ClientError::Timeout { stage: "connect" }),
-            };
-        // Commands are written whole; Nagle would only delay them.
-        let _ = tcp.set_nodelay(true);
+        let tcp = open_tcp(addr, config).await?;
         Self::establish(Stream::Plain(tcp), addr, server_name, config, false).await
     }
 
@@ -411,15 +404,7 @@ impl Connection {
         match target {
             LmtpTarget::Tcp(addr) => {
                 let addr = *addr;
-                let tcp =
-                    match tokio::time::timeout(config.timeouts.connect, TcpStream::connect(addr))
-                        .await
-                    {
-                        Ok(Ok(tcp)) => tcp,
-                        Ok(Err(source)) => return Err(ClientError::Connect { addr, source }),
-                        Err(_) => return Err(ClientError::Timeout { stage: "connect" }),
-                    };
-                let _ = tcp.set_nodelay(true);
+                let tcp = open_tcp(addr, config).await?;
                 let name = addr.ip().to_string();
                 Self::establish(Stream::Plain(tcp), addr, &name, config, true).await
             }
@@ -1283,6 +1268,18 @@ impl Connection {
         self.broken = true;
         error
     }
+}
+
+/// A TCP connection to `addr` within the connect timeout, with Nagle off (commands are
+/// written whole; Nagle would only delay them).
+async fn open_tcp(addr: SocketAddr, config: &ClientConfig) -> Result<TcpStream, ClientError> {
+    let tcp = match tokio::time::timeout(config.timeouts.connect, TcpStream::connect(addr)).await {
+        Ok(Ok(tcp)) => tcp,
+        Ok(Err(source)) => return Err(ClientError::Connect { addr, source }),
+        Err(_) => return Err(ClientError::Timeout { stage: "connect" }),
+    };
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }
 
 /// The EHLO/LHLO argument must be an ASCII domain or address literal: anything else (a space,
