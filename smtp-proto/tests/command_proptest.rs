@@ -202,7 +202,14 @@ proptest! {
         line.extend_from_slice(b"\r\n");
         match parse_command(&line, &Limits::default()) {
             Ok(Some((cmd, used))) => {
-                prop_assert_eq!(used, line.len());
+                // A tail holding a line end makes the first line shorter: the
+                // parser stops at its CRLF and leaves the rest for the next call.
+                if tail.contains(&b'\n') {
+                    prop_assert!(used <= line.len());
+                    prop_assert_eq!(line[used - 1], b'\n');
+                } else {
+                    prop_assert_eq!(used, line.len());
+                }
                 // Whatever parses re-encodes to a line that parses to the same command.
                 let again = cmd.to_string();
                 let reparsed = parse_command(again.as_bytes(), &roomy());
