@@ -11,7 +11,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 
 use clap::Parser;
-use smtp_proto::Reply;
+use smtp_proto::Refusal;
 use smtp_server::{
     BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, Server, SessionHandler, TlsInfo,
 };
@@ -40,7 +40,7 @@ struct PrintSession {
 impl Handler for Printer {
     type Session = PrintSession;
 
-    async fn connect(&self, info: &ConnectionInfo) -> Result<PrintSession, Reply> {
+    async fn connect(&self, info: &ConnectionInfo) -> Result<PrintSession, Refusal> {
         Ok(PrintSession { info: info.clone() })
     }
 }

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::Parser;
-use smtp_proto::Reply;
+use smtp_proto::Refusal;
 use smtp_server::{
     BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, Limits, Server, SessionHandler,
     TlsConfig,
@@ -58,7 +58,7 @@ struct SinkSession;
 impl Handler for Sink {
     type Session = SinkSession;
 
-    async fn connect(&self, _info: &ConnectionInfo) -> Result<SinkSession, Reply> {
+    async fn connect(&self, _info: &ConnectionInfo) -> Result<SinkSession, Refusal> {
         Ok(SinkSession)
     }
 }

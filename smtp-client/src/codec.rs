@@ -187,16 +187,16 @@ impl Decoder for ReplyCodec {
 /// dropped, the last kept line ends with [`TRUNCATED_MARK`]. Code and enhanced code are kept.
 /// A reply within the bounds is returned as it is.
 pub fn bound_reply(reply: Reply) -> Reply {
-    let total: usize = reply.lines().iter().map(String::len).sum();
-    if reply.lines().len() <= KEPT_REPLY_LINES && total <= KEPT_REPLY_TEXT {
+    let total: usize = reply.lines().map(str::len).sum();
+    if reply.line_count() <= KEPT_REPLY_LINES && total <= KEPT_REPLY_TEXT {
         return reply;
     }
     let mut kept: Vec<String> = Vec::with_capacity(KEPT_REPLY_LINES);
     let mut budget = KEPT_REPLY_TEXT;
-    for line in reply.lines().iter().take(KEPT_REPLY_LINES) {
+    for line in reply.lines().take(KEPT_REPLY_LINES) {
         if line.len() <= budget {
             budget -= line.len();
-            kept.push(line.clone());
+            kept.push(line.to_owned());
         } else {
             let mut end = budget;
             while !line.is_char_boundary(end) {
@@ -325,7 +325,7 @@ mod tests {
         let mut codec = ReplyDecoder::new();
         let first = codec.decode(&mut buf).unwrap().unwrap();
         assert_eq!(first.code(), 250);
-        assert_eq!(first.lines(), ["a", "b"]);
+        assert_eq!(first.lines().collect::<Vec<_>>(), ["a", "b"]);
         assert_eq!(codec.decode(&mut buf).unwrap().unwrap().code(), 354);
         assert!(codec.decode(&mut buf).unwrap().is_none());
         assert_eq!(&buf[..], b"55");
@@ -379,17 +379,17 @@ mod tests {
             assert_eq!(error, None);
             assert_eq!(left, 0);
             assert_eq!(replies.len(), 2, "step {step}");
-            assert_eq!(replies[0].lines().len(), 900);
+            assert_eq!(replies[0].line_count(), 900);
             // The session stays in step: the next reply is read as the next reply.
             assert_eq!(replies[1].code(), 250);
-            assert_eq!(replies[1].lines(), ["next reply"]);
+            assert_eq!(replies[1].lines().collect::<Vec<_>>(), ["next reply"]);
 
             let kept = bound_reply(replies[0].clone());
             assert_eq!(kept.code(), 452);
             assert_eq!(kept.enhanced().unwrap().to_string(), "4.5.3");
-            assert_eq!(kept.lines().len(), KEPT_REPLY_LINES);
-            assert_eq!(kept.lines()[0], "line 0 of a long refusal");
-            assert!(kept.lines()[9].ends_with(TRUNCATED_MARK));
+            assert_eq!(kept.line_count(), KEPT_REPLY_LINES);
+            assert_eq!(kept.lines().next().unwrap(), "line 0 of a long refusal");
+            assert!(kept.lines().nth(9).unwrap().ends_with(TRUNCATED_MARK));
         }
     }
 
@@ -398,8 +398,13 @@ mod tests {
         let line = "é".repeat(3000); // 6000 octets
         let reply = Reply::multiline(550, None, [line.as_str(), "second"]).unwrap();
         let kept = bound_reply(reply);
-        assert_eq!(kept.lines().len(), 1);
-        let text = kept.lines()[0].strip_suffix(TRUNCATED_MARK).unwrap();
+        assert_eq!(kept.line_count(), 1);
+        let text = kept
+            .lines()
+            .next()
+            .unwrap()
+            .strip_suffix(TRUNCATED_MARK)
+            .unwrap();
         assert_eq!(text.len(), KEPT_REPLY_TEXT);
         assert!(text.chars().all(|c| c == 'é'));
         let short = Reply::new(250, None, "ok").unwrap();

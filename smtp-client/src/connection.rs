@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use smtp_proto::address::{ForwardPath, ReversePath};
-use smtp_proto::command::Command;
+use smtp_proto::command::{Command, Word};
 use smtp_proto::data::DataEncoder;
 use smtp_proto::ehlo::{parse_ehlo, EhloReply};
 use smtp_proto::param::{Body, MailParams, Notify, Orcpt, RcptParams, Ret, XText};
@@ -586,7 +586,7 @@ impl Connection {
                     }))
                 }
             }
-            let text = reply.lines().first().map_or("", String::as_str);
+            let text = reply.lines().next().unwrap_or("");
             let answer = match decode_base64(text.trim().as_bytes()) {
                 None => Err(CancelReason::MalformedChallenge),
                 Some(challenge) => exchange
@@ -944,12 +944,14 @@ impl Connection {
     /// EHLO, or HELO when EHLO gets a 5yz reply (RFC 5321 §3.2).
     async fn hello(&mut self) -> Result<(), ClientError> {
         let name = self.config.helo_name.clone();
+        // Checked at connect time already (a domain or address literal), so this cannot fail.
+        let word = Word::new(&name).map_err(|_| ClientError::InvalidHeloName(name.clone()))?;
         let t = self.config.timeouts.command;
         if self.lmtp {
             // RFC 2033 §4.1: LHLO, answered as EHLO is; there is nothing to fall back to.
             // The name is checked as EHLO's argument is (one word, no CR, LF or space).
             let mut out = Vec::with_capacity(64);
-            Command::Ehlo(&name).encode(&mut out);
+            Command::Ehlo(word).encode(&mut out);
             out[..4].copy_from_slice(b"LHLO");
             self.write_all(&out, t, "LHLO").await?;
             let reply = self.read_reply_whole(t, "LHLO").await?;
@@ -965,7 +967,7 @@ impl Connection {
             };
         }
         // The one reply kept whole (within the reading bounds): it is the capability list.
-        let reply = self.command_whole(&Command::Ehlo(&name), t, "EHLO").await?;
+        let reply = self.command_whole(&Command::Ehlo(word), t, "EHLO").await?;
         match parse_ehlo(&reply) {
             Ok(ehlo) => {
                 self.ehlo = Some(ehlo);
@@ -981,7 +983,7 @@ impl Connection {
                 })
             }
         }
-        let reply = self.command(&Command::Helo(&name), t, "HELO").await?;
+        let reply = self.command(&Command::Helo(word), t, "HELO").await?;
         if reply.is_positive_completion() {
             self.ehlo = None;
             Ok(())

@@ -123,10 +123,14 @@ pub struct Failure {
 
 impl Failure {
     pub(crate) fn from_reply(reply: &Reply) -> Self {
-        let class = if reply.is_permanent() { 5 } else { 4 };
+        let fallback = if reply.is_permanent() {
+            EnhancedCode::fixed(5, 0, 0)
+        } else {
+            EnhancedCode::fixed(4, 0, 0)
+        };
         Self {
             reply: Some(reply.clone()),
-            enhanced: reply.enhanced().unwrap_or_else(|| code(class, 0, 0)),
+            enhanced: reply.enhanced().unwrap_or(fallback),
             text: SafeReply(reply).to_string(),
         }
     }
@@ -157,12 +161,6 @@ impl fmt::Display for Failure {
 /// An error's text with control characters escaped.
 fn safe(error: &dyn fmt::Display) -> String {
     escape_controls(&error.to_string()).into_owned()
-}
-
-fn code(class: u8, subject: u16, detail: u16) -> EnhancedCode {
-    EnhancedCode::new(class, subject, detail).unwrap_or_else(|| {
-        EnhancedCode::new(4, 0, 0).expect("4.0.0 is a valid enhanced status code")
-    })
 }
 
 /// What became of one recipient.
@@ -237,14 +235,14 @@ impl DeliveryError {
     /// An RFC 3463 status code for a delivery status notification.
     pub fn enhanced_code(&self) -> EnhancedCode {
         match self {
-            Self::Resolve(ResolveError::NullMx { .. }) => code(5, 1, 10),
-            Self::Resolve(ResolveError::NoSuchDomain { .. }) => code(5, 1, 2),
-            Self::Resolve(ResolveError::InvalidDomain { .. }) => code(5, 1, 2),
-            Self::Resolve(ResolveError::NoAddresses { .. }) => code(5, 4, 4),
-            Self::Resolve(_) => code(4, 4, 3),
-            Self::Loop { .. } => code(5, 4, 6),
+            Self::Resolve(ResolveError::NullMx { .. }) => EnhancedCode::fixed(5, 1, 10),
+            Self::Resolve(ResolveError::NoSuchDomain { .. }) => EnhancedCode::fixed(5, 1, 2),
+            Self::Resolve(ResolveError::InvalidDomain { .. }) => EnhancedCode::fixed(5, 1, 2),
+            Self::Resolve(ResolveError::NoAddresses { .. }) => EnhancedCode::fixed(5, 4, 4),
+            Self::Resolve(_) => EnhancedCode::fixed(4, 4, 3),
+            Self::Loop { .. } => EnhancedCode::fixed(5, 4, 6),
             Self::NoHostReached { enhanced, .. } => *enhanced,
-            Self::Message(_) => code(4, 3, 0),
+            Self::Message(_) => EnhancedCode::fixed(4, 3, 0),
         }
     }
 }
@@ -748,9 +746,5 @@ impl Deliverer {
 
 /// The status code for "no host reached": always transient.
 pub(crate) fn transient_code(c: EnhancedCode) -> EnhancedCode {
-    if c.class == 4 {
-        c
-    } else {
-        code(4, c.subject, c.detail)
-    }
+    c.with_class(4).unwrap_or(c)
 }

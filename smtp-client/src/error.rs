@@ -146,34 +146,33 @@ impl ClientError {
     /// An RFC 3463 status code for a delivery status notification: the server's own when it
     /// gave one, otherwise one that describes the error.
     pub fn enhanced_code(&self) -> EnhancedCode {
-        let code = |c, s, d| {
-            EnhancedCode::new(c, s, d)
-                .unwrap_or(EnhancedCode::new(4, 0, 0).expect("4.0.0 is valid"))
-        };
         if let Some(reply) = self.reply() {
             if let Some(enhanced) = reply.enhanced() {
                 return enhanced;
             }
-            let class = if reply.is_permanent() { 5 } else { 4 };
-            return code(class, 0, 0);
+            return if reply.is_permanent() {
+                EnhancedCode::fixed(5, 0, 0)
+            } else {
+                EnhancedCode::fixed(4, 0, 0)
+            };
         }
         match self {
-            Self::Connect { .. } => code(4, 4, 1),
-            Self::Timeout { .. } => code(4, 4, 2),
-            Self::Io(_) | Self::Closed { .. } | Self::Broken => code(4, 4, 2),
-            Self::MalformedReply(_) => code(4, 5, 0),
-            Self::StartTlsNotOffered | Self::Tls(_) => code(4, 7, 5),
+            Self::Connect { .. } => EnhancedCode::fixed(4, 4, 1),
+            Self::Timeout { .. } => EnhancedCode::fixed(4, 4, 2),
+            Self::Io(_) | Self::Closed { .. } | Self::Broken => EnhancedCode::fixed(4, 4, 2),
+            Self::MalformedReply(_) => EnhancedCode::fixed(4, 5, 0),
+            Self::StartTlsNotOffered | Self::Tls(_) => EnhancedCode::fixed(4, 7, 5),
             // RFC 3463 X.7.8 "authentication credentials invalid", X.7.10 "encryption
             // needed"; the server's own code when it gave one (above).
-            Self::Auth(AuthError::EncryptionRequired) => code(4, 7, 10),
-            Self::Auth(_) => code(4, 7, 8),
-            Self::Needs8BitMime => code(5, 6, 3),
-            Self::NeedsSmtpUtf8 => code(5, 6, 7),
-            Self::TooLarge { .. } => code(5, 3, 4),
-            Self::NoRecipients => code(5, 5, 1),
-            Self::Message(_) => code(4, 3, 0),
-            Self::InvalidHeloName(_) => code(4, 3, 5),
-            _ => code(4, 0, 0),
+            Self::Auth(AuthError::EncryptionRequired) => EnhancedCode::fixed(4, 7, 10),
+            Self::Auth(_) => EnhancedCode::fixed(4, 7, 8),
+            Self::Needs8BitMime => EnhancedCode::fixed(5, 6, 3),
+            Self::NeedsSmtpUtf8 => EnhancedCode::fixed(5, 6, 7),
+            Self::TooLarge { .. } => EnhancedCode::fixed(5, 3, 4),
+            Self::NoRecipients => EnhancedCode::fixed(5, 5, 1),
+            Self::Message(_) => EnhancedCode::fixed(4, 3, 0),
+            Self::InvalidHeloName(_) => EnhancedCode::fixed(4, 3, 5),
+            _ => EnhancedCode::fixed(4, 0, 0),
         }
     }
 }

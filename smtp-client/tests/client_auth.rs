@@ -487,7 +487,7 @@ async fn deliverer_defers_on_535_and_never_falls_back_to_clear_text() {
         panic!("{outcome:?}")
     };
     assert!(f.text.contains("535 5.7.8 bad password"), "{}", f.text);
-    assert_eq!(f.enhanced.class, 4);
+    assert_eq!(f.enhanced.class(), 4);
     assert!(!peer.saw("MAIL"));
 
     // STARTTLS offered but the handshake fails: with credentials, no second connection in

@@ -283,14 +283,14 @@ async fn long_replies_are_kept_bounded_and_escaped_per_recipient() {
         let reply = f.reply.as_ref().unwrap();
         assert_eq!(reply.code(), 452);
         // Kept: at most 10 lines and 2 KiB of text, the first line as received (raw).
-        assert!(reply.lines().len() <= 10, "{}", reply.lines().len());
-        let text: usize = reply.lines().iter().map(String::len).sum();
+        assert!(reply.line_count() <= 10, "{}", reply.line_count());
+        let text: usize = reply.lines().map(str::len).sum();
         assert!(
             text <= 2048 + smtp_client::codec::TRUNCATED_MARK.len(),
             "{text}"
         );
         assert_eq!(
-            reply.lines()[0],
+            reply.lines().next().unwrap(),
             format!("r{i} full\x1b[31m\0red\u{202e}\u{85}\u{2028}")
         );
         // The text for logs and bounces: one line, nothing raw, the recipient's own reply.

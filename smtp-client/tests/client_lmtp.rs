@@ -165,7 +165,7 @@ async fn a_refusing_greeting_defers_every_recipient() {
         )
         .await;
     match &report.rcpts[0].1 {
-        RcptOutcome::Transient(f) => assert_eq!(f.enhanced.class, 4, "{f:?}"),
+        RcptOutcome::Transient(f) => assert_eq!(f.enhanced.class(), 4, "{f:?}"),
         other => panic!("{other:?}"),
     }
     assert!(report.delivered_via.is_none());

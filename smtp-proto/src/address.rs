@@ -95,17 +95,97 @@ impl AddressError {
 ///
 /// `S` holds the text: `&str` for a domain borrowed from parsed input (the type is then
 /// `Copy` and has nothing to drop), `String` (the default, [`DomainBuf`]) for one stored.
-/// Build a `Name` with [`Domain::name`] (which validates it) or [`parse_domain`]; a `Name`
-/// built by hand is written as given by `Display`. Domains compare byte for byte (names as
-/// sent, not case-folded), within one form (`as_borrowed` to compare the two).
+/// A `Name` holds a [`DomainName`], which is valid by construction ([`Domain::name`],
+/// [`DomainName::new`] or [`parse_domain`]), so a domain can never put CR, LF or a space on
+/// the wire. Domains compare byte for byte (names as sent, not case-folded), within one form
+/// (`as_borrowed` to compare the two).
+///
+/// ```
+/// use smtp_proto::address::{Domain, DomainName};
+///
+/// assert!(Domain::name("mx.example.org").is_ok());
+/// assert!(Domain::name("example.org\r\nRSET").is_err());
+/// assert!(DomainName::new("bad domain").is_err());
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Domain<S = String> {
     /// A domain name, as sent (case preserved; compare with `eq_ignore_ascii_case`).
-    Name(S),
+    Name(DomainName<S>),
     /// `[192.0.2.1]`
     Ipv4(Ipv4Addr),
     /// `[IPv6:2001:db8::1]`
     Ipv6(Ipv6Addr),
+}
+
+/// A domain name (`sub-domain *("." sub-domain)`, RFC 6531 U-labels allowed), valid by
+/// construction: made by [`DomainName::new`] or by the parsers, never from unchecked text.
+///
+/// ```
+/// use smtp_proto::address::DomainName;
+///
+/// let d = DomainName::new("Example.ORG").unwrap();
+/// assert_eq!(d.as_str(), "Example.ORG");
+/// assert!(DomainName::new("-bad.example").is_err());
+/// assert!(DomainName::new("a.example\r\n").is_err());
+/// ```
+///
+/// Unchecked text cannot be wrapped by hand:
+///
+/// ```compile_fail
+/// let d = smtp_proto::address::Domain::Name(smtp_proto::address::DomainName("x\r\nRSET"));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DomainName<S = String>(S);
+
+impl<S: AsRef<str>> DomainName<S> {
+    /// A validated domain name.
+    ///
+    /// # Errors
+    /// [`AddressError::InvalidDomain`] when `name` is not a domain name.
+    pub fn new(name: S) -> Result<Self, AddressError> {
+        match domain(name.as_ref().as_bytes()) {
+            Ok(([], _)) => Ok(Self(name)),
+            _ => Err(AddressError::InvalidDomain),
+        }
+    }
+
+    /// The name as text.
+    pub fn as_str(&self) -> &str {
+        self.0.as_ref()
+    }
+
+    /// The storage the name is held in.
+    pub fn into_inner(self) -> S {
+        self.0
+    }
+}
+
+impl<S: AsRef<str>> AsRef<str> for DomainName<S> {
+    fn as_ref(&self) -> &str {
+        self.0.as_ref()
+    }
+}
+
+impl<S: AsRef<str>> fmt::Display for DomainName<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_ref())
+    }
+}
+
+impl TryFrom<String> for DomainName {
+    type Error = AddressError;
+
+    fn try_from(s: String) -> Result<Self, AddressError> {
+        Self::new(s)
+    }
+}
+
+impl<'a> TryFrom<&'a str> for DomainName<&'a str> {
+    type Error = AddressError;
+
+    fn try_from(s: &'a str) -> Result<Self, AddressError> {
+        Self::new(s)
+    }
 }
 
 /// An owned [`Domain`].
@@ -117,10 +197,7 @@ impl<S: AsRef<str>> Domain<S> {
     /// # Errors
     /// [`AddressError::InvalidDomain`] when `name` is not a domain name.
     pub fn name(name: S) -> Result<Self, AddressError> {
-        match domain(name.as_ref().as_bytes()) {
-            Ok(([], _)) => Ok(Domain::Name(name)),
-            _ => Err(AddressError::InvalidDomain),
-        }
+        DomainName::new(name).map(Domain::Name)
     }
 
     /// The domain name, or `None` for an address literal.
@@ -134,7 +211,7 @@ impl<S: AsRef<str>> Domain<S> {
     /// A borrowed view of this domain.
     pub fn as_borrowed(&self) -> Domain<&str> {
         match self {
-            Domain::Name(n) => Domain::Name(n.as_ref()),
+            Domain::Name(n) => Domain::Name(DomainName(n.as_str())),
             Domain::Ipv4(a) => Domain::Ipv4(*a),
             Domain::Ipv6(a) => Domain::Ipv6(*a),
         }
@@ -143,7 +220,7 @@ impl<S: AsRef<str>> Domain<S> {
     /// An owned copy, for storing.
     pub fn into_owned(self) -> DomainBuf {
         match self {
-            Domain::Name(n) => Domain::Name(n.as_ref().to_owned()),
+            Domain::Name(n) => Domain::Name(DomainName(n.as_str().to_owned())),
             Domain::Ipv4(a) => Domain::Ipv4(a),
             Domain::Ipv6(a) => Domain::Ipv6(a),
         }
@@ -197,8 +274,8 @@ impl<S: AsRef<str>> Mailbox<S> {
     /// (they are a receiver's limit, see [`Limits`]).
     ///
     /// # Errors
-    /// [`AddressError::InvalidLocalPart`] for control characters;
-    /// [`AddressError::InvalidDomain`] when a `Domain::Name` is not a domain name.
+    /// [`AddressError::InvalidLocalPart`] for control characters (the domain is valid by
+    /// construction, see [`DomainName`]).
     pub fn new(local_part: S, domain: Domain<S>) -> Result<Self, AddressError> {
         if !local_part
             .as_ref()
@@ -206,11 +283,6 @@ impl<S: AsRef<str>> Mailbox<S> {
             .all(|c| (' '..='~').contains(&c) || !c.is_ascii())
         {
             return Err(AddressError::InvalidLocalPart);
-        }
-        if let Domain::Name(n) = &domain {
-            if !matches!(self::domain(n.as_ref().as_bytes()), Ok((rest, _)) if rest.is_empty()) {
-                return Err(AddressError::InvalidDomain);
-            }
         }
         Ok(Mailbox {
             local: local_part,
@@ -288,7 +360,7 @@ impl<'a> Mailbox<&'a str> {
         Mailbox {
             local: local_part,
             escaped: false,
-            domain: Domain::Name(domain),
+            domain: Domain::Name(DomainName(domain)),
         }
     }
 }
@@ -843,7 +915,7 @@ fn domain_or_literal<'a>(
     if d.len() > limits.max_domain {
         return Err(AddressError::DomainTooLong);
     }
-    Ok((rest, Domain::Name(utf8(text, d)?)))
+    Ok((rest, Domain::Name(DomainName(utf8(text, d)?))))
 }
 
 /// What a path held, before the command decides which forms it allows.

@@ -96,7 +96,7 @@ impl DataError {
             Self::LineTooLong { .. } => (550, (5, 6, 0), self.to_string()),
         };
         let enhanced = crate::reply::EnhancedCode::new(enhanced.0, enhanced.1, enhanced.2);
-        Reply::new(code, enhanced, text).expect("fixed codes of matching class are valid")
+        Reply::known(code, enhanced, text)
     }
 }
 

@@ -153,7 +153,7 @@ impl EhloReply {
             format!("{} {}", self.domain, self.greeting)
         };
         let lines = std::iter::once(first).chain(self.capabilities.iter().map(Capability::to_line));
-        Reply::multiline(250, None, lines).expect("250 without enhanced code is a valid reply")
+        Reply::from_joined(250, None, crate::reply::join_lines(lines))
     }
 
     /// Whether a capability with this keyword is offered (case-insensitive; `AUTH` matches the
@@ -201,11 +201,11 @@ pub fn parse_ehlo(reply: &Reply) -> Result<EhloReply, EhloError> {
     if reply.code() != 250 {
         return Err(EhloError::NotAccepted(reply.clone()));
     }
-    let mut lines = reply.lines().iter();
-    let first = lines.next().map_or("", String::as_str);
+    let mut lines = reply.lines();
+    let first = lines.next().unwrap_or("");
     let (domain, greeting) = first.split_once(' ').unwrap_or((first, ""));
     let mut ehlo = EhloReply::new(domain, greeting);
-    for cap in lines.filter_map(|l| Capability::from_line(l)) {
+    for cap in lines.filter_map(Capability::from_line) {
         if let Capability::Auth(more) = &cap {
             let existing = ehlo.capabilities.iter_mut().find_map(|c| match c {
                 Capability::Auth(m) => Some(m),

@@ -68,10 +68,12 @@ pub mod reply;
 pub mod sasl;
 pub mod session;
 
-pub use address::{parse_mailbox, Domain, ForwardPath, Mailbox, MailboxBuf, ReversePath};
+pub use address::{
+    parse_mailbox, Domain, DomainName, ForwardPath, Mailbox, MailboxBuf, ReversePath,
+};
 pub use command::{parse_command, Command, CommandError, CommandErrorKind};
 pub use data::{
     encode_data, BareLineEnding, DataConfig, DataDecoder, DataEncoder, DataError, DataStatus,
 };
 pub use ehlo::{parse_ehlo, Capability, EhloError, EhloReply};
-pub use reply::{parse_reply, EnhancedCode, Reply, ReplyError, Severity};
+pub use reply::{parse_reply, EnhancedCode, Refusal, Reply, ReplyError, Severity};

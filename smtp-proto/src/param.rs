@@ -158,15 +158,51 @@ impl fmt::Display for Notify {
 }
 
 /// `ORCPT=addr-type;xtext` (RFC 3461): the original recipient (`S` as for [`MailParams`]).
+///
+/// Valid by construction: the address type is an `atom` and the address is [`XText`], so an
+/// `Orcpt` cannot put a space, CR or LF into a command line.
+///
+/// ```
+/// use smtp_proto::param::{Orcpt, XText};
+///
+/// let o = Orcpt::new("rfc822", XText::new("a+2Bb@example.org").unwrap()).unwrap();
+/// assert_eq!(o.addr().decode(), "a+b@example.org");
+/// assert!(Orcpt::new("rfc822\r\nRSET", XText::new("x").unwrap()).is_err());
+/// ```
+///
+/// ```compile_fail
+/// use smtp_proto::param::{Orcpt, XText};
+/// let o = Orcpt { addr_type: "rfc822\r\nRSET", addr: XText::new("x").unwrap() };
+/// ```
 #[derive(Debug, Clone, Copy)]
 pub struct Orcpt<S = String> {
-    /// The address type, e.g. `rfc822` (as sent).
-    pub addr_type: S,
-    /// The address.
-    pub addr: XText<S>,
+    addr_type: S,
+    addr: XText<S>,
 }
 
 impl<S: AsRef<str>> Orcpt<S> {
+    /// An original recipient of type `addr_type` (e.g. `rfc822`, an RFC 5322 `atom`).
+    ///
+    /// # Errors
+    /// [`ParamError::InvalidValue`] when the type is empty or not an atom.
+    pub fn new(addr_type: S, addr: XText<S>) -> Result<Self, ParamError> {
+        let t = addr_type.as_ref();
+        if t.is_empty() || !t.bytes().all(crate::address::is_atext) {
+            return Err(ParamError::InvalidValue);
+        }
+        Ok(Self { addr_type, addr })
+    }
+
+    /// The address type, e.g. `rfc822` (as sent; compare case-insensitively).
+    pub fn addr_type(&self) -> &str {
+        self.addr_type.as_ref()
+    }
+
+    /// The address, xtext-encoded as sent ([`XText::decode`] gives the text).
+    pub fn addr(&self) -> &XText<S> {
+        &self.addr
+    }
+
     /// An owned copy, independent of the input buffer.
     pub fn into_owned(self) -> Orcpt {
         Orcpt {
@@ -883,13 +919,7 @@ fn notify_value(v: &[u8]) -> Result<Notify, ParamError> {
 /// `original-recipient-address = addr-type ";" xtext`, `addr-type = atom` (RFC 3461)
 fn orcpt_value(v: &str) -> Result<Orcpt<&str>, ParamError> {
     let (t, a) = v.split_once(';').ok_or(ParamError::InvalidValue)?;
-    if t.is_empty() || !t.bytes().all(crate::address::is_atext) {
-        return Err(ParamError::InvalidValue);
-    }
-    Ok(Orcpt {
-        addr_type: t,
-        addr: XText::new(a)?,
-    })
+    Orcpt::new(t, XText::new(a)?)
 }
 
 #[inline]

@@ -11,7 +11,11 @@
 //!
 //! - Constructors never panic. [`Reply::new`] and [`Reply::multiline`] return
 //!   `Result<Reply, InvalidReply>` because the code and enhanced code come from the caller;
-//!   the well-known replies ([`Reply::ok`], [`Reply::service_ready`], ...) are infallible.
+//!   the well-known replies ([`Reply::ok`], [`Reply::service_ready`], ...) are infallible, and
+//!   a reply fixed in the source is a `const` ([`Reply::fixed`], [`Refusal::fixed`]) whose
+//!   errors are compile errors.
+//! - A [`Refusal`] is a reply that is 4yz or 5yz by construction: what a policy hook returns
+//!   to refuse, so that a positive reply can never be mistaken for a refusal.
 //! - Text given to a constructor that contains line breaks (CRLF, bare LF or bare CR) is split
 //!   into several reply lines, so a `Reply` never holds CR or LF in its text and its encoding can
 //!   never inject a second reply.
@@ -27,6 +31,7 @@
 //!   it becomes [`Reply::enhanced`] and is removed from every line that starts with the same
 //!   code. Text that merely looks like an enhanced code of another class stays text.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 
@@ -39,37 +44,83 @@ pub const MAX_REPLY_LEN: usize = 64 * 1024;
 
 /// An RFC 3463 enhanced mail system status code, `class.subject.detail` (e.g. `5.1.1`).
 ///
-/// A valid code has class 2, 4 or 5 and subject and detail in `0..=999`; [`EnhancedCode::new`]
-/// and [`FromStr`] only produce valid codes, [`Reply`]'s constructors refuse invalid ones.
+/// Every value is valid: class 2, 4 or 5, subject and detail in `0..=999`. Build one with
+/// [`EnhancedCode::new`] (checked at run time), [`FromStr`] (parsing), or, for a code fixed
+/// in the source, [`EnhancedCode::fixed`] in a `const` (checked at compile time):
+///
+/// ```
+/// use smtp_proto::EnhancedCode;
+///
+/// const NO_SUCH_USER: EnhancedCode = EnhancedCode::fixed(5, 1, 1);
+/// assert_eq!(NO_SUCH_USER.to_string(), "5.1.1");
+/// assert_eq!(EnhancedCode::new(3, 0, 0), None);
+/// ```
+///
+/// An invalid fixed code does not compile:
+///
+/// ```compile_fail
+/// const BAD: smtp_proto::EnhancedCode = smtp_proto::EnhancedCode::fixed(3, 0, 0);
+/// ```
+///
+/// Nor can one be built field by field:
+///
+/// ```compile_fail
+/// let e = smtp_proto::EnhancedCode { class: 3, subject: 0, detail: 0 };
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct EnhancedCode {
-    /// 2 (success), 4 (persistent transient failure) or 5 (permanent failure).
-    pub class: u8,
-    /// The subject, `0..=999` (1 addressing, 2 mailbox, 3 mail system, 4 network, 5 protocol,
-    /// 6 content, 7 security).
-    pub subject: u16,
-    /// The detail, `0..=999`.
-    pub detail: u16,
+    class: u8,
+    subject: u16,
+    detail: u16,
 }
 
 impl EnhancedCode {
     /// Builds a code, or `None` when it is not valid (class not 2/4/5, subject or detail > 999).
     pub const fn new(class: u8, subject: u16, detail: u16) -> Option<Self> {
-        let code = Self {
-            class,
-            subject,
-            detail,
-        };
-        if code.is_valid() {
-            Some(code)
+        if matches!(class, 2 | 4 | 5) && subject <= 999 && detail <= 999 {
+            Some(Self {
+                class,
+                subject,
+                detail,
+            })
         } else {
             None
         }
     }
 
-    /// Whether the class is 2, 4 or 5 and subject and detail are at most 999.
-    pub const fn is_valid(&self) -> bool {
-        matches!(self.class, 2 | 4 | 5) && self.subject <= 999 && self.detail <= 999
+    /// A code fixed in the source, for `const` items: there an invalid code is a compile-time
+    /// error, so no `expect` is needed anywhere.
+    ///
+    /// # Panics
+    /// When the code is invalid (see [`EnhancedCode::new`]); evaluated in a `const`, that is a
+    /// compile error instead.
+    pub const fn fixed(class: u8, subject: u16, detail: u16) -> Self {
+        match Self::new(class, subject, detail) {
+            Some(code) => code,
+            None => panic!("invalid enhanced status code"),
+        }
+    }
+
+    /// 2 (success), 4 (persistent transient failure) or 5 (permanent failure).
+    pub const fn class(&self) -> u8 {
+        self.class
+    }
+
+    /// The subject, `0..=999` (1 addressing, 2 mailbox, 3 mail system, 4 network, 5
+    /// protocol, 6 content, 7 security).
+    pub const fn subject(&self) -> u16 {
+        self.subject
+    }
+
+    /// The detail, `0..=999`.
+    pub const fn detail(&self) -> u16 {
+        self.detail
+    }
+
+    /// The same subject and detail in another class (e.g. `5.1.1` as `4.1.1` for a
+    /// recipient refusal that is to be retried); `None` for a class other than 2, 4 or 5.
+    pub const fn with_class(self, class: u8) -> Option<Self> {
+        Self::new(class, self.subject, self.detail)
     }
 
     /// Writes the code's decimal form into `buf` without allocating; returns the length used.
@@ -195,9 +246,6 @@ pub enum InvalidReply {
     /// The code is not three digits `[2-5][0-5][0-9]`.
     #[error("invalid reply code {0}: must be 200..=559 with a middle digit 0-5")]
     Code(u16),
-    /// The enhanced code is not valid (see [`EnhancedCode::is_valid`]).
-    #[error("invalid enhanced status code {0}")]
-    EnhancedCode(EnhancedCode),
     /// The enhanced code's class differs from the reply code's first digit.
     #[error("enhanced status code {enhanced} does not match reply code {code}")]
     ClassMismatch {
@@ -206,34 +254,81 @@ pub enum InvalidReply {
         /// The enhanced code given with it.
         enhanced: EnhancedCode,
     },
+    /// A [`Refusal`] was asked for with a code that is not 4yz or 5yz.
+    #[error("reply code {0} is not a refusal (4yz or 5yz)")]
+    NotARefusal(u16),
 }
 
 /// A complete SMTP reply: a code, an optional enhanced status code and one or more text lines.
 ///
 /// A `Reply` that exists is valid: its code is `[2-5][0-5][0-9]`, its enhanced code (if any) is
-/// valid and of the code's class, it has at least one line and no line contains CR or LF.
+/// of the code's class, it has at least one line and no line contains CR or LF. A reply fixed
+/// in the source is a `const` made with [`Reply::fixed`], checked at compile time:
+///
+/// ```
+/// use smtp_proto::{EnhancedCode, Reply};
+///
+/// const BUSY: Reply = Reply::fixed(452, Some(EnhancedCode::fixed(4, 3, 1)), "Try again later");
+/// assert_eq!(BUSY.to_bytes(), b"452 4.3.1 Try again later\r\n");
+/// ```
+///
+/// ```compile_fail
+/// // A line break in a fixed text does not compile (nor does a bad code or class).
+/// const SMUGGLED: smtp_proto::Reply = smtp_proto::Reply::fixed(250, None, "OK\r\n250 more");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Reply {
     code: u16,
     enhanced: Option<EnhancedCode>,
-    lines: Vec<String>,
+    /// The lines joined with `\n` (no line holds CR or LF, so the split is unambiguous).
+    text: Cow<'static, str>,
 }
 
 const fn valid_code(code: u16) -> bool {
     code >= 200 && code <= 599 && (code / 10) % 10 <= 5
 }
 
-/// Splits text on CRLF, bare LF and bare CR; one trailing line break is ignored.
-fn push_text_lines(lines: &mut Vec<String>, text: &str) {
-    let text = text
+/// Splits text on CRLF, bare LF and bare CR (one trailing line break is ignored) and joins
+/// the lines with `\n`, the internal separator.
+fn normalize_text(text: String) -> String {
+    if !text.contains('\r') && !text.ends_with('\n') {
+        return text;
+    }
+    let body = text
         .strip_suffix("\r\n")
         .or_else(|| text.strip_suffix('\n'))
         .or_else(|| text.strip_suffix('\r'))
-        .unwrap_or(text);
-    for line in text.split('\n') {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        lines.extend(line.split('\r').map(str::to_owned));
+        .unwrap_or(&text);
+    body.replace("\r\n", "\n").replace('\r', "\n")
+}
+
+/// Joins reply lines with `\n`, splitting lines that hold line breaks further.
+pub(crate) fn join_lines<I, S>(lines: I) -> String
+where
+    I: IntoIterator<Item = S>,
+    S: Into<String>,
+{
+    let mut out = String::new();
+    for (i, line) in lines.into_iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(&normalize_text(line.into()));
     }
+    out
+}
+
+/// Whether `text` holds neither CR nor LF (usable in a `const fn`).
+const fn one_line(text: &str) -> bool {
+    let b = text.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\r' || b[i] == b'\n' {
+            return false;
+        }
+        i += 1;
+    }
+    true
 }
 
 impl Reply {
@@ -241,21 +336,14 @@ impl Reply {
     /// docs).
     ///
     /// # Errors
-    /// [`InvalidReply`] when the code is not `[2-5][0-5][0-9]`, or the enhanced code is invalid
-    /// or of another class than the code.
+    /// [`InvalidReply`] when the code is not `[2-5][0-5][0-9]`, or the enhanced code is of
+    /// another class than the code.
     pub fn new(
         code: u16,
         enhanced: Option<EnhancedCode>,
         text: impl Into<String>,
     ) -> Result<Self, InvalidReply> {
-        let text = text.into();
-        let mut lines = Vec::with_capacity(1);
-        if text.contains(['\r', '\n']) {
-            push_text_lines(&mut lines, &text);
-        } else {
-            lines.push(text);
-        }
-        Self::from_parts(code, enhanced, lines)
+        Self::from_parts(code, enhanced, normalize_text(text.into()))
     }
 
     /// A multi-line reply, one line per item (items with line breaks are split further; no item
@@ -272,94 +360,117 @@ impl Reply {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        let mut out = Vec::new();
-        for line in lines {
-            let line = line.into();
-            if line.contains(['\r', '\n']) {
-                push_text_lines(&mut out, &line);
-            } else {
-                out.push(line);
-            }
+        Self::from_parts(code, enhanced, join_lines(lines))
+    }
+
+    /// A reply fixed in the source, for `const` items and statics: there an invalid code, an
+    /// enhanced code of another class, or a CR or LF in `text` is a compile-time error.
+    ///
+    /// # Panics
+    /// On the errors above, when called outside a `const` (prefer [`Reply::new`] there).
+    pub const fn fixed(code: u16, enhanced: Option<EnhancedCode>, text: &'static str) -> Self {
+        assert!(valid_code(code), "invalid reply code");
+        if let Some(e) = enhanced {
+            assert!(
+                e.class as u16 == code / 100,
+                "enhanced code of another class than the reply code"
+            );
         }
-        Self::from_parts(code, enhanced, out)
+        assert!(one_line(text), "CR or LF in a fixed reply text");
+        Self {
+            code,
+            enhanced,
+            text: Cow::Borrowed(text),
+        }
     }
 
     fn from_parts(
         code: u16,
         enhanced: Option<EnhancedCode>,
-        mut lines: Vec<String>,
+        text: String,
     ) -> Result<Self, InvalidReply> {
         if !valid_code(code) {
             return Err(InvalidReply::Code(code));
         }
         if let Some(e) = enhanced {
-            if !e.is_valid() {
-                return Err(InvalidReply::EnhancedCode(e));
-            }
             if u16::from(e.class) != code / 100 {
                 return Err(InvalidReply::ClassMismatch { code, enhanced: e });
             }
         }
-        if lines.is_empty() {
-            lines.push(String::new());
-        }
         Ok(Self {
             code,
             enhanced,
-            lines,
+            text: Cow::Owned(text),
         })
     }
 
     /// Builds one of the well-known replies below; `text` may come from configuration (a host
     /// name), so line breaks in it are still split off.
-    fn known(code: u16, enhanced: Option<(u8, u16, u16)>, text: &str) -> Self {
-        let mut lines = Vec::with_capacity(1);
-        push_text_lines(&mut lines, text);
-        if lines.is_empty() {
-            lines.push(String::new());
-        }
+    pub(crate) fn known(code: u16, enhanced: Option<EnhancedCode>, text: String) -> Self {
         Self {
             code,
-            enhanced: enhanced.map(|(class, subject, detail)| EnhancedCode {
-                class,
-                subject,
-                detail,
-            }),
-            lines,
+            enhanced,
+            text: Cow::Owned(normalize_text(text)),
+        }
+    }
+
+    /// A reply whose code and enhanced code the crate fixed, from [`join_lines`]' output.
+    pub(crate) fn from_joined(code: u16, enhanced: Option<EnhancedCode>, text: String) -> Self {
+        debug_assert!(valid_code(code));
+        Self {
+            code,
+            enhanced,
+            text: Cow::Owned(text),
         }
     }
 
     /// `220 <domain> ESMTP ready` (the greeting carries no enhanced code: it precedes EHLO).
     pub fn service_ready(domain: &str) -> Self {
-        Self::known(220, None, &format!("{domain} ESMTP ready"))
+        Self::known(220, None, format!("{domain} ESMTP ready"))
     }
 
     /// `221 2.0.0 <domain> closing connection`, the answer to QUIT.
     pub fn closing(domain: &str) -> Self {
         Self::known(
             221,
-            Some((2, 0, 0)),
-            &format!("{domain} closing connection"),
+            Some(EnhancedCode::fixed(2, 0, 0)),
+            format!("{domain} closing connection"),
         )
     }
 
     /// `250 2.0.0 OK`.
-    pub fn ok() -> Self {
-        Self::known(250, Some((2, 0, 0)), "OK")
+    pub const fn ok() -> Self {
+        Self::fixed(250, Some(EnhancedCode::fixed(2, 0, 0)), "OK")
     }
 
     /// `354 End data with <CR><LF>.<CR><LF>`, the answer to DATA.
-    pub fn start_mail_input() -> Self {
-        Self::known(354, None, "End data with <CR><LF>.<CR><LF>")
+    pub const fn start_mail_input() -> Self {
+        Self::fixed(354, None, "End data with <CR><LF>.<CR><LF>")
     }
 
     /// `421 4.3.2 <domain> Service not available, closing transmission channel`.
     pub fn service_unavailable(domain: &str) -> Self {
         Self::known(
             421,
-            Some((4, 3, 2)),
-            &format!("{domain} Service not available, closing transmission channel"),
+            Some(EnhancedCode::fixed(4, 3, 2)),
+            format!("{domain} Service not available, closing transmission channel"),
         )
+    }
+
+    /// The same code and enhanced code with another text (line breaks in it split it into
+    /// lines, as for [`Reply::new`]): a fixed reply with a text made at run time, without a
+    /// fallible constructor.
+    ///
+    /// ```
+    /// use smtp_proto::{EnhancedCode, Reply};
+    ///
+    /// const GOODBYE: Reply = Reply::fixed(221, Some(EnhancedCode::fixed(2, 0, 0)), "Bye");
+    /// let r = GOODBYE.with_text(format!("{} closing connection", "mx.example.org"));
+    /// assert_eq!(r.to_bytes(), b"221 2.0.0 mx.example.org closing connection\r\n");
+    /// ```
+    #[must_use]
+    pub fn with_text(self, text: impl Into<String>) -> Self {
+        Self::known(self.code, self.enhanced, text.into())
     }
 
     /// The same reply without its enhanced code, for sessions that did not negotiate
@@ -381,8 +492,18 @@ impl Reply {
     }
 
     /// The text lines (at least one, possibly empty), without code or enhanced code.
-    pub fn lines(&self) -> &[String] {
-        &self.lines
+    pub fn lines(&self) -> impl DoubleEndedIterator<Item = &str> + Clone + '_ {
+        self.text.split('\n')
+    }
+
+    /// The number of text lines (at least one).
+    pub fn line_count(&self) -> usize {
+        1 + self.text.bytes().filter(|&b| b == b'\n').count()
+    }
+
+    /// The text of all lines joined with `\n`, without codes.
+    pub fn text(&self) -> &str {
+        &self.text
     }
 
     /// What the first digit says.
@@ -426,10 +547,10 @@ impl Reply {
         let mut enh_buf = [0u8; 15];
         let enh_len = self.enhanced.map_or(0, |e| e.write_to(&mut enh_buf));
         let enh = &enh_buf[..enh_len];
-        let last = self.lines.len().saturating_sub(1);
-        for (i, line) in self.lines.iter().enumerate() {
+        let mut lines = self.lines().peekable();
+        while let Some(line) = lines.next() {
             out.extend_from_slice(&code);
-            if i != last {
+            if lines.peek().is_some() {
                 out.push(b'-');
             } else if !enh.is_empty() || !line.is_empty() {
                 out.push(b' ');
@@ -445,9 +566,119 @@ impl Reply {
 
     /// The wire form as a new vector (convenience over [`Reply::encode`]).
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.lines.iter().map(|l| l.len() + 16).sum());
+        let mut out = Vec::with_capacity(self.text.len() + 16 * self.line_count());
         self.encode(&mut out);
         out
+    }
+}
+
+/// A negative reply, 4yz or 5yz: what a policy decision refuses with. It cannot hold a
+/// positive reply, so a hook returning `Err(refusal)` always refuses.
+///
+/// ```
+/// use smtp_proto::{EnhancedCode, Refusal, Reply};
+///
+/// const NO_RELAY: Refusal = Refusal::fixed(554, Some(EnhancedCode::fixed(5, 7, 1)), "Relay access denied");
+/// assert_eq!(NO_RELAY.reply().to_bytes(), b"554 5.7.1 Relay access denied\r\n");
+/// // A positive reply is not a refusal.
+/// assert!(Refusal::try_from(Reply::ok()).is_err());
+/// assert!(Refusal::new(250, None, "OK").is_err());
+/// ```
+///
+/// ```compile_fail
+/// const ACCEPTING: smtp_proto::Refusal = smtp_proto::Refusal::fixed(250, None, "OK");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Refusal(Reply);
+
+impl Refusal {
+    /// A refusal; `text` as for [`Reply::new`].
+    ///
+    /// # Errors
+    /// [`InvalidReply::NotARefusal`] for a code that is not 4yz or 5yz, otherwise as
+    /// [`Reply::new`].
+    pub fn new(
+        code: u16,
+        enhanced: Option<EnhancedCode>,
+        text: impl Into<String>,
+    ) -> Result<Self, InvalidReply> {
+        if !(400..=599).contains(&code) {
+            return Err(InvalidReply::NotARefusal(code));
+        }
+        Reply::new(code, enhanced, text).map(Self)
+    }
+
+    /// A refusal fixed in the source, for `const` items: a code that is not 4yz or 5yz is a
+    /// compile-time error there, as are the errors of [`Reply::fixed`].
+    ///
+    /// # Panics
+    /// As [`Reply::fixed`], and for a code that is not 4yz or 5yz.
+    pub const fn fixed(code: u16, enhanced: Option<EnhancedCode>, text: &'static str) -> Self {
+        assert!(code >= 400 && code <= 599, "a refusal is 4yz or 5yz");
+        Self(Reply::fixed(code, enhanced, text))
+    }
+
+    /// The same code and enhanced code with another text (see [`Reply::with_text`]).
+    #[must_use]
+    pub fn with_text(self, text: impl Into<String>) -> Self {
+        Self(self.0.with_text(text))
+    }
+
+    /// The reply sent to the client.
+    pub fn reply(&self) -> &Reply {
+        &self.0
+    }
+
+    /// The reply sent to the client.
+    pub fn into_reply(self) -> Reply {
+        self.0
+    }
+
+    /// The three-digit reply code (4yz or 5yz).
+    pub fn code(&self) -> u16 {
+        self.0.code
+    }
+
+    /// The enhanced status code, if any.
+    pub fn enhanced(&self) -> Option<EnhancedCode> {
+        self.0.enhanced
+    }
+
+    /// 4yz: the client may try again later.
+    pub fn is_transient(&self) -> bool {
+        self.0.is_transient()
+    }
+}
+
+impl From<Refusal> for Reply {
+    fn from(r: Refusal) -> Self {
+        r.0
+    }
+}
+
+impl AsRef<Reply> for Refusal {
+    fn as_ref(&self) -> &Reply {
+        &self.0
+    }
+}
+
+impl TryFrom<Reply> for Refusal {
+    /// The reply itself, when it is not 4yz or 5yz.
+    type Error = Reply;
+
+    fn try_from(r: Reply) -> Result<Self, Reply> {
+        if r.is_transient() || r.is_permanent() {
+            Ok(Self(r))
+        } else {
+            Err(r)
+        }
+    }
+}
+
+impl fmt::Display for Refusal {
+    /// As [`Reply`]'s `Display`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
     }
 }
 
@@ -577,7 +808,7 @@ pub fn parse_reply(input: &[u8]) -> Result<Option<(Reply, usize)>, ReplyError> {
             let reply = Reply {
                 code: line_code,
                 enhanced,
-                lines,
+                text: Cow::Owned(lines.join("\n")),
             };
             return Ok(Some((reply, pos)));
         }

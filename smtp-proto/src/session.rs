@@ -128,7 +128,7 @@ use crate::command::{parse_command, Command, CommandErrorKind, Limits};
 use crate::data::{DataConfig, DataDecoder, DataError, DataStatus};
 use crate::ehlo::{Capability, EhloReply};
 use crate::param::{Body, MailParams, RcptParams};
-use crate::reply::{EnhancedCode, Reply};
+use crate::reply::{EnhancedCode, Refusal, Reply};
 use crate::sasl::{self, Credentials, Mechanism, ServerExchange};
 
 /// Longest SASL response line accepted, CRLF included (RFC 4954 §4: at least 12288 octets).
@@ -426,7 +426,7 @@ pub struct Session {
 
 fn reply(code: u16, enhanced: Option<(u8, u16, u16)>, text: &str) -> Reply {
     let enhanced = enhanced.and_then(|(c, s, d)| EnhancedCode::new(c, s, d));
-    Reply::new(code, enhanced, text).expect("the session's own replies use valid codes")
+    Reply::known(code, enhanced, text.to_owned())
 }
 
 impl Session {
@@ -692,6 +692,13 @@ impl Session {
             self.phase = Phase::Closed;
             self.close_due = true;
         }
+    }
+
+    /// Refuses what the last event asked about with `refusal`, a 4yz or 5yz reply (the same
+    /// as [`Session::respond`] with it; a driver whose policy returns a [`Refusal`] can never
+    /// accept by mistake).
+    pub fn refuse(&mut self, refusal: Refusal) {
+        self.respond(refusal.into_reply());
     }
 
     /// Counts a failed AUTH; at [`SessionConfig::max_auth_failures`] the session closes.
@@ -1133,7 +1140,7 @@ impl Session {
         let step = match command {
             Command::Ehlo(d) | Command::Helo(d) => {
                 let extended = matches!(command, Command::Ehlo(_));
-                self.helo = d.to_owned();
+                self.helo = d.as_str().to_owned();
                 self.pos += used;
                 self.extended = extended;
                 self.reset_transaction();
@@ -1147,7 +1154,7 @@ impl Session {
                 self.pos += used;
                 match owned {
                     Err((code, enh, text, protocol)) => {
-                        return self.refuse(code, enh, &text, protocol);
+                        return self.refuse_command(code, enh, &text, protocol);
                     }
                     Ok((from, params)) => {
                         self.smtputf8 = params.smtputf8;
@@ -1167,7 +1174,7 @@ impl Session {
                         if code == TOO_MANY_RECIPIENTS {
                             self.rcpt_overshoot = self.rcpt_overshoot.saturating_add(1);
                         }
-                        return self.refuse(code, enh, &text, protocol);
+                        return self.refuse_command(code, enh, &text, protocol);
                     }
                     Ok((to, params)) => {
                         self.rcpt = Some(to);
@@ -1180,7 +1187,7 @@ impl Session {
             Command::Data => {
                 self.pos += used;
                 if let Err((code, enh, text, protocol)) = self.check_data() {
-                    return self.refuse(code, enh, &text, protocol);
+                    return self.refuse_command(code, enh, &text, protocol);
                 }
                 if self.from_params.body == Some(Body::BinaryMime) {
                     return self.protocol_error(503, (5, 5, 1), "BODY=BINARYMIME requires BDAT");
@@ -1205,7 +1212,7 @@ impl Session {
                 if let Err((code, enh, text, _)) = self.check_data() {
                     // Not a protocol error: a client that pipelined chunks behind one that
                     // failed (e.g. over the size limit) gets one refusal per chunk.
-                    return self.refuse(code, enh, &text, false);
+                    return self.refuse_command(code, enh, &text, false);
                 }
                 self.envelope = Envelope::Chunking;
                 self.bdat_size = 0;
@@ -1260,7 +1267,7 @@ impl Session {
                 mechanism,
                 initial_response,
             } => {
-                let mechanism = Mechanism::from_name(mechanism)
+                let mechanism = Mechanism::from_name(mechanism.as_str())
                     .filter(|m| self.config.auth_mechanisms.contains(m));
                 let initial = initial_response.map(|r| {
                     if r == "=" {
@@ -1423,7 +1430,7 @@ impl Session {
     }
 
     /// Queues a refusal; protocol errors count against the error budget.
-    fn refuse(
+    fn refuse_command(
         &mut self,
         code: u16,
         enhanced: (u8, u16, u16),

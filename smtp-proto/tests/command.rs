@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 
 use smtp_proto::address::{AddressError, Domain, ForwardPath, Mailbox, ReversePath};
-use smtp_proto::command::{parse_command, Command, CommandErrorKind, Limits};
+use smtp_proto::command::{parse_command, Command, CommandErrorKind, Limits, Text, Word};
 use smtp_proto::param::{
     Body, MailParams, Notify, Orcpt, OtherParams, ParamError, RcptParams, Ret, XText,
 };
@@ -62,11 +62,19 @@ fn rcpt(
     }
 }
 
+fn w(s: &'static str) -> Word<'static> {
+    Word::new(s).unwrap()
+}
+
+fn t(s: &'static str) -> Text<'static> {
+    Text::new(s).unwrap()
+}
+
 #[test]
 fn rfc5321_d1_typical_transaction() {
     let none = MailParams::default;
     let cases: Vec<(&str, Command<'static>)> = vec![
-        ("EHLO bar.com\r\n", Command::Ehlo("bar.com")),
+        ("EHLO bar.com\r\n", Command::Ehlo(w("bar.com"))),
         (
             "MAIL FROM:<Smith@bar.com>\r\n",
             mail("Smith", "bar.com", none()),
@@ -82,21 +90,24 @@ fn rfc5321_d1_typical_transaction() {
         ("DATA\r\n", Command::Data),
         ("QUIT\r\n", Command::Quit),
         // D.3 relayed mail, D.4 verify
-        ("HELO foo.com\r\n", Command::Helo("foo.com")),
+        ("HELO foo.com\r\n", Command::Helo(w("foo.com"))),
         (
             "MAIL FROM:<JQP@bar.com>\r\n",
             mail("JQP", "bar.com", none()),
         ),
-        ("VRFY Crispin\r\n", Command::Vrfy("Crispin")),
-        ("EXPN Example-People\r\n", Command::Expn("Example-People")),
+        ("VRFY Crispin\r\n", Command::Vrfy(t("Crispin"))),
+        (
+            "EXPN Example-People\r\n",
+            Command::Expn(t("Example-People")),
+        ),
         ("RSET\r\n", Command::Rset),
         ("NOOP\r\n", Command::Noop),
         ("NOOP anything here\r\n", Command::Noop),
         ("HELP\r\n", Command::Help(None)),
-        ("HELP MAIL\r\n", Command::Help(Some("MAIL"))),
+        ("HELP MAIL\r\n", Command::Help(Some(t("MAIL")))),
         ("STARTTLS\r\n", Command::StartTls),
         // Verbs are case-insensitive.
-        ("ehlo Bar.COM\r\n", Command::Ehlo("Bar.COM")),
+        ("ehlo Bar.COM\r\n", Command::Ehlo(w("Bar.COM"))),
         ("mail from:<a@b.c>\r\n", mail("a", "b.c", none())),
         (
             "rCpT tO:<a@b.c>\r\n",
@@ -104,10 +115,10 @@ fn rfc5321_d1_typical_transaction() {
         ),
         ("StartTLS\r\n", Command::StartTls),
         ("quit\r\n", Command::Quit),
-        ("EHLO [192.0.2.1]\r\n", Command::Ehlo("[192.0.2.1]")),
+        ("EHLO [192.0.2.1]\r\n", Command::Ehlo(w("[192.0.2.1]"))),
         (
             "EHLO [IPv6:2001:db8::1]\r\n",
-            Command::Ehlo("[IPv6:2001:db8::1]"),
+            Command::Ehlo(w("[IPv6:2001:db8::1]")),
         ),
     ];
     for (line, want) in cases {
@@ -336,10 +347,7 @@ fn esmtp_parameters_from_the_rfcs() {
     for (line, local, domain, notify, orcpt) in cases {
         let params = RcptParams {
             notify: Some(notify),
-            orcpt: orcpt.map(|a| Orcpt {
-                addr_type: "rfc822",
-                addr: xtext(a),
-            }),
+            orcpt: orcpt.map(|a| Orcpt::new("rfc822", xtext(a)).unwrap()),
             other: OtherParams::default(),
         };
         assert_eq!(parse(line), rcpt(local, domain, params), "{line:?}");
@@ -360,7 +368,7 @@ fn esmtp_parameters_from_the_rfcs() {
     else {
         panic!()
     };
-    assert_eq!(params.orcpt.unwrap().addr.decode(), "a+b c@b.c");
+    assert_eq!(params.orcpt.unwrap().addr().decode(), "a+b c@b.c");
     // Unknown parameters are kept, in order.
     let Command::Mail { params, .. } =
         parse("MAIL FROM:<a@b.c> MT-PRIORITY=3 REQUIRETLS SIZE=1\r\n")
@@ -410,28 +418,28 @@ fn bdat_and_auth() {
         (
             "AUTH GSSAPI\r\n",
             Command::Auth {
-                mechanism: "GSSAPI",
+                mechanism: w("GSSAPI"),
                 initial_response: None,
             },
         ),
         (
             "AUTH PLAIN dGVzdAB0ZXN0ADEyMzQ=\r\n",
             Command::Auth {
-                mechanism: "PLAIN",
-                initial_response: Some("dGVzdAB0ZXN0ADEyMzQ="),
+                mechanism: w("PLAIN"),
+                initial_response: Some(w("dGVzdAB0ZXN0ADEyMzQ=")),
             },
         ),
         (
             "AUTH EXTERNAL =\r\n",
             Command::Auth {
-                mechanism: "EXTERNAL",
-                initial_response: Some("="),
+                mechanism: w("EXTERNAL"),
+                initial_response: Some(w("=")),
             },
         ),
         (
             "auth cram-md5\r\n",
             Command::Auth {
-                mechanism: "cram-md5",
+                mechanism: w("cram-md5"),
                 initial_response: None,
             },
         ),
@@ -766,7 +774,10 @@ fn parsing_borrows_unless_unescaping() {
         panic!()
     };
     // The domain and the (unescaped) local part point into the line.
-    assert!(line.as_bytes().as_ptr_range().contains(&d.as_ptr()));
+    assert!(line
+        .as_bytes()
+        .as_ptr_range()
+        .contains(&d.as_str().as_ptr()));
     let local = m.local_part();
     assert!(matches!(local, Cow::Borrowed(_)));
     assert!(line.as_bytes().as_ptr_range().contains(&local.as_ptr()));
@@ -798,7 +809,7 @@ fn parsed_commands_own_nothing() {
     };
     assert_eq!(m.local_part(), "a\"b");
     assert_eq!(m.to_string(), "\"a\\\"b\"@x.y");
-    assert_eq!(m.domain(), &Domain::Name("x.y"));
+    assert_eq!(m.domain(), &Domain::name("x.y").unwrap());
 }
 
 /// xtext is one value however it was escaped, and goes back on the wire in canonical form

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use smtp_proto::address::{Domain, ForwardPath, Mailbox, ReversePath};
-use smtp_proto::command::{parse_command, Command, Limits};
+use smtp_proto::command::{parse_command, Command, Limits, Text, Word};
 use smtp_proto::param::{
     xtext_decode, xtext_encode, Body, MailParams, Notify, Orcpt, OtherParams, RcptParams, Ret,
     XText,
@@ -105,23 +105,20 @@ fn rcpt_params() -> impl Strategy<Value = RcptParams<&'static str>> {
     )
         .prop_map(|(notify, orcpt, other)| RcptParams {
             notify,
-            orcpt: orcpt.map(|(t, a)| Orcpt {
-                addr_type: leak(t),
-                addr: xtext(&a),
-            }),
+            orcpt: orcpt.map(|(t, a)| Orcpt::new(leak(t), xtext(&a)).unwrap()),
             other,
         })
 }
 
-fn text() -> impl Strategy<Value = &'static str> {
-    "[!-~]([ -~]{0,20}[!-~])?".prop_map(leak)
+fn text() -> impl Strategy<Value = Text<'static>> {
+    "[!-~]([ -~]{0,20}[!-~])?".prop_map(|s| Text::new(leak(s)).unwrap())
 }
 
 fn command() -> impl Strategy<Value = Command<'static>> {
-    let word = "[a-zA-Z0-9.:\\[\\]-]{1,30}".prop_map(leak);
+    let word = "[a-zA-Z0-9.:\\[\\]-]{1,30}".prop_map(|s| Word::new(leak(s)).unwrap());
     // Any visible ASCII token: `=`, base64, or not base64 (decoding is the session's job).
     let base64 = "=|([A-Za-z0-9+/]{4}){1,10}([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?|[!-~]{1,40}"
-        .prop_map(leak);
+        .prop_map(|s| Word::new(leak(s)).unwrap());
     prop_oneof![
         word.clone().prop_map(Command::Ehlo),
         word.prop_map(Command::Helo),
@@ -142,7 +139,7 @@ fn command() -> impl Strategy<Value = Command<'static>> {
         text().prop_map(Command::Expn),
         prop::option::of(text()).prop_map(Command::Help),
         (
-            "[A-Za-z0-9_-]{1,20}".prop_map(leak),
+            "[A-Za-z0-9_-]{1,20}".prop_map(|s| Word::new(leak(s)).unwrap()),
             prop::option::of(base64)
         )
             .prop_map(|(mechanism, r)| {

@@ -3,8 +3,8 @@
 
 use proptest::prelude::*;
 use smtp_proto::reply::{
-    parse_reply, EnhancedCode, InvalidReply, Reply, ReplyErrorKind, Severity, MAX_REPLY_LEN,
-    MAX_REPLY_LINES, MAX_REPLY_LINE_LEN,
+    parse_reply, EnhancedCode, InvalidReply, Refusal, Reply, ReplyErrorKind, Severity,
+    MAX_REPLY_LEN, MAX_REPLY_LINES, MAX_REPLY_LINE_LEN,
 };
 
 fn ec(class: u8, subject: u16, detail: u16) -> EnhancedCode {
@@ -92,23 +92,17 @@ fn constructor_validation() {
     for code in [200, 211, 250, 354, 421, 559] {
         assert!(Reply::new(code, None, "x").is_ok(), "{code}");
     }
-    let bad = EnhancedCode {
-        class: 3,
-        subject: 0,
-        detail: 0,
-    };
+    // An invalid enhanced code cannot even be built.
+    assert_eq!(EnhancedCode::new(3, 0, 0), None);
+    assert_eq!(EnhancedCode::new(5, 1000, 0), None);
+    assert_eq!(EnhancedCode::new(5, 0, 1000), None);
     assert_eq!(
-        Reply::new(354, Some(bad), "x"),
-        Err(InvalidReply::EnhancedCode(bad))
+        Refusal::new(250, None, "x"),
+        Err(InvalidReply::NotARefusal(250))
     );
-    let big = EnhancedCode {
-        class: 5,
-        subject: 1000,
-        detail: 0,
-    };
     assert_eq!(
-        Reply::new(550, Some(big), "x"),
-        Err(InvalidReply::EnhancedCode(big))
+        Refusal::new(354, None, "x"),
+        Err(InvalidReply::NotARefusal(354))
     );
     assert_eq!(
         Reply::new(250, Some(ec(5, 0, 0)), "x"),
@@ -123,7 +117,8 @@ fn constructor_validation() {
     assert_eq!(
         Reply::multiline(250, None, Vec::<String>::new())
             .unwrap()
-            .lines(),
+            .lines()
+            .collect::<Vec<_>>(),
         [""]
     );
 }
@@ -207,7 +202,7 @@ fn parses_valid_replies() {
         let (reply, n) = got.unwrap().unwrap();
         assert_eq!(reply.code(), *code);
         assert_eq!(reply.enhanced(), *enhanced, "{reply:?}");
-        assert_eq!(reply.lines(), *lines);
+        assert_eq!(reply.lines().collect::<Vec<_>>(), *lines);
         assert_eq!(n, *consumed);
     }
 }
@@ -304,7 +299,7 @@ fn bounded_buffering() {
     many.truncate(many.len() - 7);
     many.extend_from_slice(b"250 x\r\n");
     assert_eq!(
-        parse_reply(&many).unwrap().unwrap().0.lines().len(),
+        parse_reply(&many).unwrap().unwrap().0.line_count(),
         MAX_REPLY_LINES
     );
 

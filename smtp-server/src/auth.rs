@@ -33,7 +33,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use smtp_proto::{EnhancedCode, Reply};
+use smtp_proto::{EnhancedCode, Refusal, Reply};
 
 pub use smtp_proto::sasl::{Credentials, Mechanism, Secret};
 
@@ -55,22 +55,36 @@ pub enum AuthFailure {
 
 impl AuthFailure {
     /// The reply the client gets.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            AuthFailure::Invalid => Refusal::fixed(
+                535,
+                Some(EnhancedCode::fixed(5, 7, 8)),
+                "Authentication credentials invalid",
+            ),
+            AuthFailure::Temporary => Refusal::fixed(
+                454,
+                Some(EnhancedCode::fixed(4, 7, 0)),
+                "Temporary authentication failure",
+            ),
+            AuthFailure::TooWeak => Refusal::fixed(
+                534,
+                Some(EnhancedCode::fixed(5, 7, 9)),
+                "Authentication mechanism is too weak",
+            ),
+        }
+    }
+
+    /// The reply the client gets, as a [`Reply`].
     pub fn reply(&self) -> Reply {
-        let (code, e, text) = match self {
-            AuthFailure::Invalid => (535, (5, 7, 8), "Authentication credentials invalid"),
-            AuthFailure::Temporary => (454, (4, 7, 0), "Temporary authentication failure"),
-            AuthFailure::TooWeak => (534, (5, 7, 9), "Authentication mechanism is too weak"),
-        };
-        fixed(code, e, text)
+        self.refusal().into_reply()
     }
 }
 
-/// A reply of the server's own with a fixed, valid code and text.
-pub(crate) fn fixed(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
-    Reply::new(code, EnhancedCode::new(e.0, e.1, e.2), text)
-        .or_else(|_| Reply::new(code, None, ""))
-        .unwrap_or_else(|_| Reply::ok())
-}
+/// `421 4.7.0`, the server's refusal when a client has used up a limit; give it a text with
+/// [`Refusal::with_text`].
+pub(crate) const LIMIT_REACHED: Refusal =
+    Refusal::fixed(421, Some(EnhancedCode::fixed(4, 7, 0)), "Too many");
 
 /// Failed logins per client address, within a window, and the attempts under way.
 #[derive(Debug)]

@@ -29,14 +29,14 @@ use std::time::{Duration, Instant};
 
 use smtp_proto::data::DataError;
 use smtp_proto::session::{Event, Session};
-use smtp_proto::Reply;
+use smtp_proto::Refusal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
 use tracing::{debug, info};
 
-use crate::auth::{fixed, Credentials};
-use crate::handler::{ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsInfo};
+use crate::auth::{Credentials, LIMIT_REACHED};
+use crate::handler::{ConnectionInfo, Envelope, Handler, SessionHandler, TlsInfo};
 use crate::server::Common;
 use crate::tls::tls_info;
 
@@ -522,7 +522,7 @@ enum Next {
     /// Check these credentials.
     Auth(Credentials),
     Accept,
-    Respond(Reply),
+    Refuse(Refusal),
     Data,
     StartTls,
     Nothing,
@@ -551,7 +551,7 @@ impl<H: Handler> State<H> {
                 }
                 Err(r) => {
                     debug!(reply = %r, "connection refused by the handler");
-                    Next::Respond(r)
+                    Next::Refuse(r)
                 }
             };
         }
@@ -572,7 +572,7 @@ impl<H: Handler> State<H> {
                         self.envelope.helo.push_str(domain);
                         Next::Accept
                     }
-                    Err(r) => Next::Respond(r),
+                    Err(r) => Next::Refuse(r),
                 }
             }
             Event::Mail { from, params } => match sh.mail(from, params).await {
@@ -584,14 +584,14 @@ impl<H: Handler> State<H> {
                     self.started = Instant::now();
                     Next::Accept
                 }
-                Err(r) => Next::Respond(r),
+                Err(r) => Next::Refuse(r),
             },
             Event::Rcpt { to, params } => match sh.rcpt(to, params).await {
                 Ok(()) => {
                     self.envelope.rcpts.push((to.clone(), params.clone()));
                     Next::Accept
                 }
-                Err(r) => Next::Respond(r),
+                Err(r) => Next::Refuse(r),
             },
             Event::DataStart => Next::Data,
             Event::Auth { credentials } => Next::Auth(credentials.clone()),
@@ -765,7 +765,7 @@ impl<H: Handler> Connection<H> {
             }
             Next::Auth(credentials) => Box::pin(self.auth(credentials)).await,
             Next::Accept => self.io.session.accept(),
-            Next::Respond(r) => self.io.session.respond(r),
+            Next::Refuse(r) => self.io.session.refuse(r),
             // Boxed: these run rarely (once per message, once per connection) and their
             // state would otherwise enlarge every idle connection's task.
             Next::Data => Box::pin(self.data()).await,
@@ -790,7 +790,7 @@ impl<H: Handler> Connection<H> {
         let elapsed = self.state.started.elapsed().as_millis();
         match body.state {
             BodyState::Ended(size) => {
-                let DataOutcome::Reply(reply) = outcome;
+                let reply = outcome.into_reply();
                 info!(
                     from = %env.from,
                     rcpts = %Rcpts(env),
@@ -829,7 +829,7 @@ impl<H: Handler> Connection<H> {
                 "{} Error: too many failed authentication attempts from your address, try again later",
                 common.session_config.hostname
             );
-            self.io.session.respond(fixed(421, (4, 7, 0), &text));
+            self.io.session.refuse(LIMIT_REACHED.with_text(text));
             return;
         };
         let Some(sh) = self.state.session.as_mut() else {
@@ -843,13 +843,13 @@ impl<H: Handler> Connection<H> {
                 self.io.session.accept();
             }
             Err(failure) => {
-                let reply = failure.reply();
+                let reply = failure.refusal();
                 info!(user = %credentials.authcid(), %mechanism, reply = %reply, "authentication failed");
                 if reply.is_transient() {
                     // The user database could not answer: nothing was learnt about the
                     // password, so nothing is counted and nothing delayed.
                     drop(attempt);
-                    self.io.session.respond(reply);
+                    self.io.session.refuse(reply);
                     return;
                 }
                 attempt.failed();
@@ -860,7 +860,7 @@ impl<H: Handler> Connection<H> {
                     () = tokio::time::sleep(delay) => {}
                     () = common.hard.cancelled() => {}
                 }
-                self.io.session.respond(reply);
+                self.io.session.refuse(reply);
             }
         }
     }
@@ -910,9 +910,9 @@ impl<H: Handler> Connection<H> {
 }
 
 /// Answers a connection over a limit and closes it.
-pub(crate) async fn refuse(mut tcp: TcpStream, reply: Reply) {
+pub(crate) async fn refuse(mut tcp: TcpStream, refusal: Refusal) {
     let write = async {
-        tcp.write_all(&reply.to_bytes()).await?;
+        tcp.write_all(&refusal.reply().to_bytes()).await?;
         tcp.shutdown().await
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, write).await;

@@ -2,7 +2,8 @@
 //! [`SessionHandler`] per connection, whose hooks decide each step of the SMTP dialogue.
 //!
 //! Every hook has a default that accepts, except [`SessionHandler::data`], which must consume
-//! (or at least judge) the message. A refusal is any [`Reply`]; the session has already checked
+//! (or at least judge) the message. A refusal is a [`Refusal`], a 4yz or 5yz reply by
+//! construction (a hook cannot accept by returning `Err` with a 2yz by mistake); the session has already checked
 //! syntax, command order and the configured limits before a hook is called, so hooks only make
 //! policy decisions.
 
@@ -12,7 +13,7 @@ use std::sync::Arc;
 
 use smtp_proto::address::{ForwardPath, ReversePath};
 use smtp_proto::param::{MailParams, RcptParams};
-use smtp_proto::{EnhancedCode, Reply};
+use smtp_proto::{EnhancedCode, Refusal, Reply};
 
 use crate::auth::{AuthFailure, Credentials};
 
@@ -90,51 +91,77 @@ impl Envelope {
     }
 }
 
-/// The answer to a message. One reply for the whole transaction (SMTP); the enum is
-/// `#[non_exhaustive]` so that a per-recipient answer (LMTP) can be added later.
+/// The answer to a message: accepted with a 2yz reply, or refused with a [`Refusal`].
+///
+/// One reply for the whole transaction (SMTP). The fields are private so that an outcome
+/// built as "accepted" always carries a positive reply; a per-recipient answer (LMTP) can be
+/// added without breaking callers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum DataOutcome {
-    /// One reply for all recipients: `250` accepts the message, `4xx`/`5xx` refuse it.
-    Reply(Reply),
+pub struct DataOutcome {
+    reply: Reply,
 }
+
+const ACCEPTED: Reply = Reply::fixed(250, Some(EnhancedCode::fixed(2, 0, 0)), "Message accepted");
+const TEMPORARY: Refusal = Refusal::fixed(
+    451,
+    Some(EnhancedCode::fixed(4, 3, 0)),
+    "Temporary failure, try again later",
+);
+const REJECTED: Refusal =
+    Refusal::fixed(554, Some(EnhancedCode::fixed(5, 6, 0)), "Message refused");
 
 impl DataOutcome {
     /// `250 2.0.0 <text>`: the message is accepted (for a server that stores mail: it is on
     /// disk).
     pub fn accepted(text: impl Into<String>) -> Self {
-        Self::with_code(250, (2, 0, 0), text, "Message accepted")
+        Self {
+            reply: ACCEPTED.with_text(text),
+        }
+    }
+
+    /// Accepted with a reply of the caller's (another 2yz code or enhanced code).
+    ///
+    /// # Errors
+    /// The reply itself when it is not 2yz.
+    pub fn accepted_with(reply: Reply) -> Result<Self, Reply> {
+        if reply.is_positive_completion() {
+            Ok(Self { reply })
+        } else {
+            Err(reply)
+        }
     }
 
     /// `451 4.3.0 <text>`: a temporary failure; the client will retry later.
     pub fn temporary_failure(text: impl Into<String>) -> Self {
-        Self::with_code(451, (4, 3, 0), text, "Temporary failure, try again later")
+        TEMPORARY.with_text(text).into()
     }
 
     /// `554 5.6.0 <text>`: the message is refused for good.
     pub fn rejected(text: impl Into<String>) -> Self {
-        Self::with_code(554, (5, 6, 0), text, "Message refused")
+        REJECTED.with_text(text).into()
+    }
+
+    /// Whether the message was accepted (the reply is 2yz).
+    pub fn is_accepted(&self) -> bool {
+        self.reply.is_positive_completion()
     }
 
     /// The reply sent to the client.
     pub fn reply(&self) -> &Reply {
-        match self {
-            Self::Reply(r) => r,
-        }
+        &self.reply
     }
 
-    fn with_code(code: u16, e: (u8, u16, u16), text: impl Into<String>, fallback: &str) -> Self {
-        let enhanced = EnhancedCode::new(e.0, e.1, e.2);
-        let reply = Reply::new(code, enhanced, text)
-            .or_else(|_| Reply::new(code, enhanced, fallback))
-            .expect("fixed codes of matching class with fixed text are valid");
-        Self::Reply(reply)
+    pub(crate) fn into_reply(self) -> Reply {
+        self.reply
     }
 }
 
-impl From<Reply> for DataOutcome {
-    fn from(r: Reply) -> Self {
-        Self::Reply(r)
+impl From<Refusal> for DataOutcome {
+    /// The message is refused with this reply.
+    fn from(r: Refusal) -> Self {
+        Self {
+            reply: r.into_reply(),
+        }
     }
 }
 
@@ -147,17 +174,17 @@ pub trait Handler: Send + Sync + 'static {
     type Session: SessionHandler;
 
     /// Called once per connection, before the greeting. `Ok` greets the client with `220`;
-    /// `Err(reply)` refuses the connection with that reply (e.g. `554 5.7.1` or `421 4.7.0`)
+    /// `Err(refusal)` refuses the connection with that reply (e.g. `554 5.7.1` or `421 4.7.0`)
     /// and closes it.
     fn connect(
         &self,
         info: &ConnectionInfo,
-    ) -> impl Future<Output = Result<Self::Session, Reply>> + Send;
+    ) -> impl Future<Output = Result<Self::Session, Refusal>> + Send;
 }
 
 /// The hooks of one SMTP session, called in protocol order. Hooks returning a `Result`
 /// accept with `Ok(())` (the server sends the standard positive reply) and refuse with
-/// `Err(reply)`.
+/// `Err(refusal)`.
 pub trait SessionHandler: Send + 'static {
     /// `EHLO` (`extended`) or `HELO` with the client's name. Any open transaction was aborted
     /// (and [`SessionHandler::reset`] called) before.
@@ -165,7 +192,7 @@ pub trait SessionHandler: Send + 'static {
         &mut self,
         domain: &str,
         extended: bool,
-    ) -> impl Future<Output = Result<(), Reply>> + Send {
+    ) -> impl Future<Output = Result<(), Refusal>> + Send {
         let _ = (domain, extended);
         async { Ok(()) }
     }
@@ -180,7 +207,7 @@ pub trait SessionHandler: Send + 'static {
         &mut self,
         from: &ReversePath,
         params: &MailParams,
-    ) -> impl Future<Output = Result<(), Reply>> + Send {
+    ) -> impl Future<Output = Result<(), Refusal>> + Send {
         let _ = (from, params);
         async { Ok(()) }
     }
@@ -190,7 +217,7 @@ pub trait SessionHandler: Send + 'static {
         &mut self,
         to: &ForwardPath,
         params: &RcptParams,
-    ) -> impl Future<Output = Result<(), Reply>> + Send {
+    ) -> impl Future<Output = Result<(), Refusal>> + Send {
         let _ = (to, params);
         async { Ok(()) }
     }

@@ -11,14 +11,14 @@
 //! use smtp_server::{
 //!     BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, Server, SessionHandler,
 //! };
-//! use smtp_proto::Reply;
+//! use smtp_proto::Refusal;
 //!
 //! struct Counter;
 //! struct CounterSession;
 //!
 //! impl Handler for Counter {
 //!     type Session = CounterSession;
-//!     async fn connect(&self, info: &ConnectionInfo) -> Result<CounterSession, Reply> {
+//!     async fn connect(&self, info: &ConnectionInfo) -> Result<CounterSession, Refusal> {
 //!         println!("connection from {}", info.peer);
 //!         Ok(CounterSession)
 //!     }
@@ -145,3 +145,5 @@ pub use tls::{TlsConfig, TlsError};
 
 /// The protocol crate, re-exported so handlers name the same types (replies, addresses).
 pub use smtp_proto;
+/// The reply types a handler returns, re-exported from [`smtp_proto`].
+pub use smtp_proto::{EnhancedCode, Refusal, Reply};

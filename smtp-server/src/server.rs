@@ -10,14 +10,14 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use smtp_proto::session::SessionConfig;
-use smtp_proto::{EnhancedCode, Reply};
+use smtp_proto::Refusal;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::auth::FailureTable;
+use crate::auth::{FailureTable, LIMIT_REACHED};
 use crate::config::Limits;
 use crate::connection::{implicit_tls, refuse, Connection, Stream};
 use crate::handler::{ConnectionInfo, Handler};
@@ -62,12 +62,12 @@ impl From<Error> for io::Error {
 ///
 /// ```no_run
 /// # use smtp_server::{Server, Handler, SessionHandler, ConnectionInfo, Envelope, BodyStream, DataOutcome};
-/// # use smtp_proto::Reply;
+/// # use smtp_server::Refusal;
 /// struct Sink;
 /// struct SinkSession;
 /// impl Handler for Sink {
 ///     type Session = SinkSession;
-///     async fn connect(&self, _: &ConnectionInfo) -> Result<SinkSession, Reply> { Ok(SinkSession) }
+///     async fn connect(&self, _: &ConnectionInfo) -> Result<SinkSession, Refusal> { Ok(SinkSession) }
 /// }
 /// impl SessionHandler for SinkSession {
 ///     async fn data(&mut self, _: &Envelope, body: &mut BodyStream<'_>) -> DataOutcome {
@@ -497,7 +497,7 @@ impl Drop for ConnGuard {
 }
 
 /// Counts a new connection from `ip`, or the reply refusing it.
-fn acquire(common: &Arc<Common>, ip: IpAddr) -> Result<ConnGuard, Reply> {
+fn acquire(common: &Arc<Common>, ip: IpAddr) -> Result<ConnGuard, Refusal> {
     let limits = &common.limits;
     let mut state = common.tracker.lock();
     if limits.max_connections.is_some_and(|max| state.total >= max) {
@@ -537,14 +537,8 @@ fn is_loopback(ip: IpAddr) -> bool {
     }
 }
 
-fn too_many(hostname: &str, text: &str) -> Reply {
-    Reply::new(
-        421,
-        EnhancedCode::new(4, 7, 0),
-        format!("{hostname} {text}"),
-    )
-    .or_else(|_| Reply::new(421, EnhancedCode::new(4, 7, 0), text))
-    .expect("421 4.7.0 with fixed text is valid")
+fn too_many(hostname: &str, text: &str) -> Refusal {
+    LIMIT_REACHED.with_text(format!("{hostname} {text}"))
 }
 
 impl Tracker {

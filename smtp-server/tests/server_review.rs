@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use server_support::{pki, server_name, start, start_plain, tls_connector, Client, WAIT};
 use smtp_proto::session::SessionConfig;
-use smtp_proto::Reply;
+use smtp_proto::Refusal;
 use smtp_server::{
     BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, Server, SessionHandler, TlsConfig,
 };
@@ -26,7 +26,7 @@ struct GatedSession {
 
 impl Handler for Gated {
     type Session = GatedSession;
-    async fn connect(&self, _: &ConnectionInfo) -> Result<GatedSession, Reply> {
+    async fn connect(&self, _: &ConnectionInfo) -> Result<GatedSession, Refusal> {
         Ok(GatedSession {
             gate: Arc::clone(&self.gate),
         })
@@ -34,7 +34,7 @@ impl Handler for Gated {
 }
 
 impl SessionHandler for GatedSession {
-    async fn hello(&mut self, domain: &str, _extended: bool) -> Result<(), Reply> {
+    async fn hello(&mut self, domain: &str, _extended: bool) -> Result<(), Refusal> {
         if domain == "stop" {
             self.gate.acquire().await.unwrap().forget();
         }

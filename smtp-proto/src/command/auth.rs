@@ -37,12 +37,12 @@ pub(super) fn auth<'a>(
             if !super::skip_spaces(end).is_empty() {
                 return Err(CommandErrorKind::Syntax(HINT));
             }
-            Some(ascii(resp, line)?)
+            Some(super::Word::checked(ascii(resp, line)?))
         }
         Some(_) => return Err(CommandErrorKind::Syntax(HINT)),
     };
     Ok(Command::Auth {
-        mechanism: ascii(mech, line)?,
+        mechanism: super::Word::checked(ascii(mech, line)?),
         initial_response: initial,
     })
 }

@@ -11,7 +11,7 @@ fn word<'a>(
         .filter(|a| !a.is_empty())
         .ok_or(CommandErrorKind::Syntax(hint))?;
     // Without an early exit the loop vectorises; the argument is short either way.
-    if !a.iter().fold(true, |ok, &b| ok & (b > b' ' && b != 0x7f)) {
+    if !super::arg::is_word(a) {
         return Err(CommandErrorKind::Syntax(hint));
     }
     crate::address::sub(text, a).ok_or(CommandErrorKind::Syntax(hint))

@@ -40,11 +40,17 @@
 //! - Address errors reply `501 5.1.7` for MAIL and `501 5.1.3` for RCPT (RFC 3463), including
 //!   paths over the length limits.
 //! - `AUTH` initial responses are checked to be base64 or `=`; `Debug` on [`Command`] hides them.
+//! - A [`Command`] built by hand is as safe to encode as a parsed one: its free-text
+//!   arguments are [`Word`] and [`Text`], its paths and parameters the validated types of
+//!   [`crate::address`] and [`crate::param`], so none can hold CR, LF or NUL.
 use std::fmt;
 
 use crate::address::{AddressError, ForwardPath, ReversePath};
 use crate::param::{MailParams, ParamError, RcptParams};
 
+pub use arg::{InvalidArgument, Text, Word};
+
+mod arg;
 mod auth;
 mod bdat;
 mod fast;
@@ -88,9 +94,9 @@ impl Default for Limits {
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Command<'a> {
     /// `EHLO <domain or address literal>` (the argument as sent, one word).
-    Ehlo(&'a str),
+    Ehlo(Word<'a>),
     /// `HELO <domain>` (the argument as sent, one word).
-    Helo(&'a str),
+    Helo(Word<'a>),
     /// `MAIL FROM:<reverse-path> [params]`
     Mail {
         /// The sender, or `<>`.
@@ -114,20 +120,20 @@ pub enum Command<'a> {
     /// `QUIT`
     Quit,
     /// `VRFY <string>`
-    Vrfy(&'a str),
+    Vrfy(Text<'a>),
     /// `EXPN <string>`
-    Expn(&'a str),
+    Expn(Text<'a>),
     /// `HELP [string]`
-    Help(Option<&'a str>),
+    Help(Option<Text<'a>>),
     /// `STARTTLS` (RFC 3207)
     StartTls,
     /// `AUTH mechanism [initial-response]` (RFC 4954)
     Auth {
         /// The SASL mechanism name, as sent (compare case-insensitively).
-        mechanism: &'a str,
+        mechanism: Word<'a>,
         /// The initial response as sent: base64, or `=` for the empty response (RFC 4954
         /// §4). Not decoded nor checked here; see [`crate::sasl::decode_base64`].
-        initial_response: Option<&'a str>,
+        initial_response: Option<Word<'a>>,
     },
     /// `BDAT <size> [LAST]` (RFC 3030): `size` octets of message follow the CRLF.
     Bdat {
@@ -171,9 +177,8 @@ impl fmt::Display for Command<'_> {
     /// The wire form, CRLF included: `MAIL FROM:<a@b> SIZE=10\r\n`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Command::Ehlo(d) | Command::Helo(d) | Command::Vrfy(d) | Command::Expn(d) => {
-                write!(f, "{} {d}", self.verb())?
-            }
+            Command::Ehlo(d) | Command::Helo(d) => write!(f, "{} {d}", self.verb())?,
+            Command::Vrfy(t) | Command::Expn(t) => write!(f, "{} {t}", self.verb())?,
             Command::Help(Some(s)) => write!(f, "HELP {s}")?,
             Command::Mail { from, params } => {
                 write!(f, "MAIL FROM:{from}")?;
@@ -631,15 +636,18 @@ fn with_args<'a>(
     let r = match verb {
         Verb::Mail => return mail::mail_line(args, text, limits, consumed),
         Verb::Rcpt => return mail::rcpt_line(args, text, limits, consumed),
-        Verb::Ehlo => hello::ehlo(args, text).map(Command::Ehlo),
-        Verb::Helo => hello::helo(args, text).map(Command::Helo),
+        Verb::Ehlo => hello::ehlo(args, text).map(|w| Command::Ehlo(Word::checked(w))),
+        Verb::Helo => hello::helo(args, text).map(|w| Command::Helo(Word::checked(w))),
         Verb::Data => simple::no_args(args, Command::Data, "Syntax: DATA"),
         Verb::Rset => simple::no_args(args, Command::Rset, "Syntax: RSET"),
         Verb::Quit => simple::no_args(args, Command::Quit, "Syntax: QUIT"),
         Verb::StartTls => simple::no_args(args, Command::StartTls, "Syntax: STARTTLS"),
         Verb::Noop => simple::noop(args, text),
-        Verb::Vrfy => simple::string(args, text, "Syntax: VRFY address").map(Command::Vrfy),
-        Verb::Expn => simple::string(args, text, "Syntax: EXPN list").map(Command::Expn),
+        Verb::Vrfy => simple::string(args, text, "Syntax: VRFY address")
+            .map(|t| Command::Vrfy(Text::checked(t))),
+        Verb::Expn => {
+            simple::string(args, text, "Syntax: EXPN list").map(|t| Command::Expn(Text::checked(t)))
+        }
         Verb::Help => simple::help(args, text),
         Verb::Auth => auth::auth(args, text),
         Verb::Bdat => bdat::bdat(args),

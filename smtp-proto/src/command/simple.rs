@@ -17,9 +17,7 @@ pub(super) fn no_args<'a>(
 
 /// Free text: printable ASCII, space, tab or UTF-8 non-ASCII, no control characters.
 fn text<'a>(a: &'a [u8], line: &'a str) -> Option<&'a str> {
-    if a.iter()
-        .all(|&b| (b' '..=b'~').contains(&b) || b == b'\t' || b >= 0x80)
-    {
+    if super::arg::is_text(a) {
         crate::address::sub(line, a)
     } else {
         None
@@ -56,7 +54,7 @@ pub(super) fn help<'a>(
     match args {
         None | Some([]) => Ok(Command::Help(None)),
         Some(a) => text(a, line)
-            .map(|s| Command::Help(Some(s)))
+            .map(|s| Command::Help(Some(super::Text::checked(s))))
             .ok_or(CommandErrorKind::Syntax("Syntax: HELP [topic]")),
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use smtp_client::testdns::TestDns;
 use smtp_server::smtp_proto::address::{ForwardPath, ReversePath};
 use smtp_server::smtp_proto::param::RcptParams;
-use smtp_server::smtp_proto::{EnhancedCode, Reply};
+use smtp_server::smtp_proto::{EnhancedCode, Refusal};
 use smtp_server::{
     BodyError, BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler,
     TlsConfig,
@@ -392,7 +392,7 @@ struct PeerSession {
 
 impl Handler for Peer {
     type Session = PeerSession;
-    async fn connect(&self, _: &ConnectionInfo) -> Result<PeerSession, Reply> {
+    async fn connect(&self, _: &ConnectionInfo) -> Result<PeerSession, Refusal> {
         Ok(PeerSession {
             b: self.b.clone(),
             got: self.got.clone(),
@@ -403,12 +403,14 @@ impl Handler for Peer {
 }
 
 impl SessionHandler for PeerSession {
-    async fn rcpt(&mut self, to: &ForwardPath, _: &RcptParams) -> Result<(), Reply> {
+    async fn rcpt(&mut self, to: &ForwardPath, _: &RcptParams) -> Result<(), Refusal> {
         if let ForwardPath::Mailbox(m) = to {
             if self.b.refuse.iter().any(|r| *r == m.local_part()) {
-                return Err(
-                    Reply::new(550, EnhancedCode::new(5, 1, 1), "no such user here").unwrap(),
-                );
+                return Err(Refusal::fixed(
+                    550,
+                    Some(EnhancedCode::fixed(5, 1, 1)),
+                    "no such user here",
+                ));
             }
         }
         Ok(())

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use smtp_proto::address::{ForwardPath, ReversePath};
 use smtp_proto::param::{MailParams, RcptParams};
-use smtp_proto::Reply;
+use smtp_proto::Refusal;
 use smtp_server::{
     AuthFailure, BodyStream, BoundServer, ConnectionInfo, Credentials, DataOutcome, Envelope,
     Handler, Server, ServerBuilder, SessionHandler, TlsInfo,
@@ -62,14 +62,14 @@ pub struct RecorderSession {
     listener: Arc<str>,
 }
 
-fn reply(code: u16, enh: &str, text: &str) -> Reply {
-    Reply::new(code, enh.parse().ok(), text).unwrap()
+fn reply(code: u16, enh: &str, text: &str) -> Refusal {
+    Refusal::new(code, enh.parse().ok(), text).unwrap()
 }
 
 impl Handler for Recorder {
     type Session = RecorderSession;
 
-    async fn connect(&self, info: &ConnectionInfo) -> Result<RecorderSession, Reply> {
+    async fn connect(&self, info: &ConnectionInfo) -> Result<RecorderSession, Refusal> {
         self.push(format!(
             "connect {} tls={}",
             info.listener,
@@ -89,7 +89,7 @@ impl Handler for Recorder {
 }
 
 impl SessionHandler for RecorderSession {
-    async fn hello(&mut self, domain: &str, extended: bool) -> Result<(), Reply> {
+    async fn hello(&mut self, domain: &str, extended: bool) -> Result<(), Refusal> {
         self.rec.push(format!("hello {domain} {extended}"));
         Ok(())
     }
@@ -115,7 +115,7 @@ impl SessionHandler for RecorderSession {
         self.rec.push(format!("tls {}", info.protocol));
     }
 
-    async fn mail(&mut self, from: &ReversePath, _params: &MailParams) -> Result<(), Reply> {
+    async fn mail(&mut self, from: &ReversePath, _params: &MailParams) -> Result<(), Refusal> {
         self.rec.push(format!("mail {from}"));
         if from.to_string().starts_with("<blocked@") {
             return Err(reply(550, "5.7.1", "Sender blocked"));
@@ -123,7 +123,7 @@ impl SessionHandler for RecorderSession {
         Ok(())
     }
 
-    async fn rcpt(&mut self, to: &ForwardPath, _params: &RcptParams) -> Result<(), Reply> {
+    async fn rcpt(&mut self, to: &ForwardPath, _params: &RcptParams) -> Result<(), Refusal> {
         self.rec.push(format!("rcpt {to}"));
         if to.to_string().starts_with("<bad") {
             return Err(reply(550, "5.1.1", "No such user"));

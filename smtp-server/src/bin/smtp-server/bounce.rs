@@ -79,7 +79,8 @@ const MINIMAL_FIELDS: [&str; 5] = ["date", "from", "to", "subject", "message-id"
 /// A peer's reply as one bounded line for the queue and the bounce: `head` (the code and the
 /// enhanced code, e.g. `550 5.1.1`), then the first [`REPLY_LINES`] lines of text joined with
 /// spaces, and a note of how many lines were left out; at most [`DIAG_MAX`] octets.
-pub fn summarize_reply(head: &str, lines: &[String]) -> String {
+pub fn summarize_reply<'a>(head: &str, lines: impl IntoIterator<Item = &'a str>) -> String {
+    let lines: Vec<&str> = lines.into_iter().collect();
     let mut s = head.to_owned();
     for l in lines.iter().take(REPLY_LINES) {
         s.push(' ');
@@ -550,11 +551,11 @@ mod tests {
         let lines: Vec<String> = (0..900)
             .map(|i| format!("line {i} {}", "x".repeat(50)))
             .collect();
-        let s = summarize_reply("550 5.7.1", &lines);
+        let s = summarize_reply("550 5.7.1", lines.iter().map(String::as_str));
         assert!(s.len() <= DIAG_MAX, "{}", s.len());
         assert!(s.starts_with("550 5.7.1 line 0 "), "{s}");
         assert!(s.ends_with(" [895 more lines]"), "{s}");
-        assert_eq!(summarize_reply("550", &["a".into(), "b".into()]), "550 a b");
+        assert_eq!(summarize_reply("550", ["a", "b"]), "550 a b");
     }
 
     #[test]

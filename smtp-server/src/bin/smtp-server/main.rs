@@ -36,7 +36,7 @@ use mailstore::queue::{Envelope as QEnvelope, Queue, QueueEntry, Recipient as QR
 use mailstore::{MailboxName, Store};
 use smtp_proto::address::{ForwardPath, ReversePath};
 use smtp_proto::param::{MailParams, RcptParams};
-use smtp_proto::{EnhancedCode, Reply};
+use smtp_proto::Refusal;
 use smtp_server::handler::{
     BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsInfo,
 };
@@ -48,7 +48,7 @@ use crate::config::{Cli, Command, Config, Format, LogFormat};
 use crate::headers::{Protocol, Received, MAX_HOPS};
 use crate::listen::{Configured, Kind, Plan};
 use crate::local::Incoming;
-use crate::policy::{Destinations, Policy, Refusal, Users};
+use crate::policy::{Destinations, Policy, RcptRefusal, Users};
 use crate::relay::Relay;
 
 /// A configuration error: one line for stderr, exit code 2.
@@ -632,9 +632,26 @@ fn spawn_reload_on_sighup(
     Ok(())
 }
 
-fn reply(code: u16, e: (u8, u16, u16), text: &str) -> Reply {
-    Reply::new(code, EnhancedCode::new(e.0, e.1, e.2), text)
-        .expect("fixed codes with matching classes are valid")
+/// The refusals this daemon's handler gives, with their fixed codes and a default text (most
+/// get a text made at run time with [`Refusal::with_text`]).
+mod refusals {
+    use smtp_proto::{EnhancedCode, Refusal};
+
+    const fn r(code: u16, e: (u8, u16, u16), text: &'static str) -> Refusal {
+        Refusal::fixed(code, Some(EnhancedCode::fixed(e.0, e.1, e.2)), text)
+    }
+
+    pub const AUTH_REQUIRED: Refusal = r(530, (5, 7, 0), "Authentication required");
+    pub const SENDER_NOT_OWNED: Refusal =
+        r(553, (5, 7, 1), "Sender address rejected: not owned by user");
+    pub const SPF_FAIL: Refusal = r(550, (5, 7, 23), "Sender address rejected: SPF fail");
+    pub const RELAY_DENIED: Refusal = r(554, (5, 7, 1), "Relay access denied");
+    pub const USER_UNKNOWN: Refusal = r(550, (5, 1, 1), "Recipient address rejected: User unknown");
+    pub const BAD_MAILBOX: Refusal = r(550, (5, 1, 3), "Recipient address rejected");
+    pub const MAIL_LOOP: Refusal = r(554, (5, 4, 6), "Too many hops: mail loop detected");
+    pub const DMARC_REJECT: Refusal = r(550, (5, 7, 1), "Message rejected due to DMARC policy");
+    pub const HEADER_TOO_LONG_TO_SIGN: Refusal =
+        r(552, (5, 3, 4), "Message header section too long to sign");
 }
 
 /// Makes one [`Session`] per connection, with the relay right of its listener.
@@ -645,7 +662,7 @@ struct DaemonHandler {
 impl Handler for DaemonHandler {
     type Session = Session;
 
-    async fn connect(&self, info: &ConnectionInfo) -> Result<Session, Reply> {
+    async fn connect(&self, info: &ConnectionInfo) -> Result<Session, Refusal> {
         let socket_kind = Kind::from_name(&info.listener).unwrap_or(Kind::Public);
         let kind = self.daemon.plan.classify(socket_kind, info.local);
         let relay = listen::may_relay(kind, info.local, info.peer);
@@ -716,7 +733,7 @@ struct Session {
 }
 
 impl SessionHandler for Session {
-    async fn hello(&mut self, domain: &str, extended: bool) -> Result<(), Reply> {
+    async fn hello(&mut self, domain: &str, extended: bool) -> Result<(), Refusal> {
         self.helo = domain.to_owned();
         self.extended = extended;
         Ok(())
@@ -772,22 +789,18 @@ impl SessionHandler for Session {
         }
     }
 
-    async fn mail(&mut self, from: &ReversePath, _params: &MailParams) -> Result<(), Reply> {
+    async fn mail(&mut self, from: &ReversePath, _params: &MailParams) -> Result<(), Refusal> {
         self.rcpts.clear();
         self.spf = None;
         if self.submission && self.user.is_none() {
-            return Err(reply(530, (5, 7, 0), "Authentication required"));
+            return Err(refusals::AUTH_REQUIRED);
         }
         if let (Some(user), ReversePath::Mailbox(m)) = (&self.user, from) {
             if !self.d.policy.sender_owned_by(m, user) {
                 info!(session = self.session_id, user = %user, from = %from,
                       "sender refused: not owned by the login");
                 let text = format!("<{m}>: Sender address rejected: not owned by user {user}");
-                return Err(
-                    Reply::new(553, EnhancedCode::new(5, 7, 1), text).unwrap_or_else(|_| {
-                        reply(553, (5, 7, 1), "Sender address rejected: not owned by user")
-                    }),
-                );
+                return Err(refusals::SENDER_NOT_OWNED.with_text(text));
             }
         }
         if let (true, Some(v)) = (self.check_sender, self.d.verifier.clone()) {
@@ -807,18 +820,14 @@ impl SessionHandler for Session {
                 let text = format!(
                     "<{sender}>: Sender address rejected: SPF fail: {domain} does not designate {ip} as permitted sender"
                 );
-                return Err(
-                    Reply::new(550, EnhancedCode::new(5, 7, 23), text).unwrap_or_else(|_| {
-                        reply(550, (5, 7, 23), "Sender address rejected: SPF fail")
-                    }),
-                );
+                return Err(refusals::SPF_FAIL.with_text(text));
             }
             self.spf = Some(spf);
         }
         Ok(())
     }
 
-    async fn rcpt(&mut self, to: &ForwardPath, params: &RcptParams) -> Result<(), Reply> {
+    async fn rcpt(&mut self, to: &ForwardPath, params: &RcptParams) -> Result<(), Refusal> {
         match self.d.policy.route(to, self.relay) {
             Ok(dest) => {
                 let address = match to {
@@ -832,7 +841,7 @@ impl SessionHandler for Session {
                     orcpt: params
                         .orcpt
                         .as_ref()
-                        .map(|o| format!("{};{}", o.addr_type, o.addr.decode())),
+                        .map(|o| format!("{};{}", o.addr_type(), o.addr().decode())),
                 });
                 Ok(())
             }
@@ -858,22 +867,17 @@ impl SessionHandler for Session {
 
 impl Session {
     /// The reply refusing recipient `to`.
-    fn refuse_rcpt(&self, to: &ForwardPath, refusal: Refusal) -> Reply {
+    fn refuse_rcpt(&self, to: &ForwardPath, refusal: RcptRefusal) -> Refusal {
         match refusal {
-            Refusal::RelayDenied => {
+            RcptRefusal::RelayDenied => {
                 info!(session = self.session_id, peer = %self.peer, to = %to, "relay denied");
-                reply(554, (5, 7, 1), &format!("{to}: Relay access denied"))
+                refusals::RELAY_DENIED.with_text(format!("{to}: Relay access denied"))
             }
-            Refusal::UnknownUser => reply(
-                550,
-                (5, 1, 1),
-                &format!("{to}: Recipient address rejected: User unknown"),
-            ),
-            Refusal::BadMailbox(why) => reply(
-                550,
-                (5, 1, 3),
-                &format!("{to}: Recipient address rejected: {why}"),
-            ),
+            RcptRefusal::UnknownUser => refusals::USER_UNKNOWN
+                .with_text(format!("{to}: Recipient address rejected: User unknown")),
+            RcptRefusal::BadMailbox(why) => {
+                refusals::BAD_MAILBOX.with_text(format!("{to}: Recipient address rejected: {why}"))
+            }
         }
     }
 
@@ -1009,7 +1013,7 @@ impl Session {
                             session = self.session_id,
                             "mail loop: too many Received headers"
                         );
-                        return reply(554, (5, 4, 6), "Too many hops: mail loop detected").into();
+                        return refusals::MAIL_LOOP.into();
                     }
                 }
                 Ok(None) => break,
@@ -1044,11 +1048,7 @@ impl Session {
                   action = %if verdict.reject.is_some() { "reject" } else { "accept" },
                   "sender authentication");
             if let Some(why) = &verdict.reject {
-                return Reply::new(550, EnhancedCode::new(5, 7, 1), why.clone())
-                    .unwrap_or_else(|_| {
-                        reply(550, (5, 7, 1), "Message rejected due to DMARC policy")
-                    })
-                    .into();
+                return refusals::DMARC_REJECT.with_text(why.clone()).into();
             }
             verdicts = (
                 inbound_auth::spf_keyword(spf.result()),
@@ -1083,7 +1083,7 @@ impl Session {
                 }
                 Err(e @ dkim::SignError::HeaderTooLong) => {
                     info!(session = self.session_id, id = %id, "refused: {e}");
-                    return reply(552, (5, 3, 4), "Message header section too long to sign").into();
+                    return refusals::HEADER_TOO_LONG_TO_SIGN.into();
                 }
                 Err(e) => {
                     error!(session = self.session_id, id = %id, error = %e, "cannot sign message");

@@ -27,7 +27,7 @@ pub struct Destinations {
 
 /// Why a recipient is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub enum RcptRefusal {
     /// A local address whose local part cannot be a mailbox name (`550 5.1.3`).
     BadMailbox(String),
     /// A local address not in the users file (`550 5.1.1`).
@@ -224,7 +224,7 @@ impl Policy {
         &self,
         to: &ForwardPath<S>,
         relay: bool,
-    ) -> Result<Destinations, Refusal> {
+    ) -> Result<Destinations, RcptRefusal> {
         let mailbox = match to {
             ForwardPath::Postmaster => return Ok(self.postmaster()),
             ForwardPath::Mailbox(m) => m,
@@ -238,13 +238,16 @@ impl Policy {
                 remote: vec![mailbox.to_string()],
             })
         } else {
-            Err(Refusal::RelayDenied)
+            Err(RcptRefusal::RelayDenied)
         }
     }
 
-    fn local_checked<S: AsRef<str>>(&self, mailbox: &Mailbox<S>) -> Result<Destinations, Refusal> {
+    fn local_checked<S: AsRef<str>>(
+        &self,
+        mailbox: &Mailbox<S>,
+    ) -> Result<Destinations, RcptRefusal> {
         let name = MailboxName::from_local_part(&mailbox.local_part())
-            .map_err(|e| Refusal::BadMailbox(e.to_string()))?;
+            .map_err(|e| RcptRefusal::BadMailbox(e.to_string()))?;
         if name.as_str() == "postmaster" {
             return Ok(self.postmaster());
         }
@@ -254,7 +257,7 @@ impl Policy {
                 remote: Vec::new(),
             }),
             Some(users) => match users.entries.get(&name) {
-                None => Err(Refusal::UnknownUser),
+                None => Err(RcptRefusal::UnknownUser),
                 Some(Entry::User) => Ok(Destinations {
                     local: vec![name],
                     remote: Vec::new(),
@@ -436,7 +439,7 @@ mod tests {
         assert_eq!(d.local[0].as_str(), "alice");
         assert_eq!(
             p.route(&fp("<bob@other.net>"), false),
-            Err(Refusal::RelayDenied)
+            Err(RcptRefusal::RelayDenied)
         );
         assert_eq!(
             p.route(&fp("<bob@other.net>"), true).unwrap().remote,
@@ -448,7 +451,7 @@ mod tests {
         );
         assert!(matches!(
             p.route(&fp("<\"../x\"@example.org>"), false),
-            Err(Refusal::BadMailbox(_))
+            Err(RcptRefusal::BadMailbox(_))
         ));
         // Address literals of our own listeners are local; others are not.
         assert_eq!(
@@ -470,7 +473,7 @@ mod tests {
         );
         assert_eq!(
             p.route(&fp("<carol@[192.0.2.7]>"), false),
-            Err(Refusal::RelayDenied)
+            Err(RcptRefusal::RelayDenied)
         );
     }
 
@@ -485,7 +488,7 @@ mod tests {
         );
         assert_eq!(
             p.route(&fp("<dave@example.org>"), false),
-            Err(Refusal::UnknownUser)
+            Err(RcptRefusal::UnknownUser)
         );
         let team = p.route(&fp("<team@mail.test>"), false).unwrap();
         assert_eq!(

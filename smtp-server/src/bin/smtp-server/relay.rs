@@ -1185,10 +1185,10 @@ fn to_client_rcpt(r: &Recipient, m: smtp_proto::address::Mailbox) -> CRecipient 
             .and_then(|p| p.notify)
     });
     let orcpt = r.orcpt.as_ref().and_then(|o| {
-        o.split_once(';').map(|(t, a)| Orcpt {
-            addr_type: t.to_owned(),
-            addr: XText::encode(a),
-        })
+        // Stored as accepted (an atom type), so this only fails on a damaged entry: the
+        // recipient then goes without its ORCPT rather than not at all.
+        o.split_once(';')
+            .and_then(|(t, a)| Orcpt::new(t.to_owned(), XText::encode(a)).ok())
     });
     CRecipient {
         path: ForwardPath::Mailbox(m),
