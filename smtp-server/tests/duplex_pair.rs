@@ -337,3 +337,29 @@ async fn talking_before_the_greeting_over_a_pipe_gets_554() {
         srv.rec.events()
     );
 }
+
+/// An implicit-TLS listener given to `serve_stream`: the handshake runs over the pipe before
+/// the greeting, and the handler sees the TLS parameters at connect.
+#[tokio::test(start_paused = true)]
+async fn implicit_tls_over_a_pipe() {
+    let p = pki("duplex-implicit");
+    let tls = TlsConfig::from_pem(p.cert_pem.as_bytes(), p.key_pem.as_bytes()).unwrap();
+    let srv = InMemory::new(move |b| b.tls(tls));
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let listener =
+        smtp_server::Listener::named("smtps", "127.0.0.1:465".parse().unwrap()).implicit_tls();
+    tokio::spawn(
+        srv.server
+            .serve_stream(server, &listener, MEMORY_PEER.parse().unwrap()),
+    );
+    let tls = server_support::tls_connector(&p.ca_der)
+        .connect(server_support::server_name(), client)
+        .await
+        .unwrap();
+    let mut c = server_support::Client::new(tls);
+    assert_eq!(c.reply().await, "220 mx.test ESMTP ready");
+    let ehlo = c.cmd("EHLO client.test").await;
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 mx.test closing connection");
+    assert_eq!(srv.rec.events()[0], "connect smtps tls=TLSv1.3");
+}
