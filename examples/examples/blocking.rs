@@ -7,16 +7,18 @@
 //! swaks --server 127.0.0.1:2525 --to bob@example.org
 //! ```
 //!
-//! No TLS here (STARTTLS is not offered), and the timeout is the socket's read timeout.
+//! No TLS here (STARTTLS is not offered). Timeouts: the session says by when the client must
+//! send more ([`Session::poll_timeout`]: 5 minutes for a command, 3 inside a message, by
+//! default), the socket's read timeout is set to what is left of that, and when a read times
+//! out [`Session::handle_timeout`] queues `421 4.4.2` once the deadline has really passed.
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use smtp_proto::session::{Event, Session, SessionConfig};
 
 fn serve(mut stream: TcpStream) -> io::Result<()> {
-    stream.set_read_timeout(Some(Duration::from_secs(300)))?;
     let mut config = SessionConfig::new("blocking.example");
     config.max_message_size = Some(10 << 20);
     let mut session = Session::new(config);
@@ -45,6 +47,15 @@ fn serve(mut stream: TcpStream) -> io::Result<()> {
         if session.is_closed() {
             return Ok(());
         }
+        // The session waits for the client (no decision is pending here): wait as long as it
+        // allows. A zero read timeout means "none" to std, so at least a millisecond.
+        let now = Instant::now();
+        let wait = session
+            .poll_timeout(now)
+            .map_or(session.config().command_timeout, |deadline| {
+                deadline.saturating_duration_since(now)
+            });
+        stream.set_read_timeout(Some(wait.max(Duration::from_millis(1))))?;
         match stream.read(&mut buf) {
             Ok(0) => return Ok(()),
             Ok(n) => session.feed(&buf[..n]),
@@ -54,7 +65,8 @@ fn serve(mut stream: TcpStream) -> io::Result<()> {
                     io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
                 ) =>
             {
-                session.timeout();
+                // Early wake-ups (a signal) change nothing: the loop waits again.
+                session.handle_timeout(Instant::now());
             }
             Err(e) => return Err(e),
         }

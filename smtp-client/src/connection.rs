@@ -269,9 +269,18 @@ enum Stream {
     Tls(Box<TlsStream<TcpStream>>),
     /// A Unix-domain socket (LMTP to a local mailbox server, see [`crate::lmtp`]).
     Unix(UnixStream),
+    /// A stream the caller opened ([`Connection::from_stream`]).
+    Other(Box<dyn Transport>),
+    /// TLS over such a stream, after STARTTLS.
+    OtherTls(Box<TlsStream<Box<dyn Transport>>>),
     /// Only during the STARTTLS handshake, or after it failed.
     Gone,
 }
+
+/// What [`Stream::Other`] holds: any byte stream a task can own.
+trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 
 fn gone() -> io::Error {
     io::Error::new(
@@ -290,6 +299,8 @@ impl AsyncRead for Stream {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Other(s) => Pin::new(s).poll_read(cx, buf),
+            Self::OtherTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Self::Gone => Poll::Ready(Err(gone())),
         }
     }
@@ -305,6 +316,8 @@ impl AsyncWrite for Stream {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Other(s) => Pin::new(s).poll_write(cx, buf),
+            Self::OtherTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Self::Gone => Poll::Ready(Err(gone())),
         }
     }
@@ -314,6 +327,8 @@ impl AsyncWrite for Stream {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Self::Unix(s) => Pin::new(s).poll_flush(cx),
+            Self::Other(s) => Pin::new(s).poll_flush(cx),
+            Self::OtherTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Self::Gone => Poll::Ready(Err(gone())),
         }
     }
@@ -323,6 +338,8 @@ impl AsyncWrite for Stream {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Other(s) => Pin::new(s).poll_shutdown(cx),
+            Self::OtherTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Self::Gone => Poll::Ready(Ok(())),
         }
     }
@@ -428,6 +445,30 @@ impl Connection {
                 Self::establish(Stream::Unix(unix), addr, &name, config, true).await
             }
         }
+    }
+
+    /// [`connect`](Self::connect) over a stream the caller opened: an in-memory
+    /// [`tokio::io::duplex`] pipe to a server in the same process (tests), a proxy, a tunnel.
+    /// Reads the greeting, says EHLO, runs STARTTLS over `stream` as `config.tls` says and logs
+    /// in, as [`connect`](Self::connect) does. `peer` is what
+    /// [`peer_addr`](Self::peer_addr) and the logs show; `server_name` is the name the
+    /// server's certificate must be valid for.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect), except the errors of connecting.
+    pub async fn from_stream<S>(
+        stream: S,
+        peer: SocketAddr,
+        server_name: &str,
+        config: &ClientConfig,
+    ) -> Result<Self, ClientError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        check_helo_name(&config.helo_name)?;
+        let stream = Stream::Other(Box::new(stream));
+        Self::establish(stream, peer, server_name, config, false).await
     }
 
     /// The session on a connected stream: greeting, hello, STARTTLS and login.
@@ -1023,20 +1064,22 @@ impl Connection {
         let setup = TlsSetup::new(self.config.tls, &self.config.extra_roots)
             .map_err(|e| self.fail(ClientError::Tls(e)))?;
         let name = tls_server_name(&self.server_name, self.peer);
-        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Gone) else {
-            return Err(self.fail(ClientError::Tls("connection is already encrypted".into())));
-        };
         let connector = TlsConnector::from(std::sync::Arc::clone(&setup.config));
-        let tls = match tokio::time::timeout(t, connector.connect(name.clone(), tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(e)) => return Err(self.fail(ClientError::Tls(e.to_string()))),
-            Err(_) => {
-                return Err(self.fail(ClientError::Timeout {
-                    stage: "TLS handshake",
-                }))
-            }
+        let stream = match std::mem::replace(&mut self.stream, Stream::Gone) {
+            Stream::Plain(tcp) => tls_connect(&connector, &name, tcp, t)
+                .await
+                .map(|tls| Stream::Tls(Box::new(tls))),
+            Stream::Other(other) => tls_connect(&connector, &name, other, t)
+                .await
+                .map(|tls| Stream::OtherTls(Box::new(tls))),
+            _ => Err(ClientError::Tls("connection is already encrypted".into())),
         };
-        let (_, session) = tls.get_ref();
+        self.stream = stream.map_err(|e| self.fail(e))?;
+        let session = match &self.stream {
+            Stream::Tls(tls) => tls.get_ref().1,
+            Stream::OtherTls(tls) => tls.get_ref().1,
+            _ => return Err(self.fail(ClientError::Tls("no TLS session".into()))),
+        };
         let verified = self.config.tls == TlsPolicy::RequireVerified
             || session
                 .peer_certificates()
@@ -1052,7 +1095,6 @@ impl Connection {
         };
         debug!(peer = %self.peer, tls = %info, "STARTTLS done");
         self.tls = Some(info);
-        self.stream = Stream::Tls(Box::new(tls));
         Ok(())
     }
 
@@ -1274,6 +1316,22 @@ impl Connection {
 
 /// A TCP connection to `addr` within the connect timeout, with Nagle off (commands are
 /// written whole; Nagle would only delay them).
+/// The client side of a TLS handshake within `limit`.
+async fn tls_connect<IO: AsyncRead + AsyncWrite + Unpin>(
+    connector: &TlsConnector,
+    name: &ServerName<'static>,
+    io: IO,
+    limit: Duration,
+) -> Result<TlsStream<IO>, ClientError> {
+    match tokio::time::timeout(limit, connector.connect(name.clone(), io)).await {
+        Ok(Ok(tls)) => Ok(tls),
+        Ok(Err(e)) => Err(ClientError::Tls(e.to_string())),
+        Err(_) => Err(ClientError::Timeout {
+            stage: "TLS handshake",
+        }),
+    }
+}
+
 async fn open_tcp(addr: SocketAddr, config: &ClientConfig) -> Result<TcpStream, ClientError> {
     let tcp = match tokio::time::timeout(config.timeouts.connect, TcpStream::connect(addr)).await {
         Ok(Ok(tcp)) => tcp,

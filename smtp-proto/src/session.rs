@@ -12,15 +12,16 @@
 //! # Driving a session
 //!
 //! Methods come in four kinds, in the order a driver calls them:
-//! - input: [`Session::feed`] (bytes from the client), [`Session::timeout`],
-//!   [`Session::shutdown`], [`Session::tls_established`];
+//! - input: [`Session::feed`] (bytes from the client), [`Session::handle_timeout`] (and
+//!   [`Session::timeout`]), [`Session::shutdown`], [`Session::tls_established`];
 //! - events: [`Session::poll_event`], until it returns `None` (then more input is needed, or
 //!   the session is closed);
 //! - decisions: [`Session::accept`] / [`Session::respond`], once after each event for which
 //!   [`Event::needs_decision`] is true, before polling again ([`Event::SyncCheck`] is answered
 //!   with [`Session::input_pending`]; `accept` there means "nothing pending");
 //! - output: [`Session::output`] and [`Session::clear_output`] (write these bytes to the
-//!   client), and the getters [`Session::is_closed`], [`Session::is_receiving_data`].
+//!   client), [`Session::poll_timeout`] (the instant by which the client must send more),
+//!   and the getters [`Session::is_closed`], [`Session::is_receiving_data`].
 //!
 //! ```
 //! use smtp_proto::session::{Event, Session, SessionConfig};
@@ -52,6 +53,50 @@
 //! assert!(out.ends_with("250 2.0.0 Message accepted\r\n221 2.0.0 mx.example.org closing connection\r\n"));
 //! assert!(s.is_closed());
 //! ```
+//!
+//! # Timeouts
+//!
+//! The session reads no clock: the driver passes the current [`Instant`] in, as with
+//! quinn-proto's `poll_timeout` and `handle_timeout`. After [`Session::poll_event`] returned
+//! `None` and the output was written, the driver asks [`Session::poll_timeout`] for the
+//! deadline, waits for input until then, and if none came calls
+//! [`Session::handle_timeout`], which queues `421 4.4.2 <host> Timeout exceeded, closing
+//! connection` and closes the session once the deadline has passed:
+//!
+//! ```
+//! use std::time::{Duration, Instant};
+//! use smtp_proto::session::{Session, SessionConfig};
+//!
+//! let mut s = Session::new(SessionConfig::new("mx.example.org"));
+//! while s.poll_event().is_some() {
+//!     s.accept(); // the Connect event, and the pipelining check before the greeting
+//! }
+//! s.clear_output(); // the greeting was written
+//! let start = Instant::now();
+//! let deadline = s.poll_timeout(start).expect("the session waits for a command");
+//! assert_eq!(deadline, start + Duration::from_secs(300));
+//! // ... no input until then:
+//! assert!(!s.handle_timeout(deadline - Duration::from_secs(1)));
+//! assert!(s.handle_timeout(deadline));
+//! assert_eq!(s.output(), b"421 4.4.2 mx.example.org Timeout exceeded, closing connection\r\n");
+//! assert!(s.is_closed() && s.poll_timeout(deadline).is_none());
+//! ```
+//!
+//! Decisions made here:
+//! - The limit is [`SessionConfig::command_timeout`] (default 5 minutes, RFC 5321
+//!   §4.5.3.2.7) while a command (or an AUTH response line) is awaited, and
+//!   [`SessionConfig::data_timeout`] (default 3 minutes, RFC 5321 §4.5.3.2.5) inside message
+//!   content: in DATA, and from the first BDAT chunk to the last (between chunks too), as
+//!   [`Session::is_receiving_data`] says.
+//! - The clock starts when the driver first asks after the session last received input
+//!   (bytes, a decision, the end of the TLS handshake): the time the server spends deciding
+//!   or writing is not the client's. Every read restarts it, so the limit is per read (as
+//!   Postfix's `smtpd_timeout`); line and size limits bound what a client that trickles
+//!   bytes can make the server hold.
+//! - There is no deadline while the session waits for the driver (a decision is pending, or
+//!   the TLS handshake after STARTTLS is due; the driver bounds the handshake itself), before
+//!   the first [`Session::poll_event`], or once the session is closed.
+//! - A timeout too large for an [`Instant`] (e.g. [`Duration::MAX`]) means no deadline.
 //!
 //! # States
 //!
@@ -122,6 +167,7 @@
 //! what it fed.
 
 use std::borrow::Cow;
+use std::time::{Duration, Instant};
 
 use crate::address::{ForwardPath, ReversePath};
 use crate::command::{parse_command, Command, CommandErrorKind, Limits};
@@ -185,13 +231,21 @@ pub struct SessionConfig {
     /// Failed AUTH attempts allowed in one session (default 3): the failure that reaches
     /// this number is answered, then `421 4.7.0` closes the session.
     pub max_auth_failures: usize,
+    /// How long the client may be silent while a command is awaited (default 5 minutes,
+    /// RFC 5321 §4.5.3.2.7); then `421 4.4.2` closes the session. See the module docs,
+    /// "Timeouts".
+    pub command_timeout: Duration,
+    /// How long the client may be silent inside message content, DATA or BDAT (default 3
+    /// minutes, RFC 5321 §4.5.3.2.5); then `421 4.4.2` closes the session.
+    pub data_timeout: Duration,
 }
 
 impl SessionConfig {
     /// Defaults: no size limit, 100 recipients (and 1000 more refused before they count as
     /// errors), RFC 5321 line limits, bare line endings refused, CHUNKING and SMTPUTF8
     /// offered, no TLS, no DSN, 10 errors, 100 junk commands, unauthorised pipelining refused,
-    /// no AUTH (when mechanisms are set: only after TLS, 3 failures per session).
+    /// no AUTH (when mechanisms are set: only after TLS, 3 failures per session), a command
+    /// timeout of 5 minutes and a data timeout of 3 minutes.
     pub fn new(hostname: impl Into<String>) -> Self {
         Self {
             hostname: hostname.into(),
@@ -211,6 +265,8 @@ impl SessionConfig {
             auth_mechanisms: Vec::new(),
             auth_requires_tls: true,
             max_auth_failures: 3,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
         }
     }
 }
@@ -422,6 +478,9 @@ pub struct Session {
     credentials: Option<Credentials>,
     authenticated: bool,
     auth_failures: usize,
+    /// Since when the client's deadline runs: set by [`Session::poll_timeout`], cleared by
+    /// every input (the next call starts the clock again).
+    wait_since: Option<Instant>,
 }
 
 fn reply(code: u16, enhanced: Option<(u8, u16, u16)>, text: &str) -> Reply {
@@ -467,6 +526,7 @@ impl Session {
             credentials: None,
             authenticated: false,
             auth_failures: 0,
+            wait_since: None,
         }
     }
 
@@ -555,6 +615,9 @@ impl Session {
         if matches!(self.phase, Phase::Closed | Phase::Tls) {
             return;
         }
+        if !bytes.is_empty() {
+            self.wait_since = None;
+        }
         if self.pos == self.input.len() {
             self.input.clear();
             self.pos = 0;
@@ -565,7 +628,22 @@ impl Session {
         self.input.extend_from_slice(bytes);
     }
 
-    /// The client was silent too long: queue `421 4.4.2` and close.
+    /// The deadline [`Session::poll_timeout`] gave may have passed: if it has (`now` is at or
+    /// after it), queues `421 4.4.2 <host> Timeout exceeded, closing connection`, closes the
+    /// session and returns `true`. Otherwise (no deadline runs, or `now` is before it, as
+    /// after an early wake-up) does nothing and returns `false`.
+    pub fn handle_timeout(&mut self, now: Instant) -> bool {
+        match self.deadline() {
+            Some(deadline) if now >= deadline => {
+                self.timeout();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The client was silent too long: queue `421 4.4.2` and close, whatever the deadline.
+    /// Drivers with a clock use [`Session::handle_timeout`], which checks the deadline.
     pub fn timeout(&mut self) {
         let text = format!(
             "{} Timeout exceeded, closing connection",
@@ -585,6 +663,7 @@ impl Session {
         if self.phase != Phase::Tls {
             return;
         }
+        self.wait_since = None;
         self.tls = true;
         self.input.clear();
         self.pos = 0;
@@ -619,6 +698,7 @@ impl Session {
         let r = match self.pending {
             None => return,
             Some(Pending::Sync) => {
+                self.wait_since = None;
                 self.pending = None;
                 self.sync_checked = true;
                 return;
@@ -641,6 +721,7 @@ impl Session {
         let Some(pending) = self.pending.take() else {
             return;
         };
+        self.wait_since = None;
         let ok = r.is_positive_completion();
         match pending {
             Pending::Connect if ok && self.config.forbid_unauth_pipelining => {
@@ -722,6 +803,7 @@ impl Session {
             return;
         }
         self.pending = None;
+        self.wait_since = None;
         if pending {
             self.sync_error();
             self.close_due = true;
@@ -740,6 +822,39 @@ impl Session {
     /// Marks the output as sent.
     pub fn clear_output(&mut self) {
         self.output.clear();
+    }
+
+    /// The instant by which the client must send more input, or `None` when the session
+    /// does not wait for the client (a decision is pending, the TLS handshake is due, no
+    /// event was polled yet, or the session is closed). Call it with the current time after
+    /// [`Session::poll_event`] returned `None` and the output was written: the first call
+    /// after an input starts the clock at `now`, later calls return the same deadline until
+    /// the next input. When no input came by then, call [`Session::handle_timeout`]. See the
+    /// module docs, "Timeouts".
+    pub fn poll_timeout(&mut self, now: Instant) -> Option<Instant> {
+        let limit = self.timeout_limit()?;
+        let since = *self.wait_since.get_or_insert(now);
+        since.checked_add(limit)
+    }
+
+    /// The running deadline (`None` when none runs or the clock has not started).
+    fn deadline(&self) -> Option<Instant> {
+        self.wait_since?.checked_add(self.timeout_limit()?)
+    }
+
+    /// The timeout that applies now, `None` when the session does not wait for the client.
+    fn timeout_limit(&self) -> Option<Duration> {
+        if self.pending.is_some()
+            || self.close_due
+            || matches!(self.phase, Phase::Start | Phase::Tls | Phase::Closed)
+        {
+            return None;
+        }
+        Some(if self.is_receiving_data() {
+            self.config.data_timeout
+        } else {
+            self.config.command_timeout
+        })
     }
 
     // ---- events ----

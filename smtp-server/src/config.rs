@@ -36,10 +36,14 @@ pub struct Limits {
     /// server every local program shares one address. Default `false`.
     pub per_ip_exempt_loopback: bool,
     /// How long to wait for a command (RFC 5321 §4.5.3.2.7: at least 5 minutes, the
-    /// default). Also bounds the TLS handshake and each write.
+    /// default), counted from the last input or, after a reply, from when it was written.
+    /// It becomes the session's `SessionConfig::command_timeout`, which sets the deadline
+    /// (see the crate docs, "How a connection runs"). Also bounds the TLS handshake and each
+    /// write.
     pub command_timeout: Duration,
     /// How long to wait for the next piece of message content (RFC 5321 §4.5.3.2.5: 3
-    /// minutes, the default).
+    /// minutes, the default), in DATA and between BDAT chunks; the session's
+    /// `SessionConfig::data_timeout`.
     pub data_timeout: Duration,
     /// Protocol errors (bad syntax, bad order) tolerated before the client is disconnected
     /// with `421 4.7.0`. Default 10.

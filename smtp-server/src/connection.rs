@@ -2,9 +2,14 @@
 //!
 //! The loop polls the session for events and forwards them to the [`SessionHandler`]; when
 //! the session needs input it flushes the queued replies (so pipelined commands are answered
-//! in one write) and reads, with the command or data timeout and the shutdown signals in the
-//! same `select!`. All protocol logic lives in the session; this module only moves bytes and
-//! decisions.
+//! in one write) and reads until the deadline the session gives
+//! ([`Session::poll_timeout`]: the command or the data timeout, restarted by every input),
+//! with the shutdown signals in the same `select!`; when the deadline passes it calls
+//! [`Session::handle_timeout`], which queues `421 4.4.2`. The driver chooses no read
+//! timeout itself; it bounds only what the session does not see: each write and the TLS
+//! handshake ([`crate::Limits::command_timeout`]), and the close. Time is tokio's clock, so
+//! tests with paused time (`tokio::time::pause`) see the timeouts at once. All protocol
+//! logic lives in the session; this module only moves bytes and decisions.
 //!
 //! Pipelining: when the session asks ([`Event::SyncCheck`]: the greeting is due, or a command
 //! that must end a pipelining group has nothing behind it in the session), the driver looks
@@ -13,7 +18,9 @@
 //! after such commands), and for TLS also the plaintext rustls has decrypted but not handed
 //! out. Any byte counts, so over TLS a client that sends an alert or a key update without
 //! waiting for a reply counts as pipelining too. A client that waits for replies sees no
-//! delay.
+//! delay. On a stream that is not a socket ([`crate::Server::serve_stream`]) nothing can be
+//! peeked at: the driver polls the stream once for plaintext without waiting, and a byte
+//! there counts as pipelining (the byte is dropped, as the session closes anyway).
 //!
 //! Memory: an idle plain connection owns no read buffer. Reads wait for readiness and then
 //! read into a per-thread scratch buffer whose bytes go straight into the session, which
@@ -24,15 +31,18 @@ use std::cell::RefCell;
 use std::fmt;
 use std::io::{self, BufRead as _};
 use std::mem::MaybeUninit;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use smtp_proto::data::DataError;
 use smtp_proto::session::{Event, Session};
 use smtp_proto::Refusal;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info};
 
 use crate::auth::{Credentials, LIMIT_REACHED};
@@ -41,7 +51,7 @@ use crate::server::Common;
 use crate::tls::tls_info;
 
 /// Size of the per-thread read buffer for plain connections and of the per-connection read
-/// buffer of TLS connections.
+/// buffer of TLS and other connections.
 const READ_BUF: usize = 16 * 1024;
 const TLS_READ_BUF: usize = 8 * 1024;
 /// Buffer capacity kept by an idle connection.
@@ -161,7 +171,7 @@ impl<'a> BodyStream<'a> {
                     self.fail(BodyError::Aborted);
                 }
                 Some(Event::SyncCheck) => {
-                    let pending = io.input_pending();
+                    let pending = io.input_pending().await;
                     io.session.input_pending(pending);
                 }
                 Some(Event::Quit) => self.fail(BodyError::Aborted),
@@ -194,10 +204,8 @@ impl<'a> BodyStream<'a> {
                 self.io.broken = true;
                 self.fail(BodyError::Disconnected);
             }
-            Ok(ReadOutcome::Timeout) => {
-                self.io.session.timeout();
-                self.fail(BodyError::Timeout);
-            }
+            // The session has queued its `421 4.4.2`.
+            Ok(ReadOutcome::Timeout) => self.fail(BodyError::Timeout),
             Ok(ReadOutcome::Shutdown) => {
                 self.io.session.shutdown();
                 self.fail(BodyError::Shutdown);
@@ -359,9 +367,18 @@ impl tokio::io::AsyncRead for BodyReader<'_, '_> {
 pub(crate) enum Stream {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
+    /// Any other byte stream ([`crate::Server::serve_stream`]).
+    Other(Box<dyn Transport>),
+    /// TLS over such a stream.
+    OtherTls(Box<TlsStream<Box<dyn Transport>>>),
     /// Taken for the TLS handshake.
     Gone,
 }
+
+/// What [`Stream::Other`] holds: any byte stream a task can own.
+pub(crate) trait Transport: AsyncRead + AsyncWrite + Unpin + Send {}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Transport for T {}
 
 /// An event a [`BodyStream`] met that the main loop must handle.
 #[derive(Debug, Clone, Copy)]
@@ -381,13 +398,15 @@ enum ReadOutcome {
 pub(crate) struct Io {
     stream: Stream,
     session: Session,
-    /// Read buffer of a TLS connection (plain ones read into [`SCRATCH`]).
+    /// Read buffer of a TLS or other connection (plain TCP reads into [`SCRATCH`]).
     tls_buf: Vec<u8>,
     /// The body piece handed to the handler.
     chunk: Vec<u8>,
     deferred: Option<Deferred>,
     /// EOF or a network error: nothing more can be read or written.
     broken: bool,
+    /// The end of the stream was seen while checking for pending input.
+    eof: bool,
     common: Arc<Common>,
 }
 
@@ -411,6 +430,14 @@ impl Io {
                     s.write_all(out).await?;
                     s.flush().await
                 }
+                Stream::Other(s) => {
+                    s.write_all(out).await?;
+                    s.flush().await
+                }
+                Stream::OtherTls(s) => {
+                    s.write_all(out).await?;
+                    s.flush().await
+                }
                 Stream::Gone => Err(io::ErrorKind::NotConnected.into()),
             }
         };
@@ -422,55 +449,109 @@ impl Io {
         Ok(())
     }
 
-    /// Reads once into the session, with the command or data timeout; the graceful shutdown
-    /// signal counts only between messages, the hard one always.
+    /// Reads once into the session, until the session's deadline
+    /// ([`Session::poll_timeout`]); when it passes, the session queues `421 4.4.2`
+    /// ([`Session::handle_timeout`]) and this returns [`ReadOutcome::Timeout`]. The graceful
+    /// shutdown signal counts only between messages, the hard one always.
     async fn read(&mut self) -> io::Result<ReadOutcome> {
         let Io {
             stream,
             session,
             tls_buf,
             common,
+            eof,
             ..
         } = self;
         let receiving = session.is_receiving_data();
-        let limit = if receiving {
-            common.limits.data_timeout
-        } else {
-            common.limits.command_timeout
-        };
-        let read = tokio::time::timeout(limit, read_into(stream, session, tls_buf));
-        tokio::select! {
-            biased;
-            () = common.hard.cancelled() => Ok(ReadOutcome::Shutdown),
-            () = common.soft.cancelled(), if !receiving => Ok(ReadOutcome::Shutdown),
-            r = read => match r {
-                Err(_) => Ok(ReadOutcome::Timeout),
+        loop {
+            let now = tokio::time::Instant::now();
+            // Always some deadline: the session gives none only when it waits for the driver
+            // (which does not read then), so this fallback is for a driver bug.
+            let deadline = session
+                .poll_timeout(now.into_std())
+                .map_or(now + session.config().command_timeout, |d| {
+                    tokio::time::Instant::from_std(d)
+                });
+            let read = tokio::time::timeout_at(deadline, read_into(stream, session, tls_buf, *eof));
+            let r = tokio::select! {
+                biased;
+                () = common.hard.cancelled() => return Ok(ReadOutcome::Shutdown),
+                () = common.soft.cancelled(), if !receiving => return Ok(ReadOutcome::Shutdown),
+                r = read => r,
+            };
+            return match r {
+                Err(_) => {
+                    if session.handle_timeout(tokio::time::Instant::now().into_std()) {
+                        Ok(ReadOutcome::Timeout)
+                    } else if session.poll_timeout(now.into_std()).is_none() {
+                        // Only the fallback deadline ran out.
+                        session.timeout();
+                        Ok(ReadOutcome::Timeout)
+                    } else {
+                        // Woken before the session's deadline: wait on.
+                        continue;
+                    }
+                }
                 Ok(Ok(0)) => Ok(ReadOutcome::Eof),
                 Ok(Ok(_)) => Ok(ReadOutcome::Data),
                 Ok(Err(e)) => Err(e),
-            },
+            };
         }
     }
 
     /// Whether the client sent bytes that were not read yet: on the socket, or decrypted and
-    /// buffered by rustls. Never waits.
-    fn input_pending(&mut self) -> bool {
+    /// buffered by rustls. Never waits. On a stream that is not a socket, polls it once for
+    /// plaintext (see the module docs); what comes is dropped, as the session closes when
+    /// told input is pending.
+    async fn input_pending(&mut self) -> bool {
         match &mut self.stream {
             Stream::Plain(s) => socket_has_input(s),
             Stream::Tls(s) => {
                 let (tcp, conn) = s.get_mut();
                 matches!(conn.reader().fill_buf(), Ok(b) if !b.is_empty()) || socket_has_input(tcp)
             }
+            Stream::Other(s) => poll_has_input(s, &mut self.eof, &mut self.broken).await,
+            Stream::OtherTls(s) => poll_has_input(s, &mut self.eof, &mut self.broken).await,
             Stream::Gone => false,
         }
     }
 
     async fn close(&mut self) {
         // A plain TCP stream needs no shutdown: dropping it closes the socket, which sends the
-        // FIN (and saves a syscall per connection). TLS sends its close_notify first.
-        if let Stream::Tls(s) = &mut self.stream {
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, s.shutdown()).await;
+        // FIN (and saves a syscall per connection). TLS sends its close_notify first; another
+        // stream is told too, as it may be buffered.
+        let _ = match &mut self.stream {
+            Stream::Plain(_) | Stream::Gone => return,
+            Stream::Tls(s) => tokio::time::timeout(CLOSE_TIMEOUT, s.shutdown()).await,
+            Stream::Other(s) => tokio::time::timeout(CLOSE_TIMEOUT, s.shutdown()).await,
+            Stream::OtherTls(s) => tokio::time::timeout(CLOSE_TIMEOUT, s.shutdown()).await,
+        };
+    }
+}
+
+/// Polls `s` once for input without waiting: `true` when bytes came. An end of file or an
+/// error is remembered for the next read.
+async fn poll_has_input<S: AsyncRead + Unpin + ?Sized>(
+    s: &mut S,
+    eof: &mut bool,
+    broken: &mut bool,
+) -> bool {
+    let mut byte = [0u8; 1];
+    let mut buf = ReadBuf::new(&mut byte);
+    let polled =
+        std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *s).poll_read(cx, &mut buf))).await;
+    match polled {
+        Poll::Ready(Ok(())) if !buf.filled().is_empty() => true,
+        Poll::Ready(Ok(())) => {
+            *eof = true;
+            false
         }
+        Poll::Ready(Err(e)) => {
+            debug!(error = %e, "read failed");
+            *broken = true;
+            false
+        }
+        Poll::Pending => false,
     }
 }
 
@@ -482,12 +563,17 @@ fn socket_has_input(s: &TcpStream) -> bool {
     matches!(socket2::SockRef::from(s).peek(&mut byte), Ok(n) if n > 0)
 }
 
-/// Reads once and feeds what was read to the session; 0 means EOF.
+/// Reads once and feeds what was read to the session; 0 means EOF (also when `eof` was seen
+/// already).
 async fn read_into(
     stream: &mut Stream,
     session: &mut Session,
     tls_buf: &mut Vec<u8>,
+    eof: bool,
 ) -> io::Result<usize> {
+    if eof {
+        return Ok(0);
+    }
     match stream {
         Stream::Plain(s) => loop {
             s.readable().await?;
@@ -501,16 +587,25 @@ async fn read_into(
                 r => return r,
             }
         },
-        Stream::Tls(s) => {
-            if tls_buf.len() != TLS_READ_BUF {
-                tls_buf.resize(TLS_READ_BUF, 0);
-            }
-            let n = s.read(tls_buf).await?;
-            session.feed(&tls_buf[..n]);
-            Ok(n)
-        }
+        Stream::Tls(s) => read_buffered(s.as_mut(), session, tls_buf).await,
+        Stream::Other(s) => read_buffered(s, session, tls_buf).await,
+        Stream::OtherTls(s) => read_buffered(s.as_mut(), session, tls_buf).await,
         Stream::Gone => Ok(0),
     }
+}
+
+/// Reads once into the connection's own buffer and feeds the session.
+async fn read_buffered<S: AsyncRead + Unpin + ?Sized>(
+    s: &mut S,
+    session: &mut Session,
+    buf: &mut Vec<u8>,
+) -> io::Result<usize> {
+    if buf.len() != TLS_READ_BUF {
+        buf.resize(TLS_READ_BUF, 0);
+    }
+    let n = s.read(buf).await?;
+    session.feed(&buf[..n]);
+    Ok(n)
 }
 
 /// What the main loop does after an event was handled.
@@ -647,7 +742,7 @@ impl<H: Handler> Connection<H> {
         info: ConnectionInfo,
     ) -> Self {
         let mut config = common.session_config.clone();
-        if let Stream::Tls(_) = stream {
+        if let Stream::Tls(_) | Stream::OtherTls(_) = stream {
             config.tls_active = true;
             config.starttls = false;
         } else {
@@ -663,6 +758,7 @@ impl<H: Handler> Connection<H> {
                 chunk: Vec::new(),
                 deferred: None,
                 broken: false,
+                eof: false,
                 common,
             },
             state: State {
@@ -707,7 +803,7 @@ impl<H: Handler> Connection<H> {
             }
             if let Some(event) = self.io.session.poll_event() {
                 if let Event::SyncCheck = event {
-                    let pending = self.io.input_pending();
+                    let pending = self.io.input_pending().await;
                     if pending {
                         debug!("client did not wait for a reply: protocol synchronization error");
                     }
@@ -739,10 +835,8 @@ impl<H: Handler> Connection<H> {
                     debug!("client closed the connection");
                     break;
                 }
-                Ok(ReadOutcome::Timeout) => {
-                    debug!("command timeout");
-                    self.io.session.timeout();
-                }
+                // The session has queued its `421 4.4.2`.
+                Ok(ReadOutcome::Timeout) => debug!("command timeout"),
                 Ok(ReadOutcome::Shutdown) => self.io.session.shutdown(),
                 Err(e) => {
                     debug!(error = %e, "read failed");
@@ -874,29 +968,25 @@ impl<H: Handler> Connection<H> {
         let Some(tls) = self.io.common.tls.clone() else {
             return false;
         };
-        let Stream::Plain(tcp) = std::mem::replace(&mut self.io.stream, Stream::Gone) else {
-            return false;
-        };
-        // Boxed: a handshake's state is large and would otherwise be part of every idle
-        // connection's task.
-        let handshake = Box::pin(tokio::time::timeout(
-            self.io.common.limits.command_timeout,
-            tls.acceptor().accept(tcp),
-        ));
-        let stream = match handshake.await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => {
-                debug!(error = %e, "TLS handshake failed");
-                return false;
+        let acceptor = tls.acceptor();
+        let limit = self.io.common.limits.command_timeout;
+        let (stream, info) = match std::mem::replace(&mut self.io.stream, Stream::Gone) {
+            Stream::Plain(tcp) => {
+                let Some((s, info)) = handshake(&acceptor, tcp, limit).await else {
+                    return false;
+                };
+                (Stream::Tls(Box::new(s)), info)
             }
-            Err(_) => {
-                debug!("TLS handshake timed out");
-                return false;
+            Stream::Other(other) => {
+                let Some((s, info)) = handshake(&acceptor, other, limit).await else {
+                    return false;
+                };
+                (Stream::OtherTls(Box::new(s)), info)
             }
+            _ => return false,
         };
-        let info: TlsInfo = tls_info(stream.get_ref().1);
         debug!(protocol = %info.protocol, cipher = %info.cipher, "TLS established");
-        self.io.stream = Stream::Tls(Box::new(stream));
+        self.io.stream = stream;
         self.io.session.tls_established();
         self.state.envelope.helo.clear();
         if let Some(sh) = self.state.session.as_mut() {
@@ -919,15 +1009,23 @@ pub(crate) async fn refuse(mut tcp: TcpStream, refusal: Refusal) {
 }
 
 /// Runs the implicit-TLS handshake; `None` when it fails or times out.
-pub(crate) async fn implicit_tls(
+pub(crate) async fn implicit_tls<S: AsyncRead + AsyncWrite + Unpin>(
     common: &Common,
-    tcp: TcpStream,
-) -> Option<(TlsStream<TcpStream>, TlsInfo)> {
+    stream: S,
+) -> Option<(TlsStream<S>, TlsInfo)> {
     let tls = common.tls.as_ref()?;
-    let handshake = Box::pin(tokio::time::timeout(
-        common.limits.command_timeout,
-        tls.acceptor().accept(tcp),
-    ));
+    handshake(&tls.acceptor(), stream, common.limits.command_timeout).await
+}
+
+/// Runs a server-side TLS handshake within `limit`; `None` when it fails or times out.
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    acceptor: &TlsAcceptor,
+    stream: S,
+    limit: Duration,
+) -> Option<(TlsStream<S>, TlsInfo)> {
+    // Boxed: a handshake's state is large and would otherwise be part of every idle
+    // connection's task.
+    let handshake = Box::pin(tokio::time::timeout(limit, acceptor.accept(stream)));
     match handshake.await {
         Ok(Ok(s)) => {
             let info = tls_info(s.get_ref().1);

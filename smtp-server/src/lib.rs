@@ -55,8 +55,28 @@
 //! # How a connection runs
 //! One task per connection runs one loop over its [`smtp_proto::session::Session`]: poll an
 //! event, ask the handler, tell the session; when the session needs input, write its queued
-//! replies in one go (so pipelined commands cost one write) and read, bounded by
-//! [`Limits::command_timeout`] or, inside a message, [`Limits::data_timeout`].
+//! replies in one go (so pipelined commands cost one write) and read until the session's
+//! deadline.
+//!
+//! - Timeouts: [`Limits::command_timeout`] (default 5 minutes) and, inside a message (DATA,
+//!   and from the first BDAT chunk to the last), [`Limits::data_timeout`] (default 3
+//!   minutes) become the session's
+//!   [`SessionConfig::command_timeout`](smtp_proto::session::SessionConfig::command_timeout)
+//!   and [`data_timeout`](smtp_proto::session::SessionConfig::data_timeout); the session says
+//!   by when the client must send more
+//!   ([`Session::poll_timeout`](smtp_proto::session::Session::poll_timeout)), and the driver
+//!   sleeps until then on tokio's clock. Each read restarts the clock, and the time the
+//!   handler takes does not count: the clock starts when the reply has been written. A
+//!   client that stays silent gets `421 4.4.2 <host> Timeout exceeded, closing connection`
+//!   and the connection closes; inside a message the handler's [`BodyStream`] then fails
+//!   with [`BodyError::Timeout`]. Writes and the TLS handshake are bounded by
+//!   [`Limits::command_timeout`] too. Because the clock is tokio's, tests can run the
+//!   timeouts on paused time (`#[tokio::test(start_paused = true)]`) over
+//!   [`Server::serve_stream`].
+//! - [`Server::serve_stream`] runs a session on any byte stream (`AsyncRead + AsyncWrite`):
+//!   an in-memory [`tokio::io::duplex`] pipe in tests, a transport of your own. STARTTLS runs
+//!   over that stream; connection count limits and the shutdown of [`BoundServer::serve`] do
+//!   not apply to it.
 //!
 //! - Connections over [`Limits::max_connections`] or [`Limits::max_connections_per_ip`] get
 //!   `421 4.7.0` and are closed before any handler hook runs.
@@ -67,7 +87,8 @@
 //!   before the `354`) gets `554 5.5.0 Error: SMTP protocol synchronization` and the
 //!   connection closes, as Postfix's default `smtpd_forbid_unauth_pipelining = yes`. Besides
 //!   what it has read, the server looks at the socket without waiting (a `recv` with
-//!   `MSG_PEEK`) when the greeting is due and after such commands. Turn it off with
+//!   `MSG_PEEK`) when the greeting is due and after such commands (on a stream of
+//!   [`Server::serve_stream`], which cannot be peeked at, it polls the stream once instead). Turn it off with
 //!   [`smtp_proto::session::SessionConfig::forbid_unauth_pipelining`] through
 //!   [`ServerBuilder::session_config`].
 //! - After `220 Ready to start TLS` whatever the client pipelined behind STARTTLS is dropped

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use smtp_proto::session::SessionConfig;
 use smtp_proto::Refusal;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -19,7 +20,7 @@ use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::auth::{FailureTable, LIMIT_REACHED};
 use crate::config::Limits;
-use crate::connection::{implicit_tls, refuse, Connection, Stream};
+use crate::connection::{implicit_tls, refuse, Connection, Stream, Transport};
 use crate::handler::{ConnectionInfo, Handler};
 use crate::listener::{bind, Listener};
 use crate::tls::TlsConfig;
@@ -39,7 +40,8 @@ pub enum Error {
         /// The cause.
         source: io::Error,
     },
-    /// No listen address was given.
+    /// No listen address was given to a server that was to bind ([`Server::bind`]). A server
+    /// without listeners can still serve streams ([`Server::serve_stream`]).
     #[error("no listen address configured")]
     NoListeners,
     /// An implicit-TLS listener was configured without [`ServerBuilder::tls`].
@@ -87,7 +89,7 @@ impl From<Error> for io::Error {
 pub struct Server<H> {
     handler: Arc<H>,
     listeners: Vec<Listener>,
-    common: Common,
+    common: Arc<Common>,
 }
 
 /// Configures a [`Server`].
@@ -114,8 +116,12 @@ impl<H: Handler> Server<H> {
     /// Binds every listener; the server starts serving with [`BoundServer::serve`].
     ///
     /// # Errors
-    /// [`Error::Bind`] naming the first address that could not be bound.
+    /// [`Error::NoListeners`] when no listener was configured; [`Error::Bind`] naming the
+    /// first address that could not be bound.
     pub async fn bind(self) -> Result<BoundServer<H>, Error> {
+        if self.listeners.is_empty() {
+            return Err(Error::NoListeners);
+        }
         let mut bound = Vec::with_capacity(self.listeners.len());
         for l in self.listeners {
             let socket = bind(l.addr).map_err(|source| Error::Bind {
@@ -137,8 +143,92 @@ impl<H: Handler> Server<H> {
         Ok(BoundServer {
             handler: self.handler,
             listeners: bound,
-            common: Arc::new(self.common),
+            common: self.common,
         })
+    }
+
+    /// Runs one SMTP session on `stream`, a byte stream of any kind: an in-memory
+    /// [`tokio::io::duplex`] pipe in a test, a transport of your own (a Unix socket, a proxy
+    /// protocol you parsed, a connection you accepted yourself). It is the session a listener's
+    /// connection gets: the same handler, limits, timeouts and logs; STARTTLS (over `stream`)
+    /// when [`ServerBuilder::tls`] was given, and the handshake first when `listener` is an
+    /// implicit-TLS one. The handler sees `listener`'s name and address as
+    /// [`ConnectionInfo::listener`] and [`ConnectionInfo::local`], and `peer` as
+    /// [`ConnectionInfo::peer`]. The future ends with the session; it owns what it needs
+    /// (spawn it, or await it).
+    ///
+    /// Unlike a listener's connections these are not counted against
+    /// [`Limits::max_connections`] or [`Limits::max_connections_per_ip`] (the caller chose to
+    /// serve them), and [`BoundServer::serve`]'s shutdown does not reach them: drop the
+    /// future to end one. The pipelining check cannot peek at a stream that is not a socket:
+    /// it polls the stream once without waiting instead (see [`crate`], "How a connection
+    /// runs").
+    ///
+    /// ```
+    /// # use smtp_server::{Server, Handler, SessionHandler, ConnectionInfo, Envelope, BodyStream, DataOutcome, Listener};
+    /// # use smtp_proto::Reply;
+    /// # use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    /// # struct Sink;
+    /// # struct SinkSession;
+    /// # impl Handler for Sink {
+    /// #     type Session = SinkSession;
+    /// #     async fn connect(&self, _: &ConnectionInfo) -> Result<SinkSession, Reply> { Ok(SinkSession) }
+    /// # }
+    /// # impl SessionHandler for SinkSession {
+    /// #     async fn data(&mut self, _: &Envelope, body: &mut BodyStream<'_>) -> DataOutcome {
+    /// #         while let Ok(Some(_)) = body.chunk().await {}
+    /// #         DataOutcome::accepted("Discarded")
+    /// #     }
+    /// # }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> std::io::Result<()> {
+    /// let server = Server::builder(Sink).hostname("mx.example.org").build()?;
+    /// let (client, stream) = tokio::io::duplex(4096);
+    /// let listener = Listener::named("in-memory", "127.0.0.1:25".parse().unwrap());
+    /// tokio::spawn(server.serve_stream(stream, &listener, "192.0.2.1:4321".parse().unwrap()));
+    /// let mut client = BufReader::new(client);
+    /// let mut line = String::new();
+    /// client.read_line(&mut line).await?;
+    /// assert_eq!(line, "220 mx.example.org ESMTP ready\r\n");
+    /// client.get_mut().write_all(b"QUIT\r\n").await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn serve_stream<S>(
+        &self,
+        stream: S,
+        listener: &Listener,
+        peer: SocketAddr,
+    ) -> impl Future<Output = ()> + Send + 'static
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let handler = Arc::clone(&self.handler);
+        let common = Arc::clone(&self.common);
+        let id = common.next_id.fetch_add(1, Ordering::Relaxed);
+        let span = info_span!("session", id, %peer, listener = %listener.name);
+        let mut info = ConnectionInfo {
+            peer,
+            local: listener.addr,
+            listener: Arc::clone(&listener.name),
+            tls: None,
+            session_id: id,
+        };
+        let implicit = listener.implicit_tls;
+        let connection = async move {
+            let stream: Box<dyn Transport> = Box::new(stream);
+            let stream = if implicit {
+                let Some((tls, tls_info)) = implicit_tls(&common, stream).await else {
+                    debug!("implicit TLS failed or not configured");
+                    return;
+                };
+                info.tls = Some(tls_info);
+                Stream::OtherTls(Box::new(tls))
+            } else {
+                Stream::Other(stream)
+            };
+            Connection::new(handler, common, stream, info).run().await;
+        };
+        connection.instrument(span)
     }
 
     /// Binds and serves until `shutdown` completes, then shuts down gracefully (see
@@ -204,8 +294,8 @@ impl<H: Handler> ServerBuilder<H> {
     /// Protocol options of every session (CHUNKING, SMTPUTF8, DSN, the bare line ending policy
     /// of message content, the unauthorised pipelining policy
     /// [`SessionConfig::forbid_unauth_pipelining`], on by default). Its hostname is kept; its
-    /// size, recipient, line and error limits and TLS flags are replaced by those of
-    /// [`ServerBuilder::limits`] and [`ServerBuilder::tls`].
+    /// size, recipient, line and error limits, its timeouts and TLS flags are replaced by
+    /// those of [`ServerBuilder::limits`] and [`ServerBuilder::tls`].
     #[must_use]
     pub fn session_config(mut self, config: SessionConfig) -> Self {
         self.session = config;
@@ -225,15 +315,12 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
-    /// Checks the configuration.
+    /// Checks the configuration. A server without listeners is valid: it can serve streams
+    /// ([`Server::serve_stream`]) but not bind ([`Error::NoListeners`]).
     ///
     /// # Errors
-    /// [`Error::NoListeners`], or [`Error::TlsRequired`] for an implicit-TLS listener without
-    /// TLS.
+    /// [`Error::TlsRequired`] for an implicit-TLS listener without TLS.
     pub fn build(self) -> Result<Server<H>, Error> {
-        if self.listeners.is_empty() {
-            return Err(Error::NoListeners);
-        }
         if self.tls.is_none() {
             if let Some(l) = self.listeners.iter().find(|l| l.implicit_tls) {
                 return Err(Error::TlsRequired(l.addr));
@@ -248,12 +335,14 @@ impl<H: Handler> ServerBuilder<H> {
         session.max_auth_failures = limits.max_auth_failures;
         session.limits.max_command_line = limits.max_command_line;
         session.data.max_line_len = limits.max_text_line;
+        session.command_timeout = limits.command_timeout;
+        session.data_timeout = limits.data_timeout;
         session.starttls = false;
         session.tls_active = false;
         Ok(Server {
             handler: Arc::new(self.handler),
             listeners: self.listeners,
-            common: Common {
+            common: Arc::new(Common {
                 auth_failures: FailureTable::new(
                     limits.max_auth_failures_per_ip,
                     limits.auth_failure_window,
@@ -265,7 +354,7 @@ impl<H: Handler> ServerBuilder<H> {
                 soft: CancellationToken::new(),
                 hard: CancellationToken::new(),
                 next_id: AtomicU64::new(1),
-            },
+            }),
         })
     }
 

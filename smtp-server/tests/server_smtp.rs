@@ -1,5 +1,5 @@
 //! The server over real TCP on loopback: transactions, pipelining, error replies, limits,
-//! timeouts, shutdown, binding.
+//! shutdown, binding; and its timeouts over in-memory pipes on tokio's paused clock.
 #![allow(clippy::unwrap_used)]
 
 mod server_support;
@@ -7,7 +7,7 @@ mod server_support;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use server_support::{has_ipv6, start, start_plain, Client, WAIT};
+use server_support::{has_ipv6, start, start_plain, Client, InMemory, WAIT};
 use smtp_server::{Error, Limits, Server};
 
 const EHLO_PLAIN: &str = "250-mx.test greets client.example\n250-PIPELINING\n250-SIZE 26214400\n\
@@ -303,27 +303,47 @@ async fn loopback_clients_may_be_exempt_from_the_per_ip_limit() {
     );
 }
 
-#[tokio::test]
+const TIMEOUT_421: &str = "421 4.4.2 mx.test Timeout exceeded, closing connection";
+
+/// Longer than any timeout here: a read that must see the server's own timeout.
+const PATIENT: Duration = Duration::from_secs(3600);
+
+/// The default timeouts (5 minutes for a command, 3 inside a message) on tokio's paused
+/// clock: each elapses in no wall-clock time, and to the millisecond.
+#[tokio::test(start_paused = true)]
 async fn command_and_data_timeouts() {
-    let srv = start(|b| {
-        let mut l = Limits::default();
-        l.command_timeout = Duration::from_millis(300);
-        l.data_timeout = Duration::from_millis(600);
-        b.listen("127.0.0.1:0".parse().unwrap()).limits(l)
-    })
-    .await;
-    let mut c = Client::connect(srv.addr()).await;
-    c.reply().await;
-    let t = std::time::Instant::now();
+    let limits = Limits::default();
+    let (command, data) = (limits.command_timeout, limits.data_timeout);
     assert_eq!(
-        c.reply().await,
-        "421 4.4.2 mx.test Timeout exceeded, closing connection"
+        (command, data),
+        (Duration::from_secs(300), Duration::from_secs(180))
     );
-    assert!(t.elapsed() >= Duration::from_millis(250));
+    let srv = InMemory::new(|b| b.limits(limits));
+    let mut c = srv.connect();
+    assert_eq!(c.reply().await, "220 mx.test ESMTP ready");
+    let t = tokio::time::Instant::now();
+    assert_eq!(c.try_reply(PATIENT).await.unwrap(), TIMEOUT_421);
+    let waited = t.elapsed();
+    assert!(
+        waited >= command && waited < command + Duration::from_secs(1),
+        "{waited:?}"
+    );
     c.expect_closed().await;
 
-    // Inside DATA the (longer) data timeout applies: a 450 ms pause is fine, silence is not.
-    let mut c = Client::connect(srv.addr()).await;
+    // Each command restarts the clock.
+    let mut c = srv.connect();
+    c.reply().await;
+    tokio::time::sleep(command - Duration::from_secs(1)).await;
+    assert!(c.cmd("EHLO c").await.starts_with("250-mx.test"));
+    tokio::time::sleep(command - Duration::from_secs(1)).await;
+    assert_eq!(c.cmd("NOOP").await, "250 2.0.0 OK");
+    let t = tokio::time::Instant::now();
+    assert_eq!(c.try_reply(PATIENT).await.unwrap(), TIMEOUT_421);
+    assert!(t.elapsed() >= command && t.elapsed() < command + Duration::from_secs(1));
+
+    // Inside DATA the data timeout applies (shorter than the command timeout by default),
+    // counted from the last piece of content.
+    let mut c = srv.connect();
     c.reply().await;
     c.cmd("EHLO c").await;
     c.send("MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
@@ -333,16 +353,82 @@ async fn command_and_data_timeouts() {
     }
     assert!(c.reply().await.starts_with("354"));
     c.send("Subject: slow\r\n").await;
-    tokio::time::sleep(Duration::from_millis(450)).await;
+    tokio::time::sleep(data - Duration::from_secs(1)).await;
     c.send("still here\r\n").await;
-    assert_eq!(
-        c.reply().await,
-        "421 4.4.2 mx.test Timeout exceeded, closing connection"
+    let t = tokio::time::Instant::now();
+    assert_eq!(c.try_reply(PATIENT).await.unwrap(), TIMEOUT_421);
+    let waited = t.elapsed();
+    assert!(
+        waited >= data && waited < data + Duration::from_secs(1),
+        "{waited:?}"
     );
     c.expect_closed().await;
     let ev = srv.rec.events();
     assert!(ev.contains(&"lost data timeout".to_owned()), "{ev:?}");
     assert!(srv.rec.messages().is_empty());
+}
+
+/// Between BDAT chunks the data timeout applies too; after the last one, the command timeout.
+#[tokio::test(start_paused = true)]
+async fn bdat_timeouts() {
+    let mut limits = Limits::default();
+    limits.command_timeout = Duration::from_secs(60);
+    limits.data_timeout = Duration::from_secs(120);
+    let srv = InMemory::new(|b| b.limits(limits));
+    let mut c = srv.connect();
+    c.reply().await;
+    c.cmd("EHLO c").await;
+    c.send("MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nBDAT 4\r\nabc\n")
+        .await;
+    for _ in 0..2 {
+        c.reply().await;
+    }
+    assert_eq!(c.reply().await, "250 2.0.0 4 octets received");
+    // Longer than the command timeout, shorter than the data timeout.
+    tokio::time::sleep(Duration::from_secs(90)).await;
+    assert_eq!(c.cmd("BDAT 0 LAST").await, "250 2.0.0 Stored");
+    let t = tokio::time::Instant::now();
+    assert_eq!(c.try_reply(PATIENT).await.unwrap(), TIMEOUT_421);
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_secs(60) && waited < Duration::from_secs(61),
+        "{waited:?}"
+    );
+    assert_eq!(srv.rec.messages()[0].body, b"abc\n");
+}
+
+/// The time a handler takes is not the client's: the deadline starts when the reply is out.
+#[tokio::test(start_paused = true)]
+async fn a_slow_handler_does_not_shorten_the_clients_time() {
+    let mut limits = Limits::default();
+    limits.command_timeout = Duration::from_secs(1);
+    // The `slow` listener's handler takes 300 ms to accept; the in-memory one does not, so
+    // the pause comes from the auth failure delay instead: 5 s, longer than the timeout.
+    limits.auth_failure_delay = Duration::from_secs(5);
+    let srv = InMemory::new(|b| {
+        let mut config = smtp_proto::session::SessionConfig::new("mx.test");
+        config.auth_requires_tls = false;
+        b.limits(limits)
+            .session_config(config)
+            .auth([smtp_server::Mechanism::Plain])
+    });
+    let mut c = srv.connect();
+    c.reply().await;
+    assert!(c.cmd("EHLO c").await.contains("AUTH PLAIN"));
+    // "\0alice@example.org\0wrong"
+    let t = tokio::time::Instant::now();
+    assert_eq!(
+        c.cmd("AUTH PLAIN AGFsaWNlQGV4YW1wbGUub3JnAHdyb25n").await,
+        "535 5.7.8 Authentication credentials invalid"
+    );
+    assert!(t.elapsed() >= Duration::from_secs(5));
+    let t = tokio::time::Instant::now();
+    assert_eq!(c.try_reply(PATIENT).await.unwrap(), TIMEOUT_421);
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
 }
 
 #[tokio::test]
@@ -472,9 +558,11 @@ async fn bind_errors_name_the_address() {
             .starts_with(&format!("cannot listen on {addr}: ")),
         "{err}"
     );
-    let err = Server::builder(server_support::Recorder::default())
+    // Without listeners a server can be built (it can serve streams) but not bound.
+    let server = Server::builder(server_support::Recorder::default())
         .build()
-        .unwrap_err();
+        .unwrap();
+    let err = server.bind().await.unwrap_err();
     assert!(matches!(err, Error::NoListeners));
     let err = Server::builder(server_support::Recorder::default())
         .implicit_tls_listen("127.0.0.1:0".parse().unwrap())

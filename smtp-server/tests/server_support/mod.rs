@@ -12,9 +12,11 @@ use smtp_proto::param::{MailParams, RcptParams};
 use smtp_proto::Refusal;
 use smtp_server::{
     AuthFailure, BodyStream, BoundServer, ConnectionInfo, Credentials, DataOutcome, Envelope,
-    Handler, Server, ServerBuilder, SessionHandler, TlsInfo,
+    Handler, Listener, Server, ServerBuilder, SessionHandler, TlsInfo,
 };
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, DuplexStream,
+};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -221,6 +223,46 @@ pub async fn start(
 /// Plain server on 127.0.0.1 with default limits.
 pub async fn start_plain() -> Running {
     start(|b| b.listen("127.0.0.1:0".parse().unwrap())).await
+}
+
+/// A server without listeners whose connections are in-memory pipes
+/// (`Server::serve_stream` over `tokio::io::duplex`): no sockets, so tests can run on
+/// tokio's paused clock.
+pub struct InMemory {
+    pub server: Server<Recorder>,
+    pub rec: Recorder,
+}
+
+/// What the handler sees as the listener and the client's address of an in-memory
+/// connection.
+pub const MEMORY_LISTENER: &str = "memory";
+pub const MEMORY_PEER: &str = "192.0.2.7:40000";
+
+impl InMemory {
+    /// Builds (does not bind) a server around a fresh [`Recorder`].
+    pub fn new(configure: impl FnOnce(ServerBuilder<Recorder>) -> ServerBuilder<Recorder>) -> Self {
+        let rec = Recorder::default();
+        let server = configure(Server::builder(rec.clone()).hostname("mx.test"))
+            .build()
+            .unwrap();
+        Self { server, rec }
+    }
+
+    /// A new connection served in the background; returns the client's end of the pipe.
+    pub fn pipe(&self) -> DuplexStream {
+        let (client, server) = tokio::io::duplex(64 * 1024);
+        let listener = Listener::named(MEMORY_LISTENER, "127.0.0.1:25".parse().unwrap());
+        tokio::spawn(
+            self.server
+                .serve_stream(server, &listener, MEMORY_PEER.parse().unwrap()),
+        );
+        client
+    }
+
+    /// A raw client on a new connection.
+    pub fn connect(&self) -> Client<DuplexStream> {
+        Client::new(self.pipe())
+    }
 }
 
 /// A raw SMTP client over any stream.
