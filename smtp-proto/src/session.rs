@@ -147,6 +147,18 @@
 //! over-long line that is being dropped. It is not configurable: no other reading of such a
 //! line is safe. (Message content has its own policy, [`DataConfig::bare_line_ending`].)
 //!
+//! # LMTP and extension verbs
+//! With [`SessionConfig::lmtp`] the session speaks LMTP (RFC 2033): the greeting says
+//! `LMTP`, `LHLO` replaces EHLO (HELO and EHLO get `500 5.5.1`, RFC 2033 §4.1 forbids a
+//! positive reply), and the end of a message gets one reply per accepted recipient, in order
+//! (§4.2), given with [`Session::respond_per_recipient`]; content the session itself refuses
+//! (size, bare line endings) gets its refusal once per recipient. In an SMTP session the
+//! same call sends one reply chosen by [`combine_replies`], so that no recipient's mail is
+//! lost. Verbs listed in [`SessionConfig::extension_verbs`] (XCLIENT, ETRN, a verb of the
+//! caller's) are reported as [`Event::Extension`] with their arguments, so a caller can
+//! implement them without changing the state machine; everything else the parser does not
+//! know is still refused.
+//!
 //! # Pipelining
 //! With [`SessionConfig::forbid_unauth_pipelining`] (the default), the session enforces RFC
 //! 2920 as Postfix's `smtpd_forbid_unauth_pipelining = yes` (its default since 3.9): the
@@ -238,6 +250,20 @@ pub struct SessionConfig {
     /// How long the client may be silent inside message content, DATA or BDAT (default 3
     /// minutes, RFC 5321 §4.5.3.2.5); then `421 4.4.2` closes the session.
     pub data_timeout: Duration,
+    /// Verbs beyond this crate's that the caller implements (`XCLIENT`, `ETRN`, its own):
+    /// a command line with one of them (compared case-insensitively) is reported as
+    /// [`Event::Extension`] instead of being refused with `500 5.5.1` (or `502 5.5.1` for
+    /// verbs this crate knows but does not implement, such as `ETRN`). The verbs this crate
+    /// implements cannot be taken over. Default: none.
+    pub extension_verbs: Vec<String>,
+    /// Capabilities added at the end of the EHLO reply (e.g. an extension's keyword).
+    pub extra_capabilities: Vec<Capability>,
+    /// Speak LMTP (RFC 2033) instead of SMTP: the greeting says `LMTP`, `LHLO` takes the
+    /// place of EHLO (reported as [`Event::Hello`] with `extended`), `HELO` and `EHLO` get
+    /// `500 5.5.1`, and the end of a message is answered with one reply per accepted
+    /// recipient, in order ([`Session::respond_per_recipient`]; [`Session::accept`] and
+    /// [`Session::respond`] give every recipient the same reply). Default `false`.
+    pub lmtp: bool,
 }
 
 impl SessionConfig {
@@ -267,6 +293,9 @@ impl SessionConfig {
             max_auth_failures: 3,
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
+            extension_verbs: Vec::new(),
+            extra_capabilities: Vec::new(),
+            lmtp: false,
         }
     }
 }
@@ -279,7 +308,8 @@ pub enum Event<'a> {
     /// A client connected. Decide: accept (the `220` greeting) or respond with a `554` (or
     /// `421`) reply, after which the session closes.
     Connect,
-    /// `EHLO` (extended) or `HELO`. Any transaction in progress was aborted. Decide.
+    /// `EHLO` (extended) or `HELO` (with [`SessionConfig::lmtp`]: `LHLO`, extended). Any
+    /// transaction in progress was aborted. Decide.
     Hello {
         /// The client's name, as sent.
         domain: &'a str,
@@ -341,6 +371,17 @@ pub enum Event<'a> {
         /// What the client presented.
         credentials: &'a Credentials,
     },
+    /// A command with one of [`SessionConfig::extension_verbs`]. Decide: answer it with
+    /// [`Session::respond`] (any reply; a `421` closes the session), or accept (`250 2.0.0
+    /// OK`). The session's state does not change: an extension that resets the session
+    /// (XCLIENT's new greeting) says so in its reply and the client sends EHLO again.
+    Extension {
+        /// The verb as sent (compare case-insensitively).
+        verb: &'a str,
+        /// The rest of the line after the verb and its space, if any (printable text, no
+        /// CR, LF or other control characters).
+        args: Option<&'a str>,
+    },
 }
 
 impl Event<'_> {
@@ -355,6 +396,7 @@ impl Event<'_> {
                 | Event::DataEnd { .. }
                 | Event::SyncCheck
                 | Event::Auth { .. }
+                | Event::Extension { .. }
         )
     }
 }
@@ -394,6 +436,8 @@ enum Pending {
     Sync,
     /// [`Event::Auth`]
     Auth,
+    /// [`Event::Extension`]
+    Extension,
 }
 
 /// Events without borrowed content, produced by [`Session::step`].
@@ -413,6 +457,7 @@ enum Step {
     Closed,
     SyncCheck,
     Auth,
+    Extension,
 }
 
 /// Whether [`Session::step`]'s loop goes on.
@@ -481,11 +526,59 @@ pub struct Session {
     /// Since when the client's deadline runs: set by [`Session::poll_timeout`], cleared by
     /// every input (the next call starts the clock again).
     wait_since: Option<Instant>,
+    /// The verb and arguments of [`Event::Extension`], until it is decided.
+    extension: Option<(String, Option<String>)>,
 }
 
 fn reply(code: u16, enhanced: Option<(u8, u16, u16)>, text: &str) -> Reply {
     let enhanced = enhanced.and_then(|(c, s, d)| EnhancedCode::new(c, s, d));
     Reply::known(code, enhanced, text.to_owned())
+}
+
+/// The reply of a recipient that was given none.
+fn missing_verdict() -> Reply {
+    reply(
+        451,
+        Some((4, 3, 0)),
+        "No reply for this recipient, try again later",
+    )
+}
+
+/// A per-recipient reply as a verdict: 2yz, 4yz and 5yz as given, anything else (a 3yz
+/// makes no sense after the content) as a temporary failure.
+fn verdict(r: Reply) -> Reply {
+    if r.is_positive_completion() || r.is_transient() || r.is_permanent() {
+        r
+    } else {
+        missing_verdict()
+    }
+}
+
+/// One SMTP reply for a message whose recipients got different verdicts, chosen so that no
+/// recipient's mail is lost: the first reply when all are 2yz; otherwise the first 4yz (the
+/// client retries the whole message, so a recipient that was refused for now is tried
+/// again: those that had accepted may get it twice, none loses it); otherwise the first
+/// 5yz (the client bounces it for all). No reply at all gives `451 4.3.0`.
+///
+/// ```
+/// use smtp_proto::session::combine_replies;
+/// use smtp_proto::Reply;
+///
+/// let ok = Reply::ok();
+/// let busy = Reply::new(452, None, "mailbox full").unwrap();
+/// let gone = Reply::new(550, None, "no such user").unwrap();
+/// assert_eq!(combine_replies(&[ok.clone(), ok.clone()]), ok);
+/// assert_eq!(combine_replies(&[ok.clone(), gone.clone(), busy.clone()]), busy);
+/// assert_eq!(combine_replies(&[gone.clone(), ok]), gone);
+/// ```
+pub fn combine_replies(replies: &[Reply]) -> Reply {
+    let first = |f: fn(&Reply) -> bool| replies.iter().find(|r| f(r)).cloned();
+    if !replies.is_empty() && replies.iter().all(Reply::is_positive_completion) {
+        return replies[0].clone();
+    }
+    first(Reply::is_transient)
+        .or_else(|| first(Reply::is_permanent))
+        .unwrap_or_else(missing_verdict)
 }
 
 impl Session {
@@ -527,6 +620,7 @@ impl Session {
             authenticated: false,
             auth_failures: 0,
             wait_since: None,
+            extension: None,
         }
     }
 
@@ -703,6 +797,9 @@ impl Session {
                 self.sync_checked = true;
                 return;
             }
+            Some(Pending::Connect) if self.config.lmtp => {
+                reply(220, None, &format!("{} LMTP ready", self.config.hostname))
+            }
             Some(Pending::Connect) => Reply::service_ready(&self.config.hostname),
             Some(Pending::Hello) if self.extended => self.ehlo_reply(),
             Some(Pending::Hello) => reply(250, None, &self.config.hostname),
@@ -710,8 +807,37 @@ impl Session {
             Some(Pending::Rcpt) => reply(250, Some((2, 1, 5)), "Recipient OK"),
             Some(Pending::DataEnd) => reply(250, Some((2, 0, 0)), "Message accepted"),
             Some(Pending::Auth) => reply(235, Some((2, 7, 0)), "Authentication successful"),
+            Some(Pending::Extension) => reply(250, Some((2, 0, 0)), "OK"),
         };
         self.respond(r);
+    }
+
+    /// Answers the end of a message with one reply per accepted recipient, in the order
+    /// they were accepted (LMTP, RFC 2033 §4.2). A reply that is neither 2yz, 4yz nor 5yz
+    /// counts as `451 4.3.0`; recipients without a reply (too few given) get `451 4.3.0`,
+    /// extra replies are ignored. Outside an LMTP session (or when the last event was not
+    /// [`Event::DataEnd`]) the replies are combined into one with [`combine_replies`].
+    pub fn respond_per_recipient<I>(&mut self, replies: I)
+    where
+        I: IntoIterator<Item = Reply>,
+    {
+        let replies: Vec<Reply> = replies.into_iter().map(verdict).collect();
+        if !self.config.lmtp || self.pending != Some(Pending::DataEnd) {
+            self.respond(combine_replies(&replies));
+            return;
+        }
+        self.pending = None;
+        self.wait_since = None;
+        let n = self.recipients.max(1);
+        let mut given = replies.into_iter();
+        for _ in 0..n {
+            given
+                .next()
+                .unwrap_or_else(missing_verdict)
+                .encode(&mut self.output);
+        }
+        self.reset_transaction();
+        self.envelope = Envelope::Greeted;
     }
 
     /// Answers the last event with `reply`. A positive reply (2xx) accepts, any other refuses
@@ -737,6 +863,12 @@ impl Session {
             _ => {}
         }
         r.encode(&mut self.output);
+        if pending == Pending::DataEnd && self.config.lmtp {
+            // One reply per accepted recipient (RFC 2033 §4.2), all the same here.
+            for _ in 1..self.recipients {
+                r.encode(&mut self.output);
+            }
+        }
         match pending {
             Pending::Connect if ok => self.phase = Phase::Command,
             Pending::Connect | Pending::Sync => self.phase = Phase::Closed,
@@ -758,6 +890,7 @@ impl Session {
                 self.reset_transaction();
                 self.envelope = Envelope::Greeted;
             }
+            Pending::Extension => self.extension = None,
             Pending::Auth => {
                 self.credentials = None;
                 if ok {
@@ -889,6 +1022,13 @@ impl Session {
             Step::Auth => Event::Auth {
                 credentials: self.credentials.as_ref()?,
             },
+            Step::Extension => {
+                let (verb, args) = self.extension.as_ref()?;
+                Event::Extension {
+                    verb,
+                    args: args.as_deref(),
+                }
+            }
         })
     }
 
@@ -1095,7 +1235,15 @@ impl Session {
                 Step::DataEnd(size)
             }
             Err(e) => {
-                e.reply().encode(&mut self.output);
+                let r = e.reply();
+                let n = if self.config.lmtp {
+                    self.recipients.max(1)
+                } else {
+                    1
+                };
+                for _ in 0..n {
+                    r.encode(&mut self.output);
+                }
                 self.reset_transaction();
                 self.envelope = Envelope::Greeted;
                 Step::DataAborted(e)
@@ -1197,6 +1345,9 @@ impl Session {
                 .map(|m| m.name().to_owned());
             e = e.with(Capability::Auth(names.collect()));
         }
+        for c in &self.config.extra_capabilities {
+            e = e.with(c.clone());
+        }
         e.to_reply()
     }
 
@@ -1215,7 +1366,11 @@ impl Session {
                 | CommandErrorKind::BareCarriageReturn => (e.consumed, false),
                 _ => (
                     e.consumed,
-                    !self.pipelining_allowed() || is_turn(input.get(..e.consumed).unwrap_or(input)),
+                    !self.pipelining_allowed() || {
+                        // TURN and LHLO end a group as EHLO does (RFC 2920 §3.1).
+                        let line = input.get(..e.consumed).unwrap_or(input);
+                        is_turn(line) || (self.config.lmtp && is_verb(line, b"LHLO"))
+                    },
                 ),
             },
         };
@@ -1246,6 +1401,12 @@ impl Session {
                     CommandErrorKind::BareLineFeed | CommandErrorKind::BareCarriageReturn => {
                         return Some(self.bare_line_end(e.kind));
                     }
+                    CommandErrorKind::UnknownCommand | CommandErrorKind::NotImplemented => {
+                        let line = &self.input[self.pos - e.consumed..self.pos];
+                        if let Some(step) = self.other_verb(line.to_vec()) {
+                            return step;
+                        }
+                    }
                     _ => {}
                 }
                 return self.protocol_error(e.code(), e.enhanced(), e.message());
@@ -1253,6 +1414,11 @@ impl Session {
         };
         // Commands borrow the input buffer: copy out what outlives this call.
         let step = match command {
+            Command::Ehlo(_) | Command::Helo(_) if self.config.lmtp => {
+                self.pos += used;
+                // RFC 2033 §4.1: no positive reply to HELO or EHLO; 500 recommended.
+                return self.protocol_error(500, (5, 5, 1), "Command unrecognized: use LHLO");
+            }
             Command::Ehlo(d) | Command::Helo(d) => {
                 let extended = matches!(command, Command::Ehlo(_));
                 self.helo = d.as_str().to_owned();
@@ -1418,6 +1584,51 @@ impl Session {
             }
         };
         Some(step)
+    }
+
+    /// A line the parser does not know: `LHLO` in an LMTP session, or one of
+    /// [`SessionConfig::extension_verbs`]. `None` when it is neither (it is then refused).
+    fn other_verb(&mut self, line: Vec<u8>) -> Option<Option<Step>> {
+        let line = line.strip_suffix(b"\r\n")?;
+        let text = std::str::from_utf8(line).ok()?;
+        if !text
+            .bytes()
+            .all(|b| (b' '..=b'~').contains(&b) || b == b'\t' || b >= 0x80)
+        {
+            return None;
+        }
+        let (verb, args) = match text.split_once(' ') {
+            Some((v, a)) => (
+                v,
+                Some(a.trim_matches([' ', '\t'])).filter(|a| !a.is_empty()),
+            ),
+            None => (text, None),
+        };
+        if self.config.lmtp && verb.eq_ignore_ascii_case("LHLO") {
+            let Some(name) = args.filter(|a| crate::command::Word::new(a).is_ok()) else {
+                return Some(self.protocol_error(501, (5, 5, 4), "Syntax: LHLO hostname"));
+            };
+            self.helo = name.to_owned();
+            self.extended = true;
+            self.reset_transaction();
+            self.envelope = Envelope::Ready;
+            self.pending = Some(Pending::Hello);
+            return Some(Some(Step::Hello));
+        }
+        // Between BDAT chunks only BDAT, RSET, QUIT (and the like) make sense: an extension
+        // there is refused as unknown, so no decision is awaited inside a message.
+        if self.envelope == Envelope::Chunking
+            || !self
+                .config
+                .extension_verbs
+                .iter()
+                .any(|v| v.eq_ignore_ascii_case(verb))
+        {
+            return None;
+        }
+        self.extension = Some((verb.to_owned(), args.map(str::to_owned)));
+        self.pending = Some(Pending::Extension);
+        Some(Some(Step::Extension))
     }
 
     /// `AUTH` with its mechanism (`None`: not one offered) and decoded initial response
@@ -1689,7 +1900,12 @@ fn ends_group(c: &Command<'_>) -> bool {
 
 /// Whether a refused line is a TURN command (parsed as not implemented).
 fn is_turn(line: &[u8]) -> bool {
-    line.get(..4)
-        .is_some_and(|v| v.eq_ignore_ascii_case(b"TURN"))
-        && !line.get(4).is_some_and(u8::is_ascii_alphanumeric)
+    is_verb(line, b"TURN")
+}
+
+/// Whether `line` starts with the verb `verb` (case-insensitively), as a whole word.
+fn is_verb(line: &[u8], verb: &[u8]) -> bool {
+    line.get(..verb.len())
+        .is_some_and(|v| v.eq_ignore_ascii_case(verb))
+        && !line.get(verb.len()).is_some_and(u8::is_ascii_alphanumeric)
 }

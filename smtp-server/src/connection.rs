@@ -618,6 +618,8 @@ enum Next {
     Auth(Credentials),
     Accept,
     Refuse(Refusal),
+    /// Send this reply (the answer to an extension verb).
+    Respond(smtp_proto::Reply),
     Data,
     StartTls,
     Nothing,
@@ -690,6 +692,11 @@ impl<H: Handler> State<H> {
             },
             Event::DataStart => Next::Data,
             Event::Auth { credentials } => Next::Auth(credentials.clone()),
+            Event::Extension { verb, args } => {
+                let reply = sh.extension(verb, args).await;
+                debug!(%verb, reply = %reply, "extension command");
+                Next::Respond(reply)
+            }
             Event::Reset => {
                 self.abort_transaction();
                 Next::Nothing
@@ -742,6 +749,7 @@ impl<H: Handler> Connection<H> {
         info: ConnectionInfo,
     ) -> Self {
         let mut config = common.session_config.clone();
+        config.lmtp = info.lmtp;
         if let Stream::Tls(_) | Stream::OtherTls(_) = stream {
             config.tls_active = true;
             config.starttls = false;
@@ -860,6 +868,7 @@ impl<H: Handler> Connection<H> {
             Next::Auth(credentials) => Box::pin(self.auth(credentials)).await,
             Next::Accept => self.io.session.accept(),
             Next::Refuse(r) => self.io.session.refuse(r),
+            Next::Respond(r) => self.io.session.respond(r),
             // Boxed: these run rarely (once per message, once per connection) and their
             // state would otherwise enlarge every idle connection's task.
             Next::Data => Box::pin(self.data()).await,
@@ -884,7 +893,7 @@ impl<H: Handler> Connection<H> {
         let elapsed = self.state.started.elapsed().as_millis();
         match body.state {
             BodyState::Ended(size) => {
-                let reply = outcome.into_reply();
+                let (reply, per_recipient) = outcome.into_replies();
                 info!(
                     from = %env.from,
                     rcpts = %Rcpts(env),
@@ -894,7 +903,11 @@ impl<H: Handler> Connection<H> {
                     duration_ms = elapsed,
                     "message"
                 );
-                self.io.session.respond(reply);
+                if per_recipient.is_empty() {
+                    self.io.session.respond(reply);
+                } else {
+                    self.io.session.respond_per_recipient(per_recipient);
+                }
                 self.state.in_transaction = false;
                 self.state.envelope.clear_transaction();
             }

@@ -21,6 +21,7 @@ pub use crate::connection::{BodyError, BodyReader, BodyStream};
 
 /// What is known about a connection when it is accepted.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConnectionInfo {
     /// The client's address.
     pub peer: SocketAddr,
@@ -33,6 +34,9 @@ pub struct ConnectionInfo {
     pub tls: Option<TlsInfo>,
     /// A number unique to this connection within the process, also in the log span.
     pub session_id: u64,
+    /// The listener speaks LMTP (RFC 2033): [`DataOutcome::per_recipient`] gives each
+    /// recipient its own reply.
+    pub lmtp: bool,
 }
 
 /// The negotiated TLS parameters of an encrypted session.
@@ -99,6 +103,8 @@ impl Envelope {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataOutcome {
     reply: Reply,
+    /// One reply per accepted recipient ([`DataOutcome::per_recipient`]), else empty.
+    per_recipient: Vec<Reply>,
 }
 
 const ACCEPTED: Reply = Reply::fixed(250, Some(EnhancedCode::fixed(2, 0, 0)), "Message accepted");
@@ -106,6 +112,11 @@ const TEMPORARY: Refusal = Refusal::fixed(
     451,
     Some(EnhancedCode::fixed(4, 3, 0)),
     "Temporary failure, try again later",
+);
+const NOT_IMPLEMENTED: Reply = Reply::fixed(
+    502,
+    Some(EnhancedCode::fixed(5, 5, 1)),
+    "Command not implemented",
 );
 const REJECTED: Refusal =
     Refusal::fixed(554, Some(EnhancedCode::fixed(5, 6, 0)), "Message refused");
@@ -116,6 +127,7 @@ impl DataOutcome {
     pub fn accepted(text: impl Into<String>) -> Self {
         Self {
             reply: ACCEPTED.with_text(text),
+            per_recipient: Vec::new(),
         }
     }
 
@@ -125,7 +137,10 @@ impl DataOutcome {
     /// The reply itself when it is not 2yz.
     pub fn accepted_with(reply: Reply) -> Result<Self, Reply> {
         if reply.is_positive_completion() {
-            Ok(Self { reply })
+            Ok(Self {
+                reply,
+                per_recipient: Vec::new(),
+            })
         } else {
             Err(reply)
         }
@@ -141,7 +156,27 @@ impl DataOutcome {
         REJECTED.with_text(text).into()
     }
 
-    /// Whether the message was accepted (the reply is 2yz).
+    /// One outcome per accepted recipient, in the order of [`Envelope::rcpts`]: on an LMTP
+    /// listener ([`ConnectionInfo::lmtp`]) each recipient gets its own reply (RFC 2033
+    /// §4.2; recipients without one get `451 4.3.0`). Over SMTP one reply must do for all:
+    /// it is chosen by [`combine_replies`](smtp_proto::session::combine_replies) so that no
+    /// recipient's mail is lost (all accepted: the first reply; any temporary failure: that
+    /// one, and the client retries the message for everyone).
+    pub fn per_recipient(outcomes: impl IntoIterator<Item = DataOutcome>) -> Self {
+        let per_recipient: Vec<Reply> = outcomes.into_iter().map(|o| o.reply).collect();
+        Self {
+            reply: smtp_proto::session::combine_replies(&per_recipient),
+            per_recipient,
+        }
+    }
+
+    /// The replies per recipient, when made by [`DataOutcome::per_recipient`].
+    pub fn recipient_replies(&self) -> &[Reply] {
+        &self.per_recipient
+    }
+
+    /// Whether the message was accepted (the reply is 2yz; with per-recipient outcomes:
+    /// for every recipient).
     pub fn is_accepted(&self) -> bool {
         self.reply.is_positive_completion()
     }
@@ -151,8 +186,10 @@ impl DataOutcome {
         &self.reply
     }
 
-    pub(crate) fn into_reply(self) -> Reply {
-        self.reply
+    /// The one reply, and the replies per recipient (empty unless made by
+    /// [`DataOutcome::per_recipient`]).
+    pub(crate) fn into_replies(self) -> (Reply, Vec<Reply>) {
+        (self.reply, self.per_recipient)
     }
 }
 
@@ -161,6 +198,7 @@ impl From<Refusal> for DataOutcome {
     fn from(r: Refusal) -> Self {
         Self {
             reply: r.into_reply(),
+            per_recipient: Vec::new(),
         }
     }
 }
@@ -257,6 +295,16 @@ pub trait SessionHandler: Send + 'static {
     ) -> impl Future<Output = Result<String, AuthFailure>> + Send {
         let _ = credentials;
         async { Err(AuthFailure::Invalid) }
+    }
+
+    /// A command with a verb registered with [`crate::ServerBuilder::extension`] (XCLIENT,
+    /// ETRN, your own): `verb` as sent, `args` the rest of the line (printable text, no
+    /// control characters). The returned reply is sent as it is (a `421` closes the
+    /// connection); the session's state does not change. Default: `502 5.5.1 Command not
+    /// implemented`.
+    fn extension(&mut self, verb: &str, args: Option<&str>) -> impl Future<Output = Reply> + Send {
+        let _ = (verb, args);
+        async { NOT_IMPLEMENTED }
     }
 
     /// An open transaction (an accepted `MAIL`) ended without a reply from

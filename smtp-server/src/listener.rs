@@ -10,6 +10,7 @@ use socket2::{Domain, Protocol, Socket, Type};
 /// [`crate::ConnectionInfo::listener`] and written in the logs) and whether clients speak TLS
 /// from the first byte (implicit TLS, port 465 style) or may use STARTTLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Listener {
     /// The listener's name.
     pub name: Arc<str>,
@@ -17,6 +18,10 @@ pub struct Listener {
     pub addr: SocketAddr,
     /// Implicit TLS: the handshake runs before the greeting.
     pub implicit_tls: bool,
+    /// Speak LMTP (RFC 2033) instead of SMTP: see
+    /// [`SessionConfig::lmtp`](smtp_proto::session::SessionConfig::lmtp) and
+    /// [`crate::DataOutcome::per_recipient`].
+    pub lmtp: bool,
 }
 
 impl Listener {
@@ -31,6 +36,7 @@ impl Listener {
             name: name.into(),
             addr,
             implicit_tls: false,
+            lmtp: false,
         }
     }
 
@@ -38,6 +44,13 @@ impl Listener {
     #[must_use]
     pub fn implicit_tls(mut self) -> Self {
         self.implicit_tls = true;
+        self
+    }
+
+    /// The same listener speaking LMTP (RFC 2033).
+    #[must_use]
+    pub fn lmtp(mut self) -> Self {
+        self.lmtp = true;
         self
     }
 }

@@ -212,6 +212,7 @@ impl<H: Handler> Server<H> {
             listener: Arc::clone(&listener.name),
             tls: None,
             session_id: id,
+            lmtp: listener.lmtp,
         };
         let implicit = listener.implicit_tls;
         let connection = async move {
@@ -259,6 +260,29 @@ impl<H: Handler> ServerBuilder<H> {
     #[must_use]
     pub fn implicit_tls_listen(self, addr: SocketAddr) -> Self {
         self.listener(Listener::new(addr).implicit_tls())
+    }
+
+    /// Listens on `addr` for LMTP (RFC 2033): `LHLO`, and one reply per recipient after the
+    /// message ([`crate::DataOutcome::per_recipient`]).
+    #[must_use]
+    pub fn lmtp_listen(self, addr: SocketAddr) -> Self {
+        self.listener(Listener::new(addr).lmtp())
+    }
+
+    /// Hands command lines with `verb` (compared case-insensitively) to
+    /// [`crate::SessionHandler::extension`] instead of refusing them, and advertises
+    /// `capability` in the EHLO reply if given (e.g. XCLIENT, ETRN or a verb of your own).
+    /// The verbs the session implements cannot be taken over. Call it after
+    /// [`ServerBuilder::session_config`], which replaces the whole session configuration.
+    #[must_use]
+    pub fn extension(
+        mut self,
+        verb: impl Into<String>,
+        capability: Option<smtp_proto::ehlo::Capability>,
+    ) -> Self {
+        self.session.extension_verbs.push(verb.into());
+        self.session.extra_capabilities.extend(capability);
+        self
     }
 
     /// Adds a listener.
@@ -527,6 +551,7 @@ async fn accept_loop<H: Handler>(
             listener: Arc::clone(&listener.name),
             tls: None,
             session_id: id,
+            lmtp: listener.lmtp,
         };
         let handler = Arc::clone(&handler);
         let common = Arc::clone(&common);
