@@ -22,9 +22,12 @@ use smtp_server::{
 /// Delivers to each recipient's "mailbox": `full@` is over quota (`452 4.2.2`), `gone@`
 /// refused for good (`550 5.1.1`) after the data, everyone else gets it. Records the
 /// arguments of XCLIENT commands.
+/// A recipient and the message it got.
+type Delivered = Vec<(String, Vec<u8>)>;
+
 #[derive(Clone, Default)]
 struct Mailboxes {
-    delivered: Arc<Mutex<Vec<(String, Vec<u8>)>>>,
+    delivered: Arc<Mutex<Delivered>>,
     xclient: Arc<Mutex<Vec<String>>>,
 }
 
