@@ -15,10 +15,20 @@
 //! directory descriptors with `O_NOFOLLOW`, files are only written when just created with
 //! `O_EXCL`, and hard links are only made from the store's own files (see the `at` module's
 //! source, and [`Error::UnsafePath`]). Numbers and counters use checked arithmetic: one that
-//! would wrap is [`Error::Exhausted`] instead. Everything is synchronous and blocking (`fsync` is);
-//! an async server calls it through `spawn_blocking`. Every delivery and enqueue is durable when
+//! would wrap is [`Error::Exhausted`] instead. Every delivery and enqueue is durable when
 //! it returns: file fsynced, renamed or linked into place, directory fsynced. So a `250` may be
 //! sent as soon as the call returns `Ok`.
+//!
+//! # From async code
+//! The API is synchronous. The one pattern for an async server (the daemon's, and the
+//! `store` example's in `examples/`): [`Store::begin`] when the content starts, write each
+//! piece into the [`PendingMessage`] as it arrives (a copy into its buffer and, every 64 KiB,
+//! a write to the page cache: no fsync, as short as a socket write, fine on a runtime
+//! worker), then run [`Store::commit`] / [`queue::Queue::enqueue_pending`], which fsync the
+//! file and the directories (milliseconds to tens of milliseconds on a disk), off the
+//! workers: `tokio::task::spawn_blocking(move || store.commit(&mut pending, &names))` (the
+//! stores are cheap to clone, a `PendingMessage` is `Send`), or `block_in_place` on a
+//! multi-threaded runtime. Answer `250` only after that returns `Ok`.
 //!
 //! ```
 //! use std::io::Write;
