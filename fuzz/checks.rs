@@ -75,25 +75,20 @@ fn check_data(data: &[u8]) -> bool {
     let Some((&sel, input)) = data.split_first() else {
         return false;
     };
-    let config = DataConfig {
-        bare_line_ending: if sel & 1 == 0 {
+    let config = DataConfig::new()
+        .with_bare_line_ending(if sel & 1 == 0 {
             BareLineEnding::Reject
         } else {
             BareLineEnding::Normalize
-        },
-        max_line_len: (sel & 2 != 0).then_some(78),
-        max_size: None,
-    };
+        })
+        .with_max_line_len((sel & 2 != 0).then_some(78));
     let whole = decode(config, input, 0);
     let chunked = decode(config, input, usize::from(sel >> 2) + 1);
     assert_eq!(whole, chunked);
     if let Some((body, _, true)) = whole {
         let mut wire = Vec::new();
         encode_data(&body, &mut wire);
-        let plain = DataConfig {
-            max_line_len: None,
-            ..config
-        };
+        let plain = config.with_max_line_len(None);
         assert_eq!(decode(plain, &wire, 0), Some((body, wire.len(), true)));
         return true;
     }

@@ -161,6 +161,7 @@ impl FromStr for QueueId {
 
 /// Which of the queue's directories an entry is in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Place {
     /// `entries/`: waiting for its next attempt (the runner's).
     Active,

@@ -30,6 +30,7 @@ use crate::reply::Reply;
 
 /// What to do with a bare LF or a bare CR (one not part of a CRLF pair) in the message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub enum BareLineEnding {
     /// Read to the end marker, then refuse the message with [`DataError::BareLineEnding`].
     #[default]
@@ -40,6 +41,7 @@ pub enum BareLineEnding {
 
 /// Limits and policies of a [`DataDecoder`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub struct DataConfig {
     /// Policy for bare CR and bare LF.
     pub bare_line_ending: BareLineEnding,
@@ -52,17 +54,48 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl DataConfig {
+    /// The defaults: bare line endings refused, text lines of at most 1000 octets (RFC 5321
+    /// §4.5.3.1.6), no size limit. A `const fn`, as are the `with_` setters, so a
+    /// configuration can be a constant.
+    pub const fn new() -> Self {
         Self {
             bare_line_ending: BareLineEnding::Reject,
             max_line_len: Some(1000),
             max_size: None,
         }
     }
+
+    /// Sets [`DataConfig::bare_line_ending`].
+    #[must_use]
+    pub const fn with_bare_line_ending(mut self, policy: BareLineEnding) -> Self {
+        self.bare_line_ending = policy;
+        self
+    }
+
+    /// Sets [`DataConfig::max_line_len`].
+    #[must_use]
+    pub const fn with_max_line_len(mut self, max: Option<usize>) -> Self {
+        self.max_line_len = max;
+        self
+    }
+
+    /// Sets [`DataConfig::max_size`].
+    #[must_use]
+    pub const fn with_max_size(mut self, max: Option<u64>) -> Self {
+        self.max_size = max;
+        self
+    }
 }
 
 /// Why a message that reached its end marker is refused. Several problems may occur in one
 /// message: the first of size, bare line ending, long line is reported.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
+#[non_exhaustive]
 pub enum DataError {
     /// The message is larger than [`DataConfig::max_size`]; the output holds only its first
     /// `max` octets.

@@ -20,6 +20,7 @@ use crate::reply::Reply;
 
 /// One service extension advertised in an EHLO reply.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Capability {
     /// `PIPELINING` (RFC 2920).
     Pipelining,
@@ -187,6 +188,7 @@ impl EhloReply {
 
 /// Why [`parse_ehlo`] refused a reply.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EhloError {
     /// The reply is not `250`: the server refused EHLO (a client may fall back to HELO on 5yz).
     #[error("EHLO refused: {0}")]

@@ -242,6 +242,7 @@ pub enum Severity {
 
 /// Why [`Reply::new`] or [`Reply::multiline`] refused its arguments.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum InvalidReply {
     /// The code is not three digits `[2-5][0-5][0-9]`.
     #[error("invalid reply code {0}: must be 200..=559 with a middle digit 0-5")]
@@ -695,6 +696,7 @@ impl fmt::Display for Reply {
 
 /// What is wrong with a reply the parser refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ReplyErrorKind {
     /// The line does not start with a code `[2-5][0-5][0-9]`.
     InvalidCode,

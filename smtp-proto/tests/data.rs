@@ -8,11 +8,10 @@ use smtp_proto::data::{
     DataError, DataStatus,
 };
 
-const NORMALIZE: DataConfig = DataConfig {
-    bare_line_ending: BareLineEnding::Normalize,
-    max_line_len: Some(1000),
-    max_size: None,
-};
+const NORMALIZE: DataConfig = DataConfig::new()
+    .with_bare_line_ending(BareLineEnding::Normalize)
+    .with_max_line_len(Some(1000))
+    .with_max_size(None);
 
 /// Feeds `input` in the given chunks; returns (body, consumed in total, result) or None when the
 /// end marker was not reached.
@@ -251,10 +250,7 @@ fn message_with_bare_cr_is_refused_then_normalised() {
 
 #[test]
 fn long_lines_are_reported_at_the_end() {
-    let limit = DataConfig {
-        max_line_len: Some(10),
-        ..DataConfig::default()
-    };
+    let limit = DataConfig::new().with_max_line_len(Some(10));
     // 8 octets + CRLF = 10: fits; 9 + CRLF: too long. A stuffed dot counts.
     let (_, _, r) = decode_all(limit, b"12345678\r\n.\r\n").unwrap();
     assert_eq!(r, Ok(()));
@@ -278,10 +274,7 @@ fn long_lines_are_reported_at_the_end() {
         );
     }
     // Off by default only when asked.
-    let off = DataConfig {
-        max_line_len: None,
-        ..DataConfig::default()
-    };
+    let off = DataConfig::new().with_max_line_len(None);
     let long = [b"x".repeat(5000).as_slice(), b"\r\n.\r\n"].concat();
     assert_eq!(decode_all(off, &long).unwrap().2, Ok(()));
     assert_eq!(
@@ -293,10 +286,7 @@ fn long_lines_are_reported_at_the_end() {
 
 #[test]
 fn size_limit_stops_storing_but_reads_to_the_end() {
-    let config = DataConfig {
-        max_size: Some(10),
-        ..DataConfig::default()
-    };
+    let config = DataConfig::new().with_max_size(Some(10));
     let input = b"0123456\r\n0123456\r\n0123456\r\n.\r\nQUIT\r\n";
     for a in 0..=input.len() {
         let mut dec = DataDecoder::with_config(config);
@@ -319,10 +309,7 @@ fn size_limit_stops_storing_but_reads_to_the_end() {
         assert_eq!(out, b"0123456\r\n0", "cut {a}");
         assert_eq!(dec.size(), 27);
     }
-    let exact = DataConfig {
-        max_size: Some(9),
-        ..DataConfig::default()
-    };
+    let exact = DataConfig::new().with_max_size(Some(9));
     assert_eq!(
         decode_all(exact, b"0123456\r\n.\r\n").unwrap(),
         (b"0123456\r\n".to_vec(), 12, Ok(()))
@@ -428,7 +415,7 @@ proptest! {
         encode_data(&body, &mut wire);
         let wire_len = wire.len();
         wire.extend_from_slice(b"MAIL FROM:<>\r\n");
-        let config = DataConfig { bare_line_ending: policy, max_line_len: None, max_size: None };
+        let config = DataConfig::new().with_bare_line_ending(policy).with_max_line_len(None);
         let (decoded, consumed, result) = decode_chunks(config, &wire, &cuts).unwrap();
         prop_assert_eq!(result, Ok(()));
         prop_assert_eq!(consumed, wire_len);
@@ -453,7 +440,7 @@ proptest! {
         policy in prop::sample::select(vec![BareLineEnding::Reject, BareLineEnding::Normalize]),
         max_size in prop::option::of(0u64..100),
     ) {
-        let config = DataConfig { bare_line_ending: policy, max_line_len: Some(20), max_size };
+        let config = DataConfig::new().with_bare_line_ending(policy).with_max_line_len(Some(20)).with_max_size(max_size);
         let whole = decode_chunks(config, &input, &[]);
         prop_assert_eq!(decode_chunks(config, &input, &cuts), whole.clone());
         if let Some((body, consumed, result)) = whole {
@@ -466,7 +453,7 @@ proptest! {
                 // Re-encoding the accepted body and decoding it again gives the same body.
                 let mut again = Vec::new();
                 encode_data(&body, &mut again);
-                let plain = DataConfig { max_line_len: None, max_size: None, ..config };
+                let plain = config.with_max_line_len(None).with_max_size(None);
                 let (b2, _, r2) = decode_all(plain, &again).unwrap();
                 prop_assert_eq!(r2, Ok(()));
                 prop_assert_eq!(b2, body);

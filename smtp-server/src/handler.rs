@@ -41,11 +41,22 @@ pub struct ConnectionInfo {
 
 /// The negotiated TLS parameters of an encrypted session.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TlsInfo {
     /// The protocol version, e.g. `TLSv1.3`.
     pub protocol: String,
     /// The cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
     pub cipher: String,
+}
+
+impl TlsInfo {
+    /// The parameters of a session (for tests, and handlers that run TLS themselves).
+    pub fn new(protocol: impl Into<String>, cipher: impl Into<String>) -> Self {
+        Self {
+            protocol: protocol.into(),
+            cipher: cipher.into(),
+        }
+    }
 }
 
 /// The envelope of a message: everything said before its content.

@@ -1032,10 +1032,7 @@ mod tests {
 
     #[test]
     fn received_is_safe_for_any_helo_and_address() {
-        let tls = TlsInfo {
-            protocol: "TLSv1.3".into(),
-            cipher: "TLS13_AES_256_GCM_SHA384".into(),
-        };
+        let tls = TlsInfo::new("TLSv1.3", "TLS13_AES_256_GCM_SHA384");
         let nasty = "a\u{2028}b\u{85}c\u{202E}d\u{2066}e\u{200F}f\u{61C}g\0h\u{1b}i(j)k;l\r\nX: y";
         for utf8 in [false, true] {
             let h = Received {
@@ -1080,12 +1077,7 @@ mod tests {
 
     #[test]
     fn cipher_names_as_postfix_shows_them() {
-        let c = |p: &str, s: &str| {
-            tls_comment(&TlsInfo {
-                protocol: p.into(),
-                cipher: s.into(),
-            })
-        };
+        let c = |p: &str, s: &str| tls_comment(&TlsInfo::new(p, s));
         assert_eq!(
             c("TLSv1.3", "TLS13_CHACHA20_POLY1305_SHA256"),
             "(using TLSv1.3 with cipher TLS_CHACHA20_POLY1305_SHA256 (256/256 bits))"
