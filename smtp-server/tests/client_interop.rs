@@ -127,9 +127,13 @@ async fn plain_transaction_with_a_refused_recipient_is_pipelined() {
     let srv = start(|b| b.listen("127.0.0.1:0".parse().unwrap())).await;
     let tap = Tap::start(srv.addr()).await;
 
-    let mut conn = Connection::connect(tap.addr, "mx.test", &config(TlsPolicy::Opportunistic))
-        .await
-        .unwrap();
+    let mut conn = Connection::connect(
+        tap.addr,
+        "mx.test",
+        &config(TlsPolicy::OpportunisticUnverified),
+    )
+    .await
+    .unwrap();
     assert_eq!(conn.greeting().code(), 220);
     assert!(!conn.is_tls(), "no TLS configured on the server");
     for ext in ["PIPELINING", "8BITMIME", "SIZE", "ENHANCEDSTATUSCODES"] {
@@ -272,9 +276,13 @@ async fn connection_reused_for_two_messages() {
 async fn starttls_opportunistic_with_the_test_certificate() {
     let p = pki("interop");
     let srv = start_tls(&p).await;
-    let mut conn = Connection::connect(srv.addr(), "localhost", &config(TlsPolicy::Opportunistic))
-        .await
-        .unwrap();
+    let mut conn = Connection::connect(
+        srv.addr(),
+        "localhost",
+        &config(TlsPolicy::OpportunisticUnverified),
+    )
+    .await
+    .unwrap();
     let info = conn.tls_info().cloned().expect("STARTTLS was used");
     assert!(
         !info.verified,
