@@ -152,7 +152,7 @@
 //!   an error), in linear time ([`codec::ReplyDecoder`]); of each, at most 10 lines and 2 KiB
 //!   of text are kept ([`codec::bound_reply`]), except the EHLO reply, parsed whole into
 //!   capabilities.
-//! - Peer text is kept raw in [`Reply`](smtp_proto::reply::Reply) values but escaped in
+//! - Peer text is kept raw in [`Reply`] values but escaped in
 //!   everything meant for people: [`Failure::text`], [`Attempt::error`], errors' `Display`,
 //!   log lines. [`escape_controls`] and [`SafeReply`] do it for callers ([`text`]).
 #![forbid(unsafe_code)]

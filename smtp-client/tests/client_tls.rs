@@ -378,3 +378,28 @@ async fn connect_by_host_name_checks_the_name_and_reports_dns_errors() {
     assert!(err.is_permanent());
     assert_eq!(err.enhanced_code().to_string(), "5.1.2");
 }
+
+#[tokio::test]
+async fn a_deliverer_resumes_tls_sessions_across_deliveries() {
+    let (server, _pki) = starttls_server(&["mx.test"]).await;
+    let dns = TestDns::builder()
+        .mx("remote.test", 10, "mx.remote.test")
+        .a("mx.remote.test", Ipv4Addr::LOCALHOST)
+        .start()
+        .await
+        .unwrap();
+    // As the daemon relays to MX hosts: opportunistic, unverified, by name.
+    let config = default_config().with_tls(TlsPolicy::OpportunisticUnverified);
+    let deliverer = smtp_client::Deliverer::new(resolver(&dns, AddressOrder::Ipv4Only), config)
+        .with_port(server.addr.port());
+    let mut resumed = Vec::new();
+    for _ in 0..2 {
+        let report = deliverer.deliver("remote.test", &envelope(), MESSAGE).await;
+        assert!(report.all_delivered(), "{report:?}");
+        let info = report.tls_info.unwrap();
+        assert!(!info.verified);
+        resumed.push(info.resumed);
+    }
+    assert_eq!(resumed, [false, true]);
+    assert!(server.messages().iter().all(|m| m.tls));
+}
