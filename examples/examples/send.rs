@@ -39,11 +39,14 @@ use smtp_proto::address::{parse_mailbox, ForwardPath, ReversePath};
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum Tls {
-    /// Use STARTTLS when offered, even with an unverifiable certificate.
+    /// Use STARTTLS when offered, even with an unverifiable certificate (as between MX
+    /// hosts; no protection against an active attacker).
     Opportunistic,
     /// Require STARTTLS and a certificate valid for the host name.
     Require,
-    /// Never use STARTTLS.
+    /// Implicit TLS (port 465, RFC 8314), with a certificate valid for the host name.
+    Implicit,
+    /// Never use TLS.
     None,
 }
 
@@ -73,7 +76,7 @@ struct Args {
     /// Name to give in EHLO.
     #[arg(long, default_value = "localhost")]
     helo: String,
-    /// STARTTLS policy.
+    /// TLS policy.
     #[arg(long, value_enum, default_value_t = Tls::Opportunistic)]
     tls: Tls,
     /// Connect over IPv4 only (for networks without an IPv6 route).
@@ -152,8 +155,9 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         resolver
     };
     let tls = match args.tls {
-        Tls::Opportunistic => TlsPolicy::Opportunistic,
+        Tls::Opportunistic => TlsPolicy::OpportunisticUnverified,
         Tls::Require => TlsPolicy::RequireVerified,
+        Tls::Implicit => TlsPolicy::Implicit,
         Tls::None => TlsPolicy::None,
     };
     let mut config = ClientConfig::new(args.helo).with_tls(tls);

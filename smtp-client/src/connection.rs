@@ -29,8 +29,9 @@ use crate::auth::{self, AuthError, CancelReason, Credentials};
 use crate::codec::{bound_reply, has_8bit, wire_size, CodecError, ReplyDecoder};
 use crate::error::ClientError;
 use crate::message::{Message, MessageInfo, MessageReader, CHUNK};
+use crate::resolve::{resolve_literal, ResolveError, Resolver};
 use crate::text::SafeReply;
-use crate::tls::{TlsInfo, TlsPolicy, TlsSetup};
+use crate::tls::{TlsCache, TlsError, TlsInfo, TlsPolicy};
 
 /// How long to wait for each step. The defaults are RFC 5321 §4.5.3.2's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,11 +98,17 @@ impl Timeouts {
 pub const QUIT_GRACE: Duration = Duration::from_secs(10);
 
 /// How the client introduces itself and secures the channel.
+///
+/// The rustls configuration for its [TLS policy](TlsPolicy) is built the first time a
+/// connection needs it and kept with the configuration, shared by its clones, so that later
+/// connections resume TLS sessions (see [`crate::tls`]). Build one `ClientConfig` and use it
+/// (or clones) for every connection, rather than a new one each time.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
     /// The name sent with EHLO/HELO: this host's fully qualified name (RFC 5321 §4.1.1.1).
     pub helo_name: String,
-    /// When to use STARTTLS.
+    /// When and how to use TLS; by default STARTTLS is required and the certificate
+    /// verified ([`TlsPolicy::RequireVerified`]).
     pub tls: TlsPolicy,
     /// Root certificates trusted in addition to Mozilla's (e.g. a private CA).
     pub extra_roots: Vec<CertificateDer<'static>>,
@@ -110,10 +117,14 @@ pub struct ClientConfig {
     /// Log in with these after EHLO (and STARTTLS): see [`crate::auth`]. `None` (the
     /// default): no AUTH.
     pub credentials: Option<Credentials>,
+    /// The rustls configurations built for this configuration and its clones.
+    tls_cache: TlsCache,
 }
 
 impl ClientConfig {
-    /// Defaults: opportunistic TLS, RFC 5321 timeouts, no extra roots. `helo_name` must be
+    /// Defaults: STARTTLS required with a verified certificate
+    /// ([`TlsPolicy::RequireVerified`]; choose [`TlsPolicy::OpportunisticUnverified`]
+    /// explicitly for relaying to MX hosts), RFC 5321 timeouts, no extra roots. `helo_name` must be
     /// an ASCII domain name or address literal (`mail.example.org`, `[192.0.2.1]`); anything
     /// else is refused at connect time with [`ClientError::InvalidHeloName`], before a byte is
     /// sent (so a name taken from elsewhere cannot smuggle CR LF and a command).
@@ -124,6 +135,7 @@ impl ClientConfig {
             extra_roots: Vec::new(),
             timeouts: Timeouts::default(),
             credentials: None,
+            tls_cache: TlsCache::default(),
         }
     }
 
@@ -386,12 +398,18 @@ impl Connection {
     /// the host name the address belongs to (the MX name): the name the certificate must be
     /// valid for.
     ///
+    /// Under [`TlsPolicy::Implicit`] the TLS handshake comes first, before the greeting, and
+    /// STARTTLS is not used.
+    ///
+    /// To connect by host name, see [`connect_host`](Self::connect_host).
+    ///
     /// # Errors
     ///
     /// [`ClientError::Connect`] or [`ClientError::Timeout`] when no connection could be made;
     /// [`ClientError::Greeting`] for a greeting other than `220`; [`ClientError::Refused`] when
-    /// both EHLO and HELO are refused; TLS errors as the policy says; [`ClientError::Auth`]
-    /// when the login fails (the session is then ended with QUIT).
+    /// both EHLO and HELO are refused; [`ClientError::StartTlsNotOffered`] and
+    /// [`ClientError::Tls`] as the policy says; [`ClientError::Auth`] when the login fails
+    /// (the session is then ended with QUIT).
     pub async fn connect(
         addr: SocketAddr,
         server_name: &str,
@@ -400,6 +418,69 @@ impl Connection {
         check_helo_name(&config.helo_name)?;
         let tcp = open_tcp(addr, config).await?;
         Self::establish(Stream::Plain(tcp), addr, server_name, config, false).await
+    }
+
+    /// Connects to `host` (a host name such as `smtp.example.org`, an IP address, or an
+    /// address literal such as `[192.0.2.1]`) on `port`, resolving it with `resolver` (the
+    /// same [`Resolver`] as for delivery: its name servers and [address
+    /// order](crate::AddressOrder), A and AAAA records, no MX lookup), then runs the session
+    /// as [`connect`](Self::connect) does. The certificate is checked against `host`, the name
+    /// given, never against the address it resolved to.
+    ///
+    /// The addresses are tried in the resolver's order, each within the connect timeout, until
+    /// one accepts the TCP connection; once one has, its session decides (a `421` greeting or
+    /// a TLS failure there is returned, not retried at the next address).
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// use smtp_client::{ClientConfig, Connection, Credentials, Resolver};
+    ///
+    /// // Submission (port 587): STARTTLS required, certificate verified for the name.
+    /// let config = ClientConfig::new("laptop.example.org")
+    ///     .with_credentials(Credentials::new("alice", "secret")?);
+    /// let conn = Connection::connect_host(&Resolver::system()?, "smtp.example.org", 587, &config)
+    ///     .await?;
+    /// # conn.quit().await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ClientError::Resolve`] when `host` is no host name ([`ResolveError::InvalidDomain`],
+    /// e.g. it holds a CR or LF) or cannot be resolved; the error of the last address when
+    /// none accepted the connection ([`ClientError::Connect`], [`ClientError::Timeout`]);
+    /// then those of [`connect`](Self::connect).
+    pub async fn connect_host(
+        resolver: &Resolver,
+        host: &str,
+        port: u16,
+        config: &ClientConfig,
+    ) -> Result<Self, ClientError> {
+        check_helo_name(&config.helo_name)?;
+        let name = check_host(host).map_err(ClientError::Resolve)?;
+        let addrs = resolver
+            .resolve_host(&name)
+            .await
+            .map_err(ClientError::Resolve)?;
+        let mut last = None;
+        for ip in addrs {
+            let addr = SocketAddr::new(ip, port);
+            match open_tcp(addr, config).await {
+                Ok(tcp) => {
+                    return Self::establish(Stream::Plain(tcp), addr, &name, config, false).await
+                }
+                Err(e) => {
+                    debug!(%host, %addr, error = %e, "cannot connect; trying the next address");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            ClientError::Resolve(ResolveError::NoAddresses {
+                domain: name.clone(),
+            })
+        }))
     }
 
     /// [`connect`](Self::connect) for an LMTP server (RFC 2033), as a local mailbox server
@@ -495,6 +576,10 @@ impl Connection {
             broken: false,
             lmtp,
         };
+        if config.tls == TlsPolicy::Implicit {
+            // RFC 8314 §3.3: TLS first; the greeting comes inside it.
+            conn.handshake().await?;
+        }
         let greeting = conn
             .read_reply(config.timeouts.greeting, "greeting")
             .await?;
@@ -510,8 +595,8 @@ impl Connection {
 
         let offered = conn.ehlo.as_ref().is_some_and(|e| e.has("STARTTLS"));
         match config.tls {
-            TlsPolicy::None => {}
-            TlsPolicy::Opportunistic if !offered => {}
+            TlsPolicy::None | TlsPolicy::Implicit => {}
+            TlsPolicy::OpportunisticUnverified if !offered => {}
             TlsPolicy::RequireVerified if !offered => {
                 conn.quit_in_background();
                 return Err(ClientError::StartTlsNotOffered);
@@ -520,7 +605,7 @@ impl Connection {
                 conn.starttls().await?;
                 conn.hello().await?;
             }
-            TlsPolicy::Opportunistic => {
+            TlsPolicy::OpportunisticUnverified => {
                 // Whatever breaks the session from STARTTLS to the EHLO inside TLS is a TLS
                 // failure, which `Deliverer` answers with a clear-text retry. A server's
                 // refusal of that EHLO is its verdict, not a TLS failure.
@@ -534,7 +619,26 @@ impl Connection {
                     Err(e @ ClientError::Refused { .. }) | Err(e @ ClientError::Tls(_)) => {
                         return Err(e)
                     }
-                    Err(e) => return Err(ClientError::Tls(format!("STARTTLS failed: {e}"))),
+                    Err(ClientError::Timeout { stage }) => {
+                        return Err(TlsError::Timeout { stage }.into())
+                    }
+                    Err(ClientError::Closed { stage }) => {
+                        return Err(TlsError::PeerClosed { stage }.into())
+                    }
+                    Err(ClientError::Io(e)) => {
+                        let name = tls_server_name(server_name, addr);
+                        return Err(TlsError::from_tls_io(&e, &name)
+                            .unwrap_or_else(|| TlsError::SessionFailed {
+                                detail: crate::text::escape_controls(&e.to_string()).into_owned(),
+                            })
+                            .into());
+                    }
+                    Err(e) => {
+                        return Err(TlsError::SessionFailed {
+                            detail: crate::text::escape_controls(&e.to_string()).into_owned(),
+                        }
+                        .into())
+                    }
                 }
             }
         }
@@ -1040,7 +1144,7 @@ impl Connection {
         let t = self.config.timeouts.command;
         let reply = self.command(&Command::StartTls, t, "STARTTLS").await?;
         if reply.code() != 220 {
-            if self.config.tls == TlsPolicy::RequireVerified {
+            if self.config.tls.requires_verification() {
                 return Err(ClientError::Refused {
                     command: "STARTTLS",
                     reply,
@@ -1061,8 +1165,19 @@ impl Connection {
             self.buf.clear();
         }
         self.decoder.reset();
-        let setup = TlsSetup::new(self.config.tls, &self.config.extra_roots)
-            .map_err(|e| self.fail(ClientError::Tls(e)))?;
+        self.handshake().await
+    }
+
+    /// The client side of the TLS handshake on the stream (after STARTTLS's `220`, or first
+    /// thing for implicit TLS), within the command timeout, with the configuration's cached
+    /// rustls setup.
+    async fn handshake(&mut self) -> Result<(), ClientError> {
+        let t = self.config.timeouts.command;
+        let setup = self
+            .config
+            .tls_cache
+            .get(self.config.tls, &self.config.extra_roots)
+            .map_err(|e| self.fail(e.into()))?;
         let name = tls_server_name(&self.server_name, self.peer);
         let connector = TlsConnector::from(std::sync::Arc::clone(&setup.config));
         let stream = match std::mem::replace(&mut self.stream, Stream::Gone) {
@@ -1072,15 +1187,27 @@ impl Connection {
             Stream::Other(other) => tls_connect(&connector, &name, other, t)
                 .await
                 .map(|tls| Stream::OtherTls(Box::new(tls))),
-            _ => Err(ClientError::Tls("connection is already encrypted".into())),
+            Stream::Unix(_) => Err(TlsError::Config {
+                detail: "TLS over a Unix-domain socket is not supported".into(),
+            }),
+            _ => Err(TlsError::Config {
+                detail: "the connection is already encrypted".into(),
+            }),
         };
-        self.stream = stream.map_err(|e| self.fail(e))?;
+        self.stream = stream.map_err(|e| self.fail(e.into()))?;
         let session = match &self.stream {
             Stream::Tls(tls) => tls.get_ref().1,
             Stream::OtherTls(tls) => tls.get_ref().1,
-            _ => return Err(self.fail(ClientError::Tls("no TLS session".into()))),
+            _ => {
+                return Err(self.fail(
+                    TlsError::Config {
+                        detail: "no TLS session".into(),
+                    }
+                    .into(),
+                ))
+            }
         };
-        let verified = self.config.tls == TlsPolicy::RequireVerified
+        let verified = self.config.tls.requires_verification()
             || session
                 .peer_certificates()
                 .is_some_and(|chain| setup.verifies(chain, &name));
@@ -1092,8 +1219,9 @@ impl Connection {
                 .negotiated_cipher_suite()
                 .map_or_else(|| "unknown".into(), |c| format!("{:?}", c.suite())),
             verified,
+            resumed: session.handshake_kind() == Some(tokio_rustls::rustls::HandshakeKind::Resumed),
         };
-        debug!(peer = %self.peer, tls = %info, "STARTTLS done");
+        debug!(peer = %self.peer, tls = %info, "TLS established");
         self.tls = Some(info);
         Ok(())
     }
@@ -1322,11 +1450,11 @@ async fn tls_connect<IO: AsyncRead + AsyncWrite + Unpin>(
     name: &ServerName<'static>,
     io: IO,
     limit: Duration,
-) -> Result<TlsStream<IO>, ClientError> {
+) -> Result<TlsStream<IO>, TlsError> {
     match tokio::time::timeout(limit, connector.connect(name.clone(), io)).await {
         Ok(Ok(tls)) => Ok(tls),
-        Ok(Err(e)) => Err(ClientError::Tls(e.to_string())),
-        Err(_) => Err(ClientError::Timeout {
+        Ok(Err(e)) => Err(TlsError::from_handshake(&e, name)),
+        Err(_) => Err(TlsError::Timeout {
             stage: "TLS handshake",
         }),
     }
@@ -1350,6 +1478,31 @@ fn check_helo_name(name: &str) -> Result<(), ClientError> {
     } else {
         Err(ClientError::InvalidHeloName(name.to_owned()))
     }
+}
+
+/// A host for [`Connection::connect_host`], checked: an IP address, an address literal, or a
+/// domain name (RFC 5321 syntax: no space, CR or LF; one final dot allowed), returned without
+/// the final dot and, for a non-ASCII name, in its ASCII (IDNA) form, which is the name the
+/// certificate must hold.
+fn check_host(host: &str) -> Result<String, ResolveError> {
+    let invalid = |reason: &str| ResolveError::InvalidDomain {
+        domain: host.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(host.to_owned());
+    }
+    if let Some(literal) = resolve_literal(host) {
+        return literal.map(|_| host.to_owned());
+    }
+    let bare = host.strip_suffix('.').unwrap_or(host);
+    if smtp_proto::address::DomainName::new(bare).is_err() {
+        return Err(invalid("not a host name"));
+    }
+    if bare.is_ascii() {
+        return Ok(bare.to_ascii_lowercase());
+    }
+    crate::resolve::ascii_name(bare)
 }
 
 /// The name to check the certificate against: the host name, or the address for a literal.

@@ -52,15 +52,15 @@
 //!
 //! # Opportunistic TLS that fails
 //!
-//! Under [`TlsPolicy::Opportunistic`], a server that offers STARTTLS and then fails it (the
+//! Under [`TlsPolicy::OpportunisticUnverified`], a server that offers STARTTLS and then fails it (the
 //! handshake fails or times out, the connection is closed or garbage arrives after the `220`
 //! to STARTTLS, or the session breaks before the EHLO inside TLS is answered: see
 //! [`ClientError::Tls`]) is tried once more at the same address *without* STARTTLS, and the
 //! message is sent in clear text there, as Postfix does for its `may` level. The first attempt
 //! is in [`DeliveryReport::attempts`] with its TLS error, and [`DeliveryReport::tls_fallback`]
 //! holds that error when the clear-text session carried the transaction. Under
-//! [`TlsPolicy::RequireVerified`] a TLS failure is never retried in clear text: the next
-//! address is tried, with TLS. Nor when the configuration has
+//! [`TlsPolicy::RequireVerified`] (the default of [`ClientConfig`]) a TLS failure is never
+//! retried in clear text: the next address is tried, with TLS. Nor when the configuration has
 //! [credentials](crate::ClientConfig::with_credentials) that need TLS: the login could not
 //! happen in clear text.
 //!
@@ -104,7 +104,7 @@ use crate::error::ClientError;
 use crate::message::{Message, MessageInfo};
 use crate::resolve::{AddressOrder, AddressPreference, MxHost, ResolveError, Resolver};
 use crate::text::{escape_controls, SafeReply};
-use crate::tls::{TlsInfo, TlsPolicy};
+use crate::tls::{TlsError, TlsInfo, TlsPolicy};
 
 /// Decides whether an address may be connected to (`true`) or must be skipped.
 pub type AddressFilter = Arc<dyn Fn(SocketAddr) -> bool + Send + Sync>;
@@ -273,8 +273,9 @@ pub struct DeliveryReport {
     /// That transaction's TLS protocol and cipher suite, when it was encrypted.
     pub tls_info: Option<TlsInfo>,
     /// When the transaction went in clear text because STARTTLS failed at that address
-    /// (opportunistic TLS only, see the [module docs](self)): the TLS error.
-    pub tls_fallback: Option<String>,
+    /// ([`TlsPolicy::OpportunisticUnverified`] only, see the [module docs](self)): the TLS
+    /// error.
+    pub tls_fallback: Option<TlsError>,
     /// Every connection attempt, in order.
     pub attempts: Vec<Attempt>,
     /// The failure that decided every recipient before any server did, if that happened.
@@ -413,6 +414,12 @@ impl fmt::Debug for Deliverer {
 impl Deliverer {
     /// Delivers to port 25 of the MX hosts `resolver` finds (the address order is the
     /// resolver's, see [`with_address_preference`](Self::with_address_preference)).
+    ///
+    /// The TLS policy is `config`'s. For relaying to a domain's MX hosts choose
+    /// [`TlsPolicy::OpportunisticUnverified`] (Postfix's `may`): under the default,
+    /// [`TlsPolicy::RequireVerified`], mail to any MX host without STARTTLS or without a
+    /// certificate valid for its MX name is deferred. A smarthost usually has a verifiable
+    /// certificate: keep the default there.
     pub fn new(resolver: Resolver, config: ClientConfig) -> Self {
         Self {
             resolver,
@@ -593,10 +600,11 @@ impl Deliverer {
                     .attempt(&host.name, addr, config, envelope, message, info)
                     .await;
                 let mut fallback = None;
-                if let Err(ClientError::Tls(_)) = &result {
-                    if config.tls == TlsPolicy::Opportunistic
+                if let Err(ClientError::Tls(tls_error)) = &result {
+                    if config.tls == TlsPolicy::OpportunisticUnverified
                         && config.may_fall_back_to_clear_text()
                     {
+                        let tls_error = tls_error.clone();
                         let error = result.err().map(|e| safe(&e)).unwrap_or_default();
                         info!(%domain, host = %host.name, %addr, %error,
                               "opportunistic TLS failed; retrying in clear text");
@@ -609,7 +617,7 @@ impl Deliverer {
                         result = self
                             .attempt(&host.name, addr, &plain, envelope, message, info)
                             .await;
-                        fallback = Some(error);
+                        fallback = Some(tls_error);
                     }
                 }
                 match result {

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 use smtp_proto::reply::{EnhancedCode, Reply, ReplyError};
 
 use crate::auth::AuthError;
+use crate::resolve::ResolveError;
 use crate::text::SafeReply;
+use crate::tls::TlsError;
 
 /// Why a connection or a transaction failed.
 ///
@@ -64,18 +66,23 @@ pub enum ClientError {
         /// The server's reply.
         reply: Reply,
     },
-    /// [`TlsPolicy::RequireVerified`](crate::TlsPolicy::RequireVerified), and the server does
-    /// not offer STARTTLS.
+    /// STARTTLS is required ([`TlsPolicy::RequireVerified`](crate::TlsPolicy::RequireVerified),
+    /// the default) and the server does not offer it. Nothing was sent but EHLO (and QUIT).
     #[error("the server does not offer STARTTLS and TLS is required")]
     StartTlsNotOffered,
-    /// The TLS setup or handshake failed (including an unverifiable certificate under
-    /// [`TlsPolicy::RequireVerified`](crate::TlsPolicy::RequireVerified)). Under
-    /// [`TlsPolicy::Opportunistic`](crate::TlsPolicy::Opportunistic) also anything that broke
-    /// the session between STARTTLS and the server's reply to EHLO inside TLS (the connection
-    /// closed or timed out, a malformed reply): [`Deliverer`](crate::Deliverer) then retries
-    /// the address in clear text.
+    /// The TLS setup or handshake failed ([`TlsError`]: an untrusted certificate or one for
+    /// another name under the verified policies, a failed handshake, ...). Under
+    /// [`TlsPolicy::OpportunisticUnverified`](crate::TlsPolicy::OpportunisticUnverified) also
+    /// anything that broke the session between STARTTLS and the server's reply to EHLO
+    /// inside TLS (the connection closed or timed out, a malformed reply):
+    /// [`Deliverer`](crate::Deliverer) then retries the address in clear text.
     #[error("TLS: {0}")]
-    Tls(String),
+    Tls(#[from] TlsError),
+    /// The host name given to [`Connection::connect_host`](crate::Connection::connect_host)
+    /// is not a host name, or could not be resolved (no such domain, no address, a DNS
+    /// failure). Nothing was sent.
+    #[error("{0}")]
+    Resolve(ResolveError),
     /// The message has 8-bit octets and the server does not offer 8BITMIME. RFC 6152 lets the
     /// client convert or bounce; this client does not convert. Nothing was sent.
     #[error("the message has 8-bit content and the server does not offer 8BITMIME")]
@@ -128,6 +135,7 @@ impl ClientError {
             Self::Greeting(reply) | Self::Refused { reply, .. } => reply.is_permanent(),
             Self::Needs8BitMime | Self::NeedsSmtpUtf8 | Self::TooLarge { .. } => true,
             Self::NoRecipients => true,
+            Self::Resolve(e) => e.is_permanent(),
             _ => false,
         }
     }
@@ -172,6 +180,12 @@ impl ClientError {
             Self::NoRecipients => EnhancedCode::fixed(5, 5, 1),
             Self::Message(_) => EnhancedCode::fixed(4, 3, 0),
             Self::InvalidHeloName(_) => EnhancedCode::fixed(4, 3, 5),
+            // As `DeliveryError::Resolve`: bad destination address, or routing failures.
+            Self::Resolve(
+                ResolveError::NoSuchDomain { .. } | ResolveError::InvalidDomain { .. },
+            ) => EnhancedCode::fixed(5, 1, 2),
+            Self::Resolve(ResolveError::NoAddresses { .. }) => EnhancedCode::fixed(5, 4, 4),
+            Self::Resolve(_) => EnhancedCode::fixed(4, 4, 3),
             _ => EnhancedCode::fixed(4, 0, 0),
         }
     }

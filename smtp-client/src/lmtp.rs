@@ -95,8 +95,10 @@ pub struct Lmtp {
 
 impl Lmtp {
     /// A client for the server at `target`, with `config`'s name (sent with LHLO), timeouts,
-    /// TLS policy (use [`TlsPolicy::None`](crate::TlsPolicy::None) for a Unix-domain socket)
-    /// and credentials.
+    /// TLS policy and credentials. The default policy,
+    /// [`TlsPolicy::RequireVerified`](crate::TlsPolicy::RequireVerified), fails against an
+    /// LMTP server without STARTTLS: for a Unix-domain socket or loopback choose
+    /// [`TlsPolicy::None`](crate::TlsPolicy::None).
     pub fn new(target: LmtpTarget, config: ClientConfig) -> Self {
         Self { target, config }
     }

@@ -669,6 +669,12 @@ fn to_fqdn(domain: &str) -> Result<Name, ResolveError> {
     Ok(name.to_lowercase())
 }
 
+/// `domain` in ASCII (IDNA for a non-ASCII name), lower case, without the final dot: the
+/// name a certificate holds.
+pub(crate) fn ascii_name(domain: &str) -> Result<String, ResolveError> {
+    to_fqdn(domain).map(|name| display(&name))
+}
+
 /// A name for people and for [`MxHost::name`]: ASCII, no final dot.
 fn display(name: &Name) -> String {
     let text = name.to_ascii();

@@ -177,8 +177,11 @@ async fn talk<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// The scripted peer's certificate is self-signed: STARTTLS without verification.
 fn config() -> ClientConfig {
-    ClientConfig::new("client.test").with_timeouts(Timeouts::all(Duration::from_secs(10)))
+    ClientConfig::new("client.test")
+        .with_tls(TlsPolicy::OpportunisticUnverified)
+        .with_timeouts(Timeouts::all(Duration::from_secs(10)))
 }
 
 fn alice() -> Credentials {
@@ -379,7 +382,10 @@ async fn refusals_are_typed_and_keep_the_reply() {
 async fn without_tls_the_password_is_not_sent() {
     // The server offers AUTH in clear text and no STARTTLS; then STARTTLS offered but the
     // policy says never.
-    for (starttls, policy) in [(false, TlsPolicy::Opportunistic), (true, TlsPolicy::None)] {
+    for (starttls, policy) in [
+        (false, TlsPolicy::OpportunisticUnverified),
+        (true, TlsPolicy::None),
+    ] {
         let peer = start(Script {
             starttls,
             auth_before_tls: Some("PLAIN LOGIN"),

@@ -38,7 +38,7 @@ fn deliverer(dns: &TestDns, port: u16) -> Deliverer {
     let resolver = Resolver::with_nameserver_timeout(dns.addr(), Duration::from_secs(2), 1)
         .unwrap()
         .with_address_order(AddressOrder::Ipv6First);
-    Deliverer::new(resolver, client_config(TlsPolicy::Opportunistic)).with_port(port)
+    Deliverer::new(resolver, client_config(TlsPolicy::OpportunisticUnverified)).with_port(port)
 }
 
 /// A port free on 127.0.0.1, and servers on other loopback addresses with the same port.
@@ -410,7 +410,8 @@ fn deliverer_preferring(
 ) -> Deliverer {
     let resolver =
         Resolver::with_nameserver_timeout(dns.addr(), Duration::from_secs(2), 1).unwrap();
-    let d = Deliverer::new(resolver, client_config(TlsPolicy::Opportunistic)).with_port(port);
+    let d =
+        Deliverer::new(resolver, client_config(TlsPolicy::OpportunisticUnverified)).with_port(port);
     match preference {
         Some(p) => d.with_address_preference(p),
         None => d,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use common::{client_config, test_pki, test_pki_with, Behaviour, TestServer};
 use smtp_client::testdns::TestDns;
 use smtp_client::text::is_unsafe_char;
+use smtp_client::tls::TlsError;
 use smtp_client::{
     ClientConfig, ClientError, Connection, Deliverer, Envelope, RcptOutcome, Resolver, Timeouts,
     TlsPolicy,
@@ -166,7 +167,8 @@ async fn wait_for(seen: &mut mpsc::UnboundedReceiver<String>, verb: &str) -> Vec
 async fn report_returns_at_the_final_reply_when_quit_is_never_answered() {
     let (addr, mut seen) = raw_peer(Script::default()).await;
     // QUIT (a command) may take LONG; the report must not wait for it.
-    let config = client_config(TlsPolicy::Opportunistic).with_timeouts(Timeouts::all(LONG));
+    let config =
+        client_config(TlsPolicy::OpportunisticUnverified).with_timeouts(Timeouts::all(LONG));
     let (deliverer, _dns) = deliverer_to(addr, config).await;
     let report = tokio::time::timeout(
         PROMPT,
@@ -187,7 +189,8 @@ async fn report_returns_at_once_when_every_recipient_is_refused_and_quit_stalls(
         ..Script::default()
     };
     let (addr, mut seen) = raw_peer(script).await;
-    let config = client_config(TlsPolicy::Opportunistic).with_timeouts(Timeouts::all(LONG));
+    let config =
+        client_config(TlsPolicy::OpportunisticUnverified).with_timeouts(Timeouts::all(LONG));
     let (deliverer, _dns) = deliverer_to(addr, config).await;
     let report = tokio::time::timeout(
         PROMPT,
@@ -207,7 +210,8 @@ async fn report_returns_at_once_when_every_recipient_is_refused_and_quit_stalls(
         ..Script::default()
     };
     let (addr, mut seen) = raw_peer(script).await;
-    let config = client_config(TlsPolicy::Opportunistic).with_timeouts(Timeouts::all(LONG));
+    let config =
+        client_config(TlsPolicy::OpportunisticUnverified).with_timeouts(Timeouts::all(LONG));
     let (deliverer, _dns) = deliverer_to(addr, config).await;
     let report = tokio::time::timeout(
         PROMPT,
@@ -234,7 +238,8 @@ async fn a_bad_greeting_returns_at_once_and_quit_goes_in_the_background() {
         tx.send(buf[..n].to_vec()).unwrap();
         std::future::pending::<()>().await;
     });
-    let config = client_config(TlsPolicy::Opportunistic).with_timeouts(Timeouts::all(LONG));
+    let config =
+        client_config(TlsPolicy::OpportunisticUnverified).with_timeouts(Timeouts::all(LONG));
     let err = tokio::time::timeout(PROMPT, Connection::connect(addr, "raw.test", &config))
         .await
         .expect("connect waited for the answer to QUIT")
@@ -269,7 +274,7 @@ async fn long_replies_are_kept_bounded_and_escaped_per_recipient() {
         ..Script::default()
     };
     let (addr, mut seen) = raw_peer(script).await;
-    let config = client_config(TlsPolicy::Opportunistic);
+    let config = client_config(TlsPolicy::OpportunisticUnverified);
     let (deliverer, _dns) = deliverer_to(addr, config).await;
     let n = 30;
     let report = deliverer
@@ -385,8 +390,11 @@ async fn broken_tls_servers() -> Vec<(&'static str, TestServer)> {
 #[tokio::test]
 async fn opportunistic_tls_failure_is_retried_in_clear_text() {
     for (name, server) in broken_tls_servers().await {
-        let (deliverer, _dns) =
-            deliverer_to(server.addr, client_config(TlsPolicy::Opportunistic)).await;
+        let (deliverer, _dns) = deliverer_to(
+            server.addr,
+            client_config(TlsPolicy::OpportunisticUnverified),
+        )
+        .await;
         let report = deliverer
             .deliver("remote.test", &envelope(&rcpts(1)), MESSAGE)
             .await;
@@ -394,9 +402,21 @@ async fn opportunistic_tls_failure_is_retried_in_clear_text() {
         assert!(!report.tls, "{name}");
         let why = report
             .tls_fallback
-            .as_deref()
+            .as_ref()
             .unwrap_or_else(|| panic!("{name}"));
-        assert!(why.contains("TLS"), "{name}: {why}");
+        let expected = match name {
+            // The peer closes right after its garbage: which the client sees first varies.
+            "garbage after 220" => matches!(
+                why,
+                TlsError::HandshakeFailed { .. } | TlsError::PeerClosed { .. }
+            ),
+            "closed after 220" => matches!(why, TlsError::PeerClosed { .. }),
+            // TLS 1.3: the alert comes with the reply to the EHLO inside TLS.
+            _ => {
+                matches!(why, TlsError::HandshakeFailed { detail } if detail.contains("Certificate"))
+            }
+        };
+        assert!(expected, "{name}: {why:?}");
         // Two attempts at the same address: TLS failed, then clear text carried it.
         assert_eq!(report.attempts.len(), 2, "{name}: {:?}", report.attempts);
         assert!(report.attempts.iter().all(|a| a.addr == server.addr));
@@ -446,8 +466,11 @@ async fn a_working_opportunistic_tls_session_does_not_fall_back() {
         ..Behaviour::default()
     })
     .await;
-    let (deliverer, _dns) =
-        deliverer_to(server.addr, client_config(TlsPolicy::Opportunistic)).await;
+    let (deliverer, _dns) = deliverer_to(
+        server.addr,
+        client_config(TlsPolicy::OpportunisticUnverified),
+    )
+    .await;
     let report = deliverer
         .deliver("remote.test", &envelope(&rcpts(1)), MESSAGE)
         .await;

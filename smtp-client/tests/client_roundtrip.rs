@@ -56,7 +56,7 @@ fn send_all(bodies: &[Vec<u8>], tls: bool) -> Vec<Vec<u8>> {
         let mut conn = Connection::connect(
             server.addr,
             "mx.test",
-            &client_config(TlsPolicy::Opportunistic),
+            &client_config(TlsPolicy::OpportunisticUnverified),
         )
         .await
         .unwrap();

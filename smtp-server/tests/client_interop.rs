@@ -13,8 +13,8 @@ use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use server_support::{pki, start, Pki, Running};
 use smtp_client::testdns::TestDns;
 use smtp_client::{
-    ClientConfig, ClientError, Connection, Deliverer, Envelope, RcptOutcome, RcptResult, Resolver,
-    Timeouts, TlsPolicy,
+    CertificateProblem, ClientConfig, ClientError, Connection, Deliverer, Envelope, RcptOutcome,
+    RcptResult, Resolver, Timeouts, TlsError, TlsPolicy,
 };
 use smtp_proto::address::{parse_forward_path, parse_reverse_path};
 use smtp_proto::Reply;
@@ -127,9 +127,13 @@ async fn plain_transaction_with_a_refused_recipient_is_pipelined() {
     let srv = start(|b| b.listen("127.0.0.1:0".parse().unwrap())).await;
     let tap = Tap::start(srv.addr()).await;
 
-    let mut conn = Connection::connect(tap.addr, "mx.test", &config(TlsPolicy::Opportunistic))
-        .await
-        .unwrap();
+    let mut conn = Connection::connect(
+        tap.addr,
+        "mx.test",
+        &config(TlsPolicy::OpportunisticUnverified),
+    )
+    .await
+    .unwrap();
     assert_eq!(conn.greeting().code(), 220);
     assert!(!conn.is_tls(), "no TLS configured on the server");
     for ext in ["PIPELINING", "8BITMIME", "SIZE", "ENHANCEDSTATUSCODES"] {
@@ -272,9 +276,13 @@ async fn connection_reused_for_two_messages() {
 async fn starttls_opportunistic_with_the_test_certificate() {
     let p = pki("interop");
     let srv = start_tls(&p).await;
-    let mut conn = Connection::connect(srv.addr(), "localhost", &config(TlsPolicy::Opportunistic))
-        .await
-        .unwrap();
+    let mut conn = Connection::connect(
+        srv.addr(),
+        "localhost",
+        &config(TlsPolicy::OpportunisticUnverified),
+    )
+    .await
+    .unwrap();
     let info = conn.tls_info().cloned().expect("STARTTLS was used");
     assert!(
         !info.verified,
@@ -343,11 +351,23 @@ async fn starttls_require_verified_with_the_test_ca() {
     let err = Connection::connect(srv.addr(), "localhost", &untrusted)
         .await
         .unwrap_err();
-    assert!(matches!(err, ClientError::Tls(_)), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            ClientError::Tls(TlsError::CertificateInvalid {
+                problem: CertificateProblem::UnknownIssuer,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
     let err = Connection::connect(srv.addr(), "mx.elsewhere.test", &good)
         .await
         .unwrap_err();
-    assert!(matches!(err, ClientError::Tls(_)), "{err:?}");
+    assert!(
+        matches!(err, ClientError::Tls(TlsError::NameMismatch { .. })),
+        "{err:?}"
+    );
 
     // A server without STARTTLS cannot meet the policy.
     let plain = start(|b| b.listen("127.0.0.1:0".parse().unwrap())).await;
@@ -361,6 +381,83 @@ async fn starttls_require_verified_with_the_test_ca() {
     assert!(msgs[0].envelope.tls.is_some());
     assert_eq!(msgs[0].body, b"Subject: verified\r\n\r\nhello\r\n");
     assert!(plain.rec.messages().is_empty());
+}
+
+#[tokio::test]
+async fn implicit_tls_to_the_servers_implicit_tls_listener_verifies_and_resumes() {
+    let p = pki("implicit");
+    let tls = tls_config(&p);
+    let srv = start(move |b| {
+        b.implicit_tls_listen("127.0.0.1:0".parse().unwrap())
+            .tls(tls)
+    })
+    .await;
+    // Port 465 style, by default verified; the certificate is for "localhost".
+    let client = config(TlsPolicy::Implicit).with_root(p.ca_der.clone());
+    let mut resumed = Vec::new();
+    for i in 0..2 {
+        let mut conn = Connection::connect(srv.addr(), "localhost", &client)
+            .await
+            .unwrap();
+        let info = conn.tls_info().unwrap().clone();
+        assert!(info.verified, "{info}");
+        assert!(!conn.has("STARTTLS"));
+        resumed.push(info.resumed);
+        let result = conn
+            .send(
+                &envelope("<alice@example.net>", &["<bob@example.org>"]),
+                format!("Subject: implicit {i}\r\n\r\nhello\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(result.accepted(), 1);
+        conn.quit().await.unwrap();
+    }
+    // The second connection with the same configuration resumed the first's TLS session.
+    assert_eq!(resumed, [false, true]);
+    let msgs = srv.rec.messages();
+    assert_eq!(msgs.len(), 2);
+    assert!(msgs.iter().all(|m| m.envelope.tls.is_some()));
+    // One EHLO per session: no STARTTLS inside implicit TLS.
+    let hellos = srv
+        .rec
+        .events()
+        .into_iter()
+        .filter(|e| e.starts_with("hello"))
+        .count();
+    assert_eq!(hellos, 2);
+
+    // Without the CA: refused before any SMTP.
+    let err = Connection::connect(srv.addr(), "localhost", &config(TlsPolicy::Implicit))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ClientError::Tls(TlsError::CertificateInvalid {
+                problem: CertificateProblem::UnknownIssuer,
+                ..
+            })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(srv.rec.messages().len(), 2);
+}
+
+#[tokio::test]
+async fn starttls_sessions_resume_against_the_server_library() {
+    let p = pki("resume");
+    let srv = start_tls(&p).await;
+    let client = config(TlsPolicy::RequireVerified).with_root(p.ca_der.clone());
+    let mut resumed = Vec::new();
+    for _ in 0..3 {
+        let conn = Connection::connect(srv.addr(), "localhost", &client)
+            .await
+            .unwrap();
+        resumed.push(conn.tls_info().unwrap().resumed);
+        conn.quit().await.unwrap();
+    }
+    assert_eq!(resumed, [false, true, true]);
 }
 
 #[tokio::test]

@@ -379,7 +379,7 @@ fn received_names_tls_and_utf8smtp() {
         rt.block_on(async {
             use smtp_client::{ClientConfig, Connection, Envelope, TlsPolicy};
             use smtp_server::smtp_proto::address::{parse_forward_path, parse_reverse_path};
-            let cfg = ClientConfig::new("client.test").with_tls(TlsPolicy::Opportunistic);
+            let cfg = ClientConfig::new("client.test").with_tls(TlsPolicy::OpportunisticUnverified);
             let mut conn = Connection::connect(addr, "mx.example.test", &cfg)
                 .await
                 .unwrap();

@@ -58,6 +58,9 @@ pub struct Behaviour {
     /// Instead of the TLS handshake after the 220 to STARTTLS: write these bytes (none, or
     /// garbage) and close. STARTTLS is offered only when `tls` is set.
     pub break_tls: Option<Vec<u8>>,
+    /// Implicit TLS (port 465): the handshake with `tls` first, before the greeting; no
+    /// STARTTLS.
+    pub implicit_tls: bool,
 }
 
 impl Default for Behaviour {
@@ -77,6 +80,7 @@ impl Default for Behaviour {
             data_reply: None,
             drop_at_data_end: false,
             break_tls: None,
+            implicit_tls: false,
         }
     }
 }
@@ -187,6 +191,17 @@ async fn serve(tcp: TcpStream, behaviour: Behaviour, log: Arc<Mutex<Log>>) {
     config.dsn = behaviour.dsn;
     config.max_message_size = behaviour.size;
     config.chunking = false;
+    if behaviour.implicit_tls {
+        config.starttls = false;
+        config.tls_active = true;
+        let mut session = Session::new(config);
+        let acceptor = tokio_rustls::TlsAcceptor::from(behaviour.tls.clone().unwrap());
+        let Ok(mut tls) = acceptor.accept(tcp).await else {
+            return;
+        };
+        drive(&mut tls, &mut session, &behaviour, &log).await;
+        return;
+    }
     let mut session = Session::new(config);
     let mut tcp = tcp;
     match drive(&mut tcp, &mut session, &behaviour, &log).await {
@@ -346,7 +361,7 @@ fn ehlo_reply(b: &Behaviour, tls: bool) -> Reply {
         e = e.with(Capability::Dsn);
     }
     e = e.with(Capability::EnhancedStatusCodes);
-    if b.tls.is_some() && !tls {
+    if b.tls.is_some() && !tls && !b.implicit_tls {
         e = e.with(Capability::StartTls);
     }
     e.to_reply()

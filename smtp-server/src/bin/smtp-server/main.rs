@@ -398,7 +398,10 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
             settings,
         ))
     });
-    let mut client_config = smtp_client::ClientConfig::new(hostname.clone());
+    // MX delivery (and the relay host, as before): STARTTLS whenever offered, certificate
+    // not required to verify (Postfix's `may`), clear text after a failed STARTTLS.
+    let mut client_config = smtp_client::ClientConfig::new(hostname.clone())
+        .with_tls(smtp_client::TlsPolicy::OpportunisticUnverified);
     let relay_host = match &cfg.relay_host {
         Some(h) => Some(config::parse_host_port(h).map_err(|e| fatal("--relay-host", e))?),
         None => None,
