@@ -53,6 +53,8 @@ pub use arg::{InvalidArgument, Text, Word};
 mod arg;
 mod auth;
 mod bdat;
+#[cfg(test)]
+mod differential;
 mod fast;
 mod hello;
 mod mail;
