@@ -115,7 +115,7 @@ pub fn session_rounds(
                     " NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;{}@{domain}",
                     user.replace('+', "+2B")
                 );
-            } else if k % 2 == 0 {
+            } else if k & 1 == 0 {
                 cmds.push_str(" NOTIFY=FAILURE,DELAY");
             }
             cmds.push_str("\r\n");
@@ -137,8 +137,8 @@ pub fn run_session(rounds: &[Vec<u8>], config: &smtp_proto::session::SessionConf
     let mut s = Session::new(config.clone());
     let mut messages = 0;
     // The Connect event and the greeting, before the client sends anything.
-    let mut pending = std::iter::once(&[][..]).chain(rounds.iter().map(Vec::as_slice));
-    while let Some(round) = pending.next() {
+    let pending = std::iter::once(&[][..]).chain(rounds.iter().map(Vec::as_slice));
+    for round in pending {
         s.feed(round);
         while let Some(event) = s.poll_event() {
             let decide = event.needs_decision();
