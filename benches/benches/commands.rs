@@ -6,9 +6,10 @@
 #![allow(missing_docs)]
 
 use std::hint::black_box;
+use std::sync::atomic::Ordering;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use smtp_proto::command::Limits;
+use smtp_proto::command::{Limits, FAST_PATH};
 
 use smtp_benches::{parse_ours, parse_stalwart, MIX, MIX_LINES as LINES};
 
@@ -27,6 +28,27 @@ fn bench(c: &mut Criterion) {
         b.iter(|| parse_stalwart(black_box(MIX)))
     });
     g.finish();
+
+    // The MAIL/RCPT fast path on and off, per line and on the mix.
+    let rcpt = b"RCPT TO:<carol.jones@mail.example.net> NOTIFY=SUCCESS,FAILURE\r\n";
+    for (name, input) in [
+        ("mix", MIX),
+        (
+            "mail",
+            &b"MAIL FROM:<alice.sender@example.org> SIZE=123456 BODY=8BITMIME\r\n"[..],
+        ),
+        ("rcpt", &rcpt[..]),
+    ] {
+        let mut g = c.benchmark_group(format!("fast_path_{name}"));
+        g.throughput(Throughput::Bytes(input.len() as u64));
+        for fast in [true, false] {
+            FAST_PATH.store(fast, Ordering::Relaxed);
+            let label = if fast { "fast path" } else { "general only" };
+            g.bench_function(label, |b| b.iter(|| parse_ours(black_box(input), &limits)));
+        }
+        FAST_PATH.store(true, Ordering::Relaxed);
+        g.finish();
+    }
 
     // Per-command view of the most common, most complex line.
     let mail = b"MAIL FROM:<alice.sender@example.org> SIZE=123456 BODY=8BITMIME\r\n";

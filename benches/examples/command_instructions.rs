@@ -6,7 +6,8 @@
 //! scripts/count_instructions.sh      # runs it under valgrind for N and 2N, prints the difference / N
 //! ```
 //!
-//! Usage: `command_instructions <ours|stalwart> <iterations>`; prints the commands parsed and the
+//! Usage: `command_instructions <ours|ours-general|stalwart> <iterations>` (`ours-general`:
+//! ours with the MAIL/RCPT fast path off); prints the commands parsed and the
 //! time per mix (only a rough figure; use criterion for time).
 #![allow(missing_docs)]
 
@@ -20,14 +21,17 @@ fn main() {
     let which = args.next().unwrap_or_default();
     let iters: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let limits = Limits::default();
+    if which == "ours-general" {
+        smtp_proto::command::FAST_PATH.store(false, std::sync::atomic::Ordering::Relaxed);
+    }
     let started = std::time::Instant::now();
     let mut total = 0;
     for _ in 0..iters {
         total += match which.as_str() {
-            "ours" => parse_ours(black_box(MIX), &limits),
+            "ours" | "ours-general" => parse_ours(black_box(MIX), &limits),
             "stalwart" => parse_stalwart(black_box(MIX)),
             _ => {
-                eprintln!("usage: command_instructions <ours|stalwart> <iterations>");
+                eprintln!("usage: command_instructions <ours|ours-general|stalwart> <iterations>");
                 std::process::exit(2);
             }
         };

@@ -27,10 +27,12 @@ use std::borrow::Cow;
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
+use nom::branch::alt;
 use nom::bytes::complete::take_while1;
-use nom::character::complete::char;
-use nom::combinator::recognize;
+use nom::character::complete::{char, satisfy};
+use nom::combinator::{consumed, recognize, verify};
 use nom::multi::many0_count;
+use nom::sequence::{delimited, preceded};
 use nom::{IResult, Parser};
 
 use crate::command::Limits;
@@ -622,20 +624,6 @@ static CLASS: [u8; 256] = {
     t
 };
 
-/// Length of the longest prefix of `i` whose bytes all have a class in `mask`.
-#[inline(always)]
-fn run(i: &[u8], mask: u8) -> usize {
-    run_in(&CLASS, i, mask)
-}
-
-/// Length of the longest prefix of `i` whose bytes all have a class in `mask`, by `table`.
-#[inline(always)]
-pub(crate) fn run_in(table: &[u8; 256], i: &[u8], mask: u8) -> usize {
-    i.iter()
-        .position(|&b| table[b as usize] & mask == 0)
-        .unwrap_or(i.len())
-}
-
 /// `atext` (RFC 5322), extended by RFC 6531 with `UTF8-non-ascii`.
 #[inline]
 pub(crate) fn is_atext(b: u8) -> bool {
@@ -650,107 +638,99 @@ fn is_dcontent(b: u8) -> bool {
     CLASS[b as usize] & DCONTENT != 0
 }
 
+/// A label byte: `ALPHA / DIGIT / "-"`, and UTF-8 non-ASCII (RFC 6531 U-labels).
+fn is_ldh(b: u8) -> bool {
+    CLASS[b as usize] & LDH != 0
+}
+
+/// `Let-dig = ALPHA / DIGIT` (RFC 6531: and the bytes of a U-label).
+fn is_let_dig(b: u8) -> bool {
+    is_ldh(b) && b != b'-'
+}
+
 fn is_dot_string(s: &[u8]) -> bool {
     matches!(dot_string(s), Ok((rest, _)) if rest.is_empty())
 }
 
 // ---------------------------------------------------------------------------------------
-// Parsers named after the RFC 5321 rules.
+// The grammar: nom parsers named after the RFC 5321 §4.1.2 rules (RFC 6531 extends the
+// character classes with UTF-8 non-ASCII), each documented with its rule. They recognise;
+// the functions further down check the limits and build the values.
 
-/// `Dot-string = Atom *("." Atom)`, `Atom = 1*atext`
+/// `Atom = 1*atext`
+#[inline(always)]
+fn atom(i: &[u8]) -> Res<'_, &[u8]> {
+    take_while1(is_atext)(i)
+}
+
+/// `Dot-string = Atom *("." Atom)`
 ///
-/// A dot not followed by an atom is left in the rest, as the grammar's repetition would.
+/// A dot not followed by an atom is left in the rest, as the grammar's repetition does.
 #[inline(always)]
 fn dot_string(i: &[u8]) -> Res<'_, &[u8]> {
-    let mut n = run(i, ATEXT);
-    if n == 0 {
-        return Err(nom_error(i));
-    }
-    while let Some((b'.', after)) = i.get(n..).and_then(<[u8]>::split_first) {
-        let m = run(after, ATEXT);
-        if m == 0 {
-            break;
-        }
-        n += 1 + m;
-    }
-    Ok((&i[n..], &i[..n]))
+    recognize((atom, many0_count((char('.'), atom)))).parse(i)
+}
+
+/// `quoted-pairSMTP = %d92 %d32-126` (a backslash followed by any ASCII graphic or space)
+fn quoted_pair_smtp(i: &[u8]) -> Res<'_, &[u8]> {
+    recognize((char('\\'), satisfy(|c| (' '..='~').contains(&c)))).parse(i)
+}
+
+/// `QcontentSMTP = qtextSMTP / quoted-pairSMTP`
+///
+/// `qtextSMTP = %d32-33 / %d35-91 / %d93-126` (RFC 6531: `/ UTF8-non-ascii`), taken a run
+/// at a time.
+#[inline(always)]
+fn qcontent_smtp(i: &[u8]) -> Res<'_, &[u8]> {
+    alt((take_while1(is_qtext), quoted_pair_smtp)).parse(i)
 }
 
 /// `Quoted-string = DQUOTE *QcontentSMTP DQUOTE`
 ///
-/// `QcontentSMTP = qtextSMTP / quoted-pairSMTP`,
-/// `quoted-pairSMTP = %d92 %d32-126`,
-/// `qtextSMTP = %d32-33 / %d35-91 / %d93-126` (RFC 6531: `/ UTF8-non-ascii`).
-///
 /// Returns the text between the quotes, still escaped.
 fn quoted_string(i: &[u8]) -> Res<'_, &[u8]> {
-    let (mut rest, _) = char('"')(i)?;
-    let start = rest;
-    loop {
-        match rest.first() {
-            Some(b'"') => {
-                let inner = &start[..start.len() - rest.len()];
-                return Ok((&rest[1..], inner));
-            }
-            Some(b'\\') => match rest.get(1) {
-                Some(32..=126) => rest = &rest[2..],
-                _ => return Err(nom_error(rest)),
-            },
-            Some(&b) if is_qtext(b) => rest = &rest[run(rest, QTEXT)..],
-            _ => return Err(nom_error(rest)),
-        }
-    }
+    delimited(char('"'), recognize(many0_count(qcontent_smtp)), char('"')).parse(i)
 }
 
-fn nom_error(i: &[u8]) -> nom::Err<nom::error::Error<&[u8]>> {
-    nom::Err::Error(nom::error::Error::new(i, nom::error::ErrorKind::Verify))
-}
-
-/// `sub-domain = Let-dig [Ldh-str]` (RFC 6531: `/ U-label`)
+/// `Local-part = Dot-string / Quoted-string`
 ///
-/// `Let-dig = ALPHA / DIGIT`, `Ldh-str = *( ALPHA / DIGIT / "-" ) Let-dig`
-///
-/// Returns the label's length, 0 when there is none.
+/// Returns the local part as sent (quotes included) and, for a quoted string, the text
+/// between the quotes.
 #[inline(always)]
-fn sub_domain_len(i: &[u8]) -> usize {
-    let n = run(i, LDH);
-    match (i.first(), n.checked_sub(1).and_then(|l| i.get(l))) {
-        (Some(b'-'), _) | (_, Some(b'-')) | (_, None) => 0,
-        _ => n,
-    }
+fn local_part(i: &[u8]) -> Res<'_, (&[u8], Option<&[u8]>)> {
+    alt((
+        dot_string.map(|d| (d, None)),
+        consumed(quoted_string).map(|(all, inner)| (all, Some(inner))),
+    ))
+    .parse(i)
 }
 
-/// `sub-domain = Let-dig [Ldh-str]` (RFC 6531: `/ U-label`)
+/// `sub-domain = Let-dig [Ldh-str]` (RFC 6531: `/ U-label`),
+/// `Ldh-str = *( ALPHA / DIGIT / "-" ) Let-dig`
+///
+/// The label is taken whole (the longest run of letters, digits, hyphens and UTF-8
+/// non-ASCII) and must start and end with a `Let-dig`. This is the rule: `Ldh-str` ends
+/// with a `Let-dig`, and what may follow a sub-domain (`.`, `>`, `,`, `:`, a space, the end)
+/// is never a label byte, so a shorter match could not be followed by anything either.
+#[inline(always)]
 fn sub_domain(i: &[u8]) -> Res<'_, &[u8]> {
-    match sub_domain_len(i) {
-        0 => Err(nom_error(i)),
-        n => Ok((&i[n..], &i[..n])),
-    }
+    verify(take_while1(is_ldh), |l: &[u8]| {
+        l.first().is_some_and(|&b| is_let_dig(b)) && l.last().is_some_and(|&b| is_let_dig(b))
+    })
+    .parse(i)
 }
 
 /// `Domain = sub-domain *("." sub-domain)`
 ///
-/// A dot not followed by a label is left in the rest, as the grammar's repetition would.
+/// A dot not followed by a label is left in the rest, as the grammar's repetition does.
 #[inline(always)]
 fn domain(i: &[u8]) -> Res<'_, &[u8]> {
-    let mut n = sub_domain_len(i);
-    if n == 0 {
-        return Err(nom_error(i));
-    }
-    while let Some((b'.', after)) = i.get(n..).and_then(<[u8]>::split_first) {
-        let m = sub_domain_len(after);
-        if m == 0 {
-            break;
-        }
-        n += 1 + m;
-    }
-    Ok((&i[n..], &i[..n]))
+    recognize((sub_domain, many0_count((char('.'), sub_domain)))).parse(i)
 }
 
 /// `At-domain = "@" Domain`
 fn at_domain(i: &[u8]) -> Res<'_, &[u8]> {
-    let (rest, _) = char('@')(i)?;
-    domain(rest)
+    preceded(char('@'), domain).parse(i)
 }
 
 /// `A-d-l = At-domain *( "," At-domain )` (the source route, dropped)
@@ -758,35 +738,51 @@ fn a_d_l(i: &[u8]) -> Res<'_, &[u8]> {
     recognize((at_domain, many0_count((char(','), at_domain)))).parse(i)
 }
 
-/// `address-literal = "[" ( IPv4-address-literal / IPv6-address-literal /
-/// General-address-literal ) "]"`
-///
-/// `IPv4-address-literal = Snum 3("." Snum)`, `IPv6-address-literal = "IPv6:" IPv6-addr`,
+/// `IPv4-address-literal = Snum 3("." Snum)`, `Snum = 1*3DIGIT` (0 to 255), read by
+/// `std::net` (which refuses leading zeros).
+fn ipv4_address_literal(content: &str) -> Option<Ipv4Addr> {
+    content
+        .bytes()
+        .all(|b| b.is_ascii_digit() || b == b'.')
+        .then(|| content.parse().ok())
+        .flatten()
+}
+
+/// `IPv6-address-literal = "IPv6:" IPv6-addr` (the tag in any case), the address read by
+/// `std::net`. `Ok(None)` when the tag is not there.
+fn ipv6_address_literal(content: &str) -> Result<Option<Ipv6Addr>, AddressError> {
+    match strip_prefix_ignore_case(content, "IPv6:") {
+        Some(v6) => v6
+            .parse()
+            .map(Some)
+            .map_err(|_| AddressError::InvalidAddressLiteral),
+        None => Ok(None),
+    }
+}
+
 /// `General-address-literal = Standardized-tag ":" 1*dcontent`,
-/// `dcontent = %d33-90 / %d94-126`.
+/// `Standardized-tag = Ldh-str`
+fn general_address_literal(content: &[u8]) -> Res<'_, &[u8]> {
+    recognize((sub_domain, char(':'), take_while1(is_dcontent))).parse(content)
+}
+
+/// `address-literal = "[" ( IPv4-address-literal / IPv6-address-literal /
+/// General-address-literal ) "]"`, `dcontent = %d33-90 / %d94-126`
+///
+/// The content between the brackets is taken as `1*dcontent`, then read as one of the three;
+/// a well-formed general literal is [`AddressError::UnsupportedAddressLiteral`].
 fn address_literal<S>(i: &[u8]) -> Result<(&[u8], Domain<S>), AddressError> {
-    let parsed: Res<'_, &[u8]> = (char('['), take_while1(is_dcontent), char(']'))
-        .map(|(_, c, _)| c)
-        .parse(i);
+    let parsed: Res<'_, &[u8]> = delimited(char('['), take_while1(is_dcontent), char(']')).parse(i);
     let (rest, content) = parsed.map_err(|_| AddressError::Syntax)?;
     // dcontent is ASCII, so this cannot fail; map it anyway rather than panic.
     let text = std::str::from_utf8(content).map_err(|_| AddressError::InvalidAddressLiteral)?;
-    if let Some(v6) = strip_prefix_ignore_case(text, "IPv6:") {
-        let addr = v6
-            .parse::<Ipv6Addr>()
-            .map_err(|_| AddressError::InvalidAddressLiteral)?;
+    if let Some(addr) = ipv6_address_literal(text)? {
         return Ok((rest, Domain::Ipv6(addr)));
     }
-    if text.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
-        let addr = text
-            .parse::<Ipv4Addr>()
-            .map_err(|_| AddressError::InvalidAddressLiteral)?;
+    if let Some(addr) = ipv4_address_literal(text) {
         return Ok((rest, Domain::Ipv4(addr)));
     }
-    // `Standardized-tag ":" 1*dcontent`
-    let general: Res<'_, &[u8]> =
-        recognize((sub_domain, char(':'), take_while1(is_dcontent))).parse(content);
-    match general {
+    match general_address_literal(content) {
         Ok(([], _)) => Err(AddressError::UnsupportedAddressLiteral),
         _ => Err(AddressError::InvalidAddressLiteral),
     }
@@ -859,28 +855,21 @@ fn utf8<'a>(text: &'a str, b: &[u8]) -> Result<&'a str, AddressError> {
 }
 
 /// `Mailbox = Local-part "@" ( Domain / address-literal )`
-///
-/// `Local-part = Dot-string / Quoted-string`
 #[inline(always)]
 pub(crate) fn mailbox<'a>(
     i: &'a [u8],
     text: &'a str,
     limits: &Limits,
 ) -> Result<(&'a [u8], Mailbox<&'a str>), AddressError> {
-    let (rest, local, escaped) = if i.first() == Some(&b'"') {
-        let (rest, inner) = quoted_string(i).map_err(|_| AddressError::Syntax)?;
-        let wire_len = inner.len() + 2;
-        if wire_len > limits.max_local_part {
-            return Err(AddressError::LocalPartTooLong);
-        }
-        // Quoted-pairs stay in place: `Mailbox::local_part` removes them when read.
-        (rest, utf8(text, inner)?, inner.contains(&b'\\'))
-    } else {
-        let (rest, ds) = dot_string(i).map_err(|_| AddressError::Syntax)?;
-        if ds.len() > limits.max_local_part {
-            return Err(AddressError::LocalPartTooLong);
-        }
-        (rest, utf8(text, ds)?, false)
+    let (rest, (wire, quoted)) = local_part(i).map_err(|_| AddressError::Syntax)?;
+    if wire.len() > limits.max_local_part {
+        return Err(AddressError::LocalPartTooLong);
+    }
+    // A quoted local part is kept without its quotes; its quoted-pairs stay in place, and
+    // `Mailbox::local_part` removes them when read.
+    let (local, escaped) = match quoted {
+        Some(inner) => (utf8(text, inner)?, inner.contains(&b'\\')),
+        None => (utf8(text, wire)?, false),
     };
     let rest = match rest.split_first() {
         Some((b'@', r)) => r,
@@ -1025,6 +1014,26 @@ pub(crate) fn path<'a, P: PathForm<'a>>(
         return Err(AddressError::PathTooLong);
     }
     Ok((rest, P::mailbox(m)))
+}
+
+/// `Reverse-path = Path / "<>"`
+#[inline(always)]
+pub(crate) fn reverse_path<'a>(
+    i: &'a [u8],
+    text: &'a str,
+    limits: &Limits,
+) -> Result<(&'a [u8], ReversePath<&'a str>), AddressError> {
+    path(i, text, limits)
+}
+
+/// `Forward-path = Path`, and in RCPT `"<Postmaster>"` (RFC 5321 §4.1.1.3)
+#[inline(always)]
+pub(crate) fn forward_path<'a>(
+    i: &'a [u8],
+    text: &'a str,
+    limits: &Limits,
+) -> Result<(&'a [u8], ForwardPath<&'a str>), AddressError> {
+    path(i, text, limits)
 }
 
 /// `"Postmaster"`, any case.

@@ -24,7 +24,13 @@
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
-use nom::IResult;
+use nom::branch::alt;
+use nom::bytes::complete::{take_while, take_while1};
+use nom::character::complete::{char, satisfy};
+use nom::combinator::{opt, recognize};
+use nom::multi::many0_count;
+use nom::sequence::preceded;
+use nom::{IResult, Parser};
 
 use crate::address::sub;
 
@@ -276,7 +282,7 @@ impl<'a> MailParams<&'a str> {
     /// # Errors
     /// A [`ParamError`] saying which reply applies.
     pub fn parse(s: &'a str) -> Result<Self, ParamError> {
-        parse_mail_params(s.as_bytes(), s)
+        mail_parameters(s.as_bytes(), s)
     }
 }
 
@@ -313,7 +319,7 @@ impl<'a> RcptParams<&'a str> {
     /// # Errors
     /// A [`ParamError`] saying which reply applies.
     pub fn parse(s: &'a str) -> Result<Self, ParamError> {
-        parse_rcpt_params(s.as_bytes(), s)
+        rcpt_parameters(s.as_bytes(), s)
     }
 }
 
@@ -607,6 +613,10 @@ pub fn xtext_decode(s: &str) -> Result<Cow<'_, str>, ParamError> {
     if bytes.iter().all(|&b| is_xchar(b)) {
         return Ok(Cow::Borrowed(s));
     }
+    if !matches!(xtext(bytes), Ok(([], _))) {
+        return Err(ParamError::InvalidValue);
+    }
+    // Every `+` now starts a `hexchar`.
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while let Some(&b) = bytes.get(i) {
@@ -655,50 +665,56 @@ static CLASS: [u8; 256] = {
     t
 };
 
-/// Length of the longest prefix of `i` whose bytes all have a class in `mask`.
-#[inline(always)]
-fn run(i: &[u8], mask: u8) -> usize {
-    crate::address::run_in(&CLASS, i, mask)
+fn is_keyword_char(b: u8) -> bool {
+    CLASS[b as usize] & KEYWORD != 0
 }
 
-fn nom_error(i: &[u8]) -> nom::Err<nom::error::Error<&[u8]>> {
-    nom::Err::Error(nom::error::Error::new(i, nom::error::ErrorKind::Verify))
+fn is_value_char(b: u8) -> bool {
+    CLASS[b as usize] & VALUE != 0
 }
 
 /// `esmtp-keyword = (ALPHA / DIGIT) *(ALPHA / DIGIT / "-")`
 #[inline(always)]
 fn esmtp_keyword(i: &[u8]) -> Res<'_, &[u8]> {
-    match run(i, KEYWORD) {
-        0 => Err(nom_error(i)),
-        _ if i.first() == Some(&b'-') => Err(nom_error(i)),
-        n => Ok((&i[n..], &i[..n])),
-    }
+    recognize((
+        satisfy(|c| c.is_ascii_alphanumeric()),
+        take_while(is_keyword_char),
+    ))
+    .parse(i)
 }
 
 /// `esmtp-value = 1*(%d33-60 / %d62-126)` (RFC 6531: `/ UTF8-non-ascii`)
 #[inline(always)]
 fn esmtp_value(i: &[u8]) -> Res<'_, &[u8]> {
-    match run(i, VALUE) {
-        0 => Err(nom_error(i)),
-        n => Ok((&i[n..], &i[..n])),
-    }
+    take_while1(is_value_char)(i)
 }
 
 /// `esmtp-param = esmtp-keyword ["=" esmtp-value]`
+///
+/// A `=` without a value is left in the rest, where the parameter list refuses it.
 #[inline(always)]
 fn esmtp_param(i: &[u8]) -> Res<'_, (&[u8], Option<&[u8]>)> {
-    let (rest, kw) = esmtp_keyword(i)?;
-    match rest.split_first() {
-        Some((b'=', r)) => {
-            let (rest, v) = esmtp_value(r)?;
-            Ok((rest, (kw, Some(v))))
-        }
-        _ => Ok((rest, (kw, None))),
-    }
+    (esmtp_keyword, opt(preceded(char('='), esmtp_value))).parse(i)
 }
 
-/// Splits `esmtp-param *(SP esmtp-param)` into keyword/value pairs and hands each to `f`.
-/// Several spaces between parameters are accepted.
+/// `hexchar = "+" 2HEXDIG` (RFC 3461; lower-case digits accepted)
+fn hexchar(i: &[u8]) -> Res<'_, &[u8]> {
+    recognize((
+        char('+'),
+        satisfy(|c| c.is_ascii_hexdigit()),
+        satisfy(|c| c.is_ascii_hexdigit()),
+    ))
+    .parse(i)
+}
+
+/// `xtext = *( xchar / hexchar )`, `xchar = %d33-42 / %d44-60 / %d62-126` (RFC 3461)
+fn xtext(i: &[u8]) -> Res<'_, &[u8]> {
+    recognize(many0_count(alt((take_while1(is_xchar), hexchar)))).parse(i)
+}
+
+/// `Mail-parameters = esmtp-param *(SP esmtp-param)` (and `Rcpt-parameters`, the same):
+/// hands each parameter's keyword and value to `f`. Leniently, several spaces between
+/// parameters are accepted.
 #[inline(always)]
 fn each_param<'a>(
     mut i: &'a [u8],
@@ -833,8 +849,9 @@ fn xtext_value<'a>(text: &'a str, v: Option<&[u8]>) -> Result<XText<&'a str>, Pa
     XText::new(str_of(text, v.ok_or(ParamError::InvalidValue)?)?)
 }
 
+/// `Mail-parameters = esmtp-param *(SP esmtp-param)`, typed.
 #[inline]
-pub(crate) fn parse_mail_params<'a>(
+pub(crate) fn mail_parameters<'a>(
     i: &'a [u8],
     text: &'a str,
 ) -> Result<MailParams<&'a str>, ParamError> {
@@ -922,8 +939,9 @@ fn orcpt_value(v: &str) -> Result<Orcpt<&str>, ParamError> {
     Orcpt::new(t, XText::new(a)?)
 }
 
+/// `Rcpt-parameters = esmtp-param *(SP esmtp-param)`, typed.
 #[inline]
-pub(crate) fn parse_rcpt_params<'a>(
+pub(crate) fn rcpt_parameters<'a>(
     i: &'a [u8],
     text: &'a str,
 ) -> Result<RcptParams<&'a str>, ParamError> {

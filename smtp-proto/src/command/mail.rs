@@ -2,8 +2,8 @@
 use nom::IResult;
 
 use super::{done, Command, CommandErrorKind, Limits, Parsed};
-use crate::address::{self, ForwardPath, ReversePath};
-use crate::param::{parse_mail_params, parse_rcpt_params};
+use crate::address;
+use crate::param::{mail_parameters, rcpt_parameters};
 
 const MAIL_HINT: &str = "Syntax: MAIL FROM:<address> [parameters]";
 const RCPT_HINT: &str = "Syntax: RCPT TO:<address> [parameters]";
@@ -68,11 +68,11 @@ pub(super) fn mail<'a>(
     if p.is_empty() {
         return Err(CommandErrorKind::Syntax(MAIL_HINT));
     }
-    let (rest, from): (_, ReversePath<&'a str>) =
-        address::path(p, text, limits).map_err(CommandErrorKind::BadSender)?;
+    let (rest, from) =
+        address::reverse_path(p, text, limits).map_err(CommandErrorKind::BadSender)?;
     let params =
         after_path(rest).ok_or(CommandErrorKind::BadSender(address::AddressError::Syntax))?;
-    let params = parse_mail_params(params, text).map_err(CommandErrorKind::Parameter)?;
+    let params = mail_parameters(params, text).map_err(CommandErrorKind::Parameter)?;
     Ok(Command::Mail { from, params })
 }
 
@@ -89,11 +89,11 @@ pub(super) fn rcpt<'a>(
     if p.is_empty() {
         return Err(CommandErrorKind::Syntax(RCPT_HINT));
     }
-    let (rest, to): (_, ForwardPath<&'a str>) =
-        address::path(p, text, limits).map_err(CommandErrorKind::BadRecipient)?;
+    let (rest, to) =
+        address::forward_path(p, text, limits).map_err(CommandErrorKind::BadRecipient)?;
     let params = after_path(rest).ok_or(CommandErrorKind::BadRecipient(
         address::AddressError::Syntax,
     ))?;
-    let params = parse_rcpt_params(params, text).map_err(CommandErrorKind::Parameter)?;
+    let params = rcpt_parameters(params, text).map_err(CommandErrorKind::Parameter)?;
     Ok(Command::Rcpt { to, params })
 }

@@ -53,6 +53,8 @@ pub use arg::{InvalidArgument, Text, Word};
 mod arg;
 mod auth;
 mod bdat;
+#[cfg(test)]
+mod differential;
 mod fast;
 mod hello;
 mod mail;
@@ -387,11 +389,24 @@ pub fn parse_command<'a>(
     limits: &Limits,
 ) -> Result<Option<(Command<'a>, usize)>, CommandError> {
     // The common MAIL and RCPT lines in one pass, line end included.
+    #[cfg(feature = "__bench")]
+    let fast = FAST_PATH.load(std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(feature = "__bench"))]
+    let fast = true;
+    if !fast {
+        return general(input, limits);
+    }
     if let Some(parsed) = fast::mail_or_rcpt(input, limits) {
         return Ok(Some(parsed));
     }
     general(input, limits)
 }
+
+/// Benchmarks only (feature `__bench`): whether [`parse_command`] tries the MAIL/RCPT fast
+/// path first.
+#[cfg(feature = "__bench")]
+#[doc(hidden)]
+pub static FAST_PATH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
 
 /// [`parse_command`] without the fast path: finds the line end, then parses the line.
 #[inline(always)]
