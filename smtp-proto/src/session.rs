@@ -179,6 +179,7 @@
 //! what it fed.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::address::{ForwardPath, ReversePath};
@@ -482,7 +483,10 @@ enum Envelope {
 /// The server side of one SMTP connection; see the module docs.
 #[derive(Debug)]
 pub struct Session {
-    config: SessionConfig,
+    /// Shared by the sessions of a listener ([`Session::with_shared_config`]).
+    config: Arc<SessionConfig>,
+    /// [`Session::disable_auth`] was called: no mechanism is offered.
+    auth_disabled: bool,
     phase: Phase,
     envelope: Envelope,
     pending: Option<Pending>,
@@ -584,12 +588,19 @@ pub fn combine_replies(replies: &[Reply]) -> Reply {
 impl Session {
     /// A new session; the first event will be [`Event::Connect`].
     pub fn new(config: SessionConfig) -> Self {
+        Self::with_shared_config(Arc::new(config))
+    }
+
+    /// A new session with a configuration shared with other sessions (a server keeps one
+    /// per listener kind instead of a copy in every connection).
+    pub fn with_shared_config(config: Arc<SessionConfig>) -> Self {
         let mut data = config.data;
         data.max_size = config.max_message_size;
         let tls = config.tls_active;
         Self {
             decoder: DataDecoder::with_config(data),
             config,
+            auth_disabled: false,
             phase: Phase::Start,
             envelope: Envelope::Ready,
             pending: None,
@@ -667,13 +678,22 @@ impl Session {
     /// Whether AUTH is offered to this client now: mechanisms are configured and, when
     /// [`SessionConfig::auth_requires_tls`], the connection is encrypted.
     pub fn auth_offered(&self) -> bool {
-        !self.config.auth_mechanisms.is_empty() && (self.tls || !self.config.auth_requires_tls)
+        !self.mechanisms().is_empty() && (self.tls || !self.config.auth_requires_tls)
     }
 
     /// Turns AUTH off for this session (e.g. a listener whose clients may not log in),
     /// whatever the configuration said. Call before the first EHLO.
     pub fn disable_auth(&mut self) {
-        self.config.auth_mechanisms.clear();
+        self.auth_disabled = true;
+    }
+
+    /// The SASL mechanisms this session offers.
+    fn mechanisms(&self) -> &[Mechanism] {
+        if self.auth_disabled {
+            &[]
+        } else {
+            &self.config.auth_mechanisms
+        }
     }
 
     /// The name the client gave in EHLO/HELO (empty before).
@@ -1549,7 +1569,7 @@ impl Session {
                 initial_response,
             } => {
                 let mechanism = Mechanism::from_name(mechanism.as_str())
-                    .filter(|m| self.config.auth_mechanisms.contains(m));
+                    .filter(|m| self.mechanisms().contains(m));
                 let initial = initial_response.map(|r| {
                     if r == "=" {
                         Some(Vec::new())
@@ -1638,7 +1658,7 @@ impl Session {
         mechanism: Option<Mechanism>,
         initial: Option<Option<Vec<u8>>>,
     ) -> Option<Step> {
-        if self.config.auth_mechanisms.is_empty() {
+        if self.mechanisms().is_empty() {
             return self.protocol_error(502, (5, 5, 1), "AUTH not available");
         }
         if !self.extended || self.envelope == Envelope::Ready {

@@ -748,20 +748,14 @@ impl<H: Handler> Connection<H> {
         stream: Stream,
         info: ConnectionInfo,
     ) -> Self {
-        let mut config = common.session_config.clone();
-        config.lmtp = info.lmtp;
-        if let Stream::Tls(_) | Stream::OtherTls(_) = stream {
-            config.tls_active = true;
-            config.starttls = false;
-        } else {
-            config.starttls = common.tls.is_some();
-        }
+        let tls_active = matches!(stream, Stream::Tls(_) | Stream::OtherTls(_));
+        let config = common.config_for(tls_active, info.lmtp);
         let mut envelope = Envelope::new(info.peer, info.local);
         envelope.tls = info.tls.clone();
         Self {
             io: Io {
                 stream,
-                session: Session::new(config),
+                session: Session::with_shared_config(config),
                 tls_buf: Vec::new(),
                 chunk: Vec::new(),
                 deferred: None,
@@ -782,7 +776,7 @@ impl<H: Handler> Connection<H> {
     }
 
     /// Runs the session to its end.
-    pub(crate) async fn run(mut self) {
+    pub(crate) async fn run(&mut self) {
         debug!("connected");
         loop {
             if let Some(d) = self.io.deferred.take() {
@@ -794,7 +788,7 @@ impl<H: Handler> Connection<H> {
                             domain: &domain,
                             extended,
                         };
-                        self.state.on_event(event).await
+                        Box::pin(self.state.on_event(event)).await
                     }
                     Deferred::StartTls => Next::StartTls,
                 };
@@ -818,7 +812,9 @@ impl<H: Handler> Connection<H> {
                     self.io.session.input_pending(pending);
                     continue;
                 }
-                let next = self.state.on_event(event).await;
+                // Boxed: the handler's futures (a policy lookup, an SPF check) live only
+                // while a command is decided, not in every idle connection's task.
+                let next = Box::pin(self.state.on_event(event)).await;
                 if !self.apply(next).await {
                     break;
                 }

@@ -227,7 +227,10 @@ impl<H: Handler> Server<H> {
             } else {
                 Stream::Other(stream)
             };
-            Connection::new(handler, common, stream, info).run().await;
+            // Owned here, run by reference: an async fn taking `self` by value keeps two
+            // copies of it in its state (the argument and the moved local).
+            let mut connection = Connection::new(handler, common, stream, info);
+            connection.run().await;
         };
         connection.instrument(span)
     }
@@ -363,6 +366,20 @@ impl<H: Handler> ServerBuilder<H> {
         session.data_timeout = limits.data_timeout;
         session.starttls = false;
         session.tls_active = false;
+        // One shared configuration per kind of connection: encrypted or not, SMTP or LMTP.
+        let variant = |tls_active: bool, lmtp: bool| {
+            let mut c = session.clone();
+            c.tls_active = tls_active;
+            c.starttls = !tls_active && self.tls.is_some();
+            c.lmtp = lmtp;
+            Arc::new(c)
+        };
+        let session_configs = [
+            variant(false, false),
+            variant(false, true),
+            variant(true, false),
+            variant(true, true),
+        ];
         Ok(Server {
             handler: Arc::new(self.handler),
             listeners: self.listeners,
@@ -372,6 +389,7 @@ impl<H: Handler> ServerBuilder<H> {
                     limits.auth_failure_window,
                 ),
                 session_config: session,
+                session_configs,
                 tls: self.tls,
                 limits,
                 tracker: Tracker::default(),
@@ -493,6 +511,8 @@ impl<H> BoundServer<H> {
 #[derive(Debug)]
 pub(crate) struct Common {
     pub(crate) session_config: SessionConfig,
+    /// The configurations sessions share, by [`Common::config_for`].
+    session_configs: [Arc<SessionConfig>; 4],
     /// Failed logins per client address.
     pub(crate) auth_failures: FailureTable,
     pub(crate) tls: Option<TlsConfig>,
@@ -568,7 +588,10 @@ async fn accept_loop<H: Handler>(
             } else {
                 Stream::Plain(tcp)
             };
-            Connection::new(handler, common, stream, info).run().await;
+            // Owned here, run by reference: an async fn taking `self` by value keeps two
+            // copies of it in its state (the argument and the moved local).
+            let mut connection = Connection::new(handler, common, stream, info);
+            connection.run().await;
         };
         tokio::spawn(connection.instrument(span));
     }
@@ -607,6 +630,14 @@ impl Drop for ConnGuard {
         if state.total == 0 {
             tracker.idle.notify_waiters();
         }
+    }
+}
+
+impl Common {
+    /// The session configuration for a connection that is encrypted already (implicit TLS)
+    /// or not, speaking LMTP or SMTP.
+    pub(crate) fn config_for(&self, tls_active: bool, lmtp: bool) -> Arc<SessionConfig> {
+        Arc::clone(&self.session_configs[usize::from(tls_active) * 2 + usize::from(lmtp)])
     }
 }
 
