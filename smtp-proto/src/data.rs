@@ -225,6 +225,9 @@ impl DataDecoder {
     }
 
     /// The verdict on the message so far (final once [`DataDecoder::is_done`]).
+    ///
+    /// # Errors
+    /// The first problem seen, of size, bare line ending and long line (see [`DataError`]).
     pub fn result(&self) -> Result<(), DataError> {
         if self.oversize {
             Err(DataError::SizeExceeded {
