@@ -166,13 +166,13 @@ impl<H: Handler> Server<H> {
     ///
     /// ```
     /// # use smtp_server::{Server, Handler, SessionHandler, ConnectionInfo, Envelope, BodyStream, DataOutcome, Listener};
-    /// # use smtp_proto::Reply;
+    /// # use smtp_server::Refusal;
     /// # use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
     /// # struct Sink;
     /// # struct SinkSession;
     /// # impl Handler for Sink {
     /// #     type Session = SinkSession;
-    /// #     async fn connect(&self, _: &ConnectionInfo) -> Result<SinkSession, Reply> { Ok(SinkSession) }
+    /// #     async fn connect(&self, _: &ConnectionInfo) -> Result<SinkSession, Refusal> { Ok(SinkSession) }
     /// # }
     /// # impl SessionHandler for SinkSession {
     /// #     async fn data(&mut self, _: &Envelope, body: &mut BodyStream<'_>) -> DataOutcome {
