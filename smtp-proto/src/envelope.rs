@@ -210,6 +210,17 @@ impl Envelope {
         }
     }
 
+    /// The same sender and `MAIL` parameters for other recipients (a relay sends the
+    /// recipients of one next hop in one transaction).
+    pub fn for_recipients(&self, rcpts: Vec<Recipient>) -> Self {
+        Self {
+            from: self.from.clone(),
+            rcpts,
+            ret: self.ret,
+            envid: self.envid.clone(),
+        }
+    }
+
     /// Whether any address needs SMTPUTF8.
     pub fn needs_smtputf8(&self) -> bool {
         !self.from.is_ascii() || self.rcpts.iter().any(|r| !r.path.is_ascii())

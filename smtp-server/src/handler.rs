@@ -324,3 +324,38 @@ pub trait SessionHandler: Send + 'static {
     /// refused (size, bare line endings), or the connection ending mid-transaction.
     fn reset(&mut self) {}
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use smtp_proto::address::{parse_forward_path, parse_reverse_path};
+    use smtp_proto::param::Ret;
+
+    #[test]
+    fn transaction_keeps_the_dsn_parameters() {
+        let addr = "127.0.0.1:25".parse().unwrap();
+        let mut e = Envelope::new(addr, addr);
+        e.from = parse_reverse_path("<a@example.org>").unwrap().into_owned();
+        e.mail_params = MailParams::parse("SIZE=10 RET=HDRS ENVID=x+2By")
+            .unwrap()
+            .into_owned();
+        e.rcpts.push((
+            parse_forward_path("<b@example.net>").unwrap().into_owned(),
+            RcptParams::parse("NOTIFY=FAILURE ORCPT=rfc822;b@example.net X-FOO=1")
+                .unwrap()
+                .into_owned(),
+        ));
+        e.rcpts
+            .push((ForwardPath::Postmaster, RcptParams::default()));
+        let t = e.transaction();
+        assert_eq!(t.ret, Some(Ret::Hdrs));
+        // Only the DSN parameters are part of the shared envelope.
+        assert_eq!(
+            t.to_text(),
+            "MAIL FROM:<a@example.org> RET=HDRS ENVID=x+2By\r\n\
+             RCPT TO:<b@example.net> NOTIFY=FAILURE ORCPT=rfc822;b@example.net\r\n\
+             RCPT TO:<Postmaster>\r\n"
+        );
+    }
+}

@@ -1106,9 +1106,7 @@ impl Session {
         let entry = (!remote.is_empty()).then(|| {
             // The transaction's own sender and DSN parameters (RET, ENVID), with the
             // recipients routing gave.
-            let mut env = envelope.transaction();
-            env.rcpts = remote;
-            let mut e = QueueEntry::new(env, now);
+            let mut e = QueueEntry::new(envelope.transaction().for_recipients(remote), now);
             e.next_attempt = now;
             e
         });

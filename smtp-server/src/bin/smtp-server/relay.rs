@@ -601,8 +601,9 @@ impl Relay {
         // answered (nothing else to wait for): one envelope update instead of two.
         let single = groups.len() == 1;
         let deliveries = groups.into_iter().map(|(domain, rcpts)| {
-            let mut env = entry.envelope.clone();
-            env.rcpts = rcpts.iter().map(|(_, r)| r.clone()).collect();
+            let env = entry
+                .envelope
+                .for_recipients(rcpts.iter().map(|(_, r)| r.clone()).collect());
             let (prefix, body_path, small) = (&prefix, &body_path, &small);
             let (claim_cell, recorded_early) = (&claim_cell, &recorded_early);
             async move {
