@@ -179,12 +179,7 @@ async fn run(args: Args) -> Result<ExitCode, String> {
 
     let (mut transient, mut permanent) = (false, false);
     for (domain, rcpts) in by_domain {
-        let envelope = Envelope {
-            from: from.clone(),
-            rcpts,
-            ret: None,
-            envid: None,
-        };
+        let envelope = Envelope::with_recipients(from.clone(), rcpts);
         let report = deliverer.deliver(&domain, &envelope, &message).await;
         let via = match &report.delivered_via {
             Some((host, addr)) => {

@@ -367,7 +367,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use std::io::{Read, Write};
 
-    use crate::queue::{Envelope, Queue, QueueEntry, Recipient};
+    use crate::queue::{Envelope, Queue, QueueEntry};
 
     #[test]
     fn read_back_and_prepend_before_commit() {
@@ -382,12 +382,7 @@ mod tests {
         m.write_all(b"more\r\n").unwrap();
         assert_eq!(m.len(), 34);
         let entry = QueueEntry::new(
-            Envelope {
-                sender: "a@x".into(),
-                recipients: vec![Recipient::new("b@y")],
-                ret: None,
-                envid: None,
-            },
+            Envelope::parse("MAIL FROM:<a@x>\r\nRCPT TO:<b@y>\r\n").unwrap(),
             std::time::SystemTime::now(),
         );
         let id = queue.enqueue_pending(&entry, &mut m).unwrap();

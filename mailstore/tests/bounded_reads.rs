@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use mailstore::queue::{Envelope, Queue, QueueEntry, Recipient, ENVELOPE_MAX};
+use mailstore::queue::{Envelope, Queue, QueueEntry, ENVELOPE_MAX};
 use mailstore::spool::{Spool, SEQUENCES_MAX};
 use mailstore::{Error, MailboxName, Store};
 
@@ -158,12 +158,7 @@ fn oversized_counters_and_status_are_refused_unread() {
 
 fn entry() -> QueueEntry {
     QueueEntry::new(
-        Envelope {
-            sender: "a@example.org".into(),
-            recipients: vec![Recipient::new("b@example.net")],
-            ret: None,
-            envid: None,
-        },
+        Envelope::parse("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n").unwrap(),
         std::time::SystemTime::UNIX_EPOCH,
     )
 }

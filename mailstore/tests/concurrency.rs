@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime};
 
-use mailstore::queue::{Envelope, Queue, QueueEntry, RcptState, Recipient};
+use mailstore::queue::{Envelope, Queue, QueueEntry, RcptState};
 use mailstore::{spool::Spool, DeliveryId, MailboxName, Store};
 
 const PER_WRITER: usize = 200;
@@ -104,15 +104,11 @@ fn child() {
 
 fn entry(tag: &str) -> QueueEntry {
     QueueEntry::new(
-        Envelope {
-            sender: format!("{tag}@example.org"),
-            recipients: vec![
-                Recipient::new("a@example.net"),
-                Recipient::new("b@example.net"),
-            ],
-            ret: Some("FULL".into()),
-            envid: Some(tag.to_owned()),
-        },
+        Envelope::parse(&format!(
+            "MAIL FROM:<{tag}@example.org> RET=FULL ENVID={tag}\r\n\
+             RCPT TO:<a@example.net>\r\nRCPT TO:<b@example.net>\r\n"
+        ))
+        .unwrap(),
         SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
     )
 }
@@ -273,8 +269,11 @@ fn killed_mid_delivery_leaves_no_partial_message_or_entry() {
             let mut body = Vec::new();
             std::io::Read::read_to_end(&mut queue.read_body(qid).unwrap(), &mut body).unwrap();
             let (writer, seq) = parse(&body);
-            assert_eq!(e.envelope.sender, format!("{writer}-{seq}@example.org"));
-            assert_eq!(e.envelope.recipients.len(), 2);
+            assert_eq!(
+                e.envelope.from.to_string(),
+                format!("<{writer}-{seq}@example.org>")
+            );
+            assert_eq!(e.envelope.rcpts.len(), 2);
             queued.insert((writer, seq));
         }
         // The child enqueues each message right after delivering it: all but at most the last
@@ -335,13 +334,7 @@ fn claim_excludes_other_processes_and_dies_with_them() {
     // The dead child's claim is gone; what it recorded stays.
     let reopened = Queue::open(dir.path().join("queue")).unwrap();
     let claim = reopened.claim(&id).unwrap().expect("claimable again");
-    assert_eq!(
-        claim.entry().envelope.recipients[0].state,
-        RcptState::Delivered
-    );
-    assert_eq!(
-        claim.entry().envelope.recipients[1].state,
-        RcptState::Pending
-    );
+    assert_eq!(*claim.entry().state(0), RcptState::Delivered);
+    assert_eq!(*claim.entry().state(1), RcptState::Pending);
     assert_eq!(claim.entry().attempts, 0);
 }

@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::{symlink, MetadataExt};
 use std::path::Path;
 
-use mailstore::queue::{Envelope, Queue, QueueEntry, Recipient};
+use mailstore::queue::{Envelope, Queue, QueueEntry};
 use mailstore::{maildir::Maildir, spool::Spool, Error, MailboxName, Store};
 
 fn alice() -> MailboxName {
@@ -210,12 +210,7 @@ fn spool_skips_and_refuses_a_planted_message_link() {
 
 fn entry() -> QueueEntry {
     QueueEntry::new(
-        Envelope {
-            sender: "a@example.org".into(),
-            recipients: vec![Recipient::new("b@example.net")],
-            ret: None,
-            envid: None,
-        },
+        Envelope::parse("MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n").unwrap(),
         std::time::SystemTime::UNIX_EPOCH,
     )
 }
@@ -240,7 +235,7 @@ fn queue_refuses_symlinked_directories_and_entries() {
     // The previous version's layout (a directory with `body`), which an old queue holds.
     let good = q.enqueue_v1(&entry(), b"body").unwrap();
     let fake = format!("{}x", good.as_str());
-    fs::write(outside.path().join("envelope"), entry().encode()).unwrap();
+    fs::write(outside.path().join("envelope"), entry().encode_v1()).unwrap();
     fs::write(outside.path().join("body"), b"not ours").unwrap();
     symlink(outside.path(), dir.path().join("entries").join(&fake)).unwrap();
     let fake_id: mailstore::queue::QueueId = fake.parse().unwrap();

@@ -9,11 +9,10 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
-use smtp_proto::address::{ForwardPath, ReversePath};
 use smtp_proto::command::{Command, Word};
 use smtp_proto::data::DataEncoder;
 use smtp_proto::ehlo::{parse_ehlo, EhloReply};
-use smtp_proto::param::{Body, MailParams, Notify, Orcpt, RcptParams, Ret, XText};
+use smtp_proto::param::{Body, MailParams, Orcpt, RcptParams, XText};
 use smtp_proto::reply::Reply;
 use smtp_proto::sasl::{decode_base64, encode_base64, ClientExchange, Mechanism};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -178,56 +177,9 @@ impl ClientConfig {
     }
 }
 
-/// One recipient of an [`Envelope`], with its DSN parameters (RFC 3461).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Recipient {
-    /// The address.
-    pub path: ForwardPath,
-    /// `NOTIFY=`; sent only when the server offers DSN.
-    pub notify: Option<Notify>,
-    /// `ORCPT=`; sent only when the server offers DSN.
-    pub orcpt: Option<Orcpt>,
-}
-
-impl From<ForwardPath> for Recipient {
-    fn from(path: ForwardPath) -> Self {
-        Self {
-            path,
-            notify: None,
-            orcpt: None,
-        }
-    }
-}
-
-/// The sender and recipients of one message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Envelope {
-    /// `MAIL FROM`: the sender, or `<>` for a bounce.
-    pub from: ReversePath,
-    /// `RCPT TO`, in order.
-    pub rcpts: Vec<Recipient>,
-    /// `RET=`; sent only when the server offers DSN.
-    pub ret: Option<Ret>,
-    /// `ENVID=` (plain text, xtext-encoded on the wire); sent only when the server offers DSN.
-    pub envid: Option<String>,
-}
-
-impl Envelope {
-    /// An envelope without DSN parameters.
-    pub fn new(from: ReversePath, rcpts: Vec<ForwardPath>) -> Self {
-        Self {
-            from,
-            rcpts: rcpts.into_iter().map(Recipient::from).collect(),
-            ret: None,
-            envid: None,
-        }
-    }
-
-    /// Whether any address needs SMTPUTF8.
-    pub fn needs_smtputf8(&self) -> bool {
-        !self.from.is_ascii() || self.rcpts.iter().any(|r| !r.path.is_ascii())
-    }
-}
+/// The envelope and its recipients are the protocol crate's, shared with the server library
+/// and the queue (see [`smtp_proto::envelope`]).
+pub use smtp_proto::envelope::{Envelope, Recipient};
 
 /// What the server said about one recipient.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -911,7 +863,6 @@ impl Connection {
         self.transactions += 1;
 
         let dsn = self.has("DSN");
-        let envid = envelope.envid.as_deref().filter(|_| dsn).map(XText::encode);
         let mail = Command::Mail {
             from: envelope.from.as_borrowed(),
             params: MailParams {
@@ -919,7 +870,11 @@ impl Connection {
                 body: (eight_bit && self.has("8BITMIME")).then_some(Body::EightBitMime),
                 smtputf8: utf8,
                 ret: envelope.ret.filter(|_| dsn),
-                envid: envid.as_ref().map(XText::as_borrowed),
+                envid: envelope
+                    .envid
+                    .as_ref()
+                    .filter(|_| dsn)
+                    .map(XText::as_borrowed),
                 ..MailParams::default()
             },
         };
@@ -1211,16 +1166,18 @@ impl Connection {
             || session
                 .peer_certificates()
                 .is_some_and(|chain| setup.verifies(chain, &name));
-        let info = TlsInfo {
-            protocol: session
+        let info = TlsInfo::new(
+            session
                 .protocol_version()
                 .map_or_else(|| "unknown".into(), |v| format!("{v:?}")),
-            cipher: session
+            session
                 .negotiated_cipher_suite()
                 .map_or_else(|| "unknown".into(), |c| format!("{:?}", c.suite())),
-            verified,
-            resumed: session.handshake_kind() == Some(tokio_rustls::rustls::HandshakeKind::Resumed),
-        };
+        )
+        .with_verified(verified)
+        .with_resumed(
+            session.handshake_kind() == Some(tokio_rustls::rustls::HandshakeKind::Resumed),
+        );
         debug!(peer = %self.peer, tls = %info, "TLS established");
         self.tls = Some(info);
         Ok(())

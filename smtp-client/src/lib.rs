@@ -193,7 +193,7 @@ pub use smtp_proto;
 pub use smtp_proto::address::{
     parse_forward_path, parse_mailbox, parse_reverse_path, ForwardPath, Mailbox, ReversePath,
 };
-pub use smtp_proto::param::{Notify, Orcpt, Ret};
+pub use smtp_proto::param::{Notify, Orcpt, Ret, XText};
 pub use smtp_proto::reply::{EnhancedCode, Reply};
 /// The certificate type [`ClientConfig::with_root`] takes (from `rustls-pki-types`).
 pub use tokio_rustls::rustls::pki_types::CertificateDer;

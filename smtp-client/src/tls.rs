@@ -112,38 +112,12 @@ impl TlsPolicy {
     }
 }
 
-/// What was negotiated on an encrypted connection.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TlsInfo {
-    /// The protocol version, e.g. `TLSv1_3`.
-    pub protocol: String,
-    /// The cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
-    pub cipher: String,
-    /// Whether the certificate chains to a trusted root and is valid for the host name.
-    /// Always true under [`TlsPolicy::RequireVerified`] and [`TlsPolicy::Implicit`].
-    pub verified: bool,
-    /// Whether the handshake resumed an earlier session (made with the same
-    /// [`ClientConfig`](crate::ClientConfig) or a clone of it) rather than a full handshake.
-    pub resumed: bool,
-}
-
-impl fmt::Display for TlsInfo {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{} {} ({}{})",
-            self.protocol,
-            self.cipher,
-            if self.verified {
-                "verified"
-            } else {
-                "not verified"
-            },
-            if self.resumed { ", resumed" } else { "" }
-        )
-    }
-}
+/// What was negotiated on an encrypted connection: the protocol crate's type, shared with the
+/// server library. Here [`TlsInfo::verified`] says whether the certificate chains to a trusted
+/// root and is valid for the host name (always true under [`TlsPolicy::RequireVerified`] and
+/// [`TlsPolicy::Implicit`]), and [`TlsInfo::resumed`] whether the handshake resumed a session
+/// made with the same [`ClientConfig`](crate::ClientConfig) or a clone of it.
+pub use smtp_proto::envelope::TlsInfo;
 
 /// Why a certificate was not accepted ([`TlsError::CertificateInvalid`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -522,7 +522,7 @@ async fn dsn_parameters_only_when_offered() {
             .unwrap();
         let mut env = envelope("<a@client.test>", &["<b@mx.test>"]);
         env.ret = Some(Ret::Hdrs);
-        env.envid = Some("id+1".into());
+        env.envid = Some(smtp_proto::param::XText::encode("id+1"));
         env.rcpts[0].notify = Some(Notify {
             failure: true,
             ..Notify::default()

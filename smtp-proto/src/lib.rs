@@ -57,12 +57,15 @@
 //! - [`data`]: the DATA codec: dot-stuffing, the `CRLF.CRLF` end marker, bare CR/LF policy
 //!   (SMTP smuggling), line and size limits.
 //! - [`session`]: the server session state machine.
+//! - [`envelope`]: the [`Envelope`] (sender, recipients, DSN parameters) that server, client
+//!   and queue share, with its text form (SMTP command lines), and [`TlsInfo`].
 #![forbid(unsafe_code)]
 
 pub mod address;
 pub mod command;
 pub mod data;
 pub mod ehlo;
+pub mod envelope;
 pub mod param;
 pub mod reply;
 pub mod sasl;
@@ -76,4 +79,5 @@ pub use data::{
     encode_data, BareLineEnding, DataConfig, DataDecoder, DataEncoder, DataError, DataStatus,
 };
 pub use ehlo::{parse_ehlo, Capability, EhloError, EhloReply};
+pub use envelope::{Envelope, EnvelopeError, Recipient, TlsInfo};
 pub use reply::{parse_reply, EnhancedCode, Refusal, Reply, ReplyError, Severity};

@@ -39,25 +39,11 @@ pub struct ConnectionInfo {
     pub lmtp: bool,
 }
 
-/// The negotiated TLS parameters of an encrypted session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct TlsInfo {
-    /// The protocol version, e.g. `TLSv1.3`.
-    pub protocol: String,
-    /// The cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
-    pub cipher: String,
-}
-
-impl TlsInfo {
-    /// The parameters of a session (for tests, and handlers that run TLS themselves).
-    pub fn new(protocol: impl Into<String>, cipher: impl Into<String>) -> Self {
-        Self {
-            protocol: protocol.into(),
-            cipher: cipher.into(),
-        }
-    }
-}
+/// The negotiated TLS parameters of an encrypted session: the protocol crate's type, the
+/// client's as well. Here [`TlsInfo::protocol`] is named as OpenSSL does (`TLSv1.3`),
+/// [`TlsInfo::verified`] is false (the server asks for no client certificate) and
+/// [`TlsInfo::resumed`] says whether the client resumed an earlier session.
+pub use smtp_proto::envelope::TlsInfo;
 
 /// The envelope of a message: everything said before its content.
 #[derive(Debug, Clone)]
@@ -82,6 +68,21 @@ pub struct Envelope {
 }
 
 impl Envelope {
+    /// The transaction as the shared envelope type (sender, recipients and their DSN
+    /// parameters): what the client sends on, and the queue stores. Parameters that are not
+    /// part of it (SIZE, BODY, SMTPUTF8, AUTH, unknown ones) stay in
+    /// [`mail_params`](Self::mail_params) and [`rcpts`](Self::rcpts); see
+    /// [`smtp_proto::envelope`].
+    pub fn transaction(&self) -> smtp_proto::envelope::Envelope {
+        let mut env = smtp_proto::envelope::Envelope::from_mail(&self.from, &self.mail_params);
+        env.rcpts = self
+            .rcpts
+            .iter()
+            .map(|(to, params)| smtp_proto::envelope::Recipient::from_rcpt(to, params))
+            .collect();
+        env
+    }
+
     pub(crate) fn new(peer: SocketAddr, local: SocketAddr) -> Self {
         Self {
             helo: String::new(),
@@ -322,4 +323,39 @@ pub trait SessionHandler: Send + 'static {
     /// [`SessionHandler::data`]: `RSET`, a new `EHLO`, `STARTTLS`, a message the session
     /// refused (size, bare line endings), or the connection ending mid-transaction.
     fn reset(&mut self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use smtp_proto::address::{parse_forward_path, parse_reverse_path};
+    use smtp_proto::param::Ret;
+
+    #[test]
+    fn transaction_keeps_the_dsn_parameters() {
+        let addr = "127.0.0.1:25".parse().unwrap();
+        let mut e = Envelope::new(addr, addr);
+        e.from = parse_reverse_path("<a@example.org>").unwrap().into_owned();
+        e.mail_params = MailParams::parse("SIZE=10 RET=HDRS ENVID=x+2By")
+            .unwrap()
+            .into_owned();
+        e.rcpts.push((
+            parse_forward_path("<b@example.net>").unwrap().into_owned(),
+            RcptParams::parse("NOTIFY=FAILURE ORCPT=rfc822;b@example.net X-FOO=1")
+                .unwrap()
+                .into_owned(),
+        ));
+        e.rcpts
+            .push((ForwardPath::Postmaster, RcptParams::default()));
+        let t = e.transaction();
+        assert_eq!(t.ret, Some(Ret::Hdrs));
+        // Only the DSN parameters are part of the shared envelope.
+        assert_eq!(
+            t.to_text(),
+            "MAIL FROM:<a@example.org> RET=HDRS ENVID=x+2By\r\n\
+             RCPT TO:<b@example.net> NOTIFY=FAILURE ORCPT=rfc822;b@example.net\r\n\
+             RCPT TO:<Postmaster>\r\n"
+        );
+    }
 }

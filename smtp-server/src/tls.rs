@@ -182,7 +182,8 @@ fn build(
     Ok(Arc::new(config))
 }
 
-/// The protocol and cipher of an established TLS connection.
+/// The protocol and cipher of an established TLS connection, and whether it resumed a session
+/// (no client certificate is asked for, so none is verified).
 pub(crate) fn tls_info(conn: &ServerConnection) -> TlsInfo {
     let protocol = match conn.protocol_version() {
         Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
@@ -194,5 +195,6 @@ pub(crate) fn tls_info(conn: &ServerConnection) -> TlsInfo {
         .negotiated_cipher_suite()
         .map(|s| format!("{:?}", s.suite()))
         .unwrap_or_else(|| "unknown".to_owned());
-    TlsInfo { protocol, cipher }
+    TlsInfo::new(protocol, cipher)
+        .with_resumed(conn.handshake_kind() == Some(tokio_rustls::rustls::HandshakeKind::Resumed))
 }

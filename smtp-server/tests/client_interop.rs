@@ -418,6 +418,16 @@ async fn implicit_tls_to_the_servers_implicit_tls_listener_verifies_and_resumes(
     let msgs = srv.rec.messages();
     assert_eq!(msgs.len(), 2);
     assert!(msgs.iter().all(|m| m.envelope.tls.is_some()));
+    // The server's side of the same sessions, in the same type: resumed the second time; no
+    // client certificate, so nothing verified.
+    let server_side: Vec<(bool, bool)> = msgs
+        .iter()
+        .map(|m| {
+            let t = m.envelope.tls.as_ref().unwrap();
+            (t.resumed, t.verified)
+        })
+        .collect();
+    assert_eq!(server_side, [(false, false), (true, false)]);
     // One EHLO per session: no STARTTLS inside implicit TLS.
     let hellos = srv
         .rec

@@ -815,10 +815,10 @@ fn mail_relayed_onward_by_an_alias_carries_the_field_too() {
         .flatten()
         .collect();
     assert_eq!(entries.len(), 1);
-    // A queue entry is one file (`mailstore-queue 2`): the envelope up to `body-size N` and
+    // A queue entry is one file (`mailstore-queue 3`): the envelope up to `body-size N` and
     // `end`, then the message.
     let file = String::from_utf8(std::fs::read(entries[0].path()).unwrap()).unwrap();
-    assert!(file.starts_with("mailstore-queue 2\n"), "{file}");
+    assert!(file.starts_with("mailstore-queue 3\n"), "{file}");
     let body_at = file.find("\nend\n").unwrap() + "\nend\n".len();
     let queued = file[body_at..].to_owned();
     assert!(

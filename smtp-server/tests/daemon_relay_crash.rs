@@ -133,7 +133,7 @@ fn kill_9_mid_batch_to_a_slow_next_hop_loses_nothing_acknowledged() {
 /// delivered by this one, beside new one-file entries.
 #[test]
 fn entries_queued_by_the_previous_version_are_delivered() {
-    use mailstore::queue::{Envelope, Queue, QueueEntry, Recipient};
+    use mailstore::queue::{Envelope, Queue, QueueEntry};
     let net = Net::start(PeerBehaviour::default(), false);
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("mail");
@@ -141,12 +141,8 @@ fn entries_queued_by_the_previous_version_are_delivered() {
         let q = Queue::open(spool.join(".queue")).unwrap();
         for n in 0..3 {
             let entry = QueueEntry::new(
-                Envelope {
-                    sender: "alice@example.test".into(),
-                    recipients: vec![Recipient::new("dave@remote.test")],
-                    ret: None,
-                    envid: None,
-                },
+                Envelope::parse("MAIL FROM:<alice@example.test>\r\nRCPT TO:<dave@remote.test>\r\n")
+                    .unwrap(),
                 std::time::SystemTime::now(),
             );
             let body = format!("Subject: r{n}\r\nMessage-ID: <{n}@old>\r\n\r\nold\r\n");

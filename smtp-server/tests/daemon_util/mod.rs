@@ -271,6 +271,8 @@ impl Smtp {
 pub struct Got {
     pub from: String,
     pub rcpts: Vec<String>,
+    /// The transaction as received (with its DSN parameters when the peer offers DSN).
+    pub envelope: smtp_server::smtp_proto::envelope::Envelope,
     pub body: Vec<u8>,
     pub tls: bool,
 }
@@ -285,6 +287,8 @@ pub struct PeerBehaviour {
     /// Wait this long after the final dot before answering it (a slow next hop); the
     /// message counts as received (`got`) once the wait is over, answered or not.
     pub delay: Duration,
+    /// Offer DSN (RFC 3461), so that NOTIFY, ORCPT, RET and ENVID are sent.
+    pub dsn: bool,
 }
 
 /// A receiving SMTP server on loopback (the smtp-server library itself), optionally offering
@@ -340,6 +344,7 @@ impl Net {
         let got = Arc::new(Mutex::new(Vec::new()));
         let attempts = Arc::new(Mutex::new(0));
         let bodies = Arc::new(Mutex::new(Vec::new()));
+        let dsn = behaviour.dsn;
         let handler = Peer {
             b: Arc::new(behaviour),
             got: got.clone(),
@@ -349,6 +354,12 @@ impl Net {
         let mut builder = smtp_server::Server::builder(handler)
             .hostname("mx.remote.test")
             .listen("127.0.0.1:0".parse().unwrap());
+        if dsn {
+            let mut session =
+                smtp_server::smtp_proto::session::SessionConfig::new("mx.remote.test");
+            session.dsn = true;
+            builder = builder.session_config(session);
+        }
         if tls {
             let ck = rcgen::generate_simple_self_signed(vec!["mx.remote.test".into()]).unwrap();
             let cfg = TlsConfig::from_pem(
@@ -455,6 +466,7 @@ impl SessionHandler for PeerSession {
         self.got.lock().unwrap().push(Got {
             from,
             rcpts: env.rcpts.iter().map(|(r, _)| r.to_string()).collect(),
+            envelope: env.transaction(),
             body: data,
             tls: env.tls.is_some(),
         });

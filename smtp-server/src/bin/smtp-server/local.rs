@@ -377,12 +377,7 @@ mod tests {
         assert_eq!(inc.received_count(), 1);
         let alice = MailboxName::new("alice").unwrap();
         let entry = QueueEntry::new(
-            Envelope {
-                sender: "a@x".into(),
-                recipients: vec![mailstore::queue::Recipient::new("b@remote")],
-                ret: None,
-                envid: None,
-            },
+            Envelope::parse("MAIL FROM:<a@x>\r\nRCPT TO:<b@remote>\r\n").unwrap(),
             std::time::SystemTime::now(),
         );
         let stored = inc

@@ -32,10 +32,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use clap::Parser;
-use mailstore::queue::{Envelope as QEnvelope, Queue, QueueEntry, Recipient as QRecipient};
+use mailstore::queue::{Queue, QueueEntry};
 use mailstore::{MailboxName, Store};
 use smtp_proto::address::{ForwardPath, ReversePath};
-use smtp_proto::param::{MailParams, RcptParams};
+use smtp_proto::envelope::Recipient as QRecipient;
+use smtp_proto::param::{MailParams, Notify, Orcpt, RcptParams};
 use smtp_proto::Refusal;
 use smtp_server::handler::{
     BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsInfo,
@@ -698,10 +699,11 @@ impl Handler for DaemonHandler {
 
 /// An accepted recipient and where it goes.
 struct Accepted {
+    /// The address as given, for `Received: ... for <address>`.
     address: String,
     dest: Destinations,
-    notify: Option<String>,
-    orcpt: Option<String>,
+    notify: Option<Notify>,
+    orcpt: Option<Orcpt>,
 }
 
 /// One connection's state.
@@ -840,11 +842,8 @@ impl SessionHandler for Session {
                 self.rcpts.push(Accepted {
                     address,
                     dest,
-                    notify: params.notify.as_ref().map(|n| n.to_string()),
-                    orcpt: params
-                        .orcpt
-                        .as_ref()
-                        .map(|o| format!("{};{}", o.addr_type(), o.addr().decode())),
+                    notify: params.notify,
+                    orcpt: params.orcpt.clone(),
                 });
                 Ok(())
             }
@@ -899,13 +898,20 @@ impl Session {
         for a in &rcpts {
             if d.lmtp {
                 for mb in &a.dest.local {
-                    let address = d.policy.lmtp_address(mb);
-                    if by_lmtp.iter().any(|q| q.address == address) {
+                    let Some(address) = d.policy.lmtp_address(mb) else {
+                        error!(session = self.session_id, mailbox = %mb,
+                               "no LMTP address for a local mailbox: no local domain name");
+                        return DataOutcome::temporary_failure(
+                            "Local error in processing, try again later",
+                        );
+                    };
+                    let address = ForwardPath::Mailbox(address);
+                    if by_lmtp.iter().any(|q| q.path == address) {
                         continue;
                     }
                     let mut q = QRecipient::new(address);
                     if a.dest.local.len() == 1 && a.dest.remote.is_empty() {
-                        q.notify = a.notify.clone();
+                        q.notify = a.notify;
                         q.orcpt = a.orcpt.clone();
                     }
                     by_lmtp.push(q);
@@ -914,15 +920,16 @@ impl Session {
                 mailboxes.extend(a.dest.local.iter().cloned());
             }
             for r in &a.dest.remote {
+                let r = ForwardPath::Mailbox(r.clone());
                 // One copy per address (a repeated RCPT, or an alias target also named
                 // directly): the next hop would otherwise be given it twice.
-                if remote.iter().any(|q: &QRecipient| q.address == *r) {
+                if remote.iter().any(|q: &QRecipient| q.path == r) {
                     continue;
                 }
-                let mut q = QRecipient::new(r.clone());
+                let mut q = QRecipient::new(r);
                 // DSN parameters belong to the address the client gave, not to alias targets.
                 if a.dest.remote.len() == 1 && a.dest.local.is_empty() {
-                    q.notify = a.notify.clone();
+                    q.notify = a.notify;
                     q.orcpt = a.orcpt.clone();
                 }
                 remote.push(q);
@@ -1097,19 +1104,9 @@ impl Session {
             }
         }
         let entry = (!remote.is_empty()).then(|| {
-            let mut e = QueueEntry::new(
-                QEnvelope {
-                    sender: sender.clone(),
-                    recipients: remote,
-                    ret: envelope.mail_params.ret.map(|r| r.as_str().to_owned()),
-                    envid: envelope
-                        .mail_params
-                        .envid
-                        .as_ref()
-                        .map(|e| e.decode().into_owned()),
-                },
-                now,
-            );
+            // The transaction's own sender and DSN parameters (RET, ENVID), with the
+            // recipients routing gave.
+            let mut e = QueueEntry::new(envelope.transaction().for_recipients(remote), now);
             e.next_attempt = now;
             e
         });

@@ -14,15 +14,15 @@ use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::path::Path;
 
 use mailstore::MailboxName;
-use smtp_proto::address::{Domain, ForwardPath, Mailbox};
+use smtp_proto::address::{Domain, ForwardPath, Mailbox, MailboxBuf};
 
 /// Where one accepted recipient's copies go.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Destinations {
     /// Local mailboxes.
     pub local: Vec<MailboxName>,
-    /// Remote addresses (to be queued for relay), as `local@domain`.
-    pub remote: Vec<String>,
+    /// Remote addresses (to be queued for relay).
+    pub remote: Vec<MailboxBuf>,
 }
 
 /// Why a recipient is refused.
@@ -46,7 +46,7 @@ enum Entry {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Target {
     Local(MailboxName),
-    Remote(String),
+    Remote(MailboxBuf),
 }
 
 /// The parsed users file.
@@ -95,9 +95,9 @@ impl Users {
                     let mut list = Vec::new();
                     for t in targets.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                         if t.contains('@') {
-                            smtp_proto::address::parse_mailbox(t)
+                            let m = smtp_proto::address::parse_mailbox(t)
                                 .map_err(|e| err(format!("bad address {t:?}: {}", e.message())))?;
-                            list.push(Target::Remote(t.to_owned()));
+                            list.push(Target::Remote(m.into_owned()));
                         } else {
                             let m = MailboxName::from_local_part(t)
                                 .map_err(|e| err(format!("bad user name {t:?}: {e}")))?;
@@ -159,8 +159,7 @@ impl Policy {
     }
 
     /// The local mailbox of an address in one of our own domains.
-    fn own_mailbox(&self, address: &str) -> Option<MailboxName> {
-        let m = smtp_proto::address::parse_mailbox(address).ok()?;
+    fn own_mailbox(&self, m: &MailboxBuf) -> Option<MailboxName> {
         if !self.is_local_domain(m.domain()) {
             return None;
         }
@@ -235,7 +234,7 @@ impl Policy {
         if relay {
             Ok(Destinations {
                 local: Vec::new(),
-                remote: vec![mailbox.to_string()],
+                remote: vec![mailbox.to_buf()],
             })
         } else {
             Err(RcptRefusal::RelayDenied)
@@ -317,11 +316,11 @@ impl Policy {
     /// The address a local mailbox is given to an LMTP server by (`--lmtp`): the mailbox
     /// name at the first local domain. Mailboxes are one namespace across our domains (the
     /// local part decides, see [`MailboxName::from_local_part`]), so one domain names them.
-    pub fn lmtp_address(&self, mailbox: &MailboxName) -> String {
-        match self.domains.first() {
-            Some(d) => format!("{mailbox}@{d}"),
-            None => mailbox.to_string(),
-        }
+    /// `None` when there is no local domain, or the first is not a domain name (the
+    /// daemon always has one: the host name by default).
+    pub fn lmtp_address(&self, mailbox: &MailboxName) -> Option<MailboxBuf> {
+        let d = Domain::name(self.domains.first()?.clone()).ok()?;
+        Mailbox::new(mailbox.to_string(), d).ok()
     }
 
     fn postmaster(&self) -> Destinations {
@@ -442,8 +441,8 @@ mod tests {
             Err(RcptRefusal::RelayDenied)
         );
         assert_eq!(
-            p.route(&fp("<bob@other.net>"), true).unwrap().remote,
-            vec!["bob@other.net"]
+            p.route(&fp("<bob@other.net>"), true).unwrap().remote[0].to_string(),
+            "bob@other.net"
         );
         assert_eq!(
             p.route(&fp("<postmaster>"), false).unwrap().local[0].as_str(),
@@ -495,7 +494,8 @@ mod tests {
             team.local.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
             ["alice", "bob"]
         );
-        assert_eq!(team.remote, vec!["carol@remote.test"]);
+        assert_eq!(team.remote[0].to_string(), "carol@remote.test");
+        assert_eq!(team.remote.len(), 1);
         assert_eq!(
             p.route(&fp("<postmaster>"), false).unwrap().local[0].as_str(),
             "alice"
@@ -516,7 +516,8 @@ mod tests {
             team.local.iter().map(|m| m.as_str()).collect::<Vec<_>>(),
             ["alice"]
         );
-        assert_eq!(team.remote, vec!["carol@remote.test"]);
+        assert_eq!(team.remote[0].to_string(), "carol@remote.test");
+        assert_eq!(team.remote.len(), 1);
         let e = Users::parse("alice\n\nx/y\n").unwrap_err();
         assert_eq!(e.line, 3);
         assert!(Users::parse("a:\n").is_err());

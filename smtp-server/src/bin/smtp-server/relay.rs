@@ -41,14 +41,13 @@ use std::io::Read;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use mailstore::queue::{Envelope as QEnvelope, Queue, QueueEntry, QueueId, RcptState, Recipient};
+use mailstore::queue::{Queue, QueueEntry, QueueId, RcptState};
 use mailstore::{MailboxName, Store};
-use smtp_client::connection::{Envelope, Recipient as CRecipient};
+use smtp_client::connection::{Envelope, Recipient};
 use smtp_client::deliver::{Deliverer, DeliveryReport, Failure as CFailure, RcptOutcome};
 use smtp_client::lmtp::Lmtp;
 use smtp_client::Message;
-use smtp_proto::address::{parse_mailbox, ForwardPath, ReversePath};
-use smtp_proto::param::{Orcpt, RcptParams, Ret, XText};
+use smtp_proto::address::{ForwardPath, MailboxBuf, ReversePath};
 use tokio::sync::OwnedSemaphorePermit as EntryPermit;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tracing::{error, info, warn};
@@ -550,26 +549,14 @@ impl Relay {
         let body_path = claim.body_path();
         let body_offset = claim.body_offset();
 
-        let from = if entry.envelope.sender.is_empty() {
-            ReversePath::Null
-        } else {
-            match parse_mailbox(&entry.envelope.sender) {
-                Ok(m) => ReversePath::Mailbox(m.into_owned()),
-                Err(_) => ReversePath::Null,
-            }
-        };
-        let ret = entry.envelope.ret.as_deref().and_then(|r| match r {
-            "FULL" => Some(Ret::Full),
-            "HDRS" => Some(Ret::Hdrs),
-            _ => None,
-        });
-
+        // The envelope is typed from the queue on (an entry whose stored sender or recipient
+        // does not parse is corrupt and never gets here): sent as it was received.
         // Pending recipients grouped by domain (lower case), keeping their indexes.
-        let mut groups: BTreeMap<String, Vec<(usize, CRecipient)>> = BTreeMap::new();
+        let mut groups: BTreeMap<String, Vec<(usize, Recipient)>> = BTreeMap::new();
         // A carried `Refused` (its report not yet stored) keeps what the report says of it.
         let mut results: Vec<(usize, RcptState, Option<Failure>)> = carried
             .into_iter()
-            .filter(|(i, _)| *i < entry.envelope.recipients.len())
+            .filter(|(i, _)| *i < entry.envelope.rcpts.len())
             .map(|(i, s)| {
                 let f = match &s {
                     RcptState::Refused {
@@ -577,7 +564,7 @@ impl Relay {
                         status,
                         remote_mta,
                     } => Some(failure(
-                        &entry.envelope.recipients[i],
+                        &entry.envelope.rcpts[i],
                         reply.clone(),
                         remote_mta.clone(),
                         status.clone(),
@@ -587,33 +574,18 @@ impl Relay {
                 (i, s, f)
             })
             .collect();
-        for (i, r) in entry.envelope.recipients.iter().enumerate() {
-            if r.state != RcptState::Pending || results.iter().any(|(j, _, _)| *j == i) {
+        for (i, (r, state)) in entry.recipients().enumerate() {
+            if *state != RcptState::Pending || results.iter().any(|(j, _, _)| *j == i) {
                 continue;
             }
-            match parse_mailbox(&r.address) {
-                Ok(m) => {
-                    let domain = if self.policy.is_local_domain(m.domain()) {
-                        LOCAL.to_owned()
-                    } else {
-                        m.domain().to_string().to_ascii_lowercase()
-                    };
-                    groups
-                        .entry(domain)
-                        .or_default()
-                        .push((i, to_client_rcpt(r, m.into_owned())));
+            let domain = match &r.path {
+                ForwardPath::Mailbox(m) if !self.policy.is_local_domain(m.domain()) => {
+                    m.domain().to_string().to_ascii_lowercase()
                 }
-                Err(e) => {
-                    let diag = format!("553 5.1.3 bad address: {}", e.message());
-                    results.push((
-                        i,
-                        RcptState::Failed {
-                            reply: diag.clone(),
-                        },
-                        Some(failure(r, diag, None, None)),
-                    ));
-                }
-            }
+                // `<Postmaster>` without a domain is ours.
+                _ => LOCAL.to_owned(),
+            };
+            groups.entry(domain).or_default().push((i, r.clone()));
         }
 
         // (recipient address, or "" for the entry as a whole; why it is deferred).
@@ -629,12 +601,9 @@ impl Relay {
         // answered (nothing else to wait for): one envelope update instead of two.
         let single = groups.len() == 1;
         let deliveries = groups.into_iter().map(|(domain, rcpts)| {
-            let env = Envelope {
-                from: from.clone(),
-                rcpts: rcpts.iter().map(|(_, r)| r.clone()).collect(),
-                ret,
-                envid: entry.envelope.envid.clone(),
-            };
+            let env = entry
+                .envelope
+                .for_recipients(rcpts.iter().map(|(_, r)| r.clone()).collect());
             let (prefix, body_path, small) = (&prefix, &body_path, &small);
             let (claim_cell, recorded_early) = (&claim_cell, &recorded_early);
             async move {
@@ -709,7 +678,7 @@ impl Relay {
                 metrics::m().outbound(report.tls);
             }
             for ((i, _), (path, outcome)) in rcpts.iter().zip(report.rcpts.iter()) {
-                let r = &entry.envelope.recipients[*i];
+                let r = &entry.envelope.rcpts[*i];
                 match outcome {
                     RcptOutcome::Delivered(reply) => {
                         info!(queue_id = %id, to = %path, via = %via_addr, tls = %tls_text,
@@ -734,7 +703,7 @@ impl Relay {
                         metrics::m().deliveries(destination, "deferred", 1);
                         let diag = diagnostic(f);
                         info!(queue_id = %id, to = %path, error = %diag, "delivery deferred");
-                        transient.push((r.address.clone(), diag));
+                        transient.push((address_text(&r.path), diag));
                     }
                 }
             }
@@ -744,21 +713,22 @@ impl Relay {
         let deadline = add_saturating(entry.created, self.lifetime);
         let expired = deadline <= now;
         let mut still_pending = false;
-        for (i, r) in entry.envelope.recipients.iter().enumerate() {
-            if r.state != RcptState::Pending || results.iter().any(|(j, _, _)| *j == i) {
+        for (i, (r, state)) in entry.recipients().enumerate() {
+            if *state != RcptState::Pending || results.iter().any(|(j, _, _)| *j == i) {
                 continue;
             }
             if expired {
+                let address = address_text(&r.path);
                 let last = transient
                     .iter()
-                    .find(|(a, _)| *a == r.address)
+                    .find(|(a, _)| *a == address)
                     .map(|(_, d)| d.clone())
                     .unwrap_or_else(|| "no delivery attempt succeeded".into());
                 let diag = format!(
                     "delivery time expired after {}: {last}",
                     crate::config::format_duration(self.lifetime)
                 );
-                warn!(queue_id = %id, to = %r.address, lifetime = %crate::config::format_duration(self.lifetime),
+                warn!(queue_id = %id, to = %address, lifetime = %crate::config::format_duration(self.lifetime),
                       last_error = %last, "expired: delivery time is over, returning to the sender");
                 results.push((
                     i,
@@ -786,7 +756,7 @@ impl Relay {
                 };
             }
         }
-        let report_now = !still_pending || self.is_local_sender(&entry.envelope.sender);
+        let report_now = !still_pending || self.is_local_sender(&entry.envelope.from);
         let mut retry_report = false;
         if report_now {
             let mut failures: Vec<Failure> =
@@ -796,12 +766,12 @@ impl Relay {
                 .filter(|(_, _, f)| f.is_some())
                 .map(|(i, _, _)| *i)
                 .collect();
-            for (i, r) in entry.envelope.recipients.iter().enumerate() {
+            for (i, (r, state)) in entry.recipients().enumerate() {
                 if let RcptState::Refused {
                     reply,
                     status,
                     remote_mta,
-                } = &r.state
+                } = state
                 {
                     if !results.iter().any(|(j, _, _)| *j == i) {
                         failures.push(failure(
@@ -843,7 +813,7 @@ impl Relay {
                 match self.bounce(&entry, &head, failures).await {
                     Ok(()) => {
                         for i in reported {
-                            let reply = match &entry.envelope.recipients[i].state {
+                            let reply = match entry.state(i) {
                                 RcptState::Refused { reply, .. } => reply.clone(),
                                 _ => results
                                     .iter()
@@ -919,14 +889,11 @@ impl Relay {
 
     /// True when a bounce to `sender` would be delivered here (a local mailbox), not sent
     /// through the queue.
-    fn is_local_sender(&self, sender: &str) -> bool {
-        let Ok(m) = parse_mailbox(sender) else {
+    fn is_local_sender(&self, sender: &ReversePath) -> bool {
+        let ReversePath::Mailbox(m) = sender else {
             return false;
         };
-        match self
-            .policy
-            .route(&ForwardPath::Mailbox(m.into_owned()), true)
-        {
+        match self.policy.route(&ForwardPath::Mailbox(m.clone()), true) {
             Ok(d) => !d.local.is_empty() && d.remote.is_empty(),
             Err(_) => false,
         }
@@ -955,26 +922,27 @@ impl Relay {
         head: &[u8],
         failures: Vec<Failure>,
     ) -> Result<(), String> {
-        let sender = &entry.envelope.sender;
-        if sender.is_empty() {
+        let ReversePath::Mailbox(to) = &entry.envelope.from else {
             warn!(
                 failed = failures.len(),
                 "a bounce failed; not bouncing to the null sender"
             );
             return Ok(());
-        }
+        };
         // A bounce that stays here returns the header section (bounded), one that leaves this
         // host only a few identifying fields (see bounce: backscatter).
-        let stays_here = parse_mailbox(sender).ok().is_some_and(|m| {
-            self.policy
-                .route(&ForwardPath::Mailbox(m.into_owned()), true)
-                .is_ok_and(|d| d.remote.is_empty())
-        });
+        let stays_here = self
+            .policy
+            .route(&ForwardPath::Mailbox(to.clone()), true)
+            .is_ok_and(|d| d.remote.is_empty());
         let now = SystemTime::now();
+        // The report is text: the addresses as they are written in it.
+        let sender = to.to_string();
+        let envid = entry.envelope.envid.as_ref().map(|e| e.decode());
         let message = Report {
             hostname: &self.hostname,
-            sender,
-            envid: entry.envelope.envid.as_deref(),
+            sender: &sender,
+            envid: envid.as_deref(),
             arrival: entry.created,
             failures: &failures,
             original: headers::header_section(head, HEAD_MAX),
@@ -986,7 +954,7 @@ impl Relay {
             now,
         }
         .to_message();
-        match self.send_generated(sender, message).await {
+        match self.send_generated(to, message).await {
             Ok(()) => {
                 info!(to = %sender, failed = failures.len(), "bounce sent");
                 Ok(())
@@ -1120,13 +1088,10 @@ impl Relay {
     }
 
     /// Sends a message made here (a bounce), from `<>`, to `to`.
-    async fn send_generated(&self, to: &str, message: Vec<u8>) -> Result<(), Unsent> {
-        let mailbox = parse_mailbox(to)
-            .map_err(|e| Unsent::Undeliverable(e.message().to_string()))?
-            .into_owned();
+    async fn send_generated(&self, to: &MailboxBuf, message: Vec<u8>) -> Result<(), Unsent> {
         let dest = self
             .policy
-            .route(&ForwardPath::Mailbox(mailbox), true)
+            .route(&ForwardPath::Mailbox(to.clone()), true)
             .map_err(|e| Unsent::Undeliverable(format!("{e:?}")))?;
         let id = headers::unique_id();
         let received = headers::local_received(&self.hostname, &id, SystemTime::now());
@@ -1134,8 +1099,12 @@ impl Relay {
         if self.lmtp.is_some() {
             // Local mailboxes are the LMTP server's: queued for it, as incoming mail is.
             let local = std::mem::take(&mut dest.local);
-            dest.remote
-                .extend(local.iter().map(|mb| self.policy.lmtp_address(mb)));
+            for mb in &local {
+                let address = self.policy.lmtp_address(mb).ok_or_else(|| {
+                    Unsent::Undeliverable(format!("no LMTP address for {mb}: no local domain"))
+                })?;
+                dest.remote.push(address);
+            }
         }
         let mut mailboxes: Vec<MailboxName> = dest.local;
         crate::local::dedup(&mut mailboxes);
@@ -1149,12 +1118,10 @@ impl Relay {
         }
         if !dest.remote.is_empty() {
             let entry = QueueEntry::new(
-                QEnvelope {
-                    sender: String::new(),
-                    recipients: dest.remote.into_iter().map(Recipient::new).collect(),
-                    ret: None,
-                    envid: None,
-                },
+                Envelope::new(
+                    ReversePath::Null,
+                    dest.remote.into_iter().map(ForwardPath::Mailbox).collect(),
+                ),
                 SystemTime::now(),
             );
             let mut m = received.into_bytes();
@@ -1178,22 +1145,12 @@ enum Unsent {
     Storage(String),
 }
 
-fn to_client_rcpt(r: &Recipient, m: smtp_proto::address::Mailbox) -> CRecipient {
-    let notify = r.notify.as_ref().and_then(|n| {
-        RcptParams::parse(&format!("NOTIFY={n}"))
-            .ok()
-            .and_then(|p| p.notify)
-    });
-    let orcpt = r.orcpt.as_ref().and_then(|o| {
-        // Stored as accepted (an atom type), so this only fails on a damaged entry: the
-        // recipient then goes without its ORCPT rather than not at all.
-        o.split_once(';')
-            .and_then(|(t, a)| Orcpt::new(t.to_owned(), XText::encode(a)).ok())
-    });
-    CRecipient {
-        path: ForwardPath::Mailbox(m),
-        notify,
-        orcpt,
+/// An address as the log, the queue's last error and a bounce write it: `bob@example.net`, or
+/// `postmaster`.
+fn address_text(path: &ForwardPath) -> String {
+    match path {
+        ForwardPath::Postmaster => "postmaster".to_owned(),
+        ForwardPath::Mailbox(m) => m.to_string(),
     }
 }
 
@@ -1204,8 +1161,11 @@ fn failure(
     status: Option<String>,
 ) -> Failure {
     Failure {
-        recipient: r.address.clone(),
-        orcpt: r.orcpt.clone(),
+        recipient: address_text(&r.path),
+        orcpt: r
+            .orcpt
+            .as_ref()
+            .map(|o| format!("{};{}", o.addr_type(), o.addr().decode())),
         diagnostic,
         remote_mta,
         status,

@@ -31,8 +31,9 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Subcommand};
-use mailstore::queue::{Place, Queue, QueueEntry, QueueId, RcptState, TryClaim};
+use mailstore::queue::{Place, Queue, QueueEntry, QueueId, RcptState, Recipient, TryClaim};
 use serde_json::{json, Value};
+use smtp_proto::address::{ForwardPath, ReversePath};
 
 use crate::config::parse_duration;
 
@@ -445,7 +446,7 @@ impl Tool {
                 size.map_or("?".into(), |s| s.to_string()),
                 age(self.now, e.created),
                 next,
-                safe(&angle(&e.envelope.sender))
+                safe(&e.envelope.from.to_string())
             );
             if *place == Place::Active && self.expired(e) {
                 expired += 1;
@@ -455,9 +456,10 @@ impl Tool {
             if let Some(err) = &e.last_error {
                 let _ = writeln!(out, "    last error: {}", safe(err));
             }
-            for r in &e.envelope.recipients {
-                let (state, reply) = rcpt_state(&r.state, &r.address, e.last_error.as_deref());
-                let _ = write!(out, "    {state:<9}  {}", safe(&r.address));
+            for (r, st) in e.recipients() {
+                let address = address_text(&r.path);
+                let (state, reply) = rcpt_state(st, &address, e.last_error.as_deref());
+                let _ = write!(out, "    {state:<9}  {}", safe(&address));
                 if let Some(reply) = reply {
                     let _ = write!(out, "  ({})", safe(&reply));
                 }
@@ -537,24 +539,25 @@ impl Tool {
         if let Some(err) = &e.last_error {
             field("Last error:", &safe(err));
         }
-        field("Sender:", &safe(&angle(&e.envelope.sender)));
+        field("Sender:", &safe(&e.envelope.from.to_string()));
         if let Some(ret) = &e.envelope.ret {
-            field("RET:", &safe(ret));
+            field("RET:", ret.as_str());
         }
         if let Some(envid) = &e.envelope.envid {
-            field("ENVID:", &safe(envid));
+            field("ENVID:", &safe(&envid.decode()));
         }
-        for r in &e.envelope.recipients {
-            let (state, reply) = rcpt_state(&r.state, &r.address, e.last_error.as_deref());
-            let mut line = format!("{}  {state}", safe(&angle(&r.address)));
+        for (r, st) in e.recipients() {
+            let address = address_text(&r.path);
+            let (state, reply) = rcpt_state(st, &address, e.last_error.as_deref());
+            let mut line = format!("{}  {state}", safe(&angle(&address)));
             if let Some(reply) = reply {
                 let _ = write!(line, "  ({})", safe(&reply));
             }
             if let Some(n) = &r.notify {
-                let _ = write!(line, "  NOTIFY={}", safe(n));
+                let _ = write!(line, "  NOTIFY={n}");
             }
-            if let Some(o) = &r.orcpt {
-                let _ = write!(line, "  ORCPT={}", safe(o));
+            if let Some(o) = orcpt_text(r) {
+                let _ = write!(line, "  ORCPT={}", safe(&o));
             }
             field("Recipient:", &line);
         }
@@ -588,11 +591,10 @@ impl Tool {
             .into_iter()
             .filter(|(_, e)| match &domain {
                 None => true,
-                Some(d) => e.envelope.recipients.iter().any(|r| {
-                    r.state == RcptState::Pending
-                        && r.address
-                            .rsplit_once('@')
-                            .is_some_and(|(_, rd)| rd.trim_end_matches('.').eq_ignore_ascii_case(d))
+                Some(d) => e.recipients().any(|(r, st)| {
+                    *st == RcptState::Pending
+                        && matches!(&r.path, ForwardPath::Mailbox(m)
+                            if m.domain().to_string().trim_end_matches('.').eq_ignore_ascii_case(d))
                 }),
             })
             .map(|(id, _)| id)
@@ -671,11 +673,9 @@ impl Tool {
                     None => RETURNED.to_owned(),
                 };
                 let states: Vec<(usize, RcptState)> = e
-                    .envelope
-                    .recipients
-                    .iter()
+                    .recipients()
                     .enumerate()
-                    .filter(|(_, r)| r.state == RcptState::Pending)
+                    .filter(|(_, (_, st))| **st == RcptState::Pending)
                     .map(|(i, _)| {
                         (
                             i,
@@ -783,21 +783,26 @@ impl Tool {
     fn entry_json(&self, id: &QueueId, place: Place, e: &QueueEntry) -> Value {
         let held = place == Place::Held;
         let expires = crate::relay::add_saturating(e.created, self.lifetime);
+        // The JSON keeps the text forms the queue used to store: addresses without angle
+        // brackets (`""` for the null sender), ENVID and the ORCPT address decoded.
         let recipients: Vec<Value> = e
-            .envelope
-            .recipients
-            .iter()
-            .map(|r| {
-                let (state, reply) = rcpt_state(&r.state, &r.address, e.last_error.as_deref());
+            .recipients()
+            .map(|(r, st)| {
+                let address = address_text(&r.path);
+                let (state, reply) = rcpt_state(st, &address, e.last_error.as_deref());
                 json!({
-                    "address": r.address,
+                    "address": address,
                     "state": state,
                     "reply": reply,
-                    "notify": r.notify,
-                    "orcpt": r.orcpt,
+                    "notify": r.notify.map(|n| n.to_string()),
+                    "orcpt": orcpt_text(r),
                 })
             })
             .collect();
+        let sender = match &e.envelope.from {
+            ReversePath::Null => String::new(),
+            ReversePath::Mailbox(m) => m.to_string(),
+        };
         json!({
             "id": id.as_str(),
             "state": if held { "held" } else { "queued" },
@@ -809,9 +814,9 @@ impl Tool {
             "expires": if held { Value::Null } else { rfc3339(expires) },
             "expired": !held && self.expired(e),
             "last_error": e.last_error,
-            "sender": e.envelope.sender,
-            "ret": e.envelope.ret,
-            "envid": e.envelope.envid,
+            "sender": sender,
+            "ret": e.envelope.ret.map(|r| r.as_str()),
+            "envid": e.envelope.envid.as_ref().map(|x| x.decode().into_owned()),
             "recipients": recipients,
         })
     }
@@ -866,6 +871,21 @@ fn reply_for(address: &str, last_error: &str) -> String {
 /// `<address>`, `<>` for the null sender.
 fn angle(a: &str) -> String {
     format!("<{a}>")
+}
+
+/// A recipient as the tool shows it: `bob@example.net`, or `postmaster`.
+fn address_text(path: &ForwardPath) -> String {
+    match path {
+        ForwardPath::Postmaster => "postmaster".to_owned(),
+        ForwardPath::Mailbox(m) => m.to_string(),
+    }
+}
+
+/// `ORCPT` as the tool shows it: `type;address`, the address decoded.
+fn orcpt_text(r: &Recipient) -> Option<String> {
+    r.orcpt
+        .as_ref()
+        .map(|o| format!("{};{}", o.addr_type(), o.addr().decode()))
 }
 
 /// Text from the queue made safe for a terminal (see `logsafe`).
