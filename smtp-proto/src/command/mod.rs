@@ -94,6 +94,7 @@ impl Default for Limits {
 /// It is `Copy` and owns nothing: parsing never allocates, and a parsed command costs nothing
 /// to drop. Convert the parts to keep with their `into_owned` methods.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Command<'a> {
     /// `EHLO <domain or address literal>` (the argument as sent, one word).
     Ehlo(Word<'a>),
