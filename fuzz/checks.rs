@@ -10,10 +10,7 @@ fn check_command(data: &[u8]) {
     use smtp_proto::command::{parse_command, Limits};
 
     let limits = Limits::default();
-    let roomy = Limits {
-        max_command_line: 1 << 16,
-        ..Limits::default()
-    };
+    let roomy = Limits::RFC5321.with_max_command_line(1 << 16);
     let mut rest = data;
     while !rest.is_empty() {
         match parse_command(rest, &limits) {

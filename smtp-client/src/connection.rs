@@ -34,6 +34,7 @@ use crate::tls::{TlsCache, TlsError, TlsInfo, TlsPolicy};
 
 /// How long to wait for each step. The defaults are RFC 5321 §4.5.3.2's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Timeouts {
     /// The TCP connection (default 30 s; the RFC sets none).
     pub connect: Duration,
@@ -103,6 +104,7 @@ pub const QUIT_GRACE: Duration = Duration::from_secs(10);
 /// connections resume TLS sessions (see [`crate::tls`]). Build one `ClientConfig` and use it
 /// (or clones) for every connection, rather than a new one each time.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ClientConfig {
     /// The name sent with EHLO/HELO: this host's fully qualified name (RFC 5321 §4.1.1.1).
     pub helo_name: String,

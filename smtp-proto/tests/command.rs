@@ -615,10 +615,7 @@ fn bare_lf_error_ends_at_the_lf_and_covers_long_lines() {
         (CommandErrorKind::LineTooLong { complete: true }, 607)
     );
     // No panic with a zero limit.
-    let zero = Limits {
-        max_command_line: 0,
-        ..Limits::default()
-    };
+    let zero = Limits::RFC5321.with_max_command_line(0);
     assert!(parse_command(b"\n", &zero).is_err());
 }
 
@@ -636,10 +633,7 @@ fn limits_on_lengths_are_exact() {
     let path = format!("<{local}@{domain}>");
     assert_eq!(path.len(), 256);
     let line = format!("RCPT TO:{path}\r\n");
-    let big = Limits {
-        max_command_line: 1000,
-        ..Limits::default()
-    };
+    let big = Limits::RFC5321.with_max_command_line(1000);
     assert!(parse_command(line.as_bytes(), &big).unwrap().is_some());
     let line = format!("RCPT TO:<{local}@e{domain}>\r\n");
     let e = parse_command(line.as_bytes(), &big).unwrap_err();
@@ -648,11 +642,7 @@ fn limits_on_lengths_are_exact() {
         CommandErrorKind::BadRecipient(AddressError::PathTooLong)
     );
     // Larger configured limits are honoured.
-    let roomy = Limits {
-        max_local_part: 200,
-        max_path: 300,
-        ..Limits::default()
-    };
+    let roomy = Limits::RFC5321.with_max_local_part(200).with_max_path(300);
     let line = format!("RCPT TO:<{}@b.c>\r\n", "a".repeat(150));
     assert!(parse_command(line.as_bytes(), &roomy).unwrap().is_some());
 }
@@ -851,10 +841,7 @@ fn other_params_refuse_known_keywords() {
 fn many_unknown_parameters() {
     let params: Vec<String> = (0..2000).map(|i| format!("X{i}=v")).collect();
     let line = format!("MAIL FROM:<a@b.c> {}\r\n", params.join(" "));
-    let limits = Limits {
-        max_command_line: 1 << 20,
-        ..Limits::default()
-    };
+    let limits = Limits::RFC5321.with_max_command_line(1 << 20);
     let Ok(Some((Command::Mail { params: p, .. }, used))) = parse_command(line.as_bytes(), &limits)
     else {
         panic!("not parsed");

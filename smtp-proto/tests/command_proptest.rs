@@ -16,10 +16,7 @@ fn leak(s: String) -> &'static str {
 }
 
 fn roomy() -> Limits {
-    Limits {
-        max_command_line: 8192,
-        ..Limits::default()
-    }
+    Limits::RFC5321.with_max_command_line(8192)
 }
 
 /// The xtext form of `plain`, leaked.

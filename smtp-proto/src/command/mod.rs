@@ -61,7 +61,10 @@ mod mail;
 mod simple;
 
 /// Size limits applied while parsing (RFC 5321 §4.5.3.1). The defaults are the RFC's minimums.
+/// Build other limits from [`Limits::RFC5321`] with the `const` `with_` setters:
+/// `Limits::RFC5321.with_max_command_line(8192)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Longest command line, including the CRLF (default 512).
     pub max_command_line: usize,
@@ -81,6 +84,34 @@ impl Limits {
         max_domain: 255,
         max_path: 256,
     };
+
+    /// Sets [`Limits::max_command_line`].
+    #[must_use]
+    pub const fn with_max_command_line(mut self, n: usize) -> Self {
+        self.max_command_line = n;
+        self
+    }
+
+    /// Sets [`Limits::max_local_part`].
+    #[must_use]
+    pub const fn with_max_local_part(mut self, n: usize) -> Self {
+        self.max_local_part = n;
+        self
+    }
+
+    /// Sets [`Limits::max_domain`].
+    #[must_use]
+    pub const fn with_max_domain(mut self, n: usize) -> Self {
+        self.max_domain = n;
+        self
+    }
+
+    /// Sets [`Limits::max_path`].
+    #[must_use]
+    pub const fn with_max_path(mut self, n: usize) -> Self {
+        self.max_path = n;
+        self
+    }
 }
 
 impl Default for Limits {
