@@ -380,21 +380,7 @@ impl QueueEntry {
         let mut env: Option<Envelope> = None;
         let mut states: Vec<RcptState> = Vec::new();
         let mut size = None;
-        let mut ended = false;
-        for raw in lines {
-            if ended {
-                return Err("data after end".into());
-            }
-            let line = raw
-                .strip_suffix('\n')
-                .ok_or("last line is not terminated (truncated)")?;
-            if line == "end" {
-                ended = true;
-                continue;
-            }
-            let (key, value) = line
-                .split_once(' ')
-                .ok_or(format!("bad line {}", excerpt(line)))?;
+        each_field(lines, |line, key, value| {
             if size.is_some() {
                 return Err(format!("{} after body-size", excerpt(key)));
             }
@@ -428,10 +414,8 @@ impl QueueEntry {
                 _ if env.is_none() => h.field(key, unescape(value)?)?,
                 _ => return Err(format!("{} after the envelope", excerpt(key))),
             }
-        }
-        if !ended {
-            return Err("no end line (truncated)".into());
-        }
+            Ok(())
+        })?;
         let envelope = env.ok_or("no MAIL line")?;
         if states.len() != envelope.rcpts.len() {
             return Err("recipient without state".into());
@@ -517,21 +501,7 @@ impl QueueEntry {
         let mut envid = None;
         let mut recipients: Vec<(Recipient, RcptState)> = Vec::new();
         let mut state_seen = true;
-        let mut ended = false;
-        for raw in lines {
-            if ended {
-                return Err("data after end".into());
-            }
-            let line = raw
-                .strip_suffix('\n')
-                .ok_or("last line is not terminated (truncated)")?;
-            if line == "end" {
-                ended = true;
-                continue;
-            }
-            let (key, value) = line
-                .split_once(' ')
-                .ok_or(format!("bad line {}", excerpt(line)))?;
+        each_field(lines, |_line, key, value| {
             let value = unescape(value)?;
             match key {
                 "sender" => {
@@ -582,10 +552,8 @@ impl QueueEntry {
                 }
                 _ => h.field(key, value)?,
             }
-        }
-        if !ended {
-            return Err("no end line (truncated)".into());
-        }
+            Ok(())
+        })?;
         if !state_seen {
             return Err("recipient without state".into());
         }
@@ -719,6 +687,37 @@ fn state_text(state: &RcptState) -> String {
             status.as_deref().unwrap_or("-"),
             remote_mta.as_deref().unwrap_or("-")
         ),
+    }
+}
+
+/// The `key value` lines of an entry after its first line, up to its `end` line: each is
+/// given to `field` with the whole line; a line without a space, an unterminated last line,
+/// anything after `end` and a missing `end` are errors (what every version shares).
+fn each_field<'a>(
+    lines: impl Iterator<Item = &'a str>,
+    mut field: impl FnMut(&'a str, &'a str, &'a str) -> std::result::Result<(), String>,
+) -> std::result::Result<(), String> {
+    let mut ended = false;
+    for raw in lines {
+        if ended {
+            return Err("data after end".into());
+        }
+        let line = raw
+            .strip_suffix('\n')
+            .ok_or("last line is not terminated (truncated)")?;
+        if line == "end" {
+            ended = true;
+            continue;
+        }
+        let (key, value) = line
+            .split_once(' ')
+            .ok_or(format!("bad line {}", excerpt(line)))?;
+        field(line, key, value)?;
+    }
+    if ended {
+        Ok(())
+    } else {
+        Err("no end line (truncated)".into())
     }
 }
 
