@@ -283,6 +283,20 @@ pub struct DeliveryReport {
 }
 
 impl DeliveryReport {
+    /// A report for `domain` before anything happened: no recipient decided, no attempt.
+    pub fn new(domain: impl Into<String>) -> Self {
+        Self {
+            domain: domain.into(),
+            rcpts: Vec::new(),
+            delivered_via: None,
+            tls: false,
+            tls_info: None,
+            tls_fallback: None,
+            attempts: Vec::new(),
+            error: None,
+        }
+    }
+
     /// Whether every recipient got the message.
     pub fn all_delivered(&self) -> bool {
         self.rcpts
@@ -530,16 +544,7 @@ impl Deliverer {
         message: &Message<'_>,
         info: std::io::Result<MessageInfo>,
     ) -> DeliveryReport {
-        let mut report = DeliveryReport {
-            domain: domain.to_owned(),
-            rcpts: Vec::new(),
-            delivered_via: None,
-            tls: false,
-            tls_info: None,
-            tls_fallback: None,
-            attempts: Vec::new(),
-            error: None,
-        };
+        let mut report = DeliveryReport::new(domain);
         let decide_all = |report: &mut DeliveryReport, error: DeliveryError| {
             let failure = Failure::from_delivery_error(&error);
             let outcome = if error.is_permanent() {

@@ -122,16 +122,7 @@ impl Lmtp {
         message: &Message<'_>,
     ) -> DeliveryReport {
         let host = self.target.to_string();
-        let mut report = DeliveryReport {
-            domain: host.clone(),
-            rcpts: Vec::new(),
-            delivered_via: None,
-            tls: false,
-            tls_info: None,
-            tls_fallback: None,
-            attempts: Vec::new(),
-            error: None,
-        };
+        let mut report = DeliveryReport::new(host.clone());
         let all = |outcome: RcptOutcome| {
             envelope
                 .rcpts

@@ -1076,14 +1076,8 @@ impl Relay {
             })
             .collect();
         DeliveryReport {
-            domain: LOCAL.to_owned(),
             rcpts,
-            delivered_via: None,
-            tls: false,
-            tls_info: None,
-            tls_fallback: None,
-            attempts: Vec::new(),
-            error: None,
+            ..DeliveryReport::new(LOCAL)
         }
     }
 
