@@ -1611,12 +1611,8 @@ impl Session {
     fn other_verb(&mut self, line: Vec<u8>) -> Option<Option<Step>> {
         let line = line.strip_suffix(b"\r\n")?;
         let text = std::str::from_utf8(line).ok()?;
-        if !text
-            .bytes()
-            .all(|b| (b' '..=b'~').contains(&b) || b == b'\t' || b >= 0x80)
-        {
-            return None;
-        }
+        // The rule of VRFY's argument (printable, tab, UTF-8; no control character).
+        crate::command::Text::new(text).ok()?;
         let (verb, args) = match text.split_once(' ') {
             Some((v, a)) => (
                 v,
