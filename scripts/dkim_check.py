@@ -79,6 +79,8 @@ MESSAGES = {
                  "Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
                  "Gr\u00fc\u00dfe, d\u00e9j\u00e0 vu \u2603\r\n").encode(),
     "long": b"From: alice@example.test\r\nSubject: long\r\n\r\n" + b"y" * 2000 + b"\r\nshort\r\n",
+    # Longer than the 128 KiB held in memory: signed from the daemon's temporary file.
+    "big": b"From: alice@example.test\r\nSubject: big\r\n\r\n" + b"A line of a big message.\r\n" * 12000,
     "presigned": (b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=elsewhere.test; s=x;\r\n"
                   b"\th=from:subject; bh=AAAA; b=AAAA\r\n"
                   b"From: alice@example.test\r\nSubject: presigned\r\n\r\nForwarded.\r\n"),

@@ -173,6 +173,16 @@ fn relayed_mail_is_signed_once_and_verifies() {
             false,
         ),
         (
+            // Longer than what is held in memory (128 KiB): signed from its temporary file.
+            "big",
+            format!(
+                "From: alice@example.test\r\nSubject: big\r\n\r\n{}",
+                "A line of a message longer than the part held in memory.\r\n".repeat(5000)
+            )
+            .into_bytes(),
+            false,
+        ),
+        (
             "presigned",
             b"DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=elsewhere.test; s=x;\r\n\th=from:subject; bh=AAAA; b=AAAA\r\nFrom: alice@example.test\r\nSubject: presigned\r\n\r\nForwarded.\r\n".to_vec(),
             false,

@@ -13,13 +13,21 @@
 //! `Date:` we add, included). The relay sends that file as it is, so every retry sends the
 //! same signed bytes.
 //!
-//! How, and the size limit: the queued copy is read back from its temporary file and fed to
-//! mail-auth's streaming signer, so only the header section is held in memory (at most
-//! [`MAX_HEADER_SECTION`]; a longer one is refused with `552 5.3.4` when signing is
-//! configured, since its `From:` cannot be found without reading it all); the body is hashed as
-//! it is read, whatever its size. The signature is then put in front of the file
-//! ([`mailstore::PendingMessage::prepend`]), which copies it once more on disk (a file cannot
-//! grow at its start). Nothing is held in memory twice.
+//! How, and the size limit: the queued copy is begun without its `Received:` prefix and the
+//! message held in memory while it is at most [`crate::local::HOLD_IN_MEMORY`] octets; at the
+//! end the prefix and the message are fed to mail-auth's streaming signer there, and the
+//! copy is written once: signatures, prefix, message
+//! ([`crate::local::Incoming::place_trace`]). A longer message is written as it arrives, then
+//! read back from its temporary file for the signer, so only its header section is held in
+//! memory (at most [`MAX_HEADER_SECTION`]; a longer one is refused with `552 5.3.4` when
+//! signing is configured, since its `From:` cannot be found without reading it all), the body
+//! hashed as it is read, whatever its size; the signatures and the prefix are then put in
+//! front of the file ([`mailstore::PendingMessage::prepend`]), which copies it once more on
+//! disk (a file cannot grow at its start).
+//!
+//! The crypto: RSA keys of 2048 bits and more sign with *ring* (rustls's crypto, already in
+//! the program; three times faster than RustCrypto's `rsa` for RSA-2048), shorter RSA keys
+//! and Ed25519 with mail-auth's RustCrypto keys. Signing runs on tokio's blocking pool.
 //!
 //! Which header fields ([`SIGNED`]): RFC 6376 §5.4.1's recommended set plus `Message-ID`,
 //! `Sender`, `List-Unsubscribe-Post` (RFC 8058) and the MIME fields, each where present, every
@@ -149,17 +157,51 @@ pub fn check_selector(s: &str) -> Result<(), String> {
 
 /// A private key, shared by every message signed with it.
 #[derive(Clone)]
-pub struct SharedKey(Arc<DkimKey>);
+pub struct SharedKey(Arc<Signer>);
+
+/// What computes a signature: mail-auth's own key types (RustCrypto), or for RSA keys of 2048
+/// bits and more *ring*, which signs about three times faster (0.8 ms against 2.5 ms for
+/// RSA-2048 on the benchmark machine; RSA signing was the relay's bottleneck) and is already
+/// the TLS crypto of this program (rustls). *ring* refuses RSA keys under 2048 bits, which
+/// mail-auth's RustCrypto signer keeps signing with.
+enum Signer {
+    MailAuth(DkimKey),
+    RingRsa(ring::signature::RsaKeyPair, ring::rand::SystemRandom),
+}
 
 impl SigningKey for SharedKey {
     type Hasher = Sha256;
 
     fn sign(&self, input: impl Writable) -> mail_auth::Result<Vec<u8>> {
-        self.0.sign(input)
+        match &*self.0 {
+            Signer::MailAuth(k) => k.sign(input),
+            Signer::RingRsa(pair, rng) => {
+                // *ring* hashes what it signs: the canonicalised header fields, a few hundred
+                // octets.
+                let mut data = Vec::with_capacity(512);
+                input.write(&mut data);
+                let mut signature = vec![0; pair.public().modulus_len()];
+                pair.sign(
+                    &ring::signature::RSA_PKCS1_SHA256,
+                    rng,
+                    &data,
+                    &mut signature,
+                )
+                .map_err(|e| {
+                    mail_auth::Error::Crypto(mail_auth::common::crypto::CryptoError::Library(
+                        format!("RSA signing failed: {e}"),
+                    ))
+                })?;
+                Ok(signature)
+            }
+        }
     }
 
     fn algorithm(&self) -> mail_auth::common::crypto::Algorithm {
-        self.0.algorithm()
+        match &*self.0 {
+            Signer::MailAuth(k) => k.algorithm(),
+            Signer::RingRsa(..) => mail_auth::common::crypto::Algorithm::RsaSha256,
+        }
     }
 }
 
@@ -235,9 +277,23 @@ pub fn parse_key(pem: &[u8]) -> Result<LoadedKey, String> {
             .to_public_key_der()
             .map_err(|e| format!("cannot encode the public key: {e}"))?
             .into_vec();
-        let key = RsaKey::<Sha256>::from_key_der(der).map_err(|e| format!("bad RSA key: {e}"))?;
+        let ring_key = match &der {
+            PrivateKeyDer::Pkcs1(d) => {
+                ring::signature::RsaKeyPair::from_der(d.secret_pkcs1_der()).ok()
+            }
+            PrivateKeyDer::Pkcs8(d) => {
+                ring::signature::RsaKeyPair::from_pkcs8(d.secret_pkcs8_der()).ok()
+            }
+            _ => None,
+        };
+        let signer = match ring_key {
+            Some(pair) if bits >= 2048 => Signer::RingRsa(pair, ring::rand::SystemRandom::new()),
+            _ => Signer::MailAuth(DkimKey::Rsa(
+                RsaKey::<Sha256>::from_key_der(der).map_err(|e| format!("bad RSA key: {e}"))?,
+            )),
+        };
         return Ok(LoadedKey {
-            key: SharedKey(Arc::new(DkimKey::Rsa(key))),
+            key: SharedKey(Arc::new(signer)),
             kind: KeyType::Rsa(bits),
             public,
         });
@@ -249,7 +305,7 @@ pub fn parse_key(pem: &[u8]) -> Result<LoadedKey, String> {
         .map_err(|e| format!("a PKCS#8 key that is neither RSA nor Ed25519 ({e})"))?;
     let public = key.public_key();
     Ok(LoadedKey {
-        key: SharedKey(Arc::new(DkimKey::Ed25519(key))),
+        key: SharedKey(Arc::new(Signer::MailAuth(DkimKey::Ed25519(key)))),
         kind: KeyType::Ed25519,
         public,
     })
@@ -360,19 +416,6 @@ impl fmt::Display for SignError {
             SignError::Sign(e) => write!(f, "DKIM signing failed: {e}"),
         }
     }
-}
-
-/// Signs the queued copy `m` (see [`sign`]) and puts the signatures in front of it.
-///
-/// # Errors
-/// See [`SignError`]; `m` is unchanged then.
-pub fn sign_pending(keys: &Keys, m: &mut mailstore::PendingMessage) -> Result<Outcome, SignError> {
-    let outcome = sign(keys, m.reader().map_err(SignError::Io)?)?;
-    if let Outcome::Signed { fields, .. } = &outcome {
-        m.prepend(fields.as_bytes())
-            .map_err(|e| SignError::Io(std::io::Error::other(e)))?;
-    }
-    Ok(outcome)
 }
 
 /// The end of the header section in `buf` (the offset just after its blank line), if there.
@@ -635,13 +678,24 @@ From: Alice <alice@Example.TEST>\r\nTo: bob@remote.test\r\nSubject: hi\r\n\r\n\
     #[test]
     fn rsa_keys_from_keygen_in_pkcs8_and_pkcs1_sign_and_verify() {
         use rsa::pkcs1::EncodeRsaPrivateKey;
+        use rsa::pkcs8::EncodePrivateKey;
         let pem = crate::cmd::dkim::generate(crate::cmd::dkim::Algorithm::Rsa).unwrap();
         assert!(pem.starts_with("-----BEGIN PRIVATE KEY-----"), "{pem}");
         let rsa = rsa::RsaPrivateKey::from_pkcs8_pem(&pem).unwrap();
         let pkcs1 = rsa.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).unwrap();
-        for pem in [pem.as_str(), pkcs1.as_str()] {
+        // A 1024-bit key, which *ring* refuses: signed by mail-auth's RustCrypto key instead.
+        let short = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 1024)
+            .unwrap()
+            .to_pkcs8_pem(rsa::pkcs8::LineEnding::LF)
+            .unwrap();
+        for pem in [pem.as_str(), pkcs1.as_str(), short.as_str()] {
             let (keys, record) = keys_for("example.test", "rsa", pem);
-            assert!(record.starts_with("v=DKIM1; k=rsa; p=MIIBIjAN"), "{record}");
+            assert!(record.starts_with("v=DKIM1; k=rsa; p=MI"), "{record}");
+            let ring = matches!(
+                &*keys.by_domain["example.test"][0].key.0,
+                Signer::RingRsa(..)
+            );
+            assert_eq!(ring, pem != short.as_str(), "RSA-2048 signs with ring");
             let msg = b"From: a@example.test\r\nTo: b@remote.test\r\n\r\nHi.\r\n";
             let Outcome::Signed { fields, .. } = sign(&keys, &msg[..]).unwrap() else {
                 panic!("not signed")

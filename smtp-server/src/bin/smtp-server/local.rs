@@ -8,11 +8,12 @@
 //! our users submit, a missing `Date:` and `Message-ID:` added (see [`crate::headers`]).
 //! The filter also drops `Authentication-Results:` fields claiming our host name. For mail
 //! our users send, the queued copy is DKIM-signed after the last chunk and before
-//! the commit ([`Incoming::sign`], see [`crate::dkim`]). For mail whose sender is checked
-//! ([`crate::inbound_auth`]), the copies are begun without their prefixes and the message is
-//! held in memory while it is at most [`HOLD_IN_MEMORY`] octets ([`Incoming::hold_in_memory`]):
-//! it is checked there, and written after the prefixes with the `Authentication-Results:` field
-//! at the end ([`Incoming::prepend_trace`]), so the usual message is written once. A longer one
+//! the commit (see [`crate::dkim`]). For mail whose sender is checked
+//! ([`crate::inbound_auth`]) or that is signed, the copies are begun without their prefixes
+//! and the message is held in memory while it is at most [`HOLD_IN_MEMORY`] octets
+//! ([`Incoming::hold_in_memory`]): it is checked and signed there, and written after the
+//! prefixes (with the `Authentication-Results:` field, after the signatures) at the end
+//! ([`Incoming::place_trace`]), so the usual message is written once. A longer one
 //! is spilled to the files as it grows, read back for the checks
 //! ([`Incoming::read_for_verify`]) and the prefixes put in front of it, which copies it once
 //! more on disk. Either copy is invisible until committed,
@@ -167,29 +168,6 @@ impl Incoming {
         }
     }
 
-    /// DKIM-signs the queued copy, as it will be sent, with `keys` (see [`crate::dkim`]); call
-    /// it after the last chunk and before [`commit`](Self::commit). The work (reading the copy
-    /// back, hashing, copying it behind the signature) runs on tokio's blocking pool. Without a
-    /// queued copy there is nothing to sign.
-    ///
-    /// # Errors
-    /// As [`dkim::sign_pending`]; the message must not be committed then.
-    pub async fn sign(&mut self, keys: Arc<dkim::Keys>) -> Result<dkim::Outcome, dkim::SignError> {
-        self.finish().map_err(dkim::SignError::Io)?;
-        self.spill().map_err(dkim::SignError::Io)?;
-        let Some(mut m) = self.queued.take() else {
-            return Ok(dkim::Outcome::Unsigned("no remote recipients"));
-        };
-        let (m, r) = tokio::task::spawn_blocking(move || {
-            let r = dkim::sign_pending(&keys, &mut m);
-            (m, r)
-        })
-        .await
-        .map_err(|e| dkim::SignError::Sign(format!("signing task failed: {e}")))?;
-        self.queued = Some(m);
-        r
-    }
-
     /// The size of the message written so far (the local copy's, or the queued one's).
     pub fn size(&self) -> u64 {
         let written = self
@@ -242,33 +220,76 @@ impl Incoming {
     }
 
     /// Puts the trace prefixes in front of the copies that were begun without them (see the
-    /// module doc): `local` before the local copy, `queued` before the queued one. A message
-    /// held in memory is written after them; one already written is copied once on disk. It
-    /// blocks.
+    /// module doc): `local` before the local copy, `queued` before the queued one, and with
+    /// `keys` the queued copy DKIM-signed as it will be sent (`queued` and the message; see
+    /// [`crate::dkim`]), its signatures in front of all. A message held in memory is signed
+    /// there and written once, after its prefixes; one already written is read back to be
+    /// signed and copied once on disk with its prefixes. The work runs on tokio's blocking
+    /// pool. Without a queued copy nothing is signed.
     ///
     /// # Errors
-    /// As [`PendingMessage::prepend`]; the message must not be committed then.
-    pub fn prepend_trace(&mut self, local: &str, queued: &str) -> mailstore::Result<()> {
-        self.finish().map_err(|e| io_error("write", e))?;
-        if let Some(held) = self.held.take() {
-            let write = |m: &mut Option<PendingMessage>, prefix: &str| -> std::io::Result<()> {
-                if let Some(m) = m {
-                    m.write_all(prefix.as_bytes())?;
-                    m.write_all(&held)?;
-                }
-                Ok(())
+    /// As [`dkim::sign`], or [`dkim::SignError::Io`] when writing fails; the message must not
+    /// be committed then.
+    pub async fn place_trace(
+        &mut self,
+        local: String,
+        queued: String,
+        keys: Option<Arc<dkim::Keys>>,
+    ) -> Result<dkim::Outcome, dkim::SignError> {
+        self.finish().map_err(dkim::SignError::Io)?;
+        let unsigned = || dkim::Outcome::Unsigned("no remote recipients");
+        let held = self.held.take();
+        let mut local_copy = self.local.take();
+        let mut queued_copy = self.queued.take();
+        let task = tokio::task::spawn_blocking(move || {
+            let keys = keys.filter(|_| queued_copy.is_some());
+            let signed = |r: &mut dyn Read| match &keys {
+                Some(keys) => dkim::sign(keys, queued.as_bytes().chain(r)),
+                None => Ok(unsigned()),
             };
-            write(&mut self.local, local).map_err(|e| io_error("write", e))?;
-            write(&mut self.queued, queued).map_err(|e| io_error("write", e))?;
-            return Ok(());
-        }
-        if let Some(m) = &mut self.local {
-            m.prepend(local.as_bytes())?;
-        }
-        if let Some(m) = &mut self.queued {
-            m.prepend(queued.as_bytes())?;
-        }
-        Ok(())
+            let result = (|| {
+                let outcome;
+                let signatures = |o: &dkim::Outcome| match o {
+                    dkim::Outcome::Signed { fields, .. } => fields.clone(),
+                    dkim::Outcome::Unsigned(_) => String::new(),
+                };
+                if let Some(held) = &held {
+                    outcome = signed(&mut &held[..])?;
+                    let sigs = signatures(&outcome);
+                    let io = |e| dkim::SignError::Io(e);
+                    if let Some(m) = &mut local_copy {
+                        m.write_all(local.as_bytes()).map_err(io)?;
+                        m.write_all(held).map_err(io)?;
+                    }
+                    if let Some(m) = &mut queued_copy {
+                        m.write_all(sigs.as_bytes()).map_err(io)?;
+                        m.write_all(queued.as_bytes()).map_err(io)?;
+                        m.write_all(held).map_err(io)?;
+                    }
+                } else {
+                    outcome = match &mut queued_copy {
+                        Some(m) => signed(&mut m.reader().map_err(dkim::SignError::Io)?)?,
+                        None => unsigned(),
+                    };
+                    let prefix = format!("{}{queued}", signatures(&outcome));
+                    let store = |e: mailstore::Error| dkim::SignError::Io(std::io::Error::other(e));
+                    if let Some(m) = &mut local_copy {
+                        m.prepend(local.as_bytes()).map_err(store)?;
+                    }
+                    if let Some(m) = &mut queued_copy {
+                        m.prepend(prefix.as_bytes()).map_err(store)?;
+                    }
+                }
+                Ok(outcome)
+            })();
+            (local_copy, queued_copy, result)
+        });
+        let (local_copy, queued_copy, result) = task
+            .await
+            .map_err(|e| dkim::SignError::Sign(format!("storage task failed: {e}")))?;
+        self.local = local_copy;
+        self.queued = queued_copy;
+        result
     }
 
     /// Commits: the local copy to `mailboxes` (duplicates removed), then the queued copy with

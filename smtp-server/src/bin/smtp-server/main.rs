@@ -961,20 +961,19 @@ impl Session {
         let relayed = !remote.is_empty();
         remote.extend(by_lmtp);
         let queue_prefix = (!remote.is_empty()).then(|| received.clone());
-        // With the sender checks, the prefixes go in front at the end, with their verdicts.
+        // With the sender checks, the prefixes go in front at the end, with their verdicts;
+        // mail to be signed is signed with them (see `dkim`), before it is queued, so that
+        // every attempt sends the same bytes.
         let spf = if self.check_sender {
             self.spf.take()
         } else {
             None
         };
+        let sign = self.relay && relayed && !d.dkim.is_empty();
+        let at_the_end = spf.is_some() || sign;
         let deferred = |p: &Option<String>| -> Option<String> {
-            p.as_ref().map(|p| {
-                if spf.is_some() {
-                    String::new()
-                } else {
-                    p.clone()
-                }
-            })
+            p.as_ref()
+                .map(|p| if at_the_end { String::new() } else { p.clone() })
         };
         let (begin_local, begin_queue) = (deferred(&local_prefix), deferred(&queue_prefix));
         let begun = tokio::task::block_in_place(|| {
@@ -1004,8 +1003,9 @@ impl Session {
                 );
             }
         };
-        if spf.is_some() {
-            // The usual message is checked in memory and written once, after its prefixes.
+        if at_the_end {
+            // The usual message is checked and signed in memory and written once, after its
+            // prefixes.
             incoming.hold_in_memory();
         }
         loop {
@@ -1033,6 +1033,7 @@ impl Session {
         }
         // The verdicts for the `message accepted` line (`-` when not checked).
         let mut verdicts = ("-", String::from("-"), "-");
+        let mut field = String::new();
         if let (Some(spf), Some(v)) = (&spf, &d.verifier) {
             // Bounded memory: sessions wait for their share of the checks' budget.
             let _memory = v.memory_for(incoming.size()).await;
@@ -1065,38 +1066,33 @@ impl Session {
                 verdict.dkim.clone(),
                 verdict.dmarc,
             );
-            let field = &verdict.field;
-            let prefixed = tokio::task::block_in_place(|| {
-                incoming.prepend_trace(
-                    &format!("{return_path}{field}{received}"),
-                    &format!("{field}{received}"),
-                )
-            });
-            if let Err(e) = prefixed {
-                error!(session = self.session_id, error = %e, "cannot store message");
-                return DataOutcome::temporary_failure(
-                    "Local error in processing, try again later",
-                );
-            }
+            field = verdict.field;
         }
-        // Signed before it is queued, so that every attempt sends the same bytes; only mail
-        // from senders who may relay (see `dkim`).
-        if self.relay && relayed && !d.dkim.is_empty() {
-            match incoming.sign(d.dkim.clone()).await {
+        if at_the_end {
+            let placed = incoming
+                .place_trace(
+                    format!("{return_path}{field}{received}"),
+                    format!("{field}{received}"),
+                    sign.then(|| d.dkim.clone()),
+                )
+                .await;
+            match placed {
                 Ok(dkim::Outcome::Signed { keys, .. }) => {
                     for (domain, selector) in keys {
                         debug!(session = self.session_id, id = %id, %domain, %selector, "DKIM-signed");
                     }
                 }
                 Ok(dkim::Outcome::Unsigned(why)) => {
-                    debug!(session = self.session_id, id = %id, "not DKIM-signed: {why}");
+                    if sign {
+                        debug!(session = self.session_id, id = %id, "not DKIM-signed: {why}");
+                    }
                 }
                 Err(e @ dkim::SignError::HeaderTooLong) => {
                     info!(session = self.session_id, id = %id, "refused: {e}");
                     return refusals::HEADER_TOO_LONG_TO_SIGN.into();
                 }
                 Err(e) => {
-                    error!(session = self.session_id, id = %id, error = %e, "cannot sign message");
+                    error!(session = self.session_id, id = %id, error = %e, "cannot store message");
                     return DataOutcome::temporary_failure(
                         "Local error in processing, try again later",
                     );
