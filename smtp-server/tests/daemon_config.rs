@@ -73,9 +73,9 @@ fn errors_name_the_key_and_line_and_exit_2() {
         ("no-public = 1\n", ":1: no-public: expected true or false"),
         (
             "hostname = \"a.test\"\nhostname = \"b.test\"\n",
-            "duplicate key",
+            ":2: hostname: duplicate key",
         ),
-        ("[listen]\nport = 25\n", "listen: not an option"),
+        ("[listen]\nport = 25\n", ":1: listen: not an option"),
     ] {
         let conf = dir.path().join("bad.toml");
         std::fs::write(&conf, text).unwrap();
@@ -177,4 +177,215 @@ fn the_queue_tool_finds_the_queue_through_the_file() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("Mail queue is empty"));
+}
+
+/// Runs the binary with `args`: exit status, stdout, stderr.
+fn run(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn every_file_error_names_file_line_and_key_for_the_daemon_check_config_and_the_queue_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    mailstore::queue::Queue::open(spool.join(".queue")).unwrap();
+    let conf = dir.path().join("t.toml");
+    let c = conf.to_str().unwrap();
+    let head = format!("spool-dir = {spool:?}\n");
+    for (body, want) in [
+        (
+            "bogus = 1\n",
+            "2: bogus: not an option of the daemon (see smtp-server --help)",
+        ),
+        (
+            "max-recipients = \"ten\"\n",
+            "2: max-recipients: \"ten\": invalid digit found in string",
+        ),
+        (
+            "max-recipients = 10.5\n",
+            "2: max-recipients: 10.5: not a whole number",
+        ),
+        (
+            "queue-lifetime = \"5 days\"\n",
+            "2: queue-lifetime: \"5 days\": unknown unit ' ' (use s, m, h, d or w)",
+        ),
+        (
+            "hostname = \"a.test\"\nhostname = \"b.test\"\n",
+            "3: hostname: duplicate key",
+        ),
+        (
+            "[server]\nport = 25\n",
+            "2: server: not an option of the daemon (see smtp-server --help)",
+        ),
+        (
+            "local-listen = []\n",
+            "2: local-listen: an empty list; remove the key for the default",
+        ),
+        (
+            "domain = []\n",
+            "2: domain: an empty list; remove the key for the default",
+        ),
+        (
+            "mailbox-mode = 2770\n",
+            "2: mailbox-mode: 2770: a decimal number; write the mode in octal: 0o2770 or \"2770\"",
+        ),
+        (
+            "passwd-file = \"p\"\nauth-dovecot = \"/run/a\"\n",
+            "3: auth-dovecot: cannot be used with passwd-file (line 2)",
+        ),
+        (
+            "log-file = \"/tmp/l\"\nsyslog = true\n",
+            "3: syslog: cannot be used with log-file (line 2)",
+        ),
+    ] {
+        std::fs::write(&conf, format!("{head}{body}")).unwrap();
+        let want = format!("--config: {c}:{want}\n");
+        for (args, prefix) in [
+            (&["--config", c][..], "smtp-server: "),
+            (&["check-config", "--config", c][..], "smtp-server: "),
+            (&["queue", "--config", c, "list"][..], "smtp-server queue: "),
+        ] {
+            let (code, _, err) = run(args);
+            assert_eq!(code, Some(2), "{body:?} {args:?}");
+            assert_eq!(err, format!("{prefix}{want}"), "{body:?} {args:?}");
+        }
+    }
+    // Entries only the daemon needs are fine for the queue tool, and it reads queue-lifetime
+    // as the daemon does (a number is seconds, as on the command line).
+    std::fs::write(
+        &conf,
+        format!("{head}hostname = \"a.test\"\nno-public = true\nsyslog = true\nqueue-lifetime = 86400\n"),
+    )
+    .unwrap();
+    let (code, out, err) = run(&["queue", "--config", c, "list"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("Mail queue is empty"), "{out}");
+    // A file entry needing an option nobody gave.
+    std::fs::write(&conf, format!("{head}tls-listen = [\"127.0.0.1:1\"]\n")).unwrap();
+    for sub in [&[][..], &["check-config"][..]] {
+        let (code, _, err) = run(&[sub, &["--config", c]].concat());
+        assert_eq!(code, Some(2));
+        assert_eq!(
+            err,
+            format!(
+                "smtp-server: --config: {c}:2: tls-listen: needs tls-cert and tls-key (in the file or on the command line)\n"
+            )
+        );
+    }
+}
+
+#[test]
+fn the_command_line_wins_over_conflicting_entries_and_turns_off_file_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("t.toml");
+    let c = conf.to_str().unwrap();
+    std::fs::write(
+        &conf,
+        "spool-dir = \"/srv/mail\"\npasswd-file = \"/nonexistent/passwd\"\nlog-file = \"/tmp/x.log\"\n\
+         no-email-auth = true\nno-public = true\nmailbox-mode = 0o2770\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&[
+        "check-config",
+        "--config",
+        c,
+        "--auth-dovecot",
+        "/run/dovecot/auth-client",
+        "--syslog",
+        "--spf-reject",
+        "--no-public=false",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    for line in [
+        "# passwd-file: not set  # default\n\
+         # passwd-file = \"/nonexistent/passwd\"  # from the file, dropped: --auth-dovecot on the command line\n\
+         auth-dovecot = \"/run/dovecot/auth-client\"  # from the command line\n",
+        "# log-file: not set  # default\n\
+         # log-file = \"/tmp/x.log\"  # from the file, dropped: --syslog on the command line\n\
+         syslog = \"/dev/log\"  # from the command line\n",
+        "no-email-auth = false  # default\n\
+         # no-email-auth = true  # from the file, dropped: --spf-reject on the command line\n\
+         spf-reject = true  # from the command line\n",
+        "\nno-public = false  # from the command line\n",
+        "\nmailbox-mode = \"2770\"  # from the file\n",
+        "\npublic-listen = [\"0.0.0.0:25\", \"[::]:25\"]  # default\n",
+    ] {
+        assert!(out.contains(line), "{line} missing:\n{out}");
+    }
+    // `--FLAG=true` is `--FLAG`; and the flag values work without a file too.
+    let (code, out, err) = run(&[
+        "check-config",
+        "-d",
+        "/srv/mail",
+        "--no-public=true",
+        "--dmarc-reject=false",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("\nno-public = true  # from the command line\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\ndmarc-reject = false  # from the command line\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "\npublic-listen = [\"0.0.0.0:25\", \"[::]:25\"]  # default (unused: no-public)\n"
+        ),
+        "{out}"
+    );
+    // Without the command line the file's own conflict is an error (see above); with a
+    // command-line option of the same name the file's entry is simply replaced.
+    let (code, _, err) = run(&[
+        "check-config",
+        "--config",
+        c,
+        "--passwd-file",
+        "/nonexistent/p2",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("/nonexistent/p2"), "{err}");
+}
+
+#[test]
+fn check_config_prints_computed_defaults_and_syslog_true() {
+    let dir = tempfile::tempdir().unwrap();
+    let conf = dir.path().join("t.toml");
+    let c = conf.to_str().unwrap();
+    std::fs::write(&conf, "spool-dir = \"/srv/mail\"\nsyslog = true\n").unwrap();
+    let (code, out, err) = run(&["check-config", "--config", c]);
+    assert_eq!(code, Some(0), "{err}");
+    let host = ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().to_owned())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned());
+    for line in [
+        format!("\nhostname = \"{host}\"  # default (the machine's host name)\n"),
+        format!(
+            "\ndomain = [\"{}\"]  # default (the host name)\n",
+            host.trim_end_matches('.').to_ascii_lowercase()
+        ),
+        "\nlocal-listen = [\"127.0.0.1:25\", \"[::1]:25\"]  # default\n".to_owned(),
+        "\npublic-listen = [\"0.0.0.0:25\", \"[::]:25\"]  # default\n".to_owned(),
+        "\nqueue-dir = \"/srv/mail/.queue\"  # default (<spool-dir>/.queue)\n".to_owned(),
+        "\nsyslog = \"/dev/log\"  # from the file\n".to_owned(),
+        "\n# dns-server: not set (the system's name servers)  # default\n".to_owned(),
+    ] {
+        assert!(out.contains(&line), "{line} missing:\n{out}");
+    }
+    assert!(!out.contains("see --help"), "{out}");
+    std::fs::write(&conf, "syslog = false\n").unwrap();
+    let (code, out, _) = run(&["check-config", "--config", c]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("\nsyslog = false  # from the file\n"), "{out}");
+    let (_, out, _) = run(&["check-config"]);
+    assert!(out.contains("\nsyslog = false  # default\n"), "{out}");
 }

@@ -152,7 +152,8 @@ pub struct PasswdArgs {
 pub struct Config {
     /// Read options from this TOML file, one `long-option-name = value` per line (lists for
     /// repeatable options, true/false for flags; see contrib/smtp-server.toml). Options on the
-    /// command line override the file's.
+    /// command line override the file's, and drop its entries they cannot be used with;
+    /// `--FLAG=false` turns off a flag the file sets.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 

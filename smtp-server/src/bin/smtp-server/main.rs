@@ -292,7 +292,11 @@ fn load_tls(cfg: &Config) -> Result<Option<smtp_server::TlsConfig>, Fatal> {
 
 /// `smtp-server check-config`: what `run` checks before it binds, without side effects, then
 /// the effective configuration.
-fn check_config(cfg: &Config, argv: &[std::ffi::OsString], file_keys: &[String]) -> ExitCode {
+fn check_config(
+    cfg: &Config,
+    argv: &[std::ffi::OsString],
+    file_keys: &config_file::Origins,
+) -> ExitCode {
     let checked = (|| -> Result<(), Fatal> {
         if let Some(p) = &cfg.users {
             Users::load(p).map_err(|e| fatal("--users", format!("{}: {e}", p.display())))?;

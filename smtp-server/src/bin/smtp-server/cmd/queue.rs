@@ -133,29 +133,24 @@ impl Location {
     pub fn resolve(&self) -> Result<Resolved, String> {
         let mut loc = self.clone();
         if let Some(path) = &self.config {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| format!("--config: {}: {e}", path.display()))?;
-            let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-                format!("--config: {}: {}", path.display(), e.message())
-            })?;
-            let get = |k: &str| -> Result<Option<String>, String> {
-                match table.get(k) {
-                    None => Ok(None),
-                    Some(toml::Value::String(s)) => Ok(Some(s.clone())),
-                    Some(_) => Err(format!(
-                        "--config: {}: {k}: expected a string",
-                        path.display()
-                    )),
-                }
+            // The daemon's own checks of the file (every key, kind and value), then its three
+            // entries that find the queue.
+            let entries = crate::config_file::load(path)?;
+            let get = |k: &str| {
+                entries
+                    .iter()
+                    .find(|e| e.key == k && e.given)
+                    .and_then(|e| e.values.first().cloned())
             };
             if loc.spool_dir.is_none() {
-                loc.spool_dir = get("spool-dir")?.map(PathBuf::from);
+                loc.spool_dir = get("spool-dir").map(PathBuf::from);
             }
             if loc.queue_dir.is_none() {
-                loc.queue_dir = get("queue-dir")?.map(PathBuf::from);
+                loc.queue_dir = get("queue-dir").map(PathBuf::from);
             }
             if loc.queue_lifetime.is_none() {
-                if let Some(v) = get("queue-lifetime")? {
+                if let Some(v) = get("queue-lifetime") {
+                    // Already checked by the same parser.
                     loc.queue_lifetime = Some(parse_duration(&v).map_err(|e| {
                         format!("--config: {}: queue-lifetime: {e}", path.display())
                     })?);
