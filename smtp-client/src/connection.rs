@@ -1168,11 +1168,11 @@ impl Connection {
             || session
                 .peer_certificates()
                 .is_some_and(|chain| setup.verifies(chain, &name));
-        let info = TlsInfo::new(
-            session
+        let info = TlsInfo::from_rustls_names(
+            &session
                 .protocol_version()
                 .map_or_else(|| "unknown".into(), |v| format!("{v:?}")),
-            session
+            &session
                 .negotiated_cipher_suite()
                 .map_or_else(|| "unknown".into(), |c| format!("{:?}", c.suite())),
         )

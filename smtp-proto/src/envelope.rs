@@ -339,15 +339,15 @@ pub enum EnvelopeError {
 /// What was negotiated on an encrypted connection, on either side: the server library
 /// reports it to its handler, the client in its delivery results.
 ///
-/// The names are as each side's TLS library gives them: the server writes the protocol as
-/// OpenSSL and Postfix do (`TLSv1.3`, which goes into `Received:`), the client as rustls
-/// names it (`TLSv1_3`); the cipher is rustls' name for the suite on both.
+/// The names are the standard ones on both sides ([`TlsInfo::from_rustls_names`]): the
+/// protocol as OpenSSL, Postfix and RFC 8446 write it (`TLSv1.3`), the cipher suite by its
+/// IANA name (`TLS_AES_256_GCM_SHA384`, `TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct TlsInfo {
-    /// The protocol version, e.g. `TLSv1.3` (server) or `TLSv1_3` (client).
+    /// The protocol version, e.g. `TLSv1.3`.
     pub protocol: String,
-    /// The cipher suite, e.g. `TLS13_AES_256_GCM_SHA384`.
+    /// The cipher suite's IANA name, e.g. `TLS_AES_256_GCM_SHA384`.
     pub cipher: String,
     /// Whether the peer's certificate was verified: on a client, that it chains to a trusted
     /// root and is valid for the host name; on a server, that the client presented one that
@@ -370,6 +370,27 @@ impl TlsInfo {
         }
     }
 
+    /// Parameters named from rustls's names (their `Debug` forms): `TLSv1_3` becomes
+    /// `TLSv1.3`, and a TLS 1.3 suite `TLS13_AES_256_GCM_SHA384` its IANA name
+    /// `TLS_AES_256_GCM_SHA384` (rustls's TLS 1.2 names are the IANA ones already).
+    ///
+    /// ```
+    /// # use smtp_proto::envelope::TlsInfo;
+    /// let t = TlsInfo::from_rustls_names("TLSv1_3", "TLS13_AES_256_GCM_SHA384");
+    /// assert_eq!((t.protocol.as_str(), t.cipher.as_str()), ("TLSv1.3", "TLS_AES_256_GCM_SHA384"));
+    /// ```
+    pub fn from_rustls_names(protocol: &str, suite: &str) -> Self {
+        let protocol = match protocol.strip_prefix("TLSv") {
+            Some(v) => format!("TLSv{}", v.replace('_', ".")),
+            None => protocol.to_owned(),
+        };
+        let cipher = match suite.strip_prefix("TLS13_") {
+            Some(rest) => format!("TLS_{rest}"),
+            None => suite.to_owned(),
+        };
+        Self::new(protocol, cipher)
+    }
+
     /// With [`verified`](Self::verified) set.
     #[must_use]
     pub fn with_verified(mut self, verified: bool) -> Self {
@@ -386,7 +407,7 @@ impl TlsInfo {
 }
 
 impl fmt::Display for TlsInfo {
-    /// `TLSv1_3 TLS13_AES_256_GCM_SHA384 (verified, resumed)`.
+    /// `TLSv1.3 TLS_AES_256_GCM_SHA384 (verified, resumed)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,

@@ -635,6 +635,10 @@ struct State<H: Handler> {
     started: Instant,
     /// Failed logins in this session.
     auth_failures: usize,
+    /// Messages accepted in this session, for the log.
+    messages: u32,
+    /// When the session began, for the log.
+    connected: Instant,
 }
 
 impl<H: Handler> State<H> {
@@ -647,7 +651,7 @@ impl<H: Handler> State<H> {
                     Next::Greet { auth_offered }
                 }
                 Err(r) => {
-                    debug!(reply = %r, "connection refused by the handler");
+                    info!(reply = %r, "connection refused");
                     Next::Refuse(r)
                 }
             };
@@ -669,7 +673,10 @@ impl<H: Handler> State<H> {
                         self.envelope.helo.push_str(domain);
                         Next::Accept
                     }
-                    Err(r) => Next::Refuse(r),
+                    Err(r) => {
+                        info!(helo = %domain, reply = %r, "refused HELO");
+                        Next::Refuse(r)
+                    }
                 }
             }
             Event::Mail { from, params } => match sh.mail(from, params).await {
@@ -681,14 +688,20 @@ impl<H: Handler> State<H> {
                     self.started = Instant::now();
                     Next::Accept
                 }
-                Err(r) => Next::Refuse(r),
+                Err(r) => {
+                    info!(from = %from, reply = %r, "refused MAIL");
+                    Next::Refuse(r)
+                }
             },
             Event::Rcpt { to, params } => match sh.rcpt(to, params).await {
                 Ok(()) => {
                     self.envelope.rcpts.push((to.clone(), params.clone()));
                     Next::Accept
                 }
-                Err(r) => Next::Refuse(r),
+                Err(r) => {
+                    info!(from = %self.envelope.from, to = %to, reply = %r, "refused RCPT");
+                    Next::Refuse(r)
+                }
             },
             Event::DataStart => Next::Data,
             Event::Auth { credentials } => Next::Auth(credentials.clone()),
@@ -771,13 +784,20 @@ impl<H: Handler> Connection<H> {
                 in_transaction: false,
                 started: Instant::now(),
                 auth_failures: 0,
+                messages: 0,
+                connected: Instant::now(),
             },
         }
     }
 
     /// Runs the session to its end.
     pub(crate) async fn run(&mut self) {
-        debug!("connected");
+        match &self.state.info.tls {
+            Some(t) => {
+                info!(tls = %format_args!("{}/{}", t.protocol, t.cipher), resumed = t.resumed, "connected with TLS")
+            }
+            None => info!("connected"),
+        }
         loop {
             if let Some(d) = self.io.deferred.take() {
                 let next = match d {
@@ -849,7 +869,11 @@ impl<H: Handler> Connection<H> {
             }
         }
         self.state.abort_transaction();
-        debug!("disconnected");
+        info!(
+            messages = self.state.messages,
+            duration_ms = self.state.connected.elapsed().as_millis(),
+            "disconnected"
+        );
     }
 
     /// Carries out what an event asked for; false ends the connection.
@@ -890,6 +914,9 @@ impl<H: Handler> Connection<H> {
         match body.state {
             BodyState::Ended(size) => {
                 let (reply, per_recipient) = outcome.into_replies();
+                if reply.code() < 300 || per_recipient.iter().any(|r| r.code() < 300) {
+                    self.state.messages += 1;
+                }
                 info!(
                     from = %env.from,
                     rcpts = %Rcpts(env),
@@ -906,6 +933,16 @@ impl<H: Handler> Connection<H> {
                 }
                 self.state.in_transaction = false;
                 self.state.envelope.clear_transaction();
+            }
+            BodyState::Failed(BodyError::Refused(e)) => {
+                info!(
+                    from = %env.from,
+                    rcpts = %Rcpts(env),
+                    outcome = %e.reply(),
+                    duration_ms = elapsed,
+                    "message refused"
+                );
+                self.state.abort_transaction();
             }
             BodyState::Failed(e) => {
                 info!(
@@ -994,7 +1031,7 @@ impl<H: Handler> Connection<H> {
             }
             _ => return false,
         };
-        debug!(protocol = %info.protocol, cipher = %info.cipher, "TLS established");
+        info!(tls = %format_args!("{}/{}", info.protocol, info.cipher), resumed = info.resumed, "STARTTLS: TLS established");
         self.io.stream = stream;
         self.io.session.tls_established();
         self.state.envelope.helo.clear();

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::{self, ProtocolVersion, ServerConfig, ServerConnection};
+use tokio_rustls::rustls::{self, ServerConfig, ServerConnection};
 use tokio_rustls::TlsAcceptor;
 
 use crate::handler::TlsInfo;
@@ -185,16 +185,13 @@ fn build(
 /// The protocol and cipher of an established TLS connection, and whether it resumed a session
 /// (no client certificate is asked for, so none is verified).
 pub(crate) fn tls_info(conn: &ServerConnection) -> TlsInfo {
-    let protocol = match conn.protocol_version() {
-        Some(ProtocolVersion::TLSv1_3) => "TLSv1.3".to_owned(),
-        Some(ProtocolVersion::TLSv1_2) => "TLSv1.2".to_owned(),
-        Some(v) => format!("{v:?}"),
-        None => "unknown".to_owned(),
-    };
-    let cipher = conn
-        .negotiated_cipher_suite()
-        .map(|s| format!("{:?}", s.suite()))
-        .unwrap_or_else(|| "unknown".to_owned());
-    TlsInfo::new(protocol, cipher)
-        .with_resumed(conn.handshake_kind() == Some(tokio_rustls::rustls::HandshakeKind::Resumed))
+    let name = |v: Option<String>| v.unwrap_or_else(|| "unknown".to_owned());
+    TlsInfo::from_rustls_names(
+        &name(conn.protocol_version().map(|v| format!("{v:?}"))),
+        &name(
+            conn.negotiated_cipher_suite()
+                .map(|s| format!("{:?}", s.suite())),
+        ),
+    )
+    .with_resumed(conn.handshake_kind() == Some(tokio_rustls::rustls::HandshakeKind::Resumed))
 }

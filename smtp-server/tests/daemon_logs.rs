@@ -130,9 +130,11 @@ fn one_message_is_followed_by_its_ids_from_acceptance_to_delivery() {
     );
     assert_eq!(code, 250, "{text}");
     let queue_id = text.rsplit(' ').next().unwrap().to_owned();
-    assert!(wait_until(Duration::from_secs(30), || d
-        .log()
-        .contains("delivered queue_id=")));
+    c.cmd("QUIT");
+    assert!(wait_until(Duration::from_secs(30), || {
+        let log = d.log();
+        log.contains("delivered queue_id=") && log.contains("disconnected messages=1 ")
+    }));
     let stored = d.spool_messages("bob");
     let message = String::from_utf8(stored[0].1.clone()).unwrap();
     let received_id = message
@@ -162,12 +164,102 @@ fn one_message_is_followed_by_its_ids_from_acceptance_to_delivery() {
     assert!(
         delivered.contains(&format!(
             "queue_id={queue_id} to=<x@remote.test> via=mx.remote.test[127.0.0.1]:{remote_port} \
-             tls=TLSv1_3/TLS13_"
+             tls=TLSv1.3/TLS_"
         )),
         "{delivered}"
     );
-    assert!(delivered.contains(" reply=250 "), "{delivered}");
+    assert!(delivered.contains(" reply=\"250 "), "{delivered}");
+    // Every line of the attempt is in the entry's span, and its last line says it is gone.
+    assert!(
+        delivered.contains(&format!("queue{{queue_id={queue_id}}}: ")),
+        "{delivered}"
+    );
+    let removed = line("removed: every recipient done");
+    assert!(
+        removed.contains(&format!("queue_id={queue_id}")),
+        "{removed}"
+    );
+    // The session's first and last lines.
+    assert!(
+        log.contains("}: smtp_server::connection: connected\n"),
+        "{log}"
+    );
+    // (The daemon's start was waited for with a connection of its own: messages=0.)
+    line("disconnected messages=1 duration_ms=");
     assert!(!log.contains("Some("), "Rust Debug in the log: {log}");
+}
+
+/// Refusals are logged with the reply the client got, and values with spaces are quoted so
+/// that `key=value` pairs split back.
+#[test]
+fn refusals_are_logged_with_their_reply() {
+    let net = daemon_util::Net::start(daemon_util::PeerBehaviour::default(), false);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let users = dir.path().join("users");
+    std::fs::write(&users, "bob\n").unwrap();
+    let public_port = daemon_util::free_port();
+    let public = format!("127.0.0.2:{public_port}");
+    let d = Daemon::start(
+        &spool,
+        net.dns.addr(),
+        &[
+            "--max-message-size",
+            "2000",
+            "--users",
+            users.to_str().unwrap(),
+            "-p",
+            &public,
+            "--no-email-auth",
+        ],
+    );
+    let mut c = d.connect();
+    c.cmd("EHLO client.test");
+    assert_eq!(c.cmd("MAIL FROM:<alice@example.test>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<nobody@example.test>").0, 550);
+    assert_eq!(c.cmd("RCPT TO:<bob@example.test>").0, 250);
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send_raw(format!("Subject: big\r\n\r\n{}\r\n.\r\n", "x".repeat(3000)).as_bytes());
+    let (code, text) = c.reply();
+    assert_eq!(code, 552, "{text}");
+    c.cmd("QUIT");
+    // The public listener refuses relaying.
+    let mut p = daemon_util::Smtp::connect(public.parse().unwrap());
+    p.cmd("EHLO client.test");
+    p.cmd("MAIL FROM:<x@elsewhere.test>");
+    assert_eq!(p.cmd("RCPT TO:<y@remote.test>").0, 554);
+    p.cmd("QUIT");
+    assert!(wait_until(Duration::from_secs(10), || d
+        .log()
+        .matches("disconnected")
+        .count()
+        >= 2));
+    let log = d.log();
+    let line = |needle: &str| {
+        log.lines()
+            .find(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle:?}: {log}"))
+            .to_owned()
+    };
+    let unknown = line("refused RCPT from=<alice@example.test> to=<nobody@example.test>");
+    assert!(
+        unknown.ends_with(
+            "reply=\"550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown\""
+        ),
+        "{unknown}"
+    );
+    let big = line("message refused");
+    assert!(
+        big.contains("rcpts=<bob@example.test> outcome=\"552 5.3.4 "),
+        "{big}"
+    );
+    let relay = line("refused RCPT from=<x@elsewhere.test> to=<y@remote.test>");
+    assert!(
+        relay.contains("reply=\"554 5.7.1 <y@remote.test>: Relay access denied\""),
+        "{relay}"
+    );
+    assert!(relay.contains("listener=public"), "{relay}");
+    assert!(!log.contains("message lost"), "{log}");
 }
 
 /// `--syslog SOCKET`: one datagram per line, `<PRI>Mmm dd hh:mm:ss smtp-server[PID]: ...`

@@ -41,6 +41,8 @@ fn metrics_after_a_known_load() {
             &m,
             "-u",
             dir.path().join("users").to_str().unwrap(),
+            "--max-message-size",
+            "2000",
         ],
     );
     assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(
@@ -59,6 +61,39 @@ fn metrics_after_a_known_load() {
     assert_eq!(c.cmd("MAIL FROM:<a@example.test>").0, 250);
     assert_eq!(c.cmd("RCPT TO:<nobody@example.test>").0, 550);
     assert_eq!(c.cmd("QUIT").0, 221);
+    // Too big: the library answers 552 5.3.4, counted as 5xx.
+    let mut big = d.connect();
+    let (code, text) = big.send(
+        "a@example.test",
+        &["bob@example.test"],
+        &format!("Subject: big\r\n\r\n{}\r\n", "x".repeat(3000)),
+    );
+    assert_eq!(code, 552, "{text}");
+    assert_eq!(big.cmd("QUIT").0, 221);
+    // A client that goes away inside DATA: no reply, nothing counted.
+    let mut gone = d.connect();
+    gone.cmd("EHLO client.test");
+    gone.cmd("MAIL FROM:<a@example.test>");
+    gone.cmd("RCPT TO:<bob@example.test>");
+    assert_eq!(gone.cmd("DATA").0, 354);
+    gone.send_raw(b"Subject: half\r\n");
+    drop(gone);
+    let ended = |body: &str| {
+        sample(
+            body,
+            "smtp_sessions_total{listener=\"loopback\",outcome=\"no_mail\"}",
+        )
+        .is_some_and(|n| n >= 2.0)
+            && sample(
+                body,
+                "smtp_sessions_total{listener=\"loopback\",outcome=\"mail\"}",
+            ) == Some(1.0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || ended(&get(mport, "/metrics").1)),
+        "{}",
+        get(mport, "/metrics").1
+    );
     let (head, body) = get(mport, "/metrics");
     assert!(head.starts_with("HTTP/1.1 200 OK"), "{head}");
     assert!(
@@ -75,9 +110,21 @@ fn metrics_after_a_known_load() {
             "smtp_deliveries_total{destination=\"local\",outcome=\"delivered\"}",
             4.0,
         ),
+        (
+            "smtp_messages_total{listener=\"loopback\",class=\"5xx\"}",
+            1.0,
+        ),
         ("smtp_recipients_refused_total{class=\"5xx\"}", 1.0),
         ("smtp_queue_entries", 0.0),
     ];
+    assert_eq!(
+        sample(
+            &body,
+            "smtp_messages_total{listener=\"loopback\",class=\"4xx\"}"
+        ),
+        None,
+        "{body}"
+    );
     for (series, v) in want {
         assert_eq!(sample(&body, series), Some(v), "{series}\n{body}");
     }

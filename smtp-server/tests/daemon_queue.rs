@@ -355,7 +355,8 @@ fn queue_tool_on_a_live_queue() {
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(mailbox(&spool, "alice").len(), 2);
     assert!(
-        d.log().contains("not bouncing to the null sender"),
+        d.log()
+            .contains("no bounce: the failed message has the null sender"),
         "{}",
         d.log()
     );

@@ -233,7 +233,7 @@ fn null_sender_failure_is_not_bounced() {
     assert!(
         wait_until(Duration::from_secs(20), || d
             .log()
-            .contains("not bouncing to the null sender")),
+            .contains("no bounce: the failed message has the null sender")),
         "{}",
         d.log()
     );

@@ -185,7 +185,7 @@ async fn starttls_then_a_transaction() {
         .unwrap();
     let info = conn.tls_info().cloned().expect("STARTTLS was used");
     assert!(info.verified, "{info}");
-    assert_eq!(info.protocol, "TLSv1_3");
+    assert_eq!(info.protocol, "TLSv1.3");
     assert!(!conn.has("STARTTLS"), "STARTTLS offered again after TLS");
     assert_eq!(conn.discarded_after_starttls(), 0);
     let result = conn

@@ -322,11 +322,7 @@ impl Incoming {
                         match r {
                             Ok(id) => {
                                 stored.mailboxes += 1;
-                                stored.places.push(match id {
-                                    DeliveryId::Spool(n) => format!("{mb}/{n}"),
-                                    DeliveryId::Maildir(name) => format!("{mb}/new/{name}"),
-                                    _ => mb.to_string(),
-                                });
+                                stored.places.push(place(mb, &id));
                             }
                             Err(e) => return Err(format!("mailbox {mb}: {e}")),
                         }
@@ -346,16 +342,30 @@ impl Incoming {
     }
 }
 
-/// Delivers a message held in memory (a bounce) to one local mailbox, durably.
+/// Delivers a message held in memory (a bounce) to one local mailbox, durably; where it is,
+/// for the log (see [`place`]).
 pub async fn deliver_bytes(
     store: Arc<dyn Store>,
     mailbox: MailboxName,
     message: Vec<u8>,
-) -> Result<(), String> {
-    tokio::task::spawn_blocking(move || store.deliver(&mailbox, &message).map(|_| ()))
-        .await
-        .map_err(|e| format!("storage task failed: {e}"))?
-        .map_err(|e| e.to_string())
+) -> Result<String, String> {
+    tokio::task::spawn_blocking(move || {
+        store
+            .deliver(&mailbox, &message)
+            .map(|id| place(&mailbox, &id))
+    })
+    .await
+    .map_err(|e| format!("storage task failed: {e}"))?
+    .map_err(|e| e.to_string())
+}
+
+/// Where a stored copy is, for the log: `alice/3` (spool number), `alice/new/NAME` (Maildir).
+pub fn place(mailbox: &MailboxName, id: &DeliveryId) -> String {
+    match id {
+        DeliveryId::Spool(n) => format!("{mailbox}/{n}"),
+        DeliveryId::Maildir(name) => format!("{mailbox}/new/{name}"),
+        _ => mailbox.to_string(),
+    }
 }
 
 /// Removes repeated mailboxes, keeping the first of each (one copy per mailbox).

@@ -19,6 +19,7 @@ mod headers;
 mod inbound_auth;
 mod listen;
 mod local;
+mod logfmt;
 mod logsafe;
 mod metrics;
 mod policy;
@@ -39,7 +40,7 @@ use smtp_proto::envelope::Recipient as QRecipient;
 use smtp_proto::param::{MailParams, Notify, Orcpt, RcptParams};
 use smtp_proto::Refusal;
 use smtp_server::handler::{
-    BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsInfo,
+    BodyError, BodyStream, ConnectionInfo, DataOutcome, Envelope, Handler, SessionHandler, TlsInfo,
 };
 use smtp_server::{AuthFailure, Credentials};
 use tokio::sync::watch;
@@ -173,8 +174,8 @@ fn init_logging(cfg: &Config) -> Result<Option<Arc<logsafe::LogFile>>, Fatal> {
     match (json, syslog.is_some()) {
         (true, false) => builder.json().init(),
         (true, true) => builder.json().without_time().init(),
-        (false, false) => builder.init(),
-        (false, true) => builder.without_time().init(),
+        (false, false) => builder.fmt_fields(logfmt::KeyValue).init(),
+        (false, true) => builder.fmt_fields(logfmt::KeyValue).without_time().init(),
     }
     Ok(file)
 }
@@ -683,6 +684,8 @@ impl Handler for DaemonHandler {
             // Mail from other servers: the public listener (which never relays).
             check_sender: kind == Kind::Public && !relay && self.daemon.verifier.is_some(),
             spf: None,
+            lost: false,
+            messages: 0,
             listener: kind.name(),
             offer_auth: submission && self.daemon.auth.is_some(),
             submission,
@@ -739,6 +742,18 @@ struct Session {
     check_sender: bool,
     /// The SPF verdicts of the current transaction (from its MAIL FROM).
     spf: Option<inbound_auth::Spf>,
+    /// The client went away (or timed out) before the end of the last message: no reply
+    /// class to count.
+    lost: bool,
+    /// Messages accepted, for the sessions metric.
+    messages: u32,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let outcome = if self.messages > 0 { "mail" } else { "no_mail" };
+        metrics::m().session(self.listener, outcome);
+    }
 }
 
 impl SessionHandler for Session {
@@ -861,7 +876,13 @@ impl SessionHandler for Session {
 
     async fn data(&mut self, envelope: &Envelope, body: &mut BodyStream<'_>) -> DataOutcome {
         let outcome = self.receive(envelope, body).await;
-        metrics::m().message(self.listener, outcome.reply().code());
+        if !std::mem::take(&mut self.lost) {
+            let code = outcome.reply().code();
+            metrics::m().message(self.listener, code);
+            if code < 300 {
+                self.messages += 1;
+            }
+        }
         outcome
     }
 
@@ -875,8 +896,8 @@ impl Session {
     /// The reply refusing recipient `to`.
     fn refuse_rcpt(&self, to: &ForwardPath, refusal: RcptRefusal) -> Refusal {
         match refusal {
+            // Logged by the library with the reply ("refused RCPT").
             RcptRefusal::RelayDenied => {
-                info!(session = self.session_id, peer = %self.peer, to = %to, "relay denied");
                 refusals::RELAY_DENIED.with_text(format!("{to}: Relay access denied"))
             }
             RcptRefusal::UnknownUser => refusals::USER_UNKNOWN
@@ -1032,7 +1053,19 @@ impl Session {
                 }
                 Ok(None) => break,
                 // The session answered already; dropping `incoming` removes the partial file.
-                Err(_) => return DataOutcome::temporary_failure("message not received"),
+                // What the session answered, for the metrics: the refusal the library sent
+                // (552 5.3.4 for size, 550 for bare line endings or long lines); nothing for a
+                // message the client never finished.
+                Err(BodyError::Refused(e)) => {
+                    return Refusal::try_from(e.reply()).map_or_else(
+                        |_| DataOutcome::temporary_failure("message not received"),
+                        DataOutcome::from,
+                    )
+                }
+                Err(_) => {
+                    self.lost = true;
+                    return DataOutcome::temporary_failure("message not received");
+                }
             }
         }
         // The verdicts for the `message accepted` line (`-` when not checked).

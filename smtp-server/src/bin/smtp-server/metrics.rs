@@ -4,13 +4,14 @@
 //! | metric | labels | what |
 //! |---|---|---|
 //! | `smtp_connections_total` | `listener` | connections accepted (loopback, public, tls, submission) |
+//! | `smtp_sessions_total` | `listener`, `outcome` (`mail`: a message was accepted, `no_mail`) | sessions ended |
 //! | `smtp_tls_sessions_total` | `listener` | sessions encrypted (implicit TLS or STARTTLS) |
 //! | `smtp_auth_total` | `result` (`ok`, `failed`, `temporary`) | AUTH attempts decided |
 //! | `smtp_recipients_refused_total` | `class` (`4xx`, `5xx`) | RCPT refused by policy |
 //! | `smtp_messages_total` | `listener`, `class` (`2xx`, `4xx`, `5xx`) | the reply to each message |
 //! | `smtp_received_bytes_total` | | message octets received |
-//! | `smtp_deliveries_total` | `destination` (`local`, `mx`, `smarthost`), `outcome` (`delivered`, `deferred`, `bounced`) | per recipient (local: per mailbox) |
-//! | `smtp_outbound_tls_total` | `tls` (`yes`, `no`) | relayed transactions, by encryption |
+//! | `smtp_deliveries_total` | `destination` (`local`, `lmtp`, `mx`, `smarthost`), `outcome` (`delivered`, `deferred`, `bounced`) | per recipient (local: per mailbox) |
+//! | `smtp_outbound_tls_total` | `destination` (`mx`, `smarthost`), `tls` (`yes`, `no`) | transactions relayed to other hosts, by encryption (LMTP not counted) |
 //! | `smtp_queue_entries` | | entries in the queue now (held ones included) |
 //! | `smtp_queue_oldest_seconds` | | age of the oldest entry |
 //!
@@ -61,13 +62,21 @@ struct DeliveryLabel {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TlsLabel {
+    destination: &'static str,
     tls: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SessionLabel {
+    listener: &'static str,
+    outcome: &'static str,
 }
 
 /// The daemon's metrics.
 pub struct Metrics {
     registry: Registry,
     connections: Family<ListenerLabel, Counter>,
+    sessions: Family<SessionLabel, Counter>,
     tls_sessions: Family<ListenerLabel, Counter>,
     auth: Family<ResultLabel, Counter>,
     rcpt_refused: Family<ClassLabel, Counter>,
@@ -100,6 +109,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let m = Metrics {
             connections: Family::default(),
+            sessions: Family::default(),
             tls_sessions: Family::default(),
             auth: Family::default(),
             rcpt_refused: Family::default(),
@@ -115,6 +125,11 @@ impl Metrics {
             "smtp_connections",
             "Connections accepted, by listener",
             m.connections.clone(),
+        );
+        registry.register(
+            "smtp_sessions",
+            "Sessions ended, by listener and outcome (mail: a message was accepted, no_mail)",
+            m.sessions.clone(),
         );
         registry.register(
             "smtp_tls_sessions",
@@ -148,7 +163,7 @@ impl Metrics {
         );
         registry.register(
             "smtp_outbound_tls",
-            "Relayed transactions, by whether they were encrypted",
+            "Transactions relayed to other hosts, by destination and whether they were encrypted",
             m.outbound_tls.clone(),
         );
         registry.register(
@@ -168,6 +183,13 @@ impl Metrics {
     pub fn connection(&self, listener: &'static str) {
         self.connections
             .get_or_create(&ListenerLabel { listener })
+            .inc();
+    }
+
+    /// A session on `listener` ended: `mail` (a message was accepted) or `no_mail`.
+    pub fn session(&self, listener: &'static str, outcome: &'static str) {
+        self.sessions
+            .get_or_create(&SessionLabel { listener, outcome })
             .inc();
     }
 
@@ -215,10 +237,11 @@ impl Metrics {
             .inc_by(n as u64);
     }
 
-    /// A relayed transaction, encrypted or not.
-    pub fn outbound(&self, tls: bool) {
+    /// A transaction relayed to `destination` (`mx`, `smarthost`), encrypted or not.
+    pub fn outbound(&self, destination: &'static str, tls: bool) {
         self.outbound_tls
             .get_or_create(&TlsLabel {
+                destination,
                 tls: if tls { "yes" } else { "no" },
             })
             .inc();

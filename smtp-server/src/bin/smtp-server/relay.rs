@@ -50,7 +50,7 @@ use smtp_client::Message;
 use smtp_proto::address::{ForwardPath, MailboxBuf, ReversePath};
 use tokio::sync::OwnedSemaphorePermit as EntryPermit;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
-use tracing::{error, info, warn};
+use tracing::{error, info, warn, Instrument};
 
 use crate::bounce::{Failure, Report, Returned};
 use crate::headers::{self, HeaderScanner};
@@ -382,12 +382,18 @@ impl Relay {
             .expect("not poisoned")
             .insert(id.clone());
         let me = self.clone();
-        tasks.spawn(async move {
-            let due = me.process(&id).await;
-            me.inflight.lock().expect("not poisoned").remove(&id);
-            drop(permit);
-            me.notify.done(due);
-        });
+        // Every line of the attempt, the client library's and the bounce's included, carries
+        // the queue id in its span.
+        let span = tracing::info_span!("queue", queue_id = %id);
+        tasks.spawn(
+            async move {
+                let due = me.process(&id).await;
+                me.inflight.lock().expect("not poisoned").remove(&id);
+                drop(permit);
+                me.notify.done(due);
+            }
+            .instrument(span),
+        );
     }
 
     /// Lists the queue and starts every due entry not in flight (up to the cap; the rest
@@ -674,8 +680,8 @@ impl Relay {
                 || "none".to_owned(),
                 |t| format!("{}/{}", t.protocol, t.cipher),
             );
-            if report.delivered_via.is_some() {
-                metrics::m().outbound(report.tls);
+            if report.delivered_via.is_some() && domain != LOCAL {
+                metrics::m().outbound(destination, report.tls);
             }
             for ((i, _), (path, outcome)) in rcpts.iter().zip(report.rcpts.iter()) {
                 let r = &entry.envelope.rcpts[*i];
@@ -689,7 +695,8 @@ impl Relay {
                     RcptOutcome::Permanent(f) => {
                         metrics::m().deliveries(destination, "bounced", 1);
                         let diag = diagnostic(f);
-                        warn!(queue_id = %id, to = %path, error = %diag, "delivery failed permanently");
+                        warn!(queue_id = %id, to = %path, via = %via_addr, tls = %tls_text,
+                              error = %diag, "delivery failed permanently");
                         let status = f.enhanced.to_string();
                         results.push((
                             *i,
@@ -702,7 +709,8 @@ impl Relay {
                     RcptOutcome::Transient(f) => {
                         metrics::m().deliveries(destination, "deferred", 1);
                         let diag = diagnostic(f);
-                        info!(queue_id = %id, to = %path, error = %diag, "delivery deferred");
+                        info!(queue_id = %id, to = %path, via = %via_addr, tls = %tls_text,
+                              error = %diag, "delivery deferred");
                         transient.push((address_text(&r.path), diag));
                     }
                 }
@@ -728,7 +736,7 @@ impl Relay {
                     "delivery time expired after {}: {last}",
                     crate::config::format_duration(self.lifetime)
                 );
-                warn!(queue_id = %id, to = %address, lifetime = %crate::config::format_duration(self.lifetime),
+                warn!(queue_id = %id, to = %r.path, lifetime = %crate::config::format_duration(self.lifetime),
                       last_error = %last, "expired: delivery time is over, returning to the sender");
                 results.push((
                     i,
@@ -875,6 +883,9 @@ impl Relay {
                         .insert(id.clone(), next);
                     info!(queue_id = %id, attempts = entry.attempts.saturating_add(1),
                           next_attempt = %utc(next), expires = %utc(deadline), "deferred");
+                } else {
+                    // As Postfix's "removed": the message's last line in the queue.
+                    info!(queue_id = %id, "removed: every recipient done");
                 }
             }
             Err(e) => {
@@ -925,7 +936,7 @@ impl Relay {
         let ReversePath::Mailbox(to) = &entry.envelope.from else {
             warn!(
                 failed = failures.len(),
-                "a bounce failed; not bouncing to the null sender"
+                "no bounce: the failed message has the null sender <> (RFC 5321 6.1)"
             );
             return Ok(());
         };
@@ -955,8 +966,14 @@ impl Relay {
         }
         .to_message();
         match self.send_generated(to, message).await {
-            Ok(()) => {
-                info!(to = %sender, failed = failures.len(), "bounce sent");
+            Ok(sent) => {
+                let bounce_queue_id = sent
+                    .queue_id
+                    .as_ref()
+                    .map_or_else(|| "-".to_owned(), ToString::to_string);
+                info!(to = %sender, failed = failures.len(), %bounce_queue_id,
+                      stored = %if sent.places.is_empty() { "-".to_owned() } else { sent.places.join(",") },
+                      "bounce sent");
                 Ok(())
             }
             Err(Unsent::Undeliverable(e)) => {
@@ -1082,7 +1099,7 @@ impl Relay {
     }
 
     /// Sends a message made here (a bounce), from `<>`, to `to`.
-    async fn send_generated(&self, to: &MailboxBuf, message: Vec<u8>) -> Result<(), Unsent> {
+    async fn send_generated(&self, to: &MailboxBuf, message: Vec<u8>) -> Result<Sent, Unsent> {
         let dest = self
             .policy
             .route(&ForwardPath::Mailbox(to.clone()), true)
@@ -1102,13 +1119,15 @@ impl Relay {
         }
         let mut mailboxes: Vec<MailboxName> = dest.local;
         crate::local::dedup(&mut mailboxes);
+        let mut sent = Sent::default();
         for mb in mailboxes {
             let mut m = headers::return_path("").into_bytes();
             m.extend_from_slice(received.as_bytes());
             m.extend_from_slice(&message);
-            crate::local::deliver_bytes(self.store.clone(), mb, m)
+            let place = crate::local::deliver_bytes(self.store.clone(), mb, m)
                 .await
                 .map_err(Unsent::Storage)?;
+            sent.places.push(place);
         }
         if !dest.remote.is_empty() {
             let entry = QueueEntry::new(
@@ -1125,10 +1144,20 @@ impl Relay {
                 .await
                 .map_err(|e| Unsent::Storage(e.to_string()))?
                 .map_err(|e| Unsent::Storage(e.to_string()))?;
-            self.notify.hand_off(id);
+            self.notify.hand_off(id.clone());
+            sent.queue_id = Some(id);
         }
-        Ok(())
+        Ok(sent)
     }
+}
+
+/// Where a generated message went, for the log.
+#[derive(Default)]
+struct Sent {
+    /// The local copies (see [`crate::local::place`]).
+    places: Vec<String>,
+    /// Its queue entry, when it goes elsewhere.
+    queue_id: Option<QueueId>,
 }
 
 /// Why a generated message was not sent.
