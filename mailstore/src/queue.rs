@@ -1289,6 +1289,21 @@ impl Queue {
         Ok(TryClaim::Gone)
     }
 
+    /// True while someone holds the claim of active entry `id` (a delivery is under way):
+    /// for a listing, as Postfix's `mailq` marks an entry being delivered. It probes the claim
+    /// without reading or changing the entry; a runner that tries to claim the entry in the
+    /// same instant finds it busy and looks again later. False for an entry not there or on
+    /// hold, and when the probe fails.
+    pub fn is_busy(&self, id: &QueueId) -> bool {
+        let entries = self.dir_of(Place::Active);
+        let probe = |fd: std::os::fd::BorrowedFd<'_>| matches!(try_lock(fd), Ok(false));
+        match entries.try_open_node(id.as_str()) {
+            Ok(Some(Node::Dir(dir))) => probe(std::os::fd::AsFd::as_fd(&dir)),
+            Ok(Some(Node::File(file, _))) => probe(std::os::fd::AsFd::as_fd(&file)),
+            _ => false,
+        }
+    }
+
     fn claim_in(&self, place: Place, id: &QueueId) -> Result<TryClaim> {
         let entries = self.dir_of(place);
         // A version 2 entry is replaced (a new file renamed over it) when its holder records

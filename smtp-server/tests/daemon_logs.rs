@@ -57,6 +57,10 @@ fn log_file_is_reopened_on_sighup_after_a_rotation() {
         "{old}"
     );
     assert!(!d.log().contains("before-rotation"));
+    // The new file, as the first, is the owner's and the group's only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&d.log).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode & 0o007, 0, "{mode:o}");
 }
 
 #[test]
@@ -330,8 +334,12 @@ fn syslog_gets_one_datagram_per_line_with_facility_mail() {
     // mail.info = 2 * 8 + 6.
     let stored = got.iter().find(|l| l.contains("stored as bob/1")).unwrap();
     assert!(stored.starts_with("<22>"), "{stored}");
-    // No second time stamp: syslog's is the one.
+    // No second time stamp: syslog's is the one; one space after the tag.
     assert!(!stored.contains("Z  INFO"), "{stored}");
+    assert!(
+        stored.contains(&format!("smtp-server[{pid}]: INFO ")),
+        "{stored}"
+    );
 }
 
 /// Checks `<PRI>Mmm dd hh:mm:ss smtp-server[PID]: ` at the start of a line.

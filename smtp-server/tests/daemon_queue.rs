@@ -416,8 +416,19 @@ fn an_entry_being_delivered_is_not_changed() {
     let (code, _, err) = tool(&spool, &["delete", "--all"]);
     assert_eq!(code, 75, "{err}");
     assert_eq!(tool(&spool, &["flush"]).0, 0);
-    // Nothing changed: still there, not on hold, still the one attempt under way.
+    // Nothing changed: still there, not on hold, still the one attempt under way, and the
+    // listing says so.
     let e = entry(&spool, &id).unwrap();
-    assert_eq!((&e["state"], &e["attempts"]), (&"queued".into(), &0.into()));
+    assert_eq!(
+        (&e["state"], &e["attempts"]),
+        (&"delivering".into(), &0.into())
+    );
     assert_eq!(queued(&spool), 1);
+    let (code, out, _) = tool(&spool, &["list"]);
+    assert_eq!(code, 0);
+    let row = out.lines().find(|l| l.starts_with(id.as_str())).unwrap();
+    assert!(
+        row.contains("  being delivered now  <alice@example.test>"),
+        "{out}"
+    );
 }

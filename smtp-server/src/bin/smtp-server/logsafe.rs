@@ -113,10 +113,14 @@ pub struct LogFile {
     file: Mutex<File>,
 }
 
+/// Opens `path` for appending; a new file is made readable by its owner and group only
+/// (0640, as syslog daemons make mail logs: addresses and subjects' traces are personal data).
 fn open_append(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o640)
         .open(path)
 }
 
@@ -190,9 +194,11 @@ impl Syslog {
         );
         let stamp = stamp.format(&format).unwrap_or_default();
         let datagram = format!(
-            "<{}>{stamp} smtp-server[{}]: {line}",
+            "<{}>{stamp} smtp-server[{}]: {}",
             FACILITY_MAIL | severity,
-            self.pid
+            self.pid,
+            // Without a time stamp the formatter begins with the padded level (" INFO").
+            line.trim_start()
         );
         self.socket.send(datagram.as_bytes()).map(|_| ())
     }

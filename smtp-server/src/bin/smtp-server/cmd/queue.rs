@@ -412,31 +412,33 @@ impl Tool {
             .map(|(id, _, _)| id.as_str().len())
             .max()
             .unwrap_or(8);
+        // When each entry goes next: on hold, being delivered now (its claim is held, as
+        // Postfix's mailq marks active mail), due, or a time.
+        let nexts: Vec<String> = all
+            .iter()
+            .map(|(id, place, e)| match place {
+                Place::Held => "held".to_owned(),
+                _ if self.queue.is_busy(id) => "being delivered now".to_owned(),
+                _ if e.next_attempt <= self.now => format!("{} due", self.local(e.next_attempt)),
+                _ => self.local(e.next_attempt),
+            })
+            .collect();
+        let next_width = nexts.iter().map(String::len).max().unwrap_or(0).max(12);
         let _ = writeln!(
             out,
-            "{:<width$}  {:>9}  {:>6}  {:<25}  SENDER",
+            "{:<width$}  {:>9}  {:>6}  {:<next_width$}  SENDER",
             "QUEUE ID", "SIZE", "AGE", "NEXT ATTEMPT"
         );
         let (mut bytes, mut held, mut expired) = (0u64, 0, 0);
-        for (id, place, e) in &all {
+        for ((id, place, e), next) in all.iter().zip(&nexts) {
             let size = self.size(id);
             bytes = bytes.saturating_add(size.unwrap_or(0));
-            let next = match place {
-                Place::Held => {
-                    held += 1;
-                    "held".to_owned()
-                }
-                _ => {
-                    let mut t = self.local(e.next_attempt);
-                    if e.next_attempt <= self.now {
-                        t.push_str(" (due)");
-                    }
-                    t
-                }
-            };
+            if *place == Place::Held {
+                held += 1;
+            }
             let _ = write!(
                 out,
-                "{:<width$}  {:>9}  {:>6}  {:<25}  {}",
+                "{:<width$}  {:>9}  {:>6}  {:<next_width$}  {}",
                 id.as_str(),
                 size.map_or("?".into(), |s| s.to_string()),
                 age(self.now, e.created),
@@ -594,6 +596,16 @@ impl Tool {
             })
             .map(|(id, _)| id)
             .collect();
+        if chosen.is_empty() && !self.json {
+            // Nothing to do is no failure (as postqueue -s), but say so.
+            match &domain {
+                Some(d) => {
+                    let _ = writeln!(out, "no queued recipient in {}", safe(d));
+                }
+                None => out.push_str("Mail queue is empty\n"),
+            }
+            return EX_OK;
+        }
         // In bulk, an entry being delivered is not an error: it is being tried now, which
         // is what was asked; nor one that was listed and is gone (delivered meanwhile: the
         // runner takes new mail at once, so on a busy queue entries come and go quickly).
@@ -744,12 +756,13 @@ impl Tool {
         crate::relay::add_saturating(e.created, self.lifetime) <= self.now
     }
 
+    /// The queued message's size (with our `Received:` field; the envelope not counted).
     fn size(&self, id: &QueueId) -> Option<u64> {
-        self.queue
-            .read_body_any(id)
-            .ok()
-            .and_then(|f| f.metadata().ok())
-            .map(|m| m.len())
+        use std::io::Seek;
+        let mut f = self.queue.read_body_any(id).ok()?;
+        let start = f.stream_position().ok()?;
+        let len = f.metadata().ok()?.len();
+        Some(len.saturating_sub(start))
     }
 
     /// The message's header section (at most [`HEAD_MAX`] octets).
@@ -800,7 +813,13 @@ impl Tool {
         };
         json!({
             "id": id.as_str(),
-            "state": if held { "held" } else { "queued" },
+            "state": if held {
+                "held"
+            } else if self.queue.is_busy(id) {
+                "delivering"
+            } else {
+                "queued"
+            },
             "size": self.size(id),
             "created": rfc3339(e.created),
             "age_seconds": self.now.duration_since(e.created).map_or(0, |d| d.as_secs()),
