@@ -11,6 +11,7 @@
 //! <dir>/trash/<id>/       a finished entry of version 1 being removed
 //! <dir>/corrupt/<id>      entries that could not be read, moved aside for an operator
 //! <dir>/wake              present when an operator asked the runner to look again now
+//! <dir>/notes             what operators' tools did, for the runner's log (see below)
 //! ```
 //!
 //! An entry (version 3) is one file: its header (see [`QueueEntry::encode`]), with
@@ -52,6 +53,12 @@
 //! polls [`take_wake`](Queue::take_wake) (the daemon does, every second) scans the queue at
 //! once instead of sleeping until its next due time: that is how a separate process (the
 //! queue tool's `flush`) reaches a running daemon without a signal or a pid file.
+//!
+//! [`note`](Queue::note) appends a line to `notes` and [`take_notes`](Queue::take_notes)
+//! reads and empties it, both under the file's `flock`: so what an operator's tool changed
+//! reaches the log of the daemon that runs the queue, wherever that log goes (as Postfix's
+//! `postsuper` logs its removals). The file is bounded ([`NOTES_MAX`]): when no runner reads
+//! it, notes beyond that are refused, never the change they describe.
 //!
 //! # Durability
 //!
@@ -143,6 +150,11 @@ const ENVELOPE: &str = "envelope";
 /// [`Error::Corrupt`] (the entry is moved to `corrupt/`); an entry that would encode larger is
 /// refused before anything is written ([`Error::Io`], the stored entry unchanged).
 pub const ENVELOPE_MAX: u64 = 16 << 20;
+
+/// The largest the operators' `notes` file grows while nothing reads it (see the module doc).
+pub const NOTES_MAX: u64 = 1 << 20;
+
+const NOTES: &str = "notes";
 
 /// The name of a queue entry: made by the queue, unique, safe as a file name.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -1241,6 +1253,62 @@ impl Queue {
             .replace_unsynced("wake", b"", &Perms::PRIVATE)
     }
 
+    /// Appends `line` (line breaks become spaces) to the operators' notes, for the runner's
+    /// log (see the module doc).
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be written or is full ([`NOTES_MAX`]).
+    pub fn note(&self, line: &str) -> Result<()> {
+        let path = self.inner.root.path().join(NOTES);
+        let mut f = open_notes(&path)?;
+        let lock = rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive);
+        lock.map_err(|e| Error::Io {
+            op: "flock",
+            path: path.clone(),
+            source: e.into(),
+        })?;
+        let len = f.metadata().map_err(io_err("stat", &path))?.len();
+        if len >= NOTES_MAX {
+            return Err(Error::Io {
+                op: "append",
+                path,
+                source: std::io::Error::other("full: no queue runner is reading it"),
+            });
+        }
+        let mut text = line.replace(['\r', '\n'], " ");
+        text.push('\n');
+        f.write_all(text.as_bytes())
+            .map_err(io_err("append", &path))
+    }
+
+    /// The operators' notes written since the last call, emptying the file (see the module
+    /// doc). Errors count as no notes.
+    pub fn take_notes(&self) -> Vec<String> {
+        use std::io::Read;
+        let path = self.inner.root.path().join(NOTES);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) if m.is_file() && m.len() > 0 => {}
+            _ => return Vec::new(),
+        }
+        let Ok(mut f) = open_notes(&path) else {
+            return Vec::new();
+        };
+        if rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive).is_err() {
+            return Vec::new();
+        }
+        let mut text = String::new();
+        if (&mut f)
+            .take(NOTES_MAX + 4096)
+            .read_to_string(&mut text)
+            .is_err()
+        {
+            // Not UTF-8 (the tool writes only UTF-8): drop it rather than stall.
+            text.clear();
+        }
+        let _ = f.set_len(0);
+        text.lines().map(str::to_owned).collect()
+    }
+
     /// True (once) after [`wake`](Self::wake): removes the file. Errors count as no request
     /// (the runner scans the queue on its own schedule anyway).
     pub fn take_wake(&self) -> bool {
@@ -1834,6 +1902,19 @@ impl Claim {
     }
 }
 
+/// Opens the notes file for appending (made owner-only; never through a symbolic link).
+fn open_notes(path: &Path) -> Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .read(true)
+        .append(true)
+        .mode(0o600)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+        .map_err(io_err("open", path))
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -2154,6 +2235,35 @@ mod tests {
         q.wake().unwrap();
         assert!(q.take_wake());
         assert!(!q.take_wake());
+    }
+
+    #[test]
+    fn notes_are_taken_once_in_order_and_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        assert!(q.take_notes().is_empty());
+        q.note("action=delete queue_id=1").unwrap();
+        q.note("two\r\nlines").unwrap();
+        assert_eq!(q.take_notes(), ["action=delete queue_id=1", "two  lines"]);
+        assert!(q.take_notes().is_empty());
+        // Nobody reading: full at NOTES_MAX, and writable again once read.
+        let line = "x".repeat(1023);
+        let mut refused = false;
+        for _ in 0..=(NOTES_MAX / 1024) {
+            if q.note(&line).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused);
+        assert_eq!(q.take_notes().len() as u64, NOTES_MAX / 1024);
+        q.note("again").unwrap();
+        assert_eq!(q.take_notes(), ["again"]);
+        // Not through a symbolic link planted in its place.
+        let _ = std::fs::remove_file(dir.path().join("notes"));
+        std::os::unix::fs::symlink("/etc/passwd", dir.path().join("notes")).unwrap();
+        assert!(q.note("x").is_err());
+        assert!(q.take_notes().is_empty());
     }
 
     #[test]

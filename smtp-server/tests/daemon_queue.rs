@@ -382,6 +382,21 @@ fn queue_tool_on_a_live_queue() {
     assert_eq!(tool(&spool, &["list"]).1, "Mail queue is empty\n");
     assert_eq!(queued(&spool), 0);
     assert_eq!(mailbox(&spool, "alice").len(), 2);
+    // Each change is in the running daemon's log, as Postfix's postsuper logs its removals.
+    let uid = rustix::process::getuid().as_raw();
+    for (action, id, result) in [
+        ("hold", &c, "\"on hold\""),
+        ("delete", &a, "deleted"),
+        ("delete", &b, "deleted"),
+        ("delete", &c, "deleted"),
+    ] {
+        let want = format!("queue tool: action={action} queue_id={id} result={result} uid={uid}");
+        assert!(
+            wait_until(Duration::from_secs(10), || d.log().contains(&want)),
+            "{want}\n{}",
+            d.log()
+        );
+    }
 }
 
 #[test]

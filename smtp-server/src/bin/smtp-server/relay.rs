@@ -450,7 +450,15 @@ impl Relay {
     /// for a scan now: the queue's `wake` file, looked at every [`WAKE_POLL`].
     async fn woken(&self) -> bool {
         let q = self.queue.clone();
-        if let Ok(true) = tokio::task::spawn_blocking(move || q.take_wake()).await {
+        let taken = tokio::task::spawn_blocking(move || (q.take_wake(), q.take_notes())).await;
+        let Ok((woken, notes)) = taken else {
+            return false;
+        };
+        // What the queue tool changed, in this daemon's log (as Postfix's postsuper logs).
+        for note in notes {
+            info!("queue tool: {note}");
+        }
+        if woken {
             // Entries the tool made due may be in the 1 s hold of a claim it held.
             self.held
                 .lock()

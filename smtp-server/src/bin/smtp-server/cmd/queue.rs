@@ -738,6 +738,22 @@ impl Tool {
         if let Some(e) = wake_error {
             eprintln!("smtp-server queue: {}", safe(&e));
         }
+        // For the daemon's log (see Queue::note): what was changed, by whom.
+        let uid = rustix::process::getuid().as_raw();
+        for (id, o) in results {
+            if let Outcome::Done(t) = o {
+                let note = format!(
+                    "action={} queue_id={} result={} uid={uid}",
+                    op.name(),
+                    crate::logfmt::Quoted(id),
+                    crate::logfmt::Quoted(t)
+                );
+                if let Err(e) = self.queue.note(&note) {
+                    eprintln!("smtp-server queue: not noted for the daemon's log: {e}");
+                    break;
+                }
+            }
+        }
         worst(results.iter().map(|(_, o)| o.code()))
     }
 
