@@ -79,6 +79,29 @@ fn zone() -> TestDnsBuilder {
         .txt("_spf.provider.test", "v=spf1 ip4:127.0.0.0/8 -all")
         .txt("redirect.test", "v=spf1 redirect=_spf.provider.test")
         .txt("redirect-fail.test", "v=spf1 redirect=fail.test");
+    // The void-lookup limit (RFC 7208 §4.6.4): two lookups with no records (NXDOMAIN or an
+    // empty answer) are allowed, a third is a permerror, counted across includes and for the
+    // MX hosts' addresses too. `exists:` is not counted (see inbound_auth::VoidLookups).
+    b = b
+        .txt("twovoid.test", "v=spf1 a:nx1.twovoid.test mx:nx2.twovoid.test ip4:127.0.0.1 -all")
+        .txt("txtonly.threevoid.test", "not an address")
+        .txt(
+            "threevoid.test",
+            "v=spf1 a:nx1.threevoid.test a:txtonly.threevoid.test mx:nx3.threevoid.test ip4:127.0.0.1 -all",
+        )
+        .txt(
+            "voidinclude.test",
+            "v=spf1 a:nx1.voidinclude.test include:_i.voidinclude.test ip4:127.0.0.1 -all",
+        )
+        .txt("_i.voidinclude.test", "v=spf1 a:nx2.voidinclude.test a:nx3.voidinclude.test -all")
+        .txt("mxvoid.test", "v=spf1 mx ip4:127.0.0.1 -all")
+        .mx("mxvoid.test", 10, "h1.mxvoid.test")
+        .mx("mxvoid.test", 20, "h2.mxvoid.test")
+        .mx("mxvoid.test", 30, "h3.mxvoid.test")
+        .txt(
+            "existsvoid.test",
+            "v=spf1 exists:nx1.existsvoid.test exists:nx2.existsvoid.test exists:nx3.existsvoid.test ip4:127.0.0.1 -all",
+        );
     // The 10-lookup limit (RFC 7208 §4.6.4): ten includes are allowed, eleven are not.
     for (name, n) in [("ten.test", 10), ("eleven.test", 11)] {
         let mut rec = "v=spf1".to_owned();
@@ -255,6 +278,11 @@ fn spf_results_for_mail_from_and_helo() {
         ("alice@redirect-fail.test", "fail (mx.example.test: domain of alice@redirect-fail.test does not designate 127.0.0.1 as permitted sender)"),
         ("alice@ten.test", "pass (mx.example.test: domain of alice@ten.test designates 127.0.0.1 as permitted sender)"),
         ("alice@eleven.test", "permerror (mx.example.test: unable to verify SPF record for alice@eleven.test)"),
+        ("alice@twovoid.test", "pass (mx.example.test: domain of alice@twovoid.test designates 127.0.0.1 as permitted sender)"),
+        ("alice@threevoid.test", "permerror (mx.example.test: unable to verify SPF record for alice@threevoid.test)"),
+        ("alice@voidinclude.test", "permerror (mx.example.test: unable to verify SPF record for alice@voidinclude.test)"),
+        ("alice@mxvoid.test", "permerror (mx.example.test: unable to verify SPF record for alice@mxvoid.test)"),
+        ("alice@existsvoid.test", "pass (mx.example.test: domain of alice@existsvoid.test designates 127.0.0.1 as permitted sender)"),
     ];
     for (from, want) in cases {
         let stored = deliver(&d, port, from, &plain(from));

@@ -27,8 +27,10 @@
 //! message is accepted (as Postfix's policyd-spf and OpenDMARC do by default): a `451` would
 //! delay legitimate mail whenever the sender's DNS is flaky. A hostile name server can hold a
 //! session for at most three timeouts. RFC 7208's limit of 10 DNS-querying terms is
-//! mail-auth's (over it: `permerror`); mail-auth 0.13 does not count void lookups (§4.6.4), so
-//! the timeout is what bounds a record that names many empty domains.
+//! mail-auth's (over it: `permerror`). Its limit of two void lookups (§4.6.4: answers with no
+//! records or NXDOMAIN; the third gives `permerror`) mail-auth 0.13 lacks, so it is counted
+//! here, around mail-auth's evaluation rather than in a second SPF implementation: see
+//! [`VoidLookups`] for how, and for the one mechanism it cannot see (`exists:`).
 //!
 //! Cached: the parsed TXT records (SPF, DKIM keys, DMARC policies) and the address, MX and PTR
 //! answers, for their DNS TTL, in caches of [`CACHE_ENTRIES`] entries each (beyond that,
@@ -152,6 +154,137 @@ impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for Cache<K, V> {
             }
         }
         map.insert(key, (value, valid_until));
+    }
+}
+
+/// The void lookups (RFC 7208 §4.6.4) that make an SPF check a `permerror`: more than two.
+pub const VOID_LOOKUP_LIMIT: u32 = 2;
+
+/// Counts the void lookups of one SPF check through the caches mail-auth asks before each
+/// DNS query ([`Counting`]): for the address, MX and PTR lookups of `a`, `mx`, `ptr` (and the
+/// MX hosts' addresses) mail-auth first asks the cache, on a miss queries DNS, and inserts
+/// the answer only when it has records: NXDOMAIN and an empty answer come back as errors and
+/// are never inserted. So a lookup that missed the cache and was not inserted before the next
+/// one began (or the check ended) was void, as is an empty answer found in the cache. The
+/// evaluation is sequential, so one pending lookup at a time is enough. `exists:` asks the
+/// address caches but never inserts what it finds, so its outcome is not visible here: it is
+/// not counted (a record can still name only so many `exists:` terms: the 10-term limit and
+/// the timeout bound it). TXT lookups (`include:`, `redirect=`) are not counted either: an
+/// empty one ends the check with `permerror` or `none` anyway. Other DNS errors end the check
+/// with `temperror` at once, which the count never overrides.
+#[derive(Default)]
+pub struct VoidLookups(Mutex<VoidState>);
+
+#[derive(Default)]
+struct VoidState {
+    voids: u32,
+    /// The lookup under way: the cache it missed and its key's hash.
+    pending: Option<(Lookup, u64)>,
+}
+
+/// Which cache a lookup went to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// A records.
+    Ipv4,
+    /// AAAA records.
+    Ipv6,
+    /// MX records.
+    Mx,
+    /// PTR records.
+    Ptr,
+}
+
+fn key_hash<Q: Hash + ?Sized>(key: &Q) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+impl VoidLookups {
+    fn state(&self) -> std::sync::MutexGuard<'_, VoidState> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A lookup of `kind` for `hash` began; `cached` is what the cache had (and whether that
+    /// answer is empty).
+    fn began(&self, kind: Lookup, hash: u64, cached: Option<bool>) {
+        let mut s = self.state();
+        match s.pending.take() {
+            // `exists:` asks the A cache, then the AAAA cache, for one name, and inserts
+            // nothing: its outcome is not seen (see above).
+            Some((Lookup::Ipv4, h)) if kind == Lookup::Ipv6 && h == hash => return,
+            // The previous lookup was never inserted: no records.
+            Some(_) => s.voids += 1,
+            None => {}
+        }
+        match cached {
+            Some(empty) => s.voids += u32::from(empty),
+            None => s.pending = Some((kind, hash)),
+        }
+    }
+
+    /// A lookup's answer, with records or not, went into the cache.
+    fn answered(&self, kind: Lookup, hash: u64, empty: bool) {
+        let mut s = self.state();
+        if s.pending == Some((kind, hash)) {
+            s.pending = None;
+        }
+        s.voids += u32::from(empty);
+    }
+
+    /// The void lookups of the check, once it ended.
+    pub fn count(&self) -> u32 {
+        let s = self.state();
+        s.voids + u32::from(s.pending.is_some())
+    }
+}
+
+/// A cache that tells [`VoidLookups`] what mail-auth asked of it and stored in it.
+pub struct Counting<'a, C> {
+    cache: &'a C,
+    voids: &'a VoidLookups,
+    kind: Lookup,
+}
+
+impl<'a, C> Counting<'a, C> {
+    fn new(cache: &'a C, (voids, kind): (&'a VoidLookups, Lookup)) -> Self {
+        Counting { cache, voids, kind }
+    }
+}
+
+impl<K: Hash + Eq, T: Clone> ResolverCache<K, RecordSet<T>>
+    for Counting<'_, Cache<K, RecordSet<T>>>
+{
+    fn get<Q>(&self, name: &Q) -> Option<RecordSet<T>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let v = self.cache.get(name);
+        self.voids.began(
+            self.kind,
+            key_hash(name),
+            v.as_ref().map(|v| v.rrset.is_empty()),
+        );
+        v
+    }
+
+    fn remove<Q>(&self, name: &Q) -> Option<RecordSet<T>>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.cache.remove(name)
+    }
+
+    fn insert(&self, key: K, value: RecordSet<T>, valid_until: Instant) {
+        self.voids
+            .answered(self.kind, key_hash(key.borrow()), value.rrset.is_empty());
+        self.cache.insert(key, value, valid_until);
     }
 }
 
@@ -372,14 +505,36 @@ impl Verifier {
         }
     }
 
-    /// One SPF check within the timeout (then `temperror` for `domain`).
+    /// One SPF check within the timeout (then `temperror` for `domain`), with RFC 7208's
+    /// void-lookup limit (see [`VoidLookups`]).
     async fn bounded_spf(&self, params: SpfParameters<'_>, domain: &str) -> SpfOutput {
-        tokio::time::timeout(
-            self.settings.timeout,
-            self.auth.verify_spf(self.params(params)),
-        )
-        .await
-        .unwrap_or_else(|_| SpfOutput::new(domain.to_owned()).with_result(SpfResult::TempError))
+        let voids = VoidLookups::default();
+        let counting = |kind| (&voids, kind);
+        let (mx, ipv4, ipv6, ptr) = (
+            Counting::new(&self.mx, counting(Lookup::Mx)),
+            Counting::new(&self.ipv4, counting(Lookup::Ipv4)),
+            Counting::new(&self.ipv6, counting(Lookup::Ipv6)),
+            Counting::new(&self.ptr, counting(Lookup::Ptr)),
+        );
+        let params = Parameters::new(params)
+            .with_txt_cache(&self.txt)
+            .with_mx_cache(&mx)
+            .with_ipv4_cache(&ipv4)
+            .with_ipv6_cache(&ipv6)
+            .with_ptr_cache(&ptr);
+        let out = tokio::time::timeout(self.settings.timeout, self.auth.verify_spf(params))
+            .await
+            .unwrap_or_else(|_| {
+                SpfOutput::new(domain.to_owned()).with_result(SpfResult::TempError)
+            });
+        let n = voids.count();
+        if n > VOID_LOOKUP_LIMIT && out.result() != SpfResult::TempError {
+            // Evaluation is left to right: once the third void lookup happened the result
+            // was permerror, whatever mail-auth went on to find.
+            tracing::debug!(%domain, void_lookups = n, "SPF: over the void-lookup limit (RFC 7208 4.6.4): permerror");
+            return SpfOutput::new(domain.to_owned()).with_result(SpfResult::PermError);
+        }
+        out
     }
 
     /// DKIM, ARC and DMARC for `body`, with the transaction's SPF verdicts, and the field
@@ -607,6 +762,34 @@ fn pvalue(s: &str) -> String {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn void_lookups_are_lookups_that_were_never_answered_with_records() {
+        let v = VoidLookups::default();
+        // a:nx1 (missed, never inserted), a:host (inserted), then mx:nx2 (missed) at the end.
+        v.began(Lookup::Ipv4, 1, None);
+        v.began(Lookup::Ipv4, 2, None);
+        v.answered(Lookup::Ipv4, 2, false);
+        v.began(Lookup::Mx, 3, None);
+        assert_eq!(v.count(), 2);
+        // A cached empty answer is void too; a cached answer with records is not (and mx:nx2,
+        // ended by the next lookup, still counts once).
+        v.began(Lookup::Ipv4, 4, Some(true));
+        v.began(Lookup::Ipv4, 5, Some(false));
+        assert_eq!(v.count(), 3);
+        // exists: the A cache then the AAAA cache for one name, nothing inserted: unseen.
+        let e = VoidLookups::default();
+        e.began(Lookup::Ipv4, 9, None);
+        e.began(Lookup::Ipv6, 9, None);
+        e.began(Lookup::Ipv4, 10, None);
+        e.began(Lookup::Ipv6, 10, Some(false));
+        assert_eq!(e.count(), 0);
+        // An empty answer inserted counts once.
+        let i = VoidLookups::default();
+        i.began(Lookup::Ptr, 7, None);
+        i.answered(Lookup::Ptr, 7, true);
+        assert_eq!(i.count(), 1);
+    }
 
     #[test]
     fn the_cache_keeps_entries_until_their_time_and_stays_bounded() {
