@@ -532,6 +532,35 @@ pub struct Session {
     wait_since: Option<Instant>,
     /// The verb and arguments of [`Event::Extension`], until it is decided.
     extension: Option<(String, Option<String>)>,
+    /// The first word of the command line being handled (uppercase, at most
+    /// [`VERB_MAX`] octets), for [`Session::take_refusals`].
+    verb: ([u8; VERB_MAX], u8),
+    /// The session's own refusals since the last [`Session::take_refusals`] (bounded).
+    refusals: Vec<SessionRefusal>,
+}
+
+/// The longest verb [`SessionRefusal::command`] keeps.
+const VERB_MAX: usize = 12;
+
+/// The most refusals kept between two [`Session::take_refusals`] calls; later ones are
+/// counted in [`SessionRefusal::dropped`] of the last.
+const REFUSALS_MAX: usize = 32;
+
+/// A reply refusing a command that the session itself sent (a syntax error, a command out of
+/// sequence, a parameter it does not accept, a size over the limit), or with which it closed
+/// the connection (a timeout, too many errors, a synchronization error): what a driver logs,
+/// since no [`Event`] reports these (see [`Session::take_refusals`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SessionRefusal {
+    /// The refused command's verb, uppercase (`MAIL`, `RCPT`, `AUTH`; at most 12 octets of
+    /// the line's first word, printable ASCII only); `None` when the session closed the
+    /// connection.
+    pub command: Option<String>,
+    /// The reply sent.
+    pub reply: Reply,
+    /// Refusals not kept after this one (more than 32 between two takes).
+    pub dropped: usize,
 }
 
 fn reply(code: u16, enhanced: Option<(u8, u16, u16)>, text: &str) -> Reply {
@@ -632,7 +661,35 @@ impl Session {
             auth_failures: 0,
             wait_since: None,
             extension: None,
+            verb: ([0; VERB_MAX], 0),
+            refusals: Vec::new(),
         }
+    }
+
+    /// The replies with which the session itself refused commands or closed the connection
+    /// since the last call (see [`SessionRefusal`]), oldest first; refusals the caller made
+    /// ([`Session::refuse`], [`Session::respond`]) are not among them. At most 32 are kept
+    /// between two calls.
+    pub fn take_refusals(&mut self) -> Vec<SessionRefusal> {
+        std::mem::take(&mut self.refusals)
+    }
+
+    fn record_refusal(&mut self, command: bool, reply: &Reply) {
+        if self.refusals.len() >= REFUSALS_MAX {
+            if let Some(last) = self.refusals.last_mut() {
+                last.dropped += 1;
+            }
+            return;
+        }
+        let command = command.then(|| {
+            let (bytes, len) = &self.verb;
+            String::from_utf8_lossy(&bytes[..usize::from(*len)]).into_owned()
+        });
+        self.refusals.push(SessionRefusal {
+            command,
+            reply: reply.clone(),
+            dropped: 0,
+        });
     }
 
     /// The configuration this session runs with.
@@ -1292,6 +1349,7 @@ impl Session {
         if self.phase == Phase::Closed {
             return;
         }
+        self.record_refusal(false, r);
         r.encode(&mut self.output);
         self.phase = Phase::Closed;
         self.pending = None;
@@ -1299,7 +1357,9 @@ impl Session {
 
     /// Queues a protocol error reply; returns `Closed` when the error budget is spent.
     fn protocol_error(&mut self, code: u16, enhanced: (u8, u16, u16), text: &str) -> Option<Step> {
-        reply(code, Some(enhanced), text).encode(&mut self.output);
+        let r = reply(code, Some(enhanced), text);
+        self.record_refusal(true, &r);
+        r.encode(&mut self.output);
         self.count_error()
     }
 
@@ -1375,6 +1435,18 @@ impl Session {
     /// when out of input: the caller checks).
     fn step_command(&mut self) -> Option<Step> {
         let input = &self.input[self.pos..];
+        // The verb, for the refusal log (no allocation).
+        let mut verb = [0u8; VERB_MAX];
+        let mut n = 0;
+        for &b in input
+            .iter()
+            .take_while(|b| b.is_ascii_graphic())
+            .take(VERB_MAX)
+        {
+            verb[n] = b.to_ascii_uppercase();
+            n += 1;
+        }
+        self.verb = (verb, u8::try_from(n).unwrap_or(0));
         let parsed = parse_command(input, &self.config.limits);
         // The line's length, and whether RFC 2920 makes it the last command of its group.
         let (len, last_in_group) = match &parsed {
@@ -1782,7 +1854,9 @@ impl Session {
         if protocol {
             self.protocol_error(code, enhanced, text)
         } else {
-            reply(code, Some(enhanced), text).encode(&mut self.output);
+            let r = reply(code, Some(enhanced), text);
+            self.record_refusal(true, &r);
+            r.encode(&mut self.output);
             None
         }
     }

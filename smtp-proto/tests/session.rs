@@ -522,3 +522,69 @@ fn long_client_name_is_not_echoed() {
     let r = replies("EHLO client.example\r\n");
     assert_eq!(r[0], "250-mx.test greets client.example");
 }
+
+/// The session's own refusals, for the driver's log: every 4yz/5yz reply it sent by itself,
+/// with the refused verb, and the reply it closed with; never the caller's own refusals.
+#[test]
+fn the_sessions_own_refusals_are_reported_with_their_verb() {
+    let mut s = Session::new(config());
+    let mut t = Trace::default();
+    drive(
+        &mut s,
+        &[b"mail from:<a@x.test>\r\n", b"EHLO c.test\r\n"],
+        &mut t,
+    );
+    drive(
+        &mut s,
+        &[
+            b"MAIL FROM:<a@x.test> SIZE=999999\r\n",
+            b"MAIL FROM:<a@x.test> FOO=1\r\n",
+            b"MAIL FROM:<a@x.test>\r\n",
+            b"RCPT TO:<bad@x.test>\r\n",
+            b"RCPT TO:<a b>\r\n",
+            b"BOGUS\r\n",
+            b"RCPT TO:<ok@x.test>\r\n",
+        ],
+        &mut t,
+    );
+    let got: Vec<(Option<String>, String)> = s
+        .take_refusals()
+        .into_iter()
+        .map(|r| (r.command, r.reply.to_string()))
+        .collect();
+    let codes: Vec<(Option<&str>, &str)> =
+        got.iter().map(|(c, r)| (c.as_deref(), &r[..3])).collect();
+    // The 550 for <bad@x.test> is the caller's, and not among them.
+    assert_eq!(
+        codes,
+        [
+            (Some("MAIL"), "503"),
+            (Some("MAIL"), "552"),
+            (Some("MAIL"), "555"),
+            (Some("RCPT"), "501"),
+            (Some("BOGUS"), "500"),
+        ],
+        "{got:?}\n{}",
+        t.out
+    );
+    assert!(s.take_refusals().is_empty());
+    // Closing replies have no verb.
+    s.timeout();
+    let closed = s.take_refusals();
+    assert_eq!(closed.len(), 1);
+    assert_eq!(closed[0].command, None);
+    assert_eq!(closed[0].reply.code(), 421);
+}
+
+#[test]
+fn refusals_kept_between_takes_are_bounded() {
+    let mut c = config();
+    c.max_errors = 10_000;
+    let mut s = Session::new(c);
+    let mut t = Trace::default();
+    let junk = "BOGUS\r\n".repeat(100);
+    drive(&mut s, &[b"EHLO c.test\r\n", junk.as_bytes()], &mut t);
+    let r = s.take_refusals();
+    assert_eq!(r.len(), 32);
+    assert_eq!(r[31].dropped, 68);
+}

@@ -608,6 +608,11 @@ async fn read_buffered<S: AsyncRead + Unpin + ?Sized>(
     Ok(n)
 }
 
+/// Milliseconds for the log, as a `u64` (a `u128` is no number to every log format).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// What the main loop does after an event was handled.
 enum Next {
     /// The handler took the connection: greet (turning AUTH off unless it is offered).
@@ -799,6 +804,17 @@ impl<H: Handler> Connection<H> {
             None => info!("connected"),
         }
         loop {
+            // The session's own refusals (syntax, sequence, parameters, size) and closing
+            // replies: no event reports them.
+            for r in self.io.session.take_refusals() {
+                match &r.command {
+                    Some(c) => info!(command = %c, reply = %r.reply, "refused"),
+                    None => info!(reply = %r.reply, "closing the connection"),
+                }
+                if r.dropped > 0 {
+                    info!(dropped = r.dropped, "more refusals not logged");
+                }
+            }
             if let Some(d) = self.io.deferred.take() {
                 let next = match d {
                     Deferred::Hello => {
@@ -871,7 +887,7 @@ impl<H: Handler> Connection<H> {
         self.state.abort_transaction();
         info!(
             messages = self.state.messages,
-            duration_ms = self.state.connected.elapsed().as_millis(),
+            duration_ms = millis(self.state.connected.elapsed()),
             "disconnected"
         );
     }
@@ -910,7 +926,7 @@ impl<H: Handler> Connection<H> {
         let outcome = sh.data(&self.state.envelope, &mut body).await;
         body.drain().await;
         let env = &self.state.envelope;
-        let elapsed = self.state.started.elapsed().as_millis();
+        let elapsed = millis(self.state.started.elapsed());
         match body.state {
             BodyState::Ended(size) => {
                 let (reply, per_recipient) = outcome.into_replies();
@@ -1078,11 +1094,11 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             Some((s, info))
         }
         Ok(Err(e)) => {
-            debug!(error = %e, "TLS handshake failed");
+            info!(error = %e, "TLS handshake failed");
             None
         }
         Err(_) => {
-            debug!("TLS handshake timed out");
+            info!("TLS handshake timed out");
             None
         }
     }

@@ -340,6 +340,29 @@ fn the_command_line_wins_over_conflicting_entries_and_turns_off_file_flags() {
         ),
         "{out}"
     );
+    // An optional-value option takes the same spellings: `--syslog=false` turns off a
+    // file's `syslog = true` (and is no socket named "false"), `--syslog=true` is `--syslog`.
+    let conf2 = dir.path().join("s.toml");
+    std::fs::write(&conf2, "spool-dir = \"/srv/mail\"\nsyslog = true\n").unwrap();
+    let c2 = conf2.to_str().unwrap();
+    let (code, out, err) = run(&["check-config", "--config", c2, "--syslog=false"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\nsyslog = false"), "{out}");
+    assert!(!out.contains("\"false\""), "{out}");
+    let (code, out, err) = run(&["check-config", "-d", "/srv/mail", "--syslog=true"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("\nsyslog = \"/dev/log\"  # from the command line\n"),
+        "{out}"
+    );
+    // A number is no socket path.
+    std::fs::write(&conf2, "spool-dir = \"/srv/mail\"\nsyslog = 1\n").unwrap();
+    let (code, _, err) = run(&["check-config", "--config", c2]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains(&format!("{c2}:2: syslog: expected true, false or a string")),
+        "{err}"
+    );
     // Without the command line the file's own conflict is an error (see above); with a
     // command-line option of the same name the file's entry is simply replaced.
     let (code, _, err) = run(&[

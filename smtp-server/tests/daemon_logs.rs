@@ -219,6 +219,9 @@ fn refusals_are_logged_with_their_reply() {
     );
     let mut c = d.connect();
     c.cmd("EHLO client.test");
+    // The session's own refusals (the size announced, a syntax error) are logged too.
+    assert_eq!(c.cmd("MAIL FROM:<alice@example.test> SIZE=999999").0, 552);
+    assert_eq!(c.cmd("MAIL FROM:alice").0, 501);
     assert_eq!(c.cmd("MAIL FROM:<alice@example.test>").0, 250);
     assert_eq!(c.cmd("RCPT TO:<nobody@example.test>").0, 550);
     assert_eq!(c.cmd("RCPT TO:<bob@example.test>").0, 250);
@@ -264,6 +267,9 @@ fn refusals_are_logged_with_their_reply() {
     );
     assert!(relay.contains("listener=public"), "{relay}");
     assert!(!log.contains("message lost"), "{log}");
+    let size = line("refused command=MAIL reply=\"552 5.3.4 ");
+    assert!(size.contains("session{id="), "{size}");
+    line("refused command=MAIL reply=\"501 ");
 }
 
 /// `--syslog SOCKET`: one datagram per line, `<PRI>Mmm dd hh:mm:ss smtp-server[PID]: ...`

@@ -206,6 +206,12 @@ fn parse(text: &str, path: &Path) -> Result<Vec<Entry>, String> {
             DeValue::Table(_) => {
                 return Err(err(key_line, "a table where an option value belongs"))
             }
+            // An optional value (a socket path): true, false or a string, never a number.
+            DeValue::Integer(_) | DeValue::Float(_) | DeValue::Datetime(_)
+                if optional_value(arg) =>
+            {
+                return Err(err(key_line, "expected true, false or a string"));
+            }
             v => {
                 let line = line_at(text, value.span().start);
                 let s = scalar(arg, v).map_err(|e| err(line, &e))?;
@@ -445,7 +451,7 @@ fn scan(cmd: &clap::Command, cli: &[OsString]) -> Scanned {
                 s.args.push(a.clone());
                 continue;
             };
-            if is_flag(arg) {
+            if is_flag(arg) || optional_value(arg) {
                 match value {
                     Some("false") => {
                         s.off.push(name.to_owned());

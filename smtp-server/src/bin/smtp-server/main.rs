@@ -1156,7 +1156,7 @@ impl Session {
                     .as_ref()
                     .map_or_else(|| "-".to_owned(), |q| q.to_string());
                 info!(session = self.session_id, id = %id, queue_id = %queue_id,
-                      from = %envelope.from, rcpts = envelope.rcpts.len(),
+                      from = %envelope.from, recipients = envelope.rcpts.len(),
                       stored = stored.mailboxes, spf = %verdicts.0, dkim = %verdicts.1,
                       dmarc = %verdicts.2, "message accepted");
                 for place in &stored.places {

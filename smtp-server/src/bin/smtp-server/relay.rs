@@ -677,7 +677,8 @@ impl Relay {
             let via_addr = report.delivered_via.as_ref().map_or_else(
                 || "-".to_owned(),
                 |(h, a)| {
-                    if a.port() == 0 {
+                    // The LMTP server's address as given (`unix:PATH`, `inet:IP:PORT`).
+                    if a.port() == 0 || destination == "lmtp" {
                         h.clone()
                     } else {
                         format!("{h}[{}]:{}", a.ip(), a.port())
@@ -979,17 +980,17 @@ impl Relay {
                     .queue_id
                     .as_ref()
                     .map_or_else(|| "-".to_owned(), ToString::to_string);
-                info!(to = %sender, failed = failures.len(), %bounce_queue_id,
+                info!(to = %format_args!("<{sender}>"), failed = failures.len(), %bounce_queue_id,
                       stored = %if sent.places.is_empty() { "-".to_owned() } else { sent.places.join(",") },
                       "bounce sent");
                 Ok(())
             }
             Err(Unsent::Undeliverable(e)) => {
-                error!(to = %sender, error = %e, "bounce dropped: the sender cannot get mail");
+                error!(to = %format_args!("<{sender}>"), error = %e, "bounce dropped: the sender cannot get mail");
                 Ok(())
             }
             Err(Unsent::Storage(e)) => {
-                error!(to = %sender, error = %e, "cannot store bounce; will try again");
+                error!(to = %format_args!("<{sender}>"), error = %e, "cannot store bounce; will try again");
                 Err(e)
             }
         }
