@@ -148,12 +148,7 @@ fn one_message_is_followed_by_its_ids_from_acceptance_to_delivery() {
         .unwrap()
         .to_owned();
     let log = d.log();
-    let line = |needle: &str| {
-        log.lines()
-            .find(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("no line with {needle:?}: {log}"))
-            .to_owned()
-    };
+    let line = |needle: &str| line_with(&log, needle);
     let accepted = line("message accepted");
     assert!(
         accepted.contains(&format!("id={received_id} queue_id={queue_id} ")),
@@ -242,12 +237,7 @@ fn refusals_are_logged_with_their_reply() {
         .count()
         >= 2));
     let log = d.log();
-    let line = |needle: &str| {
-        log.lines()
-            .find(|l| l.contains(needle))
-            .unwrap_or_else(|| panic!("no line with {needle:?}: {log}"))
-            .to_owned()
-    };
+    let line = |needle: &str| line_with(&log, needle);
     let unknown = line("refused RCPT from=<alice@example.test> to=<nobody@example.test>");
     assert!(
         unknown.ends_with(
@@ -366,4 +356,12 @@ fn regex_like(pid: u32) -> impl Fn(&str) -> bool {
         let tag = format!("smtp-server[{pid}]: ");
         pri_ok && stamp_ok && rest.get(16..).is_some_and(|r| r.starts_with(&tag))
     }
+}
+
+/// The first line of `log` containing `needle` (the test fails without one).
+fn line_with(log: &str, needle: &str) -> String {
+    log.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no line with {needle:?}: {log}"))
+        .to_owned()
 }

@@ -17,7 +17,7 @@
 //! message held in memory while it is at most [`crate::local::HOLD_IN_MEMORY`] octets; at the
 //! end the prefix and the message are fed to mail-auth's streaming signer there, and the
 //! copy is written once: signatures, prefix, message
-//! ([`crate::local::Incoming::place_trace`]). A longer message is written as it arrives, then
+//! ([`crate::local::Incoming::commit`]). A longer message is written as it arrives, then
 //! read back from its temporary file for the signer, so only its header section is held in
 //! memory (at most [`MAX_HEADER_SECTION`]; a longer one is refused with `552 5.3.4` when
 //! signing is configured, since its `From:` cannot be found without reading it all), the body

@@ -13,7 +13,7 @@
 //! and the message is held in memory while it is at most [`HOLD_IN_MEMORY`] octets
 //! ([`Incoming::hold_in_memory`]): it is checked and signed there, and written after the
 //! prefixes (with the `Authentication-Results:` field, after the signatures) at the end
-//! ([`Incoming::place_trace`]), so the usual message is written once. A longer one
+//! ([`Incoming::commit`]), so the usual message is written once. A longer one
 //! is spilled to the files as it grows, read back for the checks
 //! ([`Incoming::read_for_verify`]) and the prefixes put in front of it, which copies it once
 //! more on disk. Either copy is invisible until committed,
@@ -58,6 +58,8 @@ pub struct Stored {
     pub places: Vec<String>,
     /// The queue entry, when some recipients are remote.
     pub queue_id: Option<QueueId>,
+    /// Whether the queued copy was signed, and how (when keys were given).
+    pub signed: Option<dkim::Outcome>,
 }
 
 impl Incoming {
@@ -219,112 +221,55 @@ impl Incoming {
         })
     }
 
-    /// Puts the trace prefixes in front of the copies that were begun without them (see the
-    /// module doc): `local` before the local copy, `queued` before the queued one, and with
-    /// `keys` the queued copy DKIM-signed as it will be sent (`queued` and the message; see
-    /// [`crate::dkim`]), its signatures in front of all. A message held in memory is signed
-    /// there and written once, after its prefixes; one already written is read back to be
-    /// signed and copied once on disk with its prefixes. The work runs on tokio's blocking
-    /// pool. Without a queued copy nothing is signed.
-    ///
-    /// # Errors
-    /// As [`dkim::sign`], or [`dkim::SignError::Io`] when writing fails; the message must not
-    /// be committed then.
-    pub async fn place_trace(
-        &mut self,
-        local: String,
-        queued: String,
-        keys: Option<Arc<dkim::Keys>>,
-    ) -> Result<dkim::Outcome, dkim::SignError> {
-        self.finish().map_err(dkim::SignError::Io)?;
-        let unsigned = || dkim::Outcome::Unsigned("no remote recipients");
-        let held = self.held.take();
-        let mut local_copy = self.local.take();
-        let mut queued_copy = self.queued.take();
-        let task = tokio::task::spawn_blocking(move || {
-            let keys = keys.filter(|_| queued_copy.is_some());
-            let signed = |r: &mut dyn Read| match &keys {
-                Some(keys) => dkim::sign(keys, queued.as_bytes().chain(r)),
-                None => Ok(unsigned()),
-            };
-            let result = (|| {
-                let outcome;
-                let signatures = |o: &dkim::Outcome| match o {
-                    dkim::Outcome::Signed { fields, .. } => fields.clone(),
-                    dkim::Outcome::Unsigned(_) => String::new(),
-                };
-                if let Some(held) = &held {
-                    outcome = signed(&mut &held[..])?;
-                    let sigs = signatures(&outcome);
-                    let io = |e| dkim::SignError::Io(e);
-                    if let Some(m) = &mut local_copy {
-                        m.write_all(local.as_bytes()).map_err(io)?;
-                        m.write_all(held).map_err(io)?;
-                    }
-                    if let Some(m) = &mut queued_copy {
-                        m.write_all(sigs.as_bytes()).map_err(io)?;
-                        m.write_all(queued.as_bytes()).map_err(io)?;
-                        m.write_all(held).map_err(io)?;
-                    }
-                } else {
-                    outcome = match &mut queued_copy {
-                        Some(m) => signed(&mut m.reader().map_err(dkim::SignError::Io)?)?,
-                        None => unsigned(),
-                    };
-                    let prefix = format!("{}{queued}", signatures(&outcome));
-                    let store = |e: mailstore::Error| dkim::SignError::Io(std::io::Error::other(e));
-                    if let Some(m) = &mut local_copy {
-                        m.prepend(local.as_bytes()).map_err(store)?;
-                    }
-                    if let Some(m) = &mut queued_copy {
-                        m.prepend(prefix.as_bytes()).map_err(store)?;
-                    }
-                }
-                Ok(outcome)
-            })();
-            (local_copy, queued_copy, result)
-        });
-        let (local_copy, queued_copy, result) = task
-            .await
-            .map_err(|e| dkim::SignError::Sign(format!("storage task failed: {e}")))?;
-        self.local = local_copy;
-        self.queued = queued_copy;
-        result
-    }
-
     /// Commits: the local copy to `mailboxes` (duplicates removed), then the queued copy with
-    /// `entry`. Runs the blocking file system work on tokio's blocking pool.
+    /// `entry`. With `trace`, the copies were begun without their trace prefixes (see the
+    /// module doc), which are put in front first, the queued copy DKIM-signed with the
+    /// trace's keys ([`place_trace`]). All the blocking file system work (and the signing)
+    /// runs in one task on tokio's blocking pool.
     ///
-    /// Errors are already phrased for the log; the caller answers `451 4.3.0`. When some
-    /// mailbox fails while others succeeded, the whole message is refused (the client sends
-    /// it again, so the successful mailboxes may get a second copy: duplicated mail is better
-    /// than lost mail).
+    /// Errors are already phrased for the log; the caller answers `451 4.3.0` (or `552` for
+    /// [`dkim::SignError::HeaderTooLong`]). When some mailbox fails while others succeeded,
+    /// the whole message is refused (the client sends it again, so the successful mailboxes
+    /// may get a second copy: duplicated mail is better than lost mail).
     pub async fn commit(
         mut self,
         store: Arc<dyn Store>,
         queue: Queue,
         mut mailboxes: Vec<MailboxName>,
         entry: Option<QueueEntry>,
-    ) -> Result<Stored, String> {
+        trace: Option<Trace>,
+    ) -> Result<Stored, CommitError> {
         self.finish()
-            .and_then(|()| self.spill())
-            .map_err(|e| format!("cannot store message: {e}"))?;
-        let Incoming { local, queued, .. } = self;
+            .map_err(|e| CommitError::Store(format!("cannot store message: {e}")))?;
+        if trace.is_none() {
+            self.spill()
+                .map_err(|e| CommitError::Store(format!("cannot store message: {e}")))?;
+        }
+        let Incoming {
+            mut local,
+            mut queued,
+            held,
+            ..
+        } = self;
         tokio::task::spawn_blocking(move || {
             let mut stored = Stored::default();
+            if let Some(t) = trace {
+                stored.signed = place_trace(held.as_deref(), &mut local, &mut queued, t)
+                    .map_err(CommitError::Sign)?;
+            }
             if let Some(mut m) = local {
                 dedup(&mut mailboxes);
                 if !mailboxes.is_empty() {
                     let results = store
                         .commit(&mut m, &mailboxes)
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| CommitError::Store(e.to_string()))?;
                     for (mb, r) in mailboxes.iter().zip(results) {
                         match r {
                             Ok(id) => {
                                 stored.mailboxes += 1;
                                 stored.places.push(place(mb, &id));
                             }
-                            Err(e) => return Err(format!("mailbox {mb}: {e}")),
+                            Err(e) => return Err(CommitError::Store(format!("mailbox {mb}: {e}"))),
                         }
                     }
                 }
@@ -332,14 +277,96 @@ impl Incoming {
             if let (Some(mut m), Some(entry)) = (queued, entry) {
                 let id = queue
                     .enqueue_pending(&entry, &mut m)
-                    .map_err(|e| format!("queue: {e}"))?;
+                    .map_err(|e| CommitError::Store(format!("queue: {e}")))?;
                 stored.queue_id = Some(id);
             }
             Ok(stored)
         })
         .await
-        .map_err(|e| format!("storage task failed: {e}"))?
+        .map_err(|e| CommitError::Store(format!("storage task failed: {e}")))?
     }
+}
+
+/// The trace prefixes for [`Incoming::commit`] of copies begun without them, and the keys
+/// to sign the queued copy with.
+pub struct Trace {
+    /// In front of the local copy.
+    pub local: String,
+    /// In front of the queued copy (and signed with it).
+    pub queued: String,
+    /// Sign the queued copy (see [`crate::dkim`]).
+    pub keys: Option<Arc<dkim::Keys>>,
+}
+
+/// Why [`Incoming::commit`] failed.
+#[derive(Debug)]
+pub enum CommitError {
+    /// Signing failed (or the header section is too long to sign).
+    Sign(dkim::SignError),
+    /// Storing failed.
+    Store(String),
+}
+
+impl std::fmt::Display for CommitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CommitError::Sign(e) => e.fmt(f),
+            CommitError::Store(e) => f.write_str(e),
+        }
+    }
+}
+
+/// Puts `trace` in front of the copies (see the module doc), the queued copy signed when the
+/// trace has keys: a message `held` in memory is signed there and written once, after its
+/// prefixes; one already written is read back to be signed and copied once on disk with its
+/// prefixes. It blocks.
+///
+/// # Errors
+/// As [`dkim::sign`], or [`dkim::SignError::Io`] when writing fails; the message must not be
+/// committed then.
+fn place_trace(
+    held: Option<&[u8]>,
+    local: &mut Option<PendingMessage>,
+    queued: &mut Option<PendingMessage>,
+    trace: Trace,
+) -> Result<Option<dkim::Outcome>, dkim::SignError> {
+    let keys = trace.keys.filter(|_| queued.is_some());
+    let prefix = trace.queued.as_bytes();
+    let sign = |r: &mut dyn Read| match &keys {
+        Some(keys) => dkim::sign(keys, prefix.chain(r)).map(Some),
+        None => Ok(None),
+    };
+    let signatures = |o: &Option<dkim::Outcome>| match o {
+        Some(dkim::Outcome::Signed { fields, .. }) => fields.clone(),
+        _ => String::new(),
+    };
+    let io = dkim::SignError::Io;
+    if let Some(held) = held {
+        let outcome = sign(&mut &held[..])?;
+        if let Some(m) = local {
+            m.write_all(trace.local.as_bytes()).map_err(io)?;
+            m.write_all(held).map_err(io)?;
+        }
+        if let Some(m) = queued {
+            m.write_all(signatures(&outcome).as_bytes()).map_err(io)?;
+            m.write_all(prefix).map_err(io)?;
+            m.write_all(held).map_err(io)?;
+        }
+        return Ok(outcome);
+    }
+    let outcome = match queued.as_mut() {
+        Some(m) => sign(&mut m.reader().map_err(io)?)?,
+        None => None,
+    };
+    let store = |e: mailstore::Error| dkim::SignError::Io(std::io::Error::other(e));
+    if let Some(m) = local {
+        m.prepend(trace.local.as_bytes()).map_err(store)?;
+    }
+    if let Some(m) = queued {
+        let front = format!("{}{}", signatures(&outcome), trace.queued);
+        m.prepend(front.as_bytes()).map_err(store)?;
+    }
+    Ok(outcome)
 }
 
 /// Delivers a message held in memory (a bounce) to one local mailbox, durably; where it is,

@@ -1105,37 +1105,12 @@ impl Session {
             );
             field = verdict.field;
         }
-        if at_the_end {
-            let placed = incoming
-                .place_trace(
-                    format!("{return_path}{field}{received}"),
-                    format!("{field}{received}"),
-                    sign.then(|| d.dkim.clone()),
-                )
-                .await;
-            match placed {
-                Ok(dkim::Outcome::Signed { keys, .. }) => {
-                    for (domain, selector) in keys {
-                        debug!(session = self.session_id, id = %id, %domain, %selector, "DKIM-signed");
-                    }
-                }
-                Ok(dkim::Outcome::Unsigned(why)) => {
-                    if sign {
-                        debug!(session = self.session_id, id = %id, "not DKIM-signed: {why}");
-                    }
-                }
-                Err(e @ dkim::SignError::HeaderTooLong) => {
-                    info!(session = self.session_id, id = %id, "refused: {e}");
-                    return refusals::HEADER_TOO_LONG_TO_SIGN.into();
-                }
-                Err(e) => {
-                    error!(session = self.session_id, id = %id, error = %e, "cannot store message");
-                    return DataOutcome::temporary_failure(
-                        "Local error in processing, try again later",
-                    );
-                }
-            }
-        }
+        // The prefixes go in front (and the queued copy is signed) in the commit's task.
+        let trace = at_the_end.then(|| local::Trace {
+            local: format!("{return_path}{field}{received}"),
+            queued: format!("{field}{received}"),
+            keys: sign.then(|| d.dkim.clone()),
+        });
         let entry = (!remote.is_empty()).then(|| {
             // The transaction's own sender and DSN parameters (RET, ENVID), with the
             // recipients routing gave.
@@ -1144,10 +1119,21 @@ impl Session {
             e
         });
         match incoming
-            .commit(d.store.clone(), d.queue.clone(), mailboxes, entry)
+            .commit(d.store.clone(), d.queue.clone(), mailboxes, entry, trace)
             .await
         {
             Ok(stored) => {
+                match &stored.signed {
+                    Some(dkim::Outcome::Signed { keys, .. }) => {
+                        for (domain, selector) in keys {
+                            debug!(session = self.session_id, id = %id, %domain, %selector, "DKIM-signed");
+                        }
+                    }
+                    Some(dkim::Outcome::Unsigned(why)) => {
+                        debug!(session = self.session_id, id = %id, "not DKIM-signed: {why}");
+                    }
+                    None => {}
+                }
                 // The library logs each transaction once ("message ... outcome=250 ...");
                 // this says where it went: the Received id (`id`, in our Received: field)
                 // linked to the queue id every relay line carries, and each stored copy.
@@ -1170,8 +1156,12 @@ impl Session {
                     DataOutcome::accepted(format!("Ok: delivered as {id}"))
                 }
             }
+            Err(local::CommitError::Sign(e @ dkim::SignError::HeaderTooLong)) => {
+                info!(session = self.session_id, id = %id, "refused: {e}");
+                refusals::HEADER_TOO_LONG_TO_SIGN.into()
+            }
             Err(e) => {
-                error!(session = self.session_id, error = %e, "cannot store message");
+                error!(session = self.session_id, id = %id, error = %e, "cannot store message");
                 DataOutcome::temporary_failure("Local error in processing, try again later")
             }
         }
