@@ -444,6 +444,7 @@ mod tests {
                 queue.clone(),
                 vec![alice.clone(), alice.clone()],
                 Some(entry),
+                None,
             )
             .await
             .unwrap();
