@@ -495,6 +495,23 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
     }
     let has_tls = tls.is_some();
     if let Some(addr) = cfg.metrics_listen {
+        // Every series that can grow, at zero from the start (for Prometheus' rate()).
+        let kinds = plan
+            .sockets
+            .iter()
+            .chain(plan.shared.iter().map(|(l, _)| l));
+        let destinations = [
+            Some(if cfg.lmtp.is_some() { "lmtp" } else { "local" }),
+            Some(if cfg.relay_host.is_some() {
+                "smarthost"
+            } else {
+                "mx"
+            }),
+        ];
+        metrics::m().zero(
+            kinds.map(|l| l.kind.name()),
+            destinations.into_iter().flatten(),
+        );
         metrics::serve(addr, queue.clone())
             .await
             .map_err(|e| fatal("--metrics-listen", format!("cannot listen on {addr}: {e}")))?;

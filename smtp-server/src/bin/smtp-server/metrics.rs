@@ -15,6 +15,9 @@
 //! | `smtp_queue_entries` | | entries in the queue now (held ones included) |
 //! | `smtp_queue_oldest_seconds` | | age of the oldest entry |
 //!
+//! Every series a listener or destination of this configuration can have exists from the
+//! start at zero (as Prometheus' `rate()` wants), not only after its first event.
+//!
 //! The queue gauges are read from the queue directory at each scrape (the queue is the
 //! truth, shared by other nodes and the queue tool). The endpoint is plain HTTP meant for a
 //! loopback address (a warning is logged for any other): `GET /metrics` answers, anything else
@@ -177,6 +180,59 @@ impl Metrics {
             m.queue_oldest.clone(),
         );
         Metrics { registry, ..m }
+    }
+
+    /// Creates, at zero, the series of `listeners` (connections, sessions, messages by class,
+    /// TLS sessions) and of `destinations` (deliveries by outcome; outbound TLS for the
+    /// relayed ones), so that each exists before its first event.
+    pub fn zero<'a>(
+        &self,
+        listeners: impl IntoIterator<Item = &'static str>,
+        destinations: impl IntoIterator<Item = &'a str>,
+    ) {
+        // get_or_create makes the series; its guard is dropped at once.
+        for listener in listeners {
+            drop(self.connections.get_or_create(&ListenerLabel { listener }));
+            drop(self.tls_sessions.get_or_create(&ListenerLabel { listener }));
+            for outcome in ["mail", "no_mail"] {
+                drop(
+                    self.sessions
+                        .get_or_create(&SessionLabel { listener, outcome }),
+                );
+            }
+            for class in ["2xx", "4xx", "5xx"] {
+                drop(
+                    self.messages
+                        .get_or_create(&MessageLabel { listener, class }),
+                );
+            }
+        }
+        for d in destinations {
+            let Some(destination) = ["local", "lmtp", "mx", "smarthost"]
+                .into_iter()
+                .find(|x| *x == d)
+            else {
+                continue;
+            };
+            for outcome in ["delivered", "deferred", "bounced"] {
+                let label = DeliveryLabel {
+                    destination,
+                    outcome,
+                };
+                drop(self.deliveries.get_or_create(&label));
+            }
+            if destination == "mx" || destination == "smarthost" {
+                for tls in ["yes", "no"] {
+                    drop(
+                        self.outbound_tls
+                            .get_or_create(&TlsLabel { destination, tls }),
+                    );
+                }
+            }
+        }
+        for class in ["4xx", "5xx"] {
+            drop(self.rcpt_refused.get_or_create(&ClassLabel { class }));
+        }
     }
 
     /// A connection on `listener`.
