@@ -1261,12 +1261,8 @@ impl Queue {
     pub fn note(&self, line: &str) -> Result<()> {
         let path = self.inner.root.path().join(NOTES);
         let mut f = open_notes(&path)?;
-        let lock = rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive);
-        lock.map_err(|e| Error::Io {
-            op: "flock",
-            path: path.clone(),
-            source: e.into(),
-        })?;
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(crate::at::errno("flock", &path))?;
         let len = f.metadata().map_err(io_err("stat", &path))?.len();
         if len >= NOTES_MAX {
             return Err(Error::Io {

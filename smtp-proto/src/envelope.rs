@@ -391,6 +391,11 @@ impl TlsInfo {
         Self::new(protocol, cipher)
     }
 
+    /// `PROTOCOL/CIPHER` (`TLSv1.3/TLS_AES_256_GCM_SHA384`): one word, for a log line.
+    pub fn summary(&self) -> String {
+        format!("{}/{}", self.protocol, self.cipher)
+    }
+
     /// With [`verified`](Self::verified) set.
     #[must_use]
     pub fn with_verified(mut self, verified: bool) -> Self {

@@ -799,7 +799,7 @@ impl<H: Handler> Connection<H> {
     pub(crate) async fn run(&mut self) {
         match &self.state.info.tls {
             Some(t) => {
-                info!(tls = %format_args!("{}/{}", t.protocol, t.cipher), resumed = t.resumed, "connected with TLS")
+                info!(tls = %t.summary(), resumed = t.resumed, "connected with TLS")
             }
             None => info!("connected"),
         }
@@ -1047,7 +1047,7 @@ impl<H: Handler> Connection<H> {
             }
             _ => return false,
         };
-        info!(tls = %format_args!("{}/{}", info.protocol, info.cipher), resumed = info.resumed, "STARTTLS: TLS established");
+        info!(tls = %info.summary(), resumed = info.resumed, "STARTTLS: TLS established");
         self.io.stream = stream;
         self.io.session.tls_established();
         self.state.envelope.helo.clear();

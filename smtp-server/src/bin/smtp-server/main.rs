@@ -501,17 +501,14 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
             .iter()
             .chain(plan.shared.iter().map(|(l, _)| l));
         let destinations = [
-            Some(if cfg.lmtp.is_some() { "lmtp" } else { "local" }),
-            Some(if cfg.relay_host.is_some() {
+            if cfg.lmtp.is_some() { "lmtp" } else { "local" },
+            if cfg.relay_host.is_some() {
                 "smarthost"
             } else {
                 "mx"
-            }),
+            },
         ];
-        metrics::m().zero(
-            kinds.map(|l| l.kind.name()),
-            destinations.into_iter().flatten(),
-        );
+        metrics::m().zero(kinds.map(|l| l.kind.name()), destinations);
         metrics::serve(addr, queue.clone())
             .await
             .map_err(|e| fatal("--metrics-listen", format!("cannot listen on {addr}: {e}")))?;

@@ -185,10 +185,10 @@ impl Metrics {
     /// Creates, at zero, the series of `listeners` (connections, sessions, messages by class,
     /// TLS sessions) and of `destinations` (deliveries by outcome; outbound TLS for the
     /// relayed ones), so that each exists before its first event.
-    pub fn zero<'a>(
+    pub fn zero(
         &self,
         listeners: impl IntoIterator<Item = &'static str>,
-        destinations: impl IntoIterator<Item = &'a str>,
+        destinations: impl IntoIterator<Item = &'static str>,
     ) {
         // get_or_create makes the series; its guard is dropped at once.
         for listener in listeners {
@@ -207,13 +207,7 @@ impl Metrics {
                 );
             }
         }
-        for d in destinations {
-            let Some(destination) = ["local", "lmtp", "mx", "smarthost"]
-                .into_iter()
-                .find(|x| *x == d)
-            else {
-                continue;
-            };
+        for destination in destinations {
             for outcome in ["delivered", "deferred", "bounced"] {
                 let label = DeliveryLabel {
                     destination,

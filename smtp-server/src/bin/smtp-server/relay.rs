@@ -685,10 +685,10 @@ impl Relay {
                     }
                 },
             );
-            let tls_text = report.tls_info.as_ref().map_or_else(
-                || "none".to_owned(),
-                |t| format!("{}/{}", t.protocol, t.cipher),
-            );
+            let tls_text = report
+                .tls_info
+                .as_ref()
+                .map_or_else(|| "none".to_owned(), smtp_client::TlsInfo::summary);
             if report.delivered_via.is_some() && domain != LOCAL {
                 metrics::m().outbound(destination, report.tls);
             }
@@ -958,6 +958,7 @@ impl Relay {
         let now = SystemTime::now();
         // The report is text: the addresses as they are written in it.
         let sender = to.to_string();
+        let to_log = format!("<{sender}>");
         let envid = entry.envelope.envid.as_ref().map(|e| e.decode());
         let message = Report {
             hostname: &self.hostname,
@@ -980,17 +981,17 @@ impl Relay {
                     .queue_id
                     .as_ref()
                     .map_or_else(|| "-".to_owned(), ToString::to_string);
-                info!(to = %format_args!("<{sender}>"), failed = failures.len(), %bounce_queue_id,
+                info!(to = %to_log, failed = failures.len(), %bounce_queue_id,
                       stored = %if sent.places.is_empty() { "-".to_owned() } else { sent.places.join(",") },
                       "bounce sent");
                 Ok(())
             }
             Err(Unsent::Undeliverable(e)) => {
-                error!(to = %format_args!("<{sender}>"), error = %e, "bounce dropped: the sender cannot get mail");
+                error!(to = %to_log, error = %e, "bounce dropped: the sender cannot get mail");
                 Ok(())
             }
             Err(Unsent::Storage(e)) => {
-                error!(to = %format_args!("<{sender}>"), error = %e, "cannot store bounce; will try again");
+                error!(to = %to_log, error = %e, "cannot store bounce; will try again");
                 Err(e)
             }
         }
