@@ -12,7 +12,10 @@
 //!
 //! Hard links cannot be refused by `O_NOFOLLOW`, so the stores never open an existing file for
 //! writing: every write goes to a file just created with `O_CREAT | O_EXCL` (which also refuses
-//! a symbolic link in its place), which is then renamed over the old name. A `chmod` or `chown`
+//! a symbolic link in its place), which is then renamed over the old name. The one exception is
+//! the spare of [`Dir::replace_reusing`] (the spool's `.mh_sequences`, rewritten on every
+//! delivery), written only after `fstat` of the opened descriptor shows a regular file with a
+//! single link and the store's owner and mode. A `chmod` or `chown`
 //! is only ever applied through the descriptor of such a new file. A hard link is only made from
 //! a file the store created itself (a staged message, its own status template), and the new
 //! name is checked to be that very inode (device and inode number) before anything refers to
@@ -255,6 +258,22 @@ impl Dir {
         Ok(File::from(fd))
     }
 
+    /// Creates a file in this directory that has no name (`O_TMPFILE`), readable and writable,
+    /// with the file mode and ownership of `perms`; `None` where the file system cannot (the
+    /// caller then makes a named one). It disappears with its last descriptor unless
+    /// [`link_file`] gives it a name. No directory entry is made or removed, so writers in one
+    /// directory do not queue for its lock, and a crashed writer leaves nothing to clean up.
+    pub fn create_unnamed(&self, perms: &Perms) -> Result<Option<File>> {
+        let flags = OFlags::RDWR | OFlags::TMPFILE | OFlags::CLOEXEC;
+        let fd = match rustix::fs::openat(self, ".", flags, Mode::from_raw_mode(0o600)) {
+            Ok(fd) => fd,
+            Err(Errno::OPNOTSUPP | Errno::ISDIR | Errno::INVAL | Errno::NOSYS) => return Ok(None),
+            Err(e) => return Err(errno("create", self.path.clone())(e)),
+        };
+        perms.apply(fd.as_fd(), perms.file_mode, &self.path)?;
+        Ok(Some(File::from(fd)))
+    }
+
     /// Opens the existing regular file `name` for reading; `None` if it does not exist. A
     /// symbolic link or anything but a regular file is [`Error::UnsafePath`].
     pub fn try_open_file(&self, name: &str) -> Result<Option<File>> {
@@ -396,6 +415,80 @@ impl Dir {
         self.replace_with(name, bytes, perms, false)
     }
 
+    /// As [`Dir::replace_unsynced`], without making or freeing an inode: `bytes` are written
+    /// into `spare` (a file this directory keeps for the purpose), which is then exchanged
+    /// with `name` in one `renameat2(RENAME_EXCHANGE)`, so `spare` holds the previous content
+    /// and is written again next time. Readers of `name` see the old content or the new, never
+    /// a part. For a file replaced on every delivery: a new inode per replacement costs the
+    /// file system an allocation and a free each time (on ext4 without a journal, every later
+    /// allocation in the group scans past the inodes freed in the last minutes).
+    ///
+    /// `spare` is only written when the descriptor opened (`O_NOFOLLOW`, `O_NONBLOCK`) is a
+    /// regular file with a single link and the owner and mode `perms` give: a file planted
+    /// there (a hard link to another file, someone else's file) is removed and a new one made,
+    /// never written through. Where the file system cannot exchange names, the spare is removed
+    /// and this is [`Dir::replace_unsynced`].
+    pub fn replace_reusing(
+        &self,
+        name: &str,
+        spare: &str,
+        bytes: &[u8],
+        perms: &Perms,
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let file = match self.open_spare(spare, perms)? {
+            Some(f) => f,
+            None => self.create(spare, perms)?,
+        };
+        let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        file.write_all_at(bytes, 0)
+            .and_then(|()| file.set_len(len))
+            .map_err(crate::error::io_err("write", self.join(spare)))?;
+        drop(file);
+        match rustix::fs::renameat_with(self, spare, self, name, rustix::fs::RenameFlags::EXCHANGE)
+        {
+            Ok(()) => Ok(()),
+            // No `name` yet: the spare becomes it.
+            Err(Errno::NOENT) => self.rename(spare, self, name),
+            Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                let _ = self.remove_file(spare);
+                self.replace_unsynced(name, bytes, perms)
+            }
+            Err(e) => Err(errno("rename", self.join(name))(e)),
+        }
+    }
+
+    /// The spare of [`Dir::replace_reusing`] opened for writing, if it is safe to write
+    /// through: else it is removed and `None` returned.
+    fn open_spare(&self, spare: &str, perms: &Perms) -> Result<Option<File>> {
+        let flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let fd = match rustix::fs::openat(self, spare, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::NOENT) => return Ok(None),
+            // A symbolic link (ELOOP), a FIFO or socket (ENXIO), a directory (EISDIR), ...
+            Err(Errno::ISDIR) => return Err(unsafe_path(self.join(spare), "is a directory")),
+            Err(_) => {
+                self.remove_file(spare)?;
+                return Ok(None);
+            }
+        };
+        let st = rustix::fs::fstat(&fd).map_err(errno("stat", self.join(spare)))?;
+        let owner = perms
+            .owner
+            .unwrap_or_else(|| rustix::process::geteuid().as_raw());
+        let safe = FileType::from_raw_mode(st.st_mode as _) == FileType::RegularFile
+            && st.st_nlink == 1
+            && st.st_uid == owner
+            && perms.group.is_none_or(|g| st.st_gid == g)
+            && (st.st_mode as u32) & 0o7777 == perms.file_mode;
+        if safe {
+            return Ok(Some(File::from(fd)));
+        }
+        drop(fd);
+        self.remove_file(spare)?;
+        Ok(None)
+    }
+
     fn replace_with(&self, name: &str, bytes: &[u8], perms: &Perms, sync: bool) -> Result<()> {
         let tmp = format!(".tmp.{}", unique()?);
         let result = (|| {
@@ -435,6 +528,21 @@ fn too_large(path: PathBuf, size: Option<u64>, max: u64) -> Error {
         None => format!("grew past the limit of {max} octets for this file while read; not read"),
     };
     Error::Corrupt { path, reason }
+}
+
+/// Gives the open file `file` the name `name` in `to` (which must not exist): `linkat` of the
+/// descriptor itself (`AT_EMPTY_PATH`, which needs `CAP_DAC_READ_SEARCH`), else of
+/// `/proc/self/fd/N`, which the kernel resolves to the same open file. Either way the new name
+/// is the descriptor's inode, never something a path could be swapped for.
+pub(crate) fn link_file(file: &File, to: &Dir, name: &str) -> std::result::Result<(), Errno> {
+    match rustix::fs::linkat(file, "", to, name, AtFlags::EMPTY_PATH) {
+        Err(Errno::NOENT | Errno::PERM | Errno::ACCESS) => {
+            use std::os::fd::AsRawFd;
+            let proc = format!("/proc/self/fd/{}", file.as_raw_fd());
+            rustix::fs::linkat(CWD, proc.as_str(), to, name, AtFlags::SYMLINK_FOLLOW)
+        }
+        r => r,
+    }
 }
 
 /// An [`Error::UnsafePath`].

@@ -25,14 +25,20 @@ use crate::lock::try_lock;
 /// message is neither kept in memory nor copied per recipient. After the first commit the
 /// message is sealed: further writes fail (they would change delivered mail).
 ///
-/// Dropping it removes the temporary name; committed copies stay. A file left behind by a crashed
-/// process is removed when a store is next opened (the live owner holds an `flock` on it, which
-/// is how a leftover is told from a message still being written).
+/// The file has no name where the file system allows it (`O_TMPFILE`: ext4, XFS, Btrfs, tmpfs):
+/// committing gives it its first name in a mailbox, and a message that is never committed, or
+/// whose process crashed, leaves nothing behind (on ext4 without a journal a power failure can
+/// leave such an inode allocated until the next `fsck`, which frees it). Elsewhere it is a named
+/// temporary file: dropping it removes the temporary name; committed copies stay. A named file
+/// left behind by a crashed process is removed when a store is next opened (the live owner
+/// holds an `flock` on it, which is how a leftover is told from a message still being
+/// written).
 #[derive(Debug)]
 pub struct PendingMessage {
     file: BufWriter<File>,
     dir: Arc<Dir>,
-    name: String,
+    /// The temporary name in `dir`; `None` for a file without one (`O_TMPFILE`).
+    name: Option<String>,
     /// Device and inode of the file: every name it gets is checked to be this file.
     id: (u64, u64),
     len: u64,
@@ -61,7 +67,8 @@ impl Read for PendingReader<'_> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Staged<'a> {
     pub dir: &'a Dir,
-    pub name: &'a str,
+    /// `None`: the file has no name yet, it is linked by its descriptor.
+    pub name: Option<&'a str>,
     pub file: &'a File,
     pub id: (u64, u64),
 }
@@ -79,12 +86,23 @@ impl PendingMessage {
     /// Creates the file in `staging` with the mode and ownership the message will have in its
     /// mailboxes (the staging directory itself is private).
     pub(crate) fn create(staging: &Arc<Dir>, perms: &Perms) -> Result<PendingMessage> {
-        let name = fsutil::unique()?;
-        let file = staging.create(&name, perms)?;
-        let path = staging.join(&name);
-        // Held until drop: tells `clean_staging` in other processes that this file is alive.
-        try_lock(&file).map_err(io_err("flock", &path))?;
-        let id = fstat(&file, &path)?.id();
+        let unnamed = if named_only() {
+            None
+        } else {
+            staging.create_unnamed(perms)?
+        };
+        let (file, name) = match unnamed {
+            Some(file) => (file, None),
+            None => {
+                let name = fsutil::unique()?;
+                let file = staging.create(&name, perms)?;
+                // Held until drop: tells `clean_staging` in other processes that this file is
+                // alive.
+                try_lock(&file).map_err(io_err("flock", staging.join(&name)))?;
+                (file, Some(name))
+            }
+        };
+        let id = fstat(&file, staging.path())?.id();
         Ok(PendingMessage {
             file: BufWriter::with_capacity(64 * 1024, file),
             dir: staging.clone(),
@@ -139,8 +157,12 @@ impl PendingMessage {
         Ok(())
     }
 
+    /// For error messages: the temporary name, or the staging directory for a file without one.
     fn path(&self) -> PathBuf {
-        self.dir.join(&self.name)
+        match &self.name {
+            Some(name) => self.dir.join(name),
+            None => self.dir.path().to_path_buf(),
+        }
     }
 
     /// Bytes written so far.
@@ -195,7 +217,7 @@ impl PendingMessage {
     fn staged(&self) -> Staged<'_> {
         Staged {
             dir: &self.dir,
-            name: &self.name,
+            name: self.name.as_deref(),
             file: self.file.get_ref(),
             id: self.id,
         }
@@ -230,19 +252,29 @@ impl Write for PendingMessage {
 
 impl Drop for PendingMessage {
     fn drop(&mut self) {
-        let _ = self.dir.remove_file(&self.name);
+        if let Some(name) = &self.name {
+            let _ = self.dir.remove_file(name);
+        }
     }
 }
 
 /// Puts the sealed file `src` at `dest` in `dir` (which must not exist): a hard link when the
 /// file system allows it, else a copy written under a temporary name in `dir`, fsynced and
-/// renamed. A link is checked to be `src`'s own inode (so a staged name swapped for a link to
-/// something else is never published). The caller fsyncs `dir`.
+/// renamed. A link by name is checked to be `src`'s own inode (so a staged name swapped for a
+/// link to something else is never published); a file without a name is linked by its
+/// descriptor, which cannot be swapped. The caller fsyncs `dir`.
 pub(crate) fn link_or_copy(src: Staged<'_>, dir: &Dir, dest: &str, perms: &Perms) -> Result<()> {
-    match src.dir.link(src.name, dir, dest) {
+    let linked = match src.name {
+        Some(name) => src.dir.link(name, dir, dest),
+        None => crate::at::link_file(src.file, dir, dest),
+    };
+    match linked {
+        Ok(()) if src.name.is_none() => return Ok(()),
         Ok(()) => return check_link(dir, dest, src.id),
         // Another file system, too many links, or links refused: copy instead.
         Err(Errno::XDEV | Errno::MLINK | Errno::PERM) => {}
+        // A descriptor link refused both ways (no `CAP_DAC_READ_SEARCH`, no `/proc`).
+        Err(Errno::NOENT | Errno::ACCESS) if src.name.is_none() => {}
         Err(e) => return Err(crate::at::errno("link", dir.join(dest))(e)),
     }
     let tmp = format!(".tmp.{}", fsutil::unique()?);
@@ -344,6 +376,22 @@ pub(crate) fn clean_staging(dir: &Dir) {
     }
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests of the named staging files (file systems without `O_TMPFILE`) set this.
+    static NAMED_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
+fn named_only() -> bool {
+    NAMED_ONLY.with(std::cell::Cell::get)
+}
+
+#[cfg(not(test))]
+fn named_only() -> bool {
+    false
+}
+
 /// Name of the staging directory, under a store's root, where messages are received before
 /// they are committed (a dot name: never a valid mailbox).
 const STAGING: &str = ".tmp";
@@ -368,6 +416,54 @@ mod tests {
     use std::io::{Read, Write};
 
     use crate::queue::{Envelope, Queue, QueueEntry};
+
+    /// What the spool's staging directory holds, and the mailbox `m`'s message files.
+    fn staged_and_delivered(root: &std::path::Path) -> (usize, Vec<Vec<u8>>) {
+        let staged = std::fs::read_dir(root.join(".tmp")).unwrap().count();
+        let mut messages: Vec<_> = std::fs::read_dir(root.join("m"))
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_else(|_| Vec::new());
+        messages.retain(|p: &std::path::PathBuf| {
+            let name = p.file_name().unwrap().to_str().unwrap();
+            !name.starts_with('.') && !name.ends_with(".status")
+        });
+        messages.sort();
+        (
+            staged,
+            messages.iter().map(|p| std::fs::read(p).unwrap()).collect(),
+        )
+    }
+
+    #[test]
+    fn staged_files_have_no_name_where_the_file_system_allows_it() {
+        use crate::{spool::Spool, MailboxName, Store};
+        for named in [false, true] {
+            super::NAMED_ONLY.with(|n| n.set(named));
+            let dir = tempfile::tempdir().unwrap();
+            let spool = Spool::open(dir.path()).unwrap();
+            let m = MailboxName::new("m").unwrap();
+            let mut kept = spool.begin().unwrap();
+            kept.write_all(b"Subject: kept\r\n\r\nbody\r\n").unwrap();
+            let mut dropped = spool.begin().unwrap();
+            dropped.write_all(b"Subject: dropped\r\n\r\n").unwrap();
+            // A named file each (tmpfs, ext4, XFS and Btrfs all have O_TMPFILE), or none.
+            assert_eq!(
+                staged_and_delivered(dir.path()).0,
+                if named { 2 } else { 0 }
+            );
+            drop(dropped);
+            let ids = spool.commit(&mut kept, &[m.clone(), m.clone()]).unwrap();
+            assert!(ids.iter().all(Result::is_ok), "{ids:?}");
+            // Two mailbox names for the one inode.
+            let (staged, messages) = staged_and_delivered(dir.path());
+            assert_eq!(staged, usize::from(named));
+            assert_eq!(messages, vec![b"Subject: kept\r\n\r\nbody\r\n".to_vec(); 2]);
+            drop(kept);
+            assert_eq!(staged_and_delivered(dir.path()).0, 0);
+            assert_eq!(spool.list(&m).unwrap(), vec![1, 2]);
+        }
+        super::NAMED_ONLY.with(|n| n.set(false));
+    }
 
     #[test]
     fn read_back_and_prepend_before_commit() {

@@ -10,6 +10,8 @@
 //! <root>/<user>/.highwater.<n>  the high-water marker: an empty file whose name is the
 //!                               highest number ever given out in this mailbox
 //! <root>/<user>/.mh_sequences   MH sequences: new mail is in `unseen` (see crate::mh)
+//! <root>/<user>/.mh_sequences.spare  the previous sequences; the next ones are written into it
+//!                               and the two names exchanged (no inode made or freed per delivery)
 //! <root>/<user>/.recent         template status file for new messages (see below)
 //! <root>/<user>/.next           (older versions only; still read) the lowest number allowed next
 //! ```
@@ -30,8 +32,10 @@
 //! 2. Under the mailbox's directory lock ([`crate::lock`]), the next number `n` is chosen
 //!    (below); the high-water marker is renamed to `.highwater.<n>` (a rename: no file data to
 //!    write or sync) and `.mh_sequences` replaced by the old sequences with `n` added to
-//!    `unseen` (a temporary file renamed into place, not fsynced: it is for MH readers, the
-//!    status files are the record). Then `<n>.status` is made as a hard link to the durable
+//!    `unseen` (written into `.mh_sequences.spare`, which then trades names with `.mh_sequences`
+//!    in one `renameat2(RENAME_EXCHANGE)`: readers see the old or the new, and no inode is made
+//!    or freed per delivery; not fsynced: it is for MH readers, the status files are the
+//!    record). Then `<n>.status` is made as a hard link to the durable
 //!    template `.recent` (its content is always `\Recent` + LF, so no data needs writing or
 //!    syncing), and the message is hard-linked as `<n>`. The status appears first: readers list
 //!    messages by their number files, so no reader ever sees a message without its status,
@@ -134,6 +138,8 @@ const MARK_PREFIX: &str = ".highwater.";
 const NEXT: &str = ".next";
 const RECENT: &str = ".recent";
 const SEQUENCES: &str = ".mh_sequences";
+/// The previous `.mh_sequences`, written with the next one and exchanged with it.
+const SEQUENCES_SPARE: &str = ".mh_sequences.spare";
 const TMP_PREFIX: &str = ".tmp.";
 const UNSEEN: &str = "unseen";
 
@@ -682,7 +688,7 @@ fn write_sequences(dir: &Dir, seq: &Sequences, perms: &Perms) -> Result<()> {
                        "MH sequences too large; not updated");
         return Ok(());
     }
-    dir.replace_unsynced(SEQUENCES, &bytes, perms)
+    dir.replace_reusing(SEQUENCES, SEQUENCES_SPARE, &bytes, perms)
 }
 
 /// Makes a new `.recent` template (a new inode, durable) and returns its identity.

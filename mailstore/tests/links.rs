@@ -282,3 +282,62 @@ fn queue_refuses_symlinked_directories_and_entries() {
         .file_type()
         .is_symlink());
 }
+
+#[test]
+fn spool_never_writes_through_a_planted_sequences_spare() {
+    // `.mh_sequences.spare` is written in place and exchanged with `.mh_sequences`: whatever a
+    // mailbox's user puts there (a hard link to another file, a symbolic link, a file with
+    // other modes) is removed and replaced, never written through.
+    let root = tempfile::tempdir().unwrap();
+    let victim = root.path().join("victim");
+    fs::write(&victim, b"secret\n").unwrap();
+    let spool = Spool::open(root.path()).unwrap();
+    spool.deliver(&alice(), b"one").unwrap();
+    let mbox = root.path().join("alice");
+    let spare = mbox.join(".mh_sequences.spare");
+    let plants: [(&str, &dyn Fn()); 4] = [
+        ("hard link", &|| fs::hard_link(&victim, &spare).unwrap()),
+        ("symbolic link", &|| symlink(&victim, &spare).unwrap()),
+        ("other mode", &|| {
+            fs::write(&spare, b"x").unwrap();
+            fs::set_permissions(&spare, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+                .unwrap();
+        }),
+        ("hard link as the sequences", &|| {
+            fs::remove_file(mbox.join(".mh_sequences")).unwrap();
+            fs::hard_link(&victim, mbox.join(".mh_sequences")).unwrap();
+        }),
+    ];
+    let mut n = 1;
+    for (what, plant) in plants {
+        let _ = fs::remove_file(&spare);
+        plant();
+        for s in [spool.clone(), Spool::open(root.path()).unwrap()] {
+            s.deliver(&alice(), b"more").unwrap();
+            n += 1;
+        }
+        assert_eq!(fs::read(&victim).unwrap(), b"secret\n", "{what}");
+        assert_eq!(
+            tree(root.path())
+                .iter()
+                .filter(|p| !p.starts_with("alice") && *p != ".tmp")
+                .collect::<Vec<_>>(),
+            vec!["victim"],
+            "{what}"
+        );
+        let seq = fs::read_to_string(mbox.join(".mh_sequences")).unwrap();
+        if what == "hard link as the sequences" {
+            // The planted file's lines are kept as MH keeps lines it does not know, and only
+            // the two messages since are unseen.
+            assert_eq!(seq, format!("secret\nunseen: {}-{n}\n", n - 1), "{what}");
+        } else {
+            assert_eq!(seq, format!("unseen: 1-{n}\n"), "{what}");
+        }
+        let st = fs::symlink_metadata(&spare).unwrap();
+        assert!(st.is_file(), "{what}");
+        assert_eq!(st.nlink(), 1, "{what}");
+        assert_eq!(st.mode() & 0o7777, 0o600, "{what}");
+    }
+    // The victim is back to its one name.
+    assert_eq!(fs::metadata(&victim).unwrap().nlink(), 1);
+}

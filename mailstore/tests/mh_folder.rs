@@ -128,3 +128,52 @@ fn a_folder_with_all_mail_read_is_still_a_folder() {
         assert_eq!(out, "keys [1]\nsequences []\n1 message 1 []\n");
     }
 }
+
+#[test]
+fn sequences_are_rewritten_without_new_inodes() {
+    use std::os::unix::fs::MetadataExt;
+    // Each delivery writes the new sequences into `.mh_sequences.spare` and exchanges the two
+    // names: the same two inodes serve every delivery (none made or freed per message), and a
+    // reader always finds a whole file.
+    let root = tempfile::tempdir().unwrap();
+    let spool = Spool::open(root.path()).unwrap();
+    let bob = MailboxName::new("bob").unwrap();
+    let folder = root.path().join("bob");
+    let inodes = |folder: &Path| {
+        let mut v = [".mh_sequences", ".mh_sequences.spare"]
+            .map(|n| fs::metadata(folder.join(n)).unwrap().ino());
+        v.sort_unstable();
+        v
+    };
+    spool.deliver(&bob, &message(1)).unwrap();
+    spool.deliver(&bob, &message(2)).unwrap();
+    let pair = inodes(&folder);
+    for i in 3..=6 {
+        let before = fs::metadata(folder.join(".mh_sequences")).unwrap().ino();
+        spool.deliver(&bob, &message(i)).unwrap();
+        assert_eq!(inodes(&folder), pair);
+        assert_ne!(
+            fs::metadata(folder.join(".mh_sequences")).unwrap().ino(),
+            before
+        );
+        assert_eq!(
+            fs::read_to_string(folder.join(".mh_sequences")).unwrap(),
+            format!("unseen: 1-{i}\n")
+        );
+    }
+    // Flag changes go the same way; the spare holds the sequences before the change.
+    spool.set_flags(&bob, 2, &["\\Seen"]).unwrap();
+    assert_eq!(inodes(&folder), pair);
+    assert_eq!(
+        fs::read_to_string(folder.join(".mh_sequences")).unwrap(),
+        "unseen: 1 3-6\n"
+    );
+    assert_eq!(
+        fs::read_to_string(folder.join(".mh_sequences.spare")).unwrap(),
+        "unseen: 1-6\n"
+    );
+    // Python's mailbox.MH still reads it.
+    if let Some(out) = python_reads(&folder) {
+        assert!(out.contains("unseen"), "{out}");
+    }
+}
