@@ -550,16 +550,80 @@ pub(crate) fn unsafe_path(path: PathBuf, reason: &'static str) -> Error {
     Error::UnsafePath { path, reason }
 }
 
-/// Syncs each directory of `to_sync` once (deliveries into one mailbox share the fsync that
-/// commits their names) and fails every delivery into a mailbox whose fsync failed: its
-/// message is not durable, so it must not be acknowledged.
+/// Group commit for one directory: names made in it by several threads at once share one
+/// fsync. A change is counted ([`GroupSync::changed`]) after it is made; [`GroupSync::sync`]
+/// then fsyncs the directory unless an fsync that began after that change has completed, and
+/// while one fsync runs the others wait for it (and then usually find themselves covered).
+#[derive(Debug, Default)]
+pub(crate) struct GroupSync {
+    /// Changes made so far.
+    changed: std::sync::atomic::AtomicU64,
+    /// How many of them a completed fsync covers.
+    synced: std::sync::Mutex<u64>,
+}
+
+impl GroupSync {
+    /// Counts a change just made in the directory; returns its ticket for [`GroupSync::sync`].
+    pub fn changed(&self) -> u64 {
+        self.changed
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+            .saturating_add(1)
+    }
+
+    /// Makes change `ticket` durable: fsyncs `dir` (a descriptor of this directory) unless an
+    /// fsync that covers it has completed.
+    pub fn sync(&self, dir: &Dir, ticket: u64) -> Result<()> {
+        let mut synced = self
+            .synced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *synced >= ticket {
+            return Ok(());
+        }
+        // Every change counted before the fsync starts is covered by it.
+        let upto = self.changed.load(std::sync::atomic::Ordering::SeqCst);
+        dir.sync()?;
+        *synced = upto;
+        Ok(())
+    }
+}
+
+/// The [`GroupSync`] of each directory a store delivers into, by device and inode (a mailbox
+/// removed and made again is another directory, with its own).
+#[derive(Debug, Default)]
+pub(crate) struct GroupSyncs(
+    std::sync::Mutex<std::collections::HashMap<(u64, u64), std::sync::Arc<GroupSync>>>,
+);
+
+/// Above this many directories, those no delivery is using are forgotten.
+const GROUP_SYNCS_KEPT: usize = 4096;
+
+impl GroupSyncs {
+    /// The group commit of `dir`.
+    pub fn of(&self, dir: &Dir) -> Result<std::sync::Arc<GroupSync>> {
+        let id = dir.meta()?.id();
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= GROUP_SYNCS_KEPT && !map.contains_key(&id) {
+            map.retain(|_, g| std::sync::Arc::strong_count(g) > 1);
+        }
+        Ok(map.entry(id).or_default().clone())
+    }
+}
+
+/// Syncs each directory of `to_sync` once, sharing the fsync with concurrent deliveries into
+/// the same directory (each entry: the mailbox, the directory, its group commit and the
+/// highest ticket of this call's changes there), and fails every delivery into a mailbox
+/// whose fsync failed: its message is not durable, so it must not be acknowledged.
 pub(crate) fn sync_shared<T>(
     mailboxes: &[crate::MailboxName],
     results: &mut [Result<T>],
-    to_sync: Vec<(&crate::MailboxName, Dir)>,
+    to_sync: Vec<(&crate::MailboxName, Dir, std::sync::Arc<GroupSync>, u64)>,
 ) {
-    for (mailbox, dir) in to_sync {
-        if let Err(e) = dir.sync() {
+    for (mailbox, dir, group, ticket) in to_sync {
+        if let Err(e) = group.sync(&dir, ticket) {
             let text = e.to_string();
             for (m, r) in mailboxes.iter().zip(results.iter_mut()) {
                 if m == mailbox && r.is_ok() {

@@ -22,7 +22,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::at::{Dir, Perms};
+use crate::at::{Dir, GroupSync, GroupSyncs, Perms};
 use crate::error::{Error, Result};
 use crate::fsutil::bump;
 use crate::name::MailboxName;
@@ -44,6 +44,8 @@ struct Inner {
     staging: Arc<Dir>,
     perms: Perms,
     host: String,
+    /// Group commit of the `new/` directories' fsyncs.
+    syncs: GroupSyncs,
 }
 
 impl Maildir {
@@ -72,6 +74,7 @@ impl Maildir {
                 staging,
                 perms,
                 host: hostname(),
+                syncs: GroupSyncs::default(),
             }),
         })
     }
@@ -105,8 +108,13 @@ impl Maildir {
         ))
     }
 
-    /// Links the message into `tmp/`, renames it into `new/`; returns its name and `new/`.
-    fn place(&self, src: Staged<'_>, mailbox: &MailboxName) -> Result<(String, Dir)> {
+    /// Links the message into `tmp/`, renames it into `new/`; returns its name, `new/` and the
+    /// group commit of `new/`.
+    fn place(
+        &self,
+        src: Staged<'_>,
+        mailbox: &MailboxName,
+    ) -> Result<(String, Dir, Arc<GroupSync>)> {
         let (inner, perms) = (&self.inner, &self.inner.perms);
         let (dir, created) = inner.root.ensure_dir(mailbox.as_str(), perms)?;
         if created {
@@ -118,13 +126,14 @@ impl Maildir {
         if c1 || c2 || c3 {
             dir.sync()?;
         }
+        let group = inner.syncs.of(&new)?;
         let name = self.unique_name(&new)?;
         link_or_copy(src, &tmp, &name, perms)?;
         if let Err(e) = tmp.rename(&name, &new, &name) {
             let _ = tmp.remove_file(&name);
             return Err(e);
         }
-        Ok((name, new))
+        Ok((name, new, group))
     }
 }
 
@@ -140,12 +149,14 @@ impl Store for Maildir {
     ) -> Result<Vec<Result<DeliveryId>>> {
         let src = message.seal()?;
         let mut results: Vec<Result<DeliveryId>> = Vec::with_capacity(mailboxes.len());
-        let mut to_sync: Vec<(&MailboxName, Dir)> = Vec::new();
+        let mut to_sync: Vec<(&MailboxName, Dir, Arc<GroupSync>, u64)> = Vec::new();
         for mailbox in mailboxes {
             match self.place(src, mailbox) {
-                Ok((name, new)) => {
-                    if !to_sync.iter().any(|(m, _)| *m == mailbox) {
-                        to_sync.push((mailbox, new));
+                Ok((name, new, group)) => {
+                    let ticket = group.changed();
+                    match to_sync.iter_mut().find(|(m, ..)| *m == mailbox) {
+                        Some(entry) => entry.3 = ticket,
+                        None => to_sync.push((mailbox, new, group, ticket)),
                     }
                     results.push(Ok(DeliveryId::Maildir(name)));
                 }

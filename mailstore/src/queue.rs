@@ -898,10 +898,8 @@ struct Inner {
     held: Dir,
     trash: Dir,
     corrupt: Dir,
-    /// New entries renamed into `entries/` so far (see [`Queue::sync_entries`]).
-    renamed: std::sync::atomic::AtomicU64,
-    /// How many of them an fsync of `entries/` is known to cover.
-    synced: std::sync::Mutex<u64>,
+    /// Group commit of `entries/`: new entries renamed into it share its fsync.
+    entries_sync: crate::at::GroupSync,
 }
 
 impl Queue {
@@ -936,8 +934,7 @@ impl Queue {
                 held,
                 trash,
                 corrupt,
-                renamed: std::sync::atomic::AtomicU64::new(0),
-                synced: std::sync::Mutex::new(0),
+                entries_sync: crate::at::GroupSync::default(),
             }),
         };
         clean_staging(&queue.inner.tmp);
@@ -1069,16 +1066,12 @@ impl Queue {
         rename_noreplace(tmp, id.as_str(), &self.inner.entries).inspect_err(|_| {
             let _ = tmp.remove_file(id.as_str());
         })?;
-        let ticket = self
-            .inner
-            .renamed
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-            .saturating_add(1);
+        let ticket = self.inner.entries_sync.changed();
         let entries = &self.inner.entries;
         let durable = f
             .sync_all()
             .map_err(io_err("fsync", entries.join(id.as_str())))
-            .and_then(|()| self.sync_entries(ticket));
+            .and_then(|()| self.inner.entries_sync.sync(entries, ticket));
         if let Err(e) = durable {
             // Not acknowledged: the client sends it again.
             let _ = entries.remove_file(id.as_str());
@@ -1118,25 +1111,6 @@ impl Queue {
             return Err(e);
         }
         Ok(id)
-    }
-
-    /// Makes the name of new entry number `ticket` (counted by `renamed` after its rename)
-    /// durable: fsyncs `entries/`, unless an fsync that began after that rename has already
-    /// completed (group commit: enqueues that run at the same time share one directory fsync;
-    /// an fsync covers every rename done before it starts).
-    fn sync_entries(&self, ticket: u64) -> Result<()> {
-        let inner = &self.inner;
-        let mut synced = inner
-            .synced
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *synced >= ticket {
-            return Ok(());
-        }
-        let upto = inner.renamed.load(std::sync::atomic::Ordering::SeqCst);
-        inner.entries.sync()?;
-        *synced = upto;
-        Ok(())
     }
 
     /// All entries, sorted by id (which is by creation time). Unreadable entries are moved to

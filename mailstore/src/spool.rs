@@ -120,7 +120,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use rustix::fs::FileType;
 use rustix::io::Errno;
 
-use crate::at::{errno, fstat, unsafe_path, Dir, Perms};
+use crate::at::{errno, fstat, unsafe_path, Dir, GroupSync, GroupSyncs, Perms};
 use crate::error::{io_err, Error, Result};
 use crate::mh::Sequences;
 use crate::name::MailboxName;
@@ -163,6 +163,8 @@ struct Inner {
     perms: Perms,
     /// What this process knows about each mailbox it delivered into.
     known: Mutex<HashMap<MailboxName, Known>>,
+    /// Group commit of the mailbox directories' fsyncs.
+    syncs: GroupSyncs,
 }
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -200,6 +202,7 @@ impl Spool {
                 staging,
                 perms,
                 known: Mutex::new(HashMap::new()),
+                syncs: GroupSyncs::default(),
             }),
         })
     }
@@ -466,30 +469,34 @@ impl Store for Spool {
         let src = message.seal()?;
         let inner = &self.inner;
         let mut results: Vec<Result<DeliveryId>> = Vec::with_capacity(mailboxes.len());
-        let mut to_sync: Vec<(&MailboxName, Dir)> = Vec::new();
+        let mut to_sync: Vec<(&MailboxName, Dir, Arc<GroupSync>, u64)> = Vec::new();
         for mailbox in mailboxes {
             let r = (|| {
                 let (dir, created) = inner.root.ensure_dir(mailbox.as_str(), &inner.perms)?;
                 if created {
                     inner.root.sync()?;
                 }
+                let group = inner.syncs.of(&dir)?;
                 // A descriptor of its own for each delivery: its flock excludes every other.
                 dir.lock()?;
                 let r = self.place(src, mailbox, &dir);
                 dir.unlock();
-                r.map(|n| (n, dir))
+                r.map(|n| (n, dir, group))
             })();
             match r {
-                Ok((n, dir)) => {
-                    if !to_sync.iter().any(|(m, _)| *m == mailbox) {
-                        to_sync.push((mailbox, dir));
+                Ok((n, dir, group)) => {
+                    let ticket = group.changed();
+                    match to_sync.iter_mut().find(|(m, ..)| *m == mailbox) {
+                        Some(entry) => entry.3 = ticket,
+                        None => to_sync.push((mailbox, dir, group, ticket)),
                     }
                     results.push(Ok(DeliveryId::Spool(n)));
                 }
                 Err(e) => results.push(Err(e)),
             }
         }
-        // One fsync per distinct directory, after all the links: they share the commit.
+        // One fsync per distinct directory, after all the links, shared with the deliveries
+        // into the same mailbox that run at the same time.
         crate::at::sync_shared(mailboxes, &mut results, to_sync);
         Ok(results)
     }
