@@ -8,20 +8,24 @@
 //! our users submit, a missing `Date:` and `Message-ID:` added (see [`crate::headers`]).
 //! The filter also drops `Authentication-Results:` fields claiming our host name. For mail
 //! our users send, the queued copy is DKIM-signed after the last chunk and before
-//! the commit (see [`crate::dkim`]). For mail whose sender is checked
-//! ([`crate::inbound_auth`]) or that is signed, the copies are begun without their prefixes
-//! and the message is held in memory while it is at most [`HOLD_IN_MEMORY`] octets
-//! ([`Incoming::hold_in_memory`]): it is checked and signed there, and written after the
-//! prefixes (with the `Authentication-Results:` field, after the signatures) at the end
-//! ([`Incoming::commit`]), so the usual message is written once. A longer one
-//! is spilled to the files as it grows, read back for the checks
-//! ([`Incoming::read_for_verify`]) and the prefixes put in front of it, which copies it once
-//! more on disk. Either copy is invisible until committed,
-//! and a temporary file is removed when its [`Incoming`] is dropped, so a failure at any point
-//! leaves nothing half-written.
+//! the commit (see [`crate::dkim`]).
+//!
+//! A message is held in memory while it is at most [`HOLD_IN_MEMORY`] octets (and all the
+//! sessions together hold at most [`HOLD_TOTAL`]): its files are made, written and committed
+//! at the end, in the one blocking task of [`Incoming::commit`], so receiving the usual
+//! message costs the runtime's threads no file system call and the message is written once.
+//! For mail whose sender is checked ([`crate::inbound_auth`]) or that is signed, the copies
+//! are begun without their prefixes: the held message is checked and signed in memory, and
+//! written after the prefixes (with the `Authentication-Results:` field, after the
+//! signatures). A longer message is spilled to the files as it grows (opening them then);
+//! when checked or signed it is read back for that ([`Incoming::read_for_verify`]) and the
+//! prefixes put in front of it, which copies it once more on disk. Either copy is invisible
+//! until committed, and a temporary file is removed when its [`Incoming`] is dropped, so a
+//! failure at any point leaves nothing half-written.
 
 use std::borrow::Cow;
 use std::io::{Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use mailstore::queue::{Queue, QueueEntry, QueueId};
@@ -34,11 +38,63 @@ use crate::{dkim, inbound_auth};
 /// prefix is only known at its end (see the module doc).
 pub const HOLD_IN_MEMORY: usize = 128 * 1024;
 
+/// The most octets all messages being received hold in memory together; past it, messages
+/// are written to their files as they arrive.
+pub const HOLD_TOTAL: usize = 64 << 20;
+
+/// Octets held by all [`Held`] buffers.
+static HELD_TOTAL: AtomicUsize = AtomicUsize::new(0);
+
+/// A message held in memory, counted in [`HELD_TOTAL`] while it lives.
+#[derive(Debug, Default)]
+struct Held(Vec<u8>);
+
+impl Held {
+    /// Appends `bytes` if this message and all of them together stay within their bounds.
+    fn try_extend(&mut self, bytes: &[u8]) -> bool {
+        if self.0.len() + bytes.len() > HOLD_IN_MEMORY {
+            return false;
+        }
+        let before = HELD_TOTAL.fetch_add(bytes.len(), Ordering::Relaxed);
+        if before + bytes.len() > HOLD_TOTAL {
+            HELD_TOTAL.fetch_sub(bytes.len(), Ordering::Relaxed);
+            return false;
+        }
+        self.0.extend_from_slice(bytes);
+        true
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        HELD_TOTAL.fetch_sub(self.0.len(), Ordering::Relaxed);
+    }
+}
+
+/// The files of a message not yet opened: where, and what they begin with.
+struct ToOpen {
+    store: Arc<dyn Store>,
+    queue: Queue,
+    local_prefix: Option<String>,
+    queue_prefix: Option<String>,
+}
+
+impl std::fmt::Debug for ToOpen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ToOpen")
+            .field("local", &self.local_prefix.is_some())
+            .field("queued", &self.queue_prefix.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// A message being received.
 #[derive(Debug)]
 pub struct Incoming {
-    /// The filtered message, while it is held in memory (see [`Incoming::hold_in_memory`]).
-    held: Option<Vec<u8>>,
+    /// The filtered message, while it is held in memory.
+    held: Option<Held>,
+    /// The files, until they are opened (see [`Incoming::open`]).
+    to_open: Option<ToOpen>,
     local: Option<PendingMessage>,
     queued: Option<PendingMessage>,
     filter: HeaderFilter,
@@ -63,40 +119,63 @@ pub struct Stored {
 }
 
 impl Incoming {
-    /// Opens the temporary files needed and writes their prefixes (the trace headers);
-    /// `missing` are the fields to add to the message when it lacks them; `authserv_id` is
-    /// our host name, whose `Authentication-Results:` fields are dropped from the message.
+    /// A message for the local mailboxes (its copy begins with `local_prefix`, the trace
+    /// headers), for the queue (`queue_prefix`), or both; `missing` are the fields to add to
+    /// the message when it lacks them; `authserv_id` is our host name, whose
+    /// `Authentication-Results:` fields are dropped from the message. No file is made yet
+    /// (see the module doc).
     pub fn begin(
-        store: &dyn Store,
-        queue: &Queue,
-        local_prefix: Option<&str>,
-        queue_prefix: Option<&str>,
+        store: Arc<dyn Store>,
+        queue: Queue,
+        local_prefix: Option<String>,
+        queue_prefix: Option<String>,
         missing: Option<Missing>,
         authserv_id: &str,
-    ) -> mailstore::Result<Incoming> {
-        let open = |p: mailstore::Result<PendingMessage>, prefix: &str| {
-            let mut m = p?;
-            m.write_all(prefix.as_bytes())
-                .map_err(|e| io_error("write", e))?;
-            Ok::<_, mailstore::Error>(m)
-        };
-        let local = match local_prefix {
-            Some(p) => Some(open(store.begin(), p)?),
-            None => None,
-        };
-        let queued = match queue_prefix {
-            Some(p) => Some(open(queue.begin(), p)?),
-            None => None,
-        };
-        Ok(Incoming {
-            held: None,
-            local,
-            queued,
+    ) -> Incoming {
+        Incoming {
+            held: Some(Held::default()),
+            to_open: Some(ToOpen {
+                store,
+                queue,
+                local_prefix,
+                queue_prefix,
+            }),
+            local: None,
+            queued: None,
             filter: HeaderFilter::new(missing).drop_auth_results_of(authserv_id),
             out: Vec::new(),
             size: 0,
             finished: false,
-        })
+        }
+    }
+
+    /// Makes the temporary files and writes their prefixes, once. It blocks.
+    fn open(&mut self) -> std::io::Result<()> {
+        let Some(to) = self.to_open.take() else {
+            return Ok(());
+        };
+        let open = |p: mailstore::Result<PendingMessage>, prefix: &str| {
+            let mut m = p.map_err(std::io::Error::other)?;
+            m.write_all(prefix.as_bytes())?;
+            Ok::<_, std::io::Error>(m)
+        };
+        if let Some(p) = &to.local_prefix {
+            self.local = Some(open(to.store.begin(), p)?);
+        }
+        if let Some(p) = &to.queue_prefix {
+            self.queued = Some(open(to.queue.begin(), p)?);
+        }
+        Ok(())
+    }
+
+    /// True when writing `len` more octets would make the files (a blocking call): the
+    /// message no longer fits in memory.
+    pub fn would_open(&self, len: usize) -> bool {
+        self.to_open.is_some()
+            && self
+                .held
+                .as_ref()
+                .is_none_or(|h| h.0.len() + len > HOLD_IN_MEMORY)
     }
 
     /// Appends a chunk of the message (as received, after dot-unstuffing), through the
@@ -114,24 +193,18 @@ impl Incoming {
         r
     }
 
-    /// Holds the message in memory instead of writing it, while it is at most
-    /// [`HOLD_IN_MEMORY`] octets; call it before the first [`write`](Self::write).
-    pub fn hold_in_memory(&mut self) {
-        self.held = Some(Vec::new());
-    }
-
-    /// Writes what is held in memory to the files, and stops holding.
+    /// Opens the files, writes what is held in memory to them, and stops holding.
     fn spill(&mut self) -> std::io::Result<()> {
+        self.open()?;
         if let Some(held) = self.held.take() {
-            self.write_files(&held)?;
+            self.write_files(&held.0)?;
         }
         Ok(())
     }
 
     fn write_out(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         if let Some(held) = &mut self.held {
-            if held.len() + bytes.len() <= HOLD_IN_MEMORY {
-                held.extend_from_slice(bytes);
+            if held.try_extend(bytes) {
                 return Ok(());
             }
             self.spill()?;
@@ -177,7 +250,7 @@ impl Incoming {
             .as_ref()
             .or(self.queued.as_ref())
             .map_or(0, PendingMessage::len);
-        written + self.held.as_ref().map_or(0, |h| h.len() as u64)
+        written + self.held.as_ref().map_or(0, |h| h.0.len() as u64)
     }
 
     /// Reads the message back for the sender checks (see [`crate::inbound_auth`]): whole when it
@@ -193,7 +266,7 @@ impl Incoming {
             self.spill()?;
         }
         if let Some(held) = &self.held {
-            return Ok(inbound_auth::Body::Whole(Cow::Borrowed(held)));
+            return Ok(inbound_auth::Body::Whole(Cow::Borrowed(&held.0)));
         }
         let Some(m) = self.local.as_mut().or(self.queued.as_mut()) else {
             return Ok(inbound_auth::Body::Whole(Cow::Borrowed(&[])));
@@ -239,23 +312,25 @@ impl Incoming {
         entry: Option<QueueEntry>,
         trace: Option<Trace>,
     ) -> Result<Stored, CommitError> {
-        self.finish()
-            .map_err(|e| CommitError::Store(format!("cannot store message: {e}")))?;
-        if trace.is_none() {
-            self.spill()
-                .map_err(|e| CommitError::Store(format!("cannot store message: {e}")))?;
-        }
-        let Incoming {
-            mut local,
-            mut queued,
-            held,
-            ..
-        } = self;
         tokio::task::spawn_blocking(move || {
+            let cannot = |e| CommitError::Store(format!("cannot store message: {e}"));
+            self.finish().map_err(cannot)?;
+            if trace.is_none() {
+                self.spill().map_err(cannot)?;
+            } else {
+                self.open().map_err(cannot)?;
+            }
+            let Incoming {
+                mut local,
+                mut queued,
+                held,
+                ..
+            } = self;
             let mut stored = Stored::default();
             if let Some(t) = trace {
-                stored.signed = place_trace(held.as_deref(), &mut local, &mut queued, t)
-                    .map_err(CommitError::Sign)?;
+                let held = held.as_ref().map(|h| &h.0[..]);
+                stored.signed =
+                    place_trace(held, &mut local, &mut queued, t).map_err(CommitError::Sign)?;
             }
             if let Some(mut m) = local {
                 dedup(&mut mailboxes);
@@ -401,14 +476,6 @@ pub fn dedup(mailboxes: &mut Vec<MailboxName>) {
     mailboxes.retain(|m| seen.insert(m.clone()));
 }
 
-fn io_error(op: &'static str, source: std::io::Error) -> mailstore::Error {
-    mailstore::Error::Io {
-        op,
-        path: "(pending message)".into(),
-        source,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -422,14 +489,13 @@ mod tests {
         let spool = Spool::open(dir.path()).unwrap();
         let queue = Queue::open(dir.path().join(".queue")).unwrap();
         let mut inc = Incoming::begin(
-            &spool,
-            &queue,
-            Some("Return-Path: <a@x>\r\nR: 1\r\n"),
-            Some("R: 1\r\n"),
+            Arc::new(spool.clone()),
+            queue.clone(),
+            Some("Return-Path: <a@x>\r\nR: 1\r\n".into()),
+            Some("R: 1\r\n".into()),
             None,
             "mx.test",
-        )
-        .unwrap();
+        );
         inc.write(b"Received: old\r\nSubject: hi\r\n\r\nbody\r\n")
             .unwrap();
         assert_eq!(inc.received_count(), 1);

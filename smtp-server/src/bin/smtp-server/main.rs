@@ -1014,44 +1014,36 @@ impl Session {
             p.as_ref()
                 .map(|p| if at_the_end { String::new() } else { p.clone() })
         };
-        let (begin_local, begin_queue) = (deferred(&local_prefix), deferred(&queue_prefix));
-        let begun = tokio::task::block_in_place(|| {
-            Incoming::begin(
-                &*d.store,
-                &d.queue,
-                begin_local.as_deref(),
-                begin_queue.as_deref(),
-                // Date: and Message-ID: for mail our own users submit (see headers); a
-                // Message-ID: alone for mail from the network that is relayed onward.
-                if self.relay {
-                    Some(headers::Missing::new(&id, &d.hostname, now))
-                } else if relayed {
-                    Some(headers::Missing::message_id_only(&id, &d.hostname))
-                } else {
-                    None
-                },
-                &d.hostname,
-            )
-        });
-        let mut incoming = match begun {
-            Ok(i) => i,
-            Err(e) => {
-                error!(session = self.session_id, error = %e, "cannot store message");
-                return DataOutcome::temporary_failure(
-                    "Local error in processing, try again later",
-                );
-            }
-        };
-        if at_the_end {
-            // The usual message is checked and signed in memory and written once, after its
-            // prefixes.
-            incoming.hold_in_memory();
-        }
+        // The usual message is held in memory (checked and signed there), and written once,
+        // after its prefixes, when it is committed (see local).
+        let mut incoming = Incoming::begin(
+            d.store.clone(),
+            d.queue.clone(),
+            deferred(&local_prefix),
+            deferred(&queue_prefix),
+            // Date: and Message-ID: for mail our own users submit (see headers); a
+            // Message-ID: alone for mail from the network that is relayed onward.
+            if self.relay {
+                Some(headers::Missing::new(&id, &d.hostname, now))
+            } else if relayed {
+                Some(headers::Missing::message_id_only(&id, &d.hostname))
+            } else {
+                None
+            },
+            &d.hostname,
+        );
         loop {
             match body.chunk().await {
                 Ok(Some(chunk)) => {
                     metrics::m().received(chunk.len());
-                    if let Err(e) = incoming.write(chunk) {
+                    // Past what is held in memory the files are made and written: off the
+                    // runtime's own work.
+                    let written = if incoming.would_open(chunk.len()) {
+                        tokio::task::block_in_place(|| incoming.write(chunk))
+                    } else {
+                        incoming.write(chunk)
+                    };
+                    if let Err(e) = written {
                         error!(session = self.session_id, error = %e, "cannot store message");
                         return DataOutcome::temporary_failure(
                             "Local error in processing, try again later",
