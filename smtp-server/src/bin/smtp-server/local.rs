@@ -297,7 +297,9 @@ impl Incoming {
     /// Commits: the local copy to `mailboxes` (duplicates removed), then the queued copy with
     /// `entry`. With `trace`, the copies were begun without their trace prefixes (see the
     /// module doc), which are put in front first, the queued copy DKIM-signed with the
-    /// trace's keys ([`place_trace`]). All the blocking file system work (and the signing)
+    /// trace's keys ([`trace_fronts`] for a message held in memory, [`trace_spilled`] for one
+    /// written to its files). A message held in memory is queued from there (the queue
+    /// entry's file is its only file). All the blocking file system work (and the signing)
     /// runs in one task on tokio's blocking pool.
     ///
     /// Errors are already phrased for the log; the caller answers `451 4.3.0` (or `552` for
@@ -315,23 +317,42 @@ impl Incoming {
         tokio::task::spawn_blocking(move || {
             let cannot = |e| CommitError::Store(format!("cannot store message: {e}"));
             self.finish().map_err(cannot)?;
-            if trace.is_none() {
-                self.spill().map_err(cannot)?;
+            let mut stored = Stored::default();
+            // A message still in memory: the local copy is written once after its prefix, the
+            // queued copy enqueued from memory (its one file is the queue entry's).
+            let mut queued_bytes = None;
+            if let Some(held) = self.held.take() {
+                let queue_prefix = self.to_open.as_mut().and_then(|t| t.queue_prefix.take());
+                self.open().map_err(cannot)?;
+                let wants_queue = queue_prefix.is_some();
+                let (local_front, queued_front) = match trace {
+                    Some(t) => {
+                        let (outcome, front) =
+                            trace_fronts(&held.0, wants_queue, &t).map_err(CommitError::Sign)?;
+                        stored.signed = outcome;
+                        (t.local, front)
+                    }
+                    None => (String::new(), queue_prefix.unwrap_or_default()),
+                };
+                if let Some(m) = &mut self.local {
+                    m.write_all(local_front.as_bytes())
+                        .and_then(|()| m.write_all(&held.0))
+                        .map_err(cannot)?;
+                }
+                if wants_queue {
+                    let mut all = Vec::with_capacity(queued_front.len() + held.0.len());
+                    all.extend_from_slice(queued_front.as_bytes());
+                    all.extend_from_slice(&held.0);
+                    queued_bytes = Some(all);
+                }
             } else {
                 self.open().map_err(cannot)?;
+                if let Some(t) = trace {
+                    stored.signed = trace_spilled(&mut self.local, &mut self.queued, t)
+                        .map_err(CommitError::Sign)?;
+                }
             }
-            let Incoming {
-                mut local,
-                mut queued,
-                held,
-                ..
-            } = self;
-            let mut stored = Stored::default();
-            if let Some(t) = trace {
-                let held = held.as_ref().map(|h| &h.0[..]);
-                stored.signed =
-                    place_trace(held, &mut local, &mut queued, t).map_err(CommitError::Sign)?;
-            }
+            let Incoming { local, queued, .. } = self;
             if let Some(mut m) = local {
                 dedup(&mut mailboxes);
                 if !mailboxes.is_empty() {
@@ -349,11 +370,16 @@ impl Incoming {
                     }
                 }
             }
-            if let (Some(mut m), Some(entry)) = (queued, entry) {
-                let id = queue
-                    .enqueue_pending(&entry, &mut m)
-                    .map_err(|e| CommitError::Store(format!("queue: {e}")))?;
-                stored.queue_id = Some(id);
+            if let Some(entry) = entry {
+                let id = match (queued_bytes, queued) {
+                    (Some(bytes), _) => Some(queue.enqueue(&entry, &bytes)),
+                    (None, Some(mut m)) => Some(queue.enqueue_pending(&entry, &mut m)),
+                    (None, None) => None,
+                };
+                if let Some(id) = id {
+                    stored.queue_id =
+                        Some(id.map_err(|e| CommitError::Store(format!("queue: {e}")))?);
+                }
             }
             Ok(stored)
         })
@@ -391,47 +417,53 @@ impl std::fmt::Display for CommitError {
     }
 }
 
-/// Puts `trace` in front of the copies (see the module doc), the queued copy signed when the
-/// trace has keys: a message `held` in memory is signed there and written once, after its
-/// prefixes; one already written is read back to be signed and copied once on disk with its
-/// prefixes. It blocks.
+/// For a message `held` in memory: the front of its queued copy (its signatures, when the
+/// trace has keys and the message is queued, then the trace's queued prefix) and the signing's
+/// outcome. The local copy's front is the trace's local prefix.
 ///
 /// # Errors
-/// As [`dkim::sign`], or [`dkim::SignError::Io`] when writing fails; the message must not be
-/// committed then.
-fn place_trace(
-    held: Option<&[u8]>,
+/// As [`dkim::sign`].
+fn trace_fronts(
+    held: &[u8],
+    queued: bool,
+    trace: &Trace,
+) -> Result<(Option<dkim::Outcome>, String), dkim::SignError> {
+    let prefix = trace.queued.as_bytes();
+    let outcome = match trace.keys.as_ref().filter(|_| queued) {
+        Some(keys) => Some(dkim::sign(keys, prefix.chain(held))?),
+        None => None,
+    };
+    Ok((
+        outcome.clone(),
+        format!("{}{}", signatures(&outcome), trace.queued),
+    ))
+}
+
+/// The signature fields of a signing outcome (none when not signed).
+fn signatures(o: &Option<dkim::Outcome>) -> String {
+    match o {
+        Some(dkim::Outcome::Signed { fields, .. }) => fields.clone(),
+        _ => String::new(),
+    }
+}
+
+/// For a message already written to its files: reads the queued copy back to sign it when
+/// the trace has keys, and puts the trace's prefixes (the signatures first) in front of the
+/// copies, which copies each once on disk. It blocks.
+///
+/// # Errors
+/// As [`dkim::sign`], or [`dkim::SignError::Io`] when reading or writing fails; the message
+/// must not be committed then.
+fn trace_spilled(
     local: &mut Option<PendingMessage>,
     queued: &mut Option<PendingMessage>,
     trace: Trace,
 ) -> Result<Option<dkim::Outcome>, dkim::SignError> {
-    let keys = trace.keys.filter(|_| queued.is_some());
-    let prefix = trace.queued.as_bytes();
-    let sign = |r: &mut dyn Read| match &keys {
-        Some(keys) => dkim::sign(keys, prefix.chain(r)).map(Some),
-        None => Ok(None),
-    };
-    let signatures = |o: &Option<dkim::Outcome>| match o {
-        Some(dkim::Outcome::Signed { fields, .. }) => fields.clone(),
-        _ => String::new(),
-    };
     let io = dkim::SignError::Io;
-    if let Some(held) = held {
-        let outcome = sign(&mut &held[..])?;
-        if let Some(m) = local {
-            m.write_all(trace.local.as_bytes()).map_err(io)?;
-            m.write_all(held).map_err(io)?;
-        }
-        if let Some(m) = queued {
-            m.write_all(signatures(&outcome).as_bytes()).map_err(io)?;
-            m.write_all(prefix).map_err(io)?;
-            m.write_all(held).map_err(io)?;
-        }
-        return Ok(outcome);
-    }
-    let outcome = match queued.as_mut() {
-        Some(m) => sign(&mut m.reader().map_err(io)?)?,
-        None => None,
+    let prefix = trace.queued.as_bytes();
+    let outcome = match (queued.as_mut(), &trace.keys) {
+        (Some(m), Some(keys)) => Some(dkim::sign(keys, prefix.chain(m.reader().map_err(io)?))?),
+        _ => None,
     };
     let store = |e: mailstore::Error| dkim::SignError::Io(std::io::Error::other(e));
     if let Some(m) = local {
