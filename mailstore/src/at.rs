@@ -418,8 +418,12 @@ impl Dir {
     /// As [`Dir::replace_unsynced`], without making or freeing an inode: `bytes` are written
     /// into `spare` (a file this directory keeps for the purpose), which is then exchanged
     /// with `name` in one `renameat2(RENAME_EXCHANGE)`, so `spare` holds the previous content
-    /// and is written again next time. Readers of `name` see the old content or the new, never
-    /// a part. For a file replaced on every delivery: a new inode per replacement costs the
+    /// and is written again next time. A reader that opens `name` sees the old content or the
+    /// new; one that still reads the previous file when the next call writes it (it is the
+    /// spare then) can see that change, and after a power failure the file can hold an
+    /// earlier version, possibly cut short (the write is in place and not fsynced, and the
+    /// flush ext4 does for a rename over a file does not apply to an exchange): only for files
+    /// that are not a record of anything. For a file replaced on every delivery: a new inode per replacement costs the
     /// file system an allocation and a free each time (on ext4 without a journal, every later
     /// allocation in the group scans past the inodes freed in the last minutes).
     ///
@@ -436,6 +440,12 @@ impl Dir {
         perms: &Perms,
     ) -> Result<()> {
         use std::os::unix::fs::FileExt;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        /// Set once a file system refused the exchange: the spare is not made again.
+        static NO_EXCHANGE: AtomicBool = AtomicBool::new(false);
+        if NO_EXCHANGE.load(Ordering::Relaxed) {
+            return self.replace_unsynced(name, bytes, perms);
+        }
         let file = match self.open_spare(spare, perms)? {
             Some(f) => f,
             None => self.create(spare, perms)?,
@@ -451,6 +461,7 @@ impl Dir {
             // No `name` yet: the spare becomes it.
             Err(Errno::NOENT) => self.rename(spare, self, name),
             Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {
+                NO_EXCHANGE.store(true, Ordering::Relaxed);
                 let _ = self.remove_file(spare);
                 self.replace_unsynced(name, bytes, perms)
             }
@@ -465,12 +476,13 @@ impl Dir {
         let fd = match rustix::fs::openat(self, spare, flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(Errno::NOENT) => return Ok(None),
-            // A symbolic link (ELOOP), a FIFO or socket (ENXIO), a directory (EISDIR), ...
             Err(Errno::ISDIR) => return Err(unsafe_path(self.join(spare), "is a directory")),
-            Err(_) => {
+            // Planted: a symbolic link (ELOOP), a socket (ENXIO), a file we may not write.
+            Err(Errno::LOOP | Errno::NXIO | Errno::ACCESS | Errno::PERM | Errno::TXTBSY) => {
                 self.remove_file(spare)?;
                 return Ok(None);
             }
+            Err(e) => return Err(errno("open", self.join(spare))(e)),
         };
         let st = rustix::fs::fstat(&fd).map_err(errno("stat", self.join(spare)))?;
         let owner = perms

@@ -33,8 +33,9 @@
 //!    (below); the high-water marker is renamed to `.highwater.<n>` (a rename: no file data to
 //!    write or sync) and `.mh_sequences` replaced by the old sequences with `n` added to
 //!    `unseen` (written into `.mh_sequences.spare`, which then trades names with `.mh_sequences`
-//!    in one `renameat2(RENAME_EXCHANGE)`: readers see the old or the new, and no inode is made
-//!    or freed per delivery; not fsynced: it is for MH readers, the status files are the
+//!    in one `renameat2(RENAME_EXCHANGE)`: a reader that opens it sees the old or the new (one
+//!    still reading the previous file when the next delivery rewrites it can see that), and
+//!    no inode is made or freed per delivery; not fsynced: it is for MH readers, the status files are the
 //!    record). Then `<n>.status` is made as a hard link to the durable
 //!    template `.recent` (its content is always `\Recent` + LF, so no data needs writing or
 //!    syncing), and the message is hard-linked as `<n>`. The status appears first: readers list
@@ -680,11 +681,11 @@ fn read_sequences(dir: &Dir) -> Result<Option<Sequences>> {
     }
 }
 
-/// Rewrites `.mh_sequences` (temporary file, rename) as `seq`. Not fsynced: it is
-/// kept for MH readers, the status files are the record, and the directory fsync that
-/// follows every change makes the rename durable; after a power failure it may lack the last
-/// changes or be empty (on file systems without ext4's flush-on-rename), which loses MH-only
-/// state: `unseen` (messages look read), `flagged`/`replied` as an MH reader set them, nmh's
+/// Rewrites `.mh_sequences` as `seq` (written into `.mh_sequences.spare`, the two names then
+/// exchanged: [`Dir::replace_reusing`]). Not fsynced: it is kept for MH readers, the status
+/// files are the record, and the directory fsync that follows every change makes the
+/// exchange durable; after a power failure it may lack the last changes, hold an earlier
+/// version cut short, or be empty, which loses MH-only state: `unseen` (messages look read), `flagged`/`replied` as an MH reader set them, nmh's
 /// `cur` and user sequences. The status files keep each message's flags as this crate knows
 /// them.
 fn write_sequences(dir: &Dir, seq: &Sequences, perms: &Perms) -> Result<()> {

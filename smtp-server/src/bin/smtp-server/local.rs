@@ -1,6 +1,6 @@
-//! Storing an incoming message: streamed to disk as it arrives (one temporary file for the
-//! local mailboxes, one for the queue when some recipients are remote), then committed to every
-//! local mailbox and enqueued, all durably, before the `250`.
+//! Storing an incoming message: held in memory or, when longer, streamed to temporary files
+//! as it arrives (one for the local mailboxes, one for the queue when some recipients are
+//! remote), then committed to every local mailbox and enqueued, all durably, before the `250`.
 //!
 //! The local copy starts with `Return-Path:` and `Received:`; the queued copy with `Received:`
 //! only (the final destination adds `Return-Path:`). The message itself passes through a
@@ -34,8 +34,8 @@ use mailstore::{DeliveryId, MailboxName, PendingMessage, Store};
 use crate::headers::{HeaderFilter, Missing};
 use crate::{dkim, inbound_auth};
 
-/// The longest message held in memory instead of being written as it arrives, when its trace
-/// prefix is only known at its end (see the module doc).
+/// The longest message held in memory instead of being written as it arrives (see the module
+/// doc).
 pub const HOLD_IN_MEMORY: usize = 128 * 1024;
 
 /// The most octets all messages being received hold in memory together; past it, messages
@@ -45,29 +45,54 @@ pub const HOLD_TOTAL: usize = 64 << 20;
 /// Octets held by all [`Held`] buffers.
 static HELD_TOTAL: AtomicUsize = AtomicUsize::new(0);
 
-/// A message held in memory, counted in [`HELD_TOTAL`] while it lives.
+/// Room left for what the header filter adds to a message (`Date:`, `Message-ID:`) when
+/// [`Incoming::would_open`] judges whether the next chunk still fits in memory.
+const FILTER_SLACK: usize = 4096;
+
+/// A message held in memory, its buffer's capacity counted in [`HELD_TOTAL`] while it lives.
 #[derive(Debug, Default)]
-struct Held(Vec<u8>);
+struct Held(Vec<u8>, /* octets counted in HELD_TOTAL */ usize);
 
 impl Held {
     /// Appends `bytes` if this message and all of them together stay within their bounds.
     fn try_extend(&mut self, bytes: &[u8]) -> bool {
-        if self.0.len() + bytes.len() > HOLD_IN_MEMORY {
+        let needed = self.0.len() + bytes.len();
+        if needed > HOLD_IN_MEMORY {
             return false;
         }
-        let before = HELD_TOTAL.fetch_add(bytes.len(), Ordering::Relaxed);
-        if before + bytes.len() > HOLD_TOTAL {
-            HELD_TOTAL.fetch_sub(bytes.len(), Ordering::Relaxed);
-            return false;
+        let cap = self.0.capacity();
+        let grow = if needed > cap {
+            // What `Vec` grows to: at least double, capped at the bound.
+            needed.max(cap * 2).min(HOLD_IN_MEMORY) - cap
+        } else {
+            0
+        };
+        if grow > 0 {
+            let before = HELD_TOTAL.fetch_add(grow, Ordering::Relaxed);
+            if before + grow > HOLD_TOTAL {
+                HELD_TOTAL.fetch_sub(grow, Ordering::Relaxed);
+                return false;
+            }
+            self.1 += grow;
+            self.0.reserve_exact(cap + grow - self.0.len());
         }
         self.0.extend_from_slice(bytes);
         true
+    }
+
+    /// Whether `len` more octets would fit, as [`try_extend`](Self::try_extend) would find.
+    fn fits(&self, len: usize) -> bool {
+        let needed = self.0.len() + len + FILTER_SLACK;
+        needed <= HOLD_IN_MEMORY
+            && (needed <= self.0.capacity()
+                || HELD_TOTAL.load(Ordering::Relaxed) + needed.max(self.0.capacity() * 2)
+                    <= HOLD_TOTAL)
     }
 }
 
 impl Drop for Held {
     fn drop(&mut self) {
-        HELD_TOTAL.fetch_sub(self.0.len(), Ordering::Relaxed);
+        HELD_TOTAL.fetch_sub(self.1, Ordering::Relaxed);
     }
 }
 
@@ -168,14 +193,11 @@ impl Incoming {
         Ok(())
     }
 
-    /// True when writing `len` more octets would make the files (a blocking call): the
-    /// message no longer fits in memory.
+    /// True when writing `len` more octets might make the files (a blocking call): the
+    /// message, or all that sessions hold, may no longer fit in memory. It errs on the side of
+    /// true.
     pub fn would_open(&self, len: usize) -> bool {
-        self.to_open.is_some()
-            && self
-                .held
-                .as_ref()
-                .is_none_or(|h| h.0.len() + len > HOLD_IN_MEMORY)
+        self.to_open.is_some() && self.held.as_ref().is_none_or(|h| !h.fits(len))
     }
 
     /// Appends a chunk of the message (as received, after dot-unstuffing), through the
@@ -514,6 +536,27 @@ mod tests {
     use super::*;
     use mailstore::queue::Envelope;
     use mailstore::spool::Spool;
+
+    #[test]
+    fn held_messages_are_bounded_and_counted() {
+        let mut h = Held::default();
+        assert!(h.try_extend(&[b'x'; 1000]));
+        assert!(
+            h.1 >= 1000 && h.0.capacity() <= h.1,
+            "{} {}",
+            h.1,
+            h.0.capacity()
+        );
+        assert!(h.try_extend(&vec![b'y'; HOLD_IN_MEMORY - 1000]));
+        assert_eq!(h.0.len(), HOLD_IN_MEMORY);
+        assert!(h.1 <= HOLD_IN_MEMORY && h.0.capacity() <= h.1);
+        // One octet more is refused, and not counted.
+        let counted = h.1;
+        assert!(!h.try_extend(b"z"));
+        assert_eq!(h.1, counted);
+        assert!(!h.fits(1));
+        assert!(Held::default().fits(1000));
+    }
 
     #[tokio::test]
     async fn local_and_queued_copies() {

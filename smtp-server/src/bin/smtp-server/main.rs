@@ -1036,8 +1036,9 @@ impl Session {
             match body.chunk().await {
                 Ok(Some(chunk)) => {
                     metrics::m().received(chunk.len());
-                    // Past what is held in memory the files are made and written: off the
-                    // runtime's own work.
+                    // The chunk that no longer fits in memory makes the files and writes
+                    // what was held: off the runtime's own work (later chunks go through
+                    // the files' buffers, into the page cache, as they arrive).
                     let written = if incoming.would_open(chunk.len()) {
                         tokio::task::block_in_place(|| incoming.write(chunk))
                     } else {
