@@ -629,13 +629,14 @@ impl GroupSyncs {
 /// the same directory (each entry: the mailbox, the directory, its group commit and the
 /// highest ticket of this call's changes there), and fails every delivery into a mailbox
 /// whose fsync failed: its message is not durable, so it must not be acknowledged.
-pub(crate) fn sync_shared<T>(
+pub(crate) fn sync_shared<T, D: std::borrow::Borrow<Dir>>(
     mailboxes: &[crate::MailboxName],
     results: &mut [Result<T>],
-    to_sync: Vec<(&crate::MailboxName, Dir, std::sync::Arc<GroupSync>, u64)>,
+    to_sync: Vec<(&crate::MailboxName, D, std::sync::Arc<GroupSync>, u64)>,
 ) {
     for (mailbox, dir, group, ticket) in to_sync {
-        if let Err(e) = group.sync(&dir, ticket) {
+        let dir: &Dir = dir.borrow();
+        if let Err(e) = group.sync(dir, ticket) {
             let text = e.to_string();
             for (m, r) in mailboxes.iter().zip(results.iter_mut()) {
                 if m == mailbox && r.is_ok() {

@@ -94,6 +94,35 @@ pub enum Error {
 }
 
 impl Error {
+    /// A copy of this error, for each of several deliveries one failure stopped (the OS error
+    /// is kept by kind and text).
+    pub(crate) fn copy(&self) -> Error {
+        match self {
+            Error::Io { op, path, source } => Error::Io {
+                op,
+                path: path.clone(),
+                source: io::Error::new(source.kind(), source.to_string()),
+            },
+            Error::Corrupt { path, reason } => Error::Corrupt {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            Error::UnsafePath { path, reason } => Error::UnsafePath {
+                path: path.clone(),
+                reason,
+            },
+            Error::Exhausted { what, path } => Error::Exhausted {
+                what,
+                path: path.clone(),
+            },
+            other => Error::Io {
+                op: "deliver",
+                path: PathBuf::new(),
+                source: io::Error::other(other.to_string()),
+            },
+        }
+    }
+
     /// True for [`Error::InvalidName`]: a permanent, per-recipient error.
     pub fn is_invalid_name(&self) -> bool {
         matches!(self, Error::InvalidName(_))

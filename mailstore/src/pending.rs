@@ -73,6 +73,28 @@ pub(crate) struct Staged<'a> {
     pub id: (u64, u64),
 }
 
+/// A [`Staged`] that owns what it refers to (a duplicate of the file's descriptor), to hand
+/// to another thread that commits it (the spool's combined deliveries).
+#[derive(Debug)]
+pub(crate) struct OwnedStaged {
+    dir: Arc<Dir>,
+    name: Option<String>,
+    file: File,
+    id: (u64, u64),
+}
+
+impl OwnedStaged {
+    /// The same file, borrowed.
+    pub fn staged(&self) -> Staged<'_> {
+        Staged {
+            dir: &self.dir,
+            name: self.name.as_deref(),
+            file: &self.file,
+            id: self.id,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Writing,
@@ -212,6 +234,22 @@ impl PendingMessage {
             }
         }
         Ok((self.file.get_ref(), self.len))
+    }
+
+    /// As [`seal`](Self::seal), owning a duplicate of the descriptor.
+    pub(crate) fn seal_owned(&mut self) -> Result<OwnedStaged> {
+        self.seal()?;
+        let file = self
+            .file
+            .get_ref()
+            .try_clone()
+            .map_err(io_err("dup", self.path()))?;
+        Ok(OwnedStaged {
+            dir: self.dir.clone(),
+            name: self.name.clone(),
+            file,
+            id: self.id,
+        })
     }
 
     fn staged(&self) -> Staged<'_> {
