@@ -566,12 +566,23 @@ pub(crate) fn unsafe_path(path: PathBuf, reason: &'static str) -> Error {
 /// fsync. A change is counted ([`GroupSync::changed`]) after it is made; [`GroupSync::sync`]
 /// then fsyncs the directory unless an fsync that began after that change has completed, and
 /// while one fsync runs the others wait for it (and then usually find themselves covered).
+///
+/// A failed fsync fails every change it was to cover, then and later: Linux reports a
+/// write-back error once per open file, so a second fsync of the same descriptor could
+/// succeed without the failed changes being durable.
 #[derive(Debug, Default)]
 pub(crate) struct GroupSync {
     /// Changes made so far.
     changed: std::sync::atomic::AtomicU64,
-    /// How many of them a completed fsync covers.
-    synced: std::sync::Mutex<u64>,
+    state: std::sync::Mutex<SyncState>,
+}
+
+#[derive(Debug, Default)]
+struct SyncState {
+    /// How many changes a completed fsync covers.
+    synced: u64,
+    /// Changes a failed fsync was to cover (first, last), and its error.
+    failed: Option<(u64, u64, String)>,
 }
 
 impl GroupSync {
@@ -585,18 +596,39 @@ impl GroupSync {
     /// Makes change `ticket` durable: fsyncs `dir` (a descriptor of this directory) unless an
     /// fsync that covers it has completed.
     pub fn sync(&self, dir: &Dir, ticket: u64) -> Result<()> {
-        let mut synced = self
-            .synced
+        let mut state = self
+            .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *synced >= ticket {
+        if let Some((first, last, error)) = &state.failed {
+            if (*first..=*last).contains(&ticket) {
+                return Err(Error::Io {
+                    op: "fsync",
+                    path: dir.path().to_path_buf(),
+                    source: io::Error::other(error.clone()),
+                });
+            }
+        }
+        if state.synced >= ticket {
             return Ok(());
         }
         // Every change counted before the fsync starts is covered by it.
         let upto = self.changed.load(std::sync::atomic::Ordering::SeqCst);
-        dir.sync()?;
-        *synced = upto;
-        Ok(())
+        match dir.sync() {
+            Ok(()) => {
+                state.synced = upto;
+                Ok(())
+            }
+            Err(e) => {
+                let first = state.synced.saturating_add(1);
+                let (first, last) = match &state.failed {
+                    Some((f, l, _)) => ((*f).min(first), (*l).max(upto)),
+                    None => (first, upto),
+                };
+                state.failed = Some((first, last, e.to_string()));
+                Err(e)
+            }
+        }
     }
 }
 

@@ -115,11 +115,14 @@ impl Error {
                 what,
                 path: path.clone(),
             },
-            other => Error::Io {
-                op: "deliver",
-                path: PathBuf::new(),
-                source: io::Error::other(other.to_string()),
-            },
+            other => {
+                debug_assert!(false, "Error::copy of {other:?}");
+                Error::Io {
+                    op: "deliver",
+                    path: PathBuf::new(),
+                    source: io::Error::other(other.to_string()),
+                }
+            }
         }
     }
 

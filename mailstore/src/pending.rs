@@ -73,13 +73,13 @@ pub(crate) struct Staged<'a> {
     pub id: (u64, u64),
 }
 
-/// A [`Staged`] that owns what it refers to (a duplicate of the file's descriptor), to hand
-/// to another thread that commits it (the spool's combined deliveries).
-#[derive(Debug)]
+/// A [`Staged`] that owns what it refers to (a duplicate of the file's descriptor, shared by
+/// its clones), to hand to another thread that commits it (the spool's combined deliveries).
+#[derive(Debug, Clone)]
 pub(crate) struct OwnedStaged {
     dir: Arc<Dir>,
     name: Option<String>,
-    file: File,
+    file: Arc<File>,
     id: (u64, u64),
 }
 
@@ -247,7 +247,7 @@ impl PendingMessage {
         Ok(OwnedStaged {
             dir: self.dir.clone(),
             name: self.name.clone(),
-            file,
+            file: Arc::new(file),
             id: self.id,
         })
     }

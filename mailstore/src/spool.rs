@@ -518,16 +518,21 @@ impl Spool {
             if !state.busy {
                 state.busy = true;
                 let batch = std::mem::take(&mut state.waiting);
-                let lead = Lead {
+                let mut lead = Lead {
                     combiner: &combiner,
-                    ids: batch.iter().map(|(id, _)| *id).collect(),
+                    others: batch
+                        .iter()
+                        .map(|(id, _)| *id)
+                        .filter(|id| *id != me)
+                        .collect(),
+                    armed: true,
                 };
                 drop(state);
                 let results = self.place_batch(batch, mailbox);
+                lead.armed = false;
                 state = combiner.lock();
                 state.busy = false;
                 state.done.extend(results);
-                std::mem::forget(lead);
                 combiner.ready.notify_all();
                 continue;
             }
@@ -598,18 +603,25 @@ impl Spool {
 }
 
 /// The batch a thread is placing: should that thread unwind instead of finishing, its drop
-/// ends the batch with an error for each delivery in it, so that no other thread waits
-/// forever.
+/// ends the batch with an error for each other delivery in it, so that no other thread waits
+/// forever (messages of the batch already linked are then reported as failed: their senders
+/// send them again, and those mailboxes get them twice).
 struct Lead<'a> {
     combiner: &'a Combiner,
-    ids: Vec<u64>,
+    /// The other deliveries in the batch.
+    others: Vec<u64>,
+    /// Until the batch's results are in hand.
+    armed: bool,
 }
 
 impl Drop for Lead<'_> {
     fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
         let mut state = self.combiner.lock();
         state.busy = false;
-        for &id in &self.ids {
+        for &id in &self.others {
             state.done.push((
                 id,
                 Err(Error::Io {
@@ -677,8 +689,10 @@ impl Store for Spool {
     ) -> Result<Vec<Result<DeliveryId>>> {
         let mut results: Vec<Result<DeliveryId>> = Vec::with_capacity(mailboxes.len());
         let mut to_sync: Vec<(&MailboxName, Arc<Dir>, Arc<GroupSync>, u64)> = Vec::new();
+        // Sealed (fsynced) once, before anything is placed; each mailbox's delivery shares it.
+        let staged = message.seal_owned()?;
         for mailbox in mailboxes {
-            match self.deliver_combined(message.seal_owned()?, mailbox) {
+            match self.deliver_combined(staged.clone(), mailbox) {
                 Ok(p) => {
                     match to_sync.iter_mut().find(|(m, ..)| *m == mailbox) {
                         Some(entry) => entry.3 = entry.3.max(p.ticket),
@@ -969,6 +983,37 @@ mod tests {
 
     fn name(s: &str) -> MailboxName {
         MailboxName::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_failure_before_the_links_fails_every_delivery_of_the_batch() {
+        // A corrupt counter stops the numbering: every delivery waiting in the batch gets the
+        // error (each its own copy), none is linked, and the mailbox takes mail again once
+        // the file is mended.
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let inbox = name("inbox");
+        fs::create_dir(dir.path().join("inbox")).unwrap();
+        fs::write(dir.path().join("inbox/.next"), b"not a number\n").unwrap();
+        let threads = 8;
+        let barrier = Arc::new(std::sync::Barrier::new(threads));
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let (spool, inbox, barrier) = (spool.clone(), inbox.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    spool.deliver(&inbox, b"Subject: x\n\n")
+                })
+            })
+            .collect();
+        for h in handles {
+            let err = h.join().unwrap().unwrap_err();
+            assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
+            assert!(err.to_string().contains(".next"), "{err}");
+        }
+        assert_eq!(spool.list(&inbox).unwrap(), Vec::<u64>::new());
+        fs::remove_file(dir.path().join("inbox/.next")).unwrap();
+        assert_eq!(spool.deliver(&inbox, b"ok").unwrap(), DeliveryId::Spool(1));
     }
 
     #[test]
