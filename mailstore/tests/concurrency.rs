@@ -93,7 +93,17 @@ fn child() {
         "hold-claim" => {
             let queue = Queue::open(Path::new(&root).join("queue")).unwrap();
             let qid = id.parse().unwrap();
-            let mut claim = queue.claim(&qid).unwrap().unwrap();
+            // Another test's child, forked while the parent had the new entry open (and
+            // locked) and not yet exec'ed, can hold that lock for a moment: look again for a
+            // while, as a runner would. A claim never freed still fails the test.
+            let deadline = Instant::now() + Duration::from_secs(5);
+            let mut claim = loop {
+                match queue.claim(&qid).unwrap() {
+                    Some(c) => break c,
+                    None if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
+                    None => panic!("entry {qid} still busy after 5 s"),
+                }
+            };
             claim.record(0, RcptState::Delivered).unwrap();
             fs::write(Path::new(&root).join("claimed"), b"").unwrap();
             thread::sleep(Duration::from_secs(60));
