@@ -423,9 +423,10 @@ impl Dir {
     /// spare then) can see that change, and after a power failure the file can hold an
     /// earlier version, possibly cut short (the write is in place and not fsynced, and the
     /// flush ext4 does for a rename over a file does not apply to an exchange): only for files
-    /// that are not a record of anything. For a file replaced on every delivery: a new inode per replacement costs the
-    /// file system an allocation and a free each time (on ext4 without a journal, every later
-    /// allocation in the group scans past the inodes freed in the last minutes).
+    /// that are not a record of anything. For a file replaced on every delivery: a new inode
+    /// per replacement costs the file system an allocation and a free each time (on ext4
+    /// without a journal, every later allocation in the group scans past the inodes freed in
+    /// the last minutes).
     ///
     /// `spare` is only written when the descriptor opened (`O_NOFOLLOW`, `O_NONBLOCK`) is a
     /// regular file with a single link and the owner and mode `perms` give: a file planted
@@ -582,7 +583,7 @@ struct SyncState {
     /// How many changes a completed fsync covers.
     synced: u64,
     /// Changes a failed fsync was to cover (first, last), and its error.
-    failed: Option<(u64, u64, String)>,
+    failed: Option<(u64, u64, Error)>,
 }
 
 impl GroupSync {
@@ -602,11 +603,7 @@ impl GroupSync {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some((first, last, error)) = &state.failed {
             if (*first..=*last).contains(&ticket) {
-                return Err(Error::Io {
-                    op: "fsync",
-                    path: dir.path().to_path_buf(),
-                    source: io::Error::other(error.clone()),
-                });
+                return Err(error.copy());
             }
         }
         if state.synced >= ticket {
@@ -625,7 +622,7 @@ impl GroupSync {
                     Some((f, l, _)) => ((*f).min(first), (*l).max(upto)),
                     None => (first, upto),
                 };
-                state.failed = Some((first, last, e.to_string()));
+                state.failed = Some((first, last, e.copy()));
                 Err(e)
             }
         }
@@ -667,19 +664,33 @@ pub(crate) fn sync_shared<T, D: std::borrow::Borrow<Dir>>(
     to_sync: Vec<(&crate::MailboxName, D, std::sync::Arc<GroupSync>, u64)>,
 ) {
     for (mailbox, dir, group, ticket) in to_sync {
-        let dir: &Dir = dir.borrow();
-        if let Err(e) = group.sync(dir, ticket) {
-            let text = e.to_string();
+        if let Err(e) = group.sync(dir.borrow(), ticket) {
             for (m, r) in mailboxes.iter().zip(results.iter_mut()) {
                 if m == mailbox && r.is_ok() {
-                    *r = Err(Error::Io {
-                        op: "fsync",
-                        path: dir.path().to_path_buf(),
-                        source: std::io::Error::other(text.clone()),
-                    });
+                    *r = Err(e.copy());
                 }
             }
         }
+    }
+}
+
+/// Adds a delivery into `mailbox` (placed in `dir`, whose group commit is `group`, as change
+/// `ticket`) to what [`sync_shared`] syncs: one entry per mailbox and directory, with the
+/// highest ticket (a mailbox named twice whose directory was replaced in between has one
+/// entry per directory).
+pub(crate) fn add_to_sync<'m, D>(
+    to_sync: &mut Vec<(&'m crate::MailboxName, D, std::sync::Arc<GroupSync>, u64)>,
+    mailbox: &'m crate::MailboxName,
+    dir: D,
+    group: std::sync::Arc<GroupSync>,
+    ticket: u64,
+) {
+    let same = |(m, _, g, _): &&mut (&crate::MailboxName, D, std::sync::Arc<GroupSync>, u64)| {
+        *m == mailbox && std::sync::Arc::ptr_eq(g, &group)
+    };
+    match to_sync.iter_mut().find(same) {
+        Some(entry) => entry.3 = entry.3.max(ticket),
+        None => to_sync.push((mailbox, dir, group, ticket)),
     }
 }
 

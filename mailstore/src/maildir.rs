@@ -154,10 +154,7 @@ impl Store for Maildir {
             match self.place(src, mailbox) {
                 Ok((name, new, group)) => {
                     let ticket = group.changed();
-                    match to_sync.iter_mut().find(|(m, ..)| *m == mailbox) {
-                        Some(entry) => entry.3 = ticket,
-                        None => to_sync.push((mailbox, new, group, ticket)),
-                    }
+                    crate::at::add_to_sync(&mut to_sync, mailbox, new, group, ticket);
                     results.push(Ok(DeliveryId::Maildir(name)));
                 }
                 Err(e) => results.push(Err(e)),

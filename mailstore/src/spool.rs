@@ -35,8 +35,8 @@
 //!    `unseen` (written into `.mh_sequences.spare`, which then trades names with `.mh_sequences`
 //!    in one `renameat2(RENAME_EXCHANGE)`: a reader that opens it sees the old or the new (one
 //!    still reading the previous file when the next delivery rewrites it can see that), and
-//!    no inode is made or freed per delivery; not fsynced: it is for MH readers, the status files are the
-//!    record). Then `<n>.status` is made as a hard link to the durable
+//!    no inode is made or freed per delivery; not fsynced: it is for MH readers, the status
+//!    files are the record). Then `<n>.status` is made as a hard link to the durable
 //!    template `.recent` (its content is always `\Recent` + LF, so no data needs writing or
 //!    syncing), and the message is hard-linked as `<n>`. The status appears first: readers list
 //!    messages by their number files, so no reader ever sees a message without its status,
@@ -694,10 +694,7 @@ impl Store for Spool {
         for mailbox in mailboxes {
             match self.deliver_combined(staged.clone(), mailbox) {
                 Ok(p) => {
-                    match to_sync.iter_mut().find(|(m, ..)| *m == mailbox) {
-                        Some(entry) => entry.3 = entry.3.max(p.ticket),
-                        None => to_sync.push((mailbox, p.dir, p.group, p.ticket)),
-                    }
+                    crate::at::add_to_sync(&mut to_sync, mailbox, p.dir, p.group, p.ticket);
                     results.push(Ok(DeliveryId::Spool(p.number)));
                 }
                 Err(e) => results.push(Err(e)),
@@ -892,8 +889,8 @@ fn read_sequences(dir: &Dir) -> Result<Option<Sequences>> {
 /// exchanged: [`Dir::replace_reusing`]). Not fsynced: it is kept for MH readers, the status
 /// files are the record, and the directory fsync that follows every change makes the
 /// exchange durable; after a power failure it may lack the last changes, hold an earlier
-/// version cut short, or be empty, which loses MH-only state: `unseen` (messages look read), `flagged`/`replied` as an MH reader set them, nmh's
-/// `cur` and user sequences. The status files keep each message's flags as this crate knows
+/// version cut short, or be empty, which loses MH-only state: `unseen` (messages look read),
+/// `flagged`/`replied` as an MH reader set them, nmh's `cur` and user sequences. The status files keep each message's flags as this crate knows
 /// them.
 fn write_sequences(dir: &Dir, seq: &Sequences, perms: &Perms) -> Result<()> {
     let bytes = seq.encode();
@@ -985,6 +982,25 @@ mod tests {
         MailboxName::new(s).unwrap()
     }
 
+    /// Runs `f(t)` on `threads` threads released together; their results in thread order.
+    fn at_once<T: Send + 'static>(
+        threads: usize,
+        f: impl Fn(usize) -> T + Send + Sync + 'static,
+    ) -> Vec<T> {
+        let barrier = Arc::new(std::sync::Barrier::new(threads));
+        let f = Arc::new(f);
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let (barrier, f) = (barrier.clone(), f.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    f(t)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
     #[test]
     fn a_failure_before_the_links_fails_every_delivery_of_the_batch() {
         // A corrupt counter stops the numbering: every delivery waiting in the batch gets the
@@ -995,19 +1011,9 @@ mod tests {
         let inbox = name("inbox");
         fs::create_dir(dir.path().join("inbox")).unwrap();
         fs::write(dir.path().join("inbox/.next"), b"not a number\n").unwrap();
-        let threads = 8;
-        let barrier = Arc::new(std::sync::Barrier::new(threads));
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                let (spool, inbox, barrier) = (spool.clone(), inbox.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    spool.deliver(&inbox, b"Subject: x\n\n")
-                })
-            })
-            .collect();
-        for h in handles {
-            let err = h.join().unwrap().unwrap_err();
+        let (s, i) = (spool.clone(), inbox.clone());
+        for r in at_once(8, move |_| s.deliver(&i, b"Subject: x\n\n")) {
+            let err = r.unwrap_err();
             assert!(matches!(err, Error::Corrupt { .. }), "{err:?}");
             assert!(err.to_string().contains(".next"), "{err}");
         }
@@ -1025,28 +1031,21 @@ mod tests {
         let spool = Spool::open(dir.path()).unwrap();
         let inbox = name("inbox");
         let (threads, each) = (16, 20);
-        let barrier = Arc::new(std::sync::Barrier::new(threads));
-        let handles: Vec<_> = (0..threads)
-            .map(|t| {
-                let (spool, inbox, barrier) = (spool.clone(), inbox.clone(), barrier.clone());
-                std::thread::spawn(move || {
-                    barrier.wait();
-                    (0..each)
-                        .map(|i| {
-                            let body = format!("Subject: {t}.{i}\n\n");
-                            match spool.deliver(&inbox, body.as_bytes()).unwrap() {
-                                DeliveryId::Spool(n) => (n, body),
-                                other => panic!("{other:?}"),
-                            }
-                        })
-                        .collect::<Vec<_>>()
+        let (s, i) = (spool.clone(), inbox.clone());
+        let mut got: Vec<(u64, String)> = at_once(threads, move |t| {
+            (0..each)
+                .map(|k| {
+                    let body = format!("Subject: {t}.{k}\n\n");
+                    match s.deliver(&i, body.as_bytes()).unwrap() {
+                        DeliveryId::Spool(n) => (n, body),
+                        other => panic!("{other:?}"),
+                    }
                 })
-            })
-            .collect();
-        let mut got: Vec<(u64, String)> = handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect();
+                .collect::<Vec<_>>()
+        })
+        .into_iter()
+        .flatten()
+        .collect();
         got.sort();
         let total = (threads * each) as u64;
         assert_eq!(

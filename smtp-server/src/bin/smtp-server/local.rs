@@ -455,17 +455,16 @@ fn trace_fronts(
         Some(keys) => Some(dkim::sign(keys, prefix.chain(held))?),
         None => None,
     };
-    Ok((
-        outcome.clone(),
-        format!("{}{}", signatures(&outcome), trace.queued),
-    ))
+    let front = queued_front(&outcome, trace);
+    Ok((outcome, front))
 }
 
-/// The signature fields of a signing outcome (none when not signed).
-fn signatures(o: &Option<dkim::Outcome>) -> String {
-    match o {
-        Some(dkim::Outcome::Signed { fields, .. }) => fields.clone(),
-        _ => String::new(),
+/// What goes in front of the queued copy: the signature fields of a signing outcome (none
+/// when not signed), then the trace's queued prefix.
+fn queued_front(outcome: &Option<dkim::Outcome>, trace: &Trace) -> String {
+    match outcome {
+        Some(dkim::Outcome::Signed { fields, .. }) => format!("{fields}{}", trace.queued),
+        _ => trace.queued.clone(),
     }
 }
 
@@ -492,7 +491,7 @@ fn trace_spilled(
         m.prepend(trace.local.as_bytes()).map_err(store)?;
     }
     if let Some(m) = queued {
-        let front = format!("{}{}", signatures(&outcome), trace.queued);
+        let front = queued_front(&outcome, &trace);
         m.prepend(front.as_bytes()).map_err(store)?;
     }
     Ok(outcome)
