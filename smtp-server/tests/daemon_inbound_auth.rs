@@ -81,7 +81,7 @@ fn zone() -> TestDnsBuilder {
         .txt("redirect-fail.test", "v=spf1 redirect=fail.test");
     // The void-lookup limit (RFC 7208 §4.6.4): two lookups with no records (NXDOMAIN or an
     // empty answer) are allowed, a third is a permerror, counted across includes and for the
-    // MX hosts' addresses too. `exists:` is not counted (see inbound_auth::VoidLookups).
+    // MX hosts' addresses too, and `exists:` names with no address (A or AAAA).
     b = b
         .txt("twovoid.test", "v=spf1 a:nx1.twovoid.test mx:nx2.twovoid.test ip4:127.0.0.1 -all")
         .txt("txtonly.threevoid.test", "not an address")
@@ -101,6 +101,29 @@ fn zone() -> TestDnsBuilder {
         .txt(
             "existsvoid.test",
             "v=spf1 exists:nx1.existsvoid.test exists:nx2.existsvoid.test exists:nx3.existsvoid.test ip4:127.0.0.1 -all",
+        )
+        // Two voids, then a name that exists (by a macro of the client's address; by AAAA
+        // only): no limit reached.
+        .txt(
+            "existsok.test",
+            "v=spf1 exists:nx1.existsok.test exists:nx2.existsok.test exists:%{i}.ok.existsok.test -all",
+        )
+        .txt(
+            "existsv6.test",
+            "v=spf1 exists:nx1.existsv6.test exists:nx2.existsv6.test exists:v6.existsok.test -all",
+        )
+        .aaaa("v6.existsok.test", std::net::Ipv6Addr::LOCALHOST)
+        .a("127.0.0.1.ok.existsok.test", [127, 0, 0, 2].into())
+        // Voids of `a`, `exists:` and `exists:` in an include, together.
+        .txt(
+            "existsmix.test",
+            "v=spf1 a:nx1.existsmix.test include:_i.existsmix.test ip4:127.0.0.1 -all",
+        )
+        .txt("_i.existsmix.test", "v=spf1 exists:nx2.existsmix.test exists:nx3.existsmix.test -all")
+        // A name that matches, after two voids, with `-`: a fail, not a limit.
+        .txt(
+            "existsfail.test",
+            "v=spf1 exists:nx1.existsfail.test exists:nx2.existsfail.test -exists:%{i}.ok.existsok.test +all",
         );
     // The 10-lookup limit (RFC 7208 §4.6.4): ten includes are allowed, eleven are not.
     for (name, n) in [("ten.test", 10), ("eleven.test", 11)] {
@@ -282,7 +305,11 @@ fn spf_results_for_mail_from_and_helo() {
         ("alice@threevoid.test", "permerror (mx.example.test: unable to verify SPF record for alice@threevoid.test)"),
         ("alice@voidinclude.test", "permerror (mx.example.test: unable to verify SPF record for alice@voidinclude.test)"),
         ("alice@mxvoid.test", "permerror (mx.example.test: unable to verify SPF record for alice@mxvoid.test)"),
-        ("alice@existsvoid.test", "pass (mx.example.test: domain of alice@existsvoid.test designates 127.0.0.1 as permitted sender)"),
+        ("alice@existsvoid.test", "permerror (mx.example.test: unable to verify SPF record for alice@existsvoid.test)"),
+        ("alice@existsok.test", "pass (mx.example.test: domain of alice@existsok.test designates 127.0.0.1 as permitted sender)"),
+        ("alice@existsv6.test", "pass (mx.example.test: domain of alice@existsv6.test designates 127.0.0.1 as permitted sender)"),
+        ("alice@existsmix.test", "permerror (mx.example.test: unable to verify SPF record for alice@existsmix.test)"),
+        ("alice@existsfail.test", "fail (mx.example.test: domain of alice@existsfail.test does not designate 127.0.0.1 as permitted sender)"),
     ];
     for (from, want) in cases {
         let stored = deliver(&d, port, from, &plain(from));

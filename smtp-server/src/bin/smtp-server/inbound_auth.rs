@@ -30,7 +30,8 @@
 //! mail-auth's (over it: `permerror`). Its limit of two void lookups (§4.6.4: answers with no
 //! records or NXDOMAIN; the third gives `permerror`) mail-auth 0.13 lacks, so it is counted
 //! here, around mail-auth's evaluation rather than in a second SPF implementation: see
-//! [`VoidLookups`] for how, and for the one mechanism it cannot see (`exists:`).
+//! [`VoidLookups`] for how (`exists:` names are looked up a second time when they could
+//! decide it).
 //!
 //! Cached: the parsed TXT records (SPF, DKIM keys, DMARC policies) and the address, MX and PTR
 //! answers, for their DNS TTL, in caches of [`CACHE_ENTRIES`] entries each (beyond that,
@@ -166,12 +167,17 @@ pub const VOID_LOOKUP_LIMIT: u32 = 2;
 /// the answer only when it has records: NXDOMAIN and an empty answer come back as errors and
 /// are never inserted. So a lookup that missed the cache and was not inserted before the next
 /// one began (or the check ended) was void, as is an empty answer found in the cache. The
-/// evaluation is sequential, so one pending lookup at a time is enough. `exists:` asks the
-/// address caches but never inserts what it finds, so its outcome is not visible here: it is
-/// not counted (a record can still name only so many `exists:` terms: the 10-term limit and
-/// the timeout bound it). TXT lookups (`include:`, `redirect=`) are not counted either: an
-/// empty one ends the check with `permerror` or `none` anyway. Other DNS errors end the check
-/// with `temperror` at once, which the count never overrides.
+/// evaluation is sequential, so one pending lookup at a time is enough.
+///
+/// `exists:` asks the A cache, then the AAAA cache, for one name (no other term asks both for
+/// one name: `a` and `mx` ask the family of the client's address) and never inserts what it
+/// finds, so its outcome is not seen in the caches. Those names are kept
+/// ([`VoidLookups::unseen`]) and, when they could take the check over the limit, looked up
+/// again after it ([`Verifier`]'s resolver answers from its own cache what had records):
+/// evaluation is left to right, so once three void lookups happened at all, the check was a
+/// `permerror` whatever came after. TXT lookups (`include:`, `redirect=`) are not counted:
+/// an empty one ends the check with `permerror` or `none` anyway. Other DNS errors end the
+/// check with `temperror` at once, which the count never overrides.
 #[derive(Default)]
 pub struct VoidLookups(Mutex<VoidState>);
 
@@ -180,7 +186,13 @@ struct VoidState {
     voids: u32,
     /// The lookup under way: the cache it missed and its key's hash.
     pending: Option<(Lookup, u64)>,
+    /// The names `exists:` looked up without an answer in the caches, in order (at most
+    /// [`MAX_UNSEEN`]: the 10-term limit keeps a check below that).
+    unseen: Vec<String>,
 }
+
+/// The most `exists:` names one check keeps.
+const MAX_UNSEEN: usize = 16;
 
 /// Which cache a lookup went to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,13 +222,27 @@ impl VoidLookups {
     }
 
     /// A lookup of `kind` for `hash` began; `cached` is what the cache had (and whether that
-    /// answer is empty).
-    fn began(&self, kind: Lookup, hash: u64, cached: Option<bool>) {
+    /// answer is empty); `name` gives the key's name (for `exists:`).
+    fn began(
+        &self,
+        kind: Lookup,
+        hash: u64,
+        cached: Option<bool>,
+        name: impl FnOnce() -> Option<String>,
+    ) {
         let mut s = self.state();
         match s.pending.take() {
             // `exists:` asks the A cache, then the AAAA cache, for one name, and inserts
-            // nothing: its outcome is not seen (see above).
-            Some((Lookup::Ipv4, h)) if kind == Lookup::Ipv6 && h == hash => return,
+            // nothing: its outcome is looked up again later (see above). An answer in the
+            // AAAA cache, even an empty one, is a match for mail-auth.
+            Some((Lookup::Ipv4, h)) if kind == Lookup::Ipv6 && h == hash => {
+                if cached.is_none() && s.unseen.len() < MAX_UNSEEN {
+                    if let Some(name) = name() {
+                        s.unseen.push(name);
+                    }
+                }
+                return;
+            }
             // The previous lookup was never inserted: no records.
             Some(_) => s.voids += 1,
             None => {}
@@ -236,11 +262,42 @@ impl VoidLookups {
         s.voids += u32::from(empty);
     }
 
-    /// The void lookups of the check, once it ended.
+    /// The void lookups of the check seen in the caches, once it ended.
     pub fn count(&self) -> u32 {
         let s = self.state();
         s.voids + u32::from(s.pending.is_some())
     }
+
+    /// The names `exists:` looked up whose outcome the caches did not show, in order.
+    pub fn unseen(&self) -> Vec<String> {
+        self.state().unseen.clone()
+    }
+}
+
+/// What a key feeds its hasher. For a `str` that is its UTF-8 bytes and one `0xff` (which
+/// keeps `("ab", "c")` and `("a", "bc")` apart); the caches' `get` is generic over the key's
+/// borrowed form, and this is how the name of a lookup is read from it
+/// (`key_name_reads_a_str_back` checks it against the standard library in use).
+struct KeyBytes(Vec<u8>);
+
+impl std::hash::Hasher for KeyBytes {
+    fn write(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+    }
+
+    fn finish(&self) -> u64 {
+        0
+    }
+}
+
+/// The name a cache key that is a `str` (or `Box<str>`) hashes, if it is one.
+fn key_name<Q: Hash + ?Sized>(key: &Q) -> Option<String> {
+    let mut h = KeyBytes(Vec::new());
+    key.hash(&mut h);
+    let mut bytes = h.0;
+    (bytes.pop() == Some(0xff))
+        .then(|| String::from_utf8(bytes).ok())
+        .flatten()
 }
 
 /// A cache that tells [`VoidLookups`] what mail-auth asked of it and stored in it.
@@ -269,6 +326,7 @@ impl<K: Hash + Eq, T: Clone> ResolverCache<K, RecordSet<T>>
             self.kind,
             key_hash(name),
             v.as_ref().map(|v| v.rrset.is_empty()),
+            || key_name(name),
         );
         v
     }
@@ -522,12 +580,35 @@ impl Verifier {
             .with_ipv4_cache(&ipv4)
             .with_ipv6_cache(&ipv6)
             .with_ptr_cache(&ptr);
-        let out = tokio::time::timeout(self.settings.timeout, self.auth.verify_spf(params))
+        let check = async {
+            let out = self.auth.verify_spf(params).await;
+            let mut n = voids.count();
+            let unseen = voids.unseen();
+            if out.result() != SpfResult::TempError
+                && n <= VOID_LOOKUP_LIMIT
+                && n as usize + unseen.len() > VOID_LOOKUP_LIMIT as usize
+            {
+                for name in unseen {
+                    let none = None::<&Cache<Box<str>, RecordSet<Ipv4Addr>>>;
+                    let none6 = None::<&Cache<Box<str>, RecordSet<Ipv6Addr>>>;
+                    // A failure now, after mail-auth's own lookup of it succeeded, is not
+                    // counted either way.
+                    if let Ok(false) = self.auth.exists(name.as_str(), none, none6).await {
+                        n += 1;
+                        if n > VOID_LOOKUP_LIMIT {
+                            break;
+                        }
+                    }
+                }
+            }
+            (out, n)
+        };
+        let (out, n) = tokio::time::timeout(self.settings.timeout, check)
             .await
             .unwrap_or_else(|_| {
-                SpfOutput::new(domain.to_owned()).with_result(SpfResult::TempError)
+                let out = SpfOutput::new(domain.to_owned()).with_result(SpfResult::TempError);
+                (out, 0)
             });
-        let n = voids.count();
         if n > VOID_LOOKUP_LIMIT && out.result() != SpfResult::TempError {
             // Evaluation is left to right: once the third void lookup happened the result
             // was permerror, whatever mail-auth went on to find.
@@ -767,28 +848,48 @@ mod tests {
     fn void_lookups_are_lookups_that_were_never_answered_with_records() {
         let v = VoidLookups::default();
         // a:nx1 (missed, never inserted), a:host (inserted), then mx:nx2 (missed) at the end.
-        v.began(Lookup::Ipv4, 1, None);
-        v.began(Lookup::Ipv4, 2, None);
+        let no = || None;
+        v.began(Lookup::Ipv4, 1, None, no);
+        v.began(Lookup::Ipv4, 2, None, no);
         v.answered(Lookup::Ipv4, 2, false);
-        v.began(Lookup::Mx, 3, None);
+        v.began(Lookup::Mx, 3, None, no);
         assert_eq!(v.count(), 2);
         // A cached empty answer is void too; a cached answer with records is not (and mx:nx2,
         // ended by the next lookup, still counts once).
-        v.began(Lookup::Ipv4, 4, Some(true));
-        v.began(Lookup::Ipv4, 5, Some(false));
+        v.began(Lookup::Ipv4, 4, Some(true), no);
+        v.began(Lookup::Ipv4, 5, Some(false), no);
         assert_eq!(v.count(), 3);
-        // exists: the A cache then the AAAA cache for one name, nothing inserted: unseen.
+        assert!(v.unseen().is_empty());
+        // exists: the A cache then the AAAA cache for one name, nothing inserted: its name is
+        // kept for a later look, unless an answer was in the AAAA cache.
         let e = VoidLookups::default();
-        e.began(Lookup::Ipv4, 9, None);
-        e.began(Lookup::Ipv6, 9, None);
-        e.began(Lookup::Ipv4, 10, None);
-        e.began(Lookup::Ipv6, 10, Some(false));
+        let name = |n: &str| Some(n.to_owned());
+        e.began(Lookup::Ipv4, 9, None, || name("nx.example"));
+        e.began(Lookup::Ipv6, 9, None, || name("nx.example"));
+        e.began(Lookup::Ipv4, 10, None, || name("v6.example"));
+        e.began(Lookup::Ipv6, 10, Some(false), || name("v6.example"));
         assert_eq!(e.count(), 0);
+        assert_eq!(e.unseen(), ["nx.example"]);
         // An empty answer inserted counts once.
         let i = VoidLookups::default();
-        i.began(Lookup::Ptr, 7, None);
+        i.began(Lookup::Ptr, 7, None, no);
         i.answered(Lookup::Ptr, 7, true);
         assert_eq!(i.count(), 1);
+    }
+
+    #[test]
+    fn key_name_reads_a_str_back() {
+        assert_eq!(
+            key_name("nx1.example.test").as_deref(),
+            Some("nx1.example.test")
+        );
+        let boxed: Box<str> = "a.b".into();
+        assert_eq!(key_name(&boxed).as_deref(), Some("a.b"));
+        assert_eq!(key_name(""), Some(String::new()));
+        // Not a name: an address key, or bytes without the terminator.
+        let ip: IpAddr = Ipv4Addr::LOCALHOST.into();
+        assert_eq!(key_name(&ip), None);
+        assert_eq!(key_name(&7u32), None);
     }
 
     #[test]
