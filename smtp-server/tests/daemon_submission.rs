@@ -44,7 +44,13 @@ struct Setup {
 }
 
 fn setup() -> Setup {
+    setup_with(|_| Vec::new())
+}
+
+/// [`setup`] with more daemon options, made in the test's directory by `extra`.
+fn setup_with(extra: impl FnOnce(&std::path::Path) -> Vec<String>) -> Setup {
     let dir = tempfile::tempdir().unwrap();
+    let more = extra(dir.path());
     let net = Net::start(PeerBehaviour::default(), true);
     let (cert, key) = daemon_util::tls_files(dir.path(), "mx.example.test");
     let passwd = dir.path().join("passwd");
@@ -59,26 +65,24 @@ fn setup() -> Setup {
     let sub = format!("127.0.0.1:{submission}");
     let tls = format!("127.0.0.1:{smtps}");
     let peer_port = net.peer_port.to_string();
-    let d = Daemon::start(
-        &dir.path().join("mail"),
-        net.dns.addr(),
-        &[
-            "--tls-cert",
-            cert.to_str().unwrap(),
-            "--tls-key",
-            key.to_str().unwrap(),
-            "--submission-listen",
-            &sub,
-            "--tls-listen",
-            &tls,
-            "--passwd-file",
-            passwd.to_str().unwrap(),
-            "-u",
-            users.to_str().unwrap(),
-            "--remote-port",
-            &peer_port,
-        ],
-    );
+    let mut args = vec![
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--submission-listen",
+        &sub,
+        "--tls-listen",
+        &tls,
+        "--passwd-file",
+        passwd.to_str().unwrap(),
+        "-u",
+        users.to_str().unwrap(),
+        "--remote-port",
+        &peer_port,
+    ];
+    args.extend(more.iter().map(String::as_str));
+    let d = Daemon::start(&dir.path().join("mail"), net.dns.addr(), &args);
     Setup {
         _dir: dir,
         net,
@@ -226,4 +230,92 @@ fn submission_needs_a_user_database() {
         err.contains("--submission-listen") && err.contains("--passwd-file"),
         "{err}"
     );
+}
+
+/// A logged-in user's mail is signed only for a `From:` address the login may send as (its
+/// envelope rule): a user cannot get mail signed as someone else of a signed domain.
+#[test]
+fn only_the_logins_own_from_is_signed() {
+    let s = setup_with(|dir| {
+        let key = dir.join("ed.pem");
+        let out = Command::new(BIN)
+            .args([
+                "dkim-keygen",
+                "--domain",
+                "example.test",
+                "--selector",
+                "ed",
+            ])
+            .args(["--algorithm", "ed25519", "--key-out", key.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        vec![
+            "--dkim-key".into(),
+            format!("example.test:ed:{}", key.display()),
+        ]
+    });
+    let rt = &s.net.rt;
+    let cases: [(&str, &str, &str, bool); 4] = [
+        // Their own address, and an alias of theirs (team: alice, bob).
+        (
+            "alice@example.test",
+            "alice@example.test",
+            "Alice <alice@example.test>",
+            true,
+        ),
+        (
+            "alice@example.test",
+            "alice@example.test",
+            "Team <team@example.test>",
+            true,
+        ),
+        // Bob's own envelope, alice's From: not signed; nor carol's (no alias of bob's).
+        (
+            "bob",
+            "bob@example.test",
+            "Alice <alice@example.test>",
+            false,
+        ),
+        ("bob", "bob@example.test", "carol@EXAMPLE.test", false),
+    ];
+    for (i, (user, from, header_from, _)) in cases.iter().enumerate() {
+        let password = if *user == "bob" {
+            "battery"
+        } else {
+            "correct horse"
+        };
+        let c = client(s.smtps, true, Some((user, password)));
+        let raw = format!(
+            "From: {header_from}\r\nTo: dave@remote.test\r\nSubject: case {i}\r\n\r\nHi.\r\n"
+        );
+        rt.block_on(c.send_raw(&envelope(from, "dave@remote.test"), raw.as_bytes()))
+            .unwrap();
+    }
+    assert!(
+        wait_until(Duration::from_secs(20), || s.net.got().len() == cases.len()),
+        "{}",
+        s.d.log()
+    );
+    let got = s.net.got();
+    for (i, (user, _, header_from, signed)) in cases.iter().enumerate() {
+        let g = got
+            .iter()
+            .find(|g| headers(&g.body).contains(&format!("Subject: case {i}")))
+            .unwrap();
+        let h = headers(&g.body);
+        assert_eq!(
+            h.contains("DKIM-Signature: "),
+            *signed,
+            "{user} as {header_from}: {h}"
+        );
+    }
+    let log = s.d.log();
+    assert_eq!(
+        log.matches("not DKIM-signed: the From: address is not one the login may send as")
+            .count(),
+        2,
+        "{log}"
+    );
+    assert!(log.contains("user=bob"), "{log}");
 }

@@ -423,11 +423,27 @@ fn header_end(buf: &[u8]) -> Option<usize> {
     buf.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
 }
 
-/// Reads the message from `r` and computes its signatures (see the module doc).
+/// Why a logged-in submitter's message is not signed: its `From:` address is not one the
+/// login may use as its envelope sender.
+pub const NOT_THE_LOGINS: &str = "the From: address is not one the login may send as";
+
+/// Whether a logged-in submitter may have mail from `From:` address signed (the rule of
+/// their envelope sender, [`crate::policy::Policy::sender_owned_by`]).
+pub type FromAllowed = dyn Fn(&str) -> bool + Send + Sync;
+
+/// Reads the message from `r` and computes its signatures (see the module doc). With
+/// `from_allowed` (a logged-in submitter's message) only a `From:` address it allows is
+/// signed ([`NOT_THE_LOGINS`] otherwise): a user may not get mail signed for a domain of
+/// the server's they do not send as. Without it (the loopback listener's programs) any
+/// `From:` of a domain with a key is.
 ///
 /// # Errors
 /// See [`SignError`].
-pub fn sign(keys: &Keys, mut r: impl Read) -> Result<Outcome, SignError> {
+pub fn sign(
+    keys: &Keys,
+    from_allowed: Option<&FromAllowed>,
+    mut r: impl Read,
+) -> Result<Outcome, SignError> {
     let mut head = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     let mut eof = false;
@@ -455,10 +471,13 @@ pub fn sign(keys: &Keys, mut r: impl Read) -> Result<Outcome, SignError> {
     if header_len > MAX_HEADER_SECTION {
         return Err(SignError::HeaderTooLong);
     }
-    let (domain, names) = match choose(&head[..header_len]) {
+    let (address, domain, names) = match choose(&head[..header_len]) {
         Ok(x) => x,
         Err(why) => return Ok(Outcome::Unsigned(why)),
     };
+    if from_allowed.is_some_and(|allowed| !allowed(&address)) {
+        return Ok(Outcome::Unsigned(NOT_THE_LOGINS));
+    }
     let Some(domain_keys) = keys.by_domain.get(&domain) else {
         return Ok(Outcome::Unsigned("no --dkim-key for the From: domain"));
     };
@@ -496,9 +515,9 @@ pub fn sign(keys: &Keys, mut r: impl Read) -> Result<Outcome, SignError> {
     Ok(Outcome::Signed { fields, keys: used })
 }
 
-/// The `From:` domain of a header section and the names for `h=` (see [`SIGNED`]), or why the
-/// message is not to be signed.
-fn choose(header: &[u8]) -> Result<(String, Vec<&'static str>), &'static str> {
+/// The `From:` address of a header section, its domain and the names for `h=` (see
+/// [`SIGNED`]), or why the message is not to be signed.
+fn choose(header: &[u8]) -> Result<(String, String, Vec<&'static str>), &'static str> {
     let msg = mail_parser::MessageParser::new()
         .parse_headers(header)
         .ok_or("no header section")?;
@@ -535,7 +554,7 @@ fn choose(header: &[u8]) -> Result<(String, Vec<&'static str>), &'static str> {
             names.push(name);
         }
     }
-    Ok((domain, names))
+    Ok((address.to_owned(), domain, names))
 }
 
 #[cfg(test)]
@@ -645,7 +664,8 @@ From: Alice <alice@Example.TEST>\r\nTo: bob@remote.test\r\nSubject: hi\r\n\r\n\
                     Ok(n)
                 }
             }
-            let Outcome::Signed { fields, keys: used } = sign(&keys, Slow(msg, piece)).unwrap()
+            let Outcome::Signed { fields, keys: used } =
+                sign(&keys, None, Slow(msg, piece)).unwrap()
             else {
                 panic!("not signed")
             };
@@ -697,7 +717,7 @@ From: Alice <alice@Example.TEST>\r\nTo: bob@remote.test\r\nSubject: hi\r\n\r\n\
             );
             assert_eq!(ring, pem != short.as_str(), "RSA-2048 signs with ring");
             let msg = b"From: a@example.test\r\nTo: b@remote.test\r\n\r\nHi.\r\n";
-            let Outcome::Signed { fields, .. } = sign(&keys, &msg[..]).unwrap() else {
+            let Outcome::Signed { fields, .. } = sign(&keys, None, &msg[..]).unwrap() else {
                 panic!("not signed")
             };
             assert_eq!(tags(&fields)["a"], "rsa-sha256");
@@ -738,7 +758,11 @@ From: Alice <alice@Example.TEST>\r\nTo: bob@remote.test\r\nSubject: hi\r\n\r\n\
                 "no --dkim-key for the From: domain",
             ),
         ] {
-            assert_eq!(sign(&keys, msg).unwrap(), Outcome::Unsigned(why), "{msg:?}");
+            assert_eq!(
+                sign(&keys, None, msg).unwrap(),
+                Outcome::Unsigned(why),
+                "{msg:?}"
+            );
         }
     }
 
@@ -751,19 +775,22 @@ From: Alice <alice@Example.TEST>\r\nTo: bob@remote.test\r\nSubject: hi\r\n\r\n\
         }
         msg.extend_from_slice(b"\r\nbody\r\n");
         assert!(matches!(
-            sign(&keys, &msg[..]),
+            sign(&keys, None, &msg[..]),
             Err(SignError::HeaderTooLong)
         ));
         let mut big = b"From: a@example.test\r\n\r\n".to_vec();
         big.resize(3 * MAX_HEADER_SECTION, b'x');
-        assert!(matches!(sign(&keys, &big[..]), Ok(Outcome::Signed { .. })));
+        assert!(matches!(
+            sign(&keys, None, &big[..]),
+            Ok(Outcome::Signed { .. })
+        ));
     }
 
     #[test]
     fn a_message_without_a_body_is_signed() {
         let (keys, record) = keys_for("example.test", "ed", ED25519_PEM);
         let msg = b"From: a@example.test\r\nSubject: only headers\r\n";
-        let Outcome::Signed { fields, .. } = sign(&keys, &msg[..]).unwrap() else {
+        let Outcome::Signed { fields, .. } = sign(&keys, None, &msg[..]).unwrap() else {
             panic!("not signed")
         };
         let mut signed = fields.into_bytes();

@@ -419,6 +419,9 @@ pub struct Trace {
     pub queued: String,
     /// Sign the queued copy (see [`crate::dkim`]).
     pub keys: Option<Arc<dkim::Keys>>,
+    /// For a logged-in submitter's message: the `From:` addresses it may be signed for
+    /// ([`dkim::sign`]).
+    pub from_allowed: Option<Arc<dkim::FromAllowed>>,
 }
 
 /// Why [`Incoming::commit`] failed.
@@ -452,7 +455,11 @@ fn trace_fronts(
 ) -> Result<(Option<dkim::Outcome>, String), dkim::SignError> {
     let prefix = trace.queued.as_bytes();
     let outcome = match trace.keys.as_ref().filter(|_| queued) {
-        Some(keys) => Some(dkim::sign(keys, prefix.chain(held))?),
+        Some(keys) => Some(dkim::sign(
+            keys,
+            trace.from_allowed.as_deref(),
+            prefix.chain(held),
+        )?),
         None => None,
     };
     let front = queued_front(&outcome, trace);
@@ -483,7 +490,11 @@ fn trace_spilled(
     let io = dkim::SignError::Io;
     let prefix = trace.queued.as_bytes();
     let outcome = match (queued.as_mut(), &trace.keys) {
-        (Some(m), Some(keys)) => Some(dkim::sign(keys, prefix.chain(m.reader().map_err(io)?))?),
+        (Some(m), Some(keys)) => Some(dkim::sign(
+            keys,
+            trace.from_allowed.as_deref(),
+            prefix.chain(m.reader().map_err(io)?),
+        )?),
         _ => None,
     };
     let store = |e: mailstore::Error| dkim::SignError::Io(std::io::Error::other(e));

@@ -1117,6 +1117,13 @@ impl Session {
             local: format!("{return_path}{field}{received}"),
             queued: format!("{field}{received}"),
             keys: sign.then(|| d.dkim.clone()),
+            from_allowed: self.user.clone().map(|user| {
+                let policy = d.policy.clone();
+                Arc::new(move |address: &str| {
+                    smtp_proto::address::parse_mailbox(address)
+                        .is_ok_and(|m| policy.sender_owned_by(&m, &user))
+                }) as Arc<dkim::FromAllowed>
+            }),
         });
         let entry = (!remote.is_empty()).then(|| {
             // The transaction's own sender and DSN parameters (RET, ENVID), with the
@@ -1135,6 +1142,10 @@ impl Session {
                         for (domain, selector) in keys {
                             debug!(session = self.session_id, id = %id, %domain, %selector, "DKIM-signed");
                         }
+                    }
+                    Some(dkim::Outcome::Unsigned(why)) if *why == dkim::NOT_THE_LOGINS => {
+                        let user = self.user.as_deref().unwrap_or("-");
+                        info!(session = self.session_id, id = %id, %user, "not DKIM-signed: {why}");
                     }
                     Some(dkim::Outcome::Unsigned(why)) => {
                         debug!(session = self.session_id, id = %id, "not DKIM-signed: {why}");
