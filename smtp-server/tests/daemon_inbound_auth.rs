@@ -125,6 +125,17 @@ fn zone() -> TestDnsBuilder {
             "existsfail.test",
             "v=spf1 exists:nx1.existsfail.test exists:nx2.existsfail.test -exists:%{i}.ok.existsok.test +all",
         );
+    // One SPF record per name (RFC 7208 §4.5): two are a permerror whichever comes first,
+    // also at an include; a TXT record that only starts like one does not count.
+    b = b
+        .txt("twospf.test", "v=spf1 -all")
+        .txt("twospf.test", "v=spf1 ip4:127.0.0.1 -all")
+        .txt("twospf2.test", "v=spf1 ip4:127.0.0.1 -all")
+        .txt("twospf2.test", "V=SPF1 -all")
+        .txt("twospfinclude.test", "v=spf1 include:twospf.test -all")
+        .txt("onespf.test", "v=spf1 ip4:127.0.0.1 -all")
+        .txt("onespf.test", "v=spf10 -all")
+        .txt("onespf.test", "google-site-verification=abc");
     // The 10-lookup limit (RFC 7208 §4.6.4): ten includes are allowed, eleven are not.
     for (name, n) in [("ten.test", 10), ("eleven.test", 11)] {
         let mut rec = "v=spf1".to_owned();
@@ -307,6 +318,10 @@ fn spf_results_for_mail_from_and_helo() {
         ("alice@mxvoid.test", "permerror (mx.example.test: unable to verify SPF record for alice@mxvoid.test)"),
         ("alice@existsvoid.test", "permerror (mx.example.test: unable to verify SPF record for alice@existsvoid.test)"),
         ("alice@existsok.test", "pass (mx.example.test: domain of alice@existsok.test designates 127.0.0.1 as permitted sender)"),
+        ("alice@twospf.test", "permerror (mx.example.test: unable to verify SPF record for alice@twospf.test)"),
+        ("alice@twospf2.test", "permerror (mx.example.test: unable to verify SPF record for alice@twospf2.test)"),
+        ("alice@twospfinclude.test", "permerror (mx.example.test: unable to verify SPF record for alice@twospfinclude.test)"),
+        ("alice@onespf.test", "pass (mx.example.test: domain of alice@onespf.test designates 127.0.0.1 as permitted sender)"),
         ("alice@existsv6.test", "pass (mx.example.test: domain of alice@existsv6.test designates 127.0.0.1 as permitted sender)"),
         ("alice@existsmix.test", "permerror (mx.example.test: unable to verify SPF record for alice@existsmix.test)"),
         ("alice@existsfail.test", "fail (mx.example.test: domain of alice@existsfail.test does not designate 127.0.0.1 as permitted sender)"),
@@ -489,6 +504,12 @@ fn dmarc_alignment_and_policies() {
                 .txt("_dmarc.rejecting.test", "v=DMARC1; p=reject")
                 .txt("_dmarc.quarantining.test", "v=DMARC1; p=quarantine")
                 .txt("_dmarc.watching.test", "v=DMARC1; p=none")
+                .txt("_dmarc.sampling.test", "v=DMARC1; p=reject; pct=0")
+                .txt(
+                    "_dmarc.halfway.test",
+                    "v=DMARC1; p=reject; pct = 50; rua=mailto:r@halfway.test",
+                )
+                .txt("_dmarc.whole.test", "v=DMARC1; p=reject; pct=100")
                 .servfail("_dmarc.flaky.test")
                 .start(),
         )
@@ -537,6 +558,73 @@ fn dmarc_alignment_and_policies() {
             "5.7.1 Unauthenticated email from rejecting.test is not accepted due to its domain's DMARC policy (p=reject)".to_owned()
         )
     );
+    // Every author domain is checked (RFC 7489 §6.6.1), the strictest applies: a second
+    // address or field of another domain, a final dot, or a comment that hides the domain
+    // from the parser do not get a p=reject domain's forgery in.
+    let second_field = forged.replacen("\r\n", "\r\nFrom: x@soft.test\r\n", 1);
+    let variants = [
+        (plain("ceo@rejecting.test, x@soft.test"), "rejecting.test"),
+        (
+            plain("x@soft.test, \"CEO\" <ceo@REJECTING.test>"),
+            "rejecting.test",
+        ),
+        (second_field, "rejecting.test"),
+        (plain("ceo@rejecting.test."), "rejecting.test"),
+    ];
+    for (m, domain) in &variants {
+        let sent = send(strict_port, "x@soft.test", m);
+        let data = sent.data.unwrap();
+        assert_eq!(data.0, 550, "{m}");
+        assert!(
+            data.1.contains(&format!("from {domain} is not")),
+            "{data:?}"
+        );
+    }
+    let field = ours(&deliver(&d, port, "x@soft.test", &variants[0].0));
+    assert!(
+        field.contains(
+            "dmarc=fail (policy not aligned) header.from=rejecting.test policy.dmarc=reject;"
+        ) && field.contains("dmarc=none header.from=soft.test"),
+        "{field}"
+    );
+    assert_eq!(field.matches("policy.dmarc=").count(), 1, "{field}");
+    for hidden in ["ceo@(comment)rejecting.test", "ceo@[127.0.0.1]"] {
+        let sent = send(strict_port, "x@soft.test", &plain(hidden));
+        let data = sent.data.unwrap();
+        assert_eq!(data.0, 550, "{hidden}: {data:?}");
+        assert!(
+            data.1.starts_with(
+                "5.7.1 The From: field cannot be checked for DMARC: From: address without a domain"
+            ),
+            "{data:?}"
+        );
+        let field = ours(&deliver(&d, port, "x@soft.test", &plain(hidden)));
+        assert!(
+            field.contains("dmarc=permerror (From: address without a domain: "),
+            "{field}"
+        );
+    }
+    // pct= below 100 (RFC 7489 §6.3, historic in RFC 9989) is never enforced by refusing;
+    // pct=100 is, as is a subdomain under it.
+    for (from, code) in [
+        ("a@sampling.test", 250),
+        ("a@halfway.test", 250),
+        ("a@sub.halfway.test", 250),
+        ("a@whole.test", 550),
+        ("a@sub.whole.test", 550),
+    ] {
+        let data = send(strict_port, "x@soft.test", &plain(from)).data.unwrap();
+        assert_eq!(data.0, code, "{from}: {data:?}");
+    }
+    // More author domains than are checked: refused with the option, recorded without.
+    let many = plain("a@d1.test, b@d2.test, c@d3.test, d@d4.test, e@rejecting.test");
+    let data = send(strict_port, "x@soft.test", &many).data.unwrap();
+    assert_eq!(data.0, 550, "{data:?}");
+    let field = ours(&deliver(&d, port, "x@soft.test", &many));
+    assert!(
+        field.contains("dmarc=permerror (5 From: domains, more than 4 are not checked)"),
+        "{field}"
+    );
     // An aligned SPF pass in the envelope is not enough when From: is another domain's,
     // and a signature of another domain does not align either.
     let unaligned = key.sign("signed.test", "ed", &forged, None);
@@ -567,9 +655,12 @@ fn dmarc_alignment_and_policies() {
             field.contains("dmarc=none header.from=norecord.test"),
             "{field}"
         );
+        // No record, no policy: `policy.dmarc=none` would read as a published p=none.
+        assert!(!field.contains("policy.dmarc"), "{field}");
         // SERVFAIL for the policy: temperror, accepted even with --dmarc-reject.
         let field = ours(&deliver(dd, p, "x@soft.test", &plain("a@flaky.test")));
         assert!(field.contains("dmarc=temperror"), "{field}");
+        assert!(!field.contains("policy.dmarc"), "{field}");
     }
     let log = strict.log();
     assert!(

@@ -346,6 +346,87 @@ impl<K: Hash + Eq, T: Clone> ResolverCache<K, RecordSet<T>>
     }
 }
 
+/// The TXT cache of an SPF check, recording the names mail-auth looked up (the checked
+/// domain, each `include:` and `redirect=`), for the one-record rule (RFC 7208 §4.5).
+pub struct Recording<'a, C> {
+    cache: &'a C,
+    names: Mutex<Vec<String>>,
+}
+
+/// The most names one check records (the 10-term limit keeps a check below it).
+const MAX_RECORDED: usize = 16;
+
+impl<'a, C> Recording<'a, C> {
+    fn new(cache: &'a C) -> Self {
+        Recording {
+            cache,
+            names: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn names(&self) -> Vec<String> {
+        self.names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl<V: Clone> ResolverCache<Box<str>, V> for Recording<'_, Cache<Box<str>, V>> {
+    fn get<Q>(&self, name: &Q) -> Option<V>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        if let Some(n) = key_name(name) {
+            let mut names = self
+                .names
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if names.len() < MAX_RECORDED && !names.contains(&n) {
+                names.push(n);
+            }
+        }
+        self.cache.get(name)
+    }
+
+    fn remove<Q>(&self, name: &Q) -> Option<V>
+    where
+        Box<str>: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.cache.remove(name)
+    }
+
+    fn insert(&self, key: Box<str>, value: V, valid_until: Instant) {
+        self.cache.insert(key, value, valid_until);
+    }
+}
+
+/// Whether a TXT record's text is an SPF record: `v=spf1` (any case) alone or before a space
+/// (RFC 7208 §4.5).
+fn is_spf_record(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.len() >= 6 && b[..6].eq_ignore_ascii_case(b"v=spf1") && (b.len() == 6 || b[6] == b' ')
+}
+
+/// Whether the DMARC record text `text` (`v=DMARC1; ...`) applies its policy to a sample
+/// only: `pct=` below 100 (RFC 7489 §6.3; historic in RFC 9989, which mail-auth follows and
+/// so ignores it).
+fn dmarc_sampled(text: &str) -> bool {
+    let mut tags = text.split(';').map(str::trim);
+    let is_dmarc = tags
+        .next()
+        .is_some_and(|v| v.replace(' ', "").eq_ignore_ascii_case("v=DMARC1"));
+    is_dmarc
+        && tags.any(|t| {
+            t.split_once('=').is_some_and(|(k, v)| {
+                k.trim().eq_ignore_ascii_case("pct")
+                    && v.trim().parse::<u32>().is_ok_and(|n| n < 100)
+            })
+        })
+}
+
 /// The options (`--spf-reject`, `--dmarc-reject`, `--email-auth-max-size`,
 /// `--email-auth-timeout`).
 #[derive(Debug, Clone)]
@@ -481,6 +562,86 @@ fn dmarc_keyword(r: &DmarcResult) -> &'static str {
     }
 }
 
+/// The most author (From:) domains whose DMARC policies are checked; a message naming more is
+/// a `permerror` (and refused with `--dmarc-reject`).
+pub const MAX_AUTHOR_DOMAINS: usize = 4;
+
+/// The author domains of a message, which DMARC checks (RFC 7489 §3.1.1, §6.6.1).
+#[derive(Debug, PartialEq, Eq)]
+enum Authors {
+    /// No From: address at all.
+    None,
+    /// An address without a domain DMARC can look up (an address literal, a comment where
+    /// the parser lost the domain, an empty label), or too many domains: why.
+    Malformed(String),
+    /// The distinct domains, lowercase, without a final dot, in order.
+    Domains(Vec<String>),
+}
+
+impl Authors {
+    /// From the From: addresses as mail-auth read them (every From: field, group members too).
+    fn of(addresses: &[String]) -> Authors {
+        let mut domains: Vec<String> = Vec::new();
+        for a in addresses {
+            let domain = a.rsplit_once('@').map(|(_, d)| d.trim());
+            let domain = domain.map(|d| d.strip_suffix('.').unwrap_or(d).to_lowercase());
+            let readable = domain.as_deref().is_some_and(|d| {
+                !d.is_empty()
+                    && d.split('.').all(|label| {
+                        !label.is_empty()
+                            && label
+                                .chars()
+                                .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_'))
+                    })
+            });
+            match domain {
+                Some(d) if readable => {
+                    if !domains.contains(&d) {
+                        domains.push(d);
+                    }
+                }
+                _ => {
+                    return Authors::Malformed(format!(
+                        "From: address without a domain: {}",
+                        pvalue_text(a)
+                    ))
+                }
+            }
+        }
+        match domains.len() {
+            0 => Authors::None,
+            n if n > MAX_AUTHOR_DOMAINS => Authors::Malformed(format!(
+                "{n} From: domains, more than {MAX_AUTHOR_DOMAINS} are not checked"
+            )),
+            _ => Authors::Domains(domains),
+        }
+    }
+}
+
+/// One DMARC result as mail-auth writes it (`;` CRLF TAB `dmarc=...`), the policy only
+/// when a record was found (a `policy.dmarc=none` of a domain without one would read as a
+/// published `p=none`).
+fn dmarc_entry(d: &DmarcOutput) -> String {
+    let text = AuthenticationResults::new("")
+        .with_dmarc_result(d)
+        .to_string();
+    match d.dmarc_record() {
+        Some(_) => text,
+        None => text
+            .strip_suffix(" policy.dmarc=none")
+            .map_or(text.clone(), str::to_owned),
+    }
+}
+
+/// Text from a message for an RFC 8601 comment: printable ASCII without parentheses or
+/// backslashes, at most 64 characters.
+fn pvalue_text(s: &str) -> String {
+    s.chars()
+        .filter(|c| c.is_ascii_graphic() && !matches!(c, '(' | ')' | '\\'))
+        .take(64)
+        .collect()
+}
+
 fn timed_out() -> mail_auth::Error {
     mail_auth::Error::Dns(DnsError::Resolver("timed out".into()))
 }
@@ -526,6 +687,62 @@ impl Verifier {
     /// The options in force.
     pub fn settings(&self) -> &Settings {
         &self.settings
+    }
+
+    /// The TXT records of `name` (each one's strings joined), through the resolver (and its
+    /// cache); `None` when the lookup fails (NXDOMAIN and an empty answer are `Some([])`).
+    async fn txt_strings(&self, name: &str) -> Option<Vec<String>> {
+        use mail_auth::hickory_resolver::proto::rr::RData;
+        let fqdn = if name.ends_with('.') {
+            name.to_owned()
+        } else {
+            format!("{name}.")
+        };
+        match self.auth.0.txt_lookup(fqdn.as_str()).await {
+            Ok(lookup) => Some(
+                lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TXT(txt) => Some(
+                            txt.txt_data
+                                .iter()
+                                .map(|s| String::from_utf8_lossy(s))
+                                .collect::<String>(),
+                        ),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Err(e) if e.is_no_records_found() || e.is_nx_domain() => Some(Vec::new()),
+            Err(_) => None,
+        }
+    }
+
+    /// Whether the DMARC record that applies to `domain` (its own, else the nearest parent's,
+    /// as the tree walk finds it) has `pct=` below 100: see [`dmarc_sampled`].
+    async fn dmarc_record_sampled(&self, domain: &str) -> bool {
+        let mut name = domain;
+        for _ in 0..8 {
+            let Some(records) = self.txt_strings(&format!("_dmarc.{name}")).await else {
+                return false;
+            };
+            let dmarc: Vec<&String> = records
+                .iter()
+                .filter(|r| {
+                    let r = r.trim_start().as_bytes();
+                    r.len() >= 8 && r[..8].eq_ignore_ascii_case(b"v=DMARC1")
+                })
+                .collect();
+            if !dmarc.is_empty() {
+                return matches!(dmarc.as_slice(), [one] if dmarc_sampled(one));
+            }
+            match name.split_once('.') {
+                Some((_, parent)) if !parent.is_empty() => name = parent,
+                _ => return false,
+            }
+        }
+        false
     }
 
     fn params<'x, P>(&'x self, p: P) -> Params<'x, P> {
@@ -574,8 +791,9 @@ impl Verifier {
             Counting::new(&self.ipv6, counting(Lookup::Ipv6)),
             Counting::new(&self.ptr, counting(Lookup::Ptr)),
         );
+        let txt = Recording::new(&self.txt);
         let params = Parameters::new(params)
-            .with_txt_cache(&self.txt)
+            .with_txt_cache(&txt)
             .with_mx_cache(&mx)
             .with_ipv4_cache(&ipv4)
             .with_ipv6_cache(&ipv6)
@@ -601,14 +819,31 @@ impl Verifier {
                     }
                 }
             }
-            (out, n)
+            // One SPF record per name (RFC 7208 §4.5): mail-auth takes the first that parses,
+            // so a name with two gives whichever the DNS server listed first. Any name the
+            // check read with two makes it a permerror (mostly from the resolver's cache).
+            let mut two = None;
+            if !matches!(out.result(), SpfResult::TempError | SpfResult::PermError) {
+                for name in txt.names() {
+                    let records = self.txt_strings(&name).await.unwrap_or_default();
+                    if records.iter().filter(|r| is_spf_record(r)).count() > 1 {
+                        two = Some(name);
+                        break;
+                    }
+                }
+            }
+            (out, n, two)
         };
-        let (out, n) = tokio::time::timeout(self.settings.timeout, check)
+        let (out, n, two) = tokio::time::timeout(self.settings.timeout, check)
             .await
             .unwrap_or_else(|_| {
                 let out = SpfOutput::new(domain.to_owned()).with_result(SpfResult::TempError);
-                (out, 0)
+                (out, 0, None)
             });
+        if let Some(name) = two {
+            tracing::debug!(%domain, %name, "SPF: more than one SPF record (RFC 7208 4.5): permerror");
+            return SpfOutput::new(domain.to_owned()).with_result(SpfResult::PermError);
+        }
         if n > VOID_LOOKUP_LIMIT && out.result() != SpfResult::TempError {
             // Evaluation is left to right: once the third void lookup happened the result
             // was permerror, whatever mail-auth went on to find.
@@ -691,26 +926,42 @@ impl Verifier {
             .sender
             .rsplit_once('@')
             .map_or(spf.helo.as_str(), |(_, d)| d);
-        let dmarc = tokio::time::timeout(
-            limit,
-            self.auth.verify_dmarc(self.params(DmarcParameters::new(
-                &msg,
-                &dkim,
-                mail_from_domain,
-                &spf.mail_from_result,
-            ))),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            let from = msg
-                .from
-                .first()
-                .and_then(|f| f.rsplit_once('@'))
-                .map_or(String::new(), |(_, d)| d.to_lowercase());
-            DmarcOutput::new(from)
-                .with_spf_result(DmarcResult::TempError(timed_out()))
-                .with_dkim_result(DmarcResult::TempError(timed_out()))
-        });
+        let authors = Authors::of(&msg.from);
+        let dmarcs: Vec<DmarcOutput> = match &authors {
+            Authors::Domains(domains) => {
+                // One check per author domain (RFC 7489 §6.6.1), each seeing only its own
+                // From: domain (mail-auth exempts a message of several).
+                let ones: Vec<AuthenticatedMessage<'_>> = domains
+                    .iter()
+                    .map(|d| {
+                        let mut one = msg.clone();
+                        one.from = vec![format!("@{d}")];
+                        one
+                    })
+                    .collect();
+                let checks = ones.iter().map(|one| {
+                    self.auth.verify_dmarc(self.params(DmarcParameters::new(
+                        one,
+                        &dkim,
+                        mail_from_domain,
+                        &spf.mail_from_result,
+                    )))
+                });
+                tokio::time::timeout(limit, futures_util::future::join_all(checks))
+                    .await
+                    .unwrap_or_else(|_| {
+                        domains
+                            .iter()
+                            .map(|d| {
+                                DmarcOutput::new(d.clone())
+                                    .with_spf_result(DmarcResult::TempError(timed_out()))
+                                    .with_dkim_result(DmarcResult::TempError(timed_out()))
+                            })
+                            .collect()
+                    })
+            }
+            _ => Vec::new(),
+        };
 
         let header_from = msg.from.first().map_or("", String::as_str);
         let mut ar = AuthenticationResults::new(&self.hostname);
@@ -737,25 +988,72 @@ impl Verifier {
         if let Some(arc) = &arc {
             ar = ar.with_arc_result(arc, spf.ip);
         }
-        let dmarc_result = dmarc.result();
-        let from_domain = dmarc.domain().to_owned();
-        let mut after = "";
-        if from_domain.is_empty() {
-            after = ";\r\n\tdmarc=none (no single From: domain)";
-        } else {
-            ar = ar.with_dmarc_result(&dmarc);
+        let mut after = String::new();
+        let mut reject = None;
+        match &authors {
+            Authors::Domains(_) => {
+                for d in &dmarcs {
+                    after.push_str(&dmarc_entry(d));
+                }
+                // The strictest: any author domain whose p=reject failed refuses the message.
+                let failed = dmarcs.iter().find(|d| {
+                    matches!(d.result(), DmarcResult::Fail(_)) && d.policy() == Policy::Reject
+                });
+                let failed = match failed {
+                    // pct= below 100: not enforced by refusing (as quarantine, see
+                    // `dmarc_sampled`).
+                    Some(d) if self.settings.dmarc_reject => {
+                        let sampled =
+                            tokio::time::timeout(limit, self.dmarc_record_sampled(d.domain()))
+                                .await
+                                .unwrap_or(false);
+                        (!sampled).then_some(d)
+                    }
+                    other => other,
+                };
+                if let (true, Some(d)) = (self.settings.dmarc_reject, failed) {
+                    reject = Some(format!(
+                        "Unauthenticated email from {} is not accepted due to its domain's DMARC policy (p=reject)",
+                        pvalue(d.domain())
+                    ));
+                }
+            }
+            Authors::None => after.push_str(";\r\n\tdmarc=none (no From: address)"),
+            Authors::Malformed(why) => {
+                let _ = write!(after, ";\r\n\tdmarc=permerror ({why})");
+                if self.settings.dmarc_reject {
+                    reject = Some(format!(
+                        "The From: field cannot be checked for DMARC: {why} (RFC 5322)"
+                    ));
+                }
+            }
         }
-        let has_record = dmarc.dmarc_record().is_some();
-        let policy = dmarc.policy();
-        let reject = (self.settings.dmarc_reject
-            && matches!(dmarc_result, DmarcResult::Fail(_))
-            && policy == Policy::Reject)
-            .then(|| {
-                format!(
-                    "Unauthenticated email from {} is not accepted due to its domain's DMARC policy (p=reject)",
-                    pvalue(&from_domain)
-                )
-            });
+        // For the log: the strictest result, its policy, and the domains.
+        let rank = |r: &DmarcResult| match r {
+            DmarcResult::Fail(_) => 0,
+            DmarcResult::TempError(_) => 1,
+            DmarcResult::PermError(_) => 2,
+            DmarcResult::None => 3,
+            DmarcResult::Pass => 4,
+        };
+        let strictest = dmarcs.iter().min_by_key(|d| rank(&d.result()));
+        let dmarc_keyword_of = match (&authors, strictest) {
+            (Authors::Malformed(_), _) => "permerror",
+            (_, Some(d)) => dmarc_keyword(&d.result()),
+            (_, None) => "none",
+        };
+        let dmarc_policy = match strictest {
+            Some(d) if d.dmarc_record().is_some() => match d.policy() {
+                Policy::Reject => "reject",
+                Policy::Quarantine => "quarantine",
+                Policy::None | Policy::Unspecified => "none",
+            },
+            _ => "-",
+        };
+        let from_domain = match &authors {
+            Authors::Domains(list) => list.join(","),
+            _ => "-".to_owned(),
+        };
         let dkim_summary = if too_large.is_some() {
             if msg.dkim_headers.is_empty() {
                 "none".to_owned()
@@ -771,24 +1069,12 @@ impl Verifier {
                 .join(",")
         };
         Verdict {
-            field: self.field(&ar, &ours, after),
+            field: self.field(&ar, &ours, &after),
             reject,
             dkim: dkim_summary,
-            dmarc: dmarc_keyword(&dmarc_result),
-            dmarc_policy: if has_record {
-                match policy {
-                    Policy::Reject => "reject",
-                    Policy::Quarantine => "quarantine",
-                    Policy::None | Policy::Unspecified => "none",
-                }
-            } else {
-                "-"
-            },
-            from_domain: if from_domain.is_empty() {
-                "-".into()
-            } else {
-                from_domain
-            },
+            dmarc: dmarc_keyword_of,
+            dmarc_policy,
+            from_domain,
             arc: arc.as_ref().map_or("-", |a| dkim_keyword(a.result())),
         }
     }
@@ -875,6 +1161,46 @@ mod tests {
         i.began(Lookup::Ptr, 7, None, no);
         i.answered(Lookup::Ptr, 7, true);
         assert_eq!(i.count(), 1);
+    }
+
+    #[test]
+    fn record_texts_are_read_as_the_rfcs_say() {
+        assert!(is_spf_record("v=spf1 -all") && is_spf_record("V=SPF1") && is_spf_record("v=spf1"));
+        assert!(
+            !is_spf_record("v=spf10 -all") && !is_spf_record("v=spf") && !is_spf_record(" v=spf1")
+        );
+        assert!(dmarc_sampled("v=DMARC1; p=reject; pct=0"));
+        assert!(dmarc_sampled("v = DMARC1;p=reject;PCT = 99"));
+        assert!(!dmarc_sampled("v=DMARC1; p=reject; pct=100"));
+        assert!(!dmarc_sampled("v=DMARC1; p=reject; pct=x"));
+        assert!(!dmarc_sampled("v=DMARC1; p=reject"));
+        assert!(!dmarc_sampled("v=spf1 pct=0"));
+    }
+
+    #[test]
+    fn author_domains_are_every_from_address_domain() {
+        let of = |a: &[&str]| Authors::of(&a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert_eq!(of(&[]), Authors::None);
+        assert_eq!(
+            of(&["a@x.test", "b@X.test.", "c@y.test"]),
+            Authors::Domains(vec!["x.test".into(), "y.test".into()])
+        );
+        assert_eq!(
+            of(&["a@b\u{fc}cher.test"]),
+            Authors::Domains(vec!["b\u{fc}cher.test".into()])
+        );
+        for bad in [
+            "ceo@",
+            "@ x.test(",
+            "a@[127.0.0.1]",
+            "a@x..test",
+            "nodomain",
+        ] {
+            assert!(matches!(of(&[bad]), Authors::Malformed(_)), "{bad}");
+        }
+        let five = ["a@1.test", "a@2.test", "a@3.test", "a@4.test", "a@5.test"];
+        assert!(matches!(of(&five), Authors::Malformed(w) if w.starts_with("5 From: domains")));
+        assert!(matches!(of(&five[..4]), Authors::Domains(d) if d.len() == 4));
     }
 
     #[test]
