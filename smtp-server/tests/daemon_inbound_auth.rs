@@ -208,8 +208,13 @@ struct Sent {
 
 /// EHLO client.test, MAIL FROM:<from>, RCPT TO:<bob@example.test>, DATA with `message`.
 fn send(port: u16, from: &str, message: &str) -> Sent {
+    send_as(port, "client.test", from, message)
+}
+
+/// [`send`] with another EHLO name.
+fn send_as(port: u16, helo: &str, from: &str, message: &str) -> Sent {
     let mut c = Client::connect(port);
-    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    assert_eq!(c.cmd(&format!("EHLO {helo}")).0, 250);
     let mail = c.cmd(&format!("MAIL FROM:<{from}>"));
     if mail.0 != 250 {
         return Sent { mail, data: None };
@@ -341,8 +346,30 @@ fn spf_results_for_mail_from_and_helo() {
     // The null sender: the MAIL FROM identity is postmaster@ the HELO name.
     let stored = deliver(&d, port, "", &plain("mailer-daemon@client.test"));
     assert!(ours(&stored).contains(
-        "spf=pass (mx.example.test: domain of postmaster@client.test designates 127.0.0.1 as permitted sender) smtp.mailfrom=<>"
+        "spf=pass (mx.example.test: domain of postmaster@client.test designates 127.0.0.1 as permitted sender) smtp.mailfrom=\"<>\""
     ));
+    // A HELO name that is not a domain (an address literal; text with a comment) is not
+    // checked (RFC 7208 §4.3: none) and is written quoted, as RFC 8601 wants a value that is
+    // not a token; so is the null sender's `<>`.
+    for (helo, quoted) in [
+        ("[127.0.0.1]", "\"[127.0.0.1]\""),
+        ("evil.test(x", "\"evil.test(x\""),
+    ] {
+        let before = d.spool_messages("bob").len();
+        let sent = send_as(port, helo, "", &plain("mailer-daemon@client.test"));
+        assert_eq!(sent.data.unwrap().0, 250);
+        let all = d.spool_messages("bob");
+        assert_eq!(all.len(), before + 1);
+        let stored = String::from_utf8(all.last().unwrap().1.clone()).unwrap();
+        let field = auth_results(&stored)
+            .into_iter()
+            .find(|f| f.starts_with("Authentication-Results: mx.example.test;"))
+            .unwrap();
+        assert!(field.contains(&format!(") smtp.helo={quoted};")), "{field}");
+        assert!(field.contains("spf=none ("), "{field}");
+        assert!(field.contains(") smtp.mailfrom=\"<>\""), "{field}");
+        assert!(!field.contains("spf=permerror"), "{field}");
+    }
     // The verdicts are on the message's log line of the daemon.
     assert!(
         wait_until(Duration::from_secs(5), || d.log().contains("spf=\"fail\"")
@@ -791,6 +818,14 @@ fn arc_sets_are_verified() {
     let broken = sealed.replace("Subject: test", "Subject: edited");
     let field = ours(&deliver(&d, port, "list@forwarder.test", &broken));
     assert!(field.contains("arc=fail"), "{field}");
+    // A changed body (mail-auth: neutral) is a fail too: RFC 8617 has none, pass, fail.
+    let body_changed = sealed.replace("Hello.", "Hello, edited.");
+    assert_ne!(body_changed, sealed);
+    let field = ours(&deliver(&d, port, "list@forwarder.test", &body_changed));
+    assert!(
+        field.contains("arc=fail (body hash did not verify)"),
+        "{field}"
+    );
     // Without ARC fields, no arc= result.
     let field = ours(&deliver(&d, port, "list@forwarder.test", &signed));
     assert!(!field.contains("; arc="), "{field}");

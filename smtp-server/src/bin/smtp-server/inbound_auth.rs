@@ -759,7 +759,14 @@ impl Verifier {
     pub async fn spf(&self, ip: IpAddr, helo: &str, sender: &str) -> Spf {
         let host = self.hostname.as_str();
         let sender_domain = sender.rsplit_once('@').map_or(helo, |(_, d)| d).to_owned();
-        let helo_check = self.bounded_spf(SpfParameters::verify_ehlo(ip, helo, host), helo);
+        let helo_check = async {
+            if is_multi_label_domain(helo) {
+                self.bounded_spf(SpfParameters::verify_ehlo(ip, helo, host), helo)
+                    .await
+            } else {
+                SpfOutput::new(helo.to_owned()).with_result(SpfResult::None)
+            }
+        };
         let (helo_result, mail_from_result) = if sender.is_empty() {
             // The MAIL FROM identity of the null sender is the HELO name (RFC 7208 §2.4).
             let r = helo_check.await;
@@ -873,13 +880,10 @@ impl Verifier {
         let parsed = tokio::task::block_in_place(|| AuthenticatedMessage::parse(bytes));
         let Some(msg) = parsed else {
             // No header section (the message began with its body): nothing signed, no From:.
-            let ar = self.with_spf(AuthenticationResults::new(&self.hostname), spf);
+            let ar = AuthenticationResults::new(&self.hostname);
+            let after = format!("{};\r\n\tdmarc=none (no From: field)", self.spf_text(spf));
             return Verdict {
-                field: self.field(
-                    &ar,
-                    ";\r\n\tdkim=none",
-                    ";\r\n\tdmarc=none (no From: field)",
-                ),
+                field: self.field(&ar, ";\r\n\tdkim=none", &after),
                 reject: None,
                 dkim: "none".into(),
                 dmarc: "none",
@@ -984,11 +988,19 @@ impl Verifier {
         } else {
             ar = ar.with_dkim_results(&dkim, header_from);
         }
-        ar = self.with_spf(ar, spf);
+        // RFC 8617 §4.4 knows none, pass and fail: an ARC set mail-auth calls neutral (a
+        // changed body), a permanent or a temporary error is a chain that did not validate.
+        let arc = arc.map(|a| match a.result() {
+            DkimResult::Neutral(e) | DkimResult::PermError(e) | DkimResult::TempError(e) => {
+                let e = e.clone();
+                a.with_result(DkimResult::Fail(e))
+            }
+            _ => a,
+        });
         if let Some(arc) = &arc {
             ar = ar.with_arc_result(arc, spf.ip);
         }
-        let mut after = String::new();
+        let mut after = self.spf_text(spf);
         let mut reject = None;
         match &authors {
             Authors::Domains(_) => {
@@ -1079,18 +1091,46 @@ impl Verifier {
         }
     }
 
-    fn with_spf<'x>(&self, ar: AuthenticationResults<'x>, spf: &Spf) -> AuthenticationResults<'x> {
-        ar.with_spf_ehlo_result(&spf.helo_result, spf.ip, &spf.helo)
-            .with_spf_mailfrom_result(&spf.mail_from_result, spf.ip, &spf.sender, &spf.helo)
+    /// The two SPF results (`;` CRLF TAB `spf=...` each), as mail-auth writes them but for
+    /// the `smtp.helo=` and null-sender `smtp.mailfrom=` values, which it leaves unquoted
+    /// (`<>`, `[192.0.2.1]`) or strips of what a token cannot hold: they are written as RFC
+    /// 8601 pvalues here (a token, else a quoted string).
+    fn spf_text(&self, spf: &Spf) -> String {
+        // The comments name our host (`mx.example.net: domain of ...`); the field's start,
+        // the same name, is cut off.
+        let host = self.hostname.as_str();
+        let empty = AuthenticationResults::new(host);
+        let part = |ar: AuthenticationResults<'_>| {
+            let t = ar.to_string();
+            t.strip_prefix(host).map_or(t.clone(), str::to_owned)
+        };
+        let helo = part(
+            empty
+                .clone()
+                .with_spf_ehlo_result(&spf.helo_result, spf.ip, &spf.helo),
+        );
+        let mut text = with_value(&helo, " smtp.helo=", &quoted_pvalue(&spf.helo));
+        let from = part(empty.with_spf_mailfrom_result(
+            &spf.mail_from_result,
+            spf.ip,
+            &spf.sender,
+            &spf.helo,
+        ));
+        if spf.sender.is_empty() {
+            text.push_str(&with_value(&from, " smtp.mailfrom=", "\"<>\""));
+        } else {
+            text.push_str(&from);
+        }
+        text
     }
 
     /// The verdict of a message whose DKIM signatures could not be read at all (its header
     /// section is too long).
     fn unverified(&self, spf: &Spf, why: &str) -> Verdict {
-        let ar = self.with_spf(AuthenticationResults::new(&self.hostname), spf);
+        let ar = AuthenticationResults::new(&self.hostname);
         let ours = format!(";\r\n\tdkim=policy ({why})");
         Verdict {
-            field: self.field(&ar, &ours, ""),
+            field: self.field(&ar, &ours, &self.spf_text(spf)),
             reject: None,
             dkim: "policy".into(),
             dmarc: "-",
@@ -1115,6 +1155,49 @@ impl Verifier {
         field.push_str("\r\n");
         field
     }
+}
+
+/// `text` with what follows the last `key` replaced by `value`.
+fn with_value(text: &str, key: &str, value: &str) -> String {
+    match text.rfind(key) {
+        Some(at) => format!("{}{key}{value}", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// A value from the client (a HELO name) as an RFC 8601 pvalue: bare when it is a token of
+/// the characters of a domain name, else a quoted string (`"` and `\` escaped, control
+/// characters dropped).
+fn quoted_pvalue(s: &str) -> String {
+    let token = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+    if token {
+        return s.to_owned();
+    }
+    let mut q = String::from("\"");
+    for c in s.chars().filter(|c| !c.is_control()) {
+        if matches!(c, '"' | '\\') {
+            q.push('\\');
+        }
+        q.push(c);
+    }
+    q.push('"');
+    q
+}
+
+/// Whether `name` is a multi-label domain name (RFC 7208 §4.3: a HELO identity that is not,
+/// such as an address literal, gets `none` without a lookup).
+fn is_multi_label_domain(name: &str) -> bool {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    let labels: Vec<&str> = name.split('.').collect();
+    name.len() <= 253
+        && labels.len() >= 2
+        && labels.iter().all(|l| {
+            (1..=63).contains(&l.len())
+                && l.chars()
+                    .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_'))
+        })
 }
 
 /// A DNS name or selector from a signature, as an RFC 8601 `pvalue`: only the characters a
