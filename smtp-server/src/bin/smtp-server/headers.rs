@@ -506,7 +506,9 @@ enum Filtering {
 /// folding skipped) is known, then passed or dropped whole, continuation lines included. The
 /// comparison ignores ASCII case and a final dot. A field whose authserv-id cannot be found
 /// within the held length, or that ends before one, is dropped too (it is malformed, and a
-/// lenient reader might take it for ours). `ARC-Authentication-Results:` fields are kept: they
+/// lenient reader might take it for ours), as is one whose authserv-id is not a plain host
+/// name of letters, digits, `.`, `-` and `_` (an encoded word `=?us-ascii?q?...?=`, a
+/// backslash, a byte order mark, any non-ASCII: a reader might decode it into ours). `ARC-Authentication-Results:` fields are kept: they
 /// belong to an ARC set sealed by the signer its `ARC-Seal:` names, removing one would break
 /// that chain, and the ARC verdict in our own field says whether the set holds.
 ///
@@ -709,9 +711,16 @@ impl HeaderFilter {
             None => return,
         };
         let keep = match authserv_id(value, complete) {
+            // Kept: another host's name. Dropped: ours, and anything a reader could decode
+            // or show as ours (an encoded word, a backslash, a byte order mark or other
+            // non-ASCII, an empty id).
             Some(id) => {
                 let id = id.strip_suffix(b".").unwrap_or(&id);
-                !id.eq_ignore_ascii_case(ours.as_bytes())
+                let host_name = !id.is_empty()
+                    && id
+                        .iter()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+                host_name && !id.eq_ignore_ascii_case(ours.as_bytes())
             }
             None if complete || held.len() > AUTH_RESULTS_HELD_MAX => false,
             None => return,
@@ -1209,6 +1218,11 @@ mod tests {
             "Authentication-Results : mx.example.test (version?) ; none\r\n",
             "Authentication-Results: (a comment that never ends\r\n",
             "Authentication-Results: mx.example.test\r\n",
+            "Authentication-Results: =?us-ascii?q?mx.example.test?=; dkim=pass\r\n",
+            "Authentication-Results: mx\\.example.test; dkim=pass\r\n",
+            "Authentication-Results: \u{feff}mx.example.test; dkim=pass\r\n",
+            "Authentication-Results: mx.ex\u{e4}mple.test; dkim=pass\r\n",
+            "Authentication-Results: \"\"; dkim=pass\r\n",
         ];
         let theirs = [
             "Authentication-Results: mx.other.test; dkim=pass\r\n",
