@@ -385,4 +385,28 @@ fn dns_records_prints_spf_dmarc_and_dkim() {
             &format!("ed._domainkey.example.test. IN TXT \"{record}\""),
         ]
     );
+    // Reports to another domain: the record that domain publishes to agree (RFC 7489 §7.1);
+    // a key of another domain is said to be that domain's.
+    let out = Command::new(BIN)
+        .args([
+            "dns-records",
+            "--domain",
+            "example.test",
+            "--hostname",
+            "mx.example.test",
+        ])
+        .args(["--report-to", "dmarc@reports.test", "--dkim-key"])
+        .arg(format!("other.test:ed:{}", key.display()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("\nexample.test._report._dmarc.reports.test. IN TXT \"v=DMARC1\"\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("; Note: this key is other.test's, not example.test's"),
+        "{text}"
+    );
 }

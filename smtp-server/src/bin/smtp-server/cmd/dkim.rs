@@ -244,6 +244,20 @@ pub fn records(args: &RecordsArgs) -> ExitCode {
             &format!("v=DMARC1; p={policy}; rua=mailto:{report_to}; adkim=r; aspf=r")
         )
     ));
+    // Reports to another domain are sent only if that domain agrees (RFC 7489 §7.1).
+    if let Some((_, report_domain)) = report_to.rsplit_once('@') {
+        let report_domain = report_domain.trim_end_matches('.').to_ascii_lowercase();
+        if report_domain != domain && !report_domain.ends_with(&format!(".{domain}")) {
+            out.push_str(&format!(
+                "; {report_domain} must agree to receive {domain}'s reports (RFC 7489 7.1): in ITS zone,
+{}",
+                txt_line(
+                    &format!("{domain}._report._dmarc.{report_domain}"),
+                    "v=DMARC1"
+                )
+            ));
+        }
+    }
     if args.dkim_keys.is_empty() {
         out.push_str(&format!(
             "; DKIM: make a key with `smtp-server dkim-keygen --domain {domain} --selector S --key-out FILE`\n\
@@ -255,6 +269,13 @@ pub fn records(args: &RecordsArgs) -> ExitCode {
             Ok((k, _)) => k,
             Err(e) => return fail(CMD, &format!("--dkim-key: {e}")),
         };
+        if spec.domain != domain {
+            out.push_str(&format!(
+                "; Note: this key is {}'s, not {domain}'s: publish it in {}'s zone.
+",
+                spec.domain, spec.domain
+            ));
+        }
         out.push_str(&format!(
             "; DKIM (RFC 6376): the public key of {} ({}).\n{}",
             spec.path.display(),
