@@ -235,6 +235,21 @@ impl ResolveError {
 pub struct Resolver {
     inner: TokioResolver,
     order: AddressOrder,
+    /// Where the name servers came from, for [`Resolver::hickory_with_options`].
+    source: Source,
+}
+
+/// How a [`Resolver`] was configured.
+#[derive(Clone, Copy, Debug)]
+enum Source {
+    System,
+    Nameserver {
+        addr: SocketAddr,
+        timeout: Duration,
+        attempts: usize,
+    },
+    /// A hickory resolver given by the caller: its configuration is not known.
+    Given,
 }
 
 impl fmt::Debug for Resolver {
@@ -252,10 +267,59 @@ impl Resolver {
     ///
     /// The system configuration cannot be read or parsed.
     pub fn system() -> io::Result<Self> {
-        let mut builder = TokioResolver::builder_tokio().map_err(io::Error::other)?;
+        let inner = Self::build(Source::System, |_| {})?;
+        Ok(Self {
+            source: Source::System,
+            ..Self::from_hickory(inner)
+        })
+    }
+
+    /// A hickory resolver for `source`, its options changed by `change`.
+    fn build(source: Source, change: impl FnOnce(&mut ResolverOpts)) -> io::Result<TokioResolver> {
+        let mut builder =
+            match source {
+                Source::System => TokioResolver::builder_tokio().map_err(io::Error::other)?,
+                Source::Nameserver {
+                    addr,
+                    timeout,
+                    attempts,
+                } => {
+                    let mut udp = ConnectionConfig::udp();
+                    udp.port = addr.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = addr.port();
+                    let server = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
+                    let config = ResolverConfig::from_name_servers(vec![server]);
+                    let mut options = ResolverOpts::default();
+                    options.timeout = timeout;
+                    options.attempts = attempts.max(1);
+                    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+                        .with_options(options)
+                }
+                Source::Given => return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "the resolver was given as a hickory resolver: its configuration is not known",
+                )),
+            };
         builder.options_mut().use_hosts_file = ResolveHosts::Never;
-        let inner = builder.build().map_err(io::Error::other)?;
-        Ok(Self::from_hickory(inner))
+        change(builder.options_mut());
+        builder.build().map_err(io::Error::other)
+    }
+
+    /// Another hickory resolver with the same name servers and options, but for what
+    /// `change` changes, and a cache of its own: for lookups that need other options (the
+    /// daemon's SPF checks want `exists:` to ask for A records only, RFC 7208 §5.7, so it sets
+    /// `ip_strategy` to `Ipv4Only`).
+    ///
+    /// # Errors
+    ///
+    /// The resolver was made by [`from_hickory`](Self::from_hickory) (its configuration is
+    /// not known), or cannot be set up again (the system configuration changed).
+    pub fn hickory_with_options(
+        &self,
+        change: impl FnOnce(&mut ResolverOpts),
+    ) -> io::Result<TokioResolver> {
+        Self::build(self.source, change)
     }
 
     /// Uses the one name server at `addr` (over UDP, and TCP when an answer is too long), with
@@ -279,22 +343,16 @@ impl Resolver {
         timeout: Duration,
         attempts: usize,
     ) -> io::Result<Self> {
-        let mut udp = ConnectionConfig::udp();
-        udp.port = addr.port();
-        let mut tcp = ConnectionConfig::tcp();
-        tcp.port = addr.port();
-        let server = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
-        let config = ResolverConfig::from_name_servers(vec![server]);
-
-        let mut options = ResolverOpts::default();
-        options.timeout = timeout;
-        options.attempts = attempts.max(1);
-        options.use_hosts_file = ResolveHosts::Never;
-        let inner = TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-            .with_options(options)
-            .build()
-            .map_err(io::Error::other)?;
-        Ok(Self::from_hickory(inner))
+        let source = Source::Nameserver {
+            addr,
+            timeout,
+            attempts,
+        };
+        let inner = Self::build(source, |_| {})?;
+        Ok(Self {
+            source,
+            ..Self::from_hickory(inner)
+        })
     }
 
     /// Wraps a hickory resolver configured by the caller (DNS over TLS, several servers, ...).
@@ -302,6 +360,7 @@ impl Resolver {
         Self {
             inner: resolver,
             order: AddressOrder::default(),
+            source: Source::Given,
         }
     }
 

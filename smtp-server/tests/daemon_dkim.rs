@@ -409,4 +409,45 @@ fn dns_records_prints_spf_dmarc_and_dkim() {
         text.contains("; Note: this key is other.test's, not example.test's"),
         "{text}"
     );
+    // What would break the record or smuggle tags into it is refused.
+    for bad in [
+        "x@other.test,y@third.test",
+        "x@other.test;ruf=mailto:z@evil.test",
+        "\"a b\"@other.test",
+        "x!10m@other.test",
+        "x@[127.0.0.1]",
+        "x@other..test",
+        "x@-other.test",
+        "x",
+    ] {
+        let out = Command::new(BIN)
+            .args([
+                "dns-records",
+                "--domain",
+                "example.test",
+                "--report-to",
+                bad,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("--report-to") && err.contains("not a plain address"),
+            "{err}"
+        );
+    }
+    let out = Command::new(BIN)
+        .args([
+            "dns-records",
+            "--domain",
+            "example.test",
+            "--hostname",
+            "mx.example.test",
+        ])
+        .args(["--report-to", "mailto:DMARC@Reports.Test"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("rua=mailto:DMARC@reports.test;"), "{text}");
 }

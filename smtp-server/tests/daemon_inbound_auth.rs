@@ -102,16 +102,23 @@ fn zone() -> TestDnsBuilder {
             "existsvoid.test",
             "v=spf1 exists:nx1.existsvoid.test exists:nx2.existsvoid.test exists:nx3.existsvoid.test ip4:127.0.0.1 -all",
         )
-        // Two voids, then a name that exists (by a macro of the client's address; by AAAA
-        // only): no limit reached.
+        // Two voids, then a name that exists (by a macro of the client's address): no limit
+        // reached.
         .txt(
             "existsok.test",
             "v=spf1 exists:nx1.existsok.test exists:nx2.existsok.test exists:%{i}.ok.existsok.test -all",
         )
+        // A name with only an AAAA record does not exist for `exists:` (RFC 7208 §5.7: an A
+        // lookup, whatever the client's address family): a void lookup too.
         .txt(
             "existsv6.test",
-            "v=spf1 exists:nx1.existsv6.test exists:nx2.existsv6.test exists:v6.existsok.test -all",
+            "v=spf1 exists:nx1.existsv6.test exists:v6.existsok.test ip4:127.0.0.1 -all",
         )
+        .txt(
+            "existsv6void.test",
+            "v=spf1 exists:nx1.existsv6.test exists:nx2.existsv6.test exists:v6.existsok.test ip4:127.0.0.1 -all",
+        )
+        .txt("existsv6fail.test", "v=spf1 exists:v6.existsok.test -all")
         .aaaa("v6.existsok.test", std::net::Ipv6Addr::LOCALHOST)
         .a("127.0.0.1.ok.existsok.test", [127, 0, 0, 2].into())
         // Voids of `a`, `exists:` and `exists:` in an include, together.
@@ -328,6 +335,8 @@ fn spf_results_for_mail_from_and_helo() {
         ("alice@twospfinclude.test", "permerror (mx.example.test: unable to verify SPF record for alice@twospfinclude.test)"),
         ("alice@onespf.test", "pass (mx.example.test: domain of alice@onespf.test designates 127.0.0.1 as permitted sender)"),
         ("alice@existsv6.test", "pass (mx.example.test: domain of alice@existsv6.test designates 127.0.0.1 as permitted sender)"),
+        ("alice@existsv6void.test", "permerror (mx.example.test: unable to verify SPF record for alice@existsv6void.test)"),
+        ("alice@existsv6fail.test", "fail (mx.example.test: domain of alice@existsv6fail.test does not designate 127.0.0.1 as permitted sender)"),
         ("alice@existsmix.test", "permerror (mx.example.test: unable to verify SPF record for alice@existsmix.test)"),
         ("alice@existsfail.test", "fail (mx.example.test: domain of alice@existsfail.test does not designate 127.0.0.1 as permitted sender)"),
     ];
@@ -597,6 +606,13 @@ fn dmarc_alignment_and_policies() {
         ),
         (second_field, "rejecting.test"),
         (plain("ceo@rejecting.test."), "rejecting.test"),
+        (plain("ceo@(comment)rejecting.test"), "rejecting.test"),
+        (plain("ceo (c) @ Rejecting . test"), "rejecting.test"),
+        // A sampling domain (pct=0, never refused itself) first does not shield the next.
+        (
+            plain("a@sampling.test, ceo@rejecting.test"),
+            "rejecting.test",
+        ),
     ];
     for (m, domain) in &variants {
         let sent = send(strict_port, "x@soft.test", m);
@@ -615,19 +631,44 @@ fn dmarc_alignment_and_policies() {
         "{field}"
     );
     assert_eq!(field.matches("policy.dmarc=").count(), 1, "{field}");
-    for hidden in ["ceo@(comment)rejecting.test", "ceo@[127.0.0.1]"] {
+    // Fields that are not RFC 5322 (read differently by different parsers, or with no
+    // address a reader could check): refused whole with the option, permerror without.
+    for (hidden, why) in [
+        (
+            "ceo@[127.0.0.1]",
+            "From: address without a domain name: ceo@[127.0.0.1]",
+        ),
+        (
+            "b@rejecting.test <a@soft.test>",
+            "From: has more after an address",
+        ),
+        (
+            "b@rejecting.test<a@soft.test>",
+            "From: has more after an address",
+        ),
+        (
+            "Bob <ceo@rejecting.test> <a@soft.test>",
+            "From: has more after an address",
+        ),
+        ("ceo@rejecting.test <>", "From: has more after an address"),
+        (
+            "a@soft.test, ceo@rejecting.test <>",
+            "From: has more after an address",
+        ),
+        (
+            "=?utf-8?q?ceo=40rejecting.test?=",
+            "From: has an address without @",
+        ),
+        ("", "From: is empty"),
+    ] {
         let sent = send(strict_port, "x@soft.test", &plain(hidden));
         let data = sent.data.unwrap();
         assert_eq!(data.0, 550, "{hidden}: {data:?}");
-        assert!(
-            data.1.starts_with(
-                "5.7.1 The From: field cannot be checked for DMARC: From: address without a domain"
-            ),
-            "{data:?}"
-        );
+        let want = format!("5.7.1 The From: field cannot be checked for DMARC: {why}");
+        assert!(data.1.starts_with(&want), "{hidden}: {data:?}");
         let field = ours(&deliver(&d, port, "x@soft.test", &plain(hidden)));
         assert!(
-            field.contains("dmarc=permerror (From: address without a domain: "),
+            field.contains(&format!("dmarc=permerror ({why}")),
             "{field}"
         );
     }

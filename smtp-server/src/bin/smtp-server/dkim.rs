@@ -521,28 +521,26 @@ fn choose(header: &[u8]) -> Result<(String, String, Vec<&'static str>), &'static
     let msg = mail_parser::MessageParser::new()
         .parse_headers(header)
         .ok_or("no header section")?;
-    let froms: Vec<_> = msg.header_values(mail_parser::HeaderName::From).collect();
-    let from = match froms.as_slice() {
+    // The From: field read strictly (see `from_field`): a field parsers read differently
+    // is not signed, so the address signed for is the one every reader shows.
+    let values = crate::from_field::from_values(crate::from_field::header_fields(header));
+    let value = match values.as_slice() {
         [] => return Err("no From: field"),
-        [one] => one,
+        [one] => *one,
         _ => return Err("several From: fields"),
     };
-    let list = match from.as_address() {
-        Some(mail_parser::Address::List(l)) => l,
-        Some(mail_parser::Address::Group(_)) => return Err("From: is a group"),
-        None => return Err("From: holds no address"),
+    let list = crate::from_field::mailboxes(value)?;
+    let mailbox = match list.as_slice() {
+        [one] if one.in_group => return Err("From: is a group"),
+        [one] => one,
+        [] => return Err("From: holds no address"),
+        _ => return Err("From: does not hold exactly one address"),
     };
-    let [mailbox] = list.as_slice() else {
-        return Err("From: does not hold exactly one address");
-    };
-    let address = mailbox.address().ok_or("From: has no address")?;
-    let (_, domain) = address
-        .rsplit_once('@')
-        .ok_or("From: address has no domain")?;
-    let domain = domain.strip_suffix('.').unwrap_or(domain).to_lowercase();
-    if domain.is_empty() {
-        return Err("From: address has no domain");
+    if !mailbox.has_domain_name() {
+        return Err("From: address has no domain name");
     }
+    let address = mailbox.address();
+    let domain = mailbox.domain.clone();
     let present_names: Vec<&str> = msg.headers().iter().map(|h| h.name()).collect();
     let mut names = Vec::new();
     for &name in SIGNED {
@@ -554,7 +552,7 @@ fn choose(header: &[u8]) -> Result<(String, String, Vec<&'static str>), &'static
             names.push(name);
         }
     }
-    Ok((address.to_owned(), domain, names))
+    Ok((address, domain, names))
 }
 
 #[cfg(test)]
@@ -756,6 +754,23 @@ From: Alice <alice@Example.TEST>\r\nTo: bob@remote.test\r\nSubject: hi\r\n\r\n\
             (
                 b"From: a@sub.example.test\r\n\r\nx\r\n",
                 "no --dkim-key for the From: domain",
+            ),
+            // Fields parsers read differently are not signed for any reading.
+            (
+                b"From: bob@example.test <alice@example.test>\r\n\r\nx\r\n",
+                "From: has more after an address than a comma and another",
+            ),
+            (
+                b"From: Bob <bob@example.test> <a@example.test>\r\n\r\nx\r\n",
+                "From: has more after an address than a comma and another",
+            ),
+            (
+                b"From: team: a@example.test;\r\n\r\nx\r\n",
+                "From: is a group",
+            ),
+            (
+                b"From: a@[127.0.0.1]\r\n\r\nx\r\n",
+                "From: address has no domain name",
             ),
         ] {
             assert_eq!(

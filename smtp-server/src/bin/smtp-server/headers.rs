@@ -507,8 +507,9 @@ enum Filtering {
 /// comparison ignores ASCII case and a final dot. A field whose authserv-id cannot be found
 /// within the held length, or that ends before one, is dropped too (it is malformed, and a
 /// lenient reader might take it for ours), as is one whose authserv-id is not a plain host
-/// name of letters, digits, `.`, `-` and `_` (an encoded word `=?us-ascii?q?...?=`, a
-/// backslash, a byte order mark, any non-ASCII: a reader might decode it into ours). `ARC-Authentication-Results:` fields are kept: they
+/// name: labels of letters, digits, `-` and `_`, none empty (an encoded word
+/// `=?us-ascii?q?...?=`, a backslash, a byte order mark, any non-ASCII, `mx..example`: a
+/// reader might decode or tidy it into ours). `ARC-Authentication-Results:` fields are kept: they
 /// belong to an ARC set sealed by the signer its `ARC-Seal:` names, removing one would break
 /// that chain, and the ARC verdict in our own field says whether the set holds.
 ///
@@ -717,9 +718,12 @@ impl HeaderFilter {
             Some(id) => {
                 let id = id.strip_suffix(b".").unwrap_or(&id);
                 let host_name = !id.is_empty()
-                    && id
-                        .iter()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_'));
+                    && id.split(|&b| b == b'.').all(|label| {
+                        !label.is_empty()
+                            && label
+                                .iter()
+                                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+                    });
                 host_name && !id.eq_ignore_ascii_case(ours.as_bytes())
             }
             None if complete || held.len() > AUTH_RESULTS_HELD_MAX => false,
@@ -1223,6 +1227,9 @@ mod tests {
             "Authentication-Results: \u{feff}mx.example.test; dkim=pass\r\n",
             "Authentication-Results: mx.ex\u{e4}mple.test; dkim=pass\r\n",
             "Authentication-Results: \"\"; dkim=pass\r\n",
+            "Authentication-Results: mx.example.test..; dkim=pass\r\n",
+            "Authentication-Results: .mx.example.test; dkim=pass\r\n",
+            "Authentication-Results: mx..example.test; dkim=pass\r\n",
         ];
         let theirs = [
             "Authentication-Results: mx.other.test; dkim=pass\r\n",

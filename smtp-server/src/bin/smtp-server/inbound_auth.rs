@@ -579,32 +579,26 @@ enum Authors {
 }
 
 impl Authors {
-    /// From the From: addresses as mail-auth read them (every From: field, group members too).
-    fn of(addresses: &[String]) -> Authors {
+    /// From the values of the message's `From:` fields, read strictly
+    /// ([`crate::from_field`]): a field that does not follow RFC 5322 is `Malformed`, as
+    /// lenient parsers (mail-auth's among them) read such fields differently and a forger
+    /// picks the reading that escapes the check.
+    fn of(values: &[&[u8]]) -> Authors {
         let mut domains: Vec<String> = Vec::new();
-        for a in addresses {
-            let domain = a.rsplit_once('@').map(|(_, d)| d.trim());
-            let domain = domain.map(|d| d.strip_suffix('.').unwrap_or(d).to_lowercase());
-            let readable = domain.as_deref().is_some_and(|d| {
-                !d.is_empty()
-                    && d.split('.').all(|label| {
-                        !label.is_empty()
-                            && label
-                                .chars()
-                                .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_'))
-                    })
-            });
-            match domain {
-                Some(d) if readable => {
-                    if !domains.contains(&d) {
-                        domains.push(d);
-                    }
-                }
-                _ => {
+        for value in values {
+            let list = match crate::from_field::mailboxes(value) {
+                Ok(list) => list,
+                Err(why) => return Authors::Malformed(why.to_owned()),
+            };
+            for m in list {
+                if !m.has_domain_name() {
                     return Authors::Malformed(format!(
-                        "From: address without a domain: {}",
-                        pvalue_text(a)
-                    ))
+                        "From: address without a domain name: {}",
+                        pvalue_text(&m.address())
+                    ));
+                }
+                if !domains.contains(&m.domain) {
+                    domains.push(m.domain);
                 }
             }
         }
@@ -898,9 +892,11 @@ impl Verifier {
                 .map(|h| DkimOutput::temp_err(e()).with_signature(&h.header))
                 .collect()
         };
+        // ARC fields that do not parse are a chain too (one that fails, RFC 8617 §5.2).
         let has_arc = !msg.ams_headers.is_empty()
             || !msg.as_headers.is_empty()
-            || !msg.aar_headers.is_empty();
+            || !msg.aar_headers.is_empty()
+            || msg.has_arc_errors;
         let (dkim, arc) = if too_large.is_some() {
             // Not verified: temporary errors for DMARC, `policy` in the field (below).
             (
@@ -930,7 +926,7 @@ impl Verifier {
             .sender
             .rsplit_once('@')
             .map_or(spf.helo.as_str(), |(_, d)| d);
-        let authors = Authors::of(&msg.from);
+        let authors = Authors::of(&crate::from_field::from_values(msg.headers.iter().copied()));
         let dmarcs: Vec<DmarcOutput> = match &authors {
             Authors::Domains(domains) => {
                 // One check per author domain (RFC 7489 §6.6.1), each seeing only its own
@@ -967,7 +963,6 @@ impl Verifier {
             _ => Vec::new(),
         };
 
-        let header_from = msg.from.first().map_or("", String::as_str);
         let mut ar = AuthenticationResults::new(&self.hostname);
         let mut ours = String::new();
         if let Some(size) = too_large {
@@ -976,8 +971,8 @@ impl Verifier {
                     ours,
                     ";\r\n\tdkim=policy (message too large to verify: {size} octets, limit {}) header.d={} header.s={}",
                     self.settings.max_size,
-                    pvalue(&h.header.d),
-                    pvalue(&h.header.s)
+                    quoted_pvalue(&h.header.d),
+                    quoted_pvalue(&h.header.s)
                 );
             }
             if msg.dkim_headers.is_empty() {
@@ -986,7 +981,9 @@ impl Verifier {
         } else if dkim.is_empty() {
             ours.push_str(";\r\n\tdkim=none");
         } else {
-            ar = ar.with_dkim_results(&dkim, header_from);
+            for d in &dkim {
+                ours.push_str(&self.dkim_entry(d));
+            }
         }
         // RFC 8617 §4.4 knows none, pass and fail: an ARC set mail-auth calls neutral (a
         // changed body), a permanent or a temporary error is a chain that did not validate.
@@ -1007,22 +1004,31 @@ impl Verifier {
                 for d in &dmarcs {
                     after.push_str(&dmarc_entry(d));
                 }
-                // The strictest: any author domain whose p=reject failed refuses the message.
-                let failed = dmarcs.iter().find(|d| {
+                // The strictest: any author domain whose p=reject failed refuses the message,
+                // unless its record samples (pct= below 100: not enforced by refusing, see
+                // `dmarc_sampled`); each failing domain is asked, so a sampling one does not
+                // shield the next.
+                // (Those lookups are the resolver's cached answers of the checks just made;
+                // together they get one timeout, after which, as when one fails, the policy
+                // the check found is enforced: a domain whose name server stalls the second
+                // look must not shield the others.)
+                let failing = dmarcs.iter().filter(|d| {
                     matches!(d.result(), DmarcResult::Fail(_)) && d.policy() == Policy::Reject
                 });
-                let failed = match failed {
-                    // pct= below 100: not enforced by refusing (as quarantine, see
-                    // `dmarc_sampled`).
-                    Some(d) if self.settings.dmarc_reject => {
-                        let sampled =
-                            tokio::time::timeout(limit, self.dmarc_record_sampled(d.domain()))
-                                .await
-                                .unwrap_or(false);
-                        (!sampled).then_some(d)
-                    }
-                    other => other,
-                };
+                let mut failed = None;
+                if self.settings.dmarc_reject {
+                    let first_enforced = async {
+                        for d in failing.clone() {
+                            if !self.dmarc_record_sampled(d.domain()).await {
+                                return Some(d);
+                            }
+                        }
+                        None
+                    };
+                    failed = tokio::time::timeout(limit, first_enforced)
+                        .await
+                        .unwrap_or_else(|_| failing.clone().next());
+                }
                 if let (true, Some(d)) = (self.settings.dmarc_reject, failed) {
                     reject = Some(format!(
                         "Unauthenticated email from {} is not accepted due to its domain's DMARC policy (p=reject)",
@@ -1091,6 +1097,37 @@ impl Verifier {
         }
     }
 
+    /// One DKIM result (`;` CRLF TAB `dkim=...`): the result and its comment as mail-auth
+    /// writes them, then the signature's tags as RFC 8601 pvalues. mail-auth copies `d=`,
+    /// `s=` and `i=` bare, and a sender may put tspecials in them (`s=a,b`, `d=a<b>.test`)
+    /// that make the field unreadable; here a value that is not a plain token (or, for
+    /// `header.i`, a plain address) is quoted.
+    fn dkim_entry(&self, d: &DkimOutput<'_>) -> String {
+        let host = self.hostname.as_str();
+        let text = AuthenticationResults::new(host)
+            .with_dkim_result(d, "")
+            .to_string();
+        let text = text.strip_prefix(host).unwrap_or(&text);
+        let mut entry = match text.find(" header.") {
+            Some(at) => text[..at].to_owned(),
+            None => text.to_owned(),
+        };
+        if let Some(sig) = d.signature() {
+            if sig.i.is_empty() {
+                let _ = write!(entry, " header.d={}", quoted_pvalue(&sig.d));
+            } else {
+                let _ = write!(entry, " header.i={}", address_pvalue(&sig.i));
+            }
+            let _ = write!(entry, " header.s={}", quoted_pvalue(&sig.s));
+            if let Some(prefix) = sig.b.get(..6) {
+                use base64::Engine as _;
+                let b = base64::engine::general_purpose::STANDARD.encode(prefix);
+                let _ = write!(entry, " header.b={}", quoted_pvalue(&b));
+            }
+        }
+        entry
+    }
+
     /// The two SPF results (`;` CRLF TAB `spf=...` each), as mail-auth writes them but for
     /// the `smtp.helo=` and null-sender `smtp.mailfrom=` values, which it leaves unquoted
     /// (`<>`, `[192.0.2.1]`) or strips of what a token cannot hold: they are written as RFC
@@ -1116,11 +1153,12 @@ impl Verifier {
             &spf.sender,
             &spf.helo,
         ));
-        if spf.sender.is_empty() {
-            text.push_str(&with_value(&from, " smtp.mailfrom=", "\"<>\""));
+        let sender = if spf.sender.is_empty() {
+            "\"<>\"".to_owned()
         } else {
-            text.push_str(&from);
-        }
+            address_pvalue(&spf.sender)
+        };
+        text.push_str(&with_value(&from, " smtp.mailfrom=", &sender));
         text
     }
 
@@ -1165,13 +1203,14 @@ fn with_value(text: &str, key: &str, value: &str) -> String {
     }
 }
 
-/// A value from the client (a HELO name) as an RFC 8601 pvalue: bare when it is a token of
-/// the characters of a domain name, else a quoted string (`"` and `\` escaped, control
+/// A value from the client (a HELO name, a signature's tag) as an RFC 8601 pvalue: bare
+/// when it is an RFC 2045 token, else a quoted string (`"` and `\` escaped, control
 /// characters dropped).
 fn quoted_pvalue(s: &str) -> String {
+    // RFC 2045's token: printable ASCII but for the tspecials.
     let token = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        && s.bytes()
+            .all(|b| b.is_ascii_graphic() && !b"()<>@,;:\\\"/[]?=".contains(&b));
     if token {
         return s.to_owned();
     }
@@ -1186,8 +1225,35 @@ fn quoted_pvalue(s: &str) -> String {
     q
 }
 
+/// An address as an RFC 8601 pvalue: bare as `local-part@domain-name` when the local part
+/// is a dot-atom and the domain a plain host name, else a quoted string (an address
+/// literal's brackets, a quoted local part, tspecials).
+fn address_pvalue(address: &str) -> String {
+    let bare = address.rsplit_once('@').is_some_and(|(local, domain)| {
+        let atom_ok = |w: &str| {
+            !w.is_empty()
+                && w.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b))
+        };
+        (local.is_empty() || local.split('.').all(atom_ok))
+            && !domain.is_empty()
+            && domain
+                .split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+    });
+    if bare {
+        address.to_owned()
+    } else {
+        quoted_pvalue(address)
+    }
+}
+
 /// Whether `name` is a multi-label domain name (RFC 7208 §4.3: a HELO identity that is not,
 /// such as an address literal, gets `none` without a lookup).
+///
+/// Each label 1 to 63 octets of letters, digits, `-` and `_`, not starting or ending with
+/// `-`; the top label not all digits (RFC 7208 §7.1 `toplabel`: `1.2` and `192.0.2.1` are
+/// not names).
 fn is_multi_label_domain(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
     let labels: Vec<&str> = name.split('.').collect();
@@ -1195,9 +1261,14 @@ fn is_multi_label_domain(name: &str) -> bool {
         && labels.len() >= 2
         && labels.iter().all(|l| {
             (1..=63).contains(&l.len())
+                && !l.starts_with('-')
+                && !l.ends_with('-')
                 && l.chars()
                     .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_'))
         })
+        && labels
+            .last()
+            .is_some_and(|top| !top.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// A DNS name or selector from a signature, as an RFC 8601 `pvalue`: only the characters a
@@ -1262,28 +1333,32 @@ mod tests {
 
     #[test]
     fn author_domains_are_every_from_address_domain() {
-        let of = |a: &[&str]| Authors::of(&a.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        let of = |v: &[&str]| Authors::of(&v.iter().map(|s| s.as_bytes()).collect::<Vec<_>>());
         assert_eq!(of(&[]), Authors::None);
+        assert_eq!(of(&[" undisclosed:;"]), Authors::None);
         assert_eq!(
-            of(&["a@x.test", "b@X.test.", "c@y.test"]),
+            of(&[" a@x.test, b@X.test.", " c@y.test"]),
             Authors::Domains(vec!["x.test".into(), "y.test".into()])
         );
         assert_eq!(
-            of(&["a@b\u{fc}cher.test"]),
-            Authors::Domains(vec!["b\u{fc}cher.test".into()])
+            of(&[" ceo@(hidden)bank.test"]),
+            Authors::Domains(vec!["bank.test".into()])
         );
         for bad in [
             "ceo@",
-            "@ x.test(",
+            " b@fail.test <>",
             "a@[127.0.0.1]",
             "a@x..test",
             "nodomain",
+            "",
         ] {
             assert!(matches!(of(&[bad]), Authors::Malformed(_)), "{bad}");
         }
-        let five = ["a@1.test", "a@2.test", "a@3.test", "a@4.test", "a@5.test"];
-        assert!(matches!(of(&five), Authors::Malformed(w) if w.starts_with("5 From: domains")));
-        assert!(matches!(of(&five[..4]), Authors::Domains(d) if d.len() == 4));
+        let five = "a@1.test, a@2.test, a@3.test, a@4.test, a@5.test";
+        assert!(matches!(of(&[five]), Authors::Malformed(w) if w.starts_with("5 From: domains")));
+        assert!(
+            matches!(of(&["a@1.test, a@2.test, a@3.test, a@4.test"]), Authors::Domains(d) if d.len() == 4)
+        );
     }
 
     #[test]

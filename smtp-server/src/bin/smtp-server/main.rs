@@ -15,6 +15,7 @@ mod cmd;
 mod config;
 mod config_file;
 mod dkim;
+mod from_field;
 mod headers;
 mod inbound_auth;
 mod listen;
@@ -398,8 +399,19 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
                 "public listener: SPF, DKIM, DMARC and ARC verdicts in Authentication-Results"
             );
         }
+        // The checks' own resolver (the same name servers, its own cache): address lookups
+        // ask for A records only, as `exists:` must (RFC 7208 §5.7; mail-auth's `exists`
+        // looks up both families, the one place it uses that lookup).
+        let auth_resolver = resolver
+            .hickory_with_options(|o| {
+                o.ip_strategy = mail_auth::hickory_resolver::config::LookupIpStrategy::Ipv4Only;
+            })
+            .unwrap_or_else(|e| {
+                warn!(error = %e, "SPF: exists: terms also match AAAA records");
+                resolver.hickory().clone()
+            });
         Arc::new(inbound_auth::Verifier::new(
-            resolver.hickory().clone(),
+            auth_resolver,
             hostname.clone(),
             settings,
         ))

@@ -199,6 +199,34 @@ fn write_new(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
     f.sync_all()
 }
 
+/// A `--report-to` address as it may go in a `rua=mailto:` URI of a TXT record: a leading
+/// `mailto:` dropped, a dot-atom local part without `!` (RFC 7489 §6.2 reads it as the size
+/// limit) and a host name of two labels or more; `None` for anything else (lists, tags,
+/// quotes, literals), which would break the record or smuggle tags into it.
+fn report_address(a: &str) -> Option<String> {
+    let a = a.trim();
+    let a = match a.get(..7) {
+        Some(p) if p.eq_ignore_ascii_case("mailto:") => &a[7..],
+        _ => a,
+    };
+    let (local, domain) = a.rsplit_once('@')?;
+    let local_ok = local.split('.').all(|w| {
+        !w.is_empty()
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"#$%&'*+-/=?^_`{|}~".contains(&b))
+    });
+    let domain = domain.strip_suffix('.').unwrap_or(domain);
+    let labels: Vec<&str> = domain.split('.').collect();
+    let domain_ok = labels.len() >= 2
+        && labels.iter().all(|l| {
+            !l.is_empty()
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    (local_ok && domain_ok).then(|| format!("{local}@{}", domain.to_ascii_lowercase()))
+}
+
 /// Runs `dns-records`.
 pub fn records(args: &RecordsArgs) -> ExitCode {
     const CMD: &str = "dns-records";
@@ -227,10 +255,20 @@ pub fn records(args: &RecordsArgs) -> ExitCode {
          ; Add the mechanisms of any other service that sends as {domain} (one SPF record per name).\n{}",
         txt_line(&domain, &format!("v=spf1 {senders} -all"))
     ));
-    let report_to = args
-        .report_to
-        .clone()
-        .unwrap_or_else(|| format!("postmaster@{domain}"));
+    let report_to = match &args.report_to {
+        Some(a) => match report_address(a) {
+            Some(a) => a,
+            None => {
+                return fail(
+                    CMD,
+                    &format!(
+                        "--report-to {a:?}: not a plain address (local@example.org: letters, digits and . _ + - in the local part, no !, quotes or lists)"
+                    ),
+                )
+            }
+        },
+        None => format!("postmaster@{domain}"),
+    };
     let policy = match args.dmarc_policy {
         Policy::None => "none",
         Policy::Quarantine => "quarantine",
