@@ -438,6 +438,62 @@ mod tests {
         assert!(!m("a@x!.test").has_domain_name());
     }
 
+    /// A mailbox written in one of the forms RFC 5322 allows, with comments and folding.
+    fn write_mailbox(local: &str, domain: &str, name: &str, form: u8) -> String {
+        match form % 4 {
+            0 => format!("{local}@{domain}"),
+            1 => format!("{name} <{local}@{domain}>"),
+            2 => format!("\"{name}, x\" (c) <{local} @ {domain}>"),
+            _ => format!("(a (nested) comment)\r\n\t{local}@(here){domain}."),
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Every list written by the grammar reads back as its addresses, in order; and cut
+        /// short anywhere it is either refused or reads as a prefix's addresses, never as
+        /// other ones (the grammar gives each field one reading).
+        #[test]
+        fn written_lists_read_back(
+            boxes in proptest::collection::vec(
+                ("[a-z0-9]{1,8}(\\.[a-z0-9+_-]{1,5})?", "[a-z0-9-]{1,8}(\\.[a-z]{2,5}){1,2}",
+                 "[A-Za-z]{1,6}( [A-Za-z.]{1,6})?", 0u8..4),
+                1..5),
+            cut in 0usize..200,
+        ) {
+            let written: Vec<String> = boxes
+                .iter()
+                .map(|(l, d, n, f)| write_mailbox(l, d, n, *f))
+                .collect();
+            let value = written.join(",\r\n ");
+            let got = mailboxes(value.as_bytes()).map_err(|e| format!("{e}: {value:?}"));
+            let want: Vec<String> = boxes
+                .iter()
+                .map(|(l, d, _, _)| format!("{l}@{}", d.to_lowercase()))
+                .collect();
+            let got: Vec<String> = got
+                .map_err(proptest::test_runner::TestCaseError::fail)?
+                .iter()
+                .map(Mailbox::address)
+                .collect();
+            proptest::prop_assert_eq!(&got, &want);
+            let cut = cut.min(value.len());
+            if value.is_char_boundary(cut) {
+                if let Ok(prefix) = mailboxes(&value.as_bytes()[..cut]) {
+                    for (i, m) in prefix.iter().enumerate() {
+                        let last = i + 1 == prefix.len();
+                        // The last address may be cut inside its domain or local part.
+                        proptest::prop_assert!(
+                            last || m.address() == want[i],
+                            "{:?} -> {:?}", &value[..cut], prefix
+                        );
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn header_fields_keep_their_continuations() {
         let h = b"Subject: a\r\nFrom: Alice\r\n <a@x.test>\r\nTo: b\r\n\r\nFrom: body@y.test\r\n";
