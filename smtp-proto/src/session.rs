@@ -145,7 +145,11 @@
 //! take for a second command. This holds in every state where commands are read: before and
 //! after EHLO, in a transaction, between BDAT chunks, after STARTTLS, and at the end of an
 //! over-long line that is being dropped. It is not configurable: no other reading of such a
-//! line is safe. (Message content has its own policy, [`DataConfig::bare_line_ending`].)
+//! line is safe. (Message content has its own policy, [`DataConfig::bare_line_ending`],
+//! which applies to BDAT chunks too unless the body is `BODY=BINARYMIME`: text sent by BDAT
+//! has CRLF line ends as DATA's has, RFC 3030 §2, and a bare CR split from its LF by a
+//! chunk boundary is found as well. A message a reader splits on a bare CR would show it
+//! other header fields than the server read.)
 //!
 //! # LMTP and extension verbs
 //! With [`SessionConfig::lmtp`] the session speaks LMTP (RFC 2033): the greeting says
@@ -184,7 +188,7 @@ use std::time::{Duration, Instant};
 
 use crate::address::{ForwardPath, ReversePath};
 use crate::command::{parse_command, Command, CommandErrorKind, Limits};
-use crate::data::{DataConfig, DataDecoder, DataError, DataStatus};
+use crate::data::{BareLineEnding, DataConfig, DataDecoder, DataError, DataStatus};
 use crate::ehlo::{Capability, EhloReply};
 use crate::param::{Body, MailParams, RcptParams};
 use crate::reply::{EnhancedCode, Refusal, Reply};
@@ -210,7 +214,8 @@ pub struct SessionConfig {
     pub max_recipient_overshoot: usize,
     /// Command line and address length limits.
     pub limits: Limits,
-    /// DATA policies (bare CR/LF, text line length); its `max_size` is replaced by
+    /// DATA policies (bare CR/LF, text line length; the bare CR/LF policy is BDAT's too,
+    /// but for `BODY=BINARYMIME`); its `max_size` is replaced by
     /// `max_message_size`.
     pub data: DataConfig,
     /// Offer STARTTLS (a certificate is configured). Not offered once TLS is active.
@@ -510,6 +515,10 @@ pub struct Session {
     /// Size of the BDAT message so far.
     bdat_size: u64,
     bdat_oversize: bool,
+    /// A bare CR or LF was in this BDAT message's content (not BINARYMIME).
+    bdat_bare: bool,
+    /// The content so far ends with a CR (its LF may start the next chunk).
+    bdat_cr: bool,
     /// A message end seen while its last piece of body was being reported.
     finished: Option<(u64, Result<(), DataError>)>,
     errors: usize,
@@ -649,6 +658,8 @@ impl Session {
             rcpt_overshoot: 0,
             bdat_size: 0,
             bdat_oversize: false,
+            bdat_bare: false,
+            bdat_cr: false,
             finished: None,
             errors: 0,
             junk: 0,
@@ -1281,8 +1292,16 @@ impl Session {
             if keep == 0 {
                 return Flow::Continue;
             }
-            self.body
-                .extend_from_slice(&self.input[start..start + keep]);
+            let piece = &self.input[start..start + keep];
+            if self.from_params.body == Some(Body::BinaryMime) {
+                self.body.extend_from_slice(piece);
+            } else {
+                // Text content by BDAT has CRLF line ends too (RFC 3030 §2): the same
+                // bare CR/LF policy as DATA, across chunk boundaries.
+                let policy = self.config.data.bare_line_ending;
+                let bare = bdat_line_ends(piece, &mut self.bdat_cr, policy, &mut self.body);
+                self.bdat_bare |= bare;
+            }
             return Flow::Return(Some(Step::Body));
         }
         // The chunk is complete.
@@ -1298,7 +1317,23 @@ impl Session {
             return Flow::Return(Some(self.finish_message(self.bdat_size, Err(e))));
         }
         if last {
-            return Flow::Return(Some(self.finish_message(self.bdat_size, Ok(()))));
+            let mut result = Ok(());
+            if std::mem::take(&mut self.bdat_cr) {
+                // The message ends with a CR of no line end.
+                self.bdat_bare = true;
+                if self.config.data.bare_line_ending == BareLineEnding::Normalize {
+                    self.body.push(b'\n');
+                }
+            }
+            if self.bdat_bare && self.config.data.bare_line_ending == BareLineEnding::Reject {
+                result = Err(DataError::BareLineEnding);
+            }
+            if !self.body.is_empty() {
+                // The added LF first; the end comes on the next poll.
+                self.finished = Some((self.bdat_size, result));
+                return Flow::Return(Some(Step::Body));
+            }
+            return Flow::Return(Some(self.finish_message(self.bdat_size, result)));
         }
         let text = format!("{} octets received", self.bdat_size);
         reply(250, Some((2, 0, 0)), &text).encode(&mut self.output);
@@ -1339,6 +1374,8 @@ impl Session {
         self.smtputf8 = false;
         self.bdat_size = 0;
         self.bdat_oversize = false;
+        self.bdat_bare = false;
+        self.bdat_cr = false;
         self.decoder.reset();
         if matches!(self.envelope, Envelope::Mail | Envelope::Chunking) {
             self.envelope = Envelope::Greeted;
@@ -1590,6 +1627,8 @@ impl Session {
                 self.envelope = Envelope::Chunking;
                 self.bdat_size = 0;
                 self.bdat_oversize = false;
+                self.bdat_bare = false;
+                self.bdat_cr = false;
                 Step::DataStart
             }
             Command::Rset => {
@@ -1998,4 +2037,41 @@ fn is_verb(line: &[u8], verb: &[u8]) -> bool {
     line.get(..verb.len())
         .is_some_and(|v| v.eq_ignore_ascii_case(verb))
         && !line.get(verb.len()).is_some_and(u8::is_ascii_alphanumeric)
+}
+/// Copies text content `piece` of a BDAT message to `out`, finding its bare CRs and LFs
+/// (`cr` carries a CR that ended the piece before): with [`BareLineEnding::Normalize`] each
+/// becomes CRLF, with [`BareLineEnding::Reject`] they are copied as they are (the message is
+/// refused at its end). Returns whether there was one. A CR ending `piece` is decided by the
+/// next piece (or the end of the message).
+fn bdat_line_ends(piece: &[u8], cr: &mut bool, policy: BareLineEnding, out: &mut Vec<u8>) -> bool {
+    let normalize = policy == BareLineEnding::Normalize;
+    let mut bare = false;
+    out.reserve(piece.len());
+    for &b in piece {
+        if std::mem::take(cr) {
+            if b == b'\n' {
+                out.push(b);
+                continue;
+            }
+            bare = true;
+            if normalize {
+                out.push(b'\n');
+            }
+        }
+        match b {
+            b'\r' => {
+                out.push(b);
+                *cr = true;
+            }
+            b'\n' => {
+                bare = true;
+                if normalize {
+                    out.push(b'\r');
+                }
+                out.push(b);
+            }
+            _ => out.push(b),
+        }
+    }
+    bare
 }

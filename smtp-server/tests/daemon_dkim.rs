@@ -419,6 +419,12 @@ fn dns_records_prints_spf_dmarc_and_dkim() {
         "x@other..test",
         "x@-other.test",
         "x",
+        "a#frag@other.test",
+        "a?to=x%40evil.test@other.test",
+        "a%2C@other.test",
+        "a/b@other.test",
+        "a@1.2.3.4",
+        "a@example.123",
     ] {
         let out = Command::new(BIN)
             .args([

@@ -660,6 +660,17 @@ fn dmarc_alignment_and_policies() {
             "From: has an address without @",
         ),
         ("", "From: is empty"),
+        // Under a p=reject domain, labels a lookup cannot use (IDNA refuses the first; a
+        // leading hyphen; 64 octets): a reader shows rejecting.test.
+        (
+            "a@x\u{661}.rejecting.test",
+            "From: address without a domain name",
+        ),
+        ("a@-x.rejecting.test", "From: address without a domain name"),
+        (
+            "a@xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx.rejecting.test",
+            "From: address without a domain name",
+        ),
     ] {
         let sent = send(strict_port, "x@soft.test", &plain(hidden));
         let data = sent.data.unwrap();
@@ -867,6 +878,10 @@ fn arc_sets_are_verified() {
         field.contains("arc=fail (body hash did not verify)"),
         "{field}"
     );
+    // ARC fields that make no set (an ARC-Authentication-Results: alone): fail, not none.
+    let lone = format!("ARC-Authentication-Results: i=1; other.test; spf=pass\r\n{signed}");
+    let field = ours(&deliver(&d, port, "list@forwarder.test", &lone));
+    assert!(field.contains("arc=fail"), "{field}");
     // Without ARC fields, no arc= result.
     let field = ours(&deliver(&d, port, "list@forwarder.test", &signed));
     assert!(!field.contains("; arc="), "{field}");

@@ -378,7 +378,7 @@ async fn bdat_timeouts() {
     let mut c = srv.connect();
     c.reply().await;
     c.cmd("EHLO c").await;
-    c.send("MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nBDAT 4\r\nabc\n")
+    c.send("MAIL FROM:<a@example.net>\r\nRCPT TO:<b@example.org>\r\nBDAT 4\r\nab\r\n")
         .await;
     for _ in 0..2 {
         c.reply().await;
@@ -394,7 +394,7 @@ async fn bdat_timeouts() {
         waited >= Duration::from_secs(60) && waited < Duration::from_secs(61),
         "{waited:?}"
     );
-    assert_eq!(srv.rec.messages()[0].body, b"abc\n");
+    assert_eq!(srv.rec.messages()[0].body, b"ab\r\n");
 }
 
 /// The time a handler takes is not the client's: the deadline starts when the reply is out.

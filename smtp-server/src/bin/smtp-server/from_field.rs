@@ -30,16 +30,27 @@ impl Mailbox {
         format!("{}@{}", self.local, self.domain)
     }
 
-    /// Whether the domain is a domain name (not a literal), each label non-empty and of
-    /// letters, digits, `-` and `_` (any script).
+    /// Whether the domain is a domain name that can be looked up: not a literal, and, in its
+    /// ASCII form (IDNA, as the DNS queries use it), labels of 1 to 63 letters, digits, `-`
+    /// and `_`, none starting or ending with `-`, the top one not all digits, 253 octets at
+    /// most. A name IDNA refuses (`x\u{661}.example`, mixing scripts against its rules)
+    /// is not one: a check could not look it up, while a reader shows it as under
+    /// `example`.
     pub fn has_domain_name(&self) -> bool {
-        !self.domain.starts_with('[')
-            && self.domain.split('.').all(|label| {
-                !label.is_empty()
-                    && label
-                        .chars()
-                        .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_'))
+        let ascii = mail_auth::common::to_a_label(&self.domain);
+        let labels: Vec<&str> = ascii.split('.').collect();
+        ascii.is_ascii()
+            && ascii.len() <= 253
+            && labels.iter().all(|l| {
+                (1..=63).contains(&l.len())
+                    && !l.starts_with('-')
+                    && !l.ends_with('-')
+                    && l.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
             })
+            && labels
+                .last()
+                .is_some_and(|top| !top.bytes().all(|b| b.is_ascii_digit()))
     }
 }
 
@@ -69,7 +80,11 @@ fn tokens(value: &[u8]) -> Result<Vec<Token>, &'static str> {
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b' ' | b'\t' | b'\r' | b'\n' => i += 1,
+            // A line break only as folding (CRLF, then white space); a bare CR or LF is
+            // a line end to some readers and none to others.
+            b'\r' if b.get(i + 1) == Some(&b'\n') => i += 2,
+            b'\r' | b'\n' => return Err("From: has a bare CR or LF"),
+            b' ' | b'\t' => i += 1,
             b'(' => {
                 let mut depth = 0usize;
                 loop {
@@ -233,6 +248,23 @@ impl Parser {
     /// `<` addr-spec `>`.
     fn angle_addr(&mut self) -> Result<Mailbox, &'static str> {
         self.expect(b'<', "From: has a name without an address")?;
+        if self.special(b'@') || self.special(b',') {
+            // An obsolete source route (`<@a.example,@b.example:x@y.example>`, RFC 5322
+            // §4.4), which readers ignore.
+            while self.special(b',') {
+                self.at += 1;
+            }
+            loop {
+                let _route = self.domain()?;
+                while self.special(b',') {
+                    self.at += 1;
+                }
+                if !self.special(b'@') {
+                    break;
+                }
+            }
+            self.expect(b':', "From: has a source route without :")?;
+        }
         let words = self.words();
         if words.is_empty() {
             return Err("From: has an empty address <>");
@@ -305,6 +337,18 @@ pub fn mailboxes(value: &[u8]) -> Result<Vec<Mailbox>, &'static str> {
     }
     let mut out = Vec::new();
     loop {
+        // Empty elements (`a@x, , b@y`, a leading or trailing comma) are the obsolete list
+        // syntax every reader skips (RFC 5322 §4.4).
+        while p.special(b',') {
+            p.at += 1;
+        }
+        if p.peek().is_none() {
+            return if out.is_empty() && !p.t.contains(&Token::Special(b':')) {
+                Err("From: holds no address")
+            } else {
+                Ok(out)
+            };
+        }
         p.item(&mut out, false)?;
         match p.peek() {
             None => return Ok(out),
@@ -383,6 +427,12 @@ mod tests {
             ("a@[127.0.0.1]", &["[127.0.0.1]"]),
             ("<a@x.test>", &["x.test"]),
             ("a@x.test,\r\n\tb@y.test", &["x.test", "y.test"]),
+            // The obsolete forms readers still take (RFC 5322 §4.4).
+            ("Name <a@x.test>,", &["x.test"]),
+            (", a@x.test", &["x.test"]),
+            ("a@x.test,,b@y.test", &["x.test", "y.test"]),
+            ("<@a.test,@b.test:x@y.test>", &["y.test"]),
+            ("Bob <,@a.test:x@y.test>", &["y.test"]),
         ];
         for (v, want) in cases {
             let want: Vec<String> = want.iter().map(|d| (*d).to_owned()).collect();
@@ -413,9 +463,10 @@ mod tests {
             ".a@x.test",
             "a.@x.test",
             "a..b@x.test",
-            "a@x.test,",
-            ",a@x.test",
-            "a@x.test,,b@y.test",
+            ",",
+            "a@x.test\rFrom: b@y.test",
+            "a@x.test\nb@y.test",
+            "<@a.test x@y.test>",
             "Bob <b@x.test",
             "(open comment a@x.test",
             "\"open a@x.test",
@@ -436,6 +487,18 @@ mod tests {
         assert!(m("a@b\u{fc}cher.test").has_domain_name());
         assert!(!m("a@[127.0.0.1]").has_domain_name());
         assert!(!m("a@x!.test").has_domain_name());
+        for bad in [
+            "a@x\u{661}.example.test",
+            "a@-x.example.test",
+            "a@x-.example.test",
+            "a@example.123",
+            "a@1.2.3.4",
+        ] {
+            assert!(!m(bad).has_domain_name(), "{bad}");
+        }
+        let long = format!("a@{}.example.test", "x".repeat(64));
+        assert!(!m(&long).has_domain_name());
+        assert!(m(&format!("a@{}.example.test", "x".repeat(63))).has_domain_name());
     }
 
     /// A mailbox written in one of the forms RFC 5322 allows, with comments and folding.

@@ -992,6 +992,11 @@ impl Verifier {
                 let e = e.clone();
                 a.with_result(DkimResult::Fail(e))
             }
+            // ARC fields that make no set (an ARC-Authentication-Results: alone) are not "no
+            // chain" either: a fail (RFC 8617 §5.2).
+            DkimResult::None => a.with_result(DkimResult::Fail(mail_auth::Error::Arc(
+                mail_auth::arc::ArcError::BrokenChain,
+            ))),
             _ => a,
         });
         if let Some(arc) = &arc {
@@ -1141,17 +1146,23 @@ impl Verifier {
             let t = ar.to_string();
             t.strip_prefix(host).map_or(t.clone(), str::to_owned)
         };
+        // The HELO name in mail-auth's comments: ASCII, as it must be (anything else `?`).
+        let helo_ascii: String = spf
+            .helo
+            .chars()
+            .map(|c| if c.is_ascii() { c } else { '?' })
+            .collect();
         let helo = part(
             empty
                 .clone()
-                .with_spf_ehlo_result(&spf.helo_result, spf.ip, &spf.helo),
+                .with_spf_ehlo_result(&spf.helo_result, spf.ip, &helo_ascii),
         );
         let mut text = with_value(&helo, " smtp.helo=", &quoted_pvalue(&spf.helo));
         let from = part(empty.with_spf_mailfrom_result(
             &spf.mail_from_result,
             spf.ip,
             &spf.sender,
-            &spf.helo,
+            &helo_ascii,
         ));
         let sender = if spf.sender.is_empty() {
             "\"<>\"".to_owned()
@@ -1205,7 +1216,7 @@ fn with_value(text: &str, key: &str, value: &str) -> String {
 
 /// A value from the client (a HELO name, a signature's tag) as an RFC 8601 pvalue: bare
 /// when it is an RFC 2045 token, else a quoted string (`"` and `\` escaped, control
-/// characters dropped).
+/// characters dropped, other than ASCII written `?`).
 fn quoted_pvalue(s: &str) -> String {
     // RFC 2045's token: printable ASCII but for the tspecials.
     let token = !s.is_empty()
@@ -1215,7 +1226,10 @@ fn quoted_pvalue(s: &str) -> String {
         return s.to_owned();
     }
     let mut q = String::from("\"");
-    for c in s.chars().filter(|c| !c.is_control()) {
+    // ASCII only: mail readers and parsers (Python's authres) refuse UTF-8 in the field,
+    // and the header section it goes into may be all ASCII.
+    let ascii = s.chars().map(|c| if c.is_ascii() { c } else { '?' });
+    for c in ascii.filter(|c| !c.is_control()) {
         if matches!(c, '"' | '\\') {
             q.push('\\');
         }
@@ -1251,8 +1265,8 @@ fn address_pvalue(address: &str) -> String {
 /// Whether `name` is a multi-label domain name (RFC 7208 §4.3: a HELO identity that is not,
 /// such as an address literal, gets `none` without a lookup).
 ///
-/// Each label 1 to 63 octets of letters, digits, `-` and `_`, not starting or ending with
-/// `-`; the top label not all digits (RFC 7208 §7.1 `toplabel`: `1.2` and `192.0.2.1` are
+/// Each label 1 to 63 octets of ASCII letters, digits, `-` and `_` (a HELO name is ASCII, in
+/// A-labels, RFC 6531 §3.7.1), not starting or ending with `-`; the top label not all digits (RFC 7208 §7.1 `toplabel`: `1.2` and `192.0.2.1` are
 /// not names).
 fn is_multi_label_domain(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
@@ -1263,12 +1277,12 @@ fn is_multi_label_domain(name: &str) -> bool {
             (1..=63).contains(&l.len())
                 && !l.starts_with('-')
                 && !l.ends_with('-')
-                && l.chars()
-                    .all(|c| c.is_alphanumeric() || matches!(c, '-' | '_'))
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
         })
         && labels
             .last()
-            .is_some_and(|top| !top.chars().all(|c| c.is_ascii_digit()))
+            .is_some_and(|top| !top.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A DNS name or selector from a signature, as an RFC 8601 `pvalue`: only the characters a
@@ -1359,6 +1373,25 @@ mod tests {
         assert!(
             matches!(of(&["a@1.test, a@2.test, a@3.test, a@4.test"]), Authors::Domains(d) if d.len() == 4)
         );
+    }
+
+    #[test]
+    fn values_from_outside_are_written_as_pvalues() {
+        assert_eq!(quoted_pvalue("mail.example.org"), "mail.example.org");
+        assert_eq!(quoted_pvalue("[192.0.2.1]"), "\"[192.0.2.1]\"");
+        assert_eq!(quoted_pvalue("a,b"), "\"a,b\"");
+        assert_eq!(quoted_pvalue("q\"\\x"), "\"q\\\"\\\\x\"");
+        assert_eq!(quoted_pvalue("s\u{e9}l"), "\"s?l\"");
+        assert_eq!(quoted_pvalue(""), "\"\"");
+        assert_eq!(address_pvalue("a.b+c@x.example"), "a.b+c@x.example");
+        assert_eq!(address_pvalue("u@[127.0.0.1]"), "\"u@[127.0.0.1]\"");
+        assert_eq!(
+            address_pvalue("\"a b\"@x.example"),
+            "\"\\\"a b\\\"@x.example\""
+        );
+        assert!(!is_multi_label_domain("f\u{fc}.test"));
+        assert!(!is_multi_label_domain("1.2") && !is_multi_label_domain("-a.test"));
+        assert!(is_multi_label_domain("mail.example.org."));
     }
 
     #[test]

@@ -200,8 +200,9 @@ fn write_new(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// A `--report-to` address as it may go in a `rua=mailto:` URI of a TXT record: a leading
-/// `mailto:` dropped, a dot-atom local part without `!` (RFC 7489 §6.2 reads it as the size
-/// limit) and a host name of two labels or more; `None` for anything else (lists, tags,
+/// `mailto:` dropped, a dot-atom local part of letters, digits, `_`, `+` and `-` (no `!`,
+/// which RFC 7489 §6.2 reads as the size limit, nor URI syntax) and a host name of two
+/// labels or more, the top one not numeric; `None` for anything else (lists, tags,
 /// quotes, literals), which would break the record or smuggle tags into it.
 fn report_address(a: &str) -> Option<String> {
     let a = a.trim();
@@ -210,14 +211,19 @@ fn report_address(a: &str) -> Option<String> {
         _ => a,
     };
     let (local, domain) = a.rsplit_once('@')?;
+    // Only what a URI needs no escaping for (RFC 6068: `?`, `#`, `%` would start a query,
+    // a fragment, an escape).
     let local_ok = local.split('.').all(|w| {
         !w.is_empty()
             && w.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"#$%&'*+-/=?^_`{|}~".contains(&b))
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-'))
     });
     let domain = domain.strip_suffix('.').unwrap_or(domain);
     let labels: Vec<&str> = domain.split('.').collect();
     let domain_ok = labels.len() >= 2
+        && labels
+            .last()
+            .is_some_and(|top| !top.bytes().all(|b| b.is_ascii_digit()))
         && labels.iter().all(|l| {
             !l.is_empty()
                 && !l.starts_with('-')
