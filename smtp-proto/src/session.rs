@@ -146,9 +146,9 @@
 //! after EHLO, in a transaction, between BDAT chunks, after STARTTLS, and at the end of an
 //! over-long line that is being dropped. It is not configurable: no other reading of such a
 //! line is safe. (Message content has its own policy, [`DataConfig::bare_line_ending`],
-//! which applies to BDAT chunks too unless the body is `BODY=BINARYMIME`: text sent by BDAT
-//! has CRLF line ends as DATA's has, RFC 3030 §2, and a bare CR split from its LF by a
-//! chunk boundary is found as well. A message a reader splits on a bare CR would show it
+//! which applies to BDAT chunks too: text sent by BDAT has CRLF line ends as DATA's has,
+//! RFC 3030 §2, and a bare CR split from its LF by a chunk boundary is found as well;
+//! BINARYMIME is not offered, `BODY=BINARYMIME` gets `555 5.5.4`. A message a reader splits on a bare CR would show it
 //! other header fields than the server read.)
 //!
 //! # LMTP and extension verbs
@@ -214,8 +214,8 @@ pub struct SessionConfig {
     pub max_recipient_overshoot: usize,
     /// Command line and address length limits.
     pub limits: Limits,
-    /// DATA policies (bare CR/LF, text line length; the bare CR/LF policy is BDAT's too,
-    /// but for `BODY=BINARYMIME`); its `max_size` is replaced by
+    /// DATA policies (bare CR/LF, text line length; the bare CR/LF policy is BDAT's too);
+    /// its `max_size` is replaced by
     /// `max_message_size`.
     pub data: DataConfig,
     /// Offer STARTTLS (a certificate is configured). Not offered once TLS is active.
@@ -1925,7 +1925,9 @@ impl Session {
         }
         let dsn = params.ret.is_some() || params.envid.is_some();
         self.check_params(params.is_empty(), params.other.first(), dsn)?;
-        if params.body == Some(Body::BinaryMime) && !self.config.chunking {
+        // BINARYMIME is never offered (binary content could hide header lines behind bare
+        // CRs from every check that reads lines): refused as any parameter not advertised.
+        if params.body == Some(Body::BinaryMime) {
             return Err(param("BODY=BINARYMIME not supported"));
         }
         if params.smtputf8 && !self.config.smtputf8 {

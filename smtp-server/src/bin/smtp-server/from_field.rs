@@ -304,11 +304,15 @@ impl Parser {
         let words = self.words();
         if !in_group && self.special(b':') && !words.is_empty() {
             self.at += 1;
-            if self.special(b';') {
-                self.at += 1;
-                return Ok(());
-            }
             loop {
+                // Empty elements (the obsolete list syntax) are skipped here too.
+                while self.special(b',') {
+                    self.at += 1;
+                }
+                if self.special(b';') {
+                    self.at += 1;
+                    return Ok(());
+                }
                 self.item(out, true)?;
                 if self.special(b',') {
                     self.at += 1;
@@ -433,6 +437,9 @@ mod tests {
             ("a@x.test,,b@y.test", &["x.test", "y.test"]),
             ("<@a.test,@b.test:x@y.test>", &["y.test"]),
             ("Bob <,@a.test:x@y.test>", &["y.test"]),
+            ("g:, a@x.test;", &["x.test"]),
+            ("g: a@x.test,, b@y.test;", &["x.test", "y.test"]),
+            ("g: ,;", &[]),
         ];
         for (v, want) in cases {
             let want: Vec<String> = want.iter().map(|d| (*d).to_owned()).collect();
