@@ -9,56 +9,12 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use daemon_util::{wait_until, Daemon, Net, PeerBehaviour, BIN};
+use daemon_util::{dkim_keygen as keygen, wait_until, Daemon, Net, PeerBehaviour, BIN};
 use smtp_client::testdns::TestDns;
 
-/// Runs `dkim-keygen` and returns the TXT record's text (the quoted strings of its zone-file
-/// line, joined).
-fn keygen(dir: &std::path::Path, selector: &str, algorithm: &str) -> (std::path::PathBuf, String) {
-    let key = dir.join(format!("{selector}.pem"));
-    let out = Command::new(BIN)
-        .args([
-            "dkim-keygen",
-            "--domain",
-            "example.test",
-            "--selector",
-            selector,
-        ])
-        .arg("--key-out")
-        .arg(&key)
-        .args(["--algorithm", algorithm])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    let text = String::from_utf8(out.stdout).unwrap();
-    let line = text
-        .lines()
-        .find(|l| !l.starts_with(';'))
-        .unwrap_or_else(|| panic!("no record in {text}"));
-    assert!(
-        line.starts_with(&format!("{selector}._domainkey.example.test. IN TXT \"")),
-        "{line}"
-    );
-    let record: String = line.split('"').skip(1).step_by(2).collect();
-    use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, 0o600);
-    (key, record)
-}
-
 fn authenticator(addr: SocketAddr) -> mail_auth::MessageAuthenticator {
-    use mail_auth::hickory_resolver::config::{
-        ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-    };
-    let mut udp = ConnectionConfig::udp();
-    udp.port = addr.port();
-    let mut tcp = ConnectionConfig::tcp();
-    tcp.port = addr.port();
-    let server = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
-    let config = ResolverConfig::from_name_servers(vec![server]);
-    let mut options = ResolverOpts::default();
-    options.use_hosts_file = ResolveHosts::Never;
-    mail_auth::MessageAuthenticator::new(config, options).unwrap()
+    let resolver = smtp_client::Resolver::with_nameserver(addr).unwrap();
+    mail_auth::MessageAuthenticator(resolver.hickory().clone())
 }
 
 /// mail-auth's results for each signature of `message`.
@@ -344,6 +300,21 @@ fn a_bad_key_stops_the_daemon_with_one_line() {
     }
 }
 
+/// `smtp-server dns-records --domain example.test --hostname mx.example.test` and `more`.
+fn dns_records(more: &[&str]) -> std::process::Output {
+    Command::new(BIN)
+        .args([
+            "dns-records",
+            "--domain",
+            "example.test",
+            "--hostname",
+            "mx.example.test",
+        ])
+        .args(more)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn dns_records_prints_spf_dmarc_and_dkim() {
     let keys = tempfile::tempdir().unwrap();
@@ -362,18 +333,7 @@ fn dns_records_prints_spf_dmarc_and_dkim() {
         .output()
         .unwrap();
     assert_eq!(again.status.code(), Some(2));
-    let out = Command::new(BIN)
-        .args([
-            "dns-records",
-            "--domain",
-            "example.test",
-            "--hostname",
-            "mx.example.test",
-            "--dkim-key",
-        ])
-        .arg(format!("example.test:ed:{}", key.display()))
-        .output()
-        .unwrap();
+    let out = dns_records(&["--dkim-key", &format!("example.test:ed:{}", key.display())]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     let records: Vec<&str> = text.lines().filter(|l| !l.starts_with(';')).collect();
@@ -387,18 +347,8 @@ fn dns_records_prints_spf_dmarc_and_dkim() {
     );
     // Reports to another domain: the record that domain publishes to agree (RFC 7489 §7.1);
     // a key of another domain is said to be that domain's.
-    let out = Command::new(BIN)
-        .args([
-            "dns-records",
-            "--domain",
-            "example.test",
-            "--hostname",
-            "mx.example.test",
-        ])
-        .args(["--report-to", "dmarc@reports.test", "--dkim-key"])
-        .arg(format!("other.test:ed:{}", key.display()))
-        .output()
-        .unwrap();
+    let other = format!("other.test:ed:{}", key.display());
+    let out = dns_records(&["--report-to", "dmarc@reports.test", "--dkim-key", &other]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
@@ -426,16 +376,7 @@ fn dns_records_prints_spf_dmarc_and_dkim() {
         "a@1.2.3.4",
         "a@example.123",
     ] {
-        let out = Command::new(BIN)
-            .args([
-                "dns-records",
-                "--domain",
-                "example.test",
-                "--report-to",
-                bad,
-            ])
-            .output()
-            .unwrap();
+        let out = dns_records(&["--report-to", bad]);
         assert_eq!(out.status.code(), Some(2), "{bad}: {out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
@@ -443,17 +384,7 @@ fn dns_records_prints_spf_dmarc_and_dkim() {
             "{err}"
         );
     }
-    let out = Command::new(BIN)
-        .args([
-            "dns-records",
-            "--domain",
-            "example.test",
-            "--hostname",
-            "mx.example.test",
-        ])
-        .args(["--report-to", "mailto:DMARC@Reports.Test"])
-        .output()
-        .unwrap();
+    let out = dns_records(&["--report-to", "mailto:DMARC@Reports.Test"]);
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("rua=mailto:DMARC@reports.test;"), "{text}");
 }

@@ -237,19 +237,7 @@ fn submission_needs_a_user_database() {
 #[test]
 fn only_the_logins_own_from_is_signed() {
     let s = setup_with(|dir| {
-        let key = dir.join("ed.pem");
-        let out = Command::new(BIN)
-            .args([
-                "dkim-keygen",
-                "--domain",
-                "example.test",
-                "--selector",
-                "ed",
-            ])
-            .args(["--algorithm", "ed25519", "--key-out", key.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
+        let (key, _) = daemon_util::dkim_keygen(dir, "ed", "ed25519");
         vec![
             "--dkim-key".into(),
             format!("example.test:ed:{}", key.display()),

@@ -534,3 +534,42 @@ pub fn raw_peer(
     });
     dots
 }
+
+/// Runs `dkim-keygen` for example.test (the key written as `SELECTOR.pem` in `dir`, mode
+/// 0600) and returns its path and the TXT record's text (the quoted strings of its zone-file
+/// line, joined).
+pub fn dkim_keygen(
+    dir: &std::path::Path,
+    selector: &str,
+    algorithm: &str,
+) -> (std::path::PathBuf, String) {
+    let key = dir.join(format!("{selector}.pem"));
+    let out = Command::new(BIN)
+        .args([
+            "dkim-keygen",
+            "--domain",
+            "example.test",
+            "--selector",
+            selector,
+        ])
+        .arg("--key-out")
+        .arg(&key)
+        .args(["--algorithm", algorithm])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| !l.starts_with(';'))
+        .unwrap_or_else(|| panic!("no record in {text}"));
+    assert!(
+        line.starts_with(&format!("{selector}._domainkey.example.test. IN TXT \"")),
+        "{line}"
+    );
+    let record: String = line.split('"').skip(1).step_by(2).collect();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    (key, record)
+}

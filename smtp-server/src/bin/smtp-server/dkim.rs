@@ -823,17 +823,8 @@ From: Alice <alice@Example.TEST>\r\nTo: bob@remote.test\r\nSubject: hi\r\n\r\n\
 pub(crate) mod test_support {
     /// A mail-auth verifier whose only name server is `addr` (a loopback test DNS).
     pub fn authenticator(addr: std::net::SocketAddr) -> mail_auth::MessageAuthenticator {
-        use mail_auth::hickory_resolver::config::{
-            ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-        };
-        let mut udp = ConnectionConfig::udp();
-        udp.port = addr.port();
-        let mut tcp = ConnectionConfig::tcp();
-        tcp.port = addr.port();
-        let server = NameServerConfig::new(addr.ip(), true, vec![udp, tcp]);
-        let config = ResolverConfig::from_name_servers(vec![server]);
-        let mut options = ResolverOpts::default();
-        options.use_hosts_file = ResolveHosts::Never;
-        mail_auth::MessageAuthenticator::new(config, options).expect("a resolver on loopback")
+        let resolver =
+            smtp_client::Resolver::with_nameserver(addr).expect("a resolver on loopback");
+        mail_auth::MessageAuthenticator(resolver.hickory().clone())
     }
 }

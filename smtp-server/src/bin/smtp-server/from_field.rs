@@ -38,19 +38,7 @@ impl Mailbox {
     /// `example`.
     pub fn has_domain_name(&self) -> bool {
         let ascii = mail_auth::common::to_a_label(&self.domain);
-        let labels: Vec<&str> = ascii.split('.').collect();
-        ascii.is_ascii()
-            && ascii.len() <= 253
-            && labels.iter().all(|l| {
-                (1..=63).contains(&l.len())
-                    && !l.starts_with('-')
-                    && !l.ends_with('-')
-                    && l.bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-            })
-            && labels
-                .last()
-                .is_some_and(|top| !top.bytes().all(|b| b.is_ascii_digit()))
+        ascii.is_ascii() && is_host_name(&ascii)
     }
 }
 
@@ -72,6 +60,61 @@ fn atext(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b) || b >= 0x80
 }
 
+/// Where the comment that opens at `b[start]` (a `(`) ends: the index after its `)`, nested
+/// comments and quoted pairs (`\)`) within; `None` when it does not end within `b`.
+pub fn comment_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut depth = 0usize;
+    let mut i = start;
+    loop {
+        match b.get(i)? {
+            b'\\' => i += 2,
+            b'(' => {
+                depth += 1;
+                i += 1;
+            }
+            b')' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+            }
+            _ => i += 1,
+        }
+    }
+}
+
+/// Whether `name` (ASCII, a final dot already removed) is a host name a DNS lookup can use:
+/// 253 octets at most, labels of 1 to 63 letters, digits, `-` and `_`, none starting or
+/// ending with `-`, the top one not all digits (`192.0.2.1` is not a name).
+pub fn is_host_name(name: &str) -> bool {
+    let labels: Vec<&str> = name.split('.').collect();
+    name.len() <= 253
+        && labels.iter().all(|l| {
+            (1..=63).contains(&l.len())
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        })
+        && labels
+            .last()
+            .is_some_and(|top| !top.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The index after the first `close` at or after `from` that is not quoted by a backslash
+/// (the end of a quoted string or a domain literal), if there is one.
+fn closing(b: &[u8], from: usize, close: u8) -> Option<usize> {
+    let mut i = from;
+    loop {
+        match *b.get(i)? {
+            b'\\' => i += 2,
+            c if c == close => return Some(i + 1),
+            _ => i += 1,
+        }
+    }
+}
+
 /// The tokens of a field value, comments and white space dropped.
 fn tokens(value: &[u8]) -> Result<Vec<Token>, &'static str> {
     let text = std::str::from_utf8(value).map_err(|_| "From: is not UTF-8")?;
@@ -85,57 +128,18 @@ fn tokens(value: &[u8]) -> Result<Vec<Token>, &'static str> {
             b'\r' if b.get(i + 1) == Some(&b'\n') => i += 2,
             b'\r' | b'\n' => return Err("From: has a bare CR or LF"),
             b' ' | b'\t' => i += 1,
-            b'(' => {
-                let mut depth = 0usize;
-                loop {
-                    match b.get(i) {
-                        None => return Err("From: has a comment that does not end"),
-                        Some(b'\\') => i += 2,
-                        Some(b'(') => {
-                            depth += 1;
-                            i += 1;
-                        }
-                        Some(b')') => {
-                            depth -= 1;
-                            i += 1;
-                            if depth == 0 {
-                                break;
-                            }
-                        }
-                        Some(_) => i += 1,
-                    }
-                }
-            }
+            b'(' => i = comment_end(b, i).ok_or("From: has a comment that does not end")?,
             b'"' => {
-                let start = i;
-                i += 1;
-                loop {
-                    match b.get(i) {
-                        None => return Err("From: has a quoted string that does not end"),
-                        Some(b'\\') => i += 2,
-                        Some(b'"') => {
-                            i += 1;
-                            break;
-                        }
-                        Some(_) => i += 1,
-                    }
-                }
-                out.push(Token::Quoted(text[start..i.min(b.len())].to_owned()));
+                let end =
+                    closing(b, i + 1, b'"').ok_or("From: has a quoted string that does not end")?;
+                out.push(Token::Quoted(text[i..end].to_owned()));
+                i = end;
             }
             b'[' => {
-                let start = i;
-                loop {
-                    match b.get(i) {
-                        None => return Err("From: has a domain literal that does not end"),
-                        Some(b'\\') => i += 2,
-                        Some(b']') => {
-                            i += 1;
-                            break;
-                        }
-                        Some(_) => i += 1,
-                    }
-                }
-                out.push(Token::Literal(text[start..i.min(b.len())].to_owned()));
+                let end = closing(b, i + 1, b']')
+                    .ok_or("From: has a domain literal that does not end")?;
+                out.push(Token::Literal(text[i..end].to_owned()));
+                i = end;
             }
             c @ (b'<' | b'>' | b'@' | b',' | b';' | b':' | b'.') => {
                 out.push(Token::Special(c));

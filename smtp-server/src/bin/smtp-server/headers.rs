@@ -790,27 +790,7 @@ fn authserv_id(value: &[u8], complete: bool) -> Option<Vec<u8>> {
     loop {
         match value.get(i) {
             Some(b' ' | b'\t' | b'\r' | b'\n') => i += 1,
-            Some(b'(') => {
-                let mut depth = 0usize;
-                loop {
-                    match value.get(i) {
-                        None => return None,
-                        Some(b'\\') => i += 2,
-                        Some(b'(') => {
-                            depth += 1;
-                            i += 1;
-                        }
-                        Some(b')') => {
-                            depth -= 1;
-                            i += 1;
-                            if depth == 0 {
-                                break;
-                            }
-                        }
-                        Some(_) => i += 1,
-                    }
-                }
-            }
+            Some(b'(') => i = crate::from_field::comment_end(value, i)?,
             Some(b'"') => {
                 // The quoted pairs unescaped, as a reader compares them.
                 let mut id = Vec::new();

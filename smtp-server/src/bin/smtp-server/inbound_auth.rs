@@ -1265,24 +1265,12 @@ fn address_pvalue(address: &str) -> String {
 /// Whether `name` is a multi-label domain name (RFC 7208 §4.3: a HELO identity that is not,
 /// such as an address literal, gets `none` without a lookup).
 ///
-/// Each label 1 to 63 octets of ASCII letters, digits, `-` and `_` (a HELO name is ASCII, in
-/// A-labels, RFC 6531 §3.7.1), not starting or ending with `-`; the top label not all digits (RFC 7208 §7.1 `toplabel`: `1.2` and `192.0.2.1` are
-/// not names).
+/// The labels as [`crate::from_field::is_host_name`] wants them: ASCII (a HELO name is in
+/// A-labels, RFC 6531 §3.7.1), the top one not numeric (RFC 7208 §7.1 `toplabel`: `1.2` and
+/// `192.0.2.1` are not names).
 fn is_multi_label_domain(name: &str) -> bool {
     let name = name.strip_suffix('.').unwrap_or(name);
-    let labels: Vec<&str> = name.split('.').collect();
-    name.len() <= 253
-        && labels.len() >= 2
-        && labels.iter().all(|l| {
-            (1..=63).contains(&l.len())
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
-        })
-        && labels
-            .last()
-            .is_some_and(|top| !top.bytes().all(|b| b.is_ascii_digit()))
+    name.contains('.') && crate::from_field::is_host_name(name)
 }
 
 /// A DNS name or selector from a signature, as an RFC 8601 `pvalue`: only the characters a

@@ -219,17 +219,7 @@ fn report_address(a: &str) -> Option<String> {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-'))
     });
     let domain = domain.strip_suffix('.').unwrap_or(domain);
-    let labels: Vec<&str> = domain.split('.').collect();
-    let domain_ok = labels.len() >= 2
-        && labels
-            .last()
-            .is_some_and(|top| !top.bytes().all(|b| b.is_ascii_digit()))
-        && labels.iter().all(|l| {
-            !l.is_empty()
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        });
+    let domain_ok = domain.contains('.') && crate::from_field::is_host_name(domain);
     (local_ok && domain_ok).then(|| format!("{local}@{}", domain.to_ascii_lowercase()))
 }
 
