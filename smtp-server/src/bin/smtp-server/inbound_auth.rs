@@ -571,8 +571,8 @@ pub const MAX_AUTHOR_DOMAINS: usize = 4;
 enum Authors {
     /// No From: address at all.
     None,
-    /// An address without a domain DMARC can look up (an address literal, a comment where
-    /// the parser lost the domain, an empty label), or too many domains: why.
+    /// A field that does not follow the RFC 5322 grammar, an address without a domain name
+    /// a lookup can use (a literal, a label IDNA refuses), or too many domains: why.
     Malformed(String),
     /// The distinct domains, lowercase, without a final dot, in order.
     Domains(Vec<String>),
