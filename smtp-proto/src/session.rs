@@ -148,8 +148,8 @@
 //! line is safe. (Message content has its own policy, [`DataConfig::bare_line_ending`],
 //! which applies to BDAT chunks too: text sent by BDAT has CRLF line ends as DATA's has,
 //! RFC 3030 §2, and a bare CR split from its LF by a chunk boundary is found as well;
-//! BINARYMIME is not offered, `BODY=BINARYMIME` gets `555 5.5.4`. A message a reader splits on a bare CR would show it
-//! other header fields than the server read.)
+//! BINARYMIME is not offered, `BODY=BINARYMIME` gets `555 5.5.4`. A message a reader
+//! splits on a bare CR would show it other header fields than the server read.)
 //!
 //! # LMTP and extension verbs
 //! With [`SessionConfig::lmtp`] the session speaks LMTP (RFC 2033): the greeting says
@@ -515,7 +515,7 @@ pub struct Session {
     /// Size of the BDAT message so far.
     bdat_size: u64,
     bdat_oversize: bool,
-    /// A bare CR or LF was in this BDAT message's content (not BINARYMIME).
+    /// A bare CR or LF was in this BDAT message's content.
     bdat_bare: bool,
     /// The content so far ends with a CR (its LF may start the next chunk).
     bdat_cr: bool,
@@ -1292,16 +1292,12 @@ impl Session {
             if keep == 0 {
                 return Flow::Continue;
             }
+            // Content by BDAT has CRLF line ends too (RFC 3030 §2; BINARYMIME is never
+            // accepted): the same bare CR/LF policy as DATA, across chunk boundaries.
             let piece = &self.input[start..start + keep];
-            if self.from_params.body == Some(Body::BinaryMime) {
-                self.body.extend_from_slice(piece);
-            } else {
-                // Text content by BDAT has CRLF line ends too (RFC 3030 §2): the same
-                // bare CR/LF policy as DATA, across chunk boundaries.
-                let policy = self.config.data.bare_line_ending;
-                let bare = bdat_line_ends(piece, &mut self.bdat_cr, policy, &mut self.body);
-                self.bdat_bare |= bare;
-            }
+            let policy = self.config.data.bare_line_ending;
+            let bare = bdat_line_ends(piece, &mut self.bdat_cr, policy, &mut self.body);
+            self.bdat_bare |= bare;
             return Flow::Return(Some(Step::Body));
         }
         // The chunk is complete.
@@ -1598,9 +1594,6 @@ impl Session {
                 self.pos += used;
                 if let Err((code, enh, text, protocol)) = self.check_data() {
                     return self.refuse_command(code, enh, &text, protocol);
-                }
-                if self.from_params.body == Some(Body::BinaryMime) {
-                    return self.protocol_error(503, (5, 5, 1), "BODY=BINARYMIME requires BDAT");
                 }
                 Reply::start_mail_input().encode(&mut self.output);
                 self.decoder.reset();
@@ -2040,39 +2033,56 @@ fn is_verb(line: &[u8], verb: &[u8]) -> bool {
         .is_some_and(|v| v.eq_ignore_ascii_case(verb))
         && !line.get(verb.len()).is_some_and(u8::is_ascii_alphanumeric)
 }
-/// Copies text content `piece` of a BDAT message to `out`, finding its bare CRs and LFs
-/// (`cr` carries a CR that ended the piece before): with [`BareLineEnding::Normalize`] each
-/// becomes CRLF, with [`BareLineEnding::Reject`] they are copied as they are (the message is
-/// refused at its end). Returns whether there was one. A CR ending `piece` is decided by the
-/// next piece (or the end of the message).
+/// Copies content `piece` of a BDAT message to `out`, finding its bare CRs and LFs (`cr`
+/// carries a CR that ended the piece before): with [`BareLineEnding::Normalize`] each becomes
+/// CRLF, with [`BareLineEnding::Reject`] they are copied as they are (the message is refused
+/// at its end). Returns whether there was one. A CR ending `piece` is decided by the next
+/// piece (or the end of the message).
 fn bdat_line_ends(piece: &[u8], cr: &mut bool, policy: BareLineEnding, out: &mut Vec<u8>) -> bool {
     let normalize = policy == BareLineEnding::Normalize;
     let mut bare = false;
     out.reserve(piece.len());
-    for &b in piece {
-        if std::mem::take(cr) {
-            if b == b'\n' {
-                out.push(b);
-                continue;
-            }
-            bare = true;
-            if normalize {
+    let mut i = 0;
+    if std::mem::take(cr) {
+        match piece.first() {
+            Some(b'\n') => {
                 out.push(b'\n');
+                i = 1;
             }
-        }
-        match b {
-            b'\r' => {
-                out.push(b);
-                *cr = true;
-            }
-            b'\n' => {
+            Some(_) => {
                 bare = true;
                 if normalize {
-                    out.push(b'\r');
+                    out.push(b'\n');
                 }
-                out.push(b);
             }
-            _ => out.push(b),
+            None => *cr = true,
+        }
+    }
+    while i < piece.len() {
+        let Some(off) = memchr::memchr2(b'\r', b'\n', &piece[i..]) else {
+            out.extend_from_slice(&piece[i..]);
+            break;
+        };
+        let p = i + off;
+        out.extend_from_slice(&piece[i..p]);
+        i = p + 1;
+        match (piece[p], piece.get(i)) {
+            (b'\r', Some(b'\n')) => {
+                out.extend_from_slice(b"\r\n");
+                i += 1;
+            }
+            (b'\r', None) => {
+                out.push(b'\r');
+                *cr = true;
+            }
+            (b'\r', Some(_)) => {
+                bare = true;
+                out.extend_from_slice(if normalize { b"\r\n" } else { b"\r" });
+            }
+            _ => {
+                bare = true;
+                out.extend_from_slice(if normalize { b"\r\n" } else { b"\n" });
+            }
         }
     }
     bare
