@@ -518,12 +518,10 @@ pub fn sign(
 /// The `From:` address of a header section, its domain and the names for `h=` (see
 /// [`SIGNED`]), or why the message is not to be signed.
 fn choose(header: &[u8]) -> Result<(String, String, Vec<&'static str>), &'static str> {
-    let msg = mail_parser::MessageParser::new()
-        .parse_headers(header)
-        .ok_or("no header section")?;
+    let fields = crate::from_field::header_fields(header);
     // The From: field read strictly (see `from_field`): a field parsers read differently
     // is not signed, so the address signed for is the one every reader shows.
-    let values = crate::from_field::from_values(crate::from_field::header_fields(header));
+    let values = crate::from_field::from_values(fields.iter().copied());
     let value = match values.as_slice() {
         [] => return Err("no From: field"),
         [one] => *one,
@@ -541,14 +539,16 @@ fn choose(header: &[u8]) -> Result<(String, String, Vec<&'static str>), &'static
     }
     let address = mailbox.address();
     let domain = mailbox.domain.clone();
-    let present_names: Vec<&str> = msg.headers().iter().map(|h| h.name()).collect();
     let mut names = Vec::new();
     for &name in SIGNED {
-        let present = present_names.iter().any(|n| n.eq_ignore_ascii_case(name));
+        let present = fields
+            .iter()
+            .any(|(n, _)| n.trim_ascii().eq_ignore_ascii_case(name.as_bytes()));
         if present {
             names.push(name);
         }
-        if OVERSIGNED.contains(&name) && (present || !names.contains(&name)) {
+        // Once more (present or not) for the oversigned: no such field can be added.
+        if OVERSIGNED.contains(&name) {
             names.push(name);
         }
     }

@@ -56,7 +56,7 @@ enum Token {
 
 /// Whether `b` (a byte of UTF-8) may be in an atom: RFC 5322 `atext`, or any byte of a
 /// non-ASCII character (RFC 6532).
-fn atext(b: u8) -> bool {
+pub fn atext(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b) || b >= 0x80
 }
 
@@ -181,6 +181,13 @@ impl Parser {
         }
     }
 
+    /// Skips empty list elements (the obsolete syntax's `a@x, , b@y`, RFC 5322 §4.4).
+    fn skip_commas(&mut self) {
+        while self.special(b',') {
+            self.at += 1;
+        }
+    }
+
     /// Words (atoms, quoted strings) and dots, up to the next other token.
     fn words(&mut self) -> Vec<Token> {
         let mut w = Vec::new();
@@ -205,24 +212,16 @@ impl Parser {
             }
             Some(Token::Atom(_)) => {
                 let mut d = String::new();
-                loop {
-                    match self.peek() {
-                        Some(Token::Atom(a)) => {
-                            d.push_str(a);
-                            self.at += 1;
-                        }
-                        _ => return Err("From: has an address with an empty domain label"),
-                    }
-                    if self.special(b'.') {
-                        self.at += 1;
-                        d.push('.');
-                        // A final dot (a fully qualified name) ends the domain.
-                        if !matches!(self.peek(), Some(Token::Atom(_))) {
-                            d.pop();
-                            break;
-                        }
-                    } else {
+                while let Some(Token::Atom(a)) = self.peek() {
+                    d.push_str(a);
+                    self.at += 1;
+                    if !self.special(b'.') {
                         break;
+                    }
+                    self.at += 1;
+                    // A final dot (a fully qualified name) ends the domain.
+                    if matches!(self.peek(), Some(Token::Atom(_))) {
+                        d.push('.');
                     }
                 }
                 Ok(d.to_lowercase())
@@ -249,20 +248,27 @@ impl Parser {
         Ok(s)
     }
 
+    /// An addr-spec whose local part was read as `words`: its `@` and domain follow.
+    fn addr_spec(&mut self, words: &[Token]) -> Result<Mailbox, &'static str> {
+        let local = Self::local(words)?;
+        let domain = self.domain()?;
+        Ok(Mailbox {
+            local,
+            domain,
+            in_group: false,
+        })
+    }
+
     /// `<` addr-spec `>`.
     fn angle_addr(&mut self) -> Result<Mailbox, &'static str> {
         self.expect(b'<', "From: has a name without an address")?;
         if self.special(b'@') || self.special(b',') {
             // An obsolete source route (`<@a.example,@b.example:x@y.example>`, RFC 5322
             // §4.4), which readers ignore.
-            while self.special(b',') {
-                self.at += 1;
-            }
+            self.skip_commas();
             loop {
                 let _route = self.domain()?;
-                while self.special(b',') {
-                    self.at += 1;
-                }
+                self.skip_commas();
                 if !self.special(b'@') {
                     break;
                 }
@@ -273,18 +279,13 @@ impl Parser {
         if words.is_empty() {
             return Err("From: has an empty address <>");
         }
-        let local = Self::local(&words)?;
-        let domain = self.domain()?;
+        let mailbox = self.addr_spec(&words)?;
         self.expect(b'>', "From: has an address that does not end with >")?;
-        Ok(Mailbox {
-            local,
-            domain,
-            in_group: false,
-        })
+        Ok(mailbox)
     }
 
     /// A mailbox (addr-spec, or a name-addr whose display name was read as `words`).
-    fn mailbox_after(&mut self, words: Vec<Token>) -> Result<Mailbox, &'static str> {
+    fn mailbox_after(&mut self, words: &[Token]) -> Result<Mailbox, &'static str> {
         if self.special(b'<') {
             if words.first() == Some(&Token::Special(b'.')) {
                 return Err("From: has a display name starting with a dot");
@@ -294,13 +295,7 @@ impl Parser {
         if words.is_empty() {
             return Err("From: has no address where one is due");
         }
-        let local = Self::local(&words)?;
-        let domain = self.domain()?;
-        Ok(Mailbox {
-            local,
-            domain,
-            in_group: false,
-        })
+        self.addr_spec(words)
     }
 
     /// A mailbox-list item or a group.
@@ -309,10 +304,8 @@ impl Parser {
         if !in_group && self.special(b':') && !words.is_empty() {
             self.at += 1;
             loop {
-                // Empty elements (the obsolete list syntax) are skipped here too.
-                while self.special(b',') {
-                    self.at += 1;
-                }
+                // Empty elements are skipped in a group too.
+                self.skip_commas();
                 if self.special(b';') {
                     self.at += 1;
                     return Ok(());
@@ -325,7 +318,7 @@ impl Parser {
                 return self.expect(b';', "From: has a group that does not end with ;");
             }
         }
-        let mut m = self.mailbox_after(words)?;
+        let mut m = self.mailbox_after(&words)?;
         m.in_group = in_group;
         out.push(m);
         Ok(())
@@ -345,11 +338,8 @@ pub fn mailboxes(value: &[u8]) -> Result<Vec<Mailbox>, &'static str> {
     }
     let mut out = Vec::new();
     loop {
-        // Empty elements (`a@x, , b@y`, a leading or trailing comma) are the obsolete list
-        // syntax every reader skips (RFC 5322 §4.4).
-        while p.special(b',') {
-            p.at += 1;
-        }
+        // Empty elements, a leading or trailing comma included: every reader skips them.
+        p.skip_commas();
         if p.peek().is_none() {
             return if out.is_empty() && !p.t.contains(&Token::Special(b':')) {
                 Err("From: holds no address")
@@ -369,7 +359,8 @@ pub fn mailboxes(value: &[u8]) -> Result<Vec<Mailbox>, &'static str> {
 /// The fields of a header section (up to its blank line) as (name, value) pairs, the value
 /// with its continuation lines.
 pub fn header_fields(header: &[u8]) -> Vec<(&[u8], &[u8])> {
-    let mut fields: Vec<(&[u8], &[u8])> = Vec::new();
+    // (name, where its value starts, where it ends so far)
+    let mut fields: Vec<(&[u8], usize, usize)> = Vec::new();
     let mut start = 0;
     while start < header.len() {
         let line_end = header[start..]
@@ -382,16 +373,18 @@ pub fn header_fields(header: &[u8]) -> Vec<(&[u8], &[u8])> {
         }
         if matches!(line.first(), Some(b' ' | b'\t')) {
             // A continuation of the field before (or of nothing, at the start: ignored).
-            if let Some((_, value)) = fields.last_mut() {
-                let from = value.as_ptr() as usize - header.as_ptr() as usize;
-                *value = &header[from..line_end];
+            if let Some((_, _, end)) = fields.last_mut() {
+                *end = line_end;
             }
         } else if let Some(colon) = line.iter().position(|&b| b == b':') {
-            fields.push((&line[..colon], &header[start + colon + 1..line_end]));
+            fields.push((&line[..colon], start + colon + 1, line_end));
         }
         start = line_end;
     }
     fields
+        .into_iter()
+        .map(|(name, from, to)| (name, &header[from..to]))
+        .collect()
 }
 
 /// The values of the `From:` fields of a header section given as (name, value) pairs (a

@@ -823,8 +823,11 @@ impl Verifier {
             // One SPF record per name (RFC 7208 §4.5): mail-auth takes the first that parses,
             // so a name with two gives whichever the DNS server listed first. Any name the
             // check read with two makes it a permerror (mostly from the resolver's cache).
+            // (Not when the void lookups already make it one.)
             let mut two = None;
-            if !matches!(out.result(), SpfResult::TempError | SpfResult::PermError) {
+            if n <= VOID_LOOKUP_LIMIT
+                && !matches!(out.result(), SpfResult::TempError | SpfResult::PermError)
+            {
                 for name in txt.names() {
                     let records = self.txt_strings(&name).await.unwrap_or_default();
                     if records.iter().filter(|r| is_spf_record(r)).count() > 1 {
@@ -1020,21 +1023,22 @@ impl Verifier {
                 let failing = dmarcs.iter().filter(|d| {
                     matches!(d.result(), DmarcResult::Fail(_)) && d.policy() == Policy::Reject
                 });
-                let mut failed = None;
-                if self.settings.dmarc_reject {
-                    let first_enforced = async {
-                        for d in failing.clone() {
-                            if !self.dmarc_record_sampled(d.domain()).await {
-                                return Some(d);
-                            }
+                let enforced = async {
+                    for d in failing.clone() {
+                        if !self.dmarc_record_sampled(d.domain()).await {
+                            return Some(d);
                         }
-                        None
-                    };
-                    failed = tokio::time::timeout(limit, first_enforced)
+                    }
+                    None
+                };
+                let failed = if self.settings.dmarc_reject {
+                    tokio::time::timeout(limit, enforced)
                         .await
-                        .unwrap_or_else(|_| failing.clone().next());
-                }
-                if let (true, Some(d)) = (self.settings.dmarc_reject, failed) {
+                        .unwrap_or_else(|_| failing.clone().next())
+                } else {
+                    None
+                };
+                if let Some(d) = failed {
                     reject = Some(format!(
                         "Unauthenticated email from {} is not accepted due to its domain's DMARC policy (p=reject)",
                         pvalue(d.domain())
@@ -1102,21 +1106,27 @@ impl Verifier {
         }
     }
 
+    /// What `add` writes into a field of ours, without its authserv-id: the results (each
+    /// `;` CRLF TAB ...) with mail-auth's comments, which name our host.
+    fn part<'x>(
+        &'x self,
+        add: impl FnOnce(AuthenticationResults<'x>) -> AuthenticationResults<'x>,
+    ) -> String {
+        let host = self.hostname.as_str();
+        let text = add(AuthenticationResults::new(host)).to_string();
+        text.strip_prefix(host).map_or(text.clone(), str::to_owned)
+    }
+
     /// One DKIM result (`;` CRLF TAB `dkim=...`): the result and its comment as mail-auth
     /// writes them, then the signature's tags as RFC 8601 pvalues. mail-auth copies `d=`,
     /// `s=` and `i=` bare, and a sender may put tspecials in them (`s=a,b`, `d=a<b>.test`)
     /// that make the field unreadable; here a value that is not a plain token (or, for
     /// `header.i`, a plain address) is quoted.
     fn dkim_entry(&self, d: &DkimOutput<'_>) -> String {
-        let host = self.hostname.as_str();
-        let text = AuthenticationResults::new(host)
-            .with_dkim_result(d, "")
-            .to_string();
-        let text = text.strip_prefix(host).unwrap_or(&text);
-        let mut entry = match text.find(" header.") {
-            Some(at) => text[..at].to_owned(),
-            None => text.to_owned(),
-        };
+        let mut entry = self.part(|ar| ar.with_dkim_result(d, ""));
+        if let Some(at) = entry.find(" header.") {
+            entry.truncate(at);
+        }
         if let Some(sig) = d.signature() {
             if sig.i.is_empty() {
                 let _ = write!(entry, " header.d={}", quoted_pvalue(&sig.d));
@@ -1138,32 +1148,17 @@ impl Verifier {
     /// (`<>`, `[192.0.2.1]`) or strips of what a token cannot hold: they are written as RFC
     /// 8601 pvalues here (a token, else a quoted string).
     fn spf_text(&self, spf: &Spf) -> String {
-        // The comments name our host (`mx.example.net: domain of ...`); the field's start,
-        // the same name, is cut off.
-        let host = self.hostname.as_str();
-        let empty = AuthenticationResults::new(host);
-        let part = |ar: AuthenticationResults<'_>| {
-            let t = ar.to_string();
-            t.strip_prefix(host).map_or(t.clone(), str::to_owned)
-        };
         // The HELO name in mail-auth's comments: ASCII, as it must be (anything else `?`).
         let helo_ascii: String = spf
             .helo
             .chars()
             .map(|c| if c.is_ascii() { c } else { '?' })
             .collect();
-        let helo = part(
-            empty
-                .clone()
-                .with_spf_ehlo_result(&spf.helo_result, spf.ip, &helo_ascii),
-        );
+        let helo = self.part(|ar| ar.with_spf_ehlo_result(&spf.helo_result, spf.ip, &helo_ascii));
         let mut text = with_value(&helo, " smtp.helo=", &quoted_pvalue(&spf.helo));
-        let from = part(empty.with_spf_mailfrom_result(
-            &spf.mail_from_result,
-            spf.ip,
-            &spf.sender,
-            &helo_ascii,
-        ));
+        let from = self.part(|ar| {
+            ar.with_spf_mailfrom_result(&spf.mail_from_result, spf.ip, &spf.sender, &helo_ascii)
+        });
         let sender = if spf.sender.is_empty() {
             "\"<>\"".to_owned()
         } else {
@@ -1247,7 +1242,7 @@ fn address_pvalue(address: &str) -> String {
         let atom_ok = |w: &str| {
             !w.is_empty()
                 && w.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-/=?^_`{|}~".contains(&b))
+                    .all(|b| b.is_ascii() && crate::from_field::atext(b))
         };
         (local.is_empty() || local.split('.').all(atom_ok))
             && !domain.is_empty()
@@ -1273,8 +1268,8 @@ fn is_multi_label_domain(name: &str) -> bool {
     name.contains('.') && crate::from_field::is_host_name(name)
 }
 
-/// A DNS name or selector from a signature, as an RFC 8601 `pvalue`: only the characters a
-/// domain name or a selector has, so nothing from the message can change the field.
+/// A domain for a reply text: only the characters a domain name has, so nothing from the
+/// message can change the reply.
 fn pvalue(s: &str) -> String {
     s.chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))

@@ -279,8 +279,8 @@ pub fn records(args: &RecordsArgs) -> ExitCode {
         )
     ));
     // Reports to another domain are sent only if that domain agrees (RFC 7489 §7.1).
+    // (Already lower case and without a final dot, as report_address gives it.)
     if let Some((_, report_domain)) = report_to.rsplit_once('@') {
-        let report_domain = report_domain.trim_end_matches('.').to_ascii_lowercase();
         if report_domain != domain && !report_domain.ends_with(&format!(".{domain}")) {
             out.push_str(&format!(
                 "; {report_domain} must agree to receive {domain}'s reports (RFC 7489 7.1): in ITS zone,
