@@ -504,10 +504,12 @@ pub struct Session {
     extended: bool,
     tls: bool,
     smtputf8: bool,
-    from: Option<ReversePath>,
-    from_params: MailParams,
-    rcpt: Option<ForwardPath>,
-    rcpt_params: RcptParams,
+    /// The sender and parameters of the open transaction. Boxed, as are the other fields
+    /// that hold something only for a while (the recipient under decision, credentials, an
+    /// extension command, the greeting): an idle session keeps a pointer, not their room.
+    from: Option<Box<(ReversePath, MailParams)>>,
+    /// The recipient under decision.
+    rcpt: Option<Box<(ForwardPath, RcptParams)>>,
     recipients: usize,
     /// Recipients refused in the open transaction because it had
     /// [`SessionConfig::max_recipients`] already.
@@ -524,7 +526,7 @@ pub struct Session {
     errors: usize,
     junk: usize,
     /// The greeting, held until the pre-greeting input check passed.
-    greeting: Option<Reply>,
+    greeting: Option<Box<Reply>>,
     /// The driver answered [`Event::SyncCheck`] for the line at `pos`: nothing pending.
     sync_checked: bool,
     /// The session closed itself outside `step` (an answer to [`Event::SyncCheck`]): an
@@ -533,14 +535,14 @@ pub struct Session {
     /// The SASL exchange under way.
     sasl: Option<ServerExchange>,
     /// The credentials of [`Event::Auth`], until it is decided.
-    credentials: Option<Credentials>,
+    credentials: Option<Box<Credentials>>,
     authenticated: bool,
     auth_failures: usize,
     /// Since when the client's deadline runs: set by [`Session::poll_timeout`], cleared by
     /// every input (the next call starts the clock again).
     wait_since: Option<Instant>,
     /// The verb and arguments of [`Event::Extension`], until it is decided.
-    extension: Option<(String, Option<String>)>,
+    extension: Option<Box<(String, Option<String>)>>,
     /// The first word of the command line being handled (uppercase, at most
     /// [`VERB_MAX`] octets), for [`Session::take_refusals`].
     verb: ([u8; VERB_MAX], u8),
@@ -651,9 +653,7 @@ impl Session {
             tls,
             smtputf8: false,
             from: None,
-            from_params: MailParams::default(),
             rcpt: None,
-            rcpt_params: RcptParams::default(),
             recipients: 0,
             rcpt_overshoot: 0,
             bdat_size: 0,
@@ -776,7 +776,7 @@ impl Session {
 
     /// The accepted sender of the open transaction.
     pub fn sender(&self) -> Option<&ReversePath> {
-        self.from.as_ref()
+        self.from.as_ref().map(|m| &m.0)
     }
 
     /// Number of recipients accepted in the open transaction.
@@ -940,7 +940,7 @@ impl Session {
         match pending {
             Pending::Connect if ok && self.config.forbid_unauth_pipelining => {
                 // Sent once the client is known not to have talked first.
-                self.greeting = Some(r);
+                self.greeting = Some(Box::new(r));
                 self.phase = Phase::Greeting;
                 return;
             }
@@ -972,7 +972,6 @@ impl Session {
                     self.recipients += 1;
                 }
                 self.rcpt = None;
-                self.rcpt_params = RcptParams::default();
             }
             Pending::DataEnd => {
                 self.reset_transaction();
@@ -1090,14 +1089,14 @@ impl Session {
                 domain: &self.helo,
                 extended: self.extended,
             },
-            Step::Mail => Event::Mail {
-                from: self.from.as_ref()?,
-                params: &self.from_params,
-            },
-            Step::Rcpt => Event::Rcpt {
-                to: self.rcpt.as_ref()?,
-                params: &self.rcpt_params,
-            },
+            Step::Mail => {
+                let (from, params) = &**self.from.as_ref()?;
+                Event::Mail { from, params }
+            }
+            Step::Rcpt => {
+                let (to, params) = &**self.rcpt.as_ref()?;
+                Event::Rcpt { to, params }
+            }
             Step::DataStart => Event::DataStart,
             Step::Body => Event::Body(&self.body),
             Step::DataEnd(size) => Event::DataEnd { size },
@@ -1111,7 +1110,7 @@ impl Session {
                 credentials: self.credentials.as_ref()?,
             },
             Step::Extension => {
-                let (verb, args) = self.extension.as_ref()?;
+                let (verb, args) = &**self.extension.as_ref()?;
                 Event::Extension {
                     verb,
                     args: args.as_deref(),
@@ -1362,9 +1361,7 @@ impl Session {
     fn reset_transaction(&mut self) {
         self.finished = None;
         self.from = None;
-        self.from_params = MailParams::default();
         self.rcpt = None;
-        self.rcpt_params = RcptParams::default();
         self.recipients = 0;
         self.rcpt_overshoot = 0;
         self.smtputf8 = false;
@@ -1564,8 +1561,7 @@ impl Session {
                     }
                     Ok((from, params)) => {
                         self.smtputf8 = params.smtputf8;
-                        self.from = Some(from);
-                        self.from_params = params;
+                        self.from = Some(Box::new((from, params)));
                         self.pending = Some(Pending::Mail);
                         Step::Mail
                     }
@@ -1583,8 +1579,7 @@ impl Session {
                         return self.refuse_command(code, enh, &text, protocol);
                     }
                     Ok((to, params)) => {
-                        self.rcpt = Some(to);
-                        self.rcpt_params = params;
+                        self.rcpt = Some(Box::new((to, params)));
                         self.pending = Some(Pending::Rcpt);
                         Step::Rcpt
                     }
@@ -1746,7 +1741,7 @@ impl Session {
         {
             return None;
         }
-        self.extension = Some((verb.to_owned(), args.map(str::to_owned)));
+        self.extension = Some(Box::new((verb.to_owned(), args.map(str::to_owned))));
         self.pending = Some(Pending::Extension);
         Some(Some(Step::Extension))
     }
@@ -1809,7 +1804,7 @@ impl Session {
             }
             sasl::Step::Done(credentials) => {
                 self.sasl = None;
-                self.credentials = Some(credentials);
+                self.credentials = Some(Box::new(credentials));
                 self.pending = Some(Pending::Auth);
                 Some(Step::Auth)
             }

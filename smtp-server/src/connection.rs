@@ -22,9 +22,10 @@
 //! peeked at: the driver polls the stream once for plaintext without waiting, and a byte
 //! there counts as pipelining (the byte is dropped, as the session closes anyway).
 //!
-//! Memory: an idle plain connection owns no read buffer. Reads wait for readiness and then
-//! read into a per-thread scratch buffer whose bytes go straight into the session, which
-//! keeps only what it has not processed yet. Buffers grown by a big message are shrunk when
+//! Memory: an idle plain connection owns no buffer. Reads wait for readiness and then read
+//! into a per-thread scratch buffer whose bytes go straight into the session, which keeps
+//! only what it has not processed yet; when a plain connection is about to wait for a
+//! command, the session's buffers are freed. Buffers grown by a big message are shrunk when
 //! the connection goes back to waiting for a command.
 
 use std::cell::RefCell;
@@ -583,7 +584,15 @@ async fn read_into(
                 Ok::<_, io::Error>(n)
             });
             match r {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // About to sleep until the client talks: between commands an idle
+                    // session keeps no buffer at all (the reply buffer alone would be ~150
+                    // octets of every idle session after EHLO).
+                    if !session.is_receiving_data() {
+                        session.shrink_buffers(0);
+                    }
+                    continue;
+                }
                 r => return r,
             }
         },

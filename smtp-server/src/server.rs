@@ -575,25 +575,31 @@ async fn accept_loop<H: Handler>(
         };
         let handler = Arc::clone(&handler);
         let common = Arc::clone(&common);
-        let implicit = listener.implicit_tls;
-        let connection = async move {
-            let _guard = guard;
-            let mut info = info;
-            let stream = if implicit {
+        if listener.implicit_tls {
+            let connection = async move {
+                let _guard = guard;
+                let mut info = info;
                 let Some((tls, tls_info)) = implicit_tls(&common, tcp).await else {
                     return;
                 };
                 info.tls = Some(tls_info);
-                Stream::Tls(Box::new(tls))
-            } else {
-                Stream::Plain(tcp)
+                let stream = Stream::Tls(Box::new(tls));
+                let mut connection = Connection::new(handler, common, stream, info);
+                connection.run().await;
             };
-            // Owned here, run by reference: an async fn taking `self` by value keeps two
-            // copies of it in its state (the argument and the moved local).
-            let mut connection = Connection::new(handler, common, stream, info);
-            connection.run().await;
-        };
-        tokio::spawn(connection.instrument(span));
+            tokio::spawn(connection.instrument(span));
+        } else {
+            // Made before the task, so that the task's state holds the connection once, not
+            // also the parts it was made of (an async block keeps room for what it captures
+            // for as long as it lives). Run by reference: an async fn taking `self` by value
+            // keeps two copies of it in its state (the argument and the moved local).
+            let mut connection = Connection::new(handler, common, Stream::Plain(tcp), info);
+            let connection = async move {
+                let _guard = guard;
+                connection.run().await;
+            };
+            tokio::spawn(connection.instrument(span));
+        }
     }
 }
 

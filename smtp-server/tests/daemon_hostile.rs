@@ -130,3 +130,63 @@ fn a_900_line_reply_to_100_recipients_is_not_kept_100_times() {
     assert!(log.contains("452 4.5.3 line 0 of a reply"), "{log}");
     assert!(!log.contains("line 500 of a reply"));
 }
+
+/// `--max-connections`: sessions past it are answered `421 4.7.0` and closed, a freed place is
+/// taken again, and a limit the open file limit cannot hold is warned about at start.
+#[test]
+fn connections_past_max_connections_get_421() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("spool");
+    let d = Daemon::start(
+        &spool,
+        "127.0.0.1:1".parse().unwrap(),
+        &["--max-connections", "2"],
+    );
+    let mut first = d.connect();
+    assert_eq!(first.greeting.0, 220, "{:?}", first.greeting);
+    // The start-up probe's connection may still be counted for a moment.
+    let mut second = None;
+    assert!(wait_until(Duration::from_secs(5), || {
+        let c = d.connect();
+        let ok = c.greeting.0 == 220;
+        if ok {
+            second = Some(c);
+        }
+        ok
+    }));
+    let mut third = d.connect();
+    assert_eq!(
+        third.greeting,
+        (
+            421,
+            "4.7.0 mx.example.test Too many connections, try again later".to_owned()
+        )
+    );
+    // Closed after the 421.
+    assert_eq!(third.rest(), "");
+    assert_eq!(first.cmd("QUIT").0, 221);
+    drop(first);
+    let mut again = None;
+    assert!(wait_until(Duration::from_secs(5), || {
+        let c = d.connect();
+        let ok = c.greeting.0 == 220;
+        if ok {
+            again = Some(c);
+        }
+        ok
+    }));
+    assert_eq!(again.unwrap().cmd("EHLO c.test").0, 250);
+    assert_eq!(second.unwrap().cmd("NOOP").0, 250);
+    assert!(!d.log().contains("open file limit"), "{}", d.log());
+    drop(d);
+
+    // No limit at all: more than the open file limit can hold, said at start.
+    let d = Daemon::start(
+        &dir.path().join("spool2"),
+        "127.0.0.1:1".parse().unwrap(),
+        &["--max-connections", "0"],
+    );
+    assert!(wait_until(Duration::from_secs(5), || d.log().contains(
+        "--max-connections allows more sessions than the open file limit"
+    )));
+}

@@ -231,6 +231,14 @@ impl Smtp {
         }
     }
 
+    /// Reads to the end of the stream: what the server sent before it closed.
+    #[allow(dead_code)] // not every test file uses it
+    pub fn rest(&mut self) -> String {
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.r, &mut rest).unwrap();
+        rest
+    }
+
     /// Sends one command line, returns the reply.
     pub fn cmd(&mut self, line: &str) -> (u16, String) {
         self.w.write_all(format!("{line}\r\n").as_bytes()).unwrap();

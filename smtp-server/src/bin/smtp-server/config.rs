@@ -282,6 +282,16 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_recipients: u32,
 
+    /// Most concurrent SMTP sessions over all listeners; more are answered `421 4.7.0` and
+    /// closed. 0 for no limit (the open file limit still bounds them: see DAEMON.md).
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Most concurrent sessions from one client address (loopback clients are not counted);
+    /// more are answered `421 4.7.0` and closed. 0 for no limit.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub max_connections_per_ip: usize,
+
     /// Give up on a remote delivery and bounce after this long (e.g. 5d, 12h, 30m).
     #[arg(long, value_name = "DURATION", default_value = "5d", value_parser = parse_duration)]
     pub queue_lifetime: Duration,

@@ -473,9 +473,22 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
     // number).
     limits.max_message_size = (cfg.max_message_size > 0).then_some(cfg.max_message_size);
     limits.max_recipients = cfg.max_recipients as usize;
+    limits.max_connections = (cfg.max_connections > 0).then_some(cfg.max_connections);
+    limits.max_connections_per_ip =
+        (cfg.max_connections_per_ip > 0).then_some(cfg.max_connections_per_ip);
     // Every program on this machine connects from 127.0.0.1: the per-IP limit (50) would cap
     // local clients of the relaying listener (Postfix exempts $mynetworks the same way).
     limits.per_ip_exempt_loopback = true;
+    // Each session holds a descriptor, as do the queue's deliveries, the spool and the logs.
+    let fd_limit = usize::try_from(nofile).unwrap_or(usize::MAX);
+    if limits.max_connections.is_none_or(|max| max >= fd_limit) {
+        warn!(
+            max_connections = cfg.max_connections,
+            open_file_limit = nofile,
+            "--max-connections allows more sessions than the open file limit: connections \
+             past it wait in the kernel's backlog (raise LimitNOFILE= in the systemd unit)"
+        );
+    }
     // Accept text lines over RFC 5321's 1000 octets, as Postfix does: real mail (HTML from
     // some mailers) has them, and refusing it loses mail. Bare CR/LF are still refused.
     limits.max_text_line = None;
@@ -766,8 +779,9 @@ struct Session {
     rcpts: Vec<Accepted>,
     /// SPF, DKIM, DMARC and ARC are checked (see [`inbound_auth`]).
     check_sender: bool,
-    /// The SPF verdicts of the current transaction (from its MAIL FROM).
-    spf: Option<inbound_auth::Spf>,
+    /// The SPF verdicts of the current transaction (from its MAIL FROM); boxed, so that an
+    /// idle session keeps a pointer, not their room.
+    spf: Option<Box<inbound_auth::Spf>>,
     /// The client went away (or timed out) before the end of the last message: no reply
     /// class to count.
     lost: bool,
@@ -872,7 +886,7 @@ impl SessionHandler for Session {
                 );
                 return Err(refusals::SPF_FAIL.with_text(text));
             }
-            self.spf = Some(spf);
+            self.spf = Some(Box::new(spf));
         }
         Ok(())
     }
