@@ -562,7 +562,13 @@ async fn accept_loop<H: Handler>(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let local = tcp.local_addr().unwrap_or(listener.addr);
+        // Only a wildcard listener needs to ask the socket (a syscall per connection) which
+        // of the host's addresses the client reached; otherwise it is the listener's.
+        let local = if listener.addr.ip().is_unspecified() {
+            tcp.local_addr().unwrap_or(listener.addr)
+        } else {
+            listener.addr
+        };
         let id = common.next_id.fetch_add(1, Ordering::Relaxed);
         let span = info_span!("session", id, %peer, listener = %listener.name);
         let info = ConnectionInfo {

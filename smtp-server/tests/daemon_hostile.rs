@@ -131,6 +131,18 @@ fn a_900_line_reply_to_100_recipients_is_not_kept_100_times() {
     assert!(!log.contains("line 500 of a reply"));
 }
 
+/// A session greeted with `220` within 5 s (a closed one may be counted for a moment).
+fn greeted_soon(d: &Daemon) -> daemon_util::Smtp {
+    let mut greeted = None;
+    assert!(wait_until(Duration::from_secs(5), || {
+        let c = d.connect();
+        let ok = c.greeting.0 == 220;
+        greeted = ok.then_some(c);
+        ok
+    }));
+    greeted.unwrap()
+}
+
 /// `--max-connections`: sessions past it are answered `421 4.7.0` and closed, a freed place is
 /// taken again, and a limit the open file limit cannot hold is warned about at start.
 #[test]
@@ -145,15 +157,7 @@ fn connections_past_max_connections_get_421() {
     let mut first = d.connect();
     assert_eq!(first.greeting.0, 220, "{:?}", first.greeting);
     // The start-up probe's connection may still be counted for a moment.
-    let mut second = None;
-    assert!(wait_until(Duration::from_secs(5), || {
-        let c = d.connect();
-        let ok = c.greeting.0 == 220;
-        if ok {
-            second = Some(c);
-        }
-        ok
-    }));
+    let mut second = greeted_soon(&d);
     let mut third = d.connect();
     assert_eq!(
         third.greeting,
@@ -166,17 +170,8 @@ fn connections_past_max_connections_get_421() {
     assert_eq!(third.rest(), "");
     assert_eq!(first.cmd("QUIT").0, 221);
     drop(first);
-    let mut again = None;
-    assert!(wait_until(Duration::from_secs(5), || {
-        let c = d.connect();
-        let ok = c.greeting.0 == 220;
-        if ok {
-            again = Some(c);
-        }
-        ok
-    }));
-    assert_eq!(again.unwrap().cmd("EHLO c.test").0, 250);
-    assert_eq!(second.unwrap().cmd("NOOP").0, 250);
+    assert_eq!(greeted_soon(&d).cmd("EHLO c.test").0, 250);
+    assert_eq!(second.cmd("NOOP").0, 250);
     assert!(!d.log().contains("open file limit"), "{}", d.log());
     drop(d);
 
