@@ -65,12 +65,16 @@ def client(conn, host, port, first, count, sources):
         return
     conn.send("ready")
     conn.recv()  # "check"
-    ok = True
-    for s in socks[:: max(1, len(socks) // 20)]:
-        s.sendall(b"NOOP\r\n")
-        if not read_reply(s, [b""]).startswith(b"250"):
-            ok = False
-    conn.send("ok" if ok else "error: a session did not answer NOOP")
+    try:
+        for s in socks[:: max(1, len(socks) // 20)]:
+            s.sendall(b"NOOP\r\n")
+            r = read_reply(s, [b""])
+            if not r.startswith(b"250"):
+                raise RuntimeError(f"NOOP answered {r!r}")
+    except Exception as e:
+        conn.send(f"error: a session did not answer NOOP: {e}")
+    else:
+        conn.send("ok")
     conn.recv()  # "close"
     for s in socks:
         s.close()
@@ -84,6 +88,8 @@ def main():
     ap.add_argument("--sessions", type=int, default=10000)
     ap.add_argument("--sources", type=int, default=4)
     a = ap.parse_args()
+    if a.sessions < 1 or not 1 <= a.sources <= 254:
+        sys.exit("--sessions must be at least 1 and --sources between 1 and 254")
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     per_proc = max(1, min(50_000, hard - 200))
     procs = -(-a.sessions // per_proc)
@@ -97,8 +103,21 @@ def main():
         w = multiprocessing.Process(target=client,
                                     args=(child, a.host, a.port, first, count, a.sources))
         w.start()
+        child.close()  # so that a child that dies is seen as the end of its pipe
         workers.append((w, parent))
-    failed = [m for _, c in workers if (m := c.recv()) != "ready"]
+
+    def answers():
+        # Each worker's next message; one that died says so instead of hanging the run.
+        got = []
+        for w, c in workers:
+            try:
+                got.append(c.recv())
+            except EOFError:
+                w.join()
+                got.append(f"error: a client process died (exit code {w.exitcode})")
+        return got
+
+    failed = [m for m in answers() if m != "ready"]
     if failed:
         for w, _ in workers:
             w.kill()
@@ -108,12 +127,15 @@ def main():
     setup = time.time() - t0
     for _, c in workers:
         c.send("check")
-    failed = [m for _, c in workers if (m := c.recv()) != "ok"]
+    failed = [m for m in answers() if m != "ok"]
     print(f"sessions={a.sessions} client_processes={procs} sources={a.sources} "
           f"setup_s={setup:.1f} rss_before_kB={before} rss_with_sessions_kB={after} "
           f"per_session_B={(after - before) * 1024 // a.sessions}")
     for w, c in workers:
-        c.send("close")
+        try:
+            c.send("close")
+        except OSError:
+            pass
         w.join()
     if failed:
         sys.exit(failed[0])

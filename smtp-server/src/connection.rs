@@ -877,7 +877,8 @@ impl<H: Handler> Connection<H> {
                 break;
             }
             self.io.session.shrink_buffers(IDLE_KEEP);
-            self.io.chunk.shrink_to(IDLE_KEEP);
+            // The last piece of a message is of no use now; the next message allocates anew.
+            self.io.chunk = Vec::new();
             match self.io.read().await {
                 Ok(ReadOutcome::Data) => {}
                 Ok(ReadOutcome::Eof) => {

@@ -603,6 +603,10 @@ async fn accept_loop<H: Handler>(
             let connection = async move {
                 let _guard = guard;
                 connection.run().await;
+                // Before the guard: a captured value would be dropped after the locals, and
+                // the connection must be gone (socket, handler session) before it is
+                // uncounted, as in the TLS branch.
+                drop(connection);
             };
             tokio::spawn(connection.instrument(span));
         }

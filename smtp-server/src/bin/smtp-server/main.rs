@@ -225,6 +225,10 @@ fn open_queue(dir: &Path) -> Result<Queue, Fatal> {
     Ok(q)
 }
 
+/// Descriptors kept for the spool, the logs, the listeners and the resolver when comparing
+/// `--max-connections` with the open file limit.
+const FD_MARGIN: usize = 256;
+
 /// Raises the soft limit on open descriptors to the hard limit (every session and every queue
 /// entry being delivered holds one; the usual soft limit, 1024, is small for a mail server)
 /// and returns the limit now in force.
@@ -479,14 +483,19 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
     // Every program on this machine connects from 127.0.0.1: the per-IP limit (50) would cap
     // local clients of the relaying listener (Postfix exempts $mynetworks the same way).
     limits.per_ip_exempt_loopback = true;
-    // Each session holds a descriptor, as do the queue's deliveries, the spool and the logs.
+    // Each session holds a descriptor; the queue's deliveries may hold a quarter of the limit
+    // (see the relay below), and the spool, the logs and the listeners need some more.
     let fd_limit = usize::try_from(nofile).unwrap_or(usize::MAX);
-    if limits.max_connections.is_none_or(|max| max >= fd_limit) {
+    let for_sessions = (fd_limit - fd_limit / 4).saturating_sub(FD_MARGIN);
+    if limits.max_connections.is_none_or(|max| max > for_sessions) {
         warn!(
             max_connections = cfg.max_connections,
             open_file_limit = nofile,
-            "--max-connections allows more sessions than the open file limit: connections \
-             past it wait in the kernel's backlog (raise LimitNOFILE= in the systemd unit)"
+            for_sessions,
+            "--max-connections allows more sessions than the open file limit leaves for them \
+             (three quarters of it, less {FD_MARGIN}): when the descriptors run out, new \
+             connections wait in the kernel's backlog and storing or relaying mail fails \
+             until sessions end (raise LimitNOFILE= in the systemd unit)"
         );
     }
     // Accept text lines over RFC 5321's 1000 octets, as Postfix does: real mail (HTML from
