@@ -375,6 +375,7 @@ fn dns_records_prints_spf_dmarc_and_dkim() {
         "a/b@other.test",
         "a@1.2.3.4",
         "a@example.123",
+        "a@under_score.test",
     ] {
         let out = dns_records(&["--report-to", bad]);
         assert_eq!(out.status.code(), Some(2), "{bad}: {out:?}");

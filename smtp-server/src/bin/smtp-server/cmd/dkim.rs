@@ -202,8 +202,9 @@ fn write_new(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
 /// A `--report-to` address as it may go in a `rua=mailto:` URI of a TXT record: a leading
 /// `mailto:` dropped, a dot-atom local part of letters, digits, `_`, `+` and `-` (no `!`,
 /// which RFC 7489 §6.2 reads as the size limit, nor URI syntax) and a host name of two
-/// labels or more, the top one not numeric; `None` for anything else (lists, tags,
-/// quotes, literals), which would break the record or smuggle tags into it.
+/// labels or more of letters, digits and `-` (a mail domain, RFC 5321 §4.1.2: no `_`), the
+/// top one not numeric; `None` for anything else (lists, tags, quotes, literals), which
+/// would break the record or smuggle tags into it.
 fn report_address(a: &str) -> Option<String> {
     let a = a.trim();
     let a = match a.get(..7) {
@@ -219,7 +220,8 @@ fn report_address(a: &str) -> Option<String> {
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'+' | b'-'))
     });
     let domain = domain.strip_suffix('.').unwrap_or(domain);
-    let domain_ok = domain.contains('.') && crate::from_field::is_host_name(domain);
+    let domain_ok =
+        domain.contains('.') && !domain.contains('_') && crate::from_field::is_host_name(domain);
     (local_ok && domain_ok).then(|| format!("{local}@{}", domain.to_ascii_lowercase()))
 }
 
