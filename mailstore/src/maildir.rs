@@ -4,9 +4,17 @@
 //! A mailbox's directories are created on its first delivery. A message gets a name unique on
 //! this host and over time, `<seconds>.M<microseconds>P<pid>Q<counter>.<hostname>` (the host
 //! name with `/` written as `\057` and `:` as `\072`, as the Maildir convention asks, since `:`
-//! starts the flags suffix in `cur/`). It is linked (or written) into `tmp/` under that name,
-//! already fsynced, then moved to `new/` with `rename(2)`, and `new/` is fsynced before the
-//! delivery returns. Readers only look at `new/` and `cur/`, so they never see a partial file.
+//! starts the flags suffix in `cur/`). The message is already written and fsynced when it gets
+//! that name, and `new/` is fsynced before the delivery returns; readers only look at `new/`
+//! and `cur/`, so they never see a partial file. A message file that has no name yet
+//! (`O_TMPFILE`, see [`PendingMessage`]) is linked straight into `new/` by its descriptor
+//! (`linkat(2)` never replaces a file and the link appears whole), which leaves `tmp/`
+//! untouched; otherwise the message is linked (or copied) into `tmp/` and moved to `new/`
+//! with `rename(2)`, as the Maildir convention has it.
+//!
+//! The three directories are made together when `new/` is missing (the first delivery); a
+//! delivery into a mailbox whose `new/` exists does not look at the others (only at `tmp/`,
+//! made again if it is gone, when the message must go through it).
 //!
 //! Every directory is opened relative to its parent's descriptor with `O_NOFOLLOW` (see
 //! `at.rs`): a mailbox, `tmp/` or `new/` that is a symbolic link is refused with
@@ -27,7 +35,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::bump;
 use crate::name::MailboxName;
 use crate::options::StoreOptions;
-use crate::pending::{link_or_copy, open_store_root, PendingMessage, Staged};
+use crate::pending::{link_or_copy, link_unnamed, open_store_root, PendingMessage, Staged};
 use crate::{DeliveryId, Store};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -108,26 +116,44 @@ impl Maildir {
         ))
     }
 
-    /// Links the message into `tmp/`, renames it into `new/`; returns its name, `new/` and the
+    /// Opens the mailbox's `new/`, making the whole Maildir (`tmp`, `new`, `cur`) first when
+    /// `new/` is missing; returns `new/` and the mailbox directory.
+    fn open_new(&self, mailbox: &MailboxName) -> Result<(Dir, Dir)> {
+        let (inner, perms) = (&self.inner, &self.inner.perms);
+        let (dir, created) = inner.root.ensure_dir(mailbox.as_str(), perms)?;
+        if created {
+            inner.root.sync()?;
+        }
+        if let Some(new) = dir.try_open_dir("new")? {
+            return Ok((new, dir));
+        }
+        let (_tmp, c1) = dir.ensure_dir("tmp", perms)?;
+        let (new, c2) = dir.ensure_dir("new", perms)?;
+        let (_cur, c3) = dir.ensure_dir("cur", perms)?;
+        if c1 || c2 || c3 {
+            dir.sync()?;
+        }
+        Ok((new, dir))
+    }
+
+    /// Puts the message into `new/` (see the module doc); returns its name, `new/` and the
     /// group commit of `new/`.
     fn place(
         &self,
         src: Staged<'_>,
         mailbox: &MailboxName,
     ) -> Result<(String, Dir, Arc<GroupSync>)> {
-        let (inner, perms) = (&self.inner, &self.inner.perms);
-        let (dir, created) = inner.root.ensure_dir(mailbox.as_str(), perms)?;
-        if created {
-            inner.root.sync()?;
+        let perms = &self.inner.perms;
+        let (new, dir) = self.open_new(mailbox)?;
+        let group = self.inner.syncs.of(&new)?;
+        let name = self.unique_name(&new)?;
+        if link_unnamed(src, &new, &name)? {
+            return Ok((name, new, group));
         }
-        let (tmp, c1) = dir.ensure_dir("tmp", perms)?;
-        let (new, c2) = dir.ensure_dir("new", perms)?;
-        let (_cur, c3) = dir.ensure_dir("cur", perms)?;
-        if c1 || c2 || c3 {
+        let (tmp, created) = dir.ensure_dir("tmp", perms)?;
+        if created {
             dir.sync()?;
         }
-        let group = inner.syncs.of(&new)?;
-        let name = self.unique_name(&new)?;
         link_or_copy(src, &tmp, &name, perms)?;
         if let Err(e) = tmp.rename(&name, &new, &name) {
             let _ = tmp.remove_file(&name);

@@ -302,19 +302,44 @@ impl Drop for PendingMessage {
 /// link to something else is never published); a file without a name is linked by its
 /// descriptor, which cannot be swapped. The caller fsyncs `dir`.
 pub(crate) fn link_or_copy(src: Staged<'_>, dir: &Dir, dest: &str, perms: &Perms) -> Result<()> {
-    let linked = match src.name {
-        Some(name) => src.dir.link(name, dir, dest),
-        None => crate::at::link_file(src.file, dir, dest),
-    };
-    match linked {
-        Ok(()) if src.name.is_none() => return Ok(()),
-        Ok(()) => return check_link(dir, dest, src.id),
-        // Another file system, too many links, or links refused: copy instead.
-        Err(Errno::XDEV | Errno::MLINK | Errno::PERM) => {}
-        // A descriptor link refused both ways (no `CAP_DAC_READ_SEARCH`, no `/proc`).
-        Err(Errno::NOENT | Errno::ACCESS) if src.name.is_none() => {}
-        Err(e) => return Err(crate::at::errno("link", dir.join(dest))(e)),
+    if let Some(name) = src.name {
+        match src.dir.link(name, dir, dest) {
+            Ok(()) => return check_link(dir, dest, src.id),
+            Err(e) if can_copy_instead(e, false) => {}
+            Err(e) => return Err(crate::at::errno("link", dir.join(dest))(e)),
+        }
+    } else if link_unnamed(src, dir, dest)? {
+        return Ok(());
     }
+    copy_to(src, dir, dest, perms)
+}
+
+/// Links a sealed file that has no name (`O_TMPFILE`) to `dest` in `dir` by its descriptor:
+/// `false` when the file system cannot (the caller copies it instead). Such a file is
+/// complete and cannot be swapped by anyone, so its first name may be one readers see (a
+/// Maildir's `new/`); a named file goes through [`link_or_copy`], which checks what it linked.
+pub(crate) fn link_unnamed(src: Staged<'_>, dir: &Dir, dest: &str) -> Result<bool> {
+    if src.name.is_some() {
+        return Ok(false);
+    }
+    match crate::at::link_file(src.file, dir, dest) {
+        Ok(()) => Ok(true),
+        Err(e) if can_copy_instead(e, true) => Ok(false),
+        Err(e) => Err(crate::at::errno("link", dir.join(dest))(e)),
+    }
+}
+
+/// Whether a failed link may be replaced by a copy: another file system, too many links, or
+/// links refused; for a descriptor link, also refused both ways (no `CAP_DAC_READ_SEARCH`, no
+/// `/proc`).
+fn can_copy_instead(e: Errno, by_descriptor: bool) -> bool {
+    matches!(e, Errno::XDEV | Errno::MLINK | Errno::PERM)
+        || (by_descriptor && matches!(e, Errno::NOENT | Errno::ACCESS))
+}
+
+/// The copy of [`link_or_copy`]: written under a temporary name in `dir`, fsynced and renamed
+/// to `dest` (never over an existing file).
+fn copy_to(src: Staged<'_>, dir: &Dir, dest: &str, perms: &Perms) -> Result<()> {
     let tmp = format!(".tmp.{}", fsutil::unique()?);
     let r = (|| {
         let mut to = dir.create(&tmp, perms)?;
@@ -499,6 +524,38 @@ mod tests {
             drop(kept);
             assert_eq!(staged_and_delivered(dir.path()).0, 0);
             assert_eq!(spool.list(&m).unwrap(), vec![1, 2]);
+        }
+        super::NAMED_ONLY.with(|n| n.set(false));
+    }
+
+    #[test]
+    fn maildir_links_a_nameless_file_straight_into_new() {
+        use crate::{maildir::Maildir, MailboxName, Store};
+        for named in [false, true] {
+            super::NAMED_ONLY.with(|n| n.set(named));
+            let dir = tempfile::tempdir().unwrap();
+            let md = Maildir::open(dir.path()).unwrap();
+            let m = MailboxName::new("m").unwrap();
+            md.deliver(&m, b"first").unwrap();
+            let mbox = dir.path().join("m");
+            // With `tmp/` gone, a nameless file still arrives (`tmp/` is not used), a named one
+            // makes `tmp/` again and passes through it.
+            std::fs::remove_dir(mbox.join("tmp")).unwrap();
+            md.deliver(&m, b"second").unwrap();
+            assert_eq!(mbox.join("tmp").exists(), named);
+            let mut got: Vec<Vec<u8>> = std::fs::read_dir(mbox.join("new"))
+                .unwrap()
+                .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+                .collect();
+            got.sort();
+            assert_eq!(got, vec![b"first".to_vec(), b"second".to_vec()]);
+            if named {
+                assert_eq!(std::fs::read_dir(mbox.join("tmp")).unwrap().count(), 0);
+            }
+            assert_eq!(
+                std::fs::read_dir(dir.path().join(".tmp")).unwrap().count(),
+                0
+            );
         }
         super::NAMED_ONLY.with(|n| n.set(false));
     }
