@@ -18,8 +18,8 @@
 //!
 //! Every directory is opened relative to its parent's descriptor with `O_NOFOLLOW` (see
 //! `at.rs`): a mailbox or `new/` that is a symbolic link (and `tmp/`, when a message goes
-//! through it) is refused with [`crate::Error::UnsafePath`] and nothing is written through it. New directories and files get
-//! the modes and ownership of the store's [`StoreOptions`].
+//! through it) is refused with [`crate::Error::UnsafePath`] and nothing is written through it.
+//! New directories and files get the modes and ownership of the store's [`StoreOptions`].
 //!
 //! This crate only delivers: reading, flagging (moving to `cur/` with a `:2,` suffix) and
 //! deleting are the mail reader's business, and every Maildir library does them.
