@@ -64,29 +64,38 @@ impl Daemon {
     /// Starts the daemon with a loopback listener on a free port, spool `spool`, local domain
     /// `example.test`, host name `mx.example.test`, the given DNS server, and `extra` options.
     pub fn start(spool: &Path, dns: SocketAddr, extra: &[&str]) -> Daemon {
-        let port = free_port();
-        let log = spool.with_extension(format!("log{port}"));
-        let mut args: Vec<String> = vec![
-            "-d".into(),
-            spool.display().to_string(),
-            "-s".into(),
-            "example.test".into(),
-            "--hostname".into(),
-            "mx.example.test".into(),
-            "-l".into(),
-            format!("127.0.0.1:{port}"),
-            "--dns-server".into(),
-            dns.to_string(),
-            "--log-level".into(),
-            "debug".into(),
-            "--log-file".into(),
-            log.display().to_string(),
-        ];
-        args.extend(extra.iter().map(|s| s.to_string()));
-        if !extra.iter().any(|a| *a == "-p" || *a == "--public-listen") {
-            args.push("--no-public".into());
+        // The port is free when chosen but not held: another test may take it before the
+        // daemon binds it. Then the daemon says so and exits, and a new port is tried.
+        for _ in 0..5 {
+            let port = free_port();
+            let log = spool.with_extension(format!("log{port}"));
+            let mut args: Vec<String> = vec![
+                "-d".into(),
+                spool.display().to_string(),
+                "-s".into(),
+                "example.test".into(),
+                "--hostname".into(),
+                "mx.example.test".into(),
+                "-l".into(),
+                format!("127.0.0.1:{port}"),
+                "--dns-server".into(),
+                dns.to_string(),
+                "--log-level".into(),
+                "debug".into(),
+                "--log-file".into(),
+                log.display().to_string(),
+            ];
+            args.extend(extra.iter().map(|s| s.to_string()));
+            if !extra.iter().any(|a| *a == "-p" || *a == "--public-listen") {
+                args.push("--no-public".into());
+            }
+            match Daemon::try_spawn(spool, port, log, args) {
+                Ok(d) => return d,
+                Err(e) if e.contains(&format!("cannot listen on 127.0.0.1:{port}")) => continue,
+                Err(e) => panic!("{e}"),
+            }
         }
-        Daemon::spawn(spool, port, log, args)
+        panic!("no free port for the daemon in 5 tries");
     }
 
     /// Starts again with the same arguments (after a crash or a stop).
@@ -95,6 +104,23 @@ impl Daemon {
     }
 
     fn spawn(spool: &Path, port: u16, log: PathBuf, args: Vec<String>) -> Daemon {
+        Daemon::try_spawn(spool, port, log, args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Starts the daemon and waits until it has said in its log that it started (each start
+    /// adds that line, a restart included) and its port answers: a listener another test
+    /// put on the port does not count. A daemon that exited is the error, with its stderr.
+    fn try_spawn(
+        spool: &Path,
+        port: u16,
+        log: PathBuf,
+        args: Vec<String>,
+    ) -> Result<Daemon, String> {
+        const STARTED: &str = "smtp-server started";
+        let before = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .matches(STARTED)
+            .count();
         let child = Command::new(BIN)
             .args(&args)
             .stdin(Stdio::null())
@@ -113,15 +139,16 @@ impl Daemon {
             if let Ok(Some(_)) = d.child.try_wait() {
                 return true;
             }
-            TcpStream::connect(("127.0.0.1", port)).is_ok()
+            d.log().matches(STARTED).count() > before
+                && TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
         if let Ok(Some(st)) = d.child.try_wait() {
             let mut err = String::new();
             std::io::Read::read_to_string(d.child.stderr.as_mut().unwrap(), &mut err).unwrap();
-            panic!("daemon exited at start ({st}): {err}");
+            return Err(format!("daemon exited at start ({st}): {err}"));
         }
         assert!(ready, "daemon did not start listening");
-        d
+        Ok(d)
     }
 
     /// SIGTERM, then waits for the exit.
