@@ -12,13 +12,13 @@
 //! untouched; otherwise the message is linked (or copied) into `tmp/` and moved to `new/`
 //! with `rename(2)`, as the Maildir convention has it.
 //!
-//! The three directories are made together when `new/` is missing (the first delivery); a
-//! delivery into a mailbox whose `new/` exists does not look at the others (only at `tmp/`,
-//! made again if it is gone, when the message must go through it).
+//! The three directories are made when missing (all three on the first delivery); when
+//! `new/` exists, `tmp/` and `cur/` are only checked with a `stat` each (a link or a file
+//! there fails the delivery, as at `new/`).
 //!
 //! Every directory is opened relative to its parent's descriptor with `O_NOFOLLOW` (see
-//! `at.rs`): a mailbox or `new/` that is a symbolic link (and `tmp/`, when a message goes
-//! through it) is refused with [`crate::Error::UnsafePath`] and nothing is written through it.
+//! `at.rs`): a mailbox, `tmp/`, `new/` or `cur/` that is a symbolic link is refused with
+//! [`crate::Error::UnsafePath`] and nothing is written through it.
 //! New directories and files get the modes and ownership of the store's [`StoreOptions`].
 //!
 //! This crate only delivers: reading, flagging (moving to `cur/` with a `:2,` suffix) and
@@ -30,7 +30,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::at::{Dir, GroupSync, GroupSyncs, Perms};
+use rustix::fs::FileType;
+
+use crate::at::{unsafe_path, Dir, GroupSync, GroupSyncs, Perms};
 use crate::error::{Error, Result};
 use crate::fsutil::bump;
 use crate::name::MailboxName;
@@ -125,6 +127,22 @@ impl Maildir {
             inner.root.sync()?;
         }
         if let Some(new) = dir.try_open_dir("new")? {
+            // `tmp/` and `cur/` are only looked at (one `stat` each, no link followed): a
+            // planted link or file there is refused as at `new/`, a missing one made again.
+            let mut made = false;
+            for sub in ["tmp", "cur"] {
+                match dir.stat(sub)? {
+                    Some(m) if m.is_dir() => {}
+                    Some(m) if m.file_type == FileType::Symlink => {
+                        return Err(unsafe_path(dir.join(sub), "is a symbolic link"))
+                    }
+                    Some(_) => return Err(unsafe_path(dir.join(sub), "is not a directory")),
+                    None => made |= dir.ensure_dir(sub, perms)?.1,
+                }
+            }
+            if made {
+                dir.sync()?;
+            }
             return Ok((new, dir));
         }
         let (_tmp, c1) = dir.ensure_dir("tmp", perms)?;

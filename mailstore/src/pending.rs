@@ -538,11 +538,14 @@ mod tests {
             let m = MailboxName::new("m").unwrap();
             md.deliver(&m, b"first").unwrap();
             let mbox = dir.path().join("m");
-            // With `tmp/` gone, a nameless file still arrives (`tmp/` is not used), a named one
-            // makes `tmp/` again and passes through it.
-            std::fs::remove_dir(mbox.join("tmp")).unwrap();
+            // A nameless file does not pass through `tmp/` (no name made and removed there:
+            // its modification time stays), a named one does.
+            let past = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1 << 30);
+            let tmp = std::fs::File::open(mbox.join("tmp")).unwrap();
+            tmp.set_modified(past).unwrap();
             md.deliver(&m, b"second").unwrap();
-            assert_eq!(mbox.join("tmp").exists(), named);
+            let touched = tmp.metadata().unwrap().modified().unwrap() != past;
+            assert_eq!(touched, named);
             let mut got: Vec<Vec<u8>> = std::fs::read_dir(mbox.join("new"))
                 .unwrap()
                 .map(|e| std::fs::read(e.unwrap().path()).unwrap())
