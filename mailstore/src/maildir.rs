@@ -37,7 +37,9 @@ use crate::error::{Error, Result};
 use crate::fsutil::bump;
 use crate::name::MailboxName;
 use crate::options::StoreOptions;
-use crate::pending::{link_or_copy, link_unnamed, open_store_root, PendingMessage, Staged};
+use crate::pending::{
+    copy_to, link_or_copy, link_unnamed, open_store_root, PendingMessage, Staged,
+};
 use crate::{DeliveryId, Store};
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -172,7 +174,12 @@ impl Maildir {
         if created {
             dir.sync()?;
         }
-        link_or_copy(src, &tmp, &name, perms)?;
+        if src.name.is_some() {
+            link_or_copy(src, &tmp, &name, perms)?;
+        } else {
+            // Links by descriptor were refused just now: copy.
+            copy_to(src, &tmp, &name, perms)?;
+        }
         if let Err(e) = tmp.rename(&name, &new, &name) {
             let _ = tmp.remove_file(&name);
             return Err(e);

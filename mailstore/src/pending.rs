@@ -339,7 +339,7 @@ fn can_copy_instead(e: Errno, by_descriptor: bool) -> bool {
 
 /// The copy of [`link_or_copy`]: written under a temporary name in `dir`, fsynced and renamed
 /// to `dest` (never over an existing file).
-fn copy_to(src: Staged<'_>, dir: &Dir, dest: &str, perms: &Perms) -> Result<()> {
+pub(crate) fn copy_to(src: Staged<'_>, dir: &Dir, dest: &str, perms: &Perms) -> Result<()> {
     let tmp = format!(".tmp.{}", fsutil::unique()?);
     let r = (|| {
         let mut to = dir.create(&tmp, perms)?;
