@@ -205,6 +205,20 @@ impl Dir {
         }
     }
 
+    /// Whether the subdirectory `name` exists, by one `stat` (nothing opened, no link
+    /// followed): `false` if there is nothing by that name; a symbolic link or a non-directory
+    /// there is [`Error::UnsafePath`], as for [`try_open_dir`](Self::try_open_dir).
+    pub fn has_dir(&self, name: &str) -> Result<bool> {
+        match self.stat(name)? {
+            None => Ok(false),
+            Some(m) if m.is_dir() => Ok(true),
+            Some(m) if m.file_type == FileType::Symlink => {
+                Err(unsafe_path(self.join(name), "is a symbolic link"))
+            }
+            Some(_) => Err(unsafe_path(self.join(name), "is not a directory")),
+        }
+    }
+
     /// Opens `name`, a directory or a regular file (for the queue, whose entries are one or
     /// the other); `None` if it does not exist. A symbolic link or anything else is
     /// [`Error::UnsafePath`].

@@ -30,9 +30,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rustix::fs::FileType;
-
-use crate::at::{unsafe_path, Dir, GroupSync, GroupSyncs, Perms};
+use crate::at::{Dir, GroupSync, GroupSyncs, Perms};
 use crate::error::{Error, Result};
 use crate::fsutil::bump;
 use crate::name::MailboxName;
@@ -133,13 +131,8 @@ impl Maildir {
             // planted link or file there is refused as at `new/`, a missing one made again.
             let mut made = false;
             for sub in ["tmp", "cur"] {
-                match dir.stat(sub)? {
-                    Some(m) if m.is_dir() => {}
-                    Some(m) if m.file_type == FileType::Symlink => {
-                        return Err(unsafe_path(dir.join(sub), "is a symbolic link"))
-                    }
-                    Some(_) => return Err(unsafe_path(dir.join(sub), "is not a directory")),
-                    None => made |= dir.ensure_dir(sub, perms)?.1,
+                if !dir.has_dir(sub)? {
+                    made |= dir.ensure_dir(sub, perms)?.1;
                 }
             }
             if made {
