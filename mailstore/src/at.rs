@@ -156,9 +156,31 @@ const DIR_FLAGS: OFlags = OFlags::RDONLY
 
 impl Dir {
     /// Opens a directory by its path, following symbolic links: only for a store's configured
-    /// root. Creates it (and its parents) first if it is missing.
+    /// root. Creates it (and its parents) first if it is missing, and then fsyncs the parent
+    /// of each directory it made, so the names leading to the store are as durable as what
+    /// is stored in it.
     pub fn create_root(path: &Path) -> Result<Dir> {
+        let missing: Vec<&Path> = path
+            .ancestors()
+            .take_while(|p| !p.as_os_str().is_empty() && std::fs::symlink_metadata(p).is_err())
+            .collect();
         std::fs::create_dir_all(path).map_err(crate::error::io_err("mkdir", path))?;
+        for made in missing.iter().rev() {
+            let parent = match made.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => Path::new("."),
+            };
+            let fd = rustix::fs::openat(
+                CWD,
+                parent,
+                OFlags::RDONLY | OFlags::DIRECTORY,
+                Mode::empty(),
+            )
+            .map_err(errno("open", parent))?;
+            #[cfg(test)]
+            tests::record_sync(parent);
+            rustix::fs::fsync(&fd).map_err(errno("fsync", parent))?;
+        }
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let fd =
             rustix::fs::openat(CWD, path, flags, Mode::empty()).map_err(errno("open", path))?;
@@ -404,6 +426,8 @@ impl Dir {
 
     /// fsync the directory, so the names created, renamed or removed in it are durable.
     pub fn sync(&self) -> Result<()> {
+        #[cfg(test)]
+        tests::record_sync(&self.path);
         rustix::fs::fsync(self).map_err(errno("fsync", &self.path))
     }
 
@@ -589,11 +613,16 @@ pub(crate) fn unsafe_path(path: PathBuf, reason: &'static str) -> Error {
 /// A failed fsync fails every change it was to cover, then and later: Linux reports a
 /// write-back error once per open file, so a second fsync of the same descriptor could
 /// succeed without the failed changes being durable.
+///
+/// It also remembers whether the directory's own name is known durable in its parent (and
+/// the parent's, up to the store's root): see [`GroupSync::sync_name`].
 #[derive(Debug, Default)]
 pub(crate) struct GroupSync {
     /// Changes made so far.
     changed: std::sync::atomic::AtomicU64,
     state: std::sync::Mutex<SyncState>,
+    /// This directory's name is durable in its parent: a [`GroupSync::sync_name`] completed.
+    named: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -610,6 +639,33 @@ impl GroupSync {
         self.changed
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
             .saturating_add(1)
+    }
+
+    /// Makes the name of this group's directory durable in `parent` (whose group commit is
+    /// `parent_group`) before anything placed in the directory is acknowledged; `created`
+    /// says this caller just made the directory.
+    ///
+    /// A directory another thread or process made may have been found before its maker's
+    /// fsync of the parent completed (on a file system without a journal nothing else orders
+    /// the two), so the first delivery that finds it also makes its name durable: it counts
+    /// the name as a change of the parent it has seen and syncs the parent to it, sharing the
+    /// fsync with every other such delivery and free when an fsync that began after it has
+    /// completed. Once that is done, deliveries that find the directory pay an atomic load.
+    /// `created` always syncs: a directory removed and made again may reuse the inode number
+    /// that keys a remembered group.
+    pub fn sync_name(&self, parent: &Dir, parent_group: &GroupSync, created: bool) -> Result<()> {
+        if !created && self.is_named() {
+            return Ok(());
+        }
+        let ticket = parent_group.changed();
+        parent_group.sync(parent, ticket)?;
+        self.named.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Whether this directory's name is known durable (a [`GroupSync::sync_name`] completed).
+    pub fn is_named(&self) -> bool {
+        self.named.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Makes change `ticket` durable: fsyncs `dir` (a descriptor of this directory) unless an
@@ -713,9 +769,57 @@ pub(crate) fn add_to_sync<'m, D>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    /// Every directory fsynced by this process's tests, in order.
+    static SYNCED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+    pub(crate) fn record_sync(path: &Path) {
+        SYNCED.lock().unwrap().push(path.to_path_buf());
+    }
+
+    /// How many times the directory `path` was fsynced so far (tests run in parallel: each
+    /// asks only about paths of its own).
+    pub(crate) fn syncs_of(path: &Path) -> usize {
+        SYNCED.lock().unwrap().iter().filter(|p| *p == path).count()
+    }
+
+    #[test]
+    fn a_new_root_is_named_durably() {
+        let tmp = tempfile::tempdir().unwrap();
+        let deep = tmp.path().join("a").join("b");
+        Dir::create_root(&deep).unwrap();
+        assert_eq!(syncs_of(tmp.path()), 1);
+        assert_eq!(syncs_of(&tmp.path().join("a")), 1);
+        // Opening it again makes nothing and syncs nothing.
+        Dir::create_root(&deep).unwrap();
+        assert_eq!(syncs_of(tmp.path()), 1);
+        assert_eq!(syncs_of(&tmp.path().join("a")), 1);
+    }
+
+    #[test]
+    fn a_found_directory_is_named_durably_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Dir::create_root(tmp.path()).unwrap();
+        let (root_group, child_group) = (GroupSync::default(), GroupSync::default());
+        let (child, created) = root.ensure_dir("c", &Perms::PRIVATE).unwrap();
+        assert!(created);
+        child_group.sync_name(&root, &root_group, created).unwrap();
+        assert_eq!(syncs_of(tmp.path()), 1);
+        // Another process's view: found, not yet known durable here, so synced once.
+        let other = GroupSync::default();
+        let (_, created) = root.ensure_dir("c", &Perms::PRIVATE).unwrap();
+        assert!(!created);
+        other.sync_name(&root, &root_group, created).unwrap();
+        other.sync_name(&root, &root_group, created).unwrap();
+        assert_eq!(syncs_of(tmp.path()), 2);
+        // Made again (a reused inode number could find this group): synced again.
+        child_group.sync_name(&root, &root_group, true).unwrap();
+        assert_eq!(syncs_of(tmp.path()), 3);
+        drop(child);
+    }
 
     #[test]
     fn refuses_links_and_creates_exactly() {

@@ -14,7 +14,10 @@
 //!
 //! The three directories are made when missing (all three on the first delivery); when
 //! `new/` exists, `tmp/` and `cur/` are only checked with a `stat` each (a link or a file
-//! there fails the delivery, as at `new/`).
+//! there fails the delivery, as at `new/`). Before a process's first delivery into a mailbox,
+//! the root and the mailbox directory are fsynced, whether it made them or found them (their
+//! maker may not have synced them yet), so the names leading to a message are durable before
+//! it is acknowledged; later deliveries pay nothing for that.
 //!
 //! Every directory is opened relative to its parent's descriptor with `O_NOFOLLOW` (see
 //! `at.rs`): a mailbox, `tmp/`, `new/` or `cur/` that is a symbolic link is refused with
@@ -54,8 +57,10 @@ struct Inner {
     staging: Arc<Dir>,
     perms: Perms,
     host: String,
-    /// Group commit of the `new/` directories' fsyncs.
+    /// Group commit of the mailbox and `new/` directories' fsyncs.
     syncs: GroupSyncs,
+    /// Group commit of the root's fsyncs (the mailboxes' names).
+    root_sync: GroupSync,
 }
 
 impl Maildir {
@@ -85,6 +90,7 @@ impl Maildir {
                 perms,
                 host: hostname(),
                 syncs: GroupSyncs::default(),
+                root_sync: GroupSync::default(),
             }),
         })
     }
@@ -119,34 +125,39 @@ impl Maildir {
     }
 
     /// Opens the mailbox's `new/`, making the whole Maildir (`tmp`, `new`, `cur`) first when
-    /// `new/` is missing; returns `new/` and the mailbox directory.
-    fn open_new(&self, mailbox: &MailboxName) -> Result<(Dir, Dir)> {
+    /// `new/` is missing, and makes the names of the mailbox and of `new/` durable (once per
+    /// directory: see [`GroupSync::sync_name`]); returns `new/`, its group commit and the
+    /// mailbox directory.
+    fn open_new(&self, mailbox: &MailboxName) -> Result<(Dir, Arc<GroupSync>, Dir)> {
         let (inner, perms) = (&self.inner, &self.inner.perms);
-        let (dir, created) = inner.root.ensure_dir(mailbox.as_str(), perms)?;
-        if created {
-            inner.root.sync()?;
-        }
-        if let Some(new) = dir.try_open_dir("new")? {
-            // `tmp/` and `cur/` are only looked at (one `stat` each, no link followed): a
-            // planted link or file there is refused as at `new/`, a missing one made again.
-            let mut made = false;
-            for sub in ["tmp", "cur"] {
-                if !dir.has_dir(sub)? {
-                    made |= dir.ensure_dir(sub, perms)?.1;
+        let (dir, made_dir) = inner.root.ensure_dir(mailbox.as_str(), perms)?;
+        let (new, made_sub) = match dir.try_open_dir("new")? {
+            Some(new) => {
+                // `tmp/` and `cur/` are only looked at (one `stat` each, no link followed): a
+                // planted link or file there is refused as at `new/`, a missing one made again.
+                let mut made = false;
+                for sub in ["tmp", "cur"] {
+                    if !dir.has_dir(sub)? {
+                        made |= dir.ensure_dir(sub, perms)?.1;
+                    }
                 }
+                (new, made)
             }
-            if made {
-                dir.sync()?;
+            None => {
+                let (_tmp, c1) = dir.ensure_dir("tmp", perms)?;
+                let (new, c2) = dir.ensure_dir("new", perms)?;
+                let (_cur, c3) = dir.ensure_dir("cur", perms)?;
+                (new, c1 || c2 || c3)
             }
-            return Ok((new, dir));
+        };
+        let group = inner.syncs.of(&new)?;
+        if made_dir || made_sub || !group.is_named() {
+            let dir_group = inner.syncs.of(&dir)?;
+            dir_group.sync_name(&inner.root, &inner.root_sync, made_dir)?;
+            // Also covers `tmp/` and `cur/` when this call made them.
+            group.sync_name(&dir, &dir_group, made_sub)?;
         }
-        let (_tmp, c1) = dir.ensure_dir("tmp", perms)?;
-        let (new, c2) = dir.ensure_dir("new", perms)?;
-        let (_cur, c3) = dir.ensure_dir("cur", perms)?;
-        if c1 || c2 || c3 {
-            dir.sync()?;
-        }
-        Ok((new, dir))
+        Ok((new, group, dir))
     }
 
     /// Puts the message into `new/` (see the module doc); returns its name, `new/` and the
@@ -157,8 +168,7 @@ impl Maildir {
         mailbox: &MailboxName,
     ) -> Result<(String, Dir, Arc<GroupSync>)> {
         let perms = &self.inner.perms;
-        let (new, dir) = self.open_new(mailbox)?;
-        let group = self.inner.syncs.of(&new)?;
+        let (new, group, dir) = self.open_new(mailbox)?;
         let name = self.unique_name(&new)?;
         if link_unnamed(src, &new, &name)? {
             return Ok((name, new, group));
@@ -251,6 +261,32 @@ mod tests {
     fn host_is_sanitized() {
         assert_eq!(sanitize_host("a/b:c d"), "a\\057b\\072c_d");
         assert_eq!(sanitize_host("mx.example.org"), "mx.example.org");
+    }
+
+    #[test]
+    fn a_maildir_another_process_made_has_its_names_synced_before_the_ack() {
+        use crate::at::tests::syncs_of;
+        let tmp = tempfile::tempdir().unwrap();
+        let (maker, finder) = (
+            Maildir::open(tmp.path()).unwrap(),
+            Maildir::open(tmp.path()).unwrap(),
+        );
+        let bob = MailboxName::new("bob").unwrap();
+        let box_dir = tmp.path().join("bob");
+        let counts = || (syncs_of(tmp.path()), syncs_of(&box_dir));
+        let (root0, box0) = counts();
+        maker.deliver(&bob, b"one").unwrap();
+        maker.deliver(&bob, b"two").unwrap();
+        assert_eq!(counts(), (root0 + 1, box0 + 1), "made once, synced once");
+        finder.deliver(&bob, b"three").unwrap();
+        finder.deliver(&bob, b"four").unwrap();
+        assert_eq!(counts(), (root0 + 2, box0 + 2), "found once, synced once");
+        // `cur/` removed by a reader: made again, and the mailbox synced for it.
+        fs::remove_dir(box_dir.join("cur")).unwrap();
+        finder.deliver(&bob, b"five").unwrap();
+        assert_eq!(counts(), (root0 + 2, box0 + 3));
+        assert!(box_dir.join("cur").is_dir());
+        assert_eq!(fs::read_dir(box_dir.join("new")).unwrap().count(), 5);
     }
 
     #[test]

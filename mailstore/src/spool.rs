@@ -44,7 +44,10 @@
 //! 3. The lock is released and the mailbox directory fsynced; only then does `deliver` return.
 //!    Deliveries into one mailbox share that fsync when they overlap (an fsync that began
 //!    after a delivery's links covers it), and on a journaling file system deliveries into
-//!    different mailboxes share the journal commit.
+//!    different mailboxes share the journal commit. Before the first delivery that a process
+//!    places in a mailbox, the root is fsynced too, whether this delivery made the mailbox or
+//!    found it (its maker, another thread or process, may not have synced the root yet): a
+//!    message is never acknowledged in a directory whose own name could still be lost.
 //!
 //! Deliveries into one mailbox that threads of one process start at the same time are placed
 //! together: the first to find no batch running takes the lock and does step 2 for all that
@@ -177,6 +180,8 @@ struct Inner {
     known: Mutex<HashMap<MailboxName, Known>>,
     /// Group commit of the mailbox directories' fsyncs.
     syncs: GroupSyncs,
+    /// Group commit of the root's fsyncs (the mailboxes' names).
+    root_sync: GroupSync,
     /// Concurrent deliveries into each mailbox, placed together.
     combiners: Mutex<HashMap<MailboxName, Arc<Combiner>>>,
 }
@@ -217,6 +222,7 @@ impl Spool {
                 perms,
                 known: Mutex::new(HashMap::new()),
                 syncs: GroupSyncs::default(),
+                root_sync: GroupSync::default(),
                 combiners: Mutex::new(HashMap::new()),
             }),
         })
@@ -552,10 +558,9 @@ impl Spool {
         let inner = &self.inner;
         let opened: Result<(Arc<Dir>, Arc<GroupSync>)> = (|| {
             let (dir, created) = inner.root.ensure_dir(mailbox.as_str(), &inner.perms)?;
-            if created {
-                inner.root.sync()?;
-            }
             let group = inner.syncs.of(&dir)?;
+            // Also when another process made the mailbox and may not have synced the root yet.
+            group.sync_name(&inner.root, &inner.root_sync, created)?;
             // A descriptor of its own for each batch: its flock excludes every other.
             dir.lock()?;
             Ok((Arc::new(dir), group))
@@ -980,6 +985,28 @@ mod tests {
 
     fn name(s: &str) -> MailboxName {
         MailboxName::new(s).unwrap()
+    }
+
+    #[test]
+    fn a_mailbox_another_process_made_has_its_name_synced_before_the_ack() {
+        use crate::at::tests::syncs_of;
+        let tmp = tempfile::tempdir().unwrap();
+        let (maker, finder) = (
+            Spool::open(tmp.path()).unwrap(),
+            Spool::open(tmp.path()).unwrap(),
+        );
+        let root_syncs = || syncs_of(tmp.path());
+        let before = root_syncs();
+        maker.deliver(&name("bob"), b"one").unwrap();
+        assert_eq!(root_syncs(), before + 1, "the maker syncs the root");
+        maker.deliver(&name("bob"), b"two").unwrap();
+        assert_eq!(root_syncs(), before + 1);
+        // A second process finds `bob` made by the first, whose root fsync it cannot know of.
+        finder.deliver(&name("bob"), b"three").unwrap();
+        assert_eq!(root_syncs(), before + 2, "the finder syncs the root once");
+        finder.deliver(&name("bob"), b"four").unwrap();
+        assert_eq!(root_syncs(), before + 2);
+        assert_eq!(maker.list(&name("bob")).unwrap(), vec![1, 2, 3, 4]);
     }
 
     /// Runs `f(t)` on `threads` threads released together; their results in thread order.
