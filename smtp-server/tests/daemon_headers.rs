@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use daemon_util::{free_port, wait_until, Daemon, Smtp};
+use daemon_util::{strings, wait_until, Daemon, Smtp};
 use smtp_client::testdns::TestDns;
 
 /// The header section of a stored message (up to and including the empty line).
@@ -321,12 +321,9 @@ fn mail_from_the_public_listener_gets_no_date_or_message_id() {
     let peer = RawPeer::start(&[], Vec::new());
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("mail");
-    let public = free_port();
-    let d = Daemon::start(
-        &spool,
-        peer.dns.addr(),
-        &["-p", &format!("127.0.0.2:{public}")],
-    );
+    let (d, [public]) = Daemon::start_ports(&spool, peer.dns.addr(), |[p]| {
+        strings(&["-p", &format!("127.0.0.2:{p}")])
+    });
     let mut c = Smtp::connect(([127, 0, 0, 2], public).into());
     let r = c.send(
         "someone@remote.test",
@@ -567,19 +564,16 @@ fn forged_senders_on_the_public_listener_get_one_small_bounce_without_their_head
     let spool = dir.path().join("mail");
     let users = dir.path().join("users");
     std::fs::write(&users, "bob\nfwd: target@remote.test\n").unwrap();
-    let public = free_port();
-    let d = Daemon::start(
-        &spool,
-        peer.dns.addr(),
-        &[
+    let (d, [public]) = Daemon::start_ports(&spool, peer.dns.addr(), |[p]| {
+        strings(&[
             "-p",
-            &format!("127.0.0.2:{public}"),
+            &format!("127.0.0.2:{p}"),
             "-u",
             users.to_str().unwrap(),
             "--remote-port",
             &peer.port.to_string(),
-        ],
-    );
+        ])
+    });
     for i in 0..5 {
         let mut msg = String::new();
         for j in 0..900 {
@@ -755,17 +749,14 @@ fn a_message_starting_with_white_space_never_continues_our_received() {
     let peer = RawPeer::start(&[], Vec::new());
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("mail");
-    let public = free_port();
-    let d = Daemon::start(
-        &spool,
-        peer.dns.addr(),
-        &[
+    let (d, [public]) = Daemon::start_ports(&spool, peer.dns.addr(), |[p]| {
+        strings(&[
             "--remote-port",
             &peer.port.to_string(),
             "-p",
-            &format!("127.0.0.2:{public}"),
-        ],
-    );
+            &format!("127.0.0.2:{p}"),
+        ])
+    });
     let forged = " (authenticated as admin) by trusted.host; Mon, 1 Jan 1990 00:00:00 +0000\r\n";
     let msg = format!("{forged}Subject: hi\r\n\r\nbody\r\n");
     // Submitted mail (a local and a queued copy, with added fields), and mail from outside.

@@ -13,7 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
-use daemon_util::{free_port, wait_until, Daemon};
+use daemon_util::{wait_until, Daemon};
 use mail_auth::common::crypto::Ed25519Key;
 use mail_auth::common::headers::HeaderWriter;
 use mail_auth::dkim::{Canonicalization, DkimSigner};
@@ -158,14 +158,16 @@ fn zone() -> TestDnsBuilder {
 
 /// The daemon with a public listener on a free loopback port; returns it and that port.
 fn start(spool: &Path, dns: SocketAddr, extra: &[&str]) -> (Daemon, u16) {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let mut args = vec!["-p", listen.as_str()];
-    if !extra.contains(&"--email-auth-timeout") {
-        args.extend(["--email-auth-timeout", "2s"]);
-    }
-    args.extend_from_slice(extra);
-    (Daemon::start(spool, dns, &args), port)
+    let (d, [port]) = Daemon::start_ports(spool, dns, |[p]| {
+        let listen = format!("127.0.0.1:{p}");
+        let mut args = vec!["-p", listen.as_str()];
+        if !extra.contains(&"--email-auth-timeout") {
+            args.extend(["--email-auth-timeout", "2s"]);
+        }
+        args.extend_from_slice(extra);
+        daemon_util::strings(&args)
+    });
+    (d, port)
 }
 
 /// A blocking SMTP client for one transaction on the public listener.

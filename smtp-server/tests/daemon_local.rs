@@ -213,12 +213,9 @@ fn public_listener_refuses_relay() {
     let net = Net::start(PeerBehaviour::default(), false);
     let dir = tempfile::tempdir().unwrap();
     let spool = dir.path().join("mail");
-    let public = daemon_util::free_port();
-    let d = Daemon::start(
-        &spool,
-        net.dns.addr(),
-        &["-p", &format!("127.0.0.2:{public}")],
-    );
+    let (d, [public]) = Daemon::start_ports(&spool, net.dns.addr(), |[p]| {
+        daemon_util::strings(&["-p", &format!("127.0.0.2:{p}")])
+    });
     let mut c = Smtp::connect(([127, 0, 0, 2], public).into());
     assert_eq!(c.cmd("EHLO client.test").0, 250);
     assert_eq!(c.cmd("MAIL FROM:<spammer@evil.test>").0, 250);

@@ -197,21 +197,18 @@ fn refusals_are_logged_with_their_reply() {
     let spool = dir.path().join("mail");
     let users = dir.path().join("users");
     std::fs::write(&users, "bob\n").unwrap();
-    let public_port = daemon_util::free_port();
-    let public = format!("127.0.0.2:{public_port}");
-    let d = Daemon::start(
-        &spool,
-        net.dns.addr(),
-        &[
+    let (d, [public_port]) = Daemon::start_ports(&spool, net.dns.addr(), |[p]| {
+        daemon_util::strings(&[
             "--max-message-size",
             "2000",
             "--users",
             users.to_str().unwrap(),
             "-p",
-            &public,
+            &format!("127.0.0.2:{p}"),
             "--no-email-auth",
-        ],
-    );
+        ])
+    });
+    let public = format!("127.0.0.2:{public_port}");
     let mut c = d.connect();
     c.cmd("EHLO client.test");
     // The session's own refusals (the size announced, a syntax error) are logged too.

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use daemon_util::{free_port, wait_until, Daemon};
+use daemon_util::{wait_until, Daemon};
 
 fn get(port: u16, path: &str) -> (String, String) {
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -31,20 +31,21 @@ fn sample(body: &str, series: &str) -> Option<f64> {
 fn metrics_after_a_known_load() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("users"), "bob\ncarol\n").unwrap();
-    let mport = free_port();
-    let m = format!("127.0.0.1:{mport}");
-    let d = Daemon::start(
+    let (d, [mport]) = Daemon::start_ports(
         &dir.path().join("mail"),
         "127.0.0.1:1".parse().unwrap(),
-        &[
-            "--metrics-listen",
-            &m,
-            "-u",
-            dir.path().join("users").to_str().unwrap(),
-            "--max-message-size",
-            "2000",
-        ],
+        |[p]| {
+            daemon_util::strings(&[
+                "--metrics-listen",
+                &format!("127.0.0.1:{p}"),
+                "-u",
+                dir.path().join("users").to_str().unwrap(),
+                "--max-message-size",
+                "2000",
+            ])
+        },
     );
+    let m = format!("127.0.0.1:{mport}");
     assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(
         &m
     )

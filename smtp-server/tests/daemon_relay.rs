@@ -164,17 +164,14 @@ fn mx_pointing_at_ourselves_is_a_loop() {
     // this host in different spellings: 127.0.0.1; 0.0.0.0; `::`; `::ffff:0.0.0.0`; another
     // loopback address (127.0.0.2) and ::1 (a v6 loopback, where we listen on v4 loopback
     // only: refused all the same).
-    let port = daemon_util::free_port();
-    let d = Daemon::start(
-        &spool,
-        net.dns.addr(),
-        &[
+    let (d, [port]) = Daemon::start_ports(&spool, net.dns.addr(), |[p]| {
+        daemon_util::strings(&[
             "-l",
-            &format!("127.0.0.1:{port}"),
+            &format!("127.0.0.1:{p}"),
             "--remote-port",
-            &port.to_string(),
-        ],
-    );
+            &p.to_string(),
+        ])
+    });
     let domains = [
         "loop.test",
         "zero.test",
@@ -518,18 +515,20 @@ fn with_public_alias(
 ) -> (Daemon, daemon_util::Smtp) {
     let users_file = spool.with_extension("users");
     std::fs::write(&users_file, users).unwrap();
-    let public = daemon_util::free_port();
-    let (port, listen) = (net.peer_port.to_string(), format!("127.0.0.2:{public}"));
-    let mut args = vec![
-        "--remote-port",
-        &port,
-        "-u",
-        users_file.to_str().unwrap(),
-        "-p",
-        &listen,
-    ];
-    args.extend_from_slice(extra);
-    let d = Daemon::start(spool, net.dns.addr(), &args);
+    let port = net.peer_port.to_string();
+    let (d, [public]) = Daemon::start_ports(spool, net.dns.addr(), |[p]| {
+        let listen = format!("127.0.0.2:{p}");
+        let mut args = vec![
+            "--remote-port",
+            &port,
+            "-u",
+            users_file.to_str().unwrap(),
+            "-p",
+            &listen,
+        ];
+        args.extend_from_slice(extra);
+        daemon_util::strings(&args)
+    });
     let c = daemon_util::Smtp::connect(([127, 0, 0, 2], public).into());
     (d, c)
 }

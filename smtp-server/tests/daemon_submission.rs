@@ -61,28 +61,29 @@ fn setup_with(extra: impl FnOnce(&std::path::Path) -> Vec<String>) -> Setup {
     )
     .unwrap();
     std::fs::write(&users, "alice\nbob\nteam: alice, bob\ncarol\n").unwrap();
-    let (submission, smtps) = (free_port(), free_port());
-    let sub = format!("127.0.0.1:{submission}");
-    let tls = format!("127.0.0.1:{smtps}");
     let peer_port = net.peer_port.to_string();
-    let mut args = vec![
-        "--tls-cert",
-        cert.to_str().unwrap(),
-        "--tls-key",
-        key.to_str().unwrap(),
-        "--submission-listen",
-        &sub,
-        "--tls-listen",
-        &tls,
-        "--passwd-file",
-        passwd.to_str().unwrap(),
-        "-u",
-        users.to_str().unwrap(),
-        "--remote-port",
-        &peer_port,
-    ];
-    args.extend(more.iter().map(String::as_str));
-    let d = Daemon::start(&dir.path().join("mail"), net.dns.addr(), &args);
+    let (d, [submission, smtps]) =
+        Daemon::start_ports(&dir.path().join("mail"), net.dns.addr(), |[sub, tls]| {
+            let (sub, tls) = (format!("127.0.0.1:{sub}"), format!("127.0.0.1:{tls}"));
+            let mut args = vec![
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+                "--submission-listen",
+                &sub,
+                "--tls-listen",
+                &tls,
+                "--passwd-file",
+                passwd.to_str().unwrap(),
+                "-u",
+                users.to_str().unwrap(),
+                "--remote-port",
+                &peer_port,
+            ];
+            args.extend(more.iter().map(String::as_str));
+            daemon_util::strings(&args)
+        });
     Setup {
         _dir: dir,
         net,

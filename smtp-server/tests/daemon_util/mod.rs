@@ -39,6 +39,11 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Owned options from string slices (for [`Daemon::start_ports`]'s option makers).
+pub fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
 /// Polls `f` every 50 ms until it is true or `timeout` passes.
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + timeout;
@@ -64,10 +69,24 @@ impl Daemon {
     /// Starts the daemon with a loopback listener on a free port, spool `spool`, local domain
     /// `example.test`, host name `mx.example.test`, the given DNS server, and `extra` options.
     pub fn start(spool: &Path, dns: SocketAddr, extra: &[&str]) -> Daemon {
-        // The port is free when chosen but not held: another test may take it before the
-        // daemon binds it. Then the daemon says so and exits, and a new port is tried.
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        Daemon::start_ports(spool, dns, |[]| extra.clone()).0
+    }
+
+    /// As [`Daemon::start`], with `N` more free ports for the test's other listeners: `extra`
+    /// makes the options from them. Returns the daemon and those ports.
+    ///
+    /// A port is free when chosen but not held: another test may take it before the daemon
+    /// binds it. Then the daemon says so and exits, and new ports are tried (all of them, so
+    /// the options `extra` made from a lost one are made again).
+    pub fn start_ports<const N: usize>(
+        spool: &Path,
+        dns: SocketAddr,
+        extra: impl Fn([u16; N]) -> Vec<String>,
+    ) -> (Daemon, [u16; N]) {
         for _ in 0..5 {
             let port = free_port();
+            let more: [u16; N] = std::array::from_fn(|_| free_port());
             let log = spool.with_extension(format!("log{port}"));
             let mut args: Vec<String> = vec![
                 "-d".into(),
@@ -85,17 +104,24 @@ impl Daemon {
                 "--log-file".into(),
                 log.display().to_string(),
             ];
-            args.extend(extra.iter().map(|s| s.to_string()));
-            if !extra.iter().any(|a| *a == "-p" || *a == "--public-listen") {
+            let extra = extra(more);
+            if !extra.iter().any(|a| a == "-p" || a == "--public-listen") {
                 args.push("--no-public".into());
             }
+            args.extend(extra);
+            let lost = |e: &str| {
+                e.contains("cannot listen on")
+                    && std::iter::once(port)
+                        .chain(more)
+                        .any(|p| e.contains(&format!(":{p}: ")))
+            };
             match Daemon::try_spawn(spool, port, log, args) {
-                Ok(d) => return d,
-                Err(e) if e.contains(&format!("cannot listen on 127.0.0.1:{port}")) => continue,
+                Ok(d) => return (d, more),
+                Err(e) if lost(&e) => continue,
                 Err(e) => panic!("{e}"),
             }
         }
-        panic!("no free port for the daemon in 5 tries");
+        panic!("no free ports for the daemon in 5 tries");
     }
 
     /// Starts again with the same arguments (after a crash or a stop).
