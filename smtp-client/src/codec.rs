@@ -268,32 +268,29 @@ impl MessageScan {
         };
         self.empty = false;
         self.eight_bit |= !chunk.is_ascii();
-        let mut i = 0;
+        let mut rest = chunk;
         if std::mem::take(&mut self.after_cr) && first == b'\n' {
             // The LF of a CRLF split across chunks: counted with its CR.
-            i = 1;
+            rest = &rest[1..];
         }
-        while i < chunk.len() {
-            match chunk[i] {
-                b'\r' => {
-                    self.size += 2;
-                    self.ends_with_break = true;
-                    match chunk.get(i + 1) {
-                        Some(b'\n') => i += 1,
-                        Some(_) => {}
-                        None => self.after_cr = true,
-                    }
-                }
-                b'\n' => {
-                    self.size += 2;
-                    self.ends_with_break = true;
-                }
-                _ => {
-                    self.size += 1;
-                    self.ends_with_break = false;
+        // Line by line: the octets before each break count one each, the break (CRLF, or a
+        // bare CR or LF, sent as CRLF) two.
+        while let Some(at) = memchr::memchr2(b'\r', b'\n', rest) {
+            self.size += at as u64 + 2;
+            self.ends_with_break = true;
+            let cr = rest[at] == b'\r';
+            rest = &rest[at + 1..];
+            if cr {
+                match rest.first() {
+                    Some(b'\n') => rest = &rest[1..],
+                    Some(_) => {}
+                    None => self.after_cr = true,
                 }
             }
-            i += 1;
+        }
+        if !rest.is_empty() {
+            self.size += rest.len() as u64;
+            self.ends_with_break = false;
         }
     }
 

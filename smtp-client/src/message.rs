@@ -73,22 +73,52 @@ impl<'a> Message<'a> {
         }
     }
 
-    /// Reads the message once (a file in 64 KiB chunks) to measure its wire size and look for
-    /// 8-bit octets.
+    /// Reads the message once (a file in 64 KiB chunks, on the blocking pool in one go) to
+    /// measure its wire size and look for 8-bit octets.
     ///
     /// # Errors
     ///
     /// Opening or reading the file failed.
     pub async fn scan(&self) -> io::Result<MessageInfo> {
         let mut scan = MessageScan::new();
-        let mut reader = MessageReader::open(self).await?;
-        while let Some(chunk) = reader.next().await? {
-            scan.feed(chunk);
+        scan.feed(self.prefix);
+        let (path, offset) = match self.body {
+            Body::Bytes(b) => {
+                scan.feed(b);
+                return Ok(info(&scan));
+            }
+            Body::File(path) => (path.to_path_buf(), 0),
+            Body::FileFrom(path, offset) => (path.to_path_buf(), offset),
+        };
+        // One trip to the blocking pool for the whole file, not one per chunk.
+        let scan = tokio::task::spawn_blocking(move || scan_file(scan, &path, offset))
+            .await
+            .map_err(io::Error::other)??;
+        Ok(info(&scan))
+    }
+}
+
+/// What [`Message::scan`] reports from a finished scan.
+fn info(scan: &MessageScan) -> MessageInfo {
+    MessageInfo {
+        size: scan.size(),
+        eight_bit: scan.has_8bit(),
+    }
+}
+
+/// Feeds the file at `path` from octet `offset` on to `scan`, in chunks of [`CHUNK`] octets.
+fn scan_file(mut scan: MessageScan, path: &Path, offset: u64) -> io::Result<MessageScan> {
+    use std::io::{Read, Seek};
+    let mut file = std::fs::File::open(path)?;
+    file.seek(io::SeekFrom::Start(offset))?;
+    let mut buf = vec![0; CHUNK];
+    loop {
+        match file.read(&mut buf) {
+            Ok(0) => return Ok(scan),
+            Ok(n) => scan.feed(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
-        Ok(MessageInfo {
-            size: scan.size(),
-            eight_bit: scan.has_8bit(),
-        })
     }
 }
 
