@@ -158,28 +158,21 @@ impl Dir {
     /// Opens a directory by its path, following symbolic links: only for a store's configured
     /// root. Creates it (and its parents) first if it is missing, and then fsyncs the parent
     /// of each directory it made, so the names leading to the store are as durable as what
-    /// is stored in it.
+    /// is stored in it. A root that exists already has its parent fsynced too, where that
+    /// parent can be opened: an earlier run may have made it and stopped before its fsync.
     pub fn create_root(path: &Path) -> Result<Dir> {
         let missing: Vec<&Path> = path
             .ancestors()
             .take_while(|p| !p.as_os_str().is_empty() && std::fs::symlink_metadata(p).is_err())
             .collect();
         std::fs::create_dir_all(path).map_err(crate::error::io_err("mkdir", path))?;
+        if missing.is_empty() {
+            // Best effort: the name is most likely durable long since, and the operator may
+            // give the daemon a root whose parent it cannot read.
+            let _ = sync_path(parent_of(path));
+        }
         for made in missing.iter().rev() {
-            let parent = match made.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p,
-                _ => Path::new("."),
-            };
-            let fd = rustix::fs::openat(
-                CWD,
-                parent,
-                OFlags::RDONLY | OFlags::DIRECTORY,
-                Mode::empty(),
-            )
-            .map_err(errno("open", parent))?;
-            #[cfg(test)]
-            tests::record_sync(parent);
-            rustix::fs::fsync(&fd).map_err(errno("fsync", parent))?;
+            sync_path(parent_of(made))?;
         }
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let fd =
@@ -427,7 +420,9 @@ impl Dir {
     /// fsync the directory, so the names created, renamed or removed in it are durable.
     pub fn sync(&self) -> Result<()> {
         #[cfg(test)]
-        tests::record_sync(&self.path);
+        if tests::record_sync(&self.path) {
+            return Err(errno("fsync", &self.path)(Errno::IO));
+        }
         rustix::fs::fsync(self).map_err(errno("fsync", &self.path))
     }
 
@@ -600,6 +595,25 @@ pub(crate) fn link_file(file: &File, to: &Dir, name: &str) -> std::result::Resul
     }
 }
 
+/// The directory holding `path` (`.` for a relative name of one component).
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// fsyncs the directory at `path` (opened by path: only the parents of a store's root).
+fn sync_path(path: &Path) -> Result<()> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let fd = rustix::fs::openat(CWD, path, flags, Mode::empty()).map_err(errno("open", path))?;
+    #[cfg(test)]
+    if tests::record_sync(path) {
+        return Err(errno("fsync", path)(Errno::IO));
+    }
+    rustix::fs::fsync(&fd).map_err(errno("fsync", path))
+}
+
 /// An [`Error::UnsafePath`].
 pub(crate) fn unsafe_path(path: PathBuf, reason: &'static str) -> Error {
     Error::UnsafePath { path, reason }
@@ -614,13 +628,20 @@ pub(crate) fn unsafe_path(path: PathBuf, reason: &'static str) -> Error {
 /// write-back error once per open file, so a second fsync of the same descriptor could
 /// succeed without the failed changes being durable.
 ///
-/// It also remembers whether the directory's own name is known durable in its parent (and
-/// the parent's, up to the store's root): see [`GroupSync::sync_name`].
+/// It also remembers whether the directory's own name is known durable in its parent: see
+/// [`GroupSync::sync_name`].
 #[derive(Debug, Default)]
 pub(crate) struct GroupSync {
     /// Changes made so far.
     changed: std::sync::atomic::AtomicU64,
     state: std::sync::Mutex<SyncState>,
+    /// A descriptor of the directory, held while the group is remembered, so that no other
+    /// directory can get its inode number meanwhile: what the group remembers of its name
+    /// is its own. `None` (the group remembers nothing about its name) when there was no
+    /// descriptor to spare.
+    anchor: Option<OwnedFd>,
+    /// The parent's ticket for this directory's name, counted once.
+    name_ticket: std::sync::OnceLock<u64>,
     /// This directory's name is durable in its parent: a [`GroupSync::sync_name`] completed.
     named: std::sync::atomic::AtomicBool,
 }
@@ -634,6 +655,14 @@ struct SyncState {
 }
 
 impl GroupSync {
+    /// The group commit of the directory `anchor` is a descriptor of, holding it.
+    fn anchored(anchor: OwnedFd) -> GroupSync {
+        GroupSync {
+            anchor: Some(anchor),
+            ..GroupSync::default()
+        }
+    }
+
     /// Counts a change just made in the directory; returns its ticket for [`GroupSync::sync`].
     pub fn changed(&self) -> u64 {
         self.changed
@@ -642,30 +671,46 @@ impl GroupSync {
     }
 
     /// Makes the name of this group's directory durable in `parent` (whose group commit is
-    /// `parent_group`) before anything placed in the directory is acknowledged; `created`
-    /// says this caller just made the directory.
+    /// `parent_group`) before anything placed in the directory is acknowledged.
     ///
     /// A directory another thread or process made may have been found before its maker's
     /// fsync of the parent completed (on a file system without a journal nothing else orders
-    /// the two), so the first delivery that finds it also makes its name durable: it counts
-    /// the name as a change of the parent it has seen and syncs the parent to it, sharing the
-    /// fsync with every other such delivery and free when an fsync that began after it has
-    /// completed. Once that is done, deliveries that find the directory pay an atomic load.
-    /// `created` always syncs: a directory removed and made again may reuse the inode number
-    /// that keys a remembered group.
-    pub fn sync_name(&self, parent: &Dir, parent_group: &GroupSync, created: bool) -> Result<()> {
-        if !created && self.is_named() {
+    /// the two), so the first delivery that finds it (or makes it) also makes its name
+    /// durable: it counts the name as a change of the parent it has seen and syncs the parent
+    /// to it, sharing the fsync with every other such delivery and free when an fsync that
+    /// began after it has completed. Once that is done, deliveries that find the directory
+    /// pay an atomic load. The name is counted once: if the fsync that was to cover it fails,
+    /// every later delivery into the directory fails with that error (a later fsync that
+    /// succeeds does not rewrite what the failed one lost). A group without a descriptor of
+    /// its directory (none to spare) remembers nothing: every delivery syncs the parent
+    /// (shared as above).
+    pub fn sync_name(&self, parent: &Dir, parent_group: &GroupSync) -> Result<()> {
+        if self.anchor.is_none() {
+            return parent_group.sync(parent, parent_group.changed());
+        }
+        if self.is_named() {
             return Ok(());
         }
-        let ticket = parent_group.changed();
+        let ticket = *self.name_ticket.get_or_init(|| parent_group.changed());
         parent_group.sync(parent, ticket)?;
         self.named.store(true, std::sync::atomic::Ordering::Release);
         Ok(())
     }
 
-    /// Whether this directory's name is known durable (a [`GroupSync::sync_name`] completed).
+    /// Whether this directory's name is known durable (a [`GroupSync::sync_name`] completed;
+    /// never for a group without a descriptor of its directory).
     pub fn is_named(&self) -> bool {
         self.named.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Whether an fsync of this directory failed, or may have: one that is running now (its
+    /// lock is not waited for) counts.
+    fn has_failed(&self) -> bool {
+        match self.state.try_lock() {
+            Ok(state) => state.failed.is_some(),
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().failed.is_some(),
+            Err(std::sync::TryLockError::WouldBlock) => true,
+        }
     }
 
     /// Makes change `ticket` durable: fsyncs `dir` (a descriptor of this directory) unless an
@@ -703,15 +748,18 @@ impl GroupSync {
     }
 }
 
-/// The [`GroupSync`] of each directory a store delivers into, by device and inode (a mailbox
-/// removed and made again is another directory, with its own).
+/// The [`GroupSync`] of each directory a store delivers into, by device and inode. Each
+/// remembered group holds a descriptor of its directory, so the inode number cannot go to
+/// another directory meanwhile (a mailbox removed and made again gets another number, and
+/// its own group), even on file systems that reuse inode numbers at once, as ext4 does.
 #[derive(Debug, Default)]
 pub(crate) struct GroupSyncs(
     std::sync::Mutex<std::collections::HashMap<(u64, u64), std::sync::Arc<GroupSync>>>,
 );
 
-/// Above this many directories, those no delivery is using are forgotten.
-const GROUP_SYNCS_KEPT: usize = 4096;
+/// Above this many directories, those no delivery is using (and whose fsync never failed)
+/// are forgotten, and their descriptors closed.
+const GROUP_SYNCS_KEPT: usize = 1024;
 
 impl GroupSyncs {
     /// The group commit of `dir`.
@@ -721,10 +769,20 @@ impl GroupSyncs {
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if map.len() >= GROUP_SYNCS_KEPT && !map.contains_key(&id) {
-            map.retain(|_, g| std::sync::Arc::strong_count(g) > 1);
+        if let Some(group) = map.get(&id) {
+            return Ok(group.clone());
         }
-        Ok(map.entry(id).or_default().clone())
+        if map.len() >= GROUP_SYNCS_KEPT {
+            // A group whose fsync failed (or is running) is kept: forgetting it would forget
+            // the failure.
+            map.retain(|_, g| std::sync::Arc::strong_count(g) > 1 || g.has_failed());
+        }
+        let group = match dir.fd.try_clone() {
+            Ok(anchor) => GroupSync::anchored(anchor),
+            // No descriptor to spare: a group that remembers no name.
+            Err(_) => GroupSync::default(),
+        };
+        Ok(map.entry(id).or_insert(std::sync::Arc::new(group)).clone())
     }
 }
 
@@ -775,15 +833,28 @@ pub(crate) mod tests {
 
     /// Every directory fsynced by this process's tests, in order.
     static SYNCED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    /// Directories whose fsync fails (`EIO`) while they are listed.
+    static FAILING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
-    pub(crate) fn record_sync(path: &Path) {
+    /// Records an fsync of `path`; whether it is to fail.
+    pub(crate) fn record_sync(path: &Path) -> bool {
         SYNCED.lock().unwrap().push(path.to_path_buf());
+        FAILING.lock().unwrap().iter().any(|p| p == path)
     }
 
     /// How many times the directory `path` was fsynced so far (tests run in parallel: each
     /// asks only about paths of its own).
     pub(crate) fn syncs_of(path: &Path) -> usize {
         SYNCED.lock().unwrap().iter().filter(|p| *p == path).count()
+    }
+
+    /// Makes the fsyncs of `path` fail (`true`) or work again.
+    pub(crate) fn fail_syncs_of(path: &Path, fail: bool) {
+        let mut failing = FAILING.lock().unwrap();
+        failing.retain(|p| p != path);
+        if fail {
+            failing.push(path.to_path_buf());
+        }
     }
 
     #[test]
@@ -793,32 +864,89 @@ pub(crate) mod tests {
         Dir::create_root(&deep).unwrap();
         assert_eq!(syncs_of(tmp.path()), 1);
         assert_eq!(syncs_of(&tmp.path().join("a")), 1);
-        // Opening it again makes nothing and syncs nothing.
+        // Found: only the root's own parent, in case an earlier run did not get that far.
         Dir::create_root(&deep).unwrap();
         assert_eq!(syncs_of(tmp.path()), 1);
-        assert_eq!(syncs_of(&tmp.path().join("a")), 1);
+        assert_eq!(syncs_of(&tmp.path().join("a")), 2);
     }
 
     #[test]
     fn a_found_directory_is_named_durably_once() {
         let tmp = tempfile::tempdir().unwrap();
         let root = Dir::create_root(tmp.path()).unwrap();
-        let (root_group, child_group) = (GroupSync::default(), GroupSync::default());
+        let root_group = GroupSync::default();
+        let (maker, finder) = (GroupSyncs::default(), GroupSyncs::default());
         let (child, created) = root.ensure_dir("c", &Perms::PRIVATE).unwrap();
         assert!(created);
-        child_group.sync_name(&root, &root_group, created).unwrap();
-        assert_eq!(syncs_of(tmp.path()), 1);
-        // Another process's view: found, not yet known durable here, so synced once.
-        let other = GroupSync::default();
-        let (_, created) = root.ensure_dir("c", &Perms::PRIVATE).unwrap();
+        let before = syncs_of(tmp.path());
+        maker
+            .of(&child)
+            .unwrap()
+            .sync_name(&root, &root_group)
+            .unwrap();
+        assert_eq!(syncs_of(tmp.path()), before + 1);
+        maker
+            .of(&child)
+            .unwrap()
+            .sync_name(&root, &root_group)
+            .unwrap();
+        assert_eq!(syncs_of(tmp.path()), before + 1, "known durable");
+        // Another process's view (its own groups): found, synced once.
+        let (found, created) = root.ensure_dir("c", &Perms::PRIVATE).unwrap();
         assert!(!created);
-        other.sync_name(&root, &root_group, created).unwrap();
-        other.sync_name(&root, &root_group, created).unwrap();
-        assert_eq!(syncs_of(tmp.path()), 2);
-        // Made again (a reused inode number could find this group): synced again.
-        child_group.sync_name(&root, &root_group, true).unwrap();
-        assert_eq!(syncs_of(tmp.path()), 3);
-        drop(child);
+        let other_root = GroupSync::default();
+        finder
+            .of(&found)
+            .unwrap()
+            .sync_name(&root, &other_root)
+            .unwrap();
+        finder
+            .of(&found)
+            .unwrap()
+            .sync_name(&root, &other_root)
+            .unwrap();
+        assert_eq!(syncs_of(tmp.path()), before + 2);
+        // Removed and made again (ext4 often gives it the same inode number): another
+        // directory, whose name is synced again.
+        drop((child, found));
+        std::fs::remove_dir(tmp.path().join("c")).unwrap();
+        let (again, created) = root.ensure_dir("c", &Perms::PRIVATE).unwrap();
+        assert!(created);
+        maker
+            .of(&again)
+            .unwrap()
+            .sync_name(&root, &root_group)
+            .unwrap();
+        assert_eq!(syncs_of(tmp.path()), before + 3);
+    }
+
+    #[test]
+    fn a_name_whose_fsync_failed_stays_failed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = Dir::create_root(tmp.path()).unwrap();
+        let (root_group, syncs) = (GroupSync::default(), GroupSyncs::default());
+        let (child, _) = root.ensure_dir("c", &Perms::PRIVATE).unwrap();
+        fail_syncs_of(tmp.path(), true);
+        let err = syncs.of(&child).unwrap().sync_name(&root, &root_group);
+        fail_syncs_of(tmp.path(), false);
+        assert!(err.unwrap_err().to_string().contains("fsync"));
+        // The next fsync of the root would succeed, but it would not write again what the
+        // failed one lost: the name stays failed, also for a later lookup of its group.
+        let before = syncs_of(tmp.path());
+        assert!(syncs
+            .of(&child)
+            .unwrap()
+            .sync_name(&root, &root_group)
+            .is_err());
+        assert_eq!(syncs_of(tmp.path()), before, "no second fsync to trust");
+        // A directory made after the failure is counted after it: synced, and fine.
+        let (other, _) = root.ensure_dir("d", &Perms::PRIVATE).unwrap();
+        syncs
+            .of(&other)
+            .unwrap()
+            .sync_name(&root, &root_group)
+            .unwrap();
+        assert_eq!(syncs_of(tmp.path()), before + 1);
     }
 
     #[test]

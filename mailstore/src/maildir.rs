@@ -130,7 +130,7 @@ impl Maildir {
     /// mailbox directory.
     fn open_new(&self, mailbox: &MailboxName) -> Result<(Dir, Arc<GroupSync>, Dir)> {
         let (inner, perms) = (&self.inner, &self.inner.perms);
-        let (dir, made_dir) = inner.root.ensure_dir(mailbox.as_str(), perms)?;
+        let (dir, _) = inner.root.ensure_dir(mailbox.as_str(), perms)?;
         let (new, made_sub) = match dir.try_open_dir("new")? {
             Some(new) => {
                 // `tmp/` and `cur/` are only looked at (one `stat` each, no link followed): a
@@ -151,11 +151,15 @@ impl Maildir {
             }
         };
         let group = inner.syncs.of(&new)?;
-        if made_dir || made_sub || !group.is_named() {
+        if made_sub || !group.is_named() {
             let dir_group = inner.syncs.of(&dir)?;
-            dir_group.sync_name(&inner.root, &inner.root_sync, made_dir)?;
-            // Also covers `tmp/` and `cur/` when this call made them.
-            group.sync_name(&dir, &dir_group, made_sub)?;
+            dir_group.sync_name(&inner.root, &inner.root_sync)?;
+            // Counted before `new/`'s name, so that one fsync covers both.
+            let made = made_sub.then(|| dir_group.changed());
+            group.sync_name(&dir, &dir_group)?;
+            if let Some(ticket) = made {
+                dir_group.sync(&dir, ticket)?;
+            }
         }
         Ok((new, group, dir))
     }

@@ -918,14 +918,14 @@ impl Queue {
     pub fn open(dir: impl AsRef<Path>) -> Result<Queue> {
         let dir = Dir::create_root(dir.as_ref())?;
         let p = &Perms::PRIVATE;
-        let (tmp, c1) = dir.ensure_dir("tmp", p)?;
-        let (entries, c2) = dir.ensure_dir("entries", p)?;
-        let (trash, c3) = dir.ensure_dir("trash", p)?;
-        let (corrupt, c4) = dir.ensure_dir("corrupt", p)?;
-        let (held, c5) = dir.ensure_dir("held", p)?;
-        if c1 || c2 || c3 || c4 || c5 {
-            dir.sync()?;
-        }
+        let (tmp, _) = dir.ensure_dir("tmp", p)?;
+        let (entries, _) = dir.ensure_dir("entries", p)?;
+        let (trash, _) = dir.ensure_dir("trash", p)?;
+        let (corrupt, _) = dir.ensure_dir("corrupt", p)?;
+        let (held, _) = dir.ensure_dir("held", p)?;
+        // Also when all were found: an earlier run may have made them and stopped before
+        // this fsync.
+        dir.sync()?;
         let queue = Queue {
             inner: Arc::new(Inner {
                 root: dir,

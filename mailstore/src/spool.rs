@@ -557,10 +557,10 @@ impl Spool {
     ) -> Vec<(u64, Result<Placed>)> {
         let inner = &self.inner;
         let opened: Result<(Arc<Dir>, Arc<GroupSync>)> = (|| {
-            let (dir, created) = inner.root.ensure_dir(mailbox.as_str(), &inner.perms)?;
+            let (dir, _) = inner.root.ensure_dir(mailbox.as_str(), &inner.perms)?;
             let group = inner.syncs.of(&dir)?;
-            // Also when another process made the mailbox and may not have synced the root yet.
-            group.sync_name(&inner.root, &inner.root_sync, created)?;
+            // Made here or found (its maker may not have synced the root yet).
+            group.sync_name(&inner.root, &inner.root_sync)?;
             // A descriptor of its own for each batch: its flock excludes every other.
             dir.lock()?;
             Ok((Arc::new(dir), group))
@@ -1007,6 +1007,13 @@ mod tests {
         finder.deliver(&name("bob"), b"four").unwrap();
         assert_eq!(root_syncs(), before + 2);
         assert_eq!(maker.list(&name("bob")).unwrap(), vec![1, 2, 3, 4]);
+        // Removed and made again by someone else (ext4 reuses inode numbers at once): the
+        // finder knows nothing of the new directory's name, and syncs the root again.
+        fs::remove_dir_all(tmp.path().join("bob")).unwrap();
+        fs::create_dir(tmp.path().join("bob")).unwrap();
+        finder.deliver(&name("bob"), b"five").unwrap();
+        assert_eq!(root_syncs(), before + 3);
+        assert_eq!(maker.list(&name("bob")).unwrap(), vec![1]);
     }
 
     /// Runs `f(t)` on `threads` threads released together; their results in thread order.

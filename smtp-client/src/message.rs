@@ -74,7 +74,8 @@ impl<'a> Message<'a> {
     }
 
     /// Reads the message once (a file in 64 KiB chunks, on the blocking pool in one go) to
-    /// measure its wire size and look for 8-bit octets.
+    /// measure its wire size and look for 8-bit octets. Dropping the future does not stop a
+    /// file's reading, which runs to its end on the blocking pool.
     ///
     /// # Errors
     ///
@@ -237,6 +238,14 @@ mod tests {
             read.extend_from_slice(chunk);
         }
         assert_eq!(read, b"X: 1\r\nSubject: s\r\n\r\nbody\r\n");
+        // The scan starts at the offset too: the bare LFs before it are not counted.
+        assert_eq!(
+            message.scan().await.unwrap(),
+            MessageInfo {
+                size: wire_size(&read),
+                eight_bit: false
+            }
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

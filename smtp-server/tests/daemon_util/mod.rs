@@ -84,6 +84,7 @@ impl Daemon {
         dns: SocketAddr,
         extra: impl Fn([u16; N]) -> Vec<String>,
     ) -> (Daemon, [u16; N]) {
+        let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
             let more: [u16; N] = std::array::from_fn(|_| free_port());
@@ -111,17 +112,18 @@ impl Daemon {
             args.extend(extra);
             let lost = |e: &str| {
                 e.contains("cannot listen on")
+                    && e.contains("in use")
                     && std::iter::once(port)
                         .chain(more)
                         .any(|p| e.contains(&format!(":{p}: ")))
             };
             match Daemon::try_spawn(spool, port, log, args) {
                 Ok(d) => return (d, more),
-                Err(e) if lost(&e) => continue,
+                Err(e) if lost(&e) => last = e,
                 Err(e) => panic!("{e}"),
             }
         }
-        panic!("no free ports for the daemon in 5 tries");
+        panic!("no free ports for the daemon in 5 tries; the last: {last}");
     }
 
     /// Starts again with the same arguments (after a crash or a stop).
