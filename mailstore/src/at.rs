@@ -167,9 +167,14 @@ impl Dir {
             .collect();
         std::fs::create_dir_all(path).map_err(crate::error::io_err("mkdir", path))?;
         if missing.is_empty() {
-            // Best effort: the name is most likely durable long since, and the operator may
-            // give the daemon a root whose parent it cannot read.
-            let _ = sync_path(parent_of(path));
+            // Where the parent can be opened: the operator may give the daemon a root whose
+            // parent it cannot read (and then that name is most likely durable long since).
+            match sync_path(parent_of(path)) {
+                Err(Error::Io {
+                    op: "open", source, ..
+                }) if source.kind() == io::ErrorKind::PermissionDenied => {}
+                r => r?,
+            }
         }
         for made in missing.iter().rev() {
             sync_path(parent_of(made))?;
@@ -628,8 +633,8 @@ pub(crate) fn unsafe_path(path: PathBuf, reason: &'static str) -> Error {
 /// write-back error once per open file, so a second fsync of the same descriptor could
 /// succeed without the failed changes being durable.
 ///
-/// It also remembers whether the directory's own name is known durable in its parent: see
-/// [`GroupSync::sync_name`].
+/// A group made by [`GroupSyncs::of`] also remembers whether the directory's own name is
+/// known durable in its parent: see [`GroupSync::sync_name`].
 #[derive(Debug, Default)]
 pub(crate) struct GroupSync {
     /// Changes made so far.
@@ -637,9 +642,8 @@ pub(crate) struct GroupSync {
     state: std::sync::Mutex<SyncState>,
     /// A descriptor of the directory, held while the group is remembered, so that no other
     /// directory can get its inode number meanwhile: what the group remembers of its name
-    /// is its own. `None` (the group remembers nothing about its name) when there was no
-    /// descriptor to spare.
-    anchor: Option<OwnedFd>,
+    /// is its own. Only groups made by [`GroupSyncs::of`] have one.
+    anchor: Option<Dir>,
     /// The parent's ticket for this directory's name, counted once.
     name_ticket: std::sync::OnceLock<u64>,
     /// This directory's name is durable in its parent: a [`GroupSync::sync_name`] completed.
@@ -650,19 +654,15 @@ pub(crate) struct GroupSync {
 struct SyncState {
     /// How many changes a completed fsync covers.
     synced: u64,
-    /// Changes a failed fsync was to cover (first, last), and its error.
-    failed: Option<(u64, u64, Error)>,
+    /// The changes each failed fsync was to cover (first, last), and its error.
+    failed: Vec<(u64, u64, Error)>,
 }
 
-impl GroupSync {
-    /// The group commit of the directory `anchor` is a descriptor of, holding it.
-    fn anchored(anchor: OwnedFd) -> GroupSync {
-        GroupSync {
-            anchor: Some(anchor),
-            ..GroupSync::default()
-        }
-    }
+/// At most this many failed ranges are told apart; beyond, the two oldest are merged (which
+/// fails the changes between them too: a message sent again, never one lost).
+const FAILED_RANGES: usize = 16;
 
+impl GroupSync {
     /// Counts a change just made in the directory; returns its ticket for [`GroupSync::sync`].
     pub fn changed(&self) -> u64 {
         self.changed
@@ -681,9 +681,9 @@ impl GroupSync {
     /// began after it has completed. Once that is done, deliveries that find the directory
     /// pay an atomic load. The name is counted once: if the fsync that was to cover it fails,
     /// every later delivery into the directory fails with that error (a later fsync that
-    /// succeeds does not rewrite what the failed one lost). A group without a descriptor of
-    /// its directory (none to spare) remembers nothing: every delivery syncs the parent
-    /// (shared as above).
+    /// succeeds does not write again what the failed one lost), also after the group is
+    /// forgotten (see [`GroupSyncs`]). A group that holds no descriptor of its directory
+    /// remembers nothing: every call syncs the parent.
     pub fn sync_name(&self, parent: &Dir, parent_group: &GroupSync) -> Result<()> {
         if self.anchor.is_none() {
             return parent_group.sync(parent, parent_group.changed());
@@ -697,20 +697,20 @@ impl GroupSync {
         Ok(())
     }
 
-    /// Whether this directory's name is known durable (a [`GroupSync::sync_name`] completed;
-    /// never for a group without a descriptor of its directory).
+    /// Whether this directory's name is known durable (a [`GroupSync::sync_name`] completed).
     pub fn is_named(&self) -> bool {
         self.named.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Whether an fsync of this directory failed, or may have: one that is running now (its
-    /// lock is not waited for) counts.
+    /// Whether an fsync of this directory, or of its name, failed (or may have: one running
+    /// now counts; its lock is not waited for).
     fn has_failed(&self) -> bool {
-        match self.state.try_lock() {
-            Ok(state) => state.failed.is_some(),
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().failed.is_some(),
+        let own = match self.state.try_lock() {
+            Ok(state) => !state.failed.is_empty(),
+            Err(std::sync::TryLockError::Poisoned(p)) => !p.into_inner().failed.is_empty(),
             Err(std::sync::TryLockError::WouldBlock) => true,
-        }
+        };
+        own || (self.name_ticket.get().is_some() && !self.is_named())
     }
 
     /// Makes change `ticket` durable: fsyncs `dir` (a descriptor of this directory) unless an
@@ -720,10 +720,12 @@ impl GroupSync {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some((first, last, error)) = &state.failed {
-            if (*first..=*last).contains(&ticket) {
-                return Err(error.copy());
-            }
+        let failed = state.failed.iter();
+        if let Some((_, _, error)) = failed
+            .into_iter()
+            .find(|(f, l, _)| (*f..=*l).contains(&ticket))
+        {
+            return Err(error.copy());
         }
         if state.synced >= ticket {
             return Ok(());
@@ -737,11 +739,13 @@ impl GroupSync {
             }
             Err(e) => {
                 let first = state.synced.saturating_add(1);
-                let (first, last) = match &state.failed {
-                    Some((f, l, _)) => ((*f).min(first), (*l).max(upto)),
-                    None => (first, upto),
-                };
-                state.failed = Some((first, last, e.copy()));
+                state.failed.push((first, upto, e.copy()));
+                if state.failed.len() > FAILED_RANGES {
+                    let (f, _, _) = state.failed.remove(0);
+                    state.failed[0].0 = f;
+                }
+                // Later fsyncs start from here: what they cover is counted after the failure.
+                state.synced = upto;
                 Err(e)
             }
         }
@@ -752,37 +756,78 @@ impl GroupSync {
 /// remembered group holds a descriptor of its directory, so the inode number cannot go to
 /// another directory meanwhile (a mailbox removed and made again gets another number, and
 /// its own group), even on file systems that reuse inode numbers at once, as ext4 does.
+///
+/// Above [`GROUP_SYNCS_KEPT`] directories, the groups no delivery is using are forgotten and
+/// their descriptors closed; of one whose fsync (or its name's) failed, the device and inode
+/// are kept, and every later delivery into a directory with them fails (a directory made
+/// later that got the same inode number too: a message refused, never one lost).
 #[derive(Debug, Default)]
-pub(crate) struct GroupSyncs(
-    std::sync::Mutex<std::collections::HashMap<(u64, u64), std::sync::Arc<GroupSync>>>,
-);
+pub(crate) struct GroupSyncs(std::sync::Mutex<Groups>);
 
-/// Above this many directories, those no delivery is using (and whose fsync never failed)
-/// are forgotten, and their descriptors closed.
-const GROUP_SYNCS_KEPT: usize = 1024;
+#[derive(Debug, Default)]
+struct Groups {
+    live: std::collections::HashMap<(u64, u64), std::sync::Arc<GroupSync>>,
+    /// Forgotten directories whose fsync failed: the error to report.
+    failed: std::collections::HashMap<(u64, u64), Error>,
+}
+
+/// How many directories' groups (each with a descriptor) are kept when no delivery uses them.
+pub(crate) const GROUP_SYNCS_KEPT: usize = 512;
 
 impl GroupSyncs {
     /// The group commit of `dir`.
     pub fn of(&self, dir: &Dir) -> Result<std::sync::Arc<GroupSync>> {
         let id = dir.meta()?.id();
-        let mut map = self
+        let mut groups = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(group) = map.get(&id) {
+        if let Some(group) = groups.live.get(&id) {
             return Ok(group.clone());
         }
-        if map.len() >= GROUP_SYNCS_KEPT {
-            // A group whose fsync failed (or is running) is kept: forgetting it would forget
-            // the failure.
-            map.retain(|_, g| std::sync::Arc::strong_count(g) > 1 || g.has_failed());
+        if let Some(error) = groups.failed.get(&id) {
+            return Err(error.copy());
         }
-        let group = match dir.fd.try_clone() {
-            Ok(anchor) => GroupSync::anchored(anchor),
-            // No descriptor to spare: a group that remembers no name.
-            Err(_) => GroupSync::default(),
+        if groups.live.len() >= GROUP_SYNCS_KEPT {
+            let Groups { live, failed } = &mut *groups;
+            live.retain(|id, g| {
+                if std::sync::Arc::strong_count(g) > 1 {
+                    return true;
+                }
+                if g.has_failed() {
+                    let path = g
+                        .anchor
+                        .as_ref()
+                        .map(|d| d.path.clone())
+                        .unwrap_or_default();
+                    let reason = "an earlier fsync of this directory or of its name failed \
+                                  (check the disk, then restart)";
+                    failed.insert(
+                        *id,
+                        Error::Io {
+                            op: "fsync",
+                            path,
+                            source: io::Error::other(reason),
+                        },
+                    );
+                }
+                false
+            });
+        }
+        let anchor = dir
+            .fd
+            .try_clone()
+            .map_err(crate::error::io_err("dup", dir.path()))?;
+        let group = GroupSync {
+            anchor: Some(Dir {
+                fd: anchor,
+                path: dir.path.clone(),
+            }),
+            ..GroupSync::default()
         };
-        Ok(map.entry(id).or_insert(std::sync::Arc::new(group)).clone())
+        let group = std::sync::Arc::new(group);
+        groups.live.insert(id, group.clone());
+        Ok(group)
     }
 }
 
@@ -947,6 +992,40 @@ pub(crate) mod tests {
             .sync_name(&root, &root_group)
             .unwrap();
         assert_eq!(syncs_of(tmp.path()), before + 1);
+        // Many more directories, so that unused groups are forgotten: the failed name is
+        // still refused, the healthy one is synced again and fine.
+        for i in 0..GROUP_SYNCS_KEPT + 8 {
+            let (d, _) = root.ensure_dir(&format!("x{i}"), &Perms::PRIVATE).unwrap();
+            syncs.of(&d).unwrap();
+        }
+        let err = syncs.of(&child).unwrap_err().to_string();
+        assert!(err.contains("an earlier fsync"), "{err}");
+        let again = syncs.of(&other).unwrap();
+        again.sync_name(&root, &root_group).unwrap();
+        assert_eq!(syncs_of(tmp.path()), before + 2);
+    }
+
+    #[test]
+    fn failed_ranges_fail_only_their_changes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = Dir::create_root(tmp.path()).unwrap();
+        let group = GroupSync::default();
+        let t1 = group.changed();
+        fail_syncs_of(tmp.path(), true);
+        assert!(group.sync(&dir, t1).is_err());
+        fail_syncs_of(tmp.path(), false);
+        let t2 = group.changed();
+        group.sync(&dir, t2).unwrap();
+        let t3 = group.changed();
+        fail_syncs_of(tmp.path(), true);
+        assert!(group.sync(&dir, t3).is_err());
+        fail_syncs_of(tmp.path(), false);
+        // The change between the two failures was made durable and stays so.
+        assert!(group.sync(&dir, t1).is_err());
+        group.sync(&dir, t2).unwrap();
+        assert!(group.sync(&dir, t3).is_err());
+        let t4 = group.changed();
+        group.sync(&dir, t4).unwrap();
     }
 
     #[test]

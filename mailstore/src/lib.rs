@@ -71,6 +71,12 @@ pub mod spool;
 use std::io::Write;
 
 pub use error::{Error, Result};
+
+/// The most directory descriptors a store ([`spool::Spool`], [`maildir::Maildir`]) keeps open
+/// beyond those its running deliveries use: each directory it remembers between deliveries
+/// (whether its name in its parent is known durable) holds one, so that its inode number
+/// cannot go to another directory meanwhile. Count them when dividing the open file limit.
+pub const DIRECTORIES_KEPT_OPEN: usize = at::GROUP_SYNCS_KEPT;
 pub use name::{MailboxName, NameError};
 pub use options::StoreOptions;
 pub use pending::{PendingMessage, PendingReader};

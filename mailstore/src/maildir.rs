@@ -179,7 +179,8 @@ impl Maildir {
         }
         let (tmp, created) = dir.ensure_dir("tmp", perms)?;
         if created {
-            dir.sync()?;
+            let dir_group = self.inner.syncs.of(&dir)?;
+            dir_group.sync(&dir, dir_group.changed())?;
         }
         if src.name.is_some() {
             link_or_copy(src, &tmp, &name, perms)?;

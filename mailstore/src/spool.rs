@@ -357,7 +357,13 @@ impl Spool {
             write_sequences(&dir, &seq, perms)?;
         }
         dir.unlock();
-        dir.sync()
+        self.sync_mailbox(&dir)
+    }
+
+    /// fsyncs a mailbox directory through its group commit, which remembers a failure.
+    fn sync_mailbox(&self, dir: &Dir) -> Result<()> {
+        let group = self.inner.syncs.of(dir)?;
+        group.sync(dir, group.changed())
     }
 
     /// Deletes message `number` and its status, durably, and takes it out of `.mh_sequences`.
@@ -381,7 +387,7 @@ impl Spool {
             let found = recover(&dir)?;
             if found.mark.unwrap_or(0) < number {
                 set_mark(&dir, found.mark, found.last.max(number), perms)?;
-                dir.sync()?;
+                self.sync_mailbox(&dir)?;
             }
         }
         dir.remove_file(&number.to_string())?;
@@ -391,7 +397,7 @@ impl Spool {
             write_sequences(&dir, &seq, perms)?;
         }
         dir.unlock();
-        dir.sync()
+        self.sync_mailbox(&dir)
     }
 
     /// Opens and locks a mailbox in which message `number` must exist.

@@ -226,8 +226,9 @@ fn open_queue(dir: &Path) -> Result<Queue, Fatal> {
 }
 
 /// Descriptors kept for the spool, the logs, the listeners and the resolver when comparing
-/// `--max-connections` with the open file limit.
-const FD_MARGIN: usize = 256;
+/// `--max-connections` with the open file limit (the store's remembered directories
+/// included).
+const FD_MARGIN: usize = 256 + mailstore::DIRECTORIES_KEPT_OPEN;
 
 /// Raises the soft limit on open descriptors to the hard limit (every session and every queue
 /// entry being delivered holds one; the usual soft limit, 1024, is small for a mail server)
