@@ -8,8 +8,6 @@
 use std::io;
 use std::path::Path;
 
-use tokio::io::AsyncReadExt;
-
 use crate::codec::MessageScan;
 
 /// Octets read (and written) at a time.
@@ -92,9 +90,7 @@ impl<'a> Message<'a> {
             Body::FileFrom(path, offset) => (path.to_path_buf(), offset),
         };
         // One trip to the blocking pool for the whole file, not one per chunk.
-        let scan = tokio::task::spawn_blocking(move || scan_file(scan, &path, offset))
-            .await
-            .map_err(io::Error::other)??;
+        let scan = blocking(move || scan_file(scan, &path, offset)).await?;
         Ok(info(&scan))
     }
 }
@@ -124,34 +120,60 @@ fn scan_file(mut scan: MessageScan, path: &Path, offset: u64) -> io::Result<Mess
 }
 
 /// Reads a [`Message`] from its start in chunks of at most [`CHUNK`] octets.
+///
+/// A file is read on the blocking pool: opening it reads the first chunk in the same trip,
+/// and a chunk that does not fill its buffer is known to be the last, so a message shorter
+/// than a chunk costs one trip to the blocking pool (not one each to open, seek, read and
+/// find the end).
 pub(crate) struct MessageReader<'a> {
     prefix: &'a [u8],
     body: Source<'a>,
-    buf: Vec<u8>,
 }
 
 enum Source<'a> {
     Bytes(&'a [u8]),
-    File(tokio::fs::File),
+    File {
+        /// `None` once its end was read.
+        file: Option<std::fs::File>,
+        /// The chunk read ahead.
+        buf: Vec<u8>,
+        /// `buf` holds a chunk not handed out yet.
+        fresh: bool,
+    },
 }
 
 impl<'a> MessageReader<'a> {
-    /// Opens the message (the file, for a file body).
+    /// Opens the message (the file, for a file body, and reads its first chunk).
     pub(crate) async fn open(message: &Message<'a>) -> io::Result<Self> {
-        let body = match message.body {
-            Body::Bytes(b) => Source::Bytes(b),
-            Body::File(path) => Source::File(tokio::fs::File::open(path).await?),
-            Body::FileFrom(path, offset) => {
-                use tokio::io::AsyncSeekExt;
-                let mut f = tokio::fs::File::open(path).await?;
-                f.seek(io::SeekFrom::Start(offset)).await?;
-                Source::File(f)
+        let (path, offset) = match message.body {
+            Body::Bytes(b) => {
+                return Ok(Self {
+                    prefix: message.prefix,
+                    body: Source::Bytes(b),
+                })
             }
+            Body::File(path) => (path.to_path_buf(), 0),
+            Body::FileFrom(path, offset) => (path.to_path_buf(), offset),
         };
+        let (file, buf) = blocking(move || {
+            use std::io::Seek;
+            let mut file = std::fs::File::open(&path)?;
+            if offset > 0 {
+                file.seek(io::SeekFrom::Start(offset))?;
+            }
+            // Sized to what is left (and one more octet, to see the end), at most a chunk.
+            let left = file.metadata()?.len().saturating_sub(offset);
+            let size = usize::try_from(left.saturating_add(1)).map_or(CHUNK, |n| n.min(CHUNK));
+            fill(file, vec![0; size])
+        })
+        .await?;
         Ok(Self {
             prefix: message.prefix,
-            body,
-            buf: Vec::new(),
+            body: Source::File {
+                file,
+                buf,
+                fresh: true,
+            },
         })
     }
 
@@ -172,18 +194,47 @@ impl<'a> MessageReader<'a> {
                 *b = rest;
                 Ok(Some(chunk))
             }
-            Source::File(file) => {
-                self.buf.resize(CHUNK, 0);
-                let n = loop {
-                    match file.read(&mut self.buf).await {
-                        Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                        other => break other?,
-                    }
-                };
-                Ok((n > 0).then(|| &self.buf[..n]))
+            Source::File { file, buf, fresh } => {
+                if !std::mem::take(fresh) {
+                    let Some(open) = file.take() else {
+                        return Ok(None);
+                    };
+                    let mut next = std::mem::take(buf);
+                    next.resize(CHUNK, 0);
+                    (*file, *buf) = blocking(move || fill(open, next)).await?;
+                }
+                Ok((!buf.is_empty()).then_some(&buf[..]))
             }
         }
     }
+}
+
+/// Runs `f` on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(io::Error::other)?
+}
+
+/// Reads from `file` until `buf` is full or the file ends; returns the file (`None` if it
+/// ended) and `buf` cut to what was read.
+fn fill(mut file: std::fs::File, mut buf: Vec<u8>) -> io::Result<(Option<std::fs::File>, Vec<u8>)> {
+    use std::io::Read;
+    let mut n = 0;
+    while n < buf.len() {
+        match file.read(&mut buf[n..]) {
+            Ok(0) => {
+                buf.truncate(n);
+                return Ok((None, buf));
+            }
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((Some(file), buf))
 }
 
 #[cfg(test)]
@@ -246,6 +297,40 @@ mod tests {
                 eight_bit: false
             }
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn files_of_every_size_around_a_chunk_read_whole() {
+        let dir = std::env::temp_dir().join(format!("smtp-client-sizes-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("body");
+        for len in [
+            0,
+            1,
+            2,
+            CHUNK - 1,
+            CHUNK,
+            CHUNK + 1,
+            2 * CHUNK,
+            2 * CHUNK + 3,
+        ] {
+            let body: Vec<u8> = (0..len).map(|i| b"abc\r\n"[i % 5]).collect();
+            std::fs::write(&path, &body).unwrap();
+            for offset in [0, 1, 7] {
+                let message = Message::file_from(b"P: 1\r\n", &path, offset as u64);
+                let mut reader = MessageReader::open(&message).await.unwrap();
+                let mut read = Vec::new();
+                while let Some(chunk) = reader.next().await.unwrap() {
+                    assert!(!chunk.is_empty() && chunk.len() <= CHUNK);
+                    read.extend_from_slice(chunk);
+                }
+                assert!(reader.next().await.unwrap().is_none(), "stays at the end");
+                let mut expected = b"P: 1\r\n".to_vec();
+                expected.extend_from_slice(body.get(offset..).unwrap_or_default());
+                assert_eq!(read, expected, "{len} octets from {offset}");
+            }
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
