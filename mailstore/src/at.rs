@@ -757,12 +757,25 @@ impl GroupSync {
 /// another directory meanwhile (a mailbox removed and made again gets another number, and
 /// its own group), even on file systems that reuse inode numbers at once, as ext4 does.
 ///
-/// Above [`GROUP_SYNCS_KEPT`] directories, the groups no delivery is using are forgotten and
+/// Above [`kept_open`] directories, the groups no delivery is using are forgotten and
 /// their descriptors closed; of one whose fsync (or its name's) failed, the device and inode
 /// are kept, and every later delivery into a directory with them fails (a directory made
 /// later that got the same inode number too: a message refused, never one lost).
-#[derive(Debug, Default)]
-pub(crate) struct GroupSyncs(std::sync::Mutex<Groups>);
+#[derive(Debug)]
+pub(crate) struct GroupSyncs {
+    groups: std::sync::Mutex<Groups>,
+    /// How many unused groups are kept ([`kept_open`] when the store was opened).
+    kept: usize,
+}
+
+impl Default for GroupSyncs {
+    fn default() -> Self {
+        GroupSyncs {
+            groups: std::sync::Mutex::default(),
+            kept: kept_open(),
+        }
+    }
+}
 
 #[derive(Debug, Default)]
 struct Groups {
@@ -771,15 +784,21 @@ struct Groups {
     failed: std::collections::HashMap<(u64, u64), Error>,
 }
 
-/// How many directories' groups (each with a descriptor) are kept when no delivery uses them.
-pub(crate) const GROUP_SYNCS_KEPT: usize = 512;
+/// How many directories' groups (each with a descriptor) a store opened now keeps when no
+/// delivery uses them: an eighth of the process's soft limit on open files, between 64 and
+/// 4096 (4096 under the systemd unit's `LimitNOFILE=65536`; 128 under the usual 1024).
+pub(crate) fn kept_open() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    let limit = limit.map_or(usize::MAX, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    (limit / 8).clamp(64, 4096)
+}
 
 impl GroupSyncs {
     /// The group commit of `dir`.
     pub fn of(&self, dir: &Dir) -> Result<std::sync::Arc<GroupSync>> {
         let id = dir.meta()?.id();
         let mut groups = self
-            .0
+            .groups
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(group) = groups.live.get(&id) {
@@ -788,7 +807,7 @@ impl GroupSyncs {
         if let Some(error) = groups.failed.get(&id) {
             return Err(error.copy());
         }
-        if groups.live.len() >= GROUP_SYNCS_KEPT {
+        if groups.live.len() >= self.kept {
             let Groups { live, failed } = &mut *groups;
             live.retain(|id, g| {
                 if std::sync::Arc::strong_count(g) > 1 {
@@ -994,7 +1013,7 @@ pub(crate) mod tests {
         assert_eq!(syncs_of(tmp.path()), before + 1);
         // Many more directories, so that unused groups are forgotten: the failed name is
         // still refused, the healthy one is synced again and fine.
-        for i in 0..GROUP_SYNCS_KEPT + 8 {
+        for i in 0..syncs.kept + 8 {
             let (d, _) = root.ensure_dir(&format!("x{i}"), &Perms::PRIVATE).unwrap();
             syncs.of(&d).unwrap();
         }

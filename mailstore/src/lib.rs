@@ -72,11 +72,15 @@ use std::io::Write;
 
 pub use error::{Error, Result};
 
-/// The most directory descriptors a store ([`spool::Spool`], [`maildir::Maildir`]) keeps open
-/// beyond those its running deliveries use: each directory it remembers between deliveries
-/// (whether its name in its parent is known durable) holds one, so that its inode number
-/// cannot go to another directory meanwhile. Count them when dividing the open file limit.
-pub const DIRECTORIES_KEPT_OPEN: usize = at::GROUP_SYNCS_KEPT;
+/// The most directory descriptors a store ([`spool::Spool`], [`maildir::Maildir`]) opened now
+/// keeps open beyond those its running deliveries use: each directory it remembers between
+/// deliveries (whether its name in its parent is known durable, so that the next delivery
+/// there needs no fsync of the parent) holds one, so that its inode number cannot go to
+/// another directory meanwhile. An eighth of the soft limit on open files, between 64 and
+/// 4096: raise the limit before opening the store, and count these when dividing it.
+pub fn directories_kept_open() -> usize {
+    at::kept_open()
+}
 pub use name::{MailboxName, NameError};
 pub use options::StoreOptions;
 pub use pending::{PendingMessage, PendingReader};

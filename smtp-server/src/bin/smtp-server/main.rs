@@ -226,9 +226,9 @@ fn open_queue(dir: &Path) -> Result<Queue, Fatal> {
 }
 
 /// Descriptors kept for the spool, the logs, the listeners and the resolver when comparing
-/// `--max-connections` with the open file limit (the store's remembered directories
-/// included).
-const FD_MARGIN: usize = 256 + mailstore::DIRECTORIES_KEPT_OPEN;
+/// `--max-connections` with the open file limit (besides the store's remembered directories,
+/// [`mailstore::directories_kept_open`]).
+const FD_MARGIN: usize = 256;
 
 /// Raises the soft limit on open descriptors to the hard limit (every session and every queue
 /// entry being delivered holds one; the usual soft limit, 1024, is small for a mail server)
@@ -487,14 +487,15 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
     // Each session holds a descriptor; the queue's deliveries may hold a quarter of the limit
     // (see the relay below), and the spool, the logs and the listeners need some more.
     let fd_limit = usize::try_from(nofile).unwrap_or(usize::MAX);
-    let for_sessions = (fd_limit - fd_limit / 4).saturating_sub(FD_MARGIN);
+    let margin = FD_MARGIN + mailstore::directories_kept_open();
+    let for_sessions = (fd_limit - fd_limit / 4).saturating_sub(margin);
     if limits.max_connections.is_none_or(|max| max > for_sessions) {
         warn!(
             max_connections = cfg.max_connections,
             open_file_limit = nofile,
             for_sessions,
             "--max-connections allows more sessions than the open file limit leaves for them \
-             (three quarters of it, less {FD_MARGIN}): when the descriptors run out, new \
+             (three quarters of it, less {margin}): when the descriptors run out, new \
              connections wait in the kernel's backlog and storing or relaying mail fails \
              until sessions end (raise LimitNOFILE= in the systemd unit)"
         );
