@@ -612,11 +612,11 @@ fn parent_of(path: &Path) -> &Path {
 fn sync_path(path: &Path) -> Result<()> {
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
     let fd = rustix::fs::openat(CWD, path, flags, Mode::empty()).map_err(errno("open", path))?;
-    #[cfg(test)]
-    if tests::record_sync(path) {
-        return Err(errno("fsync", path)(Errno::IO));
+    Dir {
+        fd,
+        path: path.to_path_buf(),
     }
-    rustix::fs::fsync(&fd).map_err(errno("fsync", path))
+    .sync()
 }
 
 /// An [`Error::UnsafePath`].
@@ -720,9 +720,9 @@ impl GroupSync {
             .state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let failed = state.failed.iter();
-        if let Some((_, _, error)) = failed
-            .into_iter()
+        if let Some((_, _, error)) = state
+            .failed
+            .iter()
             .find(|(f, l, _)| (*f..=*l).contains(&ticket))
         {
             return Err(error.copy());
@@ -794,6 +794,13 @@ pub(crate) fn kept_open() -> usize {
 }
 
 impl GroupSyncs {
+    /// fsyncs `dir` now, through its group commit (which shares the fsync and remembers a
+    /// failure).
+    pub fn sync_now(&self, dir: &Dir) -> Result<()> {
+        let group = self.of(dir)?;
+        group.sync(dir, group.changed())
+    }
+
     /// The group commit of `dir`.
     pub fn of(&self, dir: &Dir) -> Result<std::sync::Arc<GroupSync>> {
         let id = dir.meta()?.id();

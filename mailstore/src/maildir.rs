@@ -179,8 +179,7 @@ impl Maildir {
         }
         let (tmp, created) = dir.ensure_dir("tmp", perms)?;
         if created {
-            let dir_group = self.inner.syncs.of(&dir)?;
-            dir_group.sync(&dir, dir_group.changed())?;
+            self.inner.syncs.sync_now(&dir)?;
         }
         if src.name.is_some() {
             link_or_copy(src, &tmp, &name, perms)?;

@@ -357,13 +357,7 @@ impl Spool {
             write_sequences(&dir, &seq, perms)?;
         }
         dir.unlock();
-        self.sync_mailbox(&dir)
-    }
-
-    /// fsyncs a mailbox directory through its group commit, which remembers a failure.
-    fn sync_mailbox(&self, dir: &Dir) -> Result<()> {
-        let group = self.inner.syncs.of(dir)?;
-        group.sync(dir, group.changed())
+        self.inner.syncs.sync_now(&dir)
     }
 
     /// Deletes message `number` and its status, durably, and takes it out of `.mh_sequences`.
@@ -387,7 +381,7 @@ impl Spool {
             let found = recover(&dir)?;
             if found.mark.unwrap_or(0) < number {
                 set_mark(&dir, found.mark, found.last.max(number), perms)?;
-                self.sync_mailbox(&dir)?;
+                self.inner.syncs.sync_now(&dir)?;
             }
         }
         dir.remove_file(&number.to_string())?;
@@ -397,7 +391,7 @@ impl Spool {
             write_sequences(&dir, &seq, perms)?;
         }
         dir.unlock();
-        self.sync_mailbox(&dir)
+        self.inner.syncs.sync_now(&dir)
     }
 
     /// Opens and locks a mailbox in which message `number` must exist.

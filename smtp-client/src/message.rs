@@ -95,6 +95,16 @@ impl<'a> Message<'a> {
     }
 }
 
+/// Opens the file at `path` for reading from octet `offset` on.
+fn open_at(path: &Path, offset: u64) -> io::Result<std::fs::File> {
+    use std::io::Seek;
+    let mut file = std::fs::File::open(path)?;
+    if offset > 0 {
+        file.seek(io::SeekFrom::Start(offset))?;
+    }
+    Ok(file)
+}
+
 /// What [`Message::scan`] reports from a finished scan.
 fn info(scan: &MessageScan) -> MessageInfo {
     MessageInfo {
@@ -105,18 +115,13 @@ fn info(scan: &MessageScan) -> MessageInfo {
 
 /// Feeds the file at `path` from octet `offset` on to `scan`, in chunks of [`CHUNK`] octets.
 fn scan_file(mut scan: MessageScan, path: &Path, offset: u64) -> io::Result<MessageScan> {
-    use std::io::{Read, Seek};
-    let mut file = std::fs::File::open(path)?;
-    file.seek(io::SeekFrom::Start(offset))?;
-    let mut buf = vec![0; CHUNK];
-    loop {
-        match file.read(&mut buf) {
-            Ok(0) => return Ok(scan),
-            Ok(n) => scan.feed(&buf[..n]),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
+    let (mut file, mut buf) = (Some(open_at(path, offset)?), Vec::new());
+    while let Some(open) = file {
+        buf.resize(CHUNK, 0);
+        (file, buf) = fill(open, buf)?;
+        scan.feed(&buf);
     }
+    Ok(scan)
 }
 
 /// Reads a [`Message`] from its start in chunks of at most [`CHUNK`] octets.
@@ -156,11 +161,7 @@ impl<'a> MessageReader<'a> {
             Body::FileFrom(path, offset) => (path.to_path_buf(), offset),
         };
         let (file, buf) = blocking(move || {
-            use std::io::Seek;
-            let mut file = std::fs::File::open(&path)?;
-            if offset > 0 {
-                file.seek(io::SeekFrom::Start(offset))?;
-            }
+            let file = open_at(&path, offset)?;
             // Sized to what is left (and one more octet, to see the end), at most a chunk.
             let left = file.metadata()?.len().saturating_sub(offset);
             let size = usize::try_from(left.saturating_add(1)).map_or(CHUNK, |n| n.min(CHUNK));

@@ -69,8 +69,7 @@ impl Daemon {
     /// Starts the daemon with a loopback listener on a free port, spool `spool`, local domain
     /// `example.test`, host name `mx.example.test`, the given DNS server, and `extra` options.
     pub fn start(spool: &Path, dns: SocketAddr, extra: &[&str]) -> Daemon {
-        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Daemon::start_ports(spool, dns, |[]| extra.clone()).0
+        Daemon::start_ports(spool, dns, |[]| strings(extra)).0
     }
 
     /// As [`Daemon::start`], with `N` more free ports for the test's other listeners: `extra`
