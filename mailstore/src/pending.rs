@@ -442,7 +442,7 @@ pub(crate) fn clean_staging(dir: &Dir) {
 #[cfg(test)]
 thread_local! {
     /// Tests of the named staging files (file systems without `O_TMPFILE`) set this.
-    static NAMED_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    pub(crate) static NAMED_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 #[cfg(test)]

@@ -133,7 +133,7 @@ use crate::at::{fstat, Dir, Meta, Node, Perms};
 use crate::error::{io_err, Error, Result};
 use crate::fsutil;
 use crate::lock::try_lock;
-use crate::pending::{clean_staging, link_or_copy, PendingMessage};
+use crate::pending::{clean_staging, link_or_copy, link_unnamed, PendingMessage};
 
 const MAGIC: &str = "mailstore-queue 1";
 const MAGIC2: &str = "mailstore-queue 2";
@@ -1019,18 +1019,9 @@ impl Queue {
             BodySource::Bytes(b) => u64::try_from(b.len()).unwrap_or(u64::MAX),
             BodySource::File(_, len) => len,
         };
-        let (id, mut f) = loop {
-            let id = QueueId::generate()?;
-            match tmp.create(id.as_str(), &Perms::PRIVATE) {
-                Ok(f) => break (id, f),
-                Err(Error::Io { source, .. })
-                    if source.kind() == std::io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(e),
-            }
-        };
+        let (id, mut f) = self.create_tmp()?;
         let path = tmp.join(id.as_str());
         let r = (|| {
-            try_lock(&f).map_err(io_err("flock", &path))?;
             let header = encode_v2_bounded(entry, size, &path)?;
             match body {
                 BodySource::Bytes(b) => {
@@ -1058,6 +1049,35 @@ impl Queue {
             let _ = tmp.remove_file(id.as_str());
             return Err(e);
         }
+        self.publish(&id, f)?;
+        Ok(id)
+    }
+
+    /// A new file `tmp/<id>` for an entry, under a fresh id, locked (see
+    /// [`enqueue_v2`](Self::enqueue_v2)).
+    fn create_tmp(&self) -> Result<(QueueId, File)> {
+        let tmp = &self.inner.tmp;
+        let (id, f) = loop {
+            let id = QueueId::generate()?;
+            match tmp.create(id.as_str(), &Perms::PRIVATE) {
+                Ok(f) => break (id, f),
+                Err(Error::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(e),
+            }
+        };
+        if let Err(e) = try_lock(&f) {
+            let _ = tmp.remove_file(id.as_str());
+            return Err(io_err("flock", tmp.join(id.as_str()))(e));
+        }
+        Ok((id, f))
+    }
+
+    /// Makes the complete, locked entry file `tmp/<id>` an entry, durably: renamed into
+    /// `entries/` (never over anything), then the file and the directory fsynced. On an error
+    /// nothing is left (the file is removed).
+    fn publish(&self, id: &QueueId, f: File) -> Result<()> {
+        let tmp = &self.inner.tmp;
         // Renamed first, then fsynced: the file's fsync then commits its name too on
         // journaling file systems (ext4, XFS), which makes the directory's fsync nearly free
         // there; both are done before this returns, as POSIX needs. Until then the entry is
@@ -1078,7 +1098,50 @@ impl Queue {
             return Err(e);
         }
         drop(f);
+        Ok(())
+    }
+
+    /// Enqueues a copy of `src`, a complete entry file (header and body), as
+    /// [`enqueue`](Self::enqueue) does.
+    fn enqueue_copy(&self, src: &File) -> Result<QueueId> {
+        let (id, mut f) = self.create_tmp()?;
+        if let Err(e) = copy_range(src, 0, &mut f) {
+            let _ = self.inner.tmp.remove_file(id.as_str());
+            return Err(io_err("copy", self.inner.tmp.join(id.as_str()))(e));
+        }
+        self.publish(&id, f)?;
         Ok(id)
+    }
+
+    /// Starts an entry whose body is written as it arrives, straight into the entry's own
+    /// file (see [`PendingEntry`]): for a message too long to hold in memory that is only
+    /// queued, it saves writing the body into a [`PendingMessage`] and copying it from there.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be made or the header written (an envelope over
+    /// [`ENVELOPE_MAX`] among them); nothing is left then.
+    pub fn begin_entry(&self, entry: &QueueEntry) -> Result<PendingEntry> {
+        let path = self.inner.tmp.path();
+        // The longest size there is, 20 digits: the real one is written over it, padded with
+        // zeros to the same width, when the body is complete.
+        let header = encode_v2_bounded(entry, u64::MAX, path)?;
+        let size_at = header
+            .strip_suffix(&format!("{}\nend\n", u64::MAX))
+            .map(|h| h.len() as u64)
+            .ok_or_else(|| Error::Io {
+                op: "write",
+                path: path.to_path_buf(),
+                source: std::io::Error::other("entry header does not end with its body-size"),
+            })?;
+        let mut file = PendingMessage::create(&self.inner.tmp, &Perms::PRIVATE)?;
+        file.write_all(header.as_bytes())
+            .map_err(io_err("write", path))?;
+        Ok(PendingEntry {
+            queue: self.clone(),
+            file,
+            size_at,
+            header_len: header.len() as u64,
+        })
     }
 
     fn enqueue_with(
@@ -1498,6 +1561,90 @@ fn within_envelope_max(text: String, what: &str, path: &Path) -> Result<String> 
         });
     }
     Ok(text)
+}
+
+/// A queue entry whose body is being written ([`Queue::begin_entry`]): a file in `tmp/`
+/// (without a name where the file system allows it, as a [`PendingMessage`]: a crash leaves
+/// nothing) holding the entry's header, with a placeholder for the body's size, then the body
+/// written so far ([`Write`], buffered). [`commit`](Self::commit) writes the size in place,
+/// fsyncs the file, locks it, gives it its name in `entries/` (a link by its descriptor, or a
+/// rename of a named one, never over anything) and fsyncs the directory: a complete, durable
+/// entry, which no runner claims before the commit returns. Dropping it uncommitted leaves
+/// nothing.
+///
+/// The size is written as 20 digits, padded with leading zeros (`body-size
+/// 00000000000000001234`), which every reader of version 3 entries parses as the number; an
+/// entry rewritten later (a recorded outcome) gets the plain form again.
+#[derive(Debug)]
+pub struct PendingEntry {
+    queue: Queue,
+    /// The header, then the body.
+    file: PendingMessage,
+    /// Where the size's 20 digits are.
+    size_at: u64,
+    header_len: u64,
+}
+
+impl PendingEntry {
+    /// Body octets written so far.
+    pub fn len(&self) -> u64 {
+        self.file.len().saturating_sub(self.header_len)
+    }
+
+    /// True if no body octet was written.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Writes the body's size into the header and enqueues the entry, durably: when this
+    /// returns `Ok`, the entry survives a crash (see [`Queue::enqueue`]).
+    ///
+    /// # Errors
+    /// [`Error::MessageSealed`] after a failed write; [`Error::Io`]. Nothing is enqueued then.
+    pub fn commit(mut self) -> Result<QueueId> {
+        let size = format!("{:020}", self.len());
+        let inner = &self.queue.inner;
+        let (file, _) = self.file.seal_unsynced()?;
+        file.write_all_at(size.as_bytes(), self.size_at)
+            .map_err(io_err("write", inner.tmp.path()))?;
+        let staged = self.file.seal()?;
+        // Locked before it has its name in `entries/`, until it is durable: no runner claims
+        // it before.
+        try_lock(staged.file).map_err(io_err("flock", inner.tmp.path()))?;
+        let id = match staged.name {
+            // A named temporary file (no `O_TMPFILE` here): its name is an id.
+            Some(name) => {
+                let id = QueueId(name.to_owned());
+                rename_noreplace(&inner.tmp, name, &inner.entries)?;
+                id
+            }
+            None => {
+                let id = QueueId::generate()?;
+                if !link_unnamed(staged, &inner.entries, id.as_str())? {
+                    // No link by descriptor here: copied into a file of its own.
+                    return self.queue.enqueue_copy(staged.file);
+                }
+                id
+            }
+        };
+        let ticket = inner.entries_sync.changed();
+        if let Err(e) = inner.entries_sync.sync(&inner.entries, ticket) {
+            // Not acknowledged: the client sends it again.
+            let _ = inner.entries.remove_file(id.as_str());
+            return Err(e);
+        }
+        Ok(id)
+    }
+}
+
+impl Write for PendingEntry {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.file.flush()
+    }
 }
 
 /// Where [`Queue::enqueue_v2`] takes the body from.
@@ -2354,6 +2501,84 @@ mod tests {
         for bad in ["", "../x", ".x", "a/b", "a\0"] {
             assert!(bad.parse::<QueueId>().is_err(), "{bad:?}");
         }
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn entry_written_as_it_arrives() {
+        entry_written_as_it_arrives_in(false);
+        // Where the file system has no `O_TMPFILE`: a named file, renamed into place.
+        entry_written_as_it_arrives_in(true);
+    }
+
+    fn entry_written_as_it_arrives_in(named: bool) {
+        crate::pending::NAMED_ONLY.with(|n| n.set(named));
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        // Chunks below, at and above the 64 KiB buffer.
+        let body: Vec<u8> = (0..200_003u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut p = q.begin_entry(&sample()).unwrap();
+        for chunk in [&body[..10], &body[10..65_546], &body[65_546..]] {
+            p.write_all(chunk).unwrap();
+        }
+        assert_eq!(p.len(), 200_003);
+        // Nothing is an entry before the commit.
+        assert!(q.list().unwrap().is_empty());
+        let id = p.commit().unwrap();
+        let file = fs::read(dir.path().join("entries").join(id.as_str())).unwrap();
+        let header = sample()
+            .encode(200_003)
+            .replace("body-size 200003\n", "body-size 00000000000000200003\n");
+        assert_eq!(&file[..header.len()], header.as_bytes());
+        assert_eq!(&file[header.len()..], &body[..]);
+        let mut read = Vec::new();
+        q.read_body(&id).unwrap().read_to_end(&mut read).unwrap();
+        assert_eq!(read, body);
+        assert_eq!(q.list().unwrap(), vec![(id.clone(), sample())]);
+        // A rewrite (an outcome recorded) writes the size plainly, the body unchanged.
+        let mut claim = q.claim(&id).unwrap().unwrap();
+        claim.record(0, RcptState::Delivered).unwrap();
+        drop(claim);
+        let file = fs::read(dir.path().join("entries").join(id.as_str())).unwrap();
+        let text = String::from_utf8_lossy(&file);
+        assert!(text.contains("state delivered\n"), "{text:.400}");
+        assert!(text.contains("\nbody-size 200003\nend\n"), "{text:.400}");
+        let mut read = Vec::new();
+        q.read_body(&id).unwrap().read_to_end(&mut read).unwrap();
+        assert_eq!(read, body);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        // An empty body is an entry too.
+        let empty = q.begin_entry(&sample()).unwrap().commit().unwrap();
+        let mut read = Vec::new();
+        q.read_body(&empty).unwrap().read_to_end(&mut read).unwrap();
+        assert!(read.is_empty());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        crate::pending::NAMED_ONLY.with(|n| n.set(false));
+    }
+
+    #[test]
+    fn entry_not_committed_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let mut p = q.begin_entry(&sample()).unwrap();
+        p.write_all(&vec![b'x'; 100_000]).unwrap();
+        // Live: no name at all (`O_TMPFILE`), or one that is locked, so another process's
+        // clean-up leaves it alone.
+        for name in fs::read_dir(dir.path().join("tmp")).unwrap() {
+            let other = File::open(name.unwrap().path()).unwrap();
+            assert!(
+                !try_lock(&other).unwrap(),
+                "the pending entry is not locked"
+            );
+        }
+        drop(p);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert!(q.list().unwrap().is_empty());
+        // A header over the limit: refused before anything is written.
+        let mut huge = sample();
+        huge.last_error = Some("x".repeat(usize::try_from(ENVELOPE_MAX).unwrap()));
+        let err = q.begin_entry(&huge).unwrap_err();
+        assert!(err.to_string().contains("over the limit"), "{err}");
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 

@@ -617,3 +617,76 @@ fn a_remote_sender_gets_one_bounce_per_message_when_all_recipients_are_done() {
     assert!(b[0].contains("Status: 5.1.1"), "{}", b[0]);
     assert!(b[0].contains("Status: 4.4.7"), "{}", b[0]);
 }
+
+/// A message too long to be held in memory is written straight into its queue entry as it
+/// arrives (local copy beside it): the next hop and the local mailbox get it whole, and no
+/// temporary file is left in the queue or the spool.
+#[test]
+fn long_message_is_relayed_whole_from_its_queue_entry() {
+    let net = Net::start(PeerBehaviour::default(), true);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let d = Daemon::start(
+        &spool,
+        net.dns.addr(),
+        &["--remote-port", &net.peer_port.to_string()],
+    );
+    let mut text =
+        String::from("From: alice@example.test\r\nTo: dave@remote.test\r\nSubject: long\r\n\r\n");
+    let mut n = 0;
+    while text.len() < 600 * 1024 {
+        text.push_str(&format!(
+            "line {n:06} of a long message, to be relayed whole\r\n"
+        ));
+        n += 1;
+    }
+    let body_part = text.split_once("\r\n\r\n").unwrap().1.to_owned();
+    let mut c = d.connect();
+    let r = c.send(
+        "alice@example.test",
+        &["dave@remote.test", "bob@example.test"],
+        &text,
+    );
+    assert_eq!(r.0, 250, "{r:?}");
+    assert!(
+        wait_until(Duration::from_secs(20), || !net.got().is_empty()),
+        "{}",
+        d.log()
+    );
+    let got = net.got();
+    assert_eq!(got.len(), 1);
+    let relayed = String::from_utf8(got[0].body.clone()).unwrap();
+    assert!(
+        relayed.starts_with("Received: from client.test"),
+        "{:.300}",
+        relayed
+    );
+    assert!(
+        relayed.contains("Subject: long\r\nMessage-ID: <"),
+        "{:.600}",
+        relayed
+    );
+    assert!(
+        relayed.ends_with(&format!("\r\n\r\n{body_part}")),
+        "the body changed"
+    );
+    let local = spool_messages(&spool, "bob");
+    assert_eq!(local.len(), 1);
+    let local = String::from_utf8(local[0].1.clone()).unwrap();
+    assert!(
+        local.starts_with("Return-Path: <alice@example.test>\r\n"),
+        "{:.300}",
+        local
+    );
+    assert!(
+        local.ends_with(&format!("\r\n\r\n{body_part}")),
+        "the local copy changed"
+    );
+    assert!(wait_until(Duration::from_secs(5), || queued(&spool) == 0));
+    for staging in [".queue/tmp", ".tmp"] {
+        let left: Vec<_> = std::fs::read_dir(spool.join(staging))
+            .map(|r| r.map(|e| e.unwrap().file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{staging}: {left:?}");
+    }
+}

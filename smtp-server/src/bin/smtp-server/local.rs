@@ -19,7 +19,10 @@
 //! written after the prefixes (with the `Authentication-Results:` field, after the
 //! signatures). A longer message is spilled to the files as it grows (opening them then);
 //! when checked or signed it is read back for that ([`Incoming::read_for_verify`]) and the
-//! prefixes put in front of it, which copies it once more on disk. Either copy is invisible
+//! prefixes put in front of it, which copies it once more on disk. Otherwise its queued copy
+//! is written straight into its queue entry's file ([`Queue::begin_entry`]: the header first,
+//! the body's size filled in at the commit), not into a temporary file copied into the queue
+//! at the end: written once, one file made instead of two. Either copy is invisible
 //! until committed, and a temporary file is removed when its [`Incoming`] is dropped, so a
 //! failure at any point leaves nothing half-written.
 
@@ -28,7 +31,7 @@ use std::io::{Read, Write};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use mailstore::queue::{Queue, QueueEntry, QueueId};
+use mailstore::queue::{PendingEntry, Queue, QueueEntry, QueueId};
 use mailstore::{DeliveryId, MailboxName, PendingMessage, Store};
 
 use crate::headers::{HeaderFilter, Missing};
@@ -102,6 +105,8 @@ struct ToOpen {
     queue: Queue,
     local_prefix: Option<String>,
     queue_prefix: Option<String>,
+    /// The queue entry, when the queued copy is written straight into its file.
+    entry: Option<QueueEntry>,
 }
 
 impl std::fmt::Debug for ToOpen {
@@ -122,6 +127,8 @@ pub struct Incoming {
     to_open: Option<ToOpen>,
     local: Option<PendingMessage>,
     queued: Option<PendingMessage>,
+    /// The queued copy, written straight into its queue entry (see [`Incoming::begin`]).
+    entry_file: Option<PendingEntry>,
     filter: HeaderFilter,
     /// The filtered chunk, reused.
     out: Vec<u8>,
@@ -148,12 +155,16 @@ impl Incoming {
     /// headers), for the queue (`queue_prefix`), or both; `missing` are the fields to add to
     /// the message when it lacks them; `authserv_id` is our host name, whose
     /// `Authentication-Results:` fields are dropped from the message. No file is made yet
-    /// (see the module doc).
+    /// (see the module doc). With `entry` (the queue entry [`commit`](Self::commit) will be
+    /// given), a message too long for memory is written straight into that entry's file
+    /// ([`Queue::begin_entry`]) instead of a temporary file copied into the queue at the end;
+    /// pass it only when the queued copy gets nothing put in front at the commit (no trace).
     pub fn begin(
         store: Arc<dyn Store>,
         queue: Queue,
         local_prefix: Option<String>,
         queue_prefix: Option<String>,
+        entry: Option<QueueEntry>,
         missing: Option<Missing>,
         authserv_id: &str,
     ) -> Incoming {
@@ -164,9 +175,11 @@ impl Incoming {
                 queue,
                 local_prefix,
                 queue_prefix,
+                entry,
             }),
             local: None,
             queued: None,
+            entry_file: None,
             filter: HeaderFilter::new(missing).drop_auth_results_of(authserv_id),
             out: Vec::new(),
             size: 0,
@@ -187,8 +200,14 @@ impl Incoming {
         if let Some(p) = &to.local_prefix {
             self.local = Some(open(to.store.begin(), p)?);
         }
-        if let Some(p) = &to.queue_prefix {
-            self.queued = Some(open(to.queue.begin(), p)?);
+        match (&to.queue_prefix, &to.entry) {
+            (Some(p), Some(entry)) => {
+                let mut e = to.queue.begin_entry(entry).map_err(std::io::Error::other)?;
+                e.write_all(p.as_bytes())?;
+                self.entry_file = Some(e);
+            }
+            (Some(p), None) => self.queued = Some(open(to.queue.begin(), p)?),
+            (None, _) => {}
         }
         Ok(())
     }
@@ -241,6 +260,9 @@ impl Incoming {
         if let Some(m) = &mut self.queued {
             m.write_all(bytes)?;
         }
+        if let Some(e) = &mut self.entry_file {
+            e.write_all(bytes)?;
+        }
         Ok(())
     }
 
@@ -267,11 +289,11 @@ impl Incoming {
 
     /// The size of the message written so far (the local copy's, or the queued one's).
     pub fn size(&self) -> u64 {
-        let written = self
-            .local
-            .as_ref()
-            .or(self.queued.as_ref())
-            .map_or(0, PendingMessage::len);
+        let written = match (&self.local, &self.queued, &self.entry_file) {
+            (Some(m), _, _) | (None, Some(m), _) => m.len(),
+            (None, None, Some(e)) => e.len(),
+            (None, None, None) => 0,
+        };
         written + self.held.as_ref().map_or(0, |h| h.0.len() as u64)
     }
 
@@ -291,6 +313,12 @@ impl Incoming {
             return Ok(inbound_auth::Body::Whole(Cow::Borrowed(&held.0)));
         }
         let Some(m) = self.local.as_mut().or(self.queued.as_mut()) else {
+            if self.entry_file.is_some() {
+                // `begin` was given the entry: no check was to read the message.
+                return Err(std::io::Error::other(
+                    "the message was written straight into its queue entry, not to be read back",
+                ));
+            }
             return Ok(inbound_auth::Body::Whole(Cow::Borrowed(&[])));
         };
         let mut r = m.reader()?;
@@ -369,12 +397,24 @@ impl Incoming {
                 }
             } else {
                 self.open().map_err(cannot)?;
+                if trace.is_some() && self.entry_file.is_some() {
+                    // `begin` was given the entry although a front was to be added.
+                    return Err(CommitError::Store(
+                        "cannot store message: its queue entry was written without its trace"
+                            .into(),
+                    ));
+                }
                 if let Some(t) = trace {
                     stored.signed = trace_spilled(&mut self.local, &mut self.queued, t)
                         .map_err(CommitError::Sign)?;
                 }
             }
-            let Incoming { local, queued, .. } = self;
+            let Incoming {
+                local,
+                queued,
+                entry_file,
+                ..
+            } = self;
             if let Some(mut m) = local {
                 dedup(&mut mailboxes);
                 if !mailboxes.is_empty() {
@@ -393,10 +433,12 @@ impl Incoming {
                 }
             }
             if let Some(entry) = entry {
-                let id = match (queued_bytes, queued) {
-                    (Some(bytes), _) => Some(queue.enqueue(&entry, &bytes)),
-                    (None, Some(mut m)) => Some(queue.enqueue_pending(&entry, &mut m)),
-                    (None, None) => None,
+                let id = match (queued_bytes, queued, entry_file) {
+                    (Some(bytes), _, _) => Some(queue.enqueue(&entry, &bytes)),
+                    (None, Some(mut m), _) => Some(queue.enqueue_pending(&entry, &mut m)),
+                    // Written as it arrived, with the entry `begin` was given.
+                    (None, None, Some(e)) => Some(e.commit()),
+                    (None, None, None) => None,
                 };
                 if let Some(id) = id {
                     stored.queue_id =
@@ -579,6 +621,7 @@ mod tests {
             Some("Return-Path: <a@x>\r\nR: 1\r\n".into()),
             Some("R: 1\r\n".into()),
             None,
+            None,
             "mx.test",
         );
         inc.write(b"Received: old\r\nSubject: hi\r\n\r\nbody\r\n")
@@ -616,5 +659,71 @@ mod tests {
             std::fs::read_dir(dir.path().join(".tmp")).unwrap().count(),
             0
         );
+    }
+
+    /// A message too long for memory, with recipients here and elsewhere: the queued copy
+    /// written straight into its entry (given to `begin`) or through a temporary file (not
+    /// given) has the same bytes, and neither way leaves a file behind.
+    #[tokio::test]
+    async fn spilled_message_straight_into_its_queue_entry() {
+        let message: Vec<u8> = {
+            let mut m = b"Subject: big\r\n\r\n".to_vec();
+            while m.len() < 3 * HOLD_IN_MEMORY {
+                m.extend_from_slice(b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdef\r\n");
+            }
+            m
+        };
+        let mut bodies = Vec::new();
+        for direct in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let spool = Spool::open(dir.path()).unwrap();
+            let queue = Queue::open(dir.path().join(".queue")).unwrap();
+            let entry = QueueEntry::new(
+                Envelope::parse("MAIL FROM:<a@x>\r\nRCPT TO:<b@remote>\r\n").unwrap(),
+                std::time::SystemTime::now(),
+            );
+            let mut inc = Incoming::begin(
+                Arc::new(spool.clone()),
+                queue.clone(),
+                Some("Return-Path: <a@x>\r\nR: 1\r\n".into()),
+                Some("R: 1\r\n".into()),
+                direct.then(|| entry.clone()),
+                None,
+                "mx.test",
+            );
+            for chunk in message.chunks(16 * 1024) {
+                inc.write(chunk).unwrap();
+            }
+            assert!(inc.held.is_none(), "spilled");
+            assert_eq!(inc.entry_file.is_some(), direct);
+            assert_eq!(inc.queued.is_some(), !direct);
+            let alice = MailboxName::new("alice").unwrap();
+            let stored = inc
+                .commit(
+                    Arc::new(spool.clone()),
+                    queue.clone(),
+                    vec![alice.clone()],
+                    Some(entry.clone()),
+                    None,
+                )
+                .await
+                .unwrap();
+            let mut local = b"Return-Path: <a@x>\r\nR: 1\r\n".to_vec();
+            local.extend_from_slice(&message);
+            assert_eq!(spool.read(&alice, 1).unwrap(), local);
+            let id = stored.queue_id.unwrap();
+            assert_eq!(queue.list().unwrap(), vec![(id.clone(), entry)]);
+            let mut body = Vec::new();
+            std::io::Read::read_to_end(&mut queue.read_body(&id).unwrap(), &mut body).unwrap();
+            let mut queued = b"R: 1\r\n".to_vec();
+            queued.extend_from_slice(&message);
+            assert_eq!(body, queued);
+            bodies.push(body);
+            for staging in [".tmp", ".queue/tmp"] {
+                let left = std::fs::read_dir(dir.path().join(staging)).unwrap().count();
+                assert_eq!(left, 0, "{staging}");
+            }
+        }
+        assert_eq!(bodies[0], bodies[1]);
     }
 }

@@ -1051,13 +1051,22 @@ impl Session {
             p.as_ref()
                 .map(|p| if at_the_end { String::new() } else { p.clone() })
         };
+        let entry = (!remote.is_empty()).then(|| {
+            // The transaction's own sender and DSN parameters (RET, ENVID), with the
+            // recipients routing gave.
+            let mut e = QueueEntry::new(envelope.transaction().for_recipients(remote), now);
+            e.next_attempt = now;
+            e
+        });
         // The usual message is held in memory (checked and signed there), and written once,
-        // after its prefixes, when it is committed (see local).
+        // after its prefixes, when it is committed (see local). A longer one with nothing to
+        // put in front at the end goes straight into its queue entry's file.
         let mut incoming = Incoming::begin(
             d.store.clone(),
             d.queue.clone(),
             deferred(&local_prefix),
             deferred(&queue_prefix),
+            entry.clone().filter(|_| !at_the_end),
             // Date: and Message-ID: for mail our own users submit (see headers); a
             // Message-ID: alone for mail from the network that is relayed onward.
             if self.relay {
@@ -1161,13 +1170,6 @@ impl Session {
                         .is_ok_and(|m| policy.sender_owned_by(&m, &user))
                 }) as Arc<dkim::FromAllowed>
             }),
-        });
-        let entry = (!remote.is_empty()).then(|| {
-            // The transaction's own sender and DSN parameters (RET, ENVID), with the
-            // recipients routing gave.
-            let mut e = QueueEntry::new(envelope.transaction().for_recipients(remote), now);
-            e.next_attempt = now;
-            e
         });
         match incoming
             .commit(d.store.clone(), d.queue.clone(), mailboxes, entry, trace)
