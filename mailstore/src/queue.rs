@@ -71,6 +71,13 @@
 //! before both are done may leave the file cut short, which its `body-size` shows: it is moved to
 //! `corrupt/`, and it was never acknowledged.)
 //!
+//! A message too long to hold in memory can be written straight into its entry as it arrives
+//! ([`Queue::begin_entry`], a [`PendingEntry`]): the header goes first with a 20-digit
+//! placeholder for `body-size`, the body after it; the commit writes the size in place, fsyncs
+//! the file, locks it, links it into `entries/` by its descriptor (it has no name before, where
+//! the file system has `O_TMPFILE`) and fsyncs `entries/`. The same two fsyncs, the same lock,
+//! and the body written once instead of into a temporary file and then copied.
+//!
 //! A change to an entry (a recorded outcome, a new attempt time) writes a new version of the
 //! whole file in `tmp/` (the body copied by offset), locks it, fsyncs it, renames it over the
 //! old one and fsyncs the directory: a crash leaves the old or the new version, never a mix.
