@@ -907,10 +907,31 @@ pub(crate) mod tests {
     /// Directories whose fsync fails (`EIO`) while they are listed.
     static FAILING: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
+    /// A function run at each fsync of a directory, before it, and that directory.
+    type Hook = (PathBuf, fn(&Path));
+
+    /// The hooks set by [`on_sync_of`].
+    static HOOKS: std::sync::Mutex<Vec<Hook>> = std::sync::Mutex::new(Vec::new());
+
     /// Records an fsync of `path`; whether it is to fail.
     pub(crate) fn record_sync(path: &Path) -> bool {
         SYNCED.lock().unwrap().push(path.to_path_buf());
+        let hooks: Vec<fn(&Path)> = HOOKS
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(p, _)| p == path)
+            .map(|(_, f)| *f)
+            .collect();
+        for f in hooks {
+            f(path);
+        }
         FAILING.lock().unwrap().iter().any(|p| p == path)
+    }
+
+    /// Runs `f` (given the directory) at each fsync of the directory `path` from now on.
+    pub(crate) fn on_sync_of(path: &Path, f: fn(&Path)) {
+        HOOKS.lock().unwrap().push((path.to_path_buf(), f));
     }
 
     /// How many times the directory `path` was fsynced so far (tests run in parallel: each

@@ -108,7 +108,17 @@ impl PendingMessage {
     /// Creates the file in `staging` with the mode and ownership the message will have in its
     /// mailboxes (the staging directory itself is private).
     pub(crate) fn create(staging: &Arc<Dir>, perms: &Perms) -> Result<PendingMessage> {
-        let unnamed = if named_only() {
+        Self::create_in(staging, perms, false)
+    }
+
+    /// As [`create`](Self::create); with `named`, a named file even where the file system
+    /// could make one without a name.
+    pub(crate) fn create_in(
+        staging: &Arc<Dir>,
+        perms: &Perms,
+        named: bool,
+    ) -> Result<PendingMessage> {
+        let unnamed = if named || named_only() {
             None
         } else {
             staging.create_unnamed(perms)?
@@ -319,7 +329,7 @@ pub(crate) fn link_or_copy(src: Staged<'_>, dir: &Dir, dest: &str, perms: &Perms
 /// complete and cannot be swapped by anyone, so its first name may be one readers see (a
 /// Maildir's `new/`); a named file goes through [`link_or_copy`], which checks what it linked.
 pub(crate) fn link_unnamed(src: Staged<'_>, dir: &Dir, dest: &str) -> Result<bool> {
-    if src.name.is_some() {
+    if src.name.is_some() || no_descriptor_links() {
         return Ok(false);
     }
     match crate::at::link_file(src.file, dir, dest) {
@@ -443,6 +453,20 @@ pub(crate) fn clean_staging(dir: &Dir) {
 thread_local! {
     /// Tests of the named staging files (file systems without `O_TMPFILE`) set this.
     pub(crate) static NAMED_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Tests of a system where no file is linked by its descriptor (no `/proc`, no
+    /// `CAP_DAC_READ_SEARCH`) set this.
+    pub(crate) static NO_DESCRIPTOR_LINKS: std::cell::Cell<bool> =
+        const { std::cell::Cell::new(false) };
+}
+
+#[cfg(test)]
+fn no_descriptor_links() -> bool {
+    NO_DESCRIPTOR_LINKS.with(std::cell::Cell::get)
+}
+
+#[cfg(not(test))]
+fn no_descriptor_links() -> bool {
+    false
 }
 
 #[cfg(test)]

@@ -129,6 +129,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -907,6 +908,8 @@ struct Inner {
     corrupt: Dir,
     /// Group commit of `entries/`: new entries renamed into it share its fsync.
     entries_sync: crate::at::GroupSync,
+    /// A file could not be linked by its descriptor here (see [`PendingEntry::commit`]).
+    no_descriptor_links: AtomicBool,
 }
 
 impl Queue {
@@ -942,6 +945,7 @@ impl Queue {
                 trash,
                 corrupt,
                 entries_sync: crate::at::GroupSync::default(),
+                no_descriptor_links: AtomicBool::new(false),
             }),
         };
         clean_staging(&queue.inner.tmp);
@@ -1140,7 +1144,10 @@ impl Queue {
                 path: path.to_path_buf(),
                 source: std::io::Error::other("entry header does not end with its body-size"),
             })?;
-        let mut file = PendingMessage::create(&self.inner.tmp, &Perms::PRIVATE)?;
+        // Named once linking by descriptor failed here: a rename then works where a link
+        // would have fallen back to a second copy of the whole file.
+        let named = self.inner.no_descriptor_links.load(Ordering::Relaxed);
+        let mut file = PendingMessage::create_in(&self.inner.tmp, &Perms::PRIVATE, named)?;
         file.write_all(header.as_bytes())
             .map_err(io_err("write", path))?;
         Ok(PendingEntry {
@@ -1617,7 +1624,12 @@ impl PendingEntry {
         let staged = self.file.seal()?;
         // Locked before it has its name in `entries/`, until it is durable: no runner claims
         // it before.
-        try_lock(staged.file).map_err(io_err("flock", inner.tmp.path()))?;
+        let locked = try_lock(staged.file).map_err(io_err("flock", inner.tmp.path()))?;
+        if !locked {
+            return Err(io_err("flock", inner.tmp.path())(std::io::Error::other(
+                "the new entry is locked by someone else",
+            )));
+        }
         let id = match staged.name {
             // A named temporary file (no `O_TMPFILE` here): its name is an id.
             Some(name) => {
@@ -1628,7 +1640,9 @@ impl PendingEntry {
             None => {
                 let id = QueueId::generate()?;
                 if !link_unnamed(staged, &inner.entries, id.as_str())? {
-                    // No link by descriptor here: copied into a file of its own.
+                    // No link by descriptor here: copied into a file of its own, and the
+                    // next entries are named files from the start.
+                    inner.no_descriptor_links.store(true, Ordering::Relaxed);
                     return self.queue.enqueue_copy(staged.file);
                 }
                 id
@@ -2569,16 +2583,26 @@ mod tests {
         let q = Queue::open(dir.path()).unwrap();
         let mut p = q.begin_entry(&sample()).unwrap();
         p.write_all(&vec![b'x'; 100_000]).unwrap();
-        // Live: no name at all (`O_TMPFILE`), or one that is locked, so another process's
-        // clean-up leaves it alone.
-        for name in fs::read_dir(dir.path().join("tmp")).unwrap() {
-            let other = File::open(name.unwrap().path()).unwrap();
-            assert!(
-                !try_lock(&other).unwrap(),
-                "the pending entry is not locked"
-            );
-        }
+        // Live: no name at all (`O_TMPFILE`)...
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         drop(p);
+        // ... or, where the file system has none, one that is locked, so another process's
+        // clean-up leaves it alone.
+        crate::pending::NAMED_ONLY.with(|n| n.set(true));
+        let mut p = q.begin_entry(&sample()).unwrap();
+        p.write_all(&vec![b'x'; 100_000]).unwrap();
+        let names: Vec<_> = fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(names.len(), 1, "{names:?}");
+        let other = File::open(&names[0]).unwrap();
+        assert!(
+            !try_lock(&other).unwrap(),
+            "the pending entry is not locked"
+        );
+        drop(p);
+        crate::pending::NAMED_ONLY.with(|n| n.set(false));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         assert!(q.list().unwrap().is_empty());
         // A header over the limit: refused before anything is written.
@@ -2586,6 +2610,82 @@ mod tests {
         huge.last_error = Some("x".repeat(usize::try_from(ENVELOPE_MAX).unwrap()));
         let err = q.begin_entry(&huge).unwrap_err();
         assert!(err.to_string().contains("over the limit"), "{err}");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    /// Entries seen by the hook below, and those of them it could lock.
+    static SEEN: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    static UNLOCKED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+    /// At the fsync of `entries/`: every entry there must still be locked (not claimable).
+    fn all_locked(entries: &Path) {
+        for e in fs::read_dir(entries).unwrap() {
+            let f = File::open(e.unwrap().path()).unwrap();
+            SEEN.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            if try_lock(&f).unwrap() {
+                UNLOCKED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+    }
+
+    #[test]
+    fn entry_locked_until_durable_and_removed_when_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let entries = dir.path().join("entries");
+        crate::at::tests::on_sync_of(&entries, all_locked);
+        let mut ids = Vec::new();
+        for named in [false, true] {
+            crate::pending::NAMED_ONLY.with(|n| n.set(named));
+            let before = crate::at::tests::syncs_of(&entries);
+            let mut p = q.begin_entry(&sample()).unwrap();
+            p.write_all(b"body\r\n").unwrap();
+            ids.push(p.commit().unwrap());
+            assert_eq!(crate::at::tests::syncs_of(&entries), before + 1);
+            // The hook saw this entry locked (and the one before, released, is claimed
+            // below), so it is claimable only once committed.
+            assert!(q.claim(ids.last().unwrap()).unwrap().is_some());
+        }
+        assert!(SEEN.load(std::sync::atomic::Ordering::SeqCst) >= 2);
+        // Only the first entry, at the second commit's fsync, was free to lock: each new one
+        // was locked at its own.
+        assert_eq!(UNLOCKED.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // The directory's fsync fails: not enqueued, nothing left.
+        crate::at::tests::fail_syncs_of(&entries, true);
+        for named in [false, true] {
+            crate::pending::NAMED_ONLY.with(|n| n.set(named));
+            let mut p = q.begin_entry(&sample()).unwrap();
+            p.write_all(b"body\r\n").unwrap();
+            assert!(p.commit().is_err());
+            assert_eq!(q.list().unwrap().len(), 2);
+            assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        }
+        crate::at::tests::fail_syncs_of(&entries, false);
+        crate::pending::NAMED_ONLY.with(|n| n.set(false));
+    }
+
+    #[test]
+    fn entry_copied_where_files_cannot_be_linked_by_descriptor() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        crate::pending::NO_DESCRIPTOR_LINKS.with(|n| n.set(true));
+        let body: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut ids = Vec::new();
+        for round in 0..2 {
+            let mut p = q.begin_entry(&sample()).unwrap();
+            p.write_all(&body).unwrap();
+            // After the first failed link, the next entries are named files from the start.
+            let staged = fs::read_dir(dir.path().join("tmp")).unwrap().count();
+            assert_eq!(staged, round, "round {round}");
+            ids.push(p.commit().unwrap());
+        }
+        crate::pending::NO_DESCRIPTOR_LINKS.with(|n| n.set(false));
+        for id in &ids {
+            let mut read = Vec::new();
+            q.read_body(id).unwrap().read_to_end(&mut read).unwrap();
+            assert_eq!(read, body);
+        }
+        assert_eq!(q.list().unwrap().len(), 2);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
