@@ -1002,8 +1002,24 @@ impl Queue {
         entry: &QueueEntry,
         body: &mut PendingMessage,
     ) -> Result<QueueId> {
+        self.enqueue_pending_after(entry, b"", body)
+    }
+
+    /// As [`enqueue_pending`](Self::enqueue_pending), with `front` (header fields computed
+    /// over the finished message, such as `DKIM-Signature:`) put in front of the message in
+    /// the entry: the message is copied once, into the entry, instead of once to add the
+    /// front and again to enqueue it.
+    ///
+    /// # Errors
+    /// As [`enqueue`](Self::enqueue).
+    pub fn enqueue_pending_after(
+        &self,
+        entry: &QueueEntry,
+        front: &[u8],
+        body: &mut PendingMessage,
+    ) -> Result<QueueId> {
         let (file, len) = body.seal_unsynced()?;
-        self.enqueue_v2(entry, BodySource::File(file, len))
+        self.enqueue_v2(entry, BodySource::File(front, file, len))
     }
 
     /// [`enqueue_pending`](Self::enqueue_pending) in the version 1 layout (see
@@ -1028,7 +1044,9 @@ impl Queue {
         let tmp = &self.inner.tmp;
         let size = match body {
             BodySource::Bytes(b) => u64::try_from(b.len()).unwrap_or(u64::MAX),
-            BodySource::File(_, len) => len,
+            BodySource::File(front, _, len) => {
+                len.saturating_add(u64::try_from(front.len()).unwrap_or(u64::MAX))
+            }
         };
         let (id, mut f) = self.create_tmp()?;
         let path = tmp.join(id.as_str());
@@ -1041,15 +1059,17 @@ impl Queue {
                     all.extend_from_slice(b);
                     f.write_all(&all).map_err(io_err("write", &path))?;
                 }
-                BodySource::File(src, len) => {
+                BodySource::File(front, src, len) => {
                     if len <= 256 * 1024 {
                         // Small: one write.
                         let mut all = header.into_bytes();
+                        all.extend_from_slice(front);
                         copy_range(src, 0, &mut all).map_err(io_err("copy", &path))?;
                         f.write_all(&all).map_err(io_err("write", &path))?;
                     } else {
-                        f.write_all(header.as_bytes())
-                            .map_err(io_err("write", &path))?;
+                        let mut head = header.into_bytes();
+                        head.extend_from_slice(front);
+                        f.write_all(&head).map_err(io_err("write", &path))?;
                         copy_range(src, 0, &mut f).map_err(io_err("copy", &path))?;
                     }
                 }
@@ -1672,8 +1692,8 @@ impl Write for PendingEntry {
 #[derive(Clone, Copy)]
 enum BodySource<'a> {
     Bytes(&'a [u8]),
-    /// A file and its length.
-    File(&'a File, u64),
+    /// Octets to put first, then a file and its length.
+    File(&'a [u8], &'a File, u64),
 }
 
 /// Copies `from`, from octet `offset` to its end, by offset (its file position is not used).
@@ -2687,6 +2707,30 @@ mod tests {
         }
         assert_eq!(q.list().unwrap().len(), 2);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn pending_enqueued_after_a_front() {
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        // Below and above the size copied in one write.
+        for len in [10usize, 300 * 1024] {
+            let body: Vec<u8> = (0..len).map(|i| b'a' + (i % 26) as u8).collect();
+            let mut p = q.begin().unwrap();
+            p.write_all(&body).unwrap();
+            let id = q
+                .enqueue_pending_after(&sample(), b"DKIM-Signature: x\r\n", &mut p)
+                .unwrap();
+            let mut read = Vec::new();
+            q.read_body(&id).unwrap().read_to_end(&mut read).unwrap();
+            let mut want = b"DKIM-Signature: x\r\n".to_vec();
+            want.extend_from_slice(&body);
+            assert_eq!(read, want, "{len}");
+            // The pending message itself is unchanged, still usable.
+            let mut again = Vec::new();
+            p.reader().unwrap().read_to_end(&mut again).unwrap();
+            assert_eq!(again, body);
+        }
     }
 
     #[test]

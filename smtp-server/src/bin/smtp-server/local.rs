@@ -19,7 +19,9 @@
 //! written after the prefixes (with the `Authentication-Results:` field, after the
 //! signatures). A longer message is spilled to the files as it grows (opening them then);
 //! when checked or signed it is read back for that ([`Incoming::read_for_verify`]) and the
-//! prefixes put in front of it, which copies it once more on disk. Otherwise its queued copy
+//! local prefix put in front of the local copy, which copies it once more on disk, while the
+//! queued copy's front (the signatures, the trace) is written into the queue entry ahead of
+//! the one copy of the message the entry needs anyway. Otherwise its queued copy
 //! is written straight into its queue entry's file ([`Queue::begin_entry`]: the header first,
 //! the body's size filled in at the commit), not into a temporary file copied into the queue
 //! at the end: written once, one file made instead of two. Either copy is invisible
@@ -371,6 +373,8 @@ impl Incoming {
             // A message still in memory: the local copy is written once after its prefix, the
             // queued copy enqueued from memory (its one file is the queue entry's).
             let mut queued_bytes = None;
+            // For a spilled message with a trace: what goes in front of its queued copy.
+            let mut queued_front_spilled: Option<String> = None;
             if let Some(held) = self.held.take() {
                 let queue_prefix = self.to_open.as_mut().and_then(|t| t.queue_prefix.take());
                 self.open().map_err(cannot)?;
@@ -405,8 +409,10 @@ impl Incoming {
                     ));
                 }
                 if let Some(t) = trace {
-                    stored.signed = trace_spilled(&mut self.local, &mut self.queued, t)
+                    let (signed, front) = trace_spilled(&mut self.local, &mut self.queued, t)
                         .map_err(CommitError::Sign)?;
+                    stored.signed = signed;
+                    queued_front_spilled = front;
                 }
             }
             let Incoming {
@@ -435,7 +441,10 @@ impl Incoming {
             if let Some(entry) = entry {
                 let id = match (queued_bytes, queued, entry_file) {
                     (Some(bytes), _, _) => Some(queue.enqueue(&entry, &bytes)),
-                    (None, Some(mut m), _) => Some(queue.enqueue_pending(&entry, &mut m)),
+                    (None, Some(mut m), _) => {
+                        let front = queued_front_spilled.as_deref().unwrap_or("");
+                        Some(queue.enqueue_pending_after(&entry, front.as_bytes(), &mut m))
+                    }
                     // Written as it arrived, with the entry `begin` was given.
                     (None, None, Some(e)) => Some(e.commit()),
                     (None, None, None) => None,
@@ -518,8 +527,10 @@ fn queued_front(outcome: &Option<dkim::Outcome>, trace: &Trace) -> String {
 }
 
 /// For a message already written to its files: reads the queued copy back to sign it when
-/// the trace has keys, and puts the trace's prefixes (the signatures first) in front of the
-/// copies, which copies each once on disk. It blocks.
+/// the trace has keys, puts the trace's local prefix in front of the local copy (which copies
+/// it once on disk), and returns the outcome and what goes in front of the queued copy (the
+/// signatures first), which the queue entry is written with (the one copy of the queued
+/// message). It blocks.
 ///
 /// # Errors
 /// As [`dkim::sign`], or [`dkim::SignError::Io`] when reading or writing fails; the message
@@ -528,7 +539,7 @@ fn trace_spilled(
     local: &mut Option<PendingMessage>,
     queued: &mut Option<PendingMessage>,
     trace: Trace,
-) -> Result<Option<dkim::Outcome>, dkim::SignError> {
+) -> Result<(Option<dkim::Outcome>, Option<String>), dkim::SignError> {
     let io = dkim::SignError::Io;
     let prefix = trace.queued.as_bytes();
     let outcome = match (queued.as_mut(), &trace.keys) {
@@ -543,11 +554,9 @@ fn trace_spilled(
     if let Some(m) = local {
         m.prepend(trace.local.as_bytes()).map_err(store)?;
     }
-    if let Some(m) = queued {
-        let front = queued_front(&outcome, &trace);
-        m.prepend(front.as_bytes()).map_err(store)?;
-    }
-    Ok(outcome)
+    // The queued copy's front goes in front in the queue entry itself (one copy, not two).
+    let front = queued.is_some().then(|| queued_front(&outcome, &trace));
+    Ok((outcome, front))
 }
 
 /// Delivers a message held in memory (a bounce) to one local mailbox, durably; where it is,
