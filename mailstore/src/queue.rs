@@ -1041,42 +1041,41 @@ impl Queue {
     /// fsyncs. The file is locked from its creation until this returns, so no runner claims
     /// it before it is durable.
     fn enqueue_v2(&self, entry: &QueueEntry, body: BodySource<'_>) -> Result<QueueId> {
-        let tmp = &self.inner.tmp;
         let size = match body {
             BodySource::Bytes(b) => u64::try_from(b.len()).unwrap_or(u64::MAX),
             BodySource::File(front, _, len) => {
                 len.saturating_add(u64::try_from(front.len()).unwrap_or(u64::MAX))
             }
         };
-        let (id, mut f) = self.create_tmp()?;
-        let path = tmp.join(id.as_str());
-        let r = (|| {
-            let header = encode_v2_bounded(entry, size, &path)?;
+        self.write_entry(|f, path| {
+            let mut head = encode_v2_bounded(entry, size, path)?.into_bytes();
             match body {
                 BodySource::Bytes(b) => {
-                    let mut all = Vec::with_capacity(header.len() + b.len());
-                    all.extend_from_slice(header.as_bytes());
-                    all.extend_from_slice(b);
-                    f.write_all(&all).map_err(io_err("write", &path))?;
+                    head.extend_from_slice(b);
+                    f.write_all(&head).map_err(io_err("write", path))
                 }
-                BodySource::File(front, src, len) => {
-                    if len <= 256 * 1024 {
-                        // Small: one write.
-                        let mut all = header.into_bytes();
-                        all.extend_from_slice(front);
-                        copy_range(src, 0, &mut all).map_err(io_err("copy", &path))?;
-                        f.write_all(&all).map_err(io_err("write", &path))?;
-                    } else {
-                        let mut head = header.into_bytes();
-                        head.extend_from_slice(front);
-                        f.write_all(&head).map_err(io_err("write", &path))?;
-                        copy_range(src, 0, &mut f).map_err(io_err("copy", &path))?;
-                    }
+                // Small: one write.
+                BodySource::File(front, src, len) if len <= 256 * 1024 => {
+                    head.extend_from_slice(front);
+                    copy_range(src, 0, &mut head).map_err(io_err("copy", path))?;
+                    f.write_all(&head).map_err(io_err("write", path))
+                }
+                BodySource::File(front, src, _) => {
+                    head.extend_from_slice(front);
+                    f.write_all(&head).map_err(io_err("write", path))?;
+                    copy_range(src, 0, f).map_err(io_err("copy", path))
                 }
             }
-            Ok(())
-        })();
-        if let Err(e) = r {
+        })
+    }
+
+    /// Makes an entry of a new locked file in `tmp/` that `fill` writes (given the file and
+    /// its path, for errors), as [`enqueue_v2`](Self::enqueue_v2) describes; on an error
+    /// nothing is left.
+    fn write_entry(&self, fill: impl FnOnce(&mut File, &Path) -> Result<()>) -> Result<QueueId> {
+        let (id, mut f) = self.create_tmp()?;
+        let tmp = &self.inner.tmp;
+        if let Err(e) = fill(&mut f, &tmp.join(id.as_str())) {
             let _ = tmp.remove_file(id.as_str());
             return Err(e);
         }
@@ -1135,13 +1134,7 @@ impl Queue {
     /// Enqueues a copy of `src`, a complete entry file (header and body), as
     /// [`enqueue`](Self::enqueue) does.
     fn enqueue_copy(&self, src: &File) -> Result<QueueId> {
-        let (id, mut f) = self.create_tmp()?;
-        if let Err(e) = copy_range(src, 0, &mut f) {
-            let _ = self.inner.tmp.remove_file(id.as_str());
-            return Err(io_err("copy", self.inner.tmp.join(id.as_str()))(e));
-        }
-        self.publish(&id, f)?;
-        Ok(id)
+        self.write_entry(|f, path| copy_range(src, 0, f).map_err(io_err("copy", path)))
     }
 
     /// Starts an entry whose body is written as it arrives, straight into the entry's own

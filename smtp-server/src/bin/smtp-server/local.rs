@@ -107,8 +107,9 @@ struct ToOpen {
     queue: Queue,
     local_prefix: Option<String>,
     queue_prefix: Option<String>,
-    /// The queue entry, when the queued copy is written straight into its file.
-    entry: Option<QueueEntry>,
+    /// The queued copy may be written straight into its queue entry's file (nothing is put
+    /// in front of it at the commit).
+    direct: bool,
 }
 
 impl std::fmt::Debug for ToOpen {
@@ -129,6 +130,8 @@ pub struct Incoming {
     to_open: Option<ToOpen>,
     local: Option<PendingMessage>,
     queued: Option<PendingMessage>,
+    /// The queue entry, when some recipients are remote.
+    entry: Option<QueueEntry>,
     /// The queued copy, written straight into its queue entry (see [`Incoming::begin`]).
     entry_file: Option<PendingEntry>,
     filter: HeaderFilter,
@@ -157,16 +160,19 @@ impl Incoming {
     /// headers), for the queue (`queue_prefix`), or both; `missing` are the fields to add to
     /// the message when it lacks them; `authserv_id` is our host name, whose
     /// `Authentication-Results:` fields are dropped from the message. No file is made yet
-    /// (see the module doc). With `entry` (the queue entry [`commit`](Self::commit) will be
-    /// given), a message too long for memory is written straight into that entry's file
-    /// ([`Queue::begin_entry`]) instead of a temporary file copied into the queue at the end;
-    /// pass it only when the queued copy gets nothing put in front at the commit (no trace).
+    /// (see the module doc). `entry` is the queue entry for the remote recipients, which
+    /// [`commit`](Self::commit) enqueues the queued copy with. Unless `trace_at_commit` (a
+    /// [`Trace`] will be given to the commit), a message too long for memory is written
+    /// straight into that entry's file ([`Queue::begin_entry`]) instead of a temporary file
+    /// copied into the queue at the end.
+    #[allow(clippy::too_many_arguments)]
     pub fn begin(
         store: Arc<dyn Store>,
         queue: Queue,
         local_prefix: Option<String>,
         queue_prefix: Option<String>,
         entry: Option<QueueEntry>,
+        trace_at_commit: bool,
         missing: Option<Missing>,
         authserv_id: &str,
     ) -> Incoming {
@@ -177,10 +183,11 @@ impl Incoming {
                 queue,
                 local_prefix,
                 queue_prefix,
-                entry,
+                direct: !trace_at_commit,
             }),
             local: None,
             queued: None,
+            entry,
             entry_file: None,
             filter: HeaderFilter::new(missing).drop_auth_results_of(authserv_id),
             out: Vec::new(),
@@ -202,7 +209,7 @@ impl Incoming {
         if let Some(p) = &to.local_prefix {
             self.local = Some(open(to.store.begin(), p)?);
         }
-        match (&to.queue_prefix, &to.entry) {
+        match (&to.queue_prefix, self.entry.as_ref().filter(|_| to.direct)) {
             (Some(p), Some(entry)) => {
                 let mut e = to.queue.begin_entry(entry).map_err(std::io::Error::other)?;
                 e.write_all(p.as_bytes())?;
@@ -316,7 +323,7 @@ impl Incoming {
         }
         let Some(m) = self.local.as_mut().or(self.queued.as_mut()) else {
             if self.entry_file.is_some() {
-                // `begin` was given the entry: no check was to read the message.
+                // `begin` was told no check was to read the message.
                 return Err(std::io::Error::other(
                     "the message was written straight into its queue entry, not to be read back",
                 ));
@@ -347,7 +354,7 @@ impl Incoming {
     }
 
     /// Commits: the local copy to `mailboxes` (duplicates removed), then the queued copy with
-    /// `entry`. With `trace`, the copies were begun without their trace prefixes (see the
+    /// the entry given to [`begin`](Self::begin). With `trace`, the copies were begun without their trace prefixes (see the
     /// module doc), which are put in front first, the queued copy DKIM-signed with the
     /// trace's keys ([`trace_fronts`] for a message held in memory, [`trace_spilled`] for one
     /// written to its files). A message held in memory is queued from there (the queue
@@ -363,7 +370,6 @@ impl Incoming {
         store: Arc<dyn Store>,
         queue: Queue,
         mut mailboxes: Vec<MailboxName>,
-        entry: Option<QueueEntry>,
         trace: Option<Trace>,
     ) -> Result<Stored, CommitError> {
         tokio::task::spawn_blocking(move || {
@@ -402,7 +408,7 @@ impl Incoming {
             } else {
                 self.open().map_err(cannot)?;
                 if trace.is_some() && self.entry_file.is_some() {
-                    // `begin` was given the entry although a front was to be added.
+                    // `begin` was told no front was to be added.
                     return Err(CommitError::Store(
                         "cannot store message: its queue entry was written without its trace"
                             .into(),
@@ -418,6 +424,7 @@ impl Incoming {
             let Incoming {
                 local,
                 queued,
+                entry,
                 entry_file,
                 ..
             } = self;
@@ -445,7 +452,7 @@ impl Incoming {
                         let front = queued_front_spilled.as_deref().unwrap_or("");
                         Some(queue.enqueue_pending_after(&entry, front.as_bytes(), &mut m))
                     }
-                    // Written as it arrived, with the entry `begin` was given.
+                    // Written as it arrived, with this entry.
                     (None, None, Some(e)) => Some(e.commit()),
                     (None, None, None) => None,
                 };
@@ -624,12 +631,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let queue = Queue::open(dir.path().join(".queue")).unwrap();
+        let entry = QueueEntry::new(
+            Envelope::parse("MAIL FROM:<a@x>\r\nRCPT TO:<b@remote>\r\n").unwrap(),
+            std::time::SystemTime::now(),
+        );
         let mut inc = Incoming::begin(
             Arc::new(spool.clone()),
             queue.clone(),
             Some("Return-Path: <a@x>\r\nR: 1\r\n".into()),
             Some("R: 1\r\n".into()),
-            None,
+            Some(entry),
+            false,
             None,
             "mx.test",
         );
@@ -637,16 +649,11 @@ mod tests {
             .unwrap();
         assert_eq!(inc.received_count(), 1);
         let alice = MailboxName::new("alice").unwrap();
-        let entry = QueueEntry::new(
-            Envelope::parse("MAIL FROM:<a@x>\r\nRCPT TO:<b@remote>\r\n").unwrap(),
-            std::time::SystemTime::now(),
-        );
         let stored = inc
             .commit(
                 Arc::new(spool.clone()),
                 queue.clone(),
                 vec![alice.clone(), alice.clone()],
-                Some(entry),
                 None,
             )
             .await
@@ -671,8 +678,8 @@ mod tests {
     }
 
     /// A message too long for memory, with recipients here and elsewhere: the queued copy
-    /// written straight into its entry (given to `begin`) or through a temporary file (not
-    /// given) has the same bytes, and neither way leaves a file behind.
+    /// written straight into its entry or, when a trace was to be given at the commit,
+    /// through a temporary file has the same bytes, and neither way leaves a file behind.
     #[tokio::test]
     async fn spilled_message_straight_into_its_queue_entry() {
         let message: Vec<u8> = {
@@ -696,7 +703,8 @@ mod tests {
                 queue.clone(),
                 Some("Return-Path: <a@x>\r\nR: 1\r\n".into()),
                 Some("R: 1\r\n".into()),
-                direct.then(|| entry.clone()),
+                Some(entry.clone()),
+                !direct,
                 None,
                 "mx.test",
             );
@@ -712,7 +720,6 @@ mod tests {
                     Arc::new(spool.clone()),
                     queue.clone(),
                     vec![alice.clone()],
-                    Some(entry.clone()),
                     None,
                 )
                 .await

@@ -1066,7 +1066,8 @@ impl Session {
             d.queue.clone(),
             deferred(&local_prefix),
             deferred(&queue_prefix),
-            entry.clone().filter(|_| !at_the_end),
+            entry,
+            at_the_end,
             // Date: and Message-ID: for mail our own users submit (see headers); a
             // Message-ID: alone for mail from the network that is relayed onward.
             if self.relay {
@@ -1172,7 +1173,7 @@ impl Session {
             }),
         });
         match incoming
-            .commit(d.store.clone(), d.queue.clone(), mailboxes, entry, trace)
+            .commit(d.store.clone(), d.queue.clone(), mailboxes, trace)
             .await
         {
             Ok(stored) => {
