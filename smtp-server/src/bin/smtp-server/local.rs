@@ -129,17 +129,52 @@ pub struct Incoming {
     /// The files, until they are opened (see [`Incoming::open`]).
     to_open: Option<ToOpen>,
     local: Option<PendingMessage>,
-    queued: Option<PendingMessage>,
+    /// The queued copy's file, once the message no longer fits in memory.
+    queued: Option<QueuedFile>,
     /// The queue entry, when some recipients are remote.
     entry: Option<QueueEntry>,
-    /// The queued copy, written straight into its queue entry (see [`Incoming::begin`]).
-    entry_file: Option<PendingEntry>,
     filter: HeaderFilter,
     /// The filtered chunk, reused.
     out: Vec<u8>,
     size: u64,
     /// The header filter has written its last bytes (see [`finish`](Incoming::finish)).
     finished: bool,
+}
+
+/// Where the queued copy of a message too long for memory is written.
+#[derive(Debug)]
+enum QueuedFile {
+    /// A temporary file, copied into the queue entry at the commit, with whatever goes in
+    /// front of it (signatures, trace) written ahead of it there.
+    Temporary(PendingMessage),
+    /// The queue entry's own file, written as the message arrives and published at the
+    /// commit (see [`Queue::begin_entry`]); nothing can be put in front of it.
+    Entry(PendingEntry),
+}
+
+impl QueuedFile {
+    fn write_all(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        match self {
+            QueuedFile::Temporary(m) => m.write_all(bytes),
+            QueuedFile::Entry(e) => e.write_all(bytes),
+        }
+    }
+
+    /// The octets of the message written so far (the entry's header not counted).
+    fn len(&self) -> u64 {
+        match self {
+            QueuedFile::Temporary(m) => m.len(),
+            QueuedFile::Entry(e) => e.len(),
+        }
+    }
+
+    /// The temporary file, to read back or put a front on.
+    fn temporary(&mut self) -> Option<&mut PendingMessage> {
+        match self {
+            QueuedFile::Temporary(m) => Some(m),
+            QueuedFile::Entry(_) => None,
+        }
+    }
 }
 
 /// What a commit did.
@@ -188,7 +223,6 @@ impl Incoming {
             local: None,
             queued: None,
             entry,
-            entry_file: None,
             filter: HeaderFilter::new(missing).drop_auth_results_of(authserv_id),
             out: Vec::new(),
             size: 0,
@@ -213,9 +247,11 @@ impl Incoming {
             (Some(p), Some(entry)) => {
                 let mut e = to.queue.begin_entry(entry).map_err(std::io::Error::other)?;
                 e.write_all(p.as_bytes())?;
-                self.entry_file = Some(e);
+                self.queued = Some(QueuedFile::Entry(e));
             }
-            (Some(p), None) => self.queued = Some(open(to.queue.begin(), p)?),
+            (Some(p), None) => {
+                self.queued = Some(QueuedFile::Temporary(open(to.queue.begin(), p)?));
+            }
             (None, _) => {}
         }
         Ok(())
@@ -266,11 +302,8 @@ impl Incoming {
         if let Some(m) = &mut self.local {
             m.write_all(bytes)?;
         }
-        if let Some(m) = &mut self.queued {
-            m.write_all(bytes)?;
-        }
-        if let Some(e) = &mut self.entry_file {
-            e.write_all(bytes)?;
+        if let Some(q) = &mut self.queued {
+            q.write_all(bytes)?;
         }
         Ok(())
     }
@@ -298,10 +331,10 @@ impl Incoming {
 
     /// The size of the message written so far (the local copy's, or the queued one's).
     pub fn size(&self) -> u64 {
-        let written = match (&self.local, &self.queued, &self.entry_file) {
-            (Some(m), _, _) | (None, Some(m), _) => m.len(),
-            (None, None, Some(e)) => e.len(),
-            (None, None, None) => 0,
+        let written = match (&self.local, &self.queued) {
+            (Some(m), _) => m.len(),
+            (None, Some(q)) => q.len(),
+            (None, None) => 0,
         };
         written + self.held.as_ref().map_or(0, |h| h.0.len() as u64)
     }
@@ -321,8 +354,11 @@ impl Incoming {
         if let Some(held) = &self.held {
             return Ok(inbound_auth::Body::Whole(Cow::Borrowed(&held.0)));
         }
-        let Some(m) = self.local.as_mut().or(self.queued.as_mut()) else {
-            if self.entry_file.is_some() {
+        let queued_entry = matches!(self.queued, Some(QueuedFile::Entry(_)));
+        let Some(m) =
+            (self.local.as_mut()).or(self.queued.as_mut().and_then(QueuedFile::temporary))
+        else {
+            if queued_entry {
                 // `begin` was told no check was to read the message.
                 return Err(std::io::Error::other(
                     "the message was written straight into its queue entry, not to be read back",
@@ -407,7 +443,7 @@ impl Incoming {
                 }
             } else {
                 self.open().map_err(cannot)?;
-                if trace.is_some() && self.entry_file.is_some() {
+                if trace.is_some() && matches!(self.queued, Some(QueuedFile::Entry(_))) {
                     // `begin` was told no front was to be added.
                     return Err(CommitError::Store(
                         "cannot store message: its queue entry was written without its trace"
@@ -415,8 +451,9 @@ impl Incoming {
                     ));
                 }
                 if let Some(t) = trace {
-                    let (signed, front) = trace_spilled(&mut self.local, &mut self.queued, t)
-                        .map_err(CommitError::Sign)?;
+                    let queued = self.queued.as_mut().and_then(QueuedFile::temporary);
+                    let (signed, front) =
+                        trace_spilled(&mut self.local, queued, t).map_err(CommitError::Sign)?;
                     stored.signed = signed;
                     queued_front_spilled = front;
                 }
@@ -425,7 +462,6 @@ impl Incoming {
                 local,
                 queued,
                 entry,
-                entry_file,
                 ..
             } = self;
             if let Some(mut m) = local {
@@ -446,15 +482,15 @@ impl Incoming {
                 }
             }
             if let Some(entry) = entry {
-                let id = match (queued_bytes, queued, entry_file) {
-                    (Some(bytes), _, _) => Some(queue.enqueue(&entry, &bytes)),
-                    (None, Some(mut m), _) => {
+                let id = match (queued_bytes, queued) {
+                    (Some(bytes), _) => Some(queue.enqueue(&entry, &bytes)),
+                    (None, Some(QueuedFile::Temporary(mut m))) => {
                         let front = queued_front_spilled.as_deref().unwrap_or("");
                         Some(queue.enqueue_pending_after(&entry, front.as_bytes(), &mut m))
                     }
                     // Written as it arrived, with this entry.
-                    (None, None, Some(e)) => Some(e.commit()),
-                    (None, None, None) => None,
+                    (None, Some(QueuedFile::Entry(e))) => Some(e.commit()),
+                    (None, None) => None,
                 };
                 if let Some(id) = id {
                     stored.queue_id =
@@ -544,12 +580,13 @@ fn queued_front(outcome: &Option<dkim::Outcome>, trace: &Trace) -> String {
 /// must not be committed then.
 fn trace_spilled(
     local: &mut Option<PendingMessage>,
-    queued: &mut Option<PendingMessage>,
+    queued: Option<&mut PendingMessage>,
     trace: Trace,
 ) -> Result<(Option<dkim::Outcome>, Option<String>), dkim::SignError> {
     let io = dkim::SignError::Io;
     let prefix = trace.queued.as_bytes();
-    let outcome = match (queued.as_mut(), &trace.keys) {
+    let front = queued.is_some();
+    let outcome = match (queued, &trace.keys) {
         (Some(m), Some(keys)) => Some(dkim::sign(
             keys,
             trace.from_allowed.as_deref(),
@@ -562,7 +599,7 @@ fn trace_spilled(
         m.prepend(trace.local.as_bytes()).map_err(store)?;
     }
     // The queued copy's front goes in front in the queue entry itself (one copy, not two).
-    let front = queued.is_some().then(|| queued_front(&outcome, &trace));
+    let front = front.then(|| queued_front(&outcome, &trace));
     Ok((outcome, front))
 }
 
@@ -712,8 +749,11 @@ mod tests {
                 inc.write(chunk).unwrap();
             }
             assert!(inc.held.is_none(), "spilled");
-            assert_eq!(inc.entry_file.is_some(), direct);
-            assert_eq!(inc.queued.is_some(), !direct);
+            match &inc.queued {
+                Some(QueuedFile::Entry(_)) => assert!(direct, "written into the entry"),
+                Some(QueuedFile::Temporary(_)) => assert!(!direct, "written to a temporary file"),
+                None => panic!("no queued copy"),
+            }
             let alice = MailboxName::new("alice").unwrap();
             let stored = inc
                 .commit(
