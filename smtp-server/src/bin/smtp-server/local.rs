@@ -585,7 +585,7 @@ fn trace_spilled(
 ) -> Result<(Option<dkim::Outcome>, Option<String>), dkim::SignError> {
     let io = dkim::SignError::Io;
     let prefix = trace.queued.as_bytes();
-    let front = queued.is_some();
+    let has_queued = queued.is_some();
     let outcome = match (queued, &trace.keys) {
         (Some(m), Some(keys)) => Some(dkim::sign(
             keys,
@@ -599,7 +599,7 @@ fn trace_spilled(
         m.prepend(trace.local.as_bytes()).map_err(store)?;
     }
     // The queued copy's front goes in front in the queue entry itself (one copy, not two).
-    let front = front.then(|| queued_front(&outcome, &trace));
+    let front = has_queued.then(|| queued_front(&outcome, &trace));
     Ok((outcome, front))
 }
 
