@@ -110,6 +110,11 @@
 //! lines are SMTP commands as they would be sent; other values are percent-escaped (`%`,
 //! control characters), so each field is one line.
 //!
+//! Every header is decoded again before it is written, and one whose envelope would not read
+//! back as the same envelope (a local part past [`STORED_LIMITS`], built by hand with
+//! `Mailbox::new`) is refused with an [`Error::Io`] of kind `InvalidInput`: nothing is
+//! written, so nothing is acknowledged that a runner would later find unreadable.
+//!
 //! It is at most [`ENVELOPE_MAX`] (16 MiB) long: an entry that would encode larger is refused
 //! before anything is written, and a larger file (damage, or something planted) is corrupt
 //! without being read (see [`ENVELOPE_MAX`]). A decoding error quotes at most a short escaped
@@ -1563,15 +1568,47 @@ impl Queue {
 }
 
 /// The envelope's text, refused (an [`Error::Io`] naming `path`) if it is over
-/// [`ENVELOPE_MAX`]: the queue never writes a file it would not read back.
+/// [`ENVELOPE_MAX`] or does not read back: the queue never writes a file it would not read
+/// back.
 fn encode_bounded(entry: &QueueEntry, path: &Path) -> Result<String> {
-    within_envelope_max(entry.encode_v1(), "envelope", path)
+    let text = within_envelope_max(entry.encode_v1(), "envelope", path)?;
+    let back = QueueEntry::decode_v1(&text);
+    reads_back(back.map(|e| e.envelope), entry, path)?;
+    Ok(text)
 }
 
 /// The header of a one-file entry (version 3), refused as [`encode_bounded`] refuses an
 /// envelope.
 fn encode_v2_bounded(entry: &QueueEntry, body_size: u64, path: &Path) -> Result<String> {
-    within_envelope_max(entry.encode(body_size), "queue entry header", path)
+    let text = within_envelope_max(entry.encode(body_size), "queue entry header", path)?;
+    let back = QueueEntry::decode(&text);
+    reads_back(back.map(|(e, _)| e.envelope), entry, path)?;
+    Ok(text)
+}
+
+/// Whether `back`, the envelope decoded from what is about to be written for `entry`, is
+/// `entry`'s: an envelope the types can hold but the stored form cannot (a local part
+/// longer than [`STORED_LIMITS`] allows, say, built with `Mailbox::new`) is refused with an
+/// [`Error::Io`] of kind `InvalidInput` naming `path` before anything is written, so it is
+/// never acknowledged and then found unreadable.
+fn reads_back(
+    back: std::result::Result<Envelope, String>,
+    entry: &QueueEntry,
+    path: &Path,
+) -> Result<()> {
+    let why = match back {
+        Ok(env) if env == entry.envelope => return Ok(()),
+        Ok(_) => "reads back as a different envelope".to_owned(),
+        Err(e) => format!("would not read back: {e}"),
+    };
+    Err(Error::Io {
+        op: "write",
+        path: path.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("queue entry refused: its envelope {why}"),
+        ),
+    })
 }
 
 /// `text` (an envelope or header, named `what` in the error) if it is within
@@ -2624,6 +2661,60 @@ mod tests {
         let err = q.begin_entry(&huge).unwrap_err();
         assert!(err.to_string().contains("over the limit"), "{err}");
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    /// An envelope the types hold but the stored form cannot (a local part or domain past
+    /// [`STORED_LIMITS`], built by hand): every way of writing an entry refuses it before
+    /// anything is written, so it is never acknowledged and then found unreadable.
+    #[test]
+    fn envelope_that_would_not_read_back_is_refused() {
+        use smtp_proto::address::{Domain, Mailbox};
+        let dir = tempfile::tempdir().unwrap();
+        let q = Queue::open(dir.path()).unwrap();
+        let long_local = "a".repeat(STORED_LIMITS.max_local_part + 1);
+        let long_label = format!("{}.example", "b".repeat(STORED_LIMITS.max_domain));
+        let local = |l: &str| {
+            Mailbox::new(
+                l.to_owned(),
+                Domain::name("example.net".to_owned()).unwrap(),
+            )
+            .unwrap()
+        };
+        let long_domain = Mailbox::new("x".to_owned(), Domain::name(long_label).unwrap()).unwrap();
+        let mut bad = Vec::new();
+        let mut e = sample();
+        e.envelope.from = ReversePath::Mailbox(local(&long_local));
+        bad.push(e);
+        let mut e = sample();
+        e.envelope
+            .rcpts
+            .push(Recipient::new(ForwardPath::Mailbox(local(&long_local))));
+        bad.push(e);
+        let mut e = sample();
+        e.envelope.rcpts[0] = Recipient::new(ForwardPath::Mailbox(long_domain));
+        bad.push(e);
+        for entry in &bad {
+            for err in [
+                q.enqueue(entry, b"body\r\n").unwrap_err(),
+                q.enqueue_v1(entry, b"body\r\n").unwrap_err(),
+                q.begin_entry(entry).map(|_| ()).unwrap_err(),
+            ] {
+                let Error::Io { source, .. } = &err else {
+                    panic!("{err:?}")
+                };
+                assert_eq!(source.kind(), std::io::ErrorKind::InvalidInput, "{err}");
+                assert!(err.to_string().contains("would not read back"), "{err}");
+            }
+        }
+        assert!(q.list().unwrap().is_empty());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+        assert_eq!(fs::read_dir(dir.path().join("corrupt")).unwrap().count(), 0);
+        // At the limit it is written and read back.
+        let mut e = sample();
+        e.envelope.from = ReversePath::Mailbox(local(&"a".repeat(STORED_LIMITS.max_local_part)));
+        let id = q.enqueue(&e, b"body\r\n").unwrap();
+        assert_eq!(q.list().unwrap().len(), 1);
+        assert_eq!(q.claim(&id).unwrap().unwrap().entry().envelope, e.envelope);
     }
 
     /// Entries seen by the hook below, and those of them it could lock.
