@@ -115,7 +115,9 @@
 //! - A client that makes [`SessionConfig::max_errors`] protocol errors (bad syntax, bad
 //!   sequence) is disconnected with `421 4.7.0`; policy refusals do not count, nor do BDAT
 //!   chunks refused because an earlier chunk failed. Past [`SessionConfig::max_junk`] NOOP,
-//!   RSET, VRFY, EXPN and HELP commands, each further one counts as an error.
+//!   RSET, VRFY, EXPN and HELP commands, each further one counts as an error. Both counts
+//!   start again when a message is accepted (as Postfix's), so only a client that delivers
+//!   nothing is cut off.
 //! - The EHLO reply echoes the client's name only when it is at most 255 octets.
 //! - MAIL/RCPT parameters the server did not advertise (unknown keywords, DSN's NOTIFY, ORCPT,
 //!   RET and ENVID unless [`SessionConfig::dsn`], `BODY=BINARYMIME`) are refused with
@@ -228,10 +230,11 @@ pub struct SessionConfig {
     pub smtputf8: bool,
     /// Offer DSN and accept its parameters (RFC 3461); the caller must then honour them.
     pub dsn: bool,
-    /// Protocol errors tolerated before the client is disconnected with `421 4.7.0`.
+    /// Protocol errors tolerated before the client is disconnected with `421 4.7.0`; the
+    /// count starts again when a message is accepted.
     pub max_errors: usize,
-    /// NOOP, RSET, VRFY, EXPN and HELP commands allowed in a session before each further one
-    /// counts as a protocol error (default 100).
+    /// NOOP, RSET, VRFY, EXPN and HELP commands allowed before each further one counts as a
+    /// protocol error (default 100); the count starts again when a message is accepted.
     pub max_junk: usize,
     /// Refuse input the client sent without waiting for a reply where RFC 2920 does not allow
     /// it, as Postfix's `smtpd_forbid_unauth_pipelining = yes` (its default since 3.9): the
@@ -918,11 +921,14 @@ impl Session {
         self.wait_since = None;
         let n = self.recipients.max(1);
         let mut given = replies.into_iter();
+        let mut any_ok = false;
         for _ in 0..n {
-            given
-                .next()
-                .unwrap_or_else(missing_verdict)
-                .encode(&mut self.output);
+            let r = given.next().unwrap_or_else(missing_verdict);
+            any_ok |= r.is_positive_completion();
+            r.encode(&mut self.output);
+        }
+        if any_ok {
+            self.delivered();
         }
         self.reset_transaction();
         self.envelope = Envelope::Greeted;
@@ -974,6 +980,9 @@ impl Session {
                 self.rcpt = None;
             }
             Pending::DataEnd => {
+                if ok {
+                    self.delivered();
+                }
                 self.reset_transaction();
                 self.envelope = Envelope::Greeted;
             }
@@ -1402,6 +1411,16 @@ impl Session {
             return self.count_error();
         }
         None
+    }
+
+    /// A message was accepted (for at least one recipient): the junk and error counts start
+    /// again, as Postfix's (`smtpd_junk_command_limit` "is reset after mail is delivered",
+    /// `smtpd_hard_error_limit` counts errors "without delivering mail"). So a client that
+    /// sends many messages on one connection with RSET or NOOP between them is never cut off
+    /// for it, while one that delivers nothing still is.
+    fn delivered(&mut self) {
+        self.junk = 0;
+        self.errors = 0;
     }
 
     /// Counts one protocol error; returns `Closed` (with `421 4.7.0` queued) when the error

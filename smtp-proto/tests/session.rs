@@ -562,6 +562,62 @@ fn junk_commands_count_as_errors_past_the_limit() {
     assert_eq!(r.last().unwrap(), "221 2.0.0 mx.test closing connection");
 }
 
+/// One message on a reused connection, with the RSET (and a NOOP) a client sends before each.
+const RSET_MESSAGE: &str = "RSET\r\nNOOP\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nDATA\r\nx\r\n.\r\n";
+
+#[test]
+fn accepted_messages_start_the_junk_and_error_counts_again() {
+    // 500 messages on one connection, each behind RSET and NOOP (1000 junk commands) and
+    // one unknown command (500 errors): all accepted, never cut off, as with Postfix, whose
+    // junk count "is reset after mail is delivered".
+    let mut input = String::from("EHLO c\r\n");
+    for _ in 0..500 {
+        input.push_str("FOO\r\n");
+        input.push_str(RSET_MESSAGE);
+    }
+    input.push_str("QUIT\r\n");
+    let r = replies(&input);
+    assert_eq!(
+        r.iter()
+            .filter(|l| *l == "250 2.0.0 Message accepted")
+            .count(),
+        500
+    );
+    assert_eq!(r.iter().filter(|l| l.starts_with("500 5.5.1")).count(), 500);
+    assert!(!r.iter().any(|l| l.starts_with("421")), "{r:?}");
+    assert_eq!(r.last().unwrap(), "221 2.0.0 mx.test closing connection");
+}
+
+#[test]
+fn refused_messages_do_not_start_the_counts_again() {
+    // A message refused at its end (a policy's 554) delivered nothing: the junk commands
+    // before it still count, and the 110th closes the connection as without messages.
+    let mut s = Session::new(config());
+    let mut out = String::new();
+    let mut input = String::from("EHLO c\r\n");
+    for _ in 0..60 {
+        input.push_str(RSET_MESSAGE);
+    }
+    s.feed(input.as_bytes());
+    while let Some(ev) = s.poll_event() {
+        match ev {
+            Event::DataEnd { .. } => {
+                s.respond(Reply::new(554, "5.7.1".parse().ok(), "Refused").unwrap());
+            }
+            ev if ev.needs_decision() => s.accept(),
+            _ => {}
+        }
+    }
+    out.push_str(&String::from_utf8_lossy(s.output()));
+    // 120 junk commands: 100 free, then errors 1..=10, the 10th (the 110th junk command,
+    // the NOOP of the 55th message) closes.
+    assert_eq!(out.matches("554 5.7.1 Refused").count(), 54, "{out}");
+    assert!(
+        out.ends_with("250 2.0.0 OK\r\n421 4.7.0 mx.test Too many errors, closing connection\r\n"),
+        "{out}"
+    );
+}
+
 #[test]
 fn bdat_chunks_behind_a_failed_one_are_not_protocol_errors() {
     // 12 chunks pipelined behind one over the size limit: each gets 503, none closes.

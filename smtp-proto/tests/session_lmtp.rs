@@ -234,3 +234,41 @@ fn extension_verbs_are_off_by_default_and_cannot_carry_control_characters() {
     assert!(!called);
     assert!(out.ends_with("500 5.5.1 Command unrecognized\r\n"), "{out}");
 }
+
+#[test]
+fn lmtp_message_delivered_to_one_recipient_starts_the_junk_count_again() {
+    // 300 messages, each behind RSET and NOOP (600 junk commands), answered per recipient
+    // with one success and one failure: delivered, so never cut off. Answered with failures
+    // only, the junk commands add up and the connection is closed.
+    let mut c = SessionConfig::new("lmtp.example");
+    c.lmtp = true;
+    c.forbid_unauth_pipelining = false;
+    let one =
+        b"RSET\r\nNOOP\r\nMAIL FROM:<>\r\nRCPT TO:<a@x>\r\nRCPT TO:<b@x>\r\nDATA\r\nx\r\n.\r\n";
+    let mut input = b"LHLO c\r\n".to_vec();
+    for _ in 0..300 {
+        input.extend_from_slice(one);
+    }
+    for delivered in [true, false] {
+        let mut s = Session::new(c.clone());
+        let out = run(&mut s, &[&input], |s, name| match name {
+            "end" => s.respond_per_recipient([
+                if delivered {
+                    Reply::new(250, "2.0.0".parse().ok(), "delivered").unwrap()
+                } else {
+                    Reply::new(452, "4.2.2".parse().ok(), "over quota").unwrap()
+                },
+                Reply::new(550, "5.1.1".parse().ok(), "No such user").unwrap(),
+            ]),
+            _ => s.accept(),
+        });
+        let closed = out.contains("421 4.7.0 lmtp.example Too many errors");
+        if delivered {
+            assert_eq!(out.matches("250 2.0.0 delivered").count(), 300);
+            assert!(!closed, "{out}");
+        } else {
+            assert_eq!(out.matches("452 4.2.2 over quota").count(), 54, "{out}");
+            assert!(closed, "{out}");
+        }
+    }
+}

@@ -311,3 +311,28 @@ fn mailbox_options_and_refused_mailboxes() {
     assert_eq!(c.send("a@example.test", &["bob@example.test"], msg).0, 451);
     assert_eq!(spool_messages(&spool, "bob").len(), 1);
 }
+
+#[test]
+fn many_messages_on_one_connection_with_rset_and_noop_between() {
+    // A client that reuses its connection (as Postfix's connection cache does) sends RSET
+    // before each message, and here a NOOP too: 150 messages are 300 junk commands, past the
+    // 100 allowed, but each accepted message starts the count again, so none is refused and
+    // the connection is not cut off with `421 4.7.0 Too many errors`.
+    let net = Net::start(PeerBehaviour::default(), false);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let d = Daemon::start(&spool, net.dns.addr(), &[]);
+    let mut c = d.connect();
+    for i in 0..150 {
+        assert_eq!(c.cmd("RSET"), (250, "2.0.0 OK".into()), "message {i}");
+        assert_eq!(c.cmd("NOOP"), (250, "2.0.0 OK".into()), "message {i}");
+        let (code, text) = c.send(
+            "alice@example.test",
+            &["bob@example.test"],
+            &format!("Subject: {i}\r\n\r\nbody\r\n"),
+        );
+        assert_eq!(code, 250, "message {i}: {text}");
+    }
+    assert_eq!(c.cmd("QUIT").0, 221);
+    assert_eq!(spool_messages(&spool, "bob").len(), 150);
+}
