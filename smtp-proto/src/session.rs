@@ -119,6 +119,10 @@
 //!   start again when a message is accepted (as Postfix's), so only a client that delivers
 //!   nothing is cut off.
 //! - The EHLO reply echoes the client's name only when it is at most 255 octets.
+//! - BDAT and AUTH, offered only in the EHLO reply, get `503 5.5.1 Send EHLO first` after
+//!   HELO or before any greeting; a refused BDAT's chunk is swallowed, and it is part of its
+//!   command for the pipelining rules below (never "input sent ahead"), so the reply is the
+//!   same however the client's writes split command and chunk.
 //! - MAIL/RCPT parameters the server did not advertise (unknown keywords, DSN's NOTIFY, ORCPT,
 //!   RET and ENVID unless [`SessionConfig::dsn`], `BODY=BINARYMIME`) are refused with
 //!   `555 5.5.4`; parameters after HELO (not EHLO) likewise.
@@ -1515,7 +1519,28 @@ impl Session {
                 ),
             },
         };
-        if last_in_group && self.config.forbid_unauth_pipelining {
+        // BDAT's chunk is part of the command, never input sent ahead of its reply: the
+        // group ends after it. When the chunk is not all here yet, what follows it cannot be
+        // told from it, so there is nothing to check (a BDAT outside an EHLO session, the one
+        // place BDAT ends a group, is refused anyway).
+        let (len, chunk_pending) = match &parsed {
+            Ok(Some((Command::Bdat { size, .. }, _))) => {
+                let end = usize::try_from(*size).ok().and_then(|n| n.checked_add(len));
+                match end {
+                    Some(end)
+                        if self
+                            .pos
+                            .checked_add(end)
+                            .is_some_and(|e| e <= self.input.len()) =>
+                    {
+                        (end, false)
+                    }
+                    _ => (len, true),
+                }
+            }
+            _ => (len, false),
+        };
+        if last_in_group && self.config.forbid_unauth_pipelining && !chunk_pending {
             if self.pos + len < self.input.len() {
                 // The client sent more without waiting for this command's reply.
                 self.sync_error();
@@ -1622,6 +1647,11 @@ impl Session {
                 };
                 if !self.config.chunking {
                     return self.protocol_error(502, (5, 5, 1), "Command not implemented");
+                }
+                if !self.extended {
+                    // CHUNKING is offered in the EHLO reply only (RFC 3030 §2), as AUTH is;
+                    // the chunk is swallowed as any refused chunk is.
+                    return self.protocol_error(503, (5, 5, 1), "Send EHLO first");
                 }
                 if self.envelope == Envelope::Chunking {
                     return None;

@@ -739,3 +739,57 @@ fn malformed_known_parameters_are_501_unknown_ones_555() {
         assert_eq!(got, [*want], "{cmd}");
     }
 }
+
+// ---- BDAT outside an EHLO session ----
+
+/// CHUNKING is offered only in the EHLO reply: BDAT after HELO (or before any greeting) gets
+/// `503 5.5.1 Send EHLO first`, its chunk swallowed, nothing delivered, whether the chunk
+/// came with the command or in a later write; a client that pipelines a command behind the
+/// chunk is still refused for that, as after HELO anywhere.
+#[test]
+fn bdat_outside_an_ehlo_session_is_refused_the_same_however_it_is_split() {
+    let splits: &[&[&[u8]]] = &[
+        &[b"BDAT 5 LAST\r\nhello"],
+        &[b"BDAT 5 LAST\r\n", b"hello"],
+        &[b"BDAT 5 LAST\r\nhe", b"llo"],
+        &[b"BDAT 2\r\nhe", b"BDAT 3 LAST\r\n", b"llo"],
+    ];
+    for hello in ["HELO c.test", ""] {
+        for writes in splits {
+            let mut d = Driver::greeted(config());
+            if !hello.is_empty() {
+                assert_eq!(d.send(format!("{hello}\r\n").as_bytes()), ["250 mx.test"]);
+                let r = d.send(b"MAIL FROM:<a@b.test>\r\n");
+                assert_eq!(r, ["250 2.1.0 Sender OK"]);
+                let r = d.send(b"RCPT TO:<c@mx.test>\r\n");
+                assert_eq!(r, ["250 2.1.5 Recipient OK"]);
+            }
+            let n = d.events.len();
+            let mut replies = Vec::new();
+            for w in *writes {
+                replies.extend(d.send(w));
+            }
+            let chunks = replies.len();
+            assert!(chunks >= 1, "{hello:?} {writes:?}");
+            assert!(
+                replies.iter().all(|r| r == "503 5.5.1 Send EHLO first"),
+                "{hello:?} {writes:?}: {replies:?}"
+            );
+            assert!(!d.s.is_closed(), "{hello:?} {writes:?}");
+            assert!(!d.events_since(n).contains(&"data"), "{:?}", d.events);
+            // The chunk was swallowed: the next command is read as one.
+            assert_eq!(
+                d.send(b"NOOP\r\n"),
+                ["250 2.0.0 OK"],
+                "{hello:?} {writes:?}"
+            );
+        }
+        // A command pipelined behind the chunk, where pipelining is not allowed.
+        let mut d = Driver::greeted(config());
+        if !hello.is_empty() {
+            d.send(format!("{hello}\r\n").as_bytes());
+        }
+        assert_eq!(d.send(b"BDAT 5 LAST\r\nhelloNOOP\r\n"), [SYNC]);
+        assert!(d.s.is_closed());
+    }
+}

@@ -336,3 +336,48 @@ fn many_messages_on_one_connection_with_rset_and_noop_between() {
     assert_eq!(c.cmd("QUIT").0, 221);
     assert_eq!(spool_messages(&spool, "bob").len(), 150);
 }
+
+#[test]
+fn bdat_after_helo_is_refused_and_its_chunk_swallowed() {
+    // CHUNKING is offered to EHLO only: after HELO a BDAT gets `503 5.5.1 Send EHLO first`
+    // whether its chunk came in the same write or the next, and nothing is delivered; after
+    // EHLO the same chunk is.
+    let net = Net::start(PeerBehaviour::default(), false);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let d = Daemon::start(&spool, net.dns.addr(), &[]);
+    let chunk = "Subject: chunked\r\n\r\nhi\r\n";
+    for split in [false, true] {
+        let mut c = d.connect();
+        assert_eq!(c.cmd("HELO client.test").0, 250);
+        assert_eq!(c.cmd("MAIL FROM:<alice@example.test>").0, 250);
+        assert_eq!(c.cmd("RCPT TO:<bob@example.test>").0, 250);
+        let line = format!("BDAT {} LAST\r\n", chunk.len());
+        if split {
+            c.send_raw(line.as_bytes());
+            std::thread::sleep(Duration::from_millis(50));
+            c.send_raw(chunk.as_bytes());
+        } else {
+            c.send_raw(format!("{line}{chunk}").as_bytes());
+        }
+        assert_eq!(
+            c.reply(),
+            (503, "5.5.1 Send EHLO first".into()),
+            "split {split}"
+        );
+        assert_eq!(c.cmd("NOOP"), (250, "2.0.0 OK".into()), "split {split}");
+        assert_eq!(c.cmd("QUIT").0, 221);
+    }
+    assert!(spool_messages(&spool, "bob").is_empty());
+    let mut c = d.connect();
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    assert_eq!(c.cmd("MAIL FROM:<alice@example.test>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<bob@example.test>").0, 250);
+    c.send_raw(format!("BDAT {} LAST\r\n{chunk}", chunk.len()).as_bytes());
+    assert_eq!(c.reply().0, 250);
+    let msgs = spool_messages(&spool, "bob");
+    assert_eq!(msgs.len(), 1);
+    let text = String::from_utf8_lossy(&msgs[0].1);
+    assert!(text.contains("\r\nSubject: chunked\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\nhi\r\n"), "{text}");
+}
