@@ -825,7 +825,9 @@ fn keyword(k: &[u8]) -> Keyword {
     }
 }
 
-/// `size-value = 1*20DIGIT` (RFC 1870)
+/// `size-value = 1*20DIGIT` (RFC 1870). Twenty digits can say more than a `u64` holds: such
+/// a value is valid syntax (RFC 1870 §6 wants it refused for its size, `552 5.3.4`, not as a
+/// syntax error), and is read as `u64::MAX`, larger than any limit.
 #[inline]
 fn size_value(v: &[u8]) -> Result<u64, ParamError> {
     if v.is_empty() || v.len() > 20 {
@@ -836,10 +838,7 @@ fn size_value(v: &[u8]) -> Result<u64, ParamError> {
         if !d.is_ascii_digit() {
             return Err(ParamError::InvalidValue);
         }
-        n = n
-            .checked_mul(10)
-            .and_then(|n| n.checked_add(u64::from(d - b'0')))
-            .ok_or(ParamError::InvalidValue)?;
+        n = n.saturating_mul(10).saturating_add(u64::from(d - b'0'));
     }
     Ok(n)
 }

@@ -648,7 +648,7 @@ fn malformed_known_parameters_are_501_unknown_ones_555() {
             "501 5.5.4 Invalid parameter value",
         ),
         (
-            "MAIL FROM:<a@b.test> SIZE=99999999999999999999",
+            "MAIL FROM:<a@b.test> SIZE=999999999999999999999",
             "501 5.5.4 Invalid parameter value",
         ),
         (
@@ -791,5 +791,40 @@ fn bdat_outside_an_ehlo_session_is_refused_the_same_however_it_is_split() {
         }
         assert_eq!(d.send(b"BDAT 5 LAST\r\nhelloNOOP\r\n"), [SYNC]);
         assert!(d.s.is_closed());
+    }
+}
+
+/// RFC 1870 §6: `size-value = 1*20DIGIT`, and a size over the server's limit is `552 5.3.4`,
+/// also one of 20 digits that no 64-bit number holds; 21 digits are a syntax error.
+#[test]
+fn declared_sizes_past_64_bits_are_too_large_not_malformed() {
+    let mut c = config();
+    c.max_message_size = Some(10_000_000);
+    c.max_errors = 100;
+    let cases = [
+        ("10000000", "250 2.1.0 Sender OK"),
+        (
+            "10000001",
+            "552 5.3.4 Message size exceeds fixed maximum message size",
+        ),
+        (
+            "18446744073709551615",
+            "552 5.3.4 Message size exceeds fixed maximum message size",
+        ),
+        (
+            "18446744073709551616",
+            "552 5.3.4 Message size exceeds fixed maximum message size",
+        ),
+        (
+            "99999999999999999999",
+            "552 5.3.4 Message size exceeds fixed maximum message size",
+        ),
+        ("00000000000000000001", "250 2.1.0 Sender OK"),
+        ("999999999999999999999", "501 5.5.4 Invalid parameter value"),
+    ];
+    for (size, want) in cases {
+        let mut d = Driver::after_ehlo(c.clone());
+        let got = d.send(format!("MAIL FROM:<a@b.test> SIZE={size}\r\n").as_bytes());
+        assert_eq!(got, [want], "SIZE={size}");
     }
 }
