@@ -2356,6 +2356,28 @@ def locked_deleted_and_broken_passwd_files_let_no_one_in(ctx):
 
 
 @case("submission")
+def plain_authorization_identity_is_compared_as_logins_are(ctx):
+    # PLAIN's authzid (RFC 4616) may name the login itself, in any case (logins are compared
+    # in lower case): 235; naming another user, or what cannot be a login: 535 5.7.8, the
+    # password never checked.
+    d, sub, _ = submission_daemon(ctx)
+    def login(authzid, user="alice@example.test", pw=ALICE_PW):
+        c = starttls_client(sub)
+        r = c.cmd("AUTH PLAIN " + b64("\0".join((authzid, user, pw))))
+        c.close()
+        return r
+    for authzid, user in (("alice@example.test", "alice@example.test"),
+                          ("Alice@Example.TEST", "alice@example.test"),
+                          ("alice@example.test", "ALICE@example.test"),
+                          ("ALICE@EXAMPLE.TEST", "Alice@example.test"),
+                          ("", "alice@example.test")):
+        expect(login(authzid, user), 235, "2.7.0")
+    for authzid in ("bob@example.test", "alice@example.test ", "alice", "ali:ce@example.test"):
+        expect(login(authzid), 535, "5.7.8")
+    check("authorization identity differs" in d.log(), d.log()[-600:])
+
+
+@case("submission")
 def passwd_entries_are_dovecot_compatible(ctx):
     need("doveadm")
     path = passwd_file(ctx, users=(("alice@example.test", ALICE_PW),))

@@ -830,8 +830,12 @@ impl SessionHandler for Session {
         let Some(db) = self.d.auth.clone() else {
             return Err(AuthFailure::Invalid);
         };
-        // Acting as someone else (PLAIN's authorisation identity) is not supported.
-        if c.authzid().is_some_and(|z| z != c.authcid()) {
+        // Acting as someone else (PLAIN's authorisation identity) is not supported; naming
+        // oneself is, compared as logins are (`Alice@Example.test` is `alice@example.test`).
+        let same_user = |z: &str| {
+            auth::canonical_login(z).is_some_and(|z| Some(z) == auth::canonical_login(c.authcid()))
+        };
+        if c.authzid().is_some_and(|z| !same_user(z)) {
             info!(
                 session = self.session_id,
                 login = c.authcid(),
