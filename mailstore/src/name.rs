@@ -8,18 +8,26 @@
 //!
 //! 1. **Subaddress**: everything from the first `+` on is dropped (`alice+news` and
 //!    `alice+a+b` go to `alice`). A local part that is empty before the `+` (`+x`) is refused.
-//! 2. **Case**: ASCII letters are folded to lower case (`Alice` goes to `alice`). Non-ASCII
+//! 2. **Unicode spelling**: the name is put in Unicode Normalization Form C (NFC, UAX #15),
+//!    so canonically equivalent spellings are one mailbox: `jo\u{301}rg` (decomposed, as some
+//!    clients send it) and `jórg` (precomposed), Hangul written as conjoining jamo
+//!    (`\u{1112}\u{1161}\u{11AB}`) and as the syllable `한`, `α\u{345}` and `ᾳ`. NFC is
+//!    stable: Unicode's normalization stability policy never changes the NFC of assigned
+//!    characters, and only assigned characters pass step 4, so a mailbox does not move when
+//!    the normalization data is upgraded. (Compatibility forms, NFKC, are not applied:
+//!    `ﬁ` and `fi` stay different names, as they are different text.)
+//! 3. **Case**: ASCII letters are folded to lower case (`Alice` goes to `alice`). Non-ASCII
 //!    letters are kept exactly as given: Unicode case folding depends on the Unicode version and
-//!    on language, and a mailbox must not move when a library is upgraded.
-//! 3. **Characters**: ASCII letters and digits, `.`, `-`, `_`, and non-ASCII letters and digits
+//!    on language, and a mailbox must not move when a library is upgraded. (`E\u{301}` is
+//!    `É` after step 2, so it stays upper case as `É` does.)
+//! 4. **Characters**: ASCII letters and digits, `.`, `-`, `_`, and non-ASCII letters and digits
 //!    (Unicode alphabetic or numeric characters, sent under SMTPUTF8). Everything else is
 //!    refused: `/`, `\`, NUL and other controls, spaces, `%` (so `%2e%2e` is not decoded, just
 //!    refused), quotes (quoted local parts are refused), the other RFC 5322 `atext` symbols, and
-//!    combining marks (so of the two Unicode spellings of `é` only the precomposed one, as NFC
-//!    produces it, is accepted: one mailbox, one name).
-//! 4. **Dots**: no leading dot (which also refuses `.` and `..`), no trailing dot, and no two
+//!    combining marks that are not letters and have no precomposed form (`x\u{301}`).
+//! 5. **Dots**: no leading dot (which also refuses `.` and `..`), no trailing dot, and no two
 //!    dots in a row. Names starting with a dot are reserved for the stores' own files.
-//! 5. **Length**: 1 to [`MAX_LEN`] bytes after the steps above (64 is RFC 5321's limit for a
+//! 6. **Length**: 1 to [`MAX_LEN`] bytes after the steps above (64 is RFC 5321's limit for a
 //!    local part).
 //!
 //! ```
@@ -61,7 +69,7 @@ pub enum NameError {
     #[error("mailbox name contains \"..\"")]
     DoubleDot,
     /// Given to [`MailboxName::new`] in a form that `from_local_part` would change (upper-case
-    /// ASCII or a `+detail`).
+    /// ASCII, a `+detail`, or a spelling not in NFC).
     #[error("mailbox name not in canonical form (use from_local_part)")]
     NotCanonical,
 }
@@ -85,7 +93,9 @@ impl MailboxName {
             Some(i) => &local_part[..i],
             None => local_part,
         };
-        let folded = base.to_ascii_lowercase();
+        // NFC before folding, so that `E\u{301}` folds as `É` does (not at all); NFC again
+        // after, in case folding made a letter that composes with the mark after it.
+        let folded = nfc(&nfc(base).to_ascii_lowercase()).into_owned();
         validate(&folded)?;
         Ok(MailboxName(folded))
     }
@@ -94,9 +104,12 @@ impl MailboxName {
     /// user name from an IMAP login or a directory listing).
     ///
     /// # Errors
-    /// [`NameError::NotCanonical`] for upper-case ASCII or a `+`, otherwise as
-    /// [`from_local_part`](Self::from_local_part).
+    /// [`NameError::NotCanonical`] for upper-case ASCII, a `+` or a name not in NFC, otherwise
+    /// as [`from_local_part`](Self::from_local_part).
     pub fn new(name: &str) -> Result<MailboxName, NameError> {
+        if !is_nfc(name) {
+            return Err(NameError::NotCanonical);
+        }
         validate(name)?;
         if name.bytes().any(|b| b.is_ascii_uppercase()) {
             return Err(NameError::NotCanonical);
@@ -108,6 +121,16 @@ impl MailboxName {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+}
+
+/// `s` in Normalization Form C.
+fn nfc(s: &str) -> std::borrow::Cow<'_, str> {
+    icu_normalizer::ComposingNormalizerBorrowed::new_nfc().normalize(s)
+}
+
+/// Whether `s` is in Normalization Form C.
+fn is_nfc(s: &str) -> bool {
+    icu_normalizer::ComposingNormalizerBorrowed::new_nfc().is_normalized(s)
 }
 
 fn validate(name: &str) -> Result<(), NameError> {
@@ -211,7 +234,19 @@ mod tests {
             ("a b", Err(NameError::InvalidChar(' '))),
             ("\"alice\"", Err(NameError::InvalidChar('"'))),
             ("a\nb", Err(NameError::InvalidChar('\n'))),
-            ("e\u{301}", Err(NameError::InvalidChar('\u{301}'))),
+            // One mailbox for canonically equivalent spellings (NFC).
+            ("e\u{301}", Ok("é")),
+            ("jo\u{301}rg", Ok("jórg")),
+            ("E\u{301}", Ok("É")),
+            ("É", Ok("É")),
+            ("\u{1112}\u{1161}\u{11AB}", Ok("\u{D55C}")),
+            ("\u{D55C}", Ok("\u{D55C}")),
+            ("α\u{345}", Ok("\u{1FB3}")),
+            ("\u{212B}", Ok("\u{C5}")),
+            ("A\u{30A}ngstr\u{F6}m", Ok("\u{C5}ngstr\u{F6}m")),
+            ("x\u{301}", Err(NameError::InvalidChar('\u{301}'))),
+            ("\u{301}", Err(NameError::InvalidChar('\u{301}'))),
+            ("ﬁ", Ok("ﬁ")),
             ("a\u{202e}b", Err(NameError::InvalidChar('\u{202e}'))),
             // The detail is dropped before the checks: what follows `+` does not matter.
             ("bob+../../x", Ok("bob")),
@@ -232,6 +267,15 @@ mod tests {
         assert_eq!(MailboxName::new("Bob"), Err(NameError::NotCanonical));
         assert_eq!(MailboxName::new("bob+x"), Err(NameError::NotCanonical));
         assert_eq!(MailboxName::new(".."), Err(NameError::LeadingDot));
+        assert_eq!(MailboxName::new("jórg").unwrap().as_str(), "jórg");
+        assert_eq!(
+            MailboxName::new("jo\u{301}rg"),
+            Err(NameError::NotCanonical)
+        );
+        assert_eq!(
+            MailboxName::new("\u{1112}\u{1161}\u{11AB}"),
+            Err(NameError::NotCanonical)
+        );
     }
 
     fn valid_name() -> impl Strategy<Value = String> {
@@ -246,6 +290,22 @@ mod tests {
             prop_assert_eq!(MailboxName::new(n.as_str()).unwrap(), n.clone());
             let upper = format!("{}+{}", name.to_ascii_uppercase(), name);
             prop_assert_eq!(MailboxName::from_local_part(&upper).unwrap(), n);
+        }
+
+        /// Canonically equivalent spellings are the same mailbox (or the same refusal).
+        #[test]
+        fn equivalent_spellings_are_one_mailbox(
+            s in "([a-zA-Z+.]|\\PC){0,12}",
+        ) {
+            let nfd = icu_normalizer::DecomposingNormalizerBorrowed::new_nfd().normalize(&s);
+            prop_assert_eq!(
+                MailboxName::from_local_part(&nfd),
+                MailboxName::from_local_part(&s)
+            );
+            prop_assert_eq!(
+                MailboxName::from_local_part(&nfc(&s)),
+                MailboxName::from_local_part(&s)
+            );
         }
 
         #[test]

@@ -381,3 +381,37 @@ fn bdat_after_helo_is_refused_and_its_chunk_swallowed() {
     assert!(text.contains("\r\nSubject: chunked\r\n"), "{text}");
     assert!(text.ends_with("\r\n\r\nhi\r\n"), "{text}");
 }
+
+#[test]
+fn canonically_equivalent_spellings_reach_one_mailbox() {
+    // Decomposed `jörg` (as some clients send it), precomposed `jörg`, and Hangul as
+    // conjoining jamo and as the syllable: one directory each, in NFC.
+    let net = Net::start(PeerBehaviour::default(), false);
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let d = Daemon::start(&spool, net.dns.addr(), &[]);
+    let mut c = d.connect();
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    for to in [
+        "jo\u{308}rg",
+        "j\u{f6}rg",
+        "\u{1112}\u{1161}\u{11ab}",
+        "\u{d55c}",
+    ] {
+        assert_eq!(c.cmd("MAIL FROM:<alice@example.test> SMTPUTF8").0, 250);
+        let r = c.cmd(&format!("RCPT TO:<{to}@example.test>"));
+        assert_eq!(r.0, 250, "{to:?}: {r:?}");
+        assert_eq!(c.cmd("DATA").0, 354);
+        c.send_raw(b"Subject: x\r\n\r\nhi\r\n.\r\n");
+        assert_eq!(c.reply().0, 250, "{to:?}");
+    }
+    let mut names: Vec<String> = std::fs::read_dir(&spool)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["j\u{f6}rg", "\u{d55c}"]);
+    assert_eq!(spool_messages(&spool, "j\u{f6}rg").len(), 2);
+    assert_eq!(spool_messages(&spool, "\u{d55c}").len(), 2);
+}
