@@ -85,6 +85,27 @@ impl Capability {
         line
     }
 
+    /// Whether the capability can be written as one `ehlo-line` (RFC 5321 §4.1.1.1): the
+    /// keyword `(ALPHA / DIGIT) *(ALPHA / DIGIT / "-")`, each parameter `1*(%d33-126)` (so no
+    /// space, CR, LF or other control character, which would split the line or add one).
+    /// [`EhloReply::to_reply`] leaves out a capability that is not.
+    pub fn is_valid(&self) -> bool {
+        let keyword = self.keyword().as_bytes();
+        let keyword_ok = keyword.first().is_some_and(u8::is_ascii_alphanumeric)
+            && keyword
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || *b == b'-');
+        let params: &[String] = match self {
+            Self::Auth(mechs) => mechs,
+            Self::Other(_, params) => params,
+            _ => &[],
+        };
+        keyword_ok
+            && params
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| (33..=126).contains(&b)))
+    }
+
     /// Reads one EHLO line (`keyword *(SP param)`); `None` for an empty line.
     pub fn from_line(line: &str) -> Option<Self> {
         let mut words = line.split(' ').filter(|w| !w.is_empty());
@@ -147,13 +168,31 @@ impl EhloReply {
 
     /// The `250` reply: first line `domain greeting`, then one line per capability. Never
     /// carries an enhanced code (RFC 2034 §3 exempts the EHLO reply).
+    ///
+    /// The reply has exactly one line per capability [`Capability::is_valid`] says can be
+    /// written, and no other: an invalid one is left out (not offered), and control
+    /// characters in the domain or greeting (a CR or LF would start a line of their own,
+    /// read by the client as a capability) are written as `?`.
     pub fn to_reply(&self) -> Reply {
         let first = if self.greeting.is_empty() {
             self.domain.clone()
         } else {
             format!("{} {}", self.domain, self.greeting)
         };
-        let lines = std::iter::once(first).chain(self.capabilities.iter().map(Capability::to_line));
+        let first = if first.chars().any(char::is_control) {
+            first
+                .chars()
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect()
+        } else {
+            first
+        };
+        let lines = std::iter::once(first).chain(
+            self.capabilities
+                .iter()
+                .filter(|c| c.is_valid())
+                .map(Capability::to_line),
+        );
         Reply::from_joined(250, None, crate::reply::join_lines(lines))
     }
 

@@ -279,7 +279,80 @@ pub struct SessionConfig {
     pub lmtp: bool,
 }
 
+/// Why a [`SessionConfig`] cannot be used ([`SessionConfig::check`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The host name is not a domain name or an address literal (RFC 5321 `Domain /
+    /// address-literal`): empty, or with spaces or control characters that would change the
+    /// replies it is written into.
+    #[error("host name {0:?} is not a domain name or address literal")]
+    Hostname(String),
+    /// An extra capability is not one `ehlo-line` ([`Capability::is_valid`]).
+    #[error("capability {0:?} cannot be written as one EHLO line")]
+    Capability(String),
+    /// An extra capability that the session offers itself from its own settings (`STARTTLS`,
+    /// `AUTH`, `SIZE`, ...): added by hand it would be offered where the session does not
+    /// implement it, or twice.
+    #[error("capability {0} is offered by the session from its settings, not added by hand")]
+    ReservedCapability(String),
+    /// An extension verb that is not an `ehlo-keyword`-like word (`(ALPHA / DIGIT) *(ALPHA /
+    /// DIGIT / "-")`).
+    #[error("extension verb {0:?} is not a command word")]
+    Verb(String),
+}
+
+/// `name` with what no reply can carry replaced: control characters and spaces as `?`, and
+/// an empty name as `localhost`.
+fn sanitized_hostname(name: &str) -> String {
+    if name.is_empty() {
+        return "localhost".to_owned();
+    }
+    name.chars()
+        .map(|c| if c.is_control() || c == ' ' { '?' } else { c })
+        .collect()
+}
+
 impl SessionConfig {
+    /// Checks what the session writes into its replies as given: the host name is a domain
+    /// name or address literal, each of [`extra_capabilities`](Self::extra_capabilities) is
+    /// one valid EHLO line and not one the session offers itself, each of
+    /// [`extension_verbs`](Self::extension_verbs) is a command word. A session made from a
+    /// configuration that fails still never writes a reply line it was not meant to (an
+    /// invalid capability is not offered, a bad host name has its control characters and
+    /// spaces written as `?`), but a driver should refuse to start with it; the server
+    /// library's builder does.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if crate::address::parse_domain(&self.hostname).is_err() {
+            return Err(ConfigError::Hostname(self.hostname.clone()));
+        }
+        for c in &self.extra_capabilities {
+            if !c.is_valid() {
+                return Err(ConfigError::Capability(c.to_line()));
+            }
+            let reserved = !matches!(c, Capability::Other(..))
+                || Capability::from_line(c.keyword())
+                    .is_some_and(|k| !matches!(k, Capability::Other(..)));
+            if reserved {
+                return Err(ConfigError::ReservedCapability(
+                    c.keyword().to_ascii_uppercase(),
+                ));
+            }
+        }
+        for v in &self.extension_verbs {
+            let b = v.as_bytes();
+            let word = b.first().is_some_and(u8::is_ascii_alphanumeric)
+                && b.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-');
+            if !word {
+                return Err(ConfigError::Verb(v.clone()));
+            }
+        }
+        Ok(())
+    }
+
     /// Defaults: no size limit, 100 recipients (and 1000 more refused before they count as
     /// errors), RFC 5321 line limits, bare line endings refused, CHUNKING and SMTPUTF8
     /// offered, no TLS, no DSN, 10 errors, 100 junk commands, unauthorised pipelining refused,
@@ -641,6 +714,17 @@ impl Session {
     /// A new session with a configuration shared with other sessions (a server keeps one
     /// per listener kind instead of a copy in every connection).
     pub fn with_shared_config(config: Arc<SessionConfig>) -> Self {
+        // A host name no reply can carry as one word: never let it split a reply into lines
+        // (see SessionConfig::check, which a driver should call; the server builder does).
+        let config = if config.hostname.is_empty()
+            || config.hostname.chars().any(|c| c.is_control() || c == ' ')
+        {
+            let mut c = SessionConfig::clone(&config);
+            c.hostname = sanitized_hostname(&c.hostname);
+            Arc::new(c)
+        } else {
+            config
+        };
         let mut data = config.data;
         data.max_size = config.max_message_size;
         let tls = config.tls_active;

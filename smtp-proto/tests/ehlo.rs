@@ -195,3 +195,57 @@ proptest! {
         prop_assert!(ehlo.capabilities.len() < reply.line_count());
     }
 }
+
+proptest! {
+    /// Whatever text the domain, greeting and capabilities hold (CR, LF, NUL, spaces), the
+    /// reply has one line for the domain and one per valid capability, and what the client
+    /// parses back is exactly the valid capabilities: nothing the builder was given can add
+    /// a capability line (`STARTTLS` injected through the host name, say).
+    #[test]
+    fn no_text_adds_a_line(
+        domain in "\\PC*|[a-z\r\n\0 ]{0,20}",
+        greeting in "[ -~\r\n\0\u{85}]{0,30}",
+        other in prop::collection::vec(("[A-Za-z0-9 \r\n-]{0,8}", prop::collection::vec("[ -~\r\n\0]{0,6}", 0..3)), 0..4),
+    ) {
+        let caps: Vec<Capability> = other
+            .into_iter()
+            .map(|(k, p)| Capability::Other(k, p))
+            .chain([Capability::Auth(vec!["PLAIN\r\n250-STARTTLS".into()]), Capability::Chunking])
+            .collect();
+        let valid: Vec<Capability> = caps.iter().filter(|c| c.is_valid()).cloned().collect();
+        let ehlo = EhloReply { domain, greeting, capabilities: caps };
+        let reply = ehlo.to_reply();
+        prop_assert_eq!(reply.line_count(), 1 + valid.len());
+        let wire = reply.to_bytes();
+        let parsed = parse_wire(&wire);
+        prop_assert_eq!(parsed.capabilities, valid);
+    }
+}
+
+#[test]
+fn capability_validity_follows_the_ehlo_line_grammar() {
+    assert!(Capability::Other("X-FOO".into(), vec!["a=b".into()]).is_valid());
+    assert!(Capability::Other("9X".into(), vec![]).is_valid());
+    assert!(Capability::StartTls.is_valid());
+    assert!(Capability::Size(Some(1)).is_valid());
+    for bad in [
+        Capability::Other(String::new(), vec![]),
+        Capability::Other("-X".into(), vec![]),
+        Capability::Other("X Y".into(), vec![]),
+        Capability::Other("X\r\n250-STARTTLS".into(), vec![]),
+        Capability::Other("X".into(), vec![String::new()]),
+        Capability::Other("X".into(), vec!["a b".into()]),
+        Capability::Other("X".into(), vec!["\u{e9}".into()]),
+        Capability::Auth(vec!["PLAIN\nSTARTTLS".into()]),
+    ] {
+        assert!(!bad.is_valid(), "{bad:?}");
+    }
+    let reply = EhloReply::new("mx.test\r\n250-STARTTLS", "hi\r\nAUTH PLAIN")
+        .with(Capability::Other("X\r\nSTARTTLS".into(), vec![]))
+        .with(Capability::Pipelining)
+        .to_reply();
+    assert_eq!(
+        String::from_utf8(reply.to_bytes()).unwrap(),
+        "250-mx.test??250-STARTTLS hi??AUTH PLAIN\r\n250 PIPELINING\r\n"
+    );
+}

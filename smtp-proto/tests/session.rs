@@ -708,3 +708,48 @@ fn refusals_kept_between_takes_are_bounded() {
     assert_eq!(r.len(), 32);
     assert_eq!(r[31].dropped, 68);
 }
+
+#[test]
+fn a_host_name_with_line_breaks_never_splits_a_reply() {
+    // check() refuses it; a session made from it anyway writes its CR and LF as `?`, so no
+    // reply gets a line it was not meant to have (here a forged `250-STARTTLS`).
+    let mut c = config();
+    c.starttls = false;
+    c.hostname = "mx.test\r\n250-STARTTLS".into();
+    assert!(matches!(
+        c.check(),
+        Err(smtp_proto::session::ConfigError::Hostname(_))
+    ));
+    let mut s = Session::new(c);
+    let mut t = Trace::default();
+    drive(&mut s, &[b"EHLO c\r\nHELO c\r\nQUIT\r\n"], &mut t);
+    assert!(
+        t.out.starts_with(
+            "220 mx.test??250-STARTTLS ESMTP ready\r\n250-mx.test??250-STARTTLS greets c\r\n"
+        ),
+        "{}",
+        t.out
+    );
+    assert!(!t.out.contains("\r\n250-STARTTLS"), "{}", t.out);
+    assert!(
+        t.out.ends_with(
+            "250 mx.test??250-STARTTLS\r\n221 2.0.0 mx.test??250-STARTTLS closing connection\r\n"
+        ),
+        "{}",
+        t.out
+    );
+    let mut c = config();
+    c.hostname = String::new();
+    assert!(c.check().is_err());
+    let t = {
+        let mut s = Session::new(c);
+        let mut t = Trace::default();
+        drive(&mut s, &[b"QUIT\r\n"], &mut t);
+        t
+    };
+    assert_eq!(
+        t.out,
+        "220 localhost ESMTP ready\r\n221 2.0.0 localhost closing connection\r\n"
+    );
+    assert!(config().check().is_ok());
+}

@@ -47,6 +47,12 @@ pub enum Error {
     /// An implicit-TLS listener was configured without [`ServerBuilder::tls`].
     #[error("implicit-TLS listener {0} needs a TLS configuration")]
     TlsRequired(SocketAddr),
+    /// The session configuration cannot be used as given ([`SessionConfig::check`]): a host
+    /// name that is not a domain name ([`ServerBuilder::hostname`]), or a capability or verb
+    /// given to [`ServerBuilder::extension`] that is not one EHLO line or command word, or that
+    /// the session offers itself (`STARTTLS`, `AUTH`, ...).
+    #[error("invalid session configuration: {0}")]
+    Config(#[from] smtp_proto::session::ConfigError),
 }
 
 impl From<Error> for io::Error {
@@ -99,6 +105,12 @@ pub struct ServerBuilder<H> {
     tls: Option<TlsConfig>,
     limits: Limits,
     session: SessionConfig,
+    /// What [`ServerBuilder::hostname`], [`ServerBuilder::auth`] and
+    /// [`ServerBuilder::extension`] set, applied over `session` when the server is built, so
+    /// that the order of the calls does not matter.
+    hostname: Option<String>,
+    auth: Option<Vec<crate::Mechanism>>,
+    extensions: Vec<(String, Option<smtp_proto::ehlo::Capability>)>,
 }
 
 impl<H: Handler> Server<H> {
@@ -110,6 +122,9 @@ impl<H: Handler> Server<H> {
             tls: None,
             limits: Limits::default(),
             session: SessionConfig::new(default_hostname()),
+            hostname: None,
+            auth: None,
+            extensions: Vec::new(),
         }
     }
 
@@ -275,16 +290,15 @@ impl<H: Handler> ServerBuilder<H> {
     /// Hands command lines with `verb` (compared case-insensitively) to
     /// [`crate::SessionHandler::extension`] instead of refusing them, and advertises
     /// `capability` in the EHLO reply if given (e.g. XCLIENT, ETRN or a verb of your own).
-    /// The verbs the session implements cannot be taken over. Call it after
-    /// [`ServerBuilder::session_config`], which replaces the whole session configuration.
+    /// The verbs the session implements cannot be taken over. Added to those of
+    /// [`ServerBuilder::session_config`], whichever is called first.
     #[must_use]
     pub fn extension(
         mut self,
         verb: impl Into<String>,
         capability: Option<smtp_proto::ehlo::Capability>,
     ) -> Self {
-        self.session.extension_verbs.push(verb.into());
-        self.session.extra_capabilities.extend(capability);
+        self.extensions.push((verb.into(), capability));
         self
     }
 
@@ -314,15 +328,18 @@ impl<H: Handler> ServerBuilder<H> {
     /// host name).
     #[must_use]
     pub fn hostname(mut self, name: impl Into<String>) -> Self {
-        self.session.hostname = name.into();
+        self.hostname = Some(name.into());
         self
     }
 
     /// Protocol options of every session (CHUNKING, SMTPUTF8, DSN, the bare line ending policy
     /// of message content, the unauthorised pipelining policy
-    /// [`SessionConfig::forbid_unauth_pipelining`], on by default). Its hostname is kept; its
-    /// size, recipient, line and error limits, its timeouts and TLS flags are replaced by
-    /// those of [`ServerBuilder::limits`] and [`ServerBuilder::tls`].
+    /// [`SessionConfig::forbid_unauth_pipelining`], on by default). Its host name, AUTH
+    /// mechanisms and extensions are used unless [`ServerBuilder::hostname`],
+    /// [`ServerBuilder::auth`] or [`ServerBuilder::extension`] were called, before or after
+    /// this (those win, or for extensions add, whatever the order); its size, recipient, line
+    /// and error limits, its timeouts and TLS flags are replaced by those of
+    /// [`ServerBuilder::limits`] and [`ServerBuilder::tls`].
     #[must_use]
     pub fn session_config(mut self, config: SessionConfig) -> Self {
         self.session = config;
@@ -338,7 +355,7 @@ impl<H: Handler> ServerBuilder<H> {
     /// [`Limits::max_auth_failures_per_ip`].
     #[must_use]
     pub fn auth(mut self, mechanisms: impl IntoIterator<Item = crate::Mechanism>) -> Self {
-        self.session.auth_mechanisms = mechanisms.into_iter().collect();
+        self.auth = Some(mechanisms.into_iter().collect());
         self
     }
 
@@ -346,7 +363,8 @@ impl<H: Handler> ServerBuilder<H> {
     /// ([`Server::serve_stream`]) but not bind ([`Error::NoListeners`]).
     ///
     /// # Errors
-    /// [`Error::TlsRequired`] for an implicit-TLS listener without TLS.
+    /// [`Error::TlsRequired`] for an implicit-TLS listener without TLS; [`Error::Config`]
+    /// for a host name, capability or extension verb that fails [`SessionConfig::check`].
     pub fn build(self) -> Result<Server<H>, Error> {
         if self.tls.is_none() {
             if let Some(l) = self.listeners.iter().find(|l| l.implicit_tls) {
@@ -354,6 +372,16 @@ impl<H: Handler> ServerBuilder<H> {
             }
         }
         let mut session = self.session;
+        if let Some(hostname) = self.hostname {
+            session.hostname = hostname;
+        }
+        if let Some(auth) = self.auth {
+            session.auth_mechanisms = auth;
+        }
+        for (verb, capability) in self.extensions {
+            session.extension_verbs.push(verb);
+            session.extra_capabilities.extend(capability);
+        }
         let limits = self.limits;
         session.max_message_size = limits.max_message_size;
         session.max_recipients = limits.max_recipients;
@@ -366,6 +394,7 @@ impl<H: Handler> ServerBuilder<H> {
         session.data_timeout = limits.data_timeout;
         session.starttls = false;
         session.tls_active = false;
+        session.check()?;
         // One shared configuration per kind of connection: encrypted or not, SMTP or LMTP.
         let variant = |tls_active: bool, lmtp: bool| {
             let mut c = session.clone();
@@ -489,6 +518,9 @@ impl<H> fmt::Debug for ServerBuilder<H> {
             .field("tls", &self.tls)
             .field("limits", &self.limits)
             .field("session", &self.session)
+            .field("hostname", &self.hostname)
+            .field("auth", &self.auth)
+            .field("extensions", &self.extensions)
             .finish_non_exhaustive()
     }
 }
@@ -728,12 +760,12 @@ impl Tracker {
     }
 }
 
-/// The system's host name, or `localhost`.
+/// The system's host name, or `localhost` when it is not a domain name.
 fn default_hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .ok()
         .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+        .filter(|s| smtp_proto::address::parse_domain(s).is_ok())
         .unwrap_or_else(|| "localhost".to_owned())
 }

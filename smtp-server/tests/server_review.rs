@@ -184,3 +184,166 @@ async fn starttls_between_bdat_chunks_aborts_and_drops_pipelined_plaintext() {
     assert!(ev.contains(&"tls TLSv1.3".to_owned()), "{ev:?}");
     assert!(srv.rec.messages().is_empty());
 }
+
+/// What the builder writes into replies is checked when the server is built: a host name
+/// with a line break (which would add `250-STARTTLS` to the EHLO reply), an empty one, a
+/// capability that is not one EHLO line, one the session offers from its own settings, an
+/// extension verb that is not a word: each an `Error::Config`, nothing served. A valid
+/// extension is offered on its own line, once.
+#[tokio::test]
+async fn builder_refuses_what_would_change_the_reply_lines() {
+    use smtp_proto::ehlo::Capability;
+    use smtp_proto::session::ConfigError;
+    let gated = || Gated {
+        gate: Arc::new(Semaphore::new(0)),
+    };
+    let refused: Vec<(smtp_server::ServerBuilder<Gated>, ConfigError)> = vec![
+        (
+            Server::builder(gated()).hostname("mx.test\r\n250-STARTTLS"),
+            ConfigError::Hostname("mx.test\r\n250-STARTTLS".into()),
+        ),
+        (
+            Server::builder(gated()).hostname(""),
+            ConfigError::Hostname(String::new()),
+        ),
+        (
+            Server::builder(gated()).hostname("mx test"),
+            ConfigError::Hostname("mx test".into()),
+        ),
+        (
+            Server::builder(gated()).extension("XFOO", Some(Capability::StartTls)),
+            ConfigError::ReservedCapability("STARTTLS".into()),
+        ),
+        (
+            Server::builder(gated())
+                .extension("XFOO", Some(Capability::Auth(vec!["PLAIN".into()]))),
+            ConfigError::ReservedCapability("AUTH".into()),
+        ),
+        (
+            Server::builder(gated()).extension(
+                "XFOO",
+                Some(Capability::Other("size".into(), vec!["1".into()])),
+            ),
+            ConfigError::ReservedCapability("SIZE".into()),
+        ),
+        (
+            Server::builder(gated()).extension(
+                "XFOO",
+                Some(Capability::Other("XFOO\r\n250-STARTTLS".into(), vec![])),
+            ),
+            ConfigError::Capability("XFOO\r\n250-STARTTLS".into()),
+        ),
+        (
+            Server::builder(gated()).extension(
+                "XFOO",
+                Some(Capability::Other("XFOO".into(), vec!["a b".into()])),
+            ),
+            ConfigError::Capability("XFOO a b".into()),
+        ),
+        (
+            Server::builder(gated()).extension("X FOO", None),
+            ConfigError::Verb("X FOO".into()),
+        ),
+    ];
+    for (builder, want) in refused {
+        match builder.build() {
+            Err(smtp_server::Error::Config(got)) => assert_eq!(got, want),
+            Err(e) => panic!("{want:?}: {e}"),
+            Ok(_) => panic!("{want:?}: built"),
+        }
+    }
+    // The same shapes, valid: served, and the EHLO reply has exactly the lines meant.
+    let bound = Server::builder(gated())
+        .hostname("mx.test")
+        .extension(
+            "XFOO",
+            Some(Capability::Other("XFOO".into(), vec!["a=b".into()])),
+        )
+        .listen("127.0.0.1:0".parse().unwrap())
+        .bind()
+        .await
+        .unwrap();
+    let addr = bound.local_addrs()[0];
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(bound.serve(async {
+        let _ = rx.await;
+    }));
+    let mut c = Client::connect(addr).await;
+    assert_eq!(c.reply().await, "220 mx.test ESMTP ready");
+    let ehlo = c.cmd("EHLO a").await;
+    assert_eq!(
+        ehlo.lines()
+            .filter(|l| *l == "250-XFOO a=b" || *l == "250 XFOO a=b")
+            .count(),
+        1,
+        "{ehlo}"
+    );
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 mx.test closing connection");
+    tx.send(()).unwrap();
+    tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// `hostname`, `auth` and `extension` hold whichever way round `session_config` is called.
+#[tokio::test]
+async fn builder_calls_hold_in_any_order() {
+    use smtp_proto::ehlo::Capability;
+    let ehlo_of = |b: smtp_server::ServerBuilder<Gated>| async move {
+        let bound = b
+            .listen("127.0.0.1:0".parse().unwrap())
+            .bind()
+            .await
+            .unwrap();
+        let addr = bound.local_addrs()[0];
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(bound.serve(async {
+            let _ = rx.await;
+        }));
+        let mut c = Client::connect(addr).await;
+        let greeting = c.reply().await;
+        let ehlo = c.cmd("EHLO a").await;
+        tx.send(()).unwrap();
+        tokio::time::timeout(WAIT, task)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        (greeting, ehlo)
+    };
+    let gated = || Gated {
+        gate: Arc::new(Semaphore::new(0)),
+    };
+    let mut config = SessionConfig::new("from-config.test");
+    config.auth_requires_tls = false;
+    let cap = || Some(Capability::Other("XFOO".into(), vec![]));
+    let before = Server::builder(gated())
+        .hostname("mx.test")
+        .auth([smtp_server::Mechanism::Plain])
+        .extension("XFOO", cap())
+        .session_config(config.clone());
+    let after = Server::builder(gated())
+        .session_config(config.clone())
+        .hostname("mx.test")
+        .auth([smtp_server::Mechanism::Plain])
+        .extension("XFOO", cap());
+    for b in [before, after] {
+        let (greeting, ehlo) = ehlo_of(b).await;
+        assert_eq!(greeting, "220 mx.test ESMTP ready");
+        assert!(ehlo.starts_with("250-mx.test greets a\n"), "{ehlo}");
+        assert!(
+            ehlo.contains("250-AUTH PLAIN\n") || ehlo.ends_with("250 AUTH PLAIN"),
+            "{ehlo}"
+        );
+        assert!(
+            ehlo.contains("250-XFOO\n") || ehlo.ends_with("250 XFOO"),
+            "{ehlo}"
+        );
+    }
+    // Without the builder's calls the configuration's own values are used.
+    let (greeting, _) = ehlo_of(Server::builder(gated()).session_config(config)).await;
+    assert_eq!(greeting, "220 from-config.test ESMTP ready");
+}
