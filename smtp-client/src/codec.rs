@@ -187,33 +187,7 @@ impl Decoder for ReplyCodec {
 /// dropped, the last kept line ends with [`TRUNCATED_MARK`]. Code and enhanced code are kept.
 /// A reply within the bounds is returned as it is.
 pub fn bound_reply(reply: Reply) -> Reply {
-    let total: usize = reply.lines().map(str::len).sum();
-    if reply.line_count() <= KEPT_REPLY_LINES && total <= KEPT_REPLY_TEXT {
-        return reply;
-    }
-    let mut kept: Vec<String> = Vec::with_capacity(KEPT_REPLY_LINES);
-    let mut budget = KEPT_REPLY_TEXT;
-    for line in reply.lines().take(KEPT_REPLY_LINES) {
-        if line.len() <= budget {
-            budget -= line.len();
-            kept.push(line.to_owned());
-        } else {
-            let mut end = budget;
-            while !line.is_char_boundary(end) {
-                end -= 1;
-            }
-            kept.push(line[..end].to_owned());
-            break;
-        }
-    }
-    if let Some(last) = kept.last_mut() {
-        last.push_str(TRUNCATED_MARK);
-    }
-    match Reply::multiline(reply.code(), reply.enhanced(), kept) {
-        Ok(bounded) => bounded,
-        // Not reachable: code and enhanced code come from a valid reply.
-        Err(_) => reply,
-    }
+    reply.truncated(KEPT_REPLY_LINES, KEPT_REPLY_TEXT, TRUNCATED_MARK)
 }
 
 /// A decoding failure: a malformed reply, or an I/O error (required by [`Decoder`]).

@@ -263,7 +263,11 @@ pub enum InvalidReply {
 /// A complete SMTP reply: a code, an optional enhanced status code and one or more text lines.
 ///
 /// A `Reply` that exists is valid: its code is `[2-5][0-5][0-9]`, its enhanced code (if any) is
-/// of the code's class, it has at least one line and no line contains CR or LF. A reply fixed
+/// of the code's class, it has at least one line and no line contains CR or LF. Text given to
+/// the constructors ([`Reply::new`], [`Reply::multiline`], [`Reply::with_text`]) is split into
+/// lines at its line breaks, and other control characters but tab in it are written as `?`,
+/// so what a server sends is `textstring` (RFC 5321 §4.2); a reply parsed from a peer keeps
+/// its text as received ([`parse_reply`]). A reply fixed
 /// in the source is a `const` made with [`Reply::fixed`], checked at compile time:
 ///
 /// ```
@@ -290,9 +294,12 @@ const fn valid_code(code: u16) -> bool {
 }
 
 /// Splits text on CRLF, bare LF and bare CR (one trailing line break is ignored) and joins
-/// the lines with `\n`, the internal separator.
+/// the lines with `\n`, the internal separator. Other control characters but tab (NUL, ESC,
+/// DEL, C1 controls), which RFC 5321's `textstring` does not allow and which a client could
+/// show or log as they are, are written as `?`.
 fn normalize_text(text: String) -> String {
-    if !text.contains('\r') && !text.ends_with('\n') {
+    let other_control = |c: char| c.is_control() && !matches!(c, '\t' | '\r' | '\n');
+    if !text.contains('\r') && !text.ends_with('\n') && !text.contains(other_control) {
         return text;
     }
     let body = text
@@ -300,7 +307,11 @@ fn normalize_text(text: String) -> String {
         .or_else(|| text.strip_suffix('\n'))
         .or_else(|| text.strip_suffix('\r'))
         .unwrap_or(&text);
-    body.replace("\r\n", "\n").replace('\r', "\n")
+    body.replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .chars()
+        .map(|c| if other_control(c) { '?' } else { c })
+        .collect()
 }
 
 /// Joins reply lines with `\n`, splitting lines that hold line breaks further.
@@ -319,12 +330,13 @@ where
     out
 }
 
-/// Whether `text` holds neither CR nor LF (usable in a `const fn`).
+/// Whether `text` holds no ASCII control character but tab, CR and LF included (usable in a
+/// `const fn`).
 const fn one_line(text: &str) -> bool {
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\r' || b[i] == b'\n' {
+        if (b[i] < 0x20 && b[i] != b'\t') || b[i] == 0x7f {
             return false;
         }
         i += 1;
@@ -377,7 +389,10 @@ impl Reply {
                 "enhanced code of another class than the reply code"
             );
         }
-        assert!(one_line(text), "CR or LF in a fixed reply text");
+        assert!(
+            one_line(text),
+            "a control character (CR, LF, NUL...) in a fixed reply text"
+        );
         Self {
             code,
             enhanced,
@@ -500,6 +515,48 @@ impl Reply {
     /// The number of text lines (at least one).
     pub fn line_count(&self) -> usize {
         1 + self.text.bytes().filter(|&b| b == b'\n').count()
+    }
+
+    /// The reply cut to at most `max_lines` lines (at least one) and `max_text` octets of
+    /// text (a line cut at a character boundary), `mark` appended to the last kept line when
+    /// anything was dropped. Code and enhanced code are kept, and so is the kept text as it
+    /// was: a reply parsed from a peer keeps its text as received (only `mark` is written as
+    /// the constructors write text). A reply within the bounds is returned unchanged.
+    ///
+    /// ```
+    /// use smtp_proto::Reply;
+    /// let r = Reply::multiline(452, None, ["one", "two", "three"]).unwrap();
+    /// assert_eq!(r.truncated(2, 100, " [...]").to_bytes(), b"452-one\r\n452 two [...]\r\n");
+    /// assert_eq!(r.truncated(3, 5, "~").to_bytes(), b"452-one\r\n452 tw~\r\n");
+    /// assert_eq!(r.truncated(3, 100, "~"), r);
+    /// ```
+    #[must_use]
+    pub fn truncated(&self, max_lines: usize, max_text: usize, mark: &str) -> Reply {
+        let max_lines = max_lines.max(1);
+        let total: usize = self.lines().map(str::len).sum();
+        if self.line_count() <= max_lines && total <= max_text {
+            return self.clone();
+        }
+        let mut text = String::with_capacity(max_text.min(total) + max_lines + mark.len());
+        let mut budget = max_text;
+        for (i, line) in self.lines().take(max_lines).enumerate() {
+            if i > 0 {
+                text.push('\n');
+            }
+            if line.len() <= budget {
+                budget -= line.len();
+                text.push_str(line);
+            } else {
+                let mut end = budget;
+                while !line.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text.push_str(&line[..end]);
+                break;
+            }
+        }
+        text.push_str(&normalize_text(mark.replace(['\r', '\n'], " ")));
+        Self::from_joined(self.code, self.enhanced, text)
     }
 
     /// The text of all lines joined with `\n`, without codes.

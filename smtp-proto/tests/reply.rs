@@ -381,3 +381,41 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn control_characters_in_built_texts_are_written_as_question_marks() {
+    // NUL, ESC, DEL, C1 (NEL) would reach the client's screen or log as they are; tab is
+    // allowed by RFC 5321's textstring and kept; line breaks still split lines.
+    let r = Reply::new(
+        550,
+        Some(ec(5, 1, 1)),
+        "no\0 such\x1b[31m user\x7f\u{85}\tx",
+    )
+    .unwrap();
+    assert_eq!(enc(&r), "550 5.1.1 no? such?[31m user??\tx\r\n");
+    let r = Reply::multiline(250, None, ["a\0", "b\r\nc\x07"]).unwrap();
+    assert_eq!(enc(&r), "250-a?\r\n250-b\r\n250 c?\r\n");
+    let r = Reply::ok().with_text("fine\x1b]0;owned\x07");
+    assert_eq!(enc(&r), "250 2.0.0 fine?]0;owned?\r\n");
+    let r = Refusal::new(451, None, "later\0")
+        .unwrap()
+        .with_text("x\x1by");
+    assert_eq!(enc(r.reply()), "451 x?y\r\n");
+}
+
+proptest! {
+    /// Whatever text a reply is built from, every byte on the wire but the CRLFs is tab or
+    /// not an ASCII control, and the reply parses back as itself.
+    #[test]
+    fn built_replies_carry_no_control_characters(text in "\\PC*|[\0-\x7f\u{80}-\u{9f}]{0,30}") {
+        let r = Reply::new(550, None, text).unwrap();
+        let wire = r.to_bytes();
+        let body = &wire[..wire.len() - 2];
+        prop_assert!(!body.iter().any(|&b| (b < 0x20 && b != b'\t' && b != b'\r' && b != b'\n') || b == 0x7f));
+        let c1 = String::from_utf8_lossy(&wire).chars().any(|c| c.is_control() && !c.is_ascii());
+        prop_assert!(!c1);
+        let (back, n) = parse_reply(&wire).unwrap().unwrap();
+        prop_assert_eq!(n, wire.len());
+        prop_assert_eq!(back, r);
+    }
+}
