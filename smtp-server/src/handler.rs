@@ -263,6 +263,12 @@ pub trait SessionHandler: Send + 'static {
     }
 
     /// Each `RCPT TO`, already checked for syntax, order and the recipient limit.
+    ///
+    /// The default accepts every recipient: right for a sink, a test server or a catch-all
+    /// store, and an open relay for a handler whose [`data`](Self::data) passes mail on. A
+    /// handler that forwards or relays must override this and refuse what it may not take
+    /// (the daemon refuses non-local domains from unauthenticated network clients with
+    /// `554 5.7.1 Relay access denied`, as Postfix's `reject_unauth_destination`).
     fn rcpt(
         &mut self,
         to: &ForwardPath,
