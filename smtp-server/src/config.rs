@@ -51,6 +51,16 @@ pub struct Limits {
     /// Longest command line including CRLF; longer lines get `500 5.5.2`. Default 512
     /// (RFC 5321 §4.5.3.1.4).
     pub max_command_line: usize,
+    /// Longest local part of a `MAIL FROM` or `RCPT TO` address, in octets as sent; longer
+    /// ones get `501 5.1.7` / `501 5.1.3 Local part too long`. Default 255, not RFC 5321's 64:
+    /// real senders use longer ones (SRS rewrites of forwarded mail, VERP and bulk senders'
+    /// bounce addresses that carry the recipient), Postfix has no such limit, and RFC 5321
+    /// §4.5.3.1 asks for no limits "to the maximum extent possible". The command line limit
+    /// still bounds the whole path.
+    pub max_local_part: usize,
+    /// Longest path including `<` and `>` (RFC 5321's is 256). Default 512, so that a
+    /// 255-octet local part fits with any domain.
+    pub max_path: usize,
     /// Longest text line of a message including CRLF; a message with a longer line is
     /// refused with `550 5.6.0`. Default 1000 (RFC 5321 §4.5.3.1.6); `None` for no check.
     pub max_text_line: Option<usize>,
@@ -85,6 +95,8 @@ impl Default for Limits {
             data_timeout: Duration::from_secs(180),
             max_errors: 10,
             max_command_line: 512,
+            max_local_part: 255,
+            max_path: 512,
             max_text_line: Some(1000),
             shutdown_grace: Duration::from_secs(30),
             max_auth_failures: 3,

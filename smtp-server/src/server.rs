@@ -337,8 +337,8 @@ impl<H: Handler> ServerBuilder<H> {
     /// [`SessionConfig::forbid_unauth_pipelining`], on by default). Its host name, AUTH
     /// mechanisms and extensions are used unless [`ServerBuilder::hostname`],
     /// [`ServerBuilder::auth`] or [`ServerBuilder::extension`] were called, before or after
-    /// this (those win, or for extensions add, whatever the order); its size, recipient, line
-    /// and error limits, its timeouts and TLS flags are replaced by those of
+    /// this (those win, or for extensions add, whatever the order); its size, recipient, line,
+    /// address and error limits, its timeouts and TLS flags are replaced by those of
     /// [`ServerBuilder::limits`] and [`ServerBuilder::tls`].
     #[must_use]
     pub fn session_config(mut self, config: SessionConfig) -> Self {
@@ -389,6 +389,8 @@ impl<H: Handler> ServerBuilder<H> {
         session.max_errors = limits.max_errors;
         session.max_auth_failures = limits.max_auth_failures;
         session.limits.max_command_line = limits.max_command_line;
+        session.limits.max_local_part = limits.max_local_part;
+        session.limits.max_path = limits.max_path;
         session.data.max_line_len = limits.max_text_line;
         session.command_timeout = limits.command_timeout;
         session.data_timeout = limits.data_timeout;
