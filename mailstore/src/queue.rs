@@ -112,7 +112,7 @@
 //!
 //! Every header is decoded again before it is written, and one whose envelope would not read
 //! back as the same envelope (a local part past [`STORED_LIMITS`], built by hand with
-//! `Mailbox::new`) is refused with an [`Error::Io`] of kind `InvalidInput`: nothing is
+//! `Mailbox::new`), or has no recipient, is refused with an [`Error::Io`] of kind `InvalidInput`: nothing is
 //! written, so nothing is acknowledged that a runner would later find unreadable.
 //!
 //! It is at most [`ENVELOPE_MAX`] (16 MiB) long: an entry that would encode larger is refused
@@ -1587,7 +1587,7 @@ fn encode_v2_bounded(entry: &QueueEntry, body_size: u64, path: &Path) -> Result<
 }
 
 /// Whether `back`, the envelope decoded from what is about to be written for `entry`, is
-/// `entry`'s: an envelope the types can hold but the stored form cannot (a local part
+/// `entry`'s and has a recipient: an envelope the types can hold but the stored form cannot (a local part
 /// longer than [`STORED_LIMITS`] allows, say, built with `Mailbox::new`) is refused with an
 /// [`Error::Io`] of kind `InvalidInput` naming `path` before anything is written, so it is
 /// never acknowledged and then found unreadable.
@@ -1597,6 +1597,8 @@ fn reads_back(
     path: &Path,
 ) -> Result<()> {
     let why = match back {
+        // Nothing a runner could deliver or bounce: accepted, it would vanish unnoticed.
+        Ok(env) if env.rcpts.is_empty() => "has no recipients".to_owned(),
         Ok(env) if env == entry.envelope => return Ok(()),
         Ok(_) => "reads back as a different envelope".to_owned(),
         Err(e) => format!("would not read back: {e}"),
@@ -2705,6 +2707,16 @@ mod tests {
                 assert_eq!(source.kind(), std::io::ErrorKind::InvalidInput, "{err}");
                 assert!(err.to_string().contains("would not read back"), "{err}");
             }
+        }
+        // No recipients: nothing to deliver or bounce, refused the same way.
+        let mut e = sample();
+        e.envelope.rcpts.clear();
+        for err in [
+            q.enqueue(&e, b"body\r\n").unwrap_err(),
+            q.enqueue_v1(&e, b"body\r\n").unwrap_err(),
+            q.begin_entry(&e).map(|_| ()).unwrap_err(),
+        ] {
+            assert!(err.to_string().contains("has no recipients"), "{err}");
         }
         assert!(q.list().unwrap().is_empty());
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
