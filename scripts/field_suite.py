@@ -725,6 +725,27 @@ def bdat_bare_lf_not_relayed_raw(ctx):
     check(len(peer.messages()) <= 1, f"{len(peer.messages())} messages at the next hop")
 
 
+@case("smuggling")
+def malformed_bdat_chunk_is_never_read_as_commands(ctx):
+    """A BDAT line that does not parse gives no chunk size: its chunk (here commands that
+    would relay to eve) must not be executed. 521 5.5.4 and the connection closes, as
+    Postfix; nothing is stored or relayed."""
+    d, peer, _ = relay_setup(ctx)
+    chunk = (b"RSET\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<eve@remote.test>\r\n"
+             b"DATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\n")
+    for line in (b"BDAT x", b"BDAT 10 FIRST", b"BDAT 99999999999999999999", b"BDAT 5 LAST junk"):
+        c = d.client()
+        c.ehlo()
+        expect(c.cmd("MAIL FROM:<alice@example.test>"), 250)
+        expect(c.cmd("RCPT TO:<bob@example.test>"), 250)
+        c.send(line + b"\r\n" + chunk)
+        expect(c.reply(), 521, "5.5.4")
+        check(c.closed(5), f"{line!r}: connection not closed")
+    time.sleep(1)
+    check(not peer.messages(), f"{len(peer.messages())} messages at the next hop")
+    check(not d.all_messages(), "a message was stored")
+
+
 # =============================================================================================
 # STARTTLS
 

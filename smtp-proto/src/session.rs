@@ -119,6 +119,9 @@
 //!   start again when a message is accepted (as Postfix's), so only a client that delivers
 //!   nothing is cut off.
 //! - The EHLO reply echoes the client's name only when it is at most 255 octets.
+//! - A BDAT line that does not parse (`BDAT abc`, `BDAT 5 LASTX`, a size past 64 bits) gets
+//!   `521 5.5.4 Syntax: BDAT count [LAST]` and the session closes, as Postfix's: the size of
+//!   its chunk is unknown, so nothing after it can be read as a command.
 //! - BDAT and AUTH, offered only in the EHLO reply, get `503 5.5.1 Send EHLO first` after
 //!   HELO or before any greeting; a refused BDAT's chunk is swallowed, and it is part of its
 //!   command for the pipelining rules below (never "input sent ahead"), so the reply is the
@@ -1642,6 +1645,18 @@ impl Session {
             Ok(Some(c)) => c,
             Err(e) => {
                 self.pos += e.consumed;
+                let line = &self.input[self.pos - e.consumed..self.pos];
+                let malformed = matches!(
+                    e.kind,
+                    CommandErrorKind::Syntax(_) | CommandErrorKind::LineTooLong { complete: true }
+                );
+                if malformed && is_verb(line, b"BDAT") {
+                    // Where its chunk ends cannot be known, so what follows cannot be read as
+                    // commands (it is message content to the client, or to a proxy in
+                    // between): closed, as Postfix does.
+                    self.close_with(&reply(521, Some((5, 5, 4)), "Syntax: BDAT count [LAST]"));
+                    return Some(Step::Closed);
+                }
                 match e.kind {
                     CommandErrorKind::LineTooLong { complete: false } => {
                         self.phase = Phase::Discard {

@@ -828,3 +828,38 @@ fn declared_sizes_past_64_bits_are_too_large_not_malformed() {
         assert_eq!(got, [want], "SIZE={size}");
     }
 }
+
+/// A BDAT line that does not parse says nothing about where its chunk ends: what follows
+/// (here a chunk holding commands) is never read as commands; `521 5.5.4` closes the
+/// session, as Postfix's reply does.
+#[test]
+fn malformed_bdat_closes_instead_of_reading_its_chunk_as_commands() {
+    let chunk = "RSET\r\nMAIL FROM:<evil@x.test>\r\nRCPT TO:<victim@mx.test>\r\nDATA\r\n";
+    let huge = format!("BDAT {}", "9".repeat(21));
+    for line in [
+        "BDAT",
+        "BDAT x",
+        "bdat 10 FIRST",
+        "BDAT 10 LASTX",
+        "BDAT -5",
+        "BDAT 18446744073709551616",
+        huge.as_str(),
+        "BDAT 5 LAST junk",
+    ] {
+        let mut d = Driver::after_ehlo(config());
+        assert_eq!(d.send(b"MAIL FROM:<a@b.test>\r\n"), ["250 2.1.0 Sender OK"]);
+        assert_eq!(
+            d.send(b"RCPT TO:<c@mx.test>\r\n"),
+            ["250 2.1.5 Recipient OK"]
+        );
+        let n = d.events.len();
+        let got = d.send(format!("{line}\r\n{chunk}").as_bytes());
+        assert_eq!(got, ["521 5.5.4 Syntax: BDAT count [LAST]"], "{line}");
+        assert!(d.s.is_closed(), "{line}");
+        assert_eq!(d.events_since(n), ["closed"], "{line}");
+    }
+    // A verb that only starts like BDAT is an unknown command, nothing more.
+    let mut d = Driver::after_ehlo(config());
+    assert_eq!(d.send(b"BDATX 5\r\n"), ["500 5.5.1 Command unrecognized"]);
+    assert!(!d.s.is_closed());
+}
