@@ -31,6 +31,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, ValueEnum};
+use smtp_client::text::SafeReply;
 use smtp_client::{
     AddressOrder, ClientConfig, Credentials, Deliverer, Envelope, RcptOutcome, Recipient, Resolver,
     TlsPolicy,
@@ -190,7 +191,10 @@ async fn run(args: Args) -> Result<ExitCode, String> {
         };
         for (rcpt, outcome) in &report.rcpts {
             match outcome {
-                RcptOutcome::Delivered(reply) => println!("{rcpt}: delivered{via}: {reply}"),
+                // The server's text, escaped: it could hold terminal control sequences.
+                RcptOutcome::Delivered(reply) => {
+                    println!("{rcpt}: delivered{via}: {}", SafeReply(reply));
+                }
                 RcptOutcome::Transient(f) => {
                     transient = true;
                     println!("{rcpt}: deferred ({}){via}: {f}", f.enhanced);
