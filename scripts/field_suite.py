@@ -733,7 +733,8 @@ def malformed_bdat_chunk_is_never_read_as_commands(ctx):
     d, peer, _ = relay_setup(ctx)
     chunk = (b"RSET\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<eve@remote.test>\r\n"
              b"DATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\n")
-    for line in (b"BDAT x", b"BDAT 10 FIRST", b"BDAT 99999999999999999999", b"BDAT 5 LAST junk"):
+    for line in (b"BDAT x", b"BDAT 10 FIRST", b"BDAT 99999999999999999999", b"BDAT 5 LAST junk",
+                 b"BDAT\t117 LAST", b"BDAT 117 LAST" + b" " * 600):
         c = d.client()
         c.ehlo()
         expect(c.cmd("MAIL FROM:<alice@example.test>"), 250)

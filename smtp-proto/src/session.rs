@@ -119,13 +119,16 @@
 //!   start again when a message is accepted (as Postfix's), so only a client that delivers
 //!   nothing is cut off.
 //! - The EHLO reply echoes the client's name only when it is at most 255 octets.
-//! - A BDAT line that does not parse (`BDAT abc`, `BDAT 5 LASTX`, a size past 64 bits) gets
-//!   `521 5.5.4 Syntax: BDAT count [LAST]` and the session closes, as Postfix's: the size of
-//!   its chunk is unknown, so nothing after it can be read as a command.
+//! - A BDAT line that does not parse (`BDAT abc`, `BDAT 5 LASTX`, `BDAT\t5`, a size past 64
+//!   bits, a line too long, complete or not) gets `521 5.5.4 Syntax: BDAT count [LAST]` and
+//!   the session closes, as Postfix's: the size of its chunk is unknown, so nothing after it
+//!   can be read as a command.
 //! - BDAT and AUTH, offered only in the EHLO reply, get `503 5.5.1 Send EHLO first` after
 //!   HELO or before any greeting; a refused BDAT's chunk is swallowed, and it is part of its
-//!   command for the pipelining rules below (never "input sent ahead"), so the reply is the
-//!   same however the client's writes split command and chunk.
+//!   command for the pipelining rules below (never "input sent ahead"), so the reply to the
+//!   BDAT is the same however the client's writes split command and chunk. (A command sent
+//!   behind the chunk without waiting is a synchronization error when it comes with the
+//!   chunk's last byte; when it comes later it is read as the next command.)
 //! - MAIL/RCPT parameters the server did not advertise (unknown keywords, DSN's NOTIFY, ORCPT,
 //!   RET and ENVID unless [`SessionConfig::dsn`], `BODY=BINARYMIME`) are refused with
 //!   `555 5.5.4`; parameters after HELO (not EHLO) likewise.
@@ -1646,9 +1649,11 @@ impl Session {
             Err(e) => {
                 self.pos += e.consumed;
                 let line = &self.input[self.pos - e.consumed..self.pos];
-                let malformed = matches!(
+                // Any BDAT line that did not parse (bad syntax, `BDAT\t5`, too long, whether
+                // or not its end has arrived); a bare CR or LF closes below anyway.
+                let malformed = !matches!(
                     e.kind,
-                    CommandErrorKind::Syntax(_) | CommandErrorKind::LineTooLong { complete: true }
+                    CommandErrorKind::BareLineFeed | CommandErrorKind::BareCarriageReturn
                 );
                 if malformed && is_verb(line, b"BDAT") {
                     // Where its chunk ends cannot be known, so what follows cannot be read as

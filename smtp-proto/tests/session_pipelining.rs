@@ -845,6 +845,9 @@ fn malformed_bdat_closes_instead_of_reading_its_chunk_as_commands() {
         "BDAT 18446744073709551616",
         huge.as_str(),
         "BDAT 5 LAST junk",
+        "BDAT\t5",
+        "BDAT\x0b5 LAST",
+        "BDAT 5 LAST\tjunk",
     ] {
         let mut d = Driver::after_ehlo(config());
         assert_eq!(d.send(b"MAIL FROM:<a@b.test>\r\n"), ["250 2.1.0 Sender OK"]);
@@ -857,6 +860,32 @@ fn malformed_bdat_closes_instead_of_reading_its_chunk_as_commands() {
         assert_eq!(got, ["521 5.5.4 Syntax: BDAT count [LAST]"], "{line}");
         assert!(d.s.is_closed(), "{line}");
         assert_eq!(d.events_since(n), ["closed"], "{line}");
+    }
+    // Too long, complete in one write or not: the same.
+    let long = format!("BDAT 5 LAST{}", " ".repeat(600));
+    for writes in [
+        vec![format!("{long}\r\n{chunk}")],
+        vec![long.clone(), format!("\r\n{chunk}")],
+    ] {
+        let mut d = Driver::after_ehlo(config());
+        assert_eq!(d.send(b"MAIL FROM:<a@b.test>\r\n"), ["250 2.1.0 Sender OK"]);
+        assert_eq!(
+            d.send(b"RCPT TO:<c@mx.test>\r\n"),
+            ["250 2.1.5 Recipient OK"]
+        );
+        let n = d.events.len();
+        let mut got = Vec::new();
+        for w in &writes {
+            got.extend(d.send(w.as_bytes()));
+        }
+        assert_eq!(
+            got,
+            ["521 5.5.4 Syntax: BDAT count [LAST]"],
+            "{} writes",
+            writes.len()
+        );
+        assert!(d.s.is_closed());
+        assert_eq!(d.events_since(n), ["closed"]);
     }
     // A verb that only starts like BDAT is an unknown command, nothing more.
     let mut d = Driver::after_ehlo(config());
