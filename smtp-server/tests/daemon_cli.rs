@@ -324,3 +324,32 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
     }
     drop(d2);
 }
+
+#[test]
+fn a_hostname_with_a_trailing_dot_is_greeted_without_it() {
+    // `--hostname mx.dot.test.` is accepted (as a DNS name may be written); the daemon
+    // starts and greets as `mx.dot.test` (a trailing dot is not SMTP's Domain syntax).
+    let dir = tempfile::tempdir().unwrap();
+    let port = daemon_util::free_port();
+    let mut child = Command::new(BIN)
+        .args(["-d", &dir.path().join("mail").display().to_string()])
+        .args(["-s", "example.test", "--hostname", "mx.dot.test."])
+        .args(["-l", &format!("127.0.0.1:{port}"), "--no-public"])
+        .args(["--dns-server", "127.0.0.1:1"])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut greeting = String::new();
+    let up = wait_until(Duration::from_secs(20), || {
+        let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+            return child.try_wait().unwrap().is_some();
+        };
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(s), &mut greeting).unwrap();
+        true
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(up, "the daemon did not start");
+    assert_eq!(greeting, "220 mx.dot.test ESMTP ready\r\n");
+}

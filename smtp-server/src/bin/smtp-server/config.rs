@@ -171,7 +171,8 @@ pub struct Config {
     #[arg(short = 's', long = "domain", value_name = "DOMAIN", value_parser = parse_domain)]
     pub domains: Vec<String>,
 
-    /// Name used in the greeting, EHLO and Received headers [default: the machine's hostname].
+    /// Name used in the greeting, EHLO and Received headers [default: the machine's hostname,
+    /// or localhost when that is not a domain name].
     #[arg(long, value_name = "NAME", value_parser = parse_domain)]
     pub hostname: Option<String>,
 
@@ -463,9 +464,14 @@ impl Config {
         }
     }
 
-    /// The host name, defaulted to the machine's.
+    /// The host name, defaulted to the machine's, without a trailing dot (`mx.example.org.`
+    /// is accepted for `--hostname`, but the greeting and EHLO take a domain without it).
     pub fn hostname(&self) -> String {
-        self.hostname.clone().unwrap_or_else(machine_hostname)
+        let name = self.hostname.clone().unwrap_or_else(machine_hostname);
+        match name.strip_suffix('.') {
+            Some(n) if !n.is_empty() => n.to_owned(),
+            _ => name,
+        }
     }
 
     /// The local domains, lower case, defaulted to the host name.
@@ -484,13 +490,16 @@ impl Config {
     }
 }
 
-/// The machine's host name (Linux: `/proc/sys/kernel/hostname`), or `localhost`.
+/// The machine's host name (Linux: `/proc/sys/kernel/hostname`), or `localhost` when there
+/// is none or it is not a domain name (`my_host`: no SMTP greeting can carry it, and the
+/// daemon would refuse to start with it).
 pub fn machine_hostname() -> String {
     ["/proc/sys/kernel/hostname", "/etc/hostname"]
         .iter()
         .filter_map(|p| std::fs::read_to_string(p).ok())
         .map(|s| s.trim().to_owned())
         .find(|s| !s.is_empty())
+        .filter(|s| parse_domain(s).is_ok())
         .unwrap_or_else(|| "localhost".to_owned())
 }
 
@@ -652,6 +661,17 @@ fn parse_config<const N: usize>(args: [&str; N]) -> Result<Config, clap::Error> 
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn hostname_loses_its_trailing_dot() {
+        let c = parse_config(["smtp-server", "--hostname", "mx.example.org."]).unwrap();
+        assert_eq!(c.hostname(), "mx.example.org");
+        let c = parse_config(["smtp-server", "--hostname", "mx.example.org"]).unwrap();
+        assert_eq!(c.hostname(), "mx.example.org");
+        assert!(parse_config(["smtp-server", "--hostname", "my_host"]).is_err());
+        // Whatever the machine is called, the default is something a greeting can carry.
+        assert!(smtp_proto::address::parse_domain(&machine_hostname()).is_ok());
+    }
 
     #[test]
     fn auth_options_and_subcommand() {
