@@ -20,11 +20,21 @@
 //!    letters are kept exactly as given: Unicode case folding depends on the Unicode version and
 //!    on language, and a mailbox must not move when a library is upgraded. (`E\u{301}` is
 //!    `É` after step 2, so it stays upper case as `É` does.)
-//! 4. **Characters**: ASCII letters and digits, `.`, `-`, `_`, and non-ASCII letters and digits
-//!    (Unicode alphabetic or numeric characters, sent under SMTPUTF8). Everything else is
-//!    refused: `/`, `\`, NUL and other controls, spaces, `%` (so `%2e%2e` is not decoded, just
-//!    refused), quotes (quoted local parts are refused), the other RFC 5322 `atext` symbols, and
-//!    combining marks that are not letters and have no precomposed form (`x\u{301}`).
+//! 4. **Characters**: ASCII letters and digits, `.`, `-`, `_`, non-ASCII letters and digits
+//!    (Unicode alphabetic or numeric characters, sent under SMTPUTF8), and combining marks
+//!    (canonical combining class not 0) after the first character: those NFC leaves as they
+//!    are because nothing precomposed holds them (`x\u{301}`, the nukta of `क़`, U+0958, which
+//!    NFC writes as `क\u{93c}`). Everything else is refused: `/`, `\`, NUL and other
+//!    controls, spaces, `%` (so `%2e%2e` is not decoded, just refused), quotes (quoted local
+//!    parts are refused), the other RFC 5322 `atext` symbols, and a name that starts with a
+//!    combining mark.
+//!
+//! Upgrading from a version before step 2: a mailbox whose directory was created under a
+//! spelling that is not NFC (possible only with canonical singletons such as the Kelvin sign
+//! `K` or the Ångström sign, conjoining jamo, or composition exclusions such as U+0958) is
+//! now looked up under its NFC name; rename the directory to that name (what
+//! [`MailboxName::from_local_part`] returns for the old one). Every name that was valid
+//! before is still valid, unless its NFC spelling is longer than [`MAX_LEN`].
 //! 5. **Dots**: no leading dot (which also refuses `.` and `..`), no trailing dot, and no two
 //!    dots in a row. Names starting with a dot are reserved for the stores' own files.
 //! 6. **Length**: 1 to [`MAX_LEN`] bytes after the steps above (64 is RFC 5321's limit for a
@@ -140,10 +150,12 @@ fn validate(name: &str) -> Result<(), NameError> {
     if name.len() > MAX_LEN {
         return Err(NameError::TooLong);
     }
-    for c in name.chars() {
+    let ccc = icu_normalizer::properties::CanonicalCombiningClassMapBorrowed::new();
+    for (i, c) in name.chars().enumerate() {
         let ok = c.is_ascii_alphanumeric()
             || matches!(c, '.' | '-' | '_')
-            || (!c.is_ascii() && (c.is_alphabetic() || c.is_numeric()));
+            || (!c.is_ascii() && (c.is_alphabetic() || c.is_numeric()))
+            || (i > 0 && ccc.get_u8(c) != 0);
         if !ok {
             // `+` only reaches here through `new`, where it means "not canonical".
             return Err(if c == '+' {
@@ -244,8 +256,15 @@ mod tests {
             ("α\u{345}", Ok("\u{1FB3}")),
             ("\u{212B}", Ok("\u{C5}")),
             ("A\u{30A}ngstr\u{F6}m", Ok("\u{C5}ngstr\u{F6}m")),
-            ("x\u{301}", Err(NameError::InvalidChar('\u{301}'))),
+            // Marks NFC cannot compose stay, after a first character.
+            ("x\u{301}", Ok("x\u{301}")),
+            ("\u{958}", Ok("\u{915}\u{93c}")),
+            ("\u{915}\u{93c}", Ok("\u{915}\u{93c}")),
+            ("\u{FB2A}", Ok("\u{5E9}\u{5C1}")),
+            ("\u{212A}elvin", Ok("kelvin")),
             ("\u{301}", Err(NameError::InvalidChar('\u{301}'))),
+            ("\u{301}x", Err(NameError::InvalidChar('\u{301}'))),
+            (".\u{301}", Err(NameError::LeadingDot)),
             ("ﬁ", Ok("ﬁ")),
             ("a\u{202e}b", Err(NameError::InvalidChar('\u{202e}'))),
             // The detail is dropped before the checks: what follows `+` does not matter.
@@ -290,6 +309,17 @@ mod tests {
             prop_assert_eq!(MailboxName::new(n.as_str()).unwrap(), n.clone());
             let upper = format!("{}+{}", name.to_ascii_uppercase(), name);
             prop_assert_eq!(MailboxName::from_local_part(&upper).unwrap(), n);
+        }
+
+        /// Letters and digits, whatever their NFC spelling, are still a valid name (as they
+        /// were before names were normalised).
+        #[test]
+        fn letters_stay_valid(s in "[\\p{Alphabetic}\\p{N}]{1,8}") {
+            let letters = s.chars().all(|c| c.is_alphanumeric());
+            let fits = nfc(&s).len() <= MAX_LEN;
+            if letters && fits && !s.starts_with(|c: char| !c.is_alphanumeric()) {
+                prop_assert!(MailboxName::from_local_part(&s).is_ok(), "{:?}", s);
+            }
         }
 
         /// Canonically equivalent spellings are the same mailbox (or the same refusal).
