@@ -378,9 +378,26 @@ impl<H: Handler> ServerBuilder<H> {
         if let Some(auth) = self.auth {
             session.auth_mechanisms = auth;
         }
+        // Added to the configuration's own, each once (a verb or keyword given both ways is
+        // not offered twice).
         for (verb, capability) in self.extensions {
-            session.extension_verbs.push(verb);
-            session.extra_capabilities.extend(capability);
+            if !session
+                .extension_verbs
+                .iter()
+                .any(|v| v.eq_ignore_ascii_case(&verb))
+            {
+                session.extension_verbs.push(verb);
+            }
+            if let Some(c) = capability {
+                let keyword = c.keyword();
+                if !session
+                    .extra_capabilities
+                    .iter()
+                    .any(|e| e.keyword().eq_ignore_ascii_case(keyword))
+                {
+                    session.extra_capabilities.push(c);
+                }
+            }
         }
         let limits = self.limits;
         session.max_message_size = limits.max_message_size;

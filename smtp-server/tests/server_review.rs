@@ -319,6 +319,11 @@ async fn builder_calls_hold_in_any_order() {
     };
     let mut config = SessionConfig::new("from-config.test");
     config.auth_requires_tls = false;
+    // Given both ways, XFOO is still offered once (counted below).
+    config.extension_verbs.push("xfoo".into());
+    config
+        .extra_capabilities
+        .push(Capability::Other("XFOO".into(), vec![]));
     let cap = || Some(Capability::Other("XFOO".into(), vec![]));
     let before = Server::builder(gated())
         .hostname("mx.test")
@@ -342,6 +347,7 @@ async fn builder_calls_hold_in_any_order() {
             ehlo.contains("250-XFOO\n") || ehlo.ends_with("250 XFOO"),
             "{ehlo}"
         );
+        assert_eq!(ehlo.matches("XFOO").count(), 1, "{ehlo}");
     }
     // Without the builder's calls the configuration's own values are used.
     let (greeting, _) = ehlo_of(Server::builder(gated()).session_config(config)).await;
