@@ -330,13 +330,17 @@ where
     out
 }
 
-/// Whether `text` holds no ASCII control character but tab, CR and LF included (usable in a
-/// `const fn`).
+/// Whether `text` holds no control character but tab, CR, LF and C1 controls included
+/// (usable in a `const fn`).
 const fn one_line(text: &str) -> bool {
     let b = text.as_bytes();
     let mut i = 0;
     while i < b.len() {
         if (b[i] < 0x20 && b[i] != b'\t') || b[i] == 0x7f {
+            return false;
+        }
+        // C1 controls, U+0080..U+009F, are 0xC2 0x80..0x9F in UTF-8.
+        if b[i] == 0xc2 && i + 1 < b.len() && b[i + 1] >= 0x80 && b[i + 1] <= 0x9f {
             return false;
         }
         i += 1;
