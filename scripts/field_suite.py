@@ -734,7 +734,7 @@ def malformed_bdat_chunk_is_never_read_as_commands(ctx):
     chunk = (b"RSET\r\nMAIL FROM:<alice@example.test>\r\nRCPT TO:<eve@remote.test>\r\n"
              b"DATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\n")
     for line in (b"BDAT x", b"BDAT 10 FIRST", b"BDAT 99999999999999999999", b"BDAT 5 LAST junk",
-                 b"BDAT\t117 LAST", b"BDAT 117 LAST" + b" " * 600):
+                 b"BDAT\t117 LAST", b"BDAT 117 LAST" + b" " * 2100):
         c = d.client()
         c.ehlo()
         expect(c.cmd("MAIL FROM:<alice@example.test>"), 250)
@@ -1114,8 +1114,14 @@ def command_line_too_long(ctx):
     d = Daemon(ctx)
     c = d.client()
     c.ehlo()
-    expect(c.cmd("NOOP " + "x" * 600), 500, "5.5.2")
-    expect(c.cmd("MAIL FROM:<" + "a" * 520 + "@example.test>"), 500, "5.5.2")
+    # Longer than 2048 octets (Postfix's line_length_limit; MAIL and RCPT parameters may
+    # lengthen RFC 5321's 512).
+    expect(c.cmd("NOOP " + "x" * 2100), 500, "5.5.2")
+    expect(c.cmd("MAIL FROM:<" + "a" * 2100 + "@example.test>"), 500, "5.5.2")
+    # A 255-octet local part at a long domain, with the parameters a relay adds: accepted.
+    sender = "a" * 255 + "@" + ".".join(["d" * 60] * 4)
+    expect(c.cmd(f"MAIL FROM:<{sender}> SIZE=12345 BODY=8BITMIME"), 250, "2.1.0")
+    expect(c.cmd("RSET"), 250)
     expect(c.cmd("NOOP"), 250, "2.0.0")
     expect(c.cmd("MAIL FROM:<alice@example.test>"), 250)  # the long MAIL was not run
 
@@ -1198,6 +1204,37 @@ def long_srs_and_verp_senders_are_accepted(ctx):
     expect(c.cmd(f"MAIL FROM:<{'a' * 256}@forwarder.example>"), 501, "5.1.7")
     expect(c.cmd("MAIL FROM:<alice@example.test>"), 250)
     expect(c.cmd(f"RCPT TO:<{'b' * 65}@example.test>"), 550, "5.1.3")
+
+
+@case("limits")
+def guessing_recipients_is_cut_off_after_20(ctx):
+    # A directory harvest on the public listener: unknown users (550 5.1.1) and relay
+    # attempts (554 5.7.1) count; the 20th refusal is followed by 421 4.7.0 and the close, as
+    # with Postfix's smtpd_hard_error_limit. A client that delivers between its refusals is
+    # never cut off.
+    users = "alice\nbob\n"
+    d = Daemon(ctx, users=users)
+    c = d.client(public=True)
+    c.ehlo()
+    expect(c.cmd("MAIL FROM:<a@remote.example>"), 250)
+    for i in range(19):
+        expect(c.cmd(f"RCPT TO:<user{i}@example.test>"), 550, "5.1.1")
+    r = c.cmd("RCPT TO:<x@elsewhere.example>")
+    expect(r, 554, "5.7.1")
+    expect(c.reply(), 421, "4.7.0")
+    check(c.closed(5), "connection not closed after 421")
+    c = d.client(public=True)
+    c.ehlo()
+    for _ in range(3):
+        expect(c.cmd("MAIL FROM:<a@remote.example>"), 250)
+        for i in range(15):
+            expect(c.cmd(f"RCPT TO:<user{i}@example.test>"), 550, "5.1.1")
+        expect(c.cmd("RCPT TO:<bob@example.test>"), 250)
+        expect(c.cmd("DATA"), 354)
+        c.send("Subject: x\r\n\r\nhi\r\n.\r\n")
+        expect(c.reply(), 250)
+    expect(c.cmd("QUIT"), 221)
+    check(len(d.messages("bob")) == 3, f"{len(d.messages('bob'))} messages")
 
 
 @case("limits")

@@ -134,6 +134,10 @@
 //!   `555 5.5.4`; parameters after HELO (not EHLO) likewise.
 //! - A non-ASCII address without `SMTPUTF8` on MAIL gets `553 5.6.7` (RFC 6531).
 //! - A rejected greeting (`554`) closes the connection at once.
+//! - Recipients the caller refuses count: at [`SessionConfig::max_refused_recipients`] of them
+//!   (default 20, Postfix's `smtpd_hard_error_limit`) the refusal is followed by `421 4.7.0`
+//!   and the session closes, so a client guessing addresses gets 20 tries a connection, not
+//!   thousands; the count starts again when a message is accepted.
 //! - Recipients past [`SessionConfig::max_recipients`] get `452 4.5.3 Too many recipients`
 //!   and the transaction goes on with the recipients accepted so far: a client that sends
 //!   them all before DATA (Python's `smtplib.sendmail`, for one) delivers to the first ones
@@ -243,6 +247,12 @@ pub struct SessionConfig {
     /// Protocol errors tolerated before the client is disconnected with `421 4.7.0`; the
     /// count starts again when a message is accepted.
     pub max_errors: usize,
+    /// Recipients the caller refused (any 4yz or 5yz answer to `RCPT` but the session's own
+    /// `452 4.5.3 Too many recipients`) a client may get before the session closes with
+    /// `421 4.7.0` (default 20, as Postfix's `smtpd_hard_error_limit`, which counts every
+    /// refusal); the count starts again when a message is accepted. It stops a client that
+    /// guesses addresses (a directory harvest) from trying without end on one connection.
+    pub max_refused_recipients: usize,
     /// NOOP, RSET, VRFY, EXPN and HELP commands allowed before each further one counts as a
     /// protocol error (default 100); the count starts again when a message is accepted.
     pub max_junk: usize,
@@ -378,6 +388,7 @@ impl SessionConfig {
             smtputf8: true,
             dsn: false,
             max_errors: 10,
+            max_refused_recipients: 20,
             max_junk: 100,
             forbid_unauth_pipelining: true,
             auth_mechanisms: Vec::new(),
@@ -600,6 +611,8 @@ pub struct Session {
     /// Recipients refused in the open transaction because it had
     /// [`SessionConfig::max_recipients`] already.
     rcpt_overshoot: usize,
+    /// Recipients refused by the caller since the session began or last delivered a message.
+    refused_rcpts: usize,
     /// Size of the BDAT message so far.
     bdat_size: u64,
     bdat_oversize: bool,
@@ -753,6 +766,7 @@ impl Session {
             rcpt: None,
             recipients: 0,
             rcpt_overshoot: 0,
+            refused_rcpts: 0,
             bdat_size: 0,
             bdat_oversize: false,
             bdat_bare: false,
@@ -1068,10 +1082,21 @@ impl Session {
             Pending::Mail if ok => self.envelope = Envelope::Mail,
             Pending::Mail => self.reset_transaction(),
             Pending::Rcpt => {
+                self.rcpt = None;
                 if ok {
                     self.recipients += 1;
+                } else if r.code() != 421 {
+                    self.refused_rcpts = self.refused_rcpts.saturating_add(1);
+                    if self.refused_rcpts >= self.config.max_refused_recipients {
+                        let text = format!(
+                            "{} Too many errors, closing connection",
+                            self.config.hostname
+                        );
+                        self.close_with(&reply(421, Some((4, 7, 0)), &text));
+                        self.close_due = true;
+                        return;
+                    }
                 }
-                self.rcpt = None;
             }
             Pending::DataEnd => {
                 if ok {
@@ -1515,6 +1540,7 @@ impl Session {
     fn delivered(&mut self) {
         self.junk = 0;
         self.errors = 0;
+        self.refused_rcpts = 0;
     }
 
     /// Counts one protocol error; returns `Closed` (with `421 4.7.0` queued) when the error

@@ -753,3 +753,48 @@ fn a_host_name_with_line_breaks_never_splits_a_reply() {
     );
     assert!(config().check().is_ok());
 }
+
+#[test]
+fn refused_recipients_close_the_session_at_the_limit() {
+    // A client guessing addresses: the 20th refused recipient is answered, then `421 4.7.0`
+    // closes the session (as Postfix's smtpd_hard_error_limit of 20), one connection never
+    // tries thousands. Accepted ones do not count; nor does the session's own 452 for too
+    // many recipients; a delivered message starts the count again.
+    let mut input = String::from("EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\n");
+    for i in 0..30 {
+        input.push_str(&format!("RCPT TO:<bad{i}@b>\r\n"));
+    }
+    let t = run(input.as_bytes());
+    assert_eq!(
+        t.out.matches("550 5.1.1 No such user").count(),
+        20,
+        "{}",
+        t.out
+    );
+    assert!(
+        t.out.ends_with(
+            "550 5.1.1 No such user\r\n421 4.7.0 mx.test Too many errors, closing connection\r\n"
+        ),
+        "{}",
+        t.out
+    );
+    assert_eq!(t.events.last().unwrap(), "closed");
+    // 19 refused, a message delivered, 19 more: never closed.
+    let mut input = String::from("EHLO c\r\n");
+    for _ in 0..3 {
+        input.push_str("MAIL FROM:<>\r\n");
+        for i in 0..19 {
+            input.push_str(&format!("RCPT TO:<bad{i}@b>\r\n"));
+        }
+        input.push_str("RCPT TO:<a@b>\r\nDATA\r\nx\r\n.\r\n");
+    }
+    input.push_str("QUIT\r\n");
+    let r = replies(&input);
+    assert_eq!(
+        r.iter()
+            .filter(|l| *l == "250 2.0.0 Message accepted")
+            .count(),
+        3
+    );
+    assert!(!r.iter().any(|l| l.starts_with("421")), "{r:?}");
+}

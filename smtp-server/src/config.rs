@@ -48,15 +48,21 @@ pub struct Limits {
     /// Protocol errors (bad syntax, bad order) tolerated before the client is disconnected
     /// with `421 4.7.0`. Default 10.
     pub max_errors: usize,
-    /// Longest command line including CRLF; longer lines get `500 5.5.2`. Default 512
-    /// (RFC 5321 §4.5.3.1.4).
+    /// Recipients the handler refuses (any 4yz or 5yz but the `452 4.5.3` for too many
+    /// recipients) before `421 4.7.0` closes the session; the count starts again when a
+    /// message is accepted. Default 20, as Postfix's `smtpd_hard_error_limit`: a client
+    /// guessing addresses gets 20 tries per connection.
+    pub max_refused_recipients: usize,
+    /// Longest command line including CRLF; longer lines get `500 5.5.2`. Default 2048, as
+    /// Postfix's `line_length_limit`: RFC 5321 §4.5.3.1.4's 512 is before extensions, and
+    /// the parameters of MAIL and RCPT lengthen it (SIZE, RFC 1870; DSN, RFC 3461 §4: up to
+    /// 500 more; AUTH=, RFC 4954), so a 255-octet local part with them still fits.
     pub max_command_line: usize,
     /// Longest local part of a `MAIL FROM` or `RCPT TO` address, in octets as sent; longer
     /// ones get `501 5.1.7` / `501 5.1.3 Local part too long`. Default 255, not RFC 5321's 64:
     /// real senders use longer ones (SRS rewrites of forwarded mail, VERP and bulk senders'
     /// bounce addresses that carry the recipient), Postfix has no such limit, and RFC 5321
-    /// §4.5.3.1 asks for no limits "to the maximum extent possible". The command line limit
-    /// still bounds the whole path.
+    /// §4.5.3.1 asks for no limits "to the maximum extent possible".
     pub max_local_part: usize,
     /// Longest path including `<` and `>` (RFC 5321's is 256). Default 512, so that a
     /// 255-octet local part fits with any domain.
@@ -94,7 +100,8 @@ impl Default for Limits {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
             max_errors: 10,
-            max_command_line: 512,
+            max_refused_recipients: 20,
+            max_command_line: 2048,
             max_local_part: 255,
             max_path: 512,
             max_text_line: Some(1000),

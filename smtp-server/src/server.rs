@@ -404,6 +404,7 @@ impl<H: Handler> ServerBuilder<H> {
         session.max_recipients = limits.max_recipients;
         session.max_recipient_overshoot = limits.max_recipient_overshoot;
         session.max_errors = limits.max_errors;
+        session.max_refused_recipients = limits.max_refused_recipients;
         session.max_auth_failures = limits.max_auth_failures;
         session.limits.max_command_line = limits.max_command_line;
         session.limits.max_local_part = limits.max_local_part;
