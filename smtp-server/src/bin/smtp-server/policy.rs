@@ -95,7 +95,13 @@ impl Users {
                     let mut list = Vec::new();
                     for t in targets.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                         if t.contains('@') {
-                            let m = smtp_proto::address::parse_mailbox(t)
+                            // The lengths RCPT TO accepts (a forwarding target may be an
+                            // address with a long local part).
+                            let server = smtp_server::Limits::default();
+                            let limits = smtp_proto::command::Limits::RFC5321
+                                .with_max_local_part(server.max_local_part)
+                                .with_max_path(server.max_path);
+                            let m = smtp_proto::address::parse_mailbox_with(t, &limits)
                                 .map_err(|e| err(format!("bad address {t:?}: {}", e.message())))?;
                             list.push(Target::Remote(m.into_owned()));
                         } else {
@@ -522,6 +528,11 @@ mod tests {
         assert_eq!(e.line, 3);
         assert!(Users::parse("a:\n").is_err());
         assert!(Users::parse("a\nA\n").is_err());
+        // A forwarding target takes the lengths RCPT TO does: 255 octets of local part.
+        let long = format!("fwd: {}@remote.test\n", "a".repeat(255));
+        assert!(Users::parse(&long).is_ok());
+        let longer = format!("fwd: {}@remote.test\n", "a".repeat(256));
+        assert!(Users::parse(&longer).is_err());
     }
 
     #[test]
