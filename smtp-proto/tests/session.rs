@@ -562,6 +562,13 @@ fn junk_commands_count_as_errors_past_the_limit() {
     assert_eq!(r.last().unwrap(), "221 2.0.0 mx.test closing connection");
 }
 
+/// How many `250 2.0.0 Message accepted` replies there are in `r`.
+fn accepted(r: &[String]) -> usize {
+    r.iter()
+        .filter(|l| *l == "250 2.0.0 Message accepted")
+        .count()
+}
+
 /// One message on a reused connection, with the RSET (and a NOOP) a client sends before each.
 const RSET_MESSAGE: &str = "RSET\r\nNOOP\r\nMAIL FROM:<>\r\nRCPT TO:<a@b>\r\nDATA\r\nx\r\n.\r\n";
 
@@ -577,12 +584,7 @@ fn accepted_messages_start_the_junk_and_error_counts_again() {
     }
     input.push_str("QUIT\r\n");
     let r = replies(&input);
-    assert_eq!(
-        r.iter()
-            .filter(|l| *l == "250 2.0.0 Message accepted")
-            .count(),
-        500
-    );
+    assert_eq!(accepted(&r), 500);
     assert_eq!(r.iter().filter(|l| l.starts_with("500 5.5.1")).count(), 500);
     assert!(!r.iter().any(|l| l.starts_with("421")), "{r:?}");
     assert_eq!(r.last().unwrap(), "221 2.0.0 mx.test closing connection");
@@ -790,11 +792,6 @@ fn refused_recipients_close_the_session_at_the_limit() {
     }
     input.push_str("QUIT\r\n");
     let r = replies(&input);
-    assert_eq!(
-        r.iter()
-            .filter(|l| *l == "250 2.0.0 Message accepted")
-            .count(),
-        3
-    );
+    assert_eq!(accepted(&r), 3);
     assert!(!r.iter().any(|l| l.starts_with("421")), "{r:?}");
 }

@@ -253,12 +253,27 @@ async fn builder_refuses_what_would_change_the_reply_lines() {
         }
     }
     // The same shapes, valid: served, and the EHLO reply has exactly the lines meant.
-    let bound = Server::builder(gated())
-        .hostname("mx.test")
-        .extension(
+    let (greeting, ehlo) =
+        greeting_and_ehlo(Server::builder(gated()).hostname("mx.test").extension(
             "XFOO",
             Some(Capability::Other("XFOO".into(), vec!["a=b".into()])),
-        )
+        ))
+        .await;
+    assert_eq!(greeting, "220 mx.test ESMTP ready");
+    assert_eq!(
+        ehlo.lines()
+            .filter(|l| *l == "250-XFOO a=b" || *l == "250 XFOO a=b")
+            .count(),
+        1,
+        "{ehlo}"
+    );
+    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
+}
+
+/// Serves `b` on a loopback port, and returns the greeting and the reply to `EHLO a` a
+/// client gets there; the server is shut down again.
+async fn greeting_and_ehlo(b: smtp_server::ServerBuilder<Gated>) -> (String, String) {
+    let bound = b
         .listen("127.0.0.1:0".parse().unwrap())
         .bind()
         .await
@@ -269,51 +284,21 @@ async fn builder_refuses_what_would_change_the_reply_lines() {
         let _ = rx.await;
     }));
     let mut c = Client::connect(addr).await;
-    assert_eq!(c.reply().await, "220 mx.test ESMTP ready");
+    let greeting = c.reply().await;
     let ehlo = c.cmd("EHLO a").await;
-    assert_eq!(
-        ehlo.lines()
-            .filter(|l| *l == "250-XFOO a=b" || *l == "250 XFOO a=b")
-            .count(),
-        1,
-        "{ehlo}"
-    );
-    assert!(!ehlo.contains("STARTTLS"), "{ehlo}");
-    assert_eq!(c.cmd("QUIT").await, "221 2.0.0 mx.test closing connection");
     tx.send(()).unwrap();
     tokio::time::timeout(WAIT, task)
         .await
         .unwrap()
         .unwrap()
         .unwrap();
+    (greeting, ehlo)
 }
 
 /// `hostname`, `auth` and `extension` hold whichever way round `session_config` is called.
 #[tokio::test]
 async fn builder_calls_hold_in_any_order() {
     use smtp_proto::ehlo::Capability;
-    let ehlo_of = |b: smtp_server::ServerBuilder<Gated>| async move {
-        let bound = b
-            .listen("127.0.0.1:0".parse().unwrap())
-            .bind()
-            .await
-            .unwrap();
-        let addr = bound.local_addrs()[0];
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(bound.serve(async {
-            let _ = rx.await;
-        }));
-        let mut c = Client::connect(addr).await;
-        let greeting = c.reply().await;
-        let ehlo = c.cmd("EHLO a").await;
-        tx.send(()).unwrap();
-        tokio::time::timeout(WAIT, task)
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
-        (greeting, ehlo)
-    };
     let gated = || Gated {
         gate: Arc::new(Semaphore::new(0)),
     };
@@ -336,7 +321,7 @@ async fn builder_calls_hold_in_any_order() {
         .auth([smtp_server::Mechanism::Plain])
         .extension("XFOO", cap());
     for b in [before, after] {
-        let (greeting, ehlo) = ehlo_of(b).await;
+        let (greeting, ehlo) = greeting_and_ehlo(b).await;
         assert_eq!(greeting, "220 mx.test ESMTP ready");
         assert!(ehlo.starts_with("250-mx.test greets a\n"), "{ehlo}");
         assert!(
@@ -350,6 +335,6 @@ async fn builder_calls_hold_in_any_order() {
         assert_eq!(ehlo.matches("XFOO").count(), 1, "{ehlo}");
     }
     // Without the builder's calls the configuration's own values are used.
-    let (greeting, _) = ehlo_of(Server::builder(gated()).session_config(config)).await;
+    let (greeting, _) = greeting_and_ehlo(Server::builder(gated()).session_config(config)).await;
     assert_eq!(greeting, "220 from-config.test ESMTP ready");
 }
