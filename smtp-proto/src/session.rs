@@ -834,6 +834,13 @@ impl Session {
             || self.envelope == Envelope::Chunking
     }
 
+    /// Recipients the caller refused since the session began or last delivered a message
+    /// (what [`SessionConfig::max_refused_recipients`] limits); a driver may delay its
+    /// refusals past a number of them, as Postfix's `smtpd_soft_error_limit`.
+    pub fn refused_recipients(&self) -> usize {
+        self.refused_rcpts
+    }
+
     /// Whether a transaction (MAIL accepted) is open.
     pub fn in_transaction(&self) -> bool {
         matches!(self.envelope, Envelope::Mail | Envelope::Chunking)

@@ -53,6 +53,14 @@ pub struct Limits {
     /// message is accepted. Default 20, as Postfix's `smtpd_hard_error_limit`: a client
     /// guessing addresses gets 20 tries per connection.
     pub max_refused_recipients: usize,
+    /// Refused recipients answered at once; each further refusal waits
+    /// [`Limits::refused_recipient_delay`] first (Postfix's `smtpd_soft_error_limit`, 10,
+    /// the default). Until a message is accepted.
+    pub refused_recipients_undelayed: usize,
+    /// The wait before each refusal past [`Limits::refused_recipients_undelayed`]: default 1
+    /// second, as Postfix's `smtpd_error_sleep_time`. With the defaults a client guessing
+    /// addresses gets ten answers at once, ten more in ten seconds, then `421`.
+    pub refused_recipient_delay: Duration,
     /// Longest command line including CRLF; longer lines get `500 5.5.2`. Default 2048, as
     /// Postfix's `line_length_limit`: RFC 5321 §4.5.3.1.4's 512 is before extensions, and
     /// the parameters of MAIL and RCPT lengthen it (SIZE, RFC 1870; DSN, RFC 3461 §4: up to
@@ -101,6 +109,8 @@ impl Default for Limits {
             data_timeout: Duration::from_secs(180),
             max_errors: 10,
             max_refused_recipients: 20,
+            refused_recipients_undelayed: 10,
+            refused_recipient_delay: Duration::from_secs(1),
             max_command_line: 2048,
             max_local_part: 255,
             max_path: 512,

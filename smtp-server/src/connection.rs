@@ -642,6 +642,8 @@ enum Next {
     Auth(Credentials),
     Accept,
     Refuse(Refusal),
+    /// Refuse a recipient (delayed past the first few, see [`crate::Limits::refused_recipient_delay`]).
+    RefuseRcpt(Refusal),
     /// Send this reply (the answer to an extension verb).
     Respond(smtp_proto::Reply),
     Data,
@@ -724,7 +726,7 @@ impl<H: Handler> State<H> {
                 }
                 Err(r) => {
                     info!(from = %self.envelope.from, to = %to, reply = %r, "refused RCPT");
-                    Next::Refuse(r)
+                    Next::RefuseRcpt(r)
                 }
             },
             Event::DataStart => Next::Data,
@@ -924,6 +926,19 @@ impl<H: Handler> Connection<H> {
             Next::Auth(credentials) => Box::pin(self.auth(credentials)).await,
             Next::Accept => self.io.session.accept(),
             Next::Refuse(r) => self.io.session.refuse(r),
+            Next::RefuseRcpt(r) => {
+                // A client guessing addresses waits for each answer past the first few.
+                let limits = &self.io.common.limits;
+                if self.io.session.refused_recipients() >= limits.refused_recipients_undelayed {
+                    let delay = limits.refused_recipient_delay;
+                    let hard = self.io.common.hard.clone();
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = hard.cancelled() => {}
+                    }
+                }
+                self.io.session.refuse(r);
+            }
             Next::Respond(r) => self.io.session.respond(r),
             // Boxed: these run rarely (once per message, once per connection) and their
             // state would otherwise enlarge every idle connection's task.

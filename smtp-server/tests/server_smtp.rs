@@ -596,3 +596,40 @@ async fn ipv4_and_ipv6_wildcards_share_a_port() {
     }
     let _ = WAIT;
 }
+
+#[tokio::test]
+async fn refused_recipients_are_slowed_then_cut_off() {
+    // As Postfix's smtpd_soft_error_limit / smtpd_error_sleep_time / smtpd_hard_error_limit:
+    // the first refusals come at once, each one past them after the delay, and the last is
+    // followed by 421 4.7.0.
+    let delay = Duration::from_millis(150);
+    let srv = start(|b| {
+        let mut l = Limits::default();
+        l.refused_recipients_undelayed = 3;
+        l.refused_recipient_delay = delay;
+        l.max_refused_recipients = 6;
+        b.listen("127.0.0.1:0".parse().unwrap()).limits(l)
+    })
+    .await;
+    let mut c = Client::connect(srv.addr()).await;
+    c.reply().await;
+    assert!(c.cmd("EHLO c").await.starts_with("250-mx.test"));
+    assert_eq!(c.cmd("MAIL FROM:<a@x.test>").await, "250 2.1.0 Sender OK");
+    for i in 0..3 {
+        let r = c.cmd(&format!("RCPT TO:<bad{i}@mx.test>")).await;
+        assert_eq!(r, "550 5.1.1 No such user");
+    }
+    // An accepted recipient is not delayed and does not count.
+    assert_eq!(
+        c.cmd("RCPT TO:<ok@mx.test>").await,
+        "250 2.1.5 Recipient OK"
+    );
+    let t = std::time::Instant::now();
+    for i in 3..6 {
+        let r = c.cmd(&format!("RCPT TO:<bad{i}@mx.test>")).await;
+        assert_eq!(r, "550 5.1.1 No such user");
+    }
+    assert!(t.elapsed() >= delay * 3, "{:?}", t.elapsed());
+    assert!(c.reply().await.starts_with("421 4.7.0 mx.test"));
+    c.expect_closed().await;
+}
