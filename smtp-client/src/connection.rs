@@ -1,6 +1,20 @@
 //! One SMTP session with one server: connect, greeting, EHLO, STARTTLS, transactions, QUIT.
 //!
 //! See the [crate documentation](crate) for an example.
+//!
+//! # Replies in step with commands
+//!
+//! A reply counts only as the answer to the command it follows in order. Before each command
+//! (or pipelined group), before the message after `354` and before its end marker, the
+//! client checks that nothing has arrived (what is buffered, and the socket without
+//! waiting): a reply there answers nothing the client sent, so the server is out of step
+//! (a `250` written while the message was still being sent, a reply sent twice) and every
+//! later reply could be taken for the wrong command. That is
+//! [`ClientError::OutOfStep`], and the connection is unusable; a message is never counted
+//! delivered on the strength of such a reply. The exception is `421`, which a server may
+//! send at any time (RFC 5321 §3.8): it is read as the answer to the next command, a
+//! refusal. DATA's only positive reply is `354`: a `250`
+//! to DATA itself is [`ClientError::Unexpected`], not a delivery.
 
 use std::io;
 use std::net::SocketAddr;
@@ -911,6 +925,14 @@ impl Connection {
                     .await?;
                 Some(final_reply)
             }
+            // DATA's only positive answer is 354 (RFC 5321 §4.3.2): a 2yz (or 1yz, 3yz)
+            // here is not a delivery, the message was never sent.
+            Some(reply) if !reply.is_transient() && !reply.is_permanent() => {
+                return Err(self.fail(ClientError::Unexpected {
+                    command: "DATA",
+                    reply,
+                }));
+            }
             other => other,
         };
         // LMTP (RFC 2033 §4.2): after the data, one reply per accepted recipient, in order;
@@ -1202,6 +1224,7 @@ impl Connection {
         }
         Command::Data.encode(&mut out);
         let t = self.config.timeouts;
+        self.in_step("MAIL").await?;
         self.write_all(&out, t.mail, "MAIL").await?;
 
         let rset_reply = match rset {
@@ -1267,6 +1290,8 @@ impl Connection {
     /// marker is sent (RFC 2920 §3.1) and the reply read and dropped.
     async fn write_message(&mut self, message: Option<&Message<'_>>) -> Result<Reply, ClientError> {
         let t = self.config.timeouts;
+        // A reply that came with the 354 (or behind it) answers nothing yet.
+        self.in_step("the message").await?;
         let mut encoder = DataEncoder::new();
         let mut out = Vec::with_capacity(2 * CHUNK + 8);
         if let Some(message) = message {
@@ -1289,6 +1314,8 @@ impl Connection {
         }
         out.clear();
         encoder.finish(&mut out);
+        // A reply sent while the message was being written cannot be the one to its end.
+        self.in_step("end of data").await?;
         self.write_all(&out, t.data_block, "data block").await?;
         let reply = self.read_reply(t.data_end, "end of data").await?;
         if reply.code() == 354 || reply.code() < 200 {
@@ -1320,10 +1347,36 @@ impl Connection {
         timeout: Duration,
         stage: &'static str,
     ) -> Result<Reply, ClientError> {
+        self.in_step(stage).await?;
         let mut out = Vec::with_capacity(64);
         command.encode(&mut out);
         self.write_all(&out, timeout, stage).await?;
         self.read_reply_whole(timeout, stage).await
+    }
+
+    /// Before sending `stage`: nothing may have arrived that no command asked for. Looks at
+    /// what is buffered and, without waiting, at the socket; anything there means the
+    /// server's replies are out of step with the commands ([`ClientError::OutOfStep`]), and
+    /// the connection is marked unusable.
+    async fn in_step(&mut self, stage: &'static str) -> Result<(), ClientError> {
+        if self.broken {
+            return Err(ClientError::Broken);
+        }
+        if self.buf.is_empty() {
+            // One poll of the socket: tokio's timeout polls the read before its deadline,
+            // and a read that is not ready moves no data, so nothing is lost by dropping it.
+            // A close or a read error is reported by the next read, where it is expected.
+            let Self { stream, buf, .. } = self;
+            let _ = tokio::time::timeout(Duration::ZERO, stream.read_buf(buf)).await;
+        }
+        // A 421 may come at any time (RFC 5321 §3.8: the server is closing, a timeout, a
+        // shutdown): it is read as the answer to what is sent next, which it refuses.
+        if self.buf.is_empty() || self.buf.starts_with(b"421") {
+            return Ok(());
+        }
+        let octets = self.buf.len();
+        warn!(peer = %self.peer, octets, stage, "server sent data nothing asked for; connection dropped");
+        Err(self.fail(ClientError::OutOfStep { stage, octets }))
     }
 
     async fn write_all(

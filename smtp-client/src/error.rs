@@ -66,6 +66,19 @@ pub enum ClientError {
         /// The server's reply.
         reply: Reply,
     },
+    /// The server sent something the client had not asked for yet: a reply before the
+    /// command it would answer was sent (a `250` while the message was still being written,
+    /// a second reply to one command). Replies and commands are out of step, so no reply
+    /// after it can be trusted to answer what it seems to (a message would be taken as
+    /// delivered on the strength of another command's `250`): the connection is unusable
+    /// and nothing in flight counts as delivered. Transient (`4.5.0`).
+    #[error("the server sent {octets} octets before {stage} was sent: replies out of step with commands")]
+    OutOfStep {
+        /// What the client was about to send (`MAIL`, `end of data`, ...).
+        stage: &'static str,
+        /// How much had arrived.
+        octets: usize,
+    },
     /// STARTTLS is required ([`TlsPolicy::RequireVerified`](crate::TlsPolicy::RequireVerified),
     /// the default) and the server does not offer it. Nothing was sent but EHLO (and QUIT).
     #[error("the server does not offer STARTTLS and TLS is required")]
@@ -168,7 +181,7 @@ impl ClientError {
             Self::Connect { .. } => EnhancedCode::fixed(4, 4, 1),
             Self::Timeout { .. } => EnhancedCode::fixed(4, 4, 2),
             Self::Io(_) | Self::Closed { .. } | Self::Broken => EnhancedCode::fixed(4, 4, 2),
-            Self::MalformedReply(_) => EnhancedCode::fixed(4, 5, 0),
+            Self::MalformedReply(_) | Self::OutOfStep { .. } => EnhancedCode::fixed(4, 5, 0),
             Self::StartTlsNotOffered | Self::Tls(_) => EnhancedCode::fixed(4, 7, 5),
             // RFC 3463 X.7.8 "authentication credentials invalid", X.7.10 "encryption
             // needed"; the server's own code when it gave one (above).
