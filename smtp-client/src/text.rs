@@ -18,8 +18,10 @@
 //!
 //! Every character of Unicode category Cc (C0 controls `U+0000`–`U+001F`, DEL `U+007F`, C1
 //! controls `U+0080`–`U+009F`, which include NEL `U+0085`), the line and paragraph separators
-//! `U+2028` and `U+2029`, and the bidirectional controls (`U+061C`, `U+200E`, `U+200F`,
-//! `U+202A`–`U+202E`, `U+2066`–`U+2069`). Tab, CR and LF become `\t`, `\r`, `\n`; every other
+//! `U+2028` and `U+2029`, the bidirectional controls (`U+061C`, `U+200E`, `U+200F`,
+//! `U+202A`–`U+202E`, `U+2066`–`U+2069`), and the invisible characters that make text read
+//! as other text (soft hyphen, zero-width spaces and joiners, word joiners, BOM, interlinear
+//! annotation, tags; see [`is_unsafe_char`]) and noncharacters. Tab, CR and LF become `\t`, `\r`, `\n`; every other
 //! one becomes `\u{…}` with its code point in lower-case hex (`\u{1b}`, `\u{202e}`). Nothing else
 //! changes, a backslash included: the result is for reading, not for unescaping.
 
@@ -28,19 +30,30 @@ use std::fmt;
 
 use smtp_proto::reply::Reply;
 
-/// Whether `c` must not reach a log or a bounce as it is (see the [module docs](self)).
+/// Whether `c` must not reach a log or a bounce as it is (see the [module docs](self)): C0
+/// and C1 controls and DEL, the line and paragraph separators, the bidirectional controls,
+/// the other invisible format characters (soft hyphen, zero-width spaces and joiners, word
+/// joiners, BOM, interlinear annotation, tags) and noncharacters. The one list the daemon's
+/// logs and generated headers use too.
 pub fn is_unsafe_char(c: char) -> bool {
     c.is_control()
         || matches!(
             c,
-            '\u{2028}'
-                | '\u{2029}'
+            '\u{00AD}'
+                | '\u{0600}'..='\u{0605}'
                 | '\u{061C}'
-                | '\u{200E}'
-                | '\u{200F}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2066}'..='\u{2069}'
+                | '\u{06DD}'
+                | '\u{070F}'
+                | '\u{180E}'
+                | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}'
+                | '\u{2060}'..='\u{206F}'
+                | '\u{FDD0}'..='\u{FDEF}'
+                | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}'
+                | '\u{E0000}'..='\u{E007F}'
         )
+        || u32::from(c) & 0xFFFE == 0xFFFE
 }
 
 /// `text` with every control, separator and bidi character escaped (see the
@@ -127,6 +140,10 @@ mod tests {
                 "rlo\\u{202e}lri\\u{2067}alm\\u{61c}",
             ),
             ("lrm\u{200E}rlm\u{200F}", "lrm\\u{200e}rlm\\u{200f}"),
+            (
+                "zw\u{200B}sp\u{200D}j\u{FEFF}bom\u{2060}wj\u{AD}shy",
+                "zw\\u{200b}sp\\u{200d}j\\u{feff}bom\\u{2060}wj\\u{ad}shy",
+            ),
             ("back\\slash", "back\\slash"),
             ("\u{FFFD} replacement stays", "\u{FFFD} replacement stays"),
         ];

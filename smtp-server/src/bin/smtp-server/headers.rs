@@ -135,24 +135,8 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 /// invisible format characters (soft hyphen, zero-width spaces and joiners, word joiners,
 /// BOM, interlinear annotation, tags) and noncharacters.
 pub fn is_unsafe(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{00AD}'
-                | '\u{0600}'..='\u{0605}'
-                | '\u{061C}'
-                | '\u{06DD}'
-                | '\u{070F}'
-                | '\u{180E}'
-                | '\u{200B}'..='\u{200F}'
-                | '\u{2028}'..='\u{202E}'
-                | '\u{2060}'..='\u{206F}'
-                | '\u{FDD0}'..='\u{FDEF}'
-                | '\u{FEFF}'
-                | '\u{FFF9}'..='\u{FFFB}'
-                | '\u{E0000}'..='\u{E007F}'
-        )
-        || (c as u32) & 0xFFFE == 0xFFFE
+    // One list for the client's texts, the logs and the headers.
+    smtp_client::text::is_unsafe_char(c)
 }
 
 /// Appends `c` as `\x{HEX}` (RFC 6533's `EmbeddedUnicodeChar` notation, at least two digits).

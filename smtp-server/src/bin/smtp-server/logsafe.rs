@@ -38,18 +38,8 @@ use tracing_subscriber::fmt::MakeWriter;
 
 /// True for a character that must not reach a log line (or a header) raw.
 pub fn is_unsafe(c: char) -> bool {
-    c.is_control()
-        || matches!(
-            c,
-            '\u{061C}'
-                | '\u{200E}'
-                | '\u{200F}'
-                | '\u{2028}'
-                | '\u{2029}'
-                | '\u{202A}'..='\u{202E}'
-                | '\u{2066}'..='\u{2069}'
-                | '\u{FEFF}'
-        )
+    // One list for the client's texts, the logs and the headers.
+    smtp_client::text::is_unsafe_char(c)
 }
 
 /// Appends `s` to `out` with every unsafe character (see the module doc) escaped.
