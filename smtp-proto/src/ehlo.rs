@@ -90,11 +90,7 @@ impl Capability {
     /// space, CR, LF or other control character, which would split the line or add one).
     /// [`EhloReply::to_reply`] leaves out a capability that is not.
     pub fn is_valid(&self) -> bool {
-        let keyword = self.keyword().as_bytes();
-        let keyword_ok = keyword.first().is_some_and(u8::is_ascii_alphanumeric)
-            && keyword
-                .iter()
-                .all(|b| b.is_ascii_alphanumeric() || *b == b'-');
+        let keyword_ok = is_ehlo_keyword(self.keyword());
         let params: &[String] = match self {
             Self::Auth(mechs) => mechs,
             Self::Other(_, params) => params,
@@ -136,6 +132,14 @@ impl Capability {
         };
         Some(cap)
     }
+}
+
+/// Whether `word` is an `ehlo-keyword`: `(ALPHA / DIGIT) *(ALPHA / DIGIT / "-")` (also the
+/// shape of a command verb a session may hand to its caller).
+pub(crate) fn is_ehlo_keyword(word: &str) -> bool {
+    let b = word.as_bytes();
+    b.first().is_some_and(u8::is_ascii_alphanumeric)
+        && b.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
 }
 
 /// The server's answer to EHLO: its domain, a greeting and the extensions it offers.

@@ -359,10 +359,7 @@ impl SessionConfig {
             }
         }
         for v in &self.extension_verbs {
-            let b = v.as_bytes();
-            let word = b.first().is_some_and(u8::is_ascii_alphanumeric)
-                && b.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-');
-            if !word {
+            if !crate::ehlo::is_ehlo_keyword(v) {
                 return Err(ConfigError::Verb(v.clone()));
             }
         }
@@ -1095,11 +1092,7 @@ impl Session {
                 } else if r.code() != 421 {
                     self.refused_rcpts = self.refused_rcpts.saturating_add(1);
                     if self.refused_rcpts >= self.config.max_refused_recipients {
-                        let text = format!(
-                            "{} Too many errors, closing connection",
-                            self.config.hostname
-                        );
-                        self.close_with(&reply(421, Some((4, 7, 0)), &text));
+                        self.close_too_many_errors();
                         self.close_due = true;
                         return;
                     }
@@ -1550,16 +1543,22 @@ impl Session {
         self.refused_rcpts = 0;
     }
 
+    /// Queues `421 4.7.0 <host> Too many errors, closing connection` and closes: the end of
+    /// the error budget and of the refused-recipient budget alike.
+    fn close_too_many_errors(&mut self) {
+        let text = format!(
+            "{} Too many errors, closing connection",
+            self.config.hostname
+        );
+        self.close_with(&reply(421, Some((4, 7, 0)), &text));
+    }
+
     /// Counts one protocol error; returns `Closed` (with `421 4.7.0` queued) when the error
     /// budget is spent.
     fn count_error(&mut self) -> Option<Step> {
         self.errors += 1;
         if self.errors >= self.config.max_errors {
-            let text = format!(
-                "{} Too many errors, closing connection",
-                self.config.hostname
-            );
-            self.close_with(&reply(421, Some((4, 7, 0)), &text));
+            self.close_too_many_errors();
             return Some(Step::Closed);
         }
         None
