@@ -10,18 +10,10 @@ use std::time::Duration;
 
 use common::{client_config, Behaviour, TestServer};
 use smtp_client::{Deliverer, Envelope, RcptOutcome, Resolver, TlsPolicy};
-use smtp_proto::address::{parse_forward_path, parse_reverse_path};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 fn envelope() -> Envelope {
-    Envelope::new(
-        parse_reverse_path("<alice@client.test>")
-            .unwrap()
-            .into_owned(),
-        vec![parse_forward_path("<bob@example.test>")
-            .unwrap()
-            .into_owned()],
-    )
+    common::envelope_to("<bob@example.test>")
 }
 
 /// A deliverer to the smarthost `addr`; no DNS is asked (an address literal).

@@ -11,20 +11,12 @@ use std::time::Duration;
 
 use common::client_config;
 use smtp_client::{ClientError, Connection, Envelope, TlsPolicy};
-use smtp_proto::address::{parse_forward_path, parse_reverse_path};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 fn envelope() -> Envelope {
-    Envelope::new(
-        parse_reverse_path("<alice@client.test>")
-            .unwrap()
-            .into_owned(),
-        vec![parse_forward_path("<bob@remote.test>")
-            .unwrap()
-            .into_owned()],
-    )
+    common::envelope_to("<bob@remote.test>")
 }
 
 /// How the peer answers DATA and the end of the message.
