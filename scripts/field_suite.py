@@ -57,6 +57,19 @@ def wait_for(pred, timeout, step=0.1):
     return pred()
 
 
+def unix_listening(path):
+    """Whether a Unix socket at `path` takes connections. Not os.path.exists: the file
+    appears at bind(), before the server listens (a connect in between is refused)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
 def free_port(host="127.0.0.1", kind=socket.SOCK_STREAM):
     s = socket.socket(socket.AF_INET, kind)
     s.bind((host, 0))
@@ -2026,7 +2039,7 @@ def dovecot_reads_maildir(ctx):
     def up():
         if master.poll() is not None:
             raise Fail("dovecot exited: " + master.stderr.read().decode(errors="replace")[-500:])
-        return os.path.exists(sock)
+        return unix_listening(sock)
     check(wait_for(up, 15), "dovecot's auth-userdb socket did not appear")
     r = run(["doveadm", "-c", conf, "fetch", "-u", "alice", "hdr.subject", "mailbox", "INBOX", "all"],
             check_rc=False)
@@ -2556,7 +2569,7 @@ service auth {{
     def start(self):
         self.proc = self.ctx.popen(["dovecot", "-F", "-c", self.conf], start_new_session=True,
                                    stderr=subprocess.PIPE)
-        check(wait_for(lambda: os.path.exists(self.socket), 20),
+        check(wait_for(lambda: unix_listening(self.socket), 20),
               f"dovecot did not start: {self.log()[-600:]}")
 
     def log(self):

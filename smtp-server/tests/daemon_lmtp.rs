@@ -112,7 +112,10 @@ service lmtp {{
             child: Some(child),
         };
         assert!(
-            wait_until(Duration::from_secs(20), || d.socket().exists()),
+            // Not the file's existence: it appears at bind(), before Dovecot listens.
+            wait_until(Duration::from_secs(20), || {
+                std::os::unix::net::UnixStream::connect(d.socket()).is_ok()
+            }),
             "dovecot did not start: {}",
             d.log()
         );

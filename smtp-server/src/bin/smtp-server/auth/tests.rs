@@ -339,7 +339,9 @@ service auth {{
         };
         let socket = dovecot.socket();
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !socket.exists() {
+        // The socket's file appears at bind(), before Dovecot listens on it: wait until a
+        // connection is taken, not until the file exists (CI saw ECONNREFUSED in between).
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
             assert!(
                 Instant::now() < deadline,
                 "dovecot did not start: {}",
