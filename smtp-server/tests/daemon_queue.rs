@@ -319,8 +319,20 @@ fn queue_tool_on_a_live_queue() {
         d.log()
     );
 
-    // bounce: the sender gets a report now, the entry goes.
-    let back = send(&d, "alice@example.test", "hank@tempfail.test", "back");
+    // bounce: the sender gets a report now, the entry goes. Three recipients with long local
+    // parts: each one's diagnostic still has the reason it was deferred for.
+    let long: Vec<String> = ["hank", "hans", "hugo"]
+        .iter()
+        .map(|n| format!("{n}{}@tempfail.test", "x".repeat(200)))
+        .collect();
+    let to: Vec<&str> = long.iter().map(String::as_str).collect();
+    let r = d.connect().send(
+        "alice@example.test",
+        &to,
+        "From: alice@example.test\r\nSubject: back\r\n\r\nback\r\n",
+    );
+    assert_eq!(r.0, 250, "{r:?}");
+    let back = r.1.rsplit(' ').next().unwrap().to_owned();
     wait_attempts(&d, &back, 1);
     let (code, out, _) = tool(&spool, &["bounce", &back]);
     assert_eq!(code, 0, "{out}");
@@ -331,12 +343,26 @@ fn queue_tool_on_a_live_queue() {
         d.log()
     );
     let b = mailbox(&spool, "alice").pop().unwrap();
-    assert!(
-        b.contains("Final-Recipient: rfc822; hank@tempfail.test"),
+    let unfolded = b.replace("\r\n ", " ").replace("\r\n\t", " ");
+    for a in &long {
+        assert!(
+            unfolded.contains(&format!("Final-Recipient: rfc822; {a}")),
+            "{b}"
+        );
+    }
+    assert_eq!(b.matches("Status: 5.0.0").count(), 3, "{b}");
+    assert_eq!(
+        unfolded
+            .matches(
+                "returned to the sender by the mail administrator; last error: 451 4.3.0 try again"
+            )
+            .count(),
+        // Each recipient's in the notification and in its Diagnostic-Code.
+        6,
         "{b}"
     );
-    assert!(b.contains("Status: 5.0.0"), "{b}");
-    assert!(b.contains("returned to the sender by the mail"), "{b}");
+    // Its own reason, not the entry's summary naming the others.
+    assert!(!unfolded.contains("(for "), "{b}");
     assert!(b.contains("Subject: back"), "{b}");
     assert!(wait_until(Duration::from_secs(30), || entry(&spool, &back).is_none()));
 

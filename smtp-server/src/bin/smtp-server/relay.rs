@@ -1225,7 +1225,9 @@ fn diagnostic(f: &smtp_client::deliver::Failure) -> String {
 }
 
 /// The deferral reasons of one attempt as the entry's last error: each distinct reason once,
-/// with the first few recipients it applies to, at most [`LAST_ERROR_MAX`] octets.
+/// then the first few recipients it applies to, at most [`LAST_ERROR_MAX`] octets. The
+/// reason comes first so that a shortened copy (a `queue bounce` diagnostic is cut at
+/// [`crate::bounce::DIAG_MAX`]) keeps it however long the addresses are.
 fn summarize(transient: &[(String, String)]) -> String {
     let mut reasons: Vec<(&str, Vec<&str>)> = Vec::new();
     for (addr, why) in transient {
@@ -1234,14 +1236,17 @@ fn summarize(transient: &[(String, String)]) -> String {
             None => reasons.push((why, vec![addr.as_str()])),
         }
     }
+    // Reasons for no recipient in particular (a bounce that was not sent) last, so that
+    // `queue show` can read each recipient's reason back (`reply_for` in cmd/queue.rs).
+    reasons.sort_by_key(|(_, addrs)| addrs.iter().all(|a| a.is_empty()));
     let parts: Vec<String> = reasons
         .into_iter()
         .map(|(why, addrs)| {
             let named: Vec<&str> = addrs.iter().copied().filter(|a| !a.is_empty()).collect();
             match named.len() {
                 0 => why.to_owned(),
-                n if n <= 3 => format!("{}: {why}", named.join(", ")),
-                n => format!("{} and {} more: {why}", named[..3].join(", "), n - 3),
+                n if n <= 3 => format!("{why} (for {})", named.join(", ")),
+                n => format!("{why} (for {} and {} more)", named[..3].join(", "), n - 3),
             }
         })
         .collect();
@@ -1307,9 +1312,30 @@ mod tests {
             .map(|i| (format!("r{i}@remote.test"), d.clone()))
             .collect();
         let s = summarize(&t);
+        assert!(s.starts_with("452 4.5.3 line 0 of a long reply"), "{s}");
         assert!(
-            s.starts_with("r0@remote.test, r1@remote.test, r2@remote.test and 97 more: 452 4.5.3"),
+            s.ends_with(" (for r0@remote.test, r1@remote.test, r2@remote.test and 97 more)"),
             "{s}"
+        );
+        // Long addresses never push the reason out of a bounce's shortened diagnostic.
+        let long = |c: char| format!("{}@remote.test", c.to_string().repeat(255));
+        let t: Vec<(String, String)> = ['a', 'b', 'c']
+            .iter()
+            .map(|&c| (long(c), "451 4.3.0 try again later".to_owned()))
+            .collect();
+        let s = summarize(&t);
+        assert!(s.starts_with("451 4.3.0 try again later (for aaa"), "{s}");
+        assert_eq!(
+            summarize(&[(String::new(), "421 4.4.2 timeout".into())]),
+            "421 4.4.2 timeout"
+        );
+        assert_eq!(
+            summarize(&[
+                ("x@r.test".into(), "451 a".into()),
+                ("y@r.test".into(), "452 b".into()),
+                ("z@r.test".into(), "451 a".into()),
+            ]),
+            "451 a (for x@r.test, z@r.test); 452 b (for y@r.test)"
         );
         assert!(s.len() <= LAST_ERROR_MAX);
         // Distinct reasons each once, bounded in all.

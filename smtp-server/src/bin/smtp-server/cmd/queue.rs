@@ -675,19 +675,21 @@ impl Tool {
             Op::Flush => claim.set_next_attempt(self.now).map(|()| "due now"),
             Op::Bounce => {
                 let e = claim.entry().clone();
-                let reply = match &e.last_error {
-                    Some(last) => format!("{RETURNED}; last error: {last}"),
+                // Each recipient's own last reason (the bounce shows at most
+                // bounce::DIAG_MAX octets of it).
+                let reply = |address: &str| match &e.last_error {
+                    Some(last) => format!("{RETURNED}; last error: {}", reply_for(address, last)),
                     None => RETURNED.to_owned(),
                 };
                 let states: Vec<(usize, RcptState)> = e
                     .recipients()
                     .enumerate()
                     .filter(|(_, (_, st))| **st == RcptState::Pending)
-                    .map(|(i, _)| {
+                    .map(|(i, (r, _))| {
                         (
                             i,
                             RcptState::Refused {
-                                reply: reply.clone(),
+                                reply: reply(&address_text(&r.path)),
                                 status: Some("5.0.0".into()),
                                 remote_mta: None,
                             },
@@ -869,7 +871,7 @@ fn rfc3339(t: SystemTime) -> Value {
 
 /// The state's name and the recipient's last reply: the refusal for a failed one; for a
 /// pending one the entry's last error, narrowed to the part that names the recipient when it
-/// names it (the runner writes `a, b: reason; c: other reason`).
+/// names it (the runner writes `reason (for a, b); other reason (for c)`).
 fn rcpt_state(
     state: &RcptState,
     address: &str,
@@ -885,15 +887,26 @@ fn rcpt_state(
 }
 
 /// The part of `last_error` about `address` (see [`rcpt_state`]), or all of it.
+///
+/// `last_error` is the relay's summary: `reason (for a, b, c and 2 more); reason (for d)`,
+/// reasons for no recipient last. A reason may itself contain `; ` (it is the remote
+/// server's text): the pieces before a `(for ...)` list belong to its reason.
 fn reply_for(address: &str, last_error: &str) -> String {
-    for part in last_error.split("; ") {
-        let Some((who, why)) = part.split_once(": ") else {
-            continue;
-        };
-        let names = who.split(" and ").next().unwrap_or(who);
-        if names.split(", ").any(|n| n == address) {
-            return why.to_owned();
+    let mut start = 0;
+    let mut from = 0;
+    while from <= last_error.len() {
+        let end = last_error[from..]
+            .find("; ")
+            .map_or(last_error.len(), |i| from + i);
+        let part = &last_error[start..end];
+        if let Some((why, names)) = part.strip_suffix(')').and_then(|p| p.rsplit_once(" (for ")) {
+            let names = names.split(" and ").next().unwrap_or(names);
+            if names.split(", ").any(|n| n == address) {
+                return why.to_owned();
+            }
+            start = end + 2;
         }
+        from = end + 2;
     }
     last_error.to_owned()
 }
@@ -1039,10 +1052,12 @@ mod tests {
 
     #[test]
     fn replies_per_recipient() {
-        let e = "a@x.test, b@x.test: 451 4.3.0 not now; c@y.test and 2 more: 421 busy; 454 dns";
+        let e = "451 4.3.0 not now (for a@x.test, b@x.test); 421 busy; try later (for c@y.test and 2 more); 454 dns";
         assert_eq!(reply_for("b@x.test", e), "451 4.3.0 not now");
-        assert_eq!(reply_for("c@y.test", e), "421 busy");
+        assert_eq!(reply_for("c@y.test", e), "421 busy; try later");
         assert_eq!(reply_for("z@y.test", e), e);
+        assert_eq!(reply_for("x", "451 x"), "451 x");
+        assert_eq!(reply_for("x", ""), "");
         assert_eq!(worst([EX_OK, EX_TEMPFAIL, EX_UNKNOWN]), EX_UNKNOWN);
         assert_eq!(worst([EX_TEMPFAIL, EX_ERROR, EX_UNKNOWN]), EX_ERROR);
         assert_eq!(worst([EX_OK, EX_TEMPFAIL]), EX_TEMPFAIL);
