@@ -786,21 +786,34 @@ impl fmt::Display for ReplyErrorKind {
     }
 }
 
-/// A malformed reply from the server, with the offending line (lossy UTF-8, without its
-/// line ending) so that error messages can show what the peer sent.
+/// A malformed reply from the server, with the start of the offending line (lossy UTF-8,
+/// without its line ending, at most [`ReplyError::LINE_MAX`] octets) so that error messages
+/// can show what the peer sent without growing with it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind}: {line:?}")]
+#[error("{kind}: {line:?}{}", if *.cut { " (cut)" } else { "" })]
 pub struct ReplyError {
     kind: ReplyErrorKind,
     line: String,
+    cut: bool,
 }
 
 impl ReplyError {
+    /// The most octets of the offending line an error keeps. A line may be up to
+    /// [`MAX_REPLY_LINE_LEN`] octets, and its `Debug` escaping in the message up to four
+    /// times that: an error text that ends in a log line or a bounce stays small.
+    pub const LINE_MAX: usize = 256;
+
     fn new(kind: ReplyErrorKind, line: &[u8]) -> Self {
-        Self {
-            kind,
-            line: String::from_utf8_lossy(line).into_owned(),
+        let cut = line.len() > Self::LINE_MAX;
+        let mut line =
+            String::from_utf8_lossy(&line[..line.len().min(Self::LINE_MAX)]).into_owned();
+        if cut {
+            // A character split by the cut became U+FFFD: drop it.
+            if line.ends_with('\u{fffd}') {
+                line.pop();
+            }
         }
+        Self { kind, line, cut }
     }
 
     /// What is wrong.
@@ -808,9 +821,15 @@ impl ReplyError {
         self.kind
     }
 
-    /// The offending line as received (lossy UTF-8).
+    /// The offending line as received (lossy UTF-8), or its first [`ReplyError::LINE_MAX`]
+    /// octets.
     pub fn line(&self) -> &str {
         &self.line
+    }
+
+    /// Whether [`ReplyError::line`] is only the start of the line.
+    pub fn is_cut(&self) -> bool {
+        self.cut
     }
 }
 

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use smtp_proto::reply::{
-    parse_reply, EnhancedCode, InvalidReply, Refusal, Reply, ReplyErrorKind, Severity,
+    parse_reply, EnhancedCode, InvalidReply, Refusal, Reply, ReplyError, ReplyErrorKind, Severity,
     MAX_REPLY_LEN, MAX_REPLY_LINES, MAX_REPLY_LINE_LEN,
 };
 
@@ -265,6 +265,35 @@ fn refuses_malformed_replies() {
     assert_eq!(
         err.to_string(),
         "reply line with a bare CR or LF: \"554 \u{fffd}\u{fffd} bad\""
+    );
+}
+
+#[test]
+fn errors_keep_only_the_start_of_a_long_line() {
+    // A line of 4,000 control characters: the error (and its message) stays small.
+    let mut long = b"250 ".to_vec();
+    long.resize(4000, 0x1b);
+    long.extend_from_slice(b"\n");
+    let err = parse_reply(&long).unwrap_err();
+    assert_eq!(err.kind(), ReplyErrorKind::BareLineEnding);
+    assert_eq!(err.line().len(), ReplyError::LINE_MAX);
+    assert!(err.is_cut());
+    let text = err.to_string();
+    assert!(text.ends_with("\\u{1b}\" (cut)"), "{text}");
+    assert!(text.len() < 7 * ReplyError::LINE_MAX, "{}", text.len());
+    // Cut inside a character: the partial character is dropped, not shown as U+FFFD.
+    let mut utf8 = b"2".to_vec();
+    utf8.extend("é".repeat(300).as_bytes());
+    let err = parse_reply(&utf8).unwrap_err();
+    assert_eq!(err.kind(), ReplyErrorKind::InvalidCode);
+    assert_eq!(err.line(), format!("2{}", "é".repeat(127)));
+    // A short line is kept whole and not marked.
+    let err = parse_reply(b"HTTP/1.1 400 Bad Request\r\n").unwrap_err();
+    assert_eq!(err.line(), "HTTP/1.1 400 Bad Request");
+    assert!(!err.is_cut());
+    assert_eq!(
+        err.to_string(),
+        "invalid reply code: \"HTTP/1.1 400 Bad Request\""
     );
 }
 
