@@ -4,6 +4,8 @@
 //! typed errors.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +14,6 @@ use smtp_client::{
     AuthError, CancelReason, ClientConfig, ClientError, Connection, Credentials, Deliverer,
     Envelope, RcptOutcome, Resolver, Timeouts, TlsPolicy,
 };
-use smtp_proto::address::{parse_forward_path, parse_reverse_path};
 use smtp_proto::sasl::{encode_base64, Mechanism};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
@@ -189,14 +190,7 @@ fn alice() -> Credentials {
 }
 
 fn envelope() -> Envelope {
-    Envelope::new(
-        parse_reverse_path("<alice@example.org>")
-            .unwrap()
-            .into_owned(),
-        vec![parse_forward_path("<bob@example.net>")
-            .unwrap()
-            .into_owned()],
-    )
+    common::envelope("<alice@example.org>", &["<bob@example.net>"])
 }
 
 fn lines(list: &[&str]) -> Vec<(bool, String)> {

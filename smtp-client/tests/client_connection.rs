@@ -3,20 +3,9 @@
 
 mod common;
 
-use common::{client_config, reply, test_pki, Behaviour, TestServer};
+use common::{client_config, envelope, reply, test_pki, Behaviour, TestServer};
 use smtp_client::tls::{CertificateProblem, TlsError};
-use smtp_client::{ClientError, Connection, Envelope, RcptResult, TlsPolicy};
-use smtp_proto::address::{parse_forward_path, parse_reverse_path};
-
-fn envelope(from: &str, rcpts: &[&str]) -> Envelope {
-    Envelope::new(
-        parse_reverse_path(from).unwrap().into_owned(),
-        rcpts
-            .iter()
-            .map(|r| parse_forward_path(r).unwrap().into_owned())
-            .collect(),
-    )
-}
+use smtp_client::{ClientError, Connection, RcptResult, TlsPolicy};
 
 const MESSAGE: &[u8] = b"Subject: test\r\n\r\nHello.\r\n.leading dot\r\n";
 

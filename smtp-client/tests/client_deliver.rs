@@ -14,20 +14,11 @@ use smtp_client::{
     AddressOrder, AddressPreference, Deliverer, DeliveryError, Envelope, RcptOutcome, ResolveError,
     Resolver, TlsPolicy,
 };
-use smtp_proto::address::{parse_forward_path, parse_reverse_path};
 
 const MESSAGE: &[u8] = b"Subject: relay\r\n\r\nbody\r\n";
 
 fn envelope(rcpts: &[&str]) -> Envelope {
-    Envelope::new(
-        parse_reverse_path("<alice@client.test>")
-            .unwrap()
-            .into_owned(),
-        rcpts
-            .iter()
-            .map(|r| parse_forward_path(r).unwrap().into_owned())
-            .collect(),
-    )
+    common::envelope("<alice@client.test>", rcpts)
 }
 
 fn v4(last: u8) -> Ipv4Addr {

@@ -16,7 +16,6 @@ use smtp_client::{
     ClientConfig, ClientError, Connection, Deliverer, Envelope, RcptOutcome, Resolver, Timeouts,
     TlsPolicy,
 };
-use smtp_proto::address::{parse_forward_path, parse_reverse_path};
 use smtp_proto::reply::ReplyErrorKind;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -31,15 +30,8 @@ const LONG: Duration = Duration::from_secs(120);
 const PROMPT: Duration = Duration::from_secs(5);
 
 fn envelope(rcpts: &[String]) -> Envelope {
-    Envelope::new(
-        parse_reverse_path("<alice@client.test>")
-            .unwrap()
-            .into_owned(),
-        rcpts
-            .iter()
-            .map(|r| parse_forward_path(r).unwrap().into_owned())
-            .collect(),
-    )
+    let rcpts: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    common::envelope("<alice@client.test>", &rcpts)
 }
 
 fn rcpts(n: usize) -> Vec<String> {

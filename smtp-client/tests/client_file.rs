@@ -15,7 +15,6 @@ use smtp_client::{
     ClientConfig, Connection, Deliverer, DeliveryError, Envelope, Message, RcptOutcome, Resolver,
     TlsPolicy,
 };
-use smtp_proto::address::{parse_forward_path, parse_reverse_path};
 
 /// A directory under the system's temporary directory, removed on drop.
 struct TempDir(PathBuf);
@@ -46,10 +45,7 @@ impl Drop for TempDir {
 }
 
 fn envelope() -> Envelope {
-    Envelope::new(
-        parse_reverse_path("<a@client.test>").unwrap().into_owned(),
-        vec![parse_forward_path("<b@mx.test>").unwrap().into_owned()],
-    )
+    common::envelope("<a@client.test>", &["<b@mx.test>"])
 }
 
 fn config() -> ClientConfig {

@@ -3,12 +3,13 @@
 //! against a real Dovecot.)
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use smtp_client::lmtp::{Lmtp, LmtpTarget};
 use smtp_client::{ClientConfig, Envelope, Message, RcptOutcome, TlsPolicy};
-use smtp_proto::address::{parse_forward_path, parse_reverse_path};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// What the server saw.
@@ -75,15 +76,7 @@ async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 fn envelope(rcpts: &[&str]) -> Envelope {
-    Envelope::new(
-        parse_reverse_path("<sender@remote.test>")
-            .unwrap()
-            .into_owned(),
-        rcpts
-            .iter()
-            .map(|r| parse_forward_path(r).unwrap().into_owned())
-            .collect(),
-    )
+    common::envelope("<sender@remote.test>", rcpts)
 }
 
 fn config() -> ClientConfig {

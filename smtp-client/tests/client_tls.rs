@@ -14,7 +14,6 @@ use smtp_client::{
     AddressOrder, CertificateProblem, ClientConfig, ClientError, Connection, Envelope,
     ResolveError, Resolver, Timeouts, TlsError, TlsPolicy,
 };
-use smtp_proto::address::{parse_forward_path, parse_reverse_path};
 
 const MESSAGE: &[u8] = b"Subject: tls\r\n\r\nsecret\r\n";
 
@@ -24,10 +23,7 @@ fn default_config() -> ClientConfig {
 }
 
 fn envelope() -> Envelope {
-    Envelope::new(
-        parse_reverse_path("<a@client.test>").unwrap().into_owned(),
-        vec![parse_forward_path("<b@mx.test>").unwrap().into_owned()],
-    )
+    common::envelope("<a@client.test>", &["<b@mx.test>"])
 }
 
 async fn starttls_server(names: &[&str]) -> (TestServer, common::TestPki) {

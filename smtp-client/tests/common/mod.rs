@@ -24,15 +24,21 @@ pub fn reply(code: u16, enhanced: Option<(u8, u16, u16)>, text: &str) -> Reply {
     Reply::new(code, enhanced, text).unwrap()
 }
 
-/// `<alice@client.test>` to the one recipient `to` (an address in angle brackets).
-pub fn envelope_to(to: &str) -> smtp_client::Envelope {
+/// An envelope from `from` to `rcpts` (addresses in angle brackets); panics on bad test data.
+pub fn envelope(from: &str, rcpts: &[&str]) -> smtp_client::Envelope {
     use smtp_proto::address::{parse_forward_path, parse_reverse_path};
     smtp_client::Envelope::new(
-        parse_reverse_path("<alice@client.test>")
-            .unwrap()
-            .into_owned(),
-        vec![parse_forward_path(to).unwrap().into_owned()],
+        parse_reverse_path(from).unwrap().into_owned(),
+        rcpts
+            .iter()
+            .map(|r| parse_forward_path(r).unwrap().into_owned())
+            .collect(),
     )
+}
+
+/// `<alice@client.test>` to the one recipient `to` (an address in angle brackets).
+pub fn envelope_to(to: &str) -> smtp_client::Envelope {
+    envelope("<alice@client.test>", &[to])
 }
 
 /// A client configuration for tests: short timeouts, TLS as given.
