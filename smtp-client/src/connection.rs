@@ -345,6 +345,9 @@ pub struct Connection {
     transactions: usize,
     authenticated: Option<Mechanism>,
     broken: bool,
+    /// The last transaction's end of data was sent and its final reply (every reply, in
+    /// LMTP) has not been read: see [`Connection::outcome_unknown`].
+    end_unanswered: bool,
     /// An LMTP session (RFC 2033): LHLO, and one reply per accepted recipient after the data.
     lmtp: bool,
 }
@@ -542,6 +545,7 @@ impl Connection {
             transactions: 0,
             authenticated: None,
             broken: false,
+            end_unanswered: false,
             lmtp,
         };
         if config.tls == TlsPolicy::Implicit {
@@ -765,6 +769,16 @@ impl Connection {
         !self.broken
     }
 
+    /// Whether the last [`send`](Self::send) failed after the message's end marker was
+    /// written and before the server's verdict on it was read (a timeout, the connection
+    /// closed, a malformed reply): the server may have taken the message. Sending it again,
+    /// here or anywhere, may deliver it twice (RFC 1047); a caller that must not duplicate
+    /// should wait and retry later, as a queue does. False after any other failure (the
+    /// message was not taken) and after success.
+    pub fn outcome_unknown(&self) -> bool {
+        self.end_unanswered
+    }
+
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
         self.tls.is_some()
@@ -841,6 +855,7 @@ impl Connection {
         message: &Message<'_>,
         info: MessageInfo,
     ) -> Result<TransactionResult, ClientError> {
+        self.end_unanswered = false;
         if self.broken {
             return Err(ClientError::Broken);
         }
@@ -979,6 +994,7 @@ impl Connection {
                 }
             })
             .collect();
+        self.end_unanswered = false;
         Ok(TransactionResult {
             mail: mail_reply,
             rcpts,
@@ -1317,6 +1333,8 @@ impl Connection {
         // A reply sent while the message was being written cannot be the one to its end.
         self.in_step("end of data").await?;
         self.write_all(&out, t.data_block, "data block").await?;
+        // From here until the verdict is read, the server may have the message.
+        self.end_unanswered = message.is_some();
         let reply = self.read_reply(t.data_end, "end of data").await?;
         if reply.code() == 354 || reply.code() < 200 {
             return Err(self.fail(ClientError::Unexpected {
@@ -1591,6 +1609,7 @@ mod quit_tests {
             transactions: 0,
             authenticated: None,
             broken: false,
+            end_unanswered: false,
             lmtp: false,
         }
     }

@@ -45,7 +45,8 @@
 //! `smtp_connection_cache_on_demand` does. A reused session that fails in any way before the
 //! server has decided the recipients (it was closed while idle, `RSET` is refused, a `421`)
 //! is not held against the message: it is dropped and the transaction is tried once more on a
-//! fresh connection to the same address, which then decides. Idle
+//! fresh connection to the same address, which then decides (not a session that failed after
+//! the message's end marker was sent: [`Connection::outcome_unknown`]). Idle
 //! sessions are ended with QUIT when their time is up (checked every second) and at most
 //! [`MAX_IDLE_PER_HOP`] are kept per hop. The cache is shared by the clones of a
 //! `Deliverer`. Without it (the default) every delivery makes its own connection.
@@ -716,8 +717,9 @@ impl Deliverer {
             match &sent {
                 // Nothing wrong with the message: a reused session that failed before
                 // the recipients were decided (closed while idle, RSET refused, a 421)
-                // says nothing about it. Once more on a fresh session.
-                Err(e) if !matches!(e, ClientError::Message(_)) => {
+                // says nothing about it. Once more on a fresh session; not when the
+                // failure came after the end of data (the server may have the message).
+                Err(e) if !matches!(e, ClientError::Message(_)) && !conn.outcome_unknown() => {
                     debug!(%host, %addr, error = %e, "reused session failed; reconnecting");
                     conn.quit_in_background();
                     conn = Connection::connect(addr, host, config).await?;

@@ -139,3 +139,63 @@ async fn a_dead_cached_session_does_not_fail_the_message() {
     assert_eq!(dots.load(Ordering::SeqCst), 3);
     assert_eq!(conns.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn a_reused_session_lost_after_the_end_of_data_is_not_sent_again() {
+    // The first session takes one message, then reads the second one to its end marker and
+    // closes without a verdict: the server may have it. The deliverer must not send it again
+    // on a fresh connection (a duplicate); the message is deferred.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (conns, dots) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (c, d) = (conns.clone(), dots.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let d = d.clone();
+            tokio::spawn(async move {
+                let (r, mut w) = tcp.into_split();
+                let mut r = BufReader::new(r);
+                w.write_all(b"220 hop.test ESMTP\r\n").await.unwrap();
+                let mut line = String::new();
+                let mut in_data = false;
+                while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    if in_data {
+                        if line == ".\r\n" {
+                            in_data = false;
+                            if d.fetch_add(1, Ordering::SeqCst) > 0 {
+                                return;
+                            }
+                            w.write_all(b"250 2.0.0 taken\r\n").await.unwrap();
+                        }
+                    } else if line.starts_with("DATA") {
+                        in_data = true;
+                        w.write_all(b"354 go\r\n").await.unwrap();
+                    } else {
+                        w.write_all(b"250 ok\r\n").await.unwrap();
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    let d = deliverer(addr, Duration::from_secs(5));
+    let r = d
+        .deliver("example.test", &envelope(), b"Subject: 1\r\n\r\nx\r\n")
+        .await;
+    assert!(delivered(&r), "{r:?}");
+    let r = d
+        .deliver("example.test", &envelope(), b"Subject: 2\r\n\r\nx\r\n")
+        .await;
+    assert!(
+        matches!(r.rcpts[..], [(_, RcptOutcome::Transient(_))]),
+        "{r:?}"
+    );
+    assert_eq!(r.attempts.len(), 1, "{r:?}");
+    let error = r.attempts[0].error.as_deref().unwrap_or_default();
+    assert!(error.contains("end of data"), "{error}");
+    // Give a wrongful second try the time to happen.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(dots.load(Ordering::SeqCst), 2);
+    assert_eq!(conns.load(Ordering::SeqCst), 1);
+}

@@ -37,6 +37,7 @@ async fn sends_with_pipelining_in_one_write_and_reports_per_recipient() {
         other => panic!("{other:?}"),
     }
     assert!(result.rcpts[2].is_accepted());
+    assert!(!conn.outcome_unknown());
     conn.quit().await.unwrap();
 
     let messages = server.messages();
@@ -167,6 +168,8 @@ async fn mail_refused_is_an_error_with_the_reply() {
         other => panic!("{other:?}"),
     }
     assert!(!err.is_permanent());
+    // Refused before the data: certainly not taken.
+    assert!(!conn.outcome_unknown());
 }
 
 #[tokio::test]
@@ -490,11 +493,15 @@ async fn connection_lost_at_end_of_data_is_a_transient_error() {
         "{err:?}"
     );
     assert!(!err.is_permanent());
+    // The whole message went out: the server may have taken it.
+    assert!(conn.outcome_unknown());
     let again = conn
         .send(&envelope("<a@client.test>", &["<b@mx.test>"]), MESSAGE)
         .await
         .unwrap_err();
     assert!(matches!(again, ClientError::Broken), "{again:?}");
+    // Nothing was sent this time.
+    assert!(!conn.outcome_unknown());
 }
 
 #[tokio::test]
