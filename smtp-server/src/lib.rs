@@ -161,7 +161,7 @@ pub use handler::{
     SessionHandler, TlsInfo,
 };
 pub use listener::Listener;
-pub use server::{BoundServer, Error, Server, ServerBuilder};
+pub use server::{machine_hostname, BoundServer, Error, Server, ServerBuilder};
 pub use tls::{TlsConfig, TlsError};
 
 /// The protocol crate, re-exported so handlers name the same types (replies, addresses).

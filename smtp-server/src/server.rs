@@ -121,7 +121,7 @@ impl<H: Handler> Server<H> {
             listeners: Vec::new(),
             tls: None,
             limits: Limits::default(),
-            session: SessionConfig::new(default_hostname()),
+            session: SessionConfig::new(machine_hostname()),
             hostname: None,
             auth: None,
             extensions: Vec::new(),
@@ -324,8 +324,8 @@ impl<H: Handler> ServerBuilder<H> {
         self
     }
 
-    /// The server's name in the greeting, EHLO and closing replies (default: the system's
-    /// host name).
+    /// The server's name in the greeting, EHLO and closing replies (default:
+    /// [`machine_hostname`]).
     #[must_use]
     pub fn hostname(mut self, name: impl Into<String>) -> Self {
         self.hostname = Some(name.into());
@@ -780,12 +780,16 @@ impl Tracker {
     }
 }
 
-/// The system's host name, or `localhost` when it is not a domain name.
-fn default_hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .or_else(|_| std::fs::read_to_string("/etc/hostname"))
-        .ok()
-        .map(|s| s.trim().to_owned())
+/// The machine's host name (Linux: `/proc/sys/kernel/hostname`, else `/etc/hostname`), or
+/// `localhost` when there is none or it is not a domain name (`my_host`: no greeting or EHLO
+/// reply can carry it); a trailing dot is dropped. What [`ServerBuilder`] uses until
+/// [`hostname`](ServerBuilder::hostname) is called.
+pub fn machine_hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|s| s.trim().trim_end_matches('.').to_owned())
+        .find(|s| !s.is_empty())
         .filter(|s| smtp_proto::address::parse_domain(s).is_ok())
         .unwrap_or_else(|| "localhost".to_owned())
 }

@@ -325,20 +325,10 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
     drop(d2);
 }
 
-#[test]
-fn a_hostname_with_a_trailing_dot_is_greeted_without_it() {
-    // `--hostname mx.dot.test.` is accepted (as a DNS name may be written); the daemon
-    // starts and greets as `mx.dot.test` (a trailing dot is not SMTP's Domain syntax).
-    let dir = tempfile::tempdir().unwrap();
-    let port = daemon_util::free_port();
-    let mut child = Command::new(BIN)
-        .args(["-d", &dir.path().join("mail").display().to_string()])
-        .args(["-s", "example.test", "--hostname", "mx.dot.test."])
-        .args(["-l", &format!("127.0.0.1:{port}"), "--no-public"])
-        .args(["--dns-server", "127.0.0.1:1"])
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+/// The first line the daemon started by `cmd` (listening on 127.0.0.1:`port`) sends; the
+/// daemon is stopped after it. Panics when it does not start.
+fn greeting_of(mut cmd: Command, port: u16) -> String {
+    let mut child = cmd.stderr(std::process::Stdio::null()).spawn().unwrap();
     let mut greeting = String::new();
     let up = wait_until(Duration::from_secs(20), || {
         let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
@@ -350,6 +340,70 @@ fn a_hostname_with_a_trailing_dot_is_greeted_without_it() {
     });
     let _ = child.kill();
     let _ = child.wait();
-    assert!(up, "the daemon did not start");
-    assert_eq!(greeting, "220 mx.dot.test ESMTP ready\r\n");
+    assert!(up && !greeting.is_empty(), "the daemon did not start");
+    greeting
+}
+
+#[test]
+fn a_hostname_with_a_trailing_dot_is_greeted_without_it() {
+    // `--hostname mx.dot.test.` is accepted (as a DNS name may be written); the daemon
+    // starts and greets as `mx.dot.test` (a trailing dot is not SMTP's Domain syntax).
+    let dir = tempfile::tempdir().unwrap();
+    let port = daemon_util::free_port();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["-d", &dir.path().join("mail").display().to_string()])
+        .args(["-s", "example.test", "--hostname", "mx.dot.test."])
+        .args(["-l", &format!("127.0.0.1:{port}"), "--no-public"])
+        .args(["--dns-server", "127.0.0.1:1"]);
+    assert_eq!(greeting_of(cmd, port), "220 mx.dot.test ESMTP ready\r\n");
+}
+
+#[test]
+fn without_hostname_the_machine_name_is_used_when_smtp_can_carry_it() {
+    // The machine's name set in a UTS namespace of the test's own (root only).
+    let unshare = |name: &str, args: &[&str]| {
+        // Straight into the kernel: hostname(1) refuses names like `my_host`.
+        let script = "printf %s \"$0\" > /proc/sys/kernel/hostname && exec \"$@\"";
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--uts", "--", "sh", "-c", script, name, BIN])
+            .args(args);
+        cmd
+    };
+    if !unshare("probe.test", &["--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        println!("SKIPPED: no UTS namespace here (needs root and unshare)");
+        return;
+    }
+    for (machine, greeted) in [
+        ("mx.machine.test", "mx.machine.test"),
+        // A trailing dot is dropped; a name SMTP cannot carry gives `localhost`, and the
+        // daemon still starts.
+        ("mx.machine.test.", "mx.machine.test"),
+        ("my_host", "localhost"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = daemon_util::free_port();
+        let spool = dir.path().join("mail").display().to_string();
+        let listen = format!("127.0.0.1:{port}");
+        let args = [
+            "-d",
+            &spool,
+            "-s",
+            "example.test",
+            "-l",
+            &listen,
+            "--no-public",
+        ];
+        let mut cmd = unshare(machine, &args);
+        cmd.args(["--dns-server", "127.0.0.1:1"]);
+        assert_eq!(
+            greeting_of(cmd, port),
+            format!("220 {greeted} ESMTP ready\r\n"),
+            "machine name {machine:?}"
+        );
+    }
 }

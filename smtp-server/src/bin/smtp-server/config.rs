@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use smtp_server::machine_hostname;
 
 use crate::auth::{Authenticator, Endpoint, Scheme};
 
@@ -488,19 +489,6 @@ impl Config {
         d.dedup();
         d
     }
-}
-
-/// The machine's host name (Linux: `/proc/sys/kernel/hostname`), or `localhost` when there
-/// is none or it is not a domain name (`my_host`: no SMTP greeting can carry it, and the
-/// daemon would refuse to start with it).
-pub fn machine_hostname() -> String {
-    ["/proc/sys/kernel/hostname", "/etc/hostname"]
-        .iter()
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .map(|s| s.trim().to_owned())
-        .find(|s| !s.is_empty())
-        .filter(|s| parse_domain(s).is_ok())
-        .unwrap_or_else(|| "localhost".to_owned())
 }
 
 /// `5d`, `12h`, `30m`, `45s`, `1w`, combinations like `1h30m`, or plain seconds.
