@@ -1249,7 +1249,17 @@ impl Queue {
                     let unclaimed = match entries.try_open_node(id.as_str()) {
                         Ok(Some(Node::Dir(d))) => matches!(try_lock(&d), Ok(true)),
                         Ok(Some(Node::File(f, _))) => matches!(try_lock(&f), Ok(true)),
-                        _ => false,
+                        // Being written or delivered, or gone meanwhile.
+                        Ok(_) => false,
+                        // Not even openable (its owner or mode is wrong: e.g. rewritten by
+                        // root for a daemon that runs as another user). Not damaged, so not
+                        // moved aside, but never passed over in silence: it is not tried.
+                        Err(open) => {
+                            tracing::error!(queue_id = %id, error = %err, open_error = %open,
+                                path = %entries.path().join(id.as_str()).display(),
+                                "queue entry cannot be read (check its owner and mode); not tried");
+                            false
+                        }
                     };
                     if unclaimed {
                         self.quarantine(place, &id, &err);

@@ -473,3 +473,121 @@ fn an_entry_being_delivered_is_not_changed() {
         "{out}"
     );
 }
+
+#[test]
+fn the_tool_run_as_root_keeps_the_queue_readable_for_a_daemon_that_is_not() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // A daemon running as `nobody` (as the contrib unit runs it as `smtpd`), the tool as
+    // root (`sudo smtp-server queue ...`). Root only.
+    let root = std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0);
+    if !root || Command::new("setpriv").arg("--version").output().is_err() {
+        println!("SKIPPED: needs root and setpriv");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let spool = dir.path().join("mail");
+    std::fs::create_dir(&spool).unwrap();
+    let chown = Command::new("chown")
+        .args(["nobody:", &spool.display().to_string()])
+        .status()
+        .unwrap();
+    assert!(chown.success());
+    let port = daemon_util::free_port();
+    let log = dir.path().join("log");
+    std::fs::write(&log, "").unwrap();
+    std::os::unix::fs::chown(&log, Some(65534), None).unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _daemon = Kill(
+        Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=65534", "--clear-groups", BIN])
+            .args(["-d", &spool.display().to_string(), "-s", "example.test"])
+            .args([
+                "--hostname",
+                "mx.example.test",
+                "-l",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(["--no-public", "--dns-server", "127.0.0.1:1"])
+            // Nothing listens there: every attempt is deferred, retried within seconds.
+            .args(["--relay-host", "127.0.0.1:1", "--retry-base", "1s"])
+            .args(["--log-file", &log.display().to_string()])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(20), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    }));
+    let mut c = daemon_util::Smtp::connect(std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    let r = c.send(
+        "alice@example.test",
+        &["far@remote.test"],
+        "Subject: x\r\n\r\nx\r\n",
+    );
+    assert_eq!(r.0, 250, "{r:?}");
+    let id = r.1.rsplit(' ').next().unwrap().to_owned();
+    let attempts = |spool: &Path| entry(spool, &id).map_or(0, |e| e["attempts"].as_u64().unwrap());
+    assert!(wait_until(Duration::from_secs(20), || attempts(&spool) >= 1));
+    // Rewritten by the tool as root: hold, release.
+    assert_eq!(tool(&spool, &["hold", &id]).0, 0);
+    let (code, out, err) = tool(&spool, &["release", &id]);
+    assert_eq!(code, 0, "{out}{err}");
+    let after = attempts(&spool);
+    // Every file the tool wrote belongs to the queue's owner, not to root.
+    for sub in ["entries", ""] {
+        for f in std::fs::read_dir(spool.join(".queue").join(sub)).unwrap() {
+            let f = f.unwrap();
+            let m = f.metadata().unwrap();
+            assert_eq!(
+                m.uid(),
+                65534,
+                "{} is owned by {}",
+                f.path().display(),
+                m.uid()
+            );
+        }
+    }
+    // And the daemon goes on trying it.
+    assert!(
+        wait_until(Duration::from_secs(20), || attempts(&spool) > after),
+        "not tried after the release: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}
+
+#[test]
+fn damaged_entries_are_reported_not_hidden() {
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    for d in ["entries", "held", "tmp", "trash", "corrupt"] {
+        std::fs::create_dir_all(spool.join(".queue").join(d)).unwrap();
+    }
+    let id = "1796358099.000000001.1.1";
+    std::fs::write(spool.join(".queue/entries").join(id), "garbage\n").unwrap();
+    let (code, out, err) = tool(&spool, &["list"]);
+    assert_eq!(code, 0, "{err}");
+    // Moved aside (as the daemon would), and said so: on stderr now, in every list after.
+    assert!(spool.join(".queue/corrupt").join(id).exists());
+    assert!(
+        err.starts_with("ERROR corrupt queue entry moved aside queue_id=1796358099.000000001.1.1 "),
+        "{err}"
+    );
+    let corrupt = spool.join(".queue/corrupt").display().to_string();
+    assert_eq!(
+        out,
+        format!(
+            "Mail queue is empty\n-- 1 damaged entry set aside in {corrupt} (not delivered; the log says why)\n"
+        )
+    );
+    let (_, out, err) = tool(&spool, &["list"]);
+    assert!(err.is_empty(), "{err}");
+    let note =
+        format!("-- 1 damaged entry set aside in {corrupt} (not delivered; the log says why)\n");
+    assert!(out.ends_with(&note), "{out}");
+}

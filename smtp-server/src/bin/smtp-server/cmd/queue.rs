@@ -231,6 +231,24 @@ pub fn run(args: &QueueArgs) -> ExitCode {
             return ExitCode::from(EX_ERROR);
         }
     };
+    // What the queue library reports (an entry moved to corrupt/, a stray file, an entry
+    // that cannot be read) goes to stderr: the admin running the tool is the one to tell.
+    // Escaped and in the daemon's key=value form, without the time.
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::WARN)
+        .with_ansi(false)
+        .with_target(false)
+        .without_time()
+        .fmt_fields(crate::logfmt::KeyValue)
+        .with_writer(crate::logsafe::LogWriter {
+            target: crate::logsafe::Target::Stderr,
+            json: false,
+        })
+        .try_init();
+    if let Err(e) = act_as_owner(&loc.queue_dir) {
+        eprintln!("smtp-server queue: {e}");
+        return ExitCode::from(EX_ERROR);
+    }
     let queue = match open(&loc.queue_dir) {
         Ok(q) => q,
         Err(e) => {
@@ -240,6 +258,7 @@ pub fn run(args: &QueueArgs) -> ExitCode {
     };
     let tool = Tool {
         queue,
+        corrupt_dir: loc.queue_dir.join("corrupt"),
         lifetime: loc.lifetime,
         now: SystemTime::now(),
         offset,
@@ -277,6 +296,38 @@ pub fn run(args: &QueueArgs) -> ExitCode {
     }
 }
 
+/// Run as root (`sudo smtp-server queue ...`), the tool becomes the queue directory's owner
+/// (its user and group, no supplementary groups) before it touches anything, as Postfix's
+/// postsuper keeps the queue's ownership: an entry it rewrote as root (mode 0600) would be
+/// unreadable for a daemon running as another user, and never tried again. Must run while
+/// the process has one thread (the identity is set for the calling thread only).
+fn act_as_owner(dir: &std::path::Path) -> Result<(), String> {
+    use rustix::process::{Gid, Uid};
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    // A missing directory is open()'s to explain.
+    let Ok(m) = std::fs::metadata(dir) else {
+        return Ok(());
+    };
+    if m.uid() == 0 {
+        return Ok(());
+    }
+    let (uid, gid) = (Uid::from_raw(m.uid()), Gid::from_raw(m.gid()));
+    rustix::thread::set_thread_groups(&[])
+        .and_then(|()| rustix::thread::set_thread_res_gid(gid, gid, gid))
+        .and_then(|()| rustix::thread::set_thread_res_uid(uid, uid, uid))
+        .map_err(|e| {
+            format!(
+                "{}: cannot become its owner (uid {}, gid {}): {e}",
+                dir.display(),
+                m.uid(),
+                m.gid()
+            )
+        })
+}
+
 /// Opens an existing queue (never creates one where the daemon has none: a mistyped
 /// directory is an error, exit 2).
 fn open(dir: &std::path::Path) -> Result<Queue, String> {
@@ -294,6 +345,8 @@ fn open(dir: &std::path::Path) -> Result<Queue, String> {
 
 struct Tool {
     queue: Queue,
+    /// Where the queue sets damaged entries aside.
+    corrupt_dir: std::path::PathBuf,
     lifetime: Duration,
     now: SystemTime,
     offset: time::UtcOffset,
@@ -405,6 +458,7 @@ impl Tool {
         }
         if all.is_empty() {
             out.push_str("Mail queue is empty\n");
+            self.corrupt_note(out);
             return EX_OK;
         }
         let width = all
@@ -470,7 +524,22 @@ impl Tool {
             all.len(),
             if all.len() == 1 { "entry" } else { "entries" }
         );
+        self.corrupt_note(out);
         EX_OK
+    }
+
+    /// A line about the damaged entries set aside in `corrupt/`, if there are any: they are
+    /// not delivered, and `list` is where an admin looks.
+    fn corrupt_note(&self, out: &mut String) {
+        let n = std::fs::read_dir(&self.corrupt_dir).map_or(0, |d| d.count());
+        if n > 0 {
+            let _ = writeln!(
+                out,
+                "-- {n} damaged {} set aside in {} (not delivered; the log says why)",
+                if n == 1 { "entry" } else { "entries" },
+                safe(&self.corrupt_dir.display().to_string())
+            );
+        }
     }
 
     fn show(&self, id: &str, out: &mut String) -> u8 {
@@ -598,9 +667,16 @@ impl Tool {
             .collect();
         if chosen.is_empty() && !self.json {
             // Nothing to do is no failure (as postqueue -s), but say so.
+            let held = self.queue.list_held().map_or(0, |h| h.len());
             match &domain {
                 Some(d) => {
                     let _ = writeln!(out, "no queued recipient in {}", safe(d));
+                }
+                None if held > 0 => {
+                    let _ = writeln!(
+                        out,
+                        "nothing to flush ({held} on hold: release them to send them)"
+                    );
                 }
                 None => out.push_str("Mail queue is empty\n"),
             }
