@@ -211,9 +211,11 @@ impl FailureTable {
     }
 }
 
-/// The address failures are counted under: IPv4 (mapped or not) as itself, IPv6 by its /64,
-/// which one host usually owns whole.
-fn key(ip: IpAddr) -> IpAddr {
+/// The address a client is counted under, for AUTH failures and for
+/// [`crate::Limits::max_connections_per_ip`]: IPv4 (mapped or not) as itself, IPv6 by its
+/// /64, which one host usually owns whole (a client with a /64 has 2^64 addresses to
+/// connect from).
+pub(crate) fn key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => {
             let s = v6.segments();

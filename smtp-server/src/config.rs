@@ -26,7 +26,8 @@ pub struct Limits {
     /// Most concurrent connections; more are answered `421 4.7.0` and closed. Default 10,000;
     /// `None` for no limit.
     pub max_connections: Option<usize>,
-    /// Most concurrent connections from one IP address; more are answered `421 4.7.0` and
+    /// Most concurrent connections from one IP address (an IPv6 client: from its /64; an
+    /// IPv4-mapped address counts as the IPv4 address); more are answered `421 4.7.0` and
     /// closed. Default 50 (as Postfix's `smtpd_client_connection_count_limit`); `None` for
     /// no limit.
     pub max_connections_per_ip: Option<usize>,

@@ -719,8 +719,10 @@ fn acquire(common: &Arc<Common>, ip: IpAddr) -> Result<ConnGuard, Refusal> {
             "Too many connections, try again later",
         ));
     }
-    let from_ip = state.per_ip.get(&ip).copied().unwrap_or(0);
     let exempt = limits.per_ip_exempt_loopback && is_loopback(ip);
+    // An IPv6 client by its /64, an IPv4-mapped one as its IPv4 address.
+    let ip = crate::auth::key(ip);
+    let from_ip = state.per_ip.get(&ip).copied().unwrap_or(0);
     if !exempt
         && limits
             .max_connections_per_ip

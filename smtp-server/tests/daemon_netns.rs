@@ -265,6 +265,52 @@ fn the_units_command_line_serves_both_policies_on_a_host_with_an_interface() {
     assert!(got
         .iter()
         .all(|(_, m)| m.ends_with(b"\r\n\r\nfrom the network\r\n")));
+
+    // The default 50 sessions per client count an IPv6 client by its /64: 25 sessions from
+    // each of two addresses of fd77::/64 are all it gets, an IPv4 client is counted apart.
+    assert!(ip(&[
+        "-n",
+        &ns.peer,
+        "addr",
+        "add",
+        "fd77::10/64",
+        "dev",
+        "vp",
+        "nodad"
+    ]));
+    const HOLD: &str = r#"
+import socket, sys
+held, codes = [], []
+for spec in sys.argv[1:]:
+    src, dst, n = spec.split(",")
+    family = socket.AF_INET6 if ":" in dst else socket.AF_INET
+    for _ in range(int(n)):
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.settimeout(10)
+        s.bind((src, 0))
+        s.connect((dst, 25))
+        codes.append(s.makefile("rb").readline()[:3].decode())
+        held.append(s)
+print(" ".join(codes))
+"#;
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.peer, "python3", "-c", HOLD])
+        .args([
+            "fd77::2,fd77::1,25",
+            "fd77::10,fd77::1,25",
+            "fd77::10,fd77::1,1",
+        ])
+        .args(["10.77.0.2,10.77.0.1,1"])
+        .output()
+        .unwrap();
+    let codes = String::from_utf8_lossy(&out.stdout);
+    let want = format!("{}421 220", "220 ".repeat(50));
+    assert_eq!(
+        codes.trim(),
+        want,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(daemon);
 
     // The same command line with the submission options DAEMON.md gives ("Submission: sending

@@ -289,8 +289,9 @@ pub struct Config {
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_connections: usize,
 
-    /// Most concurrent sessions from one client address (loopback clients are not counted);
-    /// more are answered `421 4.7.0` and closed. 0 for no limit.
+    /// Most concurrent sessions from one client address, an IPv6 client's /64 counted as one
+    /// (loopback clients are not counted); more are answered `421 4.7.0` and closed. 0 for
+    /// no limit.
     #[arg(long, value_name = "N", default_value_t = 50)]
     pub max_connections_per_ip: usize,
 
