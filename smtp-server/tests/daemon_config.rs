@@ -412,3 +412,69 @@ fn check_config_prints_computed_defaults_and_syslog_true() {
     let (_, out, _) = run(&["check-config"]);
     assert!(out.contains("\nsyslog = false  # default\n"), "{out}");
 }
+
+#[test]
+fn check_config_refuses_what_the_daemon_would_refuse_at_start() {
+    // Each of these stops the daemon with exit 2; check-config must say so too, with the
+    // same one line, and create nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let spool = dir.path().join("mail");
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").unwrap();
+    let base = ["-s", "example.test", "-l", "127.0.0.1:1", "--no-public"];
+    for (extra, want) in [
+        (
+            vec!["--log-level", "bogus["],
+            "smtp-server: --log-level: \"bogus[\": invalid filter directive",
+        ),
+        (
+            vec!["--log-file", "/nonexistent/dir/log"],
+            "smtp-server: --log-file: /nonexistent/dir/log: No such file or directory (os error 2)",
+        ),
+    ] {
+        for sub in [&["check-config"][..], &[][..]] {
+            let out = Command::new(BIN)
+                .args(sub)
+                .args(["-d", spool.to_str().unwrap()])
+                .args(base)
+                .args(&extra)
+                .args(["--dns-server", "127.0.0.1:1"])
+                .output()
+                .unwrap();
+            assert_eq!(out.status.code(), Some(2), "{sub:?} {extra:?}");
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(err.trim_end(), want, "{sub:?}");
+        }
+    }
+    // A spool below a file: the daemon cannot make it.
+    let under_file = file.join("mail");
+    let out = Command::new(BIN)
+        .args(["check-config", "-d", under_file.to_str().unwrap()])
+        .args(base)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "smtp-server: --spool-dir: {}: not a directory",
+            file.display()
+        )
+    );
+    // Nothing was made by the checks.
+    assert!(!spool.exists());
+    // A spool that does not exist yet below a writable directory is fine.
+    let out = Command::new(BIN)
+        .args(["check-config", "-d", spool.join("a/b").to_str().unwrap()])
+        .args(base)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!spool.exists());
+}

@@ -140,10 +140,55 @@ fn load_dkim_keys(cfg: &Config) -> Result<dkim::Keys, Fatal> {
 }
 
 /// Sets up the log; returns the log file, for SIGHUP to reopen.
+/// `--log-level` as a tracing filter.
+fn log_filter(cfg: &Config) -> Result<tracing_subscriber::EnvFilter, Fatal> {
+    tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+        .map_err(|e| fatal("--log-level", format!("{:?}: {e}", cfg.log_level)))
+}
+
+/// What `check-config` can tell of `--log-file` and `--spool-dir` without creating anything:
+/// an existing log file opens for appending, a new one's directory exists and is writable;
+/// the spool, if it exists, is a writable directory, else the nearest existing directory
+/// above it is. (Run as root, "writable" is what root may do: permission is not a test then.)
+fn check_paths(cfg: &Config) -> Result<(), Fatal> {
+    use rustix::fs::{access, Access};
+    let writable_dir = |d: &std::path::Path| -> Result<(), String> {
+        match std::fs::metadata(d) {
+            Ok(m) if !m.is_dir() => Err("not a directory".to_owned()),
+            Ok(_) => access(d, Access::WRITE_OK | Access::EXEC_OK)
+                .map_err(|e| std::io::Error::from(e).to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    if let Some(path) = &cfg.log_file {
+        let exists = std::fs::symlink_metadata(path).is_ok();
+        let r = if exists {
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(path)
+                .map(drop)
+                .map_err(|e| format!("{}: {e}", path.display()))
+        } else {
+            let parent = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(std::path::Path::new("."));
+            writable_dir(parent).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        r.map_err(|e| fatal("--log-file", e))?;
+    }
+    // The spool, or the nearest directory above it that exists: the daemon makes the rest.
+    let spool = cfg
+        .spool_dir
+        .ancestors()
+        .find(|d| d.as_os_str().is_empty() || d.exists())
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    writable_dir(spool).map_err(|e| fatal("--spool-dir", format!("{}: {e}", spool.display())))
+}
+
 fn init_logging(cfg: &Config) -> Result<Option<Arc<logsafe::LogFile>>, Fatal> {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(&cfg.log_level)
-        .map_err(|e| fatal("--log-level", format!("{:?}: {e}", cfg.log_level)))?;
+    let filter = log_filter(cfg)?;
     let file = match &cfg.log_file {
         None => None,
         Some(path) => Some(
@@ -305,6 +350,8 @@ fn check_config(
     file_keys: &config_file::Origins,
 ) -> ExitCode {
     let checked = (|| -> Result<(), Fatal> {
+        log_filter(cfg)?;
+        check_paths(cfg)?;
         if let Some(p) = &cfg.users {
             Users::load(p).map_err(|e| fatal("--users", format!("{}: {e}", p.display())))?;
         }
