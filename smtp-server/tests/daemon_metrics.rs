@@ -146,3 +146,71 @@ fn metrics_after_a_known_load() {
     let (head, _) = get(mport, "/other");
     assert!(head.starts_with("HTTP/1.1 404"), "{head}");
 }
+
+#[test]
+fn expired_and_returned_recipients_count_as_bounced() {
+    // Nothing listens at the smarthost: every attempt is deferred. One daemon whose queue
+    // lifetime is over within seconds (expiry), one whose entry the admin returns with
+    // `queue bounce`: both recipients failed for good, as a 5yz would have.
+    for case in ["expired", "returned"] {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("mail");
+        let lifetime = if case == "expired" { "2s" } else { "5d" };
+        let (d, [mport]) = Daemon::start_ports(&spool, "127.0.0.1:1".parse().unwrap(), |[p]| {
+            daemon_util::strings(&[
+                "--metrics-listen",
+                &format!("127.0.0.1:{p}"),
+                "--relay-host",
+                "127.0.0.1:1",
+                "--retry-base",
+                "1s",
+                "--queue-lifetime",
+                lifetime,
+            ])
+        });
+        let m = format!("127.0.0.1:{mport}");
+        assert!(wait_until(Duration::from_secs(10), || TcpStream::connect(
+            &m
+        )
+        .is_ok()));
+        let (code, text) = d.connect().send(
+            "a@example.test",
+            &["far@remote.test"],
+            "Subject: x\r\n\r\nhello\r\n",
+        );
+        assert_eq!(code, 250, "{text}");
+        let id = text.rsplit(' ').next().unwrap().to_owned();
+        let series = |outcome: &str| {
+            sample(
+                &get(mport, "/metrics").1,
+                &format!(
+                    "smtp_deliveries_total{{destination=\"smarthost\",outcome=\"{outcome}\"}}"
+                ),
+            )
+            .unwrap_or(-1.0)
+        };
+        assert!(wait_until(Duration::from_secs(20), || series("deferred") >= 1.0));
+        if case == "returned" {
+            let out = std::process::Command::new(daemon_util::BIN)
+                .args(["queue", "-d", spool.to_str().unwrap(), "bounce", &id])
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{out:?}");
+        }
+        assert!(
+            wait_until(Duration::from_secs(20), || daemon_util::queued(&spool) == 0),
+            "{case}: {}",
+            d.log()
+        );
+        // The report went to the local sender.
+        assert!(wait_until(Duration::from_secs(10), || !d
+            .spool_messages("a")
+            .is_empty()));
+        assert_eq!(
+            series("bounced"),
+            1.0,
+            "{case}: {}",
+            get(mport, "/metrics").1
+        );
+    }
+}

@@ -592,14 +592,10 @@ impl Relay {
             if *state != RcptState::Pending || results.iter().any(|(j, _, _)| *j == i) {
                 continue;
             }
-            let domain = match &r.path {
-                ForwardPath::Mailbox(m) if !self.policy.is_local_domain(m.domain()) => {
-                    m.domain().to_string().to_ascii_lowercase()
-                }
-                // `<Postmaster>` without a domain is ours.
-                _ => LOCAL.to_owned(),
-            };
-            groups.entry(domain).or_default().push((i, r.clone()));
+            groups
+                .entry(self.domain_of(&r.path))
+                .or_default()
+                .push((i, r.clone()));
         }
 
         // (recipient address, or "" for the entry as a whole; why it is deferred).
@@ -665,12 +661,7 @@ impl Relay {
             }
         });
         for (domain, rcpts, report) in futures_util::future::join_all(deliveries).await {
-            let destination = match (domain == LOCAL, &self.lmtp) {
-                (true, Some(_)) => "lmtp",
-                (true, None) => "local",
-                (false, _) if self.deliverer.smarthost().is_some() => "smarthost",
-                (false, _) => "mx",
-            };
+            let destination = self.destination(&domain);
             let via = report.delivered_via.as_ref().map(|(h, _)| h.clone());
             // For the log: host[address]:port (the LMTP socket's path as it is), and the
             // TLS protocol and cipher or "none".
@@ -747,6 +738,8 @@ impl Relay {
                 );
                 warn!(queue_id = %id, to = %r.path, lifetime = %crate::config::format_duration(self.lifetime),
                       last_error = %last, "expired: delivery time is over, returning to the sender");
+                // Failed for good, as a 5yz is.
+                metrics::m().deliveries(self.destination(&self.domain_of(&r.path)), "bounced", 1);
                 results.push((
                     i,
                     RcptState::Failed {
@@ -829,6 +822,17 @@ impl Relay {
                 };
                 match self.bounce(&entry, &head, failures).await {
                     Ok(()) => {
+                        for (i, (r, state)) in entry.recipients().enumerate() {
+                            // Returned by `queue bounce`: failed for good now, counted once
+                            // (the report is made; it is recorded below).
+                            if matches!(state, RcptState::Refused { reply, .. }
+                                if reply.starts_with(crate::cmd::queue::RETURNED))
+                                && reported.contains(&i)
+                            {
+                                let to = self.destination(&self.domain_of(&r.path));
+                                metrics::m().deliveries(to, "bounced", 1);
+                            }
+                        }
                         for i in reported {
                             let reply = match entry.state(i) {
                                 RcptState::Refused { reply, .. } => reply.clone(),
@@ -936,6 +940,28 @@ impl Relay {
     ///
     /// `Err` only for a failure worth retrying (storage); a sender that cannot get mail here
     /// (unknown local user, bad address) is logged and the bounce dropped.
+    /// The delivery group of a recipient: its domain, lower case, or [`LOCAL`] for a local
+    /// domain (and `<Postmaster>`).
+    fn domain_of(&self, path: &ForwardPath) -> String {
+        match path {
+            ForwardPath::Mailbox(m) if !self.policy.is_local_domain(m.domain()) => {
+                m.domain().to_string().to_ascii_lowercase()
+            }
+            // `<Postmaster>` without a domain is ours.
+            _ => LOCAL.to_owned(),
+        }
+    }
+
+    /// The metrics' `destination` of a delivery group.
+    fn destination(&self, domain: &str) -> &'static str {
+        match (domain == LOCAL, &self.lmtp) {
+            (true, Some(_)) => "lmtp",
+            (true, None) => "local",
+            (false, _) if self.deliverer.smarthost().is_some() => "smarthost",
+            (false, _) => "mx",
+        }
+    }
+
     async fn bounce(
         &self,
         entry: &QueueEntry,

@@ -432,7 +432,7 @@ impl Op {
 }
 
 /// The diagnostic a `bounce` gives each recipient not yet delivered.
-const RETURNED: &str = "message returned to the sender by the mail administrator";
+pub const RETURNED: &str = "message returned to the sender by the mail administrator";
 
 impl Tool {
     fn list(&self, out: &mut String) -> u8 {
