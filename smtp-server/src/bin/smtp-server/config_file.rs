@@ -314,6 +314,7 @@ fn clap_detail(e: &clap::Error, value: &str) -> String {
 /// As [`load`]; also a file entry that needs an option given neither in the file nor on the
 /// command line (`tls-cert` without `tls-key`).
 pub fn expand(argv: Vec<OsString>) -> Result<(Vec<OsString>, Origins), String> {
+    let argv = check_config_first(argv);
     let skip = match argv.get(1).and_then(|a| a.to_str()) {
         Some("check-config") => 2,
         Some(s) if !s.starts_with('-') => return Ok((argv, Origins::default())),
@@ -351,6 +352,46 @@ pub fn expand(argv: Vec<OsString>) -> Result<(Vec<OsString>, Origins), String> {
     out.extend(cli.args);
     needs(&cmd, &out, &used, &path)?;
     Ok((out, origins))
+}
+
+/// `smtp-server --config FILE check-config`: `check-config` after daemon options moves in
+/// front of them. It takes the same options, so nothing changes but that the file's entries
+/// are then expanded after it (before, clap refused the subcommand and named every option
+/// the file had put in front of it, options the user never typed). A `check-config` that is
+/// an option's value (`--hostname check-config`) stays where it is.
+fn check_config_first(mut argv: Vec<OsString>) -> Vec<OsString> {
+    let cmd = Cli::command();
+    // Whether an option written as `a` takes the next argument as its value.
+    let takes_next = |a: &str| -> bool {
+        let arg = if let Some(long) = a.strip_prefix("--") {
+            if long.contains('=') {
+                return false;
+            }
+            cmd.get_arguments().find(|x| x.get_long() == Some(long))
+        } else {
+            let mut c = a.chars().skip(1);
+            match (c.next(), c.next()) {
+                (Some(short), None) => cmd.get_arguments().find(|x| x.get_short() == Some(short)),
+                _ => return false,
+            }
+        };
+        arg.is_some_and(|x| {
+            x.get_action().takes_values() && x.get_num_args().is_none_or(|n| n.min_values() > 0)
+        })
+    };
+    let mut i = 1;
+    while let Some(a) = argv.get(i).and_then(|a| a.to_str()) {
+        if a == "check-config" {
+            let sub = argv.remove(i);
+            argv.insert(1, sub);
+            break;
+        }
+        if a == "--" || !a.starts_with('-') {
+            break;
+        }
+        i += if takes_next(a) { 2 } else { 1 };
+    }
+    argv
 }
 
 /// A file entry that requires an option nobody gave: the error naming it. Any other problem
@@ -661,6 +702,43 @@ mod tests {
 
     fn os(v: &[&str]) -> Vec<OsString> {
         v.iter().map(OsString::from).collect()
+    }
+
+    #[test]
+    fn check_config_after_options_moves_first() {
+        let moved = |v: &[&str]| check_config_first(os(v));
+        assert_eq!(
+            moved(&["s", "--config", "c.toml", "check-config"]),
+            os(&["s", "check-config", "--config", "c.toml"])
+        );
+        assert_eq!(
+            moved(&[
+                "s",
+                "-d",
+                "x",
+                "--no-public",
+                "check-config",
+                "-s",
+                "a.test"
+            ]),
+            os(&[
+                "s",
+                "check-config",
+                "-d",
+                "x",
+                "--no-public",
+                "-s",
+                "a.test"
+            ])
+        );
+        // As a value it stays; so do other subcommands and what follows them.
+        for v in [
+            &["s", "--hostname", "check-config"][..],
+            &["s", "--config=c.toml", "queue", "check-config"][..],
+            &["s", "check-config", "--config", "c.toml"][..],
+        ] {
+            assert_eq!(moved(v), os(v), "{v:?}");
+        }
     }
 
     /// The file's entries as arguments, in file order.
