@@ -415,3 +415,43 @@ fn canonically_equivalent_spellings_reach_one_mailbox() {
     assert_eq!(spool_messages(&spool, "j\u{f6}rg").len(), 2);
     assert_eq!(spool_messages(&spool, "\u{d55c}").len(), 2);
 }
+
+#[test]
+fn mail_is_refused_at_mail_from_when_the_spool_lacks_space() {
+    // A largest message of 100 TB: its 1.5x is more than any test machine has free, so the
+    // transaction is refused before the client sends anything (452 4.3.1, as Postfix's
+    // queue_minfree), not at the end of the data. A declared SIZE= past the free space too.
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        &dir.path().join("mail"),
+        "127.0.0.1:1".parse().unwrap(),
+        &["--max-message-size", "100000000000000"],
+    );
+    let mut c = d.connect();
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@example.test>"),
+        (452, "4.3.1 Insufficient system storage".to_owned())
+    );
+    // Temporary: the session goes on.
+    assert_eq!(c.cmd("NOOP").0, 250);
+    drop(c);
+    assert!(d
+        .log()
+        .contains("sender refused: not enough free space for mail"));
+    drop(d);
+
+    let d = Daemon::start(
+        &dir.path().join("mail2"),
+        "127.0.0.1:1".parse().unwrap(),
+        &["--max-message-size", "0"],
+    );
+    let mut c = d.connect();
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    assert_eq!(
+        c.cmd("MAIL FROM:<a@example.test> SIZE=99999999999999999"),
+        (452, "4.3.1 Insufficient system storage".to_owned())
+    );
+    // With room, as usual.
+    assert_eq!(c.cmd("MAIL FROM:<a@example.test> SIZE=1000").0, 250);
+}

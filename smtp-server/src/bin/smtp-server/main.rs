@@ -28,7 +28,7 @@ mod relay;
 mod relay_auth;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -119,6 +119,32 @@ struct Daemon {
     verifier: Option<Arc<inbound_auth::Verifier>>,
     /// Local mail goes to the LMTP server (`--lmtp`), through the queue.
     lmtp: bool,
+    /// Where mail is stored and queued, for the free-space check at MAIL.
+    spool_dir: PathBuf,
+    /// The space the spool's file system must have free for a transaction to start:
+    /// [`min_free_space`].
+    min_free: u64,
+}
+
+/// A transaction is refused at MAIL with `452 4.3.1` when the spool's file system has less
+/// than 1.5 times the largest message free (25 MiB when there is no limit), or less than a
+/// declared `SIZE=`, as Postfix's `queue_minfree` check does: a full disk would otherwise be
+/// found only at the end of the data (`451`), after the client sent it all, and an
+/// unauthenticated sender could fill the spool's file system for everything else on it.
+fn min_free_space(max_message_size: u64) -> u64 {
+    let largest = if max_message_size == 0 {
+        25 << 20
+    } else {
+        max_message_size
+    };
+    largest.saturating_add(largest / 2)
+}
+
+/// Octets free for an unprivileged user on the file system of `dir`; `None` when unknown
+/// (the check is then skipped: the store's own errors still answer `451`).
+fn free_space(dir: &std::path::Path) -> Option<u64> {
+    let st = rustix::fs::statvfs(dir).ok()?;
+    Some(st.f_bavail.saturating_mul(st.f_frsize))
 }
 
 /// Loads `--dkim-key`: any unreadable or invalid key stops the daemon.
@@ -518,6 +544,8 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
         dkim,
         verifier,
         lmtp: cfg.lmtp.is_some(),
+        spool_dir: cfg.spool_dir.clone(),
+        min_free: min_free_space(cfg.max_message_size),
     });
 
     let mut limits = smtp_server::Limits::default();
@@ -748,6 +776,7 @@ mod refusals {
     }
 
     pub const AUTH_REQUIRED: Refusal = r(530, (5, 7, 0), "Authentication required");
+    pub const NO_SPACE: Refusal = r(452, (4, 3, 1), "Insufficient system storage");
     pub const SENDER_NOT_OWNED: Refusal =
         r(553, (5, 7, 1), "Sender address rejected: not owned by user");
     pub const SPF_FAIL: Refusal = r(550, (5, 7, 23), "Sender address rejected: SPF fail");
@@ -915,11 +944,19 @@ impl SessionHandler for Session {
         }
     }
 
-    async fn mail(&mut self, from: &ReversePath, _params: &MailParams) -> Result<(), Refusal> {
+    async fn mail(&mut self, from: &ReversePath, params: &MailParams) -> Result<(), Refusal> {
         self.rcpts.clear();
         self.spf = None;
         if self.submission && self.user.is_none() {
             return Err(refusals::AUTH_REQUIRED);
+        }
+        if let Some(free) = free_space(&self.d.spool_dir) {
+            let needed = self.d.min_free.max(params.size.unwrap_or(0));
+            if free < needed {
+                warn!(session = self.session_id, free, needed, spool = %self.d.spool_dir.display(),
+                      "sender refused: not enough free space for mail");
+                return Err(refusals::NO_SPACE);
+            }
         }
         if let (Some(user), ReversePath::Mailbox(m)) = (&self.user, from) {
             if !self.d.policy.sender_owned_by(m, user) {
