@@ -13,10 +13,13 @@
 //! - Moving on to the next address (and host): the connection is refused or times out, the
 //!   greeting is not `220` (`421` busy, but also `554`, as Postfix's `smtp_skip_5xx_greeting`),
 //!   EHLO/HELO or STARTTLS fail, the TLS policy cannot be met, MAIL gets a 4yz reply, or the
-//!   connection breaks or times out anywhere in the transaction (a transaction that did not end
-//!   with a reply to the message data delivered nothing; RFC 5321 §6.1 prefers the rare
-//!   duplicate, when the break falls between the final `.` and its reply, to a lost message).
+//!   connection breaks or times out in the transaction before the whole message was sent.
 //!   These say something about that server, not about the recipients.
+//! - A break between the final `.` and its reply ([`Connection::outcome_unknown`]) is
+//!   different: the server may have taken the message. No other address or host is tried in
+//!   this call ([`DeliveryError::OutcomeUnknown`], every recipient transient), so the message
+//!   goes to no second host now; the queue's later retry may still duplicate it, which RFC
+//!   5321 §6.1 prefers to a lost message.
 //! - A transaction in which the server answered the recipients is final for this attempt:
 //!   each recipient is delivered, transient (4yz) or permanent (5yz) with the server's reply.
 //!   Transient recipients are *not* tried at the next host in the same call: the queue retries
@@ -97,7 +100,7 @@ use std::time::{Duration, Instant};
 
 use smtp_proto::address::ForwardPath;
 use smtp_proto::reply::{EnhancedCode, Reply};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::codec::{has_8bit, wire_size};
 use crate::connection::{ClientConfig, Connection, Envelope, RcptResult};
@@ -211,6 +214,19 @@ pub enum DeliveryError {
     /// The message could not be read (a file body): nothing was delivered. Transient, `4.3.0`.
     #[error("cannot read the message: {0}")]
     Message(String),
+    /// A host was sent the whole message and the session failed before its verdict came
+    /// (a timeout, the connection closed: [`Connection::outcome_unknown`]): it may have taken
+    /// the message, so no other host is tried now (that could deliver it twice). Transient,
+    /// with the failure's code: the queue tries again later.
+    #[error("{host}: {last}; the message may have been delivered, not sent elsewhere now")]
+    OutcomeUnknown {
+        /// The host that had the message.
+        host: String,
+        /// The error, as text.
+        last: String,
+        /// Its status code.
+        enhanced: EnhancedCode,
+    },
     /// No host took the transaction; the last error.
     #[error("no mail host of {domain} could be used: {last}")]
     NoHostReached {
@@ -229,7 +245,7 @@ impl DeliveryError {
         match self {
             Self::Resolve(e) => e.is_permanent(),
             Self::Loop { .. } => true,
-            Self::NoHostReached { .. } | Self::Message(_) => false,
+            Self::NoHostReached { .. } | Self::OutcomeUnknown { .. } | Self::Message(_) => false,
         }
     }
 
@@ -242,7 +258,9 @@ impl DeliveryError {
             Self::Resolve(ResolveError::NoAddresses { .. }) => EnhancedCode::fixed(5, 4, 4),
             Self::Resolve(_) => EnhancedCode::fixed(4, 4, 3),
             Self::Loop { .. } => EnhancedCode::fixed(5, 4, 6),
-            Self::NoHostReached { enhanced, .. } => *enhanced,
+            Self::NoHostReached { enhanced, .. } | Self::OutcomeUnknown { enhanced, .. } => {
+                *enhanced
+            }
             Self::Message(_) => EnhancedCode::fixed(4, 3, 0),
         }
     }
@@ -606,12 +624,16 @@ impl Deliverer {
                     .attempt(&host.name, addr, config, envelope, message, info)
                     .await;
                 let mut fallback = None;
-                if let Err(ClientError::Tls(tls_error)) = &result {
+                if let Err(AttemptError {
+                    error: ClientError::Tls(tls_error),
+                    ..
+                }) = &result
+                {
                     if config.tls == TlsPolicy::OpportunisticUnverified
                         && config.may_fall_back_to_clear_text()
                     {
                         let tls_error = tls_error.clone();
-                        let error = result.err().map(|e| safe(&e)).unwrap_or_default();
+                        let error = result.err().map(|e| safe(&e.error)).unwrap_or_default();
                         info!(%domain, host = %host.name, %addr, %error,
                               "opportunistic TLS failed; retrying in clear text");
                         report.attempts.push(Attempt {
@@ -640,14 +662,29 @@ impl Deliverer {
                         report.tls_fallback = fallback;
                         return report;
                     }
-                    Err(e) => {
+                    Err(AttemptError {
+                        error: e,
+                        outcome_unknown,
+                    }) => {
                         let error = safe(&e);
                         info!(%domain, host = %host.name, %addr, %error, "attempt failed");
                         report.attempts.push(Attempt {
                             host: host.name.clone(),
                             addr,
-                            error: Some(error),
+                            error: Some(error.clone()),
                         });
+                        if outcome_unknown {
+                            // The host may have the message: not to the next one now.
+                            warn!(%domain, host = %host.name, %addr, %error,
+                                  "the message may have been delivered; not sent to another host now");
+                            let error = DeliveryError::OutcomeUnknown {
+                                host: host.name.clone(),
+                                last: error,
+                                enhanced: transient_code(e.enhanced_code()),
+                            };
+                            decide_all(&mut report, error);
+                            return report;
+                        }
                         if let ClientError::Message(e) = e {
                             // The next host would fare no better.
                             decide_all(&mut report, DeliveryError::Message(safe(&e)));
@@ -700,7 +737,7 @@ impl Deliverer {
         envelope: &Envelope,
         message: &Message<'_>,
         info: MessageInfo,
-    ) -> Result<(Vec<(ForwardPath, RcptOutcome)>, Option<TlsInfo>), ClientError> {
+    ) -> Result<(Vec<(ForwardPath, RcptOutcome)>, Option<TlsInfo>), AttemptError> {
         let key = format!(
             "{host} {addr} {:?} {}",
             config.tls,
@@ -729,6 +766,7 @@ impl Deliverer {
             }
         }
         let tls = conn.tls_info().cloned();
+        let outcome_unknown = sent.is_err() && conn.outcome_unknown();
         let all = |outcome: RcptOutcome| {
             envelope
                 .rcpts
@@ -752,10 +790,31 @@ impl Deliverer {
             // Decided for every recipient by this server, or by this client before sending.
             Err(e) if e.is_permanent() => all(RcptOutcome::Permanent(Failure::from_error(&e))),
             // A 4yz to MAIL, or the connection broke before recipients were decided: the next
-            // server may do better.
-            Err(e) => return Err(e),
+            // server may do better. (Unless it broke after the whole message was sent.)
+            Err(error) => {
+                return Err(AttemptError {
+                    error,
+                    outcome_unknown,
+                })
+            }
         };
         Ok((outcomes, tls))
+    }
+}
+
+/// Why one server did not decide the recipients.
+struct AttemptError {
+    error: ClientError,
+    /// The whole message was sent before the session failed ([`Connection::outcome_unknown`]).
+    outcome_unknown: bool,
+}
+
+impl From<ClientError> for AttemptError {
+    fn from(error: ClientError) -> Self {
+        Self {
+            error,
+            outcome_unknown: false,
+        }
     }
 }
 

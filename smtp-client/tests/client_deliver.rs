@@ -518,3 +518,46 @@ async fn connection_attempts_follow_the_address_preference() {
     let accepted: Vec<usize> = srv.iter().map(TestServer::connections).collect();
     assert_eq!(accepted, [3, 3, 3]);
 }
+
+#[tokio::test]
+async fn a_host_lost_after_the_whole_message_is_not_followed_by_the_next() {
+    // mx1 reads the message to its end marker and closes without a verdict: it may have the
+    // message. mx2 is not sent it now (a duplicate); every recipient is deferred.
+    let dns = TestDns::builder()
+        .mx("example.test", 10, "mx1.example.test")
+        .mx("example.test", 20, "mx2.example.test")
+        .a("mx1.example.test", v4(17))
+        .a("mx2.example.test", v4(18))
+        .start()
+        .await
+        .unwrap();
+    let lost = Behaviour {
+        drop_at_data_end: true,
+        ..Behaviour::default()
+    };
+    let (port, srv) = servers(vec![
+        (IpAddr::V4(v4(17)), lost),
+        (IpAddr::V4(v4(18)), Behaviour::default()),
+    ])
+    .await;
+    let report = deliverer(&dns, port)
+        .deliver(
+            "example.test",
+            &envelope(&["<b@example.test>", "<c@example.test>"]),
+            MESSAGE,
+        )
+        .await;
+    assert_eq!(report.rcpts.len(), 2);
+    for (_, outcome) in &report.rcpts {
+        assert!(matches!(outcome, RcptOutcome::Transient(_)), "{outcome:?}");
+    }
+    assert!(
+        matches!(&report.error, Some(DeliveryError::OutcomeUnknown { host, .. }) if host == "mx1.example.test"),
+        "{:?}",
+        report.error
+    );
+    assert_eq!(report.attempts.len(), 1, "{:?}", report.attempts);
+    assert_eq!(srv[1].connections(), 0);
+    // (A host lost before the data is followed by the next: see
+    // mail_4xx_moves_on_and_mail_5xx_is_permanent.)
+}
