@@ -627,6 +627,11 @@ impl QueueEntry {
 }
 
 /// One `key value` line, the value percent-escaped.
+/// Whether `e` is a refusal to open for want of permission (owner, mode, or an LSM).
+fn is_permission(e: &Error) -> bool {
+    matches!(e, Error::Io { source, .. } if source.kind() == std::io::ErrorKind::PermissionDenied)
+}
+
 fn field(out: &mut String, key: &str, value: &str) {
     out.push_str(key);
     out.push(' ');
@@ -1255,9 +1260,16 @@ impl Queue {
                         // root for a daemon that runs as another user). Not damaged, so not
                         // moved aside, but never passed over in silence: it is not tried.
                         Err(open) => {
-                            tracing::error!(queue_id = %id, error = %err, open_error = %open,
-                                path = %entries.path().join(id.as_str()).display(),
-                                "queue entry cannot be read (check its owner and mode); not tried");
+                            let path = entries.path().join(id.as_str());
+                            if is_permission(&open) {
+                                tracing::error!(queue_id = %id, error = %err, open_error = %open,
+                                    path = %path.display(),
+                                    "queue entry cannot be read (check its owner and mode); not tried");
+                            } else {
+                                // Out of descriptors, an I/O error: tried again next scan.
+                                tracing::warn!(queue_id = %id, error = %open,
+                                    path = %path.display(), "queue entry cannot be opened now");
+                            }
                             false
                         }
                     };

@@ -462,6 +462,21 @@ fn check_config_refuses_what_the_daemon_would_refuse_at_start() {
             file.display()
         )
     );
+    // The same for a --queue-dir of its own.
+    let out = Command::new(BIN)
+        .args(["check-config", "-d", spool.to_str().unwrap()])
+        .args(["--queue-dir", under_file.to_str().unwrap()])
+        .args(base)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        format!(
+            "smtp-server: --queue-dir: {}: not a directory",
+            file.display()
+        )
+    );
     // Nothing was made by the checks.
     assert!(!spool.exists());
     // A spool that does not exist yet below a writable directory is fine.

@@ -119,8 +119,10 @@ struct Daemon {
     verifier: Option<Arc<inbound_auth::Verifier>>,
     /// Local mail goes to the LMTP server (`--lmtp`), through the queue.
     lmtp: bool,
-    /// Where mail is stored and queued, for the free-space check at MAIL.
+    /// Where mail is stored and queued (`--queue-dir` may be on another file system), for
+    /// the free-space check at MAIL.
     spool_dir: PathBuf,
+    queue_dir: PathBuf,
     /// The space the spool's file system must have free for a transaction to start:
     /// [`min_free_space`].
     min_free: u64,
@@ -203,14 +205,18 @@ fn check_paths(cfg: &Config) -> Result<(), Fatal> {
         };
         r.map_err(|e| fatal("--log-file", e))?;
     }
-    // The spool, or the nearest directory above it that exists: the daemon makes the rest.
-    let spool = cfg
-        .spool_dir
-        .ancestors()
-        .find(|d| d.as_os_str().is_empty() || d.exists())
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(std::path::Path::new("."));
-    writable_dir(spool).map_err(|e| fatal("--spool-dir", format!("{}: {e}", spool.display())))
+    // The spool and the queue, or the nearest directory above each that exists: the daemon
+    // makes the rest.
+    let queue = cfg.queue_dir();
+    for (option, dir) in [("--spool-dir", &cfg.spool_dir), ("--queue-dir", &queue)] {
+        let d = dir
+            .ancestors()
+            .find(|d| d.as_os_str().is_empty() || d.exists())
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."));
+        writable_dir(d).map_err(|e| fatal(option, format!("{}: {e}", d.display())))?;
+    }
+    Ok(())
 }
 
 fn init_logging(cfg: &Config) -> Result<Option<Arc<logsafe::LogFile>>, Fatal> {
@@ -545,6 +551,7 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
         verifier,
         lmtp: cfg.lmtp.is_some(),
         spool_dir: cfg.spool_dir.clone(),
+        queue_dir: cfg.queue_dir(),
         min_free: min_free_space(cfg.max_message_size),
     });
 
@@ -950,7 +957,11 @@ impl SessionHandler for Session {
         if self.submission && self.user.is_none() {
             return Err(refusals::AUTH_REQUIRED);
         }
-        if let Some(free) = free_space(&self.d.spool_dir) {
+        let free = [&self.d.spool_dir, &self.d.queue_dir]
+            .into_iter()
+            .filter_map(|d| free_space(d))
+            .min();
+        if let Some(free) = free {
             let needed = self.d.min_free.max(params.size.unwrap_or(0));
             if free < needed {
                 warn!(session = self.session_id, free, needed, spool = %self.d.spool_dir.display(),
