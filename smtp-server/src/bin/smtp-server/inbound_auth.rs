@@ -572,9 +572,10 @@ fn dmarc_keyword(r: &DmarcResult) -> &'static str {
     }
 }
 
-/// The most DKIM signatures verified in one message; later ones are recorded as
-/// `dkim=policy` and count for DMARC as permanent errors (a signature not checked cannot
-/// pass). Each costs DNS lookups and hashing.
+/// The most DKIM signatures verified in one message (those aligned with an author domain
+/// first, see [`split_costly`]); the others are recorded as `dkim=policy` and count for DMARC
+/// as permanent errors (a signature not checked cannot pass). Each costs DNS lookups and
+/// hashing.
 pub const MAX_SIGNATURES: usize = 8;
 
 /// The most header field names one DKIM or ARC signature's `h=` may list to be verified (RFC
@@ -606,8 +607,13 @@ fn too_costly(names: usize, fields: usize) -> Option<String> {
 /// Takes the DKIM signatures out of `msg` that are not verified (past [`MAX_SIGNATURES`], or
 /// [`too_costly`]), each with the reason, and says why ARC is not verified, if it is not (an
 /// ARC-Message-Signature too costly, or more sets than RFC 8617 §5.1.1.1's 50).
+///
+/// Past [`MAX_SIGNATURES`], signatures whose `d=` is aligned with an author domain (relaxed:
+/// one a subdomain of the other) are the ones verified first: each hop adds its signature on
+/// top, and the author's, at the bottom, is the one DMARC needs.
 fn split_costly<'x>(
     msg: &mut AuthenticatedMessage<'x>,
+    authors: &[String],
 ) -> (
     Vec<(
         mail_auth::common::headers::Header<'x, mail_auth::dkim::Signature>,
@@ -616,19 +622,39 @@ fn split_costly<'x>(
     Option<String>,
 ) {
     let fields = msg.headers.len();
+    let all = std::mem::take(&mut msg.dkim_headers);
+    let aligned = |d: &str| {
+        let d = d.trim_end_matches('.').to_ascii_lowercase();
+        authors.iter().any(|a| {
+            let a = a.trim_end_matches('.').to_ascii_lowercase();
+            a == d || a.ends_with(&format!(".{d}")) || d.ends_with(&format!(".{a}"))
+        })
+    };
+    // Which are verified: within the cost bounds, aligned ones first, at most MAX_SIGNATURES.
+    let mut chosen = vec![false; all.len()];
+    let mut n = 0;
+    for pass_aligned in [true, false] {
+        for (i, h) in all.iter().enumerate() {
+            if n < MAX_SIGNATURES
+                && !chosen[i]
+                && aligned(&h.header.d) == pass_aligned
+                && too_costly(h.header.h.len(), fields).is_none()
+            {
+                chosen[i] = true;
+                n += 1;
+            }
+        }
+    }
     let mut skipped = Vec::new();
     let mut kept = Vec::new();
-    for h in std::mem::take(&mut msg.dkim_headers) {
-        let why = if kept.len() >= MAX_SIGNATURES {
-            Some(format!(
-                "more than {MAX_SIGNATURES} signatures, the first {MAX_SIGNATURES} are verified"
-            ))
+    for (h, chosen) in all.into_iter().zip(chosen) {
+        if chosen {
+            kept.push(h);
         } else {
-            too_costly(h.header.h.len(), fields)
-        };
-        match why {
-            Some(why) => skipped.push((h, why)),
-            None => kept.push(h),
+            let why = too_costly(h.header.h.len(), fields).unwrap_or_else(|| {
+                format!("more than {MAX_SIGNATURES} signatures, {MAX_SIGNATURES} are verified")
+            });
+            skipped.push((h, why));
         }
     }
     msg.dkim_headers = kept;
@@ -971,7 +997,12 @@ impl Verifier {
         };
         // Signatures whose verification would cost more than its bounds are not verified:
         // mail-auth's work grows with the names in h= times the fields, on this thread.
-        let (skipped, arc_skipped) = split_costly(&mut msg);
+        let authors = Authors::of(&crate::from_field::from_values(msg.headers.iter().copied()));
+        let author_domains = match &authors {
+            Authors::Domains(d) => d.as_slice(),
+            _ => &[],
+        };
+        let (skipped, arc_skipped) = split_costly(&mut msg, author_domains);
         let signature_errors = |e: fn() -> mail_auth::Error| -> Vec<DkimOutput<'_>> {
             msg.dkim_headers
                 .iter()
@@ -1026,7 +1057,6 @@ impl Verifier {
             .sender
             .rsplit_once('@')
             .map_or(spf.helo.as_str(), |(_, d)| d);
-        let authors = Authors::of(&crate::from_field::from_values(msg.headers.iter().copied()));
         let dmarcs: Vec<DmarcOutput> = match &authors {
             Authors::Domains(domains) => {
                 // One check per author domain (RFC 7489 §6.6.1), each seeing only its own
