@@ -80,71 +80,23 @@ async fn idle_sessions_are_ended_after_the_idle_time() {
     assert_eq!(server.connections(), 2);
 }
 
-/// A next hop that takes one message per session and then closes it without a word.
-async fn one_message_per_session() -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (conns, dots) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let (c, d) = (conns.clone(), dots.clone());
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                return;
-            };
-            c.fetch_add(1, Ordering::SeqCst);
-            let d = d.clone();
-            tokio::spawn(async move {
-                let (r, mut w) = tcp.into_split();
-                let mut r = BufReader::new(r);
-                w.write_all(b"220 hop.test ESMTP\r\n").await.unwrap();
-                let mut line = String::new();
-                let mut in_data = false;
-                while r.read_line(&mut line).await.unwrap_or(0) > 0 {
-                    let answer: &[u8] = if in_data {
-                        if line == ".\r\n" {
-                            d.fetch_add(1, Ordering::SeqCst);
-                            w.write_all(b"250 2.0.0 taken\r\n").await.unwrap();
-                            // Gone, as a server that times idle sessions out early.
-                            return;
-                        }
-                        b""
-                    } else if line.starts_with("DATA") {
-                        in_data = true;
-                        b"354 go\r\n"
-                    } else {
-                        b"250 ok\r\n"
-                    };
-                    if !answer.is_empty() {
-                        w.write_all(answer).await.unwrap();
-                    }
-                    line.clear();
-                }
-            });
-        }
-    });
-    (addr, conns, dots)
+/// What a scripted next hop does at the end marker of a message.
+#[derive(Clone, Copy)]
+enum AtDot {
+    /// Answers 250 and goes on.
+    Take,
+    /// Answers 250 and closes the session, as a server that times idle sessions out early.
+    TakeAndClose,
+    /// Closes without a verdict: the outcome is unknown to the client.
+    Vanish,
 }
 
-#[tokio::test]
-async fn a_dead_cached_session_does_not_fail_the_message() {
-    let (addr, conns, dots) = one_message_per_session().await;
-    let d = deliverer(addr, Duration::from_secs(5));
-    for i in 0..3 {
-        let m = format!("Subject: {i}\r\n\r\nbody\r\n");
-        let r = d.deliver("example.test", &envelope(), m.as_bytes()).await;
-        assert!(delivered(&r), "message {i}: {r:?}");
-        assert_eq!(r.attempts.len(), 1, "{r:?}");
-        assert!(r.attempts[0].error.is_none(), "{r:?}");
-    }
-    assert_eq!(dots.load(Ordering::SeqCst), 3);
-    assert_eq!(conns.load(Ordering::SeqCst), 3);
-}
-
-#[tokio::test]
-async fn a_reused_session_lost_after_the_end_of_data_is_not_sent_again() {
-    // The first session takes one message, then reads the second one to its end marker and
-    // closes without a verdict: the server may have it. The deliverer must not send it again
-    // on a fresh connection (a duplicate); the message is deferred.
+/// A next hop on loopback: 250 to everything, 354 to DATA, and at the n-th end marker (0
+/// for the first, counted over all sessions) what `at_dot(n)` says. Returns its address and
+/// its counts of connections and of end markers received.
+async fn scripted_hop(
+    at_dot: fn(usize) -> AtDot,
+) -> (std::net::SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (conns, dots) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
@@ -163,10 +115,14 @@ async fn a_reused_session_lost_after_the_end_of_data_is_not_sent_again() {
                     if in_data {
                         if line == ".\r\n" {
                             in_data = false;
-                            if d.fetch_add(1, Ordering::SeqCst) > 0 {
+                            let action = at_dot(d.fetch_add(1, Ordering::SeqCst));
+                            if matches!(action, AtDot::Vanish) {
                                 return;
                             }
                             w.write_all(b"250 2.0.0 taken\r\n").await.unwrap();
+                            if matches!(action, AtDot::TakeAndClose) {
+                                return;
+                            }
                         }
                     } else if line.starts_with("DATA") {
                         in_data = true;
@@ -179,6 +135,31 @@ async fn a_reused_session_lost_after_the_end_of_data_is_not_sent_again() {
             });
         }
     });
+    (addr, conns, dots)
+}
+
+#[tokio::test]
+async fn a_dead_cached_session_does_not_fail_the_message() {
+    let (addr, conns, dots) = scripted_hop(|_| AtDot::TakeAndClose).await;
+    let d = deliverer(addr, Duration::from_secs(5));
+    for i in 0..3 {
+        let m = format!("Subject: {i}\r\n\r\nbody\r\n");
+        let r = d.deliver("example.test", &envelope(), m.as_bytes()).await;
+        assert!(delivered(&r), "message {i}: {r:?}");
+        assert_eq!(r.attempts.len(), 1, "{r:?}");
+        assert!(r.attempts[0].error.is_none(), "{r:?}");
+    }
+    assert_eq!(dots.load(Ordering::SeqCst), 3);
+    assert_eq!(conns.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_reused_session_lost_after_the_end_of_data_is_not_sent_again() {
+    // The first session takes one message, then reads the second one to its end marker and
+    // closes without a verdict: the server may have it. The deliverer must not send it again
+    // on a fresh connection (a duplicate); the message is deferred.
+    let (addr, conns, dots) =
+        scripted_hop(|n| if n == 0 { AtDot::Take } else { AtDot::Vanish }).await;
     let d = deliverer(addr, Duration::from_secs(5));
     let r = d
         .deliver("example.test", &envelope(), b"Subject: 1\r\n\r\nx\r\n")

@@ -477,11 +477,19 @@ fn spf_reject_refuses_fail_at_mail_from_only() {
     assert!(auth_results(&String::from_utf8(last).unwrap()).is_empty());
 }
 
-#[test]
-fn dkim_pass_and_each_kind_of_failure() {
+/// A daemon (loopback listener `port`) whose DNS has `key` at `ed._domainkey.signed.test`
+/// and `v=DMARC1; p=reject` for signed.test, started with `extra` options; the DNS server
+/// and the spool live as long as it.
+struct SignedTest {
+    daemon: Daemon,
+    port: u16,
+    _dir: tempfile::TempDir,
+    _dns: TestDns,
+    _rt: tokio::runtime::Runtime,
+}
+
+fn signed_test(key: &Key, extra: &[&str]) -> SignedTest {
     let rt = runtime();
-    let key = Key::new();
-    let other = Key::new();
     let dns = rt
         .block_on(
             zone()
@@ -491,7 +499,22 @@ fn dkim_pass_and_each_kind_of_failure() {
         )
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (d, port) = start(&dir.path().join("mail"), dns.addr(), &[]);
+    let (daemon, port) = start(&dir.path().join("mail"), dns.addr(), extra);
+    SignedTest {
+        daemon,
+        port,
+        _dir: dir,
+        _dns: dns,
+        _rt: rt,
+    }
+}
+
+#[test]
+fn dkim_pass_and_each_kind_of_failure() {
+    let key = Key::new();
+    let other = Key::new();
+    let s = signed_test(&key, &[]);
+    let (d, port) = (&s.daemon, s.port);
     let msg = plain("news@signed.test");
     // Expiring in a second: by the time it arrives, x= is past.
     let expired = key.sign("signed.test", "ed", &msg, Some(1));
@@ -933,18 +956,9 @@ fn signatures_too_costly_to_verify_are_not_verified() {
     // mail-auth's work for one signature grows with the names in h= times the message's
     // fields, on the session's thread: a signature listing 100,000 names took 15 s of CPU
     // (b= need not even be valid). Such signatures get dkim=policy and cannot pass DMARC.
-    let rt = runtime();
     let key = Key::new();
-    let dns = rt
-        .block_on(
-            zone()
-                .txt("ed._domainkey.signed.test", &key.record)
-                .txt("_dmarc.signed.test", "v=DMARC1; p=reject")
-                .start(),
-        )
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (d, port) = start(&dir.path().join("mail"), dns.addr(), &[]);
+    let s = signed_test(&key, &[]);
+    let (d, port) = (&s.daemon, s.port);
     let msg = plain("news@signed.test");
     let names = |n: usize| -> Vec<String> {
         std::iter::once("From".to_owned())
@@ -1014,22 +1028,9 @@ fn signatures_too_costly_to_verify_are_not_verified() {
 
 #[test]
 fn a_message_over_the_size_limit_is_not_dkim_verified_nor_dmarc_rejected() {
-    let rt = runtime();
     let key = Key::new();
-    let dns = rt
-        .block_on(
-            zone()
-                .txt("ed._domainkey.signed.test", &key.record)
-                .txt("_dmarc.signed.test", "v=DMARC1; p=reject")
-                .start(),
-        )
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (d, port) = start(
-        &dir.path().join("mail"),
-        dns.addr(),
-        &["--dmarc-reject", "--email-auth-max-size", "2000"],
-    );
+    let s = signed_test(&key, &["--dmarc-reject", "--email-auth-max-size", "2000"]);
+    let (d, port) = (&s.daemon, s.port);
     let mut big = plain("news@signed.test");
     for _ in 0..100 {
         big.push_str("0123456789012345678901234567890123456789\r\n");
@@ -1054,18 +1055,9 @@ fn a_message_over_the_size_limit_is_not_dkim_verified_nor_dmarc_rejected() {
 
 #[test]
 fn messages_held_in_memory_and_written_as_they_come_are_both_checked() {
-    let rt = runtime();
     let key = Key::new();
-    let dns = rt
-        .block_on(
-            zone()
-                .txt("ed._domainkey.signed.test", &key.record)
-                .txt("_dmarc.signed.test", "v=DMARC1; p=reject")
-                .start(),
-        )
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let (d, port) = start(&dir.path().join("mail"), dns.addr(), &["--dmarc-reject"]);
+    let s = signed_test(&key, &["--dmarc-reject"]);
+    let (d, port) = (&s.daemon, s.port);
     // Around the 128 KiB held in memory: below, just over, and well over (written to the
     // file as it comes, read back, the prefix put in front).
     for lines in [10usize, 3100, 20_000] {
