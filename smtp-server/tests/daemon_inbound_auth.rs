@@ -513,8 +513,13 @@ fn signed_test(key: &Key, extra: &[&str]) -> SignedTest {
 fn dkim_pass_and_each_kind_of_failure() {
     let key = Key::new();
     let other = Key::new();
-    let s = signed_test(&key, &[]);
-    let (d, port) = (&s.daemon, s.port);
+    let SignedTest {
+        daemon: d,
+        port,
+        _dir,
+        _dns,
+        _rt,
+    } = signed_test(&key, &[]);
     let msg = plain("news@signed.test");
     // Expiring in a second: by the time it arrives, x= is past.
     let expired = key.sign("signed.test", "ed", &msg, Some(1));
@@ -957,8 +962,13 @@ fn signatures_too_costly_to_verify_are_not_verified() {
     // fields, on the session's thread: a signature listing 100,000 names took 15 s of CPU
     // (b= need not even be valid). Such signatures get dkim=policy and cannot pass DMARC.
     let key = Key::new();
-    let s = signed_test(&key, &[]);
-    let (d, port) = (&s.daemon, s.port);
+    let SignedTest {
+        daemon: d,
+        port,
+        _dir,
+        _dns,
+        _rt,
+    } = signed_test(&key, &[]);
     let msg = plain("news@signed.test");
     let names = |n: usize| -> Vec<String> {
         std::iter::once("From".to_owned())
@@ -1029,8 +1039,13 @@ fn signatures_too_costly_to_verify_are_not_verified() {
 #[test]
 fn a_message_over_the_size_limit_is_not_dkim_verified_nor_dmarc_rejected() {
     let key = Key::new();
-    let s = signed_test(&key, &["--dmarc-reject", "--email-auth-max-size", "2000"]);
-    let (d, port) = (&s.daemon, s.port);
+    let SignedTest {
+        daemon: d,
+        port,
+        _dir,
+        _dns,
+        _rt,
+    } = signed_test(&key, &["--dmarc-reject", "--email-auth-max-size", "2000"]);
     let mut big = plain("news@signed.test");
     for _ in 0..100 {
         big.push_str("0123456789012345678901234567890123456789\r\n");
@@ -1056,8 +1071,13 @@ fn a_message_over_the_size_limit_is_not_dkim_verified_nor_dmarc_rejected() {
 #[test]
 fn messages_held_in_memory_and_written_as_they_come_are_both_checked() {
     let key = Key::new();
-    let s = signed_test(&key, &["--dmarc-reject"]);
-    let (d, port) = (&s.daemon, s.port);
+    let SignedTest {
+        daemon: d,
+        port,
+        _dir,
+        _dns,
+        _rt,
+    } = signed_test(&key, &["--dmarc-reject"]);
     // Around the 128 KiB held in memory: below, just over, and well over (written to the
     // file as it comes, read back, the prefix put in front).
     for lines in [10usize, 3100, 20_000] {
