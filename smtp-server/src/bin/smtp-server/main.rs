@@ -167,17 +167,16 @@ fn load_dkim_keys(cfg: &Config) -> Result<dkim::Keys, Fatal> {
     Ok(keys)
 }
 
-/// Sets up the log; returns the log file, for SIGHUP to reopen.
 /// `--log-level` as a tracing filter.
 fn log_filter(cfg: &Config) -> Result<tracing_subscriber::EnvFilter, Fatal> {
     tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
         .map_err(|e| fatal("--log-level", format!("{:?}: {e}", cfg.log_level)))
 }
 
-/// What `check-config` can tell of `--log-file` and `--spool-dir` without creating anything:
-/// an existing log file opens for appending, a new one's directory exists and is writable;
-/// the spool, if it exists, is a writable directory, else the nearest existing directory
-/// above it is. (Run as root, "writable" is what root may do: permission is not a test then.)
+/// What `check-config` can tell of `--log-file`, `--spool-dir` and `--queue-dir` without
+/// creating anything: an existing log file opens for appending, a new one's directory exists
+/// and is writable; the spool and the queue, if they exist, are writable directories, else
+/// the nearest existing directory above each is. (Run as root, "writable" is what root may do: permission is not a test then.)
 fn check_paths(cfg: &Config) -> Result<(), Fatal> {
     use rustix::fs::{access, Access};
     let writable_dir = |d: &std::path::Path| -> Result<(), String> {
@@ -219,6 +218,7 @@ fn check_paths(cfg: &Config) -> Result<(), Fatal> {
     Ok(())
 }
 
+/// Sets up the log; returns the log file, for SIGHUP to reopen.
 fn init_logging(cfg: &Config) -> Result<Option<Arc<logsafe::LogFile>>, Fatal> {
     let filter = log_filter(cfg)?;
     let file = match &cfg.log_file {
