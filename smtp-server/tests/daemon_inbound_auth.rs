@@ -513,18 +513,13 @@ fn signed_test(key: &Key, extra: &[&str]) -> SignedTest {
 fn dkim_pass_and_each_kind_of_failure() {
     let key = Key::new();
     let other = Key::new();
-    let SignedTest {
-        daemon: d,
-        port,
-        _dir,
-        _dns,
-        _rt,
-    } = signed_test(&key, &[]);
+    let s = signed_test(&key, &[]);
+    let (d, port) = (&s.daemon, s.port);
     let msg = plain("news@signed.test");
     // Expiring in a second: by the time it arrives, x= is past.
     let expired = key.sign("signed.test", "ed", &msg, Some(1));
     let good = key.sign("signed.test", "ed", &msg, None);
-    let field = ours(&deliver(&d, port, "bounce@soft.test", &good));
+    let field = ours(&deliver(d, port, "bounce@soft.test", &good));
     assert!(
         field.contains("dkim=pass header.d=signed.test header.s=ed header.b="),
         "{field}"
@@ -536,37 +531,37 @@ fn dkim_pass_and_each_kind_of_failure() {
     // mail-auth reports a body hash mismatch as neutral, as Gmail does; it is no pass for
     // DMARC either way.
     let body_changed = good.replace("Hello.", "Hello, changed.");
-    let field = ours(&deliver(&d, port, "bounce@soft.test", &body_changed));
+    let field = ours(&deliver(d, port, "bounce@soft.test", &body_changed));
     assert!(
         field.contains("dkim=neutral (body hash did not verify) header.d=signed.test header.s=ed"),
         "{field}"
     );
     assert!(field.contains("dmarc=fail"), "{field}");
     let header_changed = good.replace("Subject: test", "Subject: changed");
-    let field = ours(&deliver(&d, port, "bounce@soft.test", &header_changed));
+    let field = ours(&deliver(d, port, "bounce@soft.test", &header_changed));
     assert!(
         field.contains("dkim=fail (verification failed) header.d=signed.test header.s=ed"),
         "{field}"
     );
     let wrong_key = other.sign("signed.test", "ed", &msg, None);
-    let field = ours(&deliver(&d, port, "bounce@soft.test", &wrong_key));
+    let field = ours(&deliver(d, port, "bounce@soft.test", &wrong_key));
     assert!(
         field.contains("dkim=fail (verification failed) header.d=signed.test header.s=ed"),
         "{field}"
     );
     std::thread::sleep(Duration::from_millis(2100));
-    let field = ours(&deliver(&d, port, "bounce@soft.test", &expired));
+    let field = ours(&deliver(d, port, "bounce@soft.test", &expired));
     assert!(
         field.contains("dkim=neutral (signature error) header.d=signed.test header.s=ed"),
         "{field}"
     );
     // A selector with no record.
     let missing = key.sign("signed.test", "nokey", &msg, None);
-    let field = ours(&deliver(&d, port, "bounce@soft.test", &missing));
+    let field = ours(&deliver(d, port, "bounce@soft.test", &missing));
     assert!(field.contains("dkim=permerror"), "{field}");
     // Two signatures: each is reported.
     let both = key.sign("signed.test", "ed", &wrong_key, None);
-    let field = ours(&deliver(&d, port, "bounce@soft.test", &both));
+    let field = ours(&deliver(d, port, "bounce@soft.test", &both));
     assert_eq!(field.matches("dkim=").count(), 2, "{field}");
     assert!(
         field.contains("dkim=pass") && field.contains("dkim=fail"),
@@ -962,13 +957,8 @@ fn signatures_too_costly_to_verify_are_not_verified() {
     // fields, on the session's thread: a signature listing 100,000 names took 15 s of CPU
     // (b= need not even be valid). Such signatures get dkim=policy and cannot pass DMARC.
     let key = Key::new();
-    let SignedTest {
-        daemon: d,
-        port,
-        _dir,
-        _dns,
-        _rt,
-    } = signed_test(&key, &[]);
+    let s = signed_test(&key, &[]);
+    let (d, port) = (&s.daemon, s.port);
     let msg = plain("news@signed.test");
     let names = |n: usize| -> Vec<String> {
         std::iter::once("From".to_owned())
@@ -981,12 +971,12 @@ fn signatures_too_costly_to_verify_are_not_verified() {
         key.sign_fields("signed.test", "ed", message, None, &names)
     };
     // 128 names (the most verified; signing absent fields is allowed): a pass.
-    let field = ours(&deliver(&d, port, "bounce@soft.test", &sign(128, &msg)));
+    let field = ours(&deliver(d, port, "bounce@soft.test", &sign(128, &msg)));
     assert!(field.contains("dkim=pass header.d=signed.test"), "{field}");
     assert!(field.contains("dmarc=pass"), "{field}");
     // 129 names, and 100,000: not verified.
     for n in [129, 100_000] {
-        let field = ours(&deliver(&d, port, "bounce@soft.test", &sign(n, &msg)));
+        let field = ours(&deliver(d, port, "bounce@soft.test", &sign(n, &msg)));
         assert!(
             field.contains(&format!(
                 "dkim=policy (not verified: {n} signed header fields, at most 128 are verified) header.d=signed.test header.s=ed"
@@ -1002,7 +992,7 @@ fn signatures_too_costly_to_verify_are_not_verified() {
         many.push_str(&format!("X-F: {i}\r\n"));
     }
     let field = ours(&deliver(
-        &d,
+        d,
         port,
         "bounce@soft.test",
         &sign(100, &(many + &msg)),
@@ -1016,7 +1006,7 @@ fn signatures_too_costly_to_verify_are_not_verified() {
     for _ in 0..9 {
         nine = key.sign("signed.test", "ed", &nine, None);
     }
-    let field = ours(&deliver(&d, port, "bounce@soft.test", &nine));
+    let field = ours(&deliver(d, port, "bounce@soft.test", &nine));
     assert_eq!(field.matches("dkim=pass").count(), 8, "{field}");
     assert!(
         field.contains("dkim=policy (not verified: more than 8 signatures, 8 are verified)"),
@@ -1029,7 +1019,7 @@ fn signatures_too_costly_to_verify_are_not_verified() {
     for i in 0..9 {
         hops = key.sign(&format!("hop{i}.test"), "ed", &hops, None);
     }
-    let field = ours(&deliver(&d, port, "bounce@soft.test", &hops));
+    let field = ours(&deliver(d, port, "bounce@soft.test", &hops));
     assert_eq!(field.matches("dkim=pass").count(), 1, "{field}");
     assert!(field.contains("dkim=pass header.d=signed.test"), "{field}");
     assert_eq!(field.matches("dkim=policy").count(), 2, "{field}");
@@ -1039,19 +1029,14 @@ fn signatures_too_costly_to_verify_are_not_verified() {
 #[test]
 fn a_message_over_the_size_limit_is_not_dkim_verified_nor_dmarc_rejected() {
     let key = Key::new();
-    let SignedTest {
-        daemon: d,
-        port,
-        _dir,
-        _dns,
-        _rt,
-    } = signed_test(&key, &["--dmarc-reject", "--email-auth-max-size", "2000"]);
+    let s = signed_test(&key, &["--dmarc-reject", "--email-auth-max-size", "2000"]);
+    let (d, port) = (&s.daemon, s.port);
     let mut big = plain("news@signed.test");
     for _ in 0..100 {
         big.push_str("0123456789012345678901234567890123456789\r\n");
     }
     let signed = key.sign("signed.test", "ed", &big, None);
-    let stored = deliver(&d, port, "bounce@soft.test", &signed);
+    let stored = deliver(d, port, "bounce@soft.test", &signed);
     let field = ours(&stored);
     assert!(
         field.contains("dkim=policy (message too large to verify: "),
@@ -1064,20 +1049,15 @@ fn a_message_over_the_size_limit_is_not_dkim_verified_nor_dmarc_rejected() {
     assert!(field.contains("dmarc=temperror"), "{field}");
     // The same message under the limit passes.
     let small = key.sign("signed.test", "ed", &plain("news@signed.test"), None);
-    let field = ours(&deliver(&d, port, "bounce@soft.test", &small));
+    let field = ours(&deliver(d, port, "bounce@soft.test", &small));
     assert!(field.contains("dkim=pass"), "{field}");
 }
 
 #[test]
 fn messages_held_in_memory_and_written_as_they_come_are_both_checked() {
     let key = Key::new();
-    let SignedTest {
-        daemon: d,
-        port,
-        _dir,
-        _dns,
-        _rt,
-    } = signed_test(&key, &["--dmarc-reject"]);
+    let s = signed_test(&key, &["--dmarc-reject"]);
+    let (d, port) = (&s.daemon, s.port);
     // Around the 128 KiB held in memory: below, just over, and well over (written to the
     // file as it comes, read back, the prefix put in front).
     for lines in [10usize, 3100, 20_000] {
@@ -1086,7 +1066,7 @@ fn messages_held_in_memory_and_written_as_they_come_are_both_checked() {
             msg.push_str(&format!("line {i:06} 0123456789012345678901234567890\r\n"));
         }
         let signed = key.sign("signed.test", "ed", &msg, None);
-        let stored = deliver(&d, port, "bounce@soft.test", &signed);
+        let stored = deliver(d, port, "bounce@soft.test", &signed);
         let field = ours(&stored);
         assert!(field.contains("dkim=pass"), "{lines}: {field}");
         assert!(field.contains("dmarc=pass"), "{lines}: {field}");
