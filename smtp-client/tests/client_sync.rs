@@ -136,28 +136,31 @@ fn seen(rx: &mut mpsc::UnboundedReceiver<String>) -> Vec<String> {
     v
 }
 
+/// Sends `message` on a fresh connection to a peer lying as `lies`: the error, which must
+/// leave the connection unusable, and the lines the peer had received a moment later.
+async fn refused_by(lies: Lies, message: &[u8]) -> (ClientError, Vec<String>) {
+    let (addr, mut rx) = peer(lies).await;
+    let mut conn = connect(addr).await;
+    let err = conn.send(&envelope(), message).await.unwrap_err();
+    assert!(!conn.is_usable(), "{err:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    (err, seen(&mut rx))
+}
+
 #[tokio::test]
 async fn a_250_to_data_itself_is_not_a_delivery() {
     for pipelining in [false, true] {
-        let (addr, mut rx) = peer(Lies {
+        let lies = Lies {
             pipelining,
             data: b"250 2.0.0 queued as X\r\n",
             ..HONEST
-        })
-        .await;
-        let mut conn = connect(addr).await;
-        let err = conn
-            .send(&envelope(), b"Subject: x\r\n\r\nbody\r\n")
-            .await
-            .unwrap_err();
+        };
+        let (err, lines) = refused_by(lies, b"Subject: x\r\n\r\nbody\r\n").await;
         assert!(
             matches!(&err, ClientError::Unexpected { command: "DATA", reply } if reply.code() == 250),
             "{err:?}"
         );
         assert!(!err.is_permanent());
-        assert!(!conn.is_usable());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let lines = seen(&mut rx);
         assert!(!lines.iter().any(|l| l == "body"), "{lines:?}");
     }
 }
@@ -165,35 +168,26 @@ async fn a_250_to_data_itself_is_not_a_delivery() {
 #[tokio::test]
 async fn a_reply_before_the_end_of_the_message_is_not_its_answer() {
     // With the 354, in the same write: before any of the message was sent.
-    let (addr, mut rx) = peer(Lies {
+    let lies = Lies {
         data: b"354 go\r\n250 2.0.0 queued before the body\r\n",
         ..HONEST
-    })
-    .await;
-    let mut conn = connect(addr).await;
-    let err = conn
-        .send(&envelope(), b"Subject: x\r\n\r\nbody\r\n")
-        .await
-        .unwrap_err();
+    };
+    let (err, lines) = refused_by(lies, b"Subject: x\r\n\r\nbody\r\n").await;
     assert!(
         matches!(err, ClientError::OutOfStep { stage: "the message", octets } if octets > 0),
         "{err:?}"
     );
-    assert!(!conn.is_usable());
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!seen(&mut rx).iter().any(|l| l == "body"));
+    assert!(!lines.iter().any(|l| l == "body"));
     // While the message is being written: a long one, the 250 sent at its first line.
-    let (addr, mut rx) = peer(Lies {
+    let lies = Lies {
         during_body: b"250 2.0.0 queued mid-body\r\n",
         ..HONEST
-    })
-    .await;
-    let mut conn = connect(addr).await;
+    };
     let big = format!(
         "Subject: big\r\n\r\n{}",
         "a line of the message\r\n".repeat(100_000)
     );
-    let err = conn.send(&envelope(), big.as_bytes()).await.unwrap_err();
+    let (err, lines) = refused_by(lies, big.as_bytes()).await;
     assert!(
         matches!(
             err,
@@ -204,10 +198,8 @@ async fn a_reply_before_the_end_of_the_message_is_not_its_answer() {
         ),
         "{err:?}"
     );
-    assert!(!conn.is_usable());
-    tokio::time::sleep(Duration::from_millis(100)).await;
     // The end marker was never sent: the server discards the message.
-    assert!(!seen(&mut rx).iter().any(|l| l == "."));
+    assert!(!lines.iter().any(|l| l == "."));
 }
 
 #[tokio::test]
