@@ -32,6 +32,19 @@ fn deliverer(dns: &TestDns, port: u16) -> Deliverer {
     Deliverer::new(resolver, client_config(TlsPolicy::OpportunisticUnverified)).with_port(port)
 }
 
+/// A name server for example.test with two MX hosts: mx1 (preference 10) at `mx1`, mx2
+/// (20) at `mx2`.
+async fn two_mx(mx1: Ipv4Addr, mx2: Ipv4Addr) -> TestDns {
+    TestDns::builder()
+        .mx("example.test", 10, "mx1.example.test")
+        .mx("example.test", 20, "mx2.example.test")
+        .a("mx1.example.test", mx1)
+        .a("mx2.example.test", mx2)
+        .start()
+        .await
+        .unwrap()
+}
+
 /// A port free on 127.0.0.1, and servers on other loopback addresses with the same port.
 async fn servers(behaviours: Vec<(IpAddr, Behaviour)>) -> (u16, Vec<TestServer>) {
     for _ in 0..20 {
@@ -129,14 +142,7 @@ async fn walks_mx_hosts_in_preference_order_past_refused_and_421() {
 
 #[tokio::test]
 async fn per_recipient_outcomes_are_final_for_the_transaction() {
-    let dns = TestDns::builder()
-        .mx("example.test", 10, "mx1.example.test")
-        .mx("example.test", 20, "mx2.example.test")
-        .a("mx1.example.test", v4(5))
-        .a("mx2.example.test", v4(6))
-        .start()
-        .await
-        .unwrap();
+    let dns = two_mx(v4(5), v4(6)).await;
     let first = Behaviour::default()
         .rcpt(
             "gone@example.test",
@@ -181,14 +187,7 @@ async fn per_recipient_outcomes_are_final_for_the_transaction() {
 
 #[tokio::test]
 async fn mail_4xx_moves_on_and_mail_5xx_is_permanent() {
-    let dns = TestDns::builder()
-        .mx("example.test", 10, "mx1.example.test")
-        .mx("example.test", 20, "mx2.example.test")
-        .a("mx1.example.test", v4(7))
-        .a("mx2.example.test", v4(8))
-        .start()
-        .await
-        .unwrap();
+    let dns = two_mx(v4(7), v4(8)).await;
     let greylist = Behaviour {
         mail_reply: Some(reply(451, Some((4, 7, 1)), "Greylisted")),
         ..Behaviour::default()
@@ -208,14 +207,7 @@ async fn mail_4xx_moves_on_and_mail_5xx_is_permanent() {
         mail_reply: Some(reply(550, Some((5, 7, 1)), "Sender refused")),
         ..Behaviour::default()
     };
-    let dns = TestDns::builder()
-        .mx("example.test", 10, "mx1.example.test")
-        .mx("example.test", 20, "mx2.example.test")
-        .a("mx1.example.test", v4(9))
-        .a("mx2.example.test", v4(10))
-        .start()
-        .await
-        .unwrap();
+    let dns = two_mx(v4(9), v4(10)).await;
     let (port, srv) = servers(vec![
         (IpAddr::V4(v4(9)), refuse),
         (IpAddr::V4(v4(10)), Behaviour::default()),
@@ -264,14 +256,7 @@ async fn all_hosts_unreachable_is_transient_for_everyone() {
 
 #[tokio::test]
 async fn address_filter_excluding_everything_is_a_loop() {
-    let dns = TestDns::builder()
-        .mx("example.test", 10, "mx1.example.test")
-        .mx("example.test", 20, "mx2.example.test")
-        .a("mx1.example.test", v4(12))
-        .a("mx2.example.test", v4(13))
-        .start()
-        .await
-        .unwrap();
+    let dns = two_mx(v4(12), v4(13)).await;
     let (port, srv) = servers(vec![(IpAddr::V4(v4(13)), Behaviour::default())]).await;
     let mine: Arc<dyn Fn(SocketAddr) -> bool + Send + Sync> = Arc::new(|addr: SocketAddr| {
         addr.ip() != IpAddr::V4(v4(12)) && addr.ip() != IpAddr::V4(v4(13))
@@ -523,14 +508,7 @@ async fn connection_attempts_follow_the_address_preference() {
 async fn a_host_lost_after_the_whole_message_is_not_followed_by_the_next() {
     // mx1 reads the message to its end marker and closes without a verdict: it may have the
     // message. mx2 is not sent it now (a duplicate); every recipient is deferred.
-    let dns = TestDns::builder()
-        .mx("example.test", 10, "mx1.example.test")
-        .mx("example.test", 20, "mx2.example.test")
-        .a("mx1.example.test", v4(17))
-        .a("mx2.example.test", v4(18))
-        .start()
-        .await
-        .unwrap();
+    let dns = two_mx(v4(17), v4(18)).await;
     let lost = Behaviour {
         drop_at_data_end: true,
         ..Behaviour::default()
