@@ -1047,11 +1047,10 @@ impl Verifier {
         };
         // What DMARC sees: the signatures checked, and those not checked as permanent errors
         // (they cannot pass).
-        let mut dkim_all = dkim.clone();
-        dkim_all.extend(skipped.iter().map(|(h, why)| {
+        let mut dkim = dkim;
+        dkim.extend(skipped.iter().map(|(h, why)| {
             DkimOutput::perm_err(mail_auth::Error::Io(why.clone())).with_signature(&h.header)
         }));
-        let dkim = dkim_all;
         // The RFC 5321.MailFrom domain, the HELO name for the null sender (RFC 7489 §3.1.2).
         let mail_from_domain = spf
             .sender

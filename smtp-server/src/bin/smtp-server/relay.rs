@@ -934,12 +934,6 @@ impl Relay {
         }
     }
 
-    /// Sends a bounce for `failures` to the entry's sender: into the local mailbox when the
-    /// sender is local, else through the queue. Never to the null sender. `head` is the
-    /// message's beginning (at least its header section, up to [`HEAD_MAX`] octets).
-    ///
-    /// `Err` only for a failure worth retrying (storage); a sender that cannot get mail here
-    /// (unknown local user, bad address) is logged and the bounce dropped.
     /// The delivery group of a recipient: its domain, lower case, or [`LOCAL`] for a local
     /// domain (and `<Postmaster>`).
     fn domain_of(&self, path: &ForwardPath) -> String {
@@ -962,6 +956,12 @@ impl Relay {
         }
     }
 
+    /// Sends a bounce for `failures` to the entry's sender: into the local mailbox when the
+    /// sender is local, else through the queue. Never to the null sender. `head` is the
+    /// message's beginning (at least its header section, up to [`HEAD_MAX`] octets).
+    ///
+    /// `Err` only for a failure worth retrying (storage); a sender that cannot get mail here
+    /// (unknown local user, bad address) is logged and the bounce dropped.
     async fn bounce(
         &self,
         entry: &QueueEntry,
