@@ -119,10 +119,9 @@ struct Daemon {
     verifier: Option<Arc<inbound_auth::Verifier>>,
     /// Local mail goes to the LMTP server (`--lmtp`), through the queue.
     lmtp: bool,
-    /// Where mail is stored and queued (`--queue-dir` may be on another file system), for
-    /// the free-space check at MAIL.
-    spool_dir: PathBuf,
-    queue_dir: PathBuf,
+    /// Where mail is stored and queued, one directory per file system (`--queue-dir` may be
+    /// on another than the spool), for the free-space check at MAIL.
+    space_dirs: Vec<PathBuf>,
     /// The space the spool's file system must have free for a transaction to start:
     /// [`min_free_space`].
     min_free: u64,
@@ -140,6 +139,17 @@ fn min_free_space(max_message_size: u64) -> u64 {
         max_message_size
     };
     largest.saturating_add(largest / 2)
+}
+
+/// The spool, and the queue when it is on another file system: each is checked at MAIL.
+fn space_dirs(spool: &Path, queue: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let dev = |d: &Path| std::fs::metadata(d).map(|m| m.dev()).ok();
+    let mut dirs = vec![spool.to_owned()];
+    if dev(spool).is_none() || dev(spool) != dev(queue) {
+        dirs.push(queue.to_owned());
+    }
+    dirs
 }
 
 /// Octets free for an unprivileged user on the file system of `dir`; `None` when unknown
@@ -550,8 +560,7 @@ async fn run(cfg: Config) -> Result<(), Fatal> {
         dkim,
         verifier,
         lmtp: cfg.lmtp.is_some(),
-        spool_dir: cfg.spool_dir.clone(),
-        queue_dir: cfg.queue_dir(),
+        space_dirs: space_dirs(&cfg.spool_dir, &cfg.queue_dir()),
         min_free: min_free_space(cfg.max_message_size),
     });
 
@@ -957,14 +966,13 @@ impl SessionHandler for Session {
         if self.submission && self.user.is_none() {
             return Err(refusals::AUTH_REQUIRED);
         }
-        let free = [&self.d.spool_dir, &self.d.queue_dir]
-            .into_iter()
-            .filter_map(|d| free_space(d))
-            .min();
-        if let Some(free) = free {
+        let least = (self.d.space_dirs.iter())
+            .filter_map(|d| free_space(d).map(|free| (free, d)))
+            .min_by_key(|(free, _)| *free);
+        if let Some((free, dir)) = least {
             let needed = self.d.min_free.max(params.size.unwrap_or(0));
             if free < needed {
-                warn!(session = self.session_id, free, needed, spool = %self.d.spool_dir.display(),
+                warn!(session = self.session_id, free, needed, dir = %dir.display(),
                       "sender refused: not enough free space for mail");
                 return Err(refusals::NO_SPACE);
             }
