@@ -91,6 +91,12 @@ async fn peer(lies: Lies) -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
                     if write.write_all(answer).await.is_err() {
                         return;
                     }
+                    if in_data && !answer.is_empty() && answer == lies.during_body {
+                        // Read nothing more for a while: a client whose message is larger
+                        // than the socket buffers can hold is then blocked in its write
+                        // while the lie reaches it, whatever the scheduling.
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
                 }
             });
         }
@@ -178,14 +184,16 @@ async fn a_reply_before_the_end_of_the_message_is_not_its_answer() {
         "{err:?}"
     );
     assert!(!lines.iter().any(|l| l == "body"));
-    // While the message is being written: a long one, the 250 sent at its first line.
+    // While the message is being written: the 250 sent at its first line. 16 MB, more than
+    // the socket buffers hold (Linux's tcp_wmem maximum is 4 MB and the peer's window does
+    // not grow while it does not read): the client is still writing when the 250 arrives.
     let lies = Lies {
         during_body: b"250 2.0.0 queued mid-body\r\n",
         ..HONEST
     };
     let big = format!(
         "Subject: big\r\n\r\n{}",
-        "a line of the message\r\n".repeat(100_000)
+        "a line of the message\r\n".repeat(700_000)
     );
     let (err, lines) = refused_by(lies, big.as_bytes()).await;
     assert!(
